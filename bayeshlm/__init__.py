@@ -1,0 +1,18 @@
+"""bayeshlm: Bayesian hierarchical linear models with an ML/REML companion.
+
+One model description (lme4-style formula or Raudenbush & Bryk level equations) compiles to one
+backend-free Design, fitted by REML/ML (``model.fit("reml")``) or by full Bayes (``model.fit("bayes")``).
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import datasets
+from .errors import DataError, FormulaError, InputError, OptionError
+from .model import HLM
+
+try:
+    __version__ = version("bayeshlm")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0+unknown"
+
+__all__ = ["HLM", "DataError", "FormulaError", "InputError", "OptionError", "datasets", "__version__"]

@@ -1,0 +1,386 @@
+"""Build a :class:`Design` from a ModelSpec and a pandas DataFrame, checking the data on the way.
+
+Order of work: check columns exist -> drop (and count) rows with missing values -> check values
+(infinite, non-numeric outcome, grouping factors) -> centre -> build X and each factor's Z with formulaic
+-> check X (constant and collinear columns) -> detect nesting.
+"""
+
+from __future__ import annotations
+
+import formulaic
+import numpy as np
+import pandas as pd
+from formulaic.errors import FormulaicError
+
+from ..errors import DataError, FormulaError, OptionError, closest_names, describe_rows
+from ..spec import ModelSpec
+from ..spec.model_spec import INTERCEPT, RandomTerm, Term, term_name
+from .design import Design, DroppedRows, GroupingFactor
+
+MISSING_OPTIONS = ("drop", "raise")
+
+
+def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") -> Design:
+    """Turn ``spec`` and ``data`` into a :class:`Design` (see the module docstring for the steps)."""
+    if missing not in MISSING_OPTIONS:
+        raise OptionError(f"missing={missing!r} is not an option; use 'drop' (default: drop and report rows "
+                          "with missing values) or 'raise'.")
+    frame = _check_frame(data)
+    derived = {f"mean_{column}" for column, _ in spec.group_means}
+    variables = _required_variables(spec)
+    _check_columns_exist(variables - derived, frame)
+    source_columns = [c for c in dict.fromkeys(sorted(variables - derived)) if c in frame.columns]
+
+    frame, dropped = _drop_missing(frame, source_columns, missing)
+    if len(frame) == 0:
+        raise DataError(f"No rows are left to analyse: {dropped}.")
+    _check_finite(frame, source_columns)
+    y = _outcome(frame, spec.outcome)
+    group_codes = {r.group: _group_codes(frame, r) for r in spec.random}
+    frame = _apply_centering(frame, spec, group_codes)
+
+    X, fixed_names, fixed_terms = _fixed_matrix(spec, frame)
+    _check_fixed_matrix(X, fixed_names)
+    factors = tuple(_grouping_factor(spec, group, group_codes[group], frame) for group in spec.groups)
+    known = _known_variance(spec, frame)
+    nesting = _nesting(factors)
+    term_levels = _term_levels(spec, frame, factors, nesting)
+    _check_level_predictors(spec, frame, group_codes)
+    return Design(
+        spec=spec, y=y, X=X, fixed_names=fixed_names, fixed_terms=fixed_terms, factors=factors,
+        known_variance=known, row_labels=frame.index, dropped=dropped, nesting=nesting, term_levels=term_levels,
+    )
+
+
+# --- columns and missing values ------------------------------------------------------------------
+
+def _check_frame(data) -> pd.DataFrame:
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"data must be a pandas DataFrame; got {type(data).__name__}. "
+                        "Convert it with pandas.DataFrame(...) first.")
+    if data.shape[0] == 0:
+        raise DataError("The data frame is empty (0 rows): there is nothing to fit.")
+    duplicated = data.columns[data.columns.duplicated()].unique().tolist()
+    if duplicated:
+        raise DataError(f"The data frame has duplicated column names {duplicated}; rename them so each "
+                        "column name is unique.")
+    return data
+
+
+def _factor_variables(expression: str) -> set[str]:
+    try:
+        return set(formulaic.Formula(expression).required_variables)
+    except FormulaicError as err:
+        raise FormulaError(f"Cannot read {expression!r}: {str(err).splitlines()[0]}") from None
+
+
+def _required_variables(spec: ModelSpec) -> set[str]:
+    names = {spec.outcome} if spec.outcome.isidentifier() else _factor_variables(spec.outcome)
+    for term in spec.fixed + tuple(t for r in spec.random for t in r.terms):
+        for factor in term:
+            names |= _factor_variables(factor)
+    for r in spec.random:
+        names |= set(r.group_columns)
+    names |= {c.column for c in spec.centering} | {column for column, _ in spec.group_means}
+    if spec.known_variance:
+        names.add(spec.known_variance)
+    return names
+
+
+def _check_columns_exist(variables: set[str], frame: pd.DataFrame) -> None:
+    absent = sorted(v for v in variables if v not in frame.columns)
+    if absent:
+        hints = " ".join(f"{name!r} is not a column.{closest_names(name, frame.columns)}" for name in absent)
+        raise DataError(f"{hints} The data has columns: {', '.join(map(str, frame.columns))}.")
+
+
+def _drop_missing(frame: pd.DataFrame, columns: list[str], missing: str) -> tuple[pd.DataFrame, DroppedRows]:
+    isna = frame[columns].isna()
+    by_column = {c: int(k) for c, k in isna.sum().items() if k}
+    bad = np.flatnonzero(isna.any(axis=1).to_numpy())
+    if len(bad) and missing == "raise":
+        raise DataError(
+            f"Missing values in {', '.join(f'{c} ({k} rows)' for c, k in by_column.items())}: "
+            f"{describe_rows(bad)} (0-based positions). Fill them in, or pass missing='drop' to analyse "
+            "the complete rows only."
+        )
+    dropped = DroppedRows(n_input=len(frame), positions=bad, by_column=by_column)
+    return (frame.drop(index=frame.index[bad]) if len(bad) else frame), dropped
+
+
+def _check_finite(frame: pd.DataFrame, columns: list[str]) -> None:
+    for column in columns:
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            infinite = np.flatnonzero(~np.isfinite(values.to_numpy(dtype=float)))
+            if len(infinite):
+                raise DataError(f"Column {column!r} has infinite values in {describe_rows(infinite)} "
+                                "(positions among the analysed rows). Replace or remove them before fitting.")
+
+
+def _outcome(frame: pd.DataFrame, outcome: str) -> np.ndarray:
+    values = frame[outcome] if outcome in frame.columns else None
+    if values is None or not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        kind = "missing" if values is None else str(values.dtype)
+        example = "" if values is None else f" (e.g. {values.iloc[0]!r})"
+        raise DataError(f"The outcome {outcome!r} must be numeric; its column has type {kind}{example}. "
+                        "Convert it to numbers, or model a numeric column.")
+    y = values.to_numpy(dtype=float)
+    if np.ptp(y) == 0:
+        raise DataError(f"The outcome {outcome!r} is constant ({y[0]:g} in every analysed row): "
+                        "there is no variance to model.")
+    return y
+
+
+# --- grouping factors ------------------------------------------------------------------------------
+
+def _group_codes(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, pd.Index]:
+    parts = []
+    for column in term.group_columns:
+        values = frame[column]
+        if pd.api.types.is_float_dtype(values) and not np.all(np.mod(values.to_numpy(), 1) == 0):
+            raise DataError(
+                f"The grouping factor {column!r} holds non-integer numbers (e.g. {values.iloc[0]!r}); "
+                "a grouping column must contain group labels or IDs. Did you put a continuous variable on the "
+                "right of '|'?"
+            )
+        if pd.api.types.is_float_dtype(values):
+            values = values.astype(np.int64)
+        parts.append(values.astype(str))
+    # lme4 orders the levels of b:a as "b-level:a-level"
+    labels = parts[0] if len(parts) == 1 else pd.Series(
+        [":".join(row) for row in zip(*reversed([p.to_numpy() for p in parts]))], index=frame.index)
+    codes, levels = pd.factorize(_natural_order(labels), sort=True)
+    levels = pd.Index([lab for _, lab in levels], name=term.group) if len(levels) and isinstance(
+        levels[0], tuple) else pd.Index(levels, name=term.group)
+    if len(levels) < 2:
+        raise DataError(
+            f"The grouping factor {term.group!r} has a single level ({levels[0]!r}) among the analysed rows: "
+            "a variance between groups needs at least two groups. Drop the term "
+            f"'(... | {term.group})' or check the data."
+        )
+    return codes.astype(np.int64), levels
+
+
+def _natural_order(labels: pd.Series) -> pd.Series:
+    """Sort numeric labels numerically ('2' < '10'), others as text, keeping the label itself."""
+    numeric = pd.to_numeric(labels, errors="coerce")
+    if numeric.notna().all():
+        return pd.Series(list(zip(numeric.to_numpy(), labels.to_numpy())), index=labels.index)
+    return labels
+
+
+def _grouping_factor(spec: ModelSpec, group: str, codes_levels, frame: pd.DataFrame) -> GroupingFactor:
+    codes, levels = codes_levels
+    terms: list[Term] = []
+    blocks: list[tuple[Term, ...]] = []
+    for r in spec.random:
+        if r.group == group:
+            repeated = [t for t in r.terms if t in terms]
+            if repeated:
+                raise FormulaError(f"The random term {term_name(repeated[0])!r} appears twice for {group!r}.")
+            terms += r.terms
+            blocks.append(r.terms)
+    Z, names, _ = _model_matrix(terms, frame, f"random effects for {group!r}")
+    columns_of = _columns_of_terms(terms, names)
+    block_columns = tuple(tuple(i for t in block for i in columns_of[t]) for block in blocks)
+    return GroupingFactor(name=group, codes=codes, levels=levels, Z=Z, coef_names=names, blocks=block_columns)
+
+
+def _nesting(factors: tuple[GroupingFactor, ...]) -> dict[str, str | None]:
+    """For each factor, the smallest other factor it is nested in (every group sits in one group of it)."""
+    parents: dict[str, str | None] = {}
+    for inner in factors:
+        candidates = [outer for outer in factors if outer is not inner and outer.n_groups < inner.n_groups
+                      and _is_nested(inner.codes, outer.codes, inner.n_groups)]
+        parents[inner.name] = min(candidates, key=lambda f: f.n_groups).name if candidates else None
+    return parents
+
+
+def _is_nested(inner: np.ndarray, outer: np.ndarray, n_inner: int) -> bool:
+    pairs = np.unique(inner * (outer.max() + 1) + outer)
+    return len(pairs) == n_inner
+
+
+# --- centering --------------------------------------------------------------------------------------
+
+def _apply_centering(frame: pd.DataFrame, spec: ModelSpec, group_codes) -> pd.DataFrame:
+    if not spec.centering and not spec.group_means:
+        return frame
+    frame = frame.copy()
+    for column, group in spec.group_means:
+        codes = _codes_for(group, group_codes, f"group_means[{column!r}]")
+        frame[f"mean_{column}"] = _numeric(frame, column).groupby(codes).transform("mean").to_numpy()
+    for c in spec.centering:
+        values = _numeric(frame, c.column)
+        if c.how == "group":
+            codes = _codes_for(c.group, group_codes, f"center[{c.column!r}]")
+            frame[c.column] = values - values.groupby(codes).transform("mean").to_numpy()
+        else:
+            frame[c.column] = values - _grand_mean(values, group_codes)
+    return frame
+
+
+def _grand_mean(values: pd.Series, group_codes) -> float:
+    """Mean over rows; for a variable constant within the groups of a factor, the mean over those groups
+    (as HLM centres level-2 predictors, e.g. MEAN SES in R&B 2002, Table 4.5)."""
+    for codes, _ in group_codes.values():
+        per_group = values.groupby(codes)
+        if (per_group.nunique() <= 1).all():
+            return float(per_group.first().mean())
+    return float(values.mean())
+
+
+def _codes_for(group: str | None, group_codes, what: str) -> np.ndarray:
+    if group is None:
+        if len(group_codes) != 1:
+            raise OptionError(f"{what}: say which grouping factor to use, e.g. 'group:school' "
+                              f"(the model has {', '.join(group_codes) or 'no grouping factors'}).")
+        group = next(iter(group_codes))
+    if group not in group_codes:
+        raise OptionError(f"{what}: {group!r} is not a grouping factor of the model."
+                          f"{closest_names(group, group_codes)}")
+    return group_codes[group][0]
+
+
+def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
+    values = frame[column]
+    if not pd.api.types.is_numeric_dtype(values):
+        raise DataError(f"Column {column!r} must be numeric to be centred; it has type {values.dtype}.")
+    return values.astype(float)
+
+
+# --- fixed effects ------------------------------------------------------------------------------------
+
+def _model_matrix(terms: list[Term], frame: pd.DataFrame, what: str):
+    rhs = " + ".join(["1" if INTERCEPT in terms else "0"] + [":".join(t) for t in terms if t != INTERCEPT])
+    try:
+        matrix = formulaic.model_matrix(rhs, frame, na_action="raise")
+    except (FormulaicError, ValueError, TypeError, NameError) as err:
+        raise FormulaError(f"Cannot build the {what} from {rhs!r}: {str(err).splitlines()[0]}") from None
+    names = tuple("(Intercept)" if n == "Intercept" else str(n) for n in matrix.columns)
+    if not np.issubdtype(matrix.to_numpy().dtype, np.number):
+        raise DataError(f"The {what} contain non-numeric values; convert text columns to categories.")
+    slices = {str(t): s for t, s in matrix.model_spec.term_slices.items()}
+    return np.ascontiguousarray(matrix.to_numpy(dtype=float)), names, slices
+
+
+def _columns_of_terms(terms: list[Term], names: tuple[str, ...]) -> dict[Term, list[int]]:
+    """Column positions produced by each term (a categorical term may produce several columns)."""
+    out: dict[Term, list[int]] = {}
+    for t in terms:
+        if t == INTERCEPT:
+            out[t] = [names.index("(Intercept)")]
+            continue
+        stem = ":".join(t)
+        out[t] = [i for i, n in enumerate(names) if n == stem or _same_term(n, t)]
+    return out
+
+
+def _same_term(column: str, term: Term) -> bool:
+    parts = column.split(":")
+    return len(parts) == len(term) and all(p == f or p.startswith(f + "[") for p, f in zip(parts, term))
+
+
+def _fixed_matrix(spec: ModelSpec, frame: pd.DataFrame):
+    if not spec.fixed:
+        raise FormulaError("The model has no fixed effects; write at least '1' (an intercept) on the right of '~'.")
+    X, names, slices = _model_matrix(list(spec.fixed), frame, "fixed effects")
+    term_of_column: list[tuple[str, ...]] = [()] * len(names)
+    by_key = {frozenset(t): t for t in spec.fixed}
+    for label, cols in slices.items():
+        key = frozenset() if label == "1" else frozenset(label.split(":"))
+        for i in range(cols.start, cols.stop):
+            term_of_column[i] = by_key.get(key, tuple(label.split(":")))
+    return X, names, tuple(term_of_column)
+
+
+def _check_fixed_matrix(X: np.ndarray, names: tuple[str, ...]) -> None:
+    constant = [n for n, col in zip(names, X.T) if n != "(Intercept)" and np.ptp(col) == 0]
+    if constant and "(Intercept)" in names:
+        raise DataError(f"Fixed-effect column(s) {constant} are constant among the analysed rows, so they "
+                        "duplicate the intercept. Remove them from the formula.")
+    rank = np.linalg.matrix_rank(X)
+    if rank < X.shape[1]:
+        raise DataError(f"Fixed-effect columns {_collinear_columns(X, names)} are perfectly collinear (the "
+                        f"design has rank {rank} < {X.shape[1]} columns): one is a linear combination of the "
+                        "others. Remove one of them.")
+
+
+def _collinear_columns(X: np.ndarray, names: tuple[str, ...]) -> list[str]:
+    """Columns taking part in an exact linear dependence (from the null space of X)."""
+    _, s, vt = np.linalg.svd(X / np.maximum(np.linalg.norm(X, axis=0), 1e-300), full_matrices=False)
+    null = vt[s < s.max() * X.shape[0] * np.finfo(float).eps * 10]
+    involved = np.flatnonzero(np.abs(null).max(axis=0) > 1e-8)
+    return [names[i] for i in involved]
+
+
+# --- known variances and level checks -----------------------------------------------------------------
+
+def _known_variance(spec: ModelSpec, frame: pd.DataFrame) -> np.ndarray | None:
+    if spec.known_variance is None:
+        return None
+    column = spec.known_variance
+    values = frame[column]
+    if not pd.api.types.is_numeric_dtype(values):
+        raise DataError(f"The known-variance column {column!r} must be numeric; it has type {values.dtype}.")
+    v = values.to_numpy(dtype=float)
+    bad = np.flatnonzero(v <= 0)
+    if len(bad):
+        raise DataError(f"The known sampling variances in {column!r} must be positive; {describe_rows(bad)} "
+                        f"have values <= 0 (e.g. {v[bad[0]]:g}). A variance of 0 would make that study's "
+                        "effect exact; check the column (is it a standard error that needs squaring?).")
+    return v
+
+
+def _term_levels(spec: ModelSpec, frame: pd.DataFrame, factors, nesting) -> dict[str, int]:
+    """The level each formula factor varies at: 1 within the innermost groups, 2 between them, 3 above."""
+    chain = _nesting_chain(factors, nesting)
+    levels: dict[str, int] = {}
+    for factor in dict.fromkeys(f for t in spec.fixed for f in t):
+        variables = _factor_variables(factor) & set(frame.columns)
+        level = 1
+        for depth, f in enumerate(chain, start=2):
+            if all(_constant_within(frame[v], f.codes) for v in variables):
+                level = depth
+            else:
+                break
+        levels[factor] = level
+    return levels
+
+
+def _nesting_chain(factors, nesting) -> list[GroupingFactor]:
+    """Factors from innermost to outermost when they form one nested chain (else the first factor only)."""
+    if not factors:
+        return []
+    by_name = {f.name: f for f in factors}
+    parents = set(nesting.values())
+    inner = [f for f in factors if f.name not in parents]
+    if len(inner) != 1:
+        return []
+    chain = [inner[0]]
+    while nesting.get(chain[-1].name):
+        chain.append(by_name[nesting[chain[-1].name]])
+    return chain if len(chain) == len(factors) else []
+
+
+def _constant_within(values: pd.Series, codes: np.ndarray) -> bool:
+    return bool((values.groupby(codes).nunique(dropna=False) <= 1).all())
+
+
+def _check_level_predictors(spec: ModelSpec, frame: pd.DataFrame, group_codes) -> None:
+    for factor, group in spec.level_predictors:
+        codes = group_codes.get(group, (None,))[0]
+        if codes is None:
+            continue
+        for variable in sorted(_factor_variables(factor) & set(frame.columns)):
+            counts = frame[variable].groupby(codes).nunique(dropna=False)
+            varying = np.flatnonzero(counts.to_numpy() > 1)
+            if len(varying):
+                labels = group_codes[group][1]
+                raise DataError(
+                    f"{variable!r} is used as a predictor at the level of {group!r} but varies within "
+                    f"{len(varying)} of its {len(counts)} groups (e.g. group {labels[varying[0]]!r} has "
+                    f"{counts.iloc[varying[0]]} different values). Use its group mean "
+                    f"(group_means=[{variable!r}]) or move it to the level-1 equation."
+                )

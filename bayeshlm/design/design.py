@@ -1,0 +1,193 @@
+"""The Design: backend-free numbers describing one model on one data set.
+
+Both engines read only this object. Group effects are represented by integer codes per row plus a small
+dense matrix Z (rows x coefficients) per grouping factor -- never a dense rows x groups matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..spec import ModelSpec
+
+
+@dataclass(frozen=True, eq=False)
+class GroupingFactor:
+    """One grouping factor: which group each row is in, and the random-effect columns it carries.
+
+    ``blocks`` partitions the columns of ``Z`` into independent covariance blocks: one block holding all
+    columns is an unstructured (correlated) T, one block per column is lme4's ``||`` (diagonal T).
+    """
+
+    name: str
+    codes: np.ndarray  # (n,) int64 in 0..J-1
+    levels: pd.Index  # (J,) group labels, sorted
+    Z: np.ndarray  # (n, q) random-effect covariates
+    coef_names: tuple[str, ...]
+    blocks: tuple[tuple[int, ...], ...]
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.levels)
+
+    @property
+    def n_coef(self) -> int:
+        return self.Z.shape[1]
+
+    @property
+    def correlated(self) -> bool:
+        """True when T is unstructured (one block holding every coefficient)."""
+        return len(self.blocks) == 1
+
+    @property
+    def group_sizes(self) -> np.ndarray:
+        return np.bincount(self.codes, minlength=self.n_groups)
+
+
+@dataclass(frozen=True, eq=False)
+class DroppedRows:
+    """Rows of the input left out of the analysis because of missing values."""
+
+    n_input: int
+    positions: np.ndarray  # positions (0-based) in the input frame
+    by_column: dict[str, int]  # missing count per column among the analysed variables
+
+    @property
+    def count(self) -> int:
+        return len(self.positions)
+
+    def __str__(self) -> str:
+        if not self.count:
+            return f"all {self.n_input} rows used (no missing values)"
+        columns = ", ".join(f"{c} ({k})" for c, k in self.by_column.items() if k)
+        return (f"{self.count} of {self.n_input} rows dropped for missing values in: {columns}; "
+                f"{self.n_input - self.count} rows analysed")
+
+
+@dataclass(frozen=True, eq=False)
+class GroupCrossproducts:
+    """Per-group sufficient statistics of a Gaussian model for one grouping factor.
+
+    With weights w (1/V for known variances, else 1): ZtZ[j] = Z_j' W_j Z_j, ZtX[j] = Z_j' W_j X_j,
+    Zty[j] = Z_j' W_j y_j, and the whole-sample XtX, Xty, yty. After this one pass over the rows, a nested
+    model's likelihood costs O(J q^3) (R&B 2002, ch. 3; HLM's "MDM" file holds the same numbers).
+    """
+
+    n: np.ndarray  # (J,) rows per group
+    ZtZ: np.ndarray  # (J, q, q)
+    ZtX: np.ndarray  # (J, q, p)
+    Zty: np.ndarray  # (J, q)
+    XtX: np.ndarray  # (p, p)
+    Xty: np.ndarray  # (p,)
+    yty: float
+
+
+@dataclass(frozen=True, eq=False)
+class Design:
+    """Outcome, fixed-effects matrix and grouping factors of one model, ready for either engine."""
+
+    spec: ModelSpec
+    y: np.ndarray  # (n,)
+    X: np.ndarray  # (n, p)
+    fixed_names: tuple[str, ...]
+    fixed_terms: tuple[tuple[str, ...], ...]  # the spec term behind each column of X
+    factors: tuple[GroupingFactor, ...]
+    known_variance: np.ndarray | None  # (n,) sampling variances of V-known models
+    row_labels: pd.Index  # index labels (in the input frame) of the analysed rows
+    dropped: DroppedRows
+    nesting: dict[str, str | None]  # factor -> the factor it is nested in (None: top level / crossed)
+    term_levels: dict[str, int] = field(default_factory=dict)  # formula factor -> level it varies at
+
+    @property
+    def n_obs(self) -> int:
+        return len(self.y)
+
+    @property
+    def n_fixed(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def outcome_name(self) -> str:
+        return self.spec.outcome
+
+    @property
+    def structure(self) -> str:
+        """'single' (one grouping factor), 'nested' (a chain of nested factors) or 'crossed'."""
+        if len(self.factors) <= 1:
+            return "single"
+        tops = [f for f, parent in self.nesting.items() if parent is None]
+        return "nested" if len(tops) == 1 else "crossed"
+
+    def factor(self, name: str) -> GroupingFactor:
+        for f in self.factors:
+            if f.name == name:
+                return f
+        from ..errors import OptionError, closest_names
+
+        raise OptionError(f"No grouping factor {name!r} in this model.{closest_names(name, self.factor_names)} "
+                          f"Grouping factors: {', '.join(self.factor_names)}.")
+
+    @property
+    def factor_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.factors)
+
+    @property
+    def weights(self) -> np.ndarray | None:
+        """Precision weights 1/V of a V-known model (None otherwise)."""
+        return None if self.known_variance is None else 1.0 / self.known_variance
+
+    def crossproducts(self, factor: str | GroupingFactor) -> GroupCrossproducts:
+        """Per-group sufficient statistics for ``factor`` (see :class:`GroupCrossproducts`)."""
+        f = self.factor(factor) if isinstance(factor, str) else factor
+        w = self.weights
+        Zw = f.Z if w is None else f.Z * w[:, None]
+        Xw = self.X if w is None else self.X * w[:, None]
+        J = f.n_groups
+        ZtZ = _group_sum_outer(f.codes, Zw, f.Z, J)
+        ZtX = _group_sum_outer(f.codes, Zw, self.X, J)
+        Zty = _group_sum_outer(f.codes, Zw, self.y[:, None], J)[:, :, 0]
+        return GroupCrossproducts(
+            n=f.group_sizes, ZtZ=ZtZ, ZtX=ZtX, Zty=Zty,
+            XtX=Xw.T @ self.X, Xty=Xw.T @ self.y, yty=float((self.y if w is None else self.y * w) @ self.y),
+        )
+
+    def summary(self) -> str:
+        """Plain-text description of the design (sizes, factors, structure, dropped rows)."""
+        lines = [
+            f"Model: {self.spec.formula()}",
+            f"Outcome: {self.outcome_name}   rows analysed: {self.n_obs}   ({self.dropped})",
+            f"Fixed effects ({self.n_fixed}): {', '.join(self.fixed_names)}",
+        ]
+        if self.known_variance is not None:
+            lines.append(f"Known sampling variances: column {self.spec.known_variance!r} "
+                         f"(range {self.known_variance.min():.4g} to {self.known_variance.max():.4g})")
+        for f in self.factors:
+            sizes = f.group_sizes
+            cov = "unstructured T" if f.correlated else "diagonal T (uncorrelated)"
+            if len(f.blocks) not in (1, f.n_coef):
+                cov = "block-diagonal T " + " ".join("(" + ", ".join(f.coef_names[i] for i in b) + ")"
+                                                     for b in f.blocks)
+            parent = self.nesting.get(f.name)
+            where = f", nested in {parent}" if parent else ""
+            lines.append(
+                f"Grouping factor {f.name}: {f.n_groups} groups{where}; size {sizes.min()}-{sizes.max()} "
+                f"(mean {sizes.mean():.1f}); random coefficients ({f.n_coef}): {', '.join(f.coef_names)}; {cov}"
+            )
+        if len(self.factors) > 1:
+            lines.append(f"Structure: {self.structure}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<Design {self.n_obs} rows x {self.n_fixed} fixed; factors {self.factor_names}>"
+
+
+def _group_sum_outer(codes: np.ndarray, A: np.ndarray, B: np.ndarray, n_groups: int) -> np.ndarray:
+    """sum over rows i in group j of A[i, a] * B[i, b], as a (J, a, b) array, by one bincount per cell."""
+    out = np.empty((n_groups, A.shape[1], B.shape[1]))
+    for a in range(A.shape[1]):
+        for b in range(B.shape[1]):
+            out[:, a, b] = np.bincount(codes, weights=A[:, a] * B[:, b], minlength=n_groups)
+    return out

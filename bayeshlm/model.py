@@ -1,0 +1,136 @@
+"""``HLM``: one model, described in either notation, fitted by either engine.
+
+>>> import bayeshlm as bh
+>>> hsb = bh.datasets.load("hsb")
+>>> model = bh.HLM("mathach ~ meanses*cses + sector*cses + (cses | school)", hsb)
+>>> model.design.n_fixed
+6
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pandas as pd
+
+from .design import Design, build_design
+from .errors import OptionError, closest_names
+from .spec import Centering, ModelSpec, parse_formula, parse_levels
+
+METHODS = ("reml", "ml", "bayes")
+
+
+class HLM:
+    """A hierarchical linear model on a data frame.
+
+    Parameters
+    ----------
+    formula
+        lme4-style formula, e.g. ``"mathach ~ meanses*cses + sector*cses + (cses | school)"``.
+        ``(x | g)`` correlated random effects, ``(x || g)`` uncorrelated, ``(1 | a/b)`` nested,
+        several bar terms for several grouping factors (nested or crossed).
+    data
+        pandas DataFrame holding every variable.
+    known_variance
+        Column of known sampling variances (V-known / meta-analysis models, R&B 2002 ch. 7).
+    center
+        ``{"ses": "group"}`` centres ``ses`` at its group mean, ``"grand"`` at its grand mean;
+        ``"group:school"`` names the grouping factor when there are several.
+    group_means
+        Columns whose group means are added as ``mean_<column>`` (to use as level-2 predictors);
+        a list of columns, or a dict ``{column: group}``.
+    missing
+        ``"drop"`` (default) drops rows with missing values in any model variable and reports how many
+        and which columns (``model.design.dropped``); ``"raise"`` refuses them.
+    """
+
+    def __init__(self, formula: str, data: pd.DataFrame, known_variance: str | None = None, *,
+                 center: Mapping[str, str] | None = None, group_means: Sequence[str] | Mapping | None = None,
+                 missing: str = "drop"):
+        spec = parse_formula(formula, known_variance=known_variance, centering=_centering(center),
+                             group_means=_group_means(group_means, formula))
+        self._init(spec, data, missing)
+
+    @classmethod
+    def from_levels(cls, level1: str, level2: Mapping[str, str] | None = None, *, groups: str | Sequence[str],
+                    data: pd.DataFrame, level3: Mapping | None = None, random=None, correlated: bool = True,
+                    known_variance: str | None = None, center: Mapping[str, str] | None = None,
+                    group_means: Sequence[str] | Mapping | None = None, missing: str = "drop") -> HLM:
+        """Build the model from Raudenbush & Bryk's level equations.
+
+        ``level1="mathach ~ cses"``; ``level2={"intercept": "~ meanses + sector", "cses": "~ meanses + sector"}``
+        gives each listed level-1 coefficient its level-2 equation (with a random effect unless ``random``
+        says otherwise); ``groups="school"`` (or ``[level-2 unit, level-3 unit]`` with ``level3=``).
+        See :func:`bayeshlm.spec.parse_levels` for the rules.
+        """
+        spec = parse_levels(level1, level2, groups, level3=level3, random=random, correlated=correlated,
+                            known_variance=known_variance, centering=_centering(center),
+                            group_means=_group_means(group_means, level1, groups))
+        model = cls.__new__(cls)
+        model._init(spec, data, missing)
+        return model
+
+    def _init(self, spec: ModelSpec, data: pd.DataFrame, missing: str) -> None:
+        self.spec: ModelSpec = spec
+        self.data = data
+        self.design: Design = build_design(spec, data, missing=missing)
+
+    # --- description ----------------------------------------------------------------------------
+    def equations(self, form: str = "both"):
+        """The model in level notation (beta, gamma, u, r), combined form, or both, as Markdown/LaTeX."""
+        from .report.equations import render_equations
+
+        return render_equations(self.design, form=form)
+
+    def summary(self) -> str:
+        """Plain-text design summary: sizes, grouping factors, structure, dropped rows."""
+        return self.design.summary()
+
+    def __repr__(self) -> str:
+        return f"HLM({self.spec.formula()!r}; {self.design.n_obs} rows)"
+
+    # --- fitting --------------------------------------------------------------------------------
+    def fit(self, method: str = "reml", **options):
+        """Fit by restricted ML ('reml', default), full ML ('ml') or full Bayes ('bayes')."""
+        if method not in METHODS:
+            raise OptionError(f"Unknown method {method!r}.{closest_names(str(method), METHODS)} "
+                              f"Use one of {', '.join(METHODS)}.")
+        if method == "bayes":
+            from .bayes import fit_bayes
+
+            return fit_bayes(self.design, **options)
+        from .likelihood import fit_likelihood
+
+        return fit_likelihood(self.design, method=method, **options)
+
+
+def _centering(center: Mapping[str, str] | None) -> tuple[Centering, ...]:
+    out = []
+    for column, how in (center or {}).items():
+        kind, _, group = str(how).partition(":")
+        if kind not in ("group", "grand"):
+            raise OptionError(f"center[{column!r}] = {how!r}: use 'group', 'group:<factor>' or 'grand'.")
+        if kind == "grand" and group:
+            raise OptionError(f"center[{column!r}] = {how!r}: grand-mean centring takes no grouping factor.")
+        out.append(Centering(column, kind, group or None))
+    return tuple(out)
+
+
+def _group_means(group_means, formula: str, groups=None) -> tuple[tuple[str, str], ...]:
+    if not group_means:
+        return ()
+    if isinstance(group_means, Mapping):
+        return tuple(group_means.items())
+    if isinstance(group_means, str):
+        group_means = [group_means]
+    if groups is None:
+        from .spec.formula import split_bar_terms
+
+        bars = split_bar_terms(formula.split("~", 1)[-1], formula)[1]
+        names = list(dict.fromkeys(b.split("|")[-1].strip() for b in bars))
+    else:
+        names = [groups] if isinstance(groups, str) else list(groups)[:1]
+    if len(names) != 1:
+        raise OptionError("group_means: the model has several grouping factors; pass a dict "
+                          "{column: grouping factor}.")
+    return tuple((column, names[0]) for column in group_means)

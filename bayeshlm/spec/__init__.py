@@ -1,0 +1,7 @@
+"""Backend-free model description: parse either notation into one :class:`ModelSpec`."""
+
+from .formula import parse_formula
+from .levels import parse_levels
+from .model_spec import Centering, ModelSpec, RandomTerm, Term
+
+__all__ = ["Centering", "ModelSpec", "RandomTerm", "Term", "parse_formula", "parse_levels"]
