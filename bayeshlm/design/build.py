@@ -15,7 +15,7 @@ from formulaic.errors import FormulaicError
 from ..errors import DataError, FormulaError, OptionError, closest_names, describe_rows
 from ..spec import ModelSpec
 from ..spec.model_spec import INTERCEPT, RandomTerm, Term, term_name
-from .design import Design, DroppedRows, GroupingFactor
+from .design import Design, DroppedRows, GroupingFactor, nesting_chain
 
 MISSING_OPTIONS = ("drop", "raise")
 
@@ -335,7 +335,7 @@ def _known_variance(spec: ModelSpec, frame: pd.DataFrame) -> np.ndarray | None:
 
 def _term_levels(spec: ModelSpec, frame: pd.DataFrame, factors, nesting) -> dict[str, int]:
     """The level each formula factor varies at: 1 within the innermost groups, 2 between them, 3 above."""
-    chain = _nesting_chain(factors, nesting)
+    chain = nesting_chain(factors, nesting)
     levels: dict[str, int] = {}
     for factor in dict.fromkeys(f for t in spec.fixed for f in t):
         variables = _factor_variables(factor) & set(frame.columns)
@@ -347,21 +347,6 @@ def _term_levels(spec: ModelSpec, frame: pd.DataFrame, factors, nesting) -> dict
                 break
         levels[factor] = level
     return levels
-
-
-def _nesting_chain(factors, nesting) -> list[GroupingFactor]:
-    """Factors from innermost to outermost when they form one nested chain (else the first factor only)."""
-    if not factors:
-        return []
-    by_name = {f.name: f for f in factors}
-    parents = set(nesting.values())
-    inner = [f for f in factors if f.name not in parents]
-    if len(inner) != 1:
-        return []
-    chain = [inner[0]]
-    while nesting.get(chain[-1].name):
-        chain.append(by_name[nesting[chain[-1].name]])
-    return chain if len(chain) == len(factors) else []
 
 
 def _constant_within(values: pd.Series, codes: np.ndarray) -> bool:

@@ -121,6 +121,11 @@ class Design:
         tops = [f for f, parent in self.nesting.items() if parent is None]
         return "nested" if len(tops) == 1 else "crossed"
 
+    @property
+    def chain(self) -> list[GroupingFactor]:
+        """Grouping factors from innermost to outermost when they form one nested chain, else []."""
+        return nesting_chain(self.factors, self.nesting)
+
     def factor(self, name: str) -> GroupingFactor:
         for f in self.factors:
             if f.name == name:
@@ -191,3 +196,18 @@ def _group_sum_outer(codes: np.ndarray, A: np.ndarray, B: np.ndarray, n_groups: 
         for b in range(B.shape[1]):
             out[:, a, b] = np.bincount(codes, weights=A[:, a] * B[:, b], minlength=n_groups)
     return out
+
+
+def nesting_chain(factors, nesting: dict[str, str | None]) -> list[GroupingFactor]:
+    """Factors from innermost to outermost when they form one nested chain (else an empty list)."""
+    if not factors:
+        return []
+    by_name = {f.name: f for f in factors}
+    parents = set(nesting.values())
+    inner = [f for f in factors if f.name not in parents]
+    if len(inner) != 1:
+        return []
+    chain = [inner[0]]
+    while nesting.get(chain[-1].name):
+        chain.append(by_name[nesting[chain[-1].name]])
+    return chain if len(chain) == len(factors) else []
