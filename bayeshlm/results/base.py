@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+import numpy as np
 import pandas as pd
 
 from ..design import Design
+from . import hlm_statistics as hlm
 
 
 class FitResult(ABC):
@@ -53,3 +55,58 @@ class FitResult(ABC):
 
     def _factor_name(self, factor: str | None) -> str:
         return self.design.factors[0].name if factor is None else self.design.factor(factor).name
+
+    # --- HLM statistics (R&B 2002, ch. 3-4), from the point estimates ---------------------------
+    def _gamma(self) -> np.ndarray:
+        return self.fixed_effects["estimate"].reindex(list(self.design.fixed_names)).to_numpy(dtype=float)
+
+    def _group_ols(self, factor: str | None):
+        return hlm.group_ols(self.design, self._gamma(), self.sigma2, self._factor_name(factor))
+
+    def reliability(self, factor: str | None = None) -> pd.DataFrame:
+        """Reliability lambda_qj of each group's OLS coefficient (R&B eq. 3.42); ``.mean()`` averages groups."""
+        name = self._factor_name(factor)
+        return hlm.reliability(self.design, self.tau[name].to_numpy(), self._group_ols(name))
+
+    def chi_square(self, factor: str | None = None) -> pd.DataFrame:
+        """Chi-square homogeneity test of each random coefficient's variance (R&B eq. 3.103)."""
+        return hlm.chi_square(self._group_ols(factor))
+
+    def plausible_values(self, factor: str | None = None, level: float = 0.95) -> pd.DataFrame:
+        """Plausible-value range gamma_q0 +/- z sqrt(tau_qq) of each random coefficient (R&B eq. 4.4)."""
+        name = self._factor_name(factor)
+        coefs = self.design.factor(name).coef_names
+        estimates = self.fixed_effects["estimate"]
+        centers = np.array([estimates.get(c, 0.0) for c in coefs], dtype=float)
+        return hlm.plausible_values(centers, self.tau[name].to_numpy(), coefs, level)
+
+    def icc(self, factor: str | None = None) -> float:
+        """Intraclass correlation tau00 / (tau00 + sigma^2), defined for random-intercept-only models."""
+        name = self._factor_name(factor)
+        tau = self.tau[name]
+        if tau.shape != (1, 1) or self.sigma2 is None:
+            from ..errors import OptionError
+
+            raise OptionError(
+                f"The ICC is one number only for a random-intercept model with a level-1 variance; {name!r} has "
+                f"random coefficients {list(tau.index)} so the level-2 variance depends on the predictors. "
+                "Use fit.tau to see the variance at given predictor values."
+            )
+        return hlm.icc(float(tau.iloc[0, 0]), float(self.sigma2))
+
+    def variance_explained(self, base: FitResult) -> pd.DataFrame:
+        """Proportion of variance explained relative to ``base`` at each level (R&B eq. 4.12, 4.20, 4.24).
+
+        Rows: 'level-1' for sigma^2, and one per random coefficient present in both fits.
+        """
+        rows = {}
+        if self.sigma2 is not None and base.sigma2 is not None:
+            rows["level-1 (sigma^2)"] = (base.sigma2, self.sigma2)
+        for name, tau in self.tau.items():
+            if name in base.tau:
+                for coef in tau.index.intersection(base.tau[name].index):
+                    rows[f"{name}: {coef}"] = (base.tau[name].loc[coef, coef], tau.loc[coef, coef])
+        return pd.DataFrame(
+            [(b, f, hlm.proportion_explained(b, f)) for b, f in rows.values()],
+            index=pd.Index(list(rows), name="variance"), columns=["base", "fitted", "proportion_explained"],
+        )

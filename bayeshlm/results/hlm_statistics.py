@@ -1,0 +1,144 @@
+"""HLM-style statistics computed from a design and point estimates (gamma, T, sigma^2).
+
+Engine-independent: likelihood fits pass their ML/REML estimates, Bayesian fits their posterior means
+(or one draw at a time). Formulas are Raudenbush & Bryk (2002), chapters 3-4; equation numbers in each
+docstring. Only models with one grouping factor, or the innermost factor of a nested chain, are covered by
+the per-group OLS quantities (reliability, chi-square): they need the level-1 regression within a group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..design import Design, GroupingFactor
+from ..errors import OptionError
+
+
+@dataclass(frozen=True)
+class GroupOLS:
+    """Per-group OLS of the level-1 random-coefficient columns (R&B 2002, eq. 3.22-3.24).
+
+    ``usable`` marks groups whose Z_j'Z_j is of full rank with more rows than coefficients; ``estimates``,
+    ``variances`` (the diagonal of sigma^2 (Z_j'Z_j)^-1) and ``predicted`` (the coefficients' fixed part,
+    sum_s gamma_qs W_sj) are NaN elsewhere. ``n_predictors[q]`` is S_q, the number of level-2 predictors of
+    coefficient q.
+    """
+
+    factor: GroupingFactor
+    usable: np.ndarray  # (J,) bool
+    estimates: np.ndarray  # (J, q)
+    variances: np.ndarray  # (J, q)
+    predicted: np.ndarray  # (J, q)
+    n_predictors: np.ndarray  # (q,)
+
+
+def group_ols(design: Design, gamma: np.ndarray, sigma2: float | None, factor: str | None = None) -> GroupOLS:
+    """OLS coefficient estimates per group, their sampling variances and their predicted (fixed) part.
+
+    Fixed-effect columns whose level-1 part is a random coefficient (``cses``, ``meanses:cses``) predict
+    that coefficient; other fixed columns (level-1 covariates with fixed slopes) are subtracted from the
+    outcome first, as HLM does. For V-known models sigma^2 = 1 and the rows are weighted by 1/V_j.
+    """
+    f = design.factors[0] if factor is None else design.factor(factor)
+    cp = design.crossproducts(f)
+    q = f.n_coef
+    attached = _attached_columns(design, f)  # (p,) index of the coefficient each fixed column predicts, -1 none
+    gamma = np.asarray(gamma, dtype=float)
+    free = attached < 0
+    # Z_j'(y_j - X_free,j gamma_free)
+    zty = cp.Zty - cp.ZtX[:, :, free] @ gamma[free]
+    ztx_attached = cp.ZtX[:, :, ~free] @ gamma[~free]
+    scale = 1.0 if sigma2 is None else float(sigma2)
+    usable = (cp.n > q) if design.known_variance is None else (cp.n >= q)
+    usable &= np.linalg.matrix_rank(cp.ZtZ) == q
+    estimates = np.full((f.n_groups, q), np.nan)
+    variances = np.full((f.n_groups, q), np.nan)
+    predicted = np.full((f.n_groups, q), np.nan)
+    inverse = np.linalg.inv(cp.ZtZ[usable])
+    estimates[usable] = np.einsum("jab,jb->ja", inverse, zty[usable])
+    predicted[usable] = np.einsum("jab,jb->ja", inverse, ztx_attached[usable])
+    variances[usable] = scale * np.diagonal(inverse, axis1=1, axis2=2)
+    n_predictors = np.array([np.sum(attached == k) - 1 for k in range(q)])
+    return GroupOLS(f, usable, estimates, variances, predicted, n_predictors)
+
+
+def _attached_columns(design: Design, factor: GroupingFactor) -> np.ndarray:
+    """For each fixed column, the random coefficient whose level-2 equation it belongs to (-1 if none).
+
+    Column c belongs to coefficient q when it equals Z_q times a variable constant within each group
+    (an intercept's level-2 predictor, or a cross-level interaction), tested on the data.
+    """
+    out = np.full(design.n_fixed, -1)
+    codes = factor.codes
+    for c in range(design.n_fixed):
+        for k in range(factor.n_coef):
+            z = factor.Z[:, k]
+            nonzero = z != 0
+            if np.any(design.X[~nonzero, c] != 0):
+                continue
+            ratio = pd.Series(design.X[nonzero, c] / z[nonzero]).groupby(codes[nonzero])
+            spread = (ratio.max() - ratio.min()).max()
+            if spread <= 1e-9 * (1 + ratio.max().abs().max()) and _same_name_stem(
+                    design.fixed_names[c], factor.coef_names[k]):
+                out[c] = k
+                break
+    return out
+
+
+def _same_name_stem(column: str, coefficient: str) -> bool:
+    """Guard against coincidences: the column's name contains the coefficient's (or it is the intercept)."""
+    return coefficient == "(Intercept)" or coefficient in column.split(":") or column == coefficient
+
+
+def reliability(design: Design, tau: np.ndarray, ols: GroupOLS) -> pd.DataFrame:
+    """lambda_qj = tau_qq / (tau_qq + v_qqj), v_qqj the OLS sampling variance (R&B 2002, eq. 3.42, 3.58).
+
+    One row per usable group, one column per random coefficient; the average over groups (eq. 3.59) is
+    ``.mean()``.
+    """
+    tau_diag = np.diag(np.asarray(tau, dtype=float))
+    lam = tau_diag / (tau_diag + ols.variances[ols.usable])
+    return pd.DataFrame(lam, index=ols.factor.levels[ols.usable], columns=list(ols.factor.coef_names))
+
+
+def chi_square(ols: GroupOLS) -> pd.DataFrame:
+    """Homogeneity test of each variance component (R&B 2002, eq. 3.103 and 4.5).
+
+    chi2_q = sum_j (beta_hat_qj - sum_s gamma_qs W_sj)^2 / v_qqj over the J' groups with enough data,
+    df = J' - S_q - 1, referred to chi-square(df).
+    """
+    u = ols.usable
+    chi2 = np.nansum((ols.estimates[u] - ols.predicted[u]) ** 2 / ols.variances[u], axis=0)
+    groups_used = int(u.sum())
+    df = groups_used - ols.n_predictors - 1
+    return pd.DataFrame({
+        "chi2": chi2, "df": df, "p": stats.chi2.sf(chi2, df), "groups_used": groups_used,
+        "groups": ols.factor.n_groups,
+    }, index=pd.Index(ols.factor.coef_names, name="coefficient"))
+
+
+def plausible_values(gamma_q0: np.ndarray, tau: np.ndarray, names, level: float = 0.95) -> pd.DataFrame:
+    """Range of group coefficients: gamma_q0 +/- z * sqrt(tau_qq) (R&B 2002, eq. 4.4, 4.19).
+
+    gamma_q0 is the coefficient's value when its level-2 predictors are zero.
+    """
+    z = stats.norm.ppf(0.5 + level / 2)
+    sd = np.sqrt(np.diag(np.asarray(tau, dtype=float)))
+    return pd.DataFrame({"center": gamma_q0, "sd": sd, "lower": gamma_q0 - z * sd, "upper": gamma_q0 + z * sd},
+                        index=pd.Index(list(names), name="coefficient"))
+
+
+def icc(tau00: float, sigma2: float) -> float:
+    """Intraclass correlation tau00 / (tau00 + sigma^2) (R&B 2002, eq. 2.10): random-intercept models only."""
+    return tau00 / (tau00 + sigma2)
+
+
+def proportion_explained(base: float, fitted: float) -> float:
+    """(base - fitted) / base, for sigma^2 (eq. 4.20) or a tau_qq (eq. 4.12, 4.24)."""
+    if base <= 0:
+        raise OptionError("The base model's variance is zero; a proportion of it explained is undefined.")
+    return (base - fitted) / base
