@@ -9,10 +9,11 @@ from importlib.metadata import PackageNotFoundError, version
 from . import datasets
 from .errors import DataError, FormulaError, InputError, OptionError
 from .model import HLM
+from .report import compare
 
 try:
     __version__ = version("bayeshlm")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
-__all__ = ["HLM", "DataError", "FormulaError", "InputError", "OptionError", "datasets", "__version__"]
+__all__ = ["HLM", "compare", "DataError", "FormulaError", "InputError", "OptionError", "datasets", "__version__"]

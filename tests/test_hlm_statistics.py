@@ -94,3 +94,29 @@ def test_table_4_5_chi_square_degrees_of_freedom(ladder):
     assert chi.loc["(Intercept)", "chi2"] == pytest.approx(605.00, abs=0.05)
     assert chi.loc["cses", "chi2"] == pytest.approx(162.22, abs=0.05)
     assert list(chi["df"]) == [157, 157]  # J - S_q - 1 with S_q = 2 level-2 predictors each
+
+
+def test_report_has_the_hlm_sections(ladder):
+    text = str(ladder["randcoef"].report())
+    for section in ("Model (REML)", "Level 1:  mathach_ij = b0_j + b1_j*(cses)_ij + r_ij", "Fixed effects",
+                    "Variance components", "Reliability of OLS coefficients (school", "Chi-square tests",
+                    "Plausible-value ranges", "not one number"):
+        assert section in text
+    assert "0.9076" in text  # intercept reliability
+    anova = str(ladder["anova"].report())
+    assert "Intraclass correlation (school)\n-------------------------------\n0.180" in anova
+    assert "### Fixed effects" in ladder["anova"].report()._repr_markdown_()
+
+
+def test_compare_sets_fits_side_by_side(ladder):
+    fit = ladder["randcoef"]
+    other = PublishedEstimates(fit.design, [12.736, 2.193], [[8.0, 0.0], [0.0, 0.7]], 36.0)
+    other._fixed["se"] = 0.2
+    fit._fixed["se"] = [0.25, 0.13]
+    table = bh.compare(fit, other, names=["book", "other"])
+    assert table.loc["fixed: (Intercept)", ("other", "diff/se")] == pytest.approx(0.1 / 0.25)
+    assert table.loc["school: var(cses)", ("book", "estimate")] == pytest.approx(0.694)
+    assert table.loc["sigma^2", ("other", "estimate")] == 36.0
+    assert table.loc["fixed: cses", ("book", "lower")] == pytest.approx(2.193 - 1.959964 * 0.13, abs=1e-6)
+    with pytest.raises(bh.OptionError, match="same model"):
+        bh.compare(fit, ladder["anova"])

@@ -94,6 +94,13 @@ class FitResult(ABC):
             )
         return hlm.icc(float(tau.iloc[0, 0]), float(self.sigma2))
 
+    def report(self):
+        """HLM-style report: equations, fixed effects, variance components, reliabilities, chi-square tests,
+        plausible values, ICC and fit statistics (plain text with ``print``, Markdown in notebooks)."""
+        from ..report.report import build_report
+
+        return build_report(self)
+
     def variance_explained(self, base: FitResult) -> pd.DataFrame:
         """Proportion of variance explained relative to ``base`` at each level (R&B eq. 4.12, 4.20, 4.24).
 

@@ -1,0 +1,181 @@
+"""HLM-style printed report of any fit (likelihood or Bayes), and side-by-side comparison of fits.
+
+The sections follow HLM's output and the book's tables: model equations, data, fixed effects,
+variance components, reliabilities, chi-square tests, plausible-value ranges, ICC, fit statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError, OptionError
+from ..results import FitResult
+from .equations import render_equations
+
+
+@dataclass(frozen=True)
+class Report:
+    """A report as plain text (terminal) and Markdown (notebooks)."""
+
+    sections: tuple[tuple[str, str | pd.DataFrame], ...]
+
+    def __str__(self) -> str:
+        parts = []
+        for title, body in self.sections:
+            text = body.to_string(float_format=_fmt) if isinstance(body, pd.DataFrame) else body
+            parts.append(f"{title}\n{'-' * len(title)}\n{text}")
+        return "\n\n".join(parts)
+
+    def _repr_markdown_(self) -> str:
+        parts = []
+        for title, body in self.sections:
+            text = body.to_markdown(floatfmt=".4g") if isinstance(body, pd.DataFrame) and _has_tabulate() \
+                else (f"```\n{body.to_string(float_format=_fmt)}\n```" if isinstance(body, pd.DataFrame) else body)
+            parts.append(f"### {title}\n\n{text}")
+        return "\n\n".join(parts)
+
+
+def build_report(fit: FitResult) -> Report:
+    """Assemble the report of ``fit`` (see the module docstring for the sections)."""
+    design = fit.design
+    sections: list[tuple[str, str | pd.DataFrame]] = [
+        (f"Model ({_method_name(fit.method)})", render_equations(design).text),
+        ("Data", design.summary().split("\n", 1)[1]),
+        ("Fixed effects", fit.fixed_effects),
+        ("Variance components", fit.variance_components),
+    ]
+    per_group = design.chain[:1] if design.chain else []
+    for factor in per_group:
+        name = factor.name
+        for title, compute in (
+            (f"Reliability of OLS coefficients ({name}, average over groups)",
+             lambda: fit.reliability(name).mean().to_frame("reliability")),
+            (f"Chi-square tests of variance components ({name})", lambda: fit.chi_square(name)),
+            (f"Plausible-value ranges, 95% ({name})", lambda: fit.plausible_values(name)),
+        ):
+            try:
+                sections.append((title, compute()))
+            except InputError as err:
+                sections.append((title, f"not available: {err}"))
+        if fit.tau[name].shape == (1, 1) and fit.sigma2 is not None:
+            sections.append((f"Intraclass correlation ({name})", f"{fit.icc(name):.3f}"))
+        elif fit.sigma2 is not None:
+            sections.append((f"Intraclass correlation ({name})",
+                             "not one number: with random slopes the level-2 variance depends on the predictors"))
+    sections.append(("Fit", _fit_statistics(fit)))
+    messages = list(getattr(fit, "messages", []) or [])
+    if messages:
+        sections.append(("Warnings", "\n".join(f"* {m}" for m in messages)))
+    return Report(tuple(sections))
+
+
+def compare(*fits: FitResult, names: list[str] | None = None, level: float = 0.95) -> pd.DataFrame:
+    """Estimates, SEs (posterior SDs) and intervals of several fits of one model, side by side.
+
+    The layout of R&B (2002) Table 13.4: one row per parameter, one column group per fit. ``diff/se``
+    columns give each fit's difference from the first fit in units of the first fit's SE (or posterior
+    SD), so large disagreements stand out.
+    """
+    if len(fits) < 2:
+        raise OptionError("compare() needs at least two fits.")
+    first = fits[0]
+    for other in fits[1:]:
+        if other.design.spec != first.design.spec or other.design.n_obs != first.design.n_obs:
+            raise OptionError("compare() sets fits of the same model on the same data side by side; "
+                              f"got {first.design.spec.formula()!r} and {other.design.spec.formula()!r}.")
+    names = names or [_method_name(f.method) for f in fits]
+    if len(set(names)) != len(names):
+        names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
+    z = _normal_quantile(level)
+    columns = {}
+    for name, fit in zip(names, fits):
+        table = _parameters(fit)
+        columns[(name, "estimate")] = table["estimate"]
+        columns[(name, "se")] = table["se"]
+        lower = table["lower"] if "lower" in table else table["estimate"] - z * table["se"]
+        upper = table["upper"] if "upper" in table else table["estimate"] + z * table["se"]
+        columns[(name, "lower")], columns[(name, "upper")] = lower, upper
+    out = pd.DataFrame(columns)
+    base, base_se = out[(names[0], "estimate")], out[(names[0], "se")]
+    for name in names[1:]:
+        out[(name, "diff/se")] = (out[(name, "estimate")] - base) / base_se
+    out.columns = pd.MultiIndex.from_tuples(out.columns, names=["fit", "statistic"])
+    return out
+
+
+def _parameters(fit: FitResult) -> pd.DataFrame:
+    """Fixed effects then variance components, with estimate / se (and interval where the fit has one)."""
+    fixed = fit.fixed_effects
+    rows = pd.DataFrame({"estimate": fixed["estimate"], "se": fixed["se"]})
+    for bound in ("lower", "upper"):
+        column = _interval_column(fixed, bound)
+        if column:
+            rows[bound] = fixed[column]
+    rows.index = [f"fixed: {n}" for n in rows.index]
+    variances = _variance_rows(fit)
+    return pd.concat([rows, variances])
+
+
+def _variance_rows(fit: FitResult) -> pd.DataFrame:
+    records = {}
+    for factor, tau in fit.tau.items():
+        for i, a in enumerate(tau.index):
+            for b in tau.index[: i + 1]:
+                records[f"{factor}: var({a})" if a == b else f"{factor}: cov({b}, {a})"] = tau.loc[a, b]
+    if fit.sigma2 is not None:
+        records["sigma^2"] = fit.sigma2
+    frame = pd.DataFrame({"estimate": pd.Series(records, dtype=float)})
+    frame["se"] = _variance_spread(fit, frame.index)
+    return frame
+
+
+def _variance_spread(fit: FitResult, labels: pd.Index) -> np.ndarray:
+    """Posterior SD (or SE) of each variance component when the fit reports one, else NaN."""
+    spread = getattr(fit, "variance_component_sd", None)
+    if spread is None:
+        return np.full(len(labels), np.nan)
+    return spread(labels)
+
+
+def _interval_column(frame: pd.DataFrame, bound: str) -> str | None:
+    for column in frame.columns:
+        if str(column).lower().startswith(("eti", "hdi", "ci")) and bound in str(column).lower():
+            return column
+    return None
+
+
+def _fit_statistics(fit: FitResult) -> str:
+    if fit.method == "bayes":
+        diagnostics = getattr(fit, "diagnostics", {}) or {}
+        return "\n".join(f"{k}: {v}" for k, v in diagnostics.items()) or "no diagnostics recorded"
+    parts = []
+    for label, attribute in (("deviance", "deviance"), ("parameters", "n_params"), ("AIC", "aic"), ("BIC", "bic")):
+        value = getattr(fit, attribute, None)
+        if value is not None:
+            parts.append(f"{label}: {_fmt(value)}")
+    return "   ".join(parts)
+
+
+def _method_name(method: str) -> str:
+    return {"reml": "REML", "ml": "ML", "bayes": "Bayes"}.get(method, method)
+
+
+def _normal_quantile(level: float) -> float:
+    from scipy import stats
+
+    return float(stats.norm.ppf(0.5 + level / 2))
+
+
+def _fmt(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) and abs(value) < 1e5 else f"{value:.6g}"
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
