@@ -52,12 +52,12 @@ def build_report(fit: FitResult) -> Report:
         name = factor.name
         for title, compute in (
             (f"Reliability of OLS coefficients ({name}, average over groups)",
-             lambda: fit.reliability(name).mean().to_frame("reliability")),
-            (f"Chi-square tests of variance components ({name})", lambda: fit.chi_square(name)),
-            (f"Plausible-value ranges, 95% ({name})", lambda: fit.plausible_values(name)),
+             lambda n: fit.reliability(n).mean().to_frame("reliability")),
+            (f"Chi-square tests of variance components ({name})", fit.chi_square),
+            (f"Plausible-value ranges, 95% ({name})", fit.plausible_values),
         ):
             try:
-                sections.append((title, compute()))
+                sections.append((title, compute(name)))
             except InputError as err:
                 sections.append((title, f"not available: {err}"))
         if fit.tau[name].shape == (1, 1) and fit.sigma2 is not None:

@@ -1,0 +1,62 @@
+"""Shrinkage plot: each group's OLS estimate, its empirical-Bayes (or posterior-mean) estimate, and the
+arrow between them, pulled toward the population value (R&B 2002, Figure 4.1 and eq. 3.56-3.57)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from ..errors import OptionError
+from ..results import FitResult
+from ..results.hlm_statistics import group_ols
+
+
+def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str, ...] | None = None) -> Figure:
+    """Draw OLS -> shrunken estimates per group for one coefficient (strip plot) or two (plane).
+
+    Marker area grows with group size; groups whose OLS estimate is not estimable are left out and the
+    title says how many. Returns a matplotlib Figure (no pyplot state is touched).
+    """
+    name = fit._factor_name(factor)
+    f = fit.design.factor(name)
+    coefficients = tuple(coefficients or f.coef_names[:2])
+    unknown = [c for c in coefficients if c not in f.coef_names]
+    if unknown or not 1 <= len(coefficients) <= 2:
+        raise OptionError(f"coefficients must be one or two of {list(f.coef_names)}; got {list(coefficients)}.")
+    ols = group_ols(fit.design, fit._gamma(), fit.sigma2, name)
+    shrunk = fit.group_effects(name)
+    if isinstance(shrunk.columns, pd.MultiIndex):  # ("coef", name) columns: the coefficients themselves
+        shrunk = shrunk["coef"]
+    idx = [f.coef_names.index(c) for c in coefficients]
+    keep = ols.usable
+    raw = ols.estimates[keep][:, idx]
+    eb = shrunk[list(coefficients)].to_numpy(dtype=float)[keep]
+    sizes = 10 + 60 * f.group_sizes[keep] / f.group_sizes.max()
+    figure = Figure(figsize=(6.5, 5 if len(idx) == 2 else 3.5))
+    ax = figure.add_subplot()
+    if len(idx) == 1:
+        rows = np.arange(len(raw))
+        ax.scatter(raw[:, 0], np.ones_like(rows), s=sizes, facecolors="none", edgecolors="C0", label="OLS")
+        ax.scatter(eb[:, 0], np.zeros_like(rows), s=sizes, color="C1", label=_shrunk_label(fit))
+        for a, b in zip(raw[:, 0], eb[:, 0]):
+            ax.annotate("", xy=(b, 0), xytext=(a, 1), arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.6})
+        ax.set_yticks([0, 1], [_shrunk_label(fit), "OLS"])
+        ax.set_xlabel(coefficients[0])
+    else:
+        ax.scatter(raw[:, 0], raw[:, 1], s=sizes, facecolors="none", edgecolors="C0", label="OLS")
+        ax.scatter(eb[:, 0], eb[:, 1], s=sizes, color="C1", label=_shrunk_label(fit))
+        for (x0, y0), (x1, y1) in zip(raw, eb):
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.6})
+        ax.set_xlabel(coefficients[0])
+        ax.set_ylabel(coefficients[1])
+    left_out = f.n_groups - int(keep.sum())
+    ax.set_title(f"Shrinkage of {name} coefficients ({int(keep.sum())} groups"
+                 + (f"; {left_out} without an OLS estimate left out" if left_out else "") + ")")
+    ax.legend(loc="best", frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def _shrunk_label(fit: FitResult) -> str:
+    return "posterior mean" if fit.method == "bayes" else "empirical Bayes"
