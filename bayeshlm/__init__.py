@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets
 from .errors import DataError, FormulaError, InputError, OptionError
+from .likelihood import deviance_test
 from .model import HLM
 from .report import compare
 

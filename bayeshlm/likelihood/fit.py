@@ -1,0 +1,170 @@
+"""REML / ML by optimising the profiled deviance over theta (Bates et al. 2015, JSS 67(1), section 3).
+
+With L_theta the Cholesky factor of Lambda'Z'WZ Lambda + I, R_X that of the fixed-effect Schur complement and
+r^2 the penalised weighted residual sum of squares (all from one factorisation, see ``nested``/``crossed``):
+
+    ML:   d(theta)   = log|L|^2 + n [1 + log(2 pi r^2 / n)]                                  (eq. 34)
+    REML: d_R(theta) = log|L|^2 + log|R_X|^2 + (n - p) [1 + log(2 pi r^2 / (n - p))]        (eq. 41)
+
+sigma^2 = r^2/n (ML) or r^2/(n - p) (REML). With known level-1 variances V (R&B 2002, ch. 7) sigma^2 = 1 is
+not estimated and W = V^{-1}:  ML d = log|L|^2 + r^2 + n log(2 pi) + sum log V;  REML adds
+log|R_X|^2 - p log(2 pi). Both are -2 log-likelihood on lme4's scale (metafor's REML log-likelihood adds
+(1/2) log|X'X|).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy.optimize import minimize
+
+from ..design import Design, GroupingFactor
+from ..errors import DataError, OptionError, closest_names
+from .crossed import CrossedSolver
+from .nested import NestedSolver
+from .params import Parameterization
+from .result import LikelihoodFit
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+OPTIONS = ("start", "maxiter")
+
+
+def nested_chain(design: Design) -> list[GroupingFactor] | None:
+    """Grouping factors from innermost to outermost if each is nested in the next (else None)."""
+    factors = list(design.factors)
+    parents = {design.nesting.get(f.name) for f in factors} - {None}
+    inner = [f for f in factors if f.name not in parents]
+    if len(inner) != 1:
+        return None
+    by_name = {f.name: f for f in factors}
+    chain = [inner[0]]
+    while design.nesting.get(chain[-1].name):
+        chain.append(by_name[design.nesting[chain[-1].name]])
+    return chain if len(chain) == len(factors) else None
+
+
+def _check_identifiable(design: Design, method: str) -> None:
+    n, p = design.n_obs, design.n_fixed
+    if method == "reml" and n <= p:
+        raise DataError(f"REML needs more rows ({n}) than fixed effects ({p}). Remove fixed effects.")
+    if design.known_variance is not None:
+        return
+    for f in design.factors:
+        if f.n_groups * f.n_coef >= n:
+            raise DataError(
+                f"The grouping factor {f.name!r} has {f.n_groups} groups x {f.n_coef} random coefficients = "
+                f"{f.n_groups * f.n_coef} random effects for {n} rows: its variance cannot be told apart from "
+                "the level-1 variance (every group has about one row per coefficient). Drop random slopes, "
+                "use a coarser grouping, or give the known sampling variances (known_variance=...) if this is "
+                "a meta-analysis.")
+
+
+class ProfiledDeviance:
+    """theta -> profiled deviance (ML) or REML criterion of one design."""
+
+    def __init__(self, design: Design, method: str):
+        self.design = design
+        self.reml = method == "reml"
+        self.params = Parameterization(design)
+        chain = nested_chain(design)
+        if chain is not None:
+            self.solver_factors = chain
+            self.solver = NestedSolver(design, chain)
+        else:
+            order = sorted(design.factors, key=lambda f: -f.n_groups * f.n_coef)
+            self.solver_factors = order
+            self.solver = CrossedSolver(design, order)
+        names = [f.name for f in design.factors]
+        self.position = [names.index(f.name) for f in self.solver_factors]  # design index of solver factor
+        known = design.known_variance
+        self.sum_log_v = None if known is None else float(np.log(known).sum())
+
+    def factorize(self, theta: np.ndarray):
+        lambdas = self.params.lambdas(theta)
+        return self.solver.factorize([lambdas[i] for i in self.position])
+
+    def criterion(self, fac) -> float:
+        n, p = self.design.n_obs, self.design.n_fixed
+        if self.sum_log_v is not None:
+            value = fac.logdet_z + fac.r2 + n * LOG_2PI + self.sum_log_v
+            return value + fac.logdet_x - p * LOG_2PI if self.reml else value
+        if fac.r2 <= 0:
+            return np.inf
+        if self.reml:
+            return fac.logdet_z + fac.logdet_x + (n - p) * (1.0 + LOG_2PI + np.log(fac.r2 / (n - p)))
+        return fac.logdet_z + n * (1.0 + LOG_2PI + np.log(fac.r2 / n))
+
+    def __call__(self, theta: np.ndarray) -> float:
+        return self.criterion(self.factorize(theta))
+
+
+def _gradient(f, x: np.ndarray, step: float = 1e-5) -> np.ndarray:
+    """Central differences (absolute step: theta is on the scale of a ratio of SDs)."""
+    g = np.empty_like(x)
+    for i in range(len(x)):
+        e = np.zeros_like(x)
+        e[i] = step
+        g[i] = (f(x + e) - f(x - e)) / (2 * step)
+    return g
+
+
+def _minimize(objective: ProfiledDeviance, start: np.ndarray, maxiter: int):
+    """L-BFGS-B on the profiled criterion, without bounds.
+
+    The criterion depends on Lambda only through Lambda Lambda', so it is even in each column of Lambda and
+    the bounds theta_diag >= 0 are not needed: the result is mapped back by flipping column signs. Without
+    bounds the optimiser can cross zero instead of stopping at the stationary point theta_diag = 0 that a
+    bounded gradient method finds (the criterion's derivative there is 0 by symmetry).
+    """
+    f0 = objective(start)
+    return minimize(objective, start, jac=lambda x: _gradient(objective, x), method="L-BFGS-B",
+                    options={"ftol": 1e-15, "gtol": 1e-9 * max(abs(f0), 1.0), "maxiter": maxiter, "maxls": 50})
+
+
+def _canonical(params: Parameterization, theta: np.ndarray) -> np.ndarray:
+    """Flip the sign of each Lambda column whose diagonal is negative (same Lambda Lambda')."""
+    theta = theta.copy()
+    for fp in params.factors:
+        block = theta[fp.offset:fp.offset + fp.size]
+        for c in np.unique(fp.cols):
+            diag = np.flatnonzero((fp.rows == c) & (fp.cols == c))[0]
+            if block[diag] < 0:
+                block[fp.cols == c] *= -1
+    return theta
+
+
+def fit_likelihood(design: Design, method: str = "reml", **options) -> LikelihoodFit:
+    """Fit ``design`` by REML (default) or ML.
+
+    Options: ``start`` (theta to start from; default Lambda = I as lme4), ``maxiter`` (default 1000).
+    The optimiser is L-BFGS-B with central-difference gradients, stopped when the gradient is below
+    1e-9 |criterion| or the criterion stops decreasing (relative change 1e-15). A variance that lands at
+    exactly 0 (a stationary point of the criterion) is restarted once from 0.1 to check it is a minimum.
+    """
+    unknown = [k for k in options if k not in OPTIONS]
+    if unknown:
+        raise OptionError(f"Unknown option {unknown[0]!r} for method={method!r}."
+                          f"{closest_names(unknown[0], OPTIONS)} Options: {', '.join(OPTIONS)}.")
+    _check_identifiable(design, method)
+    objective = ProfiledDeviance(design, method)
+    params = objective.params
+    start = np.asarray(options.get("start", params.start), dtype=float)
+    if start.shape != (params.size,):
+        raise OptionError(f"start must hold {params.size} values of theta ({', '.join(params.names())}); "
+                          f"got shape {start.shape}.")
+    maxiter = int(options.get("maxiter", 1000))
+    result = _minimize(objective, start, maxiter)
+    nfev = result.nfev
+    diagonal = np.isfinite(params.lower_bounds)
+    at_zero = diagonal & (np.abs(result.x) < 1e-6)
+    if at_zero.any():
+        retry = _minimize(objective, np.where(at_zero, 0.1, result.x), maxiter)
+        nfev += retry.nfev
+        if retry.fun < result.fun:
+            result = retry
+    fit = LikelihoodFit(objective, _canonical(params, result.x), converged=bool(result.success),
+                        optimizer_message=str(result.message), n_evaluations=int(nfev))
+    for category, message in fit._warnings:
+        warnings.warn(message, category, stacklevel=3)
+    return fit

@@ -1,0 +1,306 @@
+"""The result of a REML / ML fit: fixed effects with model-based and robust SEs, variance components,
+empirical-Bayes group effects, per-group OLS estimates, deviance and information criteria."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..results import FitResult
+from .algebra import group_sums
+
+SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of Lambda
+
+
+class BoundaryFitWarning(UserWarning):
+    """A variance was estimated at zero (or a correlation at +-1): the fit is on the boundary."""
+
+
+class ConvergenceWarning(UserWarning):
+    """The optimiser stopped without meeting its convergence criteria."""
+
+
+@dataclass(frozen=True)
+class RandomEffects:
+    """Conditional modes of a factor's random effects (lme4 ``ranef``) and their conditional covariances
+    (lme4 ``postVar``: sigma^2 Lambda (Lambda'Z'WZ Lambda + I)^{-1}_jj Lambda', beta held at its estimate)."""
+
+    modes: pd.DataFrame  # groups x coefficients
+    condvar: np.ndarray  # (J, q, q)
+
+
+class LikelihoodFit(FitResult):
+    """A REML or ML fit of a hierarchical linear model (see :func:`bayeshlm.likelihood.fit_likelihood`).
+
+    ``fixed_effects`` columns: estimate, se (model-based, sigma^2 (R_X R_X')^{-1}), t, df, p (two-sided t),
+    robust_se (cluster-robust CR0 over the top-level grouping factor, R&B 2002 eq. 9.24:
+    A^{-1} [sum_j X_j'V_j^{-1} e_j e_j' V_j^{-1} X_j] A^{-1}, A = X'V^{-1}X; NaN for crossed designs).
+
+    Degrees of freedom (R&B 2002, eq. 3.83): each fixed effect belongs to the equation of its level-1 part
+    (``meanses:cses`` to the ``cses`` equation, ``meanses`` to the intercept's). If that level-1 coefficient
+    is random at a grouping factor with J groups (the one with fewest groups if several), df = J - S - 1 with
+    S the number of other fixed effects in the same equation; otherwise df = N - p (fixed level-1 slope).
+    """
+
+    def __init__(self, objective, theta: np.ndarray, *, converged: bool, optimizer_message: str,
+                 n_evaluations: int):
+        self.design = objective.design
+        self.method = "reml" if objective.reml else "ml"
+        self._objective = objective
+        self._params = objective.params
+        self._theta = np.asarray(theta, dtype=float)
+        self._fac = objective.factorize(self._theta)
+        self.deviance = float(objective.criterion(self._fac))
+        self.converged = converged
+        self.optimizer_message = optimizer_message
+        self.n_evaluations = n_evaluations
+        n, p = self.design.n_obs, self.design.n_fixed
+        if self.design.known_variance is not None:
+            self._scale = 1.0
+        else:
+            self._scale = self._fac.r2 / (n - p if objective.reml else n)
+        self._lambdas = self._params.lambdas(self._theta)
+        self._warnings = self._diagnose()
+
+    # --- scalars --------------------------------------------------------------------------------
+    @property
+    def theta(self) -> pd.Series:
+        """Relative covariance parameters (lower Cholesky of T / sigma^2 per block, lme4 order and names)."""
+        return pd.Series(self._theta, index=self._params.names(), name="theta")
+
+    @property
+    def sigma2(self) -> float | None:
+        return None if self.design.known_variance is not None else float(self._scale)
+
+    @property
+    def loglik(self) -> float:
+        """Log-likelihood at the estimates (the restricted log-likelihood for REML), = -deviance / 2."""
+        return -0.5 * self.deviance
+
+    @property
+    def n_params(self) -> int:
+        """Fixed effects + covariance parameters (+ sigma^2 unless the level-1 variances are known)."""
+        return self.design.n_fixed + self._params.size + (self.design.known_variance is None)
+
+    @property
+    def n_params_covariance(self) -> int:
+        """Covariance parameters theta (without sigma^2)."""
+        return self._params.size
+
+    @property
+    def aic(self) -> float:
+        return self.deviance + 2 * self.n_params
+
+    @property
+    def bic(self) -> float:
+        return self.deviance + self.n_params * np.log(self.design.n_obs)
+
+    @property
+    def messages(self) -> list[str]:
+        """Plain-words notes on convergence and boundary estimates (also emitted as warnings)."""
+        return [m for _, m in self._warnings]
+
+    @property
+    def boundary(self) -> bool:
+        """True when a covariance matrix T is singular (a variance at 0 or a correlation at +-1)."""
+        return any(c is BoundaryFitWarning for c, _ in self._warnings)
+
+    singular = boundary
+
+    # --- fixed effects ----------------------------------------------------------------------------
+    @cached_property
+    def vcov(self) -> pd.DataFrame:
+        names = list(self.design.fixed_names)
+        return pd.DataFrame(self._scale * self._fac.fixed_cov_relative(), index=names, columns=names)
+
+    @cached_property
+    def fixed_effects(self) -> pd.DataFrame:
+        est = self._fac.beta
+        se = np.sqrt(np.diag(self.vcov.to_numpy()))
+        df = self._df()
+        t = est / se
+        return pd.DataFrame({"estimate": est, "se": se, "t": t, "df": df,
+                             "p": 2 * stats.t.sf(np.abs(t), df), "robust_se": self._robust_se()},
+                            index=pd.Index(self.design.fixed_names, name="term"))
+
+    def _df(self) -> np.ndarray:
+        d = self.design
+        level1 = [tuple(f for f in term if d.term_levels.get(f, 1) == 1) for term in d.fixed_terms]
+        random_at: dict[frozenset, int] = {}
+        for f in d.factors:
+            for name in f.coef_names:
+                key = frozenset() if name == "(Intercept)" else frozenset(name.split(":"))
+                random_at[key] = min(random_at.get(key, f.n_groups), f.n_groups)
+        keys = [frozenset(part) for part in level1]
+        out = np.empty(len(keys))
+        for i, key in enumerate(keys):
+            if key in random_at:
+                others = sum(k == key for k in keys) - 1
+                out[i] = random_at[key] - others - 1
+            else:
+                out[i] = d.n_obs - d.n_fixed
+        return out
+
+    def _robust_se(self) -> np.ndarray:
+        """CR0 sandwich over the top-level factor; V^{-1}e = W (y - X beta - Z b) / sigma^2 (Woodbury)."""
+        top = self._top_factor()
+        if top is None:
+            return np.full(self.design.n_fixed, np.nan)
+        d = self.design
+        w = np.ones(d.n_obs) if d.weights is None else d.weights
+        scores = d.X * (w * self._conditional_residuals() / self._scale)[:, None]
+        per_cluster = np.column_stack([np.bincount(top.codes, weights=s, minlength=top.n_groups) for s in scores.T])
+        V = self.vcov.to_numpy()
+        return np.sqrt(np.diag(V @ (per_cluster.T @ per_cluster) @ V))
+
+    def _top_factor(self):
+        tops = [f for f in self.design.factors if self.design.nesting.get(f.name) is None]
+        return tops[0] if len(tops) == 1 else None
+
+    # --- variance components ---------------------------------------------------------------------
+    @cached_property
+    def tau(self) -> dict[str, pd.DataFrame]:
+        out = {}
+        for f, lam in zip(self.design.factors, self._lambdas):
+            out[f.name] = pd.DataFrame(self._scale * lam @ lam.T, index=list(f.coef_names),
+                                       columns=list(f.coef_names))
+        return out
+
+    @cached_property
+    def variance_components(self) -> pd.DataFrame:
+        rows = []
+        for f in self.design.factors:
+            T = self.tau[f.name].to_numpy()
+            for block in f.blocks:
+                for j, b in enumerate(block):
+                    for a in block[j:]:
+                        if a == b:
+                            rows.append((f.name, f.coef_names[a], f.coef_names[a], T[a, a], np.sqrt(T[a, a]), np.nan))
+                        else:
+                            denom = np.sqrt(T[a, a] * T[b, b])
+                            corr = T[a, b] / denom if denom > 0 else np.nan
+                            rows.append((f.name, f.coef_names[b], f.coef_names[a], T[a, b], np.nan, corr))
+        if self.sigma2 is not None:
+            rows.append(("Residual", "", "", self.sigma2, np.sqrt(self.sigma2), np.nan))
+        return pd.DataFrame(rows, columns=["factor", "term1", "term2", "estimate", "sd", "corr"])
+
+    # --- group effects -------------------------------------------------------------------------------
+    @cached_property
+    def _modes(self) -> dict[str, np.ndarray]:
+        """Conditional modes b = Lambda u per design factor, (J, q)."""
+        u = self._fac.modes()
+        out = {}
+        for k, i in enumerate(self._objective.position):
+            f = self.design.factors[i]
+            out[f.name] = u[k] @ self._lambdas[i].T
+        return out
+
+    @cached_property
+    def _condvars(self) -> dict[str, np.ndarray]:
+        cv = self._fac.conditional_variances()
+        out = {}
+        for k, i in enumerate(self._objective.position):
+            lam = self._lambdas[i]
+            out[self.design.factors[i].name] = self._scale * np.matmul(np.matmul(lam, cv[k]), lam.T)
+        return out
+
+    def _conditional_residuals(self) -> np.ndarray:
+        d = self.design
+        fitted = d.X @ self._fac.beta
+        for f in d.factors:
+            fitted = fitted + np.einsum("nq,nq->n", f.Z, self._modes[f.name][f.codes])
+        return d.y - fitted
+
+    def random_effects(self, factor: str | None = None) -> RandomEffects:
+        """Conditional modes (BLUPs) of ``factor``'s random effects u_j and their conditional covariances."""
+        name = self._factor_name(factor)
+        f = self.design.factor(name)
+        modes = pd.DataFrame(self._modes[name], index=f.levels, columns=list(f.coef_names))
+        return RandomEffects(modes=modes, condvar=self._condvars[name])
+
+    def group_effects(self, factor: str | None = None) -> pd.DataFrame:
+        """Empirical-Bayes coefficients per group (R&B 2002 eq. 3.56; lme4's ``coef()`` convention).
+
+        Columns (two-level): ``("coef", c)`` = fixed effect named c (0 if none) + u_cj; ``("u", c)`` the
+        conditional mode; ``("sd", c)`` its conditional SD (beta held fixed); ``("n", "")`` rows per group.
+        In three-level models a factor's coefficients add only its own u (not its parent's).
+        """
+        name = self._factor_name(factor)
+        f = self.design.factor(name)
+        fixed = dict(zip(self.design.fixed_names, self._fac.beta))
+        u = self._modes[name]
+        coef = u + np.array([fixed.get(c, 0.0) for c in f.coef_names])
+        sd = np.sqrt(np.diagonal(self._condvars[name], axis1=1, axis2=2))
+        cols = list(f.coef_names)
+        frame = pd.concat({"coef": pd.DataFrame(coef, columns=cols), "u": pd.DataFrame(u, columns=cols),
+                           "sd": pd.DataFrame(sd, columns=cols)}, axis=1)
+        frame[("n", "")] = f.group_sizes
+        frame.index = f.levels
+        return frame
+
+    def ols_group_estimates(self, factor: str | None = None) -> pd.DataFrame:
+        """Per-group (weighted) OLS of the outcome on the factor's random-effect columns (R&B 2002, eq. 3.39).
+
+        Columns ``("estimate", c)``, ``("se", c)`` with se from the pooled sigma^2 (sigma^2 (Z_j'Z_j)^{-1},
+        as the book's Table 4.7), ``("n", "")``. Groups whose Z_j'Z_j is singular (fewer rows than
+        coefficients, or no spread in a predictor) get NaN.
+        """
+        name = self._factor_name(factor)
+        f = self.design.factor(name)
+        d = self.design
+        Zw = f.Z if d.weights is None else f.Z * d.weights[:, None]
+        ZtZ = group_sums(f.codes, Zw, f.Z, f.n_groups)
+        Zty = group_sums(f.codes, Zw, d.y[:, None], f.n_groups)[:, :, 0]
+        eig = np.linalg.eigvalsh(ZtZ)
+        ok = eig[:, 0] > 1e-10 * np.maximum(eig[:, -1], 1e-300)
+        est = np.full(Zty.shape, np.nan)
+        se = np.full(Zty.shape, np.nan)
+        if ok.any():
+            inv = np.linalg.inv(ZtZ[ok])
+            est[ok] = np.einsum("jab,jb->ja", inv, Zty[ok])
+            se[ok] = np.sqrt(self._scale * np.diagonal(inv, axis1=1, axis2=2))
+        cols = list(f.coef_names)
+        frame = pd.concat({"estimate": pd.DataFrame(est, columns=cols), "se": pd.DataFrame(se, columns=cols)},
+                          axis=1)
+        frame[("n", "")] = f.group_sizes
+        frame.index = f.levels
+        return frame
+
+    # --- diagnosis ---------------------------------------------------------------------------------
+    def _diagnose(self) -> list[tuple[type, str]]:
+        out = []
+        if not self.converged:
+            out.append((ConvergenceWarning,
+                        f"The optimiser did not report convergence ({self.optimizer_message}) after "
+                        f"{self.n_evaluations} evaluations. The estimates may not be at the optimum: refit "
+                        "with a larger maxiter or other start values, and compare the deviance."))
+        for f, lam in zip(self.design.factors, self._lambdas):
+            for block in f.blocks:
+                for k, c in enumerate(block):
+                    if lam[c, c] >= SINGULAR_TOL:
+                        continue
+                    coef = f.coef_names[c]
+                    if np.all(np.abs(lam[c, list(block[:k])]) < SINGULAR_TOL):
+                        out.append((BoundaryFitWarning,
+                                    f"Boundary fit: the variance of '{coef}' between {f.name} groups is "
+                                    f"estimated as 0. The data show no variation of this coefficient across "
+                                    f"{f.name} beyond what chance would produce, so its group estimates all "
+                                    f"equal the fixed part. Consider dropping '{coef}' from the random part for "
+                                    f"{f.name} (compare the fits with bh.deviance_test), or fit with "
+                                    "method='bayes', whose prior keeps the variance away from exactly 0."))
+                    else:
+                        others = ", ".join(f"'{f.coef_names[b]}'" for b in block[:k])
+                        out.append((BoundaryFitWarning,
+                                    f"Boundary fit: the random coefficient '{coef}' for {f.name} is an exact "
+                                    f"linear function of {others} (a correlation of +-1, T is singular). The "
+                                    "data cannot separate these random effects. Consider uncorrelated random "
+                                    "effects (||), dropping a random slope, or method='bayes'."))
+        return out
+
+    def __repr__(self) -> str:
+        return (f"<LikelihoodFit {self.method.upper()} {self.design.spec.formula()!r}: "
+                f"{'REML criterion' if self.method == 'reml' else 'deviance'} {self.deviance:.4f}>")
