@@ -1,0 +1,136 @@
+"""Likelihood engine: the profiled criterion against a direct dense computation, degenerate inputs, and
+deviance tests."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayeshlm as bh
+from bayeshlm.errors import DataError, OptionError
+from bayeshlm.likelihood import BoundaryFitWarning
+from bayeshlm.likelihood.fit import ProfiledDeviance
+
+
+def dense_criterion(design, theta, reml: bool) -> float:
+    """-2 log L (or the REML criterion) from the n x n marginal covariance, sigma^2 profiled out."""
+    objective = ProfiledDeviance(design, "reml" if reml else "ml")
+    n, p = design.n_obs, design.n_fixed
+    G = np.zeros((n, n))
+    for f, lam in zip(design.factors, objective.params.lambdas(np.asarray(theta, float))):
+        same = f.codes[:, None] == f.codes[None, :]
+        G += same * (f.Z @ lam @ lam.T @ f.Z.T)
+    V = G + np.eye(n)
+    Vi = np.linalg.inv(V)
+    XtViX = design.X.T @ Vi @ design.X
+    beta = np.linalg.solve(XtViX, design.X.T @ Vi @ design.y)
+    e = design.y - design.X @ beta
+    r2 = e @ Vi @ e
+    dof = n - p if reml else n
+    value = np.linalg.slogdet(V)[1] + dof * (1 + np.log(2 * np.pi * r2 / dof))
+    return value + np.linalg.slogdet(XtViX)[1] if reml else value
+
+
+def synthetic(n_groups=(12, 5), rows=60, seed=1):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, n_groups[0], rows)
+    b = rng.integers(0, n_groups[1], rows)
+    x = rng.normal(size=rows)
+    y = 1 + 0.5 * x + rng.normal(size=n_groups[0])[a] + 0.7 * rng.normal(size=n_groups[1])[b] + rng.normal(size=rows)
+    return pd.DataFrame({"y": y, "x": x, "a": a, "b": b, "c": a // 3})
+
+
+@pytest.mark.parametrize("formula", [
+    "y ~ x + (x | a)",                      # single factor, correlated
+    "y ~ x + (1 | a) + (x || b)",           # crossed
+    "y ~ x + (x | a) + (1 | c)",            # nested chain a in c
+])
+@pytest.mark.parametrize("reml", [True, False])
+def test_criterion_equals_dense_computation(formula, reml):
+    design = bh.HLM(formula, synthetic()).design
+    objective = ProfiledDeviance(design, "reml" if reml else "ml")
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        theta = rng.uniform(0.1, 1.5, objective.params.size) * np.where(objective.params.lower_bounds == 0, 1, 0.3)
+        assert objective(theta) == pytest.approx(dense_criterion(design, theta, reml), rel=1e-10)
+
+
+def test_balanced_one_way_anova_equals_moment_estimators():
+    rng = np.random.default_rng(7)
+    J, n = 15, 6
+    g = np.repeat(np.arange(J), n)
+    y = rng.normal(size=J)[g] * 1.5 + rng.normal(size=J * n) + 10
+    frame = pd.DataFrame({"y": y, "g": g})
+    fit = bh.HLM("y ~ 1 + (1 | g)", frame).fit("reml")
+    means = frame.groupby("g")["y"].mean().to_numpy()
+    msw = ((y - means[g]) ** 2).sum() / (J * (n - 1))
+    msb = n * ((means - y.mean()) ** 2).sum() / (J - 1)
+    assert fit.sigma2 == pytest.approx(msw, rel=1e-6)
+    assert fit.tau["g"].iloc[0, 0] == pytest.approx((msb - msw) / n, rel=1e-6)
+    assert fit.fixed_effects.loc["(Intercept)", "se"] == pytest.approx(np.sqrt(msb / (J * n)), rel=1e-6)
+
+
+def test_two_groups_only():
+    frame = synthetic(n_groups=(2, 2), rows=40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BoundaryFitWarning)
+        fit = bh.HLM("y ~ x + (1 | a)", frame).fit("reml")
+    assert fit.converged and np.isfinite(fit.deviance)
+    assert fit.fixed_effects.loc["(Intercept)", "df"] == 1  # J - S - 1 = 2 - 0 - 1
+    assert fit.group_effects("a").shape[0] == 2
+
+
+def test_groups_of_size_one_with_random_slope():
+    frame = synthetic(rows=80)
+    frame = pd.concat([frame, pd.DataFrame({"y": [0.3, -1.0], "x": [0.1, 0.2], "a": [100, 101], "b": [0, 1],
+                                            "c": [50, 51]})], ignore_index=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BoundaryFitWarning)  # the synthetic slopes do not vary
+        fit = bh.HLM("y ~ x + (x | a)", frame).fit("reml")
+    assert fit.converged
+    ols = fit.ols_group_estimates("a")
+    assert ols.loc[["100", "101"], "estimate"].isna().all().all()  # one row cannot fit a line
+    assert ols["estimate"].drop(index=["100", "101"]).notna().all().all()
+    ge = fit.group_effects("a")
+    assert np.isfinite(ge["coef"].to_numpy()).all()  # EB estimates exist for every group
+
+
+def test_every_group_of_size_one_is_refused():
+    frame = pd.DataFrame({"y": np.arange(10.0) ** 1.5, "g": np.arange(10)})
+    with pytest.raises(DataError, match="cannot be told apart from the level-1 variance"):
+        bh.HLM("y ~ 1 + (1 | g)", frame).fit("reml")
+
+
+def test_unknown_option_is_refused():
+    with pytest.raises(OptionError, match="maxiter"):
+        bh.HLM("y ~ x + (1 | a)", synthetic()).fit("reml", maxiterations=5)
+
+
+# --- deviance tests -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hsb():
+    return bh.datasets.load("hsb")
+
+
+def test_reml_deviance_test_of_random_slope(hsb):
+    full = bh.HLM("mathach ~ meanses*cses + sector*cses + (cses | school)", hsb).fit("reml")
+    intercept_only = bh.HLM("mathach ~ meanses*cses + sector*cses + (1 | school)", hsb).fit("reml")
+    test = bh.deviance_test(intercept_only, full)
+    assert test.df == 2
+    assert test.statistic == pytest.approx(1.13, abs=0.005)  # digest section 3.2: REML difference 1.13
+    assert test.p_value == pytest.approx(np.exp(-test.statistic / 2), rel=1e-9)  # chi2(2) survival
+    assert "conservative" in test.note
+
+
+def test_reml_comparison_of_different_fixed_effects_is_refused(hsb):
+    a = bh.HLM("mathach ~ cses + (cses | school)", hsb).fit("reml")
+    b = bh.HLM("mathach ~ meanses + cses + (cses | school)", hsb).fit("reml")
+    with pytest.raises(OptionError, match="fixed effects differ.*method='ml'"):
+        bh.deviance_test(a, b)
+    test = bh.deviance_test(bh.HLM("mathach ~ cses + (cses | school)", hsb).fit("ml"),
+                            bh.HLM("mathach ~ meanses + cses + (cses | school)", hsb).fit("ml"))
+    assert test.df == 1 and test.statistic > 100
