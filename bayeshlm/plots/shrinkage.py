@@ -32,6 +32,7 @@ def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str
     keep = ols.usable
     raw = ols.estimates[keep][:, idx]
     eb = shrunk[list(coefficients)].to_numpy(dtype=float)[keep]
+    population = fit.plausible_values(name)["center"].to_numpy()[idx]  # gamma_q0: level-2 predictors at zero
     sizes = 10 + 60 * f.group_sizes[keep] / f.group_sizes.max()
     figure = Figure(figsize=(6.5, 5 if len(idx) == 2 else 3.5))
     ax = figure.add_subplot()
@@ -41,19 +42,22 @@ def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str
         ax.scatter(eb[:, 0], np.zeros_like(rows), s=sizes, color="C1", label=_shrunk_label(fit))
         for a, b in zip(raw[:, 0], eb[:, 0]):
             ax.annotate("", xy=(b, 0), xytext=(a, 1), arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.6})
+        ax.axvline(population[0], color="k", lw=1, ls="--", label="population value")
         ax.set_yticks([0, 1], [_shrunk_label(fit), "OLS"])
+        ax.set_ylim(-0.3, 1.6)
         ax.set_xlabel(coefficients[0])
     else:
         ax.scatter(raw[:, 0], raw[:, 1], s=sizes, facecolors="none", edgecolors="C0", label="OLS")
         ax.scatter(eb[:, 0], eb[:, 1], s=sizes, color="C1", label=_shrunk_label(fit))
         for (x0, y0), (x1, y1) in zip(raw, eb):
             ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.6})
+        ax.scatter(*population, marker="*", s=250, color="k", zorder=3, label="population value")
         ax.set_xlabel(coefficients[0])
         ax.set_ylabel(coefficients[1])
     left_out = f.n_groups - int(keep.sum())
     ax.set_title(f"Shrinkage of {name} coefficients ({int(keep.sum())} groups"
                  + (f"; {left_out} without an OLS estimate left out" if left_out else "") + ")")
-    ax.legend(loc="best", frameon=False)
+    ax.legend(loc="upper right", frameon=False, fontsize="small")
     figure.tight_layout()
     return figure
 
