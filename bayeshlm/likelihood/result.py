@@ -11,6 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from ..results import FitResult
+from ..results.hlm_statistics import fixed_part
 from .algebra import group_sums
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of Lambda
@@ -225,15 +226,15 @@ class LikelihoodFit(FitResult):
     def group_effects(self, factor: str | None = None) -> pd.DataFrame:
         """Empirical-Bayes coefficients per group (R&B 2002 eq. 3.56; lme4's ``coef()`` convention).
 
-        Columns (two-level): ``("coef", c)`` = fixed effect named c (0 if none) + u_cj; ``("u", c)`` the
+        Columns (two-level): ``("coef", c)`` = the coefficient's fixed part sum_s gamma_qs W_sj (level-2
+        predictors included, as the book's Table 4.6) + u_cj; ``("u", c)`` the
         conditional mode; ``("sd", c)`` its conditional SD (beta held fixed); ``("n", "")`` rows per group.
         In three-level models a factor's coefficients add only its own u (not its parent's).
         """
         name = self._factor_name(factor)
         f = self.design.factor(name)
-        fixed = dict(zip(self.design.fixed_names, self._fac.beta))
         u = self._modes[name]
-        coef = u + np.array([fixed.get(c, 0.0) for c in f.coef_names])
+        coef = u + fixed_part(self.design, self._fac.beta, f)
         sd = np.sqrt(np.diagonal(self._condvars[name], axis1=1, axis2=2))
         cols = list(f.coef_names)
         frame = pd.concat({"coef": pd.DataFrame(coef, columns=cols), "u": pd.DataFrame(u, columns=cols),

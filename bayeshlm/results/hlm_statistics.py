@@ -46,12 +46,11 @@ def group_ols(design: Design, gamma: np.ndarray, sigma2: float | None, factor: s
     f = design.factors[0] if factor is None else design.factor(factor)
     cp = design.crossproducts(f)
     q = f.n_coef
-    attached = _attached_columns(design, f)  # (p,) index of the coefficient each fixed column predicts, -1 none
+    attached = _attached_columns(design, f)
     gamma = np.asarray(gamma, dtype=float)
-    free = attached < 0
-    # Z_j'(y_j - X_free,j gamma_free)
+    free = np.array([c not in attached for c in range(design.n_fixed)])
+    # Z_j'(y_j - X_free,j gamma_free): fixed-slope level-1 covariates leave the outcome first
     zty = cp.Zty - cp.ZtX[:, :, free] @ gamma[free]
-    ztx_attached = cp.ZtX[:, :, ~free] @ gamma[~free]
     scale = 1.0 if sigma2 is None else float(sigma2)
     usable = (cp.n > q) if design.known_variance is None else (cp.n >= q)
     usable &= np.linalg.matrix_rank(cp.ZtZ) == q
@@ -60,31 +59,42 @@ def group_ols(design: Design, gamma: np.ndarray, sigma2: float | None, factor: s
     predicted = np.full((f.n_groups, q), np.nan)
     inverse = np.linalg.inv(cp.ZtZ[usable])
     estimates[usable] = np.einsum("jab,jb->ja", inverse, zty[usable])
-    predicted[usable] = np.einsum("jab,jb->ja", inverse, ztx_attached[usable])
+    predicted[usable] = fixed_part(design, gamma, f)[usable]
     variances[usable] = scale * np.diagonal(inverse, axis1=1, axis2=2)
-    n_predictors = np.array([np.sum(attached == k) - 1 for k in range(q)])
+    n_predictors = np.array([sum(k == kk for kk, _ in attached.values()) - 1 for k in range(q)])
     return GroupOLS(f, usable, estimates, variances, predicted, n_predictors)
 
 
-def _attached_columns(design: Design, factor: GroupingFactor) -> np.ndarray:
-    """For each fixed column, the random coefficient whose level-2 equation it belongs to (-1 if none).
+def fixed_part(design: Design, gamma: np.ndarray, factor: str | GroupingFactor | None = None) -> np.ndarray:
+    """Each group's coefficients predicted by the fixed effects: sum_s gamma_qs W_sj (R&B 2002, eq. 2.22).
 
-    Column c belongs to coefficient q when it equals Z_q times a variable constant within each group
-    (an intercept's level-2 predictor, or a cross-level interaction), tested on the data.
+    Returns a (J, q) array for the factor's q random coefficients. A fixed column belongs to coefficient q
+    when it equals Z_q times a variable constant within each group (the level-2 predictor W), tested on
+    the data; fixed columns that belong to no random coefficient do not enter.
     """
-    out = np.full(design.n_fixed, -1)
+    f = design.factors[0] if factor is None else (factor if isinstance(factor, GroupingFactor)
+                                                   else design.factor(factor))
+    out = np.zeros((f.n_groups, f.n_coef))
+    for c, (k, w) in _attached_columns(design, f).items():
+        out[:, k] += gamma[c] * w
+    return out
+
+
+def _attached_columns(design: Design, factor: GroupingFactor) -> dict[int, tuple[int, np.ndarray]]:
+    """Fixed column -> (random coefficient it predicts, per-group value of its level-2 predictor W)."""
+    out = {}
     codes = factor.codes
     for c in range(design.n_fixed):
         for k in range(factor.n_coef):
             z = factor.Z[:, k]
             nonzero = z != 0
-            if np.any(design.X[~nonzero, c] != 0):
+            if np.any(design.X[~nonzero, c] != 0) or not _same_name_stem(design.fixed_names[c],
+                                                                          factor.coef_names[k]):
                 continue
             ratio = pd.Series(design.X[nonzero, c] / z[nonzero]).groupby(codes[nonzero])
             spread = (ratio.max() - ratio.min()).max()
-            if spread <= 1e-9 * (1 + ratio.max().abs().max()) and _same_name_stem(
-                    design.fixed_names[c], factor.coef_names[k]):
-                out[c] = k
+            if spread <= 1e-9 * (1 + ratio.max().abs().max()):
+                out[c] = (k, ratio.mean().reindex(range(factor.n_groups), fill_value=0.0).to_numpy())
                 break
     return out
 
