@@ -17,6 +17,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from ..design import Design, GroupingFactor
+from ..errors import DataError
 from .algebra import Factorization, group_sums
 
 MAX_DENSE = 20_000  # random effects outside the first factor that the dense Schur complement may hold
@@ -34,8 +35,6 @@ class CrossedSolver:
     """Factor the PLS system for factors in any arrangement; ``order`` puts the largest factor first."""
 
     def __init__(self, design: Design, order: list[GroupingFactor]):
-        from ..errors import DataError
-
         self.design = design
         self.factors = order
         first, rest = order[0], order[1:]

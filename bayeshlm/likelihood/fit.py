@@ -80,6 +80,7 @@ class ProfiledDeviance:
         self.position = [names.index(f.name) for f in self.solver_factors]  # design index of solver factor
         known = design.known_variance
         self.sum_log_v = None if known is None else float(np.log(known).sum())
+        self.evaluations = 0
 
     def factorize(self, theta: np.ndarray):
         lambdas = self.params.lambdas(theta)
@@ -97,6 +98,7 @@ class ProfiledDeviance:
         return fac.logdet_z + n * (1.0 + LOG_2PI + np.log(fac.r2 / n))
 
     def __call__(self, theta: np.ndarray) -> float:
+        self.evaluations += 1
         return self.criterion(self.factorize(theta))
 
 
@@ -164,16 +166,14 @@ def fit_likelihood(design: Design, method: str = "reml", **options) -> Likelihoo
 def _fit(objective: ProfiledDeviance, start: np.ndarray, maxiter: int) -> LikelihoodFit:
     params = objective.params
     result = _minimize(objective, start, maxiter)
-    nfev = result.nfev
     diagonal = np.isfinite(params.lower_bounds)
     at_zero = diagonal & (np.abs(result.x) < 1e-6)
     if at_zero.any():
         retry = _minimize(objective, np.where(at_zero, 0.1, result.x), maxiter)
-        nfev += retry.nfev
         if retry.fun < result.fun:
             result = retry
     fit = LikelihoodFit(objective, _canonical(params, result.x), converged=bool(result.success),
-                        optimizer_message=str(result.message), n_evaluations=int(nfev))
+                        optimizer_message=str(result.message), n_evaluations=objective.evaluations)
     for category, message in fit._warnings:
         warnings.warn(message, category, stacklevel=4)
     return fit

@@ -1,0 +1,137 @@
+"""Time REML fits, formula to estimates, of bayeshlm against statsmodels MixedLM and the PyPI package mixedlm.
+
+    .venv/bin/python benchmarks/bench_likelihood.py [--repeats 5] [--quick]
+
+Each cell is the median wall-clock time of ``--repeats`` fits after one untimed warm-up. statsmodels runs
+with ``method="lbfgs"`` (its default silently fails to converge on random-slope models) and only where it
+finishes in reasonable time; egsingle's three-level model is not expressible in MixedLM (no random slopes at
+two nested levels), so it is skipped there. lme4 timings are read from benchmarks/reference_timings_lme4.json
+when present (written by tests/reference/make_reference.R on the same machine kind). Peak memory of the
+bayeshlm fits is the process's maximum resident set size after they ran (Linux ru_maxrss).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import bayeshlm as bh
+
+HERE = Path(__file__).parent
+
+
+def lecture_like(seed: int = 0) -> pd.DataFrame:
+    """73,000 ratings: 3,000 students x 1,100 instructors (each in one of 28 departments), as lme4's InstEval."""
+    rng = np.random.default_rng(seed)
+    n, S, D, K = 73_000, 3_000, 1_100, 28
+    s = rng.integers(0, S, n)
+    d = rng.integers(0, D, n)
+    dept_of = rng.integers(0, K, D)
+    service = rng.integers(0, 2, n)
+    y = (3 + 0.1 * service + 0.3 * rng.normal(size=S)[s] + 0.5 * rng.normal(size=D)[d]
+         + 0.1 * rng.normal(size=K)[dept_of[d]] + rng.normal(size=n))
+    return pd.DataFrame({"y": y, "service": service, "s": s, "d": d, "dept": dept_of[d]})
+
+
+def big_nested(seed: int = 0) -> pd.DataFrame:
+    """1,000,000 rows in 10,000 groups with a random intercept and slope."""
+    rng = np.random.default_rng(seed)
+    n, J = 1_000_000, 10_000
+    g = rng.integers(0, J, n)
+    x = rng.normal(size=n)
+    u = rng.normal(size=(J, 2)) @ np.array([[1.0, 0.0], [0.3, 0.5]])
+    y = 2 + 0.5 * x + u[g, 0] + u[g, 1] * x + rng.normal(size=n)
+    return pd.DataFrame({"y": y, "x": x, "g": g})
+
+
+def cases():
+    hsb = bh.datasets.load("hsb")
+    eg = bh.datasets.load("egsingle")
+    scots = bh.datasets.load("scotssec")
+    return [
+        ("hsb_full_reml", "HS&B full (Table 4.5)", hsb, "mathach ~ meanses*cses + sector*cses + (cses | school)",
+         dict(formula="mathach ~ meanses*cses + sector*cses", groups="school", re_formula="~cses")),
+        ("egsingle_uncond_reml", "egsingle 3-level growth", eg, "math ~ year + (year | childid) + (year | schoolid)",
+         None),
+        ("scotssec_reml", "ScotsSec crossed", scots, "attain ~ verbal + sex + (1 | primary) + (1 | second)",
+         "crossed"),
+        ("lecture_crossed", "crossed 73k (3000x1100x28)", lecture_like(),
+         "y ~ service + (1 | s) + (1 | d) + (1 | dept)", None),
+        ("nested_1e6", "nested 1e6 rows, 10k groups, slope", big_nested(), "y ~ x + (x | g)", None),
+    ]
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def statsmodels_fit(frame: pd.DataFrame, spec):
+    import statsmodels.formula.api as smf
+
+    if spec == "crossed":
+        one = frame.assign(one=1)
+        model = smf.mixedlm("attain ~ verbal + sex", one, groups="one", re_formula="0",
+                            vc_formula={"primary": "0 + C(primary)", "second": "0 + C(second)"})
+    else:
+        model = smf.mixedlm(spec["formula"], frame, groups=frame[spec["groups"]], re_formula=spec["re_formula"])
+    return lambda: model.fit(reml=True, method="lbfgs")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="skip the two large synthetic designs")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    lme4 = {}
+    path = HERE / "reference_timings_lme4.json"
+    if path.exists():
+        lme4 = {k: v["default_control"]["median_seconds"] for k, v in json.loads(path.read_text()).items()
+                if k != "_meta" and "default_control" in v}
+    try:
+        import mixedlm
+    except ImportError:
+        mixedlm = None
+        print("mixedlm (PyPI) is not installed: its column is empty (pip install mixedlm).")
+    rows = []
+    for key, label, frame, formula, sm_spec in cases():
+        if args.quick and key in ("lecture_crossed", "nested_1e6"):
+            continue
+        ours = median_time(lambda: bh.HLM(formula, frame).fit("reml"), args.repeats)
+        fit = bh.HLM(formula, frame).fit("reml")
+        row = {"model": label, "rows": len(frame), "bayeshlm_s": ours, "criterion": fit.deviance}
+        if mixedlm is not None:
+            row["mixedlm_s"] = median_time(lambda: mixedlm.lmer(formula, frame, REML=True), args.repeats)
+            row["mixedlm_criterion"] = float(mixedlm.lmer(formula, frame, REML=True).REMLcrit())
+        if sm_spec is not None:
+            row["statsmodels_lbfgs_s"] = median_time(statsmodels_fit(frame, sm_spec), max(1, args.repeats // 2))
+        row["lme4_s"] = lme4.get(key, np.nan)
+        rows.append(row)
+        print(f"{label}: bayeshlm {ours:.3f} s", flush=True)
+    table = pd.DataFrame(rows).set_index("model")
+    for peer in ("mixedlm_s", "statsmodels_lbfgs_s", "lme4_s"):
+        if peer in table:
+            table[f"{peer[:-2]}/bayeshlm"] = table[peer] / table["bayeshlm_s"]
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4g}".format):
+        print(table)
+    print(f"peak RSS of this process: {peak_mb:.0f} MB; statsmodels uses method='lbfgs'; "
+          "lme4 = lmerControl() defaults from reference_timings_lme4.json (NaN: not timed there).")
+
+
+if __name__ == "__main__":
+    main()
