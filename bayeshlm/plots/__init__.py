@@ -1,5 +1,6 @@
-"""Plots that return matplotlib figures (headless-safe): shrinkage of group estimates, and more to come."""
+"""Plots that return matplotlib figures (headless-safe; no pyplot state is touched)."""
 
+from .caterpillar import caterpillar
 from .shrinkage import shrinkage
 
-__all__ = ["shrinkage"]
+__all__ = ["caterpillar", "shrinkage"]

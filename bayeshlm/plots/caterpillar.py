@@ -1,0 +1,39 @@
+"""Caterpillar plot: every group's coefficient with its 95% interval, sorted, over the plausible-value band
+(R&B 2002, eq. 3.64-3.65 for the EB intervals and eq. 4.4 for the plausible-value range)."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..errors import OptionError
+from ..results import FitResult
+from ._groups import group_coefficients
+
+
+def caterpillar(fit: FitResult, factor: str | None = None, coefficient: str | None = None,
+                level: float = 0.95) -> Figure:
+    """Sorted group estimates with intervals (EB +/- z SD, or posterior intervals) and the band
+    gamma_q0 +/- z sqrt(tau_qq) in which 95% of the groups' true coefficients are expected to lie."""
+    name = fit._factor_name(factor)
+    coefs = fit.design.factor(name).coef_names
+    coefficient = coefficient or coefs[0]
+    if coefficient not in coefs:
+        raise OptionError(f"coefficient must be one of {list(coefs)}; got {coefficient!r}.")
+    estimate, lower, upper = group_coefficients(fit, name, coefficient, level)
+    order = np.argsort(estimate)
+    rank = np.arange(len(order))
+    pv = fit.plausible_values(name, level).loc[coefficient]
+    figure = Figure(figsize=(7, 4))
+    ax = figure.add_subplot()
+    ax.axhspan(pv["lower"], pv["upper"], color="C2", alpha=0.15,
+               label=f"plausible-value range ({pv['lower']:.2f}, {pv['upper']:.2f})")
+    ax.vlines(rank, lower[order], upper[order], color="0.5", lw=0.8)
+    ax.scatter(rank, estimate[order], s=8, color="C0", zorder=3,
+               label="posterior mean" if fit.method == "bayes" else "empirical Bayes")
+    ax.set_xlabel(f"{name} (sorted by estimate)")
+    ax.set_ylabel(coefficient)
+    ax.set_title(f"{coefficient} in {len(order)} groups of {name}, {level:.0%} intervals")
+    ax.legend(loc="upper left", frameon=False, fontsize="small")
+    figure.tight_layout()
+    return figure
