@@ -10,6 +10,7 @@ from . import datasets, plots
 from .errors import DataError, FormulaError, InputError, OptionError
 from .likelihood import deviance_test
 from .model import HLM
+from .model_file import load_model
 from .report import compare
 
 try:
@@ -17,4 +18,4 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
-__all__ = ["HLM", "compare", "DataError", "FormulaError", "InputError", "OptionError", "datasets", "plots", "__version__"]
+__all__ = ["HLM", "load_model", "compare", "DataError", "FormulaError", "InputError", "OptionError", "datasets", "plots", "__version__"]

@@ -1,9 +1,10 @@
-"""Command line: ``bayeshlm datasets``, ``bayeshlm describe``, ``bayeshlm demo``."""
+"""Command line: ``bayeshlm datasets``, ``describe``, ``fit models/<file>.toml``, ``demo``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -21,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     describe = commands.add_parser("describe", help="describe a model on a bundled dataset")
     describe.add_argument("dataset")
     describe.add_argument("formula")
+    fit = commands.add_parser("fit", help="fit a model file (see models/) and print its report")
+    fit.add_argument("model_file")
+    fit.add_argument("--method", choices=["reml", "ml", "bayes"], help="overrides the file's [fit] method")
+    fit.add_argument("--draws", type=int, help="posterior draws per chain (Bayes)")
+    fit.add_argument("--out", help="directory for estimates (netCDF), the report and figures (PNG)")
     demo = commands.add_parser("demo", help="fit the HS&B intercepts-and-slopes-as-outcomes model (R&B 2002, "
                                "Table 4.5) by REML and Bayes and compare")
     demo.add_argument("--draws", type=int, default=1000, help="posterior draws per chain (default 1000)")
@@ -30,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
             print(datasets.list().to_string())
         elif args.command == "describe":
             _describe(HLM(args.formula, datasets.load(args.dataset)))
+        elif args.command == "fit":
+            _fit(args)
         else:
             _demo(args.draws)
     except InputError as err:
@@ -42,6 +50,48 @@ def _describe(model: HLM) -> None:
     print(model.summary())
     print()
     print(model.equations().text)
+
+
+def _fit(args) -> None:
+    from .model_file import load_model
+
+    model = load_model(args.model_file)
+    options = dict(model.fit_options)
+    if args.method:
+        options["method"] = args.method
+    if args.draws:
+        options.update(draws=args.draws, tune=args.draws)
+    method = options.get("method", "reml")
+    if method != "bayes":
+        options = {k: v for k, v in options.items() if k in ("method",)}
+    print(f"{model.title}\n", flush=True)
+    fit = model.fit(**options)
+    report = fit.report()
+    print(report)
+    if args.out:
+        _write_outputs(fit, str(report), Path(args.out))
+
+
+def _write_outputs(fit, report: str, out: Path) -> None:
+    """report.txt, estimates.nc (posterior.nc for Bayes) and shrinkage / caterpillar PNGs."""
+    from . import plots
+    from .results.export import estimates_dataset
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.txt").write_text(report + "\n")
+    estimates_dataset(fit).to_netcdf(out / "estimates.nc")
+    if fit.method == "bayes":
+        fit.posterior.to_netcdf(out / "posterior.nc")
+    written = ["report.txt", "estimates.nc"] + (["posterior.nc"] if fit.method == "bayes" else [])
+    if fit.design.chain:
+        factor = fit.design.chain[0].name
+        for name, draw in (("shrinkage", plots.shrinkage), ("caterpillar", plots.caterpillar)):
+            try:
+                draw(fit, factor).savefig(out / f"{name}.png", dpi=120)
+                written.append(f"{name}.png")
+            except InputError as err:
+                print(f"(no {name} plot: {err})")
+    print(f"\nWrote {', '.join(written)} to {out}/")
 
 
 def _demo(draws: int) -> None:

@@ -1,0 +1,36 @@
+"""Write a fit's estimates as a labelled xarray Dataset (netCDF-ready)."""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from .base import FitResult
+
+
+def estimates_dataset(fit: FitResult) -> xr.Dataset:
+    """Fixed effects (estimate, se), each factor's T and sigma^2 with named dimensions.
+
+    Variables: ``fixed_<column>`` over ``term``; ``tau_<factor>`` over ``<factor>__coef`` x ``<factor>__coef_``;
+    ``sigma2``. Attributes record the method and the model formula.
+    """
+    fixed = fit.fixed_effects
+    data = {f"fixed_{column}": ("term", fixed[column].to_numpy(dtype=float))
+            for column in fixed.columns if np.issubdtype(fixed[column].dtype, np.number)}
+    coords: dict = {"term": list(fixed.index)}
+    for factor, tau in fit.tau.items():
+        dim = f"{factor}__coef"
+        coords[dim] = list(tau.index)
+        coords[dim + "_"] = list(tau.index)
+        data[f"tau_{factor}"] = ((dim, dim + "_"), tau.to_numpy(dtype=float))
+    if fit.sigma2 is not None:
+        data["sigma2"] = ((), float(fit.sigma2))
+    from .. import __version__
+
+    attrs = {"method": fit.method, "formula": fit.design.spec.formula(), "bayeshlm_version": __version__,
+             "rows_analysed": fit.design.n_obs, "rows_dropped": fit.design.dropped.count}
+    for name in ("deviance", "aic", "bic"):
+        value = getattr(fit, name, None)
+        if value is not None:
+            attrs[name] = float(value)
+    return xr.Dataset(data, coords=coords, attrs=attrs)

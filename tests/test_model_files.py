@@ -1,0 +1,46 @@
+"""Every ready model definition in models/ loads and fits from the command line."""
+
+from pathlib import Path
+
+import pytest
+import xarray as xr
+
+import bayeshlm as bh
+from bayeshlm.cli import main
+
+MODELS = sorted((Path(__file__).parent.parent / "models").glob("*.toml"))
+
+
+def test_there_are_model_files():
+    assert len(MODELS) >= 8
+
+
+@pytest.mark.parametrize("path", MODELS, ids=[p.stem for p in MODELS])
+def test_model_file_fits_by_reml_and_writes_outputs(path, tmp_path, capsys):
+    assert main(["fit", str(path), "--method", "reml", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Fixed effects" in out and "deviance:" in out
+    estimates = xr.open_dataset(tmp_path / "estimates.nc")
+    assert estimates.attrs["method"] == "reml" and "fixed_estimate" in estimates
+    assert (tmp_path / "report.txt").read_text().startswith("Model (REML)")
+
+
+def test_level_file_and_formula_file_describe_the_same_model():
+    levels = bh.load_model(Path(__file__).parent.parent / "models" / "hsb_random_coefficients.toml")
+    assert levels.spec == bh.HLM("mathach ~ cses + (cses | school)", bh.datasets.load("hsb")).spec
+    assert levels.fit_options == {"method": "reml"}
+
+
+def test_bad_model_files_are_explained(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('dataset = "hsb"\nformula = "mathach ~ ses + (ses | scool)"\n')
+    assert main(["fit", str(bad)]) == 2
+    assert "'scool' is not a column. Did you mean 'school'" in capsys.readouterr().err
+    bad.write_text('dataset = "hsb"\nformla = "mathach ~ 1 + (1 | school)"\n')
+    with pytest.raises(bh.OptionError, match=r"unknown keys \['formla'\]"):
+        bh.load_model(bad)
+    with pytest.raises(bh.OptionError, match="No model file"):
+        bh.load_model(tmp_path / "missing.toml")
+    bad.write_text('dataset = "hsb"\nformula = "y ~ 1\n')
+    with pytest.raises(bh.OptionError, match="not valid TOML"):
+        bh.load_model(bad)
