@@ -1,6 +1,7 @@
 """Plots that return matplotlib figures (headless-safe; no pyplot state is touched)."""
 
 from .caterpillar import caterpillar
+from .forest import forest
 from .shrinkage import shrinkage
 
-__all__ = ["caterpillar", "shrinkage"]
+__all__ = ["caterpillar", "forest", "shrinkage"]

@@ -1,0 +1,7 @@
+"""Meta-analysis (V-known models, R&B 2002 ch. 7): univariate random- and mixed-effects models (:func:`meta`)
+and multivariate models with a known within-study covariance (:func:`meta_mv`). Three-level meta-analyses are
+``bh.HLM("yi ~ 1 + (1 | district/school)", data, known_variance="vi")``."""
+
+from .univariate import MetaFit, QTest, meta
+
+__all__ = ["MetaFit", "QTest", "meta"]

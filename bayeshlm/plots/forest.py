@@ -1,0 +1,64 @@
+"""Forest plot of a meta-analysis: each study's observed effect with its CI and, beside it, its empirical-Bayes
+estimate with its interval (R&B 2002, Table 7.1; eq. 7.12), then the pooled estimate and the prediction
+interval for a new study's true effect."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Polygon
+
+from ..errors import OptionError
+
+EB_OFFSET = 0.3  # vertical offset of the EB row below its study's observed-effect row
+
+
+def forest(fit, title: str | None = None) -> Figure:
+    """Forest plot of a :class:`~bayeshlm.meta.MetaFit` (95% intervals).
+
+    Studies run top to bottom in data order. Squares (sized by the inverse-variance weight) with lines: the
+    observed effects d_j +/- 1.96 sqrt(V_j). Circles below them: the EB estimates delta*_j +/- 1.96 SE. Bottom row
+    (intercept-only models): the pooled estimate as a diamond spanning its CI, and the prediction interval
+    as a line; with moderators each study's fitted value x_j'gamma is marked with a bar instead.
+
+    The observed and EB markers carry gids ``"observed"`` and ``"eb"`` (one point per study).
+    """
+    from ..meta import MetaFit
+
+    if not isinstance(fit, MetaFit):
+        raise OptionError(f"forest() draws a MetaFit (from bh.meta); got {type(fit).__name__}.")
+    table = fit.study_effects
+    k = len(table)
+    y = np.arange(k, 0, -1, dtype=float)
+    figure = Figure(figsize=(9.5, 1.2 + 0.32 * (k + 2)))
+    ax = figure.add_subplot()
+    weight = 1.0 / table["se"].to_numpy() ** 2
+    size = 15 + 85 * weight / weight.max()
+    ax.hlines(y, table["ci_lower"], table["ci_upper"], color="C0", lw=1)
+    ax.scatter(table["effect"], y, marker="s", s=size, color="C0", zorder=3, label="observed effect, 95% CI",
+               gid="observed")
+    ax.hlines(y - EB_OFFSET, table["eb_lower"], table["eb_upper"], color="C1", lw=1)
+    ax.scatter(table["eb"], y - EB_OFFSET, marker="o", s=18, color="C1", zorder=3,
+               label="empirical Bayes estimate, 95% interval", gid="eb")
+    labels = [str(s) for s in table.index]
+    if fit.p == 1:
+        pred = fit.prediction()
+        est, lo, hi = pred["estimate"], pred["ci_lower"], pred["ci_upper"]
+        ax.add_patch(Polygon([(lo, 0), (est, 0.25), (hi, 0), (est, -0.25)], closed=True, color="k", zorder=3,
+                             label=f"pooled estimate {est:.3f}, 95% CI"))
+        ax.hlines(0, pred["pi_lower"], pred["pi_upper"], color="k", lw=1, linestyles="dashed",
+                  label=f"prediction interval ({pred['pi_lower']:.3f}, {pred['pi_upper']:.3f})")
+        ax.axvline(est, color="0.6", lw=0.8, ls=":")
+        ticks, labels = np.append(y, 0.0), [*labels, f"{fit.method.upper()} model"]
+    else:
+        ax.scatter(table["fitted"], y - EB_OFFSET / 2, marker="|", s=120, color="k", zorder=4,
+                   label="fitted value (moderators)")
+        ticks = y
+    ax.axvline(0, color="0.3", lw=0.8)
+    ax.set_yticks(ticks, labels)
+    ax.set_ylim(-0.8 if fit.p == 1 else 0.2, k + 0.7)
+    ax.set_xlabel(f"effect ({fit.design.outcome_name})")
+    ax.set_title(title or f"{k} studies, tau^2 = {fit.tau2:.3g} ({fit.method.upper()}), I^2 = {fit.i2:.0f}%")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize="small")
+    figure.tight_layout()
+    return figure
