@@ -134,3 +134,45 @@ def test_reml_comparison_of_different_fixed_effects_is_refused(hsb):
     test = bh.deviance_test(bh.HLM("mathach ~ cses + (cses | school)", hsb).fit("ml"),
                             bh.HLM("mathach ~ meanses + cses + (cses | school)", hsb).fit("ml"))
     assert test.df == 1 and test.statistic > 100
+
+
+@pytest.mark.parametrize("formula", [
+    "y ~ x + (x | a)",                      # single factor
+    "y ~ x + (x | a) + (1 | c)",            # nested chain
+    "y ~ x + (1 | a) + (x || b)",           # crossed, scalar first factor
+    "y ~ x + (x | a) + (x | b)",            # crossed, correlated slopes in both factors
+])
+@pytest.mark.parametrize("reml", [True, False])
+def test_analytic_gradient_equals_finite_differences(formula, reml):
+    design = bh.HLM(formula, synthetic()).design
+    objective = ProfiledDeviance(design, "reml" if reml else "ml")
+    rng = np.random.default_rng(5)
+    theta = rng.uniform(0.2, 1.2, objective.params.size) * np.where(objective.params.lower_bounds == 0, 1, 0.3)
+    _, gradient = objective.value_and_gradient(theta)
+    h = 1e-6
+    numeric = [(objective(theta + h * e) - objective(theta - h * e)) / (2 * h) for e in np.eye(len(theta))]
+    assert np.allclose(gradient, numeric, rtol=1e-6, atol=1e-6)
+
+
+def test_crossed_modes_solve_the_dense_system():
+    """Conditional modes of a crossed design with correlated slopes equal the dense PLS solution."""
+    design = bh.HLM("y ~ x + (x | a) + (x | b)", synthetic()).design
+    objective = ProfiledDeviance(design, "reml")
+    theta = np.array([0.8, 0.2, 0.5, 0.6, -0.3, 0.4])
+    fac = objective.factorize(theta)
+    lambdas = objective.params.lambdas(theta)
+    blocks = []
+    for f, lam in zip(design.factors, lambdas):
+        Zf = np.zeros((design.n_obs, f.n_groups * f.n_coef))
+        for c in range(f.n_coef):
+            Zf[np.arange(design.n_obs), f.codes * f.n_coef + c] = f.Z[:, c]
+        blocks.append(Zf @ np.kron(np.eye(f.n_groups), lam))
+    ZL = np.hstack(blocks)
+    M = np.hstack([ZL, design.X])
+    lhs = M.T @ M + np.diag(np.r_[np.ones(ZL.shape[1]), np.zeros(design.n_fixed)])
+    solution = np.linalg.solve(lhs, M.T @ design.y)
+    u = fac.modes()
+    by_name = dict(zip([f.name for f in objective.solver_factors], u))
+    expected = np.concatenate([by_name[f.name].ravel() for f in design.factors])
+    assert np.allclose(expected, solution[:ZL.shape[1]], rtol=1e-8, atol=1e-10)
+    assert np.allclose(fac.beta, solution[ZL.shape[1]:], rtol=1e-8)

@@ -62,5 +62,25 @@ class Factorization(ABC):
         """Spherical conditional modes u, one (J, q) array per solver factor."""
 
     @abstractmethod
+    def gradient_parts(self, reml: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The pieces of the criterion's gradient, one q x q matrix pair (Q_l, G_l) per solver factor.
+
+        With Lambda~ = blockdiag(Lambda, I_p), M = [Z X]'W[Z X] and Omega = Lambda~'M Lambda~ + blockdiag(I, 0)
+        (REML; for ML its random-effect block Lambda'Z'WZ Lambda + I), an entry theta_k at (r, c) of factor
+        l's Lambda_l has dOmega/dtheta_k = E'M Lambda~ + Lambda~'M E with E = I_J (x) e_r e_c', so
+
+            d log|Omega| / d theta_k = 2 tr(Omega^{-1} Lambda~'M E) = 2 Q_l[c, r],
+            Q_l = sum over the groups g of l of the diagonal block [Omega^{-1} Lambda~'M]_gg,
+
+        which needs Omega^{-1} only where M is not zero (selected inversion). The penalised residual sum of
+        squares r^2 = min_{u, beta} |W^{1/2}(y - X beta - Z Lambda u)|^2 + |u|^2 has, by the envelope theorem,
+
+            d r^2 / d theta_k = -2 u'E'Z'W e = -2 G_l[r, c],   G_l = sum_g (Z_g'W e) u_g',
+
+        e = y - X beta - Z Lambda u at the conditional modes (Bates et al. 2015, eq. 11-18).
+        log|Omega| = log|L_theta|^2 + log|R_X|^2 (REML) or log|L_theta|^2 (ML).
+        """
+
+    @abstractmethod
     def conditional_variances(self) -> list[np.ndarray]:
         """Diagonal (J, q, q) blocks of (Lambda'Z'WZ Lambda + I)^{-1}, one array per solver factor."""

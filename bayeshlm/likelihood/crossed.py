@@ -1,13 +1,16 @@
 """Penalised least squares for crossed (or otherwise non-chain) grouping factors.
 
 As in MixedModels.jl, the factor with the most random effects comes first: its block of
-Lambda'Z'WZ Lambda + I is block-diagonal (one q x q block per group), so it is factored by batched dense
-Cholesky and eliminated exactly; its Schur complement onto the remaining factors' effects, X and y
+Lambda'Z'WZ Lambda + I is block-diagonal (one q x q block A_g = Lambda_1'D_g Lambda_1 + I per group, D_g = Z_g'WZ_g),
+so it is factored by batched dense Cholesky and eliminated exactly. With C = Z_1'W[Z_r, X, y] (row block C_g
+per group) and Lambda~ = blockdiag(Lambda_r, I), its Schur complement onto the remaining factors' effects, X and y is
 
-    S = Lambda_r'A_rr Lambda_r + [I 0; 0 0] - R'R,   R = blockdiag(L_g^{-1} Lambda_1') Z_1'W[Z_r Lambda_r, X, y],
+    S = Lambda~' T Lambda~ + [I 0; 0 0],   T = [Z_r X y]'W[Z_r X y] - N,   N = sum_g C_g' W_g C_g,
+    W_g = Lambda_1 A_g^{-1} Lambda_1'.
 
-is formed with sparse products (its pattern is fixed, computed once) and factored densely. The dense part
-has as many rows as the other factors have random effects (e.g. 1,128 for 1,100 x 28 crossed levels).
+N has a fixed sparsity pattern, so it is one sparse matrix-vector product per evaluation: the pair map
+P[(i, j), (g, a, b)] = C[ga, i] C[gb, j] is built once and vec(N) = P vec(W). S is factored densely; it has as
+many rows as the other factors have random effects (1,128 for 1,100 x 28 crossed levels).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ..errors import DataError
 from .algebra import Factorization, group_sums
 
 MAX_DENSE = 20_000  # random effects outside the first factor that the dense Schur complement may hold
+MAX_PAIRS = 60_000_000  # entries of the pair map P (12 bytes each)
 
 
 def indicator_matrix(f: GroupingFactor) -> sp.csr_matrix:
@@ -29,6 +33,30 @@ def indicator_matrix(f: GroupingFactor) -> sp.csr_matrix:
     rows = np.repeat(np.arange(n), q)
     cols = (f.codes[:, None] * q + np.arange(q)).ravel()
     return sp.csr_matrix((f.Z.ravel(), (rows, cols)), shape=(n, f.n_groups * q))
+
+
+def pair_map(C: sp.csr_matrix, q: int) -> sp.csr_matrix:
+    """P with vec(sum_g C_g' W_g C_g) = P vec(W) for W stacked (J, q, q) and C_g the rows g q .. g q + q - 1.
+
+    Row i t + j of P (t = C's column count) holds C[g q + a, i] C[g q + b, j] in column g q^2 + a q + b.
+    """
+    J, t = C.shape[0] // q, C.shape[1]
+    counts = np.diff(C.indptr)
+    data, target, column = [], [], []
+    for a in range(q):
+        for b in range(q):
+            ra, rb = np.arange(J) * q + a, np.arange(J) * q + b
+            na, nb = counts[ra], counts[rb]
+            size = na * nb
+            g = np.repeat(np.arange(J), size)
+            k = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)  # pair number within group
+            ii = C.indptr[ra][g] + k // nb[g]
+            jj = C.indptr[rb][g] + k % nb[g]
+            data.append(C.data[ii] * C.data[jj])
+            target.append(C.indices[ii].astype(np.int64) * t + C.indices[jj])
+            column.append(g * q * q + a * q + b)
+    data, target, column = (np.concatenate(x) for x in (data, target, column))
+    return sp.csr_matrix((data, (target, column)), shape=(t * t, J * q * q))
 
 
 class CrossedSolver:
@@ -52,39 +80,53 @@ class CrossedSolver:
         ZF = indicator_matrix(first)
         self.D = group_sums(first.codes, first.Z if w is None else first.Z * w[:, None], first.Z, first.n_groups)
         self.C = (ZF.T @ weighted).tocsr()  # (J_1 q_1) x (K + p + 1)
+        self.C.sort_indices()
         self.A = (right.T @ weighted).toarray()  # [Z_r X y]' W [Z_r X y]
         self.offsets = np.cumsum([0] + [f.n_groups * f.n_coef for f in rest])
+        counts = np.diff(self.C.indptr).reshape(first.n_groups, first.n_coef).sum(axis=1)
+        if int((counts.astype(np.int64) ** 2).sum()) > MAX_PAIRS:
+            raise DataError(
+                f"The groups of {first.name!r} share too many levels of the other grouping factors "
+                f"({int((counts.astype(np.int64) ** 2).sum())} pairs, at most {MAX_PAIRS}) for this engine's "
+                "precomputed Schur complement. Fit a subset of the factors, or aggregate the data.")
+        self.P = pair_map(self.C, first.n_coef)
 
-    def _lambda_rest(self, lambdas: list[np.ndarray]) -> sp.csr_matrix:
-        blocks = [sp.kron(sp.identity(f.n_groups), lam) for f, lam in zip(self.factors[1:], lambdas[1:])]
-        return sp.block_diag(blocks + [sp.identity(self.p + 1)], format="csr")
+    def scale(self, M: np.ndarray, lambdas: list[np.ndarray], side: str, transpose: bool = False) -> np.ndarray:
+        """M Lambda~ (side 'right') or Lambda~' M (side 'left'), with Lambda~ = blockdiag(I_J (x) Lambda_f, ..., I)
+        over the remaining factors; ``transpose`` uses Lambda~' in place of Lambda~ (M Lambda~', Lambda~ M)."""
+        out = M.copy() if side == "right" else M.T.copy()
+        for f, lam, a, b in zip(self.factors[1:], lambdas[1:], self.offsets[:-1], self.offsets[1:]):
+            block = out[:, a:b].reshape(len(out), f.n_groups, f.n_coef)
+            out[:, a:b] = (block @ (lam.T if transpose else lam)).reshape(len(out), b - a)
+        return out if side == "right" else out.T
 
     def factorize(self, lambdas: list[np.ndarray]) -> CrossedFactorization:
         """Factor the system at relative covariance factors ``lambdas`` (in solver order)."""
         first = self.factors[0]
-        J, q = first.n_groups, first.n_coef
+        q = first.n_coef
         lam = lambdas[0]
         L = np.linalg.cholesky(np.matmul(lam.T @ self.D, lam) + np.eye(q))
         Linv = np.linalg.inv(L)
-        B = sp.bsr_matrix((np.matmul(Linv, lam.T), np.arange(J), np.arange(J + 1)), shape=(J * q, J * q))
-        lam_rest = self._lambda_rest(lambdas)
-        R = (B @ self.C @ lam_rest).tocsr()
-        S = lam_rest.T @ np.asarray(lam_rest.T @ self.A).T
+        LamLinvT = lam @ Linv.transpose(0, 2, 1)  # Lambda_1 L_g'^{-1}
+        W = LamLinvT @ LamLinvT.transpose(0, 2, 1)  # Lambda_1 A_g^{-1} Lambda_1'
+        t = self.A.shape[0]
+        T = self.A - (self.P @ W.ravel()).reshape(t, t)
+        S = self.scale(self.scale(T, lambdas, "right"), lambdas, "left")
         K = self.K
         S[np.arange(K), np.arange(K)] += 1.0
-        S -= (R.T @ R).toarray()
-        Lz = np.linalg.cholesky(S[:K, :K])
-        Rz = scipy.linalg.solve_triangular(Lz, S[:K, K:], lower=True)
+        Lz = scipy.linalg.cholesky(S[:K, :K], lower=True, check_finite=False)
+        Rz = scipy.linalg.solve_triangular(Lz, S[:K, K:], lower=True, check_finite=False)
         logdet_z = 2.0 * (np.log(np.diagonal(L, axis1=1, axis2=2)).sum() + np.log(np.diag(Lz)).sum())
-        return CrossedFactorization(self, L, Linv, R, Lz, Rz, logdet_z, S[K:, K:] - Rz.T @ Rz)
+        return CrossedFactorization(self, lambdas, L, Linv, W, T, Lz, Rz, logdet_z, S[K:, K:] - Rz.T @ Rz)
 
 
 class CrossedFactorization(Factorization):
     """The factor of one evaluation of :class:`CrossedSolver`, with back-substitution."""
 
-    def __init__(self, solver: CrossedSolver, L, Linv, R, Lz, Rz, logdet_z: float, top: np.ndarray):
+    def __init__(self, solver: CrossedSolver, lambdas, L, Linv, W, T, Lz, Rz, logdet_z: float, top: np.ndarray):
         self.solver = solver
-        self.L, self.Linv, self.R, self.Lz, self.Rz = L, Linv, R, Lz, Rz
+        self.lambdas = lambdas
+        self.L, self.Linv, self.W, self.T, self.Lz, self.Rz = L, Linv, W, T, Lz, Rz
         self.logdet_z = logdet_z
         self._set_fixed_part(top, solver.p)
 
@@ -94,28 +136,88 @@ class CrossedFactorization(Factorization):
                 for f, a, b in zip(s.factors[1:], s.offsets[:-1], s.offsets[1:])]
 
     def modes(self) -> list[np.ndarray]:
+        """u_rest from the dense factor; u_g = A_g^{-1} Lambda_1' C_g [-b_rest, -beta, 1] for the first factor."""
         s = self.solver
-        u_rest = scipy.linalg.solve_triangular(self.Lz.T, self.Rz[:, -1] - self.Rz[:, :-1] @ self.beta, lower=False)
-        x = np.concatenate([u_rest, self.beta])
+        u_rest = scipy.linalg.solve_triangular(self.Lz.T, self.Rz[:, -1] - self.Rz[:, :-1] @ self.beta, lower=False,
+                                               check_finite=False)
+        b_rest = s.scale(u_rest[None, :], self.lambdas, "right", transpose=True)[0]  # (Lambda_r u_rest)'
         first = s.factors[0]
-        rhs = (self.R[:, -1].toarray()[:, 0] - self.R[:, :-1] @ x).reshape(first.n_groups, first.n_coef)
-        u_first = np.linalg.solve(self.L.transpose(0, 2, 1), rhs[:, :, None])[:, :, 0]
+        Cx = (s.C @ np.concatenate([-b_rest, -self.beta, [1.0]])).reshape(first.n_groups, first.n_coef)
+        Ainv = self.Linv.transpose(0, 2, 1) @ self.Linv
+        u_first = (Ainv @ (Cx @ self.lambdas[0])[:, :, None])[:, :, 0]
         return [u_first] + self._split_rest(u_rest)
+
+    def _rest_inverse(self, with_fixed: bool) -> np.ndarray:
+        """(K + p + 1)-square Sigma: the inverse of S's [Z_r X] block (REML) or of its Z_r block (ML), zero
+        elsewhere (from the factor [Lz 0; Rz' R_X] by LAPACK dpotri)."""
+        s = self.solver
+        K, p = s.K, s.p
+        m = K + p if with_fixed else K
+        factor = np.zeros((m, m))
+        factor[:K, :K] = self.Lz
+        if with_fixed:
+            factor[K:, :K] = self.Rz[:, :p].T
+            factor[K:, K:] = self.RX
+        inv, info = scipy.linalg.lapack.dpotri(factor, lower=1)
+        inv = np.tril(inv) + np.tril(inv, -1).T
+        out = np.zeros((K + p + 1, K + p + 1))
+        out[:m, :m] = inv
+        return out
+
+    def gradient_parts(self, reml: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Q and G of :meth:`Factorization.gradient_parts` for the first and the remaining factors.
+
+        log|Omega| = sum_g log|A_g| + log|S| with Sigma = S^{-1} (the [Z_r X] block for REML, Z_r for ML).
+        A remaining factor l enters only through S = Lambda~'T Lambda~ + I:
+        Q_l = sum_{a in l} [Sigma Lambda~' T]_aa. The first factor enters through A_g and W_g; with
+        Phi = Lambda~ Sigma Lambda~' and Y_g = C_g Phi C_g' (gathered through the pair map, Y = P' vec(Phi)),
+        d log|S| = -sum_g tr(Y_g dW_g), which gives
+        Q_1 = sum_g A_g^{-1} Lambda_1' [D_g - Y_g (I - Lambda_1 A_g^{-1} Lambda_1' D_g)].
+        G_l = sum_g (Z_g'W e) u_g' from the residuals e on the rows.
+        """
+        s = self.solver
+        first = s.factors[0]
+        J, q = first.n_groups, first.n_coef
+        lam = self.lambdas[0]
+        sigma = self._rest_inverse(reml)
+        sigma_lam = s.scale(sigma, self.lambdas, "right", transpose=True)  # Sigma Lambda~'
+        phi = s.scale(sigma_lam, self.lambdas, "left", transpose=True)  # Lambda~ Sigma Lambda~'
+        Q = []
+        Ainv = self.Linv.transpose(0, 2, 1) @ self.Linv
+        Y = (s.P.T @ phi.ravel()).reshape(J, q, q)
+        AinvLamT = Ainv @ lam.T
+        D = s.D
+        Q.append((AinvLamT @ (D - Y @ (np.eye(q) - self.W @ D))).sum(axis=0))
+        for f, a, b in zip(s.factors[1:], s.offsets[:-1], s.offsets[1:]):
+            rows = sigma_lam[a:b].reshape(f.n_groups, f.n_coef, -1)  # [Sigma Lambda~']_{a, :}
+            T_rows = self.T[a:b].reshape(f.n_groups, f.n_coef, -1)
+            Q.append(np.tensordot(rows, T_rows, axes=([0, 2], [0, 2])))
+        # residual cross-products on the rows
+        u = self.modes()
+        d = s.design
+        e = d.y - d.X @ self.beta
+        for f, uf, lf in zip(s.factors, u, self.lambdas):
+            e = e - np.einsum("nq,nq->n", f.Z, (uf @ lf.T)[f.codes])
+        we = e if d.weights is None else e * d.weights
+        G = [group_sums(f.codes, f.Z, we[:, None], f.n_groups)[:, :, 0].T @ uf for f, uf in zip(s.factors, u)]
+        return Q, G
 
     def conditional_variances(self) -> list[np.ndarray]:
         """Diagonal blocks of the inverse: Sigma_rest = (Lz Lz')^{-1}; for a group g of the first factor
-        Sigma_gg = L_g'^{-1} (I + R_g Sigma_rest R_g') L_g^{-1} (selected inversion)."""
+        Sigma_gg = L_g'^{-1} (I + R_g Sigma_rest R_g') L_g^{-1} (selected inversion), with
+        R_g = L_g^{-1} Lambda_1' C_g Lambda~ restricted to the Z_r columns."""
         s = self.solver
         K = s.K
-        Lz_inv = scipy.linalg.solve_triangular(self.Lz, np.eye(K), lower=True)
-        sigma_rest = Lz_inv.T @ Lz_inv
+        sigma_rest = self._rest_inverse(with_fixed=False)[:K, :K]
         rest = []
         for f, a in zip(s.factors[1:], s.offsets[:-1]):
             idx = a + np.arange(f.n_groups)[:, None] * f.n_coef + np.arange(f.n_coef)
             rest.append(sigma_rest[idx[:, :, None], idx[:, None, :]])
         first = s.factors[0]
         J, q = first.n_groups, first.n_coef
-        Rz = self.R[:, :K].toarray().reshape(J, q, K)
+        B = sp.bsr_matrix((np.matmul(self.Linv, self.lambdas[0].T), np.arange(J), np.arange(J + 1)),
+                          shape=(J * q, J * q))
+        Rz = s.scale((B @ s.C[:, :K]).toarray(), self.lambdas, "right").reshape(J, q, K)
         inner = np.eye(q) + np.einsum("jak,kl,jbl->jab", Rz, sigma_rest, Rz, optimize=True)
         own = np.matmul(np.matmul(self.Linv.transpose(0, 2, 1), inner), self.Linv)
         return [own] + rest

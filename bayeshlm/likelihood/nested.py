@@ -49,6 +49,13 @@ class NestedSolver:
             self.parent.append(parent)
             self.summing.append(sp.csr_matrix((np.ones(inner.n_groups), (parent, np.arange(inner.n_groups))),
                                               shape=(outer.n_groups, inner.n_groups)))
+        # ancestors[m][k]: the group of level m + k that contains each group of level m
+        self.ancestors = []
+        for m, f in enumerate(chain):
+            maps = [np.arange(f.n_groups)]
+            for parent in self.parent[m:]:
+                maps.append(parent[maps[-1]])
+            self.ancestors.append(maps)
 
     def _right_factor(self, lambdas: list[np.ndarray], level: int) -> np.ndarray:
         """blockdiag(Lambda_level, ..., Lambda_top, I_{p+1}): scales the columns [Z_level ... Z_top X y]."""
@@ -87,15 +94,16 @@ class NestedSolver:
                 update = flat.T @ flat + (update[:, q:, q:].sum(axis=0) if update is not None else 0.0)
             L_levels.append(L)
             R_levels.append(R)
-        return NestedFactorization(self, L_levels, R_levels, logdet_z, self.top - update)
+        return NestedFactorization(self, lambdas, L_levels, R_levels, logdet_z, self.top - update)
 
 
 class NestedFactorization(Factorization):
     """The Cholesky factor of one evaluation of :class:`NestedSolver`, with back-substitution."""
 
-    def __init__(self, solver: NestedSolver, L: list[np.ndarray], R: list[np.ndarray], logdet_z: float,
-                 top: np.ndarray):
+    def __init__(self, solver: NestedSolver, lambdas: list[np.ndarray], L: list[np.ndarray], R: list[np.ndarray],
+                 logdet_z: float, top: np.ndarray):
         self.solver = solver
+        self.lambdas = lambdas
         self.L = L
         self.R = R
         self.logdet_z = logdet_z
@@ -116,29 +124,83 @@ class NestedFactorization(Factorization):
                 tail = np.concatenate([u[parent], tail[parent]], axis=1)
         return out
 
-    def conditional_variances(self) -> list[np.ndarray]:
-        """Diagonal blocks of (Lambda'Z'WZ Lambda + I)^{-1} per chain level, (J_l, q_l, q_l).
+    def _selected_inverse(self, with_fixed: bool):
+        """Per chain level from the top down, the rows of the inverse that the factor's pattern reaches:
+        (own, cross) with own = Sigma_gg (J, q, q) and cross = Sigma_ga (J, q, t_a) against the group's
+        ancestors' effects (outermost last) and, if ``with_fixed``, beta (the last p columns).
 
-        Top down (Takahashi's selected inversion): with Sigma_a the joint block of a group's ancestors,
+        Takahashi's selected inversion: with Sigma_a the joint block of the ancestors (and beta),
         Sigma_ga = -L_g'^{-1} R_g Sigma_a and Sigma_gg = L_g'^{-1} (I + R_g Sigma_a R_g') L_g^{-1}.
+        Without beta this is (Lambda'Z'WZ Lambda + I)^{-1}; with it, the inverse of the whole PLS matrix
+        (whose beta block is (R_X R_X')^{-1}).
         """
         s = self.solver
-        out: list[np.ndarray] = [None] * len(s.chain)
-        joint = None
+        joint = np.broadcast_to(self.fixed_cov_relative(), (s.J[-1], s.p, s.p)) if with_fixed else None
+        out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(s.chain)
         for level in reversed(range(len(s.chain))):
             q = s.q[level]
-            Linv = np.linalg.inv(self.L[level])
+            LinvT = np.linalg.inv(self.L[level]).transpose(0, 2, 1)
             if joint is None:
-                own = np.matmul(Linv.transpose(0, 2, 1), Linv)
-                joint = own
+                own = LinvT @ LinvT.transpose(0, 2, 1)
+                cross = np.zeros((len(own), q, 0))
+                anc = np.zeros((len(own), 0, 0))
             else:
-                anc = joint[s.parent[level]]
-                qa = anc.shape[1]
-                Ra = self.R[level][:, :, :qa]
-                RaS = np.matmul(Ra, anc)  # (J, q, qa)
-                inner = np.eye(q) + np.matmul(RaS, Ra.transpose(0, 2, 1))
-                own = np.matmul(np.matmul(Linv.transpose(0, 2, 1), inner), Linv)
-                cross = -np.matmul(Linv.transpose(0, 2, 1), RaS)  # (J, q, qa)
-                joint = np.block([[own, cross], [cross.transpose(0, 2, 1), anc]])
-            out[level] = own
+                anc = joint if level == len(s.chain) - 1 else joint[s.parent[level]]
+                Ra = self.R[level][:, :, :anc.shape[1]]
+                cross = -LinvT @ (Ra @ anc)  # (J, q, t_a)
+                own = (LinvT - cross @ Ra.transpose(0, 2, 1)) @ LinvT.transpose(0, 2, 1)
+            out[level] = (own, cross)
+            if level > 0:
+                t = anc.shape[1]
+                joint = np.empty((len(own), q + t, q + t))
+                joint[:, :q, :q] = own
+                joint[:, :q, q:] = cross
+                joint[:, q:, :q] = cross.transpose(0, 2, 1)
+                joint[:, q:, q:] = anc
         return out
+
+    def conditional_variances(self) -> list[np.ndarray]:
+        """Diagonal blocks of (Lambda'Z'WZ Lambda + I)^{-1} per chain level, (J_l, q_l, q_l)."""
+        return [own for own, _ in self._selected_inverse(with_fixed=False)]
+
+    def gradient_parts(self, reml: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per chain level, the q x q matrices Q and G of :meth:`Factorization.gradient_parts`.
+
+        With Omega the PLS matrix (REML) or Lambda'Z'WZ Lambda + I (ML), M = [Z X]'W[Z X] and S_g the
+        group's sufficient statistics Z_g'W[Z_g, Z_ancestors, X] (a row block of M):
+        Q_l = sum_g [Omega^{-1} Lambda~' M]_gg over the groups g of level l, which collects
+        Sigma_gg Lambda_l' M_gg + sum_a Sigma_ga Lambda_a' M_ag (ancestors a, and beta) from g's own row and
+        Sigma_ag Lambda_m' M_ga from each descendant g at a lower level m.
+        G_l = sum_g (Z_g'W e) u_g', with Z_g'W e = S_g [-b_g, -b_ancestors, -beta, y]' minus the
+        descendants' S_d[:, cols of l]' b_d (e = y - X beta - Z b, b = Lambda u).
+        """
+        s = self.solver
+        n_levels = len(s.chain)
+        u = self.modes()
+        b = [ul @ lam.T for ul, lam in zip(u, self.lambdas)]
+        offsets = np.cumsum([0] + s.q)  # column of each level's block within the top-level ordering
+        Q = [np.zeros((q, q)) for q in s.q]
+        Zwe = [np.zeros((J, q)) for J, q in zip(s.J, s.q)]
+        rows = self._selected_inverse(with_fixed=reml)
+        for m in range(n_levels):
+            ancestor = s.ancestors[m]
+            S = s.stats[m]
+            width = S.shape[2] - (0 if reml else s.p) - 1  # columns Z_m ... Z_top (, X)
+            V = S[:, :, :width] @ s._right_factor(self.lambdas, m)[:width, :width]  # S_g Lambda~
+            own, cross = rows[m]
+            Q[m] += np.tensordot(np.concatenate([own, cross], axis=2), V, axes=([0, 2], [0, 2]))
+            # residual cross-product of the group's own rows: S_g [-b_g, -b_ancestors, -beta, 1]
+            coefs = [b[l][ancestor[l - m]] for l in range(m, n_levels)]
+            full = np.concatenate(coefs + [np.broadcast_to(self.beta, (len(S), s.p))], axis=1)
+            Zwe[m] += S[:, :, -1] - (S[:, :, :-1] @ full[:, :, None])[:, :, 0]
+            lam_m = self.lambdas[m]
+            for l in range(m + 1, n_levels):
+                cols = slice(offsets[l] - offsets[m], offsets[l + 1] - offsets[m])
+                S_l = S[:, :, cols]  # Z_m'W Z_l over the rows of each group of level m
+                lam_cross = lam_m @ cross[:, :, cols.start - s.q[m]:cols.stop - s.q[m]]  # Lambda_m Sigma_ga
+                Q[l] += np.tensordot(lam_cross, S_l, axes=([0, 1], [0, 1]))
+                contrib = (b[m][:, None, :] @ S_l)[:, 0, :]
+                for c in range(s.q[l]):
+                    Zwe[l][:, c] -= np.bincount(ancestor[l - m], weights=contrib[:, c], minlength=s.J[l])
+        G = [np.einsum("ja,jb->ab", z, ul) for z, ul in zip(Zwe, u)]
+        return Q, G
