@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import datasets, plots
 from .errors import DataError, FormulaError, InputError, OptionError
 from .likelihood import deviance_test
-from .meta import MetaFit, meta
+from .meta import MetaFit, MetaMVFit, meta, meta_mv
 from .model import HLM
 from .model_file import load_model
 from .report import compare

@@ -2,6 +2,7 @@
 and multivariate models with a known within-study covariance (:func:`meta_mv`). Three-level meta-analyses are
 ``bh.HLM("yi ~ 1 + (1 | district/school)", data, known_variance="vi")``."""
 
+from .multivariate import MetaMVFit, meta_mv
 from .univariate import MetaFit, QTest, meta
 
-__all__ = ["MetaFit", "QTest", "meta"]
+__all__ = ["MetaFit", "MetaMVFit", "QTest", "meta", "meta_mv"]
