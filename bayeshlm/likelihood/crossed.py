@@ -94,6 +94,11 @@ class CrossedSolver:
     def scale(self, M: np.ndarray, lambdas: list[np.ndarray], side: str, transpose: bool = False) -> np.ndarray:
         """M Lambda~ (side 'right') or Lambda~' M (side 'left'), with Lambda~ = blockdiag(I_J (x) Lambda_f, ..., I)
         over the remaining factors; ``transpose`` uses Lambda~' in place of Lambda~ (M Lambda~', Lambda~ M)."""
+        if all(len(lam) == 1 for lam in lambdas[1:]):  # Lambda~ is diagonal: scale columns or rows
+            scale = np.ones(M.shape[1] if side == "right" else M.shape[0])
+            for lam, a, b in zip(lambdas[1:], self.offsets[:-1], self.offsets[1:]):
+                scale[a:b] = lam[0, 0]
+            return M * scale if side == "right" else M * scale[:, None]
         out = M.copy() if side == "right" else M.T.copy()
         for f, lam, a, b in zip(self.factors[1:], lambdas[1:], self.offsets[:-1], self.offsets[1:]):
             block = out[:, a:b].reshape(len(out), f.n_groups, f.n_coef)
@@ -158,10 +163,11 @@ class CrossedFactorization(Factorization):
         if with_fixed:
             factor[K:, :K] = self.Rz[:, :p].T
             factor[K:, K:] = self.RX
-        inv, info = scipy.linalg.lapack.dpotri(factor, lower=1)
-        inv = np.tril(inv) + np.tril(inv, -1).T
+        lower, _ = scipy.linalg.lapack.dpotri(factor, lower=1, overwrite_c=1)  # upper triangle stays 0
         out = np.zeros((K + p + 1, K + p + 1))
-        out[:m, :m] = inv
+        out[:m, :m] = lower
+        out[:m, :m] += lower.T
+        out[np.arange(m), np.arange(m)] *= 0.5
         return out
 
     def gradient_parts(self, reml: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -18,7 +18,7 @@ import warnings
 
 import numpy as np
 from scipy.optimize import minimize
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ..design import Design, GroupingFactor
 from ..errors import DataError, OptionError, closest_names
@@ -29,6 +29,7 @@ from .result import LikelihoodFit
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 OPTIONS = ("start", "maxiter")
+_THREADPOOLS: list[ThreadpoolController] = []  # found once: scanning the loaded libraries takes ~10 ms
 
 
 def nested_chain(design: Design) -> list[GroupingFactor] | None:
@@ -192,7 +193,9 @@ def fit_likelihood(design: Design, method: str = "reml", **options) -> Likelihoo
     maxiter = int(options.get("maxiter", 1000))
     # The products are small and many: multithreaded BLAS only adds synchronisation (20-60x slower on a
     # busy 2-core machine), so it runs single-threaded during the fit.
-    with threadpool_limits(limits=1, user_api="blas"):
+    if not _THREADPOOLS:
+        _THREADPOOLS.append(ThreadpoolController())
+    with _THREADPOOLS[0].limit(limits=1, user_api="blas"):
         return _fit(objective, start, maxiter)
 
 
