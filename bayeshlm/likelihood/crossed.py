@@ -35,28 +35,29 @@ def indicator_matrix(f: GroupingFactor) -> sp.csr_matrix:
     return sp.csr_matrix((f.Z.ravel(), (rows, cols)), shape=(n, f.n_groups * q))
 
 
-def pair_map(C: sp.csr_matrix, q: int) -> sp.csr_matrix:
-    """P with vec(sum_g C_g' W_g C_g) = P vec(W) for W stacked (J, q, q) and C_g the rows g q .. g q + q - 1.
+def pair_map(C: sp.csr_matrix, q: int) -> sp.csc_matrix:
+    """P with vec(sum_g C_g' W_g C_g) = P w for W stacked (J, q, q), w = W.transpose(1, 2, 0).ravel() and C_g
+    the rows g q .. g q + q - 1.
 
-    Row i t + j of P (t = C's column count) holds C[g q + a, i] C[g q + b, j] in column g q^2 + a q + b.
+    Row i t + j of P (t = C's column count) holds C[g q + a, i] C[g q + b, j] in column (a q + b) J + g. Each
+    column's entries are generated in order, so P is assembled directly in CSC form (no sort).
     """
     J, t = C.shape[0] // q, C.shape[1]
     counts = np.diff(C.indptr)
-    data, target, column = [], [], []
+    blocks = []
     for a in range(q):
         for b in range(q):
             ra, rb = np.arange(J) * q + a, np.arange(J) * q + b
             na, nb = counts[ra], counts[rb]
             size = na * nb
+            indptr = np.concatenate([[0], np.cumsum(size)])
             g = np.repeat(np.arange(J), size)
-            k = np.arange(size.sum()) - np.repeat(np.cumsum(size) - size, size)  # pair number within group
+            k = np.arange(indptr[-1]) - indptr[g]  # pair number within the group
             ii = C.indptr[ra][g] + k // nb[g]
             jj = C.indptr[rb][g] + k % nb[g]
-            data.append(C.data[ii] * C.data[jj])
-            target.append(C.indices[ii].astype(np.int64) * t + C.indices[jj])
-            column.append(g * q * q + a * q + b)
-    data, target, column = (np.concatenate(x) for x in (data, target, column))
-    return sp.csr_matrix((data, (target, column)), shape=(t * t, J * q * q))
+            target = C.indices[ii].astype(np.int64) * t + C.indices[jj]
+            blocks.append(sp.csc_matrix((C.data[ii] * C.data[jj], target, indptr), shape=(t * t, J)))
+    return blocks[0] if q == 1 else sp.hstack(blocks, format="csc")
 
 
 class CrossedSolver:
@@ -115,7 +116,7 @@ class CrossedSolver:
         LamLinvT = lam @ Linv.transpose(0, 2, 1)  # Lambda_1 L_g'^{-1}
         W = LamLinvT @ LamLinvT.transpose(0, 2, 1)  # Lambda_1 A_g^{-1} Lambda_1'
         t = self.A.shape[0]
-        T = self.A - (self.P @ W.ravel()).reshape(t, t)
+        T = self.A - (self.P @ W.transpose(1, 2, 0).ravel()).reshape(t, t)
         S = self.scale(self.scale(T, lambdas, "right"), lambdas, "left")
         K = self.K
         S[np.arange(K), np.arange(K)] += 1.0
@@ -190,7 +191,7 @@ class CrossedFactorization(Factorization):
         phi = s.scale(sigma_lam, self.lambdas, "left", transpose=True)  # Lambda~ Sigma Lambda~'
         Q = []
         Ainv = self.Linv.transpose(0, 2, 1) @ self.Linv
-        Y = (s.P.T @ phi.ravel()).reshape(J, q, q)
+        Y = (s.P.T @ phi.ravel()).reshape(q, q, J).transpose(2, 0, 1)
         AinvLamT = Ainv @ lam.T
         D = s.D
         Q.append((AinvLamT @ (D - Y @ (np.eye(q) - self.W @ D))).sum(axis=0))
