@@ -113,7 +113,8 @@ def main() -> None:
             continue
         ours = median_time(lambda: bh.HLM(formula, frame).fit("reml"), args.repeats)
         fit = bh.HLM(formula, frame).fit("reml")
-        row = {"model": label, "rows": len(frame), "bayeshlm_s": ours, "criterion": fit.deviance}
+        row = {"model": label, "rows": len(frame), "bayeshlm_s": ours, "evals": fit.n_evaluations,
+               "criterion": fit.deviance}
         if mixedlm is not None:
             row["mixedlm_s"] = median_time(lambda: mixedlm.lmer(formula, frame, REML=True), args.repeats)
             row["mixedlm_criterion"] = float(mixedlm.lmer(formula, frame, REML=True).REMLcrit())
