@@ -7,6 +7,8 @@ Order of work: check columns exist -> drop (and count) rows with missing values 
 
 from __future__ import annotations
 
+import functools
+
 import formulaic
 import numpy as np
 import pandas as pd
@@ -67,15 +69,16 @@ def _check_frame(data) -> pd.DataFrame:
     return data
 
 
-def _factor_variables(expression: str) -> set[str]:
+@functools.lru_cache(maxsize=512)
+def _factor_variables(expression: str) -> frozenset[str]:
     try:
-        return set(formulaic.Formula(expression).required_variables)
+        return frozenset(formulaic.Formula(expression).required_variables)
     except FormulaicError as err:
         raise FormulaError(f"Cannot read {expression!r}: {str(err).splitlines()[0]}") from None
 
 
 def _required_variables(spec: ModelSpec) -> set[str]:
-    names = {spec.outcome} if spec.outcome.isidentifier() else _factor_variables(spec.outcome)
+    names = {spec.outcome} if spec.outcome.isidentifier() else set(_factor_variables(spec.outcome))
     for term in spec.fixed + tuple(t for r in spec.random for t in r.terms):
         for factor in term:
             names |= _factor_variables(factor)
@@ -150,24 +153,27 @@ def _group_codes(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, pd.
     # lme4 orders the levels of b:a as "b-level:a-level"
     labels = parts[0] if len(parts) == 1 else pd.Series(
         [":".join(row) for row in zip(*reversed([p.to_numpy() for p in parts]))], index=frame.index)
-    codes, levels = pd.factorize(_natural_order(labels), sort=True)
-    levels = pd.Index([lab for _, lab in levels], name=term.group) if len(levels) and isinstance(
-        levels[0], tuple) else pd.Index(levels, name=term.group)
+    first_seen, uniques = pd.factorize(labels)
+    order = _natural_order(np.asarray(uniques, dtype=object))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    codes = rank[first_seen]
+    levels = pd.Index(np.asarray(uniques, dtype=object)[order], name=term.group, dtype="str")
     if len(levels) < 2:
         raise DataError(
             f"The grouping factor {term.group!r} has a single level ({levels[0]!r}) among the analysed rows: "
             "a variance between groups needs at least two groups. Drop the term "
             f"'(... | {term.group})' or check the data."
         )
-    return codes.astype(np.int64), levels
+    return codes, levels
 
 
-def _natural_order(labels: pd.Series) -> pd.Series:
-    """Sort numeric labels numerically ('2' < '10'), others as text, keeping the label itself."""
-    numeric = pd.to_numeric(labels, errors="coerce")
-    if numeric.notna().all():
-        return pd.Series(list(zip(numeric.to_numpy(), labels.to_numpy())), index=labels.index)
-    return labels
+def _natural_order(labels: np.ndarray) -> np.ndarray:
+    """Sorting order of group labels: numerically when all are numbers ('2' < '10'), else as text."""
+    numeric = pd.to_numeric(pd.Series(labels), errors="coerce").to_numpy()
+    if not np.isnan(numeric).any():
+        return np.lexsort((labels.astype(str), numeric))
+    return np.argsort(labels.astype(str), kind="stable")
 
 
 def _grouping_factor(spec: ModelSpec, group: str, codes_levels, frame: pd.DataFrame) -> GroupingFactor:
@@ -225,9 +231,8 @@ def _grand_mean(values: pd.Series, group_codes) -> float:
     """Mean over rows; for a variable constant within the groups of a factor, the mean over those groups
     (as HLM centres level-2 predictors, e.g. MEAN SES in R&B 2002, Table 4.5)."""
     for codes, _ in group_codes.values():
-        per_group = values.groupby(codes)
-        if (per_group.nunique() <= 1).all():
-            return float(per_group.first().mean())
+        if _constant_within(values, codes):
+            return float(values.groupby(codes).first().mean())
     return float(values.mean())
 
 
@@ -350,7 +355,11 @@ def _term_levels(spec: ModelSpec, frame: pd.DataFrame, factors, nesting) -> dict
 
 
 def _constant_within(values: pd.Series, codes: np.ndarray) -> bool:
-    return bool((values.groupby(codes).nunique(dropna=False) <= 1).all())
+    """True when ``values`` take one value in each group (compared with each group's first value)."""
+    numbers = pd.factorize(values)[0] if not pd.api.types.is_numeric_dtype(values) else values.to_numpy()
+    first = np.empty(codes.max() + 1, dtype=numbers.dtype)
+    first[codes[::-1]] = numbers[::-1]  # the last write per group is its first row
+    return bool(np.array_equal(numbers, first[codes]))
 
 
 def _check_level_predictors(spec: ModelSpec, frame: pd.DataFrame, group_codes) -> None:
