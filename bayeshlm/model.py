@@ -103,6 +103,12 @@ class HLM:
 
         return fit_likelihood(self.design, method=method, **options)
 
+    def pymc_model(self, priors=None, route: str = "auto", parameterization=None):
+        """The PyMC model that ``fit(method="bayes")`` samples (see :func:`bayeshlm.bayes.pymc_model`)."""
+        from .bayes import pymc_model
+
+        return pymc_model(self.design, priors=priors, route=route, parameterization=parameterization)
+
 
 def _centering(center: Mapping[str, str] | None) -> tuple[Centering, ...]:
     out = []

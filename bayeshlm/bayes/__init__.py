@@ -1,0 +1,101 @@
+"""The Bayesian engine: PyMC models built from a Design, sampled with nutpie (default) or PyMC's NUTS.
+
+``fit_bayes(design, ...)`` is what ``HLM.fit(method="bayes", ...)`` calls; ``pymc_model(design, ...)`` is
+the model it samples. Gaussian models with one grouping factor (two-level HLMs, V-known meta-analyses)
+integrate the group effects out (:mod:`.marginal`); other structures sample them (:mod:`.build`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pymc as pm
+import xarray as xr
+
+from ..design import Design
+from ..errors import OptionError
+from .build import ModelInfo, build_model, cholesky_draws
+from .diagnostics import SamplingWarning, diagnose, warn_if_problems
+from .marginal import draw_group_effects
+from .priors import LKJ, Prior, resolve_priors, valid_prior_names
+from .result import BayesFit
+from .sampling import new_seed, run_sampler
+
+__all__ = ["LKJ", "BayesFit", "Prior", "SamplingWarning", "fit_bayes", "pymc_model", "valid_prior_names"]
+
+
+def pymc_model(design: Design, priors=None, route: str = "auto", parameterization=None) -> pm.Model:
+    """The PyMC model ``fit_bayes`` samples, for inspection (``pm.model_to_graphviz``) or extension."""
+    return build_model(design, resolve_priors(design, priors), route, parameterization)[0]
+
+
+def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
+              random_seed: int | None = None, priors=None, sampler: str = "nutpie", target_accept: float = 0.9,
+              route: str = "auto", parameterization: dict[str, str] | None = None,
+              progressbar: bool = False) -> BayesFit:
+    """Sample the posterior of ``design``'s model.
+
+    Parameters
+    ----------
+    draws, tune, chains
+        Retained draws and tuning steps per chain; chains run in parallel on min(chains, CPUs) cores.
+    random_seed
+        Integer seed; the same seed in one environment gives identical draws. Drawn from OS entropy (and
+        recorded in ``fit.sampler["seed"]``) when omitted.
+    priors
+        None (weakly informative defaults scaled to the data), ``"flat"`` (the book's flat priors, ch. 13),
+        or a dict overriding priors by parameter name (see :mod:`bayeshlm.bayes.priors`).
+    sampler
+        ``"nutpie"`` (default) or ``"pymc"``.
+    target_accept
+        NUTS target acceptance rate; raise towards 0.99 if divergences are reported.
+    route
+        ``"auto"`` (marginal for one grouping factor, else sampled), ``"marginal"`` or ``"sampled"``.
+    parameterization
+        Sampled route only: ``{factor: "centred" | "non-centred"}`` to override the data-based choice.
+    """
+    prior_set = resolve_priors(design, priors)
+    model, info = build_model(design, prior_set, route, parameterization)
+    if random_seed is None:
+        random_seed = new_seed()
+    elif not isinstance(random_seed, int | np.integer) or random_seed < 0:
+        raise OptionError(f"random_seed={random_seed!r}: give a non-negative integer.")
+    tree, record = run_sampler(model, info, sampler=sampler, draws=draws, tune=tune, chains=chains,
+                               seed=int(random_seed), target_accept=target_accept, progressbar=progressbar)
+    posterior, chol = _complete_posterior(design, tree["posterior"].to_dataset(), info, int(random_seed))
+    tree["posterior"] = xr.DataTree(posterior)
+    record |= {"route": info.route, "parameterization": info.parameterization,
+               "reliability": {k: round(v, 3) for k, v in info.reliability.items()}}
+    var_names = ["beta", *(v for v in posterior.data_vars if v == "sigma" or v.startswith(("tau_", "corr_")))]
+    if info.route == "sampled":
+        var_names += [f"u_{f.name}" for f in design.factors]
+    diagnostics, messages = diagnose(tree, var_names, chains)
+    warn_if_problems(messages)
+    return BayesFit(design, tree, info, record, diagnostics, messages, model, chol)
+
+
+def _complete_posterior(design: Design, post: xr.Dataset, info: ModelInfo, seed: int):
+    """Label the draws with this design's names, add T_<factor> draws and (marginal route) the group effects."""
+    post = post.assign_coords(fixed=list(design.fixed_names))
+    chol = {}
+    for f in design.factors:
+        coef_dim = f"{f.name}__coef"
+        post = post.assign_coords({coef_dim: list(f.coef_names)})
+        if f.name in post.dims:
+            post = post.assign_coords({f.name: [str(v) for v in f.levels]})
+        L = cholesky_draws(f, post)
+        chol[f.name] = L
+        post[f"T_{f.name}"] = xr.DataArray(L @ np.swapaxes(L, -1, -2),
+                                           dims=("chain", "draw", coef_dim, f"{coef_dim}2"),
+                                           coords={f"{coef_dim}2": list(f.coef_names)})
+    if info.route == "marginal":
+        f = design.factors[0]
+        n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
+        beta = post["beta"].transpose("chain", "draw", "fixed").values.reshape(n_chain * n_draw, -1)
+        s = (1.0 / post["sigma"].values.reshape(-1) ** 2 if design.known_variance is None
+             else np.ones(n_chain * n_draw))
+        L = chol[f.name].reshape(n_chain * n_draw, f.n_coef, f.n_coef)
+        u = draw_group_effects(info.stats, beta, s, L, np.random.default_rng([seed, 1]))
+        post[f"u_{f.name}"] = xr.DataArray(u.reshape(n_chain, n_draw, f.n_groups, f.n_coef),
+                                           dims=("chain", "draw", f.name, f"{f.name}__coef"),
+                                           coords={f.name: [str(v) for v in f.levels]})
+    return post, chol

@@ -1,0 +1,225 @@
+"""Priors of the Bayesian engine: weakly informative defaults scaled to the data, the book's flat priors,
+and per-parameter overrides by name.
+
+Parameter names (the keys of ``priors={...}``):
+
+- ``"beta"``: every fixed effect (γ in Raudenbush & Bryk's notation); a fixed-effect name such as
+  ``"cses"`` or ``"(Intercept)"`` overrides that one coefficient.
+- ``"sigma"``: the level-1 residual SD σ (absent in V-known models).
+- ``"tau_<factor>"``: the SDs of the random coefficients of ``<factor>`` (sqrt of the diagonal of T).
+- ``"corr_<factor>"``: the LKJ prior on the correlations of ``<factor>``'s random coefficients (a number
+  is read as the LKJ ``eta``).
+
+Defaults (``priors=None``), in the spirit of rstanarm's autoscaled priors and Bambi's defaults
+(Gabry & Goodrich 2020, "Prior distributions for rstanarm models"; Capretto et al. 2022, JSS 103(15)),
+with s_y = sd(y) (for V-known models s_y = sqrt(var(y) + mean(V)), the marginal SD of an estimate):
+
+- slope of column x_k: Normal(0, 2.5 s_y / sd(x_k));
+- intercept: Normal(mean(y), sqrt((2.5 s_y)^2 + sum_k (2.5 s_y mean(x_k) / sd(x_k))^2)), wide enough for
+  uncentred predictors;
+- σ: HalfStudentT(nu=3, sigma=s_y);
+- random-coefficient SDs: HalfStudentT(nu=3, sigma=s_y / sd(z_k)) for random column z_k (s_y for an intercept);
+- correlations: LKJ(eta=2), mildly favouring small correlations.
+
+``priors="flat"`` gives the book's flat priors (R&B 2002, ch. 13): p(γ) ∝ 1 and a flat prior on each
+variance (σ², τ_qq) over (0, ∞), with LKJ(eta=1) (uniform) correlations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..design import Design
+from ..errors import OptionError, closest_names
+
+SCALES = ("sd", "variance")
+
+
+@dataclass(frozen=True, init=False)
+class Prior:
+    """A prior distribution: a PyMC distribution name and its parameters.
+
+    ``Prior("Normal", mu=0, sigma=10)``; ``Prior("HalfFlat", on="variance")`` puts the prior on the variance
+    instead of the SD (only for ``sigma`` and ``tau_*``). Array parameters give one value per coefficient.
+    """
+
+    dist: str
+    params: dict = field(hash=False)
+    on: str = "sd"
+
+    def __init__(self, dist: str, *, on: str = "sd", **params):
+        import pymc as pm
+
+        if not isinstance(getattr(pm, str(dist), None), type):
+            raise OptionError(f"Prior({dist!r}): not a PyMC distribution.{closest_names(str(dist), _distribution_names())}")
+        if on not in SCALES:
+            raise OptionError(f"Prior(on={on!r}): use 'sd' or 'variance'.")
+        object.__setattr__(self, "dist", str(dist))
+        object.__setattr__(self, "params", {k: np.asarray(v, dtype=float) for k, v in params.items()})
+        object.__setattr__(self, "on", on)
+
+    def __str__(self) -> str:
+        def fmt(v: np.ndarray) -> str:
+            return f"{float(v):.4g}" if v.ndim == 0 else "[" + ", ".join(f"{x:.4g}" for x in v.ravel()) + "]"
+
+        args = ", ".join(f"{k}={fmt(v)}" for k, v in self.params.items())
+        where = " on the variance" if self.on == "variance" else ""
+        return f"{self.dist}({args}){where}"
+
+    __repr__ = __str__
+
+    def signature(self) -> tuple:
+        """What determines the compiled graph: the family, parameter names and shapes, and the scale."""
+        return (self.dist, self.on, tuple((k, v.shape) for k, v in self.params.items()))
+
+
+def _distribution_names() -> list[str]:
+    import pymc as pm
+
+    return [name for name in dir(pm.distributions) if isinstance(getattr(pm.distributions, name), type)]
+
+
+@dataclass(frozen=True)
+class LKJ:
+    """LKJ prior on a correlation matrix (Lewandowski, Kurowicka & Joe 2009); eta = 1 is uniform."""
+
+    eta: float = 2.0
+
+    def __str__(self) -> str:
+        return f"LKJ(eta={self.eta:.4g})"
+
+    def signature(self) -> tuple:
+        return ("LKJ",)
+
+
+@dataclass(frozen=True)
+class PriorSet:
+    """The priors of one model: one entry per fixed effect, ``sigma``, and per factor ``tau_`` / ``corr_``."""
+
+    fixed: dict[str, Prior]
+    sigma: Prior | None
+    tau: dict[str, Prior]
+    corr: dict[str, LKJ]
+    kind: str  # 'default', 'flat' or 'default+overrides'
+
+    def as_dict(self) -> dict[str, str]:
+        """Human-readable table of every prior (name -> description), as printed with a fit."""
+        out = {name: str(p) for name, p in self.fixed.items()}
+        if self.sigma is not None:
+            out["sigma"] = str(self.sigma)
+        out |= {f"tau_{f}": str(p) for f, p in self.tau.items()}
+        out |= {f"corr_{f}": str(p) for f, p in self.corr.items()}
+        return out
+
+    def signature(self) -> tuple:
+        return (tuple(p.signature() for p in self.fixed.values()),
+                None if self.sigma is None else self.sigma.signature(),
+                tuple(p.signature() for p in self.tau.values()),
+                tuple(p.signature() for p in self.corr.values()))
+
+
+def outcome_scale(design: Design) -> float:
+    """s_y: the data scale the default priors use (see the module docstring)."""
+    y = design.y
+    if design.known_variance is not None:
+        return float(np.sqrt(np.var(y, ddof=1) + np.mean(design.known_variance)))
+    sd = float(np.std(y, ddof=1))
+    return sd if sd > 0 else 1.0
+
+
+def _column_sd(x: np.ndarray) -> float:
+    sd = float(np.std(x))
+    return sd if sd > 1e-12 else 1.0
+
+
+def default_priors(design: Design) -> PriorSet:
+    """Weakly informative priors scaled to the data (see the module docstring for the formulas)."""
+    s_y = outcome_scale(design)
+    X = design.X
+    constant = np.ptp(X, axis=0) == 0
+    sds = np.array([_column_sd(X[:, k]) for k in range(X.shape[1])])
+    slope_sd = 2.5 * s_y / sds
+    fixed = {}
+    for k, name in enumerate(design.fixed_names):
+        if constant[k]:
+            spread = np.sqrt((2.5 * s_y) ** 2 + np.sum((slope_sd * X.mean(axis=0))[~constant] ** 2))
+            fixed[name] = Prior("Normal", mu=float(np.mean(design.y)) / X[0, k], sigma=spread / abs(X[0, k]))
+        else:
+            fixed[name] = Prior("Normal", mu=0.0, sigma=slope_sd[k])
+    sigma = None if design.known_variance is not None else Prior("HalfStudentT", nu=3.0, sigma=s_y)
+    tau, corr = {}, {}
+    for f in design.factors:
+        z_sd = np.array([_column_sd(f.Z[:, k]) if np.ptp(f.Z[:, k]) > 0 else 1.0 for k in range(f.n_coef)])
+        tau[f.name] = Prior("HalfStudentT", nu=np.full(f.n_coef, 3.0), sigma=s_y / z_sd)
+        if any(len(b) > 1 for b in f.blocks):
+            corr[f.name] = LKJ(2.0)
+    return PriorSet(fixed, sigma, tau, corr, "default")
+
+
+def flat_priors(design: Design) -> PriorSet:
+    """The book's flat priors (R&B 2002, ch. 13): flat on γ and on every variance, uniform correlations."""
+    fixed = {name: Prior("Flat") for name in design.fixed_names}
+    sigma = None if design.known_variance is not None else Prior("HalfFlat", on="variance")
+    tau = {f.name: Prior("HalfFlat", on="variance") for f in design.factors}
+    corr = {f.name: LKJ(1.0) for f in design.factors if any(len(b) > 1 for b in f.blocks)}
+    return PriorSet(fixed, sigma, tau, corr, "flat")
+
+
+def resolve_priors(design: Design, priors: str | Mapping | None) -> PriorSet:
+    """Turn the user's ``priors=`` argument into a complete :class:`PriorSet`, validating every name."""
+    if priors is None or priors == "default":
+        return default_priors(design)
+    if isinstance(priors, str):
+        if priors != "flat":
+            raise OptionError(f"priors={priors!r}: use None (weakly informative defaults), 'flat' "
+                              "(the book's flat priors) or a dict of per-parameter priors.")
+        return flat_priors(design)
+    if not isinstance(priors, Mapping):
+        raise OptionError("priors must be None, 'flat' or a dict {parameter name: Prior(...)}.")
+    base = default_priors(design)
+    fixed, sigma, tau, corr = dict(base.fixed), base.sigma, dict(base.tau), dict(base.corr)
+    valid = valid_prior_names(design)
+    for name, value in priors.items():
+        if name not in valid:
+            raise OptionError(f"priors: no parameter {name!r} in this model.{closest_names(str(name), valid)} "
+                              f"Valid names: {', '.join(valid)}.")
+        if name.startswith("corr_"):
+            eta = value.eta if isinstance(value, LKJ) else value
+            try:
+                corr[name[5:]] = LKJ(float(eta))
+            except (TypeError, ValueError):
+                raise OptionError(f"priors[{name!r}]: give the LKJ eta as a number or LKJ(eta=...).") from None
+            continue
+        if not isinstance(value, Prior):
+            raise OptionError(f"priors[{name!r}] = {value!r}: give a bayeshlm.bayes.Prior, "
+                              "e.g. Prior('Normal', mu=0, sigma=10).")
+        if name == "beta":
+            fixed = dict.fromkeys(design.fixed_names, value)
+        elif name == "sigma":
+            sigma = value
+        elif name.startswith("tau_"):
+            tau[name[4:]] = value
+        else:
+            fixed[name] = value
+    for name in fixed:  # a per-coefficient override beats "beta", whatever the dict order
+        if name in priors:
+            fixed[name] = priors[name]
+    for name, p in fixed.items():
+        if p.on != "sd":
+            raise OptionError(f"priors[{name!r}]: on='variance' applies only to sigma and tau_* priors.")
+    return PriorSet(fixed, sigma, tau, corr, "default+overrides")
+
+
+def valid_prior_names(design: Design) -> list[str]:
+    """Every name ``priors={...}`` accepts for this model."""
+    names = ["beta", *design.fixed_names]
+    if design.known_variance is None:
+        names.append("sigma")
+    for f in design.factors:
+        names.append(f"tau_{f.name}")
+        if any(len(b) > 1 for b in f.blocks):
+            names.append(f"corr_{f.name}")
+    return names

@@ -1,0 +1,202 @@
+"""``BayesFit``: the result of ``HLM.fit(method="bayes")``.
+
+Point estimates are posterior means, ``se`` the posterior SD, intervals equal-tailed 95% (2.5% and 97.5%
+posterior quantiles). Variance components are summarised on the variance scale (posterior mean of τ_qq and σ²,
+not the square of a mean SD). Group coefficients follow lme4's ``coef()`` convention: the fixed effect of the
+same name plus the group's random effect, β_qj = γ_q + u_qj.
+"""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..design import Design
+from ..results.base import FitResult
+from .build import ModelInfo
+
+INTERVAL = (0.025, 0.975)
+
+
+class BayesFit(FitResult):
+    """A fully Bayesian fit: the posterior DataTree plus summaries in the common :class:`FitResult` shape.
+
+    Attributes: ``posterior`` (ArviZ DataTree; group ``posterior`` holds ``beta`` (dim ``fixed``), ``sigma``,
+    ``tau_<factor>`` (SDs), ``corr_<factor>`` (Cholesky factor of the correlation matrix), ``T_<factor>``
+    (covariance matrix draws) and ``u_<factor>`` (group effects, dims ``<factor>``, ``<factor>__coef``)),
+    ``priors`` (parameter -> prior used), ``sampler`` (sampler, chains, seed, times, route and
+    parameterisation per factor), ``diagnostics`` (divergences, max_rhat, min_ess_bulk, min_ess_tail,
+    min_bfmi), ``messages`` (plain-English problems and what to do).
+    """
+
+    method = "bayes"
+
+    def __init__(self, design: Design, posterior: xr.DataTree, info: ModelInfo, sampler: dict,
+                 diagnostics: dict, messages: list[str], model, chol: dict[str, np.ndarray]):
+        self.design = design
+        self.posterior = posterior
+        self.priors = info.priors.as_dict()
+        self.sampler = sampler
+        self.diagnostics = diagnostics
+        self.messages = messages
+        self.model_info = info
+        self._model = model
+        self._chol = chol  # factor -> Cholesky factor L of T per draw, (chain, draw, q, q)
+
+    # --- draws -----------------------------------------------------------------------------------
+    def draws(self, name: str) -> xr.DataArray:
+        """Posterior draws of one variable (dims chain, draw, ...)."""
+        return self.posterior["posterior"][name]
+
+    def pymc_model(self):
+        """The ``pm.Model`` that was sampled."""
+        return self._model
+
+    # --- FitResult -------------------------------------------------------------------------------
+    @property
+    def fixed_effects(self) -> pd.DataFrame:
+        """Posterior mean (``estimate``), SD (``se``), 95% equal-tailed interval, R-hat and bulk ESS of γ."""
+        beta = self.draws("beta")
+        table = _summarise(beta, "fixed")
+        table["r_hat"] = az.rhat(beta).values if beta.sizes["chain"] > 1 else np.nan
+        table["ess_bulk"] = az.ess(beta, method="bulk").values
+        table.index = pd.Index(self.design.fixed_names, name="fixed")
+        return table
+
+    @property
+    def tau(self) -> dict[str, pd.DataFrame]:
+        """Posterior mean of each factor's covariance matrix T of random coefficients."""
+        out = {}
+        for f in self.design.factors:
+            mean = self.draws(f"T_{f.name}").mean(("chain", "draw")).values
+            out[f.name] = pd.DataFrame(mean, index=list(f.coef_names), columns=list(f.coef_names))
+        return out
+
+    @property
+    def sigma2(self) -> float | None:
+        """Posterior mean of the level-1 variance σ² (None for V-known models)."""
+        if self.design.known_variance is not None:
+            return None
+        return float((self.draws("sigma") ** 2).mean())
+
+    @property
+    def variance_components(self) -> pd.DataFrame:
+        """One row per variance/covariance: posterior mean, SD and 95% interval (variance scale)."""
+        rows = []
+        for f in self.design.factors:
+            T = self.draws(f"T_{f.name}").values
+            names = f.coef_names
+            for a in range(f.n_coef):
+                for b in range(a + 1):
+                    if a != b and not any(a in blk and b in blk for blk in f.blocks):
+                        continue
+                    term = f"var({names[a]})" if a == b else f"cov({names[b]}, {names[a]})"
+                    rows.append({"factor": f.name, "term": term, **_stats(T[..., a, b])})
+        if self.design.known_variance is None:
+            rows.append({"factor": "Residual", "term": "sigma2", **_stats(self.draws("sigma").values ** 2)})
+        return pd.DataFrame(rows)
+
+    def random_effects(self, factor: str | None = None) -> pd.DataFrame:
+        """Posterior mean and SD of each group's random effects u_j (deviations from the fixed part)."""
+        name = self._factor_name(factor)
+        return self._group_table(name, self.draws(f"u_{name}"))
+
+    def group_effects(self, factor: str | None = None) -> pd.DataFrame:
+        """Posterior mean and SD of each group's coefficients β_qj = γ_q + u_qj (lme4 ``coef()`` convention).
+
+        Columns: one per coefficient (posterior mean) and ``sd(<coefficient>)`` (posterior SD).
+        """
+        name = self._factor_name(factor)
+        return self._group_table(name, self.group_coefficient_draws(name))
+
+    def group_coefficient_draws(self, factor: str | None = None) -> xr.DataArray:
+        """Posterior draws of every group's coefficients γ_q + u_qj, dims (chain, draw, factor, factor__coef)."""
+        name = self._factor_name(factor)
+        return self.draws(f"u_{name}") + self._fixed_part(name)
+
+    def new_group_draws(self, factor: str | None = None, seed: int | None = None) -> xr.DataArray:
+        """Posterior predictive draws of a new group's coefficients γ_q + u_new, u_new ~ N(0, T) per draw.
+
+        Their quantiles are the Bayesian plausible-value interval (R&B 2002, eq. 4.6 with T's uncertainty).
+        Seeded from the fit's seed unless ``seed`` is given.
+        """
+        name = self._factor_name(factor)
+        f = self.design.factor(name)
+        T = self.draws(f"T_{name}")
+        rng = np.random.default_rng([self.sampler["seed"], 2] if seed is None else seed)
+        L = self._chol[name]
+        z = rng.standard_normal(L.shape[:-1])
+        u = np.einsum("cdij,cdj->cdi", L, z)
+        coef_dim = f"{name}__coef"
+        draws = xr.DataArray(u, dims=("chain", "draw", coef_dim),
+                             coords={"chain": T.chain, "draw": T.draw, coef_dim: list(f.coef_names)})
+        return draws + self._fixed_part(name)
+
+    def plausible_values(self, factor: str | None = None, prob: float = 0.95) -> pd.DataFrame:
+        """Posterior-predictive interval for a new group's coefficients (the plausible-value range)."""
+        draws = self.new_group_draws(factor)
+        lo, hi = (1 - prob) / 2, 1 - (1 - prob) / 2
+        coef_dim = draws.dims[-1]
+        return pd.DataFrame({"mean": draws.mean(("chain", "draw")).values,
+                             "lower": draws.quantile(lo, ("chain", "draw")).values,
+                             "upper": draws.quantile(hi, ("chain", "draw")).values},
+                            index=pd.Index(draws[coef_dim].values, name="coefficient"))
+
+    # --- text ------------------------------------------------------------------------------------
+    def summary(self) -> str:
+        """Plain-text report: model, sampler, priors, diagnostics, fixed effects, variance components."""
+        s = self.sampler
+        lines = [self.design.summary(), "",
+                 f"Full Bayes: {s['sampler']} NUTS, {s['chains']} chains x {s['draws']} draws "
+                 f"({s['tune']} tuning), seed {s['seed']}; route {s['route']} "
+                 f"({', '.join(f'{k}: {v}' for k, v in s['parameterization'].items())})",
+                 "Priors:"]
+        lines += [f"  {k}: {v}" for k, v in self.priors.items()]
+        d = self.diagnostics
+        lines.append(f"Diagnostics: {d['divergences']} divergences; max R-hat {d['max_rhat']:.3f}; "
+                     f"min ESS bulk {d['min_ess_bulk']:.0f}, tail {d['min_ess_tail']:.0f}; "
+                     f"min BFMI {d['min_bfmi']:.2f}")
+        lines += [f"  PROBLEM: {m}" for m in self.messages] or ["  no problems detected"]
+        lines += ["", "Fixed effects (posterior mean, SD, 95% interval):", self.fixed_effects.to_string(), "",
+                  "Variance components:", self.variance_components.to_string(index=False)]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        d = self.diagnostics
+        return (f"<BayesFit {self.design.spec.formula()!r}: {self.sampler['chains']}x{self.sampler['draws']} "
+                f"draws, {d['divergences']} divergences, max R-hat {d['max_rhat']:.3f}>")
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _fixed_part(self, name: str) -> xr.DataArray:
+        """Draws of γ_q for each random coefficient of ``name`` with a same-named fixed effect (else 0)."""
+        f = self.design.factor(name)
+        beta = self.draws("beta")
+        coef_dim = f"{name}__coef"
+        parts = [beta.isel(fixed=self.design.fixed_names.index(c)) if c in self.design.fixed_names
+                 else xr.zeros_like(beta.isel(fixed=0)) for c in f.coef_names]
+        return xr.concat(parts, dim=coef_dim, coords="minimal", compat="override").drop_vars(
+            "fixed", errors="ignore").assign_coords({coef_dim: list(f.coef_names)})
+
+    def _group_table(self, name: str, draws: xr.DataArray) -> pd.DataFrame:
+        f = self.design.factor(name)
+        mean = draws.mean(("chain", "draw")).transpose(name, f"{name}__coef").values
+        sd = draws.std(("chain", "draw")).transpose(name, f"{name}__coef").values
+        table = pd.DataFrame(mean, index=pd.Index(f.levels, name=name), columns=list(f.coef_names))
+        for k, c in enumerate(f.coef_names):
+            table[f"sd({c})"] = sd[:, k]
+        return table
+
+
+def _stats(values: np.ndarray) -> dict:
+    flat = values.reshape(-1)
+    lo, hi = np.quantile(flat, INTERVAL)
+    return {"estimate": float(flat.mean()), "se": float(flat.std(ddof=1)), "eti_lower": lo, "eti_upper": hi}
+
+
+def _summarise(draws: xr.DataArray, dim: str) -> pd.DataFrame:
+    values = draws.transpose("chain", "draw", dim).values.reshape(-1, draws.sizes[dim])
+    lo, hi = np.quantile(values, INTERVAL, axis=0)
+    return pd.DataFrame({"estimate": values.mean(0), "se": values.std(0, ddof=1), "eti_lower": lo,
+                         "eti_upper": hi})
