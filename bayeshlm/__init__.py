@@ -6,7 +6,7 @@ backend-free Design, fitted by REML/ML (``model.fit("reml")``) or by full Bayes 
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, plots
+from . import datasets, growth, plots
 from .errors import DataError, FormulaError, InputError, OptionError
 from .likelihood import deviance_test
 from .meta import MetaFit, MetaMVFit, meta, meta_mv
@@ -19,4 +19,4 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
-__all__ = ["HLM", "load_model", "compare", "DataError", "FormulaError", "InputError", "OptionError", "datasets", "plots", "__version__"]
+__all__ = ["HLM", "load_model", "compare", "DataError", "FormulaError", "InputError", "OptionError", "datasets", "growth", "plots", "__version__"]

@@ -1,0 +1,67 @@
+"""Growth models (R&B 2002, ch. 6 and 8): time codings, covariance structures, variance decomposition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayeshlm as bh
+
+GRADES = pd.DataFrame({"grade": [1, 2, 3, 4, 5, 6]})
+
+
+def test_polynomial_time_status_rate_acceleration_at_L():
+    frame = bh.growth.polynomial_time(pd.DataFrame({"age": [11.0, 12, 13, 14, 15]}), "age", center=13, degree=2)
+    assert frame["age_c"].tolist() == [-2, -1, 0, 1, 2]
+    assert frame["age_c2"].tolist() == [4, 1, 0, 1, 4]
+    named = bh.growth.polynomial_time(frame, "age", center=12, degree=1, names=("a12",))
+    assert named["a12"].tolist() == [-1, 0, 1, 2, 3]
+    assert "a12" not in frame  # a copy, the input is untouched
+
+
+@pytest.mark.parametrize("scheme, origin, a1, a2", [
+    ("two_rate", 1, [0, 1, 2, 2, 2, 2], [0, 0, 0, 1, 2, 3]),   # R&B Table 6.9 (a), origin grade 1
+    ("two_rate", 3, [-2, -1, 0, 0, 0, 0], [0, 0, 0, 1, 2, 3]),  # (a), origin grade 3
+    ("increment", 1, [0, 1, 2, 3, 4, 5], [0, 0, 0, 1, 2, 3]),   # (b), origin grade 1
+    ("increment", 3, [-2, -1, 0, 1, 2, 3], [0, 0, 0, 1, 2, 3]),  # (b), origin grade 3
+])
+def test_piecewise_codings_of_table_6_9(scheme, origin, a1, a2):
+    frame = bh.growth.piecewise_time(GRADES, "grade", knot=3, origin=origin, scheme=scheme)
+    assert frame["a1"].tolist() == a1
+    assert frame["a2"].tolist() == a2
+
+
+def test_piecewise_status_predictions_of_table_6_9():
+    """Under (a) with origin grade 1 the predicted status is pi0, pi0+pi1, pi0+2pi1, pi0+2pi1+pi2, ..."""
+    frame = bh.growth.piecewise_time(GRADES, "grade", knot=3)
+    pi0, pi1, pi2 = 10.0, 3.0, 1.0
+    status = pi0 + pi1 * frame["a1"] + pi2 * frame["a2"]
+    assert status.tolist() == [pi0, pi0 + pi1, pi0 + 2 * pi1, pi0 + 2 * pi1 + pi2, pi0 + 2 * pi1 + 2 * pi2,
+                               pi0 + 2 * pi1 + 3 * pi2]
+
+
+def test_codings_work_in_both_notations(sleepstudy):
+    frame = bh.growth.polynomial_time(sleepstudy, "Days", center=4.5, degree=1)
+    by_formula = bh.HLM("Reaction ~ Days_c + (Days_c | Subject)", frame)
+    by_levels = bh.HLM.from_levels("Reaction ~ Days_c", {"intercept": "~ 1", "Days_c": "~ 1"}, groups="Subject",
+                                   data=frame)
+    assert by_formula.spec == by_levels.spec
+    fit = by_formula.fit("reml")
+    # status at day 4.5 = intercept + 4.5 slope of the uncentred model
+    plain = bh.HLM("Reaction ~ Days + (Days | Subject)", sleepstudy).fit("reml")
+    beta = plain.fixed_effects["estimate"]
+    assert fit.fixed_effects.loc["(Intercept)", "estimate"] == pytest.approx(
+        beta["(Intercept)"] + 4.5 * beta["Days"], rel=1e-6)
+    assert fit.deviance == pytest.approx(plain.deviance, rel=1e-8)
+
+
+def test_coding_errors_name_the_problem():
+    with pytest.raises(bh.OptionError, match="knot"):
+        bh.growth.piecewise_time(GRADES, "grade", knot=9)
+    with pytest.raises(bh.OptionError, match="scheme"):
+        bh.growth.piecewise_time(GRADES, "grade", knot=3, scheme="spline")
+    with pytest.raises(bh.DataError, match="grades"):
+        bh.growth.polynomial_time(GRADES, "grades")
+    with pytest.raises(bh.OptionError, match="degree"):
+        bh.growth.polynomial_time(GRADES, "grade", degree=0)
