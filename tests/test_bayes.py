@@ -128,3 +128,16 @@ def test_bad_options_are_explained():
         model.pymc_model(route="sampled", parameterization={"g": "centered-ish"})
     with pytest.raises(bh.OptionError, match="No grouping factor 'school'"):
         model.pymc_model(route="sampled", parameterization={"school": "centred"})
+
+
+@pytest.mark.parametrize("route", ["marginal", "sampled"])
+def test_prior_predictive_simulates_outcomes_on_the_data_scale(route):
+    from bayeshlm.bayes import prior_predictive
+
+    model = _toy()
+    tree = prior_predictive(model.design, model.pymc_model(route=route), draws=200, seed=3)
+    y = tree["prior_predictive"]["y"]
+    assert y.shape == (1, 200, model.design.n_obs)
+    assert tree["prior"]["u_g"].dims == ("chain", "draw", "g", "g__coef")
+    spread = float(np.median(np.abs(y.values - np.median(y.values))))
+    assert 0.1 * np.std(model.design.y) < spread < 100 * np.std(model.design.y)

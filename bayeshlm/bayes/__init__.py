@@ -16,11 +16,13 @@ from ..errors import OptionError
 from .build import ModelInfo, build_model, cholesky_draws
 from .diagnostics import SamplingWarning, diagnose, warn_if_problems
 from .marginal import draw_group_effects
+from .predictive import prior_predictive
 from .priors import LKJ, Prior, resolve_priors, valid_prior_names
 from .result import BayesFit
 from .sampling import new_seed, run_sampler
 
-__all__ = ["LKJ", "BayesFit", "Prior", "SamplingWarning", "fit_bayes", "pymc_model", "valid_prior_names"]
+__all__ = ["LKJ", "BayesFit", "Prior", "SamplingWarning", "fit_bayes", "prior_predictive", "pymc_model",
+           "valid_prior_names"]
 
 
 def pymc_model(design: Design, priors=None, route: str = "auto", parameterization=None) -> pm.Model:

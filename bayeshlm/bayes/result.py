@@ -54,6 +54,12 @@ class BayesFit(FitResult):
         """The ``pm.Model`` that was sampled."""
         return self._model
 
+    def prior_predictive(self, draws: int = 500, seed: int | None = None) -> xr.DataTree:
+        """Parameters and outcomes simulated from the priors (see :mod:`bayeshlm.bayes.predictive`)."""
+        from .predictive import prior_predictive
+
+        return prior_predictive(self.design, self._model, draws, seed)
+
     # --- FitResult -------------------------------------------------------------------------------
     @property
     def fixed_effects(self) -> pd.DataFrame:
