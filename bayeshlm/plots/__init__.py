@@ -1,6 +1,7 @@
 """Plots that return matplotlib figures (headless-safe; no pyplot state is touched)."""
 
 from .caterpillar import caterpillar
+from .compare import forest_compare, variance_posterior
 from .forest import forest
 from .shrinkage import shrinkage
 
