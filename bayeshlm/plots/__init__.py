@@ -5,4 +5,4 @@ from .compare import forest_compare, variance_posterior
 from .forest import forest
 from .shrinkage import shrinkage
 
-__all__ = ["caterpillar", "forest", "shrinkage"]
+__all__ = ["caterpillar", "forest", "forest_compare", "shrinkage", "variance_posterior"]
