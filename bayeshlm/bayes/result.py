@@ -2,8 +2,9 @@
 
 Point estimates are posterior means, ``se`` the posterior SD, intervals equal-tailed 95% (2.5% and 97.5%
 posterior quantiles). Variance components are summarised on the variance scale (posterior mean of τ_qq and σ²,
-not the square of a mean SD). Group coefficients follow lme4's ``coef()`` convention: the fixed effect of the
-same name plus the group's random effect, β_qj = γ_q + u_qj.
+not the square of a mean SD). Group coefficients are β_qj = Σ_s γ_qs W_sj + u_qj (R&B 2002, eq. 2.22 and
+3.56): the fixed part includes the level-2 predictors attached to coefficient q
+(:func:`bayeshlm.results.hlm_statistics.fixed_part`, the convention the likelihood engine uses too).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import xarray as xr
 
 from ..design import Design
 from ..results.base import FitResult
+from ..results.hlm_statistics import fixed_part
 from .build import ModelInfo
 
 INTERVAL = (0.025, 0.975)
@@ -110,7 +112,7 @@ class BayesFit(FitResult):
         return self._group_table(name, self.draws(f"u_{name}"))
 
     def group_effects(self, factor: str | None = None) -> pd.DataFrame:
-        """Posterior mean and SD of each group's coefficients β_qj = γ_q + u_qj (lme4 ``coef()`` convention).
+        """Posterior mean and SD of each group's coefficients β_qj = Σ_s γ_qs W_sj + u_qj.
 
         Columns: one per coefficient (posterior mean) and ``sd(<coefficient>)`` (posterior SD).
         """
@@ -118,12 +120,19 @@ class BayesFit(FitResult):
         return self._group_table(name, self.group_coefficient_draws(name))
 
     def group_coefficient_draws(self, factor: str | None = None) -> xr.DataArray:
-        """Posterior draws of every group's coefficients γ_q + u_qj, dims (chain, draw, factor, factor__coef)."""
+        """Posterior draws of every group's coefficients Σ_s γ_qs W_sj + u_qj, dims (chain, draw, factor,
+        factor__coef)."""
         name = self._factor_name(factor)
-        return self.draws(f"u_{name}") + self._fixed_part(name)
+        f = self.design.factor(name)
+        unit = np.eye(self.design.n_fixed)
+        basis = np.stack([fixed_part(self.design, unit[c], f) for c in range(self.design.n_fixed)])  # (p, J, q)
+        beta = self.draws("beta").transpose("chain", "draw", "fixed").values
+        u = self.draws(f"u_{name}")
+        return u + xr.DataArray(np.einsum("cdp,pjq->cdjq", beta, basis), dims=u.dims, coords=u.coords)
 
     def new_group_draws(self, factor: str | None = None, seed: int | None = None) -> xr.DataArray:
-        """Posterior predictive draws of a new group's coefficients γ_q + u_new, u_new ~ N(0, T) per draw.
+        """Posterior predictive draws of a new group's coefficients γ_q + u_new, u_new ~ N(0, T) per draw:
+        a new group whose level-2 predictors are all zero (γ_q is the fixed effect named like coefficient q).
 
         Their quantiles are the Bayesian plausible-value interval (R&B 2002, eq. 4.6 with T's uncertainty).
         Seeded from the fit's seed unless ``seed`` is given.
@@ -176,7 +185,7 @@ class BayesFit(FitResult):
 
     # --- helpers ---------------------------------------------------------------------------------
     def _fixed_part(self, name: str) -> xr.DataArray:
-        """Draws of γ_q for each random coefficient of ``name`` with a same-named fixed effect (else 0)."""
+        """Draws of γ_q, the fixed effect named like each random coefficient of ``name`` (else 0)."""
         f = self.design.factor(name)
         beta = self.draws("beta")
         coef_dim = f"{name}__coef"
