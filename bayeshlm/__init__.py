@@ -13,10 +13,11 @@ from .meta import MetaFit, MetaMVFit, meta, meta_mv
 from .model import HLM
 from .model_file import load_model
 from .report import compare
+from .results.storage import load_fit
 
 try:
     __version__ = version("bayeshlm")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
-__all__ = ["HLM", "load_model", "compare", "DataError", "FormulaError", "InputError", "OptionError", "datasets", "growth", "plots", "__version__"]
+__all__ = ["HLM", "load_fit", "load_model", "compare", "DataError", "FormulaError", "InputError", "OptionError", "datasets", "growth", "plots", "__version__"]

@@ -94,6 +94,13 @@ class FitResult(ABC):
             )
         return hlm.icc(float(tau.iloc[0, 0]), float(self.sigma2))
 
+    def save(self, path):
+        """Write this fit to a netCDF file; read it back with :func:`bayeshlm.load_fit` (see
+        :mod:`bayeshlm.results.storage` for what is stored). Returns the path."""
+        from .storage import save_fit
+
+        return save_fit(self, path)
+
     def report(self):
         """HLM-style report: equations, fixed effects, variance components, reliabilities, chi-square tests,
         plausible values, ICC and fit statistics (plain text with ``print``, Markdown in notebooks)."""
