@@ -4,9 +4,9 @@ conditional draws of group effects, each checked against a direct dense computat
 import numpy as np
 import pandas as pd
 import pymc as pm
-import pytest
 import pytensor
 import pytensor.tensor as pt
+import pytest
 from scipy import stats
 
 import bayeshlm as bh

@@ -54,7 +54,8 @@ class Prior:
         import pymc as pm
 
         if not isinstance(getattr(pm, str(dist), None), type):
-            raise OptionError(f"Prior({dist!r}): not a PyMC distribution.{closest_names(str(dist), _distribution_names())}")
+            hint = closest_names(str(dist), _distribution_names())
+            raise OptionError(f"Prior({dist!r}): not a PyMC distribution.{hint}")
         if on not in SCALES:
             raise OptionError(f"Prior(on={on!r}): use 'sd' or 'variance'.")
         object.__setattr__(self, "dist", str(dist))
