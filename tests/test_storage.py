@@ -8,6 +8,7 @@ import pytest
 import xarray as xr
 
 import bayeshlm as bh
+from bayeshlm.bayes import SamplingWarning
 from bayeshlm.results import storage
 
 LIKELIHOOD_TABLES = ("fixed_effects", "variance_components", "vcov", "theta")
@@ -88,7 +89,7 @@ def test_bayes_fit_round_trips_draws_summaries_and_records(tmp_path):
     df = bh.datasets.load("eight_schools").assign(V=lambda d: d["sigma"] ** 2)
     model = bh.HLM("y ~ 1 + (1 | school)", df, known_variance="V")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", bh.bayes.SamplingWarning)  # few draws: only the round trip matters
+        warnings.simplefilter("ignore", SamplingWarning)  # few draws: only the round trip matters
         fit = model.fit("bayes", draws=100, tune=100, chains=2, random_seed=4)
     loaded = bh.load_fit(fit.save(tmp_path / "bayes.nc"))
     for group in fit.posterior.children:
