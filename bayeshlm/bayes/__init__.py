@@ -12,7 +12,7 @@ import pymc as pm
 import xarray as xr
 
 from ..design import Design
-from ..errors import OptionError
+from ..errors import OptionError, closest_names
 from .build import ModelInfo, build_model, cholesky_draws
 from .diagnostics import SamplingWarning, diagnose, warn_if_problems
 from .marginal import draw_group_effects
@@ -24,6 +24,9 @@ from .sampling import new_seed, run_sampler
 __all__ = ["LKJ", "BayesFit", "Prior", "SamplingWarning", "fit_bayes", "prior_predictive", "pymc_model",
            "valid_prior_names"]
 
+OPTIONS = ("draws", "tune", "chains", "random_seed", "priors", "sampler", "target_accept", "route",
+           "parameterization", "progressbar")
+
 
 def pymc_model(design: Design, priors=None, route: str = "auto", parameterization=None) -> pm.Model:
     """The PyMC model ``fit_bayes`` samples, for inspection (``pm.model_to_graphviz``) or extension."""
@@ -33,7 +36,7 @@ def pymc_model(design: Design, priors=None, route: str = "auto", parameterizatio
 def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
               random_seed: int | None = None, priors=None, sampler: str = "nutpie", target_accept: float = 0.9,
               route: str = "auto", parameterization: dict[str, str] | None = None,
-              progressbar: bool = False) -> BayesFit:
+              progressbar: bool = False, **unknown) -> BayesFit:
     """Sample the posterior of ``design``'s model.
 
     Parameters
@@ -54,7 +57,13 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
         ``"auto"`` (marginal for one grouping factor, else sampled), ``"marginal"`` or ``"sampled"``.
     parameterization
         Sampled route only: ``{factor: "centred" | "non-centred"}`` to override the data-based choice.
+
+    Any other keyword raises an :class:`~bayeshlm.errors.OptionError` naming the closest option.
     """
+    if unknown:
+        name = next(iter(unknown))
+        raise OptionError(f"Unknown option {name!r} for method='bayes'.{closest_names(name, OPTIONS)} "
+                          f"Options: {', '.join(OPTIONS)}.")
     prior_set = resolve_priors(design, priors)
     model, info = build_model(design, prior_set, route, parameterization)
     if random_seed is None:

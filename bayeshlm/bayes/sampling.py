@@ -48,7 +48,8 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
     if sampler not in SAMPLERS:
         raise OptionError(f"sampler={sampler!r}: use 'nutpie' (default) or 'pymc'.")
     for name, value in (("draws", draws), ("tune", tune), ("chains", chains)):
-        if int(value) != value or value < (0 if name == "tune" else 1):
+        whole = isinstance(value, int | np.integer | float) and not isinstance(value, bool) and int(value) == value
+        if not whole or value < (0 if name == "tune" else 1):
             raise OptionError(f"{name}={value!r}: give a positive whole number.")
     if not 0 < target_accept < 1:
         raise OptionError(f"target_accept={target_accept!r}: give a number between 0 and 1 (e.g. 0.9).")

@@ -28,6 +28,10 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") 
         raise OptionError(f"missing={missing!r} is not an option; use 'drop' (default: drop and report rows "
                           "with missing values) or 'raise'.")
     frame = _check_frame(data)
+    if spec.known_variance is not None and not isinstance(spec.known_variance, str):
+        raise OptionError(f"known_variance takes the name of a data column; got a {type(spec.known_variance).__name__}."
+                          " Add the variances to the data first, e.g. data.assign(v=variances), then pass "
+                          "known_variance='v'.")
     derived = {f"mean_{column}" for column, _ in spec.group_means}
     variables = _required_variables(spec)
     _check_columns_exist(variables - derived, frame)
@@ -37,8 +41,10 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") 
     if len(frame) == 0:
         raise DataError(f"No rows are left to analyse: {dropped}.")
     _check_finite(frame, source_columns)
+    _check_text_predictors(frame, spec)
     y = _outcome(frame, spec.outcome)
     group_codes = {r.group: _group_codes(frame, r) for r in spec.random}
+    _check_within_group_variation(y, spec, group_codes)
     frame = _apply_centering(frame, spec, group_codes)
 
     X, fixed_names, fixed_terms = _fixed_matrix(spec, frame)
@@ -119,6 +125,44 @@ def _check_finite(frame: pd.DataFrame, columns: list[str]) -> None:
             if len(infinite):
                 raise DataError(f"Column {column!r} has infinite values in {describe_rows(infinite)} "
                                 "(positions among the analysed rows). Replace or remove them before fitting.")
+
+
+def _check_text_predictors(frame: pd.DataFrame, spec: ModelSpec) -> None:
+    """Refuse a text column used as a bare predictor when most of its values are numbers.
+
+    Such a column (typically numbers read with a code like '.' or 'n/a' for missing) would otherwise become a
+    categorical predictor with one dummy per distinct value. Writing ``C(column)`` keeps a categorical
+    reading.
+    """
+    bare = {factor for term in spec.fixed + tuple(t for r in spec.random for t in r.terms) for factor in term}
+    for column in sorted(bare & set(frame.columns)):
+        values = frame[column]
+        if pd.api.types.is_numeric_dtype(values) or isinstance(values.dtype, pd.CategoricalDtype):
+            continue
+        numbers = pd.to_numeric(values, errors="coerce")
+        text = np.flatnonzero(numbers.isna().to_numpy())
+        if len(text) < len(values) / 2:
+            example = "" if not len(text) else (f"; not numbers: {values.iloc[text[0]]!r} in "
+                                                f"{describe_rows(text)} (positions among the analysed rows)")
+            raise DataError(
+                f"Column {column!r} is text, but {len(values) - len(text)} of its {len(values)} values are numbers"
+                f"{example}. If it is numeric, convert it with pandas.to_numeric(data[{column!r}], errors='coerce') "
+                f"(non-numbers become missing and are dropped and counted); if it is categorical, write "
+                f"C({column}) in the formula.")
+
+
+def _check_within_group_variation(y: np.ndarray, spec: ModelSpec, group_codes) -> None:
+    """Refuse an outcome that is constant within every group: its level-1 variance would be exactly 0."""
+    if spec.known_variance is not None:
+        return
+    for group, (codes, _) in group_codes.items():
+        sizes = np.bincount(codes)
+        if sizes.max() > 1 and _constant_within(pd.Series(y), codes):
+            raise DataError(
+                f"The outcome {spec.outcome!r} is constant within every group of {group!r} (zero within-group "
+                f"variance across {len(sizes)} groups): the level-1 variance is 0 and the model cannot be fitted. "
+                "Check that the outcome column is the measured outcome and not a group-level score; to model "
+                "group-level values, analyse one row per group.")
 
 
 def _outcome(frame: pd.DataFrame, outcome: str) -> np.ndarray:

@@ -190,7 +190,13 @@ def fit_likelihood(design: Design, method: str = "reml", **options) -> Likelihoo
     if start.shape != (params.size,):
         raise OptionError(f"start must hold {params.size} values of theta ({', '.join(params.names())}); "
                           f"got shape {start.shape}.")
-    maxiter = int(options.get("maxiter", 1000))
+    maxiter = options.get("maxiter", 1000)
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int | np.integer) or maxiter < 1:
+        raise OptionError(f"maxiter={maxiter!r}: give a positive whole number of optimiser iterations "
+                          "(default 1000).")
+    if "start" in options and not np.all(np.isfinite(np.asarray(options["start"], dtype=float))):
+        raise OptionError(f"start={options['start']!r} holds non-finite values: give finite starting values of "
+                          "theta (or omit start).")
     # The products are small and many: multithreaded BLAS only adds synchronisation (20-60x slower on a
     # busy 2-core machine), so it runs single-threaded during the fit.
     if not _THREADPOOLS:
