@@ -1,0 +1,53 @@
+# %% [markdown]
+# # 5. Cross-classified random effects: pupils in primary and secondary schools (R&B chapter 12 style)
+#
+# 3,435 Scottish pupils attended one of 148 primary schools and one of 19 secondary schools. Primary and
+# secondary schools are crossed, not nested: pupils from one primary school spread over several
+# secondary schools. Attainment at 16 gets a random effect for each kind of school.
+
+# %%
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import bayeshlm as bh
+from bayeshlm.report.book import BookComparison
+
+scots = bh.datasets.load("scotssec")
+model = bh.HLM("attain ~ verbal + sex + (1 | primary) + (1 | second)", scots)
+print(model.summary())
+print(model.equations())
+
+# %%
+fit = model.fit("reml")
+print(fit.report())
+
+# %% [markdown]
+# Which kind of school matters more, once verbal reasoning at entry is taken into account?
+
+# %%
+tau_primary = fit.tau["primary"].iloc[0, 0]
+tau_second = fit.tau["second"].iloc[0, 0]
+total = tau_primary + tau_second + fit.sigma2
+print(f"primary school: {tau_primary / total:.1%}, secondary school: {tau_second / total:.1%} of the variance")
+print(f"correlation of two pupils from the same primary and secondary school: {(tau_primary + tau_second) / total:.3f}")
+
+# %% [markdown]
+# Against lme4 (reference numbers from the committed R script):
+
+# %%
+reference_file = Path("../tests/reference/lme4_reference.json")
+if reference_file.exists():
+    lme4 = json.loads(reference_file.read_text())["scotssec_reml"]
+    check = BookComparison("lme4 1.1-31")
+    check.add("REML criterion", lme4["criterion"], fit.deviance, 1e-3)
+    check.add("var(primary)", lme4["varcorr"]["primary"]["cov"][0][0], tau_primary, 1e-4)
+    check.add("var(second)", lme4["varcorr"]["second"]["cov"][0][0], tau_second, 1e-4)
+    check.add("sigma2", lme4["sigma2"], fit.sigma2, 1e-4)
+    print(check.check())
+
+# %% [markdown]
+# (A full-Bayes fit of crossed factors is not shown yet: the Bayesian engine's sampled route fails to compile
+# for this design in the current release; see the project's open issues.)
