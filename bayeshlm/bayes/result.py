@@ -15,6 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from ..design import Design
+from ..results import hlm_statistics as hlm
 from ..results.base import FitResult
 from ..results.hlm_statistics import fixed_part
 from .build import ModelInfo
@@ -106,6 +107,27 @@ class BayesFit(FitResult):
             rows.append({"factor": "Residual", "term": "sigma2", **_stats(self.draws("sigma").values ** 2)})
         return pd.DataFrame(rows)
 
+    def reliability(self, factor: str | None = None) -> pd.DataFrame:
+        """Posterior mean of each group's reliability lambda_qj = tau_qq / (tau_qq + sigma^2 [(Z_j'Z_j)^-1]_qq)
+        (R&B 2002, eq. 3.42), averaged over the draws of T and sigma^2 rather than plugged in."""
+        name, ols, average, per_group = self._reliability_draws(factor)
+        return pd.DataFrame(per_group, index=ols.factor.levels[ols.usable], columns=list(ols.factor.coef_names))
+
+    def reliability_summary(self, factor: str | None = None) -> pd.DataFrame:
+        """Posterior of the average reliability over groups (R&B eq. 3.59): mean, SD and 95% interval."""
+        name, ols, average, _ = self._reliability_draws(factor)
+        lo, hi = np.quantile(average, INTERVAL, axis=0)
+        return pd.DataFrame({"reliability": average.mean(0), "sd": average.std(0, ddof=1), "eti_lower": lo,
+                             "eti_upper": hi}, index=pd.Index(ols.factor.coef_names, name="coefficient"))
+
+    def _reliability_draws(self, factor: str | None):
+        name = self._factor_name(factor)
+        ols = hlm.group_ols(self.design, self._gamma(), 1.0, name)
+        T = self.draws(f"T_{name}").values
+        tau_diag = np.diagonal(T, axis1=-2, axis2=-1).reshape(-1, T.shape[-1])
+        sigma2 = None if self.design.known_variance is not None else (self.draws("sigma").values ** 2).reshape(-1)
+        return (name, ols, *hlm.reliability_draws(tau_diag, sigma2, ols))
+
     def random_effects(self, factor: str | None = None) -> pd.DataFrame:
         """Posterior mean and SD of each group's random effects u_j (deviations from the fixed part)."""
         name = self._factor_name(factor)
@@ -149,15 +171,23 @@ class BayesFit(FitResult):
                              coords={"chain": T.chain, "draw": T.draw, coef_dim: list(f.coef_names)})
         return draws + self._fixed_part(name)
 
-    def plausible_values(self, factor: str | None = None, prob: float = 0.95) -> pd.DataFrame:
-        """Posterior-predictive interval for a new group's coefficients (the plausible-value range)."""
+    def plausible_values(self, factor: str | None = None, level: float = 0.95) -> pd.DataFrame:
+        """Posterior-predictive interval of a new group's coefficients at level-2 predictors of zero: the
+        Bayesian plausible-value range (R&B 2002, eq. 4.4, with the uncertainty about gamma and T included).
+        Columns as for likelihood fits: center (posterior-predictive mean), sd, lower, upper."""
         draws = self.new_group_draws(factor)
-        lo, hi = (1 - prob) / 2, 1 - (1 - prob) / 2
         coef_dim = draws.dims[-1]
-        return pd.DataFrame({"mean": draws.mean(("chain", "draw")).values,
-                             "lower": draws.quantile(lo, ("chain", "draw")).values,
-                             "upper": draws.quantile(hi, ("chain", "draw")).values},
+        return pd.DataFrame({"center": draws.mean(("chain", "draw")).values,
+                             "sd": draws.std(("chain", "draw")).values,
+                             "lower": draws.quantile((1 - level) / 2, ("chain", "draw")).values,
+                             "upper": draws.quantile((1 + level) / 2, ("chain", "draw")).values},
                             index=pd.Index(draws[coef_dim].values, name="coefficient"))
+
+    def group_interval(self, factor: str, coefficient: str, level: float = 0.95):
+        """(posterior mean, lower, upper) of ``coefficient`` in every group: equal-tailed ``level`` intervals."""
+        draws = self.group_coefficient_draws(factor).sel({f"{factor}__coef": coefficient})
+        q = draws.quantile([(1 - level) / 2, (1 + level) / 2], ("chain", "draw")).values
+        return draws.mean(("chain", "draw")).values, q[0], q[1]
 
     # --- text ------------------------------------------------------------------------------------
     def summary(self) -> str:

@@ -52,7 +52,7 @@ def build_report(fit: FitResult) -> Report:
         name = factor.name
         for title, compute in (
             (f"Reliability of OLS coefficients ({name}, average over groups)",
-             lambda n: fit.reliability(n).mean().to_frame("reliability")),
+             fit.reliability_summary),
             (f"Chi-square tests of variance components ({name})", fit.chi_square),
             (f"Plausible-value ranges, 95% ({name})", fit.plausible_values),
         ):

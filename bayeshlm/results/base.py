@@ -68,6 +68,10 @@ class FitResult(ABC):
         name = self._factor_name(factor)
         return hlm.reliability(self.design, self.tau[name].to_numpy(), self._group_ols(name))
 
+    def reliability_summary(self, factor: str | None = None) -> pd.DataFrame:
+        """Average reliability over groups of each random coefficient (R&B eq. 3.59)."""
+        return self.reliability(factor).mean().to_frame("reliability")
+
     def chi_square(self, factor: str | None = None) -> pd.DataFrame:
         """Chi-square homogeneity test of each random coefficient's variance (R&B eq. 3.103)."""
         return hlm.chi_square(self._group_ols(factor))

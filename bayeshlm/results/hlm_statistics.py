@@ -115,6 +115,26 @@ def reliability(design: Design, tau: np.ndarray, ols: GroupOLS) -> pd.DataFrame:
     return pd.DataFrame(lam, index=ols.factor.levels[ols.usable], columns=list(ols.factor.coef_names))
 
 
+def reliability_draws(tau_diag: np.ndarray, sigma2: np.ndarray | None, ols: GroupOLS,
+                      chunk: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Reliability per posterior draw (R&B 2002, eq. 3.42 evaluated at each draw of T and sigma^2).
+
+    ``tau_diag`` (S, q) draws of tau_qq, ``sigma2`` (S,) draws (None for V-known models); ``ols`` must come
+    from :func:`group_ols` with sigma^2 = 1, so its variances are [(Z_j'Z_j)^-1]_qq. Returns the per-draw
+    average over groups (S, q) and the per-group posterior mean (J', q), computed in chunks of draws.
+    """
+    unit = ols.variances[ols.usable]  # (J', q)
+    scale = np.ones(len(tau_diag)) if sigma2 is None else sigma2
+    average = np.empty_like(tau_diag)
+    per_group = np.zeros_like(unit)
+    for start in range(0, len(tau_diag), chunk):
+        t = tau_diag[start:start + chunk, None, :]
+        lam = t / (t + scale[start:start + chunk, None, None] * unit[None])
+        average[start:start + chunk] = lam.mean(axis=1)
+        per_group += lam.sum(axis=0)
+    return average, per_group / len(tau_diag)
+
+
 def chi_square(ols: GroupOLS) -> pd.DataFrame:
     """Homogeneity test of each variance component (R&B 2002, eq. 3.103 and 4.5).
 

@@ -53,7 +53,8 @@ def save_fit(fit, path: str | Path) -> Path:
     else:
         raise OptionError(f"Saving a {type(fit).__name__} is not supported; save() takes a REML/ML or Bayes fit.")
     root = xr.Dataset(attrs={"bayeshlm_version": __version__, "format_version": FORMAT_VERSION, "engine": engine,
-                             "spec": json.dumps(_spec_to_dict(fit.design.spec)), "state": json.dumps(state, default=_plain)})
+                             "spec": json.dumps(_spec_to_dict(fit.design.spec)),
+                             "state": json.dumps(state, default=_plain)})
     tree = xr.DataTree.from_dict({"/": root, **_design_groups(fit.design), **groups})
     path = Path(path)
     tree.to_netcdf(path, engine=ENGINE)
