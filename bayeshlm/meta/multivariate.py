@@ -31,7 +31,7 @@ from scipy.optimize import minimize
 
 from ..errors import DataError, OptionError, closest_names, describe_rows
 from ..likelihood import BoundaryFitWarning, ConvergenceWarning
-from .univariate import BOUNDARY_RTOL, QTest
+from .univariate import BOUNDARY_RTOL, QTest, wald_table
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 METHODS = ("reml", "ml")
@@ -287,12 +287,7 @@ class MetaMVFit:
 
     @cached_property
     def fixed_effects(self) -> pd.DataFrame:
-        se = np.sqrt(np.diag(self.vcov.to_numpy()))
-        z = self._beta / se
-        crit = stats.norm.ppf(0.975)
-        return pd.DataFrame({"estimate": self._beta, "se": se, "z": z, "p": 2 * stats.norm.sf(np.abs(z)),
-                             "ci_lower": self._beta - crit * se, "ci_upper": self._beta + crit * se},
-                            index=pd.Index(self.vcov.index, name="term"))
+        return wald_table(self._beta, self.vcov)
 
     @cached_property
     def q_test(self) -> QTest:

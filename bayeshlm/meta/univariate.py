@@ -45,6 +45,16 @@ class QTest:
         return f"Q = {self.statistic:.2f}, df = {self.df}, p = {self.p:.4g}"
 
 
+def wald_table(beta: np.ndarray, vcov: pd.DataFrame) -> pd.DataFrame:
+    """estimate, se, z, two-sided normal p and 95% CI of each coefficient, indexed like ``vcov``."""
+    se = np.sqrt(np.diag(vcov.to_numpy()))
+    z = beta / se
+    crit = stats.norm.ppf(0.975)
+    return pd.DataFrame({"estimate": beta, "se": se, "z": z, "p": 2 * stats.norm.sf(np.abs(z)),
+                         "ci_lower": beta - crit * se, "ci_upper": beta + crit * se},
+                        index=pd.Index(vcov.index, name="term"))
+
+
 def weighted_ls(y: np.ndarray, X: np.ndarray, w: np.ndarray):
     """Weighted least squares with weights ``w``: (estimate, its covariance (X'WX)^{-1}, the matrix P)."""
     XtW = X.T * w
@@ -173,12 +183,7 @@ class MetaFit:
     @cached_property
     def fixed_effects(self) -> pd.DataFrame:
         """estimate, se, z, p (two-sided normal) and 95% CI of each gamma (Viechtbauer 2010, eq. 8-9)."""
-        se = np.sqrt(np.diag(self.vcov.to_numpy()))
-        z = self._beta / se
-        crit = stats.norm.ppf(0.975)
-        return pd.DataFrame({"estimate": self._beta, "se": se, "z": z, "p": 2 * stats.norm.sf(np.abs(z)),
-                             "ci_lower": self._beta - crit * se, "ci_upper": self._beta + crit * se},
-                            index=pd.Index(self.design.fixed_names, name="term"))
+        return wald_table(self._beta, self.vcov)
 
     @cached_property
     def qm_test(self) -> QTest | None:
