@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
@@ -16,6 +17,7 @@ import pandas as pd
 from .design import Design, build_design
 from .errors import OptionError, closest_names
 from .spec import Centering, ModelSpec, parse_formula, parse_levels
+from .spec.model_spec import residual_structure
 
 METHODS = ("reml", "ml", "bayes")
 
@@ -42,30 +44,44 @@ class HLM:
     missing
         ``"drop"`` (default) drops rows with missing values in any model variable and reports how many
         and which columns (``model.design.dropped``); ``"raise"`` refuses them.
+    level1_variance
+        Heterogeneous level-1 variance: a column name gives one sigma^2 per category (nlme ``varIdent``;
+        e.g. per occasion, R&B 2002 ch. 6); ``"~ sector"`` the log-linear model
+        ln sigma^2_ij = alpha_0 + sum_m alpha_m C_mij (R&B 2002, eq. 5.36, Table 5.9).
+    correlation, time
+        ``correlation="ar1"`` with ``time="<occasion column>"``: first-order autoregressive errors,
+        cor(e_t, e_t') = phi^|t - t'| within each group of the innermost grouping factor (nlme ``corAR1``,
+        integer occasions; R&B 2002, eq. 6.31); ``"car1"`` accepts real-valued times (nlme ``corCAR1``).
     """
 
     def __init__(self, formula: str, data: pd.DataFrame, known_variance: str | None = None, *,
                  center: Mapping[str, str] | None = None, group_means: Sequence[str] | Mapping | None = None,
-                 missing: str = "drop"):
+                 missing: str = "drop", level1_variance: str | None = None, correlation: str | None = None,
+                 time: str | None = None):
         spec = parse_formula(formula, known_variance=known_variance, centering=_centering(center),
                              group_means=_group_means(group_means, formula))
+        spec = dataclasses.replace(spec, residual=residual_structure(level1_variance, correlation, time))
         self._init(spec, data, missing)
 
     @classmethod
     def from_levels(cls, level1: str, level2: Mapping[str, str] | None = None, *, groups: str | Sequence[str],
                     data: pd.DataFrame, level3: Mapping | None = None, random=None, correlated: bool = True,
                     known_variance: str | None = None, center: Mapping[str, str] | None = None,
-                    group_means: Sequence[str] | Mapping | None = None, missing: str = "drop") -> HLM:
+                    group_means: Sequence[str] | Mapping | None = None, missing: str = "drop",
+                    level1_variance: str | None = None, correlation: str | None = None,
+                    time: str | None = None) -> HLM:
         """Build the model from Raudenbush & Bryk's level equations.
 
         ``level1="mathach ~ cses"``; ``level2={"intercept": "~ meanses + sector", "cses": "~ meanses + sector"}``
         gives each listed level-1 coefficient its level-2 equation (with a random effect unless ``random``
         says otherwise); ``groups="school"`` (or ``[level-2 unit, level-3 unit]`` with ``level3=``).
-        See :func:`bayeshlm.spec.parse_levels` for the rules.
+        See :func:`bayeshlm.spec.parse_levels` for the rules; ``level1_variance``, ``correlation`` and ``time``
+        describe the level-1 errors as in :class:`HLM`.
         """
         spec = parse_levels(level1, level2, groups, level3=level3, random=random, correlated=correlated,
                             known_variance=known_variance, centering=_centering(center),
                             group_means=_group_means(group_means, level1, groups))
+        spec = dataclasses.replace(spec, residual=residual_structure(level1_variance, correlation, time))
         model = cls.__new__(cls)
         model._init(spec, data, missing)
         return model

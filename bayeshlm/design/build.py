@@ -17,7 +17,7 @@ from formulaic.errors import FormulaicError
 from ..errors import DataError, FormulaError, OptionError, closest_names, describe_rows
 from ..spec import ModelSpec
 from ..spec.model_spec import INTERCEPT, RandomTerm, Term, term_name
-from .design import Design, DroppedRows, GroupingFactor, nesting_chain
+from .design import Design, DroppedRows, GroupingFactor, ResidualDesign, nesting_chain
 
 MISSING_OPTIONS = ("drop", "raise")
 
@@ -54,9 +54,11 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") 
     nesting = _nesting(factors)
     term_levels = _term_levels(spec, frame, factors, nesting)
     _check_level_predictors(spec, frame, group_codes)
+    residual = _residual_design(spec, frame, factors, nesting)
     return Design(
         spec=spec, y=y, X=X, fixed_names=fixed_names, fixed_terms=fixed_terms, factors=factors,
         known_variance=known, row_labels=frame.index, dropped=dropped, nesting=nesting, term_levels=term_levels,
+        residual=residual,
     )
 
 
@@ -93,6 +95,10 @@ def _required_variables(spec: ModelSpec) -> set[str]:
     names |= {c.column for c in spec.centering} | {column for column, _ in spec.group_means}
     if spec.known_variance:
         names.add(spec.known_variance)
+    if spec.residual is not None:
+        names |= set(spec.residual.columns())
+        if spec.residual.variance_formula:
+            names |= _factor_variables(spec.residual.variance_formula)
     return names
 
 
@@ -362,6 +368,68 @@ def _collinear_columns(X: np.ndarray, names: tuple[str, ...]) -> list[str]:
     null = vt[s < s.max() * X.shape[0] * np.finfo(float).eps * 10]
     involved = np.flatnonzero(np.abs(null).max(axis=0) > 1e-8)
     return [names[i] for i in involved]
+
+
+# --- level-1 error structure -------------------------------------------------------------------------
+
+def _residual_design(spec: ModelSpec, frame: pd.DataFrame, factors, nesting) -> ResidualDesign | None:
+    r = spec.residual
+    if r is None:
+        return None
+    if spec.known_variance is not None:
+        raise OptionError("A model with known level-1 variances (known_variance=...) has no level-1 variance to "
+                          "model: drop level1_variance / correlation, or drop known_variance.")
+    strata = strata_levels = C = time = unit = None
+    C_names: tuple[str, ...] = ()
+    if r.variance_by:
+        first_seen, uniques = pd.factorize(frame[r.variance_by].astype(str))
+        order = _natural_order(np.asarray(uniques, dtype=object))
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        strata = rank[first_seen]
+        strata_levels = pd.Index(np.asarray(uniques, dtype=object)[order], name=r.variance_by, dtype="str")
+        if len(strata_levels) < 2:
+            raise DataError(f"level1_variance={r.variance_by!r}: the column takes one value ({strata_levels[0]!r}) "
+                            "among the analysed rows, so there is only one level-1 variance. Drop the option.")
+    if r.variance_formula:
+        matrix, names, _ = _model_matrix([(r.variance_formula,)], frame, "log-linear level-1 variance model")
+        keep = [i for i, n in enumerate(names) if n != "(Intercept)"]
+        C, C_names = matrix[:, keep], tuple(names[i] for i in keep)
+        constant = [n for n, col in zip(C_names, C.T) if np.ptp(col) == 0]
+        if constant:
+            raise DataError(f"level1_variance='~ {r.variance_formula}': {constant} constant among the analysed "
+                            "rows, so it duplicates alpha_0 (the log of the reference variance). Remove it.")
+    if r.correlation:
+        chain = nesting_chain(factors, nesting)
+        if not chain:
+            raise OptionError(f"correlation={r.correlation!r} needs one chain of nested grouping factors (errors "
+                              "are correlated within the innermost one); this model's factors are crossed.")
+        unit = chain[0]
+        time = _occasions(frame, r, unit)
+    return ResidualDesign(structure=r, strata=strata, strata_levels=strata_levels, C=C, C_names=C_names,
+                          time=time, unit=None if unit is None else unit.name)
+
+
+def _occasions(frame: pd.DataFrame, r, unit: GroupingFactor) -> np.ndarray:
+    """The time of each row, checked: numeric, distinct within each unit, integer for AR(1)."""
+    values = frame[r.time]
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        raise DataError(f"time={r.time!r} must be numeric (occasion numbers or ages); it has type {values.dtype}.")
+    t = values.to_numpy(dtype=float)
+    if r.correlation == "ar1" and not np.all(t == np.round(t)):
+        bad = np.flatnonzero(t != np.round(t))
+        raise DataError(
+            f"correlation='ar1' needs equally spaced integer occasions in {r.time!r}, but {describe_rows(bad)} hold "
+            f"non-integer times (e.g. {t[bad[0]]:g}). Use an occasion number column (1, 2, 3, ...), or "
+            "correlation='car1' for continuous-time AR(1) errors, cor = phi^|t - t'|.")
+    pairs = pd.DataFrame({"unit": unit.codes, "t": t})
+    repeated = pairs.duplicated()
+    if repeated.any():
+        first = int(np.flatnonzero(repeated.to_numpy())[0])
+        raise DataError(f"time={r.time!r} repeats within {unit.name} {unit.levels[unit.codes[first]]!r} "
+                        f"(time {t[first]:g} occurs more than once): AR(1) errors need one row per occasion and "
+                        f"{unit.name}. Check the time column or the grouping factor.")
+    return t
 
 
 # --- known variances and level checks -----------------------------------------------------------------

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..spec import ModelSpec
+from ..spec import ModelSpec, ResidualStructure
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,6 +86,24 @@ class GroupCrossproducts:
 
 
 @dataclass(frozen=True, eq=False)
+class ResidualDesign:
+    """Numbers of a level-1 error structure (see :class:`~bayeshlm.spec.ResidualStructure`).
+
+    ``strata`` codes each row's variance category (0 = the reference, the first level in natural order);
+    ``C`` holds the log-linear variance predictors without intercept; ``time`` the occasion of each row, and
+    ``unit`` the grouping factor within which errors are correlated (the innermost one).
+    """
+
+    structure: ResidualStructure
+    strata: np.ndarray | None = None  # (n,) int codes
+    strata_levels: pd.Index | None = None
+    C: np.ndarray | None = None  # (n, m)
+    C_names: tuple[str, ...] = ()
+    time: np.ndarray | None = None  # (n,)
+    unit: str | None = None
+
+
+@dataclass(frozen=True, eq=False)
 class Design:
     """Outcome, fixed-effects matrix and grouping factors of one model, ready for either engine."""
 
@@ -100,6 +118,7 @@ class Design:
     dropped: DroppedRows
     nesting: dict[str, str | None]  # factor -> the factor it is nested in (None: top level / crossed)
     term_levels: dict[str, int] = field(default_factory=dict)  # formula factor -> level it varies at
+    residual: ResidualDesign | None = None  # level-1 error structure (None: independent, one sigma^2)
 
     @property
     def n_obs(self) -> int:
@@ -169,6 +188,8 @@ class Design:
         if self.known_variance is not None:
             lines.append(f"Known sampling variances: column {self.spec.known_variance!r} "
                          f"(range {self.known_variance.min():.4g} to {self.known_variance.max():.4g})")
+        if self.residual is not None:
+            lines.append(f"Level-1 errors: {self.residual.structure.describe()}")
         for f in self.factors:
             sizes = f.group_sizes
             cov = "unstructured T" if f.correlated else "diagonal T (uncorrelated)"

@@ -184,12 +184,6 @@ def fit_likelihood(design: Design, method: str = "reml", **options) -> Likelihoo
         raise OptionError(f"Unknown option {unknown[0]!r} for method={method!r}."
                           f"{closest_names(unknown[0], OPTIONS)} Options: {', '.join(OPTIONS)}.")
     _check_identifiable(design, method)
-    objective = ProfiledDeviance(design, method)
-    params = objective.params
-    start = np.asarray(options.get("start", params.start), dtype=float)
-    if start.shape != (params.size,):
-        raise OptionError(f"start must hold {params.size} values of theta ({', '.join(params.names())}); "
-                          f"got shape {start.shape}.")
     maxiter = options.get("maxiter", 1000)
     if isinstance(maxiter, bool) or not isinstance(maxiter, int | np.integer) or maxiter < 1:
         raise OptionError(f"maxiter={maxiter!r}: give a positive whole number of optimiser iterations "
@@ -197,10 +191,24 @@ def fit_likelihood(design: Design, method: str = "reml", **options) -> Likelihoo
     if "start" in options and not np.all(np.isfinite(np.asarray(options["start"], dtype=float))):
         raise OptionError(f"start={options['start']!r} holds non-finite values: give finite starting values of "
                           "theta (or omit start).")
-    # The products are small and many: multithreaded BLAS only adds synchronisation (20-60x slower on a
-    # busy 2-core machine), so it runs single-threaded during the fit.
     if not _THREADPOOLS:
         _THREADPOOLS.append(ThreadpoolController())
+    if design.residual is not None:
+        from .marginal import fit_structured
+
+        with _THREADPOOLS[0].limit(limits=1, user_api="blas"):
+            fit = fit_structured(design, method, start=options.get("start"), maxiter=maxiter)
+        for category, message in fit._warnings:
+            warnings.warn(message, category, stacklevel=3)
+        return fit
+    objective = ProfiledDeviance(design, method)
+    params = objective.params
+    start = np.asarray(options.get("start", params.start), dtype=float)
+    if start.shape != (params.size,):
+        raise OptionError(f"start must hold {params.size} values of theta ({', '.join(params.names())}); "
+                          f"got shape {start.shape}.")
+    # The products are small and many: multithreaded BLAS only adds synchronisation (20-60x slower on a
+    # busy 2-core machine), so it runs single-threaded during the fit.
     with _THREADPOOLS[0].limit(limits=1, user_api="blas"):
         return _fit(objective, start, maxiter)
 

@@ -152,8 +152,7 @@ class LikelihoodFit(FitResult):
         if top is None:
             return np.full(self.design.n_fixed, np.nan)
         d = self.design
-        w = np.ones(d.n_obs) if d.weights is None else d.weights
-        scores = d.X * (w * self._conditional_residuals() / self._scale)[:, None]
+        scores = d.X * self._precision_residuals()[:, None]
         per_cluster = np.column_stack([np.bincount(top.codes, weights=s, minlength=top.n_groups) for s in scores.T])
         V = self.vcov.to_numpy()
         return np.sqrt(np.diag(V @ (per_cluster.T @ per_cluster) @ V))
@@ -209,12 +208,14 @@ class LikelihoodFit(FitResult):
             out[self.design.factors[i].name] = self._scale * np.matmul(np.matmul(lam, cv[k]), lam.T)
         return out
 
-    def _conditional_residuals(self) -> np.ndarray:
+    def _precision_residuals(self) -> np.ndarray:
+        """V^{-1}(y - X beta) per row, as W (y - X beta - Z b) / sigma^2 (Woodbury)."""
         d = self.design
         fitted = d.X @ self._fac.beta
         for f in d.factors:
             fitted = fitted + np.einsum("nq,nq->n", f.Z, self._modes[f.name][f.codes])
-        return d.y - fitted
+        w = np.ones(d.n_obs) if d.weights is None else d.weights
+        return w * (d.y - fitted) / self._scale
 
     def random_effects(self, factor: str | None = None) -> RandomEffects:
         """Conditional modes (BLUPs) of ``factor``'s random effects u_j and their conditional covariances."""
@@ -305,3 +306,80 @@ class LikelihoodFit(FitResult):
     def __repr__(self) -> str:
         return (f"<LikelihoodFit {self.method.upper()} {self.design.spec.formula()!r}: "
                 f"{'REML criterion' if self.method == 'reml' else 'deviance'} {self.deviance:.4f}>")
+
+
+class StructuredFit(LikelihoodFit):
+    """A REML / ML fit with a level-1 error structure (see :mod:`bayeshlm.likelihood.marginal`).
+
+    ``sigma2`` is the level-1 variance of the reference stratum (varIdent) or exp(alpha_0) (log-linear model);
+    ``residual_parameters`` lists the variance-function parameters and phi, and ``variance_components``
+    adds them as rows of factor 'Residual': the variance of each stratum with its SD ratio to the reference
+    (nlme's varIdent coefficients), alpha_0 and the alphas of ln sigma^2_ij = alpha_0 + sum_m alpha_m C_mij
+    (R&B 2002, eq. 5.36), and the AR(1) phi. Group effects are b_j = T Z_j' V_j^{-1}(y_j - X_j beta) with
+    conditional covariance T - T Z_j' V_j^{-1} Z_j T (beta held fixed; R&B 2002, eq. 3.56 generalised).
+    """
+
+    @property
+    def theta(self) -> pd.Series:
+        names = self._params.names() + self._objective.extra_names()
+        return pd.Series(self._theta, index=names, name="theta")
+
+    @property
+    def n_params(self) -> int:
+        return self.design.n_fixed + self._objective.size + 1
+
+    @property
+    def n_params_covariance(self) -> int:
+        return self._objective.size
+
+    @cached_property
+    def residual_parameters(self) -> pd.Series:
+        """Level-1 variance function and correlation parameters on their natural scale."""
+        objective = self._objective
+        _, delta, alpha, phi = objective.unpack(self._theta)
+        r = self.design.residual
+        out = {}
+        if r.strata is not None:
+            column = r.strata_levels.name
+            for level, d in zip(r.strata_levels, delta):
+                out[f"sigma2 {column}={level}"] = self._scale * np.exp(2.0 * d)
+            for level, d in zip(r.strata_levels[1:], delta[1:]):
+                out[f"sd ratio {column}={level}"] = np.exp(d)
+        if r.C is not None:
+            out["alpha0"] = np.log(self._scale)
+            for name, a in zip(r.C_names, alpha):
+                out[f"alpha {name}"] = a
+        if phi is not None:
+            out[f"phi ({r.structure.correlation.upper()})"] = phi
+        return pd.Series(out, name="estimate", dtype=float)
+
+    @cached_property
+    def variance_components(self) -> pd.DataFrame:
+        base = LikelihoodFit.variance_components.func(self)
+        rows = [("Residual", name, "", value, np.sqrt(value) if name.startswith("sigma2") else np.nan, np.nan)
+                for name, value in self.residual_parameters.items()]
+        return pd.concat([base, pd.DataFrame(rows, columns=base.columns)], ignore_index=True)
+
+    @cached_property
+    def _precision(self) -> np.ndarray:
+        return self._fac.precision_residuals(self.design.n_obs)
+
+    def _precision_residuals(self) -> np.ndarray:
+        return self._precision / self._scale
+
+    @cached_property
+    def _modes(self) -> dict[str, np.ndarray]:
+        out = {}
+        for f, lam in zip(self.design.factors, self._lambdas):
+            sums = group_sums(f.codes, f.Z, self._precision[:, None], f.n_groups)[:, :, 0]
+            out[f.name] = sums @ (lam @ lam.T)
+        return out
+
+    @cached_property
+    def _condvars(self) -> dict[str, np.ndarray]:
+        out = {}
+        for k, (f, lam) in enumerate(zip(self.design.factors, self._lambdas)):
+            M = lam @ lam.T
+            info = self._fac.projected_information(k, f.n_groups)
+            out[f.name] = self._scale * (M - np.matmul(np.matmul(M, info), M))
+        return out

@@ -2,6 +2,6 @@
 
 from .formula import parse_formula
 from .levels import parse_levels
-from .model_spec import Centering, ModelSpec, RandomTerm, Term
+from .model_spec import Centering, ModelSpec, RandomTerm, ResidualStructure, Term
 
-__all__ = ["Centering", "ModelSpec", "RandomTerm", "Term", "parse_formula", "parse_levels"]
+__all__ = ["Centering", "ModelSpec", "RandomTerm", "ResidualStructure", "Term", "parse_formula", "parse_levels"]

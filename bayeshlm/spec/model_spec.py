@@ -53,6 +53,78 @@ class Centering:
     group: str | None = None
 
 
+CORRELATIONS = ("ar1", "car1")
+
+
+@dataclass(frozen=True)
+class ResidualStructure:
+    """Level-1 error structure beyond e_ij ~ N(0, sigma^2) independent.
+
+    ``variance_by``: a separate level-1 variance per category of this column (nlme ``varIdent``;
+    Pinheiro & Bates 2000, sec. 5.2.1; R&B 2002 ch. 6, sigma^2_t per occasion). ``variance_formula``: the
+    right-hand side of the log-linear model ln sigma^2_ij = alpha_0 + sum_m alpha_m C_mij (R&B 2002, eq. 5.36).
+    ``correlation``: ``"ar1"`` -- cor(e_ti, e_t'i) = phi^|t - t'| for integer occasions ``time`` within each
+    group of the innermost grouping factor (nlme ``corAR1``, P&B 2000 sec. 5.3.1; R&B eq. 6.31) -- or
+    ``"car1"``, the same for real-valued times (nlme ``corCAR1``, 0 < phi < 1).
+    """
+
+    variance_by: str | None = None
+    variance_formula: str | None = None
+    correlation: str | None = None
+    time: str | None = None
+
+    def columns(self) -> tuple[str, ...]:
+        """Data columns named directly (the log-linear formula's variables are found by the design)."""
+        return tuple(c for c in (self.variance_by, self.time) if c)
+
+    def describe(self) -> str:
+        parts = []
+        if self.variance_by:
+            parts.append(f"level-1 variance by {self.variance_by}")
+        if self.variance_formula:
+            parts.append(f"ln sigma^2 ~ {self.variance_formula}")
+        if self.correlation:
+            parts.append(f"{self.correlation.upper()} errors in {self.time}")
+        return "; ".join(parts)
+
+
+def residual_structure(level1_variance: str | None, correlation: str | None,
+                       time: str | None) -> ResidualStructure | None:
+    """Read the ``level1_variance`` / ``correlation`` / ``time`` options of a model into a ResidualStructure.
+
+    ``level1_variance="sector"`` gives one variance per category of ``sector``; ``"~ sector + female"`` the
+    log-linear model of R&B (2002) eq. 5.36. ``correlation="ar1"`` (or ``"car1"``) needs ``time``.
+    """
+    from ..errors import OptionError
+
+    if level1_variance is None and correlation is None:
+        if time is not None:
+            raise OptionError(f"time={time!r} is only used with correlation='ar1' or 'car1'; add one, or drop time.")
+        return None
+    by = formula = None
+    if level1_variance is not None:
+        text = str(level1_variance).strip()
+        if text.startswith("~"):
+            formula = text[1:].strip()
+            if not formula:
+                raise OptionError("level1_variance='~': give the predictors of ln sigma^2, e.g. '~ sector'.")
+        elif text.isidentifier():
+            by = text
+        else:
+            raise OptionError(f"level1_variance={level1_variance!r}: give a column name (one variance per category, "
+                              "e.g. 'sector') or a formula starting with '~' (log-linear model, e.g. '~ sector').")
+    if correlation is not None:
+        if correlation not in CORRELATIONS:
+            raise OptionError(f"correlation={correlation!r} is not available; use 'ar1' (integer occasions) or "
+                              "'car1' (continuous times).")
+        if time is None:
+            raise OptionError(f"correlation={correlation!r} needs the time variable that orders the occasions: "
+                              "pass time='<column>'.")
+    elif time is not None:
+        raise OptionError(f"time={time!r} is only used with correlation='ar1' or 'car1'; add one, or drop time.")
+    return ResidualStructure(variance_by=by, variance_formula=formula, correlation=correlation, time=time)
+
+
 @dataclass(frozen=True, eq=False)
 class ModelSpec:
     """A two- or three-level (or cross-classified) linear model in combined form.
@@ -71,6 +143,7 @@ class ModelSpec:
     # Level notation only: (formula factor, group) pairs declared as level-2/3 predictors, which the
     # design checks to be constant within that group.
     level_predictors: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    residual: ResidualStructure | None = None  # level-1 error structure (None: independent, one sigma^2)
 
     @property
     def has_intercept(self) -> bool:
@@ -93,6 +166,7 @@ class ModelSpec:
             frozenset(self.centering),
             frozenset(self.group_means),
             self.known_variance,
+            self.residual,
         )
 
     def __eq__(self, other: object) -> bool:
