@@ -80,3 +80,11 @@ def test_group_plots_work_for_a_bayesian_fit(fits):
     assert len([t for t in shrink.texts if t.arrow_patch is not None]) == 160
     cater = bh.plots.caterpillar(bayes, coefficient="cses").axes[0]
     assert len(cater.collections[0].get_segments()) == 160
+
+
+def test_compare_gives_posterior_spread_of_variances(fits):
+    reml, bayes = fits
+    table = bh.compare(reml, bayes)
+    row = table.loc["school: var(cses)", "Bayes"]
+    assert row["se"] > 0 and row["lower"] < row["estimate"] < row["upper"]
+    assert np.isnan(table.loc["school: var(cses)", ("REML", "se")])

@@ -120,24 +120,22 @@ def _parameters(fit: FitResult) -> pd.DataFrame:
 
 
 def _variance_rows(fit: FitResult) -> pd.DataFrame:
-    records = {}
+    """Each factor's T entries and sigma^2: point estimates, and for Bayesian fits the posterior SD and
+    95% equal-tailed interval from the draws (likelihood fits report no SE for variances here)."""
+    records: dict[str, np.ndarray | float] = {}
+    bayes = fit.method == "bayes"
     for factor, tau in fit.tau.items():
+        draws = fit.draws(f"T_{factor}").values if bayes else None
         for i, a in enumerate(tau.index):
-            for b in tau.index[: i + 1]:
-                records[f"{factor}: var({a})" if a == b else f"{factor}: cov({b}, {a})"] = tau.loc[a, b]
+            for b in range(i + 1):
+                label = f"{factor}: var({a})" if i == b else f"{factor}: cov({tau.index[b]}, {a})"
+                records[label] = draws[..., i, b].ravel() if bayes else tau.iloc[i, b]
     if fit.sigma2 is not None:
-        records["sigma^2"] = fit.sigma2
-    frame = pd.DataFrame({"estimate": pd.Series(records, dtype=float)})
-    frame["se"] = _variance_spread(fit, frame.index)
-    return frame
-
-
-def _variance_spread(fit: FitResult, labels: pd.Index) -> np.ndarray:
-    """Posterior SD (or SE) of each variance component when the fit reports one, else NaN."""
-    spread = getattr(fit, "variance_component_sd", None)
-    if spread is None:
-        return np.full(len(labels), np.nan)
-    return spread(labels)
+        records["sigma^2"] = (fit.draws("sigma").values ** 2).ravel() if bayes else fit.sigma2
+    if not bayes:
+        return pd.DataFrame({"estimate": pd.Series(records, dtype=float), "se": np.nan})
+    return pd.DataFrame({label: {"estimate": d.mean(), "se": d.std(ddof=1), "lower": np.quantile(d, 0.025),
+                                 "upper": np.quantile(d, 0.975)} for label, d in records.items()}).T
 
 
 def _interval_column(frame: pd.DataFrame, bound: str) -> str | None:
