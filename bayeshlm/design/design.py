@@ -170,9 +170,9 @@ class Design:
         Zw = f.Z if w is None else f.Z * w[:, None]
         Xw = self.X if w is None else self.X * w[:, None]
         J = f.n_groups
-        ZtZ = _group_sum_outer(f.codes, Zw, f.Z, J)
-        ZtX = _group_sum_outer(f.codes, Zw, self.X, J)
-        Zty = _group_sum_outer(f.codes, Zw, self.y[:, None], J)[:, :, 0]
+        ZtZ = group_sums(f.codes, Zw, f.Z, J)
+        ZtX = group_sums(f.codes, Zw, self.X, J)
+        Zty = group_sums(f.codes, Zw, self.y[:, None], J)[:, :, 0]
         return GroupCrossproducts(
             n=f.group_sizes, ZtZ=ZtZ, ZtX=ZtX, Zty=Zty,
             XtX=Xw.T @ self.X, Xty=Xw.T @ self.y, yty=float((self.y if w is None else self.y * w) @ self.y),
@@ -210,8 +210,10 @@ class Design:
         return f"<Design {self.n_obs} rows x {self.n_fixed} fixed; factors {self.factor_names}>"
 
 
-def _group_sum_outer(codes: np.ndarray, A: np.ndarray, B: np.ndarray, n_groups: int) -> np.ndarray:
-    """sum over rows i in group j of A[i, a] * B[i, b], as a (J, a, b) array, by one bincount per cell."""
+def group_sums(codes: np.ndarray, A: np.ndarray, B: np.ndarray, n_groups: int) -> np.ndarray:
+    """sum over rows i in group j of A[i, a] * B[i, b], as a (J, a, b) array, by one bincount per cell.
+
+    The one pass over the rows behind every per-group sufficient statistic (both engines use it)."""
     out = np.empty((n_groups, A.shape[1], B.shape[1]))
     for a in range(A.shape[1]):
         for b in range(B.shape[1]):

@@ -1,4 +1,4 @@
-"""Pieces shared by the nested and crossed solvers: group sums and the fixed-effect part of the factor."""
+"""Pieces shared by the nested and crossed solvers: batched Cholesky and the fixed-effect part of the factor."""
 
 from __future__ import annotations
 
@@ -6,15 +6,6 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import scipy.linalg
-
-
-def group_sums(codes: np.ndarray, A: np.ndarray, B: np.ndarray, n_groups: int) -> np.ndarray:
-    """sum over the rows i of group j of A[i, a] * B[i, b], as (n_groups, a, b): one bincount per cell."""
-    out = np.empty((n_groups, A.shape[1], B.shape[1]))
-    for a in range(A.shape[1]):
-        for b in range(B.shape[1]):
-            out[:, a, b] = np.bincount(codes, weights=A[:, a] * B[:, b], minlength=n_groups)
-    return out
 
 
 def cholesky_solve(D: np.ndarray, O: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -20,8 +20,9 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from ..design import Design, GroupingFactor
+from ..design.design import group_sums
 from ..errors import DataError
-from .algebra import Factorization, group_sums
+from .algebra import Factorization
 
 MAX_DENSE = 20_000  # random effects outside the first factor that the dense Schur complement may hold
 MAX_PAIRS = 60_000_000  # entries of the pair map P (12 bytes each)

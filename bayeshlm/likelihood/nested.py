@@ -18,7 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..design import Design, GroupingFactor
-from .algebra import Factorization, cholesky_solve, group_sums
+from ..design.design import group_sums
+from .algebra import Factorization, cholesky_solve
 
 
 class NestedSolver:

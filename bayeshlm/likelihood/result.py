@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..design.design import group_sums
 from ..results import FitResult
 from ..results.hlm_statistics import fixed_part
-from .algebra import group_sums
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of Lambda
 
