@@ -4,7 +4,8 @@ priors, fitting options), loaded with :func:`load_model`.
 A file holds either ``formula = "..."`` or a ``[levels]`` table (``level1``, ``groups``, ``[levels.level2]``,
 optional ``[levels.level3]`` and ``random``), plus ``dataset`` (a bundled dataset name) or ``data`` (a CSV
 path relative to the file), optional ``known_variance``, ``[center]``, ``group_means``, ``[data_columns]``
-(new columns as pandas expressions, e.g. ``vi = "sigma**2"``) and ``[fit]`` (method, draws, priors, ...).
+(new columns as pandas expressions, e.g. ``vi = "sigma**2"``), the level-1 error structure (``level1_variance``,
+``correlation``, ``time``) and ``[fit]`` (method, draws, priors, ...).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from . import datasets
 from .errors import InputError, OptionError
 from .model import HLM
 
-_KEYS = {"title", "description", "reference", "dataset", "data", "formula", "levels", "known_variance", "center",
-         "group_means", "data_columns", "fit"}
+_MODEL_OPTIONS = ("known_variance", "center", "group_means", "level1_variance", "correlation", "time")
+_KEYS = {"title", "description", "reference", "dataset", "data", "formula", "levels", "data_columns", "fit",
+         *_MODEL_OPTIONS}
 
 
 def load_model(path: str | Path) -> HLM:
@@ -37,7 +39,7 @@ def load_model(path: str | Path) -> HLM:
     if ("formula" in spec) == ("levels" in spec):
         raise OptionError(f"{path}: give exactly one of 'formula' or a [levels] table.")
     data = _data(spec, path)
-    options = {k: spec[k] for k in ("known_variance", "center", "group_means") if k in spec}
+    options = {k: spec[k] for k in _MODEL_OPTIONS if k in spec}
     try:
         if "formula" in spec:
             model = HLM(spec["formula"], data, **options)
