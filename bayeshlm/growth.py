@@ -11,12 +11,18 @@ and the level equations:
   coefficient the instantaneous growth rate at L, twice the quadratic one the acceleration
   (R&B 2002, eq. 6.11-6.14: rate at a = pi_1 + 2 pi_2 (a - L)).
 * :func:`piecewise_time` -- the two-piece linear codings of R&B (2002) Table 6.9 (eq. 6.19-6.20).
+
+:func:`covariance_structures` compares compound symmetry, AR(1), random-slope, heterogeneous-sigma^2 and
+unrestricted covariance models by deviance (R&B 2002, Tables 6.11-6.12).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy.optimize import minimize
+
+LOG_2PI = float(np.log(2.0 * np.pi))
 
 from .errors import DataError, OptionError
 
@@ -94,3 +100,175 @@ def piecewise_time(data: pd.DataFrame, time: str, *, knot: float, origin: float 
     second = np.maximum(0.0, a - k) - max(0.0, o - k)
     first = np.minimum(a, k) - min(o, k) if scheme == "two_rate" else a - o
     return _add_columns(data, {names[0]: first, names[1]: second})
+
+
+# --- covariance structures for time-structured data (HMLM) ---------------------------------------------
+
+def _occasions(data: pd.DataFrame, time: str) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct times (sorted) and each row's occasion index into them."""
+    values = _time_values(data, time)
+    occasions, index = np.unique(values, return_inverse=True)
+    return occasions, index
+
+
+class UnrestrictedFit:
+    """ML / REML fit of the unrestricted multivariate repeated-measures model (R&B 2002, eq. 14.53-14.67).
+
+    Each person's observed outcomes are y_i = M_i y*_i with y*_i ~ N(X*_i beta, Sigma) over the T occasions
+    of the design and M_i selecting the occasions person i has (missing occasions handled per person).
+    Sigma = L L' is unrestricted (T(T+1)/2 parameters, L lower triangular); beta by GLS. The criterion
+
+        ML:   D = sum_i [log|V_i| + e_i'V_i^{-1}e_i] + n log(2 pi),       V_i = M_i Sigma M_i'
+        REML: D + log|X'V^{-1}X| - p log(2 pi)
+
+    has gradient dD/dSigma = sum_i M_i'[V_i^{-1} - V_i^{-1}e_i e_i'V_i^{-1} (- V_i^{-1}X_i A^{-1}X_i'V_i^{-1})]M_i
+    (A = X'V^{-1}X; beta's own variation drops out at the GLS estimate), and dD/dL = 2 (dD/dSigma) L,
+    which L-BFGS-B uses.
+    """
+
+    def __init__(self, data: pd.DataFrame, outcome: str, time: str, person: str, fixed: str, method: str):
+        from .design import build_design
+        from .likelihood.marginal import Batch, gather, group_batches
+        from .spec import parse_formula
+
+        self.method = method
+        self.occasions, occasion = _occasions(data, time)
+        design = build_design(parse_formula(f"{outcome} {fixed} + (1 | {person})"), data)
+        occasion = occasion[data.index.get_indexer(design.row_labels)]
+        unit = design.factors[0]
+        self.design = design
+        self._batches = [Batch(rows=rows, valid=rows >= 0, X=gather(design.X, rows), y=gather(design.y, rows),
+                               Z=(), same=(), codes=()) for rows in group_batches(unit.codes, unit.n_groups)]
+        self._index = [gather(occasion, b.rows, 0) for b in self._batches]
+        T = len(self.occasions)
+        self._tril = np.tril_indices(T)
+        self.n_params = design.n_fixed + T * (T + 1) // 2
+        result = minimize(self._value_and_gradient, self._start(occasion), jac=True, method="L-BFGS-B",
+                          options={"ftol": 1e-15, "gtol": 1e-7, "maxiter": 5000, "maxls": 50})
+        self.converged = bool(result.success) or result.status == 2
+        self.deviance = float(result.fun)
+        L = self._cholesky(result.x)
+        names = [f"{o:g}" for o in self.occasions]
+        self.sigma = pd.DataFrame(L @ L.T, index=names, columns=names)
+        fac = self._factorize(L)
+        self.fixed_effects = pd.DataFrame(
+            {"estimate": fac.beta, "se": np.sqrt(np.diag(fac.fixed_cov_relative()))},
+            index=pd.Index(design.fixed_names, name="term"))
+
+    def _cholesky(self, x: np.ndarray) -> np.ndarray:
+        T = len(self.occasions)
+        L = np.zeros((T, T))
+        L[self._tril] = x
+        return L
+
+    def _factorize(self, L: np.ndarray):
+        from .likelihood.marginal import MarginalFactorization
+
+        sigma = L @ L.T
+        covariances = []
+        for b, idx in zip(self._batches, self._index):
+            both = b.valid[:, :, None] & b.valid[:, None, :]
+            V = np.where(both, sigma[idx[:, :, None], idx[:, None, :]], 0.0)
+            s = idx.shape[1]
+            V[:, np.arange(s), np.arange(s)] += ~b.valid
+            covariances.append(V)
+        return MarginalFactorization(self._batches, covariances, self.design.n_fixed)
+
+    def _value_and_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        L = self._cholesky(x)
+        try:
+            fac = self._factorize(L)
+        except np.linalg.LinAlgError:
+            return np.inf, np.zeros_like(x)
+        n, p = self.design.n_obs, self.design.n_fixed
+        reml = self.method == "reml"
+        value = fac.logdet_z + fac.r2 + n * LOG_2PI + (fac.logdet_x - p * LOG_2PI if reml else 0.0)
+        A_inv = fac.fixed_cov_relative()
+        T = len(self.occasions)
+        G = np.zeros((T, T))
+        for b, idx, chol in zip(self._batches, self._index, fac.chol):
+            s = idx.shape[1]
+            V_inv = fac._solve(chol, np.broadcast_to(np.eye(s), chol.shape))
+            u = np.einsum("gij,gj->gi", V_inv, b.y - b.X @ fac.beta)
+            P = V_inv - u[:, :, None] * u[:, None, :]
+            if reml:
+                K = V_inv @ b.X
+                P -= K @ A_inv @ K.swapaxes(1, 2)
+            both = b.valid[:, :, None] & b.valid[:, None, :]
+            np.add.at(G, (np.broadcast_to(idx[:, :, None], P.shape)[both],
+                          np.broadcast_to(idx[:, None, :], P.shape)[both]), P[both])
+        return float(value), (2.0 * G @ L)[self._tril]
+
+    def _start(self, occasion: np.ndarray) -> np.ndarray:
+        """Cholesky factor of the pairwise covariance of OLS residuals by occasion (a diagonal if not PD)."""
+        d = self.design
+        residual = d.y - d.X @ np.linalg.lstsq(d.X, d.y, rcond=None)[0]
+        wide = pd.DataFrame({"unit": d.factors[0].codes, "t": occasion, "e": residual}).pivot(
+            index="unit", columns="t", values="e")
+        S = wide.cov().to_numpy()
+        try:
+            L = np.linalg.cholesky(S)
+        except np.linalg.LinAlgError:
+            L = np.diag(np.sqrt(np.nanmax([np.diag(S), np.full(len(S), residual.var())], axis=0)))
+        return L[self._tril]
+
+
+def covariance_structures(data: pd.DataFrame, outcome: str, time: str, person: str, *, fixed: str | None = None,
+                          method: str = "ml") -> pd.DataFrame:
+    """Deviance comparison of level-1 / level-2 covariance structures for time-structured data (R&B 2002,
+    Tables 6.11-6.12; HLM's HMLM).
+
+    Models (the fixed part ``fixed``, default ``"~ <time>"``, is the same in all of them):
+
+    1. random intercept, compound symmetry: delta_t^2 = tau_00 + sigma^2, delta_tt' = tau_00 (eq. 6.30);
+    2. random intercept, AR(1) errors over occasion number: delta_tt' = tau_00 + sigma^2 phi^|t - t'| (eq. 6.31);
+    3. random intercept and slope in time, homogeneous sigma^2 (eq. 6.25);
+    4. random intercept and slope, sigma^2_t per occasion;
+    5. random intercept and slope, log-linear sigma^2: ln sigma^2_t = alpha_0 + alpha_1 a_t (eq. 6.32);
+    6. unrestricted Sigma, T(T+1)/2 parameters (missing occasions handled per person; see UnrestrictedFit).
+
+    Returns one row per model: deviance (-2 log L; REML criterion if ``method="reml"``), number of
+    parameters (fixed effects included), AIC, BIC (log of the number of persons), and the likelihood-ratio
+    test against the unrestricted model (chi-square, df, p). Models 1-5 are nested in model 6 only when
+    the fixed part is the same, as here.
+    """
+    from scipy import stats
+
+    from .errors import OptionError
+    from .model import HLM
+
+    if method not in ("ml", "reml"):
+        raise OptionError(f"method={method!r}: covariance structures are compared by 'ml' (default) or 'reml'.")
+    fixed = fixed if fixed is not None else f"~ {time}"
+    if not str(fixed).strip().startswith("~"):
+        raise OptionError(f"fixed={fixed!r}: give the right-hand side of the fixed part, e.g. '~ {time}'.")
+    rhs = str(fixed).strip()[1:]
+    occasions, index = _occasions(data, time)
+    frame = data.assign(occasion_index=index)
+    formula_int = f"{outcome} ~ {rhs} + (1 | {person})"
+    formula_slope = f"{outcome} ~ {rhs} + ({time} | {person})"
+    models = {
+        "random intercept, compound symmetry": (formula_int, {}),
+        "random intercept, AR(1)": (formula_int, {"correlation": "ar1", "time": "occasion_index"}),
+        "random slope, homogeneous sigma^2": (formula_slope, {}),
+        "random slope, sigma^2 per occasion": (formula_slope, {"level1_variance": "occasion_index"}),
+        f"random slope, log-linear sigma^2 in {time}": (formula_slope, {"level1_variance": f"~ {time}"}),
+    }
+    rows = {}
+    for name, (formula, options) in models.items():
+        fit = HLM(formula, frame, **options).fit(method)
+        rows[name] = (fit.deviance, fit.n_params, fit.converged)
+    unrestricted = UnrestrictedFit(frame, outcome, time, person, fixed, method)
+    rows["unrestricted"] = (unrestricted.deviance, unrestricted.n_params, unrestricted.converged)
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["deviance", "n_params", "converged"])
+    n_persons = unrestricted.design.factors[0].n_groups
+    table["aic"] = table["deviance"] + 2 * table["n_params"]
+    table["bic"] = table["deviance"] + np.log(n_persons) * table["n_params"]
+    full = table.loc["unrestricted"]
+    table["lrt_vs_unrestricted"] = table["deviance"] - full["deviance"]
+    table["df"] = full["n_params"] - table["n_params"]
+    table["p"] = np.where(table["df"] > 0, stats.chi2.sf(table["lrt_vs_unrestricted"], table["df"].clip(lower=1)),
+                          np.nan)
+    table.loc["unrestricted", ["lrt_vs_unrestricted", "df"]] = np.nan
+    table.index.name = "model"
+    return table[["deviance", "n_params", "aic", "bic", "lrt_vs_unrestricted", "df", "p", "converged"]]

@@ -65,3 +65,30 @@ def test_coding_errors_name_the_problem():
         bh.growth.polynomial_time(GRADES, "grades")
     with pytest.raises(bh.OptionError, match="degree"):
         bh.growth.polynomial_time(GRADES, "grade", degree=0)
+
+
+def test_unrestricted_covariance_is_the_sample_covariance_when_the_mean_is_saturated():
+    """Complete data, one mean per occasion: the ML estimate of Sigma is the sample covariance (divisor N)."""
+    ox = bh.datasets.load("oxboys").query("Occasion <= 4")
+    fit = bh.growth.UnrestrictedFit(ox, "height", "Occasion", "Subject", "~ 0 + C(Occasion)", "ml")
+    wide = ox.pivot(index="Subject", columns="Occasion", values="height")
+    np.testing.assert_allclose(fit.sigma.to_numpy(), np.cov(wide.to_numpy().T, bias=True), rtol=1e-5)
+    np.testing.assert_allclose(fit.fixed_effects["estimate"], wide.mean().to_numpy(), rtol=1e-8)
+
+
+@pytest.mark.filterwarnings("ignore::bayeshlm.likelihood.BoundaryFitWarning")
+def test_covariance_structures_table_6_12_style():
+    early = bh.datasets.load("early")
+    table = bh.growth.covariance_structures(early, "cog", "age", "id")
+    assert list(table.index) == ["random intercept, compound symmetry", "random intercept, AR(1)",
+                                 "random slope, homogeneous sigma^2", "random slope, sigma^2 per occasion",
+                                 "random slope, log-linear sigma^2 in age", "unrestricted"]
+    assert table["n_params"].tolist() == [4, 5, 6, 8, 7, 8]
+    assert table["converged"].all()
+    # every structure is a special case of the unrestricted Sigma: its deviance is the lowest
+    assert (table["deviance"] >= table.loc["unrestricted", "deviance"] - 1e-6).all()
+    cs = bh.HLM("cog ~ age + (1 | id)", early).fit("ml")
+    assert table.loc["random intercept, compound symmetry", "deviance"] == pytest.approx(cs.deviance, rel=1e-10)
+    row = table.loc["random slope, homogeneous sigma^2"]
+    assert row["lrt_vs_unrestricted"] == pytest.approx(row["deviance"] - table.loc["unrestricted", "deviance"])
+    assert row["df"] == 2 and 0 < row["p"] < 1
