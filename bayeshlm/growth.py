@@ -22,10 +22,9 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
 
-LOG_2PI = float(np.log(2.0 * np.pi))
-
 from .errors import DataError, OptionError
 
+LOG_2PI = float(np.log(2.0 * np.pi))
 PIECEWISE_SCHEMES = ("two_rate", "increment")
 
 
@@ -272,3 +271,32 @@ def covariance_structures(data: pd.DataFrame, outcome: str, time: str, person: s
     table.loc["unrestricted", ["lrt_vs_unrestricted", "df"]] = np.nan
     table.index.name = "model"
     return table[["deviance", "n_params", "aic", "bic", "lrt_vs_unrestricted", "df", "p", "converged"]]
+
+
+# --- three-level growth -------------------------------------------------------------------------------
+
+def variance_decomposition(fit, inner: str, outer: str) -> pd.DataFrame:
+    """Share of each growth parameter's variance that lies between ``outer`` units (R&B 2002, eq. 8.18).
+
+    In a three-level growth model (occasions in children in schools, e.g.
+    ``math ~ year + (year | childid) + (year | schoolid)``) a child's growth parameter pi_p varies around its
+    school's mean beta_p with variance tau_pi,pp, and school means vary with variance tau_beta,pp. The share
+    between schools is tau_beta,pp / (tau_beta,pp + tau_pi,pp). Rows: the random coefficients of both factors;
+    columns ``tau_<inner>``, ``tau_<outer>``, ``share_between`` (the share of ``outer``).
+    """
+    from .errors import OptionError
+
+    for name in (inner, outer):
+        fit.design.factor(name)
+    if fit.design.nesting.get(inner) != outer:
+        raise OptionError(f"{inner!r} is not nested in {outer!r} in this model; give the inner factor first "
+                          f"(e.g. inner='childid', outer='schoolid').")
+    tau_in, tau_out = fit.tau[inner], fit.tau[outer]
+    common = [c for c in tau_in.index if c in tau_out.index]
+    if not common:
+        raise OptionError(f"{inner!r} and {outer!r} share no random coefficient; give both the same growth "
+                          "parameters (e.g. (year | childid) + (year | schoolid)).")
+    within = np.array([tau_in.loc[c, c] for c in common])
+    between = np.array([tau_out.loc[c, c] for c in common])
+    return pd.DataFrame({f"tau_{inner}": within, f"tau_{outer}": between,
+                         "share_between": between / (between + within)}, index=pd.Index(common, name="coefficient"))

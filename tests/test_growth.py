@@ -92,3 +92,37 @@ def test_covariance_structures_table_6_12_style():
     row = table.loc["random slope, homogeneous sigma^2"]
     assert row["lrt_vs_unrestricted"] == pytest.approx(row["deviance"] - table.loc["unrestricted", "deviance"])
     assert row["df"] == 2 and 0 < row["p"] < 1
+
+
+def test_variance_decomposition_of_egsingle_matches_lme4(egsingle):
+    import json
+    from pathlib import Path
+
+    ref = json.loads((Path(__file__).parent / "reference" / "lme4_reference.json").read_text())["egsingle_uncond_reml"]
+    fit = bh.HLM("math ~ year + (year | childid) + (year | schoolid)", egsingle).fit("reml")
+    table = bh.growth.variance_decomposition(fit, inner="childid", outer="schoolid")
+    child, school = (np.diag(ref["varcorr"][f]["cov"]) for f in ("childid", "schoolid"))
+    np.testing.assert_allclose(table["share_between"], school / (school + child), rtol=1e-4)
+    assert table.loc["year", "share_between"] == pytest.approx(0.50, abs=0.01)  # half the rate variance
+    with pytest.raises(bh.OptionError, match="nested"):
+        bh.growth.variance_decomposition(fit, inner="schoolid", outer="childid")
+
+
+def test_growth_plot_lines_and_band(sleepstudy):
+    from matplotlib.collections import PolyCollection
+
+    fit = bh.HLM("Reaction ~ Days + (Days | Subject)", sleepstudy).fit("reml")
+    figure = bh.plots.growth(fit, time="Days", person="Subject", n_persons=5)
+    ax = figure.axes[0]
+    assert len(ax.lines) == 2 * 5 + 1  # observed + fitted per person, population line
+    population = ax.lines[-1]
+    beta = fit.fixed_effects["estimate"]
+    np.testing.assert_allclose(population.get_ydata(), beta["(Intercept)"] + beta["Days"] * np.arange(10))
+    assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 1
+    fitted = ax.lines[1].get_ydata()  # first person's EB line is straight
+    assert np.allclose(np.diff(fitted, 2), 0)
+    ox = bh.datasets.load("oxboys")
+    ox_fit = bh.HLM("height ~ age + (age | Subject)", ox, correlation="ar1", time="Occasion").fit("ml")
+    assert len(bh.plots.growth(ox_fit, time="Occasion", data=ox, n_persons=3).axes[0].lines) == 7
+    with pytest.raises(bh.OptionError, match="data="):
+        bh.plots.growth(ox_fit, time="Occasion")

@@ -279,5 +279,5 @@ def fit_structured(design: Design, method: str, start=None, maxiter: int = 1000)
     if again.fun <= result.fun:
         result = again
     converged = bool(result.success) or result.status == 2
-    return StructuredFit(objective, _canonical(objective.params, result.x), converged=converged, optimizer_message=str(result.message),
-                         n_evaluations=objective.evaluations)
+    return StructuredFit(objective, _canonical(objective.params, result.x), converged=converged,
+                         optimizer_message=str(result.message), n_evaluations=objective.evaluations)
