@@ -150,3 +150,16 @@ def test_option_errors_are_clear(sleepstudy):
     doubled = sleepstudy.assign(Days=sleepstudy["Days"] // 2)
     with pytest.raises(bh.DataError, match="repeats within Subject"):
         bh.HLM("Reaction ~ Days + (1 | Subject)", doubled, correlation="ar1", time="Days")
+
+
+def test_deviance_test_notes_the_boundary_only_for_random_effect_variances():
+    """Adding AR(1) errors tests a correlation, not a variance at zero: no boundary note; adding a random
+    slope does get it."""
+    ox = bh.datasets.load("oxboys")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        intercept = bh.HLM("height ~ age + (1 | Subject)", ox).fit("ml")
+        slope = bh.HLM("height ~ age + (age | Subject)", ox).fit("ml")
+        ar1 = bh.HLM("height ~ age + (1 | Subject)", ox, correlation="ar1", time="Occasion").fit("ml")
+    assert bh.deviance_test(intercept, ar1).note == ""
+    assert "boundary" in bh.deviance_test(intercept, slope).note

@@ -63,8 +63,13 @@ def deviance_test(fit0: LikelihoodFit, fit1: LikelihoodFit) -> DevianceTest:
     statistic = simple.deviance - complex_.deviance
     note = ("Testing a variance at its boundary (0) makes this p-value conservative (R&B 2002, ch. 9); "
             "halving it is the usual correction for one variance."
-            if simple.n_params_covariance < complex_.n_params_covariance else "")
+            if _n_tau_parameters(simple) < _n_tau_parameters(complex_) else "")
     return DevianceTest(method=fit0.method, deviance_simple=simple.deviance, deviance_complex=complex_.deviance,
                         n_params_simple=simple.n_params, n_params_complex=complex_.n_params,
                         statistic=float(statistic), df=int(df), p_value=float(stats.chi2.sf(max(statistic, 0.0), df)),
                         note=note)
+
+
+def _n_tau_parameters(fit) -> int:
+    """Variances and covariances of the random effects (the T blocks), not of level-1 error structures."""
+    return sum(len(block) * (len(block) + 1) // 2 for f in fit.design.factors for block in f.blocks)
