@@ -203,12 +203,7 @@ def _group_codes(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, pd.
     # lme4 orders the levels of b:a as "b-level:a-level"
     labels = parts[0] if len(parts) == 1 else pd.Series(
         [":".join(row) for row in zip(*reversed([p.to_numpy() for p in parts]))], index=frame.index)
-    first_seen, uniques = pd.factorize(labels)
-    order = _natural_order(np.asarray(uniques, dtype=object))
-    rank = np.empty(len(order), dtype=np.int64)
-    rank[order] = np.arange(len(order))
-    codes = rank[first_seen]
-    levels = pd.Index(np.asarray(uniques, dtype=object)[order], name=term.group, dtype="str")
+    codes, levels = sorted_codes(labels, term.group)
     if len(levels) < 2:
         raise DataError(
             f"The grouping factor {term.group!r} has a single level ({levels[0]!r}) among the analysed rows: "
@@ -216,6 +211,15 @@ def _group_codes(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, pd.
             f"'(... | {term.group})' or check the data."
         )
     return codes, levels
+
+
+def sorted_codes(labels: pd.Series, name: str) -> tuple[np.ndarray, pd.Index]:
+    """Integer codes 0..K-1 of text labels, numbered in natural order (see :func:`_natural_order`)."""
+    first_seen, uniques = pd.factorize(labels)
+    order = _natural_order(np.asarray(uniques, dtype=object))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[first_seen], pd.Index(np.asarray(uniques, dtype=object)[order], name=name, dtype="str")
 
 
 def _natural_order(labels: np.ndarray) -> np.ndarray:
@@ -382,12 +386,7 @@ def _residual_design(spec: ModelSpec, frame: pd.DataFrame, factors, nesting) -> 
     strata = strata_levels = C = time = unit = None
     C_names: tuple[str, ...] = ()
     if r.variance_by:
-        first_seen, uniques = pd.factorize(frame[r.variance_by].astype(str))
-        order = _natural_order(np.asarray(uniques, dtype=object))
-        rank = np.empty(len(order), dtype=np.int64)
-        rank[order] = np.arange(len(order))
-        strata = rank[first_seen]
-        strata_levels = pd.Index(np.asarray(uniques, dtype=object)[order], name=r.variance_by, dtype="str")
+        strata, strata_levels = sorted_codes(frame[r.variance_by].astype(str), r.variance_by)
         if len(strata_levels) < 2:
             raise DataError(f"level1_variance={r.variance_by!r}: the column takes one value ({strata_levels[0]!r}) "
                             "among the analysed rows, so there is only one level-1 variance. Drop the option.")
