@@ -531,8 +531,9 @@ write_ref(nlme_ref, file.path(out_dir, "nlme_reference.json"))
 rma_ctrl <- list(threshold = 1e-12, maxiter = 10000)
 rma_mv_ctrl <- list(rel.tol = 1e-12, iter.max = 1000, eval.max = 5000)
 
-rma_uni_entry <- function(fit, data_name, call_desc) {
-  e <- list(
+## Fields every metafor entry shares: the call, the coefficients with their SEs, z, CIs and covariance.
+rma_common <- function(fit, data_name, call_desc) {
+  list(
     call = call_desc,
     data = data_name,
     method = fit$method,
@@ -543,13 +544,19 @@ rma_uni_entry <- function(fit, data_name, call_desc) {
     ci_lb = named_list(setNames(fit$ci.lb, rownames(fit$beta))),
     ci_ub = named_list(setNames(fit$ci.ub, rownames(fit$beta))),
     vcov = list(names = rownames(fit$beta), cov = mat(vcov(fit))),
+    QE = fit$QE, QE_df = fit$k - fit$p, QEp = fit$QEp
+  )
+}
+
+rma_uni_entry <- function(fit, data_name, call_desc) {
+  likelihood <- fit$method %in% c("ML", "REML")
+  e <- c(rma_common(fit, data_name, call_desc), list(
     tau2 = fit$tau2,
     se_tau2 = fit$se.tau2,
-    QE = fit$QE, QE_df = fit$k - fit$p, QEp = fit$QEp,
     I2 = fit$I2, H2 = fit$H2,
-    loglik = if (fit$method %in% c("ML", "REML")) as.numeric(logLik(fit)) else NULL,
-    deviance = if (fit$method %in% c("ML", "REML")) as.numeric(deviance(fit)) else NULL
-  )
+    loglik = if (likelihood) as.numeric(logLik(fit)) else NULL,
+    deviance = if (likelihood) as.numeric(deviance(fit)) else NULL
+  ))
   if (fit$p > 1) {
     e$QM <- fit$QM; e$QMp <- fit$QMp; e$R2 <- fit$R2
   } else {
@@ -592,21 +599,10 @@ for (m in c("REML", "ML", "DL")) {
 }
 
 rma_mv_entry <- function(fit, data_name, call_desc) {
-  e <- list(
-    call = call_desc,
-    data = data_name,
-    method = fit$method,
-    k = fit$k,
-    beta = named_list(setNames(as.numeric(fit$beta), rownames(fit$beta))),
-    se = named_list(setNames(fit$se, rownames(fit$beta))),
-    zval = named_list(setNames(fit$zval, rownames(fit$beta))),
-    ci_lb = named_list(setNames(fit$ci.lb, rownames(fit$beta))),
-    ci_ub = named_list(setNames(fit$ci.ub, rownames(fit$beta))),
-    vcov = list(names = rownames(fit$beta), cov = mat(vcov(fit))),
-    QE = fit$QE, QE_df = fit$k - fit$p, QEp = fit$QEp,
+  e <- c(rma_common(fit, data_name, call_desc), list(
     loglik = as.numeric(logLik(fit)),
     deviance = as.numeric(deviance(fit))
-  )
+  ))
   if (fit$withS) {
     e$sigma2 <- I(fit$sigma2); e$sigma2_names <- I(fit$s.names); e$sigma2_nlevels <- I(fit$s.nlevels)
   }
