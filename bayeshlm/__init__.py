@@ -20,4 +20,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0+unknown"
 
-__all__ = ["HLM", "load_fit", "load_model", "compare", "DataError", "FormulaError", "InputError", "OptionError", "datasets", "growth", "plots", "__version__"]
+__all__ = [
+    "HLM", "load_model", "load_fit", "compare", "deviance_test", "meta", "meta_mv", "MetaFit", "MetaMVFit",
+    "DataError", "FormulaError", "InputError", "OptionError", "datasets", "growth", "plots", "__version__",
+]

@@ -12,6 +12,8 @@ from . import datasets
 from .errors import InputError
 from .model import HLM
 
+SAMPLING_OPTIONS = {"draws", "tune", "chains", "random_seed", "priors", "sampler", "target_accept", "route",
+                    "parameterization", "progressbar"}
 DEMO_FORMULA = "mathach ~ meanses*cses + sector*cses + (cses | school)"
 
 
@@ -61,9 +63,13 @@ def _fit(args) -> None:
         options["method"] = args.method
     if args.draws:
         options.update(draws=args.draws, tune=args.draws)
-    method = options.get("method", "reml")
-    if method != "bayes":
-        options = {k: v for k, v in options.items() if k in ("method",)}
+    if options.get("method", "reml") != "bayes":
+        # a Bayes file refitted with --method reml/ml: its sampling options do not apply; anything else is
+        # passed on, so the engine names an option it does not know instead of it being dropped silently
+        dropped = sorted(set(options) & SAMPLING_OPTIONS)
+        if dropped:
+            print(f"(ignoring sampling options {', '.join(dropped)} for a likelihood fit)")
+        options = {k: v for k, v in options.items() if k not in SAMPLING_OPTIONS}
     print(f"{model.title}\n", flush=True)
     fit = model.fit(**options)
     report = fit.report()

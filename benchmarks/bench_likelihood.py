@@ -111,12 +111,12 @@ def main() -> None:
     for key, label, frame, formula, sm_spec in cases():
         if args.quick and key in ("lecture_crossed", "nested_1e6"):
             continue
-        ours = median_time(lambda: bh.HLM(formula, frame).fit("reml"), args.repeats)
+        ours = median_time(lambda f=formula, d=frame: bh.HLM(f, d).fit("reml"), args.repeats)
         fit = bh.HLM(formula, frame).fit("reml")
         row = {"model": label, "rows": len(frame), "bayeshlm_s": ours, "evals": fit.n_evaluations,
                "criterion": fit.deviance}
         if mixedlm is not None:
-            row["mixedlm_s"] = median_time(lambda: mixedlm.lmer(formula, frame, REML=True), args.repeats)
+            row["mixedlm_s"] = median_time(lambda f=formula, d=frame: mixedlm.lmer(f, d, REML=True), args.repeats)
             row["mixedlm_criterion"] = float(mixedlm.lmer(formula, frame, REML=True).REMLcrit())
         if sm_spec is not None:
             row["statsmodels_lbfgs_s"] = median_time(statsmodels_fit(frame, sm_spec), max(1, args.repeats // 2))

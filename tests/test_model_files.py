@@ -44,3 +44,15 @@ def test_bad_model_files_are_explained(tmp_path, capsys):
     bad.write_text('dataset = "hsb"\nformula = "y ~ 1\n')
     with pytest.raises(bh.OptionError, match="not valid TOML"):
         bh.load_model(bad)
+
+
+def test_sampling_options_are_set_aside_for_a_likelihood_refit_and_others_are_checked(tmp_path, capsys):
+    path = tmp_path / "m.toml"
+    path.write_text('dataset = "sleepstudy"\nformula = "Reaction ~ Days + (Days | Subject)"\n'
+                    '[fit]\nmethod = "bayes"\ndraws = 10\nchains = 2\n')
+    assert main(["fit", str(path), "--method", "reml"]) == 0
+    assert "ignoring sampling options chains, draws for a likelihood fit" in capsys.readouterr().out
+    path.write_text('dataset = "sleepstudy"\nformula = "Reaction ~ Days + (Days | Subject)"\n'
+                    '[fit]\nmethod = "reml"\nmaxiterr = 10\n')
+    assert main(["fit", str(path)]) == 2
+    assert "maxiterr" in capsys.readouterr().err

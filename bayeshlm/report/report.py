@@ -110,10 +110,8 @@ def _parameters(fit: FitResult) -> pd.DataFrame:
     """Fixed effects then variance components, with estimate / se (and interval where the fit has one)."""
     fixed = fit.fixed_effects
     rows = pd.DataFrame({"estimate": fixed["estimate"], "se": fixed["se"]})
-    for bound in ("lower", "upper"):
-        column = _interval_column(fixed, bound)
-        if column:
-            rows[bound] = fixed[column]
+    if {"eti_lower", "eti_upper"} <= set(fixed.columns):  # Bayesian fits: equal-tailed posterior intervals
+        rows["lower"], rows["upper"] = fixed["eti_lower"], fixed["eti_upper"]
     rows.index = [f"fixed: {n}" for n in rows.index]
     variances = _variance_rows(fit)
     return pd.concat([rows, variances])
@@ -136,13 +134,6 @@ def _variance_rows(fit: FitResult) -> pd.DataFrame:
         return pd.DataFrame({"estimate": pd.Series(records, dtype=float), "se": np.nan})
     return pd.DataFrame({label: {"estimate": d.mean(), "se": d.std(ddof=1), "lower": np.quantile(d, 0.025),
                                  "upper": np.quantile(d, 0.975)} for label, d in records.items()}).T
-
-
-def _interval_column(frame: pd.DataFrame, bound: str) -> str | None:
-    for column in frame.columns:
-        if str(column).lower().startswith(("eti", "hdi", "ci")) and bound in str(column).lower():
-            return column
-    return None
 
 
 def _fit_statistics(fit: FitResult) -> str:
