@@ -26,6 +26,10 @@ class OptionError(InputError):
     """An argument has an impossible or unknown value."""
 
 
+class RowsUnavailableError(OptionError):
+    """A result needs the individual rows, but the model was built from per-group aggregates (Dask input)."""
+
+
 def closest_names(name: str, candidates: Iterable[str], n: int = 3) -> str:
     """Render a 'did you mean' hint for ``name`` among ``candidates`` (empty string when nothing is close)."""
     matches = difflib.get_close_matches(name, [str(c) for c in candidates], n=n, cutoff=0.5)

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from .design import Design, build_design
+from .design.out_of_core import is_dask_frame
 from .errors import OptionError, closest_names
 from .spec import Centering, ModelSpec, parse_formula, parse_levels
 from .spec.model_spec import residual_structure
@@ -32,7 +33,9 @@ class HLM:
         ``(x | g)`` correlated random effects, ``(x || g)`` uncorrelated, ``(1 | a/b)`` nested,
         several bar terms for several grouping factors (nested or crossed).
     data
-        pandas DataFrame holding every variable.
+        pandas DataFrame holding every variable, or a Dask DataFrame (``pip install 'bayeshlm[dask]'``):
+        then Dask computes the per-group sufficient statistics and only those aggregates are kept
+        (one grouping factor or a nested chain; see :mod:`bayeshlm.design.out_of_core` and docs/limits.md).
     known_variance
         Column of known sampling variances (V-known / meta-analysis models, R&B 2002 ch. 7).
     center
@@ -89,7 +92,12 @@ class HLM:
     def _init(self, spec: ModelSpec, data: pd.DataFrame, missing: str) -> None:
         self.spec: ModelSpec = spec
         self.data = data
-        self.design: Design = build_design(spec, data, missing=missing)
+        if is_dask_frame(data):
+            from .design.out_of_core import build_aggregate_design
+
+            self.design: Design = build_aggregate_design(spec, data, missing=missing)
+        else:
+            self.design = build_design(spec, data, missing=missing)
 
     # --- description ----------------------------------------------------------------------------
     def equations(self, form: str = "both"):

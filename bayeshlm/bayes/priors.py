@@ -124,36 +124,35 @@ class PriorSet:
 
 def outcome_scale(design: Design) -> float:
     """s_y: the data scale the default priors use (see the module docstring)."""
-    y = design.y
     if design.known_variance is not None:
-        return float(np.sqrt(np.var(y, ddof=1) + np.mean(design.known_variance)))
-    sd = float(np.std(y, ddof=1))
+        return float(np.sqrt(np.var(design.y, ddof=1) + np.mean(design.known_variance)))
+    sd = design.column_summary().y_sd
     return sd if sd > 0 else 1.0
 
 
-def _column_sd(x: np.ndarray) -> float:
-    sd = float(np.std(x))
-    return sd if sd > 1e-12 else 1.0
+def _floor_sd(sd: np.ndarray) -> np.ndarray:
+    """Column SDs, with 1 in place of (near-)zero ones."""
+    return np.where(sd > 1e-12, sd, 1.0)
 
 
 def default_priors(design: Design) -> PriorSet:
     """Weakly informative priors scaled to the data (see the module docstring for the formulas)."""
     s_y = outcome_scale(design)
-    X = design.X
-    constant = np.ptp(X, axis=0) == 0
-    sds = np.array([_column_sd(X[:, k]) for k in range(X.shape[1])])
-    slope_sd = 2.5 * s_y / sds
+    cs = design.column_summary()
+    constant = cs.X_ptp == 0
+    slope_sd = 2.5 * s_y / _floor_sd(cs.X_sd)
     fixed = {}
     for k, name in enumerate(design.fixed_names):
         if constant[k]:
-            spread = np.sqrt((2.5 * s_y) ** 2 + np.sum((slope_sd * X.mean(axis=0))[~constant] ** 2))
-            fixed[name] = Prior("Normal", mu=float(np.mean(design.y)) / X[0, k], sigma=spread / abs(X[0, k]))
+            first = cs.X_first[k]
+            spread = np.sqrt((2.5 * s_y) ** 2 + np.sum((slope_sd * cs.X_mean)[~constant] ** 2))
+            fixed[name] = Prior("Normal", mu=cs.y_mean / first, sigma=spread / abs(first))
         else:
             fixed[name] = Prior("Normal", mu=0.0, sigma=slope_sd[k])
     sigma = None if design.known_variance is not None else Prior("HalfStudentT", nu=3.0, sigma=s_y)
     tau, corr = {}, {}
     for f in design.factors:
-        z_sd = np.array([_column_sd(f.Z[:, k]) if np.ptp(f.Z[:, k]) > 0 else 1.0 for k in range(f.n_coef)])
+        z_sd = np.where(cs.Z_ptp[f.name] > 0, _floor_sd(cs.Z_sd[f.name]), 1.0)
         tau[f.name] = Prior("HalfStudentT", nu=np.full(f.n_coef, 3.0), sigma=s_y / z_sd)
         if any(len(b) > 1 for b in f.blocks):
             corr[f.name] = LKJ(2.0)

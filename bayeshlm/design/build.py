@@ -188,6 +188,18 @@ def _outcome(frame: pd.DataFrame, outcome: str) -> np.ndarray:
 # --- grouping factors ------------------------------------------------------------------------------
 
 def _group_codes(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, pd.Index]:
+    codes, levels = sorted_codes(group_labels(frame, term), term.group)
+    if len(levels) < 2:
+        raise DataError(
+            f"The grouping factor {term.group!r} has a single level ({levels[0]!r}) among the analysed rows: "
+            "a variance between groups needs at least two groups. Drop the term "
+            f"'(... | {term.group})' or check the data."
+        )
+    return codes, levels
+
+
+def group_labels(frame: pd.DataFrame, term: RandomTerm) -> pd.Series:
+    """Each row's group label as text; for ``b:a`` (``a/b`` nesting) "b-level:a-level", as lme4 does."""
     parts = []
     for column in term.group_columns:
         values = frame[column]
@@ -200,17 +212,8 @@ def _group_codes(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, pd.
         if pd.api.types.is_float_dtype(values):
             values = values.astype(np.int64)
         parts.append(values.astype(str))
-    # lme4 orders the levels of b:a as "b-level:a-level"
-    labels = parts[0] if len(parts) == 1 else pd.Series(
+    return parts[0] if len(parts) == 1 else pd.Series(
         [":".join(row) for row in zip(*reversed([p.to_numpy() for p in parts]))], index=frame.index)
-    codes, levels = sorted_codes(labels, term.group)
-    if len(levels) < 2:
-        raise DataError(
-            f"The grouping factor {term.group!r} has a single level ({levels[0]!r}) among the analysed rows: "
-            "a variance between groups needs at least two groups. Drop the term "
-            f"'(... | {term.group})' or check the data."
-        )
-    return codes, levels
 
 
 def sorted_codes(labels: pd.Series, name: str) -> tuple[np.ndarray, pd.Index]:
@@ -355,21 +358,46 @@ def _fixed_matrix(spec: ModelSpec, frame: pd.DataFrame):
 
 
 def _check_fixed_matrix(X: np.ndarray, names: tuple[str, ...]) -> None:
-    constant = [n for n, col in zip(names, X.T) if n != "(Intercept)" and np.ptp(col) == 0]
+    check_constant_columns(np.ptp(X, axis=0), names)
+    check_rank(r_factor(X), X.shape[0], names)
+
+
+def check_constant_columns(ptp: np.ndarray, names: tuple[str, ...]) -> None:
+    """Refuse non-intercept columns with zero range (``ptp``) when the model has an intercept."""
+    constant = [n for n, r in zip(names, ptp) if n != "(Intercept)" and r == 0]
     if constant and "(Intercept)" in names:
         raise DataError(f"Fixed-effect column(s) {constant} are constant among the analysed rows, so they "
                         "duplicate the intercept. Remove them from the formula.")
-    rank = np.linalg.matrix_rank(X)
-    if rank < X.shape[1]:
-        raise DataError(f"Fixed-effect columns {_collinear_columns(X, names)} are perfectly collinear (the "
-                        f"design has rank {rank} < {X.shape[1]} columns): one is a linear combination of the "
+
+
+def r_factor(X: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+    """The p x p triangular factor R of X = QR, by QR of row blocks stacked under the running R (TSQR).
+
+    R has the singular values of X, so the rank check below matches an SVD of X, at O(N p^2) cost and one
+    block of extra memory instead of a copy of X."""
+    R = np.zeros((0, X.shape[1]))
+    for start in range(0, X.shape[0], chunk):
+        R = np.linalg.qr(np.vstack([R, X[start:start + chunk]]), mode="r")
+    return R
+
+
+def check_rank(R: np.ndarray, n_rows: int, names: tuple[str, ...]) -> None:
+    """Refuse a rank-deficient fixed-effects matrix, given its R factor (numpy.linalg.matrix_rank's
+    tolerance on the singular values: largest x max(N, p) x machine epsilon)."""
+    p = R.shape[1]
+    s = np.linalg.svd(R, compute_uv=False)
+    rank = int(np.sum(s > s.max() * max(n_rows, p) * np.finfo(float).eps))
+    if rank < p:
+        raise DataError(f"Fixed-effect columns {_collinear_columns(R, n_rows, names)} are perfectly collinear (the "
+                        f"design has rank {rank} < {p} columns): one is a linear combination of the "
                         "others. Remove one of them.")
 
 
-def _collinear_columns(X: np.ndarray, names: tuple[str, ...]) -> list[str]:
-    """Columns taking part in an exact linear dependence (from the null space of X)."""
-    _, s, vt = np.linalg.svd(X / np.maximum(np.linalg.norm(X, axis=0), 1e-300), full_matrices=False)
-    null = vt[s < s.max() * X.shape[0] * np.finfo(float).eps * 10]
+def _collinear_columns(R: np.ndarray, n_rows: int, names: tuple[str, ...]) -> list[str]:
+    """Columns taking part in an exact linear dependence (from the null space of X, via its R factor)."""
+    norms = np.linalg.norm(R, axis=0)  # the column norms of X
+    _, s, vt = np.linalg.svd(R / np.maximum(norms, 1e-300), full_matrices=False)
+    null = vt[s < s.max() * n_rows * np.finfo(float).eps * 10]
     involved = np.flatnonzero(np.abs(null).max(axis=0) > 1e-8)
     return [names[i] for i in involved]
 

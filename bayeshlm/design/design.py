@@ -86,6 +86,34 @@ class GroupCrossproducts:
 
 
 @dataclass(frozen=True, eq=False)
+class ChainCrossproducts:
+    """Sufficient statistics of a chain of nested factors (innermost first), for the nested REML/ML solver.
+
+    ``stats[l]`` (J_l, q_l, width): per group of level l, Z_l' W [Z_l, Z_l+1, ..., Z_top, X, y] summed over its
+    rows; ``top`` = [X y]' W [X y]; ``parents[l]`` (J_l,) the group of level l + 1 holding each group of level l.
+    """
+
+    stats: list[np.ndarray]
+    top: np.ndarray
+    parents: list[np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
+class ColumnSummary:
+    """Column moments the default priors read: mean and SD (ddof=1) of y; mean, SD (ddof=0), range and first
+    value of each column of X; SD (ddof=0) and range of each column of every factor's Z."""
+
+    y_mean: float
+    y_sd: float
+    X_mean: np.ndarray
+    X_sd: np.ndarray
+    X_ptp: np.ndarray
+    X_first: np.ndarray
+    Z_sd: dict[str, np.ndarray]
+    Z_ptp: dict[str, np.ndarray]
+
+
+@dataclass(frozen=True, eq=False)
 class ResidualDesign:
     """Numbers of a level-1 error structure (see :class:`~bayeshlm.spec.ResidualStructure`).
 
@@ -123,6 +151,11 @@ class Design:
     @property
     def n_obs(self) -> int:
         return len(self.y)
+
+    @property
+    def rows_available(self) -> bool:
+        """True: this design holds its rows (an :class:`~bayeshlm.design.aggregate.AggregateDesign` does not)."""
+        return True
 
     @property
     def n_fixed(self) -> int:
@@ -177,6 +210,39 @@ class Design:
             n=f.group_sizes, ZtZ=ZtZ, ZtX=ZtX, Zty=Zty,
             XtX=Xw.T @ self.X, Xty=Xw.T @ self.y, yty=float((self.y if w is None else self.y * w) @ self.y),
         )
+
+    def chain_crossproducts(self, chain: list[GroupingFactor]) -> ChainCrossproducts:
+        """Sufficient statistics of a nested chain (innermost factor first), see :class:`ChainCrossproducts`."""
+        w = self.weights
+        XY = np.column_stack([self.X, self.y])
+        WXY = XY if w is None else XY * w[:, None]
+        stats = []
+        for level, f in enumerate(chain):
+            right = np.column_stack([g.Z for g in chain[level:]] + [XY])
+            left = f.Z if w is None else f.Z * w[:, None]
+            stats.append(group_sums(f.codes, left, right, f.n_groups))
+        parents = []
+        for inner, outer in zip(chain[:-1], chain[1:]):
+            parent = np.zeros(inner.n_groups, dtype=np.int64)
+            parent[inner.codes] = outer.codes
+            parents.append(parent)
+        return ChainCrossproducts(stats=stats, top=XY.T @ WXY, parents=parents)
+
+    def group_totals(self, factor: GroupingFactor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per group of ``factor``: sum of the weights w, of w X and of w y ((J,), (J, p), (J,))."""
+        w = np.ones(self.n_obs) if self.weights is None else self.weights
+        J = factor.n_groups
+        wX = group_sums(factor.codes, w[:, None], self.X, J)[:, 0, :]
+        return np.bincount(factor.codes, weights=w, minlength=J), wX, np.bincount(factor.codes, weights=w * self.y,
+                                                                                 minlength=J)
+
+    def column_summary(self) -> ColumnSummary:
+        """Means, spreads and first values of y, X and each factor's Z (what default priors are scaled by)."""
+        return ColumnSummary(
+            y_mean=float(np.mean(self.y)), y_sd=float(np.std(self.y, ddof=1)),
+            X_mean=self.X.mean(axis=0), X_sd=np.std(self.X, axis=0), X_ptp=np.ptp(self.X, axis=0), X_first=self.X[0],
+            Z_sd={f.name: np.std(f.Z, axis=0) for f in self.factors},
+            Z_ptp={f.name: np.ptp(f.Z, axis=0) for f in self.factors})
 
     def summary(self) -> str:
         """Plain-text description of the design (sizes, factors, structure, dropped rows)."""

@@ -18,7 +18,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..design import Design, GroupingFactor
-from ..design.design import group_sums
 from .algebra import Factorization, cholesky_solve
 
 
@@ -31,25 +30,15 @@ class NestedSolver:
         self.q = [f.n_coef for f in chain]
         self.J = [f.n_groups for f in chain]
         self.p = design.n_fixed
-        w = design.weights
-        XY = np.column_stack([design.X, design.y])
-        WXY = XY if w is None else XY * w[:, None]
+        cp = design.chain_crossproducts(chain)
         # level l: sums over the rows of each group of Z_l' W [Z_l, Z_l+1, ..., Z_top, X, y]
-        self.stats = []
-        for level, f in enumerate(chain):
-            right = np.column_stack([g.Z for g in chain[level:]] + [XY])
-            left = f.Z if w is None else f.Z * w[:, None]
-            self.stats.append(group_sums(f.codes, left, right, f.n_groups))
-        self.top = XY.T @ WXY  # [X y]' W [X y]
+        self.stats = cp.stats
+        self.top = cp.top  # [X y]' W [X y]
         # parent of each group and the summing matrix (parent groups x groups)
-        self.parent = []
-        self.summing = []
-        for inner, outer in zip(chain[:-1], chain[1:]):
-            parent = np.zeros(inner.n_groups, dtype=np.int64)
-            parent[inner.codes] = outer.codes
-            self.parent.append(parent)
-            self.summing.append(sp.csr_matrix((np.ones(inner.n_groups), (parent, np.arange(inner.n_groups))),
-                                              shape=(outer.n_groups, inner.n_groups)))
+        self.parent = cp.parents
+        self.summing = [sp.csr_matrix((np.ones(len(parent)), (parent, np.arange(len(parent)))),
+                                      shape=(outer.n_groups, len(parent)))
+                        for parent, outer in zip(cp.parents, chain[1:])]
         # ancestors[m][k]: the group of level m + k that contains each group of level m
         self.ancestors = []
         for m, f in enumerate(chain):

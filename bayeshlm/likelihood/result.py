@@ -39,7 +39,8 @@ class LikelihoodFit(FitResult):
 
     ``fixed_effects`` columns: estimate, se (model-based, sigma^2 (R_X R_X')^{-1}), t, df, p (two-sided t),
     robust_se (cluster-robust CR0 over the top-level grouping factor, R&B 2002 eq. 9.24:
-    A^{-1} [sum_j X_j'V_j^{-1} e_j e_j' V_j^{-1} X_j] A^{-1}, A = X'V^{-1}X; NaN for crossed designs).
+    A^{-1} [sum_j X_j'V_j^{-1} e_j e_j' V_j^{-1} X_j] A^{-1}, A = X'V^{-1}X; NaN for crossed designs and for
+    designs built from aggregates, e.g. a Dask DataFrame, which keep no rows).
 
     Degrees of freedom (R&B 2002, eq. 3.83): each fixed effect belongs to the equation of its level-1 part
     (``meanses:cses`` to the ``cses`` equation, ``meanses`` to the intercept's). If that level-1 coefficient
@@ -149,7 +150,7 @@ class LikelihoodFit(FitResult):
     def _robust_se(self) -> np.ndarray:
         """CR0 sandwich over the top-level factor; V^{-1}e = W (y - X beta - Z b) / sigma^2 (Woodbury)."""
         top = self._top_factor()
-        if top is None:
+        if top is None or not self.design.rows_available:
             return np.full(self.design.n_fixed, np.nan)
         d = self.design
         scores = d.X * self._precision_residuals()[:, None]
@@ -253,10 +254,8 @@ class LikelihoodFit(FitResult):
         """
         name = self._factor_name(factor)
         f = self.design.factor(name)
-        d = self.design
-        Zw = f.Z if d.weights is None else f.Z * d.weights[:, None]
-        ZtZ = group_sums(f.codes, Zw, f.Z, f.n_groups)
-        Zty = group_sums(f.codes, Zw, d.y[:, None], f.n_groups)[:, :, 0]
+        cp = self.design.crossproducts(f)
+        ZtZ, Zty = cp.ZtZ, cp.Zty
         eig = np.linalg.eigvalsh(ZtZ)
         ok = eig[:, 0] > 1e-10 * np.maximum(eig[:, -1], 1e-300)
         est = np.full(Zty.shape, np.nan)

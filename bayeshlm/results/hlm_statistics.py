@@ -72,8 +72,7 @@ def fixed_part(design: Design, gamma: np.ndarray, factor: str | GroupingFactor |
     when it equals Z_q times a variable constant within each group (the level-2 predictor W), tested on
     the data; fixed columns that belong to no random coefficient do not enter.
     """
-    f = design.factors[0] if factor is None else (factor if isinstance(factor, GroupingFactor)
-                                                   else design.factor(factor))
+    f = design.factors[0] if factor is None else (design.factor(factor) if isinstance(factor, str) else factor)
     out = np.zeros((f.n_groups, f.n_coef))
     for c, (k, w) in _attached_columns(design, f).items():
         out[:, k] += gamma[c] * w
@@ -81,7 +80,12 @@ def fixed_part(design: Design, gamma: np.ndarray, factor: str | GroupingFactor |
 
 
 def _attached_columns(design: Design, factor: GroupingFactor) -> dict[int, tuple[int, np.ndarray]]:
-    """Fixed column -> (random coefficient it predicts, per-group value of its level-2 predictor W)."""
+    """Fixed column -> (random coefficient it predicts, per-group value of its level-2 predictor W).
+
+    A design built from aggregates carries this map, computed by the same test during its pass over the data.
+    """
+    if not design.rows_available:
+        return design.level2[factor.name]
     out = {}
     codes = factor.codes
     for c in range(design.n_fixed):
