@@ -8,10 +8,11 @@ import pytensor
 import pytensor.tensor as pt
 import pytest
 from scipy import stats
+from scipy.linalg import block_diag
 
 import bayeshlm as bh
 from bayeshlm.bayes import LKJ, Prior, pymc_model
-from bayeshlm.bayes.marginal import draw_group_effects, marginal_loglik
+from bayeshlm.bayes.marginal import chain_statistics, draw_group_effects, marginal_loglik
 from bayeshlm.bayes.priors import resolve_priors
 
 
@@ -27,53 +28,105 @@ def _toy(known_variance=False, seed=0):
     return bh.HLM("y ~ x + (x | g)", df)
 
 
-def _dense_loglik(design, beta, sigma2, T):
-    """log N(y | X beta, R + Z_j T Z_j') summed over groups, by dense matrices."""
-    f = design.factors[0]
-    total = 0.0
-    for j in range(f.n_groups):
-        rows = f.codes == j
-        Z, X, y = f.Z[rows], design.X[rows], design.y[rows]
-        R = np.diag(design.known_variance[rows]) if design.known_variance is not None else sigma2 * np.eye(len(y))
-        total += stats.multivariate_normal(X @ beta, R + Z @ T @ Z.T).logpdf(y)
-    return total
+def _three_level(known_variance=False, seed=0):
+    """Rows within 6 children within 3 schools, random intercept and slope at both levels."""
+    rng = np.random.default_rng(seed)
+    school = np.repeat(np.arange(3), 8)
+    child = np.repeat(np.arange(6), 4)
+    x = rng.normal(size=24)
+    y = 1 + 0.5 * x + rng.normal(size=3)[school] + rng.normal(size=6)[child] + rng.normal(scale=0.7, size=24)
+    df = pd.DataFrame({"y": y, "x": x, "school": school.astype(str), "child": child.astype(str),
+                       "v": rng.uniform(0.2, 1.0, 24)})
+    return bh.HLM("y ~ x + (x | school) + (x | child)", df, known_variance="v" if known_variance else None)
+
+
+def _full_Z(f):
+    """Dense rows x (J q) random-effects matrix of one factor, columns (group, coefficient) row-major."""
+    Z = np.zeros((len(f.codes), f.n_groups * f.n_coef))
+    for k in range(f.n_coef):
+        Z[np.arange(len(f.codes)), f.codes * f.n_coef + k] = f.Z[:, k]
+    return Z
+
+
+def _dense_cov(design, sigma2, Ts: dict):
+    """Marginal covariance R + sum_f Z_f (I kron T_f) Z_f' of y, by dense matrices."""
+    R = np.diag(design.known_variance) if design.known_variance is not None else sigma2 * np.eye(design.n_obs)
+    for f in design.factors:
+        if f.name in Ts:
+            Zf = _full_Z(f)
+            R = R + Zf @ np.kron(np.eye(f.n_groups), Ts[f.name]) @ Zf.T
+    return R
+
+
+def _graph_loglik(design, chain, sampled, beta, sigma2, Ls):
+    stats_ = chain_statistics(design, chain, sampled)
+    has_sigma = design.known_variance is None
+    expr = marginal_loglik(pt.constant(beta), pt.constant(1 / sigma2 if has_sigma else 1.0),
+                           [pt.constant(Ls[f.name]) for f in chain],
+                           {k: pt.constant(v) for k, v in stats_.arrays.items()}, stats_.sizes,
+                           [pt.constant(p) for p in stats_.parents], stats_.n_groups, has_sigma)
+    return pytensor.function([], expr, mode="FAST_COMPILE")()
+
+
+L_A = np.array([[1.1, 0.0], [-0.4, 0.5]])
+L_B = np.array([[0.7, 0.0], [0.2, 0.3]])
 
 
 @pytest.mark.parametrize("known_variance", [False, True])
-def test_marginal_loglik_matches_dense_multivariate_normal(known_variance):
+def test_marginal_loglik_matches_dense_multivariate_normal_two_level(known_variance):
     design = _toy(known_variance).design
-    cp = design.crossproducts(design.factors[0])
-    data = {"ZtZ": cp.ZtZ, "ZtX": cp.ZtX, "Zty": cp.Zty, "XtX": cp.XtX, "Xty": cp.Xty, "yty": cp.yty,
-            "n_obs": float(design.n_obs)}
-    if known_variance:
-        data["logdetV"] = float(np.sum(np.log(design.known_variance)))
     beta, sigma2 = np.array([0.8, 0.3]), 0.6
-    L = np.array([[1.1, 0.0], [-0.4, 0.5]])
-    s = pt.constant(1.0) if known_variance else pt.constant(1 / sigma2)
-    expr = marginal_loglik(pt.constant(beta), s, pt.constant(L), {k: pt.constant(v) for k, v in data.items()},
-                           2, has_sigma=not known_variance)
-    value = pytensor.function([], expr, mode="FAST_COMPILE")()
-    assert value == pytest.approx(_dense_loglik(design, beta, sigma2, L @ L.T), rel=1e-10)
+    value = _graph_loglik(design, list(design.factors), [], beta, sigma2, {"g": L_A})
+    dense = stats.multivariate_normal(design.X @ beta, _dense_cov(design, sigma2, {"g": L_A @ L_A.T}))
+    assert value == pytest.approx(dense.logpdf(design.y), rel=1e-10)
 
 
-def test_conditional_group_effect_draws_match_dense_posterior():
-    design = _toy().design
-    f = design.factors[0]
-    cp = design.crossproducts(f)
-    stats_ = {"ZtZ": cp.ZtZ, "ZtX": cp.ZtX, "Zty": cp.Zty}
+@pytest.mark.parametrize("known_variance", [False, True])
+def test_marginal_loglik_integrates_a_nested_chain_exactly(known_variance):
+    design = _three_level(known_variance).design
+    child, school = design.factor("child"), design.factor("school")
     beta, sigma2 = np.array([0.8, 0.3]), 0.6
-    L = np.array([[1.1, 0.0], [-0.4, 0.5]])
-    S = 20000
-    u = draw_group_effects(stats_, np.tile(beta, (S, 1)), np.full(S, 1 / sigma2), np.tile(L, (S, 1, 1)),
-                           np.random.default_rng(1))
-    T = L @ L.T
-    for j in range(f.n_groups):
-        rows = f.codes == j
-        Z, X, y = f.Z[rows], design.X[rows], design.y[rows]
-        cov = np.linalg.inv(np.linalg.inv(T) + Z.T @ Z / sigma2)
-        mean = cov @ Z.T @ (y - X @ beta) / sigma2
-        np.testing.assert_allclose(u[:, j].mean(0), mean, atol=4 * np.sqrt(np.diag(cov) / S).max())
-        np.testing.assert_allclose(np.cov(u[:, j].T), cov, atol=0.03 * np.abs(cov).max())
+    value = _graph_loglik(design, [child, school], [], beta, sigma2, {"child": L_A, "school": L_B})
+    cov = _dense_cov(design, sigma2, {"child": L_A @ L_A.T, "school": L_B @ L_B.T})
+    assert value == pytest.approx(stats.multivariate_normal(design.X @ beta, cov).logpdf(design.y), rel=1e-10)
+
+
+def test_marginal_loglik_of_a_crossed_design_given_the_sampled_effects():
+    rng = np.random.default_rng(4)
+    a, b = np.repeat(np.arange(6), 5), np.tile(np.arange(5), 6)
+    df = pd.DataFrame({"y": rng.normal(size=30), "x": rng.normal(size=30), "a": a.astype(str), "b": b.astype(str)})
+    design = bh.HLM("y ~ x + (x | a) + (1 | b)", df).design
+    fa, fb = design.factor("a"), design.factor("b")
+    beta, sigma2, u_b = np.array([0.8, 0.3]), 0.6, rng.normal(size=5)
+    value = _graph_loglik(design, [fa], [fb], np.concatenate([beta, u_b]), sigma2, {"a": L_A})
+    mean = design.X @ beta + u_b[fb.codes]
+    cov = _dense_cov(design, sigma2, {"a": L_A @ L_A.T})
+    assert value == pytest.approx(stats.multivariate_normal(mean, cov).logpdf(design.y), rel=1e-10)
+
+
+def _dense_posterior_of_effects(design, beta, sigma2, Ts):
+    """Joint Gaussian posterior of all factors' effects given beta, T and sigma2 (dense)."""
+    Z = np.hstack([_full_Z(f) for f in design.factors])
+    precision = block_diag(*(np.kron(np.eye(f.n_groups), np.linalg.inv(Ts[f.name])) for f in design.factors))
+    precision += Z.T @ Z / sigma2
+    cov = np.linalg.inv(precision)
+    return cov @ Z.T @ (design.y - design.X @ beta) / sigma2, cov
+
+
+@pytest.mark.parametrize("which", ["two-level", "three-level"])
+def test_conditional_group_effect_draws_match_dense_posterior(which):
+    design = _toy().design if which == "two-level" else _three_level().design
+    chain = design.chain
+    Ls = {"g": L_A} if which == "two-level" else {"child": L_A, "school": L_B}
+    beta, sigma2, S = np.array([0.8, 0.3]), 0.6, 20000
+    draws = draw_group_effects(chain_statistics(design, chain, []), np.tile(beta, (S, 1)), np.full(S, 1 / sigma2),
+                               [np.tile(Ls[f.name], (S, 1, 1)) for f in chain], np.random.default_rng(1))
+    mean, cov = _dense_posterior_of_effects(design, beta, sigma2, {k: L @ L.T for k, L in Ls.items()})
+    by_factor = {f.name: u.reshape(S, -1) for f, u in zip(chain, draws)}
+    joint = np.hstack([by_factor[f.name] for f in design.factors])
+    sd = np.sqrt(np.diag(cov))
+    np.testing.assert_allclose(joint.mean(0), mean, atol=4.5 * sd.max() / np.sqrt(S))
+    np.testing.assert_allclose(np.cov(joint.T), cov, atol=0.03 * np.abs(cov).max())
 
 
 def test_default_priors_are_scaled_to_the_data_and_documented():
@@ -121,13 +174,24 @@ def test_pymc_model_marginal_and_sampled_routes():
 
 def test_bad_options_are_explained():
     model = _toy()
-    with pytest.raises(bh.OptionError, match="route='marginal' integrates out one grouping factor"):
-        df = pd.DataFrame({"y": np.arange(8.0), "a": list("aabbccdd"), "b": list("xyxyxyxy")})
-        bh.HLM("y ~ 1 + (1 | a) + (1 | b)", df).pymc_model(route="marginal")
+    with pytest.raises(bh.OptionError, match="effects of 'g' are integrated out on route='marginal'"):
+        model.pymc_model(parameterization={"g": "centred"})
     with pytest.raises(bh.OptionError, match="use 'centred' or 'non-centred'"):
         model.pymc_model(route="sampled", parameterization={"g": "centered-ish"})
     with pytest.raises(bh.OptionError, match="No grouping factor 'school'"):
         model.pymc_model(route="sampled", parameterization={"school": "centred"})
+
+
+def test_crossed_design_integrates_the_larger_factor_and_samples_the_other(monkeypatch):
+    rng = np.random.default_rng(2)
+    df = pd.DataFrame({"y": rng.normal(size=40), "a": np.repeat(list("abcdefgh"), 5), "b": list("vwxyz") * 8})
+    model = bh.HLM("y ~ 1 + (1 | a) + (1 | b)", df)
+    built = model.pymc_model(parameterization={"b": "centred"})
+    assert {v.name for v in built.free_RVs} == {"beta", "sigma", "tau_a", "tau_b", "u_b"}
+    monkeypatch.setattr("bayeshlm.bayes.build.MAX_CROSS_CELLS", 10)
+    with pytest.raises(bh.OptionError, match="cannot integrate this crossed design.*Use route='sampled'"):
+        model.pymc_model(route="marginal")
+    assert {"z_a", "z_b"} <= {v.name for v in model.pymc_model().free_RVs}  # both sampled (non-centred)
 
 
 @pytest.mark.parametrize("route", ["marginal", "sampled"])

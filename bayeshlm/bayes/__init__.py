@@ -1,8 +1,9 @@
 """The Bayesian engine: PyMC models built from a Design, sampled with nutpie (default) or PyMC's NUTS.
 
 ``fit_bayes(design, ...)`` is what ``HLM.fit(method="bayes", ...)`` calls; ``pymc_model(design, ...)`` is
-the model it samples. Gaussian models with one grouping factor (two-level HLMs, V-known meta-analyses)
-integrate the group effects out (:mod:`.marginal`); other structures sample them (:mod:`.build`).
+the model it samples. Nested group effects (two- and three-level HLMs, growth models, V-known meta-analyses)
+are integrated out (:mod:`.marginal`); the effects of crossed factors beyond one nested chain are sampled
+(:mod:`.build`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
     target_accept
         NUTS target acceptance rate; raise towards 0.99 if divergences are reported.
     route
-        ``"auto"`` (marginal for one grouping factor, else sampled), ``"marginal"`` or ``"sampled"``.
+        ``"auto"`` (= ``"marginal"`` unless a crossed design is too large to integrate), ``"marginal"``
+        (nested group effects integrated out, see :mod:`.build`) or ``"sampled"`` (every effect sampled).
     parameterization
         Sampled route only: ``{factor: "centred" | "non-centred"}`` to override the data-based choice.
 
@@ -77,8 +79,7 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
     record |= {"route": info.route, "parameterization": info.parameterization,
                "reliability": {k: round(v, 3) for k, v in info.reliability.items()}}
     var_names = ["beta", *(v for v in posterior.data_vars if v == "sigma" or v.startswith(("tau_", "corr_")))]
-    if info.route == "sampled":
-        var_names += [f"u_{f.name}" for f in design.factors]
+    var_names += [f"u_{name}" for name in info.sampled]
     diagnostics, messages = diagnose(tree, var_names, chains)
     warn_if_problems(messages)
     return BayesFit(design, tree, info, record, diagnostics, messages, model, chol)
@@ -99,14 +100,17 @@ def _complete_posterior(design: Design, post: xr.Dataset, info: ModelInfo, seed:
                                            dims=("chain", "draw", coef_dim, f"{coef_dim}2"),
                                            coords={f"{coef_dim}2": list(f.coef_names)})
     if info.route == "marginal":
-        f = design.factors[0]
         n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
-        beta = post["beta"].transpose("chain", "draw", "fixed").values.reshape(n_chain * n_draw, -1)
-        s = (1.0 / post["sigma"].values.reshape(-1) ** 2 if design.known_variance is None
-             else np.ones(n_chain * n_draw))
-        L = chol[f.name].reshape(n_chain * n_draw, f.n_coef, f.n_coef)
-        u = draw_group_effects(info.stats, beta, s, L, np.random.default_rng([seed, 1]))
-        post[f"u_{f.name}"] = xr.DataArray(u.reshape(n_chain, n_draw, f.n_groups, f.n_coef),
-                                           dims=("chain", "draw", f.name, f"{f.name}__coef"),
-                                           coords={f.name: [str(v) for v in f.levels]})
+        flat = n_chain * n_draw
+        coefficients = np.concatenate(
+            [post["beta"].transpose("chain", "draw", "fixed").values.reshape(flat, -1),
+             *(post[f"u_{name}"].values.reshape(flat, -1) for name in info.sampled)], axis=1)
+        s = 1.0 / post["sigma"].values.reshape(-1) ** 2 if design.known_variance is None else np.ones(flat)
+        chain = [design.factor(name) for name in info.chain]
+        L = [chol[f.name].reshape(flat, f.n_coef, f.n_coef) for f in chain]
+        draws = draw_group_effects(info.stats, coefficients, s, L, np.random.default_rng([seed, 1]))
+        for f, u in zip(chain, draws):
+            post[f"u_{f.name}"] = xr.DataArray(u.reshape(n_chain, n_draw, f.n_groups, f.n_coef),
+                                               dims=("chain", "draw", f.name, f"{f.name}__coef"),
+                                               coords={f.name: [str(v) for v in f.levels]})
     return post, chol

@@ -1,13 +1,16 @@
 """The PyMC model of a Design, by one of two routes.
 
-- ``"marginal"`` (one grouping factor): the group effects are integrated out analytically
-  (:mod:`bayeshlm.bayes.marginal`); NUTS samples only β, T and σ, and the group effects are drawn afterwards
-  from their exact conditional posterior. No funnel, small graph.
-- ``"sampled"`` (any structure: nested chains, crossed factors): every factor's effects are sampled, each
-  factor centred (u ~ N(0, T)) or non-centred (u = L z, z ~ N(0, I)) according to how informative the data
-  are about its groups (:func:`moment_reliability`): centred when the average reliability of the group
-  intercepts is at least 0.5, where the centred form mixes better (Papaspiliopoulos, Roberts & Sköld 2007,
-  Statistical Science 22(1); Betancourt & Girolami 2015), non-centred otherwise.
+- ``"marginal"`` (default): the group effects of a chain of nested grouping factors -- one factor, or e.g.
+  children within schools -- are integrated out analytically (:mod:`bayeshlm.bayes.marginal`); NUTS samples
+  only β, the T's and σ (no funnel, small graph), and the integrated effects are drawn afterwards from their
+  exact conditional posterior. In a crossed design the nested chain with the most group effects is
+  integrated out and the other factors' effects are sampled.
+- ``"sampled"`` (any structure): every factor's effects are sampled.
+
+Sampled effects are centred (u ~ N(0, T)) or non-centred (u = L z, z ~ N(0, I)) per factor according to how
+informative the data are about its groups (:func:`moment_reliability`): centred when the average reliability
+of the group intercepts is at least 0.5, where the centred form mixes better (Papaspiliopoulos, Roberts &
+Sköld 2007, Statistical Science 22(1); Betancourt & Girolami 2015), non-centred otherwise.
 
 Every data array and prior hyperparameter enters the graph as ``pm.Data``, so one compiled graph serves any
 data of the same shapes (:mod:`bayeshlm.bayes.sampling` caches it).
@@ -24,7 +27,7 @@ import xarray as xr
 
 from ..design import Design
 from ..errors import OptionError, closest_names
-from .marginal import marginal_loglik
+from .marginal import MAX_CROSS_CELLS, ChainStatistics, chain_statistics, marginal_loglik, sampled_columns
 from .priors import LKJ, Prior, PriorSet
 
 ROUTES = ("auto", "marginal", "sampled")
@@ -42,7 +45,9 @@ class ModelInfo:
     priors: PriorSet
     data: dict[str, np.ndarray]  # pm.Data name -> value
     key: tuple  # identifies the compiled graph: structure, shapes, prior families
-    stats: dict[str, np.ndarray] | None  # sufficient statistics of the marginal route
+    stats: ChainStatistics | None  # sufficient statistics of the marginal route
+    chain: tuple[str, ...] = ()  # marginal route: the integrated factors, innermost first
+    sampled: tuple[str, ...] = ()  # factors whose effects are sampled (in the graph as u_<factor>)
 
 
 def build_model(design: Design, priors: PriorSet, route: str = "auto",
@@ -50,57 +55,81 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
     """Build the PyMC model of ``design`` (see the module docstring for the routes)."""
     if route not in ROUTES:
         raise OptionError(f"route={route!r}: use one of {', '.join(ROUTES)}.{closest_names(str(route), ROUTES)}")
-    if route == "auto":
-        route = "marginal" if len(design.factors) == 1 else "sampled"
-    if route == "marginal" and len(design.factors) != 1:
-        raise OptionError(f"route='marginal' integrates out one grouping factor; this model has "
-                          f"{len(design.factors)} ({', '.join(design.factor_names)}). Use route='sampled'.")
     if not design.factors:
         raise OptionError("The model has no grouping factor: add a term such as (1 | group).")
+    chain = integrated_chain(design) if route != "sampled" else []
+    if route == "auto":
+        route = "marginal" if chain else "sampled"
+    if route == "marginal" and not chain:
+        raise OptionError(_too_large_to_integrate(design))
+    sampled = [f for f in design.factors if f not in chain]
     has_sigma = design.known_variance is None
     coords = {"fixed": list(design.fixed_names)}
     for f in design.factors:
         coords[f"{f.name}__coef"] = list(f.coef_names)
     data: dict[str, np.ndarray] = {}
 
-    def add_data(name, value, **kwargs):
-        value = np.asarray(value, dtype=float)
+    def add_data(name, value, dtype=float, **kwargs):
+        value = np.asarray(value, dtype=dtype)
         data[name] = value
         return pm.Data(name, value, **kwargs)
 
     reliability = {f.name: moment_reliability(design, f) for f in design.factors}
-    choice = _choose_parameterization(design, route, reliability, parameterization)
+    choice = _choose_parameterization(design, chain, reliability, parameterization)
     stats = None
     with pm.Model(coords=coords) as model:
         beta = _fixed_effects(design, priors, add_data)
         sigma = _scale_parameter("sigma", priors.sigma, add_data, ()) if has_sigma else None
         chols = {f.name: _covariance_cholesky(f, priors, add_data) for f in design.factors}
+        effects = {}
+        for f in sampled:
+            model.add_coord(f.name, [str(v) for v in f.levels])
+            effects[f.name] = _group_effects(f, chols[f.name], choice[f.name])
         if route == "marginal":
-            f = design.factors[0]
-            cp = design.crossproducts(f)
-            stats = {"ZtZ": cp.ZtZ, "ZtX": cp.ZtX, "Zty": cp.Zty, "XtX": cp.XtX, "Xty": cp.Xty,
-                     "yty": np.float64(cp.yty), "n_obs": np.float64(design.n_obs)}
-            if not has_sigma:
-                stats["logdetV"] = np.float64(np.sum(np.log(design.known_variance)))
-            shared = {k: add_data(f"stat__{k}", v) for k, v in stats.items()}
+            stats = chain_statistics(design, chain, sampled)
+            shared = {k: add_data(f"stat__{k}", v) for k, v in stats.arrays.items()}
+            parents = [add_data(f"stat__parent_{level}", p, dtype=np.int64) for level, p in enumerate(stats.parents)]
             s = 1.0 / sigma**2 if has_sigma else pt.constant(1.0)
-            pm.Potential("marginal_loglik", marginal_loglik(beta, s, chols[f.name], shared, f.n_coef, has_sigma))
+            coefficients = pt.concatenate([beta, *(effects[f.name].flatten() for f in sampled)])
+            pm.Potential("marginal_loglik", marginal_loglik(
+                coefficients, s, [chols[f.name] for f in chain], shared, stats.sizes, parents, stats.n_groups,
+                has_sigma))
         else:
             model.add_coord("obs", np.arange(design.n_obs))
             eta = pt.dot(add_data("data__X", design.X), beta)
-            for f in design.factors:
-                model.add_coord(f.name, [str(v) for v in f.levels])
-                u = _group_effects(f, chols[f.name], choice[f.name])
-                codes = pm.Data(f"data__codes__{f.name}", f.codes.astype(np.int64))
-                data[f"data__codes__{f.name}"] = f.codes.astype(np.int64)
-                eta = eta + pt.sum(add_data(f"data__Z__{f.name}", f.Z) * u[codes], axis=1)
+            for f in sampled:
+                codes = add_data(f"data__codes__{f.name}", f.codes, dtype=np.int64)
+                eta = eta + pt.sum(add_data(f"data__Z__{f.name}", f.Z) * effects[f.name][codes], axis=1)
             noise_sd = sigma if has_sigma else add_data("data__known_sd", np.sqrt(design.known_variance))
             pm.Normal("y", mu=eta, sigma=noise_sd, observed=add_data("data__y", design.y), dims="obs")
     key = (route, has_sigma, tuple(choice.items()), priors.signature(),
            tuple((f.n_coef, f.blocks) for f in design.factors),
            tuple((name, value.shape) for name, value in sorted(data.items()) if not name.startswith("prior__")))
-    info = ModelInfo(route, choice, reliability, priors, data, key, stats)
+    info = ModelInfo(route, choice, reliability, priors, data, key, stats, tuple(f.name for f in chain),
+                     tuple(f.name for f in sampled))
     return model, info
+
+
+def integrated_chain(design: Design) -> list:
+    """The nested chain of factors (innermost first) whose integration removes the most group effects, among
+    those whose sufficient statistics stay small (see :data:`~bayeshlm.bayes.marginal.MAX_CROSS_CELLS`)."""
+    best, best_size = [], 0
+    for f in design.factors:
+        chain = [f]
+        while design.nesting.get(chain[-1].name):
+            chain.append(design.factor(design.nesting[chain[-1].name]))
+        sampled = [g for g in design.factors if g not in chain]
+        cells = chain[0].n_groups * sum(g.n_coef for g in chain) * sampled_columns(sampled)
+        size = sum(g.n_groups * g.n_coef for g in chain)
+        if cells <= MAX_CROSS_CELLS and size > best_size:
+            best, best_size = chain, size
+    return best
+
+
+def _too_large_to_integrate(design: Design) -> str:
+    return (f"route='marginal' cannot integrate this crossed design: pairing the groups of one factor with "
+            f"every sampled group effect of the others ({', '.join(design.factor_names)}) would need more than "
+            f"{MAX_CROSS_CELLS:,} cells. Use route='sampled'.")
 
 
 def _fixed_effects(design: Design, priors: PriorSet, add_data):
@@ -184,19 +213,18 @@ def _group_effects(f, L, how: str):
     return pm.MvNormal(f"u_{f.name}", mu=np.zeros(f.n_coef), chol=L, dims=dims)
 
 
-def _choose_parameterization(design: Design, route: str, reliability: dict[str, float],
+def _choose_parameterization(design: Design, chain: list, reliability: dict[str, float],
                              requested: dict[str, str] | None) -> dict[str, str]:
+    """'integrated out' for the chain's factors; centred or non-centred (requested, or by reliability) else."""
     requested = dict(requested or {})
     for name, how in requested.items():
         design.factor(name)  # raises a clear OptionError for an unknown factor
         if how not in PARAMETERIZATIONS:
             raise OptionError(f"parameterization[{name!r}] = {how!r}: use 'centred' or 'non-centred'.")
-    if route == "marginal":
-        if requested:
-            raise OptionError("parameterization applies to route='sampled'; the marginal route integrates the "
-                              "group effects out.")
-        return {design.factors[0].name: "integrated out"}
-    return {f.name: requested.get(f.name) or
+        if any(f.name == name for f in chain):
+            raise OptionError(f"parameterization[{name!r}]: the effects of {name!r} are integrated out on "
+                              "route='marginal'; give route='sampled' to sample them.")
+    return {f.name: "integrated out" if f in chain else requested.get(f.name) or
             ("centred" if reliability[f.name] >= CENTRED_RELIABILITY else "non-centred")
             for f in design.factors}
 

@@ -1,59 +1,176 @@
-"""Group effects integrated out: the marginal likelihood of a two-level Gaussian model from per-group
-sufficient statistics, and exact draws of the group effects given the other parameters.
+"""Group effects integrated out: the marginal likelihood of a nested Gaussian model from per-group sufficient
+statistics, and exact draws of the group effects given the other parameters.
 
-Model, for group j (n_j rows): y_j = X_j β + Z_j u_j + r_j, u_j ~ N(0, T), r_j ~ N(0, R_j) with
-R_j = σ² I (or diag(V_j), known, in V-known models). Write T = L L' (L lower-triangular), R_j^{-1} = s W_j
-(s = 1/σ², W = I; or s = 1, W = diag(1/V)), and, from the sufficient statistics of
-:meth:`bayeshlm.design.Design.crossproducts`,
+Model: y = X β + Σ_l Z_l u_l + r over a chain of nested grouping factors l = 0 (innermost, e.g. child) ..
+m-1 (outermost, e.g. school), u_lj ~ N(0, T_l), r ~ N(0, R), R = σ² I (or diag(V), known, in V-known models).
+Write T_l = L_l L_l', R^{-1} = s W (s = 1/σ², W = I; or s = 1, W = diag(1/V)) and Z = [Z_0 ... Z_{m-1}].
+Everything the likelihood needs is, per innermost group j, the sufficient statistics
 
-    A_j = s Z_j'W_j Z_j,   b_j = s (Z_j'W_j y_j - Z_j'W_j X_j β),   e'R^{-1}e = s (y'Wy - 2 β'X'Wy + β'X'WX β).
+    Q_j = s Z_j'W_j Z_j   (all levels' columns)      E_j = s Z_j'W_j (y_j - X_j β)
 
-Then Σ_j = R_j + Z_j T Z_j' satisfies, with the q x q matrix M_j = I + L' A_j L = C_j C_j',
+plus the whole-sample e'R^{-1}e = s (y'Wy - 2 β'X'Wy + β'X'WX β). Level by level, innermost first, each group
+g of level l has Q_g = [[A, B], [B', D]] (A over its own q_l columns, D over the outer levels' columns) and
+E_g = [b, c]. With M_g = I + L_l' A L_l = C_g C_g', G = C_g^{-1} L_l' B and w = C_g^{-1} L_l' b, integrating
+u_lg out adds log|M_g| to log|Σ| and subtracts |w|² from the quadratic form (matrix determinant lemma and
+Woodbury identity), and leaves D - G'G and c - G'w, which are summed over the groups of each parent to give
+the next level's Q and E. The log-likelihood is
 
-    log|Σ_j| = log|R_j| + log|M_j|                          (matrix determinant lemma)
-    e_j'Σ_j^{-1}e_j = e_j'R_j^{-1}e_j - |C_j^{-1} L' b_j|²   (Woodbury identity)
+    -1/2 [N log 2π + log|R| + Σ_levels Σ_g 2 Σ_k log C_g[k,k] + e'R^{-1}e - Σ_levels Σ_g |w_g|²],
 
-so the log-likelihood, summed over groups, is
--½ [N log 2π + Σ log|R_j| + Σ_j 2 Σ_k log C_j[k,k] + e'R^{-1}e - Σ_j |C_j^{-1} L' b_j|²],
-with log|R_j| = -n_j log s (+ Σ log V, a constant, for V-known models). Only q x q algebra per group:
-this is the likelihood REML/ML maximise (R&B 2002, ch. 3 and 14; Bates et al. 2015, JSS 67(1), sec. 3),
-written with L rather than T^{-1} so that a singular T (a zero variance) stays finite. The q x q Cholesky
-factor and triangular solve are unrolled into elementwise operations over the J groups, which compile
-quickly and vectorise.
+log|R| = -N log s (+ Σ log V, a constant, with known V). This is the likelihood REML/ML maximise (R&B 2002,
+ch. 3, 8 and 14; Bates et al. 2015, JSS 67(1), sec. 3), in the recursive form of Pinheiro & Bates (2000,
+sec. 2.2) and written with L_l rather than T_l^{-1} so that a singular T (a zero variance) stays finite. For
+one grouping factor it is the two-level formula of R&B eq. 3.52. The q x q algebra is unrolled into
+elementwise operations over the groups of each level, which compile quickly and vectorise.
 
-Given (β, T, s), the group effects are independent Gaussians (R&B 2002, eq. 3.52 and 13.17):
-u_j | y, β, T, σ² ~ N(m_j, S_j), S_j = (T^{-1} + A_j)^{-1} = L M_j^{-1} L', m_j = S_j b_j;
-:func:`draw_group_effects` draws u_j = L (M_j^{-1} L' b_j + C_j^{-T} z), z ~ N(0, I), for every posterior draw.
+Crossed designs: the effects of factors outside the integrated chain are sampled and enter as extra columns
+of X (an indicator column per group and coefficient), so the same formula applies with β extended by them.
+
+Given (β, T, s), the group effects are drawn top-down from their exact conditional posterior (R&B 2002,
+eq. 3.52 and 13.17): at level l, given the outer levels' draws u_o, u_lg ~ N(S b̃, S), b̃ = b - B u_o,
+S = (T_l^{-1} + A)^{-1} = L_l M^{-1} L_l', drawn as u_lg = L_l (M^{-1} L_l' b̃ + C^{-T} z), z ~ N(0, I).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytensor.tensor as pt
+import scipy.sparse as sp
+
+from ..design import Design, GroupingFactor
+from ..design.design import group_sums
+
+# Crossed designs: refuse to integrate when the innermost-group x sampled-column table would exceed this
+MAX_CROSS_CELLS = 20_000_000
 
 
-def marginal_loglik(beta, s, L, stats: dict, q: int, has_sigma: bool):
-    """Marginal log-likelihood (PyTensor) of β, s = 1/σ² and the Cholesky factor L of T (see module docstring).
+@dataclass(frozen=True)
+class ChainStatistics:
+    """Sufficient statistics for integrating a nested chain of factors out (module docstring).
 
-    ``stats`` holds tensors ZtZ (J,q,q), ZtX (J,q,p), Zty (J,q), XtX (p,p), Xty (p,), yty and n_obs
-    (scalars) and, for V-known models, logdetV = Σ log V.
+    ``arrays`` holds ZtZ (J0, qz, qz), ZtX (J0, qz, P), Zty (J0, qz), XtX (P, P), Xty (P,), yty, n_obs and,
+    with known variances, logdetV; P = p fixed effects plus one column per sampled group effect.
+    ``parents[l]`` maps the groups of chain level l to those of level l + 1.
     """
-    ZtZ, ZtX, Zty = stats["ZtZ"], stats["ZtX"], stats["Zty"]
-    A = [[s * ZtZ[:, a, b] for b in range(q)] for a in range(q)]
-    b = [s * (Zty[:, a] - pt.dot(ZtX[:, a, :], beta)) for a in range(q)]
-    # AL = A L, then M = I + L' (A L); L is lower-triangular, so L[d, k] = 0 for d < k.
-    AL = [[sum(A[c][d] * L[d, k] for d in range(k, q)) for k in range(q)] for c in range(q)]
-    M = [[sum(L[c, a] * AL[c][k] for c in range(a, q)) + (1.0 if a == k else 0.0) for k in range(q)]
-         for a in range(q)]
-    C = _cholesky_unrolled(M, q)
-    Ltb = [sum(L[d, a] * b[d] for d in range(a, q)) for a in range(q)]
-    w = _forward_solve_unrolled(C, Ltb, q)
-    logdet_M = 2.0 * sum(pt.sum(pt.log(C[k][k])) for k in range(q))
-    quad_reduction = sum(pt.sum(w_k**2) for w_k in w)
+
+    sizes: tuple[int, ...]  # q_l per chain level, innermost first
+    n_groups: tuple[int, ...]  # J_l per chain level
+    arrays: dict[str, np.ndarray]
+    parents: tuple[np.ndarray, ...]
+
+
+def chain_statistics(design: Design, chain: list[GroupingFactor],
+                     sampled: list[GroupingFactor]) -> ChainStatistics:
+    """One pass over the rows: the statistics of :class:`ChainStatistics` for ``chain`` (innermost first),
+    with the effects of the ``sampled`` factors as indicator columns appended to X."""
+    inner = chain[0]
+    J0 = inner.n_groups
+    Z = np.hstack([f.Z for f in chain])
+    w = design.weights
+    Zw = Z if w is None else Z * w[:, None]
+    yw = design.y if w is None else design.y * w
+    ZtX = group_sums(inner.codes, Zw, design.X, J0)
+    XtX = (design.X.T * (1.0 if w is None else w)) @ design.X
+    Xty = design.X.T @ yw
+    if sampled:
+        D = sp.hstack([_indicator_columns(f) for f in sampled], format="csc")
+        Dw = D if w is None else sp.diags(w) @ D
+        rows = sp.csr_matrix((Zw.ravel(), (np.repeat(np.arange(design.n_obs), Z.shape[1]),
+                                           (inner.codes[:, None] * Z.shape[1] + np.arange(Z.shape[1])).ravel())),
+                             shape=(design.n_obs, J0 * Z.shape[1]))
+        ZtD = (rows.T @ D).toarray().reshape(J0, Z.shape[1], D.shape[1])
+        ZtX = np.concatenate([ZtX, ZtD], axis=2)
+        XtD = design.X.T @ Dw
+        XtX = np.block([[XtX, np.asarray(XtD)], [np.asarray(XtD).T, (D.T @ Dw).toarray()]])
+        Xty = np.concatenate([Xty, D.T @ yw])
+    arrays = {"ZtZ": group_sums(inner.codes, Zw, Z, J0), "ZtX": ZtX,
+              "Zty": group_sums(inner.codes, Zw, design.y[:, None], J0)[:, :, 0],
+              "XtX": XtX, "Xty": Xty, "yty": np.float64(yw @ design.y), "n_obs": np.float64(design.n_obs)}
+    if design.known_variance is not None:
+        arrays["logdetV"] = np.float64(np.sum(np.log(design.known_variance)))
+    parents = []
+    for child, parent in zip(chain[:-1], chain[1:]):
+        index = np.zeros(child.n_groups, dtype=np.int64)
+        index[child.codes] = parent.codes
+        parents.append(index)
+    return ChainStatistics(tuple(f.n_coef for f in chain), tuple(f.n_groups for f in chain), arrays, tuple(parents))
+
+
+def sampled_columns(sampled: list[GroupingFactor]) -> int:
+    """Number of indicator columns the sampled factors add to X."""
+    return sum(f.n_groups * f.n_coef for f in sampled)
+
+
+def _indicator_columns(f: GroupingFactor) -> sp.csc_matrix:
+    """Rows x (J q) matrix whose column (j, k) holds Z[:, k] on the rows of group j (u flattened row-major)."""
+    n, q = f.Z.shape
+    cols = f.codes[:, None] * q + np.arange(q)
+    return sp.csc_matrix((f.Z.ravel(), (np.repeat(np.arange(n), q), cols.ravel())), shape=(n, f.n_groups * q))
+
+
+# --- the log-likelihood, as a PyTensor graph ------------------------------------------------------------------
+def marginal_loglik(beta, s, chols: list, stats: dict, sizes: tuple[int, ...], parents: list,
+                    n_groups: list, has_sigma: bool):
+    """Marginal log-likelihood (PyTensor) of β, s = 1/σ² and the Cholesky factors L_l of T_l (module docstring).
+
+    ``stats`` holds the tensors of :class:`ChainStatistics`; ``parents[l]`` (int tensors) maps level-l groups
+    to level l + 1, which has ``n_groups[l + 1]`` groups.
+    """
+    qz = sum(sizes)
+    Q = {(a, b): s * stats["ZtZ"][:, a, b] for a in range(qz) for b in range(a, qz)}
+    E = {a: s * (stats["Zty"][:, a] - pt.dot(stats["ZtX"][:, a, :], beta)) for a in range(qz)}
+    logdet, reduction, offset = 0.0, 0.0, 0
+    for level, (q, L) in enumerate(zip(sizes, chols)):
+        level_logdet, level_reduction, Q, E = _integrate_level(Q, E, L, range(offset, offset + q),
+                                                               range(offset + q, qz))
+        logdet, reduction = logdet + level_logdet, reduction + level_reduction
+        if level + 1 < len(sizes):
+            Q, E = _sum_into_parents(Q, E, parents[level], n_groups[level + 1])
+        offset += q
     ee = s * (stats["yty"] - 2.0 * pt.dot(stats["Xty"], beta) + pt.dot(beta, pt.dot(stats["XtX"], beta)))
     n_obs = stats["n_obs"]
     logdet_R = -n_obs * pt.log(s) if has_sigma else stats["logdetV"]
-    return -0.5 * (n_obs * np.log(2 * np.pi) + logdet_R + logdet_M + ee - quad_reduction)
+    return -0.5 * (n_obs * np.log(2 * np.pi) + logdet_R + logdet + ee - reduction)
+
+
+def _integrate_level(Q: dict, E: dict, L, own: range, outer: range):
+    """Integrate one level's effects out of every group's (Q, E) (module docstring): returns the level's
+    Σ_g log|M_g| and Σ_g |w_g|², and the reduced (Q, E) over the outer levels' columns, per group."""
+    q = len(own)
+
+    def entry(a, b):
+        return Q[(a, b)] if a <= b else Q[(b, a)]
+
+    C = _cholesky_unrolled(_inner_product_plus_identity(L, [[entry(a, b) for b in own] for a in own], q), q)
+
+    def whiten(column):  # C^{-1} L' column, for a column given as q (J,) tensors
+        return _forward_solve_unrolled(C, [sum(L[d, a] * column[d] for d in range(a, q)) for a in range(q)], q)
+
+    G = {c: whiten([entry(a, c) for a in own]) for c in outer}
+    w = whiten([E[a] for a in own])
+    logdet = 2.0 * sum(pt.sum(pt.log(C[k][k])) for k in range(q))
+    reduction = sum(pt.sum(w_k**2) for w_k in w)
+    Q = {(a, b): Q[(a, b)] - sum(G[a][k] * G[b][k] for k in range(q)) for a in outer for b in outer if a <= b}
+    E = {c: E[c] - sum(G[c][k] * w[k] for k in range(q)) for c in outer}
+    return logdet, reduction, Q, E
+
+
+def _inner_product_plus_identity(L, A, q):
+    """I + L' A L for lower-triangular L (L[d, k] = 0 for d < k), A a q x q nested list of (J,) tensors."""
+    AL = [[sum(A[c][d] * L[d, k] for d in range(k, q)) for k in range(q)] for c in range(q)]
+    return [[sum(L[c, a] * AL[c][k] for c in range(a, q)) + (1.0 if a == k else 0.0) for k in range(q)]
+            for a in range(q)]
+
+
+def _sum_into_parents(Q: dict, E: dict, parent, n_parents):
+    """Sum each per-group entry of Q and E over the groups of each parent (one scatter-add for all entries)."""
+    keys_Q, keys_E = list(Q), list(E)
+    stacked = pt.stack([Q[k] for k in keys_Q] + [E[k] for k in keys_E], axis=1)
+    summed = pt.inc_subtensor(pt.zeros((n_parents, stacked.shape[1]))[parent], stacked)
+    columns = iter(range(len(keys_Q) + len(keys_E)))
+    return ({k: summed[:, next(columns)] for k in keys_Q}, {k: summed[:, next(columns)] for k in keys_E})
 
 
 def _cholesky_unrolled(M, q):
@@ -74,28 +191,55 @@ def _forward_solve_unrolled(C, rhs, q):
     return w
 
 
-def draw_group_effects(stats: dict, beta: np.ndarray, s: np.ndarray, L: np.ndarray,
-                       rng: np.random.Generator, chunk: int = 250) -> np.ndarray:
-    """Exact draws of u_j | y, β, T, σ² for every posterior draw (module docstring), shape (S, J, q).
+# --- exact conditional draws of the group effects, in NumPy --------------------------------------------------
+def draw_group_effects(stats: ChainStatistics, beta: np.ndarray, s: np.ndarray, chols: list[np.ndarray],
+                       rng: np.random.Generator, chunk: int = 100) -> list[np.ndarray]:
+    """Exact draws of every chain level's group effects given (β, T, σ²), per posterior draw (module docstring).
 
-    ``beta`` (S, p), ``s`` (S,) (1/σ², or ones for V-known), ``L`` (S, q, q): flattened posterior draws.
-    Vectorised over draws (in chunks of ``chunk`` to bound memory) and groups.
+    ``beta`` (S, P) (fixed effects, then the sampled effects of crossed factors), ``s`` (S,) (1/σ², or ones
+    with known V), ``chols[l]`` (S, q_l, q_l). Returns one (S, J_l, q_l) array per chain level. Vectorised over
+    groups and over draws, in chunks of ``chunk`` draws to bound memory.
     """
-    ZtZ, ZtX, Zty = stats["ZtZ"], stats["ZtX"], stats["Zty"]
-    n_draws, (J, q) = beta.shape[0], Zty.shape
-    out = np.empty((n_draws, J, q))
-    eye = np.eye(q)
+    a = stats.arrays
+    n_draws = beta.shape[0]
+    out = [np.empty((n_draws, J, q)) for J, q in zip(stats.n_groups, stats.sizes)]
     for start in range(0, n_draws, chunk):
         sl = slice(start, min(start + chunk, n_draws))
-        Ls, ss = L[sl], s[sl][:, None, None]
-        Lt = np.swapaxes(Ls, -1, -2)[:, None]  # (S, 1, q, q)
-        A = ss[:, :, :, None] * ZtZ[None]  # (S, J, q, q)
-        M = eye + Lt @ A @ Ls[:, None]
-        C = np.linalg.cholesky(M)
-        b = ss * (Zty[None] - np.einsum("jqp,sp->sjq", ZtX, beta[sl]))  # (S, J, q)
-        Ltb = (Lt @ b[..., None])[..., 0]
-        mean_part = np.linalg.solve(M, Ltb[..., None])[..., 0]
-        z = rng.standard_normal(Ltb.shape)
-        noise = np.linalg.solve(np.swapaxes(C, -1, -2), z[..., None])[..., 0]
-        out[sl] = (Ls[:, None] @ (mean_part + noise)[..., None])[..., 0]
+        ss = s[sl][:, None, None]
+        Q = ss[..., None] * a["ZtZ"][None]
+        E = ss * (a["Zty"][None] - np.einsum("jqp,sp->sjq", a["ZtX"], beta[sl]))
+        levels = []
+        for level, q in enumerate(stats.sizes):
+            L = chols[level][sl][:, None]  # (S, 1, q, q)
+            Lt = np.swapaxes(L, -1, -2)
+            M = np.eye(q) + Lt @ Q[..., :q, :q] @ L
+            C = np.linalg.cholesky(M)
+            B, b = Q[..., :q, q:], E[..., :q]
+            levels.append((L, Lt, M, C, B, b))
+            if level == len(stats.sizes) - 1:
+                break
+            G = np.linalg.solve(C, Lt @ B)
+            w = np.linalg.solve(C, (Lt @ b[..., None]))
+            n_parents = stats.n_groups[level + 1]
+            Q = _parent_sums(Q[..., q:, q:] - np.swapaxes(G, -1, -2) @ G, stats.parents[level], n_parents)
+            E = _parent_sums(E[..., q:] - (np.swapaxes(G, -1, -2) @ w)[..., 0], stats.parents[level], n_parents)
+        outer = None  # (S, J_l, columns of the outer levels): the ancestors' draws, innermost ancestor first
+        for level in reversed(range(len(stats.sizes))):
+            L, Lt, M, C, B, b = levels[level]
+            if outer is not None:
+                outer = outer[:, stats.parents[level]]
+                b = b - (B @ outer[..., None])[..., 0]
+            mean = np.linalg.solve(M, (Lt @ b[..., None]))[..., 0]
+            noise = np.linalg.solve(np.swapaxes(C, -1, -2), rng.standard_normal(b.shape)[..., None])[..., 0]
+            u = (L @ (mean + noise)[..., None])[..., 0]
+            out[level][sl] = u
+            outer = u if outer is None else np.concatenate([u, outer], axis=-1)
     return out
+
+
+def _parent_sums(values: np.ndarray, parent: np.ndarray, n_parents: int) -> np.ndarray:
+    """Sum (S, J, ...) over the groups J of each parent, giving (S, J_parent, ...)."""
+    onehot = sp.csr_matrix((np.ones(len(parent)), (parent, np.arange(len(parent)))), shape=(n_parents, len(parent)))
+    moved = np.moveaxis(values, 1, 0).reshape(len(parent), -1)
+    summed = (onehot @ moved).reshape(n_parents, values.shape[0], *values.shape[2:])
+    return np.moveaxis(summed, 0, 1)
