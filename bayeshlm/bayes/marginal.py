@@ -3,17 +3,18 @@ statistics, and exact draws of the group effects given the other parameters.
 
 Model: y = X β + Σ_l Z_l u_l + r over a chain of nested grouping factors l = 0 (innermost, e.g. child) ..
 m-1 (outermost, e.g. school), u_lj ~ N(0, T_l), r ~ N(0, R), R = σ² I (or diag(V), known, in V-known models).
-Write T_l = L_l L_l', R^{-1} = s W (s = 1/σ², W = I; or s = 1, W = diag(1/V)) and Z = [Z_0 ... Z_{m-1}].
-Everything the likelihood needs is, per innermost group j, the sufficient statistics
+Write T_l = L_l L_l', R^{-1} = s W (s = 1/σ², W = I; or s = 1, W = diag(1/V)). Everything the likelihood
+needs is the per-group sufficient statistics of :class:`~bayeshlm.design.design.ChainCrossproducts`: for each
+group g of level l, Z_l'W [Z_l ... Z_{m-1}, X, y] summed over its rows, plus the whole-sample
+e'R^{-1}e = s (y'Wy - 2 β'X'Wy + β'X'WX β). Level by level, innermost first, group g of level l has
 
-    Q_j = s Z_j'W_j Z_j   (all levels' columns)      E_j = s Z_j'W_j (y_j - X_j β)
+    [A, B] = s Z_l'W [Z_l, Z_outer] - K_g,      b = s Z_l'W (y - X β) - k_g
 
-plus the whole-sample e'R^{-1}e = s (y'Wy - 2 β'X'Wy + β'X'WX β). Level by level, innermost first, each group
-g of level l has Q_g = [[A, B], [B', D]] (A over its own q_l columns, D over the outer levels' columns) and
-E_g = [b, c]. With M_g = I + L_l' A L_l = C_g C_g', G = C_g^{-1} L_l' B and w = C_g^{-1} L_l' b, integrating
-u_lg out adds log|M_g| to log|Σ| and subtracts |w|² from the quadratic form (matrix determinant lemma and
-Woodbury identity), and leaves D - G'G and c - G'w, which are summed over the groups of each parent to give
-the next level's Q and E. The log-likelihood is
+(A over its own q_l columns, B over the outer levels' columns; K_g, k_g the corrections its children left,
+zero at level 0). With M_g = I + L_l' A L_l = C_g C_g', G = C_g^{-1} L_l' B and w = C_g^{-1} L_l' b,
+integrating u_lg out adds log|M_g| to log|Σ| and subtracts |w|² from the quadratic form (matrix determinant
+lemma and Woodbury identity), and adds G'G and G'w (plus g's own outer corrections) to the corrections of
+its parent. The log-likelihood is
 
     -1/2 [N log 2π + log|R| + Σ_levels Σ_g 2 Σ_k log C_g[k,k] + e'R^{-1}e - Σ_levels Σ_g |w_g|²],
 
@@ -40,7 +41,7 @@ import pytensor.tensor as pt
 import scipy.sparse as sp
 
 from ..design import Design, GroupingFactor
-from ..design.design import group_sums
+from ..design.design import ChainCrossproducts, group_sums
 
 # Crossed designs: refuse to integrate when the innermost-group x sampled-column table would exceed this
 MAX_CROSS_CELLS = 20_000_000
@@ -48,11 +49,11 @@ MAX_CROSS_CELLS = 20_000_000
 
 @dataclass(frozen=True)
 class ChainStatistics:
-    """Sufficient statistics for integrating a nested chain of factors out (module docstring).
+    """Sufficient statistics for integrating a nested chain of factors out (module docstring), as arrays.
 
-    ``arrays`` holds ZtZ (J0, qz, qz), ZtX (J0, qz, P), Zty (J0, qz), XtX (P, P), Xty (P,), yty, n_obs and,
-    with known variances, logdetV; P = p fixed effects plus one column per sampled group effect.
-    ``parents[l]`` maps the groups of chain level l to those of level l + 1.
+    Level l: ``Z{l}tZ`` (J_l, q_l, Σ_{k>=l} q_k), ``Z{l}tX`` (J_l, q_l, P), ``Z{l}ty`` (J_l, q_l); whole
+    sample: XtX (P, P), Xty (P,), yty, n_obs and, with known variances, logdetV. P = p fixed effects plus one
+    column per sampled group effect of a crossed factor. ``parents[l]`` maps level-l groups to level l + 1.
     """
 
     sizes: tuple[int, ...]  # q_l per chain level, innermost first
@@ -63,39 +64,50 @@ class ChainStatistics:
 
 def chain_statistics(design: Design, chain: list[GroupingFactor],
                      sampled: list[GroupingFactor]) -> ChainStatistics:
-    """One pass over the rows: the statistics of :class:`ChainStatistics` for ``chain`` (innermost first),
-    with the effects of the ``sampled`` factors as indicator columns appended to X."""
-    inner = chain[0]
-    J0 = inner.n_groups
-    Z = np.hstack([f.Z for f in chain])
-    w = design.weights
-    Zw = Z if w is None else Z * w[:, None]
-    yw = design.y if w is None else design.y * w
-    ZtX = group_sums(inner.codes, Zw, design.X, J0)
-    XtX = (design.X.T * (1.0 if w is None else w)) @ design.X
-    Xty = design.X.T @ yw
-    if sampled:
-        D = sp.hstack([_indicator_columns(f) for f in sampled], format="csc")
-        Dw = D if w is None else sp.diags(w) @ D
-        rows = sp.csr_matrix((Zw.ravel(), (np.repeat(np.arange(design.n_obs), Z.shape[1]),
-                                           (inner.codes[:, None] * Z.shape[1] + np.arange(Z.shape[1])).ravel())),
-                             shape=(design.n_obs, J0 * Z.shape[1]))
-        ZtD = (rows.T @ D).toarray().reshape(J0, Z.shape[1], D.shape[1])
-        ZtX = np.concatenate([ZtX, ZtD], axis=2)
-        XtD = design.X.T @ Dw
-        XtX = np.block([[XtX, np.asarray(XtD)], [np.asarray(XtD).T, (D.T @ Dw).toarray()]])
-        Xty = np.concatenate([Xty, D.T @ yw])
-    arrays = {"ZtZ": group_sums(inner.codes, Zw, Z, J0), "ZtX": ZtX,
-              "Zty": group_sums(inner.codes, Zw, design.y[:, None], J0)[:, :, 0],
-              "XtX": XtX, "Xty": Xty, "yty": np.float64(yw @ design.y), "n_obs": np.float64(design.n_obs)}
+    """The :class:`ChainStatistics` of ``chain`` (innermost first), with the effects of the ``sampled``
+    factors as indicator columns appended to X; from the design's sufficient statistics when it has no
+    sampled factors (so aggregate designs built out of core work too)."""
+    cp = design.chain_crossproducts(chain) if not sampled else _augmented_crossproducts(design, chain, sampled)
+    sizes = tuple(f.n_coef for f in chain)
+    P = cp.top.shape[0] - 1
+    arrays = {}
+    for level, S in enumerate(cp.stats):
+        width = sum(sizes[level:])
+        arrays |= {f"Z{level}tZ": S[:, :, :width], f"Z{level}tX": S[:, :, width:width + P], f"Z{level}ty": S[:, :, -1]}
+    arrays |= {"XtX": cp.top[:P, :P], "Xty": cp.top[:P, P], "yty": np.float64(cp.top[P, P]),
+               "n_obs": np.float64(design.n_obs)}
     if design.known_variance is not None:
         arrays["logdetV"] = np.float64(np.sum(np.log(design.known_variance)))
+    return ChainStatistics(sizes, tuple(f.n_groups for f in chain), arrays, tuple(cp.parents))
+
+
+def _augmented_crossproducts(design: Design, chain: list[GroupingFactor],
+                             sampled: list[GroupingFactor]) -> ChainCrossproducts:
+    """:meth:`Design.chain_crossproducts` with X extended by the sampled factors' indicator columns D."""
+    w = np.ones(design.n_obs) if design.weights is None else design.weights
+    D = sp.hstack([_indicator_columns(f) for f in sampled], format="csr")
+    XD = sp.hstack([sp.csr_matrix(design.X), D, sp.csr_matrix(design.y[:, None])], format="csr")
+    stats = []
+    for level, f in enumerate(chain):
+        Zouter = np.hstack([g.Z for g in chain[level:]])
+        Zw = f.Z * w[:, None]
+        dense = group_sums(f.codes, Zw, Zouter, f.n_groups)
+        rows = sp.csr_matrix((Zw.ravel(), (np.repeat(np.arange(design.n_obs), f.n_coef),
+                                           (f.codes[:, None] * f.n_coef + np.arange(f.n_coef)).ravel())),
+                             shape=(design.n_obs, f.n_groups * f.n_coef))
+        cross = (rows.T @ XD).toarray().reshape(f.n_groups, f.n_coef, XD.shape[1])
+        stats.append(np.concatenate([dense, cross], axis=2))
+    top = (XD.T @ sp.diags(w) @ XD).toarray()
+    return ChainCrossproducts(stats=stats, top=top, parents=_parents(chain))
+
+
+def _parents(chain: list[GroupingFactor]) -> list[np.ndarray]:
     parents = []
     for child, parent in zip(chain[:-1], chain[1:]):
         index = np.zeros(child.n_groups, dtype=np.int64)
         index[child.codes] = parent.codes
         parents.append(index)
-    return ChainStatistics(tuple(f.n_coef for f in chain), tuple(f.n_groups for f in chain), arrays, tuple(parents))
+    return parents
 
 
 def sampled_columns(sampled: list[GroupingFactor]) -> int:
@@ -103,31 +115,35 @@ def sampled_columns(sampled: list[GroupingFactor]) -> int:
     return sum(f.n_groups * f.n_coef for f in sampled)
 
 
-def _indicator_columns(f: GroupingFactor) -> sp.csc_matrix:
+def _indicator_columns(f: GroupingFactor) -> sp.csr_matrix:
     """Rows x (J q) matrix whose column (j, k) holds Z[:, k] on the rows of group j (u flattened row-major)."""
     n, q = f.Z.shape
     cols = f.codes[:, None] * q + np.arange(q)
-    return sp.csc_matrix((f.Z.ravel(), (np.repeat(np.arange(n), q), cols.ravel())), shape=(n, f.n_groups * q))
+    return sp.csr_matrix((f.Z.ravel(), (np.repeat(np.arange(n), q), cols.ravel())), shape=(n, f.n_groups * q))
 
 
 # --- the log-likelihood, as a PyTensor graph ------------------------------------------------------------------
 def marginal_loglik(beta, s, chols: list, stats: dict, sizes: tuple[int, ...], parents: list,
-                    n_groups: list, has_sigma: bool):
+                    n_groups: tuple[int, ...], has_sigma: bool):
     """Marginal log-likelihood (PyTensor) of β, s = 1/σ² and the Cholesky factors L_l of T_l (module docstring).
 
     ``stats`` holds the tensors of :class:`ChainStatistics`; ``parents[l]`` (int tensors) maps level-l groups
     to level l + 1, which has ``n_groups[l + 1]`` groups.
     """
-    qz = sum(sizes)
-    Q = {(a, b): s * stats["ZtZ"][:, a, b] for a in range(qz) for b in range(a, qz)}
-    E = {a: s * (stats["Zty"][:, a] - pt.dot(stats["ZtX"][:, a, :], beta)) for a in range(qz)}
-    logdet, reduction, offset = 0.0, 0.0, 0
+    logdet, reduction = 0.0, 0.0
+    K, k = {}, {}  # corrections left by the level below, keyed by column of the chain (0 .. Σ q_l - 1)
+    offset = 0
     for level, (q, L) in enumerate(zip(sizes, chols)):
-        level_logdet, level_reduction, Q, E = _integrate_level(Q, E, L, range(offset, offset + q),
-                                                               range(offset + q, qz))
+        ZtZ, ZtX, Zty = (stats[f"Z{level}t{v}"] for v in "ZXy")
+        own, outer = range(offset, offset + q), range(offset + q, sum(sizes))
+        Q = {(a, c): s * ZtZ[:, a - offset, c - offset] - K.get((a, c), 0.0) for a in own for c in range(a, sum(sizes))}
+        b = [s * (Zty[:, a - offset] - pt.dot(ZtX[:, a - offset, :], beta)) - k.get(a, 0.0) for a in own]
+        level_logdet, level_reduction, GG, Gw = _integrate_level(Q, b, L, own, outer)
         logdet, reduction = logdet + level_logdet, reduction + level_reduction
-        if level + 1 < len(sizes):
-            Q, E = _sum_into_parents(Q, E, parents[level], n_groups[level + 1])
+        if outer:
+            K = {key: K.get(key, 0.0) + value for key, value in GG.items()}
+            k = {c: k.get(c, 0.0) + value for c, value in Gw.items()}
+            K, k = _sum_into_parents(K, k, parents[level], n_groups[level + 1])
         offset += q
     ee = s * (stats["yty"] - 2.0 * pt.dot(stats["Xty"], beta) + pt.dot(beta, pt.dot(stats["XtX"], beta)))
     n_obs = stats["n_obs"]
@@ -135,26 +151,24 @@ def marginal_loglik(beta, s, chols: list, stats: dict, sizes: tuple[int, ...], p
     return -0.5 * (n_obs * np.log(2 * np.pi) + logdet_R + logdet + ee - reduction)
 
 
-def _integrate_level(Q: dict, E: dict, L, own: range, outer: range):
-    """Integrate one level's effects out of every group's (Q, E) (module docstring): returns the level's
-    Σ_g log|M_g| and Σ_g |w_g|², and the reduced (Q, E) over the outer levels' columns, per group."""
+def _integrate_level(Q: dict, b: list, L, own: range, outer: range):
+    """Integrate one level's effects out of every group (module docstring). ``Q[(a, c)]`` holds [A, B] for a
+    in ``own``, c >= a; ``b`` the own rows of the residual cross-product. Returns the level's Σ_g log|M_g|
+    and Σ_g |w_g|², and per group G'G (keys (c, d), c <= d in ``outer``) and G'w (keys c in ``outer``)."""
     q = len(own)
-
-    def entry(a, b):
-        return Q[(a, b)] if a <= b else Q[(b, a)]
-
-    C = _cholesky_unrolled(_inner_product_plus_identity(L, [[entry(a, b) for b in own] for a in own], q), q)
+    A = [[Q[(a, c)] if a <= c else Q[(c, a)] for c in own] for a in own]
+    C = _cholesky_unrolled(_inner_product_plus_identity(L, A, q), q)
 
     def whiten(column):  # C^{-1} L' column, for a column given as q (J,) tensors
         return _forward_solve_unrolled(C, [sum(L[d, a] * column[d] for d in range(a, q)) for a in range(q)], q)
 
-    G = {c: whiten([entry(a, c) for a in own]) for c in outer}
-    w = whiten([E[a] for a in own])
-    logdet = 2.0 * sum(pt.sum(pt.log(C[k][k])) for k in range(q))
-    reduction = sum(pt.sum(w_k**2) for w_k in w)
-    Q = {(a, b): Q[(a, b)] - sum(G[a][k] * G[b][k] for k in range(q)) for a in outer for b in outer if a <= b}
-    E = {c: E[c] - sum(G[c][k] * w[k] for k in range(q)) for c in outer}
-    return logdet, reduction, Q, E
+    G = {c: whiten([Q[(a, c)] for a in own]) for c in outer}
+    w = whiten(b)
+    logdet = 2.0 * sum(pt.sum(pt.log(C[i][i])) for i in range(q))
+    reduction = sum(pt.sum(w_i**2) for w_i in w)
+    GG = {(c, d): sum(G[c][i] * G[d][i] for i in range(q)) for c in outer for d in outer if c <= d}
+    Gw = {c: sum(G[c][i] * w[i] for i in range(q)) for c in outer}
+    return logdet, reduction, GG, Gw
 
 
 def _inner_product_plus_identity(L, A, q):
@@ -200,36 +214,42 @@ def draw_group_effects(stats: ChainStatistics, beta: np.ndarray, s: np.ndarray, 
     with known V), ``chols[l]`` (S, q_l, q_l). Returns one (S, J_l, q_l) array per chain level. Vectorised over
     groups and over draws, in chunks of ``chunk`` draws to bound memory.
     """
-    a = stats.arrays
+    a, top = stats.arrays, len(stats.sizes) - 1
     n_draws = beta.shape[0]
     out = [np.empty((n_draws, J, q)) for J, q in zip(stats.n_groups, stats.sizes)]
     for start in range(0, n_draws, chunk):
         sl = slice(start, min(start + chunk, n_draws))
         ss = s[sl][:, None, None]
-        Q = ss[..., None] * a["ZtZ"][None]
-        E = ss * (a["Zty"][None] - np.einsum("jqp,sp->sjq", a["ZtX"], beta[sl]))
+        K = k = None  # corrections left by the level below: (S, J_l, width, width) and (S, J_l, width)
         levels = []
         for level, q in enumerate(stats.sizes):
+            Q = ss[..., None] * a[f"Z{level}tZ"][None]  # (S, J, q, width = q + outer columns)
+            b = ss * (a[f"Z{level}ty"][None] - np.einsum("jqp,sp->sjq", a[f"Z{level}tX"], beta[sl]))
+            if K is not None:
+                Q, b = Q - K[..., :q, :], b - k[..., :q]
             L = chols[level][sl][:, None]  # (S, 1, q, q)
             Lt = np.swapaxes(L, -1, -2)
-            M = np.eye(q) + Lt @ Q[..., :q, :q] @ L
+            M = np.eye(q) + Lt @ Q[..., :q] @ L
             C = np.linalg.cholesky(M)
-            B, b = Q[..., :q, q:], E[..., :q]
+            B = Q[..., q:]
             levels.append((L, Lt, M, C, B, b))
-            if level == len(stats.sizes) - 1:
+            if level == top:
                 break
             G = np.linalg.solve(C, Lt @ B)
-            w = np.linalg.solve(C, (Lt @ b[..., None]))
+            w = np.linalg.solve(C, Lt @ b[..., None])
+            GG, Gw = np.swapaxes(G, -1, -2) @ G, (np.swapaxes(G, -1, -2) @ w)[..., 0]
+            if K is not None:
+                GG, Gw = GG + K[..., q:, q:], Gw + k[..., q:]
             n_parents = stats.n_groups[level + 1]
-            Q = _parent_sums(Q[..., q:, q:] - np.swapaxes(G, -1, -2) @ G, stats.parents[level], n_parents)
-            E = _parent_sums(E[..., q:] - (np.swapaxes(G, -1, -2) @ w)[..., 0], stats.parents[level], n_parents)
+            K = _parent_sums(GG, stats.parents[level], n_parents)
+            k = _parent_sums(Gw, stats.parents[level], n_parents)
         outer = None  # (S, J_l, columns of the outer levels): the ancestors' draws, innermost ancestor first
         for level in reversed(range(len(stats.sizes))):
             L, Lt, M, C, B, b = levels[level]
             if outer is not None:
                 outer = outer[:, stats.parents[level]]
                 b = b - (B @ outer[..., None])[..., 0]
-            mean = np.linalg.solve(M, (Lt @ b[..., None]))[..., 0]
+            mean = np.linalg.solve(M, Lt @ b[..., None])[..., 0]
             noise = np.linalg.solve(np.swapaxes(C, -1, -2), rng.standard_normal(b.shape)[..., None])[..., 0]
             u = (L @ (mean + noise)[..., None])[..., 0]
             out[level][sl] = u
