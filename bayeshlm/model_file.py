@@ -4,7 +4,8 @@ priors, fitting options), loaded with :func:`load_model`.
 A file holds either ``formula = "..."`` or a ``[levels]`` table (``level1``, ``groups``, ``[levels.level2]``,
 optional ``[levels.level3]`` and ``random``), plus ``dataset`` (a bundled dataset name) or ``data`` (a CSV
 path relative to the file), optional ``known_variance``, ``[center]``, ``group_means``, ``[data_columns]``
-(new columns as pandas expressions, e.g. ``vi = "sigma**2"``), the level-1 error structure (``level1_variance``,
+(new columns as pandas expressions, e.g. ``vi = "sigma**2"``), ``subset`` (a pandas query keeping some rows,
+e.g. ``"school in ['1224', '1288']"``), the level-1 error structure (``level1_variance``,
 ``correlation``, ``time``) and ``[fit]`` (method, draws, priors, ...).
 """
 
@@ -20,7 +21,7 @@ from .errors import InputError, OptionError
 from .model import HLM
 
 _MODEL_OPTIONS = ("known_variance", "center", "group_means", "level1_variance", "correlation", "time")
-_KEYS = {"title", "description", "reference", "dataset", "data", "formula", "levels", "data_columns", "fit",
+_KEYS = {"title", "description", "reference", "dataset", "data", "formula", "levels", "data_columns", "subset", "fit",
          *_MODEL_OPTIONS}
 
 
@@ -63,4 +64,11 @@ def _data(spec: dict, path: Path) -> pd.DataFrame:
             frame[column] = frame.eval(expression)
         except Exception as err:  # pandas raises many types for a bad expression
             raise OptionError(f"{path}: cannot compute data column {column!r} = {expression!r}: {err}") from None
+    if "subset" in spec:
+        try:
+            frame = frame.query(spec["subset"])
+        except Exception as err:  # pandas raises many types for a bad query
+            raise OptionError(f"{path}: cannot select rows with subset = {spec['subset']!r}: {err}") from None
+        if frame.empty:
+            raise OptionError(f"{path}: subset = {spec['subset']!r} keeps no rows; check the column values.")
     return frame

@@ -56,3 +56,15 @@ def test_sampling_options_are_set_aside_for_a_likelihood_refit_and_others_are_ch
                     '[fit]\nmethod = "reml"\nmaxiterr = 10\n')
     assert main(["fit", str(path)]) == 2
     assert "maxiterr" in capsys.readouterr().err
+
+
+def test_subset_keeps_the_selected_groups_and_a_bad_subset_is_explained(tmp_path):
+    few = bh.load_model(MODELS[0].parent / "hsb_few_schools.toml")
+    assert few.design.factors[0].n_groups == 8 and few.design.n_obs == 281
+    bad = tmp_path / "bad.toml"
+    bad.write_text('dataset = "hsb"\nsubset = "scool == 1"\nformula = "mathach ~ 1 + (1 | school)"\n')
+    with pytest.raises(bh.OptionError, match="cannot select rows with subset = 'scool == 1'"):
+        bh.load_model(bad)
+    bad.write_text('dataset = "hsb"\nsubset = "school == \'none\'"\nformula = "mathach ~ 1 + (1 | school)"\n')
+    with pytest.raises(bh.OptionError, match="keeps no rows"):
+        bh.load_model(bad)
