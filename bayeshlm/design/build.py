@@ -199,7 +199,9 @@ def _group_codes(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, pd.
 
 
 def group_labels(frame: pd.DataFrame, term: RandomTerm) -> pd.Series:
-    """Each row's group label as text; for ``b:a`` (``a/b`` nesting) "b-level:a-level", as lme4 does."""
+    """Each row's group label: text, or the integers of a single integer ID column (they number the same way,
+    and skip a slow conversion of every row to text); for ``b:a`` (``a/b`` nesting) "b-level:a-level", as lme4
+    does."""
     parts = []
     for column in term.group_columns:
         values = frame[column]
@@ -211,18 +213,22 @@ def group_labels(frame: pd.DataFrame, term: RandomTerm) -> pd.Series:
             )
         if pd.api.types.is_float_dtype(values):
             values = values.astype(np.int64)
+        if len(term.group_columns) == 1 and pd.api.types.is_integer_dtype(values):
+            return values
         parts.append(values.astype(str))
     return parts[0] if len(parts) == 1 else pd.Series(
         [":".join(row) for row in zip(*reversed([p.to_numpy() for p in parts]))], index=frame.index)
 
 
 def sorted_codes(labels: pd.Series, name: str) -> tuple[np.ndarray, pd.Index]:
-    """Integer codes 0..K-1 of text labels, numbered in natural order (see :func:`_natural_order`)."""
+    """Integer codes 0..K-1 of labels (text or integers), numbered in natural order of their text
+    (see :func:`_natural_order`)."""
     first_seen, uniques = pd.factorize(labels)
-    order = _natural_order(np.asarray(uniques, dtype=object))
+    uniques = np.asarray(uniques).astype(str).astype(object)
+    order = _natural_order(uniques)
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
-    return rank[first_seen], pd.Index(np.asarray(uniques, dtype=object)[order], name=name, dtype="str")
+    return rank[first_seen], pd.Index(uniques[order], name=name, dtype="str")
 
 
 def _natural_order(labels: np.ndarray) -> np.ndarray:

@@ -147,6 +147,7 @@ class Design:
     nesting: dict[str, str | None]  # factor -> the factor it is nested in (None: top level / crossed)
     term_levels: dict[str, int] = field(default_factory=dict)  # formula factor -> level it varies at
     residual: ResidualDesign | None = None  # level-1 error structure (None: independent, one sigma^2)
+    _cache: dict = field(default_factory=dict, init=False, repr=False)  # sufficient statistics, once per chain
 
     @property
     def n_obs(self) -> int:
@@ -212,21 +213,32 @@ class Design:
         )
 
     def chain_crossproducts(self, chain: list[GroupingFactor]) -> ChainCrossproducts:
-        """Sufficient statistics of a nested chain (innermost factor first), see :class:`ChainCrossproducts`."""
+        """Sufficient statistics of a nested chain (innermost factor first), see :class:`ChainCrossproducts`.
+
+        The one pass over the rows is done once per chain and kept: refits (REML then ML, other starts) reuse it.
+        """
+        key = tuple(f.name for f in chain)
+        if key not in self._cache:
+            self._cache[key] = self._chain_crossproducts(chain)
+        return self._cache[key]
+
+    def _chain_crossproducts(self, chain: list[GroupingFactor]) -> ChainCrossproducts:
         w = self.weights
-        XY = np.column_stack([self.X, self.y])
-        WXY = XY if w is None else XY * w[:, None]
+        y = self.y[:, None]
         stats = []
         for level, f in enumerate(chain):
-            right = np.column_stack([g.Z for g in chain[level:]] + [XY])
             left = f.Z if w is None else f.Z * w[:, None]
-            stats.append(group_sums(f.codes, left, right, f.n_groups))
+            stats.append(np.concatenate([group_sums(f.codes, left, B, f.n_groups)
+                                         for B in [g.Z for g in chain[level:]] + [self.X, y]], axis=2))
+        Xw = self.X if w is None else self.X * w[:, None]
+        yw = y if w is None else y * w[:, None]
+        top = np.block([[Xw.T @ self.X, Xw.T @ y], [yw.T @ self.X, yw.T @ y]])
         parents = []
         for inner, outer in zip(chain[:-1], chain[1:]):
             parent = np.zeros(inner.n_groups, dtype=np.int64)
             parent[inner.codes] = outer.codes
             parents.append(parent)
-        return ChainCrossproducts(stats=stats, top=XY.T @ WXY, parents=parents)
+        return ChainCrossproducts(stats=stats, top=top, parents=parents)
 
     def group_totals(self, factor: GroupingFactor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per group of ``factor``: sum of the weights w, of w X and of w y ((J,), (J, p), (J,))."""
