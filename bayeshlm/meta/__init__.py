@@ -3,6 +3,7 @@ and multivariate models with a known within-study covariance (:func:`meta_mv`). 
 ``bh.HLM("yi ~ 1 + (1 | district/school)", data, known_variance="vi")``."""
 
 from .multivariate import MetaMVFit, meta_mv
+from .multivariate_bayes import MetaMVBayesFit
 from .univariate import MetaFit, QTest, meta
 
-__all__ = ["MetaFit", "MetaMVFit", "QTest", "meta", "meta_mv"]
+__all__ = ["MetaFit", "MetaMVBayesFit", "MetaMVFit", "QTest", "meta", "meta_mv"]

@@ -31,15 +31,16 @@ from scipy.optimize import minimize
 
 from ..errors import DataError, OptionError, closest_names, describe_rows
 from ..likelihood import BoundaryFitWarning, ConvergenceWarning
+from .multivariate_bayes import MetaMVBayesFit, fit_bayes
 from .univariate import BOUNDARY_RTOL, QTest, wald_table
 
 LOG_2PI = float(np.log(2.0 * np.pi))
-METHODS = ("reml", "ml")
+METHODS = ("reml", "ml", "bayes")
 
 
 def meta_mv(data: pd.DataFrame, yi: str, outcome: str, study: str, *, V: np.ndarray | Sequence[str] | None = None,
             vi: str | None = None, rho: float | None = None, mods: Sequence[str] = (), method: str = "reml",
-            maxiter: int = 1000) -> MetaMVFit:
+            maxiter: int = 1000, **bayes_options) -> MetaMVFit | MetaMVBayesFit:
     """Multivariate random-effects meta-analysis: one mean per outcome (plus per-outcome moderator slopes) and
     an unstructured between-study covariance T of the outcomes' true effects.
 
@@ -59,7 +60,12 @@ def meta_mv(data: pd.DataFrame, yi: str, outcome: str, study: str, *, V: np.ndar
     mods
         Numeric study-level moderators; each gets its own slope for each outcome (``"AL:year"``).
     method
-        ``"reml"`` (default) or ``"ml"``.
+        ``"reml"`` (default), ``"ml"`` or ``"bayes"``: full Bayes (:mod:`bayeshlm.meta.multivariate_bayes`),
+        returning a :class:`MetaMVBayesFit` that carries the REML fit beside it.
+    bayes_options
+        With ``method="bayes"``: ``draws``, ``tune``, ``chains``, ``random_seed``, ``priors`` (None for the
+        weakly informative defaults, ``"flat"`` for the book's flat priors, or a dict), ``sampler``,
+        ``target_accept``, ``progressbar`` (as for ``HLM.fit(method="bayes")``).
 
     >>> import bayeshlm as bh
     >>> fit = bh.meta_mv(bh.datasets.load("berkey"), "yi", "outcome", "trial", V=["v1i", "v2i"])
@@ -69,6 +75,8 @@ def meta_mv(data: pd.DataFrame, yi: str, outcome: str, study: str, *, V: np.ndar
     if method not in METHODS:
         raise OptionError(f"Unknown method {method!r}.{closest_names(str(method), METHODS)} "
                           f"Use one of {', '.join(METHODS)}.")
+    if bayes_options and method != "bayes":
+        raise OptionError(f"Option {next(iter(bayes_options))!r} applies to method='bayes' only (or is unknown).")
     mods = [mods] if isinstance(mods, str) else list(mods)
     for column in [yi, outcome, study, *mods, *([vi] if vi else [])]:
         if column not in data.columns:
@@ -87,9 +95,11 @@ def meta_mv(data: pd.DataFrame, yi: str, outcome: str, study: str, *, V: np.ndar
     codes = outcomes.get_indexer(frame[outcome].astype(str))
     X, names = _design_matrix(frame, codes, outcomes, mods)
     studies = _StudyBlocks(frame[study], frame[yi].to_numpy(dtype=float), X, cov, codes)
-    objective = _Criterion(studies, len(outcomes), method == "reml")
+    objective = _Criterion(studies, len(outcomes), method != "ml")
     result = _minimize(objective, _start(frame[yi].to_numpy(dtype=float), codes, len(outcomes)), maxiter)
-    fit = MetaMVFit(objective, result, names, outcomes, method)
+    fit = MetaMVFit(objective, result, names, outcomes, "ml" if method == "ml" else "reml")
+    if method == "bayes":
+        return fit_bayes(fit, **bayes_options)
     for category, message in fit._warnings:
         warnings.warn(message, category, stacklevel=2)
     return fit
