@@ -8,7 +8,7 @@
 - ``"sampled"`` (any structure): every factor's effects are sampled.
 
 Sampled effects are centred (u ~ N(0, T)) or non-centred (u = L z, z ~ N(0, I)) per factor according to how
-informative the data are about its groups (:func:`moment_reliability`): centred when the average reliability
+informative the data are about its groups (:func:`reml_reliability`): centred when the average reliability
 of the group intercepts is at least 0.5, where the centred form mixes better (Papaspiliopoulos, Roberts &
 Sköld 2007, Statistical Science 22(1); Betancourt & Girolami 2015), non-centred otherwise.
 
@@ -18,6 +18,7 @@ data of the same shapes (:mod:`bayeshlm.bayes.sampling` caches it).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,7 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from ..design import Design
-from ..errors import OptionError, closest_names
+from ..errors import DataError, OptionError, closest_names
 from .marginal import MAX_CROSS_CELLS, ChainStatistics, chain_statistics, marginal_loglik, sampled_columns
 from .priors import LKJ, Prior, PriorSet
 
@@ -41,7 +42,7 @@ class ModelInfo:
 
     route: str
     parameterization: dict[str, str]  # factor -> 'integrated out', 'centred' or 'non-centred'
-    reliability: dict[str, float]  # factor -> average reliability of its group intercepts (moment estimate)
+    reliability: dict[str, float]  # sampled factor -> average reliability of its group intercepts (REML)
     priors: PriorSet
     data: dict[str, np.ndarray]  # pm.Data name -> value
     key: tuple  # identifies the compiled graph: structure, shapes, prior families
@@ -74,7 +75,8 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
         data[name] = value
         return pm.Data(name, value, **kwargs)
 
-    reliability = {f.name: moment_reliability(design, f) for f in design.factors}
+    reliability = reml_reliability(design, sampled if parameterization is None else
+                                   [f for f in sampled if f.name not in parameterization])
     choice = _choose_parameterization(design, chain, reliability, parameterization)
     stats = None
     with pm.Model(coords=coords) as model:
@@ -209,7 +211,10 @@ def _group_effects(f, L, how: str):
         z = pm.Normal(f"z_{f.name}", 0.0, 1.0, dims=dims)
         return pm.Deterministic(f"u_{f.name}", pt.dot(z, L.T), dims=dims)
     if diagonal:
-        return pm.Normal(f"u_{f.name}", 0.0, pt.diagonal(L), dims=dims)
+        # the SDs gathered to the full (J, q) shape: with one random coefficient, PyTensor 3.3's Numba backend
+        # turns the (1,)-shaped SD into a scalar and then fails to compile its log-density terms (IndexError)
+        sd = pt.diagonal(L)[np.tile(np.arange(f.n_coef), (f.n_groups, 1))]
+        return pm.Normal(f"u_{f.name}", 0.0, sd, dims=dims)
     return pm.MvNormal(f"u_{f.name}", mu=np.zeros(f.n_coef), chol=L, dims=dims)
 
 
@@ -229,25 +234,25 @@ def _choose_parameterization(design: Design, chain: list, reliability: dict[str,
             for f in design.factors}
 
 
-def moment_reliability(design: Design, factor) -> float:
-    """Average reliability λ̄ = mean_j τ00 / (τ00 + v_j) of ``factor``'s group means (R&B 2002, eq. 3.57).
+def reml_reliability(design: Design, factors: list) -> dict[str, float]:
+    """Average reliability of each factor's group intercepts (first coefficient), from a quick REML fit:
+    λ_j = 1 - Var(u_j | y) / τ_00, the share of the prior variance of u_j the data remove. For a two-level
+    random-intercept model this is R&B (2002) eq. 3.42, τ_00 / (τ_00 + σ²/n_j); the conditional variance makes
+    it right for crossed designs too, where group means also carry the other factors' variation. A variance
+    estimated at zero, or a design REML cannot fit, gives reliability 0 (non-centred, the safe choice)."""
+    if not factors:
+        return {}
+    from ..likelihood import fit_likelihood
 
-    A quick moment estimate: OLS residuals e of y on X (weighted by 1/V in V-known models); v_j is the
-    sampling variance of group j's mean residual (σ̂²/n_j, σ̂² the pooled within-group variance, or
-    1/Σ_j(1/V_i) with known V); τ00 = var_j(ē_j) - mean_j(v_j), floored at zero.
-    """
-    w = design.weights if design.weights is not None else np.ones(design.n_obs)
-    Xw = design.X * w[:, None]
-    coef, *_ = np.linalg.lstsq(Xw.T @ design.X, Xw.T @ design.y, rcond=None)
-    e = design.y - design.X @ coef
-    J = factor.n_groups
-    wsum = np.bincount(factor.codes, weights=w, minlength=J)
-    means = np.bincount(factor.codes, weights=w * e, minlength=J) / wsum
-    if design.known_variance is None:
-        within = e - means[factor.codes]
-        sigma2 = float(within @ within) / max(design.n_obs - J, 1)
-        v = sigma2 / factor.group_sizes
-    else:
-        v = 1.0 / wsum
-    tau00 = max(float(np.var(means, ddof=1)) - float(np.mean(v)), 0.0) if J > 1 else 0.0
-    return float(np.mean(tau00 / (tau00 + v)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # boundary and convergence notes belong to the REML user, not here
+        try:
+            fit = fit_likelihood(design, method="reml")
+        except DataError:
+            return {f.name: 0.0 for f in factors}
+    out = {}
+    for f in factors:
+        tau00 = float(fit.tau[f.name].iloc[0, 0])
+        condvar = fit.group_effects(f.name)["sd"].iloc[:, 0].to_numpy() ** 2
+        out[f.name] = float(np.mean(1.0 - condvar / tau00)) if tau00 > 0 else 0.0
+    return out
