@@ -106,3 +106,23 @@ def test_crossed_and_row_level_requests_are_refused_clearly(three_level):
         bh.HLM("y ~ center(x) + (1 | school)", ddf)
     with pytest.raises(bh.DataError, match="Missing values in x"):
         bh.HLM("y ~ x + (1 | school)", ddf, missing="raise")
+
+
+@pytest.mark.sampling
+@pytest.mark.filterwarnings("ignore::bayeshlm.bayes.SamplingWarning")
+@pytest.mark.parametrize("case", ["two-level", "three-level"])
+def test_bayes_from_dask_matches_pandas_with_the_same_seed(hsb, three_level, case):
+    """Same seed, same compiled graph: the draws differ only by the rounding of the summed statistics,
+    amplified a little along the NUTS trajectories."""
+    if case == "two-level":
+        memory, out_of_core = _pair("mathach ~ meanses*cses + sector*cses + (cses | school)", hsb)
+    else:
+        memory, out_of_core = _pair("y ~ x + w + (1 | school/klass)", three_level, partitions=7)
+    options = {"draws": 50, "tune": 50, "chains": 2, "random_seed": 11}
+    a, b = memory.fit("bayes", **options), out_of_core.fit("bayes", **options)
+    assert b.sampler["route"] == "marginal"
+    post_a, post_b = a.posterior["posterior"], b.posterior["posterior"]
+    for name in ["beta", "sigma", *(f"tau_{f}" for f in memory.design.factor_names)]:
+        assert np.allclose(post_a[name].values, post_b[name].values, rtol=1e-4, atol=1e-6), name
+    for name in memory.design.factor_names:
+        assert np.allclose(a.group_effects(name).to_numpy(), b.group_effects(name).to_numpy(), rtol=1e-4, atol=1e-5)

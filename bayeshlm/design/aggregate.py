@@ -77,19 +77,18 @@ class AggregateDesign(Design):
     """A :class:`Design` holding the sufficient statistics of a nested chain.
 
     ``chain_stats`` (for the factors ``chain_names``, innermost first) are the cross-products the nested
-    solver reads; ``totals[factor]`` the per-group sums
-    (n_j, sum X, sum y); ``summary_stats`` the column moments for default priors; ``level2[factor]`` the
+    solver reads; ``summary_stats`` the column moments for default priors; ``level2[factor]`` the
     fixed columns that predict a random coefficient with their per-group level-2 values (see
     :func:`bayeshlm.results.hlm_statistics.fixed_part`).
     """
 
     def __init__(self, *, spec: ModelSpec, n_obs: int, fixed_names, fixed_terms, factors, dropped, nesting,
-                 term_levels, chain_names, chain_stats: ChainCrossproducts, totals, summary_stats: ColumnSummary,
+                 term_levels, chain_names, chain_stats: ChainCrossproducts, summary_stats: ColumnSummary,
                  level2):
         for name, value in dict(spec=spec, fixed_names=tuple(fixed_names), fixed_terms=tuple(fixed_terms),
                                 factors=tuple(factors), known_variance=None, dropped=dropped, nesting=nesting,
                                 term_levels=term_levels, residual=None, chain_names=tuple(chain_names),
-                                chain_stats=chain_stats, totals=totals,
+                                chain_stats=chain_stats,
                                 summary_stats=summary_stats, level2=level2, _n_obs=int(n_obs)).items():
             object.__setattr__(self, name, value)
 
@@ -118,9 +117,6 @@ class AggregateDesign(Design):
         top = self.chain_stats.top
         return GroupCrossproducts(n=f.group_sizes, ZtZ=S[:, :, :f.n_coef], ZtX=S[:, :, -p - 1:-1], Zty=S[:, :, -1],
                                   XtX=top[:p, :p], Xty=top[:p, p], yty=float(top[p, p]))
-
-    def group_totals(self, factor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.totals[factor.name]
 
     def column_summary(self) -> ColumnSummary:
         return self.summary_stats

@@ -240,14 +240,6 @@ class Design:
             parents.append(parent)
         return ChainCrossproducts(stats=stats, top=top, parents=parents)
 
-    def group_totals(self, factor: GroupingFactor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per group of ``factor``: sum of the weights w, of w X and of w y ((J,), (J, p), (J,))."""
-        w = np.ones(self.n_obs) if self.weights is None else self.weights
-        J = factor.n_groups
-        wX = group_sums(factor.codes, w[:, None], self.X, J)[:, 0, :]
-        return np.bincount(factor.codes, weights=w, minlength=J), wX, np.bincount(factor.codes, weights=w * self.y,
-                                                                                 minlength=J)
-
     def column_summary(self) -> ColumnSummary:
         """Means, spreads and first values of y, X and each factor's Z (what default priors are scaled by)."""
         return ColumnSummary(

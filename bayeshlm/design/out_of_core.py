@@ -277,8 +277,6 @@ class _Layout:
         present = np.flatnonzero(n)
         cols = {CODE: present, "n": n[present]}
         cols |= {f"s{i}": v for i, v in enumerate(S[present].reshape(len(present), -1).T)}
-        sums = group_sums(codes, np.ones((len(y), 1)), np.column_stack([X, y]), J)[present, 0]
-        cols |= {f"t{i}": v for i, v in enumerate(sums.T)}
         extra = pd.DataFrame(index=pd.RangeIndex(len(frame)))
         if level + 1 < len(self.chain):
             extra["parent_min"] = extra["parent_max"] = frame[f"__code_{self.chain[level + 1]}"].to_numpy()
@@ -304,7 +302,6 @@ class _Layout:
     def group_meta(self, level: int) -> pd.DataFrame:
         g = self.chain[level]
         names = [CODE, "n"] + [f"s{i}" for i in range(self.q[level] * self._width(level))]
-        names += [f"t{i}" for i in range(self.p + 1)]
         if level + 1 < len(self.chain):
             names += ["parent_min", "parent_max"]
         names += [f"v_{v}_{s}" for v in self.variables for s in ("min", "max")]
@@ -362,13 +359,15 @@ class _Layout:
             X_ptp=(hi - lo)[:p], X_first=lo[:p],
             Z_sd={g: sd0[bounds[i]:bounds[i + 1]] for i, g in enumerate(self.chain)},
             Z_ptp={g: (hi - lo)[bounds[i]:bounds[i + 1]] for i, g in enumerate(self.chain)})
-        stats, parents, totals, level2, varying = [], [], {}, {}, {}
+        stats, parents, level2, varying = [], [], {}, {}
         for level, g in enumerate(self.chain):
             table = per_group[g].reindex(range(len(self.levels[g])))
+            if not np.array_equal(table["n"].fillna(0).to_numpy(dtype=np.int64), sizes[g]):
+                raise DataError(f"The group sizes of {g!r} differ between the two passes over the data: the Dask "
+                                "DataFrame changed while it was read (or is not deterministic). Persist or write "
+                                "it to Parquet first.")
             q, width = self.q[level], self._width(level)
             stats.append(table[[f"s{i}" for i in range(q * width)]].to_numpy().reshape(-1, q, width))
-            sums = table[[f"t{i}" for i in range(p + 1)]].to_numpy()
-            totals[g] = (table["n"].to_numpy(dtype=float), sums[:, :p], sums[:, p])
             if level + 1 < len(self.chain):
                 parents.append(table["parent_min"].to_numpy(dtype=np.int64))
             varying[g] = {v: table[f"v_{v}_max"].to_numpy() > table[f"v_{v}_min"].to_numpy() for v in self.variables}
@@ -380,7 +379,7 @@ class _Layout:
         return AggregateDesign(
             spec=spec, n_obs=n_rows, fixed_names=self.fixed_names, fixed_terms=self.fixed_terms, factors=factors,
             dropped=dropped, nesting=nesting, term_levels=self._term_levels(varying), chain_names=self.chain,
-            chain_stats=ChainCrossproducts(stats=stats, top=top, parents=parents), totals=totals,
+            chain_stats=ChainCrossproducts(stats=stats, top=top, parents=parents),
             summary_stats=summary, level2=level2)
 
     def _level2(self, g: str, table: pd.DataFrame) -> dict[int, tuple[int, np.ndarray]]:
