@@ -9,7 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import datasets, growth, plots
 from .errors import DataError, FormulaError, InputError, OptionError
 from .likelihood import deviance_test
-from .meta import MetaFit, MetaMVBayesFit, MetaMVFit, meta, meta_mv
+from .meta import MetaBayesFit, MetaFit, MetaMVBayesFit, MetaMVFit, meta, meta_mv
 from .model import HLM
 from .model_file import load_model
 from .report import compare
@@ -22,6 +22,6 @@ except PackageNotFoundError:  # running from a source tree without installation
 
 __all__ = [
     "HLM", "load_model", "load_fit", "compare", "deviance_test", "meta", "meta_mv", "MetaFit", "MetaMVFit",
-    "MetaMVBayesFit", "DataError", "FormulaError", "InputError", "OptionError", "datasets", "growth", "plots",
-    "__version__",
+    "MetaBayesFit", "MetaMVBayesFit", "DataError", "FormulaError", "InputError", "OptionError", "datasets", "growth",
+    "plots", "__version__",
 ]

@@ -35,7 +35,8 @@ def _n(k: int) -> int:
 
 
 def exact_flat_prior_posterior(y: np.ndarray, v: np.ndarray, upper: float = 5.0, size: int = 200_001):
-    """E(gamma|d), P(gamma <= 0|d) and E(delta_j|d) under flat priors on gamma and tau^2 (R&B eq. 13.24-13.27):
+    """E(gamma|d), P(gamma <= 0|d), E(delta_j|d) and E(tau^2|d) under flat priors on gamma and tau^2
+    (R&B eq. 13.24-13.27):
 
         p(tau^2 | d) ~ (sum_j w_j)^{-1/2} prod_j (V_j + tau^2)^{-1/2} exp(-1/2 sum_j w_j (d_j - gamma(tau^2))^2),
         gamma | tau^2, d ~ N(gamma(tau^2), 1 / sum_j w_j),
@@ -52,7 +53,7 @@ def exact_flat_prior_posterior(y: np.ndarray, v: np.ndarray, upper: float = 5.0,
     p /= p.sum()
     lam = t / (t + v)
     delta = lam * y + (1 - lam) * gamma[:, None]
-    return p @ gamma, p @ stats.norm.cdf(-gamma * np.sqrt(sw)), p @ delta
+    return p @ gamma, p @ stats.norm.cdf(-gamma * np.sqrt(sw)), p @ delta, p @ t[:, 0]
 
 
 def teacher_expectancy():
@@ -63,7 +64,7 @@ def teacher_expectancy():
 
 def test_exact_posterior_reproduces_the_book():
     data = bh.datasets.load("teacher_expectancy")
-    mean_gamma, p_negative, means = exact_flat_prior_posterior(data["yi"].to_numpy(), data["vi"].to_numpy())
+    mean_gamma, p_negative, means, _ = exact_flat_prior_posterior(data["yi"].to_numpy(), data["vi"].to_numpy())
     assert mean_gamma == pytest.approx(0.096, abs=0.002) and p_negative == pytest.approx(0.063, abs=0.002)
     np.testing.assert_allclose(means, BOOK_MEANS, atol=0.01)
 
@@ -77,7 +78,7 @@ def test_flat_priors_reproduce_chapter_13():
     assert gamma.mean() == pytest.approx(0.096, abs=0.01)
     assert (gamma <= 0).mean() == pytest.approx(0.063, abs=0.02)
     data = bh.datasets.load("teacher_expectancy")
-    _, _, exact = exact_flat_prior_posterior(data["yi"].to_numpy(), data["vi"].to_numpy())
+    _, _, exact, _ = exact_flat_prior_posterior(data["yi"].to_numpy(), data["vi"].to_numpy())
     posterior_means = fit.group_effects("study")["(Intercept)"].to_numpy()
     np.testing.assert_allclose(posterior_means, exact, atol=0.01)
     # Bayes averages over tau^2 instead of plugging in its REML estimate: EB (REML) shrinks study 4 harder
@@ -94,3 +95,33 @@ def test_eight_schools_default_priors_have_no_divergences():
     # REML sets tau^2 = 0 (complete pooling); the posterior keeps tau^2 > 0, so school effects differ
     assert np.ptp(fit.group_effects("school")["(Intercept)"]) > 0.5
     assert 4 < fit.fixed_effects.loc["(Intercept)", "estimate"] < 11
+
+
+def test_bayes_options_need_method_bayes():
+    with pytest.raises(bh.OptionError, match="method='bayes'"):
+        bh.meta("yi ~ 1", bh.datasets.load("teacher_expectancy"), vi="vi", draws=100)
+
+
+@pytest.mark.sampling
+def test_meta_method_bayes_reports_meta_analytic_posteriors():
+    """bh.meta(..., method="bayes"): the posteriors of gamma, tau^2 and the study effects match the exact flat-prior
+    posterior (quadrature), and the posterior-predictive interval for a new study is wider than REML's, which
+    plugs in tau^2 = 0.019 although E(tau^2 | d) = 0.048."""
+    data = bh.datasets.load("teacher_expectancy")
+    fit = bh.meta("yi ~ 1", data, vi="vi", study="study", method="bayes", priors="flat", draws=_n(2500),
+                  tune=_n(1000), chains=4, random_seed=3)
+    assert fit.diagnostics["divergences"] == 0
+    mean_gamma, p_negative, exact, mean_tau2 = exact_flat_prior_posterior(data["yi"].to_numpy(),
+                                                                          data["vi"].to_numpy())
+    gamma = fit.fixed_effects.loc["(Intercept)"]
+    assert gamma["mean"] == pytest.approx(mean_gamma, abs=0.01)
+    assert gamma["p_below_zero"] == pytest.approx(p_negative, abs=0.02)
+    np.testing.assert_allclose(fit.study_effects["mean"], exact, atol=0.01)
+    # E(tau^2 | d) = 0.0485 (digest 3.11); the posterior is right-skewed (long Monte Carlo tail), so allow 0.008
+    het = fit.heterogeneity
+    assert het.loc["tau2", "mean"] == pytest.approx(mean_tau2, abs=0.008)
+    assert het.loc["tau2", "mean"] > fit.reml.tau2 and 0 < het.loc["I2", "mean"] < 100
+    bayes, reml = fit.prediction(), fit.reml.prediction()
+    assert bayes["pi_lower"] < reml["pi_lower"] and bayes["pi_upper"] > reml["pi_upper"]
+    assert bayes["pi_upper"] - bayes["pi_lower"] > bayes["ci_upper"] - bayes["ci_lower"]
+    assert "Posterior beside REML" in fit.summary()

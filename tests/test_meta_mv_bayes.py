@@ -110,6 +110,8 @@ def test_priors_and_options(berkey):
     problems = mvb._flat_prior_problems(_reml(berkey[berkey["trial"] > 3].reset_index(drop=True))._studies, 2,
                                         names, reml.outcomes)
     assert len(problems) == 2 and "improper" in problems[0]
+    problems = mvb._flat_prior_problems(studies, 2, names, reml.outcomes)  # 5 studies: k - p = 4
+    assert len(problems) == 2 and "no finite posterior mean" in problems[1]
 
 
 @pytest.fixture(scope="module")

@@ -5,5 +5,6 @@ and multivariate models with a known within-study covariance (:func:`meta_mv`). 
 from .multivariate import MetaMVFit, meta_mv
 from .multivariate_bayes import MetaMVBayesFit
 from .univariate import MetaFit, QTest, meta
+from .univariate_bayes import MetaBayesFit
 
-__all__ = ["MetaFit", "MetaMVBayesFit", "MetaMVFit", "QTest", "meta", "meta_mv"]
+__all__ = ["MetaBayesFit", "MetaFit", "MetaMVBayesFit", "MetaMVFit", "QTest", "meta", "meta_mv"]

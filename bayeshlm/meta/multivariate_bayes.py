@@ -24,8 +24,10 @@ Normal(mean(d_q), sqrt((2.5 s_q)^2 + sum_m (2.5 s_q mean(m) / sd(m))^2)), modera
 Normal(0, 2.5 s_q / sd(m)), tau_q ~ HalfStudentT(nu=3, sigma=s_q), correlations LKJ(eta=2).
 ``priors="flat"``: the book's flat priors (ch. 13) where they can be sampled: p(gamma) flat, a flat prior on each
 variance tau_q^2 over (0, inf) and uniform correlations LKJ(eta=1). The posterior is then proper only when the
-data bound T; for one outcome that needs k - p > 2 (k studies, p coefficients: the REML likelihood decays like
-(tau^2)^{-(k-p)/2}), and the fit reports an outcome that fails this per-outcome check.
+data bound T. For one outcome with k studies and p coefficients the restricted likelihood decays like
+(tau^2)^{-(k-p)/2}, so the posterior is proper when k - p > 2 and E(tau^2 | d) is finite only when k - p > 4; the
+fit checks each outcome against these bounds and says when they fail (dat.berkey1998, 5 studies: k - p = 4, a proper
+posterior whose tau^2 has no finite mean; read its medians, and expect a few divergences in the far tail).
 A dict overrides priors by name: ``"beta"`` (every coefficient), a coefficient name (``"AL"``, ``"AL:year"``),
 ``"tau"`` (the SDs; ``on="variance"`` puts it on tau_q^2) and ``"corr"`` (the LKJ eta).
 """
@@ -48,10 +50,10 @@ from ..bayes.marginal import _cholesky_unrolled, _forward_solve_unrolled
 from ..bayes.priors import LKJ, Prior
 from ..bayes.sampling import new_seed, run_sampler
 from ..errors import OptionError, closest_names
+from .univariate_bayes import INTERVAL, posterior_table
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 OPTIONS = ("draws", "tune", "chains", "random_seed", "priors", "sampler", "target_accept", "progressbar")
-INTERVAL = (0.025, 0.975)
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,7 @@ def fit_bayes(reml, *, draws: int = 1000, tune: int = 1000, chains: int = 4, ran
     post = _complete_posterior(tree["posterior"].to_dataset(), studies, q, names, reml.outcomes, int(random_seed))
     tree["posterior"] = xr.DataTree(post)
     record["study_effect_seconds"] = round(time.perf_counter() - start, 3)
-    diagnostics, messages = diagnose(tree, ["beta", "tau2", "rho"], chains)
+    diagnostics, messages = diagnose(tree, ["beta", "tau2", "rho"] if q > 1 else ["beta", "tau2"], chains)
     if prior_set.kind == "flat":
         messages += _flat_prior_problems(studies, q, names, reml.outcomes)
     warn_if_problems(messages)
@@ -307,15 +309,20 @@ def _study_design(studies, q: int) -> np.ndarray:
 
 
 def _flat_prior_problems(studies, q: int, names: list[str], outcomes: pd.Index) -> list[str]:
-    """Outcomes whose flat-prior posterior for tau_q^2 may be improper (k_q - p_q <= 2; module docstring)."""
+    """Outcomes whose flat-prior posterior of tau_q^2 may be improper (k_q - p_q <= 2) or has no finite mean
+    (k_q - p_q <= 4); see the module docstring."""
     out = []
     per_outcome = len(names) // q
     for k, o in enumerate(outcomes):
         k_q = len(np.unique(studies.labels[studies.codes == k]))
+        what = (f"Outcome {o!r} is reported by {k_q} studies for {per_outcome} coefficient(s): with the flat "
+                "prior on its between-study variance the posterior")
         if k_q - per_outcome <= 2:
-            out.append(f"Outcome {o!r} is reported by {k_q} studies for {per_outcome} coefficient(s): with the flat "
-                       "prior on its between-study variance the posterior may be improper (its upper tail does not "
-                       "decay fast enough), so the draws of tau^2 can wander off. Use the default priors.")
+            out.append(f"{what} may be improper (its upper tail does not decay fast enough), so the draws of tau^2 "
+                       "can wander off. Use the default priors.")
+        elif k_q - per_outcome <= 4:
+            out.append(f"{what} is proper but tau^2 has no finite posterior mean (too heavy an upper tail): report "
+                       "its median and interval, not its mean, or use the default priors.")
     return out
 
 
@@ -357,7 +364,7 @@ class MetaMVBayesFit:
     def fixed_effects(self) -> pd.DataFrame:
         """Posterior mean, SD, 95% interval, R-hat and bulk ESS of each coefficient."""
         beta = self.draws("beta")
-        table = _table(beta.transpose("chain", "draw", "term").values, beta["term"].values, "term")
+        table = posterior_table(beta.transpose("chain", "draw", "term").values, list(beta["term"].values), "term")
         table["r_hat"] = az.rhat(beta).values if beta.sizes["chain"] > 1 else np.nan
         table["ess_bulk"] = az.ess(beta, method="bulk").values
         return table
@@ -375,7 +382,7 @@ class MetaMVBayesFit:
             for c in range(a + 1, len(names)):
                 columns += [T[..., a, c], rho[..., a, c]]
                 labels += [f"cov({names[a]}, {names[c]})", f"rho({names[a]}, {names[c]})"]
-        return _table(np.stack(columns, axis=-1), labels, "parameter")
+        return posterior_table(np.stack(columns, axis=-1), labels, "parameter")
 
     @property
     def tau(self) -> pd.DataFrame:
@@ -449,10 +456,3 @@ class MetaMVBayesFit:
                 f"{self.sampler['chains']}x{self.sampler['draws']} draws, {d['divergences']} divergences, "
                 f"max R-hat {d['max_rhat']:.3f}>")
 
-
-def _table(values: np.ndarray, labels, index_name: str) -> pd.DataFrame:
-    """mean, median, sd and 95% equal-tailed interval of (chain, draw, k) draws."""
-    flat = values.reshape(-1, values.shape[-1])
-    lo, hi = np.quantile(flat, INTERVAL, axis=0)
-    return pd.DataFrame({"mean": flat.mean(0), "median": np.median(flat, axis=0), "sd": flat.std(0, ddof=1),
-                         "eti_lower": lo, "eti_upper": hi}, index=pd.Index(list(labels), name=index_name))

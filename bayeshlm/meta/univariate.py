@@ -28,8 +28,9 @@ from scipy import stats
 from ..errors import DataError, FormulaError, OptionError, closest_names
 from ..likelihood import BoundaryFitWarning
 from ..model import HLM
+from .univariate_bayes import MetaBayesFit
 
-METHODS = ("reml", "ml", "dl")
+METHODS = ("reml", "ml", "dl", "bayes")
 BOUNDARY_RTOL = 1e-6  # tau^2 below this fraction of the median V_j is reported as 0 (the boundary)
 
 
@@ -88,7 +89,7 @@ def dersimonian_laird(y: np.ndarray, X: np.ndarray, v: np.ndarray) -> float:
 
 
 def meta(formula: str, data: pd.DataFrame, vi: str, *, study: str | None = None, method: str = "reml",
-         missing: str = "drop") -> MetaFit:
+         missing: str = "drop", **bayes_options) -> MetaFit | MetaBayesFit:
     """Random-effects (``"yi ~ 1"``) or mixed-effects (``"yi ~ weeks_c"``) meta-analysis.
 
     Parameters
@@ -103,9 +104,14 @@ def meta(formula: str, data: pd.DataFrame, vi: str, *, study: str | None = None,
     study
         Column of study labels (one row each); omitted: the studies are numbered 1..k in row order.
     method
-        ``"reml"`` (default), ``"ml"`` or ``"dl"`` (DerSimonian-Laird, a moment estimator for comparison).
+        ``"reml"`` (default), ``"ml"``, ``"dl"`` (DerSimonian-Laird, a moment estimator for comparison) or
+        ``"bayes"``: full Bayes, returning a :class:`~bayeshlm.meta.univariate_bayes.MetaBayesFit` (posterior of
+        tau^2 and I^2, posterior-predictive interval, study effects) that carries the REML fit beside it.
     missing
         ``"drop"`` (default) or ``"raise"`` for rows with missing values.
+    bayes_options
+        With ``method="bayes"``: the options of ``HLM.fit(method="bayes")`` (``draws``, ``tune``, ``chains``,
+        ``random_seed``, ``priors`` (None or ``"flat"``, the book's ch. 13 priors), ``sampler``, ...).
 
     Equivalent to ``bh.HLM("yi ~ weeks_c + (1 | study)", data, known_variance="vi").fit("reml")`` (available as
     ``fit.model`` and ``fit.likelihood_fit``), plus the meta-analytic summaries of :class:`MetaFit`.
@@ -118,6 +124,8 @@ def meta(formula: str, data: pd.DataFrame, vi: str, *, study: str | None = None,
     if method not in METHODS:
         raise OptionError(f"Unknown method {method!r}.{closest_names(str(method), METHODS)} "
                           f"Use one of {', '.join(METHODS)}.")
+    if bayes_options and method != "bayes":
+        raise OptionError(f"Option {next(iter(bayes_options))!r} applies to method='bayes' only (or is unknown).")
     if not isinstance(formula, str) or "~" not in formula:
         raise FormulaError(f"meta() takes a formula 'effect ~ moderators' (e.g. 'yi ~ 1'); got {formula!r}.")
     if "|" in formula:
@@ -145,9 +153,12 @@ def meta(formula: str, data: pd.DataFrame, vi: str, *, study: str | None = None,
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BoundaryFitWarning)  # explained by MetaFit in meta-analytic terms
-            likelihood_fit = model.fit(method)
+            likelihood_fit = model.fit("reml" if method == "bayes" else method)
         tau2 = float(likelihood_fit.tau[study].iloc[0, 0])
-    fit = MetaFit(model, method, tau2, likelihood_fit, data.loc[model.design.row_labels, study])
+    fit = MetaFit(model, "reml" if method == "bayes" else method, tau2, likelihood_fit,
+                  data.loc[model.design.row_labels, study])
+    if method == "bayes":  # the REML fit's boundary message does not apply to the posterior
+        return MetaBayesFit(fit, model.fit("bayes", **bayes_options))
     for message in fit.messages:
         warnings.warn(message, BoundaryFitWarning, stacklevel=2)
     return fit
