@@ -7,6 +7,7 @@
 
 # %%
 import json
+import os
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +16,7 @@ matplotlib.use("Agg")
 import bayeshlm as bh
 from bayeshlm.report.book import BookComparison
 
+DRAWS = int(os.environ.get("BAYESHLM_DRAWS", 1000))
 scots = bh.datasets.load("scotssec")
 model = bh.HLM("attain ~ verbal + sex + (1 | primary) + (1 | second)", scots)
 print(model.summary())
@@ -49,5 +51,29 @@ if reference_file.exists():
     print(check.check())
 
 # %% [markdown]
-# (A full-Bayes fit of crossed factors is not shown yet: the Bayesian engine's sampled route fails to compile
-# for this design in the current release; see the project's open issues.)
+# ## The same model by full Bayes
+#
+# Crossed effects cannot all be integrated out in closed form, but most of them can: the engine integrates
+# the 148 primary-school effects out exactly and samples the 19 secondary-school effects, choosing the
+# non-centred form because the data say little about each secondary school once primary schools are
+# accounted for (their REML reliability is about 0.2).
+
+# %%
+bayes = model.fit("bayes", draws=DRAWS, tune=DRAWS, chains=4, random_seed=12)
+print(bayes.sampler["parameterization"], bayes.sampler["reliability"], bayes.diagnostics)
+bh.compare(fit, bayes).round(3)
+
+# %% [markdown]
+# The fixed effects agree with REML (to a quarter of a posterior SD, checked below). The variances do
+# not have to: with only 19 secondary schools, REML's point estimate of their variance (about 0.014) sits
+# low in a long right-skewed posterior, and the posterior answers directly the question a REML fit cannot:
+# how sure are we that primary schools matter more than secondary schools?
+
+# %%
+assert bayes.diagnostics["divergences"] == 0
+gap = (bayes.fixed_effects["estimate"] - fit.fixed_effects["estimate"]).abs() / bayes.fixed_effects["se"]
+assert (gap < 0.25).all(), gap
+primary = bayes.draws("tau_primary").values.ravel() ** 2
+second = bayes.draws("tau_second").values.ravel() ** 2
+print(f"posterior mean variance: primary {primary.mean():.3f}, secondary {second.mean():.3f}")
+print(f"P(primary-school variance > secondary-school variance | data) = {(primary > second).mean():.3f}")
