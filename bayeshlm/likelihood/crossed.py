@@ -9,8 +9,9 @@ per group) and Lambda~ = blockdiag(Lambda_r, I), its Schur complement onto the r
     W_g = Lambda_1 A_g^{-1} Lambda_1'.
 
 N has a fixed sparsity pattern, so it is one sparse matrix-vector product per evaluation: the pair map
-P[(i, j), (g, a, b)] = C[ga, i] C[gb, j] is built once and vec(N) = P vec(W). S is factored densely; it has as
-many rows as the other factors have random effects (1,128 for 1,100 x 28 crossed levels).
+P[(i, j), (g, a, b)] = C[ga, i] C[gb, j] is built once and vec(N) = P vec(W); by symmetry only the pairs
+i <= j and the blocks a <= b are kept (half the entries). S is factored densely; it has as many rows as the
+other factors have random effects (1,128 for 1,100 x 28 crossed levels).
 """
 
 from __future__ import annotations
@@ -36,18 +37,20 @@ def indicator_matrix(f: GroupingFactor) -> sp.csr_matrix:
     return sp.csr_matrix((f.Z.ravel(), (rows, cols)), shape=(n, f.n_groups * q))
 
 
-def pair_map(C: sp.csr_matrix, q: int) -> sp.csc_matrix:
-    """P with vec(sum_g C_g' W_g C_g) = P w for W stacked (J, q, q), w = W.transpose(1, 2, 0).ravel() and C_g
-    the rows g q .. g q + q - 1.
+def pair_map(C: sp.csr_matrix, q: int) -> sp.csr_matrix:
+    """P with the upper triangle (i <= j) of N = sum_g C_g' W_g C_g in P w, for W stacked (J, q, q),
+    w = [W[:, a, b] for a <= b] concatenated and C_g the rows g q .. g q + q - 1.
 
-    Row i t + j of P (t = C's column count) holds C[g q + a, i] C[g q + b, j] in column (a q + b) J + g. Each
-    column's entries are generated in order, so P is assembled directly in CSC form (no sort).
+    Since W_g and N are symmetric, N_ij = sum_a W_aa C_ai C_aj + sum_{a<b} W_ab (C_ai C_bj + C_bi C_aj): block
+    (a, a) keeps the pairs of C's entries in rows g q + a with i <= j; block (a, b), a < b, keeps every pair
+    (x in row a, y in row b) at (min, max), doubled when x = y. Row i t + j of P (t = C's column count) holds
+    the pair (i, j); P is stored by rows, so P w gathers from the short w and P'v reads v in order.
     """
     J, t = C.shape[0] // q, C.shape[1]
     counts = np.diff(C.indptr)
     blocks = []
     for a in range(q):
-        for b in range(q):
+        for b in range(a, q):
             ra, rb = np.arange(J) * q + a, np.arange(J) * q + b
             na, nb = counts[ra], counts[rb]
             size = na * nb
@@ -56,9 +59,17 @@ def pair_map(C: sp.csr_matrix, q: int) -> sp.csc_matrix:
             k = np.arange(indptr[-1]) - indptr[g]  # pair number within the group
             ii = C.indptr[ra][g] + k // nb[g]
             jj = C.indptr[rb][g] + k % nb[g]
-            target = C.indices[ii].astype(np.int64) * t + C.indices[jj]
-            blocks.append(sp.csc_matrix((C.data[ii] * C.data[jj], target, indptr), shape=(t * t, J)))
-    return blocks[0] if q == 1 else sp.hstack(blocks, format="csc")
+            x, y = C.indices[ii].astype(np.int64), C.indices[jj].astype(np.int64)
+            value = C.data[ii] * C.data[jj]
+            if a == b:
+                keep = x <= y
+                x, y, value, g = x[keep], y[keep], value[keep], g[keep]
+            else:
+                value[x == y] *= 2.0
+                x, y = np.minimum(x, y), np.maximum(x, y)
+            indptr = np.concatenate([[0], np.cumsum(np.bincount(g, minlength=J))])
+            blocks.append(sp.csc_matrix((value, x * t + y, indptr), shape=(t * t, J)))
+    return (blocks[0] if q == 1 else sp.hstack(blocks, format="csc")).tocsr()
 
 
 class CrossedSolver:
@@ -107,6 +118,16 @@ class CrossedSolver:
             out[:, a:b] = (block @ (lam.T if transpose else lam)).reshape(len(out), b - a)
         return out if side == "right" else out.T
 
+    def sandwich(self, M: np.ndarray, lambdas: list[np.ndarray]) -> np.ndarray:
+        """Lambda~' M Lambda~; one elementwise product with the outer product of the diagonal when every
+        remaining factor has a single coefficient."""
+        if all(len(lam) == 1 for lam in lambdas[1:]):
+            scale = np.ones(len(M))
+            for lam, a, b in zip(lambdas[1:], self.offsets[:-1], self.offsets[1:]):
+                scale[a:b] = lam[0, 0]
+            return M * np.outer(scale, scale)
+        return self.scale(self.scale(M, lambdas, "right"), lambdas, "left")
+
     def factorize(self, lambdas: list[np.ndarray]) -> CrossedFactorization:
         """Factor the system at relative covariance factors ``lambdas`` (in solver order)."""
         first = self.factors[0]
@@ -117,8 +138,12 @@ class CrossedSolver:
         LamLinvT = lam @ Linv.transpose(0, 2, 1)  # Lambda_1 L_g'^{-1}
         W = LamLinvT @ LamLinvT.transpose(0, 2, 1)  # Lambda_1 A_g^{-1} Lambda_1'
         t = self.A.shape[0]
-        T = self.A - (self.P @ W.transpose(1, 2, 0).ravel()).reshape(t, t)
-        S = self.scale(self.scale(T, lambdas, "right"), lambdas, "left")
+        a, b = np.triu_indices(q)  # the column order of the pair map
+        U = (self.P @ W[:, a, b].T.ravel()).reshape(t, t)  # upper triangle of N
+        T = self.A - U
+        T -= U.T
+        T[np.arange(t), np.arange(t)] += np.diagonal(U)
+        S = self.sandwich(T, lambdas)
         K = self.K
         S[np.arange(K), np.arange(K)] += 1.0
         Lz = scipy.linalg.cholesky(S[:K, :K], lower=True, check_finite=False)
@@ -192,7 +217,16 @@ class CrossedFactorization(Factorization):
         phi = s.scale(sigma_lam, self.lambdas, "left", transpose=True)  # Lambda~ Sigma Lambda~'
         Q = []
         Ainv = self.Linv.transpose(0, 2, 1) @ self.Linv
-        Y = (s.P.T @ phi.ravel()).reshape(q, q, J).transpose(2, 0, 1)
+        # Y_g[a, b] = sum_ij C_g[a, i] C_g[b, j] phi_ij from the upper-triangle pair map: off-diagonal pairs
+        # (i < j) stand for both (i, j) and (j, i), and blocks a < b hold each pair from both orders
+        v = 2.0 * phi
+        v[np.arange(len(v)), np.arange(len(v))] = np.diagonal(phi)
+        a, b = np.triu_indices(q)
+        half = (s.P.T @ v.ravel()).reshape(len(a), J)
+        half[a != b] *= 0.5
+        Y = np.empty((J, q, q))
+        Y[:, a, b] = half.T
+        Y[:, b, a] = half.T
         AinvLamT = Ainv @ lam.T
         D = s.D
         Q.append((AinvLamT @ (D - Y @ (np.eye(q) - self.W @ D))).sum(axis=0))
