@@ -125,3 +125,13 @@ def test_meta_method_bayes_reports_meta_analytic_posteriors():
     assert bayes["pi_lower"] < reml["pi_lower"] and bayes["pi_upper"] > reml["pi_upper"]
     assert bayes["pi_upper"] - bayes["pi_lower"] > bayes["ci_upper"] - bayes["ci_lower"]
     assert "Posterior beside REML" in fit.summary()
+
+
+@pytest.mark.sampling
+def test_meta_method_bayes_explains_a_boundary_reml_fit():
+    frame = bh.datasets.load("eight_schools").assign(vi=lambda d: d["sigma"] ** 2)
+    fit = bh.meta("y ~ 1", frame, vi="vi", study="school", method="bayes", draws=_n(1000), tune=_n(1000), chains=4,
+                  random_seed=5)  # the same graph as the eight-schools test above: compiled once per process
+    assert fit.reml.boundary and fit.reml.tau2 == 0 and len(fit.notes) == 1
+    assert "boundary" in fit.notes[0] and fit.notes[0] in fit.summary()
+    assert fit.heterogeneity.loc["tau2", "median"] > 0 and np.ptp(fit.study_effects["mean"]) > 0.5

@@ -448,6 +448,9 @@ class MetaMVBayesFit:
                      f"{d['min_ess_bulk']:.0f}, tail {d['min_ess_tail']:.0f}; min BFMI {d['min_bfmi']:.2f}")
         lines += [f"  PROBLEM: {m}" for m in self.messages] or ["  no problems detected"]
         lines += ["", "Posterior beside REML:", self.comparison().to_string(**fmt)]
+        if self.reml.messages:  # a boundary REML estimate of T: the posterior averages over T instead
+            lines += ["", "About the REML fit (the posterior averages over the T the data allow instead of fixing "
+                          "T at this estimate):", *(f"  {m}" for m in self.reml.messages)]
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -28,7 +28,8 @@ class MetaBayesFit:
 
     ``bayes_fit`` (the engine's :class:`~bayeshlm.bayes.BayesFit`: posterior DataTree, priors, sampler, diagnostics),
     ``reml`` (the REML :class:`~bayeshlm.MetaFit` of the same model), ``fixed_effects``, ``heterogeneity``
-    (posterior of tau^2, tau, I^2, H^2), ``prediction()``, ``study_effects``, ``comparison()``, ``messages``.
+    (posterior of tau^2, tau, I^2, H^2), ``prediction()``, ``study_effects``, ``comparison()``, ``messages``
+    (sampling problems), ``notes`` (how the posterior relates to a boundary REML fit).
     Point estimates are posterior means, ``sd`` posterior SDs, intervals equal-tailed 95%.
     """
 
@@ -55,6 +56,18 @@ class MetaBayesFit:
     @property
     def messages(self) -> list[str]:
         return self.bayes_fit.messages
+
+    @property
+    def notes(self) -> list[str]:
+        """Plain-words notes on how the posterior relates to the REML fit (the boundary case of eight schools)."""
+        if not self.reml.boundary:
+            return []
+        t2 = self.heterogeneity.loc["tau2"]
+        return [f"REML estimates tau^2 = 0, the boundary of its range: the observed effects vary no more than their "
+                f"sampling variances explain ({self.reml.q_test}), so the REML study effects all equal the pooled "
+                "estimate. The posterior does not set tau^2 to 0: it averages over the values the data allow "
+                f"(median {t2['median']:.4g}, 95% interval {t2['eti_lower']:.4g} to {t2['eti_upper']:.4g}), so the "
+                "study effects are shrunk towards the pooled mean, not onto it, and gamma's interval is wider."]
 
     @property
     def fixed_effects(self) -> pd.DataFrame:
@@ -140,6 +153,8 @@ class MetaBayesFit:
             pr = self.prediction()
             lines += ["", f"Posterior-predictive interval for a new study's true effect: ({pr['pi_lower']:.4f}, "
                           f"{pr['pi_upper']:.4f})"]
+        if self.notes:
+            lines += ["", *self.notes]
         return "\n".join(lines)
 
     def __repr__(self) -> str:
