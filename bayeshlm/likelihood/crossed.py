@@ -37,39 +37,47 @@ def indicator_matrix(f: GroupingFactor) -> sp.csr_matrix:
     return sp.csr_matrix((f.Z.ravel(), (rows, cols)), shape=(n, f.n_groups * q))
 
 
-def pair_map(C: sp.csr_matrix, q: int) -> sp.csr_matrix:
-    """P with the upper triangle (i <= j) of N = sum_g C_g' W_g C_g in P w, for W stacked (J, q, q),
-    w = [W[:, a, b] for a <= b] concatenated and C_g the rows g q .. g q + q - 1.
+def pair_map(C: sp.csr_matrix, q: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """P and the group order ``order`` (one row per block a <= b) with the upper triangle (i <= j) of
+    N = sum_g C_g' W_g C_g in P w, for W stacked (J, q, q), w = [W[order[k], a, b] for blocks k = (a, b), a <= b]
+    concatenated and C_g the rows g q .. g q + q - 1.
 
     Since W_g and N are symmetric, N_ij = sum_a W_aa C_ai C_aj + sum_{a<b} W_ab (C_ai C_bj + C_bi C_aj): block
     (a, a) keeps the pairs of C's entries in rows g q + a with i <= j; block (a, b), a < b, keeps every pair
     (x in row a, y in row b) at (min, max), doubled when x = y. Row i t + j of P (t = C's column count) holds
-    the pair (i, j); P is stored by rows, so P w gathers from the short w and P'v reads v in order.
+    the pair (i, j); P is stored by rows, so P w gathers from the short w and P'v reads v in order. The groups
+    are taken in order of their entry counts, so the pairs of all groups of one count come from one template.
     """
     J, t = C.shape[0] // q, C.shape[1]
+    index = np.int64 if t * t >= 2**31 else np.int32
     counts = np.diff(C.indptr)
-    blocks = []
+    blocks, orders = [], []
     for a in range(q):
         for b in range(a, q):
-            ra, rb = np.arange(J) * q + a, np.arange(J) * q + b
-            na, nb = counts[ra], counts[rb]
-            size = na * nb
-            indptr = np.concatenate([[0], np.cumsum(size)])
-            g = np.repeat(np.arange(J), size)
-            k = np.arange(indptr[-1]) - indptr[g]  # pair number within the group
-            ii = C.indptr[ra][g] + k // nb[g]
-            jj = C.indptr[rb][g] + k % nb[g]
-            x, y = C.indices[ii].astype(np.int64), C.indices[jj].astype(np.int64)
-            value = C.data[ii] * C.data[jj]
-            if a == b:
-                keep = x <= y
-                x, y, value, g = x[keep], y[keep], value[keep], g[keep]
-            else:
-                value[x == y] *= 2.0
-                x, y = np.minimum(x, y), np.maximum(x, y)
-            indptr = np.concatenate([[0], np.cumsum(np.bincount(g, minlength=J))])
-            blocks.append(sp.csc_matrix((value, x * t + y, indptr), shape=(t * t, J)))
-    return (blocks[0] if q == 1 else sp.hstack(blocks, format="csc")).tocsr()
+            first_a, first_b = C.indptr[np.arange(J) * q + a], C.indptr[np.arange(J) * q + b]
+            na, nb = counts[np.arange(J) * q + a], counts[np.arange(J) * q + b]
+            key = na.astype(np.int64) * (nb.max() + 1) + nb
+            order = np.argsort(key, kind="stable")
+            bounds = np.flatnonzero(np.diff(key[order])) + 1
+            rows, values, sizes = [], [], np.empty(J, dtype=np.int64)
+            for groups in np.split(order, bounds):
+                ca, cb = na[groups[0]], nb[groups[0]]
+                r, c = np.triu_indices(ca) if a == b else np.indices((ca, cb)).reshape(2, -1)
+                ii = (first_a[groups][:, None] + r).ravel()
+                jj = (first_b[groups][:, None] + c).ravel()
+                x, y = C.indices[ii].astype(index), C.indices[jj].astype(index)
+                value = C.data[ii] * C.data[jj]
+                if a != b:
+                    value[x == y] *= 2.0
+                    x, y = np.minimum(x, y), np.maximum(x, y)
+                rows.append(x * index(t) + y)
+                values.append(value)
+            sizes[:] = (na * (na + 1) // 2 if a == b else na * nb)[order]
+            indptr = np.concatenate([[0], np.cumsum(sizes)])
+            blocks.append(sp.csc_matrix((np.concatenate(values), np.concatenate(rows), indptr), shape=(t * t, J)))
+            orders.append(order)
+    P = blocks[0] if q == 1 else sp.hstack(blocks, format="csc")
+    return P.tocsr(), np.array(orders)
 
 
 class CrossedSolver:
@@ -102,7 +110,7 @@ class CrossedSolver:
                 f"The groups of {first.name!r} share too many levels of the other grouping factors "
                 f"({int((counts.astype(np.int64) ** 2).sum())} pairs, at most {MAX_PAIRS}) for this engine's "
                 "precomputed Schur complement. Fit a subset of the factors, or aggregate the data.")
-        self.P = pair_map(self.C, first.n_coef)
+        self.P, self.pair_order = pair_map(self.C, first.n_coef)
 
     def scale(self, M: np.ndarray, lambdas: list[np.ndarray], side: str, transpose: bool = False) -> np.ndarray:
         """M Lambda~ (side 'right') or Lambda~' M (side 'left'), with Lambda~ = blockdiag(I_J (x) Lambda_f, ..., I)
@@ -139,7 +147,7 @@ class CrossedSolver:
         W = LamLinvT @ LamLinvT.transpose(0, 2, 1)  # Lambda_1 A_g^{-1} Lambda_1'
         t = self.A.shape[0]
         a, b = np.triu_indices(q)  # the column order of the pair map
-        U = (self.P @ W[:, a, b].T.ravel()).reshape(t, t)  # upper triangle of N
+        U = (self.P @ W[self.pair_order, a[:, None], b[:, None]].ravel()).reshape(t, t)  # upper triangle of N
         T = self.A - U
         T -= U.T
         T[np.arange(t), np.arange(t)] += np.diagonal(U)
@@ -225,8 +233,8 @@ class CrossedFactorization(Factorization):
         half = (s.P.T @ v.ravel()).reshape(len(a), J)
         half[a != b] *= 0.5
         Y = np.empty((J, q, q))
-        Y[:, a, b] = half.T
-        Y[:, b, a] = half.T
+        Y[s.pair_order, a[:, None], b[:, None]] = half
+        Y[s.pair_order, b[:, None], a[:, None]] = half
         AinvLamT = Ainv @ lam.T
         D = s.D
         Q.append((AinvLamT @ (D - Y @ (np.eye(q) - self.W @ D))).sum(axis=0))
