@@ -1,6 +1,6 @@
 """Time REML fits, formula to estimates, of bayeshlm against statsmodels MixedLM and the PyPI package mixedlm.
 
-    .venv/bin/python benchmarks/bench_likelihood.py [--repeats 5] [--quick]
+    .venv/bin/python benchmarks/bench_likelihood.py [--repeats 5] [--quick] [--case lecture_crossed ...]
 
 Each cell is the median wall-clock time of ``--repeats`` fits after one untimed warm-up. statsmodels runs
 with ``method="lbfgs"`` (its default silently fails to converge on random-slope models) and only where it
@@ -95,6 +95,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="skip the two large synthetic designs")
+    parser.add_argument("--case", nargs="+", metavar="KEY",
+                        help="run only these cases (hsb_full_reml, egsingle_uncond_reml, scotssec_reml, "
+                             "lecture_crossed, nested_1e6)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     lme4 = {}
@@ -109,7 +112,7 @@ def main() -> None:
         print("mixedlm (PyPI) is not installed: its column is empty (pip install mixedlm).")
     rows = []
     for key, label, frame, formula, sm_spec in cases():
-        if args.quick and key in ("lecture_crossed", "nested_1e6"):
+        if args.quick and key in ("lecture_crossed", "nested_1e6") or args.case and key not in args.case:
             continue
         ours = median_time(lambda f=formula, d=frame: bh.HLM(f, d).fit("reml"), args.repeats)
         fit = bh.HLM(formula, frame).fit("reml")
