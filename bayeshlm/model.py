@@ -120,10 +120,6 @@ class HLM:
             raise OptionError(f"Unknown method {method!r}.{closest_names(str(method), METHODS)} "
                               f"Use one of {', '.join(METHODS)}.")
         if method == "bayes":
-            if self.spec.residual is not None:
-                raise OptionError(f"The Bayesian engine does not yet model level-1 error structures "
-                                  f"({self.spec.residual.describe()}); fit this model with 'reml' or 'ml', or drop "
-                                  "level1_variance / correlation to fit it by Bayes.")
             from .bayes import fit_bayes
 
             return fit_bayes(self.design, **options)

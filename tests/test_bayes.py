@@ -1,6 +1,8 @@
 """Bayesian engine, without sampling: priors, model structure, the marginal likelihood and the exact
 conditional draws of group effects, each checked against a direct dense computation."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pymc as pm
@@ -58,10 +60,12 @@ def _dense_cov(design, sigma2, Ts: dict):
     return R
 
 
-def _graph_loglik(design, chain, sampled, beta, sigma2, Ls):
-    stats_ = chain_statistics(design, chain, sampled)
+def _graph_loglik(design, chain, sampled, beta, sigma2, Ls, strata=None):
+    """sigma2: one level-1 variance, or one per stratum (``strata`` the rows' stratum codes)."""
+    stats_ = chain_statistics(design, chain, sampled, strata)
     has_sigma = design.known_variance is None
-    expr = marginal_loglik(pt.constant(beta), pt.constant(1 / sigma2 if has_sigma else 1.0),
+    s = 1 / np.atleast_1d(sigma2) if has_sigma else np.ones(1)
+    expr = marginal_loglik(pt.constant(beta), pt.constant(s),
                            [pt.constant(Ls[f.name]) for f in chain],
                            {k: pt.constant(v) for k, v in stats_.arrays.items()}, stats_.sizes,
                            [pt.constant(p) for p in stats_.parents], stats_.n_groups, has_sigma)
@@ -104,6 +108,37 @@ def test_marginal_loglik_of_a_crossed_design_given_the_sampled_effects():
     assert value == pytest.approx(stats.multivariate_normal(mean, cov).logpdf(design.y), rel=1e-10)
 
 
+def test_marginal_loglik_with_a_level1_variance_per_stratum():
+    design = _three_level().design
+    child, school = design.factor("child"), design.factor("school")
+    strata = (np.arange(design.n_obs) % 3).astype(np.int64)  # three strata cutting across groups
+    beta, sigma2 = np.array([0.8, 0.3]), np.array([0.6, 1.4, 0.3])
+    value = _graph_loglik(design, [child, school], [], beta, sigma2, {"child": L_A, "school": L_B}, strata)
+    cov = _dense_cov(design, 1.0, {"child": L_A @ L_A.T, "school": L_B @ L_B.T}) + np.diag(sigma2[strata] - 1.0)
+    assert value == pytest.approx(stats.multivariate_normal(design.X @ beta, cov).logpdf(design.y), rel=1e-10)
+
+
+def test_heterogeneous_level1_variance_models_in_the_bayesian_engine(hsb):
+    by_sector = bh.HLM("mathach ~ cses + (1 | school)", hsb, level1_variance="~ sector")
+    model = by_sector.pymc_model()
+    assert {v.name for v in model.free_RVs} == {"beta", "sigma_strata", "tau_school"}
+    assert list(model.coords["stratum"]) == ["sector=0", "sector=1"]
+    assert list(model.coords["variance_term"]) == ["alpha0", "alpha sector"]
+    point = {"sigma_strata_log__": np.log([2.0, 3.0]), "beta": np.zeros(2), "tau_school_log__": np.zeros(1)}
+    alpha = pytensor.function(model.value_vars, model.replace_rvs_by_values([model["alpha"]])[0],
+                              on_unused_input="ignore")(
+        *[point[v.name] for v in model.value_vars])
+    np.testing.assert_allclose(alpha, [np.log(4.0), np.log(9.0 / 4.0)])  # ln sigma^2 = alpha0 + alpha1 sector
+    per_school = bh.HLM("mathach ~ cses + (1 | school)", hsb, level1_variance="sector").pymc_model(
+        route="sampled", parameterization={"school": "non-centred"})
+    assert "sigma_strata" in {v.name for v in per_school.free_RVs}
+    with pytest.raises(bh.OptionError, match="only when it gives one variance per distinct predictor value"):
+        bh.HLM("mathach ~ cses + (1 | school)", hsb, level1_variance="~ ses").pymc_model()
+    sleep = bh.load_model(Path(__file__).parent.parent / "models" / "oxboys_ar1.toml")
+    with pytest.raises(bh.OptionError, match="does not model correlated level-1 errors.*'reml' or 'ml'"):
+        sleep.fit("bayes")
+
+
 def _dense_posterior_of_effects(design, beta, sigma2, Ts):
     """Joint Gaussian posterior of all factors' effects given beta, T and sigma2 (dense)."""
     Z = np.hstack([_full_Z(f) for f in design.factors])
@@ -119,7 +154,7 @@ def test_conditional_group_effect_draws_match_dense_posterior(which):
     chain = design.chain
     Ls = {"g": L_A} if which == "two-level" else {"child": L_A, "school": L_B}
     beta, sigma2, S = np.array([0.8, 0.3]), 0.6, 20000
-    draws = draw_group_effects(chain_statistics(design, chain, []), np.tile(beta, (S, 1)), np.full(S, 1 / sigma2),
+    draws = draw_group_effects(chain_statistics(design, chain, []), np.tile(beta, (S, 1)), np.full((S, 1), 1 / sigma2),
                                [np.tile(Ls[f.name], (S, 1, 1)) for f in chain], np.random.default_rng(1))
     mean, cov = _dense_posterior_of_effects(design, beta, sigma2, {k: L @ L.T for k, L in Ls.items()})
     by_factor = {f.name: u.reshape(S, -1) for f, u in zip(chain, draws)}

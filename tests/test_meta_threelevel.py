@@ -31,3 +31,20 @@ def test_konstantopoulos_agrees_with_metafor(method):
     shift = 0.5 * np.log(len(data)) if method == "reml" else 0.0
     assert fit.loglik + shift == pytest.approx(ref["loglik"], rel=1e-7)
     assert fit.sigma2 is None and not fit.boundary
+
+
+@pytest.mark.sampling
+def test_konstantopoulos_by_full_bayes_integrates_both_levels_and_sits_near_reml():
+    """Bayes for the three-level meta-analysis: school and district effects both integrated out, zero
+    divergences with default settings, and the pooled effect within a quarter of a posterior SD of REML
+    (56 effects in 11 districts: the posterior of the district variance is wide, so the SD is larger)."""
+    data = bh.datasets.load("konstantopoulos")
+    model = bh.HLM("yi ~ 1 + (1 | district/school)", data, known_variance="vi")
+    fit = model.fit("bayes", draws=500, tune=500, chains=2, random_seed=5)
+    assert set(fit.sampler["parameterization"].values()) == {"integrated out"}
+    assert fit.diagnostics["divergences"] == 0
+    reml = model.fit("reml").fixed_effects.loc["(Intercept)"]
+    post = fit.fixed_effects.loc["(Intercept)"]
+    assert abs(post["estimate"] - reml["estimate"]) < 0.25 * post["se"]
+    assert post["se"] > reml["se"]  # Bayes carries the uncertainty of the variances into the pooled effect
+    assert fit.draws("u_school:district").sizes["school:district"] == 56

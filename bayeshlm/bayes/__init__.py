@@ -78,7 +78,8 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
     tree["posterior"] = xr.DataTree(posterior)
     record |= {"route": info.route, "parameterization": info.parameterization,
                "reliability": {k: round(v, 3) for k, v in info.reliability.items()}}
-    var_names = ["beta", *(v for v in posterior.data_vars if v == "sigma" or v.startswith(("tau_", "corr_")))]
+    var_names = ["beta", *(v for v in posterior.data_vars
+                           if v in ("sigma", "sigma_strata") or v.startswith(("tau_", "corr_")))]
     var_names += [f"u_{name}" for name in info.sampled]
     diagnostics, messages = diagnose(tree, var_names, chains)
     warn_if_problems(messages)
@@ -105,7 +106,12 @@ def _complete_posterior(design: Design, post: xr.Dataset, info: ModelInfo, seed:
         coefficients = np.concatenate(
             [post["beta"].transpose("chain", "draw", "fixed").values.reshape(flat, -1),
              *(post[f"u_{name}"].values.reshape(flat, -1) for name in info.sampled)], axis=1)
-        s = 1.0 / post["sigma"].values.reshape(-1) ** 2 if design.known_variance is None else np.ones(flat)
+        if design.known_variance is not None:
+            s = np.ones((flat, 1))
+        elif "sigma_strata" in post:
+            s = 1.0 / post["sigma_strata"].transpose("chain", "draw", "stratum").values.reshape(flat, -1) ** 2
+        else:
+            s = 1.0 / post["sigma"].values.reshape(flat, 1) ** 2
         chain = [design.factor(name) for name in info.chain]
         L = [chol[f.name].reshape(flat, f.n_coef, f.n_coef) for f in chain]
         draws = draw_group_effects(info.stats, coefficients, s, L, np.random.default_rng([seed, 1]))

@@ -75,23 +75,31 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
         data[name] = value
         return pm.Data(name, value, **kwargs)
 
+    variance = level1_strata(design)
+    if variance is not None:
+        coords["stratum"] = list(variance.labels)
+        if variance.terms:
+            coords["variance_term"] = list(variance.terms)
     reliability = reml_reliability(design, sampled if parameterization is None else
                                    [f for f in sampled if f.name not in parameterization])
     choice = _choose_parameterization(design, chain, reliability, parameterization)
     stats = None
     with pm.Model(coords=coords) as model:
         beta = _fixed_effects(design, priors, add_data)
-        sigma = _scale_parameter("sigma", priors.sigma, add_data, ()) if has_sigma else None
+        sigma = _level1_sd(priors, variance, add_data) if has_sigma else None
         chols = {f.name: _covariance_cholesky(f, priors, add_data) for f in design.factors}
         effects = {}
         for f in sampled:
             model.add_coord(f.name, [str(v) for v in f.levels])
             effects[f.name] = _group_effects(f, chols[f.name], choice[f.name])
         if route == "marginal":
-            stats = chain_statistics(design, chain, sampled)
+            stats = chain_statistics(design, chain, sampled, None if variance is None else variance.codes)
             shared = {k: add_data(f"stat__{k}", v) for k, v in stats.arrays.items()}
             parents = [add_data(f"stat__parent_{level}", p, dtype=np.int64) for level, p in enumerate(stats.parents)]
-            s = 1.0 / sigma**2 if has_sigma else pt.constant(1.0)
+            if not has_sigma:
+                s = pt.ones(1)
+            else:
+                s = 1.0 / (model["sigma_strata"] if variance is not None else pt.stack([sigma])) ** 2
             coefficients = pt.concatenate([beta, *(effects[f.name].flatten() for f in sampled)])
             pm.Potential("marginal_loglik", marginal_loglik(
                 coefficients, s, [chols[f.name] for f in chain], shared, stats.sizes, parents, stats.n_groups,
@@ -102,7 +110,12 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
             for f in sampled:
                 codes = add_data(f"data__codes__{f.name}", f.codes, dtype=np.int64)
                 eta = eta + pt.sum(add_data(f"data__Z__{f.name}", f.Z) * effects[f.name][codes], axis=1)
-            noise_sd = sigma if has_sigma else add_data("data__known_sd", np.sqrt(design.known_variance))
+            if not has_sigma:
+                noise_sd = add_data("data__known_sd", np.sqrt(design.known_variance))
+            elif variance is not None:
+                noise_sd = model["sigma_strata"][add_data("data__stratum", variance.codes, dtype=np.int64)]
+            else:
+                noise_sd = sigma
             pm.Normal("y", mu=eta, sigma=noise_sd, observed=add_data("data__y", design.y), dims="obs")
     key = (route, has_sigma, tuple(choice.items()), priors.signature(),
            tuple((f.n_coef, f.blocks) for f in design.factors),
@@ -110,6 +123,67 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
     info = ModelInfo(route, choice, reliability, priors, data, key, stats, tuple(f.name for f in chain),
                      tuple(f.name for f in sampled))
     return model, info
+
+
+@dataclass(frozen=True)
+class Level1Strata:
+    """Rows grouped by their level-1 variance: stratum codes and labels, and for a log-linear variance model
+    ln σ²_k = α_0 + c_k'α the saturated map from stratum variances to the α's (``solve``: α = solve @ ln σ²)."""
+
+    codes: np.ndarray  # (n,) stratum of each row, 0 = reference
+    labels: tuple[str, ...]
+    terms: tuple[str, ...] = ()  # 'alpha0', 'alpha <C column>' ... (log-linear model only)
+    solve: np.ndarray | None = None  # (m + 1, K)
+
+
+def level1_strata(design: Design) -> Level1Strata | None:
+    """The strata of a heterogeneous level-1 variance (R&B 2002, sec. 5.4 and eq. 5.36), or None.
+
+    ``level1_variance="<column>"`` gives one σ² per category. A log-linear model ``level1_variance="~ ..."`` is
+    fitted by Bayes when it is saturated over the rows' distinct predictor values (e.g. ``~ sector``: one σ² per
+    sector, and α_0, α_1 their log-scale intercept and contrast); a continuous predictor, or AR(1) errors,
+    are refused with a message naming the likelihood engine, which fits them.
+    """
+    r = design.residual
+    if r is None:
+        return None
+    if r.structure.correlation:
+        raise OptionError(f"The Bayesian engine does not model correlated level-1 errors "
+                          f"(correlation={r.structure.correlation!r}); fit this model with 'reml' or 'ml', or drop "
+                          "correlation to fit it by Bayes.")
+    if r.strata is not None and r.C is not None:
+        raise OptionError("The Bayesian engine models one level-1 variance structure at a time: give either "
+                          "level1_variance='<column>' or a log-linear '~ ...' model, not both.")
+    if r.strata is not None:
+        column = r.strata_levels.name or r.structure.variance_by
+        return Level1Strata(r.strata, tuple(f"{column}={level}" for level in r.strata_levels))
+    distinct, codes = np.unique(r.C, axis=0, return_inverse=True)
+    design_rows = np.column_stack([np.ones(len(distinct)), distinct])
+    if len(distinct) != design_rows.shape[1] or np.linalg.matrix_rank(design_rows) < len(distinct):
+        raise OptionError(
+            f"level1_variance='~ {r.structure.variance_formula}': the Bayesian engine fits a log-linear level-1 "
+            f"variance model only when it gives one variance per distinct predictor value (here the predictors "
+            f"take {len(distinct)} distinct values for {design_rows.shape[1]} coefficients), e.g. '~ sector'. "
+            "Fit this model with 'reml' or 'ml', or use level1_variance='<categorical column>'.")
+    order = np.lexsort(distinct.T[::-1])  # the all-zero row (alpha_0 alone) first when present
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    labels = tuple(", ".join(f"{n}={v:g}" for n, v in zip(r.C_names, distinct[i])) for i in order)
+    return Level1Strata(rank[codes.ravel()], labels, ("alpha0", *(f"alpha {n}" for n in r.C_names)),
+                        np.linalg.inv(design_rows[order]))
+
+
+def _level1_sd(priors: PriorSet, variance: Level1Strata | None, add_data):
+    """σ: one level-1 SD, or one per stratum (``sigma_strata``, each with the ``sigma`` prior) with ``sigma``
+    the reference stratum's SD (or exp(α_0 / 2) for a log-linear model, the convention of the likelihood
+    engine) and ``alpha`` the log-linear coefficients."""
+    if variance is None:
+        return _scale_parameter("sigma", priors.sigma, add_data, ())
+    strata = _scale_parameter("sigma_strata", priors.sigma, add_data, (len(variance.labels),), dims="stratum")
+    if not variance.terms:
+        return pm.Deterministic("sigma", strata[0])
+    alpha = pm.Deterministic("alpha", pt.dot(variance.solve, 2.0 * pt.log(strata)), dims="variance_term")
+    return pm.Deterministic("sigma", pt.exp(alpha[0] / 2.0))
 
 
 def integrated_chain(design: Design) -> list:
@@ -157,7 +231,8 @@ def _scale_parameter(name: str, prior: Prior, add_data, shape: tuple, dims=None)
     size = {"dims": dims} if dims else {"shape": shape}
     if prior.on == "sd":
         return dist(name, **params, **size)
-    variance = dist("sigma2" if name == "sigma" else name.replace("tau_", "tau2_", 1), **params, **size)
+    variance_name = {"sigma": "sigma2", "sigma_strata": "sigma2_strata"}.get(name) or name.replace("tau_", "tau2_", 1)
+    variance = dist(variance_name, **params, **size)
     return pm.Deterministic(name, pt.sqrt(variance), **({"dims": dims} if dims else {}))
 
 

@@ -27,6 +27,10 @@ elementwise operations over the groups of each level, which compile quickly and 
 Crossed designs: the effects of factors outside the integrated chain are sampled and enter as extra columns
 of X (an indicator column per group and coefficient), so the same formula applies with β extended by them.
 
+Heterogeneous level-1 variance (a σ_k² per stratum k of rows, R&B 2002 sec. 5.4 and ch. 6): R^{-1} = Σ_k s_k W_k
+with W_k selecting stratum k's rows, so every statistic is kept per stratum and weighted by s_k = 1/σ_k²;
+log|R| = -Σ_k N_k log s_k. A homogeneous model has one stratum.
+
 Given (β, T, s), the group effects are drawn top-down from their exact conditional posterior (R&B 2002,
 eq. 3.52 and 13.17): at level l, given the outer levels' draws u_o, u_lg ~ N(S b̃, S), b̃ = b - B u_o,
 S = (T_l^{-1} + A)^{-1} = L_l M^{-1} L_l', drawn as u_lg = L_l (M^{-1} L_l' b̃ + C^{-T} z), z ~ N(0, I).
@@ -49,11 +53,13 @@ MAX_CROSS_CELLS = 20_000_000
 
 @dataclass(frozen=True)
 class ChainStatistics:
-    """Sufficient statistics for integrating a nested chain of factors out (module docstring), as arrays.
+    """Sufficient statistics for integrating a nested chain of factors out (module docstring), as arrays with
+    a leading axis over the K strata of the level-1 variance (K = 1 without strata).
 
-    Level l: ``Z{l}tZ`` (J_l, q_l, Σ_{k>=l} q_k), ``Z{l}tX`` (J_l, q_l, P), ``Z{l}ty`` (J_l, q_l); whole
-    sample: XtX (P, P), Xty (P,), yty, n_obs and, with known variances, logdetV. P = p fixed effects plus one
-    column per sampled group effect of a crossed factor. ``parents[l]`` maps level-l groups to level l + 1.
+    Level l: ``Z{l}tZ`` (K, J_l, q_l, Σ_{k>=l} q_k), ``Z{l}tX`` (K, J_l, q_l, P), ``Z{l}ty`` (K, J_l, q_l); whole
+    sample: XtX (K, P, P), Xty (K, P), yty (K,), n_obs (K,) and, with known variances, logdetV. P = p fixed
+    effects plus one column per sampled group effect of a crossed factor. ``parents[l]`` maps level-l groups
+    to level l + 1.
     """
 
     sizes: tuple[int, ...]  # q_l per chain level, innermost first
@@ -62,31 +68,41 @@ class ChainStatistics:
     parents: tuple[np.ndarray, ...]
 
 
-def chain_statistics(design: Design, chain: list[GroupingFactor],
-                     sampled: list[GroupingFactor]) -> ChainStatistics:
+def chain_statistics(design: Design, chain: list[GroupingFactor], sampled: list[GroupingFactor],
+                     strata: np.ndarray | None = None) -> ChainStatistics:
     """The :class:`ChainStatistics` of ``chain`` (innermost first), with the effects of the ``sampled``
-    factors as indicator columns appended to X; from the design's sufficient statistics when it has no
-    sampled factors (so aggregate designs built out of core work too)."""
-    cp = design.chain_crossproducts(chain) if not sampled else _augmented_crossproducts(design, chain, sampled)
+    factors as indicator columns appended to X, per stratum (``strata``: each row's stratum code, or None).
+    Without sampled factors or strata it reads the design's own sufficient statistics, so aggregate designs
+    built out of core work too."""
+    if not sampled and strata is None:
+        per_stratum, counts = [design.chain_crossproducts(chain)], [design.n_obs]
+    else:
+        codes = np.zeros(design.n_obs, dtype=np.int64) if strata is None else strata
+        weights = np.ones(design.n_obs) if design.weights is None else design.weights
+        K = int(codes.max()) + 1
+        per_stratum = [_weighted_crossproducts(design, chain, sampled, weights * (codes == k)) for k in range(K)]
+        counts = np.bincount(codes, minlength=K)
     sizes = tuple(f.n_coef for f in chain)
-    P = cp.top.shape[0] - 1
+    P = per_stratum[0].top.shape[0] - 1
     arrays = {}
-    for level, S in enumerate(cp.stats):
+    for level in range(len(chain)):
+        S = np.stack([cp.stats[level] for cp in per_stratum])
         width = sum(sizes[level:])
-        arrays |= {f"Z{level}tZ": S[:, :, :width], f"Z{level}tX": S[:, :, width:width + P], f"Z{level}ty": S[:, :, -1]}
-    arrays |= {"XtX": cp.top[:P, :P], "Xty": cp.top[:P, P], "yty": np.float64(cp.top[P, P]),
-               "n_obs": np.float64(design.n_obs)}
+        arrays |= {f"Z{level}tZ": S[..., :width], f"Z{level}tX": S[..., width:width + P], f"Z{level}ty": S[..., -1]}
+    top = np.stack([cp.top for cp in per_stratum])
+    arrays |= {"XtX": top[:, :P, :P], "Xty": top[:, :P, P], "yty": top[:, P, P],
+               "n_obs": np.asarray(counts, dtype=float)}
     if design.known_variance is not None:
         arrays["logdetV"] = np.float64(np.sum(np.log(design.known_variance)))
-    return ChainStatistics(sizes, tuple(f.n_groups for f in chain), arrays, tuple(cp.parents))
+    return ChainStatistics(sizes, tuple(f.n_groups for f in chain), arrays, tuple(_parents(chain)))
 
 
-def _augmented_crossproducts(design: Design, chain: list[GroupingFactor],
-                             sampled: list[GroupingFactor]) -> ChainCrossproducts:
-    """:meth:`Design.chain_crossproducts` with X extended by the sampled factors' indicator columns D."""
-    w = np.ones(design.n_obs) if design.weights is None else design.weights
-    D = sp.hstack([_indicator_columns(f) for f in sampled], format="csr")
-    XD = sp.hstack([sp.csr_matrix(design.X), D, sp.csr_matrix(design.y[:, None])], format="csr")
+def _weighted_crossproducts(design: Design, chain: list[GroupingFactor], sampled: list[GroupingFactor],
+                            w: np.ndarray) -> ChainCrossproducts:
+    """:meth:`Design.chain_crossproducts` with row weights ``w`` and X extended by the sampled factors'
+    indicator columns D."""
+    parts = [sp.csr_matrix(design.X), *(_indicator_columns(f) for f in sampled), sp.csr_matrix(design.y[:, None])]
+    XD = sp.hstack(parts, format="csr")
     stats = []
     for level, f in enumerate(chain):
         Zouter = np.hstack([g.Z for g in chain[level:]])
@@ -125,19 +141,25 @@ def _indicator_columns(f: GroupingFactor) -> sp.csr_matrix:
 # --- the log-likelihood, as a PyTensor graph ------------------------------------------------------------------
 def marginal_loglik(beta, s, chols: list, stats: dict, sizes: tuple[int, ...], parents: list,
                     n_groups: tuple[int, ...], has_sigma: bool):
-    """Marginal log-likelihood (PyTensor) of β, s = 1/σ² and the Cholesky factors L_l of T_l (module docstring).
+    """Marginal log-likelihood (PyTensor) of β, s = (1/σ_k²) per stratum and the Cholesky factors L_l of T_l
+    (module docstring).
 
     ``stats`` holds the tensors of :class:`ChainStatistics`; ``parents[l]`` (int tensors) maps level-l groups
     to level l + 1, which has ``n_groups[l + 1]`` groups.
     """
+    def weigh(per_stratum):  # Σ_k s_k x_k over the leading stratum axis
+        return pt.tensordot(s, per_stratum, axes=[[0], [0]])
+
     logdet, reduction = 0.0, 0.0
     K, k = {}, {}  # corrections left by the level below, keyed by column of the chain (0 .. Σ q_l - 1)
     offset = 0
     for level, (q, L) in enumerate(zip(sizes, chols)):
         ZtZ, ZtX, Zty = (stats[f"Z{level}t{v}"] for v in "ZXy")
+        residual = weigh(Zty - pt.dot(ZtX, beta))  # (J, q): s Z'W (y - X β)
         own, outer = range(offset, offset + q), range(offset + q, sum(sizes))
-        Q = {(a, c): s * ZtZ[:, a - offset, c - offset] - K.get((a, c), 0.0) for a in own for c in range(a, sum(sizes))}
-        b = [s * (Zty[:, a - offset] - pt.dot(ZtX[:, a - offset, :], beta)) - k.get(a, 0.0) for a in own]
+        Q = {(a, c): weigh(ZtZ[:, :, a - offset, c - offset]) - K.get((a, c), 0.0)
+             for a in own for c in range(a, sum(sizes))}
+        b = [residual[:, a - offset] - k.get(a, 0.0) for a in own]
         level_logdet, level_reduction, GG, Gw = _integrate_level(Q, b, L, own, outer)
         logdet, reduction = logdet + level_logdet, reduction + level_reduction
         if outer:
@@ -145,10 +167,10 @@ def marginal_loglik(beta, s, chols: list, stats: dict, sizes: tuple[int, ...], p
             k = {c: k.get(c, 0.0) + value for c, value in Gw.items()}
             K, k = _sum_into_parents(K, k, parents[level], n_groups[level + 1])
         offset += q
-    ee = s * (stats["yty"] - 2.0 * pt.dot(stats["Xty"], beta) + pt.dot(beta, pt.dot(stats["XtX"], beta)))
+    ee = weigh(stats["yty"] - 2.0 * pt.dot(stats["Xty"], beta) + pt.dot(pt.dot(stats["XtX"], beta), beta))
     n_obs = stats["n_obs"]
-    logdet_R = -n_obs * pt.log(s) if has_sigma else stats["logdetV"]
-    return -0.5 * (n_obs * np.log(2 * np.pi) + logdet_R + logdet + ee - reduction)
+    logdet_R = -pt.dot(n_obs, pt.log(s)) if has_sigma else stats["logdetV"]
+    return -0.5 * (pt.sum(n_obs) * np.log(2 * np.pi) + logdet_R + logdet + ee - reduction)
 
 
 def _integrate_level(Q: dict, b: list, L, own: range, outer: range):
@@ -210,21 +232,22 @@ def draw_group_effects(stats: ChainStatistics, beta: np.ndarray, s: np.ndarray, 
                        rng: np.random.Generator, chunk: int = 100) -> list[np.ndarray]:
     """Exact draws of every chain level's group effects given (β, T, σ²), per posterior draw (module docstring).
 
-    ``beta`` (S, P) (fixed effects, then the sampled effects of crossed factors), ``s`` (S,) (1/σ², or ones
-    with known V), ``chols[l]`` (S, q_l, q_l). Returns one (S, J_l, q_l) array per chain level. Vectorised over
-    groups and over draws, in chunks of ``chunk`` draws to bound memory.
+    ``beta`` (S, P) (fixed effects, then the sampled effects of crossed factors), ``s`` (S, K) (1/σ_k² per
+    stratum, or ones with known V), ``chols[l]`` (S, q_l, q_l). Returns one (S, J_l, q_l) array per chain
+    level. Vectorised over groups and over draws, in chunks of ``chunk`` draws to bound memory.
     """
     a, top = stats.arrays, len(stats.sizes) - 1
     n_draws = beta.shape[0]
     out = [np.empty((n_draws, J, q)) for J, q in zip(stats.n_groups, stats.sizes)]
     for start in range(0, n_draws, chunk):
         sl = slice(start, min(start + chunk, n_draws))
-        ss = s[sl][:, None, None]
+        ss = s[sl]
         K = k = None  # corrections left by the level below: (S, J_l, width, width) and (S, J_l, width)
         levels = []
         for level, q in enumerate(stats.sizes):
-            Q = ss[..., None] * a[f"Z{level}tZ"][None]  # (S, J, q, width = q + outer columns)
-            b = ss * (a[f"Z{level}ty"][None] - np.einsum("jqp,sp->sjq", a[f"Z{level}tX"], beta[sl]))
+            Q = np.einsum("sk,kjab->sjab", ss, a[f"Z{level}tZ"])  # (S, J, q, width = q + outer columns)
+            b = np.einsum("sk,kja->sja", ss, a[f"Z{level}ty"]) - np.einsum(
+                "sk,kjap,sp->sja", ss, a[f"Z{level}tX"], beta[sl])
             if K is not None:
                 Q, b = Q - K[..., :q, :], b - k[..., :q]
             L = chols[level][sl][:, None]  # (S, 1, q, q)

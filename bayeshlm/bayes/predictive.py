@@ -15,13 +15,14 @@ import pymc as pm
 import xarray as xr
 
 from ..design import Design
-from .build import cholesky_draws
+from .build import cholesky_draws, level1_strata
 
 
 def prior_predictive(design: Design, model: pm.Model, draws: int = 500, seed: int | None = None) -> xr.DataTree:
     """DataTree with group ``prior`` (parameters, ``T_<factor>``, ``u_<factor>``) and ``prior_predictive`` (y)."""
     params = [v.name for v in model.free_RVs if not v.name.startswith(("z_", "u_"))]
-    params += [v.name for v in model.deterministics if v.name in ("sigma", "beta") or v.name.startswith("tau_")]
+    params += [v.name for v in model.deterministics
+               if v.name in ("sigma", "sigma_strata", "beta") or v.name.startswith("tau_")]
     rng = np.random.default_rng(seed)
     with model, warnings.catch_warnings():
         # the marginal route's Potential is the likelihood, which a prior predictive rightly leaves out
@@ -39,7 +40,12 @@ def prior_predictive(design: Design, model: pm.Model, draws: int = 500, seed: in
         prior[f"T_{f.name}"] = xr.DataArray(L @ np.swapaxes(L, -1, -2),
                                             dims=("chain", "draw", f"{f.name}__coef", f"{f.name}__coef2"))
         eta = eta + np.einsum("nq,cdnq->cdn", f.Z, u[:, :, f.codes, :])
-    noise_sd = prior["sigma"].values[..., None] if design.known_variance is None else np.sqrt(design.known_variance)
+    if design.known_variance is not None:
+        noise_sd = np.sqrt(design.known_variance)
+    elif "sigma_strata" in prior:  # one SD per level-1 variance stratum
+        noise_sd = prior["sigma_strata"].values[..., level1_strata(design).codes]
+    else:
+        noise_sd = prior["sigma"].values[..., None]
     y = eta + noise_sd * rng.standard_normal(eta.shape)
     predictive = xr.Dataset({"y": (("chain", "draw", "obs"), y)})
     return xr.DataTree.from_dict({"prior": prior, "prior_predictive": predictive})

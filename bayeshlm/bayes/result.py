@@ -105,6 +105,15 @@ class BayesFit(FitResult):
                     rows.append({"factor": f.name, "term": term, **_stats(T[..., a, b])})
         if self.design.known_variance is None:
             rows.append({"factor": "Residual", "term": "sigma2", **_stats(self.draws("sigma").values ** 2)})
+        if "sigma_strata" in self.posterior["posterior"]:  # heterogeneous level-1 variance (as StructuredFit)
+            strata = self.draws("sigma_strata")
+            for label in strata["stratum"].values:
+                rows.append({"factor": "Residual", "term": f"sigma2 {label}",
+                             **_stats(strata.sel(stratum=label).values ** 2)})
+            if "alpha" in self.posterior["posterior"]:
+                for term in self.draws("alpha")["variance_term"].values:
+                    rows.append({"factor": "Residual", "term": str(term),
+                                 **_stats(self.draws("alpha").sel(variance_term=term).values)})
         return pd.DataFrame(rows)
 
     def reliability(self, factor: str | None = None) -> pd.DataFrame:
