@@ -14,7 +14,7 @@ from scipy.linalg import block_diag
 
 import bayeshlm as bh
 from bayeshlm.bayes import LKJ, Prior, pymc_model
-from bayeshlm.bayes.marginal import chain_statistics, draw_group_effects, marginal_loglik
+from bayeshlm.bayes.marginal import ar1_pairs, chain_statistics, draw_group_effects, marginal_loglik
 from bayeshlm.bayes.priors import resolve_priors
 
 
@@ -60,15 +60,23 @@ def _dense_cov(design, sigma2, Ts: dict):
     return R
 
 
-def _graph_loglik(design, chain, sampled, beta, sigma2, Ls, strata=None):
-    """sigma2: one level-1 variance, or one per stratum (``strata`` the rows' stratum codes)."""
-    stats_ = chain_statistics(design, chain, sampled, strata)
-    has_sigma = design.known_variance is None
-    s = 1 / np.atleast_1d(sigma2) if has_sigma else np.ones(1)
-    expr = marginal_loglik(pt.constant(beta), pt.constant(s),
+def _graph_loglik(design, chain, sampled, beta, sigma2, Ls, strata=None, ar1=None):
+    """sigma2: one level-1 variance, or one per stratum (``strata`` the rows' stratum codes); ``ar1``:
+    (pairs, phi) for AR(1) errors."""
+    stats_ = chain_statistics(design, chain, sampled, strata, None if ar1 is None else ar1[0])
+    if design.known_variance is not None:
+        s, logdet = np.ones(1), stats_.arrays["logdetV"]
+    elif ar1 is not None:
+        pairs, phi = ar1
+        s = np.array([1.0, -phi, phi**2]) / ((1 - phi**2) * sigma2)
+        logdet = design.n_obs * np.log(sigma2) + pairs.n_pairs * np.log(1 - phi**2)
+    else:
+        s = 1 / np.atleast_1d(sigma2)
+        logdet = -stats_.arrays["rows_per_component"] @ np.log(s)
+    expr = marginal_loglik(pt.constant(beta), pt.constant(s), pt.constant(logdet),
                            [pt.constant(Ls[f.name]) for f in chain],
                            {k: pt.constant(v) for k, v in stats_.arrays.items()}, stats_.sizes,
-                           [pt.constant(p) for p in stats_.parents], stats_.n_groups, has_sigma)
+                           [pt.constant(p) for p in stats_.parents], stats_.n_groups)
     return pytensor.function([], expr, mode="FAST_COMPILE")()
 
 
@@ -118,6 +126,26 @@ def test_marginal_loglik_with_a_level1_variance_per_stratum():
     assert value == pytest.approx(stats.multivariate_normal(design.X @ beta, cov).logpdf(design.y), rel=1e-10)
 
 
+def test_marginal_loglik_with_ar1_errors_within_the_innermost_units():
+    design = _three_level().design
+    t = np.tile(np.arange(4.0), 6)  # 4 consecutive occasions per child (rows are child-major)
+    child, school = design.factor("child"), design.factor("school")
+    order = np.random.default_rng(3).permutation(design.n_obs)  # row order must not matter
+    pairs = ar1_pairs(child.codes[order], t[order], "child")
+    assert pairs.n_pairs == 18 and pairs.interior.sum() == 12
+    inverse = np.argsort(order)
+    pairs = type(pairs)(order[pairs.first], order[pairs.second], pairs.in_pairs[inverse], pairs.interior[inverse])
+    beta, sigma2, phi = np.array([0.8, 0.3]), 0.6, 0.55
+    value = _graph_loglik(design, [child, school], [], beta, sigma2, {"child": L_A, "school": L_B},
+                          ar1=(pairs, phi))
+    same = child.codes[:, None] == child.codes[None, :]
+    R = sigma2 * np.where(same, phi ** np.abs(t[:, None] - t[None, :]), 0.0)
+    cov = _dense_cov(design, 0.0, {"child": L_A @ L_A.T, "school": L_B @ L_B.T}) + R
+    assert value == pytest.approx(stats.multivariate_normal(design.X @ beta, cov).logpdf(design.y), rel=1e-10)
+    with pytest.raises(bh.OptionError, match="needs consecutive occasions within each child"):
+        ar1_pairs(child.codes, np.tile([0, 1, 3, 4], 6), "child")
+
+
 def test_heterogeneous_level1_variance_models_in_the_bayesian_engine(hsb):
     by_sector = bh.HLM("mathach ~ cses + (1 | school)", hsb, level1_variance="~ sector")
     model = by_sector.pymc_model()
@@ -134,9 +162,10 @@ def test_heterogeneous_level1_variance_models_in_the_bayesian_engine(hsb):
     assert "sigma_strata" in {v.name for v in per_school.free_RVs}
     with pytest.raises(bh.OptionError, match="only when it gives one variance per distinct predictor value"):
         bh.HLM("mathach ~ cses + (1 | school)", hsb, level1_variance="~ ses").pymc_model()
-    sleep = bh.load_model(Path(__file__).parent.parent / "models" / "oxboys_ar1.toml")
-    with pytest.raises(bh.OptionError, match="does not model correlated level-1 errors.*'reml' or 'ml'"):
-        sleep.fit("bayes")
+    ox = bh.load_model(Path(__file__).parent.parent / "models" / "oxboys_ar1.toml")
+    assert "phi" in {v.name for v in ox.pymc_model().free_RVs}
+    with pytest.raises(bh.OptionError, match="use route='marginal'"):
+        ox.pymc_model(route="sampled")
 
 
 def _dense_posterior_of_effects(design, beta, sigma2, Ts):

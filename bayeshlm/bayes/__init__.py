@@ -79,7 +79,7 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
     record |= {"route": info.route, "parameterization": info.parameterization,
                "reliability": {k: round(v, 3) for k, v in info.reliability.items()}}
     var_names = ["beta", *(v for v in posterior.data_vars
-                           if v in ("sigma", "sigma_strata") or v.startswith(("tau_", "corr_")))]
+                           if v in ("sigma", "sigma_strata", "phi") or v.startswith(("tau_", "corr_")))]
     var_names += [f"u_{name}" for name in info.sampled]
     diagnostics, messages = diagnose(tree, var_names, chains)
     warn_if_problems(messages)
@@ -108,6 +108,9 @@ def _complete_posterior(design: Design, post: xr.Dataset, info: ModelInfo, seed:
              *(post[f"u_{name}"].values.reshape(flat, -1) for name in info.sampled)], axis=1)
         if design.known_variance is not None:
             s = np.ones((flat, 1))
+        elif "phi" in post:  # AR(1): the weights of the three components of R^{-1} (see build._ar1_weights)
+            phi, sigma2 = post["phi"].values.reshape(flat), post["sigma"].values.reshape(flat) ** 2
+            s = np.column_stack([np.ones(flat), -phi, phi**2]) / ((1.0 - phi**2) * sigma2)[:, None]
         elif "sigma_strata" in post:
             s = 1.0 / post["sigma_strata"].transpose("chain", "draw", "stratum").values.reshape(flat, -1) ** 2
         else:

@@ -28,7 +28,15 @@ import xarray as xr
 
 from ..design import Design
 from ..errors import DataError, OptionError, closest_names
-from .marginal import MAX_CROSS_CELLS, ChainStatistics, chain_statistics, marginal_loglik, sampled_columns
+from .marginal import (
+    MAX_CROSS_CELLS,
+    AR1Pairs,
+    ChainStatistics,
+    ar1_pairs,
+    chain_statistics,
+    marginal_loglik,
+    sampled_columns,
+)
 from .priors import LKJ, Prior, PriorSet
 
 ROUTES = ("auto", "marginal", "sampled")
@@ -76,6 +84,7 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
         return pm.Data(name, value, **kwargs)
 
     variance = level1_strata(design)
+    ar1 = level1_ar1(design, route)
     if variance is not None:
         coords["stratum"] = list(variance.labels)
         if variance.terms:
@@ -93,17 +102,20 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
             model.add_coord(f.name, [str(v) for v in f.levels])
             effects[f.name] = _group_effects(f, chols[f.name], choice[f.name])
         if route == "marginal":
-            stats = chain_statistics(design, chain, sampled, None if variance is None else variance.codes)
+            stats = chain_statistics(design, chain, sampled, None if variance is None else variance.codes, ar1)
             shared = {k: add_data(f"stat__{k}", v) for k, v in stats.arrays.items()}
             parents = [add_data(f"stat__parent_{level}", p, dtype=np.int64) for level, p in enumerate(stats.parents)]
             if not has_sigma:
-                s = pt.ones(1)
+                weights, logdet_R = pt.ones(1), shared["logdetV"]
+            elif ar1 is not None:
+                weights, logdet_R = _ar1_weights(sigma, shared["n_obs"], add_data("stat__n_pairs", ar1.n_pairs))
             else:
-                s = 1.0 / (model["sigma_strata"] if variance is not None else pt.stack([sigma])) ** 2
+                weights = 1.0 / (model["sigma_strata"] if variance is not None else pt.stack([sigma])) ** 2
+                logdet_R = -pt.dot(shared["rows_per_component"], pt.log(weights))
             coefficients = pt.concatenate([beta, *(effects[f.name].flatten() for f in sampled)])
             pm.Potential("marginal_loglik", marginal_loglik(
-                coefficients, s, [chols[f.name] for f in chain], shared, stats.sizes, parents, stats.n_groups,
-                has_sigma))
+                coefficients, weights, logdet_R, [chols[f.name] for f in chain], shared, stats.sizes, parents,
+                stats.n_groups))
         else:
             model.add_coord("obs", np.arange(design.n_obs))
             eta = pt.dot(add_data("data__X", design.X), beta)
@@ -147,10 +159,11 @@ def level1_strata(design: Design) -> Level1Strata | None:
     r = design.residual
     if r is None:
         return None
+    if r.structure.correlation and (r.strata is not None or r.C is not None):
+        raise OptionError("The Bayesian engine models one level-1 error structure at a time: give either "
+                          "correlation='ar1' or a level1_variance model, not both (the likelihood engine fits both).")
     if r.structure.correlation:
-        raise OptionError(f"The Bayesian engine does not model correlated level-1 errors "
-                          f"(correlation={r.structure.correlation!r}); fit this model with 'reml' or 'ml', or drop "
-                          "correlation to fit it by Bayes.")
+        return None
     if r.strata is not None and r.C is not None:
         raise OptionError("The Bayesian engine models one level-1 variance structure at a time: give either "
                           "level1_variance='<column>' or a log-linear '~ ...' model, not both.")
@@ -171,6 +184,33 @@ def level1_strata(design: Design) -> Level1Strata | None:
     labels = tuple(", ".join(f"{n}={v:g}" for n, v in zip(r.C_names, distinct[i])) for i in order)
     return Level1Strata(rank[codes.ravel()], labels, ("alpha0", *(f"alpha {n}" for n in r.C_names)),
                         np.linalg.inv(design_rows[order]))
+
+
+def level1_ar1(design: Design, route: str) -> AR1Pairs | None:
+    """The consecutive-occasion pairs of ``correlation='ar1'`` errors (see :func:`~.marginal.ar1_pairs`), or None.
+
+    Bayes fits AR(1) errors with integer occasions and no gaps, on the marginal route; continuous-time
+    'car1' errors and gaps are refused with a message naming the likelihood engine, which fits them."""
+    r = design.residual
+    if r is None or not r.structure.correlation:
+        return None
+    if r.structure.correlation != "ar1":
+        raise OptionError(f"The Bayesian engine fits correlation='ar1' (integer occasions) but not "
+                          f"{r.structure.correlation!r}; fit this model with 'reml' or 'ml'.")
+    if route == "sampled":
+        raise OptionError("correlation='ar1' by Bayes integrates the group effects out: use route='marginal' "
+                          "(the default).")
+    return ar1_pairs(design.factor(r.unit).codes, r.time, r.unit)
+
+
+def _ar1_weights(sigma, n_obs, n_pairs):
+    """Weights of the three AR(1) components (all rows, consecutive pairs, interior rows) of
+    R^{-1} = C^{-1}/σ², C^{-1} = [I - φ pairs + φ² interior]/(1 - φ²), and log|R| = N log σ² + n_pairs log(1 - φ²)
+    (:func:`~.marginal.ar1_pairs`); φ ~ Uniform(-1, 1), the stationary range."""
+    phi = pm.Uniform("phi", -1.0, 1.0)
+    one_minus = 1.0 - phi**2
+    weights = pt.stack([pt.ones(()), -phi, phi**2]) / (one_minus * sigma**2)
+    return weights, 2.0 * n_obs * pt.log(sigma) + n_pairs * pt.log(one_minus)
 
 
 def _level1_sd(priors: PriorSet, variance: Level1Strata | None, add_data):

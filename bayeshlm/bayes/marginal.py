@@ -27,9 +27,10 @@ elementwise operations over the groups of each level, which compile quickly and 
 Crossed designs: the effects of factors outside the integrated chain are sampled and enter as extra columns
 of X (an indicator column per group and coefficient), so the same formula applies with β extended by them.
 
-Heterogeneous level-1 variance (a σ_k² per stratum k of rows, R&B 2002 sec. 5.4 and ch. 6): R^{-1} = Σ_k s_k W_k
-with W_k selecting stratum k's rows, so every statistic is kept per stratum and weighted by s_k = 1/σ_k²;
-log|R| = -Σ_k N_k log s_k. A homogeneous model has one stratum.
+Level-1 error structures enter through R^{-1} = Σ_k s_k W_k, a weighted sum of fixed row sets, so every
+statistic is kept per component and weighted by s_k: a σ_k² per stratum k of rows (R&B 2002 sec. 5.4 and ch. 6;
+s_k = 1/σ_k², log|R| = -Σ_k N_k log s_k), or AR(1) errors within units (:func:`ar1_pairs`). A homogeneous
+model has one component.
 
 Given (β, T, s), the group effects are drawn top-down from their exact conditional posterior (R&B 2002,
 eq. 3.52 and 13.17): at level l, given the outer levels' draws u_o, u_lg ~ N(S b̃, S), b̃ = b - B u_o,
@@ -46,6 +47,7 @@ import scipy.sparse as sp
 
 from ..design import Design, GroupingFactor
 from ..design.design import ChainCrossproducts, group_sums
+from ..errors import OptionError
 
 # Crossed designs: refuse to integrate when the innermost-group x sampled-column table would exceed this
 MAX_CROSS_CELLS = 20_000_000
@@ -54,12 +56,13 @@ MAX_CROSS_CELLS = 20_000_000
 @dataclass(frozen=True)
 class ChainStatistics:
     """Sufficient statistics for integrating a nested chain of factors out (module docstring), as arrays with
-    a leading axis over the K strata of the level-1 variance (K = 1 without strata).
+    a leading axis over K weighted components of R^{-1}: the strata of a heterogeneous level-1 variance, the
+    three parts of an AR(1) precision, or K = 1.
 
     Level l: ``Z{l}tZ`` (K, J_l, q_l, Σ_{k>=l} q_k), ``Z{l}tX`` (K, J_l, q_l, P), ``Z{l}ty`` (K, J_l, q_l); whole
-    sample: XtX (K, P, P), Xty (K, P), yty (K,), n_obs (K,) and, with known variances, logdetV. P = p fixed
-    effects plus one column per sampled group effect of a crossed factor. ``parents[l]`` maps level-l groups
-    to level l + 1.
+    sample: XtX (K, P, P), Xty (K, P), yty (K,), n_obs (N), rows_per_component (K,) and, with known variances,
+    logdetV. P = p fixed effects plus one column per sampled group effect of a crossed factor. ``parents[l]``
+    maps level-l groups to level l + 1.
     """
 
     sizes: tuple[int, ...]  # q_l per chain level, innermost first
@@ -68,53 +71,121 @@ class ChainStatistics:
     parents: tuple[np.ndarray, ...]
 
 
+@dataclass(frozen=True)
+class _Rows:
+    """Rows as the statistics see them: each chain level's Z and group codes, and [X, D, y] (D: the indicator
+    columns of sampled crossed factors), sparse."""
+
+    Z: list[np.ndarray]
+    codes: list[np.ndarray]
+    XDy: sp.csr_matrix
+
+    def __len__(self) -> int:
+        return self.XDy.shape[0]
+
+
 def chain_statistics(design: Design, chain: list[GroupingFactor], sampled: list[GroupingFactor],
-                     strata: np.ndarray | None = None) -> ChainStatistics:
+                     strata: np.ndarray | None = None, ar1: AR1Pairs | None = None) -> ChainStatistics:
     """The :class:`ChainStatistics` of ``chain`` (innermost first), with the effects of the ``sampled``
-    factors as indicator columns appended to X, per stratum (``strata``: each row's stratum code, or None).
-    Without sampled factors or strata it reads the design's own sufficient statistics, so aggregate designs
-    built out of core work too."""
-    if not sampled and strata is None:
-        per_stratum, counts = [design.chain_crossproducts(chain)], [design.n_obs]
+    factors as indicator columns appended to X; per stratum (``strata``: each row's stratum code) or per
+    AR(1) component (``ar1``, see :func:`ar1_pairs`). Without any of these it reads the design's own sufficient
+    statistics, so aggregate designs built out of core work too."""
+    if not sampled and strata is None and ar1 is None:
+        components, counts = [design.chain_crossproducts(chain)], [design.n_obs]
     else:
-        codes = np.zeros(design.n_obs, dtype=np.int64) if strata is None else strata
+        rows = _design_rows(design, chain, sampled)
         weights = np.ones(design.n_obs) if design.weights is None else design.weights
-        K = int(codes.max()) + 1
-        per_stratum = [_weighted_crossproducts(design, chain, sampled, weights * (codes == k)) for k in range(K)]
-        counts = np.bincount(codes, minlength=K)
+        if ar1 is not None:
+            pairs = _paired_rows(rows, ar1.first, ar1.second)
+            cross = _subtract(_crossproducts(pairs, chain, np.ones(len(pairs))),
+                              _crossproducts(rows, chain, ar1.in_pairs))
+            components = [_crossproducts(rows, chain, weights), cross, _crossproducts(rows, chain, ar1.interior)]
+            counts = [design.n_obs, 0, 0]
+        else:
+            codes = np.zeros(design.n_obs, dtype=np.int64) if strata is None else strata
+            counts = np.bincount(codes, minlength=int(codes.max()) + 1)
+            components = [_crossproducts(rows, chain, weights * (codes == k)) for k in range(len(counts))]
     sizes = tuple(f.n_coef for f in chain)
-    P = per_stratum[0].top.shape[0] - 1
+    P = components[0].top.shape[0] - 1
     arrays = {}
     for level in range(len(chain)):
-        S = np.stack([cp.stats[level] for cp in per_stratum])
+        S = np.stack([cp.stats[level] for cp in components])
         width = sum(sizes[level:])
         arrays |= {f"Z{level}tZ": S[..., :width], f"Z{level}tX": S[..., width:width + P], f"Z{level}ty": S[..., -1]}
-    top = np.stack([cp.top for cp in per_stratum])
-    arrays |= {"XtX": top[:, :P, :P], "Xty": top[:, :P, P], "yty": top[:, P, P],
-               "n_obs": np.asarray(counts, dtype=float)}
+    top = np.stack([cp.top for cp in components])
+    arrays |= {"XtX": top[:, :P, :P], "Xty": top[:, :P, P], "yty": top[:, P, P], "n_obs": np.float64(design.n_obs),
+               "rows_per_component": np.asarray(counts, dtype=float)}
     if design.known_variance is not None:
         arrays["logdetV"] = np.float64(np.sum(np.log(design.known_variance)))
     return ChainStatistics(sizes, tuple(f.n_groups for f in chain), arrays, tuple(_parents(chain)))
 
 
-def _weighted_crossproducts(design: Design, chain: list[GroupingFactor], sampled: list[GroupingFactor],
-                            w: np.ndarray) -> ChainCrossproducts:
-    """:meth:`Design.chain_crossproducts` with row weights ``w`` and X extended by the sampled factors'
-    indicator columns D."""
+@dataclass(frozen=True)
+class AR1Pairs:
+    """Consecutive occasions within each unit (the innermost grouping factor): the rows of each pair, how many
+    pairs each row belongs to, and whether it is interior (has a neighbour on both sides)."""
+
+    first: np.ndarray
+    second: np.ndarray
+    in_pairs: np.ndarray  # (n,) 0, 1 or 2
+    interior: np.ndarray  # (n,) 0 or 1
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.first)
+
+
+def ar1_pairs(unit_codes: np.ndarray, time: np.ndarray, unit_name: str) -> AR1Pairs:
+    """Pairs of rows at occasions t and t + 1 of one unit. With AR(1) errors cor = φ^|t - t'| and no gaps,
+    the precision of a unit's errors is tridiagonal (Pinheiro & Bates 2000, sec. 5.3.1):
+
+        C^{-1} = [I + φ² I_interior - φ (pairs)] / (1 - φ²),    log|C| = (n_j - 1) log(1 - φ²),
+
+    so R^{-1} = (1/σ²) C^{-1} is a weighted sum of three row sets: all rows (weight 1), the consecutive pairs
+    (-φ, both cross terms) and the interior rows (φ²). Occasions with a gap are refused."""
+    order = np.lexsort((time, unit_codes))
+    same_unit = unit_codes[order][1:] == unit_codes[order][:-1]
+    step = np.diff(time[order])
+    gaps = same_unit & (step != 1)
+    if np.any(gaps):
+        raise OptionError(
+            f"correlation='ar1' by Bayes needs consecutive occasions within each {unit_name} (no gaps), because "
+            f"it uses the tridiagonal AR(1) precision; row {order[1:][gaps][0]} follows an occasion "
+            f"{step[gaps][0]:g} steps earlier. Fit this model with 'reml' or 'ml', which handle gaps.")
+    first, second = order[:-1][same_unit], order[1:][same_unit]
+    in_pairs = np.bincount(first, minlength=len(time)) + np.bincount(second, minlength=len(time))
+    return AR1Pairs(first, second, in_pairs.astype(float), (in_pairs == 2).astype(float))
+
+
+def _design_rows(design: Design, chain: list[GroupingFactor], sampled: list[GroupingFactor]) -> _Rows:
     parts = [sp.csr_matrix(design.X), *(_indicator_columns(f) for f in sampled), sp.csr_matrix(design.y[:, None])]
-    XD = sp.hstack(parts, format="csr")
+    return _Rows([f.Z for f in chain], [f.codes for f in chain], sp.hstack(parts, format="csr"))
+
+
+def _paired_rows(rows: _Rows, first: np.ndarray, second: np.ndarray) -> _Rows:
+    """One row per pair, holding the sum of its two rows (same groups along the chain: the unit is innermost)."""
+    return _Rows([Z[first] + Z[second] for Z in rows.Z], [c[first] for c in rows.codes],
+                 rows.XDy[first] + rows.XDy[second])
+
+
+def _crossproducts(rows: _Rows, chain: list[GroupingFactor], w: np.ndarray) -> ChainCrossproducts:
+    """:meth:`Design.chain_crossproducts` of ``rows`` with row weights ``w``."""
     stats = []
+    n = len(rows)
     for level, f in enumerate(chain):
-        Zouter = np.hstack([g.Z for g in chain[level:]])
-        Zw = f.Z * w[:, None]
-        dense = group_sums(f.codes, Zw, Zouter, f.n_groups)
-        rows = sp.csr_matrix((Zw.ravel(), (np.repeat(np.arange(design.n_obs), f.n_coef),
-                                           (f.codes[:, None] * f.n_coef + np.arange(f.n_coef)).ravel())),
-                             shape=(design.n_obs, f.n_groups * f.n_coef))
-        cross = (rows.T @ XD).toarray().reshape(f.n_groups, f.n_coef, XD.shape[1])
+        Zw = rows.Z[level] * w[:, None]
+        dense = group_sums(rows.codes[level], Zw, np.hstack(rows.Z[level:]), f.n_groups)
+        spread = sp.csr_matrix((Zw.ravel(), (np.repeat(np.arange(n), f.n_coef),
+                                             (rows.codes[level][:, None] * f.n_coef + np.arange(f.n_coef)).ravel())),
+                               shape=(n, f.n_groups * f.n_coef))
+        cross = (spread.T @ rows.XDy).toarray().reshape(f.n_groups, f.n_coef, rows.XDy.shape[1])
         stats.append(np.concatenate([dense, cross], axis=2))
-    top = (XD.T @ sp.diags(w) @ XD).toarray()
+    top = (rows.XDy.T @ sp.diags(w) @ rows.XDy).toarray()
     return ChainCrossproducts(stats=stats, top=top, parents=_parents(chain))
+
+
+def _subtract(a: ChainCrossproducts, b: ChainCrossproducts) -> ChainCrossproducts:
+    return ChainCrossproducts([x - y for x, y in zip(a.stats, b.stats)], a.top - b.top, a.parents)
 
 
 def _parents(chain: list[GroupingFactor]) -> list[np.ndarray]:
@@ -139,16 +210,16 @@ def _indicator_columns(f: GroupingFactor) -> sp.csr_matrix:
 
 
 # --- the log-likelihood, as a PyTensor graph ------------------------------------------------------------------
-def marginal_loglik(beta, s, chols: list, stats: dict, sizes: tuple[int, ...], parents: list,
-                    n_groups: tuple[int, ...], has_sigma: bool):
-    """Marginal log-likelihood (PyTensor) of β, s = (1/σ_k²) per stratum and the Cholesky factors L_l of T_l
-    (module docstring).
+def marginal_loglik(beta, weights, logdet_R, chols: list, stats: dict, sizes: tuple[int, ...], parents: list,
+                    n_groups: tuple[int, ...]):
+    """Marginal log-likelihood (PyTensor) of β and the Cholesky factors L_l of T_l (module docstring), given
+    R^{-1} = Σ_k weights[k] W_k over the components of :class:`ChainStatistics` and log|R|.
 
     ``stats`` holds the tensors of :class:`ChainStatistics`; ``parents[l]`` (int tensors) maps level-l groups
     to level l + 1, which has ``n_groups[l + 1]`` groups.
     """
-    def weigh(per_stratum):  # Σ_k s_k x_k over the leading stratum axis
-        return pt.tensordot(s, per_stratum, axes=[[0], [0]])
+    def weigh(per_component):  # Σ_k weights_k x_k over the leading component axis
+        return pt.tensordot(weights, per_component, axes=[[0], [0]])
 
     logdet, reduction = 0.0, 0.0
     K, k = {}, {}  # corrections left by the level below, keyed by column of the chain (0 .. Σ q_l - 1)
@@ -168,9 +239,7 @@ def marginal_loglik(beta, s, chols: list, stats: dict, sizes: tuple[int, ...], p
             K, k = _sum_into_parents(K, k, parents[level], n_groups[level + 1])
         offset += q
     ee = weigh(stats["yty"] - 2.0 * pt.dot(stats["Xty"], beta) + pt.dot(pt.dot(stats["XtX"], beta), beta))
-    n_obs = stats["n_obs"]
-    logdet_R = -pt.dot(n_obs, pt.log(s)) if has_sigma else stats["logdetV"]
-    return -0.5 * (pt.sum(n_obs) * np.log(2 * np.pi) + logdet_R + logdet + ee - reduction)
+    return -0.5 * (stats["n_obs"] * np.log(2 * np.pi) + logdet_R + logdet + ee - reduction)
 
 
 def _integrate_level(Q: dict, b: list, L, own: range, outer: range):
@@ -232,9 +301,10 @@ def draw_group_effects(stats: ChainStatistics, beta: np.ndarray, s: np.ndarray, 
                        rng: np.random.Generator, chunk: int = 100) -> list[np.ndarray]:
     """Exact draws of every chain level's group effects given (β, T, σ²), per posterior draw (module docstring).
 
-    ``beta`` (S, P) (fixed effects, then the sampled effects of crossed factors), ``s`` (S, K) (1/σ_k² per
-    stratum, or ones with known V), ``chols[l]`` (S, q_l, q_l). Returns one (S, J_l, q_l) array per chain
-    level. Vectorised over groups and over draws, in chunks of ``chunk`` draws to bound memory.
+    ``beta`` (S, P) (fixed effects, then the sampled effects of crossed factors), ``s`` (S, K) the weights of
+    the components of R^{-1} (e.g. 1/σ_k² per stratum, or ones with known V), ``chols[l]`` (S, q_l, q_l).
+    Returns one (S, J_l, q_l) array per chain level. Vectorised over groups and over draws, in chunks of
+    ``chunk`` draws to bound memory.
     """
     a, top = stats.arrays, len(stats.sizes) - 1
     n_draws = beta.shape[0]

@@ -2,8 +2,8 @@
 
 Parameters (β, σ, the SDs and correlations of T) are drawn from the model's priors with
 ``pm.sample_prior_predictive``; group effects u_j ~ N(0, T) and outcomes y = Xβ + Σ_f Z_f u_f + r,
-r ~ N(0, σ²) (or N(0, V) with known V), are then simulated in NumPy, the same way for every route (the
-marginal route has no group effects in its graph).
+r ~ N(0, σ²) (or N(0, V) with known V, or AR(1) within units), are then simulated in NumPy, the same way
+for every route (the marginal route has no group effects in its graph).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pymc as pm
 import xarray as xr
 
 from ..design import Design
-from .build import cholesky_draws, level1_strata
+from .build import cholesky_draws, level1_ar1, level1_strata
 
 
 def prior_predictive(design: Design, model: pm.Model, draws: int = 500, seed: int | None = None) -> xr.DataTree:
@@ -46,6 +46,12 @@ def prior_predictive(design: Design, model: pm.Model, draws: int = 500, seed: in
         noise_sd = prior["sigma_strata"].values[..., level1_strata(design).codes]
     else:
         noise_sd = prior["sigma"].values[..., None]
-    y = eta + noise_sd * rng.standard_normal(eta.shape)
+    noise = noise_sd * rng.standard_normal(eta.shape)
+    if "phi" in prior:  # AR(1) within units: e_t = φ e_{t-1} + sqrt(1 - φ²) ε_t along each pair of occasions
+        pairs = level1_ar1(design, "marginal")
+        phi = prior["phi"].values[..., None]
+        for first, second in zip(pairs.first, pairs.second):  # ordered by unit and time: each e_{t-1} is done
+            noise[..., second] = phi[..., 0] * noise[..., first] + np.sqrt(1 - phi[..., 0] ** 2) * noise[..., second]
+    y = eta + noise
     predictive = xr.Dataset({"y": (("chain", "draw", "obs"), y)})
     return xr.DataTree.from_dict({"prior": prior, "prior_predictive": predictive})

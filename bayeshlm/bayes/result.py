@@ -105,6 +105,8 @@ class BayesFit(FitResult):
                     rows.append({"factor": f.name, "term": term, **_stats(T[..., a, b])})
         if self.design.known_variance is None:
             rows.append({"factor": "Residual", "term": "sigma2", **_stats(self.draws("sigma").values ** 2)})
+        if "phi" in self.posterior["posterior"]:
+            rows.append({"factor": "Residual", "term": "phi (AR1)", **_stats(self.draws("phi").values)})
         if "sigma_strata" in self.posterior["posterior"]:  # heterogeneous level-1 variance (as StructuredFit)
             strata = self.draws("sigma_strata")
             for label in strata["stratum"].values:
