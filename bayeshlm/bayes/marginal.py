@@ -60,9 +60,9 @@ class ChainStatistics:
     three parts of an AR(1) precision, or K = 1.
 
     Level l: ``Z{l}tZ`` (K, J_l, q_l, Σ_{k>=l} q_k), ``Z{l}tX`` (K, J_l, q_l, P), ``Z{l}ty`` (K, J_l, q_l); whole
-    sample: XtX (K, P, P), Xty (K, P), yty (K,), n_obs (N), rows_per_component (K,) and, with known variances,
-    logdetV. P = p fixed effects plus one column per sampled group effect of a crossed factor. ``parents[l]``
-    maps level-l groups to level l + 1.
+    sample: XtX (K, P, P), Xty (K, P), yty (K,), n_obs (N) and either logdetV (known variances) or, without
+    AR(1) errors, rows_per_component (K,). P = p fixed effects plus one column per sampled group effect of a
+    crossed factor. ``parents[l]`` maps level-l groups to level l + 1.
     """
 
     sizes: tuple[int, ...]  # q_l per chain level, innermost first
@@ -92,7 +92,9 @@ def chain_statistics(design: Design, chain: list[GroupingFactor], sampled: list[
     statistics, so aggregate designs built out of core work too."""
     if not sampled and strata is None and ar1 is None:
         components, counts = [design.chain_crossproducts(chain)], [design.n_obs]
+        parents = components[0].parents
     else:
+        parents = _parents(chain)
         rows = _design_rows(design, chain, sampled)
         weights = np.ones(design.n_obs) if design.weights is None else design.weights
         if ar1 is not None:
@@ -113,11 +115,13 @@ def chain_statistics(design: Design, chain: list[GroupingFactor], sampled: list[
         width = sum(sizes[level:])
         arrays |= {f"Z{level}tZ": S[..., :width], f"Z{level}tX": S[..., width:width + P], f"Z{level}ty": S[..., -1]}
     top = np.stack([cp.top for cp in components])
-    arrays |= {"XtX": top[:, :P, :P], "Xty": top[:, :P, P], "yty": top[:, P, P], "n_obs": np.float64(design.n_obs),
-               "rows_per_component": np.asarray(counts, dtype=float)}
+    arrays |= {"XtX": top[:, :P, :P], "Xty": top[:, :P, P], "yty": top[:, P, P], "n_obs": np.float64(design.n_obs)}
+    # only what the graph reads: nutpie drops unused data, and a refit may only swap data the graph holds
     if design.known_variance is not None:
         arrays["logdetV"] = np.float64(np.sum(np.log(design.known_variance)))
-    return ChainStatistics(sizes, tuple(f.n_groups for f in chain), arrays, tuple(_parents(chain)))
+    elif ar1 is None:
+        arrays["rows_per_component"] = np.asarray(counts, dtype=float)
+    return ChainStatistics(sizes, tuple(f.n_groups for f in chain), arrays, tuple(parents))
 
 
 @dataclass(frozen=True)
