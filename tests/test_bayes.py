@@ -3,6 +3,7 @@ conditional draws of group effects, each checked against a direct dense computat
 
 from pathlib import Path
 
+import arviz as az
 import numpy as np
 import pandas as pd
 import pymc as pm
@@ -269,3 +270,24 @@ def test_prior_predictive_simulates_outcomes_on_the_data_scale(route):
     assert tree["prior"]["u_g"].dims == ("chain", "draw", "g", "g__coef")
     spread = float(np.median(np.abs(y.values - np.median(y.values))))
     assert 0.1 * np.std(model.design.y) < spread < 100 * np.std(model.design.y)
+
+
+def test_diagnostics_leave_out_constant_entries():
+    """The unit diagonal of a correlation factor is constant: its R-hat is undefined and ArviZ gives it an ESS
+    equal to the number of draws, which must not stand in for the varying entries."""
+    import xarray as xr
+
+    from bayeshlm.bayes.diagnostics import diagnose
+
+    rng = np.random.default_rng(0)
+    anti = np.zeros((2, 300))  # negatively autocorrelated, as NUTS draws often are: ESS above the draws
+    for t in range(1, 300):
+        anti[:, t] = -0.5 * anti[:, t - 1] + rng.normal(size=2)
+    corr = np.stack([np.ones((2, 300)), 0.3 + 0.01 * anti], axis=-1)
+    tree = xr.DataTree.from_dict({
+        "posterior": xr.Dataset({"c": (("chain", "draw", "k"), corr)}),
+        "sample_stats": xr.Dataset({"diverging": (("chain", "draw"), np.zeros((2, 300), bool))})})
+    diagnostics, _ = diagnose(tree, ["c"], chains=2)
+    expected = float(az.ess(tree, var_names=["c"], method="bulk")["c"].values[1])
+    assert expected > 600 and diagnostics["min_ess_bulk"] == pytest.approx(expected)
+    assert np.isfinite(diagnostics["max_rhat"])

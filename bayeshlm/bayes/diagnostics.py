@@ -27,10 +27,11 @@ def diagnose(tree: xr.DataTree, var_names: list[str], chains: int) -> tuple[dict
     stats = tree["sample_stats"].to_dataset()
     divergences = int(stats["diverging"].sum()) if "diverging" in stats else 0
     n_draws = int(stats.sizes["chain"] * stats.sizes["draw"])
-    with np.errstate(invalid="ignore", divide="ignore"):  # constant entries (corr[0, 0] = 1) give NaN, ignored
-        rhat = _max(az.rhat(tree, var_names=var_names)) if chains > 1 else float("nan")
-        ess_bulk = _min(az.ess(tree, var_names=var_names, method="bulk"))
-        ess_tail = _min(az.ess(tree, var_names=var_names, method="tail"))
+    varying = _varying_entries(tree["posterior"].to_dataset(), var_names)
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant entries (corr[0, 0] = 1) are left out
+        rhat = _max(az.rhat(tree, var_names=var_names), varying) if chains > 1 else float("nan")
+        ess_bulk = _min(az.ess(tree, var_names=var_names, method="bulk"), varying)
+        ess_tail = _min(az.ess(tree, var_names=var_names, method="tail"), varying)
     bfmi = float(np.min(np.asarray(az.bfmi(tree)["energy"]))) if "energy" in stats else float("nan")
     diagnostics = {"divergences": divergences, "divergence_rate": divergences / n_draws, "max_rhat": rhat,
                    "min_ess_bulk": ess_bulk, "min_ess_tail": ess_tail, "min_bfmi": bfmi, "draws": n_draws}
@@ -62,11 +63,17 @@ def warn_if_problems(messages: list[str]) -> None:
         warnings.warn("Sampling problems:\n- " + "\n- ".join(messages), SamplingWarning, stacklevel=3)
 
 
-def _max(ds: xr.Dataset) -> float:
-    values = [float(np.nanmax(v.values)) for v in ds.data_vars.values() if v.size]
+def _varying_entries(posterior: xr.Dataset, var_names: list[str]) -> dict[str, np.ndarray]:
+    """Per variable, which entries change across draws: constants such as the unit diagonal of a correlation
+    Cholesky factor have no meaningful R-hat or ESS (ArviZ reports ESS = number of draws for them)."""
+    return {name: np.asarray(posterior[name].std(("chain", "draw")).values > 0) for name in var_names}
+
+
+def _max(ds: xr.Dataset, varying: dict[str, np.ndarray]) -> float:
+    values = [float(np.nanmax(v.values[varying[k]])) for k, v in ds.data_vars.items() if varying[k].any()]
     return max(values) if values else float("nan")
 
 
-def _min(ds: xr.Dataset) -> float:
-    values = [float(np.nanmin(v.values)) for v in ds.data_vars.values() if v.size]
+def _min(ds: xr.Dataset, varying: dict[str, np.ndarray]) -> float:
+    values = [float(np.nanmin(v.values[varying[k]])) for k, v in ds.data_vars.items() if varying[k].any()]
     return min(values) if values else float("nan")
