@@ -145,8 +145,8 @@ def test_option_errors_are_clear(sleepstudy):
         bh.HLM("Reaction ~ Days + (1 | Subject)", sleepstudy, correlation="arma", time="Days")
     with pytest.raises(bh.DataError, match="Dayz"):
         bh.HLM("Reaction ~ Days + (1 | Subject)", sleepstudy, level1_variance="Dayz")
-    with pytest.raises(bh.OptionError, match="Bayesian engine does not model correlated level-1 errors"):
-        bh.HLM("Reaction ~ Days + (1 | Subject)", sleepstudy, correlation="ar1", time="Days").fit("bayes")
+    with pytest.raises(bh.OptionError, match="Bayesian engine fits correlation='ar1'.*but not 'car1'"):
+        bh.HLM("Reaction ~ Days + (1 | Subject)", sleepstudy, correlation="car1", time="Days").fit("bayes")
     doubled = sleepstudy.assign(Days=sleepstudy["Days"] // 2)
     with pytest.raises(bh.DataError, match="repeats within Subject"):
         bh.HLM("Reaction ~ Days + (1 | Subject)", doubled, correlation="ar1", time="Days")
