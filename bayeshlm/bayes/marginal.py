@@ -46,7 +46,7 @@ import pytensor.tensor as pt
 import scipy.sparse as sp
 
 from ..design import Design, GroupingFactor
-from ..design.design import ChainCrossproducts, group_sums
+from ..design.design import ChainCrossproducts, chain_parents, group_sums, indicator_matrix
 from ..errors import OptionError
 
 # Crossed designs: refuse to integrate when the innermost-group x sampled-column table would exceed this
@@ -94,7 +94,7 @@ def chain_statistics(design: Design, chain: list[GroupingFactor], sampled: list[
         components, counts = [design.chain_crossproducts(chain)], [design.n_obs]
         parents = components[0].parents
     else:
-        parents = _parents(chain)
+        parents = chain_parents(chain)
         rows = _design_rows(design, chain, sampled)
         weights = np.ones(design.n_obs) if design.weights is None else design.weights
         if ar1 is not None:
@@ -162,7 +162,8 @@ def ar1_pairs(unit_codes: np.ndarray, time: np.ndarray, unit_name: str) -> AR1Pa
 
 
 def _design_rows(design: Design, chain: list[GroupingFactor], sampled: list[GroupingFactor]) -> _Rows:
-    parts = [sp.csr_matrix(design.X), *(_indicator_columns(f) for f in sampled), sp.csr_matrix(design.y[:, None])]
+    parts = [sp.csr_matrix(design.X), *(indicator_matrix(f.codes, f.Z, f.n_groups) for f in sampled),
+             sp.csr_matrix(design.y[:, None])]
     return _Rows([f.Z for f in chain], [f.codes for f in chain], sp.hstack(parts, format="csr"))
 
 
@@ -173,44 +174,26 @@ def _paired_rows(rows: _Rows, first: np.ndarray, second: np.ndarray) -> _Rows:
 
 
 def _crossproducts(rows: _Rows, chain: list[GroupingFactor], w: np.ndarray) -> ChainCrossproducts:
-    """:meth:`Design.chain_crossproducts` of ``rows`` with row weights ``w``."""
+    """:meth:`Design.chain_crossproducts` of ``rows`` with row weights ``w`` (the caller supplies the parent
+    maps, which do not depend on the weights)."""
     stats = []
-    n = len(rows)
     for level, f in enumerate(chain):
         Zw = rows.Z[level] * w[:, None]
         dense = group_sums(rows.codes[level], Zw, np.hstack(rows.Z[level:]), f.n_groups)
-        spread = sp.csr_matrix((Zw.ravel(), (np.repeat(np.arange(n), f.n_coef),
-                                             (rows.codes[level][:, None] * f.n_coef + np.arange(f.n_coef)).ravel())),
-                               shape=(n, f.n_groups * f.n_coef))
+        spread = indicator_matrix(rows.codes[level], Zw, f.n_groups)
         cross = (spread.T @ rows.XDy).toarray().reshape(f.n_groups, f.n_coef, rows.XDy.shape[1])
         stats.append(np.concatenate([dense, cross], axis=2))
     top = (rows.XDy.T @ sp.diags(w) @ rows.XDy).toarray()
-    return ChainCrossproducts(stats=stats, top=top, parents=_parents(chain))
+    return ChainCrossproducts(stats=stats, top=top, parents=[])
 
 
 def _subtract(a: ChainCrossproducts, b: ChainCrossproducts) -> ChainCrossproducts:
-    return ChainCrossproducts([x - y for x, y in zip(a.stats, b.stats)], a.top - b.top, a.parents)
-
-
-def _parents(chain: list[GroupingFactor]) -> list[np.ndarray]:
-    parents = []
-    for child, parent in zip(chain[:-1], chain[1:]):
-        index = np.zeros(child.n_groups, dtype=np.int64)
-        index[child.codes] = parent.codes
-        parents.append(index)
-    return parents
+    return ChainCrossproducts([x - y for x, y in zip(a.stats, b.stats)], a.top - b.top, [])
 
 
 def sampled_columns(sampled: list[GroupingFactor]) -> int:
     """Number of indicator columns the sampled factors add to X."""
     return sum(f.n_groups * f.n_coef for f in sampled)
-
-
-def _indicator_columns(f: GroupingFactor) -> sp.csr_matrix:
-    """Rows x (J q) matrix whose column (j, k) holds Z[:, k] on the rows of group j (u flattened row-major)."""
-    n, q = f.Z.shape
-    cols = f.codes[:, None] * q + np.arange(q)
-    return sp.csr_matrix((f.Z.ravel(), (np.repeat(np.arange(n), q), cols.ravel())), shape=(n, f.n_groups * q))
 
 
 # --- the log-likelihood, as a PyTensor graph ------------------------------------------------------------------

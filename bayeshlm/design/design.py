@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from ..spec import ModelSpec, ResidualStructure
 
@@ -233,12 +234,7 @@ class Design:
         Xw = self.X if w is None else self.X * w[:, None]
         yw = y if w is None else y * w[:, None]
         top = np.block([[Xw.T @ self.X, Xw.T @ y], [yw.T @ self.X, yw.T @ y]])
-        parents = []
-        for inner, outer in zip(chain[:-1], chain[1:]):
-            parent = np.zeros(inner.n_groups, dtype=np.int64)
-            parent[inner.codes] = outer.codes
-            parents.append(parent)
-        return ChainCrossproducts(stats=stats, top=top, parents=parents)
+        return ChainCrossproducts(stats=stats, top=top, parents=chain_parents(chain))
 
     def column_summary(self) -> ColumnSummary:
         """Means, spreads and first values of y, X and each factor's Z (what default priors are scaled by)."""
@@ -278,6 +274,25 @@ class Design:
 
     def __repr__(self) -> str:
         return f"<Design {self.n_obs} rows x {self.n_fixed} fixed; factors {self.factor_names}>"
+
+
+def chain_parents(chain: list[GroupingFactor]) -> list[np.ndarray]:
+    """For each level of a nested chain (innermost first) but the top: the group of the next level up that
+    holds each of its groups, (J_l,) integer codes."""
+    parents = []
+    for inner, outer in zip(chain[:-1], chain[1:]):
+        parent = np.zeros(inner.n_groups, dtype=np.int64)
+        parent[inner.codes] = outer.codes
+        parents.append(parent)
+    return parents
+
+
+def indicator_matrix(codes: np.ndarray, Z: np.ndarray, n_groups: int) -> sp.csr_matrix:
+    """The sparse rows x (J q) random-effects model matrix of one factor: column (j, k) holds Z[:, k] on the
+    rows of group j (columns group-major, so it multiplies the effects u (J, q) flattened row by row)."""
+    n, q = Z.shape
+    cols = (codes[:, None] * q + np.arange(q)).ravel()
+    return sp.csr_matrix((Z.ravel(), (np.repeat(np.arange(n), q), cols)), shape=(n, n_groups * q))
 
 
 def group_sums(codes: np.ndarray, A: np.ndarray, B: np.ndarray, n_groups: int) -> np.ndarray:

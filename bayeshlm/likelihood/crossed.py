@@ -21,20 +21,12 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from ..design import Design, GroupingFactor
-from ..design.design import group_sums
+from ..design.design import group_sums, indicator_matrix
 from ..errors import DataError
 from .algebra import Factorization
 
 MAX_DENSE = 20_000  # random effects outside the first factor that the dense Schur complement may hold
 MAX_PAIRS = 60_000_000  # entries of the pair map P (12 bytes each)
-
-
-def indicator_matrix(f: GroupingFactor) -> sp.csr_matrix:
-    """The sparse n x (J q) random-effects model matrix of one factor (columns group-major)."""
-    n, q = f.Z.shape
-    rows = np.repeat(np.arange(n), q)
-    cols = (f.codes[:, None] * q + np.arange(q)).ravel()
-    return sp.csr_matrix((f.Z.ravel(), (rows, cols)), shape=(n, f.n_groups * q))
 
 
 def pair_map(C: sp.csr_matrix, q: int) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -96,9 +88,10 @@ class CrossedSolver:
                 "Fit a subset of the factors, or aggregate the data.")
         w = design.weights
         XY = np.column_stack([design.X, design.y])
-        right = sp.hstack([indicator_matrix(f) for f in rest] + [sp.csr_matrix(XY)], format="csr")
+        right = sp.hstack([indicator_matrix(f.codes, f.Z, f.n_groups) for f in rest] + [sp.csr_matrix(XY)],
+                          format="csr")
         weighted = right if w is None else sp.diags(w) @ right
-        ZF = indicator_matrix(first)
+        ZF = indicator_matrix(first.codes, first.Z, first.n_groups)
         self.D = group_sums(first.codes, first.Z if w is None else first.Z * w[:, None], first.Z, first.n_groups)
         self.C = (ZF.T @ weighted).tocsr()  # (J_1 q_1) x (K + p + 1)
         self.C.sort_indices()
