@@ -167,6 +167,10 @@ def test_heterogeneous_level1_variance_models_in_the_bayesian_engine(hsb):
     assert "phi" in {v.name for v in ox.pymc_model().free_RVs}
     with pytest.raises(bh.OptionError, match="use route='marginal'"):
         ox.pymc_model(route="sampled")
+    both = bh.HLM("height ~ age + (age | Subject)", bh.datasets.load("oxboys"), correlation="ar1", time="Occasion",
+                  level1_variance="Occasion")
+    with pytest.raises(bh.OptionError, match="one level-1 error structure at a time.*likelihood engine fits both"):
+        both.pymc_model()
 
 
 def _dense_posterior_of_effects(design, beta, sigma2, Ts):

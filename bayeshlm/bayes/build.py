@@ -164,9 +164,6 @@ def level1_strata(design: Design) -> Level1Strata | None:
                           "correlation='ar1' or a level1_variance model, not both (the likelihood engine fits both).")
     if r.structure.correlation:
         return None
-    if r.strata is not None and r.C is not None:
-        raise OptionError("The Bayesian engine models one level-1 variance structure at a time: give either "
-                          "level1_variance='<column>' or a log-linear '~ ...' model, not both.")
     if r.strata is not None:
         column = r.strata_levels.name or r.structure.variance_by
         return Level1Strata(r.strata, tuple(f"{column}={level}" for level in r.strata_levels))
