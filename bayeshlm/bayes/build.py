@@ -28,6 +28,7 @@ import xarray as xr
 
 from ..design import Design
 from ..errors import DataError, OptionError, closest_names
+from .kernel import KernelModel, kernel_model
 from .marginal import (
     MAX_CROSS_CELLS,
     AR1Pairs,
@@ -57,6 +58,7 @@ class ModelInfo:
     stats: ChainStatistics | None  # sufficient statistics of the marginal route
     chain: tuple[str, ...] = ()  # marginal route: the integrated factors, innermost first
     sampled: tuple[str, ...] = ()  # factors whose effects are sampled (in the graph as u_<factor>)
+    kernel: KernelModel | None = None  # the same log density as a compiled kernel, when it covers the model
 
 
 def build_model(design: Design, priors: PriorSet, route: str = "auto",
@@ -132,8 +134,9 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
     key = (route, has_sigma, tuple(choice.items()), priors.signature(),
            tuple((f.n_coef, f.blocks) for f in design.factors),
            tuple((name, value.shape) for name, value in sorted(data.items()) if not name.startswith("prior__")))
-    info = ModelInfo(route, choice, reliability, priors, data, key, stats, tuple(f.name for f in chain),
-                     tuple(f.name for f in sampled))
+    chain_names, sampled_names = tuple(f.name for f in chain), tuple(f.name for f in sampled)
+    kernel = kernel_model(design, priors, stats, chain_names, sampled_names, variance, ar1)
+    info = ModelInfo(route, choice, reliability, priors, data, key, stats, chain_names, sampled_names, kernel)
     return model, info
 
 

@@ -1,30 +1,38 @@
-"""Running NUTS: nutpie (default) or PyMC's sampler, with compiled models cached in-process.
+"""Running NUTS: nutpie (default) or PyMC's sampler.
 
-Compilation dominates the cost of a small model (stack notes: 65-90 s cold with PyTensor's Numba backend,
-seconds warm). nutpie compiles a model once; :func:`compiled_nutpie_model` keeps the compiled model per
-graph key (structure, shapes, prior families; see :class:`~bayeshlm.bayes.build.ModelInfo`) and swaps in
-new data and prior hyperparameters with ``CompiledModel.with_data``, so a refit with another seed, other
-draws, or other data of the same shapes does not recompile (HS&B refit: 0.8 s in total).
+Two ways to give nutpie a log density:
 
-Measured limits (2 shared cores, PyTensor 3.3, nutpie 0.16.11): PyTensor's on-disk cache helps little for
-nutpie, whose compile_pymc_model wraps the PyTensor functions in two ``numba.cfunc`` callbacks compiled
-without a cache (cProfile: about 51 of 70 s in numba's ``ccallback._compile_uncached``), so every new process
-pays about 50-60 s before sampling, cold cache or warm. PyMC's own sampler reuses PyTensor's cached Numba
-code (a few seconds warm) but samples more slowly. Driving nutpie with PyTensor's C backend through
-``nutpie.compiled_pyfunc.from_pyfunc`` was tried and dropped: the Python callbacks made sampling 50-100 s.
+- The compiled kernel (:mod:`.kernel`), for the models it covers (one grouping factor integrated out, common
+  prior families): nutpie calls its Numba C callbacks directly through the bindings it uses for PyMC models
+  (:class:`KernelCompiledModel`), so chains run in parallel with no Python in the loop. The callbacks are
+  cached on disk: HS&B (intercepts and slopes as outcomes, 4 chains x 1000 draws) takes about 2.5 s in a new
+  process, and about 21 s on a fresh install whose caches are empty (measured 2026-11-23, 2 cores).
+- The PyMC graph, for every other model. Compilation dominates its cost (stack notes: 65-90 s cold with
+  PyTensor's Numba backend); nutpie's compile_pymc_model wraps the PyTensor functions in ``numba.cfunc``
+  callbacks compiled without a cache (cProfile: most of 30-70 s in numba's ``ccallback._compile_uncached``),
+  so each new process pays that. :func:`compiled_nutpie_model` keeps the compiled model per graph key
+  (structure, shapes, prior families; see :class:`~bayeshlm.bayes.build.ModelInfo`) and swaps in new data and
+  prior hyperparameters with ``CompiledModel.with_data``, so a refit in the same process does not recompile.
+
+Tried and dropped: nutpie's JAX backend (compile 38 s, but sampling 55 s for HS&B) and Python callbacks
+through ``nutpie.compiled_pyfunc.from_pyfunc`` (the GIL serialises the chains: 8-10 s of sampling for HS&B
+with the kernel, 50-100 s with PyTensor's C backend).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pymc as pm
 import xarray as xr
+from nutpie.sample import CompiledModel
 
 from ..errors import OptionError
 from .build import ModelInfo
+from .kernel import KernelModel, c_callbacks, output_layout
 
 SAMPLERS = ("nutpie", "pymc")
 _NUTPIE_CACHE: dict[tuple, object] = {}
@@ -40,6 +48,57 @@ def compiled_nutpie_model(model: pm.Model, info: ModelInfo):
         _NUTPIE_CACHE[info.key] = compiled
         return compiled, False
     return compiled.with_data(**info.data), True
+
+
+@dataclass(frozen=True)
+class KernelCompiledModel(CompiledModel):
+    """A nutpie model whose log density is the compiled kernel of :mod:`.kernel` (C callbacks: the chains run
+    in parallel without Python in the loop). Built on nutpie's own PyMC-model bindings."""
+
+    kernel: KernelModel | None = None
+
+    @property
+    def n_dim(self) -> int:
+        return self.kernel.n_dim
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        names, shapes, _, _ = output_layout(self.kernel)
+        return dict(zip(names, shapes, strict=True))
+
+    @property
+    def coords(self):
+        return output_layout(self.kernel)[3]
+
+    def _make_sampler(self, settings, init_mean, cores, progress_type, extra_callback, extra_callback_rate, store):
+        from nutpie import _lib
+
+        return _lib.PySampler.from_pymc(settings, cores, self._make_model(init_mean), progress_type,
+                                        extra_callback, extra_callback_rate, store)
+
+    def _make_model(self, init_mean):
+        from nutpie import _lib
+
+        logp_callback, expand_callback = c_callbacks()
+        names, shapes, dims, coords = output_layout(self.kernel)
+        address = self.kernel.buffer.ctypes.data
+        n_expanded = sum(int(np.prod(shape)) for shape in shapes)
+        dim_sizes = {name: len(values) for name, values in coords.items()}
+        variables = _lib.PyVariable.new_variables(names, ["float64"] * len(names), shapes, dim_sizes, dims)
+        return _lib.PyMcModel(_lib.LogpFunc(logp_callback.address, address, self),
+                              _lib.ExpandFunc(self.n_dim, n_expanded, expand_callback.address, address, self),
+                              variables, self.n_dim, dim_sizes, coords, self.kernel.unconstrained_start,
+                              _no_transform_adapter)
+
+
+def _no_transform_adapter(*args, **kwargs):
+    raise OptionError("Normalising-flow adaptation is not available for the compiled kernel.")
+
+
+def kernel_nutpie_model(kernel: KernelModel) -> KernelCompiledModel:
+    """nutpie's model of the compiled kernel; compiles (or loads from the on-disk cache) its callbacks."""
+    c_callbacks()
+    return KernelCompiledModel(dims=output_layout(kernel)[2], kernel=kernel)
 
 
 def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, tune: int, chains: int,
@@ -58,7 +117,11 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
     if sampler == "nutpie":
         import nutpie
 
-        compiled, reused = compiled_nutpie_model(model, info)
+        if info.kernel is not None:
+            reused = c_callbacks.cache_info().currsize > 0  # compiled or loaded earlier in this process
+            compiled = kernel_nutpie_model(info.kernel)
+        else:
+            compiled, reused = compiled_nutpie_model(model, info)
         compiled_at = time.perf_counter()
         tree = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
                              progress_bar=progressbar, target_accept=target_accept)
@@ -70,8 +133,9 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
                              nuts_sampler="pymc", nuts={"target_accept": target_accept},
                              progressbar=progressbar, compute_convergence_checks=False)
     end = time.perf_counter()
-    record = {"sampler": sampler, "draws": draws, "tune": tune, "chains": chains, "cores": cores, "seed": seed,
-              "target_accept": target_accept, "compiled_model_reused": reused,
+    log_density = "compiled kernel" if sampler == "nutpie" and info.kernel is not None else "PyMC graph"
+    record = {"sampler": sampler, "log_density": log_density, "draws": draws, "tune": tune, "chains": chains,
+              "cores": cores, "seed": seed, "target_accept": target_accept, "compiled_model_reused": reused,
               # PyMC's sampler compiles inside pm.sample: its compile time is part of sampling_seconds
               "compile_seconds": round(compiled_at - start, 3) if sampler == "nutpie" else None,
               "sampling_seconds": round(end - compiled_at, 3)}

@@ -1,0 +1,133 @@
+"""The compiled kernel (bayes/kernel.py) against the PyMC graph it replaces for two-level models: the same log
+density at random points (PyMC's own logp, its normalising constants included), a gradient that matches finite
+differences, the same reported values, and the models it leaves to the graph."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayeshlm as bh
+from bayeshlm.bayes import LKJ, Prior
+from bayeshlm.bayes.build import build_model
+from bayeshlm.bayes.kernel import _correlation_factor, constrained, log_density_and_gradient, output_layout
+from bayeshlm.bayes.priors import resolve_priors
+
+
+def _toy(formula="y ~ x + (x | g)", known_variance=False, seed=0, J=6, n=5):
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(J), n)
+    x, x2 = rng.normal(size=J * n), rng.normal(size=J * n)
+    y = 1 + 0.5 * x + rng.normal(size=J)[g] + rng.normal(scale=0.7, size=J * n)
+    df = pd.DataFrame({"y": y, "x": x, "x2": x2, "g": g.astype(str), "v": rng.uniform(0.2, 1.0, J * n)})
+    return bh.HLM(formula, df, known_variance="v" if known_variance else None)
+
+
+def _log_jacobian(kernel, x, priors):
+    """log |d(constrained)/dx| of the kernel's transforms: log scales (twice over for a prior on the
+    variance, which PyMC puts on σ² itself) and the tanh canonical partial correlations."""
+    p, q = len(kernel.names["fixed"]), len(kernel.names["coef"])
+    scale_priors = ([priors.sigma] if kernel.has_sigma else []) + [priors.tau[kernel.names["factor"]]] * q
+    total = 0.0
+    for i, prior in enumerate(scale_priors):
+        theta = x[p + i]
+        total += theta if prior.on == "sd" else math.log(2.0) + 2.0 * theta
+    if kernel.correlated:
+        _, z, rest = _correlation_factor(np.ascontiguousarray(x[p + len(scale_priors):]), q)
+        for i in range(1, q):
+            for k in range(i):
+                total += math.log(1.0 - z[i, k] ** 2) + 0.5 * math.log(rest[i, k])
+    return total
+
+
+def _pymc_point(model, values):
+    point = {}
+    for rv in model.free_RVs:
+        transform = model.rvs_to_transforms[rv]
+        value = values[rv.name]
+        point[model.rvs_to_values[rv].name] = value if transform is None else transform.forward(value).eval()
+    return point
+
+
+CASES = {
+    "intercept and slope, default priors": ("y ~ x + (x | g)", False, None),
+    "three correlated coefficients": ("y ~ x + (x + x2 | g)", False, None),
+    "independent coefficients": ("y ~ x + (x || g)", False, None),
+    "random intercept only": ("y ~ x + (1 | g)", False, None),
+    "flat priors (chapter 13)": ("y ~ x + (x | g)", False, "flat"),
+    "known variances": ("y ~ x + (x | g)", True, None),
+    "other prior families": ("y ~ x + (x | g)", False,
+                             {"sigma": Prior("HalfNormal", sigma=2.0), "tau_g": Prior("HalfCauchy", beta=1.5),
+                              "corr_g": LKJ(3.0), "x": Prior("Normal", mu=0.2, sigma=3.0)}),
+    "exponential on the variance": ("y ~ x + (x | g)", False,
+                                    {"sigma": Prior("Exponential", lam=0.5, on="variance"),
+                                     "tau_g": Prior("HalfStudentT", nu=4.0, sigma=[1.0, 0.5])}),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_kernel_log_density_equals_the_pymc_graph(case):
+    formula, known_variance, prior_spec = CASES[case]
+    design = _toy(formula, known_variance).design
+    priors = resolve_priors(design, prior_spec)
+    model, info = build_model(design, priors)
+    kernel = info.kernel
+    assert kernel is not None
+    graph_logp = model.compile_logp(jacobian=False, mode="FAST_COMPILE")
+    evaluate = log_density_and_gradient(kernel)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        x = kernel.unconstrained_start(int(rng.integers(100))) + rng.normal(0, 0.4, kernel.n_dim)
+        value, grad = evaluate(x)
+        reported = constrained(kernel, x)
+        # the kernel's density is on x; PyMC's without Jacobian is on the constrained values
+        assert value - _log_jacobian(kernel, x, priors) == pytest.approx(
+            float(graph_logp(_pymc_point(model, reported))), abs=1e-7)
+        step = 1e-6
+        numeric = np.array([(evaluate(x + step * e)[0] - evaluate(x - step * e)[0]) / (2 * step)
+                            for e in np.eye(kernel.n_dim)])
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
+
+
+def test_reported_values_are_named_and_shaped_as_in_the_graph():
+    design = _toy("y ~ x + (x + x2 | g)").design
+    kernel = build_model(design, resolve_priors(design, "flat"))[1].kernel
+    x = np.arange(kernel.n_dim) / 10.0
+    values = constrained(kernel, x)
+    names, shapes, dims, coords = output_layout(kernel)
+    assert names == ["beta", "sigma", "sigma2", "tau_g", "tau2_g", "corr_g"]
+    assert [values[k].shape for k in names] == shapes == [(2,), (), (), (3,), (3,), (3, 3)]
+    assert values["sigma2"] == pytest.approx(values["sigma"] ** 2)
+    L = values["corr_g"]
+    np.testing.assert_allclose(np.sum(L**2, axis=1), 1.0)  # unit rows: a correlation matrix L L'
+    assert np.all(np.triu(L, 1) == 0) and np.all(np.diag(L) > 0)
+    assert dims["beta"] == ("fixed",) and coords["g__coef"] == ["(Intercept)", "x", "x2"]
+
+
+def test_point_outside_the_support_is_not_finite():
+    design = _toy().design
+    kernel = build_model(design, resolve_priors(design, None))[1].kernel
+    x = kernel.unconstrained_start(0)
+    x[len(design.fixed_names)] = 800.0  # σ = e^800 overflows
+    assert not np.isfinite(log_density_and_gradient(kernel)(x)[0])
+
+
+@pytest.mark.parametrize("formula, options", [
+    ("y ~ x + (1 | g) + (1 | h)", {}),  # crossed: one factor's effects are sampled
+    ("y ~ x + (1 | g) + (1 | school)", {}),  # three-level chain
+    ("y ~ x + (x | g)", {"level1_variance": "h"}),  # a σ² per category
+])
+def test_models_beyond_the_kernel_use_the_graph(formula, options):
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(8), 4)
+    df = pd.DataFrame({"y": rng.normal(size=32), "x": rng.normal(size=32), "g": g,
+                       "h": np.tile(np.arange(4), 8), "school": g // 2})
+    design = bh.HLM(formula, df, **options).design
+    assert build_model(design, resolve_priors(design, None))[1].kernel is None
+
+
+def test_unsupported_prior_family_uses_the_graph():
+    design = _toy().design
+    priors = resolve_priors(design, {"sigma": Prior("InverseGamma", alpha=2.0, beta=1.0)})
+    assert build_model(design, priors)[1].kernel is None
