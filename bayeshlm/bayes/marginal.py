@@ -39,8 +39,10 @@ S = (T_l^{-1} + A)^{-1} = L_l M^{-1} L_l', drawn as u_lg = L_l (M^{-1} L_l' b̃ 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pytensor.tensor as pt
 import scipy.sparse as sp
@@ -296,6 +298,14 @@ def draw_group_effects(stats: ChainStatistics, beta: np.ndarray, s: np.ndarray, 
     a, top = stats.arrays, len(stats.sizes) - 1
     n_draws = beta.shape[0]
     out = [np.empty((n_draws, J, q)) for J, q in zip(stats.n_groups, stats.sizes)]
+    if top == 0:  # one level: the compiled loop (same draws, same random stream)
+        ZtZ, Zty, ZtX = (np.ascontiguousarray(a[key]) for key in ("Z0tZ", "Z0ty", "Z0tX"))
+        for start in range(0, n_draws, chunk):
+            sl = slice(start, min(start + chunk, n_draws))
+            noise = rng.standard_normal(out[0][sl].shape)
+            _draw_one_level(ZtZ, Zty, ZtX, np.ascontiguousarray(s[sl]), np.ascontiguousarray(beta[sl]),
+                            np.ascontiguousarray(chols[0][sl]), noise, out[0][sl])
+        return out
     for start in range(0, n_draws, chunk):
         sl = slice(start, min(start + chunk, n_draws))
         ss = s[sl]
@@ -335,6 +345,70 @@ def draw_group_effects(stats: ChainStatistics, beta: np.ndarray, s: np.ndarray, 
             out[level][sl] = u
             outer = u if outer is None else np.concatenate([u, outer], axis=-1)
     return out
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _draw_one_level(ZtZ, Zty, ZtX, s, beta, L, noise, out):  # pragma: no cover - compiled
+    """The draws of :func:`draw_group_effects` for a single level, one group at a time:
+    u = L C^{-T} (C^{-1} L' b + z) with C C' = M = I + L' A L (module docstring).
+
+    ``ZtZ`` (K, J, q, q), ``Zty`` (K, J, q), ``ZtX`` (K, J, q, P) per component k of R^{-1}; ``s`` (S, K),
+    ``beta`` (S, P), ``L`` (S, q, q), ``noise`` (S, J, q) standard normals; writes ``out`` (S, J, q).
+    """
+    n_components, n_groups, q = ZtZ.shape[0], ZtZ.shape[1], ZtZ.shape[2]
+    n_fixed = ZtX.shape[3]
+    A, LtAL, C = np.empty((q, q)), np.empty((q, q)), np.empty((q, q))
+    b, v = np.empty(q), np.empty(q)
+    for d in range(s.shape[0]):
+        Ld = L[d]
+        for j in range(n_groups):
+            A[:] = 0.0
+            b[:] = 0.0
+            for k in range(n_components):
+                weight = s[d, k]
+                for r in range(q):
+                    residual = Zty[k, j, r]
+                    for p in range(n_fixed):
+                        residual -= ZtX[k, j, r, p] * beta[d, p]
+                    b[r] += weight * residual
+                    for c in range(q):
+                        A[r, c] += weight * ZtZ[k, j, r, c]
+            for r in range(q):  # L' A L (L lower triangular)
+                for c in range(q):
+                    total = 0.0
+                    for e in range(r, q):
+                        for f in range(c, q):
+                            total += Ld[e, r] * A[e, f] * Ld[f, c]
+                    LtAL[r, c] = total
+            for c in range(q):  # C C' = I + L' A L
+                diagonal = 1.0 + LtAL[c, c]
+                for e in range(c):
+                    diagonal -= C[c, e] * C[c, e]
+                C[c, c] = math.sqrt(diagonal)
+                for r in range(c + 1, q):
+                    total = LtAL[r, c]
+                    for e in range(c):
+                        total -= C[r, e] * C[c, e]
+                    C[r, c] = total / C[c, c]
+            for r in range(q):  # v = C^{-1} L' b + z
+                total = 0.0
+                for e in range(r, q):
+                    total += Ld[e, r] * b[e]
+                for e in range(r):
+                    total -= C[r, e] * v[e]
+                v[r] = total / C[r, r]
+            for r in range(q):
+                v[r] += noise[d, j, r]
+            for r in range(q - 1, -1, -1):  # v <- C^{-T} v
+                total = v[r]
+                for e in range(r + 1, q):
+                    total -= C[e, r] * v[e]
+                v[r] = total / C[r, r]
+            for r in range(q):  # u = L v
+                total = 0.0
+                for e in range(r + 1):
+                    total += Ld[r, e] * v[e]
+                out[d, j, r] = total
 
 
 def _parent_sums(values: np.ndarray, parent: np.ndarray, n_parents: int) -> np.ndarray:
