@@ -19,25 +19,32 @@ def _toy(formula="y ~ x + (x | g)", known_variance=False, seed=0, J=6, n=5):
     rng = np.random.default_rng(seed)
     g = np.repeat(np.arange(J), n)
     x, x2 = rng.normal(size=J * n), rng.normal(size=J * n)
-    y = 1 + 0.5 * x + rng.normal(size=J)[g] + rng.normal(scale=0.7, size=J * n)
-    df = pd.DataFrame({"y": y, "x": x, "x2": x2, "g": g.astype(str), "v": rng.uniform(0.2, 1.0, J * n)})
+    school = g // 2  # three schools of two classes each
+    y = 1 + 0.5 * x + rng.normal(size=J)[g] + rng.normal(size=J // 2)[school] + rng.normal(scale=0.7, size=J * n)
+    df = pd.DataFrame({"y": y, "x": x, "x2": x2, "g": g.astype(str), "school": school,
+                       "v": rng.uniform(0.2, 1.0, J * n)})
     return bh.HLM(formula, df, known_variance="v" if known_variance else None)
 
 
 def _log_jacobian(kernel, x, priors):
     """log |d(constrained)/dx| of the kernel's transforms: log scales (twice over for a prior on the
     variance, which PyMC puts on σ² itself) and the tanh canonical partial correlations."""
-    p, q = len(kernel.names["fixed"]), len(kernel.names["coef"])
-    scale_priors = ([priors.sigma] if kernel.has_sigma else []) + [priors.tau[kernel.names["factor"]]] * q
+    p = len(kernel.names["fixed"])
+    scale_priors = ([priors.sigma] if kernel.has_sigma else []) + [
+        priors.tau[level["factor"]] for level in kernel.levels for _ in level["coef"]]
     total = 0.0
     for i, prior in enumerate(scale_priors):
         theta = x[p + i]
         total += theta if prior.on == "sd" else math.log(2.0) + 2.0 * theta
-    if kernel.correlated:
-        _, z, rest = _correlation_factor(np.ascontiguousarray(x[p + len(scale_priors):]), q)
-        for i in range(1, q):
-            for k in range(i):
-                total += math.log(1.0 - z[i, k] ** 2) + 0.5 * math.log(rest[i, k])
+    at = p + len(scale_priors)
+    for level in kernel.levels:
+        q = len(level["coef"])
+        if level["correlated"]:
+            _, z, rest = _correlation_factor(np.ascontiguousarray(x[at:at + q * (q - 1) // 2]), q)
+            at += q * (q - 1) // 2
+            for i in range(1, q):
+                for k in range(i):
+                    total += math.log(1.0 - z[i, k] ** 2) + 0.5 * math.log(rest[i, k])
     return total
 
 
@@ -63,6 +70,11 @@ CASES = {
     "exponential on the variance": ("y ~ x + (x | g)", False,
                                     {"sigma": Prior("Exponential", lam=0.5, on="variance"),
                                      "tau_g": Prior("HalfStudentT", nu=4.0, sigma=[1.0, 0.5])}),
+    "three-level, slopes at both levels": ("y ~ x + (x | g) + (x | school)", False, None),
+    "three-level, intercepts above": ("y ~ x + (x + x2 | g) + (1 | school)", False, None),
+    "three-level, flat priors": ("y ~ x + (1 | g) + (x | school)", False, "flat"),
+    "three-level, known variances": ("y ~ x + (x || g) + (x | school)", True,
+                                     {"tau_school": Prior("HalfNormal", sigma=2.0, on="variance")}),
 }
 
 
@@ -115,14 +127,15 @@ def test_point_outside_the_support_is_not_finite():
 
 @pytest.mark.parametrize("formula, options", [
     ("y ~ x + (1 | g) + (1 | h)", {}),  # crossed: one factor's effects are sampled
-    ("y ~ x + (1 | g) + (1 | school)", {}),  # three-level chain
+    ("y ~ x + (1 | g) + (1 | school) + (1 | district)", {}),  # four-level chain
     ("y ~ x + (x | g)", {"level1_variance": "h"}),  # a σ² per category
 ])
 def test_models_beyond_the_kernel_use_the_graph(formula, options):
     rng = np.random.default_rng(0)
     g = np.repeat(np.arange(8), 4)
     df = pd.DataFrame({"y": rng.normal(size=32), "x": rng.normal(size=32), "g": g,
-                       "h": np.tile(np.arange(4), 8), "school": g // 2})
+                       "h": np.tile(np.arange(4), 8), "school": g // 2,
+                       "district": g // 4})
     design = bh.HLM(formula, df, **options).design
     assert build_model(design, resolve_priors(design, None))[1].kernel is None
 

@@ -1,27 +1,37 @@
-"""A compiled log-posterior for the commonest model: one grouping factor, its effects integrated out.
+"""A compiled log-posterior for the commonest models: one grouping factor, or two nested ones (three-level
+models), their effects integrated out.
 
-For a two-level model (one grouping factor, q random coefficients with one LKJ block or independent SDs,
-a homogeneous σ² or known level-1 variances) the log posterior density and its gradient are written out by
-hand below and compiled by Numba with an on-disk cache. nutpie samples them directly, so a fit skips the
-PyTensor -> Numba compile of the model graph (65-90 s with a cold cache, 30-50 s warm for nutpie here; see
-:mod:`.sampling`): the kernel compiles once per machine in a few seconds and loads from the cache in under one.
-The density is the one :func:`~.build.build_model` writes as a PyMC graph -- same likelihood, same priors with
-their normalising constants -- and the test suite checks the two agree to rounding error at random points.
+For a model whose integrated chain is one factor (two-level) or a factor nested in another (three-level), with
+q_l random coefficients per factor in one LKJ block or with independent SDs, and a homogeneous σ² or known
+level-1 variances, the log posterior density and its gradient are written out by hand below and compiled by
+Numba with an on-disk cache. nutpie samples them directly, so a fit skips the PyTensor -> Numba compile of the
+model graph (65-90 s with a cold cache, 30-50 s warm for nutpie here; see :mod:`.sampling`): the kernel
+compiles once per machine and loads from the cache in under a second. The density is the one
+:func:`~.build.build_model` writes as a PyMC graph -- same likelihood, same priors with their normalising
+constants -- and the test suite checks the two agree to rounding error at random points.
 
-Unconstrained coordinates x = [β, log σ, log τ_1..q, y] (log σ absent with known variances; y the
-q(q-1)/2 canonical partial correlations on the tanh scale, absent without correlations). With
-T = L L', L = diag(τ) L_Ω, and per group j the sufficient statistics Z'Z, Z'X, Z'y (the marginal route's
-:class:`~.marginal.ChainStatistics`), s = 1/σ²:
+Unconstrained coordinates x = [β, log σ, log τ_0 (q_0), log τ_1 (q_1), y_0, y_1] (log σ absent with known
+variances; y_l the q_l(q_l-1)/2 canonical partial correlations of level l on the tanh scale, absent without
+correlations; level 1 absent in two-level models). Level l has T_l = L_l L_l', L_l = diag(τ_l) L_Ω,l; its
+effects are whitened, u_l = L_l z_l with z_l ~ N(0, I). With s = 1/σ² and per group the sufficient statistics
+of :class:`~.marginal.ChainStatistics`, innermost level first:
 
-    A = s Z'Z,  b = s (Z'y - Z'X β),  M = I + L'A L = C C',  t = L'b,  v = M^{-1} t,
-    log p(y | β, T, σ²) = -1/2 [N log 2π - N log s + Σ_j log|M_j| + s e'e - Σ_j t_j'v_j]
+    A = s Z'Z - K,  b = s (Z'y - Z'X β) - k,  M = I + L'A L = C C',  w = C^{-1} L'b,
+    log p(y | β, T, σ²) = -1/2 [N log 2π - N log s + Σ_groups log|M| + s e'e - Σ_groups |w|²]
 
-(the integrated likelihood of R&B 2002 eq. 3.52 in Cholesky form; e = y - Xβ). Its gradient follows from
-the posterior mean m_j = L v_j of each group's effects (the EM identities of Dempster, Rubin & Tsutakawa 1981):
+(R&B 2002 eq. 3.52 for two levels, in Cholesky form; e = y - Xβ). K, k are zero for the innermost level; a
+level-1 group collects K = Σ G'G and k = Σ G'w over its level-0 groups, G = C^{-1} L_0' s Z_0'Z_1 (the
+recursion of :mod:`.marginal`). The gradient is Fisher's identity: the posterior mean, given y, of the
+gradient of the complete-data log-likelihood log p(y | z, θ) = N/2 log s - s/2 |y - Xβ - Σ_l Z_l L_l z_l|²
+(p(z) is free of θ). With ẑ, Σ the posterior means and (cross-)covariances of the whitened effects and
+r̂ = e - Σ_l Z_l L_l ẑ_l,
 
-    ∂/∂β = s (X'y - X'X β) - s Σ_j Z_j'X' m_j,
-    ∂/∂L = Σ_j [(b_j - A_j L v_j) v_j' - A_j L M_j^{-1}],
-    ∂/∂log σ = -N + s e'e + Σ_j [q - tr M_j^{-1} - 2 b_j'm_j + t_j'v_j - v_j'v_j].
+    ∂/∂β = s X' r̂,    ∂/∂log σ = -N + s (|r̂|² + Σ tr(Z_l L_l Σ_ll' L_l'Z_l')),
+    ∂/∂L_l = s Σ_groups [Z_l' r̂ ẑ_l' - Σ_l' Z_l'Z_l' L_l' Σ_l'l],
+
+all from the per-group statistics. At the top level ẑ = C^{-T} w and Σ = M^{-1}; a level-0 group j in
+level-1 group k has ẑ_0j = C^{-T} w - H ẑ_1k, Σ_0j = M^{-1} + H Σ_1k H', Σ_0j,1k = -H Σ_1k with
+H = C^{-T} G L_1 (the conditional given z_1, R&B 2002 eq. 13.17, averaged over z_1).
 
 The correlation factor L_Ω is built from tanh(y) as canonical partial correlations (Lewandowski, Kurowicka &
 Joe 2009; the Stan reference manual's "Cholesky factors of correlation matrices" transform), with the LKJ
@@ -48,11 +58,15 @@ SCALE_FAMILIES = {"HalfFlat": (), "HalfNormal": ("sigma",), "HalfStudentT": ("nu
 _SCALE_CODE = {name: code for code, name in enumerate(SCALE_FAMILIES)}
 
 
-# Layout of the packed buffer the compiled functions read (one float64 array: header, then the arrays)
-_HEADER = ("q", "p", "J", "has_sigma", "correlated", "n_obs", "yty", "logdet_V", "eta", "sigma_variance",
-           "tau_variance", "n_dim", "n_expanded", "length")
-_ARRAYS = ("ZtZ", "ZtX", "Zty", "XtX", "Xty", "beta_mu", "beta_sd", "scale_code", "scale_a", "scale_b",
-           "scale_on_variance")
+# Layout of the packed buffer the compiled functions read (one float64 array: header, then the arrays). Level 1
+# is empty (q1 = J1 = 0) in two-level models.
+_HEADER = ("levels", "q0", "q1", "p", "J0", "J1", "has_sigma", "correlated0", "correlated1", "n_obs", "yty",
+           "logdet_V", "eta0", "eta1", "sigma_variance", "tau_variance0", "tau_variance1", "n_dim", "n_expanded",
+           "length")
+(_LEVELS, _Q0, _Q1, _P, _J0, _J1, _HAS_SIGMA, _CORRELATED0, _CORRELATED1, _N_OBS, _YTY, _LOGDET_V, _ETA0, _ETA1,
+ _SIGMA_VARIANCE, _TAU_VARIANCE0, _TAU_VARIANCE1, _N_DIM, _N_EXPANDED, _LENGTH) = range(len(_HEADER))
+_ARRAYS = ("Z0tZ0", "Z0tX", "Z0ty", "Z0tZ1", "parent", "Z1tZ1", "Z1tX", "Z1ty", "XtX", "Xty", "beta_mu",
+           "beta_sd", "scale_code", "scale_a", "scale_b", "scale_on_variance")
 
 
 @dataclass(frozen=True)
@@ -63,9 +77,12 @@ class KernelModel:
     n_dim: int
     data: dict[str, np.ndarray]
     buffer: np.ndarray
-    names: dict[str, object]  # factor, fixed-effect and coefficient names; which variances are reported
-    has_sigma: bool
-    correlated: bool
+    names: dict[str, object]  # fixed-effect names, σ² reported or not, and per level its factor, coefficient
+    has_sigma: bool           # names, whether τ² is reported and whether it has correlations
+
+    @property
+    def levels(self) -> list[dict]:
+        return self.names["levels"]
 
     def unconstrained_start(self, seed: int) -> np.ndarray:
         """A starting point: least-squares β, log σ from its residual SD, log τ at a quarter of the outcome's
@@ -75,9 +92,9 @@ class KernelModel:
         beta = np.linalg.lstsq(d["XtX"] + 1e-9 * np.eye(p), d["Xty"], rcond=None)[0]
         ee = float(d["yty"] - 2 * beta @ d["Xty"] + beta @ d["XtX"] @ beta)
         sd = math.sqrt(max(ee, 1e-12) / max(float(d["n_obs"]), 1.0))
-        q = d["ZtZ"].shape[0]
+        n_tau = sum(len(level["coef"]) for level in self.levels)
         rng = np.random.default_rng(seed)
-        scales = np.log(np.r_[[sd] if self.has_sigma else [], np.full(q, d["start_tau"])])
+        scales = np.log(np.r_[[sd] if self.has_sigma else [], np.full(n_tau, d["start_tau"])])
         scales = scales + rng.uniform(-0.5, 0.5, len(scales))
         return np.r_[beta, scales, np.zeros(self.n_dim - p - len(scales))]
 
@@ -88,66 +105,76 @@ def _pack(data: dict, header: dict) -> np.ndarray:
     return np.concatenate([np.array([float(header[name]) for name in _HEADER]), *arrays])
 
 
+def _groups_last(values: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.moveaxis(values, 0, -1))
+
+
 def kernel_model(design: Design, priors: PriorSet, stats, chain: tuple[str, ...], sampled: tuple[str, ...],
                  strata, ar1) -> KernelModel | None:
     """The :class:`KernelModel` of a model the kernel covers (module docstring), else None (the PyMC graph
-    is sampled instead): one integrated factor, nothing sampled, no level-1 variance model or AR(1) errors,
-    one LKJ block or none, and prior families in :data:`FIXED_FAMILIES` / :data:`SCALE_FAMILIES`
-    with their usual parameter names."""
-    if len(chain) != 1 or sampled or strata is not None or ar1 is not None or stats is None:
+    is sampled instead): one or two integrated factors, nothing sampled, no level-1 variance model or AR(1)
+    errors, per factor one LKJ block or none, and prior families in :data:`FIXED_FAMILIES` /
+    :data:`SCALE_FAMILIES` with their usual parameter names."""
+    if not 1 <= len(chain) <= 2 or sampled or strata is not None or ar1 is not None or stats is None:
         return None
-    f = design.factor(chain[0])
-    q = f.n_coef
-    correlated = len(f.blocks) == 1 and q > 1
-    if not correlated and any(len(b) > 1 for b in f.blocks):
+    factors = [design.factor(name) for name in chain]
+    correlated = [len(f.blocks) == 1 and f.n_coef > 1 for f in factors]
+    if any(not c and any(len(b) > 1 for b in f.blocks) for f, c in zip(factors, correlated, strict=True)):
         return None
     fixed = [priors.fixed[name] for name in design.fixed_names]
     if len({p.dist for p in fixed}) != 1 or any(set(p.params) != set(FIXED_FAMILIES.get(p.dist, ["?"]))
                                                  for p in fixed):
         return None
-    scale_priors = ([priors.sigma] if priors.sigma is not None else []) + [priors.tau[f.name]]
-    if any(set(p.params) != set(SCALE_FAMILIES.get(p.dist, ["?"])) for p in scale_priors):
-        return None
     has_sigma = design.known_variance is None
-    a = stats.arrays
-    p = len(design.fixed_names)
-    flat = fixed[0].dist == "Flat"
-    n_scale = int(has_sigma) + q
-    code, first, second, on_variance = (np.zeros(n_scale, dtype=np.int64), np.ones(n_scale), np.ones(n_scale),
-                                        np.zeros(n_scale, dtype=np.int64))
-    entries = ([(0, priors.sigma)] if has_sigma else []) + [(int(has_sigma) + k, priors.tau[f.name])
-                                                             for k in range(q)]
-    for i, prior in entries:
-        k = i - int(has_sigma)
-        values = [np.broadcast_to(prior.params[name], (q,))[max(k, 0)] for name in SCALE_FAMILIES[prior.dist]]
-        code[i] = _SCALE_CODE[prior.dist]
-        on_variance[i] = prior.on == "variance"
+    scale_entries = ([(priors.sigma, 1, 0)] if has_sigma else []) + [
+        (priors.tau[f.name], f.n_coef, k) for f in factors for k in range(f.n_coef)]
+    if any(set(prior.params) != set(SCALE_FAMILIES.get(prior.dist, ["?"])) for prior, _, _ in scale_entries):
+        return None
+    n_scale = len(scale_entries)
+    code, first, second = np.zeros(n_scale, dtype=np.int64), np.ones(n_scale), np.ones(n_scale)
+    on_variance = np.zeros(n_scale, dtype=np.int64)
+    for i, (prior, size, k) in enumerate(scale_entries):
+        values = [np.broadcast_to(prior.params[name], (size,))[k] for name in SCALE_FAMILIES[prior.dist]]
+        code[i], on_variance[i] = _SCALE_CODE[prior.dist], prior.on == "variance"
         if values:
             first[i], second[i] = values[0], values[-1]
-    data = {
-        # groups last, for the kernel's vectorised loops
-        "ZtZ": np.ascontiguousarray(np.moveaxis(a["Z0tZ"][0], 0, -1)),
-        "ZtX": np.ascontiguousarray(np.moveaxis(a["Z0tX"][0], 0, -1)),
-        "Zty": np.ascontiguousarray(a["Z0ty"][0].T), "XtX": np.ascontiguousarray(a["XtX"][0]),
-        "Xty": np.ascontiguousarray(a["Xty"][0]), "yty": float(a["yty"][0]), "n_obs": float(a["n_obs"]),
-        "logdet_V": float(a.get("logdetV", 0.0)),
+    a = stats.arrays
+    p = len(design.fixed_names)
+    q = [f.n_coef for f in factors] + [0]
+    two = len(factors) == 2
+    flat = fixed[0].dist == "Flat"
+    data = {  # groups last, for the kernel's vectorised loops
+        "Z0tZ0": _groups_last(a["Z0tZ"][0][..., :q[0]]), "Z0tX": _groups_last(a["Z0tX"][0]),
+        "Z0ty": _groups_last(a["Z0ty"][0]), "Z0tZ1": _groups_last(a["Z0tZ"][0][..., q[0]:]),
+        "parent": stats.parents[0] if two else np.zeros(0),
+        "Z1tZ1": _groups_last(a["Z1tZ"][0]) if two else np.zeros(0),
+        "Z1tX": _groups_last(a["Z1tX"][0]) if two else np.zeros(0),
+        "Z1ty": _groups_last(a["Z1ty"][0]) if two else np.zeros(0),
+        "XtX": np.ascontiguousarray(a["XtX"][0]), "Xty": np.ascontiguousarray(a["Xty"][0]),
+        "yty": float(a["yty"][0]), "n_obs": float(a["n_obs"]), "logdet_V": float(a.get("logdetV", 0.0)),
         "beta_mu": np.zeros(p) if flat else np.array([float(pr.params["mu"]) for pr in fixed]),
         "beta_sd": np.full(p, np.inf) if flat else np.array([float(pr.params["sigma"]) for pr in fixed]),
         "scale_code": code, "scale_a": first, "scale_b": second, "scale_on_variance": on_variance,
-        "eta": float(priors.corr[f.name].eta) if correlated else 1.0,
         "start_tau": 0.25 * _outcome_sd(a),
     }
-    names = {"factor": f.name, "fixed": list(design.fixed_names), "coef": list(f.coef_names),
-             "sigma_variance": has_sigma and priors.sigma.on == "variance",
-             "tau_variance": priors.tau[f.name].on == "variance"}
-    n_dim = p + n_scale + (q * (q - 1) // 2 if correlated else 0)
-    n_expanded = (p + (1 + names["sigma_variance"] if has_sigma else 0) + q * (1 + names["tau_variance"])
-                  + (q * q if correlated else 0))
-    header = {"q": q, "p": p, "J": f.n_groups, "has_sigma": has_sigma, "correlated": correlated,
-              "n_obs": data["n_obs"], "yty": data["yty"], "logdet_V": data["logdet_V"], "eta": data["eta"],
-              "sigma_variance": names["sigma_variance"], "tau_variance": names["tau_variance"], "n_dim": n_dim,
-              "n_expanded": n_expanded}
-    return KernelModel(n_dim, data, _pack(data, header), names, has_sigma, correlated)
+    levels = [{"factor": f.name, "coef": list(f.coef_names), "tau_variance": priors.tau[f.name].on == "variance",
+               "correlated": c, "eta": float(priors.corr[f.name].eta) if c else 1.0}
+              for f, c in zip(factors, correlated, strict=True)]
+    names = {"fixed": list(design.fixed_names), "levels": levels,
+             "sigma_variance": has_sigma and priors.sigma.on == "variance"}
+    n_dim = p + n_scale + sum(len(lv["coef"]) * (len(lv["coef"]) - 1) // 2 for lv in levels if lv["correlated"])
+    n_expanded = p + (1 + names["sigma_variance"] if has_sigma else 0) + sum(
+        len(lv["coef"]) * (1 + lv["tau_variance"]) + (len(lv["coef"]) ** 2 if lv["correlated"] else 0)
+        for lv in levels)
+    level1 = levels[1] if two else {"tau_variance": False, "correlated": False, "eta": 1.0}
+    header = {"levels": len(factors), "q0": q[0], "q1": q[1], "p": p, "J0": factors[0].n_groups,
+              "J1": factors[1].n_groups if two else 0, "has_sigma": has_sigma,
+              "correlated0": levels[0]["correlated"], "correlated1": level1["correlated"],
+              "n_obs": data["n_obs"], "yty": data["yty"], "logdet_V": data["logdet_V"],
+              "eta0": levels[0]["eta"], "eta1": level1["eta"], "sigma_variance": names["sigma_variance"],
+              "tau_variance0": levels[0]["tau_variance"], "tau_variance1": level1["tau_variance"],
+              "n_dim": n_dim, "n_expanded": n_expanded}
+    return KernelModel(n_dim, data, _pack(data, header), names, has_sigma)
 
 
 def _outcome_sd(a: dict) -> float:
@@ -240,82 +267,6 @@ def _correlation_terms(y, q, eta, gL, grad_y):
             bar_rest = bar_rest + bar_L * z[i, k] * 0.5 / root + 0.5 / rest[i, k]
             grad_y[pos + k] += bar_z * (1.0 - z[i, k] ** 2)
     return lp
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _log_density(x, ZtZ, ZtX, Zty, XtX, Xty, yty, n_obs, logdet_V, beta_mu, beta_sd, scale_code, scale_a,
-                 scale_b, scale_on_variance, eta, has_sigma, correlated, grad):
-    """Log posterior density at unconstrained ``x`` (module docstring); writes its gradient into ``grad``."""
-    q, p, J = ZtX.shape
-    grad[:] = 0.0
-    beta = x[:p]
-    lp = 0.0
-    for k in range(p):  # β ~ Normal(mu, sd), or flat (sd = inf)
-        if np.isfinite(beta_sd[k]):
-            d = (beta[k] - beta_mu[k]) / beta_sd[k]
-            lp += -0.5 * d * d - math.log(beta_sd[k]) - 0.5 * _LOG_2PI
-            grad[k] -= d / beta_sd[k]
-    at = p
-    s = 1.0
-    if has_sigma:
-        lps, dlps = _scale_log_prior(int(scale_code[0]), scale_a[0], scale_b[0], scale_on_variance[0] > 0,
-                                     x[at])
-        lp += lps
-        grad[at] += dlps
-        s = math.exp(-2.0 * x[at])
-        at += 1
-    tau = np.empty(q)
-    for k in range(q):
-        i = int(has_sigma) + k
-        lps, dlps = _scale_log_prior(int(scale_code[i]), scale_a[i], scale_b[i], scale_on_variance[i] > 0,
-                                     x[at + k])
-        lp += lps
-        grad[at + k] += dlps
-        tau[k] = math.exp(x[at + k])
-    y_corr = x[at + q:]
-    if correlated:
-        L_omega = _correlation_factor(y_corr, q)[0]
-    else:
-        L_omega = np.eye(q)
-    L = np.empty((q, q))
-    for i in range(q):
-        for k in range(q):
-            L[i, k] = tau[i] * L_omega[i, k]
-
-    # the integrated likelihood, group by group
-    xb = np.empty(p)  # X'y - X'X β
-    ee = yty
-    for k in range(p):
-        acc = 0.0
-        for c_ in range(p):
-            acc += XtX[k, c_] * beta[c_]
-        xb[k] = Xty[k] - acc
-        ee -= beta[k] * (Xty[k] + xb[k])  # e'e = y'y - 2 β'X'y + β'X'X β
-    grad_beta = s * xb
-    G = np.zeros((q, q))
-    logdet_M, reduction, sigma_terms = _integrate_groups(beta, s, L, ZtZ, ZtX, Zty, grad_beta, G)
-    if not np.isfinite(logdet_M):
-        return -np.inf
-    log_s = math.log(s)
-    logdet_R = logdet_V if not has_sigma else -n_obs * log_s
-    lp += -0.5 * (n_obs * _LOG_2PI + logdet_R + logdet_M + s * ee - reduction)
-    for k in range(p):
-        grad[k] += grad_beta[k]
-    at = p
-    if has_sigma:
-        grad[at] += -n_obs + s * ee + sigma_terms
-        at += 1
-    gL_omega = np.zeros((q, q))
-    for i in range(q):
-        acc = 0.0
-        for k in range(i + 1):
-            acc += G[i, k] * L_omega[i, k]
-            gL_omega[i, k] = tau[i] * G[i, k]
-        grad[at + i] += tau[i] * acc
-    if correlated:
-        lp += _correlation_terms(y_corr, q, eta, gL_omega, grad[at + q:])
-    return lp
-
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -447,63 +398,437 @@ def _integrate_groups(beta, s, L, ZtZ, ZtX, Zty, grad_beta, G):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _unpack(buf):
-    """Views of the packed buffer (see :data:`_HEADER` and :data:`_ARRAYS`)."""
-    q, p, J = int(buf[0]), int(buf[1]), int(buf[2])
-    m = int(buf[3]) + q
-    at = len(_HEADER)
-    sizes = (q * q * J, q * p * J, q * J, p * p, p, p, p, m, m, m, m)
-    views = []
-    for size in sizes:
-        views.append(buf[at:at + size])
-        at += size
-    return (q, p, J, views[0].reshape((q, q, J)), views[1].reshape((q, p, J)), views[2].reshape((q, J)),
-            views[3].reshape((p, p)), views[4], views[5], views[6], views[7], views[8], views[9], views[10])
+def _cholesky_small(M, C, pivots, at):
+    """C C' = M for one small SPD matrix; stores the squared pivots (Π = |M|) in ``pivots[at:]``."""
+    q = M.shape[0]
+    for c in range(q):
+        acc = M[c, c]
+        for k in range(c):
+            acc -= C[c, k] ** 2
+        pivots[at + c] = acc
+        C[c, c] = math.sqrt(acc)
+        for r in range(c + 1, q):
+            total = M[r, c]
+            for k in range(c):
+                total -= C[r, k] * C[c, k]
+            C[r, c] = total / C[c, c]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def log_density(x, buf, grad):
-    """Log posterior density at unconstrained ``x`` of the model packed in ``buf``; its gradient goes into
-    ``grad``."""
-    q, p, J, ZtZ, ZtX, Zty, XtX, Xty, beta_mu, beta_sd, code, scale_a, scale_b, on_variance = _unpack(buf)
-    return _log_density(x, ZtZ, ZtX, Zty, XtX, Xty, buf[6], buf[5], buf[7], beta_mu, beta_sd, code, scale_a,
-                        scale_b, on_variance, buf[8], buf[3] > 0, buf[4] > 0, grad)
+def _forward(C, rhs, out):
+    """out = C^{-1} rhs, C lower triangular."""
+    for a in range(len(rhs)):
+        acc = rhs[a]
+        for k in range(a):
+            acc -= C[a, k] * out[k]
+        out[a] = acc / C[a, a]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _backward(C, rhs, out):
+    """out = C^{-T} rhs, C lower triangular."""
+    for a in range(len(rhs) - 1, -1, -1):
+        acc = rhs[a]
+        for k in range(a + 1, len(rhs)):
+            acc -= C[k, a] * out[k]
+        out[a] = acc / C[a, a]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _inverse_from_cholesky(C, out):
+    """out = (C C')^{-1}."""
+    q = C.shape[0]
+    unit, column = np.zeros(q), np.empty(q)
+    for c in range(q):
+        unit[:] = 0.0
+        unit[c] = 1.0
+        _forward(C, unit, column)
+        _backward(C, column, out[:, c])
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _integrate_nested(beta, s, L0, L1, Z0tZ0, Z0tZ1, Z0tX, Z0ty, parent, Z1tZ1, Z1tX, Z1ty, grad_beta, G0, G1):
+    """The three-level counterpart of :func:`_integrate_groups` (module docstring): level-0 groups (statistics
+    ``Z0t*``, groups last) nested in level-1 groups (``Z1t*``) through ``parent``. Returns the log-determinants,
+    the reduction Σ |w|² and the terms s E|r|² - s e'e of ∂/∂log σ; adds to ``grad_beta``, and ∂/∂L_0, ∂/∂L_1
+    to ``G0``, ``G1``."""
+    q0, p, J0 = Z0tX.shape
+    q1, J1 = Z1ty.shape
+    pivots = np.empty(J0 * q0 + J1 * q1)
+    b0, w0 = np.empty((J0, q0)), np.empty((J0, q0))
+    AL0, BL1 = np.empty((J0, q0, q0)), np.empty((J0, q0, q1))  # A_0 L_0, B_0 L_1 (B_0 = s Z_0'Z_1)
+    C0, G = np.zeros((J0, q0, q0)), np.empty((J0, q0, q1))
+    K, k1 = np.zeros((J1, q1, q1)), np.zeros((J1, q1))
+    M0, F, t0, column = np.empty((q0, q0)), np.empty((q0, q1)), np.empty(q0), np.empty(q0)
+    reduction = 0.0
+    for j in range(J0):  # level 0: integrate, and leave K, k to the parent
+        for a in range(q0):
+            acc = Z0ty[a, j]
+            for c in range(p):
+                acc -= Z0tX[a, c, j] * beta[c]
+            b0[j, a] = s * acc
+        for a in range(q0):
+            for c in range(q0):
+                acc = 0.0
+                for d in range(c, q0):
+                    acc += Z0tZ0[a, d, j] * L0[d, c]
+                AL0[j, a, c] = s * acc
+            for c in range(q1):
+                acc = 0.0
+                for d in range(c, q1):
+                    acc += Z0tZ1[a, d, j] * L1[d, c]
+                BL1[j, a, c] = s * acc
+        for a in range(q0):
+            for c in range(q0):
+                acc = 1.0 if a == c else 0.0
+                for d in range(a, q0):
+                    acc += L0[d, a] * AL0[j, d, c]
+                M0[a, c] = acc
+            for c in range(q1):
+                acc = 0.0
+                for d in range(a, q0):
+                    acc += L0[d, a] * Z0tZ1[d, c, j]
+                F[a, c] = s * acc
+            acc = 0.0
+            for d in range(a, q0):
+                acc += L0[d, a] * b0[j, d]
+            t0[a] = acc
+        _cholesky_small(M0, C0[j], pivots, j * q0)
+        _forward(C0[j], t0, w0[j])
+        for c in range(q1):
+            _forward(C0[j], F[:, c], column)
+            G[j, :, c] = column
+        g = int(parent[j])
+        for a in range(q1):
+            for c in range(q1):
+                acc = 0.0
+                for e in range(q0):
+                    acc += G[j, e, a] * G[j, e, c]
+                K[g, a, c] += acc
+            acc = 0.0
+            for e in range(q0):
+                acc += G[j, e, a] * w0[j, e]
+            k1[g, a] += acc
+        for a in range(q0):
+            reduction += w0[j, a] ** 2
+
+    z1, S1 = np.empty((J1, q1)), np.empty((J1, q1, q1))
+    M1, C1, AL1, t1, w1 = np.empty((q1, q1)), np.zeros((q1, q1)), np.empty((q1, q1)), np.empty(q1), np.empty(q1)
+    b1, raw_AL1, m1 = np.empty(q1), np.empty((q1, q1)), np.empty(q1)
+    sigma_terms = 0.0
+    for g in range(J1):  # level 1: integrate; posterior moments of z_1; its gradient terms
+        for a in range(q1):
+            acc = Z1ty[a, g]
+            for c in range(p):
+                acc -= Z1tX[a, c, g] * beta[c]
+            b1[a] = s * acc  # uncorrected: Fisher's identity needs s Z_1'e
+            for c in range(q1):
+                raw, corrected = 0.0, 0.0
+                for d in range(c, q1):
+                    raw += s * Z1tZ1[a, d, g] * L1[d, c]
+                    corrected += (s * Z1tZ1[a, d, g] - K[g, a, d]) * L1[d, c]
+                raw_AL1[a, c] = raw
+                AL1[a, c] = corrected
+        for a in range(q1):
+            for c in range(q1):
+                acc = 1.0 if a == c else 0.0
+                for d in range(a, q1):
+                    acc += L1[d, a] * AL1[d, c]
+                M1[a, c] = acc
+            acc = 0.0
+            for d in range(a, q1):
+                acc += L1[d, a] * (b1[d] - k1[g, d])
+            t1[a] = acc
+        _cholesky_small(M1, C1, pivots, J0 * q0 + g * q1)
+        _forward(C1, t1, w1)
+        _backward(C1, w1, z1[g])
+        _inverse_from_cholesky(C1, S1[g])
+        for a in range(q1):
+            reduction += w1[a] ** 2
+            acc = 0.0
+            for d in range(a + 1):
+                acc += L1[a, d] * z1[g, d]
+            m1[a] = acc
+        for c in range(p):
+            acc = 0.0
+            for a in range(q1):
+                acc += Z1tX[a, c, g] * m1[a]
+            grad_beta[c] -= s * acc
+        for a in range(q1):  # -2 m'b + m'A m + tr(A L S L'), with A m = A L z
+            Az = 0.0
+            for d in range(q1):
+                Az += raw_AL1[a, d] * z1[g, d]
+            sigma_terms += m1[a] * (Az - 2.0 * b1[a])
+            for c in range(q1):
+                LS = 0.0
+                for d in range(a + 1):
+                    LS += L1[a, d] * S1[g, d, c]
+                sigma_terms += raw_AL1[a, c] * LS
+        for a in range(q1):  # ∂/∂L_1 += b z' - A L (z z' + S)
+            for c in range(a + 1):
+                acc = b1[a] * z1[g, c]
+                for d in range(q1):
+                    acc -= raw_AL1[a, d] * (z1[g, d] * z1[g, c] + S1[g, d, c])
+                G1[a, c] += acc
+
+    z0, H, S00, S01 = np.empty(q0), np.empty((q0, q1)), np.empty((q0, q0)), np.empty((q0, q1))
+    GL, m0 = np.empty(q0), np.empty(q0)
+    for j in range(J0):  # level 0 again: posterior moments of z_0, averaged over z_1; gradient terms
+        g = int(parent[j])
+        _backward(C0[j], w0[j], z0)
+        for c in range(q1):  # H = C^{-T} G L_1
+            for a in range(q0):
+                acc = 0.0
+                for d in range(c, q1):
+                    acc += G[j, a, d] * L1[d, c]
+                GL[a] = acc
+            _backward(C0[j], GL, column)
+            H[:, c] = column
+        _inverse_from_cholesky(C0[j], S00)
+        for a in range(q0):
+            for c in range(q1):
+                acc = 0.0
+                for d in range(q1):
+                    acc -= H[a, d] * S1[g, d, c]
+                S01[a, c] = acc  # -H S_1
+            for c in range(q1):
+                z0[a] -= H[a, c] * z1[g, c]
+        for a in range(q0):
+            for c in range(q0):
+                acc = 0.0
+                for d in range(q1):
+                    acc -= S01[a, d] * H[c, d]  # + H S_1 H'
+                S00[a, c] += acc
+        for a in range(q0):
+            acc = 0.0
+            for d in range(a + 1):
+                acc += L0[a, d] * z0[d]
+            m0[a] = acc
+        for c in range(p):
+            acc = 0.0
+            for a in range(q0):
+                acc += Z0tX[a, c, j] * m0[a]
+            grad_beta[c] -= s * acc
+        for a in range(q0):  # -2 m'b + m'A m + 2 m'B m_1 + tr(A L S L') + 2 tr(B L_1 S_10 L')
+            Az, Bz = 0.0, 0.0
+            for d in range(q0):
+                Az += AL0[j, a, d] * z0[d]
+            for d in range(q1):
+                Bz += BL1[j, a, d] * z1[g, d]
+            sigma_terms += m0[a] * (Az + 2.0 * Bz - 2.0 * b0[j, a])
+            for c in range(q0):
+                LS = 0.0
+                for d in range(a + 1):
+                    LS += L0[a, d] * S00[d, c]
+                sigma_terms += AL0[j, a, c] * LS
+            for c in range(q1):
+                LS = 0.0
+                for d in range(a + 1):
+                    LS += L0[a, d] * S01[d, c]
+                sigma_terms += 2.0 * BL1[j, a, c] * LS
+        for a in range(q0):  # ∂/∂L_0 += b z' - A L (z z' + S_00) - B L_1 (z_1 z' + S_10)
+            for c in range(a + 1):
+                acc = b0[j, a] * z0[c]
+                for d in range(q0):
+                    acc -= AL0[j, a, d] * (z0[d] * z0[c] + S00[d, c])
+                for d in range(q1):
+                    acc -= BL1[j, a, d] * (z1[g, d] * z0[c] + S01[c, d])
+                G0[a, c] += acc
+        for a in range(q1):  # ∂/∂L_1 -= B'L_0 (z z_1' + S_01)
+            for c in range(a + 1):
+                acc = 0.0
+                for d in range(q0):
+                    BtL = 0.0
+                    for r in range(d, q0):
+                        BtL += Z0tZ1[r, a, j] * L0[r, d]
+                    acc += s * BtL * (z0[d] * z1[g, c] + S01[d, c])
+                G1[a, c] -= acc
+    return _sum_of_logs(pivots), reduction, sigma_terms
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _unpack(buf):
+    """Views of the packed buffer (see :data:`_HEADER` and :data:`_ARRAYS`)."""
+    q0, q1, p, J0, J1 = int(buf[_Q0]), int(buf[_Q1]), int(buf[_P]), int(buf[_J0]), int(buf[_J1])
+    m = int(buf[_HAS_SIGMA]) + q0 + q1
+    sizes = (q0 * q0 * J0, q0 * p * J0, q0 * J0, q0 * q1 * J0, J0 * (int(buf[_LEVELS]) - 1), q1 * q1 * J1,
+             q1 * p * J1, q1 * J1, p * p, p, p, p, m, m, m, m)
+    views = []
+    at = len(_HEADER)
+    for size in sizes:
+        views.append(buf[at:at + size])
+        at += size
+    return (views[0].reshape((q0, q0, J0)), views[1].reshape((q0, p, J0)), views[2].reshape((q0, J0)),
+            views[3].reshape((q0, q1, J0)), views[4], views[5].reshape((q1, q1, J1)),
+            views[6].reshape((q1, p, J1)), views[7].reshape((q1, J1)), views[8].reshape((p, p)), views[9],
+            views[10], views[11], views[12], views[13], views[14], views[15])
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _level_factor(log_tau, y, correlated):
+    """τ, L_Ω and L = diag(τ) L_Ω of one level."""
+    q = len(log_tau)
+    tau = np.exp(log_tau)
+    L_omega = _correlation_factor(y, q)[0] if correlated else np.eye(q)
+    L = np.empty((q, q))
+    for i in range(q):
+        for k in range(q):
+            L[i, k] = tau[i] * L_omega[i, k]
+    return tau, L_omega, L
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _level_terms(G, tau, L_omega, y, correlated, eta, grad_log_tau, grad_y):
+    """Chain rule from ∂/∂L (``G``, lower triangle) to log τ and y of one level, plus the LKJ density and the
+    correlation transform's Jacobian (returned)."""
+    q = len(tau)
+    gL_omega = np.zeros((q, q))
+    for i in range(q):
+        acc = 0.0
+        for k in range(i + 1):
+            acc += G[i, k] * L_omega[i, k]
+            gL_omega[i, k] = tau[i] * G[i, k]
+        grad_log_tau[i] += tau[i] * acc
+    if correlated:
+        return _correlation_terms(y, q, eta, gL_omega, grad_y)
+    return 0.0
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def log_density_two_level(x, buf, grad):
+    """Log posterior density of a two-level model at unconstrained ``x`` (module docstring), its data and
+    priors packed in ``buf``; writes the gradient into ``grad``."""
+    Z0tZ0, Z0tX, Z0ty = _unpack(buf)[:3]
+    lp, s, ee, beta, grad_beta, factors = _density_setup(x, buf, grad)
+    G0, G1 = np.zeros((Z0tX.shape[0], Z0tX.shape[0])), np.zeros((0, 0))
+    integrated = _integrate_groups(beta, s, factors[2], Z0tZ0, Z0tX, Z0ty, grad_beta, G0)
+    return _density_finish(buf, grad, lp, s, ee, grad_beta, integrated, G0, G1, factors)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def log_density_three_level(x, buf, grad):
+    """As :func:`log_density_two_level`, for a three-level model (two nested factors). Two entry points, so
+    that each model compiles (once per machine) only the code it runs."""
+    Z0tZ0, Z0tX, Z0ty, Z0tZ1, parent, Z1tZ1, Z1tX, Z1ty = _unpack(buf)[:8]
+    lp, s, ee, beta, grad_beta, factors = _density_setup(x, buf, grad)
+    q0, q1 = Z0tX.shape[0], Z1tX.shape[0]
+    G0, G1 = np.zeros((q0, q0)), np.zeros((q1, q1))
+    integrated = _integrate_nested(beta, s, factors[2], factors[6], Z0tZ0, Z0tZ1, Z0tX, Z0ty, parent, Z1tZ1, Z1tX,
+                                   Z1ty, grad_beta, G0, G1)
+    return _density_finish(buf, grad, lp, s, ee, grad_beta, integrated, G0, G1, factors)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _density_setup(x, buf, grad):
+    """The priors' part of the log density (and of ``grad``, which it resets), s = 1/σ², e'e, β, the
+    likelihood's ∂/∂β before the group terms, s (X'y - X'X β), and per level (τ, L_Ω, L, y)."""
+    XtX, Xty, beta_mu, beta_sd, scale_code, scale_a, scale_b, on_variance = _unpack(buf)[8:]
+    q0, p = int(buf[_Q0]), int(buf[_P])
+    has_sigma = buf[_HAS_SIGMA] > 0
+    grad[:] = 0.0
+    beta = x[:p]
+    lp = 0.0
+    for k in range(p):  # β ~ Normal(mu, sd), or flat (sd = inf)
+        if np.isfinite(beta_sd[k]):
+            d = (beta[k] - beta_mu[k]) / beta_sd[k]
+            lp += -0.5 * d * d - math.log(beta_sd[k]) - 0.5 * _LOG_2PI
+            grad[k] -= d / beta_sd[k]
+    for i in range(len(scale_code)):  # σ, τ_0, τ_1
+        lps, dlps = _scale_log_prior(int(scale_code[i]), scale_a[i], scale_b[i], on_variance[i] > 0, x[p + i])
+        lp += lps
+        grad[p + i] += dlps
+    s = math.exp(-2.0 * x[p]) if has_sigma else 1.0
+    at_tau, at_y0, at_y1 = _positions(buf)
+    y0, y1 = x[at_y0:at_y1], x[at_y1:]
+    tau0, L_omega0, L0 = _level_factor(x[at_tau:at_tau + q0], y0, buf[_CORRELATED0] > 0)
+    tau1, L_omega1, L1 = _level_factor(x[at_tau + q0:at_y0], y1, buf[_CORRELATED1] > 0)
+    xb = np.empty(p)  # X'y - X'X β
+    ee = buf[_YTY]
+    for k in range(p):
+        acc = 0.0
+        for c in range(p):
+            acc += XtX[k, c] * beta[c]
+        xb[k] = Xty[k] - acc
+        ee -= beta[k] * (Xty[k] + xb[k])  # e'e = y'y - 2 β'X'y + β'X'X β
+    return lp, s, ee, beta, s * xb, (tau0, L_omega0, L0, y0, tau1, L_omega1, L1, y1)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _positions(buf):
+    """Where log τ_0, y_0 and y_1 start in x."""
+    q0, q1 = int(buf[_Q0]), int(buf[_Q1])
+    at_tau = int(buf[_P]) + int(buf[_HAS_SIGMA])
+    at_y0 = at_tau + q0 + q1
+    return at_tau, at_y0, at_y0 + (q0 * (q0 - 1) // 2 if buf[_CORRELATED0] > 0 else 0)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _density_finish(buf, grad, lp, s, ee, grad_beta, integrated, G0, G1, factors):
+    """Adds the integrated likelihood to the prior part ``lp`` and completes ``grad`` (module docstring)."""
+    logdet_M, reduction, sigma_terms = integrated
+    if not np.isfinite(logdet_M):
+        return -np.inf
+    tau0, L_omega0, L0, y0, tau1, L_omega1, L1, y1 = factors
+    q0, p = int(buf[_Q0]), int(buf[_P])
+    has_sigma = buf[_HAS_SIGMA] > 0
+    n_obs = buf[_N_OBS]
+    logdet_R = -n_obs * math.log(s) if has_sigma else buf[_LOGDET_V]
+    lp += -0.5 * (n_obs * _LOG_2PI + logdet_R + logdet_M + s * ee - reduction)
+    for k in range(p):
+        grad[k] += grad_beta[k]
+    if has_sigma:
+        grad[p] += -n_obs + s * ee + sigma_terms
+    at_tau, at_y0, at_y1 = _positions(buf)
+    lp += _level_terms(G0, tau0, L_omega0, y0, buf[_CORRELATED0] > 0, buf[_ETA0], grad[at_tau:at_tau + q0],
+                       grad[at_y0:at_y1])
+    lp += _level_terms(G1, tau1, L_omega1, y1, buf[_CORRELATED1] > 0, buf[_ETA1], grad[at_tau + q0:at_y0],
+                       grad[at_y1:])
+    return lp
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _expand_level(log_tau, y, correlated, tau_variance, out, at):
+    q = len(log_tau)
+    for k in range(q):
+        out[at + k] = math.exp(log_tau[k])
+    at += q
+    if tau_variance:
+        for k in range(q):
+            out[at + k] = math.exp(2.0 * log_tau[k])
+        at += q
+    if correlated:
+        L = _correlation_factor(y, q)[0]
+        for i in range(q):
+            for k in range(q):
+                out[at] = L[i, k]
+                at += 1
+    return at
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def expand(x, buf, out):
     """The reported values at unconstrained ``x``, flattened into ``out`` in the order of
-    :func:`output_layout`: β, σ [σ²], τ [τ²], L_Ω."""
-    q, p = int(buf[0]), int(buf[1])
-    at = 0
-    for k in range(p):
-        out[at] = x[k]
-        at += 1
-    pos = p
-    if buf[3] > 0:
+    :func:`output_layout`: β, σ [σ²], then per level τ [τ²] L_Ω."""
+    q0, p = int(buf[_Q0]), int(buf[_P])
+    correlated0, correlated1 = buf[_CORRELATED0] > 0, buf[_CORRELATED1] > 0
+    out[:p] = x[:p]
+    at, pos = p, p
+    if buf[_HAS_SIGMA] > 0:
         out[at] = math.exp(x[pos])
         at += 1
-        if buf[9] > 0:
+        if buf[_SIGMA_VARIANCE] > 0:
             out[at] = math.exp(2.0 * x[pos])
             at += 1
         pos += 1
-    for k in range(q):
-        out[at + k] = math.exp(x[pos + k])
-    at += q
-    if buf[10] > 0:
-        for k in range(q):
-            out[at + k] = math.exp(2.0 * x[pos + k])
-        at += q
-    if buf[4] > 0:
-        L = _correlation_factor(x[pos + q:], q)[0]
-        for i in range(q):
-            for k in range(q):
-                out[at] = L[i, k]
-                at += 1
+    _, at_y0, at_y1 = _positions(buf)
+    at = _expand_level(x[pos:pos + q0], x[at_y0:at_y1], correlated0, buf[_TAU_VARIANCE0] > 0, out, at)
+    _expand_level(x[pos + q0:at_y0], x[at_y1:], correlated1, buf[_TAU_VARIANCE1] > 0, out, at)
 
 
 def log_density_and_gradient(model: KernelModel):
     """``f(x) -> (log density, gradient)`` of ``model`` (for checks; nutpie calls the C callbacks)."""
+    log_density = log_density_two_level if len(model.levels) == 1 else log_density_three_level
+
     def evaluate(x):
         grad = np.empty(model.n_dim)
         return log_density(np.ascontiguousarray(x, dtype=float), model.buffer, grad), grad
@@ -525,15 +850,13 @@ def constrained(model: KernelModel, x: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-_N_DIM, _N_EXPANDED, _LENGTH = _HEADER.index("n_dim"), _HEADER.index("n_expanded"), _HEADER.index("length")
-
-
 @functools.cache
-def c_callbacks():
-    """The C callbacks nutpie calls for the log density and the reported values, reading the packed buffer
-    through nutpie's user-data pointer. Compiled on first use and cached on disk, like every function here.
-    Return codes follow nutpie's PyMC callbacks: 0 ok, 3 gradient or 4 log density not finite (a divergent
-    step), -1 wrong dimension."""
+def c_callbacks(levels: int):
+    """The C callbacks nutpie calls for the log density of a model with ``levels`` integrated factors (1 or
+    2) and for the reported values, reading the packed buffer through nutpie's user-data pointer. Compiled on
+    first use and cached on disk, like every function here. Return codes follow nutpie's PyMC callbacks: 0 ok,
+    3 gradient or 4 log density not finite (a divergent step), -1 wrong dimension."""
+    log_density = log_density_two_level if levels == 1 else log_density_three_level
     double_ptr = numba.types.CPointer(numba.types.double)
     logp_signature = numba.types.int64(numba.types.uint64, double_ptr, double_ptr, double_ptr, numba.types.voidptr)
     expand_signature = numba.types.int64(numba.types.uint64, numba.types.uint64, double_ptr, double_ptr,
@@ -571,21 +894,22 @@ def c_callbacks():
 
 def output_layout(model: KernelModel) -> tuple[list[str], list[tuple], dict, dict]:
     """Names, shapes, dims and coords of the reported values (:func:`expand`)."""
-    n = model.names
-    factor, q = n["factor"], len(n["coef"])
-    coef_dim = f"{factor}__coef"
-    layout = [("beta", (len(n["fixed"]),), ("fixed",))]
+    layout = [("beta", (len(model.names["fixed"]),), ("fixed",))]
+    coords = {"fixed": model.names["fixed"]}
     if model.has_sigma:
         layout.append(("sigma", (), ()))
-        if n["sigma_variance"]:
+        if model.names["sigma_variance"]:
             layout.append(("sigma2", (), ()))
-    layout.append((f"tau_{factor}", (q,), (coef_dim,)))
-    if n["tau_variance"]:
-        layout.append((f"tau2_{factor}", (q,), (coef_dim,)))
-    coords = {"fixed": n["fixed"], coef_dim: n["coef"]}
-    if model.correlated:
-        corr_dims = (f"corr_{factor}_dim_0", f"corr_{factor}_dim_1")
-        layout.append((f"corr_{factor}", (q, q), corr_dims))
-        coords |= dict.fromkeys(corr_dims, np.arange(q))
+    for level in model.levels:
+        factor, q = level["factor"], len(level["coef"])
+        coef_dim = f"{factor}__coef"
+        coords[coef_dim] = level["coef"]
+        layout.append((f"tau_{factor}", (q,), (coef_dim,)))
+        if level["tau_variance"]:
+            layout.append((f"tau2_{factor}", (q,), (coef_dim,)))
+        if level["correlated"]:
+            corr_dims = (f"corr_{factor}_dim_0", f"corr_{factor}_dim_1")
+            layout.append((f"corr_{factor}", (q, q), corr_dims))
+            coords |= dict.fromkeys(corr_dims, np.arange(q))
     names, shapes, dims = zip(*layout, strict=True)
     return list(names), list(shapes), {name: d for name, _, d in layout if d}, coords

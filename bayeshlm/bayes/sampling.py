@@ -2,11 +2,12 @@
 
 Two ways to give nutpie a log density:
 
-- The compiled kernel (:mod:`.kernel`), for the models it covers (one grouping factor integrated out, common
-  prior families): nutpie calls its Numba C callbacks directly through the bindings it uses for PyMC models
-  (:class:`KernelCompiledModel`), so chains run in parallel with no Python in the loop. The callbacks are
-  cached on disk: HS&B (intercepts and slopes as outcomes, 4 chains x 1000 draws) takes about 2.5 s in a new
-  process, and about 21 s on a fresh install whose caches are empty (measured 2026-11-23, 2 cores).
+- The compiled kernel (:mod:`.kernel`), for the models it covers (one grouping factor or two nested ones
+  integrated out, common prior families): nutpie calls its Numba C callbacks directly through the bindings
+  it uses for PyMC models (:class:`KernelCompiledModel`), so chains run in parallel with no Python in the
+  loop. The callbacks are cached on disk: HS&B (intercepts and slopes as outcomes, 4 chains x 1000 draws)
+  takes about 2.5 s in a new process, and about 21 s on a fresh install whose caches are empty (measured
+  2026-11-23, 2 cores).
 - The PyMC graph, for every other model. Compilation dominates its cost (stack notes: 65-90 s cold with
   PyTensor's Numba backend); nutpie's compile_pymc_model wraps the PyTensor functions in ``numba.cfunc``
   callbacks compiled without a cache (cProfile: most of 30-70 s in numba's ``ccallback._compile_uncached``),
@@ -79,7 +80,7 @@ class KernelCompiledModel(CompiledModel):
     def _make_model(self, init_mean):
         from nutpie import _lib
 
-        logp_callback, expand_callback = c_callbacks()
+        logp_callback, expand_callback = c_callbacks(len(self.kernel.levels))
         names, shapes, dims, coords = output_layout(self.kernel)
         address = self.kernel.buffer.ctypes.data
         n_expanded = sum(int(np.prod(shape)) for shape in shapes)
@@ -97,7 +98,7 @@ def _no_transform_adapter(*args, **kwargs):
 
 def kernel_nutpie_model(kernel: KernelModel) -> KernelCompiledModel:
     """nutpie's model of the compiled kernel; compiles (or loads from the on-disk cache) its callbacks."""
-    c_callbacks()
+    c_callbacks(len(kernel.levels))
     return KernelCompiledModel(dims=output_layout(kernel)[2], kernel=kernel)
 
 
@@ -118,8 +119,9 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
         import nutpie
 
         if info.kernel is not None:
-            reused = c_callbacks.cache_info().currsize > 0  # compiled or loaded earlier in this process
+            misses = c_callbacks.cache_info().misses
             compiled = kernel_nutpie_model(info.kernel)
+            reused = c_callbacks.cache_info().misses == misses  # compiled or loaded earlier in this process
         else:
             compiled, reused = compiled_nutpie_model(model, info)
         compiled_at = time.perf_counter()
