@@ -398,52 +398,63 @@ def _integrate_groups(beta, s, L, ZtZ, ZtX, Zty, grad_beta, G):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _cholesky_small(M, C, pivots, at):
-    """C C' = M for one small SPD matrix; stores the squared pivots (Π = |M|) in ``pivots[at:]``."""
-    q = M.shape[0]
+def _cholesky_batch(M, C, inv, pivots):
+    """C C' = M for a batch of q x q matrices stored groups last (q, q, J); inv = 1 / diag(C) (q, J);
+    multiplies ``pivots`` (J) by each |M|."""
+    q, J = M.shape[0], M.shape[2]
     for c in range(q):
-        acc = M[c, c]
-        for k in range(c):
-            acc -= C[c, k] ** 2
-        pivots[at + c] = acc
-        C[c, c] = math.sqrt(acc)
-        for r in range(c + 1, q):
-            total = M[r, c]
+        for j in range(J):
+            acc = M[c, c, j]
             for k in range(c):
-                total -= C[r, k] * C[c, k]
-            C[r, c] = total / C[c, c]
+                acc -= C[c, k, j] ** 2
+            pivots[j] *= acc
+            C[c, c, j] = math.sqrt(acc)
+            inv[c, j] = 1.0 / C[c, c, j]
+        for r in range(c + 1, q):
+            for j in range(J):
+                acc = M[r, c, j]
+                for k in range(c):
+                    acc -= C[r, k, j] * C[c, k, j]
+                C[r, c, j] = acc * inv[c, j]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _forward(C, rhs, out):
-    """out = C^{-1} rhs, C lower triangular."""
-    for a in range(len(rhs)):
-        acc = rhs[a]
-        for k in range(a):
-            acc -= C[a, k] * out[k]
-        out[a] = acc / C[a, a]
+def _forward_batch(C, inv, rhs, out):
+    """out = C^{-1} rhs per group (rhs, out: (q, J))."""
+    q, J = rhs.shape
+    for a in range(q):
+        for j in range(J):
+            acc = rhs[a, j]
+            for k in range(a):
+                acc -= C[a, k, j] * out[k, j]
+            out[a, j] = acc * inv[a, j]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _backward(C, rhs, out):
-    """out = C^{-T} rhs, C lower triangular."""
-    for a in range(len(rhs) - 1, -1, -1):
-        acc = rhs[a]
-        for k in range(a + 1, len(rhs)):
-            acc -= C[k, a] * out[k]
-        out[a] = acc / C[a, a]
+def _backward_batch(C, inv, rhs, out):
+    """out = C^{-T} rhs per group (rhs, out: (q, J))."""
+    q, J = rhs.shape
+    for a in range(q - 1, -1, -1):
+        for j in range(J):
+            acc = rhs[a, j]
+            for k in range(a + 1, q):
+                acc -= C[k, a, j] * out[k, j]
+            out[a, j] = acc * inv[a, j]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _inverse_from_cholesky(C, out):
-    """out = (C C')^{-1}."""
-    q = C.shape[0]
-    unit, column = np.zeros(q), np.empty(q)
+def _inverse_batch(C, inv, out):
+    """out = (C C')^{-1} per group (q, q, J)."""
+    q, J = inv.shape
+    unit, column = np.empty((q, J)), np.empty((q, J))
     for c in range(q):
         unit[:] = 0.0
         unit[c] = 1.0
-        _forward(C, unit, column)
-        _backward(C, column, out[:, c])
+        _forward_batch(C, inv, unit, column)
+        _backward_batch(C, inv, column, unit)
+        for a in range(q):
+            for j in range(J):
+                out[a, c, j] = unit[a, j]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -451,103 +462,111 @@ def _integrate_nested(beta, s, L0, L1, Z0tZ0, Z0tZ1, Z0tX, Z0ty, parent, Z1tZ1, 
     """The three-level counterpart of :func:`_integrate_groups` (module docstring): level-0 groups (statistics
     ``Z0t*``, groups last) nested in level-1 groups (``Z1t*``) through ``parent``. Returns the log-determinants,
     the reduction Σ |w|² and the terms s E|r|² - s e'e of ∂/∂log σ; adds to ``grad_beta``, and ∂/∂L_0, ∂/∂L_1
-    to ``G0``, ``G1``."""
+    to ``G0``, ``G1``. Level 0 loops over its groups innermost, so its q x q algebra vectorises."""
     q0, p, J0 = Z0tX.shape
     q1, J1 = Z1ty.shape
-    pivots = np.empty(J0 * q0 + J1 * q1)
-    b0, w0 = np.empty((J0, q0)), np.empty((J0, q0))
-    AL0, BL1 = np.empty((J0, q0, q0)), np.empty((J0, q0, q1))  # A_0 L_0, B_0 L_1 (B_0 = s Z_0'Z_1)
-    C0, G = np.zeros((J0, q0, q0)), np.empty((J0, q0, q1))
-    K, k1 = np.zeros((J1, q1, q1)), np.zeros((J1, q1))
-    M0, F, t0, column = np.empty((q0, q0)), np.empty((q0, q1)), np.empty(q0), np.empty(q0)
-    reduction = 0.0
-    for j in range(J0):  # level 0: integrate, and leave K, k to the parent
-        for a in range(q0):
-            acc = Z0ty[a, j]
-            for c in range(p):
-                acc -= Z0tX[a, c, j] * beta[c]
-            b0[j, a] = s * acc
-        for a in range(q0):
-            for c in range(q0):
-                acc = 0.0
-                for d in range(c, q0):
-                    acc += Z0tZ0[a, d, j] * L0[d, c]
-                AL0[j, a, c] = s * acc
-            for c in range(q1):
-                acc = 0.0
-                for d in range(c, q1):
-                    acc += Z0tZ1[a, d, j] * L1[d, c]
-                BL1[j, a, c] = s * acc
-        for a in range(q0):
-            for c in range(q0):
-                acc = 1.0 if a == c else 0.0
-                for d in range(a, q0):
-                    acc += L0[d, a] * AL0[j, d, c]
-                M0[a, c] = acc
-            for c in range(q1):
-                acc = 0.0
-                for d in range(a, q0):
-                    acc += L0[d, a] * Z0tZ1[d, c, j]
-                F[a, c] = s * acc
-            acc = 0.0
-            for d in range(a, q0):
-                acc += L0[d, a] * b0[j, d]
-            t0[a] = acc
-        _cholesky_small(M0, C0[j], pivots, j * q0)
-        _forward(C0[j], t0, w0[j])
+    up = np.empty(J0, dtype=np.int64)
+    for j in range(J0):
+        up[j] = int(parent[j])
+    # level 0: integrate, and leave K = Σ G'G, k = Σ G'w to the parent
+    b0, t0, w0 = np.empty((q0, J0)), np.empty((q0, J0)), np.empty((q0, J0))
+    AL0, M0, C0, inv0 = np.empty((q0, q0, J0)), np.empty((q0, q0, J0)), np.zeros((q0, q0, J0)), np.empty((q0, J0))
+    BL1 = np.empty((q0, q1, J0))  # B_0 L_1, B_0 = s Z_0'Z_1
+    F, G = np.empty((q1, q0, J0)), np.empty((q1, q0, J0))  # column c of L_0'B_0 and of C^{-1} L_0'B_0
+    pivots0 = np.ones(J0)
+    for a in range(q0):
+        for j in range(J0):
+            b0[a, j] = Z0ty[a, j]
+        for c in range(p):
+            for j in range(J0):
+                b0[a, j] -= Z0tX[a, c, j] * beta[c]
+        for j in range(J0):
+            b0[a, j] *= s
+    for a in range(q0):
+        for c in range(q0):
+            AL0[a, c] = 0.0
+            for d in range(c, q0):
+                for j in range(J0):
+                    AL0[a, c, j] += s * Z0tZ0[a, d, j] * L0[d, c]
         for c in range(q1):
-            _forward(C0[j], F[:, c], column)
-            G[j, :, c] = column
-        g = int(parent[j])
-        for a in range(q1):
-            for c in range(q1):
-                acc = 0.0
-                for e in range(q0):
-                    acc += G[j, e, a] * G[j, e, c]
-                K[g, a, c] += acc
-            acc = 0.0
+            BL1[a, c] = 0.0
+            for d in range(c, q1):
+                for j in range(J0):
+                    BL1[a, c, j] += s * Z0tZ1[a, d, j] * L1[d, c]
+    for a in range(q0):
+        for c in range(q0):
+            M0[a, c] = 1.0 if a == c else 0.0
+            for d in range(a, q0):
+                for j in range(J0):
+                    M0[a, c, j] += L0[d, a] * AL0[d, c, j]
+        for c in range(q1):
+            F[c, a] = 0.0
+            for d in range(a, q0):
+                for j in range(J0):
+                    F[c, a, j] += s * L0[d, a] * Z0tZ1[d, c, j]
+        t0[a] = 0.0
+        for d in range(a, q0):
+            for j in range(J0):
+                t0[a, j] += L0[d, a] * b0[d, j]
+    _cholesky_batch(M0, C0, inv0, pivots0)
+    _forward_batch(C0, inv0, t0, w0)
+    for c in range(q1):
+        _forward_batch(C0, inv0, F[c], G[c])
+    K, k1 = np.zeros((q1, q1, J1)), np.zeros((q1, J1))
+    reduction = 0.0
+    for a in range(q1):
+        for c in range(q1):
             for e in range(q0):
-                acc += G[j, e, a] * w0[j, e]
-            k1[g, a] += acc
-        for a in range(q0):
-            reduction += w0[j, a] ** 2
+                for j in range(J0):
+                    K[a, c, up[j]] += G[a, e, j] * G[c, e, j]
+        for e in range(q0):
+            for j in range(J0):
+                k1[a, up[j]] += G[a, e, j] * w0[e, j]
+    for a in range(q0):
+        for j in range(J0):
+            reduction += w0[a, j] ** 2
 
-    z1, S1 = np.empty((J1, q1)), np.empty((J1, q1, q1))
-    M1, C1, AL1, t1, w1 = np.empty((q1, q1)), np.zeros((q1, q1)), np.empty((q1, q1)), np.empty(q1), np.empty(q1)
-    b1, raw_AL1, m1 = np.empty(q1), np.empty((q1, q1)), np.empty(q1)
-    sigma_terms = 0.0
-    for g in range(J1):  # level 1: integrate; posterior moments of z_1; its gradient terms
+    # level 1 (few groups): integrate; posterior moments of z_1; its gradient terms
+    z1, S1 = np.empty((q1, J1)), np.empty((q1, q1, J1))
+    b1, AL1, raw_AL1 = np.empty((q1, J1)), np.empty((q1, q1, J1)), np.empty((q1, q1, J1))
+    M1, C1, inv1, t1, w1 = (np.empty((q1, q1, J1)), np.zeros((q1, q1, J1)), np.empty((q1, J1)), np.empty((q1, J1)),
+                            np.empty((q1, J1)))
+    pivots1 = np.ones(J1)
+    for g in range(J1):
         for a in range(q1):
             acc = Z1ty[a, g]
             for c in range(p):
                 acc -= Z1tX[a, c, g] * beta[c]
-            b1[a] = s * acc  # uncorrected: Fisher's identity needs s Z_1'e
+            b1[a, g] = s * acc  # uncorrected: Fisher's identity needs s Z_1'e
             for c in range(q1):
                 raw, corrected = 0.0, 0.0
                 for d in range(c, q1):
                     raw += s * Z1tZ1[a, d, g] * L1[d, c]
-                    corrected += (s * Z1tZ1[a, d, g] - K[g, a, d]) * L1[d, c]
-                raw_AL1[a, c] = raw
-                AL1[a, c] = corrected
+                    corrected += (s * Z1tZ1[a, d, g] - K[a, d, g]) * L1[d, c]
+                raw_AL1[a, c, g] = raw
+                AL1[a, c, g] = corrected
         for a in range(q1):
             for c in range(q1):
                 acc = 1.0 if a == c else 0.0
                 for d in range(a, q1):
-                    acc += L1[d, a] * AL1[d, c]
-                M1[a, c] = acc
+                    acc += L1[d, a] * AL1[d, c, g]
+                M1[a, c, g] = acc
             acc = 0.0
             for d in range(a, q1):
-                acc += L1[d, a] * (b1[d] - k1[g, d])
-            t1[a] = acc
-        _cholesky_small(M1, C1, pivots, J0 * q0 + g * q1)
-        _forward(C1, t1, w1)
-        _backward(C1, w1, z1[g])
-        _inverse_from_cholesky(C1, S1[g])
+                acc += L1[d, a] * (b1[d, g] - k1[d, g])
+            t1[a, g] = acc
+    _cholesky_batch(M1, C1, inv1, pivots1)
+    _forward_batch(C1, inv1, t1, w1)
+    _backward_batch(C1, inv1, w1, z1)
+    _inverse_batch(C1, inv1, S1)
+    sigma_terms = 0.0
+    m1 = np.empty(q1)
+    for g in range(J1):
         for a in range(q1):
-            reduction += w1[a] ** 2
+            reduction += w1[a, g] ** 2
             acc = 0.0
             for d in range(a + 1):
-                acc += L1[a, d] * z1[g, d]
+                acc += L1[a, d] * z1[d, g]
             m1[a] = acc
         for c in range(p):
             acc = 0.0
@@ -557,93 +576,99 @@ def _integrate_nested(beta, s, L0, L1, Z0tZ0, Z0tZ1, Z0tX, Z0ty, parent, Z1tZ1, 
         for a in range(q1):  # -2 m'b + m'A m + tr(A L S L'), with A m = A L z
             Az = 0.0
             for d in range(q1):
-                Az += raw_AL1[a, d] * z1[g, d]
-            sigma_terms += m1[a] * (Az - 2.0 * b1[a])
+                Az += raw_AL1[a, d, g] * z1[d, g]
+            sigma_terms += m1[a] * (Az - 2.0 * b1[a, g])
             for c in range(q1):
                 LS = 0.0
                 for d in range(a + 1):
-                    LS += L1[a, d] * S1[g, d, c]
-                sigma_terms += raw_AL1[a, c] * LS
+                    LS += L1[a, d] * S1[d, c, g]
+                sigma_terms += raw_AL1[a, c, g] * LS
         for a in range(q1):  # ∂/∂L_1 += b z' - A L (z z' + S)
             for c in range(a + 1):
-                acc = b1[a] * z1[g, c]
+                acc = b1[a, g] * z1[c, g]
                 for d in range(q1):
-                    acc -= raw_AL1[a, d] * (z1[g, d] * z1[g, c] + S1[g, d, c])
+                    acc -= raw_AL1[a, d, g] * (z1[d, g] * z1[c, g] + S1[d, c, g])
                 G1[a, c] += acc
 
-    z0, H, S00, S01 = np.empty(q0), np.empty((q0, q1)), np.empty((q0, q0)), np.empty((q0, q1))
-    GL, m0 = np.empty(q0), np.empty(q0)
-    for j in range(J0):  # level 0 again: posterior moments of z_0, averaged over z_1; gradient terms
-        g = int(parent[j])
-        _backward(C0[j], w0[j], z0)
-        for c in range(q1):  # H = C^{-T} G L_1
-            for a in range(q0):
-                acc = 0.0
-                for d in range(c, q1):
-                    acc += G[j, a, d] * L1[d, c]
-                GL[a] = acc
-            _backward(C0[j], GL, column)
-            H[:, c] = column
-        _inverse_from_cholesky(C0[j], S00)
+    # level 0 again: posterior moments of z_0 averaged over z_1 (H = C^{-T} G L_1), gradient terms
+    zp, Sp = np.empty((q1, J0)), np.empty((q1, q1, J0))  # the parent's z_1 and S_1
+    for a in range(q1):
+        for j in range(J0):
+            zp[a, j] = z1[a, up[j]]
+        for c in range(q1):
+            for j in range(J0):
+                Sp[a, c, j] = S1[a, c, up[j]]
+    z0, GL, H = np.empty((q0, J0)), np.empty((q0, J0)), np.empty((q1, q0, J0))
+    S00, S01 = np.empty((q0, q0, J0)), np.zeros((q0, q1, J0))
+    _backward_batch(C0, inv0, w0, z0)
+    for c in range(q1):
         for a in range(q0):
-            for c in range(q1):
-                acc = 0.0
-                for d in range(q1):
-                    acc -= H[a, d] * S1[g, d, c]
-                S01[a, c] = acc  # -H S_1
-            for c in range(q1):
-                z0[a] -= H[a, c] * z1[g, c]
-        for a in range(q0):
-            for c in range(q0):
-                acc = 0.0
-                for d in range(q1):
-                    acc -= S01[a, d] * H[c, d]  # + H S_1 H'
-                S00[a, c] += acc
-        for a in range(q0):
-            acc = 0.0
-            for d in range(a + 1):
-                acc += L0[a, d] * z0[d]
-            m0[a] = acc
-        for c in range(p):
-            acc = 0.0
-            for a in range(q0):
-                acc += Z0tX[a, c, j] * m0[a]
-            grad_beta[c] -= s * acc
-        for a in range(q0):  # -2 m'b + m'A m + 2 m'B m_1 + tr(A L S L') + 2 tr(B L_1 S_10 L')
-            Az, Bz = 0.0, 0.0
-            for d in range(q0):
-                Az += AL0[j, a, d] * z0[d]
+            GL[a] = 0.0
+            for d in range(c, q1):
+                for j in range(J0):
+                    GL[a, j] += G[d, a, j] * L1[d, c]
+        _backward_batch(C0, inv0, GL, H[c])
+    _inverse_batch(C0, inv0, S00)
+    for a in range(q0):
+        for c in range(q1):
             for d in range(q1):
-                Bz += BL1[j, a, d] * z1[g, d]
-            sigma_terms += m0[a] * (Az + 2.0 * Bz - 2.0 * b0[j, a])
-            for c in range(q0):
-                LS = 0.0
-                for d in range(a + 1):
-                    LS += L0[a, d] * S00[d, c]
-                sigma_terms += AL0[j, a, c] * LS
-            for c in range(q1):
-                LS = 0.0
-                for d in range(a + 1):
-                    LS += L0[a, d] * S01[d, c]
-                sigma_terms += 2.0 * BL1[j, a, c] * LS
-        for a in range(q0):  # ∂/∂L_0 += b z' - A L (z z' + S_00) - B L_1 (z_1 z' + S_10)
-            for c in range(a + 1):
-                acc = b0[j, a] * z0[c]
-                for d in range(q0):
-                    acc -= AL0[j, a, d] * (z0[d] * z0[c] + S00[d, c])
-                for d in range(q1):
-                    acc -= BL1[j, a, d] * (z1[g, d] * z0[c] + S01[c, d])
-                G0[a, c] += acc
-        for a in range(q1):  # ∂/∂L_1 -= B'L_0 (z z_1' + S_01)
-            for c in range(a + 1):
-                acc = 0.0
-                for d in range(q0):
-                    BtL = 0.0
-                    for r in range(d, q0):
-                        BtL += Z0tZ1[r, a, j] * L0[r, d]
-                    acc += s * BtL * (z0[d] * z1[g, c] + S01[d, c])
-                G1[a, c] -= acc
-    return _sum_of_logs(pivots), reduction, sigma_terms
+                for j in range(J0):
+                    S01[a, c, j] -= H[d, a, j] * Sp[d, c, j]  # -H S_1
+            for j in range(J0):
+                z0[a, j] -= H[c, a, j] * zp[c, j]
+    for a in range(q0):
+        for c in range(q0):
+            for d in range(q1):
+                for j in range(J0):
+                    S00[a, c, j] -= S01[a, d, j] * H[d, c, j]  # + H S_1 H'
+    m0 = np.zeros((q0, J0))
+    for a in range(q0):
+        for d in range(a + 1):
+            for j in range(J0):
+                m0[a, j] += L0[a, d] * z0[d, j]
+    for c in range(p):
+        acc = 0.0
+        for a in range(q0):
+            for j in range(J0):
+                acc += Z0tX[a, c, j] * m0[a, j]
+        grad_beta[c] -= s * acc
+    for a in range(q0):  # -2 m'b + m'A m + 2 m'B m_1 + tr(A L S L') + 2 tr(B L_1 S_10 L')
+        for j in range(J0):
+            total = -2.0 * b0[a, j]
+            for d in range(q0):
+                total += AL0[a, d, j] * z0[d, j]
+            for d in range(q1):
+                total += 2.0 * BL1[a, d, j] * zp[d, j]
+            sigma_terms += m0[a, j] * total
+        for c in range(q0):
+            for d in range(a + 1):
+                for j in range(J0):
+                    sigma_terms += AL0[a, c, j] * L0[a, d] * S00[d, c, j]
+        for c in range(q1):
+            for d in range(a + 1):
+                for j in range(J0):
+                    sigma_terms += 2.0 * BL1[a, c, j] * L0[a, d] * S01[d, c, j]
+    for a in range(q0):  # ∂/∂L_0 += b z' - A L (z z' + S_00) - B L_1 (z_1 z' + S_10)
+        for c in range(a + 1):
+            acc = 0.0
+            for j in range(J0):
+                acc += b0[a, j] * z0[c, j]
+            for d in range(q0):
+                for j in range(J0):
+                    acc -= AL0[a, d, j] * (z0[d, j] * z0[c, j] + S00[d, c, j])
+            for d in range(q1):
+                for j in range(J0):
+                    acc -= BL1[a, d, j] * (zp[d, j] * z0[c, j] + S01[c, d, j])
+            G0[a, c] += acc
+    for a in range(q1):  # ∂/∂L_1 -= B'L_0 (z z_1' + S_01), (B'L_0)[a, d] = s Σ_r Z_0'Z_1[r, a] L_0[r, d]
+        for c in range(a + 1):
+            acc = 0.0
+            for d in range(q0):
+                for r in range(d, q0):
+                    for j in range(J0):
+                        acc += s * Z0tZ1[r, a, j] * L0[r, d] * (z0[d, j] * zp[c, j] + S01[d, c, j])
+            G1[a, c] -= acc
+    return _sum_of_logs(pivots0) + _sum_of_logs(pivots1), reduction, sigma_terms
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
