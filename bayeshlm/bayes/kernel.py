@@ -875,34 +875,51 @@ def constrained(model: KernelModel, x: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _callback_arrays(dim, x_ptr, grad_ptr, user_data):
+    """The packed buffer, x and the gradient behind a log-density callback's pointers (n = -1: wrong dim)."""
+    header = numba.carray(user_data, (len(_HEADER),), np.float64)
+    n = int(header[_N_DIM])
+    buf = numba.carray(user_data, (int(header[_LENGTH]),), np.float64)
+    return (n if dim == n else -1), buf, numba.carray(x_ptr, (n,)), numba.carray(grad_ptr, (n,))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _return_code(value, grad, logp_ptr):
+    """Stores the log density; nutpie's codes: 0 ok, 4 log density or 3 gradient not finite (divergent)."""
+    logp_ptr[0] = value
+    if not np.isfinite(value):
+        return 4
+    for k in range(len(grad)):
+        if not np.isfinite(grad[k]):
+            return 3
+    return 0
+
+
 @functools.cache
 def c_callbacks(levels: int):
     """The C callbacks nutpie calls for the log density of a model with ``levels`` integrated factors (1 or
     2) and for the reported values, reading the packed buffer through nutpie's user-data pointer. Compiled on
-    first use and cached on disk, like every function here. Return codes follow nutpie's PyMC callbacks: 0 ok,
-    3 gradient or 4 log density not finite (a divergent step), -1 wrong dimension."""
-    log_density = log_density_two_level if levels == 1 else log_density_three_level
+    first use and cached on disk, like every function here (one function per model kind: the on-disk cache
+    tells callbacks apart by name). Return codes follow nutpie's PyMC callbacks (-1: wrong dimension)."""
     double_ptr = numba.types.CPointer(numba.types.double)
     logp_signature = numba.types.int64(numba.types.uint64, double_ptr, double_ptr, double_ptr, numba.types.voidptr)
     expand_signature = numba.types.int64(numba.types.uint64, numba.types.uint64, double_ptr, double_ptr,
                                          numba.types.voidptr)
+    if levels == 1:
+        @numba.cfunc(logp_signature, cache=True, error_model="numpy")
+        def logp_two_level(dim, x_ptr, grad_ptr, logp_ptr, user_data):
+            n, buf, x, grad = _callback_arrays(dim, x_ptr, grad_ptr, user_data)
+            return -1 if n < 0 else _return_code(log_density_two_level(x, buf, grad), grad, logp_ptr)
 
-    @numba.cfunc(logp_signature, cache=True, error_model="numpy")
-    def logp_callback(dim, x_ptr, grad_ptr, logp_ptr, user_data):
-        header = numba.carray(user_data, (len(_HEADER),), np.float64)
-        n = int(header[_N_DIM])
-        if dim != n:
-            return -1
-        buf = numba.carray(user_data, (int(header[_LENGTH]),), np.float64)
-        grad = numba.carray(grad_ptr, (n,))
-        value = log_density(numba.carray(x_ptr, (n,)), buf, grad)
-        logp_ptr[0] = value
-        if not np.isfinite(value):
-            return 4
-        for k in range(n):
-            if not np.isfinite(grad[k]):
-                return 3
-        return 0
+        logp_callback = logp_two_level
+    else:
+        @numba.cfunc(logp_signature, cache=True, error_model="numpy")
+        def logp_three_level(dim, x_ptr, grad_ptr, logp_ptr, user_data):
+            n, buf, x, grad = _callback_arrays(dim, x_ptr, grad_ptr, user_data)
+            return -1 if n < 0 else _return_code(log_density_three_level(x, buf, grad), grad, logp_ptr)
+
+        logp_callback = logp_three_level
 
     @numba.cfunc(expand_signature, cache=True, error_model="numpy")
     def expand_callback(dim, n_expanded, x_ptr, out_ptr, user_data):
