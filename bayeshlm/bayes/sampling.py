@@ -135,6 +135,8 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
                              nuts_sampler="pymc", nuts={"target_accept": target_accept},
                              progressbar=progressbar, compute_convergence_checks=False)
     end = time.perf_counter()
+    for group in list(tree.children):
+        tree[group] = xr.DataTree(_text_as_strings(tree[group].to_dataset()))
     log_density = "compiled kernel" if sampler == "nutpie" and info.kernel is not None else "PyMC graph"
     record = {"sampler": sampler, "log_density": log_density, "draws": draws, "tune": tune, "chains": chains,
               "cores": cores, "seed": seed, "target_accept": target_accept, "compiled_model_reused": reused,
@@ -142,6 +144,17 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
               "compile_seconds": round(compiled_at - start, 3) if sampler == "nutpie" else None,
               "sampling_seconds": round(end - compiled_at, 3)}
     return tree, record
+
+
+def _text_as_strings(stats: xr.Dataset) -> xr.Dataset:
+    """Text-valued variables (nutpie's ``divergence_message`` in the sample statistics and the warm-up ones: a
+    message on divergent draws, None or NaN on the others) as fixed-width strings with '' for no message, which
+    is what a netCDF round trip gives back."""
+    for name, values in stats.data_vars.items():
+        if values.dtype == object:
+            text = [value if isinstance(value, str) else "" for value in values.values.ravel()]
+            stats[name] = values.copy(data=np.array(text, dtype=str).reshape(values.shape))
+    return stats
 
 
 def new_seed() -> int:

@@ -74,10 +74,12 @@ class MVPriors:
 
 @dataclass(frozen=True)
 class _Graph:
-    """What the cached nutpie compile needs (the ``ModelInfo`` fields it reads): a graph key and the data."""
+    """What :func:`~bayeshlm.bayes.sampling.run_sampler` reads of a ``ModelInfo``: the graph key and data for the
+    cached nutpie compile, and the compiled kernel, which does not cover this model (nutpie samples the graph)."""
 
     key: tuple
     data: dict[str, np.ndarray]
+    kernel: None = None
 
 
 def _outcome_scales(studies, q: int) -> np.ndarray:
