@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,20 +73,40 @@ BAMBI_RUN = textwrap.dedent("""
                       progressbar=False)
     total = time.perf_counter() - start
     post = idata.posterior
-    names = [v for v in post.data_vars if not v.endswith(("_offset", "_mean"))]
+    # the parameters NUTS samples, as for the other engines: no per-group draws, offsets or linear predictor
+    names = [v for v in post.data_vars if not v.endswith(("_offset", "_mean"))
+             and not any(d.endswith("__factor_dim") for d in post[v].dims)]
     ess = az.ess(idata, var_names=names)
     min_ess = min(float(ess[v].min()) for v in ess.data_vars)
     div = int(idata.sample_stats["diverging"].sum())
     print(json.dumps({{"total_s": total, "min_ess_bulk": min_ess, "divergences": div}}))
 """)
 
+BRMS_RUN = textwrap.dedent("""
+    suppressMessages({{library(brms); library(posterior)}})
+    rstan::rstan_options(boost_lib = "/usr/include", auto_write = FALSE)
+    args <- commandArgs(trailingOnly = TRUE)
+    data <- read.csv(args[1]); draws <- as.integer(args[3]); chains <- as.integer(args[4])
+    start <- Sys.time()
+    fit <- brm(as.formula(args[2]), data = data, chains = chains, cores = min(chains, 2), iter = 2 * draws,
+               warmup = draws, seed = 1, refresh = 0, silent = 2, backend = "rstan")
+    total <- as.numeric(difftime(Sys.time(), start, units = "secs"))
+    summary <- summarise_draws(subset_draws(as_draws_array(fit), variable = "^(b_|sd_|cor_|sigma)", regex = TRUE),
+                               "rhat", "ess_bulk")
+    np <- nuts_params(fit)
+    cat(sprintf('{{"total_s": %f, "min_ess_bulk": %f, "max_rhat": %f, "divergences": %d}}\n', total,
+                min(summary$ess_bulk), max(summary$rhat), sum(np$Value[np$Parameter == "divergent__"])))
+""")
 
-def run(python: str, code: str, cold: bool) -> dict:
+
+def run(command: list[str], cold: bool) -> dict:
+    """Run one fit in a fresh process; ``cold``: with empty PyTensor and Numba caches."""
     env = dict(os.environ)
     with tempfile.TemporaryDirectory() as cache:
         if cold:
             env["PYTENSOR_FLAGS"] = f"base_compiledir={cache}"
-        proc = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env)
+            env["NUMBA_CACHE_DIR"] = cache
+        proc = subprocess.run(command, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"}
@@ -100,7 +121,10 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="+", default=["nutpie", "pymc"], choices=["nutpie", "pymc"])
     parser.add_argument("--no-cold", action="store_true", help="skip the empty-compile-cache runs")
     parser.add_argument("--bambi-python", help="a Python interpreter with bambi installed")
+    parser.add_argument("--no-brms", action="store_true", help="skip brms even when R has it")
     args = parser.parse_args()
+    brms = not args.no_brms and shutil.which("Rscript") is not None and subprocess.run(
+        ["Rscript", "-e", "library(brms)"], capture_output=True).returncode == 0
     rows = []
     for name in args.models:
         data, formula = MODELS[name]
@@ -108,16 +132,27 @@ def main() -> None:
             for cold in ([False] if args.no_cold else [True, False]):
                 code = ENGINE_RUN.format(args=(data, formula, sampler, args.draws, args.chains))
                 rows.append({"model": name, "engine": f"bayeshlm/{sampler}", "cache": "cold" if cold else "warm",
-                             **run(sys.executable, code, cold)})
+                             **run([sys.executable, "-c", code], cold)})
                 print(json.dumps(rows[-1]), flush=True)
-        if args.bambi_python:
-            import bayeshlm as bh
+        if not (args.bambi_python or brms):
+            continue
+        import bayeshlm as bh
 
-            with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as tmp:
-                bh.datasets.load(data).to_csv(tmp.name, index=False)
-            code = BAMBI_RUN.format(args=(tmp.name, formula, args.draws, args.chains))
-            rows.append({"model": name, "engine": "bambi", "cache": "warm", **run(args.bambi_python, code, False)})
-            print(json.dumps(rows[-1]), flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            csv = os.path.join(tmp, f"{data}.csv")
+            bh.datasets.load(data).to_csv(csv, index=False)
+            if args.bambi_python:
+                code = BAMBI_RUN.format(args=(csv, formula, args.draws, args.chains))
+                rows.append({"model": name, "engine": "bambi", "cache": "warm",
+                             **run([args.bambi_python, "-c", code], False)})
+                print(json.dumps(rows[-1]), flush=True)
+            if brms:  # the Stan model is compiled in every run (auto_write = FALSE): its total includes that
+                script = os.path.join(tmp, "brms.R")
+                with open(script, "w") as f:
+                    f.write(BRMS_RUN.format())
+                rows.append({"model": name, "engine": "brms/rstan", "cache": "cold",
+                             **run(["Rscript", script, csv, formula, str(args.draws), str(args.chains)], False)})
+                print(json.dumps(rows[-1]), flush=True)
     print()
     print(f"{'model':<11} {'engine':<16} {'cache':<5} {'total s':>8} {'compile s':>9} {'sample s':>8} {'div':>4} "
           f"{'R-hat':>6} {'min ESS':>8} {'ESS/s':>7}")

@@ -12,9 +12,8 @@ frame, reported alone as ``data_mb``) and its compile time are its own. Times:
   the Parquet files and the per-group sums) + ``stats_s`` (REML, in memory: the per-group sufficient
   statistics, one more pass over the rows, kept by the design; crossed designs have none);
 - ``fit_s``: REML fit (optimisation from the sufficient statistics; crossed designs: sparse Cholesky);
-- Bayes: ``compile_s`` (the two-level models here use the compiled kernel, whose Numba callbacks are cached
-  on disk: under a second once any fit has run on the machine; the three-level case builds a PyMC graph,
-  which nutpie compiles anew in every process, 30-80 s),
+- Bayes: ``compile_s`` (the two- and three-level models here use the compiled kernel, whose Numba callbacks
+  are cached on disk: under a second once a fit of the same kind has run on the machine),
   ``sample_s`` (4 chains x draws after as many tuning steps, on the machine's cores), ``post_s`` (the rest of
   the fit call: priors, sufficient statistics, group-effect draws, diagnostics), and the minimum bulk ESS of
   beta, sigma, tau and the correlations per second of sampling (constant entries such as the unit diagonal of
