@@ -1,30 +1,31 @@
-"""Benchmark of the Bayesian engine (and Bambi, when a Python with Bambi is given).
+"""Benchmark of the Bayesian engine beside Bambi and brms, on the models of issue 8, in one run.
 
-For each model: total wall time of the fit call (graph build + compile + sampling), compile and sampling
-seconds, divergences, max R-hat, minimum bulk ESS over the sampled parameters, and ESS per second of total
-time. Each run is a fresh subprocess, so "warm" means a warm on-disk compile cache and "cold" an empty
-``PYTENSOR_FLAGS=base_compiledir=<new temporary directory>``.
+For each model and engine: total wall time of the fit call (model build + compile + sampling), compile and
+sampling seconds where the engine reports them, divergences, max R-hat and minimum bulk ESS over the
+hyperparameters (fixed effects, σ, the τ's, correlations), minimum bulk ESS over the group effects, and ESS per
+second of total time (hyperparameters). Every engine runs 4 chains x 1000 draws after 1000 tuning steps on the
+machine's 2 cores, seed 1.
+
+Cache states, the same for every engine:
+
+- ``cold``: a new process with empty compile caches (PyTensor's ``base_compiledir`` and Numba's cache moved to
+  a new empty directory; brms compiles its Stan model in every new process);
+- ``warm``: a new process that finds the caches the cold run has just filled;
+- ``refit``: a second fit (seed 2) in the process of the warm run, for brms ``update()`` of the cold run's fit,
+  which reuses the compiled Stan model.
 
 Usage::
 
-    python benchmarks/bench_bayes.py                      # this engine, warm and cold, 4 chains x 1000
-    python benchmarks/bench_bayes.py --models hsb --draws 500 --chains 2
-    python benchmarks/bench_bayes.py --bambi-python /path/to/venv/bin/python   # add Bambi (its own venv:
-                                                                                # Bambi pins formulae 0.6)
+    python benchmarks/bench_bayes.py --bambi-python /path/to/venv/bin/python      # everything
+    python benchmarks/bench_bayes.py --models hsb --engines bayeshlm               # this engine only
 
-Measured 2026-11-23 on the project's 2-core machine while other engineers' test suites ran (load 3-4, so
-times are pessimistic), HS&B intercepts- and slopes-as-outcomes, 4 chains x 1000 draws (1000 tuning):
-
-    engine           cache  total s  compile s  sample s  div  R-hat  min ESS  ESS/s
-    bayeshlm/nutpie  cold     369.9      355.3       9.4    0  1.006     1046    2.8
-    bayeshlm/nutpie  warm      59.8       49.6       6.3    0  1.007     1269   21.2
-    bayeshlm/pymc    cold     242.3          -     237.9    0  1.004     1590    6.6
-    bayeshlm/pymc    warm     108.4          -     103.7    0  1.003     1590   14.7
-    bayeshlm/nutpie  refit in the same process (compiled model cached): 0.8 s total, 2 chains x 500
-
-"warm" is a new process with a warm PyTensor cache; nutpie still pays ~50 s there because its numba cfunc
-wrappers are compiled uncached (see bayeshlm/bayes/sampling.py). With less load (same machine, earlier):
-nutpie cold compile 126 s, warm sleepstudy compile 58 s, sampling 0.6-0.8 s for 2-4 chains.
+Bambi needs its own environment (it pins formulae 0.6): ``python -m venv bambi-venv &&
+bambi-venv/bin/pip install bambi nutpie``. It runs with its default sampler (PyMC's NUTS) and with nutpie.
+brms runs when ``Rscript`` can load it (Debian: ``apt-get install r-cran-brms``). Notes on the peers: Bambi 0.21
+fits group effects without correlations (its LKJ prior is not implemented), so on random-slope models it samples
+fewer hyperparameters than the other two; Bambi cannot fix per-observation sampling variances, so it has no
+eight-schools row. Results go to ``benchmarks/results/bayes.csv`` (``--out``) and the table is printed with the
+ratios of this engine's ESS per second to each peer's in the same cache state.
 """
 
 from __future__ import annotations
@@ -37,49 +38,87 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Case:
+    data: str
+    formula: str
+    known_variance: str | None = None  # expression in the data's columns giving each row's sampling variance
+    brms_formula: str | None = None  # when brms needs other syntax (known variances: ``y | se(sd) ~ ...``)
+    bambi: bool = True
+
 
 MODELS = {
-    "hsb": ("hsb", "mathach ~ meanses*cses + sector*cses + (cses | school)"),
-    "sleepstudy": ("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
-    "egsingle": ("egsingle", "math ~ year + (year | childid) + (year | schoolid)"),
-    "scotssec": ("scotssec", "attain ~ verbal + sex + (1 | primary) + (1 | second)"),
+    "hsb": Case("hsb", "mathach ~ meanses*cses + sector*cses + (cses | school)"),
+    "sleepstudy": Case("sleepstudy", "Reaction ~ Days + (Days | Subject)"),
+    "egsingle": Case("egsingle", "math ~ year + (year | childid) + (year | schoolid)"),
+    "scotssec": Case("scotssec", "attain ~ verbal + sex + (1 | primary) + (1 | second)"),
+    "eight_schools": Case("eight_schools", "y ~ 1 + (1 | school)", known_variance="sigma**2",
+                          brms_formula="y | se(sigma) ~ 1 + (1 | school)", bambi=False),
 }
+ENGINES = ("bayeshlm", "bambi", "bambi/nutpie", "brms")
 
 ENGINE_RUN = textwrap.dedent("""
     import json, time, warnings
     warnings.simplefilter("ignore")
-    import bayeshlm as bh
-    data, formula, sampler, draws, chains = {args!r}
-    model = bh.HLM(formula, bh.datasets.load(data))
-    start = time.perf_counter()
-    fit = model.fit("bayes", draws=draws, tune=draws, chains=chains, random_seed=1, sampler=sampler)
-    total = time.perf_counter() - start
-    d = fit.diagnostics
-    print(json.dumps({{"total_s": total, "compile_s": fit.sampler["compile_seconds"],
-                      "sampling_s": fit.sampler["sampling_seconds"], "divergences": d["divergences"],
-                      "max_rhat": d["max_rhat"], "min_ess_bulk": d["min_ess_bulk"],
-                      "route": fit.sampler["route"], "parameterization": fit.sampler["parameterization"]}}))
+    import arviz as az, bayeshlm as bh
+    data, formula, known_variance, draws, chains, refit = {args!r}
+    df = bh.datasets.load(data)
+    if known_variance:
+        df = df.assign(known_variance=df.eval(known_variance))
+    model = bh.HLM(formula, df, known_variance="known_variance" if known_variance else None)
+
+    def fit_once(seed):
+        start = time.perf_counter()
+        fit = model.fit("bayes", draws=draws, tune=draws, chains=chains, random_seed=seed)
+        total = time.perf_counter() - start
+        d = fit.diagnostics
+        groups = [v for v in fit.posterior["posterior"].data_vars if v.startswith("u_")]
+        ess = az.ess(fit.posterior, var_names=groups, method="bulk")
+        return {{"total_s": total, "compile_s": fit.sampler["compile_seconds"],
+                "sampling_s": fit.sampler["sampling_seconds"], "divergences": d["divergences"],
+                "max_rhat": d["max_rhat"], "min_ess_bulk": d["min_ess_bulk"],
+                "min_ess_groups": min(float(ess[v].min()) for v in groups),
+                "log_density": fit.sampler["log_density"]}}
+
+    print(json.dumps(fit_once(1)), flush=True)
+    if refit:
+        print(json.dumps(fit_once(2)), flush=True)
 """)
 
 BAMBI_RUN = textwrap.dedent("""
     import json, time, warnings
     warnings.simplefilter("ignore")
     import arviz as az, bambi as bmb, pandas as pd
-    csv, formula, draws, chains = {args!r}
+    csv, formula, sampler, draws, chains, refit = {args!r}
     df = pd.read_csv(csv)
-    start = time.perf_counter()
-    model = bmb.Model(formula, df)
-    idata = model.fit(draws=draws, tune=draws, chains=chains, cores=min(chains, 2), random_seed=1,
-                      progressbar=False)
-    total = time.perf_counter() - start
-    post = idata.posterior
-    # the parameters NUTS samples, as for the other engines: no per-group draws, offsets or linear predictor
-    names = [v for v in post.data_vars if not v.endswith(("_offset", "_mean"))
-             and not any(d.endswith("__factor_dim") for d in post[v].dims)]
-    ess = az.ess(idata, var_names=names)
-    min_ess = min(float(ess[v].min()) for v in ess.data_vars)
-    div = int(idata.sample_stats["diverging"].sum())
-    print(json.dumps({{"total_s": total, "min_ess_bulk": min_ess, "divergences": div}}))
+
+    def fit_once(seed):
+        start = time.perf_counter()
+        model = bmb.Model(formula, df)
+        idata = model.fit(draws=draws, tune=draws, chains=chains, cores=min(chains, 2), random_seed=seed,
+                          inference_method=sampler, progressbar=False)
+        total = time.perf_counter() - start
+        post = idata.posterior
+        # hyperparameters: what the other engines report as beta, sigma and tau (no offsets, no linear predictor)
+        groups = [v for v in post.data_vars if any(d.endswith("__factor_dim") for d in post[v].dims)]
+        hyper = [v for v in post.data_vars if v not in groups and not v.endswith(("_offset", "_mean"))
+                 and v != "mu"]
+        ess, ess_groups = az.ess(idata, var_names=hyper), az.ess(idata, var_names=groups)
+        rhat = az.rhat(idata, var_names=hyper)
+        return {{"total_s": total, "divergences": int(idata.sample_stats["diverging"].sum()),
+                "max_rhat": max(float(rhat[v].max()) for v in rhat.data_vars),
+                "min_ess_bulk": min(float(ess[v].min()) for v in ess.data_vars),
+                "min_ess_groups": min(float(ess_groups[v].min()) for v in ess_groups.data_vars)}}
+
+    print(json.dumps(fit_once(1)), flush=True)
+    if refit:
+        print(json.dumps(fit_once(2)), flush=True)
 """)
 
 BRMS_RUN = textwrap.dedent("""
@@ -87,83 +126,115 @@ BRMS_RUN = textwrap.dedent("""
     rstan::rstan_options(boost_lib = "/usr/include", auto_write = FALSE)
     args <- commandArgs(trailingOnly = TRUE)
     data <- read.csv(args[1]); draws <- as.integer(args[3]); chains <- as.integer(args[4])
+    report <- function(fit, total) {{
+      d <- as_draws_array(fit)
+      hyper <- summarise_draws(subset_draws(d, variable = "^(b_|sd_|cor_|sigma)", regex = TRUE), "rhat", "ess_bulk")
+      groups <- summarise_draws(subset_draws(d, variable = "^r_", regex = TRUE), "ess_bulk")
+      np <- nuts_params(fit)
+      cat(sprintf('{{"total_s": %f, "min_ess_bulk": %f, "max_rhat": %f, "divergences": %d, "min_ess_groups": %f}}\\n',
+                  total, min(hyper$ess_bulk), max(hyper$rhat), sum(np$Value[np$Parameter == "divergent__"]),
+                  min(groups$ess_bulk)))
+    }}
     start <- Sys.time()
     fit <- brm(as.formula(args[2]), data = data, chains = chains, cores = min(chains, 2), iter = 2 * draws,
                warmup = draws, seed = 1, refresh = 0, silent = 2, backend = "rstan")
-    total <- as.numeric(difftime(Sys.time(), start, units = "secs"))
-    summary <- summarise_draws(subset_draws(as_draws_array(fit), variable = "^(b_|sd_|cor_|sigma)", regex = TRUE),
-                               "rhat", "ess_bulk")
-    np <- nuts_params(fit)
-    cat(sprintf('{{"total_s": %f, "min_ess_bulk": %f, "max_rhat": %f, "divergences": %d}}\n', total,
-                min(summary$ess_bulk), max(summary$rhat), sum(np$Value[np$Parameter == "divergent__"])))
+    report(fit, as.numeric(difftime(Sys.time(), start, units = "secs")))
+    start <- Sys.time()
+    refit <- update(fit, seed = 2, refresh = 0, silent = 2)
+    report(refit, as.numeric(difftime(Sys.time(), start, units = "secs")))
 """)
 
 
-def run(command: list[str], cold: bool) -> dict:
-    """Run one fit in a fresh process; ``cold``: with empty PyTensor and Numba caches."""
+def run(command: list[str], cache: str | None) -> list[dict]:
+    """Run ``command`` in a fresh process and return the JSON records it prints; ``cache``: the directory for
+    PyTensor's and Numba's compile caches (None: the user's default caches)."""
     env = dict(os.environ)
-    with tempfile.TemporaryDirectory() as cache:
-        if cold:
-            env["PYTENSOR_FLAGS"] = f"base_compiledir={cache}"
-            env["NUMBA_CACHE_DIR"] = cache
-        proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode or not lines:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"}
-    return json.loads(lines[-1])
+    if cache is not None:
+        env["PYTENSOR_FLAGS"] = f"base_compiledir={cache}"
+        env["NUMBA_CACHE_DIR"] = cache
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode or not records:
+        message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"
+        return [{"error": message}]
+    return records
+
+
+def python_engine_rows(name: str, engine: str, command_for, cold: bool, workdir: str) -> list[dict]:
+    """Cold run (new empty cache directory), then warm run and refit (the same directory, now filled)."""
+    cache = tempfile.mkdtemp(dir=workdir, prefix="cache-") if cold else None
+    rows = []
+    if cold:
+        rows.append({"model": name, "engine": engine, "cache": "cold", **run(command_for(refit=False), cache)[0]})
+    for state, record in zip(("warm", "refit"), run(command_for(refit=True), cache), strict=False):
+        rows.append({"model": name, "engine": engine, "cache": state, **record})
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--samplers", nargs="+", default=["nutpie", "pymc"], choices=["nutpie", "pymc"])
-    parser.add_argument("--no-cold", action="store_true", help="skip the empty-compile-cache runs")
-    parser.add_argument("--bambi-python", help="a Python interpreter with bambi installed")
-    parser.add_argument("--no-brms", action="store_true", help="skip brms even when R has it")
+    parser.add_argument("--no-cold", action="store_true", help="skip the empty-cache runs (default caches)")
+    parser.add_argument("--bambi-python", help="a Python interpreter with bambi and nutpie installed")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bayes.csv"))
     args = parser.parse_args()
-    brms = not args.no_brms and shutil.which("Rscript") is not None and subprocess.run(
-        ["Rscript", "-e", "library(brms)"], capture_output=True).returncode == 0
-    rows = []
-    for name in args.models:
-        data, formula = MODELS[name]
-        for sampler in args.samplers:
-            for cold in ([False] if args.no_cold else [True, False]):
-                code = ENGINE_RUN.format(args=(data, formula, sampler, args.draws, args.chains))
-                rows.append({"model": name, "engine": f"bayeshlm/{sampler}", "cache": "cold" if cold else "warm",
-                             **run([sys.executable, "-c", code], cold)})
-                print(json.dumps(rows[-1]), flush=True)
-        if not (args.bambi_python or brms):
-            continue
-        import bayeshlm as bh
+    engines = [e for e in args.engines if not e.startswith("bambi") or args.bambi_python]
+    if "brms" in engines and (shutil.which("Rscript") is None or subprocess.run(
+            ["Rscript", "-e", "library(brms)"], capture_output=True).returncode):
+        engines.remove("brms")
+    print(f"engines: {', '.join(engines)}", flush=True)
+    import bayeshlm as bh
 
-        with tempfile.TemporaryDirectory() as tmp:
-            csv = os.path.join(tmp, f"{data}.csv")
-            bh.datasets.load(data).to_csv(csv, index=False)
-            if args.bambi_python:
-                code = BAMBI_RUN.format(args=(csv, formula, args.draws, args.chains))
-                rows.append({"model": name, "engine": "bambi", "cache": "warm",
-                             **run([args.bambi_python, "-c", code], False)})
-                print(json.dumps(rows[-1]), flush=True)
-            if brms:  # the Stan model is compiled in every run (auto_write = FALSE): its total includes that
-                script = os.path.join(tmp, "brms.R")
-                with open(script, "w") as f:
-                    f.write(BRMS_RUN.format())
-                rows.append({"model": name, "engine": "brms/rstan", "cache": "cold",
-                             **run(["Rscript", script, csv, formula, str(args.draws), str(args.chains)], False)})
-                print(json.dumps(rows[-1]), flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name in args.models:
+            case = MODELS[name]
+            csv = os.path.join(workdir, f"{case.data}.csv")
+            bh.datasets.load(case.data).to_csv(csv, index=False)
+            for engine in engines:
+                if engine.startswith("bambi") and not case.bambi:
+                    continue
+                if engine == "bayeshlm":
+                    def command(refit, case=case):
+                        code = ENGINE_RUN.format(args=(case.data, case.formula, case.known_variance, args.draws,
+                                                       args.chains, refit))
+                        return [sys.executable, "-c", code]
+                    new = python_engine_rows(name, engine, command, not args.no_cold, workdir)
+                elif engine.startswith("bambi"):
+                    sampler = "nutpie" if engine.endswith("nutpie") else "pymc"
+
+                    def command(refit, case=case, sampler=sampler):
+                        code = BAMBI_RUN.format(args=(csv, case.formula, sampler, args.draws, args.chains, refit))
+                        return [args.bambi_python, "-c", code]
+                    new = python_engine_rows(name, engine, command, not args.no_cold, workdir)
+                else:
+                    script = os.path.join(workdir, "brms.R")
+                    Path(script).write_text(BRMS_RUN.format())
+                    records = run(["Rscript", script, csv, case.brms_formula or case.formula, str(args.draws),
+                                   str(args.chains)], None)
+                    new = [{"model": name, "engine": engine, "cache": state, **record}
+                           for state, record in zip(("cold", "refit"), records, strict=False)]
+                for row in new:
+                    print(json.dumps(row), flush=True)
+                rows += new
+    table = pd.DataFrame(rows)
+    table["ess_per_s"] = table["min_ess_bulk"] / table["total_s"]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
     print()
-    print(f"{'model':<11} {'engine':<16} {'cache':<5} {'total s':>8} {'compile s':>9} {'sample s':>8} {'div':>4} "
-          f"{'R-hat':>6} {'min ESS':>8} {'ESS/s':>7}")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['model']:<11} {r['engine']:<16} {r['cache']:<5} ERROR {r['error']}")
-            continue
-        print(f"{r['model']:<11} {r['engine']:<16} {r['cache']:<5} {r['total_s']:8.1f} "
-              f"{r.get('compile_s') or float('nan'):9.1f} {r.get('sampling_s') or float('nan'):8.1f} "
-              f"{r['divergences']:4d} {r.get('max_rhat', float('nan')):6.3f} {r['min_ess_bulk']:8.0f} "
-              f"{r['min_ess_bulk'] / r['total_s']:7.1f}")
+    print(table.drop(columns=[c for c in ("log_density", "error") if c in table]).round(3).to_string(index=False))
+    ours = table.loc[table["engine"] == "bayeshlm", ["model", "cache", "ess_per_s"]]
+    peers = table.loc[table["engine"] != "bayeshlm", ["model", "cache", "engine", "ess_per_s"]]
+    ratios = peers.merge(ours, on=["model", "cache"], suffixes=("_peer", "_bayeshlm")).dropna()
+    if len(ratios):
+        ratios["ratio"] = ratios["ess_per_s_bayeshlm"] / ratios["ess_per_s_peer"]
+        print("\nESS per second (hyperparameters, total time): bayeshlm / peer, in the same cache state")
+        print(ratios.round(1).to_string(index=False))
+    if "error" in table:
+        print("\nerrors:\n" + table.dropna(subset=["error"])[["model", "engine", "cache", "error"]].to_string())
 
 
 if __name__ == "__main__":

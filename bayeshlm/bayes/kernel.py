@@ -286,118 +286,6 @@ def _sum_of_logs(values):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _integrate_groups(beta, s, L, ZtZ, ZtX, Zty, grad_beta, G):
-    """Σ_j log|M_j|, Σ_j t_j'v_j and Σ_j [q - tr M_j^{-1} - t_j'v_j - v_j'v_j] of the module docstring; adds
-    -s Σ_j Z_j'X' m_j to ``grad_beta`` and Σ_j ∂/∂L to ``G``. The statistics are stored groups-last
-    (``ZtZ`` (q, q, J), ``ZtX`` (q, p, J), ``Zty`` (q, J)) and every step loops over the groups innermost, so
-    the q x q algebra vectorises for any q. Returns a non-finite log-determinant if some M_j is not SPD."""
-    q, p, J = ZtX.shape
-    b = np.empty((q, J))
-    AL = np.empty((q, q, J))
-    M = np.empty((q, q, J))
-    C = np.zeros((q, q, J))
-    w = np.empty((q, J))
-    v = np.empty((q, J))
-    Minv = np.empty((q, q, J))
-    for a in range(q):  # b = s (Z'y - Z'X β)
-        b[a] = Zty[a]
-        for k in range(p):
-            for j in range(J):
-                b[a, j] -= ZtX[a, k, j] * beta[k]
-        for j in range(J):
-            b[a, j] *= s
-    for a in range(q):  # A L with A = s Z'Z (L lower triangular)
-        for k in range(q):
-            AL[a, k] = 0.0
-            for d in range(k, q):
-                for j in range(J):
-                    AL[a, k, j] += s * ZtZ[a, d, j] * L[d, k]
-    for a in range(q):  # M = I + L'AL
-        for k in range(q):
-            M[a, k] = 1.0 if a == k else 0.0
-            for d in range(a, q):
-                for j in range(J):
-                    M[a, k, j] += L[d, a] * AL[d, k, j]
-    inv = np.empty((q, J))  # 1 / C[c, c]
-    pivots = np.ones(J)  # Π_c C[c, c]² = |M_j|
-    for c in range(q):  # M = C C'
-        for j in range(J):
-            acc = M[c, c, j]
-            for k in range(c):
-                acc -= C[c, k, j] ** 2
-            pivots[j] *= acc
-            C[c, c, j] = math.sqrt(acc)
-            inv[c, j] = 1.0 / C[c, c, j]
-        for r in range(c + 1, q):
-            for j in range(J):
-                acc = M[r, c, j]
-                for k in range(c):
-                    acc -= C[r, k, j] * C[c, k, j]
-                C[r, c, j] = acc * inv[c, j]
-    logdet = _sum_of_logs(pivots)
-    for a in range(q):  # t = L'b (kept in v), C w = t
-        for j in range(J):
-            acc = 0.0
-            for d in range(a, q):
-                acc += L[d, a] * b[d, j]
-            v[a, j] = acc
-    for a in range(q):
-        for j in range(J):
-            acc = v[a, j]
-            for k in range(a):
-                acc -= C[a, k, j] * w[k, j]
-            w[a, j] = acc * inv[a, j]
-    reduction = 0.0
-    for a in range(q):
-        for j in range(J):
-            reduction += w[a, j] ** 2
-    for a in range(q - 1, -1, -1):  # C'v = w
-        for j in range(J):
-            acc = w[a, j]
-            for k in range(a + 1, q):
-                acc -= C[k, a, j] * v[k, j]
-            v[a, j] = acc * inv[a, j]
-    for c in range(q):  # M^{-1}, column by column
-        for a in range(q):
-            for j in range(J):
-                acc = 1.0 if a == c else 0.0
-                for k in range(a):
-                    acc -= C[a, k, j] * Minv[k, c, j]
-                Minv[a, c, j] = acc * inv[a, j]
-        for a in range(q - 1, -1, -1):
-            for j in range(J):
-                acc = Minv[a, c, j]
-                for k in range(a + 1, q):
-                    acc -= C[k, a, j] * Minv[k, c, j]
-                Minv[a, c, j] = acc * inv[a, j]
-    sigma_terms = 0.0
-    for a in range(q):
-        for j in range(J):
-            sigma_terms += 1.0 - Minv[a, a, j] - w[a, j] ** 2 - v[a, j] ** 2
-    for a in range(q):  # m = L v, the posterior means; ∂/∂β -= s Σ_j Z_j'X' m_j
-        for k in range(p):
-            acc = 0.0
-            for j in range(J):
-                mean = 0.0
-                for d in range(a + 1):
-                    mean += L[a, d] * v[d, j]
-                acc += ZtX[a, k, j] * mean
-            grad_beta[k] -= s * acc
-    for a in range(q):  # ∂/∂L += Σ_j (b - A L v) v' - A L M^{-1}
-        for k in range(a + 1):
-            acc = 0.0
-            for j in range(J):
-                r = b[a, j]
-                for d in range(q):
-                    r -= AL[a, d, j] * v[d, j]
-                acc += r * v[k, j]
-                for d in range(q):
-                    acc -= AL[a, d, j] * Minv[d, k, j]
-            G[a, k] += acc
-    return logdet, reduction, sigma_terms
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _cholesky_batch(M, C, inv, pivots):
     """C C' = M for a batch of q x q matrices stored groups last (q, q, J); inv = 1 / diag(C) (q, J);
     multiplies ``pivots`` (J) by each |M|."""
@@ -455,6 +343,83 @@ def _inverse_batch(C, inv, out):
         for a in range(q):
             for j in range(J):
                 out[a, c, j] = unit[a, j]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _integrate_groups(beta, s, L, ZtZ, ZtX, Zty, grad_beta, G):
+    """Σ_j log|M_j|, Σ_j t_j'v_j and Σ_j [q - tr M_j^{-1} - t_j'v_j - v_j'v_j] of the module docstring; adds
+    -s Σ_j Z_j'X' m_j to ``grad_beta`` and Σ_j ∂/∂L to ``G``. The statistics are stored groups-last
+    (``ZtZ`` (q, q, J), ``ZtX`` (q, p, J), ``Zty`` (q, J)) and every step loops over the groups innermost, so
+    the q x q algebra vectorises for any q. Returns a non-finite log-determinant if some M_j is not SPD."""
+    q, p, J = ZtX.shape
+    b = np.empty((q, J))
+    AL = np.empty((q, q, J))
+    M = np.empty((q, q, J))
+    C = np.zeros((q, q, J))
+    w = np.empty((q, J))
+    v = np.empty((q, J))
+    Minv = np.empty((q, q, J))
+    for a in range(q):  # b = s (Z'y - Z'X β)
+        b[a] = Zty[a]
+        for k in range(p):
+            for j in range(J):
+                b[a, j] -= ZtX[a, k, j] * beta[k]
+        for j in range(J):
+            b[a, j] *= s
+    for a in range(q):  # A L with A = s Z'Z (L lower triangular)
+        for k in range(q):
+            AL[a, k] = 0.0
+            for d in range(k, q):
+                for j in range(J):
+                    AL[a, k, j] += s * ZtZ[a, d, j] * L[d, k]
+    for a in range(q):  # M = I + L'AL
+        for k in range(q):
+            M[a, k] = 1.0 if a == k else 0.0
+            for d in range(a, q):
+                for j in range(J):
+                    M[a, k, j] += L[d, a] * AL[d, k, j]
+    inv = np.empty((q, J))  # 1 / C[c, c]
+    pivots = np.ones(J)  # Π_c C[c, c]² = |M_j|
+    _cholesky_batch(M, C, inv, pivots)
+    logdet = _sum_of_logs(pivots)
+    for a in range(q):  # t = L'b (kept in v), C w = t
+        for j in range(J):
+            acc = 0.0
+            for d in range(a, q):
+                acc += L[d, a] * b[d, j]
+            v[a, j] = acc
+    _forward_batch(C, inv, v, w)
+    reduction = 0.0
+    for a in range(q):
+        for j in range(J):
+            reduction += w[a, j] ** 2
+    _backward_batch(C, inv, w, v)  # C'v = w
+    _inverse_batch(C, inv, Minv)
+    sigma_terms = 0.0
+    for a in range(q):
+        for j in range(J):
+            sigma_terms += 1.0 - Minv[a, a, j] - w[a, j] ** 2 - v[a, j] ** 2
+    for a in range(q):  # m = L v, the posterior means; ∂/∂β -= s Σ_j Z_j'X' m_j
+        for k in range(p):
+            acc = 0.0
+            for j in range(J):
+                mean = 0.0
+                for d in range(a + 1):
+                    mean += L[a, d] * v[d, j]
+                acc += ZtX[a, k, j] * mean
+            grad_beta[k] -= s * acc
+    for a in range(q):  # ∂/∂L += Σ_j (b - A L v) v' - A L M^{-1}
+        for k in range(a + 1):
+            acc = 0.0
+            for j in range(J):
+                r = b[a, j]
+                for d in range(q):
+                    r -= AL[a, d, j] * v[d, j]
+                acc += r * v[k, j]
+                for d in range(q):
+                    acc -= AL[a, d, j] * Minv[d, k, j]
+            G[a, k] += acc
+    return logdet, reduction, sigma_terms
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
