@@ -206,7 +206,7 @@ def main() -> None:
                 elif engine.startswith("bambi"):
                     sampler = "nutpie" if engine.endswith("nutpie") else "pymc"
 
-                    def command(refit, case=case, sampler=sampler):
+                    def command(refit, case=case, sampler=sampler, csv=csv):
                         code = BAMBI_RUN.format(args=(csv, case.formula, sampler, args.draws, args.chains, refit))
                         return [args.bambi_python, "-c", code]
                     new = python_engine_rows(name, engine, command, not args.no_cold, workdir)
