@@ -127,13 +127,13 @@ BRMS_RUN = textwrap.dedent("""
     args <- commandArgs(trailingOnly = TRUE)
     data <- read.csv(args[1]); draws <- as.integer(args[3]); chains <- as.integer(args[4])
     report <- function(fit, total) {{
-      d <- as_draws_array(fit)
+      d <- as_draws_array(fit)  # constant draws (sigma = 0 in se() models) have NA diagnostics
       hyper <- summarise_draws(subset_draws(d, variable = "^(b_|sd_|cor_|sigma)", regex = TRUE), "rhat", "ess_bulk")
       groups <- summarise_draws(subset_draws(d, variable = "^r_", regex = TRUE), "ess_bulk")
       np <- nuts_params(fit)
       cat(sprintf('{{"total_s": %f, "min_ess_bulk": %f, "max_rhat": %f, "divergences": %d, "min_ess_groups": %f}}\\n',
-                  total, min(hyper$ess_bulk), max(hyper$rhat), sum(np$Value[np$Parameter == "divergent__"]),
-                  min(groups$ess_bulk)))
+                  total, min(hyper$ess_bulk, na.rm = TRUE), max(hyper$rhat, na.rm = TRUE),
+                  sum(np$Value[np$Parameter == "divergent__"]), min(groups$ess_bulk)))
     }}
     start <- Sys.time()
     fit <- brm(as.formula(args[2]), data = data, chains = chains, cores = min(chains, 2), iter = 2 * draws,
@@ -153,7 +153,10 @@ def run(command: list[str], cache: str | None) -> list[dict]:
         env["PYTENSOR_FLAGS"] = f"base_compiledir={cache}"
         env["NUMBA_CACHE_DIR"] = cache
     proc = subprocess.run(command, capture_output=True, text=True, env=env)
-    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    try:
+        records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    except json.JSONDecodeError as err:
+        return [{"error": f"unreadable record ({err}): {proc.stdout.strip().splitlines()[-1]}"}]
     if proc.returncode or not records:
         message = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"
         return [{"error": message}]
@@ -171,6 +174,26 @@ def python_engine_rows(name: str, engine: str, command_for, cold: bool, workdir:
     return rows
 
 
+def results_table(rows: list[dict]) -> pd.DataFrame:
+    table = pd.DataFrame(rows)
+    table["ess_per_s"] = table["min_ess_bulk"] / table["total_s"] if "min_ess_bulk" in table else float("nan")
+    return table
+
+
+def report(table: pd.DataFrame) -> None:
+    """Print the results and the ratios of this engine's ESS per second to each peer's, same cache state."""
+    print(table.drop(columns=[c for c in ("log_density", "error") if c in table]).round(3).to_string(index=False))
+    ours = table.loc[table["engine"] == "bayeshlm", ["model", "cache", "ess_per_s"]]
+    peers = table.loc[table["engine"] != "bayeshlm", ["model", "cache", "engine", "ess_per_s"]]
+    ratios = peers.merge(ours, on=["model", "cache"], suffixes=("_peer", "_bayeshlm")).dropna()
+    if len(ratios):
+        ratios["ratio"] = ratios["ess_per_s_bayeshlm"] / ratios["ess_per_s_peer"]
+        print("\nESS per second (hyperparameters, total time): bayeshlm / peer, in the same cache state")
+        print(ratios.round(1).to_string(index=False))
+    if "error" in table:
+        print("\nerrors:\n" + table.dropna(subset=["error"])[["model", "engine", "cache", "error"]].to_string())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -180,7 +203,11 @@ def main() -> None:
     parser.add_argument("--no-cold", action="store_true", help="skip the empty-cache runs (default caches)")
     parser.add_argument("--bambi-python", help="a Python interpreter with bambi and nutpie installed")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bayes.csv"))
+    parser.add_argument("--report", metavar="CSV", help="print the tables of an earlier run's CSV; run nothing")
     args = parser.parse_args()
+    if args.report:
+        report(pd.read_csv(args.report))
+        return
     engines = [e for e in args.engines if not e.startswith("bambi") or args.bambi_python]
     if "brms" in engines and (shutil.which("Rscript") is None or subprocess.run(
             ["Rscript", "-e", "library(brms)"], capture_output=True).returncode):
@@ -188,6 +215,7 @@ def main() -> None:
     print(f"engines: {', '.join(engines)}", flush=True)
     import bayeshlm as bh
 
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
@@ -220,21 +248,9 @@ def main() -> None:
                 for row in new:
                     print(json.dumps(row), flush=True)
                 rows += new
-    table = pd.DataFrame(rows)
-    table["ess_per_s"] = table["min_ess_bulk"] / table["total_s"]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
+                results_table(rows).to_csv(args.out, index=False)  # after every run: a cut-off run keeps its rows
     print()
-    print(table.drop(columns=[c for c in ("log_density", "error") if c in table]).round(3).to_string(index=False))
-    ours = table.loc[table["engine"] == "bayeshlm", ["model", "cache", "ess_per_s"]]
-    peers = table.loc[table["engine"] != "bayeshlm", ["model", "cache", "engine", "ess_per_s"]]
-    ratios = peers.merge(ours, on=["model", "cache"], suffixes=("_peer", "_bayeshlm")).dropna()
-    if len(ratios):
-        ratios["ratio"] = ratios["ess_per_s_bayeshlm"] / ratios["ess_per_s_peer"]
-        print("\nESS per second (hyperparameters, total time): bayeshlm / peer, in the same cache state")
-        print(ratios.round(1).to_string(index=False))
-    if "error" in table:
-        print("\nerrors:\n" + table.dropna(subset=["error"])[["model", "engine", "cache", "error"]].to_string())
+    report(results_table(rows))
 
 
 if __name__ == "__main__":
