@@ -257,12 +257,13 @@ def _grouping_factor(spec: ModelSpec, group: str, codes_levels, frame: pd.DataFr
 
 
 def _nesting(factors: tuple[GroupingFactor, ...]) -> dict[str, str | None]:
-    """For each factor, the smallest other factor it is nested in (every group sits in one group of it)."""
+    """For each factor, the factor it is directly nested in: of the factors each of its groups sits in one
+    group of, the one with most groups (classes in schools in districts: classes -> schools -> districts)."""
     parents: dict[str, str | None] = {}
     for inner in factors:
         candidates = [outer for outer in factors if outer is not inner and outer.n_groups < inner.n_groups
                       and _is_nested(inner.codes, outer.codes, inner.n_groups)]
-        parents[inner.name] = min(candidates, key=lambda f: f.n_groups).name if candidates else None
+        parents[inner.name] = max(candidates, key=lambda f: f.n_groups).name if candidates else None
     return parents
 
 

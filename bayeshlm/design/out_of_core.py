@@ -165,11 +165,12 @@ def _first_pass_aggregations(spec: ModelSpec) -> dict[str, list[str]]:
 
 
 def _nested_chain(groups, levels, nunique) -> tuple[list[str], dict[str, str | None]]:
-    """Factors innermost first, each nested in the next (every group of the inner sits in one outer group)."""
+    """Factors innermost first, each nested in the next (every group of the inner sits in one outer group; the
+    next is the enclosing factor with most groups, as in the in-memory design)."""
     nesting: dict[str, str | None] = {}
     for inner in groups:
         outer = [b for b in groups if b != inner and len(levels[b]) < len(levels[inner]) and nunique[(inner, b)] == 1]
-        nesting[inner] = min(outer, key=lambda b: len(levels[b])) if outer else None
+        nesting[inner] = max(outer, key=lambda b: len(levels[b])) if outer else None
     inner = [g for g in groups if g not in set(nesting.values())]
     chain = [inner[0]] if len(inner) == 1 else []
     while chain and nesting.get(chain[-1]):

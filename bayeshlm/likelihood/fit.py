@@ -20,7 +20,7 @@ import numpy as np
 from scipy.optimize import minimize
 from threadpoolctl import ThreadpoolController
 
-from ..design import Design, GroupingFactor
+from ..design import Design
 from ..errors import DataError, OptionError, closest_names
 from .crossed import CrossedSolver
 from .nested import NestedSolver
@@ -30,20 +30,6 @@ from .result import LikelihoodFit
 LOG_2PI = float(np.log(2.0 * np.pi))
 OPTIONS = ("start", "maxiter")
 _THREADPOOLS: list[ThreadpoolController] = []  # found once: scanning the loaded libraries takes ~10 ms
-
-
-def nested_chain(design: Design) -> list[GroupingFactor] | None:
-    """Grouping factors from innermost to outermost if each is nested in the next (else None)."""
-    factors = list(design.factors)
-    parents = {design.nesting.get(f.name) for f in factors} - {None}
-    inner = [f for f in factors if f.name not in parents]
-    if len(inner) != 1:
-        return None
-    by_name = {f.name: f for f in factors}
-    chain = [inner[0]]
-    while design.nesting.get(chain[-1].name):
-        chain.append(by_name[design.nesting[chain[-1].name]])
-    return chain if len(chain) == len(factors) else None
 
 
 def _check_identifiable(design: Design, method: str) -> None:
@@ -105,8 +91,8 @@ class ProfiledDeviance:
         self.design = design
         self.reml = method == "reml"
         self.params = Parameterization(design)
-        chain = nested_chain(design)
-        if chain is not None:
+        chain = design.chain
+        if chain:
             self.solver_factors = chain
             self.solver = NestedSolver(design, chain)
         else:
