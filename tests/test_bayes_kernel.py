@@ -1,6 +1,6 @@
-"""The compiled kernel (bayes/kernel.py) against the PyMC graph it replaces for two-level models: the same log
-density at random points (PyMC's own logp, its normalising constants included), a gradient that matches finite
-differences, the same reported values, and the models it leaves to the graph."""
+"""The compiled kernel (bayes/kernel.py) against the PyMC graph it replaces for two- and three-level models and
+crossed designs: the same log density at random points (PyMC's own logp, its normalising constants included), a
+gradient that matches finite differences, the same reported values, and the models it leaves to the graph."""
 
 import math
 
@@ -21,25 +21,28 @@ def _toy(formula="y ~ x + (x | g)", known_variance=False, seed=0, J=6, n=5):
     x, x2 = rng.normal(size=J * n), rng.normal(size=J * n)
     school = g // 2  # three schools of two classes each
     y = 1 + 0.5 * x + rng.normal(size=J)[g] + rng.normal(size=J // 2)[school] + rng.normal(scale=0.7, size=J * n)
-    df = pd.DataFrame({"y": y, "x": x, "x2": x2, "g": g.astype(str), "school": school,
+    h = np.tile(np.arange(n), J) % 3  # three groups crossed with g: every g has rows at each h
+    y = y + 0.8 * rng.normal(size=n)[h]
+    df = pd.DataFrame({"y": y, "x": x, "x2": x2, "g": g.astype(str), "school": school, "h": h,
                        "v": rng.uniform(0.2, 1.0, J * n)})
     return bh.HLM(formula, df, known_variance="v" if known_variance else None)
 
 
 def _log_jacobian(kernel, x, priors):
     """log |d(constrained)/dx| of the kernel's transforms: log scales (twice over for a prior on the
-    variance, which PyMC puts on σ² itself) and the tanh canonical partial correlations."""
-    p = len(kernel.names["fixed"])
+    variance, which PyMC puts on σ² itself) and the tanh canonical partial correlations; sampled effects are
+    coordinates of x as they are of PyMC's point."""
+    factors = kernel.levels + kernel.sampled
+    at = kernel.data["XtX"].shape[0]  # the fixed and the sampled effects come first
     scale_priors = ([priors.sigma] if kernel.has_sigma else []) + [
-        priors.tau[level["factor"]] for level in kernel.levels for _ in level["coef"]]
+        priors.tau[factor["factor"]] for factor in factors for _ in factor["coef"]]
     total = 0.0
-    for i, prior in enumerate(scale_priors):
-        theta = x[p + i]
-        total += theta if prior.on == "sd" else math.log(2.0) + 2.0 * theta
-    at = p + len(scale_priors)
-    for level in kernel.levels:
-        q = len(level["coef"])
-        if level["correlated"]:
+    for prior in scale_priors:
+        total += x[at] if prior.on == "sd" else math.log(2.0) + 2.0 * x[at]
+        at += 1
+    for factor in factors:
+        q = len(factor["coef"])
+        if factor["correlated"]:
             _, z, rest = _correlation_factor(np.ascontiguousarray(x[at:at + q * (q - 1) // 2]), q)
             at += q * (q - 1) // 2
             for i in range(1, q):
@@ -75,17 +78,28 @@ CASES = {
     "three-level, flat priors": ("y ~ x + (1 | g) + (x | school)", False, "flat"),
     "three-level, known variances": ("y ~ x + (x || g) + (x | school)", True,
                                      {"tau_school": Prior("HalfNormal", sigma=2.0, on="variance")}),
+    # crossed: g (6 groups) is integrated out, h (3 groups) sampled, in the form the last entry names
+    "crossed intercepts, centred": ("y ~ x + (1 | g) + (1 | h)", False, None, "centred"),
+    "crossed intercepts, non-centred": ("y ~ x + (1 | g) + (1 | h)", False, None, "non-centred"),
+    "crossed slopes, correlated, centred": ("y ~ x + (x | g) + (x + x2 | h)", False, None, "centred"),
+    "crossed slopes, correlated, non-centred": ("y ~ x + (x | g) + (x + x2 | h)", False,
+                                                {"corr_h": LKJ(1.5)}, "non-centred"),
+    "crossed, independent slopes, flat priors": ("y ~ x + (x | g) + (x || h)", False, "flat", "centred"),
+    "crossed, known variances": ("y ~ x + (x | g) + (1 | h)", True,
+                                 {"tau_h": Prior("HalfCauchy", beta=1.0, on="variance")}, "non-centred"),
+    "crossed with a three-level chain": ("y ~ x + (x | g) + (1 | school) + (x | h)", False, None, "centred"),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernel_log_density_equals_the_pymc_graph(case):
-    formula, known_variance, prior_spec = CASES[case]
+    formula, known_variance, prior_spec, *form = CASES[case]
     design = _toy(formula, known_variance).design
     priors = resolve_priors(design, prior_spec)
-    model, info = build_model(design, priors)
+    model, info = build_model(design, priors, parameterization={"h": form[0]} if form else None)
     kernel = info.kernel
     assert kernel is not None
+    assert [f["factor"] for f in kernel.sampled] == (["h"] if form else [])
     graph_logp = model.compile_logp(jacobian=False, mode="FAST_COMPILE")
     evaluate = log_density_and_gradient(kernel)
     rng = np.random.default_rng(1)
@@ -126,7 +140,6 @@ def test_point_outside_the_support_is_not_finite():
 
 
 @pytest.mark.parametrize("formula, options", [
-    ("y ~ x + (1 | g) + (1 | h)", {}),  # crossed: one factor's effects are sampled
     ("y ~ x + (1 | g) + (1 | school) + (1 | district)", {}),  # four-level chain
     ("y ~ x + (x | g)", {"level1_variance": "h"}),  # a σ² per category
 ])

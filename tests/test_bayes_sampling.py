@@ -229,6 +229,7 @@ def test_scotssec_crossed_samples_the_smaller_factor_and_matches_reml(scotssec):
     fit = _fit(model, chains=4, draws=_n(1000), tune=_n(1000))  # the default setting (R-hat over 4 chains)
     assert fit.sampler["parameterization"]["primary"] == "integrated out"
     assert fit.sampler["parameterization"]["second"] in ("centred", "non-centred")
+    assert fit.sampler["log_density"] == "compiled kernel"  # crossed factors are sampled inside the kernel
     d = fit.diagnostics
     assert d["divergences"] == 0 and d["max_rhat"] < 1.01
     reml = model.fit("reml")

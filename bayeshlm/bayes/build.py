@@ -135,7 +135,7 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
            tuple((f.n_coef, f.blocks) for f in design.factors),
            tuple((name, value.shape) for name, value in sorted(data.items()) if not name.startswith("prior__")))
     chain_names, sampled_names = tuple(f.name for f in chain), tuple(f.name for f in sampled)
-    kernel = kernel_model(design, priors, stats, chain_names, sampled_names, variance, ar1)
+    kernel = kernel_model(design, priors, stats, chain_names, sampled_names, choice, variance, ar1)
     info = ModelInfo(route, choice, reliability, priors, data, key, stats, chain_names, sampled_names, kernel)
     return model, info
 

@@ -1,5 +1,5 @@
 """A compiled log-posterior for the commonest models: one grouping factor, or two nested ones (three-level
-models), their effects integrated out.
+models), their effects integrated out, plus any crossed factors whose effects are sampled.
 
 For a model whose integrated chain is one factor (two-level) or a factor nested in another (three-level), with
 q_l random coefficients per factor in one LKJ block or with independent SDs, and a homogeneous σ² or known
@@ -10,28 +10,35 @@ compiles once per machine and loads from the cache in under a second. The densit
 :func:`~.build.build_model` writes as a PyMC graph -- same likelihood, same priors with their normalising
 constants -- and the test suite checks the two agree to rounding error at random points.
 
-Unconstrained coordinates x = [β, log σ, log τ_0 (q_0), log τ_1 (q_1), y_0, y_1] (log σ absent with known
-variances; y_l the q_l(q_l-1)/2 canonical partial correlations of level l on the tanh scale, absent without
-correlations; level 1 absent in two-level models). Level l has T_l = L_l L_l', L_l = diag(τ_l) L_Ω,l; its
-effects are whitened, u_l = L_l z_l with z_l ~ N(0, I). With s = 1/σ² and per group the sufficient statistics
-of :class:`~.marginal.ChainStatistics`, innermost level first:
+In a crossed design the effects of the other factors are sampled (:mod:`.build`): they enter the integrated
+likelihood as coefficients of extra columns of X (their indicator-times-Z columns, which the sufficient
+statistics already carry), c = [β, u_1, u_2, ...], centred (u_j ~ N(0, T_f), the u's coordinates of x) or
+non-centred (u_j = L_f z_j with z_j ~ N(0, I), the z's coordinates of x).
 
-    A = s Z'Z - K,  b = s (Z'y - Z'X β) - k,  M = I + L'A L = C C',  w = C^{-1} L'b,
-    log p(y | β, T, σ²) = -1/2 [N log 2π - N log s + Σ_groups log|M| + s e'e - Σ_groups |w|²]
+Unconstrained coordinates x = [β, sampled effects (u or z, group by group), log σ, log τ per factor, y per
+correlated factor] (log σ absent with known variances; factors in the order: integrated levels innermost first,
+then the sampled factors; y_l the q_l(q_l-1)/2 canonical partial correlations of factor l on the tanh scale).
+Factor l has T_l = L_l L_l', L_l = diag(τ_l) L_Ω,l; integrated effects are whitened, u_l = L_l z_l with
+z_l ~ N(0, I). With s = 1/σ², c in place of β, and per group the sufficient statistics of
+:class:`~.marginal.ChainStatistics`, innermost level first:
 
-(R&B 2002 eq. 3.52 for two levels, in Cholesky form; e = y - Xβ). K, k are zero for the innermost level; a
+    A = s Z'Z - K,  b = s (Z'y - Z'X c) - k,  M = I + L'A L = C C',  w = C^{-1} L'b,
+    log p(y | c, T, σ²) = -1/2 [N log 2π - N log s + Σ_groups log|M| + s e'e - Σ_groups |w|²]
+
+(R&B 2002 eq. 3.52 for two levels, in Cholesky form; e = y - Xc). K, k are zero for the innermost level; a
 level-1 group collects K = Σ G'G and k = Σ G'w over its level-0 groups, G = C^{-1} L_0' s Z_0'Z_1 (the
 recursion of :mod:`.marginal`). The gradient is Fisher's identity: the posterior mean, given y, of the
-gradient of the complete-data log-likelihood log p(y | z, θ) = N/2 log s - s/2 |y - Xβ - Σ_l Z_l L_l z_l|²
+gradient of the complete-data log-likelihood log p(y | z, θ) = N/2 log s - s/2 |y - Xc - Σ_l Z_l L_l z_l|²
 (p(z) is free of θ). With ẑ, Σ the posterior means and (cross-)covariances of the whitened effects and
 r̂ = e - Σ_l Z_l L_l ẑ_l,
 
-    ∂/∂β = s X' r̂,    ∂/∂log σ = -N + s (|r̂|² + Σ tr(Z_l L_l Σ_ll' L_l'Z_l')),
+    ∂/∂c = s X' r̂,    ∂/∂log σ = -N + s (|r̂|² + Σ tr(Z_l L_l Σ_ll' L_l'Z_l')),
     ∂/∂L_l = s Σ_groups [Z_l' r̂ ẑ_l' - Σ_l' Z_l'Z_l' L_l' Σ_l'l],
 
 all from the per-group statistics. At the top level ẑ = C^{-T} w and Σ = M^{-1}; a level-0 group j in
 level-1 group k has ẑ_0j = C^{-T} w - H ẑ_1k, Σ_0j = M^{-1} + H Σ_1k H', Σ_0j,1k = -H Σ_1k with
-H = C^{-T} G L_1 (the conditional given z_1, R&B 2002 eq. 13.17, averaged over z_1).
+H = C^{-T} G L_1 (the conditional given z_1, R&B 2002 eq. 13.17, averaged over z_1). The sampled effects'
+priors and the chain rule from ∂/∂c to their coordinates are in :func:`_sampled_terms`.
 
 The correlation factor L_Ω is built from tanh(y) as canonical partial correlations (Lewandowski, Kurowicka &
 Joe 2009; the Stan reference manual's "Cholesky factors of correlation matrices" transform), with the LKJ
@@ -59,14 +66,20 @@ _SCALE_CODE = {name: code for code, name in enumerate(SCALE_FAMILIES)}
 
 
 # Layout of the packed buffer the compiled functions read (one float64 array: header, then the arrays). Level 1
-# is empty (q1 = J1 = 0) in two-level models.
-_HEADER = ("levels", "q0", "q1", "p", "J0", "J1", "has_sigma", "correlated0", "correlated1", "n_obs", "yty",
-           "logdet_V", "eta0", "eta1", "sigma_variance", "tau_variance0", "tau_variance1", "n_dim", "n_expanded",
-           "length")
-(_LEVELS, _Q0, _Q1, _P, _J0, _J1, _HAS_SIGMA, _CORRELATED0, _CORRELATED1, _N_OBS, _YTY, _LOGDET_V, _ETA0, _ETA1,
- _SIGMA_VARIANCE, _TAU_VARIANCE0, _TAU_VARIANCE1, _N_DIM, _N_EXPANDED, _LENGTH) = range(len(_HEADER))
+# is empty (q1 = J1 = 0) in two-level models. p counts the fixed effects, p_ext adds the sampled factors' effects
+# (the columns of X the sufficient statistics are extended by); "sampled" holds a row per sampled factor.
+_HEADER = ("levels", "q0", "q1", "p", "p_ext", "n_sampled", "n_scale", "J0", "J1", "has_sigma", "correlated0",
+           "correlated1", "n_obs", "yty", "logdet_V", "eta0", "eta1", "sigma_variance", "tau_variance0",
+           "tau_variance1", "n_dim", "n_expanded", "length")
+(_LEVELS, _Q0, _Q1, _P, _P_EXT, _N_SAMPLED, _N_SCALE, _J0, _J1, _HAS_SIGMA, _CORRELATED0, _CORRELATED1, _N_OBS,
+ _YTY, _LOGDET_V, _ETA0, _ETA1, _SIGMA_VARIANCE, _TAU_VARIANCE0, _TAU_VARIANCE1, _N_DIM, _N_EXPANDED,
+ _LENGTH) = range(len(_HEADER))
 _ARRAYS = ("Z0tZ0", "Z0tX", "Z0ty", "Z0tZ1", "parent", "Z1tZ1", "Z1tX", "Z1ty", "XtX", "Xty", "beta_mu",
-           "beta_sd", "scale_code", "scale_a", "scale_b", "scale_on_variance")
+           "beta_sd", "scale_code", "scale_a", "scale_b", "scale_on_variance", "sampled")
+# the columns of a row of "sampled": its number of coefficients and of groups, correlated (one LKJ block) or
+# not, centred (u ~ N(0, T)) or non-centred (u = L z), the LKJ eta, and whether τ² is reported
+_SAMPLED = ("q", "J", "correlated", "centred", "eta", "tau_variance")
+(_S_Q, _S_J, _S_CORRELATED, _S_CENTRED, _S_ETA, _S_TAU_VARIANCE) = range(len(_SAMPLED))
 
 
 @dataclass(frozen=True)
@@ -77,26 +90,34 @@ class KernelModel:
     n_dim: int
     data: dict[str, np.ndarray]
     buffer: np.ndarray
-    names: dict[str, object]  # fixed-effect names, σ² reported or not, and per level its factor, coefficient
-    has_sigma: bool           # names, whether τ² is reported and whether it has correlations
+    names: dict[str, object]  # fixed-effect names, σ² reported or not, and per integrated level and per sampled
+    has_sigma: bool           # factor its name, coefficient names, τ² reported or not, correlations or not
 
     @property
     def levels(self) -> list[dict]:
+        """The integrated factors, innermost first."""
         return self.names["levels"]
 
+    @property
+    def sampled(self) -> list[dict]:
+        """The factors whose effects are sampled (crossed designs), with their groups and parameterisation."""
+        return self.names["sampled"]
+
     def unconstrained_start(self, seed: int) -> np.ndarray:
-        """A starting point: least-squares β, log σ from its residual SD, log τ at a quarter of the outcome's
-        SD, zero correlations; the scales jittered by U(-1/2, 1/2)."""
+        """A starting point: least-squares β, sampled effects at zero, log σ from the residual SD of β, log τ at a
+        quarter of the outcome's SD, zero correlations; the scales jittered by U(-1/2, 1/2)."""
         d = self.data
-        p = d["XtX"].shape[0]
-        beta = np.linalg.lstsq(d["XtX"] + 1e-9 * np.eye(p), d["Xty"], rcond=None)[0]
-        ee = float(d["yty"] - 2 * beta @ d["Xty"] + beta @ d["XtX"] @ beta)
+        p = len(self.names["fixed"])
+        XtX, Xty = d["XtX"][:p, :p], d["Xty"][:p]
+        beta = np.linalg.lstsq(XtX + 1e-9 * np.eye(p), Xty, rcond=None)[0]
+        ee = float(d["yty"] - 2 * beta @ Xty + beta @ XtX @ beta)
         sd = math.sqrt(max(ee, 1e-12) / max(float(d["n_obs"]), 1.0))
-        n_tau = sum(len(level["coef"]) for level in self.levels)
+        n_effects = d["XtX"].shape[0] - p
+        n_tau = sum(len(factor["coef"]) for factor in self.levels + self.sampled)
         rng = np.random.default_rng(seed)
         scales = np.log(np.r_[[sd] if self.has_sigma else [], np.full(n_tau, d["start_tau"])])
         scales = scales + rng.uniform(-0.5, 0.5, len(scales))
-        return np.r_[beta, scales, np.zeros(self.n_dim - p - len(scales))]
+        return np.r_[beta, np.zeros(n_effects), scales, np.zeros(self.n_dim - p - n_effects - len(scales))]
 
 
 def _pack(data: dict, header: dict) -> np.ndarray:
@@ -109,25 +130,31 @@ def _groups_last(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(values, 0, -1))
 
 
+def _one_block_or_none(f) -> bool:
+    """The kernel's covariance forms: one LKJ block over all coefficients, or independent coefficients."""
+    return len(f.blocks) == 1 or all(len(b) == 1 for b in f.blocks)
+
+
 def kernel_model(design: Design, priors: PriorSet, stats, chain: tuple[str, ...], sampled: tuple[str, ...],
-                 strata, ar1) -> KernelModel | None:
+                 parameterization: dict[str, str], strata, ar1) -> KernelModel | None:
     """The :class:`KernelModel` of a model the kernel covers (module docstring), else None (the PyMC graph
-    is sampled instead): one or two integrated factors, nothing sampled, no level-1 variance model or AR(1)
-    errors, per factor one LKJ block or none, and prior families in :data:`FIXED_FAMILIES` /
-    :data:`SCALE_FAMILIES` with their usual parameter names."""
-    if not 1 <= len(chain) <= 2 or sampled or strata is not None or ar1 is not None or stats is None:
+    is sampled instead): one or two integrated factors, any number of sampled ones (crossed designs), no
+    level-1 variance model or AR(1) errors, per factor one LKJ block or none, and prior families in
+    :data:`FIXED_FAMILIES` / :data:`SCALE_FAMILIES` with their usual parameter names."""
+    if not 1 <= len(chain) <= 2 or strata is not None or ar1 is not None or stats is None:
         return None
     factors = [design.factor(name) for name in chain]
-    correlated = [len(f.blocks) == 1 and f.n_coef > 1 for f in factors]
-    if any(not c and any(len(b) > 1 for b in f.blocks) for f, c in zip(factors, correlated, strict=True)):
+    crossed = [design.factor(name) for name in sampled]
+    if not all(_one_block_or_none(f) for f in factors + crossed):
         return None
+    correlated = {f.name: len(f.blocks) == 1 and f.n_coef > 1 for f in factors + crossed}
     fixed = [priors.fixed[name] for name in design.fixed_names]
     if len({p.dist for p in fixed}) != 1 or any(set(p.params) != set(FIXED_FAMILIES.get(p.dist, ["?"]))
                                                  for p in fixed):
         return None
     has_sigma = design.known_variance is None
     scale_entries = ([(priors.sigma, 1, 0)] if has_sigma else []) + [
-        (priors.tau[f.name], f.n_coef, k) for f in factors for k in range(f.n_coef)]
+        (priors.tau[f.name], f.n_coef, k) for f in factors + crossed for k in range(f.n_coef)]
     if any(set(prior.params) != set(SCALE_FAMILIES.get(prior.dist, ["?"])) for prior, _, _ in scale_entries):
         return None
     n_scale = len(scale_entries)
@@ -140,9 +167,18 @@ def kernel_model(design: Design, priors: PriorSet, stats, chain: tuple[str, ...]
             first[i], second[i] = values[0], values[-1]
     a = stats.arrays
     p = len(design.fixed_names)
+    p_ext = a["XtX"][0].shape[0]
     q = [f.n_coef for f in factors] + [0]
     two = len(factors) == 2
     flat = fixed[0].dist == "Flat"
+
+    def describe(f) -> dict:
+        return {"factor": f.name, "coef": list(f.coef_names), "tau_variance": priors.tau[f.name].on == "variance",
+                "correlated": correlated[f.name], "eta": float(priors.corr[f.name].eta) if correlated[f.name] else 1.0}
+
+    levels = [describe(f) for f in factors]
+    sampled_factors = [describe(f) | {"groups": [str(v) for v in f.levels],
+                                      "centred": parameterization[f.name] == "centred"} for f in crossed]
     data = {  # groups last, for the kernel's vectorised loops
         "Z0tZ0": _groups_last(a["Z0tZ"][0][..., :q[0]]), "Z0tX": _groups_last(a["Z0tX"][0]),
         "Z0ty": _groups_last(a["Z0ty"][0]), "Z0tZ1": _groups_last(a["Z0tZ"][0][..., q[0]:]),
@@ -155,21 +191,23 @@ def kernel_model(design: Design, priors: PriorSet, stats, chain: tuple[str, ...]
         "beta_mu": np.zeros(p) if flat else np.array([float(pr.params["mu"]) for pr in fixed]),
         "beta_sd": np.full(p, np.inf) if flat else np.array([float(pr.params["sigma"]) for pr in fixed]),
         "scale_code": code, "scale_a": first, "scale_b": second, "scale_on_variance": on_variance,
+        "sampled": np.array([[len(f["coef"]), len(f["groups"]), f["correlated"], f["centred"], f["eta"],
+                              f["tau_variance"]] for f in sampled_factors], dtype=float).reshape(-1, len(_SAMPLED)),
         "start_tau": 0.25 * _outcome_sd(a),
     }
-    levels = [{"factor": f.name, "coef": list(f.coef_names), "tau_variance": priors.tau[f.name].on == "variance",
-               "correlated": c, "eta": float(priors.corr[f.name].eta) if c else 1.0}
-              for f, c in zip(factors, correlated, strict=True)]
-    names = {"fixed": list(design.fixed_names), "levels": levels,
+    names = {"fixed": list(design.fixed_names), "levels": levels, "sampled": sampled_factors,
              "sigma_variance": has_sigma and priors.sigma.on == "variance"}
-    n_dim = p + n_scale + sum(len(lv["coef"]) * (len(lv["coef"]) - 1) // 2 for lv in levels if lv["correlated"])
+    n_corr = sum(len(f["coef"]) * (len(f["coef"]) - 1) // 2 for f in levels + sampled_factors if f["correlated"])
+    n_dim = p_ext + n_scale + n_corr
     n_expanded = p + (1 + names["sigma_variance"] if has_sigma else 0) + sum(
-        len(lv["coef"]) * (1 + lv["tau_variance"]) + (len(lv["coef"]) ** 2 if lv["correlated"] else 0)
-        for lv in levels)
+        len(f["coef"]) * (1 + f["tau_variance"]) + (len(f["coef"]) ** 2 if f["correlated"] else 0)
+        for f in levels + sampled_factors) + sum(
+        len(f["coef"]) * len(f["groups"]) * (1 if f["centred"] else 2) for f in sampled_factors)
     level1 = levels[1] if two else {"tau_variance": False, "correlated": False, "eta": 1.0}
-    header = {"levels": len(factors), "q0": q[0], "q1": q[1], "p": p, "J0": factors[0].n_groups,
-              "J1": factors[1].n_groups if two else 0, "has_sigma": has_sigma,
-              "correlated0": levels[0]["correlated"], "correlated1": level1["correlated"],
+    header = {"levels": len(factors), "q0": q[0], "q1": q[1], "p": p, "p_ext": p_ext,
+              "n_sampled": len(sampled_factors), "n_scale": n_scale, "J0": factors[0].n_groups,
+              "J1": factors[1].n_groups if two else 0,
+              "has_sigma": has_sigma, "correlated0": levels[0]["correlated"], "correlated1": level1["correlated"],
               "n_obs": data["n_obs"], "yty": data["yty"], "logdet_V": data["logdet_V"],
               "eta0": levels[0]["eta"], "eta1": level1["eta"], "sigma_variance": names["sigma_variance"],
               "tau_variance0": levels[0]["tau_variance"], "tau_variance1": level1["tau_variance"],
@@ -640,18 +678,48 @@ def _integrate_nested(beta, s, L0, L1, Z0tZ0, Z0tZ1, Z0tX, Z0ty, parent, Z1tZ1, 
 def _unpack(buf):
     """Views of the packed buffer (see :data:`_HEADER` and :data:`_ARRAYS`)."""
     q0, q1, p, J0, J1 = int(buf[_Q0]), int(buf[_Q1]), int(buf[_P]), int(buf[_J0]), int(buf[_J1])
-    m = int(buf[_HAS_SIGMA]) + q0 + q1
-    sizes = (q0 * q0 * J0, q0 * p * J0, q0 * J0, q0 * q1 * J0, J0 * (int(buf[_LEVELS]) - 1), q1 * q1 * J1,
-             q1 * p * J1, q1 * J1, p * p, p, p, p, m, m, m, m)
+    p_ext, m, k = int(buf[_P_EXT]), int(buf[_N_SCALE]), int(buf[_N_SAMPLED])
+    sizes = (q0 * q0 * J0, q0 * p_ext * J0, q0 * J0, q0 * q1 * J0, J0 * (int(buf[_LEVELS]) - 1), q1 * q1 * J1,
+             q1 * p_ext * J1, q1 * J1, p_ext * p_ext, p_ext, p, p, m, m, m, m, k * len(_SAMPLED))
     views = []
     at = len(_HEADER)
     for size in sizes:
         views.append(buf[at:at + size])
         at += size
-    return (views[0].reshape((q0, q0, J0)), views[1].reshape((q0, p, J0)), views[2].reshape((q0, J0)),
+    return (views[0].reshape((q0, q0, J0)), views[1].reshape((q0, p_ext, J0)), views[2].reshape((q0, J0)),
             views[3].reshape((q0, q1, J0)), views[4], views[5].reshape((q1, q1, J1)),
-            views[6].reshape((q1, p, J1)), views[7].reshape((q1, J1)), views[8].reshape((p, p)), views[9],
-            views[10], views[11], views[12], views[13], views[14], views[15])
+            views[6].reshape((q1, p_ext, J1)), views[7].reshape((q1, J1)), views[8].reshape((p_ext, p_ext)),
+            views[9], views[10], views[11], views[12], views[13], views[14], views[15],
+            views[16].reshape((k, len(_SAMPLED))))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _positions(buf, sampled):
+    """Per factor (the two integrated levels, then the sampled factors; level 1 empty in two-level models):
+    its number of coefficients, whether it has correlations, and where in x its effects (sampled factors only),
+    its log τ's and its correlation coordinates start; ``y_at`` has one more entry, the end of the last."""
+    k = sampled.shape[0]
+    n = 2 + k
+    q, correlated = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.bool_)
+    q[0], q[1] = int(buf[_Q0]), int(buf[_Q1])
+    correlated[0], correlated[1] = buf[_CORRELATED0] > 0, buf[_CORRELATED1] > 0
+    effects_at = np.zeros(n, dtype=np.int64)
+    at = int(buf[_P])
+    for i in range(k):
+        q[2 + i], correlated[2 + i] = int(sampled[i, _S_Q]), sampled[i, _S_CORRELATED] > 0
+        effects_at[2 + i] = at
+        at += int(sampled[i, _S_J]) * q[2 + i]
+    at += int(buf[_HAS_SIGMA])  # at = p_ext here: log σ, then the log τ's
+    tau_at, y_at = np.empty(n, dtype=np.int64), np.empty(n + 1, dtype=np.int64)
+    for f in range(n):
+        tau_at[f] = at
+        at += q[f]
+    for f in range(n):
+        y_at[f] = at
+        if correlated[f]:
+            at += q[f] * (q[f] - 1) // 2
+    y_at[n] = at
+    return q, correlated, effects_at, tau_at, y_at
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -665,6 +733,15 @@ def _level_factor(log_tau, y, correlated):
         for k in range(q):
             L[i, k] = tau[i] * L_omega[i, k]
     return tau, L_omega, L
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _factor_at(x, f, positions):
+    """τ, L_Ω, L and the correlation coordinates of factor ``f`` (see :func:`_positions`) at ``x``."""
+    q, correlated, _, tau_at, y_at = positions
+    y = x[y_at[f]:y_at[f + 1]]
+    tau, L_omega, L = _level_factor(x[tau_at[f]:tau_at[f] + q[f]], y, correlated[f])
+    return tau, L_omega, L, y
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -689,10 +766,10 @@ def log_density_two_level(x, buf, grad):
     """Log posterior density of a two-level model at unconstrained ``x`` (module docstring), its data and
     priors packed in ``buf``; writes the gradient into ``grad``."""
     Z0tZ0, Z0tX, Z0ty = _unpack(buf)[:3]
-    lp, s, ee, beta, grad_beta, factors = _density_setup(x, buf, grad)
+    lp, s, ee, c, grad_c, factors, positions = _density_setup(x, buf, grad)
     G0, G1 = np.zeros((Z0tX.shape[0], Z0tX.shape[0])), np.zeros((0, 0))
-    integrated = _integrate_groups(beta, s, factors[2], Z0tZ0, Z0tX, Z0ty, grad_beta, G0)
-    return _density_finish(buf, grad, lp, s, ee, grad_beta, integrated, G0, G1, factors)
+    integrated = _integrate_groups(c, s, factors[2], Z0tZ0, Z0tX, Z0ty, grad_c, G0)
+    return _density_finish(x, buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -700,97 +777,171 @@ def log_density_three_level(x, buf, grad):
     """As :func:`log_density_two_level`, for a three-level model (two nested factors). Two entry points, so
     that each model compiles (once per machine) only the code it runs."""
     Z0tZ0, Z0tX, Z0ty, Z0tZ1, parent, Z1tZ1, Z1tX, Z1ty = _unpack(buf)[:8]
-    lp, s, ee, beta, grad_beta, factors = _density_setup(x, buf, grad)
+    lp, s, ee, c, grad_c, factors, positions = _density_setup(x, buf, grad)
     q0, q1 = Z0tX.shape[0], Z1tX.shape[0]
     G0, G1 = np.zeros((q0, q0)), np.zeros((q1, q1))
-    integrated = _integrate_nested(beta, s, factors[2], factors[6], Z0tZ0, Z0tZ1, Z0tX, Z0ty, parent, Z1tZ1, Z1tX,
-                                   Z1ty, grad_beta, G0, G1)
-    return _density_finish(buf, grad, lp, s, ee, grad_beta, integrated, G0, G1, factors)
+    integrated = _integrate_nested(c, s, factors[2], factors[6], Z0tZ0, Z0tZ1, Z0tX, Z0ty, parent, Z1tZ1, Z1tX,
+                                   Z1ty, grad_c, G0, G1)
+    return _density_finish(x, buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _density_setup(x, buf, grad):
-    """The priors' part of the log density (and of ``grad``, which it resets), s = 1/σ², e'e, β, the
-    likelihood's ∂/∂β before the group terms, s (X'y - X'X β), and per level (τ, L_Ω, L, y)."""
-    XtX, Xty, beta_mu, beta_sd, scale_code, scale_a, scale_b, on_variance = _unpack(buf)[8:]
-    q0, p = int(buf[_Q0]), int(buf[_P])
+    """The priors of β and of the scales (their part of ``grad``, which it resets), s = 1/σ², the coefficient
+    vector c = [β, the sampled factors' effects], e'e = |y - X c|², the likelihood's ∂/∂c before the group terms,
+    s (X'y - X'X c), per integrated level (τ, L_Ω, L, y), and the positions of :func:`_positions`."""
+    XtX, Xty, beta_mu, beta_sd, scale_code, scale_a, scale_b, on_variance, sampled = _unpack(buf)[8:]
+    p, p_ext = int(buf[_P]), int(buf[_P_EXT])
     has_sigma = buf[_HAS_SIGMA] > 0
     grad[:] = 0.0
-    beta = x[:p]
     lp = 0.0
     for k in range(p):  # β ~ Normal(mu, sd), or flat (sd = inf)
         if np.isfinite(beta_sd[k]):
-            d = (beta[k] - beta_mu[k]) / beta_sd[k]
+            d = (x[k] - beta_mu[k]) / beta_sd[k]
             lp += -0.5 * d * d - math.log(beta_sd[k]) - 0.5 * _LOG_2PI
             grad[k] -= d / beta_sd[k]
-    for i in range(len(scale_code)):  # σ, τ_0, τ_1
-        lps, dlps = _scale_log_prior(int(scale_code[i]), scale_a[i], scale_b[i], on_variance[i] > 0, x[p + i])
+    for i in range(len(scale_code)):  # σ, then the τ's of every factor
+        lps, dlps = _scale_log_prior(int(scale_code[i]), scale_a[i], scale_b[i], on_variance[i] > 0,
+                                     x[p_ext + i])
         lp += lps
-        grad[p + i] += dlps
-    s = math.exp(-2.0 * x[p]) if has_sigma else 1.0
-    at_tau, at_y0, at_y1 = _positions(buf)
-    y0, y1 = x[at_y0:at_y1], x[at_y1:]
-    tau0, L_omega0, L0 = _level_factor(x[at_tau:at_tau + q0], y0, buf[_CORRELATED0] > 0)
-    tau1, L_omega1, L1 = _level_factor(x[at_tau + q0:at_y0], y1, buf[_CORRELATED1] > 0)
-    xb = np.empty(p)  # X'y - X'X β
+        grad[p_ext + i] += dlps
+    s = math.exp(-2.0 * x[p_ext]) if has_sigma else 1.0
+    positions = _positions(buf, sampled)
+    tau0, L_omega0, L0, y0 = _factor_at(x, 0, positions)
+    tau1, L_omega1, L1, y1 = _factor_at(x, 1, positions)
+    c = _coefficients(x, sampled, positions, p, p_ext)
+    xb = np.empty(p_ext)  # X'y - X'X c
     ee = buf[_YTY]
-    for k in range(p):
+    for k in range(p_ext):
         acc = 0.0
-        for c in range(p):
-            acc += XtX[k, c] * beta[c]
+        for j in range(p_ext):
+            acc += XtX[k, j] * c[j]
         xb[k] = Xty[k] - acc
-        ee -= beta[k] * (Xty[k] + xb[k])  # e'e = y'y - 2 β'X'y + β'X'X β
-    return lp, s, ee, beta, s * xb, (tau0, L_omega0, L0, y0, tau1, L_omega1, L1, y1)
+        ee -= c[k] * (Xty[k] + xb[k])  # e'e = y'y - 2 c'X'y + c'X'X c
+    return lp, s, ee, c, s * xb, (tau0, L_omega0, L0, y0, tau1, L_omega1, L1, y1), positions
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _positions(buf):
-    """Where log τ_0, y_0 and y_1 start in x."""
-    q0, q1 = int(buf[_Q0]), int(buf[_Q1])
-    at_tau = int(buf[_P]) + int(buf[_HAS_SIGMA])
-    at_y0 = at_tau + q0 + q1
-    return at_tau, at_y0, at_y0 + (q0 * (q0 - 1) // 2 if buf[_CORRELATED0] > 0 else 0)
+def _coefficients(x, sampled, positions, p, p_ext):
+    """c = [β, u_1, u_2, ...]: the sampled effects as coordinates of x (centred) or u_j = L z_j (non-centred),
+    each factor's (J, q) effects flattened group by group, as the columns of the extended X."""
+    c = np.empty(p_ext)
+    c[:p] = x[:p]
+    q, effects_at = positions[0], positions[2]
+    for i in range(sampled.shape[0]):
+        f, J = 2 + i, int(sampled[i, _S_J])
+        at, qf = effects_at[f], q[f]
+        if sampled[i, _S_CENTRED] > 0:
+            c[at:at + J * qf] = x[at:at + J * qf]
+            continue
+        L = _factor_at(x, f, positions)[2]
+        for j in range(J):
+            for a in range(qf):
+                acc = 0.0
+                for d in range(a + 1):
+                    acc += L[a, d] * x[at + j * qf + d]
+                c[at + j * qf + a] = acc
+    return c
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _density_finish(buf, grad, lp, s, ee, grad_beta, integrated, G0, G1, factors):
-    """Adds the integrated likelihood to the prior part ``lp`` and completes ``grad`` (module docstring)."""
+def _sampled_terms(x, sampled, i, positions, grad_c, grad):
+    """Log prior of sampled factor ``i``'s effects, and its gradient plus the chain rule of the likelihood's
+    ∂/∂c: centred, log N(u_j | 0, T) with ∂/∂u_j = ∂/∂c_j - T^{-1} u_j and ∂/∂L = L^{-T} (Σ_j w_j w_j' - J I),
+    w_j = L^{-1} u_j; non-centred, log N(z_j | 0, I) with ∂/∂z_j = L' ∂/∂c_j - z_j and ∂/∂L = Σ_j ∂/∂c_j z_j'.
+    Adds them to ``grad`` (effects, log τ and correlation coordinates) and returns the log density, LKJ
+    density and correlation Jacobian included."""
+    f, J = 2 + i, int(sampled[i, _S_J])
+    q_all, correlated, effects_at, tau_at, y_at = positions
+    q, at = q_all[f], effects_at[f]
+    tau, L_omega, L, y = _factor_at(x, f, positions)
+    G = np.zeros((q, q))
+    lp = -0.5 * J * q * _LOG_2PI
+    if sampled[i, _S_CENTRED] > 0:
+        for a in range(q):
+            lp -= J * math.log(L[a, a])
+        S = np.zeros((q, q))
+        w, v = np.empty(q), np.empty(q)
+        for j in range(J):
+            for a in range(q):  # L w = u_j
+                acc = x[at + j * q + a]
+                for d in range(a):
+                    acc -= L[a, d] * w[d]
+                w[a] = acc / L[a, a]
+            for a in range(q - 1, -1, -1):  # L'v = w: v = T^{-1} u_j
+                acc = w[a]
+                for d in range(a + 1, q):
+                    acc -= L[d, a] * v[d]
+                v[a] = acc / L[a, a]
+            for a in range(q):
+                lp -= 0.5 * w[a] ** 2
+                grad[at + j * q + a] += grad_c[at + j * q + a] - v[a]
+                for d in range(q):
+                    S[a, d] += w[a] * w[d]
+        for col in range(q):  # G = L^{-T} (S - J I), column by column
+            for a in range(q - 1, -1, -1):
+                acc = S[a, col] - (J if a == col else 0.0)
+                for d in range(a + 1, q):
+                    acc -= L[d, a] * G[d, col]
+                G[a, col] = acc / L[a, a]
+    else:
+        for j in range(J):
+            for a in range(q):
+                z = x[at + j * q + a]
+                lp -= 0.5 * z * z
+                acc = -z
+                for d in range(a, q):
+                    acc += L[d, a] * grad_c[at + j * q + d]
+                grad[at + j * q + a] += acc
+                for d in range(a, q):
+                    G[d, a] += grad_c[at + j * q + d] * z
+    return lp + _level_terms(G, tau, L_omega, y, correlated[f], sampled[i, _S_ETA],
+                             grad[tau_at[f]:tau_at[f] + q], grad[y_at[f]:y_at[f + 1]])
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _density_finish(x, buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions):
+    """Adds the integrated likelihood and the sampled effects' priors to the prior part ``lp`` and completes
+    ``grad`` (module docstring)."""
     logdet_M, reduction, sigma_terms = integrated
     if not np.isfinite(logdet_M):
         return -np.inf
     tau0, L_omega0, L0, y0, tau1, L_omega1, L1, y1 = factors
-    q0, p = int(buf[_Q0]), int(buf[_P])
+    _, _, tau_at, y_at = positions[1:]
+    p, p_ext = int(buf[_P]), int(buf[_P_EXT])
     has_sigma = buf[_HAS_SIGMA] > 0
     n_obs = buf[_N_OBS]
     logdet_R = -n_obs * math.log(s) if has_sigma else buf[_LOGDET_V]
     lp += -0.5 * (n_obs * _LOG_2PI + logdet_R + logdet_M + s * ee - reduction)
     for k in range(p):
-        grad[k] += grad_beta[k]
+        grad[k] += grad_c[k]
     if has_sigma:
-        grad[p] += -n_obs + s * ee + sigma_terms
-    at_tau, at_y0, at_y1 = _positions(buf)
-    lp += _level_terms(G0, tau0, L_omega0, y0, buf[_CORRELATED0] > 0, buf[_ETA0], grad[at_tau:at_tau + q0],
-                       grad[at_y0:at_y1])
-    lp += _level_terms(G1, tau1, L_omega1, y1, buf[_CORRELATED1] > 0, buf[_ETA1], grad[at_tau + q0:at_y0],
-                       grad[at_y1:])
+        grad[p_ext] += -n_obs + s * ee + sigma_terms
+    sampled = _unpack(buf)[16]
+    for i in range(sampled.shape[0]):
+        lp += _sampled_terms(x, sampled, i, positions, grad_c, grad)
+    lp += _level_terms(G0, tau0, L_omega0, y0, buf[_CORRELATED0] > 0, buf[_ETA0],
+                       grad[tau_at[0]:tau_at[0] + len(tau0)], grad[y_at[0]:y_at[1]])
+    lp += _level_terms(G1, tau1, L_omega1, y1, buf[_CORRELATED1] > 0, buf[_ETA1],
+                       grad[tau_at[1]:tau_at[1] + len(tau1)], grad[y_at[1]:y_at[2]])
     return lp
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _expand_level(log_tau, y, correlated, tau_variance, out, at):
-    q = len(log_tau)
+def _expand_factor(tau, L_omega, correlated, tau_variance, out, at):
+    """Writes τ [τ²] [L_Ω] of one factor into ``out`` from ``at``; returns the next position."""
+    q = len(tau)
     for k in range(q):
-        out[at + k] = math.exp(log_tau[k])
+        out[at + k] = tau[k]
     at += q
     if tau_variance:
         for k in range(q):
-            out[at + k] = math.exp(2.0 * log_tau[k])
+            out[at + k] = tau[k] ** 2
         at += q
     if correlated:
-        L = _correlation_factor(y, q)[0]
         for i in range(q):
             for k in range(q):
-                out[at] = L[i, k]
+                out[at] = L_omega[i, k]
                 at += 1
     return at
 
@@ -798,21 +949,32 @@ def _expand_level(log_tau, y, correlated, tau_variance, out, at):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def expand(x, buf, out):
     """The reported values at unconstrained ``x``, flattened into ``out`` in the order of
-    :func:`output_layout`: β, σ [σ²], then per level τ [τ²] L_Ω."""
-    q0, p = int(buf[_Q0]), int(buf[_P])
-    correlated0, correlated1 = buf[_CORRELATED0] > 0, buf[_CORRELATED1] > 0
+    :func:`output_layout`: β, σ [σ²], per integrated level τ [τ²] L_Ω, per sampled factor τ [τ²] L_Ω u [z]."""
+    p, p_ext = int(buf[_P]), int(buf[_P_EXT])
+    sampled = _unpack(buf)[16]
+    positions = _positions(buf, sampled)
     out[:p] = x[:p]
-    at, pos = p, p
+    at = p
     if buf[_HAS_SIGMA] > 0:
-        out[at] = math.exp(x[pos])
+        out[at] = math.exp(x[p_ext])
         at += 1
         if buf[_SIGMA_VARIANCE] > 0:
-            out[at] = math.exp(2.0 * x[pos])
+            out[at] = math.exp(2.0 * x[p_ext])
             at += 1
-        pos += 1
-    _, at_y0, at_y1 = _positions(buf)
-    at = _expand_level(x[pos:pos + q0], x[at_y0:at_y1], correlated0, buf[_TAU_VARIANCE0] > 0, out, at)
-    _expand_level(x[pos + q0:at_y0], x[at_y1:], correlated1, buf[_TAU_VARIANCE1] > 0, out, at)
+    for f, tau_variance in ((0, buf[_TAU_VARIANCE0] > 0), (1, buf[_TAU_VARIANCE1] > 0)):
+        tau, L_omega = _factor_at(x, f, positions)[:2]
+        at = _expand_factor(tau, L_omega, positions[1][f], tau_variance, out, at)
+    c = _coefficients(x, sampled, positions, p, p_ext)
+    for i in range(sampled.shape[0]):
+        f = 2 + i
+        tau, L_omega = _factor_at(x, f, positions)[:2]
+        at = _expand_factor(tau, L_omega, positions[1][f], sampled[i, _S_TAU_VARIANCE] > 0, out, at)
+        start, size = positions[2][f], int(sampled[i, _S_J]) * positions[0][f]
+        out[at:at + size] = c[start:start + size]
+        at += size
+        if sampled[i, _S_CENTRED] == 0:
+            out[at:at + size] = x[start:start + size]
+            at += size
 
 
 def log_density_and_gradient(model: KernelModel):
@@ -900,23 +1062,27 @@ def c_callbacks(levels: int):
 
 
 def output_layout(model: KernelModel) -> tuple[list[str], list[tuple], dict, dict]:
-    """Names, shapes, dims and coords of the reported values (:func:`expand`)."""
+    """Names, shapes, dims and coords of the reported values (:func:`expand`), as in the PyMC graph."""
     layout = [("beta", (len(model.names["fixed"]),), ("fixed",))]
     coords = {"fixed": model.names["fixed"]}
     if model.has_sigma:
         layout.append(("sigma", (), ()))
         if model.names["sigma_variance"]:
             layout.append(("sigma2", (), ()))
-    for level in model.levels:
-        factor, q = level["factor"], len(level["coef"])
-        coef_dim = f"{factor}__coef"
-        coords[coef_dim] = level["coef"]
-        layout.append((f"tau_{factor}", (q,), (coef_dim,)))
-        if level["tau_variance"]:
-            layout.append((f"tau2_{factor}", (q,), (coef_dim,)))
-        if level["correlated"]:
-            corr_dims = (f"corr_{factor}_dim_0", f"corr_{factor}_dim_1")
-            layout.append((f"corr_{factor}", (q, q), corr_dims))
+    for factor in model.levels + model.sampled:
+        name, q = factor["factor"], len(factor["coef"])
+        coef_dim = f"{name}__coef"
+        coords[coef_dim] = factor["coef"]
+        layout.append((f"tau_{name}", (q,), (coef_dim,)))
+        if factor["tau_variance"]:
+            layout.append((f"tau2_{name}", (q,), (coef_dim,)))
+        if factor["correlated"]:
+            corr_dims = (f"corr_{name}_dim_0", f"corr_{name}_dim_1")
+            layout.append((f"corr_{name}", (q, q), corr_dims))
             coords |= dict.fromkeys(corr_dims, np.arange(q))
+        if "groups" in factor:  # a sampled factor: its effects, and for the non-centred form the z's
+            coords[name] = factor["groups"]
+            effects = [("u", True), ("z", not factor["centred"])]
+            layout += [(f"{kind}_{name}", (len(factor["groups"]), q), (name, coef_dim)) for kind, on in effects if on]
     names, shapes, dims = zip(*layout, strict=True)
     return list(names), list(shapes), {name: d for name, _, d in layout if d}, coords

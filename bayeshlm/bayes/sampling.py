@@ -3,11 +3,11 @@
 Two ways to give nutpie a log density:
 
 - The compiled kernel (:mod:`.kernel`), for the models it covers (one grouping factor or two nested ones
-  integrated out, common prior families): nutpie calls its Numba C callbacks directly through the bindings
-  it uses for PyMC models (:class:`KernelCompiledModel`), so chains run in parallel with no Python in the
-  loop. The callbacks are cached on disk: HS&B (intercepts and slopes as outcomes, 4 chains x 1000 draws)
-  takes about 2.5 s in a new process, and about 21 s on a fresh install whose caches are empty (measured
-  2026-11-23, 2 cores).
+  integrated out, any crossed factors sampled, common prior families): nutpie calls its Numba C callbacks
+  directly through the bindings it uses for PyMC models (:class:`KernelCompiledModel`), so chains run in
+  parallel with no Python in the loop. The callbacks are cached on disk: HS&B (intercepts and slopes as
+  outcomes, 4 chains x 1000 draws) takes 1.5 s in a new process, and 24 s on a fresh install whose caches are
+  empty (benchmarks/bench_bayes.py, 2026-12-04, 2 cores).
 - The PyMC graph, for every other model. Compilation dominates its cost (stack notes: 65-90 s cold with
   PyTensor's Numba backend); nutpie's compile_pymc_model wraps the PyTensor functions in ``numba.cfunc``
   callbacks compiled without a cache (cProfile: most of 30-70 s in numba's ``ccallback._compile_uncached``),
