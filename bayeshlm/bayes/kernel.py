@@ -764,33 +764,70 @@ def _level_terms(G, tau, L_omega, y, correlated, eta, grad_log_tau, grad_y):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def log_density_two_level(x, buf, grad):
     """Log posterior density of a two-level model at unconstrained ``x`` (module docstring), its data and
-    priors packed in ``buf``; writes the gradient into ``grad``."""
-    Z0tZ0, Z0tX, Z0ty = _unpack(buf)[:3]
-    lp, s, ee, c, grad_c, factors, positions = _density_setup(x, buf, grad)
-    G0, G1 = np.zeros((Z0tX.shape[0], Z0tX.shape[0])), np.zeros((0, 0))
-    integrated = _integrate_groups(c, s, factors[2], Z0tZ0, Z0tX, Z0ty, grad_c, G0)
-    return _density_finish(x, buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
+    priors packed in ``buf``; writes the gradient into ``grad``. One entry point per model kind (two or three
+    levels, with crossed factors or not), so that each model compiles (once per machine) only the code it
+    runs."""
+    lp, s, factors, positions, _ = _density_setup(x, buf, grad)
+    ee, grad_c, integrated, G0, G1 = _integrate_two_level(x[:int(buf[_P])].copy(), buf, s, factors)
+    return _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def log_density_two_level_crossed(x, buf, grad):
+    """As :func:`log_density_two_level`, with sampled (crossed) factors."""
+    lp, s, factors, positions, sampled = _density_setup(x, buf, grad)
+    c = _coefficients(x, sampled, positions, int(buf[_P]), int(buf[_P_EXT]))
+    ee, grad_c, integrated, G0, G1 = _integrate_two_level(c, buf, s, factors)
+    lp += _sampled_prior(x, sampled, positions, grad_c, grad)
+    return _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def log_density_three_level(x, buf, grad):
-    """As :func:`log_density_two_level`, for a three-level model (two nested factors). Two entry points, so
-    that each model compiles (once per machine) only the code it runs."""
+    """As :func:`log_density_two_level`, for a three-level model (two nested factors)."""
+    lp, s, factors, positions, _ = _density_setup(x, buf, grad)
+    ee, grad_c, integrated, G0, G1 = _integrate_three_level(x[:int(buf[_P])].copy(), buf, s, factors)
+    return _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def log_density_three_level_crossed(x, buf, grad):
+    """As :func:`log_density_three_level`, with sampled (crossed) factors."""
+    lp, s, factors, positions, sampled = _density_setup(x, buf, grad)
+    c = _coefficients(x, sampled, positions, int(buf[_P]), int(buf[_P_EXT]))
+    ee, grad_c, integrated, G0, G1 = _integrate_three_level(c, buf, s, factors)
+    lp += _sampled_prior(x, sampled, positions, grad_c, grad)
+    return _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _integrate_two_level(c, buf, s, factors):
+    """e'e, ∂/∂c, the integrated terms of :func:`_integrate_groups` and ∂/∂L_0 (and an empty ∂/∂L_1) for the
+    coefficient vector c."""
+    Z0tZ0, Z0tX, Z0ty = _unpack(buf)[:3]
+    ee, grad_c = _residual_terms(c, buf, s)
+    G0, G1 = np.zeros((Z0tX.shape[0], Z0tX.shape[0])), np.zeros((0, 0))
+    integrated = _integrate_groups(c, s, factors[2], Z0tZ0, Z0tX, Z0ty, grad_c, G0)
+    return ee, grad_c, integrated, G0, G1
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _integrate_three_level(c, buf, s, factors):
+    """As :func:`_integrate_two_level`, for two nested factors (:func:`_integrate_nested`)."""
     Z0tZ0, Z0tX, Z0ty, Z0tZ1, parent, Z1tZ1, Z1tX, Z1ty = _unpack(buf)[:8]
-    lp, s, ee, c, grad_c, factors, positions = _density_setup(x, buf, grad)
+    ee, grad_c = _residual_terms(c, buf, s)
     q0, q1 = Z0tX.shape[0], Z1tX.shape[0]
     G0, G1 = np.zeros((q0, q0)), np.zeros((q1, q1))
     integrated = _integrate_nested(c, s, factors[2], factors[6], Z0tZ0, Z0tZ1, Z0tX, Z0ty, parent, Z1tZ1, Z1tX,
                                    Z1ty, grad_c, G0, G1)
-    return _density_finish(x, buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
+    return ee, grad_c, integrated, G0, G1
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _density_setup(x, buf, grad):
-    """The priors of β and of the scales (their part of ``grad``, which it resets), s = 1/σ², the coefficient
-    vector c = [β, the sampled factors' effects], e'e = |y - X c|², the likelihood's ∂/∂c before the group terms,
-    s (X'y - X'X c), per integrated level (τ, L_Ω, L, y), and the positions of :func:`_positions`."""
-    XtX, Xty, beta_mu, beta_sd, scale_code, scale_a, scale_b, on_variance, sampled = _unpack(buf)[8:]
+    """The priors of β and of the scales (their part of ``grad``, which it resets), s = 1/σ², per integrated
+    level (τ, L_Ω, L, y), the positions of :func:`_positions` and the table of sampled factors."""
+    beta_mu, beta_sd, scale_code, scale_a, scale_b, on_variance, sampled = _unpack(buf)[10:]
     p, p_ext = int(buf[_P]), int(buf[_P_EXT])
     has_sigma = buf[_HAS_SIGMA] > 0
     grad[:] = 0.0
@@ -809,7 +846,15 @@ def _density_setup(x, buf, grad):
     positions = _positions(buf, sampled)
     tau0, L_omega0, L0, y0 = _factor_at(x, 0, positions)
     tau1, L_omega1, L1, y1 = _factor_at(x, 1, positions)
-    c = _coefficients(x, sampled, positions, p, p_ext)
+    return lp, s, (tau0, L_omega0, L0, y0, tau1, L_omega1, L1, y1), positions, sampled
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _residual_terms(c, buf, s):
+    """e'e = |y - X c|² and the likelihood's ∂/∂c before the group terms, s (X'y - X'X c), for the coefficient
+    vector c = [β, the sampled factors' effects]."""
+    XtX, Xty = _unpack(buf)[8:10]
+    p_ext = len(c)
     xb = np.empty(p_ext)  # X'y - X'X c
     ee = buf[_YTY]
     for k in range(p_ext):
@@ -818,7 +863,7 @@ def _density_setup(x, buf, grad):
             acc += XtX[k, j] * c[j]
         xb[k] = Xty[k] - acc
         ee -= c[k] * (Xty[k] + xb[k])  # e'e = y'y - 2 c'X'y + c'X'X c
-    return lp, s, ee, c, s * xb, (tau0, L_omega0, L0, y0, tau1, L_omega1, L1, y1), positions
+    return ee, s * xb
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -842,6 +887,15 @@ def _coefficients(x, sampled, positions, p, p_ext):
                     acc += L[a, d] * x[at + j * qf + d]
                 c[at + j * qf + a] = acc
     return c
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _sampled_prior(x, sampled, positions, grad_c, grad):
+    """The log prior of every sampled factor's effects, with its gradient (:func:`_sampled_terms`)."""
+    lp = 0.0
+    for i in range(sampled.shape[0]):
+        lp += _sampled_terms(x, sampled, i, positions, grad_c, grad)
+    return lp
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -900,9 +954,8 @@ def _sampled_terms(x, sampled, i, positions, grad_c, grad):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _density_finish(x, buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions):
-    """Adds the integrated likelihood and the sampled effects' priors to the prior part ``lp`` and completes
-    ``grad`` (module docstring)."""
+def _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions):
+    """Adds the integrated likelihood to the prior part ``lp`` and completes ``grad`` (module docstring)."""
     logdet_M, reduction, sigma_terms = integrated
     if not np.isfinite(logdet_M):
         return -np.inf
@@ -917,9 +970,6 @@ def _density_finish(x, buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors
         grad[k] += grad_c[k]
     if has_sigma:
         grad[p_ext] += -n_obs + s * ee + sigma_terms
-    sampled = _unpack(buf)[16]
-    for i in range(sampled.shape[0]):
-        lp += _sampled_terms(x, sampled, i, positions, grad_c, grad)
     lp += _level_terms(G0, tau0, L_omega0, y0, buf[_CORRELATED0] > 0, buf[_ETA0],
                        grad[tau_at[0]:tau_at[0] + len(tau0)], grad[y_at[0]:y_at[1]])
     lp += _level_terms(G1, tau1, L_omega1, y1, buf[_CORRELATED1] > 0, buf[_ETA1],
@@ -949,10 +999,9 @@ def _expand_factor(tau, L_omega, correlated, tau_variance, out, at):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def expand(x, buf, out):
     """The reported values at unconstrained ``x``, flattened into ``out`` in the order of
-    :func:`output_layout`: β, σ [σ²], per integrated level τ [τ²] L_Ω, per sampled factor τ [τ²] L_Ω u [z]."""
+    :func:`output_layout`: β, σ [σ²], per integrated level τ [τ²] L_Ω. Returns the next position in ``out``."""
     p, p_ext = int(buf[_P]), int(buf[_P_EXT])
-    sampled = _unpack(buf)[16]
-    positions = _positions(buf, sampled)
+    positions = _positions(buf, _unpack(buf)[16])
     out[:p] = x[:p]
     at = p
     if buf[_HAS_SIGMA] > 0:
@@ -964,7 +1013,16 @@ def expand(x, buf, out):
     for f, tau_variance in ((0, buf[_TAU_VARIANCE0] > 0), (1, buf[_TAU_VARIANCE1] > 0)):
         tau, L_omega = _factor_at(x, f, positions)[:2]
         at = _expand_factor(tau, L_omega, positions[1][f], tau_variance, out, at)
-    c = _coefficients(x, sampled, positions, p, p_ext)
+    return at
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def expand_crossed(x, buf, out):
+    """As :func:`expand`, followed by τ [τ²] L_Ω u [z] of each sampled factor."""
+    at = expand(x, buf, out)
+    sampled = _unpack(buf)[16]
+    positions = _positions(buf, sampled)
+    c = _coefficients(x, sampled, positions, int(buf[_P]), int(buf[_P_EXT]))
     for i in range(sampled.shape[0]):
         f = 2 + i
         tau, L_omega = _factor_at(x, f, positions)[:2]
@@ -975,11 +1033,14 @@ def expand(x, buf, out):
         if sampled[i, _S_CENTRED] == 0:
             out[at:at + size] = x[start:start + size]
             at += size
+    return at
 
 
 def log_density_and_gradient(model: KernelModel):
     """``f(x) -> (log density, gradient)`` of ``model`` (for checks; nutpie calls the C callbacks)."""
-    log_density = log_density_two_level if len(model.levels) == 1 else log_density_three_level
+    log_density = {(1, False): log_density_two_level, (1, True): log_density_two_level_crossed,
+                   (2, False): log_density_three_level, (2, True): log_density_three_level_crossed}[
+        len(model.levels), bool(model.sampled)]
 
     def evaluate(x):
         grad = np.empty(model.n_dim)
@@ -990,10 +1051,11 @@ def log_density_and_gradient(model: KernelModel):
 
 def constrained(model: KernelModel, x: np.ndarray) -> dict[str, np.ndarray]:
     """The posterior variables at unconstrained ``x``, named as in the PyMC graph of :func:`~.build.build_model`
-    (``beta``, ``sigma`` [``sigma2``], ``tau_<factor>`` [``tau2_<factor>``], ``corr_<factor>``)."""
+    (``beta``, ``sigma`` [``sigma2``], ``tau_<factor>`` [``tau2_<factor>``], ``corr_<factor>``, and ``u_<factor>``
+    [``z_<factor>``] of sampled factors)."""
     names, shapes, _, _ = output_layout(model)
     flat = np.empty(sum(int(np.prod(shape)) for shape in shapes))
-    expand(np.ascontiguousarray(x, dtype=float), model.buffer, flat)
+    (expand_crossed if model.sampled else expand)(np.ascontiguousarray(x, dtype=float), model.buffer, flat)
     out, at = {}, 0
     for name, shape in zip(names, shapes, strict=True):
         size = int(np.prod(shape))
@@ -1023,42 +1085,69 @@ def _return_code(value, grad, logp_ptr):
     return 0
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _expand_arrays(dim, n_expanded, x_ptr, out_ptr, user_data):
+    """The packed buffer, x and the output behind a reported-values callback's pointers (ok False: wrong
+    dimensions)."""
+    header = numba.carray(user_data, (len(_HEADER),), np.float64)
+    n, m = int(header[_N_DIM]), int(header[_N_EXPANDED])
+    buf = numba.carray(user_data, (int(header[_LENGTH]),), np.float64)
+    return dim == n and n_expanded == m, buf, numba.carray(x_ptr, (n,)), numba.carray(out_ptr, (m,))
+
+
 @functools.cache
-def c_callbacks(levels: int):
+def c_callbacks(levels: int, crossed: bool):
     """The C callbacks nutpie calls for the log density of a model with ``levels`` integrated factors (1 or
-    2) and for the reported values, reading the packed buffer through nutpie's user-data pointer. Compiled on
-    first use and cached on disk, like every function here (one function per model kind: the on-disk cache
-    tells callbacks apart by name). Return codes follow nutpie's PyMC callbacks (-1: wrong dimension)."""
+    2), with sampled (``crossed``) factors or without, and for its reported values, reading the packed buffer
+    through nutpie's user-data pointer. Compiled on first use and cached on disk, like every function here;
+    one named function per model kind, because the on-disk cache tells callbacks apart by name. Return codes
+    follow nutpie's PyMC callbacks (-1: wrong dimension)."""
     double_ptr = numba.types.CPointer(numba.types.double)
     logp_signature = numba.types.int64(numba.types.uint64, double_ptr, double_ptr, double_ptr, numba.types.voidptr)
     expand_signature = numba.types.int64(numba.types.uint64, numba.types.uint64, double_ptr, double_ptr,
                                          numba.types.voidptr)
-    if levels == 1:
-        @numba.cfunc(logp_signature, cache=True, error_model="numpy")
+    compile_logp, compile_expand = (numba.cfunc(sig, cache=True, error_model="numpy")
+                                    for sig in (logp_signature, expand_signature))
+    if (levels, crossed) == (1, False):
+        @compile_logp
         def logp_two_level(dim, x_ptr, grad_ptr, logp_ptr, user_data):
             n, buf, x, grad = _callback_arrays(dim, x_ptr, grad_ptr, user_data)
             return -1 if n < 0 else _return_code(log_density_two_level(x, buf, grad), grad, logp_ptr)
-
         logp_callback = logp_two_level
-    else:
-        @numba.cfunc(logp_signature, cache=True, error_model="numpy")
+    elif (levels, crossed) == (1, True):
+        @compile_logp
+        def logp_two_level_crossed(dim, x_ptr, grad_ptr, logp_ptr, user_data):
+            n, buf, x, grad = _callback_arrays(dim, x_ptr, grad_ptr, user_data)
+            return -1 if n < 0 else _return_code(log_density_two_level_crossed(x, buf, grad), grad, logp_ptr)
+        logp_callback = logp_two_level_crossed
+    elif not crossed:
+        @compile_logp
         def logp_three_level(dim, x_ptr, grad_ptr, logp_ptr, user_data):
             n, buf, x, grad = _callback_arrays(dim, x_ptr, grad_ptr, user_data)
             return -1 if n < 0 else _return_code(log_density_three_level(x, buf, grad), grad, logp_ptr)
-
         logp_callback = logp_three_level
+    else:
+        @compile_logp
+        def logp_three_level_crossed(dim, x_ptr, grad_ptr, logp_ptr, user_data):
+            n, buf, x, grad = _callback_arrays(dim, x_ptr, grad_ptr, user_data)
+            return -1 if n < 0 else _return_code(log_density_three_level_crossed(x, buf, grad), grad, logp_ptr)
+        logp_callback = logp_three_level_crossed
+    if crossed:
+        @compile_expand
+        def reported_values_crossed(dim, n_expanded, x_ptr, out_ptr, user_data):
+            ok, buf, x, out = _expand_arrays(dim, n_expanded, x_ptr, out_ptr, user_data)
+            if ok:
+                expand_crossed(x, buf, out)
+            return 0 if ok else -1
+        return logp_callback, reported_values_crossed
 
-    @numba.cfunc(expand_signature, cache=True, error_model="numpy")
-    def expand_callback(dim, n_expanded, x_ptr, out_ptr, user_data):
-        header = numba.carray(user_data, (len(_HEADER),), np.float64)
-        n = int(header[_N_DIM])
-        if dim != n or n_expanded != int(header[_N_EXPANDED]):
-            return -1
-        buf = numba.carray(user_data, (int(header[_LENGTH]),), np.float64)
-        expand(numba.carray(x_ptr, (n,)), buf, numba.carray(out_ptr, (n_expanded,)))
-        return 0
-
-    return logp_callback, expand_callback
+    @compile_expand
+    def reported_values(dim, n_expanded, x_ptr, out_ptr, user_data):
+        ok, buf, x, out = _expand_arrays(dim, n_expanded, x_ptr, out_ptr, user_data)
+        if ok:
+            expand(x, buf, out)
+        return 0 if ok else -1
+    return logp_callback, reported_values
 
 
 def output_layout(model: KernelModel) -> tuple[list[str], list[tuple], dict, dict]:

@@ -80,7 +80,7 @@ class KernelCompiledModel(CompiledModel):
     def _make_model(self, init_mean):
         from nutpie import _lib
 
-        logp_callback, expand_callback = c_callbacks(len(self.kernel.levels))
+        logp_callback, expand_callback = c_callbacks(len(self.kernel.levels), bool(self.kernel.sampled))
         names, shapes, dims, coords = output_layout(self.kernel)
         address = self.kernel.buffer.ctypes.data
         n_expanded = sum(int(np.prod(shape)) for shape in shapes)
@@ -98,7 +98,7 @@ def _no_transform_adapter(*args, **kwargs):
 
 def kernel_nutpie_model(kernel: KernelModel) -> KernelCompiledModel:
     """nutpie's model of the compiled kernel; compiles (or loads from the on-disk cache) its callbacks."""
-    c_callbacks(len(kernel.levels))
+    c_callbacks(len(kernel.levels), bool(kernel.sampled))
     return KernelCompiledModel(dims=output_layout(kernel)[2], kernel=kernel)
 
 
