@@ -131,6 +131,19 @@ def test_reported_values_are_named_and_shaped_as_in_the_graph():
     assert dims["beta"] == ("fixed",) and coords["g__coef"] == ["(Intercept)", "x", "x2"]
 
 
+def test_sampled_factors_are_reported_as_in_the_graph():
+    design = _toy("y ~ x + (x | g) + (x + x2 | h)").design
+    kernel = build_model(design, resolve_priors(design, None), parameterization={"h": "non-centred"})[1].kernel
+    x = np.random.default_rng(2).normal(size=kernel.n_dim)
+    values = constrained(kernel, x)
+    names, shapes, dims, coords = output_layout(kernel)
+    assert names == ["beta", "sigma", "tau_g", "corr_g", "tau_h", "corr_h", "u_h", "z_h"]
+    assert values["u_h"].shape == values["z_h"].shape == (3, 3) and dims["u_h"] == ("h", "h__coef")
+    assert coords["h"] == ["0", "1", "2"]
+    L = values["tau_h"][:, None] * values["corr_h"]
+    np.testing.assert_allclose(values["u_h"], values["z_h"] @ L.T)  # u_j = L z_j, as the graph's Deterministic
+
+
 def test_point_outside_the_support_is_not_finite():
     design = _toy().design
     kernel = build_model(design, resolve_priors(design, None))[1].kernel
