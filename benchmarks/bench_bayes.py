@@ -203,10 +203,11 @@ def main() -> None:
     parser.add_argument("--no-cold", action="store_true", help="skip the empty-cache runs (default caches)")
     parser.add_argument("--bambi-python", help="a Python interpreter with bambi and nutpie installed")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bayes.csv"))
-    parser.add_argument("--report", metavar="CSV", help="print the tables of an earlier run's CSV; run nothing")
+    parser.add_argument("--report", metavar="CSV", nargs="+",
+                        help="print the tables of earlier runs' CSVs (read as one table); run nothing")
     args = parser.parse_args()
     if args.report:
-        report(pd.read_csv(args.report))
+        report(pd.concat([pd.read_csv(path) for path in args.report], ignore_index=True))
         return
     engines = [e for e in args.engines if not e.startswith("bambi") or args.bambi_python]
     if "brms" in engines and (shutil.which("Rscript") is None or subprocess.run(

@@ -55,6 +55,7 @@ FULL = {
     "reml-nested": [(1e6, 1e4)],
     "bayes-nested": [(1e5, 1e3)],
     "reml-crossed": [(1e5, 1e3)],
+    "bayes-crossed": [(1e5, 1e3)],
     "reml-dask": [(1e6, 1e3), (1e7, 1e4)],
 }
 
