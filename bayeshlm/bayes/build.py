@@ -7,10 +7,15 @@
   integrated out and the other factors' effects are sampled.
 - ``"sampled"`` (any structure): every factor's effects are sampled.
 
-Sampled effects are centred (u ~ N(0, T)) or non-centred (u = L z, z ~ N(0, I)) per factor according to how
-informative the data are about its groups (:func:`reml_reliability`): centred when the average reliability
-of the group intercepts is at least 0.5, where the centred form mixes better (Papaspiliopoulos, Roberts &
-Sköld 2007, Statistical Science 22(1); Betancourt & Girolami 2015), non-centred otherwise.
+Sampled effects are centred or non-centred (u = L z, z ~ N(0, I)) per factor according to how informative
+the data are about its groups (:func:`reml_reliability`): centred when the average reliability of the group
+intercepts is at least 0.5, where the centred form mixes better (Papaspiliopoulos, Roberts & Sköld 2007,
+Statistical Science 22(1); Betancourt & Girolami 2015), non-centred otherwise. Centred means centred on the
+fixed part (Gelfand, Sahu & Carlin 1995, Biometrika 82(3)): NUTS samples the group coefficients
+b_j = γ + u_j ~ N(γ, T), ``coef_<factor>``, for each coefficient with a fixed effect of the same column, and
+u_j = b_j - γ; centring u_j ~ N(0, T) on zero instead leaves a ridge along γ + c, u_j - c whenever the
+groups are well measured, which NUTS crosses slowly (an ESS of 19 from 4,000 draws for the intercept of a
+crossed model with 100 groups of 1,000 rows, against 2,700 centred on γ).
 
 Every data array and prior hyperparameter enters the graph as ``pm.Data``, so one compiled graph serves any
 data of the same shapes (:mod:`bayeshlm.bayes.sampling` caches it).
@@ -100,9 +105,10 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
         sigma = _level1_sd(priors, variance, add_data) if has_sigma else None
         chols = {f.name: _covariance_cholesky(f, priors, add_data) for f in design.factors}
         effects = {}
+        centre_on = centring(design, sampled, choice)
         for f in sampled:
             model.add_coord(f.name, [str(v) for v in f.levels])
-            effects[f.name] = _group_effects(f, chols[f.name], choice[f.name])
+            effects[f.name] = _group_effects(f, chols[f.name], choice[f.name], beta, centre_on.get(f.name, []))
         if route == "marginal":
             stats = chain_statistics(design, chain, sampled, None if variance is None else variance.codes, ar1)
             shared = {k: add_data(f"stat__{k}", v) for k, v in stats.arrays.items()}
@@ -131,11 +137,12 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
             else:
                 noise_sd = sigma
             pm.Normal("y", mu=eta, sigma=noise_sd, observed=add_data("data__y", design.y), dims="obs")
-    key = (route, has_sigma, tuple(choice.items()), priors.signature(),
+    key = (route, has_sigma, tuple(choice.items()), tuple((k, tuple(v)) for k, v in centre_on.items()),
+           priors.signature(),
            tuple((f.n_coef, f.blocks) for f in design.factors),
            tuple((name, value.shape) for name, value in sorted(data.items()) if not name.startswith("prior__")))
     chain_names, sampled_names = tuple(f.name for f in chain), tuple(f.name for f in sampled)
-    kernel = kernel_model(design, priors, stats, chain_names, sampled_names, choice, variance, ar1)
+    kernel = kernel_model(design, priors, stats, chain_names, sampled_names, choice, centre_on, variance, ar1)
     info = ModelInfo(route, choice, reliability, priors, data, key, stats, chain_names, sampled_names, kernel)
     return model, info
 
@@ -318,19 +325,41 @@ def cholesky_draws(f, posterior: xr.Dataset) -> np.ndarray:
     return L
 
 
-def _group_effects(f, L, how: str):
-    """Group effects u (J, q) of factor ``f``: centred u ~ N(0, T), or non-centred u = z L', z ~ N(0, I)."""
+def _group_effects(f, L, how: str, beta, centre_on: list[int]):
+    """Group effects u (J, q) of factor ``f``: centred, u_j = b_j - γ_c with b_j ~ N(γ_c, T) (``coef_<f>``;
+    γ_c holds the fixed effect each coefficient is centred on, :func:`centring`, or 0), or non-centred,
+    u = z L', z ~ N(0, I)."""
     dims = (f.name, f"{f.name}__coef")
-    diagonal = all(len(b) == 1 for b in f.blocks)
     if how == "non-centred":
         z = pm.Normal(f"z_{f.name}", 0.0, 1.0, dims=dims)
         return pm.Deterministic(f"u_{f.name}", pt.dot(z, L.T), dims=dims)
-    if diagonal:
-        # the SDs gathered to the full (J, q) shape: with one random coefficient, PyTensor 3.3's Numba backend
-        # turns the (1,)-shaped SD into a scalar and then fails to compile its log-density terms (IndexError)
-        sd = pt.diagonal(L)[np.tile(np.arange(f.n_coef), (f.n_groups, 1))]
-        return pm.Normal(f"u_{f.name}", 0.0, sd, dims=dims)
-    return pm.MvNormal(f"u_{f.name}", mu=np.zeros(f.n_coef), chol=L, dims=dims)
+    centre = pt.stack([beta[k] if k >= 0 else pt.constant(0.0) for k in centre_on])
+    if all(len(b) == 1 for b in f.blocks):
+        # mean and SDs gathered to the full (J, q) shape: with one random coefficient, PyTensor 3.3's Numba
+        # backend turns a (1,)-shaped SD into a scalar and then fails to compile its log-density terms
+        tile = np.tile(np.arange(f.n_coef), (f.n_groups, 1))
+        b = pm.Normal(f"coef_{f.name}", centre[tile], pt.diagonal(L)[tile], dims=dims)
+    else:
+        b = pm.MvNormal(f"coef_{f.name}", mu=centre, chol=L, dims=dims)
+    return pm.Deterministic(f"u_{f.name}", b - centre, dims=dims)
+
+
+def centring(design: Design, sampled: list, choice: dict[str, str]) -> dict[str, list[int]]:
+    """Per centred sampled factor, the fixed effect each of its coefficients is centred on (index into β, or
+    -1): the one whose column of X is the coefficient's column of Z. Each fixed effect centres one factor at
+    most, the first in the design's order."""
+    taken: set[int] = set()
+    out = {}
+    for f in sampled:
+        if choice[f.name] != "centred":
+            continue
+        out[f.name] = []
+        for a, name in enumerate(f.coef_names):
+            k = design.fixed_names.index(name) if name in design.fixed_names else -1
+            same = k >= 0 and k not in taken and np.array_equal(design.X[:, k], f.Z[:, a])
+            out[f.name].append(k if same else -1)
+            taken.update([k] if same else [])
+    return out
 
 
 def _choose_parameterization(design: Design, chain: list, reliability: dict[str, float],

@@ -12,8 +12,9 @@ constants -- and the test suite checks the two agree to rounding error at random
 
 In a crossed design the effects of the other factors are sampled (:mod:`.build`): they enter the integrated
 likelihood as coefficients of extra columns of X (their indicator-times-Z columns, which the sufficient
-statistics already carry), c = [β, u_1, u_2, ...], centred (u_j ~ N(0, T_f), the u's coordinates of x) or
-non-centred (u_j = L_f z_j with z_j ~ N(0, I), the z's coordinates of x).
+statistics already carry), c = [β, u_1, u_2, ...], centred (b_j = γ_c + u_j ~ N(γ_c, T_f) the coordinates of
+x, γ_c the fixed effects the coefficients are centred on, :func:`~.build.centring`, or 0) or non-centred
+(u_j = L_f z_j with z_j ~ N(0, I), the z's coordinates of x).
 
 Unconstrained coordinates x = [β, sampled effects (u or z, group by group), log σ, log τ per factor, y per
 correlated factor] (log σ absent with known variances; factors in the order: integrated levels innermost first,
@@ -67,7 +68,8 @@ _SCALE_CODE = {name: code for code, name in enumerate(SCALE_FAMILIES)}
 
 # Layout of the packed buffer the compiled functions read (one float64 array: header, then the arrays). Level 1
 # is empty (q1 = J1 = 0) in two-level models. p counts the fixed effects, p_ext adds the sampled factors' effects
-# (the columns of X the sufficient statistics are extended by); "sampled" holds a row per sampled factor.
+# (the columns of X the sufficient statistics are extended by); "sampled" holds a row per sampled factor, and
+# "centre" per sampled effect (p_ext - p of them) the index of the fixed effect it is centred on, or -1.
 _HEADER = ("levels", "q0", "q1", "p", "p_ext", "n_sampled", "n_scale", "J0", "J1", "has_sigma", "correlated0",
            "correlated1", "n_obs", "yty", "logdet_V", "eta0", "eta1", "sigma_variance", "tau_variance0",
            "tau_variance1", "n_dim", "n_expanded", "length")
@@ -75,7 +77,7 @@ _HEADER = ("levels", "q0", "q1", "p", "p_ext", "n_sampled", "n_scale", "J0", "J1
  _YTY, _LOGDET_V, _ETA0, _ETA1, _SIGMA_VARIANCE, _TAU_VARIANCE0, _TAU_VARIANCE1, _N_DIM, _N_EXPANDED,
  _LENGTH) = range(len(_HEADER))
 _ARRAYS = ("Z0tZ0", "Z0tX", "Z0ty", "Z0tZ1", "parent", "Z1tZ1", "Z1tX", "Z1ty", "XtX", "Xty", "beta_mu",
-           "beta_sd", "scale_code", "scale_a", "scale_b", "scale_on_variance", "sampled")
+           "beta_sd", "scale_code", "scale_a", "scale_b", "scale_on_variance", "sampled", "centre")
 # the columns of a row of "sampled": its number of coefficients and of groups, correlated (one LKJ block) or
 # not, centred (u ~ N(0, T)) or non-centred (u = L z), the LKJ eta, and whether τ² is reported
 _SAMPLED = ("q", "J", "correlated", "centred", "eta", "tau_variance")
@@ -104,8 +106,8 @@ class KernelModel:
         return self.names["sampled"]
 
     def unconstrained_start(self, seed: int) -> np.ndarray:
-        """A starting point: least-squares β, sampled effects at zero, log σ from the residual SD of β, log τ at a
-        quarter of the outcome's SD, zero correlations; the scales jittered by U(-1/2, 1/2)."""
+        """A starting point: least-squares β, sampled effects u at zero, log σ from the residual SD of β, log τ at
+        a quarter of the outcome's SD, zero correlations; the scales jittered by U(-1/2, 1/2)."""
         d = self.data
         p = len(self.names["fixed"])
         XtX, Xty = d["XtX"][:p, :p], d["Xty"][:p]
@@ -117,7 +119,9 @@ class KernelModel:
         rng = np.random.default_rng(seed)
         scales = np.log(np.r_[[sd] if self.has_sigma else [], np.full(n_tau, d["start_tau"])])
         scales = scales + rng.uniform(-0.5, 0.5, len(scales))
-        return np.r_[beta, np.zeros(n_effects), scales, np.zeros(self.n_dim - p - n_effects - len(scales))]
+        centre = d["centre"].astype(int)
+        effects = np.where(centre >= 0, beta[np.maximum(centre, 0)], 0.0)  # b_j = γ_c + u_j at u_j = 0
+        return np.r_[beta, effects, scales, np.zeros(self.n_dim - p - n_effects - len(scales))]
 
 
 def _pack(data: dict, header: dict) -> np.ndarray:
@@ -136,7 +140,8 @@ def _one_block_or_none(f) -> bool:
 
 
 def kernel_model(design: Design, priors: PriorSet, stats, chain: tuple[str, ...], sampled: tuple[str, ...],
-                 parameterization: dict[str, str], strata, ar1) -> KernelModel | None:
+                 parameterization: dict[str, str], centre_on: dict[str, list[int]], strata,
+                 ar1) -> KernelModel | None:
     """The :class:`KernelModel` of a model the kernel covers (module docstring), else None (the PyMC graph
     is sampled instead): one or two integrated factors, any number of sampled ones (crossed designs), no
     level-1 variance model or AR(1) errors, per factor one LKJ block or none, and prior families in
@@ -179,6 +184,7 @@ def kernel_model(design: Design, priors: PriorSet, stats, chain: tuple[str, ...]
     levels = [describe(f) for f in factors]
     sampled_factors = [describe(f) | {"groups": [str(v) for v in f.levels],
                                       "centred": parameterization[f.name] == "centred"} for f in crossed]
+    centre = [np.tile(centre_on.get(f.name, [-1] * f.n_coef), f.n_groups) for f in crossed]
     data = {  # groups last, for the kernel's vectorised loops
         "Z0tZ0": _groups_last(a["Z0tZ"][0][..., :q[0]]), "Z0tX": _groups_last(a["Z0tX"][0]),
         "Z0ty": _groups_last(a["Z0ty"][0]), "Z0tZ1": _groups_last(a["Z0tZ"][0][..., q[0]:]),
@@ -193,6 +199,7 @@ def kernel_model(design: Design, priors: PriorSet, stats, chain: tuple[str, ...]
         "scale_code": code, "scale_a": first, "scale_b": second, "scale_on_variance": on_variance,
         "sampled": np.array([[len(f["coef"]), len(f["groups"]), f["correlated"], f["centred"], f["eta"],
                               f["tau_variance"]] for f in sampled_factors], dtype=float).reshape(-1, len(_SAMPLED)),
+        "centre": np.concatenate(centre) if centre else np.zeros(0),
         "start_tau": 0.25 * _outcome_sd(a),
     }
     names = {"fixed": list(design.fixed_names), "levels": levels, "sampled": sampled_factors,
@@ -202,7 +209,7 @@ def kernel_model(design: Design, priors: PriorSet, stats, chain: tuple[str, ...]
     n_expanded = p + (1 + names["sigma_variance"] if has_sigma else 0) + sum(
         len(f["coef"]) * (1 + f["tau_variance"]) + (len(f["coef"]) ** 2 if f["correlated"] else 0)
         for f in levels + sampled_factors) + sum(
-        len(f["coef"]) * len(f["groups"]) * (1 if f["centred"] else 2) for f in sampled_factors)
+        2 * len(f["coef"]) * len(f["groups"]) for f in sampled_factors)
     level1 = levels[1] if two else {"tau_variance": False, "correlated": False, "eta": 1.0}
     header = {"levels": len(factors), "q0": q[0], "q1": q[1], "p": p, "p_ext": p_ext,
               "n_sampled": len(sampled_factors), "n_scale": n_scale, "J0": factors[0].n_groups,
@@ -680,7 +687,7 @@ def _unpack(buf):
     q0, q1, p, J0, J1 = int(buf[_Q0]), int(buf[_Q1]), int(buf[_P]), int(buf[_J0]), int(buf[_J1])
     p_ext, m, k = int(buf[_P_EXT]), int(buf[_N_SCALE]), int(buf[_N_SAMPLED])
     sizes = (q0 * q0 * J0, q0 * p_ext * J0, q0 * J0, q0 * q1 * J0, J0 * (int(buf[_LEVELS]) - 1), q1 * q1 * J1,
-             q1 * p_ext * J1, q1 * J1, p_ext * p_ext, p_ext, p, p, m, m, m, m, k * len(_SAMPLED))
+             q1 * p_ext * J1, q1 * J1, p_ext * p_ext, p_ext, p, p, m, m, m, m, k * len(_SAMPLED), p_ext - p)
     views = []
     at = len(_HEADER)
     for size in sizes:
@@ -690,7 +697,7 @@ def _unpack(buf):
             views[3].reshape((q0, q1, J0)), views[4], views[5].reshape((q1, q1, J1)),
             views[6].reshape((q1, p_ext, J1)), views[7].reshape((q1, J1)), views[8].reshape((p_ext, p_ext)),
             views[9], views[10], views[11], views[12], views[13], views[14], views[15],
-            views[16].reshape((k, len(_SAMPLED))))
+            views[16].reshape((k, len(_SAMPLED))), views[17])
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -776,9 +783,10 @@ def log_density_two_level(x, buf, grad):
 def log_density_two_level_crossed(x, buf, grad):
     """As :func:`log_density_two_level`, with sampled (crossed) factors."""
     lp, s, factors, positions, sampled = _density_setup(x, buf, grad)
-    c = _coefficients(x, sampled, positions, int(buf[_P]), int(buf[_P_EXT]))
+    centre = _unpack(buf)[17]
+    c = _coefficients(x, sampled, centre, positions, int(buf[_P]), int(buf[_P_EXT]))
     ee, grad_c, integrated, G0, G1 = _integrate_two_level(c, buf, s, factors)
-    lp += _sampled_prior(x, sampled, positions, grad_c, grad)
+    lp += _sampled_prior(x, c, sampled, centre, positions, grad_c, grad)
     return _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
 
 
@@ -794,9 +802,10 @@ def log_density_three_level(x, buf, grad):
 def log_density_three_level_crossed(x, buf, grad):
     """As :func:`log_density_three_level`, with sampled (crossed) factors."""
     lp, s, factors, positions, sampled = _density_setup(x, buf, grad)
-    c = _coefficients(x, sampled, positions, int(buf[_P]), int(buf[_P_EXT]))
+    centre = _unpack(buf)[17]
+    c = _coefficients(x, sampled, centre, positions, int(buf[_P]), int(buf[_P_EXT]))
     ee, grad_c, integrated, G0, G1 = _integrate_three_level(c, buf, s, factors)
-    lp += _sampled_prior(x, sampled, positions, grad_c, grad)
+    lp += _sampled_prior(x, c, sampled, centre, positions, grad_c, grad)
     return _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
 
 
@@ -827,7 +836,7 @@ def _integrate_three_level(c, buf, s, factors):
 def _density_setup(x, buf, grad):
     """The priors of β and of the scales (their part of ``grad``, which it resets), s = 1/σ², per integrated
     level (τ, L_Ω, L, y), the positions of :func:`_positions` and the table of sampled factors."""
-    beta_mu, beta_sd, scale_code, scale_a, scale_b, on_variance, sampled = _unpack(buf)[10:]
+    beta_mu, beta_sd, scale_code, scale_a, scale_b, on_variance, sampled = _unpack(buf)[10:17]
     p, p_ext = int(buf[_P]), int(buf[_P_EXT])
     has_sigma = buf[_HAS_SIGMA] > 0
     grad[:] = 0.0
@@ -867,9 +876,10 @@ def _residual_terms(c, buf, s):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _coefficients(x, sampled, positions, p, p_ext):
-    """c = [β, u_1, u_2, ...]: the sampled effects as coordinates of x (centred) or u_j = L z_j (non-centred),
-    each factor's (J, q) effects flattened group by group, as the columns of the extended X."""
+def _coefficients(x, sampled, centre, positions, p, p_ext):
+    """c = [β, u_1, u_2, ...]: the sampled effects u_j = b_j - γ_c from their coordinates b_j (centred; γ_c the
+    fixed effect ``centre`` names, or 0) or u_j = L z_j (non-centred), each factor's (J, q) effects flattened
+    group by group, as the columns of the extended X."""
     c = np.empty(p_ext)
     c[:p] = x[:p]
     q, effects_at = positions[0], positions[2]
@@ -877,7 +887,9 @@ def _coefficients(x, sampled, positions, p, p_ext):
         f, J = 2 + i, int(sampled[i, _S_J])
         at, qf = effects_at[f], q[f]
         if sampled[i, _S_CENTRED] > 0:
-            c[at:at + J * qf] = x[at:at + J * qf]
+            for m in range(at, at + J * qf):
+                k = int(centre[m - p])
+                c[m] = x[m] - x[k] if k >= 0 else x[m]
             continue
         L = _factor_at(x, f, positions)[2]
         for j in range(J):
@@ -890,22 +902,23 @@ def _coefficients(x, sampled, positions, p, p_ext):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _sampled_prior(x, sampled, positions, grad_c, grad):
+def _sampled_prior(x, c, sampled, centre, positions, grad_c, grad):
     """The log prior of every sampled factor's effects, with its gradient (:func:`_sampled_terms`)."""
     lp = 0.0
     for i in range(sampled.shape[0]):
-        lp += _sampled_terms(x, sampled, i, positions, grad_c, grad)
+        lp += _sampled_terms(x, c, sampled, centre, i, positions, grad_c, grad)
     return lp
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _sampled_terms(x, sampled, i, positions, grad_c, grad):
+def _sampled_terms(x, c, sampled, centre, i, positions, grad_c, grad):
     """Log prior of sampled factor ``i``'s effects, and its gradient plus the chain rule of the likelihood's
-    ∂/∂c: centred, log N(u_j | 0, T) with ∂/∂u_j = ∂/∂c_j - T^{-1} u_j and ∂/∂L = L^{-T} (Σ_j w_j w_j' - J I),
-    w_j = L^{-1} u_j; non-centred, log N(z_j | 0, I) with ∂/∂z_j = L' ∂/∂c_j - z_j and ∂/∂L = Σ_j ∂/∂c_j z_j'.
+    ∂/∂c: centred, log N(u_j | 0, T) with ∂/∂b_j = ∂/∂c_j - T^{-1} u_j (u_j = b_j - γ_c, so ∂/∂γ_c gains
+    -Σ_j ∂/∂b_j) and ∂/∂L = L^{-T} (Σ_j w_j w_j' - J I), w_j = L^{-1} u_j; non-centred, log N(z_j | 0, I) with
+    ∂/∂z_j = L' ∂/∂c_j - z_j and ∂/∂L = Σ_j ∂/∂c_j z_j'.
     Adds them to ``grad`` (effects, log τ and correlation coordinates) and returns the log density, LKJ
     density and correlation Jacobian included."""
-    f, J = 2 + i, int(sampled[i, _S_J])
+    f, J, p = 2 + i, int(sampled[i, _S_J]), len(c) - len(centre)
     q_all, correlated, effects_at, tau_at, y_at = positions
     q, at = q_all[f], effects_at[f]
     tau, L_omega, L, y = _factor_at(x, f, positions)
@@ -918,7 +931,7 @@ def _sampled_terms(x, sampled, i, positions, grad_c, grad):
         w, v = np.empty(q), np.empty(q)
         for j in range(J):
             for a in range(q):  # L w = u_j
-                acc = x[at + j * q + a]
+                acc = c[at + j * q + a]
                 for d in range(a):
                     acc -= L[a, d] * w[d]
                 w[a] = acc / L[a, a]
@@ -929,7 +942,11 @@ def _sampled_terms(x, sampled, i, positions, grad_c, grad):
                 v[a] = acc / L[a, a]
             for a in range(q):
                 lp -= 0.5 * w[a] ** 2
-                grad[at + j * q + a] += grad_c[at + j * q + a] - v[a]
+                m = at + j * q + a
+                grad[m] += grad_c[m] - v[a]
+                k = int(centre[m - p])
+                if k >= 0:
+                    grad[k] -= grad_c[m] - v[a]
                 for d in range(q):
                     S[a, d] += w[a] * w[d]
         for col in range(q):  # G = L^{-T} (S - J I), column by column
@@ -1018,21 +1035,20 @@ def expand(x, buf, out):
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def expand_crossed(x, buf, out):
-    """As :func:`expand`, followed by τ [τ²] L_Ω u [z] of each sampled factor."""
+    """As :func:`expand`, followed by τ [τ²] L_Ω u, then b (centred) or z (non-centred), of each sampled
+    factor."""
     at = expand(x, buf, out)
     sampled = _unpack(buf)[16]
     positions = _positions(buf, sampled)
-    c = _coefficients(x, sampled, positions, int(buf[_P]), int(buf[_P_EXT]))
+    c = _coefficients(x, sampled, _unpack(buf)[17], positions, int(buf[_P]), int(buf[_P_EXT]))
     for i in range(sampled.shape[0]):
         f = 2 + i
         tau, L_omega = _factor_at(x, f, positions)[:2]
         at = _expand_factor(tau, L_omega, positions[1][f], sampled[i, _S_TAU_VARIANCE] > 0, out, at)
         start, size = positions[2][f], int(sampled[i, _S_J]) * positions[0][f]
         out[at:at + size] = c[start:start + size]
-        at += size
-        if sampled[i, _S_CENTRED] == 0:
-            out[at:at + size] = x[start:start + size]
-            at += size
+        out[at + size:at + 2 * size] = x[start:start + size]
+        at += 2 * size
     return at
 
 
@@ -1052,7 +1068,7 @@ def log_density_and_gradient(model: KernelModel):
 def constrained(model: KernelModel, x: np.ndarray) -> dict[str, np.ndarray]:
     """The posterior variables at unconstrained ``x``, named as in the PyMC graph of :func:`~.build.build_model`
     (``beta``, ``sigma`` [``sigma2``], ``tau_<factor>`` [``tau2_<factor>``], ``corr_<factor>``, and ``u_<factor>``
-    [``z_<factor>``] of sampled factors)."""
+    and ``coef_<factor>`` or ``z_<factor>`` of sampled factors)."""
     names, shapes, _, _ = output_layout(model)
     flat = np.empty(sum(int(np.prod(shape)) for shape in shapes))
     (expand_crossed if model.sampled else expand)(np.ascontiguousarray(x, dtype=float), model.buffer, flat)
@@ -1169,9 +1185,9 @@ def output_layout(model: KernelModel) -> tuple[list[str], list[tuple], dict, dic
             corr_dims = (f"corr_{name}_dim_0", f"corr_{name}_dim_1")
             layout.append((f"corr_{name}", (q, q), corr_dims))
             coords |= dict.fromkeys(corr_dims, np.arange(q))
-        if "groups" in factor:  # a sampled factor: its effects, and for the non-centred form the z's
+        if "groups" in factor:  # a sampled factor: its effects u, and the coordinates sampled, b or z
             coords[name] = factor["groups"]
-            effects = [("u", True), ("z", not factor["centred"])]
-            layout += [(f"{kind}_{name}", (len(factor["groups"]), q), (name, coef_dim)) for kind, on in effects if on]
+            layout += [(f"{kind}_{name}", (len(factor["groups"]), q), (name, coef_dim))
+                       for kind in ("u", "coef" if factor["centred"] else "z")]
     names, shapes, dims = zip(*layout, strict=True)
     return list(names), list(shapes), {name: d for name, _, d in layout if d}, coords

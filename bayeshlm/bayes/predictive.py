@@ -20,7 +20,7 @@ from .build import cholesky_draws, level1_ar1, level1_strata
 
 def prior_predictive(design: Design, model: pm.Model, draws: int = 500, seed: int | None = None) -> xr.DataTree:
     """DataTree with group ``prior`` (parameters, ``T_<factor>``, ``u_<factor>``) and ``prior_predictive`` (y)."""
-    params = [v.name for v in model.free_RVs if not v.name.startswith(("z_", "u_"))]
+    params = [v.name for v in model.free_RVs if not v.name.startswith(("z_", "u_", "coef_"))]
     params += [v.name for v in model.deterministics
                if v.name in ("sigma", "sigma_strata", "beta") or v.name.startswith("tau_")]
     rng = np.random.default_rng(seed)
