@@ -358,7 +358,8 @@ def centring(design: Design, sampled: list, choice: dict[str, str]) -> dict[str,
             k = design.fixed_names.index(name) if name in design.fixed_names else -1
             same = k >= 0 and k not in taken and np.array_equal(design.X[:, k], f.Z[:, a])
             out[f.name].append(k if same else -1)
-            taken.update([k] if same else [])
+            if same:
+                taken.add(k)
     return out
 
 

@@ -774,7 +774,7 @@ def log_density_two_level(x, buf, grad):
     priors packed in ``buf``; writes the gradient into ``grad``. One entry point per model kind (two or three
     levels, with crossed factors or not), so that each model compiles (once per machine) only the code it
     runs."""
-    lp, s, factors, positions, _ = _density_setup(x, buf, grad)
+    lp, s, factors, positions = _density_setup(x, buf, grad)[:4]
     ee, grad_c, integrated, G0, G1 = _integrate_two_level(x[:int(buf[_P])].copy(), buf, s, factors)
     return _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
 
@@ -782,8 +782,7 @@ def log_density_two_level(x, buf, grad):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def log_density_two_level_crossed(x, buf, grad):
     """As :func:`log_density_two_level`, with sampled (crossed) factors."""
-    lp, s, factors, positions, sampled = _density_setup(x, buf, grad)
-    centre = _unpack(buf)[17]
+    lp, s, factors, positions, sampled, centre = _density_setup(x, buf, grad)
     c = _coefficients(x, sampled, centre, positions, int(buf[_P]), int(buf[_P_EXT]))
     ee, grad_c, integrated, G0, G1 = _integrate_two_level(c, buf, s, factors)
     lp += _sampled_prior(x, c, sampled, centre, positions, grad_c, grad)
@@ -793,7 +792,7 @@ def log_density_two_level_crossed(x, buf, grad):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def log_density_three_level(x, buf, grad):
     """As :func:`log_density_two_level`, for a three-level model (two nested factors)."""
-    lp, s, factors, positions, _ = _density_setup(x, buf, grad)
+    lp, s, factors, positions = _density_setup(x, buf, grad)[:4]
     ee, grad_c, integrated, G0, G1 = _integrate_three_level(x[:int(buf[_P])].copy(), buf, s, factors)
     return _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
 
@@ -801,8 +800,7 @@ def log_density_three_level(x, buf, grad):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def log_density_three_level_crossed(x, buf, grad):
     """As :func:`log_density_three_level`, with sampled (crossed) factors."""
-    lp, s, factors, positions, sampled = _density_setup(x, buf, grad)
-    centre = _unpack(buf)[17]
+    lp, s, factors, positions, sampled, centre = _density_setup(x, buf, grad)
     c = _coefficients(x, sampled, centre, positions, int(buf[_P]), int(buf[_P_EXT]))
     ee, grad_c, integrated, G0, G1 = _integrate_three_level(c, buf, s, factors)
     lp += _sampled_prior(x, c, sampled, centre, positions, grad_c, grad)
@@ -835,8 +833,9 @@ def _integrate_three_level(c, buf, s, factors):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _density_setup(x, buf, grad):
     """The priors of β and of the scales (their part of ``grad``, which it resets), s = 1/σ², per integrated
-    level (τ, L_Ω, L, y), the positions of :func:`_positions` and the table of sampled factors."""
-    beta_mu, beta_sd, scale_code, scale_a, scale_b, on_variance, sampled = _unpack(buf)[10:17]
+    level (τ, L_Ω, L, y), the positions of :func:`_positions`, the table of sampled factors and the fixed
+    effect each sampled effect is centred on (the buffer's ``centre``)."""
+    beta_mu, beta_sd, scale_code, scale_a, scale_b, on_variance, sampled, centre = _unpack(buf)[10:]
     p, p_ext = int(buf[_P]), int(buf[_P_EXT])
     has_sigma = buf[_HAS_SIGMA] > 0
     grad[:] = 0.0
@@ -855,7 +854,7 @@ def _density_setup(x, buf, grad):
     positions = _positions(buf, sampled)
     tau0, L_omega0, L0, y0 = _factor_at(x, 0, positions)
     tau1, L_omega1, L1, y1 = _factor_at(x, 1, positions)
-    return lp, s, (tau0, L_omega0, L0, y0, tau1, L_omega1, L1, y1), positions, sampled
+    return lp, s, (tau0, L_omega0, L0, y0, tau1, L_omega1, L1, y1), positions, sampled, centre
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -1038,9 +1037,9 @@ def expand_crossed(x, buf, out):
     """As :func:`expand`, followed by τ [τ²] L_Ω u, then b (centred) or z (non-centred), of each sampled
     factor."""
     at = expand(x, buf, out)
-    sampled = _unpack(buf)[16]
+    sampled, centre = _unpack(buf)[16:]
     positions = _positions(buf, sampled)
-    c = _coefficients(x, sampled, _unpack(buf)[17], positions, int(buf[_P]), int(buf[_P_EXT]))
+    c = _coefficients(x, sampled, centre, positions, int(buf[_P]), int(buf[_P_EXT]))
     for i in range(sampled.shape[0]):
         f = 2 + i
         tau, L_omega = _factor_at(x, f, positions)[:2]
