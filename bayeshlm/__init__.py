@@ -2,14 +2,17 @@
 
 One model description (lme4-style formula or Raudenbush & Bryk level equations) compiles to one
 backend-free Design, fitted by REML/ML (``model.fit("reml")``) or by full Bayes (``model.fit("bayes")``).
+
+PyMC, PyTensor, Numba, nutpie and matplotlib load on first use (the first Bayesian fit or plot), so
+``import bayeshlm`` and ``bayeshlm --help`` stay quick.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import datasets, growth, plots
+from . import datasets, growth
 from .errors import DataError, FormulaError, InputError, OptionError
 from .likelihood import deviance_test
-from .meta import MetaBayesFit, MetaFit, MetaMVBayesFit, MetaMVFit, meta, meta_mv
+from .meta import MetaBayesFit, MetaFit, MetaMVFit, meta, meta_mv
 from .model import HLM
 from .model_file import load_model
 from .report import compare
@@ -25,3 +28,16 @@ __all__ = [
     "MetaBayesFit", "MetaMVBayesFit", "DataError", "FormulaError", "InputError", "OptionError", "datasets", "growth",
     "plots", "__version__",
 ]
+
+
+def __getattr__(name: str):
+    """Load the plotting package and the multivariate Bayesian result class on first use."""
+    if name == "plots":
+        import importlib
+
+        return importlib.import_module(".plots", __name__)
+    if name == "MetaMVBayesFit":
+        from .meta import MetaMVBayesFit
+
+        return MetaMVBayesFit
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

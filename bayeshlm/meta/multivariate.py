@@ -23,6 +23,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -31,8 +32,10 @@ from scipy.optimize import minimize
 
 from ..errors import DataError, OptionError, closest_names, describe_rows
 from ..likelihood import BoundaryFitWarning, ConvergenceWarning
-from .multivariate_bayes import MetaMVBayesFit, fit_bayes
 from .univariate import BOUNDARY_RTOL, QTest, wald_table
+
+if TYPE_CHECKING:  # the Bayesian module loads PyMC; it is imported when method='bayes' is asked for
+    from .multivariate_bayes import MetaMVBayesFit
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 METHODS = ("reml", "ml", "bayes")
@@ -99,6 +102,8 @@ def meta_mv(data: pd.DataFrame, yi: str, outcome: str, study: str, *, V: np.ndar
     result = _minimize(objective, _start(frame[yi].to_numpy(dtype=float), codes, len(outcomes)), maxiter)
     fit = MetaMVFit(objective, result, names, outcomes, "ml" if method == "ml" else "reml")
     if method == "bayes":
+        from .multivariate_bayes import fit_bayes
+
         return fit_bayes(fit, **bayes_options)
     for category, message in fit._warnings:
         warnings.warn(message, category, stacklevel=2)

@@ -1,0 +1,37 @@
+"""Import cost: ``import bayeshlm`` and ``bayeshlm --help`` must not load the Bayesian stack or matplotlib
+(issue 22); they load on the first Bayesian fit or plot. Each check runs in a fresh interpreter."""
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("pymc", "pytensor", "numba", "nutpie", "matplotlib", "arviz")
+
+PROBE = """
+import sys
+{code}
+loaded = sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r}))
+print('loaded:' + ','.join(loaded))
+"""
+
+
+def _heavy_modules_after(code: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", PROBE.format(code=code, heavy=HEAVY)], capture_output=True,
+                         text=True, check=True)
+    last = out.stdout.strip().splitlines()[-1]
+    return [m for m in last.removeprefix("loaded:").split(",") if m]
+
+
+@pytest.mark.parametrize("code", [
+    "import bayeshlm",
+    "import bayeshlm as bh; bh.HLM('mathach ~ ses + (1 | school)', bh.datasets.load('hsb')).fit('reml')",
+    "from bayeshlm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass",
+])
+def test_light_paths_load_no_bayesian_stack_or_matplotlib(code):
+    assert _heavy_modules_after(code) == []
+
+
+def test_plots_and_bayesian_classes_load_on_first_use():
+    assert _heavy_modules_after("import bayeshlm as bh; bh.plots.shrinkage") == ["matplotlib"]
+    assert "pymc" in _heavy_modules_after("import bayeshlm as bh; bh.MetaMVBayesFit")
