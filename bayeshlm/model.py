@@ -16,7 +16,7 @@ import pandas as pd
 
 from .design import Design, build_design
 from .design.out_of_core import is_dask_frame
-from .errors import OptionError, closest_names
+from .errors import FormulaError, OptionError, closest_names
 from .spec import Centering, ModelSpec, parse_formula, parse_levels
 from .spec.model_spec import residual_structure
 
@@ -90,6 +90,7 @@ class HLM:
         return model
 
     def _init(self, spec: ModelSpec, data: pd.DataFrame, missing: str) -> None:
+        _check_has_groups(spec)
         self.spec: ModelSpec = spec
         self.data = data
         if is_dask_frame(data):
@@ -132,6 +133,21 @@ class HLM:
         from .bayes import pymc_model
 
         return pymc_model(self.design, priors=priors, route=route, parameterization=parameterization)
+
+
+def _check_has_groups(spec: ModelSpec) -> None:
+    """Refuse a model without a grouping factor: it has no level 2, so no hierarchical model to fit."""
+    if spec.random:
+        return
+    if spec.known_variance is not None:
+        raise FormulaError(
+            f"The model {spec.formula()!r} has no grouping factor. For a meta-analysis with known variances "
+            f"(one row per study), use bayeshlm.meta({spec.formula()!r}, data, vi={spec.known_variance!r}), "
+            "which adds the random study effect; in HLM, add a term such as (1 | study).")
+    raise FormulaError(
+        f"The model {spec.formula()!r} has no grouping factor, so there is no level 2 to model. Add a random "
+        "term such as (1 | group), e.g. 'y ~ x + (1 | school)'; for a single-level regression use ordinary "
+        "least squares (e.g. statsmodels.formula.api.ols).")
 
 
 def _centering(center: Mapping[str, str] | None) -> tuple[Centering, ...]:

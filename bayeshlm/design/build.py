@@ -8,6 +8,7 @@ Order of work: check columns exist -> drop (and count) rows with missing values 
 from __future__ import annotations
 
 import functools
+import re
 
 import formulaic
 import numpy as np
@@ -45,6 +46,7 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") 
     y = _outcome(frame, spec.outcome)
     group_codes = {r.group: _group_codes(frame, r) for r in spec.random}
     _check_within_group_variation(y, spec, group_codes)
+    frame = float_predictors(frame, spec)
     frame = _apply_centering(frame, spec, group_codes)
 
     X, fixed_names, fixed_terms = _fixed_matrix(spec, frame)
@@ -183,6 +185,28 @@ def _outcome(frame: pd.DataFrame, outcome: str) -> np.ndarray:
         raise DataError(f"The outcome {outcome!r} is constant ({y[0]:g} in every analysed row): "
                         "there is no variance to model.")
     return y
+
+
+def float_predictors(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """Integer and boolean predictor columns as float64, before formulaic evaluates any term.
+
+    numpy arithmetic keeps a column's type, so products of uint8 columns wrap modulo 256 (``a:b``) and squares
+    of int16 columns overflow (``I(x**2)``); booleans become 0/1, as formulaic reads them. A column used only
+    as ``C(column)`` keeps its type, so its category labels stay '2', not '2.0'.
+    """
+    numeric_uses = set()
+    factors = [f for term in spec.fixed + tuple(t for r in spec.random for t in r.terms) for f in term]
+    if spec.residual is not None and spec.residual.variance_formula:
+        factors.append(spec.residual.variance_formula)
+    for factor in factors:
+        if not _CATEGORICAL_CALL.fullmatch(factor):
+            numeric_uses |= _factor_variables(factor)
+    convert = [c for c in sorted(numeric_uses & set(frame.columns))
+               if pd.api.types.is_integer_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])]
+    return frame.astype({c: np.float64 for c in convert}) if convert else frame
+
+
+_CATEGORICAL_CALL = re.compile(r"C\(\s*[A-Za-z_]\w*\s*(,.*)?\)", re.DOTALL)
 
 
 # --- grouping factors ------------------------------------------------------------------------------

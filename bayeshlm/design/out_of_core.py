@@ -35,6 +35,7 @@ from .build import (
     _required_variables,
     check_constant_columns,
     check_rank,
+    float_predictors,
     group_labels,
     r_factor,
 )
@@ -106,6 +107,7 @@ def build_aggregate_design(spec: ModelSpec, ddf, *, missing: str = "drop") -> Ag
         codes = {g: levels[g].get_indexer(group_labels(frame, _term_of(spec, g)).astype(str)) for g in groups}
         for g in groups:
             frame[f"__code_{g}"] = codes[g]
+        frame = float_predictors(frame, spec)
         raw = frame.copy()
         for column, how, g, value in derive:
             source_column = column[len("mean_"):] if how == "mean" else column

@@ -131,7 +131,7 @@ class LikelihoodFit(FitResult):
 
     def _df(self) -> np.ndarray:
         d = self.design
-        level1 = [tuple(f for f in term if d.term_levels.get(f, 1) == 1) for term in d.fixed_terms]
+        level1 = [_level1_part(name, term, d.term_levels) for name, term in zip(d.fixed_names, d.fixed_terms)]
         random_at: dict[frozenset, int] = {}
         for f in d.factors:
             for name in f.coef_names:
@@ -382,3 +382,20 @@ class StructuredFit(LikelihoodFit):
             info = self._fac.projected_information(k, f.n_groups)
             out[f.name] = self._scale * (M - np.matmul(np.matmul(M, info), M))
         return out
+
+
+def _level1_part(column: str, term: tuple[str, ...], term_levels: dict[str, int]) -> tuple[str, ...]:
+    """The level-1 pieces of a fixed-effect column's name, to match against random-coefficient names.
+
+    Pieces are named as the column is ('C(female)[T.1]', not the term's 'C(female)'), so a categorical random
+    slope finds its fixed effect; 'meanses:cses' gives ('cses',) when meanses varies between groups only.
+    """
+    pieces = column.split(":")
+    if len(pieces) != len(term):
+        return tuple(f for f in term if term_levels.get(f, 1) == 1)
+    level1 = []
+    for piece in pieces:
+        factor = next((f for f in term if piece == f or piece.startswith(f + "[")), piece)
+        if term_levels.get(factor, 1) == 1:
+            level1.append(piece)
+    return tuple(level1)

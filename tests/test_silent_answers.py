@@ -1,0 +1,91 @@
+"""Inputs that used to give a wrong answer without a word (issue 21): each now gives the right number or a
+clear bayeshlm error."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayeshlm as bh
+
+
+def _two_level(seed=0, groups=30, size=10):
+    rng = np.random.default_rng(seed)
+    n = groups * size
+    df = pd.DataFrame({"g": np.repeat(np.arange(groups), size), "x": rng.normal(size=n)})
+    df["y"] = df["x"] + np.repeat(rng.normal(size=groups), size) + rng.normal(size=n)
+    return df
+
+
+# --- integer and boolean predictor columns ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_integers():
+    rng = np.random.default_rng(1)
+    df = _two_level(1)
+    df["a"] = rng.integers(100, 255, len(df)).astype("uint8")
+    df["b"] = rng.integers(100, 255, len(df)).astype("uint8")
+    df["h"] = rng.integers(200, 400, len(df)).astype("int16")
+    df["flag"] = rng.random(len(df)) < 0.4
+    return df
+
+
+def test_uint8_product_and_int16_square_are_computed_in_float(small_integers):
+    df = small_integers
+    X = bh.HLM("y ~ a:b + I(h**2) + (1 | g)", df).design.X
+    # in the columns' own types a*b wraps modulo 256 and h**2 overflows int16 (> 32767)
+    np.testing.assert_array_equal(X[:, 1], df["h"].to_numpy(float) ** 2)
+    np.testing.assert_array_equal(X[:, 2], df["a"].to_numpy(float) * df["b"].to_numpy(float))
+
+
+def test_integer_columns_through_dask_match_pandas(small_integers):
+    dd = pytest.importorskip("dask.dataframe")
+    formula = "y ~ a:b + I(h**2) + (1 | g)"
+    as_floats = small_integers.astype({"a": float, "b": float, "h": float})
+    expected = bh.HLM(formula, as_floats).fit("reml").fixed_effects["estimate"]
+    out_of_core = bh.HLM(formula, dd.from_pandas(small_integers, npartitions=3)).fit("reml").fixed_effects
+    np.testing.assert_allclose(out_of_core["estimate"], expected, rtol=1e-6)
+
+
+def test_boolean_predictor_is_a_zero_one_column_everywhere(small_integers):
+    df = small_integers
+    design = bh.HLM("y ~ flag + flag:a + I(flag * h) + (1 | g)", df).design
+    values = dict(zip(design.fixed_names, design.X.T))
+    flag = df["flag"].to_numpy(float)
+    np.testing.assert_array_equal(values["flag"], flag)
+    np.testing.assert_array_equal(values["flag:a"], flag * df["a"].to_numpy(float))
+    np.testing.assert_array_equal(values["I(flag * h)"], flag * df["h"].to_numpy(float))
+
+
+def test_integer_column_inside_C_keeps_its_category_labels(small_integers):
+    df = small_integers.assign(k=np.arange(len(small_integers)) % 3)
+    names = bh.HLM("y ~ C(k) + (1 | g)", df).design.fixed_names
+    assert names == ("(Intercept)", "C(k)[T.1]", "C(k)[T.2]")
+
+
+# --- degrees of freedom of a categorical random slope -----------------------------------------------------
+
+def test_df_of_a_categorical_random_slope_is_J_minus_S_minus_1(hsb):
+    fit = bh.HLM("mathach ~ C(female) + (C(female) | school)", hsb).fit("reml")
+    # the female slope is random over J = 160 schools with no level-2 predictor: df = 160 - 0 - 1 (R&B eq. 3.83)
+    assert fit.fixed_effects.loc["C(female)[T.1]", "df"] == 159
+    assert fit.fixed_effects.loc["(Intercept)", "df"] == 159
+
+
+def test_df_of_a_categorical_level2_predictor_of_a_random_slope(hsb):
+    fit = bh.HLM("mathach ~ C(sector) * cses + (cses | school)", hsb).fit("reml")
+    # two fixed effects in the cses equation (cses, C(sector)[T.1]:cses): df = 160 - 1 - 1
+    assert fit.fixed_effects.loc["C(sector)[T.1]:cses", "df"] == 158
+    assert fit.fixed_effects.loc["cses", "df"] == 158
+
+
+# --- a model without grouping factor ----------------------------------------------------------------------
+
+def test_model_without_random_term_is_refused_at_construction():
+    with pytest.raises(bh.FormulaError, match=r"no grouping factor.*\(1 \| group\).*least squares"):
+        bh.HLM("y ~ x", _two_level())
+
+
+def test_known_variance_model_without_random_term_points_to_meta():
+    df = _two_level().assign(v=0.2)
+    with pytest.raises(bh.FormulaError, match=r"no grouping factor.*bayeshlm\.meta\('y ~ 1 \+ x', data, vi='v'\)"):
+        bh.HLM("y ~ x", df, known_variance="v")
