@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import unicodedata
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--method", choices=["reml", "ml", "bayes"], help="overrides the file's [fit] method")
     fit.add_argument("--draws", type=int, help="posterior draws per chain (Bayes)")
     fit.add_argument("--out", help="directory for estimates (netCDF), the report and figures (PNG)")
+    fit.add_argument("--data-root", help="folder the model file's 'data' path may point into (default: the "
+                     "model file's own folder)")
     demo = commands.add_parser("demo", help="fit the HS&B intercepts-and-slopes-as-outcomes model (R&B 2002, "
                                "Table 4.5) by REML and Bayes and compare")
     demo.add_argument("--draws", type=int, default=1000, help="posterior draws per chain (default 1000)")
@@ -43,21 +46,27 @@ def main(argv: list[str] | None = None) -> int:
         else:
             _demo(args.draws)
     except InputError as err:
-        print(f"bayeshlm: {err}", file=sys.stderr)
+        print(f"bayeshlm: {clean(str(err))}", file=sys.stderr)
         return 2
     return 0
 
 
+def clean(text: str) -> str:
+    """``text`` without control characters (Unicode category Cc: escape sequences, carriage returns, bells),
+    keeping newlines and tabs: names and titles from a user's file must not drive the terminal."""
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
+
+
 def _describe(model: HLM) -> None:
-    print(model.summary())
+    print(clean(model.summary()))
     print()
-    print(model.equations().text)
+    print(clean(model.equations().text))
 
 
 def _fit(args) -> None:
     from .model_file import load_model
 
-    model = load_model(args.model_file)
+    model = load_model(args.model_file, data_root=args.data_root)
     options = dict(model.fit_options)
     if args.method:
         options["method"] = args.method
@@ -68,11 +77,11 @@ def _fit(args) -> None:
         # passed on, so the engine names an option it does not know instead of it being dropped silently
         dropped = sorted(set(options) & SAMPLING_OPTIONS)
         if dropped:
-            print(f"(ignoring sampling options {', '.join(dropped)} for a likelihood fit)")
+            print(clean(f"(ignoring sampling options {', '.join(dropped)} for a likelihood fit)"))
         options = {k: v for k, v in options.items() if k not in SAMPLING_OPTIONS}
-    print(f"{model.title}\n", flush=True)
+    print(clean(f"{model.title}\n"), flush=True)
     fit = model.fit(**options)
-    report = fit.report()
+    report = clean(str(fit.report()))
     print(report)
     if args.out:
         _write_outputs(fit, str(report), Path(args.out))
@@ -84,7 +93,7 @@ def _write_outputs(fit, report: str, out: Path) -> None:
     from .results.export import estimates_dataset
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.txt").write_text(report + "\n")
+    (out / "report.txt").write_text(clean(report) + "\n")
     estimates_dataset(fit).to_netcdf(out / "estimates.nc")
     if fit.method == "bayes":
         fit.posterior.to_netcdf(out / "posterior.nc")
@@ -96,7 +105,7 @@ def _write_outputs(fit, report: str, out: Path) -> None:
                 draw(fit, factor).savefig(out / f"{name}.png", dpi=120)
                 written.append(f"{name}.png")
             except InputError as err:
-                print(f"(no {name} plot: {err})")
+                print(clean(f"(no {name} plot: {err})"))
     print(f"\nWrote {', '.join(written)} to {out}/")
 
 

@@ -55,14 +55,19 @@ class HLM:
         ``correlation="ar1"`` with ``time="<occasion column>"``: first-order autoregressive errors,
         cor(e_t, e_t') = phi^|t - t'| within each group of the innermost grouping factor (nlme ``corAR1``,
         integer occasions; R&B 2002, eq. 6.31); ``"car1"`` accepts real-valued times (nlme ``corCAR1``).
+    unsafe_formula
+        Formula terms may use only column names, numbers, arithmetic and the functions listed in
+        :data:`bayeshlm.spec.expressions.FORMULA_FUNCTIONS` (``log(x)``, ``C(x)``, ``I(x**2)``, ...), because
+        formulaic evaluates them as Python. ``True`` lifts this check (e.g. for ``np.log1p(x)``) for formulas
+        you wrote yourself; never for text from a file or another person. Model files cannot set it.
     """
 
     def __init__(self, formula: str, data: pd.DataFrame, known_variance: str | None = None, *,
                  center: Mapping[str, str] | None = None, group_means: Sequence[str] | Mapping | None = None,
                  missing: str = "drop", level1_variance: str | None = None, correlation: str | None = None,
-                 time: str | None = None):
+                 time: str | None = None, unsafe_formula: bool = False):
         spec = parse_formula(formula, known_variance=known_variance, centering=_centering(center),
-                             group_means=_group_means(group_means, formula))
+                             group_means=_group_means(group_means, formula), unsafe_formula=unsafe_formula)
         spec = dataclasses.replace(spec, residual=residual_structure(level1_variance, correlation, time))
         self._init(spec, data, missing)
 
@@ -72,7 +77,7 @@ class HLM:
                     known_variance: str | None = None, center: Mapping[str, str] | None = None,
                     group_means: Sequence[str] | Mapping | None = None, missing: str = "drop",
                     level1_variance: str | None = None, correlation: str | None = None,
-                    time: str | None = None) -> HLM:
+                    time: str | None = None, unsafe_formula: bool = False) -> HLM:
         """Build the model from Raudenbush & Bryk's level equations.
 
         ``level1="mathach ~ cses"``; ``level2={"intercept": "~ meanses + sector", "cses": "~ meanses + sector"}``
@@ -83,7 +88,7 @@ class HLM:
         """
         spec = parse_levels(level1, level2, groups, level3=level3, random=random, correlated=correlated,
                             known_variance=known_variance, centering=_centering(center),
-                            group_means=_group_means(group_means, level1, groups))
+                            group_means=_group_means(group_means, level1, groups), unsafe_formula=unsafe_formula)
         spec = dataclasses.replace(spec, residual=residual_structure(level1_variance, correlation, time))
         model = cls.__new__(cls)
         model._init(spec, data, missing)

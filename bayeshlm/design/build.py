@@ -17,6 +17,7 @@ from formulaic.errors import FormulaicError
 
 from ..errors import DataError, FormulaError, OptionError, closest_names, describe_rows
 from ..spec import ModelSpec
+from ..spec.expressions import FORMULAIC_CONTEXT, check_spec
 from ..spec.model_spec import INTERCEPT, RandomTerm, Term, term_name
 from .design import Design, DroppedRows, GroupingFactor, ResidualDesign, nesting_chain
 
@@ -29,6 +30,8 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") 
         raise OptionError(f"missing={missing!r} is not an option; use 'drop' (default: drop and report rows "
                           "with missing values) or 'raise'.")
     frame = _check_frame(data)
+    if not spec.unsafe_formula:
+        check_spec(spec)  # again here: a spec may have been edited after it was built
     if spec.known_variance is not None and not isinstance(spec.known_variance, str):
         raise OptionError(f"known_variance takes the name of a data column; got a {type(spec.known_variance).__name__}."
                           " Add the variances to the data first, e.g. data.assign(v=variances), then pass "
@@ -82,7 +85,7 @@ def _check_frame(data) -> pd.DataFrame:
 @functools.lru_cache(maxsize=512)
 def _factor_variables(expression: str) -> frozenset[str]:
     try:
-        return frozenset(formulaic.Formula(expression).required_variables)
+        return frozenset(formulaic.Formula(expression).required_variables) - FORMULAIC_CONTEXT.keys()
     except FormulaicError as err:
         raise FormulaError(f"Cannot read {expression!r}: {str(err).splitlines()[0]}") from None
 
@@ -348,7 +351,8 @@ def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
 def _model_matrix(terms: list[Term], frame: pd.DataFrame, what: str):
     rhs = " + ".join(["1" if INTERCEPT in terms else "0"] + [":".join(t) for t in terms if t != INTERCEPT])
     try:
-        matrix = formulaic.model_matrix(rhs, frame, na_action="raise")
+        # a fixed namespace (data columns, formulaic's transforms, sqrt/abs), not this module's variables
+        matrix = formulaic.model_matrix(rhs, frame, na_action="raise", context=FORMULAIC_CONTEXT)
     except (FormulaicError, ValueError, TypeError, NameError) as err:
         raise FormulaError(f"Cannot build the {what} from {rhs!r}: {str(err).splitlines()[0]}") from None
     names = tuple("(Intercept)" if n == "Intercept" else str(n) for n in matrix.columns)

@@ -24,6 +24,7 @@ import pandas as pd
 from ..errors import DataError, FormulaError, OptionError
 from ..results.hlm_statistics import _same_name_stem
 from ..spec import ModelSpec
+from ..spec.expressions import FORMULAIC_CONTEXT, check_spec
 from .aggregate import AggregateDesign, AggregateDroppedRows, AggregateFactor
 from .build import (
     MISSING_OPTIONS,
@@ -57,6 +58,8 @@ def build_aggregate_design(spec: ModelSpec, ddf, *, missing: str = "drop") -> Ag
     if missing not in MISSING_OPTIONS:
         raise OptionError(f"missing={missing!r} is not an option; use 'drop' (default) or 'raise'.")
     _check_supported(spec)
+    if not spec.unsafe_formula:
+        check_spec(spec)  # again here: a spec may have been edited after it was built
     meta = ddf._meta
     derived = {f"mean_{column}" for column, _ in spec.group_means}
     variables = _required_variables(spec)
@@ -429,7 +432,8 @@ def _check_stateless(spec: ModelSpec, sample: pd.DataFrame) -> None:
     """Refuse formula transforms that learn from the data (center(), scale(), splines): per partition they
     would learn different values."""
     terms = [":".join(t) for t in spec.fixed + tuple(t for r in spec.random for t in r.terms) if t]
-    state = formulaic.model_matrix(" + ".join(["1", *terms]), sample).model_spec.transform_state
+    state = formulaic.model_matrix(" + ".join(["1", *terms]), sample,
+                                   context=FORMULAIC_CONTEXT).model_spec.transform_state
     if state:
         raise FormulaError(f"The formula uses a transform that learns from the data ({', '.join(state)}); "
                            "with Dask input it would be evaluated per partition. Use center={...} for centring, "

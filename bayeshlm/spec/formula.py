@@ -20,8 +20,13 @@ def parse_formula(
     known_variance: str | None = None,
     centering: tuple[Centering, ...] = (),
     group_means: tuple[tuple[str, str], ...] = (),
+    unsafe_formula: bool = False,
 ) -> ModelSpec:
-    """Parse an lme4-style formula into a :class:`ModelSpec`."""
+    """Parse an lme4-style formula into a :class:`ModelSpec`.
+
+    Every expression is checked against the allow-list of :mod:`bayeshlm.spec.expressions` unless
+    ``unsafe_formula=True``.
+    """
     if not isinstance(formula, str) or "~" not in formula:
         raise FormulaError(
             f"A model formula looks like 'y ~ x + (x | group)'; got {formula!r}. "
@@ -41,6 +46,7 @@ def parse_formula(
         centering=tuple(centering),
         group_means=tuple(group_means),
         known_variance=known_variance,
+        unsafe_formula=unsafe_formula,
     )
 
 
@@ -93,8 +99,30 @@ def parse_terms(rhs: str, formula: str) -> tuple[Term, ...]:
     terms: list[Term] = []
     for term in parsed:
         names = tuple(str(f) for f in term.factors if str(f) != "1")
+        for factor in term.factors:
+            _check_round_trip(factor, formula)
         terms.append(INTERCEPT if not names else names)
     return tuple(terms)
+
+
+def _check_round_trip(factor, formula: str) -> None:
+    """A spec keeps each factor as text, which the design parses again: it must mean the same factor.
+
+    A Python block ``{x * 2}`` becomes the text 'x * 2', which would parse as x + 2 + x:2.
+    """
+    if str(factor) == "1":
+        return
+    try:
+        again = [term for term in formulaic.Formula(str(factor)) if str(term) != "1"]
+    except FormulaicError:
+        again = []
+    if len(again) == 1 and [(f.expr, f.eval_method) for f in again[0].factors] == [(factor.expr, factor.eval_method)]:
+        return
+    if factor.eval_method == factor.EvalMethod.LOOKUP:
+        raise FormulaError(f"The quoted column name {factor.expr!r} in {formula!r} cannot be used: rename the column "
+                           "to a plain name (letters, digits, '_' and '.').")
+    raise FormulaError(f"The term {str(factor)!r} in {formula!r} cannot be used as written: a '{{...}}' block "
+                       f"would change meaning when the term is read again. Write I({factor.expr}) instead.")
 
 
 def _parse_bar_term(text: str, formula: str) -> list[RandomTerm]:

@@ -37,6 +37,7 @@ def parse_levels(
     known_variance: str | None = None,
     centering: tuple[Centering, ...] = (),
     group_means: tuple[tuple[str, str], ...] = (),
+    unsafe_formula: bool = False,
 ) -> ModelSpec:
     """Build the :class:`ModelSpec` of a model written as level equations.
 
@@ -45,7 +46,8 @@ def parse_levels(
     the coefficients that get a random effect; by default every coefficient with a level-2 equation does
     (pass ``random=[]`` for non-randomly varying coefficients). With three levels, ``groups`` is
     ``[level-2 unit, level-3 unit]``, ``level3`` maps 'p' (for beta_p0) or ('p', 'q') to its level-3
-    equation, and ``random`` may be a dict ``{group: [...]}`` per level.
+    equation, and ``random`` may be a dict ``{group: [...]}`` per level. Expressions are checked as in
+    :func:`~bayeshlm.spec.parse_formula` unless ``unsafe_formula=True``.
     """
     group_list = [groups] if isinstance(groups, str) else list(groups)
     if len(group_list) not in (1, 2):
@@ -104,6 +106,7 @@ def parse_levels(
         known_variance=known_variance,
         notation="levels",
         level_predictors=tuple(dict.fromkeys(level_predictors)),
+        unsafe_formula=unsafe_formula,
     )
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # A term is the product of formula factors; ``()`` is the intercept. Factors are formula expressions
-# as formulaic understands them ("ses", "C(type)", "np.log(hours)").
+# as formulaic understands them ("ses", "C(type)", "log(hours)"), checked against the allow-list of
+# spec/expressions.py unless the model was built with unsafe_formula=True.
 Term = tuple[str, ...]
 INTERCEPT: Term = ()
 
@@ -144,6 +145,14 @@ class ModelSpec:
     # design checks to be constant within that group.
     level_predictors: tuple[tuple[str, str], ...] = field(default=(), compare=False)
     residual: ResidualStructure | None = None  # level-1 error structure (None: independent, one sigma^2)
+    # Python API only: skip the allow-list of formula expressions (see spec/expressions.py)
+    unsafe_formula: bool = field(default=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.unsafe_formula:
+            from .expressions import check_spec
+
+            check_spec(self)
 
     @property
     def has_intercept(self) -> bool:
