@@ -120,3 +120,104 @@ def test_compare_sets_fits_side_by_side(ladder):
     assert table.loc["fixed: cses", ("book", "lower")] == pytest.approx(2.193 - 1.959964 * 0.13, abs=1e-6)
     with pytest.raises(bh.OptionError, match="same model"):
         bh.compare(fit, ladder["anova"])
+
+
+# --- enclosing and crossed factors (R&B 2002, ch. 8 and 12) ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def egsingle_three_level():
+    return bh.HLM("math ~ 1 + (1 | childid) + (1 | schoolid)", bh.datasets.load("egsingle")).fit("reml")
+
+
+def test_level3_reliability_is_eq_8_8_on_egsingle(egsingle_three_level):
+    fit = egsingle_three_level
+    tau_pi, tau_beta = fit.tau["childid"].iloc[0, 0], fit.tau["schoolid"].iloc[0, 0]
+    children, schools = fit.design.factor("childid"), fit.design.factor("schoolid")
+    n = children.group_sizes
+    school_of_child = np.zeros(children.n_groups, dtype=int)
+    school_of_child[children.codes] = schools.codes
+    # eq. 8.8: the precision of a school's mean is the sum of its children's precisions 1 / (tau_pi + sigma^2/n)
+    error = 1 / np.bincount(school_of_child, weights=1 / (tau_pi + fit.sigma2 / n))
+    by_school = fit.reliability("schoolid")["(Intercept)"]
+    np.testing.assert_allclose(by_school.to_numpy(), tau_beta / (tau_beta + error), rtol=1e-10)
+    # the digest's 0.873 (the per-group OLS of the rows, as if independent, gave 0.944)
+    assert fit.reliability_summary("schoolid").loc["(Intercept)", "reliability"] == pytest.approx(0.873, abs=5e-4)
+    # eq. 8.7 for the children: tau_pi / (tau_pi + sigma^2 / n_jk)
+    np.testing.assert_allclose(fit.reliability("childid")["(Intercept)"].to_numpy(),
+                               tau_pi / (tau_pi + fit.sigma2 / n), rtol=1e-10)
+
+
+def test_level3_chi_square_is_refused_with_the_alternative(egsingle_three_level):
+    with pytest.raises(bh.OptionError, match=r"no formula for an enclosing level.*deviance_test"):
+        egsingle_three_level.chi_square("schoolid")
+    assert egsingle_three_level.chi_square("childid").loc["(Intercept)", "df"] == 1720
+
+
+def _dense_reliability(design, taus, sigma2, factor):
+    """Reliability of an enclosing factor's groups from dense matrices: V_k = sigma^2 I + sum of Z T Z'."""
+    outer = design.factor(factor)
+    out = []
+    for k in range(outer.n_groups):
+        rows = outer.codes == k
+        V = sigma2 * np.eye(rows.sum())
+        for f in design.chain:
+            if f.name == factor:
+                break
+            for j in np.unique(f.codes[rows]):
+                inner = f.codes[rows] == j
+                Zj = np.where(inner[:, None], f.Z[rows], 0.0)
+                V += Zj @ taus[f.name] @ Zj.T
+        Zk = outer.Z[rows]
+        error = np.diag(np.linalg.inv(Zk.T @ np.linalg.solve(V, Zk)))
+        out.append(np.diag(taus[factor]) / (np.diag(taus[factor]) + error))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("outer", ["class", "school"])
+def test_enclosing_reliability_with_random_slopes_matches_dense_gls(outer):
+    rng = np.random.default_rng(4)
+    school = np.repeat(np.arange(6), 24)
+    klass = school * 4 + np.repeat(np.arange(4), 6)[np.arange(144) % 24]
+    child = np.arange(144) // 2
+    df = pd.DataFrame({"school": school, "class": klass, "child": child, "x": rng.normal(size=144)})
+    df["y"] = df["x"] + rng.normal(size=144) + np.repeat(rng.normal(size=72), 2)
+    design = bh.HLM("y ~ x + (1 | child) + (x | class) + (x | school)", df).design
+    taus = {"child": np.array([[0.7]]), "class": np.array([[0.5, 0.1], [0.1, 0.3]]),
+            "school": np.array([[0.9, -0.2], [-0.2, 0.4]])}
+    names = [f.name for f in design.chain]
+    assert names == ["child", "class", "school"]
+    chain_taus = [taus[n][None] for n in names[:names.index(outer) + 1]]
+    usable, lam = bh.results.hlm_statistics.outer_reliability(design, outer, chain_taus, np.array([1.3]))
+    assert usable.all()
+    np.testing.assert_allclose(lam[0], _dense_reliability(design, taus, 1.3, outer), rtol=1e-10)
+    # several draws at once give each draw's values (the Bayesian path)
+    stacked = [np.concatenate([t, 2 * t]) for t in chain_taus]
+    _, both = bh.results.hlm_statistics.outer_reliability(design, outer, stacked, np.array([1.3, 2.6]), chunk=1)
+    np.testing.assert_allclose(both[1], lam[0], rtol=1e-10)  # T and sigma^2 doubled: the same reliability
+
+
+def test_crossed_factors_refuse_per_group_statistics():
+    fit = bh.HLM("attain ~ 1 + (1 | primary) + (1 | second)", bh.datasets.load("scotssec")).fit("reml")
+    for factor in ("primary", "second"):
+        with pytest.raises(bh.OptionError, match=rf"not defined for '{factor}' here: it is crossed with"):
+            fit.reliability(factor)
+        with pytest.raises(bh.OptionError, match="crossed with .*likelihood-ratio test"):
+            fit.chi_square(factor)
+
+
+def test_bayes_level3_reliability_is_eq_8_8_per_draw():
+    rng = np.random.default_rng(4)
+    school, child = np.repeat(np.arange(8), 20), np.arange(160) // 4
+    df = pd.DataFrame({"school": school, "child": child, "x": rng.normal(size=160)})
+    df["y"] = df["x"] + rng.normal(size=160) + np.repeat(rng.normal(size=40), 4) + np.repeat(rng.normal(size=8), 20)
+    fit = bh.HLM("y ~ x + (1 | child) + (1 | school)", df).fit("bayes", draws=60, tune=60, chains=1, random_seed=1,
+                                                                 progressbar=False)
+    tau_pi = fit.draws("T_child").values.reshape(-1)
+    tau_beta = fit.draws("T_school").values.reshape(-1)
+    sigma2 = fit.draws("sigma").values.reshape(-1) ** 2
+    # every child has 4 rows and every school 5 children: eq. 8.8 per draw, then the posterior mean
+    lam = tau_beta / (tau_beta + (tau_pi + sigma2 / 4) / 5)
+    summary = fit.reliability_summary("school").loc["(Intercept)"]
+    assert summary["reliability"] == pytest.approx(lam.mean(), rel=1e-10)
+    assert summary["sd"] == pytest.approx(lam.std(ddof=1), rel=1e-10)
+    np.testing.assert_allclose(fit.reliability("school")["(Intercept)"], lam.mean(), rtol=1e-10)

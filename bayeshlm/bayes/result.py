@@ -120,24 +120,38 @@ class BayesFit(FitResult):
 
     def reliability(self, factor: str | None = None) -> pd.DataFrame:
         """Posterior mean of each group's reliability lambda_qj = tau_qq / (tau_qq + sigma^2 [(Z_j'Z_j)^-1]_qq)
-        (R&B 2002, eq. 3.42), averaged over the draws of T and sigma^2 rather than plugged in."""
-        name, ols, average, per_group = self._reliability_draws(factor)
-        return pd.DataFrame(per_group, index=ols.factor.levels[ols.usable], columns=list(ols.factor.coef_names))
+        (R&B 2002, eq. 3.42; eq. 8.8 for an enclosing factor of a nested model, see
+        :func:`~bayeshlm.results.hlm_statistics.outer_reliability`), averaged over the draws rather than plugged in."""
+        name, levels, _, per_group = self._reliability_draws(factor)
+        return pd.DataFrame(per_group, index=levels, columns=list(self.design.factor(name).coef_names))
 
     def reliability_summary(self, factor: str | None = None) -> pd.DataFrame:
         """Posterior of the average reliability over groups (R&B eq. 3.59): mean, SD and 95% interval."""
-        name, ols, average, _ = self._reliability_draws(factor)
+        name, _, average, _ = self._reliability_draws(factor)
         lo, hi = np.quantile(average, INTERVAL, axis=0)
         return pd.DataFrame({"reliability": average.mean(0), "sd": average.std(0, ddof=1), "eti_lower": lo,
-                             "eti_upper": hi}, index=pd.Index(ols.factor.coef_names, name="coefficient"))
+                             "eti_upper": hi}, index=pd.Index(self.design.factor(name).coef_names, name="coefficient"))
 
     def _reliability_draws(self, factor: str | None):
+        """The factor's name, the labels of the groups with a reliability, its per-draw average over those
+        groups (S, q) and its per-group posterior mean (J', q)."""
         name = self._factor_name(factor)
-        ols = hlm.group_ols(self.design, self._gamma(), 1.0, name)
-        T = self.draws(f"T_{name}").values
-        tau_diag = np.diagonal(T, axis1=-2, axis2=-1).reshape(-1, T.shape[-1])
+        f = self.design.factor(name)
         sigma2 = None if self.design.known_variance is not None else (self.draws("sigma").values ** 2).reshape(-1)
-        return (name, ols, *hlm.reliability_draws(tau_diag, sigma2, ols))
+
+        def covariance_draws(factor_name: str) -> np.ndarray:
+            T = self.draws(f"T_{factor_name}").values
+            return T.reshape(-1, *T.shape[-2:])
+
+        if hlm.check_per_group_statistic(self.design, name, "The reliability") == "outer":
+            chain = [g.name for g in self.design.chain]
+            taus = [covariance_draws(n) for n in chain[:chain.index(name) + 1]]
+            usable, lam = hlm.outer_reliability(self.design, name, taus, sigma2)
+            return name, f.levels[usable], lam.mean(axis=1), lam.mean(axis=0)
+        ols = hlm.group_ols(self.design, self._gamma(), 1.0, name)
+        tau_diag = np.diagonal(covariance_draws(name), axis1=-2, axis2=-1)
+        average, per_group = hlm.reliability_draws(tau_diag, sigma2, ols)
+        return name, f.levels[ols.usable], average, per_group
 
     def random_effects(self, factor: str | None = None) -> pd.DataFrame:
         """Posterior mean and SD of each group's random effects u_j (deviations from the fixed part)."""

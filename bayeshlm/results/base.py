@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..design import Design
+from ..errors import OptionError
 from . import hlm_statistics as hlm
 
 
@@ -64,9 +65,20 @@ class FitResult(ABC):
         return hlm.group_ols(self.design, self._gamma(), self.sigma2, self._factor_name(factor))
 
     def reliability(self, factor: str | None = None) -> pd.DataFrame:
-        """Reliability lambda_qj of each group's OLS coefficient (R&B eq. 3.42); ``.mean()`` averages groups."""
+        """Reliability lambda_qj of each group's OLS coefficient (R&B eq. 3.42); for an enclosing factor of a
+        nested model, of its GLS estimate given the inner levels (eq. 8.8). ``.mean()`` averages groups."""
         name = self._factor_name(factor)
+        if hlm.check_per_group_statistic(self.design, name, "The reliability") == "outer":
+            usable, lam = hlm.outer_reliability(self.design, name, self._chain_taus(name),
+                                                None if self.sigma2 is None else np.array([self.sigma2]))
+            f = self.design.factor(name)
+            return pd.DataFrame(lam[0], index=f.levels[usable], columns=list(f.coef_names))
         return hlm.reliability(self.design, self.tau[name].to_numpy(), self._group_ols(name))
+
+    def _chain_taus(self, factor: str) -> list[np.ndarray]:
+        """T of each factor of the nested chain up to ``factor`` (innermost first), each as a (1, q, q) array."""
+        names = [f.name for f in self.design.chain]
+        return [self.tau[n].to_numpy()[None] for n in names[:names.index(factor) + 1]]
 
     def reliability_summary(self, factor: str | None = None) -> pd.DataFrame:
         """Average reliability over groups of each random coefficient (R&B eq. 3.59)."""
@@ -74,7 +86,15 @@ class FitResult(ABC):
 
     def chi_square(self, factor: str | None = None) -> pd.DataFrame:
         """Chi-square homogeneity test of each random coefficient's variance (R&B eq. 3.103)."""
-        return hlm.chi_square(self._group_ols(factor))
+        name = self._factor_name(factor)
+        if hlm.check_per_group_statistic(self.design, name, "The chi-square test") == "outer":
+            raise OptionError(
+                f"The chi-square test (R&B eq. 3.103) needs a regression within each group with independent rows; "
+                f"the rows of a {name!r} group are correlated through the inner grouping factor(s), and the book "
+                f"gives no formula for an enclosing level. To test the {name!r} variance, compare the model with "
+                f"and without its '(... | {name})' term: bayeshlm.deviance_test(fit_without, fit_with) (ML fits, "
+                "or REML fits with the same fixed effects).")
+        return hlm.chi_square(self._group_ols(name))
 
     def plausible_values(self, factor: str | None = None, level: float = 0.95) -> pd.DataFrame:
         """Plausible-value range gamma_q0 +/- z sqrt(tau_qq) of each random coefficient (R&B eq. 4.4)."""
@@ -89,8 +109,6 @@ class FitResult(ABC):
         name = self._factor_name(factor)
         tau = self.tau[name]
         if tau.shape != (1, 1) or self.sigma2 is None:
-            from ..errors import OptionError
-
             raise OptionError(
                 f"The ICC is one number only for a random-intercept model with a level-1 variance; {name!r} has "
                 f"random coefficients {list(tau.index)} so the level-2 variance depends on the predictors. "

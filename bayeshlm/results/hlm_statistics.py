@@ -2,8 +2,10 @@
 
 Engine-independent: likelihood fits pass their ML/REML estimates, Bayesian fits their posterior means
 (or one draw at a time). Formulas are Raudenbush & Bryk (2002), chapters 3-4; equation numbers in each
-docstring. Only models with one grouping factor, or the innermost factor of a nested chain, are covered by
-the per-group OLS quantities (reliability, chi-square): they need the level-1 regression within a group.
+docstring. The per-group OLS quantities (reliability, chi-square) need the level-1 regression within a group:
+they cover models with one grouping factor and the innermost factor of a nested chain. An outer factor of a
+nested chain gets the book's level-3 reliability (eq. 8.8, :func:`outer_reliability`); its chi-square and every
+per-group statistic of crossed factors are refused with a reason (:func:`check_per_group_statistic`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import pandas as pd
 from scipy import stats
 
 from ..design import Design, GroupingFactor
-from ..errors import OptionError
+from ..design.design import chain_parents, group_sums
+from ..errors import OptionError, RowsUnavailableError
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,90 @@ def chi_square(ols: GroupOLS) -> pd.DataFrame:
         "chi2": chi2, "df": df, "p": stats.chi2.sf(chi2, df), "groups_used": groups_used,
         "groups": ols.factor.n_groups,
     }, index=pd.Index(ols.factor.coef_names, name="coefficient"))
+
+
+def check_per_group_statistic(design: Design, factor: str, statistic: str) -> str:
+    """Where ``factor`` sits, for the per-group statistics: 'innermost' (one factor, or the innermost of a nested
+    chain: per-group OLS applies) or 'outer' (an enclosing factor of a nested chain). Crossed factors are refused:
+    rows of one group share the other factor's effects, which per-group OLS would treat as independent noise.
+    """
+    chain = design.chain
+    if len(design.factors) == 1 or (chain and chain[0].name == factor):
+        return "innermost"
+    if chain:
+        return "outer"
+    others = ", ".join(repr(f.name) for f in design.factors if f.name != factor)
+    raise OptionError(
+        f"{statistic} is not defined for {factor!r} here: it is crossed with {others}, so the rows of one "
+        f"{factor!r} group share the effects of several {others} groups, and a per-group regression would treat "
+        "those shared effects as independent level-1 noise (R&B 2002 give these statistics for nested models "
+        "only). Use fit.variance_components (and its intervals) to judge the variance, a likelihood-ratio test "
+        f"of the model without the '(... | {factor})' term to test it, and fit.group_effects({factor!r}) for "
+        "each group's estimate and its uncertainty.")
+
+
+def outer_reliability(design: Design, factor: str, taus: list[np.ndarray], sigma2: np.ndarray | None,
+                      chunk: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Reliability of each group's estimated coefficients for an outer factor of a nested chain.
+
+    R&B (2002) eq. 8.8: lambda_beta_k = tau_beta / (tau_beta + [sum_j (tau_pi + sigma^2 / n_jk)^-1]^-1) for
+    random intercepts, the precision of school k's mean being the sum of its classes' precisions. In general the
+    error variance of group k's GLS coefficient estimate is [(Z_k' V_k^-1 Z_k)^-1]_qq, V_k = sigma^2 I (or the
+    known variances) + the inner factors' Z T Z' on the group's rows, which reduces to eq. 8.8 there.
+
+    ``taus[m]`` (S, q_m, q_m) holds S values (estimates, or posterior draws) of T for each factor of the chain
+    up to and including ``factor``, innermost first; ``sigma2`` (S,) (None for V-known models). Returns the
+    groups whose Z_k has full column rank (J,) bool and lambda for them (S, J', q).
+    """
+    chain = design.chain
+    level = [f.name for f in chain].index(factor)
+    if not design.rows_available:
+        raise RowsUnavailableError(
+            f"The reliability of {factor!r} (an enclosing level) needs the rows of each group, which a design "
+            "built from aggregates (Dask input) does not keep. Fit from a pandas DataFrame to compute it.")
+    if design.residual is not None:
+        raise OptionError(
+            f"The reliability of {factor!r} (an enclosing level, R&B eq. 8.8) is implemented for independent "
+            "level-1 errors with one variance; this model has "
+            f"{design.residual.structure.describe()}. Use the reliability of the innermost factor, or fit "
+            "the model without the level-1 error structure to compare.")
+    outer = chain[level]
+    usable = np.linalg.matrix_rank(group_sums(outer.codes, outer.Z, outer.Z, outer.n_groups)) == outer.n_coef
+    n_values = len(taus[level])
+    lam = np.empty((n_values, int(usable.sum()), outer.n_coef))
+    for start in range(0, n_values, chunk):
+        part = slice(start, start + chunk)
+        precision = _outer_precision(design, level, [t[part] for t in taus],
+                                     None if sigma2 is None else np.asarray(sigma2, dtype=float)[part])
+        error = np.diagonal(np.linalg.inv(precision[:, usable]), axis1=-2, axis2=-1)
+        tau_diag = np.diagonal(taus[level][part], axis1=-2, axis2=-1)[:, None, :]
+        lam[part] = tau_diag / (tau_diag + error)
+    return usable, lam
+
+
+def _outer_precision(design: Design, level: int, taus: list[np.ndarray], sigma2: np.ndarray | None) -> np.ndarray:
+    """Z_k' V_k^-1 Z_k (S, J, q, q) for every group k of chain factor ``level`` (see :func:`outer_reliability`).
+
+    Starts from the level-1 cross-products per innermost group, Z' R^-1 Z with Z = [Z_0 ... Z_level]; each inner
+    factor m is then integrated out by Woodbury, A'(R + Z_m T_m Z_m')^-1 B = A'R^-1 B - A'R^-1 Z_m
+    (I + T_m Z_m'R^-1 Z_m)^-1 T_m Z_m'R^-1 B (valid for a singular T_m), and the result summed into the groups
+    of the next factor up.
+    """
+    chain = design.chain[:level + 1]
+    Z = np.hstack([f.Z for f in chain])
+    w = design.weights
+    cross = group_sums(chain[0].codes, Z if w is None else Z * w[:, None], Z, chain[0].n_groups)
+    n_values = len(taus[0])
+    scale = np.ones(n_values) if sigma2 is None else sigma2
+    P = cross[None] / scale[:, None, None, None]
+    for m, parent in enumerate(chain_parents(chain)):
+        q = chain[m].n_coef
+        a, b, c = P[..., :q, :q], P[..., :q, q:], P[..., q:, q:]
+        T = taus[m][:, None]
+        reduced = c - np.swapaxes(b, -1, -2) @ np.linalg.solve(np.eye(q) + T @ a, T @ b)
+        P = np.zeros((n_values, chain[m + 1].n_groups) + reduced.shape[-2:])
+        np.add.at(P, (slice(None), parent), reduced)
+    return P
 
 
 def plausible_values(gamma_q0: np.ndarray, tau: np.ndarray, names, level: float = 0.95) -> pd.DataFrame:
