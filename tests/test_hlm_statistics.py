@@ -221,3 +221,20 @@ def test_bayes_level3_reliability_is_eq_8_8_per_draw():
     assert summary["reliability"] == pytest.approx(lam.mean(), rel=1e-10)
     assert summary["sd"] == pytest.approx(lam.std(ddof=1), rel=1e-10)
     np.testing.assert_allclose(fit.reliability("school")["(Intercept)"], lam.mean(), rtol=1e-10)
+
+
+def test_icc_of_a_three_level_model_counts_every_variance(egsingle_three_level):
+    fit = egsingle_three_level
+    sigma2, tau_pi, tau_beta = fit.sigma2, fit.tau["childid"].iloc[0, 0], fit.tau["schoolid"].iloc[0, 0]
+    total = sigma2 + tau_pi + tau_beta
+    # R&B eq. 8.4-8.6: the school share tau_beta / total (0.134 here; tau_beta / (tau_beta + sigma^2) gave 0.175)
+    assert fit.icc("schoolid") == pytest.approx(tau_beta / total, rel=1e-12)
+    assert fit.icc("schoolid") == pytest.approx(0.134, abs=5e-4)
+    # two scores of one child share the child's and the school's effects
+    assert fit.icc("childid") == pytest.approx((tau_pi + tau_beta) / total, rel=1e-12)
+
+
+def test_icc_of_crossed_factors_counts_the_other_factor():
+    fit = bh.HLM("attain ~ 1 + (1 | primary) + (1 | second)", bh.datasets.load("scotssec")).fit("reml")
+    total = fit.sigma2 + fit.tau["primary"].iloc[0, 0] + fit.tau["second"].iloc[0, 0]
+    assert fit.icc("second") == pytest.approx(fit.tau["second"].iloc[0, 0] / total, rel=1e-12)  # R&B eq. 12.6

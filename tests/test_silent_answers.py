@@ -89,3 +89,34 @@ def test_known_variance_model_without_random_term_points_to_meta():
     df = _two_level().assign(v=0.2)
     with pytest.raises(bh.FormulaError, match=r"no grouping factor.*bayeshlm\.meta\('y ~ 1 \+ x', data, vi='v'\)"):
         bh.HLM("y ~ x", df, known_variance="v")
+
+
+# --- variance explained against a base fitted to other data --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hsb_means(hsb):
+    return bh.HLM("mathach ~ meanses + (1 | school)", hsb).fit("reml")
+
+
+def test_variance_explained_accepts_a_base_on_the_same_data(hsb, hsb_means):
+    base = bh.HLM("mathach ~ 1 + (1 | school)", hsb).fit("reml")
+    table = hsb_means.variance_explained(base)
+    assert table.loc["school: (Intercept)", "proportion_explained"] == pytest.approx(0.69, abs=0.01)  # R&B p. 74
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.iloc[: len(d) // 2], r"it analyses 3\d{3} rows, this model 7185"),
+    (lambda d: d.assign(mathach=d["mathach"].sample(frac=1, random_state=0).to_numpy()), "other rows or other values"),
+    (lambda d: d.assign(meanses=d["meanses"].where(d.index != 5)), "it analyses 7184 rows"),
+    (lambda d: d.assign(school=d["school"].where(d["school"] != "1224", "1288")), "groups of 'school' differ"),
+])
+def test_variance_explained_refuses_a_base_fitted_to_other_data(hsb, hsb_means, change, message):
+    base = bh.HLM("mathach ~ meanses + (1 | school)", change(hsb)).fit("reml")
+    with pytest.raises(bh.OptionError, match=rf"compares two models of the same data.*{message}"):
+        hsb_means.variance_explained(base)
+
+
+def test_variance_explained_refuses_another_outcome(hsb, hsb_means):
+    base = bh.HLM("ses ~ 1 + (1 | school)", hsb).fit("reml")
+    with pytest.raises(bh.OptionError, match="its outcome is 'ses', not 'mathach'"):
+        hsb_means.variance_explained(base)

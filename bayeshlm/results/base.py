@@ -105,16 +105,23 @@ class FitResult(ABC):
         return hlm.plausible_values(centers, self.tau[name].to_numpy(), coefs, level)
 
     def icc(self, factor: str | None = None) -> float:
-        """Intraclass correlation tau00 / (tau00 + sigma^2), defined for random-intercept-only models."""
+        """Intraclass correlation tau00 / (tau00 + sigma^2) (R&B eq. 2.10), defined for random-intercept models.
+
+        With several grouping factors: the correlation of two rows in the same group of ``factor`` but in
+        different groups of every other factor except those enclosing it, (tau_factor + tau of the enclosing
+        factors) / (sigma^2 + every tau) -- children within schools: (tau_pi + tau_beta) / total for a child,
+        tau_beta / total for a school (R&B eq. 8.4-8.6); crossed factors: tau / total (eq. 12.5-12.6).
+        """
         name = self._factor_name(factor)
-        tau = self.tau[name]
-        if tau.shape != (1, 1) or self.sigma2 is None:
-            raise OptionError(
-                f"The ICC is one number only for a random-intercept model with a level-1 variance; {name!r} has "
-                f"random coefficients {list(tau.index)} so the level-2 variance depends on the predictors. "
-                "Use fit.tau to see the variance at given predictor values."
-            )
-        return hlm.icc(float(tau.iloc[0, 0]), float(self.sigma2))
+        for other, tau in self.tau.items():
+            if tau.shape != (1, 1) or self.sigma2 is None:
+                raise OptionError(
+                    f"The ICC is one number only for a random-intercept model with a level-1 variance; {other!r} "
+                    f"has random coefficients {list(tau.index)} so its variance depends on the predictors. "
+                    "Use fit.tau to see the variance at given predictor values.")
+        shared = [name] + _enclosing_factors(self.design, name)
+        total = float(self.sigma2) + sum(float(t.iloc[0, 0]) for t in self.tau.values())
+        return sum(float(self.tau[f].iloc[0, 0]) for f in shared) / total
 
     def save(self, path):
         """Write this fit to a netCDF file; read it back with :func:`bayeshlm.load_fit` (see
@@ -133,8 +140,15 @@ class FitResult(ABC):
     def variance_explained(self, base: FitResult) -> pd.DataFrame:
         """Proportion of variance explained relative to ``base`` at each level (R&B eq. 4.12, 4.20, 4.24).
 
-        Rows: 'level-1' for sigma^2, and one per random coefficient present in both fits.
+        Rows: 'level-1' for sigma^2, and one per random coefficient present in both fits. Both fits must model
+        the same outcome on the same rows with the same groups (else the proportions compare different data).
         """
+        problems = _data_differences(self.design, base.design)
+        if problems:
+            raise OptionError(
+                f"variance_explained compares two models of the same data, but the base model differs: "
+                f"{'; '.join(problems)}. Fit the base model to the same rows (drop rows with missing values in "
+                "either model's variables first, so both analyse the same rows) and the same grouping factors.")
         rows = {}
         if self.sigma2 is not None and base.sigma2 is not None:
             rows["level-1 (sigma^2)"] = (base.sigma2, self.sigma2)
@@ -146,3 +160,40 @@ class FitResult(ABC):
             [(b, f, hlm.proportion_explained(b, f)) for b, f in rows.values()],
             index=pd.Index(list(rows), name="variance"), columns=["base", "fitted", "proportion_explained"],
         )
+
+
+def _enclosing_factors(design: Design, factor: str) -> list[str]:
+    """The factors ``factor`` is nested in (its parent, the parent's parent, ...)."""
+    out = []
+    while design.nesting.get(factor):
+        factor = design.nesting[factor]
+        out.append(factor)
+    return out
+
+
+def _data_differences(design: Design, base: Design) -> list[str]:
+    """How ``base`` differs from ``design`` in outcome, rows or groups (empty when they analyse the same data)."""
+    if base.outcome_name != design.outcome_name:
+        return [f"its outcome is {base.outcome_name!r}, not {design.outcome_name!r}"]
+    if base.n_obs != design.n_obs:
+        return [f"it analyses {base.n_obs} rows, this model {design.n_obs}"]
+    problems = []
+    if design.rows_available and base.rows_available:
+        if not (np.array_equal(base.row_labels, design.row_labels) and np.array_equal(base.y, design.y)):
+            problems.append(f"other rows or other values of {design.outcome_name!r}")
+    else:
+        mine, theirs = design.column_summary(), base.column_summary()
+        if (mine.y_mean, mine.y_sd) != (theirs.y_mean, theirs.y_sd):
+            problems.append(f"other values of {design.outcome_name!r} (mean {theirs.y_mean:.6g}, not "
+                            f"{mine.y_mean:.6g})")
+    shared = [f for f in design.factors if f.name in base.factor_names]
+    if not shared:
+        problems.append(f"it has no grouping factor in common (its factors: {', '.join(base.factor_names)})")
+    for f in shared:
+        other = base.factor(f.name)
+        same = f.levels.equals(other.levels) and np.array_equal(f.group_sizes, other.group_sizes)
+        if same and design.rows_available and base.rows_available:
+            same = np.array_equal(f.codes, other.codes)
+        if not same:
+            problems.append(f"its groups of {f.name!r} differ ({other.n_groups} groups, this model {f.n_groups})")
+    return problems

@@ -253,11 +253,6 @@ def plausible_values(gamma_q0: np.ndarray, tau: np.ndarray, names, level: float 
                         index=pd.Index(list(names), name="coefficient"))
 
 
-def icc(tau00: float, sigma2: float) -> float:
-    """Intraclass correlation tau00 / (tau00 + sigma^2) (R&B 2002, eq. 2.10): random-intercept models only."""
-    return tau00 / (tau00 + sigma2)
-
-
 def proportion_explained(base: float, fitted: float) -> float:
     """(base - fitted) / base, for sigma^2 (eq. 4.20) or a tau_qq (eq. 4.12, 4.24)."""
     if base <= 0:
