@@ -1,7 +1,8 @@
 """Exceptions raised by bayeshlm.
 
 Every message says what is wrong (which column, which rows, which option) and what to do about it.
-All of them derive from :class:`InputError`, itself a ``ValueError``, so ``except ValueError`` still works.
+All of them derive from :class:`InputError`, itself a ``ValueError``, so ``except ValueError`` still works, except
+:class:`SaveError`, an ``OSError`` (the disk, not the input, failed).
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ class OptionError(InputError):
 
 class RowsUnavailableError(OptionError):
     """A result needs the individual rows, but the model was built from per-group aggregates (Dask input)."""
+
+
+class FitFormatError(InputError):
+    """A file given to ``load_fit`` is not a fit saved by this version of bayeshlm, or it is damaged."""
+
+
+class SaveError(OSError):
+    """Writing a file failed (disk full, no permission); any earlier file at that path is left unchanged."""
 
 
 def closest_names(name: str, candidates: Iterable[str], n: int = 3) -> str:

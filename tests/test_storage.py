@@ -103,3 +103,176 @@ def test_bayes_fit_round_trips_draws_summaries_and_records(tmp_path):
         (fit.priors, fit.sampler, fit.diagnostics, fit.messages)
     assert loaded.summary() == fit.summary()
     assert {v.name for v in loaded.pymc_model().free_RVs} == {v.name for v in fit.pymc_model().free_RVs}
+
+
+# --- damaged, foreign and crafted files (issue 21): one clear FitFormatError, nothing large read ---------------
+@pytest.fixture
+def small_save(tmp_path):
+    """A small REML fit saved to disk: (fit, path)."""
+    rng = np.random.default_rng(8)
+    g = np.repeat(np.arange(10), 8)
+    df = pd.DataFrame({"y": rng.normal(size=80) + rng.normal(size=10)[g], "x": rng.normal(size=80), "g": g})
+    fit = bh.HLM("y ~ x + (x | g)", df).fit()
+    return fit, fit.save(tmp_path / "small.nc")
+
+
+def _edit_attribute(path, name, value):
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        f.attrs[name] = value
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("truncated", r"is not a netCDF file written by fit.save"),
+    ("random bytes", r"is not a netCDF file written by fit.save"),
+    ("text", r"is not a netCDF file written by fit.save"),
+    ("netCDF3 from another program", r"is not a netCDF file written by fit.save"),
+    ("netCDF4 from another program", r"has no bayeshlm format version"),
+    ("spec not JSON", r"is damaged .*'spec' attribute is not valid JSON"),
+    ("state not JSON", r"is damaged .*'state' attribute is not valid JSON"),
+    ("state a JSON list", r"is damaged .*'state' attribute is not a JSON object"),
+    ("spec missing a key", r"is damaged .*KeyError: 'outcome'"),
+    ("format version text", r"is damaged .*format version 'one' is not a number"),
+    ("engine unknown", r"is damaged .*engine 'magic' is neither"),
+    ("theta too short", r"is damaged .*saved theta has 2 values .* this model has 3 variance parameters"),
+    ("theta not finite", r"is damaged .*saved theta has 3 values \(finite: False\)"),
+    ("X with a column too many", r"is damaged .*'X' has shape \(80, 3\), but the saved names declare \(80, 2\)"),
+])
+def test_damaged_or_foreign_file_is_one_clear_error(small_save, tmp_path, damage, message):
+    import h5py
+
+    fit, path = small_save
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "random bytes":
+        path.write_bytes(np.random.default_rng(1).bytes(5000))
+    elif damage == "text":
+        path.write_text("y,x,g\n1,2,3\n")
+    elif damage.startswith("netCDF"):
+        engine = "scipy" if damage.startswith("netCDF3") else "h5netcdf"
+        path.unlink()
+        xr.Dataset({"a": ("x", [1.0, 2.0])}, attrs={"title": "other"}).to_netcdf(path, engine=engine)
+    elif damage == "spec not JSON":
+        _edit_attribute(path, "spec", "{not json")
+    elif damage == "state not JSON":
+        _edit_attribute(path, "state", "")
+    elif damage == "state a JSON list":
+        _edit_attribute(path, "state", "[1, 2]")
+    elif damage == "spec missing a key":
+        _edit_attribute(path, "spec", "{}")
+    elif damage == "format version text":
+        _edit_attribute(path, "format_version", "one")
+    elif damage == "engine unknown":
+        _edit_attribute(path, "engine", "magic")
+    elif damage.startswith("theta"):
+        import json
+
+        state = json.loads(h5py.File(path, "r").attrs["state"])
+        state["theta"] = state["theta"][:2] if damage == "theta too short" else [1.0, float("nan"), 0.5]
+        _edit_attribute(path, "state", json.dumps(state))
+    else:
+        with h5py.File(path, "a") as f:
+            X = f["design/X"][()]
+            del f["design/X"]
+            f["design"].create_dataset("X", data=np.column_stack([X, X[:, 1]]))
+    with pytest.raises(bh.errors.FitFormatError, match=message):
+        bh.load_fit(path)
+
+
+@pytest.mark.parametrize("how", ["extra array never written", "compressed array replacing y"])
+def test_crafted_file_declaring_a_huge_array_is_refused_before_reading_it(small_save, how):
+    """A 400 MB array in a file of well under 1 MB (unwritten HDF5 data, or zeros compressed): the old loader
+    read it all (tracemalloc peak about 400 MB); now the layout check refuses it and the peak stays small."""
+    import tracemalloc
+
+    import h5py
+
+    fit, path = small_save
+    with h5py.File(path, "a") as f:
+        if how == "extra array never written":
+            f["design"].create_dataset("junk", shape=(50_000_000,), dtype="f8", chunks=True)
+        else:
+            del f["design/y"]
+            f["design"].create_dataset("y", shape=(50_000_000,), dtype="f8", chunks=(1_000_000,),
+                                       compression="gzip", fillvalue=0.0)
+            f["design/y"][:1_000_000] = 0.0
+    assert path.stat().st_size < 2_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(bh.errors.FitFormatError, match=r"its arrays would take 38\d MB in memory"):
+            bh.load_fit(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20
+
+
+def test_long_text_in_a_short_file_is_measured_before_it_is_read(small_save):
+    """Variable-length text becomes fixed-width Unicode in memory: 80 labels, one of 200,000 characters, would take
+    64 MB; the file holds well under 1 MB."""
+    import h5py
+
+    fit, path = small_save
+    labels = np.array(["r"] * 79 + ["x" * 200_000], dtype=object)
+    with h5py.File(path, "a") as f:
+        del f["design/row_labels"]
+        f["design"].create_dataset("row_labels", data=labels, dtype=h5py.string_dtype())
+    with pytest.raises(bh.errors.FitFormatError, match=r"its arrays would take 6\d MB in memory"):
+        bh.load_fit(path)
+
+
+# --- saving: atomic replacement ----------------------------------------------------------------------------------
+def test_failed_save_leaves_the_earlier_file_intact_and_no_temporary_file(small_save, monkeypatch):
+    fit, path = small_save
+    before = path.read_bytes()
+
+    def fail_halfway(f, data):
+        f.write(data[: len(data) // 2])
+        f.flush()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage, "_write_bytes", fail_halfway)
+    with pytest.raises(bh.errors.SaveError, match=r"could not write .*small.nc' \(No space left on device\); the "
+                                                  r"earlier file there is unchanged"):
+        fit.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["small.nc"]
+    _assert_same_likelihood_fit(fit, bh.load_fit(path))
+
+
+def test_save_on_a_full_disk_raises_and_the_process_carries_on(small_save, tmp_path):
+    """A full disk, simulated by a file-size limit (RLIMIT_FSIZE with SIGXFSZ ignored: writes past it fail with
+    EFBIG): a clear SaveError, the earlier file unchanged, and the process exits normally (it used to crash)."""
+    import subprocess
+    import sys
+
+    fit, path = small_save
+    before = path.read_bytes()
+    script = f"""
+import resource, signal, numpy as np, pandas as pd, bayeshlm as bh
+rng = np.random.default_rng(2)
+g = np.repeat(np.arange(200), 50)
+df = pd.DataFrame({{"y": rng.normal(size=10000), "x": rng.normal(size=10000), "g": g}})
+fit = bh.HLM("y ~ x + (x | g)", df).fit()
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
+try:
+    fit.save({str(path)!r})
+except bh.errors.SaveError as err:
+    print("SaveError:", err)
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "SaveError: fit.save: could not write" in run.stdout and "earlier file there is unchanged" in run.stdout
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["small.nc"]
+
+
+def test_save_into_a_missing_folder_or_onto_a_folder_is_a_clear_error(small_save, tmp_path):
+    fit, _ = small_save
+    with pytest.raises(bh.errors.SaveError, match=r"cannot create a file in .*absent"):
+        fit.save(tmp_path / "absent" / "fit.nc")
+    with pytest.raises(bh.OptionError, match=r"is a folder; give a file name"):
+        fit.save(tmp_path)

@@ -16,11 +16,20 @@ One file holds an xarray DataTree:
 
 A file whose ``format_version`` differs from :data:`FORMAT_VERSION` is refused with an error naming both
 versions.
+
+Saving writes a temporary file in the same folder and renames it over ``path`` (``os.replace``, atomic on one file
+system), so a failed save (full disk) leaves any earlier file intact. Loading checks the file before reading
+any array: the HDF5 layout is read with h5py (attributes, array shapes and types only), and since ``fit.save``
+writes arrays uncompressed, a file whose arrays would take more memory than :data:`MEMORY_PER_FILE_BYTE` times
+its size (plus :data:`MEMORY_SLACK` bytes) is refused as crafted or damaged; then every array's shape is checked
+against the sizes the saved metadata declares. Any damage found is a :class:`~bayeshlm.errors.FitFormatError`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +37,17 @@ import pandas as pd
 import xarray as xr
 
 from ..design import Design, DroppedRows, GroupingFactor
-from ..errors import InputError, OptionError
+from ..errors import FitFormatError, OptionError, SaveError
 from ..spec import Centering, ModelSpec
 from ..spec.model_spec import RandomTerm
 
 FORMAT_VERSION = 1
 ENGINE = "h5netcdf"
+MEMORY_PER_FILE_BYTE = 4  # arrays are stored uncompressed; text read as fixed-width Unicode may take 4x its bytes
+MEMORY_SLACK = 16 * 2**20
+_DAMAGE = (KeyError, IndexError, TypeError, ValueError, AttributeError, OSError)  # json errors are ValueErrors
 
-
-class FitFormatError(InputError):
-    """A saved fit cannot be read by this version of bayeshlm."""
+__all__ = ["FORMAT_VERSION", "FitFormatError", "load_fit", "save_fit"]
 
 
 def save_fit(fit, path: str | Path) -> Path:
@@ -57,36 +67,169 @@ def save_fit(fit, path: str | Path) -> Path:
                              "state": json.dumps(state, default=_plain)})
     tree = xr.DataTree.from_dict({"/": root, **_design_groups(fit.design), **groups})
     path = Path(path)
-    tree.to_netcdf(path, engine=ENGINE)
+    _write_atomically(tree, path)
     return path
 
 
+def _write_atomically(tree: xr.DataTree, path: Path) -> None:
+    """Write ``tree`` to a temporary file beside ``path``, then rename it over ``path``; on any failure remove the
+    temporary file and leave ``path`` as it was.
+
+    The netCDF bytes are made in memory and written with plain file I/O: when HDF5 itself met a full disk, h5py
+    raised a RuntimeError and the process later crashed (segmentation fault) while releasing the file."""
+    if path.is_dir():
+        raise OptionError(f"fit.save: {str(path)!r} is a folder; give a file name such as 'fit.nc'.")
+    data = tree.to_netcdf(None, engine=ENGINE)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as err:
+        raise SaveError(f"fit.save: cannot create a file in {str(path.parent)!r} ({err.strerror}).") from None
+    try:
+        with os.fdopen(handle, "wb") as f:
+            _write_bytes(f, data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException as err:
+        Path(temporary).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            kept = "the earlier file there is unchanged" if path.exists() else "nothing was written"
+            raise SaveError(f"fit.save: could not write {str(path)!r} ({err.strerror or err}); "
+                            f"{kept}. Free some disk space or choose another folder.") from err
+        raise
+
+
+def _write_bytes(f, data) -> None:
+    f.write(data)
+
+
 def load_fit(path: str | Path):
-    """Read a fit written by :func:`save_fit` (``fit.save``); returns a LikelihoodFit or a BayesFit."""
+    """Read a fit written by :func:`save_fit` (``fit.save``); returns a LikelihoodFit or a BayesFit.
+
+    A file that is not such a fit, or is damaged, raises :class:`~bayeshlm.errors.FitFormatError` before its
+    arrays are read (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise OptionError(f"load_fit: no file {str(path)!r}.")
+    attrs = _checked_layout(path)
+    try:
+        tree = xr.open_datatree(path, engine=ENGINE)
+        with tree:
+            spec = _spec_from_dict(attrs["spec"])
+            _check_shapes(tree, attrs)
+            tree.load()
+            design = _design_from_tree(tree, spec)
+        state = attrs["state"]
+        if attrs["engine"] == "likelihood":
+            return _likelihood_from_state(design, state)
+        return _bayes_from_tree(design, state, tree)
+    except _DAMAGE as err:  # the file's content can be damaged in any of the ways the readers below notice
+        why = str(err) if isinstance(err, FitFormatError) else f"{type(err).__name__}: {err}"
+        raise _damaged(path, why) from None
+
+
+def _damaged(path: Path, why: str) -> FitFormatError:
+    return FitFormatError(f"load_fit: {str(path)!r} is damaged or was changed after fit.save wrote it ({why}). "
+                          "Refit the model and save it again.")
+
+
+def _checked_layout(path: Path) -> dict:
+    """The root attributes (spec and state parsed), after checking with h5py, reading no array, that this is a
+    bayeshlm save of a supported version whose arrays fit the memory bound of the module docstring."""
+    import h5py
+
     from .. import __version__
 
-    path = Path(path)
-    if not path.exists():
-        raise OptionError(f"load_fit: no file {str(path)!r}.")
     try:
-        tree = xr.open_datatree(path, engine=ENGINE).load()
-    except (OSError, ValueError) as err:
+        with h5py.File(path, "r") as f:
+            attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in f.attrs.items()}
+            if "format_version" not in attrs:
+                raise FitFormatError(f"load_fit: {str(path)!r} has no bayeshlm format version; it was not written "
+                                     "by fit.save.")
+            try:
+                saved = int(np.asarray(attrs["format_version"]).item())
+            except (TypeError, ValueError):
+                raise _damaged(path, f"format version {attrs['format_version']!r} is not a number") from None
+            if saved != FORMAT_VERSION:
+                raise FitFormatError(
+                    f"load_fit: {str(path)!r} uses save format {saved} (written by bayeshlm "
+                    f"{attrs.get('bayeshlm_version')}), but this bayeshlm {__version__} reads format "
+                    f"{FORMAT_VERSION}. Load it with the version that wrote it and refit, or refit from the data.")
+            needed = _memory_needed(f)
+    except OSError as err:
         raise FitFormatError(f"load_fit: {str(path)!r} is not a netCDF file written by fit.save ({err}).") from None
-    attrs = tree.attrs
-    if "format_version" not in attrs:
-        raise FitFormatError(f"load_fit: {str(path)!r} has no bayeshlm format version; it was not written by "
-                             "fit.save.")
-    saved = int(attrs["format_version"])
-    if saved != FORMAT_VERSION:
-        raise FitFormatError(
-            f"load_fit: {str(path)!r} uses save format {saved} (written by bayeshlm {attrs.get('bayeshlm_version')})"
-            f", but this bayeshlm {__version__} reads format {FORMAT_VERSION}. Load it with the version that wrote "
-            "it and refit, or refit from the data.")
-    design = _design_from_tree(tree, _spec_from_dict(json.loads(attrs["spec"])))
-    state = json.loads(attrs["state"])
-    if attrs["engine"] == "likelihood":
-        return _likelihood_from_state(design, state)
-    return _bayes_from_tree(design, state, tree)
+    limit = MEMORY_PER_FILE_BYTE * path.stat().st_size + MEMORY_SLACK
+    if needed > limit:
+        raise _damaged(path, f"its arrays would take {needed / 2**20:.0f} MB in memory, more than a "
+                             f"{path.stat().st_size / 2**20:.2f} MB uncompressed save can hold")
+    if attrs.get("engine") not in ("likelihood", "bayes"):
+        raise _damaged(path, f"engine {attrs.get('engine')!r} is neither 'likelihood' nor 'bayes'")
+    for name in ("spec", "state"):
+        try:
+            attrs[name] = json.loads(attrs[name])
+        except KeyError:
+            raise _damaged(path, f"no {name!r} attribute") from None
+        except (TypeError, ValueError) as err:
+            raise _damaged(path, f"the {name!r} attribute is not valid JSON: {err}") from None
+        if not isinstance(attrs[name], dict):
+            raise _damaged(path, f"the {name!r} attribute is not a JSON object")
+    return attrs
+
+
+def _memory_needed(f) -> int:
+    """Bytes the file's arrays take once read: declared shape x item size, and for variable-length text the
+    fixed-width Unicode array xarray makes of it (4 bytes per character of the longest string, measured a block
+    at a time so that the check itself stays small)."""
+    import h5py
+
+    total = 0
+
+    def add(_, node):
+        nonlocal total
+        if not isinstance(node, h5py.Dataset):
+            return
+        if node.dtype.kind == "O" and h5py.check_string_dtype(node.dtype) is not None:
+            flat, longest = node.asstr(), 0
+            rows = node.shape[0] if node.ndim else 1
+            for start in range(0, rows, 65536):
+                block = flat[start:start + 65536] if node.ndim else flat[()]
+                longest = max(longest, max((len(s) for s in np.ravel(block)), default=0))
+            total += node.size * max(4 * longest, 8)
+        else:
+            total += node.size * node.dtype.itemsize
+
+    f.visititems(add)
+    return total
+
+
+def _check_shapes(tree: xr.DataTree, attrs: dict) -> None:
+    """Every design array has the shape the saved names declare (rows, fixed effects, random coefficients)."""
+    design = tree["design"]
+    meta = json.loads(design.attrs["meta"])
+    n = design["y"].shape[0] if design["y"].ndim == 1 else -1
+    expected = {"y": (n,), "X": (n, len(meta["fixed_names"])), "row_labels": (n,)}
+    if "known_variance" in design:
+        expected["known_variance"] = (n,)
+    _compare_shapes(design, expected, "design")
+    if len(meta["factors"]) != len(design.children) - ("residual" in design.children):
+        raise FitFormatError(f"{len(meta['factors'])} grouping factors are named but "
+                             f"{len(design.children)} are stored")
+    for k, factor in enumerate(meta["factors"]):
+        node = design[f"factor_{k}"]
+        groups = node["levels"].shape[0] if node["levels"].ndim == 1 else -1
+        _compare_shapes(node, {"codes": (n,), "Z": (n, len(factor["coef_names"])), "levels": (groups,)},
+                        f"factor {factor['name']!r}")
+    if attrs["engine"] == "likelihood" and not isinstance(attrs["state"].get("theta"), list):
+        raise FitFormatError("the likelihood state has no theta list")
+
+
+def _compare_shapes(node, expected: dict[str, tuple[int, ...]], where: str) -> None:
+    for name, shape in expected.items():
+        if name not in node:
+            raise FitFormatError(f"{where}: the array {name!r} is missing")
+        if tuple(node[name].shape) != shape or -1 in shape:
+            raise FitFormatError(f"{where}: {name!r} has shape {tuple(node[name].shape)}, but the saved names "
+                                 f"declare {shape}")
 
 
 def _plain(value):
@@ -240,7 +383,12 @@ def _likelihood_from_state(design: Design, state: dict):
         objective, cls = StructuredDeviance(design, state["method"]), StructuredFit
     else:
         objective, cls = ProfiledDeviance(design, state["method"]), LikelihoodFit
-    return cls(objective, np.asarray(state["theta"], dtype=float), converged=state["converged"],
+    theta = np.asarray(state["theta"], dtype=float)
+    size = objective.size if cls is StructuredFit else objective.params.size
+    if theta.shape != (size,) or not np.all(np.isfinite(theta)):
+        raise FitFormatError(f"the saved theta has {theta.size} values (finite: {bool(np.isfinite(theta).all())}), "
+                             f"but this model has {size} variance parameters")
+    return cls(objective, theta, converged=state["converged"],
                optimizer_message=state["optimizer_message"], n_evaluations=state["n_evaluations"])
 
 
