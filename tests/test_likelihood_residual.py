@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 
 import bayeshlm as bh
+from bayeshlm.likelihood.marginal import StructuredDeviance
+from bayeshlm.likelihood.result import theta_to_standard
 
 REFERENCE = json.loads((Path(__file__).parent / "reference" / "nlme_reference.json").read_text())
 CASES = {
@@ -84,7 +86,13 @@ def test_criterion_at_nlme_estimates(key):
         x += [np.log(r) for level, r in ref["varident_ratios"].items() if level != ref["varident_reference"]]
     if "ar1_phi" in ref:
         x.append(np.arctanh(ref["ar1_phi"]))
-    assert fit._objective(np.array(x)) == pytest.approx(-2 * ref["loglik"], rel=1e-9)
+    user = StructuredDeviance(fit.design, fit.method)
+    assert user(np.array(x)) == pytest.approx(-2 * ref["loglik"], rel=1e-9)
+    # the same point on the standardised scale the fit works on, its criterion mapped back
+    standard = theta_to_standard(fit._objective, fit._scaling, np.array(x))
+    n, p = fit.design.n_obs, fit.design.n_fixed
+    assert fit._scaling.deviance(fit._objective(standard), n, p, fit.method == "reml") == pytest.approx(
+        -2 * ref["loglik"], rel=1e-9)
 
 
 def test_table_5_9_heterogeneous_level1_variance_by_sector(hsb):
@@ -120,8 +128,9 @@ def test_group_effects_use_the_structured_covariance(sleepstudy):
     fit = fitted("sleep_lme_varident_reml")
     plain = bh.HLM("Reaction ~ Days + (Days | Subject)", sleepstudy).fit("reml")
     theta = plain.theta.to_numpy()
-    k = fit._objective.params.size
-    same = type(fit)(fit._objective, np.concatenate([theta, np.zeros(fit._objective.size - k)]), converged=True,
+    objective = StructuredDeviance(fit.design, "reml")
+    k = objective.params.size
+    same = type(fit)(objective, np.concatenate([theta, np.zeros(objective.size - k)]), converged=True,
                      optimizer_message="", n_evaluations=0)
     assert same.deviance == pytest.approx(plain.deviance, rel=1e-10)
     np.testing.assert_allclose(same.group_effects().to_numpy(float), plain.group_effects().to_numpy(float), rtol=1e-7)

@@ -73,6 +73,16 @@ class AggregateDroppedRows(DroppedRows):
         return self.n_dropped
 
 
+@dataclass(frozen=True, eq=False)
+class ShiftedSums:
+    """The chain's sums accumulated from [X - x, y - y] (the intercept column not shifted), x and y near the
+    column means: the standardised fit reads these, whose cross-products of large values never cancel."""
+
+    x: np.ndarray  # (p,)
+    y: float
+    stats: ChainCrossproducts
+
+
 class AggregateDesign(Design):
     """A :class:`Design` holding the sufficient statistics of a nested chain.
 
@@ -84,13 +94,21 @@ class AggregateDesign(Design):
 
     def __init__(self, *, spec: ModelSpec, n_obs: int, fixed_names, fixed_terms, factors, dropped, nesting,
                  term_levels, chain_names, chain_stats: ChainCrossproducts, summary_stats: ColumnSummary,
-                 level2):
+                 level2, shifted: ShiftedSums | None = None):
         for name, value in dict(spec=spec, fixed_names=tuple(fixed_names), fixed_terms=tuple(fixed_terms),
                                 factors=tuple(factors), known_variance=None, dropped=dropped, nesting=nesting,
                                 term_levels=term_levels, residual=None, chain_names=tuple(chain_names),
                                 chain_stats=chain_stats,
-                                summary_stats=summary_stats, level2=level2, _n_obs=int(n_obs)).items():
+                                summary_stats=summary_stats, level2=level2, shifted=shifted,
+                                _n_obs=int(n_obs)).items():
             object.__setattr__(self, name, value)
+
+    def rescaled(self, chain_stats: ChainCrossproducts, summary_stats: ColumnSummary) -> AggregateDesign:
+        """The same design with other sums (see :func:`bayeshlm.design.scaling.standardise`)."""
+        return AggregateDesign(spec=self.spec, n_obs=self.n_obs, fixed_names=self.fixed_names,
+                               fixed_terms=self.fixed_terms, factors=self.factors, dropped=self.dropped,
+                               nesting=self.nesting, term_levels=self.term_levels, chain_names=self.chain_names,
+                               chain_stats=chain_stats, summary_stats=summary_stats, level2=self.level2)
 
     # what the engines read ------------------------------------------------------------------------
     @property

@@ -21,14 +21,16 @@ from scipy.optimize import minimize
 from threadpoolctl import ThreadpoolController
 
 from ..design import Design
+from ..design.scaling import Scaling, standardise
 from ..errors import DataError, OptionError, closest_names
 from .crossed import CrossedSolver
 from .nested import NestedSolver
 from .params import Parameterization
-from .result import LikelihoodFit
+from .result import LikelihoodFit, theta_to_standard
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 OPTIONS = ("start", "maxiter")
+POLISH_GRADIENT = 1e-9  # slope left at the end point (relative to the criterion) that earns Newton steps
 _THREADPOOLS: list[ThreadpoolController] = []  # found once: scanning the loaded libraries takes ~10 ms
 
 
@@ -172,6 +174,36 @@ def _minimize(objective: ProfiledDeviance, start: np.ndarray, maxiter: int):
                     options={"ftol": 1e-15, "gtol": 1e-9 * max(abs(f0), 1.0), "maxiter": maxiter, "maxls": 50})
 
 
+def _polish(objective: ProfiledDeviance, result, steps: int = 2):
+    """Newton steps on the analytic gradient from the optimiser's end point, while they shrink the gradient.
+
+    Near the optimum the criterion is flat to rounding (a change of theta by 1e-8 moves it by 1e-15
+    relative), so L-BFGS-B, which stops on the criterion, can end ~1e-8 away from the root of the
+    gradient; the gradient itself is still accurate there. The Hessian is by central differences of it.
+    """
+    x, g = result.x, result.jac
+    if not np.all(np.isfinite(g)) or np.max(np.abs(g), initial=0.0) <= POLISH_GRADIENT * max(abs(result.fun), 1.0):
+        return result
+    for _ in range(steps):
+        h = 1e-6 * np.maximum(np.abs(x), 1.0)
+        H = np.empty((len(x), len(x)))
+        for k in range(len(x)):
+            e = np.zeros_like(x)
+            e[k] = h[k]
+            H[:, k] = (objective.value_and_gradient(x + e)[1] - objective.value_and_gradient(x - e)[1]) / (2 * h[k])
+        try:
+            step = np.linalg.solve(0.5 * (H + H.T), g)
+        except np.linalg.LinAlgError:
+            break
+        value, gradient = objective.value_and_gradient(x - step)
+        worse = value > result.fun + 1e-12 * max(abs(result.fun), 1.0)
+        if worse or not np.all(np.isfinite(gradient)) or np.linalg.norm(gradient) >= np.linalg.norm(g):
+            break
+        x, g = x - step, gradient
+        result.x, result.fun, result.jac = x, min(value, result.fun), g
+    return result
+
+
 def _converged(result) -> bool:
     """L-BFGS-B's own test, or a line search that stalled at the optimum within rounding.
 
@@ -222,28 +254,45 @@ def fit_likelihood(design: Design, method: str = "reml", **options) -> Likelihoo
                           "theta (or omit start).")
     if not _THREADPOOLS:
         _THREADPOOLS.append(ThreadpoolController())
+    standard, scaling = standardised(design)
     if design.residual is not None:
         from .marginal import fit_structured
 
         with _THREADPOOLS[0].limit(limits=1, user_api="blas"):
-            fit = fit_structured(design, method, start=options.get("start"), maxiter=maxiter)
+            fit = fit_structured(standard, method, start=options.get("start"), maxiter=maxiter, scaling=scaling,
+                                 design=design)
         for category, message in fit._warnings:
             warnings.warn(message, category, stacklevel=3)
         return fit
-    objective = ProfiledDeviance(design, method)
+    objective = ProfiledDeviance(standard, method)
     params = objective.params
-    default = moment_start(design, params) if isinstance(objective.solver, CrossedSolver) else params.start
-    start = np.asarray(options.get("start", default), dtype=float)
-    if start.shape != (params.size,):
-        raise OptionError(f"start must hold {params.size} values of theta ({', '.join(params.names())}); "
-                          f"got shape {start.shape}.")
+    if "start" in options:
+        start = np.asarray(options["start"], dtype=float)
+        if start.shape != (params.size,):
+            raise OptionError(f"start must hold {params.size} values of theta ({', '.join(params.names())}); "
+                              f"got shape {start.shape}.")
+        start = theta_to_standard(objective, scaling, start)
+    else:
+        start = moment_start(standard, params) if isinstance(objective.solver, CrossedSolver) else params.start
     # The products are small and many: multithreaded BLAS only adds synchronisation (20-60x slower on a
     # busy 2-core machine), so it runs single-threaded during the fit.
     with _THREADPOOLS[0].limit(limits=1, user_api="blas"):
-        return _fit(objective, start, maxiter)
+        return _fit(objective, start, maxiter, scaling, design)
 
 
-def _fit(objective: ProfiledDeviance, start: np.ndarray, maxiter: int) -> LikelihoodFit:
+def standardised(design: Design) -> tuple[Design, Scaling]:
+    """``design`` on unit scales (:func:`bayeshlm.design.scaling.standardise`), made once per design: refits
+    (REML then ML, other starts) reuse it and its sufficient statistics."""
+    cache = getattr(design, "_cache", None)
+    if cache is None:
+        return standardise(design)
+    if "standardised" not in cache:
+        cache["standardised"] = standardise(design)
+    return cache["standardised"]
+
+
+def _fit(objective: ProfiledDeviance, start: np.ndarray, maxiter: int, scaling: Scaling,
+         design: Design) -> LikelihoodFit:
     params = objective.params
     result = _minimize(objective, start, maxiter)
     diagonal = np.isfinite(params.lower_bounds)
@@ -252,8 +301,10 @@ def _fit(objective: ProfiledDeviance, start: np.ndarray, maxiter: int) -> Likeli
         retry = _minimize(objective, np.where(at_zero, 0.1, result.x), maxiter)
         if retry.fun < result.fun:
             result = retry
+    result = _polish(objective, result)
     fit = LikelihoodFit(objective, _canonical(params, result.x), converged=_converged(result),
-                        optimizer_message=str(result.message), n_evaluations=objective.evaluations)
+                        optimizer_message=str(result.message), n_evaluations=objective.evaluations,
+                        scaling=scaling, design=design)
     for category, message in fit._warnings:
         warnings.warn(message, category, stacklevel=4)
     return fit

@@ -109,6 +109,8 @@ class StructuredDeviance:
             unit = design.factor(r.unit)
             self._lags = [np.abs(gather(r.time, b.rows)[:, :, None] - gather(r.time, b.rows)[:, None, :])
                           for b in self.batches]
+            if r.structure.correlation == "ar1":  # whole steps (t / k may round): phi < 0 needs integer powers
+                self._lags = [np.rint(lag) for lag in self._lags]
             self._same_unit = [self._same_mask(gather(unit.codes, b.rows, -1), b.valid, pads_on_diagonal=True)
                                for b in self.batches]
 
@@ -257,27 +259,68 @@ class MarginalFactorization:
         return out
 
 
-def fit_structured(design: Design, method: str, start=None, maxiter: int = 1000):
-    """Fit a model with a level-1 error structure (see the module docstring); returns a StructuredFit."""
-    from .fit import ProfiledDeviance, _canonical, _minimize
-    from .result import StructuredFit
+PHI_STUCK = 1e-3  # a transformed phi* that moved less than this from its start is checked from a second start
+GRADIENT_TOL = 1e-2  # largest |d(-2 log L) / d parameter| accepted at the end point (standardised scale)
 
-    objective = StructuredDeviance(design, method)
-    if start is None:
-        plain = ProfiledDeviance(design, method)
-        theta = _minimize(plain, plain.params.start, maxiter).x
-        start = np.concatenate([theta, objective.start[objective.params.size:]])
-    start = np.asarray(start, dtype=float)
-    if start.shape != (objective.size,):
-        names = objective.params.names() + objective.extra_names()
-        raise OptionError(f"start must hold {objective.size} values ({', '.join(names)}); got shape {start.shape}.")
+
+def _optimise(objective: StructuredDeviance, start: np.ndarray, maxiter: int):
+    """L-BFGS-B with 3-point numerical gradients, then a second pass from the end point, which sharpens the
+    quasi-Newton estimate."""
     result = minimize(objective, start, method="L-BFGS-B", jac="3-point",
                       options={"ftol": 1e-14, "gtol": 1e-7, "maxiter": maxiter, "maxls": 50})
-    # a second pass from the end point sharpens the quasi-Newton estimate (numerical gradients)
     again = minimize(objective, result.x, method="L-BFGS-B", jac="3-point",
                      options={"ftol": 1e-15, "gtol": 1e-8, "maxiter": maxiter, "maxls": 50})
-    if again.fun <= result.fun:
-        result = again
+    return again if again.fun <= result.fun else result
+
+
+def _largest_slope(objective: StructuredDeviance, x: np.ndarray, value: float, step: float = 1e-5) -> float:
+    """max_k |d criterion / d x_k| at ``x`` by central differences (0 at an interior minimum)."""
+    if not np.isfinite(value):
+        return np.inf
+    slopes = []
+    for k in range(len(x)):
+        e = np.zeros_like(x)
+        e[k] = step
+        slopes.append((objective(x + e) - objective(x - e)) / (2.0 * step))
+    slopes = np.abs(np.array(slopes))
+    return float(np.max(slopes)) if np.all(np.isfinite(slopes)) else np.inf
+
+
+def fit_structured(standard: Design, method: str, *, start=None, maxiter: int = 1000, scaling, design: Design):
+    """Fit a model with a level-1 error structure (see the module docstring) on the standardised design
+    ``standard`` (:mod:`bayeshlm.design.scaling`); returns a StructuredFit of the user's ``design``.
+    ``start`` is on the user's scale."""
+    from .fit import ProfiledDeviance, _canonical, _minimize
+    from .result import StructuredFit, theta_to_standard
+
+    objective = StructuredDeviance(standard, method)
+    if start is None:
+        plain = ProfiledDeviance(standard, method)
+        theta = _minimize(plain, plain.params.start, maxiter).x
+        start = np.concatenate([theta, objective.start[objective.params.size:]])
+    else:
+        start = np.asarray(start, dtype=float)
+        if start.shape != (objective.size,):
+            names = objective.params.names() + objective.extra_names()
+            raise OptionError(f"start must hold {objective.size} values ({', '.join(names)}); "
+                              f"got shape {start.shape}.")
+        start = theta_to_standard(objective, scaling, start)
+    result = _optimise(objective, start, maxiter)
+    if objective.has_phi and abs(result.x[-1] - start[-1]) < PHI_STUCK:
+        # phi* did not move from its start: that may be a stationary point of phi^|t - t'| rather than a
+        # minimum, so start again on the other side of it and keep the better end point
+        other = result.x.copy()
+        other[-1] = start[-1] - 1.0 if result.x[-1] >= start[-1] else start[-1] + 1.0
+        second = _optimise(objective, other, maxiter)
+        if second.fun < result.fun:
+            result = second
     converged = bool(result.success) or result.status == 2
+    message = str(result.message)
+    slope = _largest_slope(objective, result.x, result.fun)
+    if converged and slope > GRADIENT_TOL:
+        converged = False
+        message = (f"the end point is not a minimum: the deviance still changes by {slope:.2g} per unit of a "
+                   "parameter there (standardised scale)")
     return StructuredFit(objective, _canonical(objective.params, result.x), converged=converged,
-                         optimizer_message=str(result.message), n_evaluations=objective.evaluations)
+                         optimizer_message=message, n_evaluations=objective.evaluations,
+                         scaling=scaling, design=design)

@@ -11,6 +11,7 @@ import pandas as pd
 from scipy import stats
 
 from ..design.design import group_sums
+from ..design.scaling import Scaling, standardise
 from ..results import FitResult
 from ..results.hlm_statistics import fixed_part
 
@@ -49,24 +50,41 @@ class LikelihoodFit(FitResult):
     """
 
     def __init__(self, objective, theta: np.ndarray, *, converged: bool, optimizer_message: str,
-                 n_evaluations: int):
-        self.design = objective.design
-        self.method = "reml" if objective.reml else "ml"
+                 n_evaluations: int, scaling: Scaling | None = None, design=None):
+        """``objective`` and ``theta`` of the user's design; or, with ``scaling`` and the user's ``design``,
+        of its standardised form (:mod:`bayeshlm.design.scaling`), which every computation here uses: the
+        reported numbers are mapped back to the user's units."""
+        method = "reml" if objective.reml else "ml"
+        if scaling is None:
+            design = objective.design
+            standard, scaling = standardise(design)
+            user_theta = np.asarray(theta, dtype=float)
+            objective = type(objective)(standard, method)
+            theta = theta_to_standard(objective, scaling, user_theta)
+        self.design = design
+        self.method = method
+        self._scaling = scaling
         self._objective = objective
         self._params = objective.params
-        self._theta = np.asarray(theta, dtype=float)
-        self._fac = objective.factorize(self._theta)
-        self.deviance = float(objective.criterion(self._fac))
+        self._theta_std = np.asarray(theta, dtype=float)
+        self._fac = objective.factorize(self._theta_std)
+        n, p = design.n_obs, design.n_fixed
+        self.deviance = scaling.deviance(float(objective.criterion(self._fac)), n, p, objective.reml)
         self.converged = converged
         self.optimizer_message = optimizer_message
         self.n_evaluations = n_evaluations
-        n, p = self.design.n_obs, self.design.n_fixed
-        if self.design.known_variance is not None:
-            self._scale = 1.0
+        if design.known_variance is not None:
+            self._scale_std = 1.0
         else:
-            self._scale = self._fac.r2 / (n - p if objective.reml else n)
-        self._lambdas = self._params.lambdas(self._theta)
+            self._scale_std = self._fac.r2 / (n - p if objective.reml else n)
+        self._scale = self._scale_std * scaling.variance_factor * self._variance_shift()
+        self._lambdas = self._params.lambdas(self._theta_std)  # on the standardised scale
+        self._theta = theta_from_standard(objective, scaling, self._theta_std)
         self._warnings = self._diagnose()
+
+    def _variance_shift(self) -> float:
+        """sigma^2 / (s_y^2 sigma*^2): 1 here (see :class:`StructuredFit`)."""
+        return 1.0
 
     # --- scalars --------------------------------------------------------------------------------
     @property
@@ -117,11 +135,12 @@ class LikelihoodFit(FitResult):
     @cached_property
     def vcov(self) -> pd.DataFrame:
         names = list(self.design.fixed_names)
-        return pd.DataFrame(self._scale * self._fac.fixed_cov_relative(), index=names, columns=names)
+        cov = self._scaling.fixed_cov(self._scale_std * self._fac.fixed_cov_relative())
+        return pd.DataFrame(cov, index=names, columns=names)
 
     @cached_property
     def fixed_effects(self) -> pd.DataFrame:
-        est = self._fac.beta
+        est = self._scaling.fixed(self._fac.beta)
         se = np.sqrt(np.diag(self.vcov.to_numpy()))
         df = self._df()
         t = est / se
@@ -152,11 +171,11 @@ class LikelihoodFit(FitResult):
         top = self._top_factor()
         if top is None or not self.design.rows_available:
             return np.full(self.design.n_fixed, np.nan)
-        d = self.design
+        d = self._objective.design  # the sandwich on the standardised scale, then mapped back
         scores = d.X * self._precision_residuals()[:, None]
         per_cluster = np.column_stack([np.bincount(top.codes, weights=s, minlength=top.n_groups) for s in scores.T])
-        V = self.vcov.to_numpy()
-        return np.sqrt(np.diag(V @ (per_cluster.T @ per_cluster) @ V))
+        V = self._scale_std * self._fac.fixed_cov_relative()
+        return np.sqrt(np.diag(self._scaling.fixed_cov(V @ (per_cluster.T @ per_cluster) @ V)))
 
     def _top_factor(self):
         tops = [f for f in self.design.factors if self.design.nesting.get(f.name) is None]
@@ -167,8 +186,8 @@ class LikelihoodFit(FitResult):
     def tau(self) -> dict[str, pd.DataFrame]:
         out = {}
         for f, lam in zip(self.design.factors, self._lambdas):
-            out[f.name] = pd.DataFrame(self._scale * lam @ lam.T, index=list(f.coef_names),
-                                       columns=list(f.coef_names))
+            T = self._scaling.covariance(f.name, self._scale_std * lam @ lam.T)
+            out[f.name] = pd.DataFrame(T, index=list(f.coef_names), columns=list(f.coef_names))
         return out
 
     @cached_property
@@ -192,6 +211,16 @@ class LikelihoodFit(FitResult):
     # --- group effects -------------------------------------------------------------------------------
     @cached_property
     def _modes(self) -> dict[str, np.ndarray]:
+        """Conditional modes b per design factor, (J, q), in the user's units."""
+        return {name: self._scaling.effects(name, b) for name, b in self._modes_std.items()}
+
+    @cached_property
+    def _condvars(self) -> dict[str, np.ndarray]:
+        """Conditional covariances of b per design factor, (J, q, q), in the user's units."""
+        return {name: self._scaling.covariance(name, c) for name, c in self._condvars_std.items()}
+
+    @cached_property
+    def _modes_std(self) -> dict[str, np.ndarray]:
         """Conditional modes b = Lambda u per design factor, (J, q)."""
         u = self._fac.modes()
         out = {}
@@ -201,22 +230,22 @@ class LikelihoodFit(FitResult):
         return out
 
     @cached_property
-    def _condvars(self) -> dict[str, np.ndarray]:
+    def _condvars_std(self) -> dict[str, np.ndarray]:
         cv = self._fac.conditional_variances()
         out = {}
         for k, i in enumerate(self._objective.position):
             lam = self._lambdas[i]
-            out[self.design.factors[i].name] = self._scale * np.matmul(np.matmul(lam, cv[k]), lam.T)
+            out[self.design.factors[i].name] = self._scale_std * np.matmul(np.matmul(lam, cv[k]), lam.T)
         return out
 
     def _precision_residuals(self) -> np.ndarray:
-        """V^{-1}(y - X beta) per row, as W (y - X beta - Z b) / sigma^2 (Woodbury)."""
-        d = self.design
+        """V^{-1}(y - X beta) per row, as W (y - X beta - Z b) / sigma^2 (Woodbury), standardised scale."""
+        d = self._objective.design
         fitted = d.X @ self._fac.beta
         for f in d.factors:
-            fitted = fitted + np.einsum("nq,nq->n", f.Z, self._modes[f.name][f.codes])
+            fitted = fitted + np.einsum("nq,nq->n", f.Z, self._modes_std[f.name][f.codes])
         w = np.ones(d.n_obs) if d.weights is None else d.weights
-        return w * (d.y - fitted) / self._scale
+        return w * (d.y - fitted) / self._scale_std
 
     def random_effects(self, factor: str | None = None) -> RandomEffects:
         """Conditional modes (BLUPs) of ``factor``'s random effects u_j and their conditional covariances."""
@@ -236,7 +265,7 @@ class LikelihoodFit(FitResult):
         name = self._factor_name(factor)
         f = self.design.factor(name)
         u = self._modes[name]
-        coef = u + fixed_part(self.design, self._fac.beta, f)
+        coef = u + fixed_part(self.design, self.fixed_effects["estimate"].to_numpy(), f)
         sd = np.sqrt(np.diagonal(self._condvars[name], axis1=1, axis2=2))
         cols = list(f.coef_names)
         frame = pd.concat({"coef": pd.DataFrame(coef, columns=cols), "u": pd.DataFrame(u, columns=cols),
@@ -321,7 +350,17 @@ class StructuredFit(LikelihoodFit):
     @property
     def theta(self) -> pd.Series:
         names = self._params.names() + self._objective.extra_names()
+        if self.design.residual.structure.correlation is not None:
+            names[-1] = "atanh phi" if self.design.residual.structure.correlation == "ar1" else "logit phi"
         return pd.Series(self._theta, index=names, name="theta")
+
+    def _variance_shift(self) -> float:
+        """sigma^2 / (s_y^2 sigma*^2) = exp(-sum_m alpha_m c_m): centring the log-linear variance
+        predictors moves alpha_0 (:mod:`bayeshlm.design.scaling`)."""
+        if self.design.residual.C is None:
+            return 1.0
+        _, _, alpha, _ = self._objective.unpack(self._theta_std)
+        return float(np.exp(self._scaling.log_linear(alpha)[1]))
 
     @property
     def n_params(self) -> int:
@@ -334,8 +373,7 @@ class StructuredFit(LikelihoodFit):
     @cached_property
     def residual_parameters(self) -> pd.Series:
         """Level-1 variance function and correlation parameters on their natural scale."""
-        objective = self._objective
-        _, delta, alpha, phi = objective.unpack(self._theta)
+        _, delta, alpha, phi = self._objective.unpack(self._theta_std)
         r = self.design.residual
         out = {}
         if r.strata is not None:
@@ -346,10 +384,10 @@ class StructuredFit(LikelihoodFit):
                 out[f"sd ratio {column}={level}"] = np.exp(d)
         if r.C is not None:
             out["alpha0"] = np.log(self._scale)
-            for name, a in zip(r.C_names, alpha):
+            for name, a in zip(r.C_names, self._scaling.log_linear(alpha)[0]):
                 out[f"alpha {name}"] = a
         if phi is not None:
-            out[f"phi ({r.structure.correlation.upper()})"] = phi
+            out[f"phi ({r.structure.correlation.upper()})"] = self._scaling.phi(phi)
         return pd.Series(out, name="estimate", dtype=float)
 
     @cached_property
@@ -364,23 +402,23 @@ class StructuredFit(LikelihoodFit):
         return self._fac.precision_residuals(self.design.n_obs)
 
     def _precision_residuals(self) -> np.ndarray:
-        return self._precision / self._scale
+        return self._precision / self._scale_std
 
     @cached_property
-    def _modes(self) -> dict[str, np.ndarray]:
+    def _modes_std(self) -> dict[str, np.ndarray]:
         out = {}
-        for f, lam in zip(self.design.factors, self._lambdas):
+        for f, lam in zip(self._objective.design.factors, self._lambdas):
             sums = group_sums(f.codes, f.Z, self._precision[:, None], f.n_groups)[:, :, 0]
             out[f.name] = sums @ (lam @ lam.T)
         return out
 
     @cached_property
-    def _condvars(self) -> dict[str, np.ndarray]:
+    def _condvars_std(self) -> dict[str, np.ndarray]:
         out = {}
         for k, (f, lam) in enumerate(zip(self.design.factors, self._lambdas)):
             M = lam @ lam.T
             info = self._fac.projected_information(k, f.n_groups)
-            out[f.name] = self._scale * (M - np.matmul(np.matmul(M, info), M))
+            out[f.name] = self._scale_std * (M - np.matmul(np.matmul(M, info), M))
         return out
 
 
@@ -399,3 +437,52 @@ def _level1_part(column: str, term: tuple[str, ...], term_levels: dict[str, int]
         if term_levels.get(factor, 1) == 1:
             level1.append(piece)
     return tuple(level1)
+
+
+# --- theta on the user's scale and on the standardised scale ------------------------------------------------
+
+def _phi_transform(correlation: str, phi: float) -> float:
+    return float(np.arctanh(phi)) if correlation == "ar1" else float(np.log(phi / (1.0 - phi)))
+
+
+def theta_from_standard(objective, scaling: Scaling, x: np.ndarray) -> np.ndarray:
+    """The parameter vector of the user's design from that of its standardised form: Lambda = S^-1 Lambda*
+    sqrt(ratio) (:meth:`Scaling.relative_factor`), alpha_m = alpha*_m / s_m, phi = phi*^(1/k)."""
+    return _convert(objective, scaling, np.asarray(x, dtype=float), to_standard=False)
+
+
+def theta_to_standard(objective, scaling: Scaling, x: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`theta_from_standard` (``objective`` is the standardised one)."""
+    return _convert(objective, scaling, np.asarray(x, dtype=float), to_standard=True)
+
+
+def _convert(objective, scaling: Scaling, x: np.ndarray, to_standard: bool) -> np.ndarray:
+    out = x.copy()
+    params = objective.params
+    # ratio = s_y^2 sigma*^2 / sigma^2: 1, but s_y^2 when sigma^2 = 1 is known (meta-analysis) and
+    # exp(sum_m alpha_m c_m) when the log-linear variance predictors are centred
+    ratio = 1.0 if objective.design.known_variance is None else scaling.y_scale ** 2
+    k = params.size
+    residual = objective.design.residual
+    if residual is not None:
+        s = objective.n_strata
+        alpha = x[k + s:k + s + objective.n_alpha]
+        if objective.n_alpha:
+            user = alpha if to_standard else alpha / scaling.c_scale
+            out[k + s:k + s + objective.n_alpha] = alpha * scaling.c_scale if to_standard else user
+            ratio = float(np.exp(user @ scaling.c_centre))
+        if objective.has_phi:
+            standard_kind = residual.structure.correlation
+            user_kind = scaling.correlation
+            if to_standard:
+                phi = np.tanh(x[-1]) if user_kind == "ar1" else 1.0 / (1.0 + np.exp(-x[-1]))
+                out[-1] = _phi_transform(standard_kind, scaling.phi_to_standard(phi))
+            else:
+                phi = np.tanh(x[-1]) if standard_kind == "ar1" else 1.0 / (1.0 + np.exp(-x[-1]))
+                out[-1] = _phi_transform(user_kind, scaling.phi(phi))
+    for fp in params.factors:
+        scale = scaling.z_scale[fp.factor.name][fp.rows]
+        block = x[fp.offset:fp.offset + fp.size]
+        factor = scale / np.sqrt(ratio) if to_standard else np.sqrt(ratio) / scale
+        out[fp.offset:fp.offset + fp.size] = block * factor
+    return out
