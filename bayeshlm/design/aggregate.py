@@ -78,8 +78,9 @@ class ShiftedSums:
     """The chain's sums accumulated from [X - x, y - y] (the intercept column not shifted), x and y near the
     column means: the standardised fit reads these, whose cross-products of large values never cancel."""
 
-    x: np.ndarray  # (p,)
+    x: np.ndarray  # (p,), 0 at the intercept
     y: float
+    intercept: int  # column of X holding the intercept
     stats: ChainCrossproducts
 
 

@@ -25,7 +25,7 @@ from ..errors import DataError, FormulaError, OptionError
 from ..results.hlm_statistics import _same_name_stem
 from ..spec import ModelSpec
 from ..spec.expressions import FORMULAIC_CONTEXT, check_spec
-from .aggregate import AggregateDesign, AggregateDroppedRows, AggregateFactor
+from .aggregate import AggregateDesign, AggregateDroppedRows, AggregateFactor, ShiftedSums
 from .build import (
     MISSING_OPTIONS,
     _check_columns_exist,
@@ -243,6 +243,8 @@ class _Layout:
         _check_stateless(spec, sample)
         X, self.fixed_names, self.fixed_terms = _fixed_matrix(spec, sample)
         self.p = X.shape[1]
+        self.intercept = self.fixed_names.index("(Intercept)") if "(Intercept)" in self.fixed_names else None
+        self.shift = self._sample_shift(X, sample[spec.outcome].to_numpy(dtype=float))
         self.factors = {g: _grouping_factor(spec, g, (np.zeros(len(sample), dtype=np.int64), levels[g]), sample)
                         for g in chain}
         self.q = [self.factors[g].n_coef for g in chain]
@@ -266,6 +268,31 @@ class _Layout:
              for g in self.chain}
         return X, Z, frame[self.spec.outcome].to_numpy(dtype=float)
 
+    def _sample_shift(self, X: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+        """[x, y] each partition subtracts from the columns of X but the intercept and from y before summing:
+        their means in the sample of rows (None without an intercept). Sums of products of large values
+        (y + 1e8) would lose their digits; :func:`bayeshlm.design.scaling.standardise` reads the shifted sums."""
+        if self.intercept is None or not len(y):
+            return None
+        shift = np.concatenate([X.mean(axis=0), [y.mean()]])
+        shift[self.intercept] = 0.0
+        return shift
+
+    def _shifted(self, X: np.ndarray, y: np.ndarray) -> np.ndarray:
+        XY = np.column_stack([X, y])
+        return XY if self.shift is None else XY - self.shift
+
+    def _unshift(self, shifted: ChainCrossproducts) -> tuple[list[np.ndarray], np.ndarray]:
+        """The sums of the unshifted columns: [X y] = [X - x, y - y] M with M the identity plus the shift in
+        the intercept's row."""
+        if self.shift is None:
+            return shifted.stats, shifted.top
+        p = self.p
+        M = np.eye(p + 1)
+        M[self.intercept, :] += self.shift
+        stats = [np.concatenate([S[:, :, :-p - 1], S[:, :, -p - 1:] @ M], axis=2) for S in shifted.stats]
+        return stats, M.T @ shifted.top @ M
+
     def _width(self, level: int) -> int:
         return sum(self.q[level:]) + self.p + 1
 
@@ -277,7 +304,7 @@ class _Layout:
         X, Z, y = self._matrices(frame)
         codes = frame[f"__code_{g}"].to_numpy()
         J = len(self.levels[g])
-        right = np.column_stack([Z[h] for h in self.chain[level:]] + [X, y])
+        right = np.column_stack([Z[h] for h in self.chain[level:]] + [self._shifted(X, y)])
         S = group_sums(codes, Z[g], right, J)
         n = np.bincount(codes, minlength=J)
         present = np.flatnonzero(n)
@@ -327,13 +354,14 @@ class _Layout:
             return self.whole_meta()
         X, Z, y = self._matrices(frame)
         XY = np.column_stack([X, y])
+        shifted = self._shifted(X, y)
         R = np.zeros((self.p, self.p))
         r = r_factor(X)
         R[:len(r)] = r
         columns = np.column_stack([XY] + [Z[g] for g in self.chain])
         mean = columns.mean(axis=0)
-        values = np.concatenate([[len(y)], (XY.T @ XY).ravel(), R.ravel(), mean, ((columns - mean) ** 2).sum(axis=0),
-                                 columns.min(axis=0), columns.max(axis=0)])
+        values = np.concatenate([[len(y)], (shifted.T @ shifted).ravel(), R.ravel(), mean,
+                                 ((columns - mean) ** 2).sum(axis=0), columns.min(axis=0), columns.max(axis=0)])
         return pd.DataFrame(values[None, :], columns=self.whole_meta().columns)
 
     def whole_meta(self) -> pd.DataFrame:
@@ -379,6 +407,8 @@ class _Layout:
             varying[g] = {v: table[f"v_{v}_max"].to_numpy() > table[f"v_{v}_min"].to_numpy() for v in self.variables}
             level2[g] = self._level2(g, table)
         _check_level_predictors(spec, varying, self.levels)
+        shifted = ChainCrossproducts(stats=stats, top=top, parents=parents)
+        stats, top = self._unshift(shifted)
         factors = tuple(AggregateFactor(name=g, levels=self.levels[g], sizes=sizes[g],
                                         coef_names=self.factors[g].coef_names, blocks=self.factors[g].blocks)
                         for g in spec.groups)
@@ -386,6 +416,8 @@ class _Layout:
             spec=spec, n_obs=n_rows, fixed_names=self.fixed_names, fixed_terms=self.fixed_terms, factors=factors,
             dropped=dropped, nesting=nesting, term_levels=self._term_levels(varying), chain_names=self.chain,
             chain_stats=ChainCrossproducts(stats=stats, top=top, parents=parents),
+            shifted=None if self.shift is None else ShiftedSums(x=self.shift[:-1], y=float(self.shift[-1]),
+                                                                intercept=self.intercept, stats=shifted),
             summary_stats=summary, level2=level2)
 
     def _level2(self, g: str, table: pd.DataFrame) -> dict[int, tuple[int, np.ndarray]]:

@@ -180,6 +180,8 @@ def standardise(design: Design) -> tuple[Design, Scaling]:
         x_mean, x_sd, y_mean, y_sd = summary.X_mean, summary.X_sd, summary.y_mean, summary.y_sd
         x_rms = np.sqrt(x_sd ** 2 + x_mean ** 2)
         intercept = _intercept(summary.X_ptp, summary.X_first)
+        if shifted is not None and shifted.intercept != intercept:
+            shifted = None
     if intercept is None:
         x_centre, y_centre = np.zeros(p), 0.0
         x_scale = np.array([_column_scale(r) for r in x_rms])
