@@ -135,7 +135,8 @@ def _read_csv(target: Path, path: Path) -> pd.DataFrame:
     """Read ``target`` as CSV; errors say what is wrong without quoting the file's contents."""
     shown = os.path.relpath(target, path.parent.resolve())
     if not target.is_file():
-        raise OptionError(f"{path}: data = {shown!r}: no such file.")
+        problem = "is not a file" if target.exists() else "no such file"
+        raise OptionError(f"{path}: data = {shown!r}: {problem}.")
     try:
         return pd.read_csv(target, encoding="utf-8")
     except UnicodeDecodeError:

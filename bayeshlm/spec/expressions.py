@@ -84,7 +84,7 @@ def check_formula(text: str, where: str) -> None:
 
     try:
         parsed = formulaic.Formula(text)
-    except FormulaicError as err:
+    except (FormulaicError, SyntaxError, ValueError) as err:  # formulaic passes on ast's SyntaxError
         raise FormulaError(f"Cannot read {text!r} in {where}: {str(err).splitlines()[0]}") from None
     sides = parsed._flatten() if isinstance(parsed, StructuredFormula) else [parsed]
     for side in sides:
@@ -141,9 +141,9 @@ class _FormulaChecker(ast.NodeVisitor):
             if isinstance(side, ast.Constant) and isinstance(side.value, str):
                 self.refuse(f"text in arithmetic '{_snippet(node)}'")
         if isinstance(node.op, ast.Pow) and _constant_only(node.left) and _constant_only(node.right):
-            exponent = node.right.value if isinstance(node.right, ast.Constant) else None
-            if not (isinstance(node.left, ast.Constant) and isinstance(exponent, int | float)
-                    and abs(exponent) <= _MAX_CONSTANT_EXPONENT):
+            small = (_is_constant(node.left) and _is_constant(node.right)
+                     and abs(ast.literal_eval(node.right) or 0) <= _MAX_CONSTANT_EXPONENT)
+            if not small:
                 self.refuse(f"the constant power '{_snippet(node)}'", " Write the number itself (e.g. 1e6).")
         self.visit(node.left)
         self.visit(node.right)

@@ -94,7 +94,7 @@ def parse_terms(rhs: str, formula: str) -> tuple[Term, ...]:
     """Expand a fixed-effects right-hand side into terms with formulaic (``a*b`` -> a, b, a:b)."""
     try:
         parsed = formulaic.Formula(rhs)
-    except FormulaicError as err:
+    except (FormulaicError, SyntaxError, ValueError) as err:  # formulaic passes on ast's SyntaxError
         raise FormulaError(f"Cannot parse {rhs!r} in the formula {formula!r}: {_first_line(err)}") from None
     terms: list[Term] = []
     for term in parsed:
@@ -114,7 +114,7 @@ def _check_round_trip(factor, formula: str) -> None:
         return
     try:
         again = [term for term in formulaic.Formula(str(factor)) if str(term) != "1"]
-    except FormulaicError:
+    except (FormulaicError, SyntaxError, ValueError):
         again = []
     if len(again) == 1 and [(f.expr, f.eval_method) for f in again[0].factors] == [(factor.expr, factor.eval_method)]:
         return
