@@ -42,6 +42,22 @@ def _time_values(data: pd.DataFrame, time: str) -> np.ndarray:
     return data[time].to_numpy(dtype=float)
 
 
+def _check_new_names(data: pd.DataFrame, names: tuple[str, ...], columns: dict[str, np.ndarray]) -> None:
+    """Refuse repeated names (a piece would be lost) and names of existing columns holding other values (the
+    outcome or the time would be overwritten); re-adding identical columns is allowed."""
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise OptionError(f"names={tuple(names)!r}: {', '.join(map(repr, repeated))} is given more than once, so "
+                          "one coding would overwrite the other. Give each new column its own name.")
+    for name, values in columns.items():
+        if name in data.columns:
+            old = pd.to_numeric(data[name], errors="coerce").to_numpy(dtype=float)
+            if not np.allclose(old, values, rtol=0, atol=0, equal_nan=True):
+                raise OptionError(f"names={tuple(names)!r}: the data already has a column {name!r} with other "
+                                  "values, which the new coding would overwrite. Choose another name, or drop "
+                                  "that column first.")
+
+
 def _add_columns(data: pd.DataFrame, columns: dict[str, np.ndarray]) -> pd.DataFrame:
     out = data.copy()
     for name, values in columns.items():
@@ -67,7 +83,9 @@ def polynomial_time(data: pd.DataFrame, time: str, *, center: float = 0.0, degre
     if len(names) != degree:
         raise OptionError(f"names={names!r}: give one column name per power (degree={degree}).")
     centred = a - float(center)
-    return _add_columns(data, {name: centred ** k for k, name in zip(range(1, degree + 1), names)})
+    columns = {name: centred ** k for k, name in zip(range(1, degree + 1), names)}
+    _check_new_names(data, tuple(names), columns)
+    return _add_columns(data, columns)
 
 
 def piecewise_time(data: pd.DataFrame, time: str, *, knot: float, origin: float | None = None,
@@ -98,7 +116,9 @@ def piecewise_time(data: pd.DataFrame, time: str, *, knot: float, origin: float 
                           f"({np.nanmin(a):g} to {np.nanmax(a):g}): each piece needs observations.")
     second = np.maximum(0.0, a - k) - max(0.0, o - k)
     first = np.minimum(a, k) - min(o, k) if scheme == "two_rate" else a - o
-    return _add_columns(data, {names[0]: first, names[1]: second})
+    columns = {names[0]: first, names[1]: second}
+    _check_new_names(data, tuple(names), columns)
+    return _add_columns(data, columns)
 
 
 # --- covariance structures for time-structured data (HMLM) ---------------------------------------------

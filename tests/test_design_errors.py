@@ -131,3 +131,31 @@ def test_bad_options(small):
 def test_centring_a_text_column(small):
     with pytest.raises(bh.DataError, match="'g' must be numeric to be centred"):
         bh.HLM("y ~ x + (1 | g)", small, center={"g": "grand"})
+
+
+def test_centring_the_outcome_is_refused(small):
+    with pytest.raises(bh.OptionError, match=r"center\['y'\]: 'y' is the outcome"):
+        bh.HLM("y ~ x + (1 | g)", small, center={"y": "grand"})
+    with pytest.raises(bh.OptionError, match=r"center\['y'\]: 'y' is the outcome"):
+        bh.HLM("y ~ x + (1 | g)", small, center={"y": "group"})
+
+
+def test_centring_a_column_no_term_uses_is_refused(small):
+    with pytest.raises(bh.OptionError, match=r"center\['w'\]: no term of the model uses 'w'"):
+        bh.HLM("y ~ x + (1 | g)", small, center={"w": "grand"})
+    with pytest.raises(bh.OptionError, match=r"no term of the model uses 'x' \(its group mean enters as mean_x"):
+        bh.HLM("y ~ mean_x + (1 | g)", small, center={"x": "group"}, group_means=["x"])
+
+
+def test_centring_the_outcome_is_refused_for_dask_input(small):
+    dd = pytest.importorskip("dask.dataframe")
+    with pytest.raises(bh.OptionError, match=r"'y' is the outcome"):
+        bh.HLM("y ~ x + (1 | g)", dd.from_pandas(small, npartitions=2), center={"y": "grand"})
+
+
+def test_float_group_ids_beyond_exact_integers_are_refused(small):
+    ids = np.repeat([1.0, 2.0, 1e19, 2e19], 3)  # as int64, 1e19 and 2e19 both overflowed to -2^63 and merged
+    with pytest.raises(bh.DataError, match=r"'g' holds IDs stored as floating-point numbers of 2\^53.*rows 6, 7"):
+        bh.HLM("y ~ x + (1 | g)", small.assign(g=ids))
+    exact = bh.HLM("y ~ x + (1 | g)", small.assign(g=np.repeat([1.0, 2.0, 3.0, 2.0**52], 3))).design
+    assert exact.factors[0].n_groups == 4

@@ -67,6 +67,21 @@ def test_coding_errors_name_the_problem():
         bh.growth.polynomial_time(GRADES, "grade", degree=0)
 
 
+def test_codings_never_overwrite_data_or_each_other():
+    heights = pd.DataFrame({"age": [1.0, 2.0, 3.0, 4.0], "height": [80.0, 88.0, 95.0, 101.0]})
+    with pytest.raises(bh.OptionError, match="already has a column 'height' with other values"):
+        bh.growth.polynomial_time(heights, "age", degree=1, names=("height",))
+    with pytest.raises(bh.OptionError, match="already has a column 'age'"):
+        bh.growth.polynomial_time(heights, "age", center=2, degree=1, names=("age",))
+    with pytest.raises(bh.OptionError, match="'a' is given more than once"):
+        bh.growth.piecewise_time(heights, "age", knot=2, names=("a", "a"))
+    with pytest.raises(bh.OptionError, match="'t' is given more than once"):
+        bh.growth.polynomial_time(heights, "age", degree=2, names=("t", "t"))
+    # adding the same codings again (re-running a notebook cell) changes nothing
+    once = bh.growth.polynomial_time(heights, "age", center=2)
+    pd.testing.assert_frame_equal(bh.growth.polynomial_time(once, "age", center=2), once)
+
+
 def test_unrestricted_covariance_is_the_sample_covariance_when_the_mean_is_saturated():
     """Complete data, one mean per occasion: the ML estimate of Sigma is the sample covariance (divisor N)."""
     ox = bh.datasets.load("oxboys").query("Occasion <= 4")

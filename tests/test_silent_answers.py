@@ -120,3 +120,15 @@ def test_variance_explained_refuses_another_outcome(hsb, hsb_means):
     base = bh.HLM("ses ~ 1 + (1 | school)", hsb).fit("reml")
     with pytest.raises(bh.OptionError, match="its outcome is 'ses', not 'mathach'"):
         hsb_means.variance_explained(base)
+
+
+# --- level-1 variance strata ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("missing", [np.nan, None])
+def test_missing_level1_variance_category_is_dropped_not_a_stratum(missing):
+    df = _two_level(2)
+    df["wave"] = pd.Series(np.where(np.arange(len(df)) % 2 == 0, "early", "late"), dtype=object)
+    df.loc[df.index % 7 == 0, "wave"] = missing
+    design = bh.HLM("y ~ x + (1 | g)", df, level1_variance="wave").design
+    assert list(design.residual.strata_levels) == ["early", "late"]
+    assert design.n_obs == len(df) - 43 and design.dropped.by_column == {"wave": 43}

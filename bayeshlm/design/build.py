@@ -51,6 +51,7 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") 
     _check_within_group_variation(y, spec, group_codes)
     frame = float_predictors(frame, spec)
     frame = _apply_centering(frame, spec, group_codes)
+    _check_centering_targets(spec)
 
     X, fixed_names, fixed_terms = _fixed_matrix(spec, frame)
     _check_fixed_matrix(X, fixed_names)
@@ -105,6 +106,24 @@ def _required_variables(spec: ModelSpec) -> set[str]:
         if spec.residual.variance_formula:
             names |= _factor_variables(spec.residual.variance_formula)
     return names
+
+
+def _check_centering_targets(spec: ModelSpec) -> None:
+    """Refuse centring the outcome or a column no term uses: the option would have no effect on the model."""
+    used = {v for term in spec.fixed + tuple(t for r in spec.random for t in r.terms) for f in term
+            for v in _factor_variables(f)}
+    if spec.residual is not None and spec.residual.variance_formula:
+        used |= _factor_variables(spec.residual.variance_formula)
+    for c in spec.centering:
+        if c.column == spec.outcome:
+            raise OptionError(f"center[{c.column!r}]: {c.column!r} is the outcome. Centring applies to predictors "
+                              "(it changes what the intercept means); to centre the outcome, subtract its mean "
+                              "from the column before fitting.")
+        if c.column not in used:
+            mean = " (its group mean enters as mean_" + c.column + ", computed before centring)" \
+                if any(column == c.column for column, _ in spec.group_means) else ""
+            raise OptionError(f"center[{c.column!r}]: no term of the model uses {c.column!r}{mean}, so centring it "
+                              f"would change nothing. Add {c.column!r} to the formula or drop it from center.")
 
 
 def _check_columns_exist(variables: set[str], frame: pd.DataFrame) -> None:
@@ -239,6 +258,13 @@ def group_labels(frame: pd.DataFrame, term: RandomTerm) -> pd.Series:
                 "right of '|'?"
             )
         if pd.api.types.is_float_dtype(values):
+            large = np.flatnonzero(np.abs(values.to_numpy()) >= 2.0 ** 53)
+            if len(large):
+                raise DataError(
+                    f"The grouping factor {column!r} holds IDs stored as floating-point numbers of 2^53 or more "
+                    f"(e.g. {values.iloc[large[0]]:.17g} in {describe_rows(large)}): at that size neighbouring "
+                    "integers share one floating-point value, so distinct IDs may already have merged. Read the "
+                    f"column as text or as integers, e.g. pandas.read_csv(..., dtype={{{column!r}: str}}).")
             values = values.astype(np.int64)
         if len(term.group_columns) == 1 and pd.api.types.is_integer_dtype(values):
             return values

@@ -28,6 +28,7 @@ from ..spec.expressions import FORMULAIC_CONTEXT, check_spec
 from .aggregate import AggregateDesign, AggregateDroppedRows, AggregateFactor, ShiftedSums
 from .build import (
     MISSING_OPTIONS,
+    _check_centering_targets,
     _check_columns_exist,
     _factor_variables,
     _fixed_matrix,
@@ -58,6 +59,7 @@ def build_aggregate_design(spec: ModelSpec, ddf, *, missing: str = "drop") -> Ag
     if missing not in MISSING_OPTIONS:
         raise OptionError(f"missing={missing!r} is not an option; use 'drop' (default) or 'raise'.")
     _check_supported(spec)
+    _check_centering_targets(spec)
     if not spec.unsafe_formula:
         check_spec(spec)  # again here: a spec may have been edited after it was built
     meta = ddf._meta
