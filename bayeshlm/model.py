@@ -84,7 +84,7 @@ class HLM:
         gives each listed level-1 coefficient its level-2 equation (with a random effect unless ``random``
         says otherwise); ``groups="school"`` (or ``[level-2 unit, level-3 unit]`` with ``level3=``).
         See :func:`bayeshlm.spec.parse_levels` for the rules; ``level1_variance``, ``correlation`` and ``time``
-        describe the level-1 errors as in :class:`HLM`.
+        describe the level-1 errors and ``unsafe_formula`` lifts the formula check as in :class:`HLM`.
         """
         spec = parse_levels(level1, level2, groups, level3=level3, random=random, correlated=correlated,
                             known_variance=known_variance, centering=_centering(center),

@@ -68,3 +68,21 @@ def test_subset_keeps_the_selected_groups_and_a_bad_subset_is_explained(tmp_path
     bad.write_text('dataset = "hsb"\nsubset = "school == \'none\'"\nformula = "mathach ~ 1 + (1 | school)"\n')
     with pytest.raises(bh.OptionError, match="keeps no rows"):
         bh.load_model(bad)
+
+
+def test_data_path_is_read_relative_to_the_model_file(tmp_path, sleepstudy):
+    (tmp_path / "data").mkdir()
+    sleepstudy.to_csv(tmp_path / "data" / "sleep.csv", index=False)
+    path = tmp_path / "m.toml"
+    path.write_text('data = "data/sleep.csv"\nformula = "Reaction ~ Days + (Days | Subject)"\n'
+                    '[data_columns]\nweeks = "Days / 7"\n')
+    model = bh.load_model(path)
+    assert model.design.n_obs == len(sleepstudy) == 180
+    assert model.data["weeks"].tolist() == (sleepstudy["Days"] / 7).tolist()
+
+
+def test_unknown_keys_in_levels_are_explained(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text('dataset = "hsb"\n[levels]\nlevel1 = "mathach ~ 1"\ngroups = "school"\ngroup = "x"\n')
+    with pytest.raises(bh.OptionError, match=r"unknown keys \['group'\] in \[levels\]"):
+        bh.load_model(path)

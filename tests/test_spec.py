@@ -101,3 +101,35 @@ def test_bad_formulas_are_explained(formula, message):
 def test_level_equation_for_an_unknown_coefficient_is_explained():
     with pytest.raises(bh.FormulaError, match="Did you mean 'cses'"):
         parse_levels("mathach ~ cses", {"intercept": "~ 1", "cse": "~ 1"}, "school")
+
+
+@pytest.mark.parametrize("formula, message", [
+    ("mathach ~ {ses**2} + (1 | school)", r"'\{...\}' block would change meaning.*Write I\(ses \*\* 2\)"),
+    ("mathach ~ {ses + 1} + (1 | school)", r"Write I\(ses \+ 1\)"),
+    ("mathach ~ cses + ({ses**2} | school)", r"Write I\(ses \*\* 2\)"),
+])
+def test_python_blocks_that_would_change_meaning_are_refused(formula, message, hsb):
+    # the spec keeps terms as text: '{ses**2}' became 'ses**2', which formulaic reads as the formula power
+    # ses**2 = ses, so the old code fitted ses in place of its square without a word
+    with pytest.raises(bh.FormulaError, match=message):
+        bh.HLM(formula, hsb)
+
+
+def test_python_blocks_that_keep_their_meaning_are_accepted(hsb):
+    assert bh.HLM("mathach ~ {log(ses + 5)} + (1 | school)", hsb).design.fixed_names == ("(Intercept)",
+                                                                                        "log(ses + 5)")
+
+
+def test_sqrt_and_abs_are_numpy_functions_in_formulas(hsb):
+    design = bh.HLM("mathach ~ sqrt(ses + 5) + abs(ses) + (1 | school)", hsb).design
+    np.testing.assert_allclose(design.X[:, 1], np.sqrt(hsb["ses"] + 5), rtol=1e-15)
+    np.testing.assert_allclose(design.X[:, 2], np.abs(hsb["ses"]), rtol=1e-15)
+
+
+def test_parsers_check_expressions_unless_told_not_to():
+    with pytest.raises(bh.FormulaError, match="attribute access '.log'"):
+        parse_formula("y ~ np.log(x) + (1 | g)")
+    with pytest.raises(bh.FormulaError, match="attribute access '.log'"):
+        parse_levels("y ~ x", {"intercept": "~ np.log(w)"}, "g")
+    assert parse_formula("y ~ np.log(x) + (1 | g)", unsafe_formula=True).fixed == ((), ("np.log(x)",))
+    assert parse_levels("y ~ x", {"intercept": "~ np.log(w)"}, "g", unsafe_formula=True).fixed[1] == ("np.log(w)",)
