@@ -85,6 +85,10 @@ def _check_keys(spec: dict, path: Path) -> None:
         unknown = set(spec["levels"]) - _LEVEL_KEYS
         if unknown:
             raise OptionError(f"{path}: unknown keys {sorted(unknown)} in [levels]; allowed are {sorted(_LEVEL_KEYS)}.")
+        missing = sorted({"level1", "groups"} - set(spec["levels"]))
+        if missing:
+            raise OptionError(f"{path}: [levels] needs {' and '.join(missing)} (e.g. level1 = \"mathach ~ cses\", "
+                              "groups = \"school\").")
     for key in ("data_columns", "fit", "center"):
         if key in spec and not isinstance(spec[key], dict):
             raise OptionError(f"{path}: '{key}' must be a table, e.g. [{key}].")

@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 
@@ -86,3 +88,41 @@ def test_unknown_keys_in_levels_are_explained(tmp_path):
     path.write_text('dataset = "hsb"\n[levels]\nlevel1 = "mathach ~ 1"\ngroups = "school"\ngroup = "x"\n')
     with pytest.raises(bh.OptionError, match=r"unknown keys \['group'\] in \[levels\]"):
         bh.load_model(path)
+
+
+_DATA = 'data = "d.csv"\n'
+_FORMULA = 'formula = "y ~ x + (1 | g)"\n'
+_LEVELS = '[levels]\nlevel1 = "y ~ x"\ngroups = "g"\n'
+
+
+@pytest.mark.parametrize(("text", "error", "message"), [
+    (_DATA + _LEVELS + 'level2 = "x"\n', bh.FormulaError, "level2 maps coefficients to equations"),
+    (_DATA + '[levels]\nlevel1 = "y ~ x"\ngroups = ["g", "h"]\nlevel3 = ["a"]\n', bh.FormulaError,
+     "level3 maps coefficients to equations"),
+    (_DATA + '[levels]\nlevel1 = "y ~ x"\ngroups = 5\n', bh.FormulaError, "groups names the grouping column"),
+    (_DATA + '[levels]\nlevel1 = "y ~ x"\n', bh.OptionError, r"\[levels\] needs groups"),
+    (_DATA + '[levels]\nlevel1 = 5\ngroups = "g"\n', bh.FormulaError, "level-1 equation is text"),
+    (_DATA + _LEVELS + 'random = 5\n', bh.FormulaError, "random lists coefficients"),
+    (_DATA + _FORMULA + 'correlation = "ar1"\ntime = ["x"]\n', bh.OptionError, "time=\\['x'\\]: give the name"),
+    (_DATA + 'formula = "y ~ x ~ z + (1 | g)"\n', bh.FormulaError, "more than one '~'"),
+    (_DATA + _LEVELS + 'level2 = { intercept = "~ x ~ z" }\n', bh.FormulaError, "more than one '~'"),
+    (_DATA + 'levels = "x"\n', bh.OptionError, "'levels' must be a table"),
+    (_DATA + _FORMULA + 'data_columns = "x"\n', bh.OptionError, "'data_columns' must be a table"),
+    (_DATA + _FORMULA + '[data_columns]\nz = 5\n', bh.OptionError, "expected an expression in quotes"),
+    (_DATA + _FORMULA + '[data_columns]\nz = "\'abc\'"\n', bh.OptionError, "is text, not a computed column"),
+    (_DATA + _FORMULA + 'subset = "x + 1"\n', bh.OptionError, "is not a condition on the rows"),
+    (_DATA + _FORMULA + 'subset = "1 == 1"\n', bh.OptionError, "is not a condition on the rows"),
+    (_DATA + _FORMULA + 'subset = "x > \'a\'"\n', bh.OptionError, "cannot compare"),
+    (_DATA + _FORMULA + 'subset = "x is None"\n', bh.OptionError, "the comparison 'x is None' is not allowed"),
+    (_DATA + _FORMULA + 'subset = ""\n', bh.OptionError, "is not a valid expression"),
+    ('data = 5\n' + _FORMULA, bh.OptionError, "'data' must be a CSV path"),
+    ('dataset = "../../etc/passwd"\n' + _FORMULA, bh.OptionError, "No bundled dataset"),
+])
+def test_malformed_model_files_are_explained(text, error, message, tmp_path):
+    rng = np.random.default_rng(3)
+    g = np.repeat(np.arange(6), 8)
+    pd.DataFrame({"y": rng.normal(size=48), "x": rng.normal(size=48), "g": g, "h": g // 2}).to_csv(
+        tmp_path / "d.csv", index=False)
+    (tmp_path / "m.toml").write_text(text)
+    with pytest.raises(error, match=message):
+        bh.load_model(tmp_path / "m.toml")

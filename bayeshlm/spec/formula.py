@@ -92,6 +92,8 @@ def split_bar_terms(rhs: str, formula: str) -> tuple[str, list[str]]:
 
 def parse_terms(rhs: str, formula: str) -> tuple[Term, ...]:
     """Expand a fixed-effects right-hand side into terms with formulaic (``a*b`` -> a, b, a:b)."""
+    if "~" in rhs:
+        raise FormulaError(f"{formula!r} has more than one '~'; write one outcome, one '~', then the predictors.")
     try:
         parsed = formulaic.Formula(rhs)
     except (FormulaicError, SyntaxError, ValueError) as err:  # formulaic passes on ast's SyntaxError

@@ -49,6 +49,7 @@ def parse_levels(
     equation, and ``random`` may be a dict ``{group: [...]}`` per level. Expressions are checked as in
     :func:`~bayeshlm.spec.parse_formula` unless ``unsafe_formula=True``.
     """
+    _check_arguments(level1, level2, groups, level3, random)
     group_list = [groups] if isinstance(groups, str) else list(groups)
     if len(group_list) not in (1, 2):
         raise FormulaError(f"groups must name the level-2 unit, or the level-2 and level-3 units; got {groups!r}.")
@@ -108,6 +109,23 @@ def parse_levels(
         level_predictors=tuple(dict.fromkeys(level_predictors)),
         unsafe_formula=unsafe_formula,
     )
+
+
+def _check_arguments(level1, level2, groups, level3, random) -> None:
+    """Refuse arguments of the wrong kind with a message instead of a Python error deep inside."""
+    if not isinstance(level1, str):
+        raise FormulaError(f"The level-1 equation is text such as 'mathach ~ cses'; got {level1!r}.")
+    for name, table in (("level2", level2), ("level3", level3)):
+        if table is not None and not isinstance(table, Mapping):
+            raise FormulaError(f"{name} maps coefficients to equations, e.g. {{'intercept': '~ meanses'}}; "
+                               f"got {table!r}.")
+    names = [groups] if isinstance(groups, str) else groups
+    if not isinstance(names, Sequence) or not all(isinstance(g, str) for g in names):
+        raise FormulaError(f"groups names the grouping column(s), e.g. 'school' or ['childid', 'schoolid']; "
+                           f"got {groups!r}.")
+    if random is not None and not isinstance(random, str | Sequence | Mapping):
+        raise FormulaError(f"random lists coefficients with a random effect, e.g. ['intercept', 'cses']; "
+                           f"got {random!r}.")
 
 
 def _random_blocks(group: str, terms: list[Term], correlated: bool) -> list[RandomTerm]:

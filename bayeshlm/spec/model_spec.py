@@ -123,6 +123,8 @@ def residual_structure(level1_variance: str | None, correlation: str | None,
                               "pass time='<column>'.")
     elif time is not None:
         raise OptionError(f"time={time!r} is only used with correlation='ar1' or 'car1'; add one, or drop time.")
+    if time is not None and not isinstance(time, str):
+        raise OptionError(f"time={time!r}: give the name of the column holding the occasions or times.")
     return ResidualStructure(variance_by=by, variance_formula=formula, correlation=correlation, time=time)
 
 
