@@ -43,8 +43,18 @@ FORMULA_FUNCTIONS = {
     "cs": "natural cubic spline basis", "cc": "cyclic cubic spline basis",
 }
 FORMULAIC_CONTEXT = {"sqrt": np.sqrt, "abs": np.abs}
+# one positional argument and no keywords: a NumPy ufunc's second argument is `out`, which would overwrite data
+ONE_ARGUMENT = ("I", "log", "log2", "log10", "exp", "sqrt", "abs")
 CONTRASTS = ("Treatment", "Sum", "Helmert", "Poly", "Diff")  # may also be passed uncalled: C(x, Sum)
-_FORMULAIC_NAMES = ("np", "contr", "hashed", "lag", "Q", "exp10", "exp2", "encode_contrasts")
+
+def _formulaic_names() -> frozenset[str]:
+    """formulaic's own names that are not on the list (``np``, ``contr``, ``lag``, ``Q``, ...): refused as values."""
+    from formulaic.transforms import TRANSFORMS
+
+    return frozenset(TRANSFORMS) - FORMULA_FUNCTIONS.keys()
+
+
+_FORMULAIC_NAMES = _formulaic_names()
 
 _BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%",
            ast.Pow: "**"}
@@ -165,6 +175,8 @@ class _FormulaChecker(ast.NodeVisitor):
             self.refuse(f"the call '{_snippet(node)}'")
         if node.func.id not in FORMULA_FUNCTIONS:
             self.refuse(f"the function {node.func.id!r}")
+        if node.func.id in ONE_ARGUMENT and (len(node.args) != 1 or node.keywords):
+            self.refuse(f"'{_snippet(node)}'", f" {node.func.id}() takes exactly one argument.")
         for arg in node.args:
             self._argument(arg)
         for keyword in node.keywords:
