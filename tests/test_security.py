@@ -122,6 +122,9 @@ API_FIELDS = {
     "from_levels level2": lambda p, d: bh.HLM.from_levels("y ~ x", {"intercept": f"~ {p}"}, groups="g", data=d),
     "from_levels level3": lambda p, d: bh.HLM.from_levels("y ~ x", {"intercept": "~ 1"}, groups=["g", "h"], data=d,
                                                           level3={"intercept": f"~ {p}"}),
+    "growth fixed part": lambda p, d: bh.growth.UnrestrictedFit(d.assign(t=d.index % 8), "y", "t", "g", f"~ {p}",
+                                                                "ml"),
+    "meta formula": lambda p, d: bh.meta(f"y ~ {p}", d.assign(v=0.1, s=d.index.astype(str)), vi="v", study="s"),
 }
 
 
