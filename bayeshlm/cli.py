@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import unicodedata
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                                "Table 4.5) by REML and Bayes and compare")
     demo.add_argument("--draws", type=int, default=1000, help="posterior draws per chain (default 1000)")
     args = parser.parse_args(argv)
+    previous_showwarning, warnings.showwarning = warnings.showwarning, _show_clean_warning
     try:
         if args.command == "datasets":
             print(datasets.list().to_string())
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"bayeshlm: {clean(str(err))}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = previous_showwarning
     return 0
 
 
@@ -55,6 +59,12 @@ def clean(text: str) -> str:
     """``text`` without control characters (Unicode category Cc: escape sequences, carriage returns, bells),
     keeping newlines and tabs: names and titles from a user's file must not drive the terminal."""
     return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")
+
+
+def _show_clean_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print a warning as Python does, without control characters (its text may quote column names)."""
+    text = warnings.formatwarning(message, category, filename, lineno, line)
+    (file or sys.stderr).write(clean(text))
 
 
 def _describe(model: HLM) -> None:

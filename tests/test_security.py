@@ -357,3 +357,22 @@ def test_cli_strips_control_characters_from_error_messages(model_dir, capsys):
     assert main(["fit", str(model_dir / f"m{NASTY}.toml")]) == 2
     err = capsys.readouterr().err
     assert "'xx' is not a column" in err and "Evil title" in err and not any(c in err for c in CONTROL)
+
+
+def test_cli_strips_control_characters_from_warnings(monkeypatch, capsys):
+    import warnings
+
+    import bayeshlm.cli as cli
+
+    def noisy_list():
+        warnings.warn(f"group {NASTY}", UserWarning, stacklevel=1)
+        return pd.DataFrame()
+
+    monkeypatch.setattr(cli.datasets, "list", noisy_list)
+    before = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["datasets"]) == 0
+    err = capsys.readouterr().err
+    assert "UserWarning" in err and "Evil title" in err and not any(c in err for c in CONTROL)
+    assert warnings.showwarning is before
