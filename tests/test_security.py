@@ -376,3 +376,10 @@ def test_cli_strips_control_characters_from_warnings(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "UserWarning" in err and "Evil title" in err and not any(c in err for c in CONTROL)
     assert warnings.showwarning is before
+
+
+@pytest.mark.parametrize("term", ["exp(x * 1000)", "I(x**10**10)", "I(10**x * 1e308)"])
+def test_an_allowed_expression_that_overflows_is_explained(term):
+    # was a raw LinAlgError ('SVD did not converge') at fit time
+    with pytest.raises(bh.DataError, match=r"column '.*' is infinite in rows? .* its expression overflows"):
+        bh.HLM(f"y ~ {term} + (1 | g)", frame())

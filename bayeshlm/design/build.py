@@ -385,7 +385,15 @@ def _model_matrix(terms: list[Term], frame: pd.DataFrame, what: str):
     if not np.issubdtype(matrix.to_numpy().dtype, np.number):
         raise DataError(f"The {what} contain non-numeric values; convert text columns to categories.")
     slices = {str(t): s for t, s in matrix.model_spec.term_slices.items()}
-    return np.ascontiguousarray(matrix.to_numpy(dtype=float)), names, slices
+    values = np.ascontiguousarray(matrix.to_numpy(dtype=float))
+    infinite = ~np.isfinite(values)
+    if infinite.any():  # finite data, but an expression overflowed (exp(x * 1000), I(x**400))
+        column = names[int(np.flatnonzero(infinite.any(axis=0))[0])]
+        rows = describe_rows(np.flatnonzero(infinite.any(axis=1)))
+        raise DataError(f"The {what} column {column!r} is infinite in {rows} of the analysed rows: its expression "
+                        "overflows. Rescale the variable inside the expression "
+                        "(e.g. exp(x / 1000)) or add the transformed column to the data.")
+    return values, names, slices
 
 
 def _columns_of_terms(terms: list[Term], names: tuple[str, ...]) -> dict[Term, list[int]]:
