@@ -383,3 +383,12 @@ def test_an_allowed_expression_that_overflows_is_explained(term):
     # was a raw LinAlgError ('SVD did not converge') at fit time
     with pytest.raises(bh.DataError, match=r"column '.*' is infinite in rows? .* its expression overflows"):
         bh.HLM(f"y ~ {term} + (1 | g)", frame())
+
+
+@pytest.mark.parametrize("name", PAYLOADS)
+def test_cli_describe_refuses_payloads(name, tmp_path, capsys):
+    marker = tmp_path / "marker"
+    assert main(["describe", "sleepstudy", f"Reaction ~ {payload(name, marker).replace('x', 'Days')} + "
+                 "(1 | Subject)"]) == 2
+    assert not marker.exists()
+    assert CLEAR.search(capsys.readouterr().err)
