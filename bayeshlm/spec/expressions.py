@@ -47,6 +47,7 @@ FORMULAIC_CONTEXT = {"sqrt": np.sqrt, "abs": np.abs}
 ONE_ARGUMENT = ("I", "log", "log2", "log10", "exp", "sqrt", "abs")
 CONTRASTS = ("Treatment", "Sum", "Helmert", "Poly", "Diff")  # may also be passed uncalled: C(x, Sum)
 
+
 def _formulaic_names() -> frozenset[str]:
     """formulaic's own names that are not on the list (``np``, ``contr``, ``lag``, ``Q``, ...): refused as values."""
     from formulaic.transforms import TRANSFORMS
@@ -56,10 +57,9 @@ def _formulaic_names() -> frozenset[str]:
 
 _FORMULAIC_NAMES = _formulaic_names()
 
-_BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//", ast.Mod: "%",
-           ast.Pow: "**"}
-_UNARY = {ast.UAdd: "+", ast.USub: "-"}
-_COMPARE = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
+_BINARY = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow)
+_UNARY = (ast.UAdd, ast.USub)
+_COMPARE = (ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE)
 _MAX_CONSTANT_EXPONENT = 64  # 10**6 is fine; 10**10**10 would hang Python's integer arithmetic
 
 # What a refused node is, in words.
