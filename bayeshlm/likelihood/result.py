@@ -77,14 +77,18 @@ class LikelihoodFit(FitResult):
             self._scale_std = 1.0
         else:
             self._scale_std = self._fac.r2 / (n - p if objective.reml else n)
-        self._scale = self._scale_std * scaling.variance_factor * self._variance_shift()
+        if design.known_variance is not None:
+            self._log_scale = 0.0
+        else:  # log sigma^2 in the user's units (alpha_0 of a log-linear variance model may be far from 0)
+            self._log_scale = float(np.log(self._scale_std * scaling.variance_factor)) + self._log_variance_shift()
+        self._scale = float(np.exp(self._log_scale))
         self._lambdas = self._params.lambdas(self._theta_std)  # on the standardised scale
         self._theta = theta_from_standard(objective, scaling, self._theta_std)
         self._warnings = self._diagnose()
 
-    def _variance_shift(self) -> float:
-        """sigma^2 / (s_y^2 sigma*^2): 1 here (see :class:`StructuredFit`)."""
-        return 1.0
+    def _log_variance_shift(self) -> float:
+        """log(sigma^2 / (s_y^2 sigma*^2)): 0 here (see :class:`StructuredFit`)."""
+        return 0.0
 
     # --- scalars --------------------------------------------------------------------------------
     @property
@@ -354,13 +358,13 @@ class StructuredFit(LikelihoodFit):
             names[-1] = "atanh phi" if self.design.residual.structure.correlation == "ar1" else "logit phi"
         return pd.Series(self._theta, index=names, name="theta")
 
-    def _variance_shift(self) -> float:
-        """sigma^2 / (s_y^2 sigma*^2) = exp(-sum_m alpha_m c_m): centring the log-linear variance
+    def _log_variance_shift(self) -> float:
+        """log(sigma^2 / (s_y^2 sigma*^2)) = -sum_m alpha_m c_m: centring the log-linear variance
         predictors moves alpha_0 (:mod:`bayeshlm.design.scaling`)."""
         if self.design.residual.C is None:
-            return 1.0
+            return 0.0
         _, _, alpha, _ = self._objective.unpack(self._theta_std)
-        return float(np.exp(self._scaling.log_linear(alpha)[1]))
+        return self._scaling.log_linear(alpha)[1]
 
     @property
     def n_params(self) -> int:
@@ -383,7 +387,7 @@ class StructuredFit(LikelihoodFit):
             for level, d in zip(r.strata_levels[1:], delta[1:]):
                 out[f"sd ratio {column}={level}"] = np.exp(d)
         if r.C is not None:
-            out["alpha0"] = np.log(self._scale)
+            out["alpha0"] = self._log_scale
             for name, a in zip(r.C_names, self._scaling.log_linear(alpha)[0]):
                 out[f"alpha {name}"] = a
         if phi is not None:
