@@ -176,3 +176,70 @@ def test_crossed_modes_solve_the_dense_system():
     expected = np.concatenate([by_name[f.name].ravel() for f in design.factors])
     assert np.allclose(expected, solution[:ZL.shape[1]], rtol=1e-8, atol=1e-10)
     assert np.allclose(fac.beta, solution[ZL.shape[1]:], rtol=1e-8)
+
+
+# --- issue 21: units of the data ------------------------------------------------------------------------------
+SLOPE = "mathach ~ ses + (ses | school)"
+
+
+def _hsb_fit(hsb, **columns):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BoundaryFitWarning)
+        return bh.HLM(SLOPE, hsb.assign(**columns)).fit("reml")
+
+
+@pytest.mark.parametrize("shift", [3e6, 1e8])
+def test_large_outcome_location_changes_only_the_intercept(hsb, shift):
+    """mathach + 3e6 gave tau_00 4.76 (not 4.83) and no convergence; + 1e8 tau_11 0.083 and a deviance
+    18,000 too low. Now everything but the intercept is unchanged (rel 1e-6), the REML criterion too."""
+    base = _hsb_fit(hsb)
+    fit = _hsb_fit(hsb, mathach=hsb["mathach"] + shift)
+    assert fit.converged
+    np.testing.assert_allclose(fit.tau["school"], base.tau["school"], rtol=1e-6)
+    assert fit.sigma2 == pytest.approx(base.sigma2, rel=1e-6)
+    np.testing.assert_allclose(fit.fixed_effects["estimate"] - [shift, 0.0], base.fixed_effects["estimate"],
+                               rtol=1e-6)
+    np.testing.assert_allclose(fit.fixed_effects["se"], base.fixed_effects["se"], rtol=1e-6)
+    assert fit.deviance == pytest.approx(base.deviance, rel=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e-5, 1e4])
+def test_random_slope_predictor_in_other_units(hsb, scale):
+    """ses * 1e-5 collapsed T (tau_11 1.1e8 instead of 4.1e9) and ses * 1e4 raised LinAlgError. Now
+    T scales as 1/c^2 (slope) and 1/c (covariance); the REML criterion moves by 2 log c (its log|X'X| part)."""
+    base = _hsb_fit(hsb)
+    fit = _hsb_fit(hsb, ses=hsb["ses"] * scale)
+    assert fit.converged
+    units = np.array([1.0, scale])
+    np.testing.assert_allclose(fit.tau["school"], base.tau["school"].to_numpy() / np.outer(units, units), rtol=1e-6)
+    np.testing.assert_allclose(fit.fixed_effects["estimate"], base.fixed_effects["estimate"] / units, rtol=1e-6)
+    np.testing.assert_allclose(fit.fixed_effects["robust_se"], base.fixed_effects["robust_se"] / units, rtol=1e-6)
+    np.testing.assert_allclose(fit.group_effects()["coef"], base.group_effects()["coef"] / units, rtol=1e-6)
+    assert fit.deviance == pytest.approx(base.deviance + 2 * np.log(scale), rel=1e-9)
+
+
+def test_sat_like_units(hsb):
+    """Outcome on a SAT-like scale (mean ~500, SD 100), random-slope predictor with SD 100 (a slope's location
+    is part of the model: only its scale may change): the base fit in the new units."""
+    base = _hsb_fit(hsb)
+    a, c = 100 / hsb["mathach"].std(), 100 / hsb["ses"].std()
+    fit = _hsb_fit(hsb, mathach=500 + a * hsb["mathach"], ses=c * hsb["ses"])
+    assert fit.converged
+    assert fit.sigma2 == pytest.approx(a**2 * base.sigma2, rel=1e-6)
+    units = np.array([1.0, c])
+    np.testing.assert_allclose(fit.tau["school"], a**2 * base.tau["school"].to_numpy() / np.outer(units, units),
+                               rtol=1e-6)
+    assert fit.fixed_effects["estimate"]["ses"] == pytest.approx(a / c * base.fixed_effects["estimate"]["ses"],
+                                                                 rel=1e-6)
+
+
+def test_log_linear_variance_predictor_with_sd_100(hsb):
+    """ln sigma^2 = alpha_0 + alpha C with C of SD 100 returned alpha = 0 and a deviance 2.5 worse (the old
+    start's step could not reach it). Now alpha is the SD-1 fit's alpha / 100, the deviance the same."""
+    formula = "mathach ~ ses + (1 | school)"
+    base = bh.HLM(formula, hsb, level1_variance="~ ses").fit("ml")
+    c = 100 / hsb["ses"].std()
+    fit = bh.HLM(formula, hsb.assign(ses=c * hsb["ses"]), level1_variance="~ ses").fit("ml")
+    assert fit.deviance == pytest.approx(base.deviance, rel=1e-9)
+    assert fit.residual_parameters["alpha ses"] == pytest.approx(base.residual_parameters["alpha ses"] / c, rel=1e-6)
+    assert fit.residual_parameters["alpha0"] == pytest.approx(base.residual_parameters["alpha0"], rel=1e-6)

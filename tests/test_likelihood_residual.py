@@ -172,3 +172,54 @@ def test_deviance_test_notes_the_boundary_only_for_random_effect_variances():
         ar1 = bh.HLM("height ~ age + (1 | Subject)", ox, correlation="ar1", time="Occasion").fit("ml")
     assert bh.deviance_test(intercept, ar1).note == ""
     assert "boundary" in bh.deviance_test(intercept, slope).note
+
+
+# --- issue 21: start points at stationary points -------------------------------------------------------------
+@pytest.mark.parametrize("key", ["oxboys_lme_ar1_ml", "oxboys_lme_ar1_reml"])
+def test_ar1_with_occasions_two_apart_matches_nlme(key):
+    """Occasions coded 2, 4, ..., 18: the old start phi = 0 is a stationary point of phi^2, phi^4, ...; the fit
+    stayed there and said converged (ML -2 log L 725.97 instead of 657.74). nlme's log-likelihood and
+    estimates (phi per occasion = phi_2^2) to the tolerances of :func:`test_matches_nlme`."""
+    ref = REFERENCE[key]
+    fit = fitted(key)
+    ox = bh.datasets.load("oxboys")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", bh.likelihood.BoundaryFitWarning)
+        spaced = bh.HLM("height ~ age + (age | Subject)", ox.assign(Occasion=2 * ox["Occasion"]),
+                        correlation="ar1", time="Occasion").fit(fit.method)
+    assert spaced.converged
+    assert relative(spaced.loglik, ref["loglik"]) < 1e-6
+    assert spaced.deviance == pytest.approx(fit.deviance, rel=1e-9)
+    assert relative(spaced.residual_parameters["phi (AR1)"] ** 2, ref["ar1_phi"]) < 5e-4
+    assert relative(spaced.fixed_effects["estimate"], fit.fixed_effects["estimate"]) < 1e-6
+    assert relative(spaced.tau["Subject"].to_numpy(), fit.tau["Subject"].to_numpy()) < 1e-5
+
+
+def test_random_intercept_ar1_spaced_two_apart_and_car1_in_days():
+    """The issue's case (Oxboys, random intercept, ML): -2 log L 940.57 at phi = 0 before, 682.23 as the
+    consecutive coding; CAR(1) in days gives the same fit with phi_day = phi_occasion^(1/365.25)."""
+    ox = bh.datasets.load("oxboys")
+    formula = "height ~ age + (1 | Subject)"
+    base = bh.HLM(formula, ox, correlation="ar1", time="Occasion").fit("ml")
+    spaced = bh.HLM(formula, ox.assign(Occasion=2 * ox["Occasion"]), correlation="ar1", time="Occasion").fit("ml")
+    days = bh.HLM(formula, ox.assign(day=365.25 * ox["Occasion"]), correlation="car1", time="day").fit("ml")
+    assert base.deviance == pytest.approx(682.2275, abs=1e-4)
+    for fit in (spaced, days):
+        assert fit.converged
+        assert fit.deviance == pytest.approx(base.deviance, rel=1e-9)
+        assert relative(fit.fixed_effects["estimate"], base.fixed_effects["estimate"]) < 1e-6
+    phi = base.residual_parameters["phi (AR1)"]
+    assert spaced.residual_parameters["phi (AR1)"] == pytest.approx(phi ** 0.5, rel=1e-6)
+    assert days.residual_parameters["phi (CAR1)"] == pytest.approx(phi ** (1 / 365.25), rel=1e-8)
+
+
+def test_end_point_with_slope_is_not_reported_converged():
+    """The check behind ``converged``: the largest slope of the criterion, 0 at the optimum, not at a start."""
+    from bayeshlm.likelihood.marginal import GRADIENT_TOL, _largest_slope
+
+    fit = fitted("oxboys_lme_ar1_ml")
+    objective, x = fit._objective, fit._theta_std
+    assert _largest_slope(objective, x, objective(x)) < GRADIENT_TOL
+    moved = x.copy()
+    moved[-1] -= 0.5  # phi further from its optimum
+    assert _largest_slope(objective, moved, objective(moved)) > 100 * GRADIENT_TOL
