@@ -29,13 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     fit = commands.add_parser("fit", help="fit a model file (see models/) and print its report")
     fit.add_argument("model_file")
     fit.add_argument("--method", choices=["reml", "ml", "bayes"], help="overrides the file's [fit] method")
-    fit.add_argument("--draws", type=int, help="posterior draws per chain (Bayes)")
+    fit.add_argument("--draws", type=_positive_int, help="posterior draws per chain (Bayes)")
     fit.add_argument("--out", help="directory for estimates (netCDF), the report and figures (PNG)")
     fit.add_argument("--data-root", help="folder the model file's 'data' path may point into (default: the "
                      "model file's own folder)")
     demo = commands.add_parser("demo", help="fit the HS&B intercepts-and-slopes-as-outcomes model (R&B 2002, "
                                "Table 4.5) by REML and Bayes and compare")
-    demo.add_argument("--draws", type=int, default=1000, help="posterior draws per chain (default 1000)")
+    demo.add_argument("--draws", type=_positive_int, default=1000, help="posterior draws per chain (default 1000)")
     args = parser.parse_args(argv)
     previous_showwarning, warnings.showwarning = warnings.showwarning, _show_clean_warning
     try:
@@ -50,9 +50,26 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"bayeshlm: {clean(str(err))}", file=sys.stderr)
         return 2
+    except OSError as err:  # writing --out on a full disk or a read-only folder
+        print(f"bayeshlm: cannot write the outputs: {clean(str(err))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bayeshlm: interrupted (Ctrl-C); the run did not finish.", file=sys.stderr)
+        return 130
     finally:
         warnings.showwarning = previous_showwarning
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (``--draws 0`` used to fall back to the default 1000)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
 
 
 def clean(text: str) -> str:
@@ -80,7 +97,7 @@ def _fit(args) -> None:
     options = dict(model.fit_options)
     if args.method:
         options["method"] = args.method
-    if args.draws:
+    if args.draws is not None:
         options.update(draws=args.draws, tune=args.draws)
     if options.get("method", "reml") != "bayes":
         # a Bayes file refitted with --method reml/ml: its sampling options do not apply; anything else is

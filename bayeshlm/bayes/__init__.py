@@ -8,6 +8,8 @@ are integrated out (:mod:`.marginal`); the effects of crossed factors beyond one
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pymc as pm
 import xarray as xr
@@ -20,7 +22,7 @@ from .marginal import draw_group_effects
 from .predictive import prior_predictive
 from .priors import LKJ, Prior, resolve_priors, valid_prior_names
 from .result import BayesFit
-from .sampling import new_seed, run_sampler
+from .sampling import check_sampler_options, new_seed, run_sampler
 
 __all__ = ["LKJ", "BayesFit", "Prior", "SamplingWarning", "fit_bayes", "prior_predictive", "pymc_model",
            "valid_prior_names"]
@@ -66,12 +68,15 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
         name = next(iter(unknown))
         raise OptionError(f"Unknown option {name!r} for method='bayes'.{closest_names(name, OPTIONS)} "
                           f"Options: {', '.join(OPTIONS)}.")
+    check_sampler_options(draws=draws, tune=tune, chains=chains, random_seed=random_seed,
+                          target_accept=target_accept, sampler=sampler, progressbar=progressbar)
+    if parameterization is not None and not isinstance(parameterization, Mapping):
+        raise OptionError(f"parameterization={parameterization!r}: give a dict {{factor: 'centred' or "
+                          "'non-centred'}, e.g. parameterization={'school': 'non-centred'}.")
     prior_set = resolve_priors(design, priors)
     model, info = build_model(design, prior_set, route, parameterization)
     if random_seed is None:
         random_seed = new_seed()
-    elif not isinstance(random_seed, int | np.integer) or random_seed < 0:
-        raise OptionError(f"random_seed={random_seed!r}: give a non-negative integer.")
     tree, record = run_sampler(model, info, sampler=sampler, draws=draws, tune=tune, chains=chains,
                                seed=int(random_seed), target_accept=target_accept, progressbar=progressbar)
     posterior, chol = _complete_posterior(design, tree["posterior"].to_dataset(), info, int(random_seed))

@@ -36,6 +36,14 @@ def diagnose(tree: xr.DataTree, var_names: list[str], chains: int) -> tuple[dict
     diagnostics = {"divergences": divergences, "divergence_rate": divergences / n_draws, "max_rhat": rhat,
                    "min_ess_bulk": ess_bulk, "min_ess_tail": ess_tail, "min_bfmi": bfmi, "draws": n_draws}
     messages = []
+    undefined = [name for name, value in (("R-hat", rhat if chains > 1 else 0.0), ("bulk ESS", ess_bulk),
+                                          ("tail ESS", ess_tail), ("energy BFMI", bfmi)) if np.isnan(value)]
+    if undefined:
+        per_chain = stats.sizes["draw"]
+        messages.append(f"The convergence diagnostics {', '.join(undefined)} could not be computed (NaN) from "
+                        f"{per_chain} draw{'s' if per_chain != 1 else ''} per chain: they need at least 4 draws "
+                        "per chain, and a parameter whose draws never change has none. Nothing shows that these "
+                        "draws represent the posterior; refit with more draws (e.g. draws=1000).")
     if divergences:
         messages.append(f"{divergences} of {n_draws} draws ended in a divergent transition: the sampler could not "
                         "follow the posterior's curvature, so intervals may be biased. Refit with "

@@ -59,7 +59,7 @@ class Prior:
         if on not in SCALES:
             raise OptionError(f"Prior(on={on!r}): use 'sd' or 'variance'.")
         object.__setattr__(self, "dist", str(dist))
-        object.__setattr__(self, "params", {k: np.asarray(v, dtype=float) for k, v in params.items()})
+        object.__setattr__(self, "params", _checked_parameters(str(dist), params))
         object.__setattr__(self, "on", on)
 
     def __str__(self) -> str:
@@ -75,6 +75,52 @@ class Prior:
     def signature(self) -> tuple:
         """What determines the compiled graph: the family, parameter names and shapes, and the scale."""
         return (self.dist, self.on, tuple((k, v.shape) for k, v in self.params.items()))
+
+
+# parameters that must be positive, for the families a hierarchical model's priors usually use
+POSITIVE_PARAMETERS = {
+    "Normal": ("sigma", "tau"), "HalfNormal": ("sigma", "tau"), "LogNormal": ("sigma", "tau"),
+    "TruncatedNormal": ("sigma", "tau"), "StudentT": ("nu", "sigma", "lam"), "HalfStudentT": ("nu", "sigma", "lam"),
+    "Cauchy": ("beta",), "HalfCauchy": ("beta",), "Laplace": ("b",), "Exponential": ("lam", "scale"),
+    "Gamma": ("alpha", "beta", "mu", "sigma"), "InverseGamma": ("alpha", "beta", "mu", "sigma"),
+    "Weibull": ("alpha", "beta"),
+}
+
+
+# names other libraries use for PyMC's parameters (scipy, R, Stan)
+_USUAL_NAMES = {"mean": ("mu",), "loc": ("mu", "alpha"), "location": ("mu", "alpha"), "sd": ("sigma",),
+                "scale": ("sigma", "beta", "b"), "df": ("nu",), "precision": ("tau",), "rate": ("lam", "beta"),
+                "shape": ("alpha",), "min": ("lower",), "max": ("upper",)}
+
+
+def _checked_parameters(dist: str, params: dict) -> dict[str, np.ndarray]:
+    """The parameters as float arrays, after checking their names against the PyMC distribution's (a misspelt
+    name would otherwise be dropped and the default used) and their values against the family's range."""
+    import inspect
+
+    import pymc as pm
+
+    signature = inspect.signature(getattr(pm, dist).dist).parameters
+    accepted = [name for name, p in signature.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    takes = f"{dist} takes {', '.join(accepted)}" if accepted else f"{dist} takes no parameters"
+    out = {}
+    for name, value in params.items():
+        if name not in accepted:
+            usual = [k for k in _USUAL_NAMES.get(name, ()) if k in accepted]
+            hint = f" Did you mean {usual[0]!r}?" if usual else closest_names(name, accepted)
+            raise OptionError(f"Prior({dist!r}, {name}=...): {dist} has no parameter {name!r}.{hint} {takes}.")
+        try:
+            out[name] = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise OptionError(f"Prior({dist!r}, {name}={value!r}): give a number or an array of numbers.") from None
+        bounds = name in ("lower", "upper")
+        if np.isnan(out[name]).any() or not (bounds or np.isfinite(out[name]).all()):
+            raise OptionError(f"Prior({dist!r}, {name}={value!r}): give finite numbers.")
+        if name in POSITIVE_PARAMETERS.get(dist, ()) and (out[name] <= 0).any():
+            raise OptionError(f"Prior({dist!r}, {name}={value!r}): {name} must be positive for a {dist} prior.")
+    if "lower" in out and "upper" in out and (out["lower"] >= out["upper"]).any():
+        raise OptionError(f"Prior({dist!r}, lower=..., upper=...): lower must be below upper.")
+    return out
 
 
 def _distribution_names() -> list[str]:

@@ -36,6 +36,7 @@ from .build import ModelInfo
 from .kernel import KernelModel, c_callbacks, output_layout
 
 SAMPLERS = ("nutpie", "pymc")
+MAX_SEED = 2**64 - 1  # nutpie's seed is an unsigned 64-bit integer
 _NUTPIE_CACHE: dict[tuple, object] = {}
 
 
@@ -102,17 +103,37 @@ def kernel_nutpie_model(kernel: KernelModel) -> KernelCompiledModel:
     return KernelCompiledModel(dims=output_layout(kernel)[2], kernel=kernel)
 
 
+def check_sampler_options(*, draws, tune, chains, random_seed, target_accept, sampler, progressbar) -> None:
+    """Refuse impossible sampling options before any model is built or compiled (nutpie panics in Rust, which
+    ``except Exception`` cannot catch, on some of them, e.g. ``tune=0``)."""
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise OptionError(f"sampler={sampler!r}: use 'nutpie' (default) or 'pymc'.")
+    least_tune = 1 if sampler == "nutpie" else 0  # nutpie's step-size adaptation needs a tuning window
+    for name, value, least in (("draws", draws, 1), ("tune", tune, least_tune), ("chains", chains, 1)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < least:
+            allowed = "a positive whole number" if least else "a whole number >= 0"
+            why = " (nutpie needs at least one tuning step; sampler='pymc' accepts tune=0)" \
+                if name == "tune" and value == 0 else ""
+            raise OptionError(f"{name}={value!r}: give {allowed}, e.g. {name}=1000{why}.")
+    if random_seed is not None and (isinstance(random_seed, bool) or not isinstance(random_seed, int | np.integer)
+                                    or not 0 <= random_seed <= MAX_SEED):
+        raise OptionError(f"random_seed={random_seed!r}: give a whole number from 0 to 2**64 - 1, or None.")
+    if isinstance(target_accept, bool) or not isinstance(target_accept, int | float | np.number) \
+            or not 0 < target_accept < 1:
+        raise OptionError(f"target_accept={target_accept!r}: give a number between 0 and 1 (e.g. 0.9).")
+    if not isinstance(progressbar, bool | np.bool_):
+        raise OptionError(f"progressbar={progressbar!r}: give True or False.")
+
+
 def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, tune: int, chains: int,
                 seed: int, target_accept: float, progressbar: bool) -> tuple[xr.DataTree, dict]:
-    """Sample the posterior; return the DataTree and a record of how (sampler, cores, seed, times)."""
-    if sampler not in SAMPLERS:
-        raise OptionError(f"sampler={sampler!r}: use 'nutpie' (default) or 'pymc'.")
-    for name, value in (("draws", draws), ("tune", tune), ("chains", chains)):
-        whole = isinstance(value, int | np.integer | float) and not isinstance(value, bool) and int(value) == value
-        if not whole or value < (0 if name == "tune" else 1):
-            raise OptionError(f"{name}={value!r}: give a positive whole number.")
-    if not 0 < target_accept < 1:
-        raise OptionError(f"target_accept={target_accept!r}: give a number between 0 and 1 (e.g. 0.9).")
+    """Sample the posterior; return the DataTree and a record of how (sampler, cores, seed, times).
+
+    An interrupt (Ctrl-C) raises KeyboardInterrupt: both samplers would otherwise return the draws made so far
+    (nutpie pads them with NaN), which is not a fit."""
+    check_sampler_options(draws=draws, tune=tune, chains=chains, random_seed=seed, target_accept=target_accept,
+                          sampler=sampler, progressbar=progressbar)
+    draws, tune, chains, target_accept = int(draws), int(tune), int(chains), float(target_accept)
     cores = min(chains, os.cpu_count() or 1)
     start = time.perf_counter()
     if sampler == "nutpie":
@@ -125,8 +146,13 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
         else:
             compiled, reused = compiled_nutpie_model(model, info)
         compiled_at = time.perf_counter()
-        tree = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
-                             progress_bar=progressbar, target_accept=target_accept)
+        running = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
+                                progress_bar=progressbar, target_accept=target_accept, blocking=False)
+        try:
+            tree = running.wait()
+        except KeyboardInterrupt:
+            running.cancel()
+            raise KeyboardInterrupt("Sampling was interrupted; no fit was made.") from None
     else:
         reused = False
         compiled_at = start
@@ -135,6 +161,7 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
                              nuts_sampler="pymc", nuts={"target_accept": target_accept},
                              progressbar=progressbar, compute_convergence_checks=False)
     end = time.perf_counter()
+    _check_complete(tree, draws, chains)
     for group in list(tree.children):
         tree[group] = xr.DataTree(_text_as_strings(tree[group].to_dataset()))
     log_density = "compiled kernel" if sampler == "nutpie" and info.kernel is not None else "PyMC graph"
@@ -144,6 +171,14 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
               "compile_seconds": round(compiled_at - start, 3) if sampler == "nutpie" else None,
               "sampling_seconds": round(end - compiled_at, 3)}
     return tree, record
+
+
+def _check_complete(tree: xr.DataTree, draws: int, chains: int) -> None:
+    """Raise KeyboardInterrupt for a partial posterior: PyMC returns the draws made before an interrupt."""
+    sizes = tree["posterior"].sizes
+    if sizes.get("chain") != chains or sizes.get("draw") != draws:
+        raise KeyboardInterrupt(f"Sampling was interrupted ({sizes.get('chain')} chains x {sizes.get('draw')} of "
+                                f"{chains} x {draws} draws made); no fit was made.")
 
 
 def _text_as_strings(stats: xr.Dataset) -> xr.Dataset:

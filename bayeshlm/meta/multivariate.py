@@ -80,15 +80,23 @@ def meta_mv(data: pd.DataFrame, yi: str, outcome: str, study: str, *, V: np.ndar
                           f"Use one of {', '.join(METHODS)}.")
     if bayes_options and method != "bayes":
         raise OptionError(f"Option {next(iter(bayes_options))!r} applies to method='bayes' only (or is unknown).")
+    if isinstance(maxiter, bool) or not isinstance(maxiter, int | np.integer) or maxiter < 1:
+        raise OptionError(f"maxiter={maxiter!r}: give a positive whole number, e.g. maxiter=1000.")
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"meta_mv() takes a pandas DataFrame with one row per effect; got {type(data).__name__}.")
     mods = [mods] if isinstance(mods, str) else list(mods)
     for column in [yi, outcome, study, *mods, *([vi] if vi else [])]:
         if column not in data.columns:
-            raise DataError(f"{column!r} is not a column of the data.{closest_names(column, data.columns)}")
+            raise DataError(f"{column!r} is not a column of the data.{closest_names(str(column), data.columns)}")
     frame = data.reset_index(drop=True)
+    if frame.empty:
+        raise DataError("The data frame is empty: meta_mv() needs one row per reported effect.")
     bad = frame[[yi, outcome, study, *mods]].isna().any(axis=1).to_numpy()
     if bad.any():
         raise DataError(f"Missing values in {describe_rows(np.flatnonzero(bad))}: remove those effects first "
                         "(and their rows and columns of V).")
+    for column in [yi, *mods]:
+        _check_finite_numbers(frame, column, "effect" if column == yi else "moderator")
     duplicated = frame.duplicated([study, outcome]).to_numpy()
     if duplicated.any():
         raise DataError(f"{describe_rows(np.flatnonzero(duplicated))} repeat an outcome within a study: each study "
@@ -98,6 +106,10 @@ def meta_mv(data: pd.DataFrame, yi: str, outcome: str, study: str, *, V: np.ndar
     codes = outcomes.get_indexer(frame[outcome].astype(str))
     X, names = _design_matrix(frame, codes, outcomes, mods)
     studies = _StudyBlocks(frame[study], frame[yi].to_numpy(dtype=float), X, cov, codes)
+    if len(studies.levels) < 2 or studies.n <= studies.p:
+        raise DataError(f"{len(studies.levels)} studies with {studies.n} effects cannot estimate {studies.p} fixed "
+                        f"effects and the between-study covariance of {len(outcomes)} outcomes: give at least two "
+                        "studies and more effects than fixed effects.")
     objective = _Criterion(studies, len(outcomes), method != "ml")
     result = _minimize(objective, _start(frame[yi].to_numpy(dtype=float), codes, len(outcomes)), maxiter)
     fit = MetaMVFit(objective, result, names, outcomes, "ml" if method == "ml" else "reml")
@@ -119,16 +131,23 @@ def _sampling_covariance(frame: pd.DataFrame, study: str, V, vi: str | None, rho
                           "covariance columns) or as vi= with rho= (a common within-study correlation).")
     labels = frame[study].to_numpy()
     if vi is not None:
-        if rho is None or not -1 < rho < 1:
+        if isinstance(rho, bool) or not isinstance(rho, int | float | np.number) or not -1 < rho < 1:
             raise OptionError(f"rho={rho!r}: with vi= give the within-study correlation between outcomes, "
                               "-1 < rho < 1.")
-        sd = np.sqrt(frame[vi].to_numpy(dtype=float))
+        variances = _check_finite_numbers(frame, vi, "sampling variance")
+        if (variances <= 0).any():
+            bad = np.flatnonzero(variances <= 0)
+            raise DataError(f"The sampling variances in {vi!r} must be positive; {describe_rows(bad)} hold "
+                            f"{variances[bad[0]]:.4g}. Check the column (a variance is a squared standard error).")
+        sd = np.sqrt(variances)
         cov = np.where(labels[:, None] == labels[None, :], rho * np.outer(sd, sd), 0.0)
         np.fill_diagonal(cov, sd**2)
     elif isinstance(V, Sequence) and not isinstance(V, str) and all(isinstance(c, str) for c in V):
         missing = [c for c in V if c not in frame.columns]
         if missing:
             raise DataError(f"V column {missing[0]!r} is not in the data.{closest_names(missing[0], frame.columns)}")
+        for column in V:
+            _check_numbers(frame, column, "covariance")
         cov = np.zeros((n, n))
         for label in pd.unique(labels):
             rows = np.flatnonzero(labels == label)
@@ -137,18 +156,47 @@ def _sampling_covariance(frame: pd.DataFrame, study: str, V, vi: str | None, rho
                                 "columns (one per effect of the largest study).")
             cov[np.ix_(rows, rows)] = frame.loc[rows, list(V[:len(rows)])].to_numpy(dtype=float)
     else:
-        cov = np.asarray(V, dtype=float)
+        try:
+            cov = np.asarray(V, dtype=float)
+        except (TypeError, ValueError):
+            raise DataError("V must be an n x n array of numbers or a list of covariance column names.") from None
         if cov.shape != (n, n):
             raise DataError(f"V must be an {n} x {n} array (one row and column per effect); got shape {cov.shape}.")
         if np.any(cov[labels[:, None] != labels[None, :]] != 0):
             raise DataError("V has non-zero covariances between effects of different studies; the model assumes "
                             "independent studies (V block-diagonal by study).")
+    if not np.all(np.isfinite(cov)):
+        bad = np.flatnonzero(~np.isfinite(cov).all(axis=1))
+        raise DataError(f"The sampling covariances of {describe_rows(bad)} have missing or infinite values: fill "
+                        "in every variance and within-study covariance of the effects analysed.")
     if not np.allclose(cov, cov.T, rtol=1e-10, atol=0):
         raise DataError("The sampling covariance V is not symmetric: check the covariance columns of each study.")
     if not np.all(np.isfinite(cov)) or np.linalg.eigvalsh(cov)[0] <= 0:
         raise DataError("The sampling covariance V is not positive definite (a variance <= 0 or a correlation "
                         "outside (-1, 1) within a study).")
     return cov
+
+
+def _check_numbers(frame: pd.DataFrame, column: str, what: str) -> np.ndarray:
+    """``frame[column]`` as floats (missing values kept as NaN), or a DataError naming the rows holding text."""
+    values = pd.to_numeric(frame[column], errors="coerce")
+    text = values.isna() & frame[column].notna()
+    if text.any():
+        rows = np.flatnonzero(text)
+        fix = "code it as 0/1 columns first" if what == "moderator" else "convert it with pandas.to_numeric first"
+        raise DataError(f"The {what} column {column!r} is not numeric: {describe_rows(rows)} hold "
+                        f"{frame[column].iloc[rows[0]]!r}; {fix}.")
+    return values.to_numpy(dtype=float)
+
+
+def _check_finite_numbers(frame: pd.DataFrame, column: str, what: str) -> np.ndarray:
+    """As :func:`_check_numbers`, also refusing missing and infinite values."""
+    values = _check_numbers(frame, column, what)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise DataError(f"The {what} column {column!r} has missing or infinite values in {describe_rows(bad)}: "
+                        "remove those effects or fill them in.")
+    return values
 
 
 def _design_matrix(frame: pd.DataFrame, codes: np.ndarray, outcomes: pd.Index, mods: list[str]):

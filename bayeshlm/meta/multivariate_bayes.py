@@ -48,7 +48,7 @@ import xarray as xr
 from ..bayes.diagnostics import diagnose, warn_if_problems
 from ..bayes.marginal import _cholesky_unrolled, _forward_solve_unrolled
 from ..bayes.priors import LKJ, Prior
-from ..bayes.sampling import new_seed, run_sampler
+from ..bayes.sampling import check_sampler_options, new_seed, run_sampler
 from ..errors import OptionError, closest_names
 from .univariate_bayes import INTERVAL, posterior_table
 
@@ -244,10 +244,10 @@ def fit_bayes(reml, *, draws: int = 1000, tune: int = 1000, chains: int = 4, ran
         name = next(iter(unknown))
         raise OptionError(f"Unknown option {name!r} for method='bayes'.{closest_names(name, OPTIONS)} "
                           f"Options: {', '.join(OPTIONS)}.")
+    check_sampler_options(draws=draws, tune=tune, chains=chains, random_seed=random_seed,
+                          target_accept=target_accept, sampler=sampler, progressbar=progressbar)
     if random_seed is None:
         random_seed = new_seed()
-    elif isinstance(random_seed, bool) or not isinstance(random_seed, int | np.integer) or random_seed < 0:
-        raise OptionError(f"random_seed={random_seed!r}: give a non-negative integer.")
     studies, q, names = reml._studies, len(reml.outcomes), list(reml.vcov.index)
     prior_set = resolve_priors(studies, q, names, priors)
     model, graph = build_model(studies, q, names, reml.outcomes, prior_set)

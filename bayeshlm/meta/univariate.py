@@ -20,6 +20,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import chain, count
 
 import numpy as np
 import pandas as pd
@@ -126,14 +127,18 @@ def meta(formula: str, data: pd.DataFrame, vi: str, *, study: str | None = None,
                           f"Use one of {', '.join(METHODS)}.")
     if bayes_options and method != "bayes":
         raise OptionError(f"Option {next(iter(bayes_options))!r} applies to method='bayes' only (or is unknown).")
-    if not isinstance(formula, str) or "~" not in formula:
-        raise FormulaError(f"meta() takes a formula 'effect ~ moderators' (e.g. 'yi ~ 1'); got {formula!r}.")
+    if not isinstance(formula, str) or formula.count("~") != 1:
+        raise FormulaError(f"meta() takes a formula 'effect ~ moderators' with one '~' (e.g. 'yi ~ 1'); got "
+                           f"{formula!r}.")
+    if not isinstance(data, pd.DataFrame):
+        raise DataError(f"meta() takes a pandas DataFrame with one row per study; got {type(data).__name__}.")
     if "|" in formula:
         raise FormulaError(f"{formula!r}: meta() adds the random study effect (1 | study) itself; write only the "
                            "moderators. For several effects per study use bh.HLM with nested terms "
                            "(three-level) or bh.meta_mv (correlated outcomes).")
-    if study is None:
-        study = next(name for name in ("study", "study_id", "meta_study") if name not in data.columns)
+    if study is None:  # number the studies in a new column, whatever names the data already uses
+        names = chain(("study", "study_id", "meta_study"), (f"study_{k}" for k in count(1)))
+        study = next(name for name in names if name not in data.columns)
         data = data.assign(**{study: np.arange(1, len(data) + 1)})
     elif study not in data.columns:
         raise DataError(f"study={study!r} is not a column of the data.{closest_names(study, data.columns)}")
@@ -264,7 +269,10 @@ class MetaFit:
         missing = [n for n in names if n != "(Intercept)" and n not in given]
         if missing:
             raise OptionError(f"moderators: give a value for {missing} (e.g. prediction({{{missing[0]!r}: 0}})).")
-        x = np.array([1.0 if n == "(Intercept)" else float(given[n]) for n in names])
+        try:
+            x = np.array([1.0 if n == "(Intercept)" else float(given[n]) for n in names])
+        except (TypeError, ValueError):
+            raise OptionError(f"moderators={given!r}: give a number for each moderator.") from None
         estimate = float(x @ self._beta)
         se = float(np.sqrt(x @ self.vcov.to_numpy() @ x))
         z = stats.norm.ppf(0.5 + level / 2)
