@@ -10,13 +10,16 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from .design import Design, build_design
 from .design.out_of_core import is_dask_frame
 from .errors import FormulaError, OptionError, closest_names
+from .families import Family, get_family
 from .spec import Centering, ModelSpec, parse_formula, parse_levels
 from .spec.model_spec import residual_structure
 
@@ -60,16 +63,31 @@ class HLM:
         :data:`bayeshlm.spec.expressions.FORMULA_FUNCTIONS` (``log(x)``, ``C(x)``, ``I(x**2)``, ...), because
         formulaic evaluates them as Python. ``True`` lifts this check (e.g. for ``np.log1p(x)``) for formulas
         you wrote yourself; never for text from a file or another person. Model files cannot set it.
+    family, link, trials, exposure
+        Outcome family (:mod:`bayeshlm.families`): ``"gaussian"`` (default), ``"bernoulli"`` (0/1 or bool
+        outcome, True/1 = the event), ``"binomial"`` (successes out of ``trials="<column>"`` or lme4's
+        ``cbind(successes, failures)`` / ``cbind(successes, n - successes)`` on the left of ``~``) or
+        ``"poisson"`` (counts; ``exposure="<column>"`` adds log(exposure) as an offset). ``link``: logit
+        (default), probit or cloglog for binary outcomes, log for counts. Non-Gaussian models are fitted by
+        ``fit(method="ml")`` (Laplace) or ``fit(method="ml", nagq=25)`` (adaptive quadrature).
     """
 
     def __init__(self, formula: str, data: pd.DataFrame, known_variance: str | None = None, *,
                  center: Mapping[str, str] | None = None, group_means: Sequence[str] | Mapping | None = None,
                  missing: str = "drop", level1_variance: str | None = None, correlation: str | None = None,
-                 time: str | None = None, unsafe_formula: bool = False):
+                 time: str | None = None, unsafe_formula: bool = False, family: str | Family | None = None,
+                 link: str | None = None, trials: str | None = None, exposure: str | None = None):
+        self.family = get_family(family, link)
+        formula, cbind = _binomial_outcome(formula, trials, self.family)
         spec = parse_formula(formula, known_variance=known_variance, centering=_centering(center),
                              group_means=_group_means(group_means, formula), unsafe_formula=unsafe_formula)
         spec = dataclasses.replace(spec, residual=residual_structure(level1_variance, correlation, time))
-        self._init(spec, data, missing)
+        if self.family.gaussian:
+            self._init(spec, data, missing)
+            if family is None:
+                _warn_binary_gaussian(self.design)
+            return
+        self._init_glm(spec, data, missing, cbind, exposure)
 
     @classmethod
     def from_levels(cls, level1: str, level2: Mapping[str, str] | None = None, *, groups: str | Sequence[str],
@@ -93,6 +111,19 @@ class HLM:
         model = cls.__new__(cls)
         model._init(spec, data, missing)
         return model
+
+    def _init_glm(self, spec: ModelSpec, data: pd.DataFrame, missing: str, trials, exposure) -> None:
+        """Check the outcome, trials and exposure for the family, then build the design as for any model."""
+        from .families.outcome import outcome_arrays, prepare_data
+
+        if spec.known_variance is not None or spec.residual is not None or is_dask_frame(data):
+            raise OptionError(f"family={self.family.name!r} models take a pandas DataFrame and no known_variance, "
+                              "level1_variance or correlation (the family fixes the level-1 variance).")
+        _check_has_groups(spec)
+        frame = prepare_data(data, spec.outcome, self.family, trials, exposure, missing)
+        self._init(spec, frame, missing)
+        self.data = data
+        self.outcome = outcome_arrays(frame, self.design, self.family, trials, exposure)
 
     def _init(self, spec: ModelSpec, data: pd.DataFrame, missing: str) -> None:
         _check_has_groups(spec)
@@ -120,8 +151,15 @@ class HLM:
         return f"HLM({self.spec.formula()!r}; {self.design.n_obs} rows)"
 
     # --- fitting --------------------------------------------------------------------------------
-    def fit(self, method: str = "reml", **options):
-        """Fit by restricted ML ('reml', default), full ML ('ml') or full Bayes ('bayes')."""
+    def fit(self, method: str | None = None, **options):
+        """Fit by restricted ML ('reml', the default for Gaussian outcomes), full ML ('ml'; the Laplace
+        approximation, or adaptive quadrature with ``nagq=``, for other families) or full Bayes ('bayes')."""
+        family = getattr(self, "family", None)
+        if family is not None and not family.gaussian:
+            from .likelihood.glmm_fit import fit_glmm
+
+            return fit_glmm(self.design, self.outcome, method=method or "ml", **options)
+        method = method or "reml"
         if method not in METHODS:
             raise OptionError(f"Unknown method {method!r}.{closest_names(str(method), METHODS)} "
                               f"Use one of {', '.join(METHODS)}.")
@@ -138,6 +176,33 @@ class HLM:
         from .bayes import pymc_model
 
         return pymc_model(self.design, priors=priors, route=route, parameterization=parameterization)
+
+
+def _binomial_outcome(formula: str, trials: str | None, family: Family):
+    """Read lme4's cbind(successes, failures) outcome, or the trials= column; (formula, Trials or None)."""
+    from .families.outcome import Trials, split_cbind
+
+    formula, cbind = split_cbind(formula)
+    if cbind is not None and trials is not None:
+        raise OptionError("Give the trials once: either cbind(successes, failures) in the formula or trials=.")
+    if cbind is None and trials is not None:
+        if not isinstance(trials, str):
+            raise OptionError(f"trials takes the name of a data column; got a {type(trials).__name__}.")
+        cbind = Trials(formula.split("~", 1)[0].strip(), total=trials)
+    if cbind is not None and family.name != "binomial":
+        raise OptionError(f"A cbind(...) outcome or trials= describes successes out of trials: use "
+                          f"family='binomial' (this model has family={family.name!r}).")
+    return formula, cbind
+
+
+def _warn_binary_gaussian(design) -> None:
+    """A 0/1 outcome fitted as Gaussian is a linear probability model: say so and name the family to use."""
+    y = getattr(design, "y", None)
+    if y is not None and len(y) and np.isin(y, (0.0, 1.0)).all():
+        warnings.warn(f"The outcome {design.outcome_name!r} takes only the values 0 and 1, but the model is "
+                      "Gaussian (a linear probability model). For a binary outcome use family='bernoulli' "
+                      "(logistic model); pass family='gaussian' explicitly to keep this model.",
+                      UserWarning, stacklevel=3)
 
 
 def _check_has_groups(spec: ModelSpec) -> None:

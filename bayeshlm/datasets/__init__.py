@@ -53,6 +53,8 @@ _CATALOGUE: dict[str, _Dataset] = {
                       "mlmRev::Early; Burchinal et al. (1997)"),
     "contraception": _Dataset("Contraception.csv", "Bangladesh Fertility Survey 1988: contraceptive use of "
                               "1,934 women in 60 districts", "mlmRev::Contraception; Huq & Cleland (1990)"),
+    "cbpp": _Dataset("cbpp.csv", "Contagious bovine pleuropneumonia: new cases (incidence) among size cattle in "
+                     "15 Ethiopian herds over 4 periods (binomial outcome)", "lme4::cbpp; Lesnoff et al. (2004)"),
     "teacher_expectancy": _Dataset("dat.raudenbush1985.csv", "19 teacher-expectancy (Pygmalion) experiments: "
                                    "standardised mean difference yi, sampling variance vi, weeks of prior contact "
                                    "(raw) and weeks_c (capped at 3, as the book codes it)",
@@ -81,6 +83,7 @@ _LABEL_COLUMNS: dict[str, tuple[str, ...]] = {
     "Exam.csv": ("school", "student"),
     "Early.csv": ("id",),
     "Contraception.csv": ("woman", "district"),
+    "cbpp.csv": ("herd",),
 }
 
 
@@ -107,6 +110,8 @@ def load(name: str) -> pd.DataFrame:
     frame = _read(entry.file)
     if name == "teacher_expectancy":
         frame["weeks_c"] = np.minimum(frame["weeks"], 3)
+    if name == "cbpp":
+        frame["period"] = pd.Categorical(frame["period"].astype(str), categories=["1", "2", "3", "4"])
     if name == "egsingle":
         # Indicators stored as R factors "0"/"1": numeric 0/1 is what models want.
         for column in ("retained", "black", "hispanic"):

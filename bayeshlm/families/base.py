@@ -1,0 +1,76 @@
+"""The outcome-family interface: what an estimation engine asks of a family.
+
+A family holds its link and answers, per observation and with numpy arrays:
+
+- ``check_outcome``: refuse impossible outcomes (naming the rows) before anything is fitted;
+- ``loglik(y, eta, size)``: log p(y | eta) with every normalising constant (log-choose, -log y!);
+- ``variance(mu)``: the variance function V(mu);
+- ``working(y, eta, size)``: the IRLS weights w = size (dmu/deta)^2 / V(mu) and the score on the eta scale
+  s = size (y/size - mu)(dmu/deta) / V(mu), so that one Fisher-scoring step on eta solves (X'WX) d = X's.
+
+``size`` is the number of trials of a binomial row (1 for Bernoulli and Poisson rows). The weights are the
+expected (Fisher) information, as in R's ``glm`` and lme4's PIRLS; for canonical links (logit with the
+binomial, log with the Poisson) they equal the observed information.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DataError, OptionError, closest_names, describe_rows
+from .links import LINKS, Link
+
+
+class Family:
+    """Base class: set ``name``, ``links`` (first = default), ``mean_symbol`` and the numeric methods."""
+
+    name = ""
+    links: tuple[str, ...] = ()
+    mean_symbol = "mu"
+    gaussian = False
+
+    def __init__(self, link: str | None = None):
+        if link is None:
+            link = self.links[0]
+        if link not in self.links:
+            hint = closest_names(str(link), self.links)
+            raise OptionError(f"link={link!r} is not available for the {self.name} family.{hint} "
+                              f"Use one of: {', '.join(self.links)} (default {self.links[0]!r}).")
+        self.link: Link = LINKS[link]()
+
+    # --- numbers ----------------------------------------------------------------------------------
+    def mean(self, eta: np.ndarray) -> np.ndarray:
+        return self.link.inverse(eta)
+
+    def loglik(self, y: np.ndarray, eta: np.ndarray, size: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def variance(self, mu: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def working(self, y: np.ndarray, eta: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mu = self.mean(eta)
+        d = self.link.mu_eta(eta)
+        v = np.maximum(self.variance(mu), np.finfo(float).tiny)
+        return size * d * d / v, (y - size * mu) * d / v
+
+    # --- checks and text --------------------------------------------------------------------------
+    def check_outcome(self, y: np.ndarray, size: np.ndarray, positions: np.ndarray, outcome: str) -> None:
+        """Raise DataError when an outcome value is impossible for the family (``positions``: input rows)."""
+
+    def equation(self) -> str:
+        """Level-1 model on the link scale, e.g. 'eta = log(phi / (1 - phi))'."""
+        return self.link.equation(self.mean_symbol)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(link={self.link.name!r})"
+
+
+def refuse_rows(bad: np.ndarray, positions: np.ndarray, message: str) -> None:
+    """Raise DataError ``message`` naming the input rows where ``bad`` is True (nothing when none are)."""
+    if np.any(bad):
+        raise DataError(f"{message} ({describe_rows(positions[bad])}).")
+
+
+def non_integer(values: np.ndarray) -> np.ndarray:
+    return np.abs(values - np.round(values)) > 1e-8 * np.maximum(1.0, np.abs(values))

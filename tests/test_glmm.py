@@ -1,0 +1,243 @@
+"""Binary, binomial and count outcomes by maximum likelihood against lme4::glmer (issue 23).
+
+References: tests/reference/glmm/glmm_reference.json, written by make_glmm_reference.R with tight settings
+(bobyqa, rhoend 1e-10, tolPwrss 1e-12). Tolerances: log-likelihood 1e-6 relative; fixed effects, theta and
+tau 1e-4 relative or 1e-6 absolute, whichever is larger; standard errors 1e-2 relative (lme4's Hessian-based
+SEs); conditional modes 1e-4 absolute. The quadrature log-likelihood (nagq=25) is compared with the marginal
+log-likelihood computed in R by stats::integrate per herd at glmer's nAGQ=25 estimates.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayeshlm as bh
+from bayeshlm.errors import DataError, FormulaError, OptionError
+from bayeshlm.families import get_family
+
+REFERENCE = Path(__file__).parent / "reference" / "glmm"
+REL, ABS = 1e-4, 1e-6
+CBPP = "cbind(incidence, size - incidence) ~ period + (1 | herd)"
+CONTRACEPTION = "use ~ age + I(age**2) + urban + livch + (1 | district)"
+
+
+@cache
+def reference() -> dict:
+    return json.loads((REFERENCE / "glmm_reference.json").read_text())
+
+
+def contraception() -> pd.DataFrame:
+    data = bh.datasets.load("contraception")
+    data["use"] = (data["use"] == "Y").astype(int)  # mlmRev codes use as N/Y; Y is the event
+    data["livch"] = pd.Categorical(data["livch"], categories=["0", "1", "2", "3+"])
+    return data
+
+
+MODELS = {
+    "cbpp_laplace": (lambda: bh.HLM(CBPP, bh.datasets.load("cbpp"), family="binomial"), {}),
+    "cbpp_probit": (lambda: bh.HLM(CBPP, bh.datasets.load("cbpp"), family="binomial", link="probit"), {}),
+    "cbpp_agq25": (lambda: bh.HLM(CBPP, bh.datasets.load("cbpp"), family="binomial"), {"nagq": 25}),
+    "contraception_intercept": (lambda: bh.HLM(CONTRACEPTION, contraception(), family="bernoulli"), {}),
+    "contraception_urban": (lambda: bh.HLM(CONTRACEPTION.replace("(1 |", "(urban |"), contraception(),
+                                           family="bernoulli"), {}),
+    "bernoulli_crossed": (lambda: bh.HLM("y ~ x + (1 | subject) + (1 | item)",
+                                         pd.read_csv(REFERENCE / "bernoulli_crossed.csv"), family="bernoulli"), {}),
+    "poisson_exposure": (lambda: bh.HLM("y ~ x + (1 | g)", pd.read_csv(REFERENCE / "poisson_exposure.csv"),
+                                        family="poisson", exposure="years"), {}),
+}
+
+
+@cache
+def fitted(name: str):
+    make, options = MODELS[name]
+    return make().fit(method="ml", **options)
+
+
+def assert_close(actual, expected, what: str) -> None:
+    actual, expected = np.asarray(actual, float), np.asarray(expected, float)
+    np.testing.assert_allclose(actual, expected, rtol=REL, atol=ABS, err_msg=what)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_matches_glmer(name):
+    ref, fit = reference()[name], fitted(name)
+    assert fit.converged, fit.messages
+    assert abs(fit.loglik - ref["loglik"]) <= 1e-6 * abs(ref["loglik"])
+    assert fit.deviance == pytest.approx(-2 * fit.loglik)
+    assert_close(fit.fixed_effects["estimate"], ref["beta"], "fixed effects")
+    assert_close(fit.theta, np.atleast_1d(ref["theta"]), "theta")
+    tau = np.concatenate([t.to_numpy().ravel() for t in fit.tau.values()])
+    assert_close(tau, np.concatenate([np.ravel(t) for t in ref["tau"].values()]), "tau")
+    np.testing.assert_allclose(fit.fixed_effects["se"], ref["se"], rtol=1e-2)
+    assert fit.aic == pytest.approx(fit.deviance + 2 * (len(ref["beta"]) + len(np.atleast_1d(ref["theta"]))))
+
+
+@pytest.mark.parametrize("name", ["cbpp_laplace", "contraception_intercept", "poisson_exposure"])
+def test_group_effects_match_ranef(name):
+    """Conditional modes; R orders factor levels as text ('1', '10', '11', ...), so sort ours the same way."""
+    effects = fitted(name).group_effects()
+    modes = effects.set_index(effects.index.astype(str)).sort_index().iloc[:, 0]
+    np.testing.assert_allclose(modes, reference()[name]["ranef"], atol=1e-4)
+    assert (effects.filter(like="sd_").to_numpy() > 0).all()
+
+
+def test_quadrature_loglik_is_the_marginal_and_one_point_is_laplace():
+    """nagq=25 equals R's integrate() marginal (glmer's own logLik at nAGQ > 1 is on another scale)."""
+    ref = reference()["cbpp_agq25"]
+    assert fitted("cbpp_agq25").loglik == pytest.approx(ref["loglik"], rel=1e-6)
+    assert abs(fitted("cbpp_agq25").loglik - ref["glmer_loglik_scale"]) > 40  # the saturated offset
+    model, _ = MODELS["cbpp_laplace"]
+    assert model().fit(nagq=1).loglik == pytest.approx(fitted("cbpp_laplace").loglik, rel=1e-12)
+
+
+def test_odds_ratios_intervals_and_latent_icc():
+    fit = fitted("contraception_intercept")
+    table = fit.fixed_effects
+    np.testing.assert_allclose(table["odds_ratio"], np.exp(table["estimate"]))
+    np.testing.assert_allclose(table["odds_ratio_upper"], np.exp(table["estimate"] + 1.959964 * table["se"]),
+                               rtol=1e-6)
+    np.testing.assert_allclose(table["z"], table["estimate"] / table["se"])
+    tau00 = reference()["contraception_intercept"]["tau"]["district"]
+    assert fit.icc() == pytest.approx(tau00 / (tau00 + np.pi ** 2 / 3), rel=1e-4)
+    assert "rate_ratio" in fitted("poisson_exposure").fixed_effects
+    assert fitted("cbpp_probit").icc() == pytest.approx(fitted("cbpp_probit").tau["herd"].iloc[0, 0] /
+                                                        (fitted("cbpp_probit").tau["herd"].iloc[0, 0] + 1))
+    with pytest.raises(OptionError, match="latent-scale ICC.*log link"):
+        fitted("poisson_exposure").icc()
+    assert "eta = log(phi / (1 - phi))" in fit.report()
+
+
+def test_unscaled_predictor_does_not_hurt():
+    """age in thousandths of a year (age^2 up to ~4e8): the same model, coefficients rescaled exactly."""
+    data = contraception()
+    data["age"] = data["age"] * 1000
+    fit = bh.HLM(CONTRACEPTION, data, family="bernoulli").fit()
+    ref = reference()["contraception_intercept"]
+    assert fit.loglik == pytest.approx(ref["loglik"], rel=1e-6)
+    scale = np.array([1, 1e-3, 1e-6, 1, 1, 1, 1])
+    assert_close(fit.fixed_effects["estimate"] / scale, ref["beta"], "rescaled fixed effects")
+
+
+def test_trials_column_equals_cbind_and_two_column_cbind():
+    cbpp = bh.datasets.load("cbpp")
+    by_trials = bh.HLM("incidence ~ period + (1 | herd)", cbpp, family="binomial", trials="size").fit()
+    assert by_trials.loglik == pytest.approx(reference()["cbpp_laplace"]["loglik"], rel=1e-6)
+    two = cbpp.assign(healthy=cbpp["size"] - cbpp["incidence"])
+    by_failures = bh.HLM("cbind(incidence, healthy) ~ period + (1 | herd)", two, family="binomial").fit()
+    assert by_failures.loglik == pytest.approx(by_trials.loglik, rel=1e-9)
+
+
+def test_boundary_variance_reported_in_words():
+    """Outcome unrelated to the groups: tau -> 0, said in words; the fit is then the plain logistic GLM."""
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"g": np.repeat(np.arange(10), 20), "x": rng.normal(size=200)})
+    data["y"] = (rng.random(200) < 0.5).astype(int)
+    fit = bh.HLM("y ~ x + (1 | g)", data, family="bernoulli").fit()
+    assert fit.tau["g"].iloc[0, 0] < 1e-8
+    assert any("'g'" in m and "boundary fit" in m for m in fit.messages)
+    X = np.column_stack([np.ones(200), data["x"]])
+    beta = fit.fixed_effects["estimate"].to_numpy()
+    mu = 1 / (1 + np.exp(-X @ beta))
+    y = data["y"].to_numpy()
+    assert fit.loglik == pytest.approx(np.sum(y * np.log(mu) + (1 - y) * np.log1p(-mu)), rel=1e-9)
+    assert np.abs(X.T @ (y - mu)).max() < 1e-6  # the GLM score equations
+    glm_se = np.sqrt(np.diag(np.linalg.inv(X.T @ (X * (mu * (1 - mu))[:, None]))))
+    np.testing.assert_allclose(fit.fixed_effects["se"], glm_se, rtol=1e-3)
+
+
+# --- families -------------------------------------------------------------------------------------------
+def test_family_loglik_has_every_constant():
+    from scipy import stats
+
+    eta, y, n = np.array([-2.0, 0.3, 1.5]), np.array([1.0, 2.0, 4.0]), np.array([3.0, 4.0, 5.0])
+    for link in ("logit", "probit", "cloglog"):
+        fam = get_family("binomial", link)
+        assert np.allclose(fam.loglik(y, eta, n), stats.binom.logpmf(y, n, fam.mean(eta)))
+        h = 1e-6
+        assert np.allclose(fam.link.mu_eta(eta), (fam.mean(eta + h) - fam.mean(eta - h)) / (2 * h), rtol=1e-6)
+    assert np.allclose(get_family("poisson").loglik(y, eta, 1.0), stats.poisson.logpmf(y, np.exp(eta)))
+    far = get_family("bernoulli").loglik(np.array([1.0, 0.0]), np.array([-800.0, 800.0]), 1.0)
+    assert np.allclose(far, [-800.0, -800.0])  # no overflow to -inf in the tails
+    assert get_family("poisson").equation() == "eta = log(lambda)"
+
+
+# --- bad input ------------------------------------------------------------------------------------------
+def _frame(y, **extra) -> pd.DataFrame:
+    n = len(y)
+    return pd.DataFrame({"y": y, "x": np.linspace(0, 1, n), "g": np.arange(n) % 3, **extra})
+
+
+BAD_INPUTS = [
+    ("bernoulli_not_01", lambda: bh.HLM("y ~ x + (1 | g)", _frame([0, 1, 2, 0, 1, 1]), family="bernoulli"),
+     DataError, r"must be 0 or 1.*row 2\)"),
+    ("bernoulli_text", lambda: bh.HLM("y ~ x + (1 | g)", _frame(list("NYNYYN")), family="bernoulli"),
+     DataError, r"holds text.*Say which value is the event"),
+    ("successes_over_trials", lambda: bh.HLM("cbind(y, n - y) ~ x + (1 | g)", _frame([1, 5, 2, 0, 1, 1],
+                                             n=[2, 4, 2, 2, 2, 2]), family="binomial"),
+     DataError, r"exceed the number of trials.*row 1\)"),
+    ("fractional_successes", lambda: bh.HLM("y ~ x + (1 | g)", _frame([1, 1.5, 2, 0, 1, 1], n=[2] * 6),
+                                            family="binomial", trials="n"),
+     DataError, r"whole numbers.*row 1\)"),
+    ("negative_count", lambda: bh.HLM("y ~ x + (1 | g)", _frame([1, 3, -2, 0, 1, 4]), family="poisson"),
+     DataError, r"count.*row 2\)"),
+    ("fractional_count", lambda: bh.HLM("y ~ x + (1 | g)", _frame([1, 3, 2.5, 0, 1, 4]), family="poisson"),
+     DataError, r"count.*row 2\)"),
+    ("zero_exposure", lambda: bh.HLM("y ~ x + (1 | g)", _frame([1, 3, 2, 0, 1, 4], t=[1, 2, 0, 1, -1, 1.0]),
+                                     family="poisson", exposure="t"),
+     DataError, r"exposure 't' must be positive.*rows 2, 4"),
+    ("binomial_without_trials", lambda: bh.HLM("y ~ x + (1 | g)", _frame([0, 1] * 3), family="binomial"),
+     OptionError, r"needs the number of trials.*cbind"),
+    ("cbind_other_expression", lambda: bh.HLM("cbind(y, n - x) ~ x + (1 | g)", _frame([0, 1] * 3, n=[2] * 6),
+                                               family="binomial"),
+     FormulaError, r"'n - y'"),
+    ("cbind_code", lambda: bh.HLM("cbind(y, __import__('os')) ~ x + (1 | g)", _frame([0, 1] * 3),
+                                  family="binomial"),
+     FormulaError, r"Cannot read the outcome"),
+    ("cbind_gaussian", lambda: bh.HLM("cbind(y, n) ~ x + (1 | g)", _frame([0, 1] * 3, n=[2] * 6)),
+     OptionError, r"family='binomial'"),
+    ("missing_trials_column", lambda: bh.HLM("y ~ x + (1 | g)", _frame([0, 1] * 3), family="binomial",
+                                             trials="size"),
+     DataError, r"'size' is not in the data"),
+    ("unknown_family", lambda: bh.HLM("y ~ x + (1 | g)", _frame([0, 1] * 3), family="bernouli"),
+     OptionError, r"Did you mean 'bernoulli'"),
+    ("wrong_link", lambda: bh.HLM("y ~ x + (1 | g)", _frame([0, 1] * 3), family="poisson", link="logit"),
+     OptionError, r"link='logit' is not available for the poisson family"),
+    ("exposure_on_bernoulli", lambda: bh.HLM("y ~ x + (1 | g)", _frame([0, 1] * 3, t=[1.0] * 6),
+                                             family="bernoulli", exposure="t"),
+     OptionError, r"exposure= applies to count outcomes"),
+]
+
+
+@pytest.mark.parametrize("name, make, error, message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_refused(name, make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_fit_options_refused():
+    model = MODELS["contraception_urban"][0]()
+    with pytest.raises(OptionError, match="method='reml' is not defined for the bernoulli family.*Laplace"):
+        model.fit(method="reml")
+    with pytest.raises(OptionError, match="one grouping factor with a random intercept only"):
+        model.fit(nagq=25)
+    with pytest.raises(OptionError, match="nagq=0"):
+        model.fit(nagq=0)
+    with pytest.raises(OptionError, match="Unknown fit option 'nAGQ'.*nagq"):
+        model.fit(nAGQ=25)
+
+
+def test_binary_outcome_with_gaussian_family_warns():
+    data = contraception()
+    with pytest.warns(UserWarning, match="only the values 0 and 1.*family='bernoulli'"):
+        bh.HLM(CONTRACEPTION, data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bh.HLM(CONTRACEPTION, data, family="gaussian")  # said explicitly: no warning
+        bh.HLM("age ~ use + (1 | district)", data)  # not binary: no warning
