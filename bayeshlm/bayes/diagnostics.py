@@ -41,8 +41,8 @@ def diagnose(tree: xr.DataTree, var_names: list[str], chains: int) -> tuple[dict
     if undefined:
         per_chain = stats.sizes["draw"]
         messages.append(f"The convergence diagnostics {', '.join(undefined)} could not be computed (NaN) from "
-                        f"{per_chain} draw{'s' if per_chain != 1 else ''} per chain: they need at least 4 draws "
-                        "per chain, and a parameter whose draws never change has none. Nothing shows that these "
+                        f"{per_chain} draw{'s' if per_chain != 1 else ''} per chain: they need at least 4 finite draws "
+                        "per chain that change from draw to draw. Nothing shows that these "
                         "draws represent the posterior; refit with more draws (e.g. draws=1000).")
     if divergences:
         messages.append(f"{divergences} of {n_draws} draws ended in a divergent transition: the sampler could not "

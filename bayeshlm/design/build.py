@@ -338,6 +338,10 @@ def _apply_centering(frame: pd.DataFrame, spec: ModelSpec, group_codes) -> pd.Da
         values = _numeric(frame, c.column)
         if c.how == "group":
             codes = _codes_for(c.group, group_codes, f"center[{c.column!r}]")
+            if _constant_within(values, codes):
+                raise DataError(f"center[{c.column!r}] = {c.how!r}: {c.column!r} takes one value in each group, so "
+                                "centring it on its group means leaves zeros (it is a group-level variable). "
+                                "Centre it on the grand mean ('grand') or leave it uncentred.")
             frame[c.column] = values - values.groupby(codes).transform("mean").to_numpy()
         else:
             frame[c.column] = values - _grand_mean(values, group_codes)
@@ -467,6 +471,9 @@ def _collinear_columns(R: np.ndarray, n_rows: int, names: tuple[str, ...]) -> li
     norms = np.linalg.norm(R, axis=0)  # the column norms of X
     _, s, vt = np.linalg.svd(R / np.maximum(norms, 1e-300), full_matrices=False)
     null = vt[s < s.max() * n_rows * np.finfo(float).eps * 10]
+    if not len(null):  # a column tiny beside the others (rank-deficient only before scaling): the unscaled
+        _, s, vt = np.linalg.svd(R, full_matrices=False)  # direction of the smallest singular value
+        null = vt[[np.argmin(s)]]
     involved = np.flatnonzero(np.abs(null).max(axis=0) > 1e-8)
     return [names[i] for i in involved]
 

@@ -145,8 +145,8 @@ def meta(formula: str, data: pd.DataFrame, vi: str, *, study: str | None = None,
     counts = data[study].value_counts()
     if (counts > 1).any():
         repeated = counts[counts > 1]
-        raise DataError(f"study {repeated.index[0]!r} has {repeated.iloc[0]} rows ({len(repeated)} studies have "
-                        "several): meta() fits one effect per study. For several effects per study use "
+        raise DataError(f"study {repeated.index.tolist()[0]!r} has {repeated.iloc[0]} rows ({len(repeated)} "
+                        "studies have several): meta() fits one effect per study. For several effects per study use "
                         "bh.HLM('yi ~ 1 + (1 | study/effect)', data, known_variance=...) (three-level) or "
                         "bh.meta_mv (correlated outcomes with a known within-study covariance).")
     lhs, rhs = formula.split("~", 1)
