@@ -183,6 +183,16 @@ CASES = [
     ("meta Bayes seed 2**64", _meta(method="bayes", random_seed=2**64), OPTION, r"random_seed=18446744073709551616"),
     ("meta prediction text", lambda tmp: bh.meta("yi ~ weeks", TEACHERS, vi="vi").prediction({"weeks": "two"}),
      OPTION, r"moderators=\{'weeks': 'two'\}: give a number for each moderator"),
+    ("meta effects whose squares overflow", _meta(data=TEACHERS.assign(yi=TEACHERS["yi"] * 1e200)), bh.DataError,
+     r"effects 'yi' reach 1.18e\+200: their squares overflow"),  # was OverflowError (REML) or LinAlgError (DL)
+    ("meta DL effects whose squares overflow", _meta(data=TEACHERS.assign(yi=TEACHERS["yi"] * 1e200), method="dl"),
+     bh.DataError, r"effects 'yi' reach 1.18e\+200"),
+    ("meta variances whose reciprocals overflow", _meta(data=TEACHERS.assign(vi=1e-320)), bh.DataError,
+     r"sampling variances 'vi' range from 1e-320"),
+    ("meta prediction level above 1", lambda tmp: bh.meta("yi ~ 1", TEACHERS, vi="vi").prediction(level=1.5),
+     OPTION, r"level=1.5: give the interval's coverage as a number between 0 and 1"),  # was NaN intervals
+    ("meta prediction level text", lambda tmp: bh.meta("yi ~ 1", TEACHERS, vi="vi").prediction(level="95%"),
+     OPTION, r"level='95%': give the interval's coverage"),
     ("meta prediction unknown moderator", lambda tmp: bh.meta("yi ~ weeks", TEACHERS, vi="vi").prediction(
         {"week": 1}), OPTION, r"'week' is not a moderator of this model. Did you mean 'weeks'"),
     # --- meta_mv(): multivariate meta-analysis ------------------------------------------------------------
@@ -229,6 +239,8 @@ CASES = [
      r"row 10 repeat an outcome within a study"),
     ("meta_mv collinear moderators", _meta_mv(BERKEY.assign(y2=BERKEY["year"] * 2), mods=["year", "y2"]),
      bh.DataError, r"'AL:y2', 'PD:y2'\] are not identifiable"),
+    ("meta_mv effects whose squares overflow", _meta_mv(BERKEY.assign(yi=BERKEY["yi"] * 1e200)), bh.DataError,
+     r"effects 'yi' reach 6e\+199: their squares overflow"),  # was LinAlgError: Singular matrix
     ("meta_mv maxiter zero", _meta_mv(maxiter=0), OPTION, r"maxiter=0: give a positive whole number"),
     ("meta_mv maxiter text", _meta_mv(maxiter="many"), OPTION, r"maxiter='many': give a positive whole number"),
     ("meta_mv method misspelt", _meta_mv(method="bays"), OPTION, r"Unknown method 'bays'"),

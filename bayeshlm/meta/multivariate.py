@@ -32,7 +32,7 @@ from scipy.optimize import minimize
 
 from ..errors import DataError, OptionError, closest_names, describe_rows
 from ..likelihood import BoundaryFitWarning, ConvergenceWarning
-from .univariate import BOUNDARY_RTOL, QTest, wald_table
+from .univariate import BOUNDARY_RTOL, QTest, check_magnitudes, wald_table
 
 if TYPE_CHECKING:  # the Bayesian module loads PyMC; it is imported when method='bayes' is asked for
     from .multivariate_bayes import MetaMVBayesFit
@@ -102,6 +102,7 @@ def meta_mv(data: pd.DataFrame, yi: str, outcome: str, study: str, *, V: np.ndar
         raise DataError(f"{describe_rows(np.flatnonzero(duplicated))} repeat an outcome within a study: each study "
                         "reports each outcome at most once.")
     cov = _sampling_covariance(frame, study, V, vi, rho)
+    check_magnitudes(frame[yi].to_numpy(dtype=float), np.diag(cov), yi, "V" if vi is None else vi)
     outcomes = pd.Index(sorted(frame[outcome].astype(str).unique()), name=outcome)
     codes = outcomes.get_indexer(frame[outcome].astype(str))
     X, names = _design_matrix(frame, codes, outcomes, mods)

@@ -57,6 +57,19 @@ def wald_table(beta: np.ndarray, vcov: pd.DataFrame) -> pd.DataFrame:
                         index=pd.Index(vcov.index, name="term"))
 
 
+def check_magnitudes(y: np.ndarray, v: np.ndarray, effect: str, variance: str) -> None:
+    """Refuse effects whose squares, or variances whose reciprocals, overflow double precision: every estimator
+    here sums d_j^2 / V_j-type terms, which then become inf and the weighted least squares singular."""
+    with np.errstate(over="ignore", divide="ignore"):
+        if not np.isfinite(np.sum(y * y)):
+            raise DataError(f"The effects {effect!r} reach {np.max(np.abs(y)):.3g}: their squares overflow double "
+                            "precision. Rescale them (divide by a power of 10, and the variances by its square).")
+        if not np.isfinite(np.sum(1.0 / v)) or not np.isfinite(np.sum(v)):
+            raise DataError(f"The sampling variances {variance!r} range from {np.min(v):.3g} to {np.max(v):.3g}, "
+                            "beyond double precision's range for their reciprocals or sums. Rescale the effects "
+                            "and the variances together.")
+
+
 def weighted_ls(y: np.ndarray, X: np.ndarray, w: np.ndarray):
     """Weighted least squares with weights ``w``: (estimate, its covariance (X'WX)^{-1}, the matrix P)."""
     XtW = X.T * w
@@ -151,6 +164,7 @@ def meta(formula: str, data: pd.DataFrame, vi: str, *, study: str | None = None,
                         "bh.meta_mv (correlated outcomes with a known within-study covariance).")
     lhs, rhs = formula.split("~", 1)
     model = HLM(f"{lhs.strip()} ~ {rhs.strip()} + (1 | {study})", data, known_variance=vi, missing=missing)
+    check_magnitudes(model.design.y, model.design.known_variance, lhs.strip(), vi)
     likelihood_fit = None
     if method == "dl":
         d = model.design
@@ -260,6 +274,8 @@ class MetaFit:
         ``moderators``: ``{fixed-effect name: value}`` for every coefficient but the intercept (omit for an
         intercept-only model), e.g. ``{"weeks_c": 0}``.
         """
+        if isinstance(level, bool) or not isinstance(level, int | float | np.number) or not 0 < level < 1:
+            raise OptionError(f"level={level!r}: give the interval's coverage as a number between 0 and 1, e.g. 0.95.")
         names = list(self.design.fixed_names)
         given = dict(moderators or {})
         unknown = [n for n in given if n not in names or n == "(Intercept)"]
