@@ -82,6 +82,8 @@ class GLMMObjective:
         self._columns = [self.starts[k] + f.codes[:, None] * f.n_coef + np.arange(f.n_coef)
                          for k, f in enumerate(self.factors)]
         self.u = np.zeros(self.q)  # warm start: the last conditional mode
+        if len(self.factors) > 1:
+            self._pair_pattern()
         if nagq > 1:
             self.nodes, self.weights = np.polynomial.hermite.hermgauss(nagq)
 
@@ -117,18 +119,27 @@ class GLMMObjective:
                     H[:, a, b] = H[:, b, a] = np.bincount(f.codes, w * zl[:, a] * zl[:, b], minlength=f.n_groups)
             H += np.eye(q)
             return ("blocks", np.linalg.cholesky(H))
-        U = self._sparse_U(ZL)
-        H = (U.T @ sp.diags(w) @ U + sp.identity(self.q)).tocsc()
+        sums = np.bincount(self._pair_index, (w[:, None, None] * self._row_products(ZL)).ravel(),
+                           minlength=len(self._pair_rows))
         if self.q <= 3000:
-            return ("dense", la.cho_factor(H.toarray(), lower=True))
-        return ("sparse", sp.linalg.splu(H))
+            H = np.zeros((self.q, self.q))
+            H[self._pair_rows, self._pair_cols] = sums
+            H[np.diag_indices(self.q)] += 1.0
+            return ("dense", la.cho_factor(H, lower=True, check_finite=False))
+        H = sp.csc_matrix((sums, (self._pair_rows, self._pair_cols)), shape=(self.q, self.q)) + sp.identity(self.q)
+        return ("sparse", sp.linalg.splu(H.tocsc()))
 
-    def _sparse_U(self, ZL: list[np.ndarray]) -> sp.csr_matrix:
-        n = len(self.y)
-        rows = np.concatenate([np.repeat(np.arange(n), f.n_coef) for f in self.factors])
-        cols = np.concatenate([c.ravel() for c in self._columns])
-        vals = np.concatenate([zl.ravel() for zl in ZL])
-        return sp.csr_matrix((vals, (rows, cols)), shape=(n, self.q))
+    @staticmethod
+    def _row_products(ZL: list[np.ndarray]) -> np.ndarray:
+        values = np.concatenate(ZL, axis=1)  # (n, k): each row's entries of U
+        return values[:, :, None] * values[:, None, :]
+
+    def _pair_pattern(self) -> None:
+        """Where each row's products U_ia U_ib land in U'WU: unique (row, column) pairs and each product's pair."""
+        columns = np.concatenate(self._columns, axis=1)  # (n, k)
+        flat = (columns[:, :, None] * self.q + columns[:, None, :]).ravel()
+        unique, self._pair_index = np.unique(flat, return_inverse=True)
+        self._pair_rows, self._pair_cols = np.divmod(unique, self.q)
 
     @staticmethod
     def _solve(fac, rhs: np.ndarray) -> np.ndarray:
@@ -141,7 +152,7 @@ class GLMMObjective:
             z = np.linalg.solve(F, b)
             return np.linalg.solve(np.swapaxes(F, 1, 2), z).ravel()
         if kind == "dense":
-            return la.cho_solve(F, rhs)
+            return la.cho_solve(F, rhs, check_finite=False)
         return F.solve(rhs)
 
     @staticmethod
@@ -274,7 +285,7 @@ def optimise(objective: GLMMObjective, maxiter: int = 500):
     result = minimize(objective.deviance, start, jac=objective.gradient, method="BFGS",
                       options={"gtol": 1e-4, "maxiter": maxiter})
     x, f = result.x, objective.deviance(result.x)
-    g, H = objective.gradient(x), objective.hessian(x)
+    g, H = result.jac, objective.hessian(x)
     for _ in range(4):  # Newton polish; the Hessian is refreshed only while the steps are not tiny
         try:
             step = np.linalg.solve(H, g)

@@ -14,6 +14,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 from scipy import stats
+from threadpoolctl import ThreadpoolController
 
 from ..design import Design
 from ..errors import OptionError, closest_names
@@ -23,6 +24,7 @@ from .glmm import GLMMObjective, canonical_theta, check_nagq, optimise
 OPTIONS = ("nagq", "maxiter")
 CONVERGENCE_GRADIENT = 1e-3  # largest scaled gradient |H^{-1} g| accepted at the reported optimum
 BOUNDARY = 1e-4  # a Lambda diagonal entry below this is reported as a variance on the boundary
+_THREADS: list[ThreadpoolController] = []  # found once (scanning the loaded libraries takes ~10 ms)
 
 
 def fit_glmm(design: Design, outcome: GLMOutcome, method: str = "ml", **options) -> GLMMFit:
@@ -43,7 +45,10 @@ def fit_glmm(design: Design, outcome: GLMOutcome, method: str = "ml", **options)
     nagq = check_nagq(design, options.get("nagq", 1))
     started = _time.perf_counter()
     objective = GLMMObjective(design, outcome, nagq=nagq)
-    x, deviance, gradient, hessian, message = optimise(objective, maxiter=int(options.get("maxiter", 500)))
+    if not _THREADS:
+        _THREADS.append(ThreadpoolController())
+    with _THREADS[0].limit(limits=1, user_api="blas"):  # small factorisations: threads only contend
+        x, deviance, gradient, hessian, message = optimise(objective, maxiter=int(options.get("maxiter", 500)))
     return GLMMFit(objective, x, deviance, gradient, hessian, str(message), _time.perf_counter() - started)
 
 

@@ -35,6 +35,19 @@ crossed$y <- rbinom(nrow(crossed), 1, plogis(eta))
 crossed$rep <- NULL
 write.csv(crossed, file.path(out_dir, "bernoulli_crossed.csv"), row.names = FALSE)
 
+# Nested binary data: 25 schools, 4 classes each, 8 pupils per class; random slope of x across schools.
+nested <- expand.grid(pupil = 1:8, class = 1:4, school = sprintf("sch%02d", 1:25))
+nested$x <- round(rnorm(nrow(nested)), 4)
+school_u <- MASS::mvrnorm(25, c(0, 0), matrix(c(0.5, 0.1, 0.1, 0.2), 2))
+class_u <- rnorm(100, 0, 0.5)
+s_index <- as.integer(factor(nested$school))
+c_index <- (s_index - 1) * 4 + nested$class
+eta <- 0.2 + 0.7 * nested$x + school_u[s_index, 1] + school_u[s_index, 2] * nested$x + class_u[c_index]
+nested$y <- rbinom(nrow(nested), 1, plogis(eta))
+nested$pupil <- NULL
+write.csv(nested, file.path(out_dir, "bernoulli_nested.csv"), row.names = FALSE)
+nested$class <- factor(nested$class)
+
 # Marginal log-likelihood of a random-intercept binomial model by numerical integration, per group.
 integrated_loglik <- function(fit, data, successes, trials, group) {
   eta_fixed <- drop(model.matrix(fit) %*% fixef(fit))
@@ -85,6 +98,10 @@ fits$poisson_exposure <- summarise(m, quote(glmer(y ~ x + (1 | g) + offset(log(y
 
 m <- glmer(y ~ x + (1 | subject) + (1 | item), crossed, binomial, control = tight)
 fits$bernoulli_crossed <- summarise(m, quote(glmer(y ~ x + (1 | subject) + (1 | item), crossed, binomial)))
+
+m <- glmer(y ~ x + (1 + x | school) + (1 | school:class), nested, binomial, control = tight)
+fits$bernoulli_nested <- summarise(m, quote(glmer(y ~ x + (1 + x | school) + (1 | school:class), nested,
+                                                 binomial)))
 
 # A minimal JSON writer (numbers with 17 significant digits), so that no JSON package is needed.
 to_json <- function(x) {
