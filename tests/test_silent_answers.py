@@ -132,3 +132,59 @@ def test_missing_level1_variance_category_is_dropped_not_a_stratum(missing):
     design = bh.HLM("y ~ x + (1 | g)", df, level1_variance="wave").design
     assert list(design.residual.strata_levels) == ["early", "late"]
     assert design.n_obs == len(df) - 43 and design.dropped.by_column == {"wave": 43}
+
+
+# --- variances the data cannot identify ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def groups20():
+    rng = np.random.default_rng(0)
+    df = _two_level(0, groups=20, size=8)
+    df["h"] = df["g"] * 7 + 100  # the same groups under other labels
+    df["c"] = 1.0
+    df["w"] = np.repeat(rng.normal(size=20), 8)  # constant within each group
+    df["t"] = np.tile(np.arange(8.0), 20)
+    return df
+
+
+@pytest.mark.parametrize("formula, error, message", [
+    # the dummies take every group's deviation: tau used to stay at its start value (1.16 = sigma^2 here)
+    ("y ~ x + C(g) + (1 | g)", bh.FormulaError, r"random intercept of 'g' is absorbed by the fixed effects"),
+    ("y ~ t + C(g):t + (t | g)", bh.FormulaError, r"random slope on 't' of 'g' is absorbed"),
+    # identical groupings: the variance used to be split 50/50 (0.5026 and 0.5026)
+    ("y ~ x + (1 | g/g)", bh.FormulaError, r"'g:g' and 'g' put the rows in the same 20 groups"),
+    ("y ~ x + (1 | g) + (1 | h)", bh.FormulaError, r"'g' and 'h' put the rows in the same 20 groups"),
+    # a constant random slope duplicates the intercept; a level-2 variable has no slope within a group
+    ("y ~ x + (c | g)", bh.FormulaError, r"columns of 'g' \(\(Intercept\), c\) are collinear over all rows"),
+    ("y ~ x + (w | g)", bh.FormulaError, r"'w' does not vary within any group of 'g'"),
+])
+def test_unidentifiable_variances_are_refused(groups20, formula, error, message):
+    with pytest.raises(error, match=message):
+        bh.HLM(formula, groups20)
+
+
+def test_outcome_exactly_linear_in_the_fixed_part_is_refused(groups20):
+    # sigma^2 used to be reported as 4.5e-15
+    with pytest.raises(bh.DataError, match=r"'exact' is an exact function of the fixed effects.*level-1 variance is 0"):
+        bh.HLM("exact ~ x + (1 | g)", groups20.assign(exact=2 + 3 * groups20["x"]))
+    # a group shift plus a group-specific slope, no noise: also nothing left for sigma^2
+    shifted = groups20.assign(exact=groups20["g"] ** 2 + (1 + groups20["g"] / 10) * groups20["t"])
+    with pytest.raises(bh.DataError, match="exact function"):
+        bh.HLM("exact ~ t + (t | g)", shifted)
+
+
+def test_identifiable_neighbours_are_accepted(groups20):
+    df = groups20
+    bh.HLM("y ~ x + w + (1 | g)", df)  # a level-2 predictor in the fixed part
+    bh.HLM("y ~ x + (0 + w | g)", df)  # a rescaled random intercept alone
+    bh.HLM("y ~ x + C(g) + (0 + t | g)", df.assign(y=df["y"] + rng_noise(df) * df["t"]))  # fixed intercepts
+    # a tiny but real level-1 noise on a large between-group spread is kept
+    quiet = df.assign(y=1e3 * df["w"] + 2 * df["x"] + 1e-4 * rng_noise(df))
+    assert bh.HLM("y ~ x + (1 | g)", quiet).design.n_obs == len(df)
+    # known variances: a single row per study is a meta-analysis, not an exact fit
+    studies = pd.DataFrame({"d": [0.1, 0.3, -0.2, 0.5], "v": 0.04, "study": list("abcd")})
+    bh.HLM("d ~ 1 + (1 | study)", studies, known_variance="v")
+
+
+def rng_noise(df):
+    return np.random.default_rng(5).normal(size=len(df))

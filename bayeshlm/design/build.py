@@ -20,6 +20,7 @@ from ..spec import ModelSpec
 from ..spec.expressions import FORMULAIC_CONTEXT, check_spec
 from ..spec.model_spec import INTERCEPT, RandomTerm, Term, term_name
 from .design import Design, DroppedRows, GroupingFactor, ResidualDesign, nesting_chain
+from .identify import check_identifiable
 
 MISSING_OPTIONS = ("drop", "raise")
 
@@ -49,23 +50,25 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") 
     y = _outcome(frame, spec.outcome)
     group_codes = {r.group: _group_codes(frame, r) for r in spec.random}
     _check_within_group_variation(y, spec, group_codes)
-    frame = float_predictors(frame, spec)
     frame = _apply_centering(frame, spec, group_codes)
     _check_centering_targets(spec)
+    numbers = float_predictors(frame, spec)  # what formulaic reads; ``frame`` keeps the labels of categories
 
-    X, fixed_names, fixed_terms = _fixed_matrix(spec, frame)
-    _check_fixed_matrix(X, fixed_names)
-    factors = tuple(_grouping_factor(spec, group, group_codes[group], frame) for group in spec.groups)
+    X, fixed_names, fixed_terms = _fixed_matrix(spec, numbers)
+    R_fixed = _check_fixed_matrix(X, fixed_names)
+    factors = tuple(_grouping_factor(spec, group, group_codes[group], numbers) for group in spec.groups)
     known = _known_variance(spec, frame)
     nesting = _nesting(factors)
     term_levels = _term_levels(spec, frame, factors, nesting)
     _check_level_predictors(spec, frame, group_codes)
-    residual = _residual_design(spec, frame, factors, nesting)
-    return Design(
+    residual = _residual_design(spec, numbers, factors, nesting, labels=frame)
+    design = Design(
         spec=spec, y=y, X=X, fixed_names=fixed_names, fixed_terms=fixed_terms, factors=factors,
         known_variance=known, row_labels=frame.index, dropped=dropped, nesting=nesting, term_levels=term_levels,
         residual=residual,
     )
+    check_identifiable(design, R_fixed)
+    return design
 
 
 # --- columns and missing values ------------------------------------------------------------------
@@ -430,9 +433,12 @@ def _fixed_matrix(spec: ModelSpec, frame: pd.DataFrame):
     return X, names, tuple(term_of_column)
 
 
-def _check_fixed_matrix(X: np.ndarray, names: tuple[str, ...]) -> None:
+def _check_fixed_matrix(X: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """Refuse constant or collinear columns; returns the R factor of X (X = QR) for later checks."""
     check_constant_columns(np.ptp(X, axis=0), names)
-    check_rank(r_factor(X), X.shape[0], names)
+    R = r_factor(X)
+    check_rank(R, X.shape[0], names)
+    return R
 
 
 def check_constant_columns(ptp: np.ndarray, names: tuple[str, ...]) -> None:
@@ -480,7 +486,10 @@ def _collinear_columns(R: np.ndarray, n_rows: int, names: tuple[str, ...]) -> li
 
 # --- level-1 error structure -------------------------------------------------------------------------
 
-def _residual_design(spec: ModelSpec, frame: pd.DataFrame, factors, nesting) -> ResidualDesign | None:
+def _residual_design(spec: ModelSpec, frame: pd.DataFrame, factors, nesting, *,
+                     labels: pd.DataFrame) -> ResidualDesign | None:
+    """The level-1 error structure; variance categories are named from ``labels`` (the columns before integer
+    predictors became floats, so category 0 reads '0', not '0.0')."""
     r = spec.residual
     if r is None:
         return None
@@ -490,7 +499,7 @@ def _residual_design(spec: ModelSpec, frame: pd.DataFrame, factors, nesting) -> 
     strata = strata_levels = C = time = unit = None
     C_names: tuple[str, ...] = ()
     if r.variance_by:
-        strata, strata_levels = sorted_codes(frame[r.variance_by].astype(str), r.variance_by)
+        strata, strata_levels = sorted_codes(labels[r.variance_by].astype(str), r.variance_by)
         if len(strata_levels) < 2:
             raise DataError(f"level1_variance={r.variance_by!r}: the column takes one value ({strata_levels[0]!r}) "
                             "among the analysed rows, so there is only one level-1 variance. Drop the option.")

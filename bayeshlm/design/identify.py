@@ -1,0 +1,134 @@
+"""Refuse variance components the data cannot identify.
+
+Each case below used to be fitted without a word, the optimiser returning its start value or an arbitrary split
+of the variance as if it were an estimate:
+
+* two grouping factors that put the rows in the same groups (``(1 | g) + (1 | h)`` with h a relabelling of g, or
+  ``(1 | g/g)``) and share a random coefficient: any split of its variance between them fits equally well;
+* random-effect columns collinear over all rows (a constant column beside the intercept, ``(c | g)``), or a
+  random slope on a variable constant within every group (no group has a slope of its own on it);
+* random coefficients absorbed by the fixed effects (``y ~ C(g) + (1 | g)``: the group dummies take every
+  group's deviation, leaving none to the variance);
+* an outcome that is an exact function of the fixed effects and each group's random coefficients: every
+  within-group residual is 0, so the level-1 variance is 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..errors import DataError, FormulaError
+from .design import Design, GroupingFactor, group_sums
+
+ABSORBED_TOL = 1e-9  # share of a group's random-effect column left after projecting it on the fixed effects
+EXACT_FIT_TOL = 1e-9  # size of the within-group residuals relative to the spread of the outcome
+
+
+def check_identifiable(design: Design, R_fixed: np.ndarray) -> None:
+    """Raise a FormulaError or DataError saying which variance cannot be estimated and what to do.
+
+    ``R_fixed`` is the triangular factor of X (X = QR), already computed by the rank check of X.
+    """
+    _check_identical_groupings(design.factors)
+    for f in design.factors:
+        _check_random_columns(f)
+        _check_absorbed(design, f, R_fixed)
+    if design.known_variance is None:
+        for f in design.chain[:1] or design.factors:  # nested: the innermost groups leave the fewest residuals
+            _check_exact_fit(design, f)
+
+
+def _check_identical_groupings(factors: tuple[GroupingFactor, ...]) -> None:
+    for i, a in enumerate(factors):
+        for b in factors[i + 1:]:
+            shared = [c for c in a.coef_names if c in b.coef_names]
+            if not shared or a.n_groups != b.n_groups:
+                continue
+            pairs = np.unique(a.codes * b.n_groups + b.codes)
+            if len(pairs) == a.n_groups:
+                raise FormulaError(
+                    f"The grouping factors {a.name!r} and {b.name!r} put the rows in the same {a.n_groups} groups, "
+                    f"and both have random {', '.join(shared)}: the variance could be split between them in any "
+                    "proportion with the same fit, so neither can be estimated. Keep only one of the two terms "
+                    "(in '(1 | g/g)' the inner factor repeats the outer one).")
+
+
+def _check_random_columns(f: GroupingFactor) -> None:
+    """Collinear random-effect columns over all rows; a slope on a variable constant within every group."""
+    from .build import r_factor
+
+    if f.n_coef > 1:
+        R = r_factor(f.Z / np.maximum(np.abs(f.Z).max(axis=0), 1e-300))
+        s = np.linalg.svd(R, compute_uv=False)
+        rank = int(np.sum(s > s.max() * max(f.Z.shape) * np.finfo(float).eps))
+        if rank < f.n_coef:
+            raise FormulaError(
+                f"The random-effect columns of {f.name!r} ({', '.join(f.coef_names)}) are collinear over all rows "
+                f"(rank {rank} < {f.n_coef}; e.g. a constant variable beside the intercept), so their variances "
+                "and covariances cannot be estimated separately. Remove the redundant variable from the random "
+                f"term '(... | {f.name})'.")
+    ones = [k for k in range(f.n_coef) if np.all(f.Z[:, k] == 1.0)]
+    if not ones:
+        return
+    by_group = pd.DataFrame(f.Z).groupby(f.codes)
+    spread = (by_group.max() - by_group.min()).to_numpy()
+    flat = [f.coef_names[k] for k in range(f.n_coef) if k not in ones and np.all(spread[:, k] == 0)]
+    if flat:
+        raise FormulaError(
+            f"{', '.join(map(repr, flat))} does not vary within any group of {f.name!r}, so no group has a slope "
+            f"of its own on it: its random slope over {f.name!r} only rescales the random intercept, and its "
+            f"variance cannot be estimated as a slope variance. Keep it as a fixed (level-2) predictor, e.g. "
+            f"'~ {flat[0]} + (1 | {f.name})'.")
+
+
+def _check_absorbed(design: Design, f: GroupingFactor, R_fixed: np.ndarray) -> None:
+    """Refuse a random coefficient whose column on every group's rows lies in the span of the fixed effects.
+
+    For v = Z_k on the rows of group j (0 elsewhere), the part of v outside the span of X has squared length
+    |v|^2 - |Q'v|^2 with Q'v = R^-T X'v (X = QR); X'v and |v|^2 are per-group sums over the rows. The J
+    columns of one coefficient are independent, so X needs at least J columns to absorb them.
+    """
+    if design.n_fixed < f.n_groups:
+        return
+    XtZ = group_sums(f.codes, design.X, f.Z, f.n_groups)  # (J, p, q)
+    ZtZ = np.stack([np.bincount(f.codes, weights=f.Z[:, k] ** 2, minlength=f.n_groups)
+                    for k in range(f.n_coef)], axis=1)  # (J, q)
+    projected = np.linalg.solve(R_fixed.T, XtZ.transpose(1, 0, 2).reshape(design.n_fixed, -1))
+    inside = (projected ** 2).sum(axis=0).reshape(f.n_groups, f.n_coef)
+    present = ZtZ > 0
+    left = np.where(present, ZtZ - inside, 0.0)
+    for k, name in enumerate(f.coef_names):
+        if present[:, k].any() and np.all(left[present[:, k], k] <= ABSORBED_TOL * ZtZ[present[:, k], k]):
+            what = "intercept" if name == "(Intercept)" else f"slope on {name!r}"
+            raise FormulaError(
+                f"The random {what} of {f.name!r} is absorbed by the fixed effects: on the rows of every "
+                f"{f.name!r} group its column is a combination of fixed-effect columns (e.g. C({f.name}) dummies "
+                f"or their interactions), so the fixed part takes each group's deviation and its variance cannot "
+                f"be estimated (a fit would report the optimiser's start value). Remove the group dummies from "
+                f"the fixed part to model the groups as random, or drop '(... | {f.name})' to keep them fixed.")
+
+
+def _check_exact_fit(design: Design, f: GroupingFactor) -> None:
+    """Refuse an outcome reproduced exactly by the fixed effects plus each group's random coefficients.
+
+    Both y and the columns of X are replaced by their residuals from a least-squares fit on Z within each group;
+    the last diagonal entry of the R factor of [X y] so reduced is the length of what is left of y.
+    """
+    from .build import r_factor
+
+    sizes = f.group_sizes
+    residual_df = int(np.maximum(sizes - f.n_coef, 0).sum()) - design.n_fixed
+    if residual_df <= 0:
+        return  # no row left over for a level-1 variance: the likelihood engine says so
+    V = np.column_stack([design.X, design.y])
+    coef = np.linalg.pinv(group_sums(f.codes, f.Z, f.Z, f.n_groups)) @ group_sums(f.codes, f.Z, V, f.n_groups)
+    within = V - sum(f.Z[:, [k]] * coef[f.codes, k, :] for k in range(f.n_coef))
+    left = abs(r_factor(within)[-1, -1])
+    spread = float(np.linalg.norm(design.y - design.y.mean()))
+    if left <= EXACT_FIT_TOL * spread:
+        raise DataError(
+            f"The outcome {design.outcome_name!r} is an exact function of the fixed effects and the random "
+            f"coefficients of {f.name!r}: every residual within a group is 0 (to rounding), so the level-1 variance "
+            "is 0 and the variance components cannot be estimated. Check that the outcome is not computed from the "
+            "predictors (or a predictor from the outcome); with noise-free data there is nothing to model.")
