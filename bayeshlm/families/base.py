@@ -28,6 +28,7 @@ class Family:
     links: tuple[str, ...] = ()
     mean_symbol = "mu"
     gaussian = False
+    canonical_link = ""
 
     def __init__(self, link: str | None = None):
         if link is None:
@@ -37,6 +38,11 @@ class Family:
             raise OptionError(f"link={link!r} is not available for the {self.name} family.{hint} "
                               f"Use one of: {', '.join(self.links)} (default {self.links[0]!r}).")
         self.link: Link = LINKS[link]()
+
+    @property
+    def canonical(self) -> bool:
+        """True for the canonical link, where the expected and observed information coincide."""
+        return self.link.name == self.canonical_link
 
     # --- numbers ----------------------------------------------------------------------------------
     def mean(self, eta: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ from .base import Family, non_integer, refuse_rows
 class Binomial(Family):
     name = "binomial"
     links = ("logit", "probit", "cloglog")
+    canonical_link = "logit"
     mean_symbol = "phi"
 
     def loglik(self, y, eta, size):

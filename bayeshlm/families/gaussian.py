@@ -13,6 +13,7 @@ from .base import Family
 class Gaussian(Family):
     name = "gaussian"
     links = ("identity",)
+    canonical_link = "identity"
     mean_symbol = "mu"
     gaussian = True
 

@@ -15,6 +15,7 @@ from .base import Family, non_integer, refuse_rows
 class Poisson(Family):
     name = "poisson"
     links = ("log",)
+    canonical_link = "log"
     mean_symbol = "lambda"
 
     def loglik(self, y, eta, size):

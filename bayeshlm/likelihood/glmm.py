@@ -18,9 +18,10 @@ u ~ N(0, I), y_i | u from the family with mean g^{-1}(eta_i). For each (beta, th
    log-likelihood itself; glmer's ``logLik`` at nAGQ > 1 subtracts the saturated model's log-likelihood
    (sum of log p(y_i | mu_i = y_i)), so add that back to compare.
 
-beta and theta are optimised jointly, as glmer's second stage (nAGQ > 0) does, by BFGS on central-difference
-gradients of the deviance -2 log L, then polished by Newton steps on a central-difference Hessian, which also
-gives the standard errors: cov(beta, theta) = 2 H^{-1} (lme4's default ``use.hessian = TRUE``). The columns
+beta and theta are optimised jointly, as glmer's second stage (nAGQ > 0) does, by BFGS on the gradient of the
+deviance -2 log L (analytic in beta for the Laplace deviance, central differences in theta), then polished by
+Newton steps on a finite-difference Hessian, which also gives the standard errors: cov(beta, theta) = 2 H^{-1}
+(lme4's default ``use.hessian = TRUE``). The columns
 of X other than the intercept are standardised internally and the results mapped back exactly.
 """
 
@@ -216,12 +217,17 @@ class GLMMObjective:
         value = -2.0 * self.loglik(x)
         return value if np.isfinite(value) else np.inf
 
-    # --- derivatives by central differences ----------------------------------------------------------
-    def gradient(self, x: np.ndarray, f0: float | None = None) -> np.ndarray:
+    # --- derivatives ----------------------------------------------------------------------------------
+    def gradient(self, x: np.ndarray) -> np.ndarray:
+        """Gradient of the deviance: analytic in beta_s for the Laplace deviance (see ``beta_score``), central
+        differences in theta (and in beta_s for quadrature or the sparse path)."""
+        g = np.empty(len(x))
+        analytic = self._analytic_beta()
+        if analytic:
+            g[:self.p] = -2.0 * self.beta_score(x)
         u0 = self.u.copy()
         h = GRADIENT_STEP * np.maximum(1.0, np.abs(x))
-        g = np.empty(len(x))
-        for k in range(len(x)):
+        for k in range(self.p if analytic else 0, len(x)):
             e = np.zeros(len(x))
             e[k] = h[k]
             self.u = u0.copy()
@@ -231,7 +237,52 @@ class GLMMObjective:
         self.u = u0
         return g
 
+    def beta_score(self, x: np.ndarray) -> np.ndarray:
+        """d log L / d beta_s of the Laplace approximation, at x = (beta_s, theta).
+
+        With s, W the family's eta-scale score and expected weights at the mode, W_o the observed information
+        (-ds/deta; W_o = W for canonical links) and lev_i = U_i (U'WU + I)^{-1} U_i':
+            d log L / d beta = X's - (1/2) sum_i (dW_i/deta_i) lev_i deta_i/dbeta,
+        where deta/dbeta = X - U (U'W_o U + I)^{-1} U'W_o X, because the mode moves with beta (implicit function
+        theorem on U's - u = 0); the terms through u_hat itself vanish at the mode (envelope theorem).
+        dW/deta and W_o are central differences in eta of the family's weights and scores.
+        """
+        p = self.p
+        u, eta0, ZL, fac = self.pirls(x[:p], x[p:])
+        eta = eta0 + self._times_u(ZL, u)
+        fam, y, size, X = self.family, self.y, self.size, self.scaling.X
+        _, s = fam.working(y, eta, size)
+        h = 1e-5 * np.maximum(1.0, np.abs(eta))
+        w_up, s_up = fam.working(y, eta + h, size)
+        w_down, s_down = fam.working(y, eta - h, size)
+        dw = (w_up - w_down) / (2.0 * h)
+        w_obs = -(s_up - s_down) / (2.0 * h)
+        fac_obs = fac if fam.canonical else self._factorize(ZL, w_obs)
+        moved = np.column_stack([self._times_u(ZL, self._solve(fac_obs, self._transpose_times(ZL, w_obs * X[:, c])))
+                                 for c in range(p)])
+        return X.T @ s - 0.5 * (X - moved).T @ (dw * self._leverages(ZL, fac))
+
+    def _leverages(self, ZL: list[np.ndarray], fac) -> np.ndarray:
+        """lev_i = U_i (U'WU + I)^{-1} U_i' for every row."""
+        kind, F = fac
+        if kind == "blocks":
+            codes, zl = self.factors[0].codes, ZL[0]
+            if F.shape[1] == 1:
+                return zl[:, 0] ** 2 / F[codes, 0, 0] ** 2
+            inv_chol = np.linalg.inv(F)
+            H_inv = np.swapaxes(inv_chol, 1, 2) @ inv_chol
+            return np.einsum("ia,iab,ib->i", zl, H_inv[codes], zl)
+        H_inv = la.cho_solve(F, np.eye(self.q), check_finite=False)
+        k = sum(f.n_coef for f in self.factors)
+        at_pairs = H_inv[self._pair_rows, self._pair_cols][self._pair_index].reshape(len(self.y), k, k)
+        return np.einsum("iab,iab->i", self._row_products(ZL), at_pairs)
+
+    def _analytic_beta(self) -> bool:
+        return self.nagq == 1 and (len(self.factors) == 1 or self.q <= 3000)
+
     def hessian(self, x: np.ndarray) -> np.ndarray:
+        """Hessian of the deviance: rows of beta_s by central differences of ``beta_score`` (when available),
+        the rest by second differences of the deviance."""
         u0, d = self.u.copy(), len(x)
         h = HESSIAN_STEP * np.maximum(1.0, np.abs(x))
         f0 = self.deviance(x)
@@ -241,11 +292,23 @@ class GLMMObjective:
             return self.deviance(x + step)
 
         H = np.empty((d, d))
-        for i in range(d):
+        first = 0
+        if self._analytic_beta():
+            first = self.p
+            for k in range(d):
+                e = np.zeros(d)
+                e[k] = h[k]
+                self.u = u0.copy()
+                up = self.beta_score(x + e)
+                self.u = u0.copy()
+                H[:self.p, k] = -2.0 * (up - self.beta_score(x - e)) / (2.0 * h[k])
+            H[:self.p, :self.p] = 0.5 * (H[:self.p, :self.p] + H[:self.p, :self.p].T)
+            H[self.p:, :self.p] = H[:self.p, self.p:].T
+        for i in range(first, d):
             ei = np.zeros(d)
             ei[i] = h[i]
             H[i, i] = (at(ei) - 2.0 * f0 + at(-ei)) / h[i] ** 2
-            for j in range(i):
+            for j in range(first, i):
                 ej = np.zeros(d)
                 ej[j] = h[j]
                 H[i, j] = H[j, i] = (at(ei + ej) - at(ei - ej) - at(ej - ei) + at(-ei - ej)) / (4.0 * h[i] * h[j])
