@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 1. High School and Beyond: the model ladder of Raudenbush & Bryk, chapter 4
 #
@@ -11,9 +23,6 @@
 # %%
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
 import bayeshlm as bh
 from bayeshlm.report.book import BookComparison
 

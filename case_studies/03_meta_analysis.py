@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 3. Teacher expectancy: meta-analysis as a two-level model with known variances (R&B chapters 7 and 13)
 #
@@ -11,10 +23,8 @@
 import os
 import warnings
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
 import bayeshlm as bh
 from bayeshlm.report.book import BookComparison
 

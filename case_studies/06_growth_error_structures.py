@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 6. Growth with structured level-1 errors: Oxford boys and sleep deprivation (R&B chapter 6)
 #
@@ -7,19 +19,15 @@
 # deviances, and check every likelihood against nlme (reference numbers from the committed R script).
 
 # %%
-import json
 import warnings
-from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import bayeshlm as bh
+from bayeshlm.datasets.references import peer_reference
 from bayeshlm.report.book import BookComparison
 
 ox = bh.datasets.load("oxboys")
-nlme = json.loads(Path("../tests/reference/nlme_reference.json").read_text())
-check = BookComparison("nlme 3.1-162 (tests/reference/nlme_reference.json)")
+nlme = {name: peer_reference("nlme", name) for name in ("oxboys_lme_ml", "oxboys_lme_ar1_ml", "oxboys_lme_varident_ml")}
+check = BookComparison("nlme 3.1-162 (tests/reference/make_reference.R)")
 
 # %% [markdown]
 # ## Three models for the heights of 26 boys at 9 occasions

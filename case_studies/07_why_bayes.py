@@ -1,3 +1,15 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
 # %% [markdown]
 # # 7. Why Bayes? Few groups, prior sensitivity, and what REML intervals miss
 #
@@ -9,10 +21,8 @@
 import os
 import warnings
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
 import bayeshlm as bh
 
 DRAWS = int(os.environ.get("BAYESHLM_DRAWS", 1000))

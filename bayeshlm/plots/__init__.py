@@ -1,4 +1,13 @@
-"""Plots that return matplotlib figures (headless-safe; no pyplot state is touched)."""
+"""Plots that return matplotlib figures (headless-safe; no pyplot state is touched).
+
+In Jupyter a returned figure shows inline: matplotlib registers its picture formatter for figures only when
+pyplot loads the inline backend, and these figures are built without pyplot, so the formatter is registered
+here when the plots are imported inside IPython (unless the user has set one for figures already).
+"""
+
+import sys
+
+from matplotlib.figure import Figure
 
 from .caterpillar import caterpillar
 from .compare import forest_compare, variance_posterior
@@ -7,3 +16,20 @@ from .growth import growth
 from .shrinkage import shrinkage
 
 __all__ = ["caterpillar", "forest", "forest_compare", "growth", "shrinkage", "variance_posterior"]
+
+
+def _show_figures_inline_in_ipython() -> None:
+    if "IPython" not in sys.modules:  # a plain script or a test: nothing to display to
+        return
+    from IPython import get_ipython
+    from IPython.core.pylabtools import print_figure
+
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "display_formatter"):
+        return
+    png = shell.display_formatter.formatters["image/png"]
+    if Figure not in png.type_printers:
+        png.for_type(Figure, lambda figure: print_figure(figure, "png"))
+
+
+_show_figures_inline_in_ipython()
