@@ -197,7 +197,7 @@ def _binomial_outcome(formula: str, trials: str | None, family: Family):
 
 def _warn_binary_gaussian(design) -> None:
     """A 0/1 outcome fitted as Gaussian is a linear probability model: say so and name the family to use."""
-    y = getattr(design, "y", None)
+    y = design.y if design.rows_available else None  # a design built from aggregates (Dask) keeps no rows
     if y is not None and len(y) and np.isin(y, (0.0, 1.0)).all():
         warnings.warn(f"The outcome {design.outcome_name!r} takes only the values 0 and 1, but the model is "
                       "Gaussian (a linear probability model). For a binary outcome use family='bernoulli' "

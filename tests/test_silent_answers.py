@@ -142,6 +142,7 @@ def groups20():
     df = _two_level(0, groups=20, size=8)
     df["h"] = df["g"] * 7 + 100  # the same groups under other labels
     df["c"] = 1.0
+    df["x2"] = 1 - 2 * df["x"]
     df["w"] = np.repeat(rng.normal(size=20), 8)  # constant within each group
     df["t"] = np.tile(np.arange(8.0), 20)
     return df
@@ -155,12 +156,19 @@ def groups20():
     ("y ~ x + (1 | g/g)", bh.FormulaError, r"'g:g' and 'g' put the rows in the same 20 groups"),
     ("y ~ x + (1 | g) + (1 | h)", bh.FormulaError, r"'g' and 'h' put the rows in the same 20 groups"),
     # a constant random slope duplicates the intercept; a level-2 variable has no slope within a group
-    ("y ~ x + (c | g)", bh.FormulaError, r"columns of 'g' \(\(Intercept\), c\) are collinear over all rows"),
+    ("y ~ x + (c | g)", bh.FormulaError, r"column\(s\) \['c'\] of 'g' are constant over all analysed rows"),
+    ("y ~ x + (x + x2 | g)", bh.FormulaError, r"columns of 'g' \(\(Intercept\), x, x2\) are collinear over all rows"),
     ("y ~ x + (w | g)", bh.FormulaError, r"'w' does not vary within any group of 'g'"),
 ])
 def test_unidentifiable_variances_are_refused(groups20, formula, error, message):
     with pytest.raises(error, match=message):
         bh.HLM(formula, groups20)
+
+
+def test_constant_random_slope_is_refused_for_dask_input(groups20):
+    dd = pytest.importorskip("dask.dataframe")
+    with pytest.raises(bh.FormulaError, match=r"\['c'\] of 'g' are constant over all analysed rows"):
+        bh.HLM("y ~ x + (c | g)", dd.from_pandas(groups20, npartitions=2))
 
 
 def test_outcome_exactly_linear_in_the_fixed_part_is_refused(groups20):

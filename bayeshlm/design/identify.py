@@ -54,10 +54,24 @@ def _check_identical_groupings(factors: tuple[GroupingFactor, ...]) -> None:
                     "(in '(1 | g/g)' the inner factor repeats the outer one).")
 
 
+def check_constant_random_columns(factor: str, coef_names: tuple[str, ...], ptp: np.ndarray) -> None:
+    """Refuse a random slope on a column constant over all analysed rows (range ``ptp`` 0) beside the random
+    intercept: it duplicates the intercept."""
+    if "(Intercept)" not in coef_names:
+        return
+    constant = [c for c, r in zip(coef_names, ptp) if c != "(Intercept)" and r == 0]
+    if constant:
+        raise FormulaError(
+            f"The random-effect column(s) {constant} of {factor!r} are constant over all analysed rows, so a random "
+            "slope on them duplicates the random intercept and their variances and covariances cannot be "
+            f"estimated. Remove them from the random term '(... | {factor})'.")
+
+
 def _check_random_columns(f: GroupingFactor) -> None:
     """Collinear random-effect columns over all rows; a slope on a variable constant within every group."""
     from .build import r_factor
 
+    check_constant_random_columns(f.name, f.coef_names, np.ptp(f.Z, axis=0))
     if f.n_coef > 1:
         R = r_factor(f.Z / np.maximum(np.abs(f.Z).max(axis=0), 1e-300))
         s = np.linalg.svd(R, compute_uv=False)

@@ -42,6 +42,7 @@ from .build import (
     r_factor,
 )
 from .design import ChainCrossproducts, ColumnSummary, group_sums
+from .identify import check_constant_random_columns
 
 CODE = "__code"
 LEVEL2_TOL = 1e-9  # the relative spread below which a ratio X_c / Z_k counts as constant within groups
@@ -395,6 +396,8 @@ class _Layout:
             X_ptp=(hi - lo)[:p], X_first=lo[:p],
             Z_sd={g: sd0[bounds[i]:bounds[i + 1]] for i, g in enumerate(self.chain)},
             Z_ptp={g: (hi - lo)[bounds[i]:bounds[i + 1]] for i, g in enumerate(self.chain)})
+        for g in self.chain:
+            check_constant_random_columns(g, self.factors[g].coef_names, summary.Z_ptp[g])
         stats, parents, level2, varying = [], [], {}, {}
         for level, g in enumerate(self.chain):
             table = per_group[g].reindex(range(len(self.levels[g])))
