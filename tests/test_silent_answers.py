@@ -181,6 +181,16 @@ def test_outcome_exactly_linear_in_the_fixed_part_is_refused(groups20):
         bh.HLM("exact ~ t + (t | g)", shifted)
 
 
+def test_exact_fit_check_on_leading_groups_then_all(groups20, monkeypatch):
+    monkeypatch.setattr(bh.design.identify, "SAMPLE_ROWS", 16)  # the first two groups are tried first
+    exact = groups20.assign(exact=2 + 3 * groups20["x"])
+    with pytest.raises(bh.DataError, match="exact function"):
+        bh.HLM("exact ~ x + (1 | g)", exact)
+    # exact in the leading groups only: the whole data still have level-1 residuals
+    late_noise = exact["exact"] + np.where(exact["g"] >= 10, rng_noise(exact), 0.0)
+    assert bh.HLM("exact ~ x + (1 | g)", exact.assign(exact=late_noise)).design.n_obs == 160
+
+
 def test_identifiable_neighbours_are_accepted(groups20):
     df = groups20
     bh.HLM("y ~ x + w + (1 | g)", df)  # a level-2 predictor in the fixed part
