@@ -243,3 +243,22 @@ def test_log_linear_variance_predictor_with_sd_100(hsb):
     assert fit.deviance == pytest.approx(base.deviance, rel=1e-9)
     assert fit.residual_parameters["alpha ses"] == pytest.approx(base.residual_parameters["alpha ses"] / c, rel=1e-6)
     assert fit.residual_parameters["alpha0"] == pytest.approx(base.residual_parameters["alpha0"], rel=1e-6)
+
+
+@pytest.mark.parametrize("shift", [1e6, 1e8])
+@pytest.mark.parametrize("dask", [False, True])
+def test_level2_predictor_far_from_zero_is_not_called_collinear(hsb, shift, dask):
+    """meanses + 1e6 was refused as collinear with the intercept (the rank test ran on raw columns), from
+    pandas and from Dask. Now the fit is the unshifted one: the intercept moves by -gamma shift, the rest
+    stays (tau rel 1e-8: the shifted column itself keeps only ~1e-8 of its digits at 1e8)."""
+    formula = "mathach ~ ses + meanses + (1 | school)"
+    base = bh.HLM(formula, hsb).fit("ml")
+    data = hsb.assign(meanses=hsb["meanses"] + shift)
+    if dask:
+        dd = pytest.importorskip("dask.dataframe")
+        data = dd.from_pandas(data, npartitions=3)
+    fit = bh.HLM(formula, data).fit("ml")
+    g0, g_ses, g_mean = base.fixed_effects["estimate"]
+    np.testing.assert_allclose(fit.fixed_effects["estimate"], [g0 - g_mean * shift, g_ses, g_mean], rtol=1e-8)
+    assert fit.tau["school"].iloc[0, 0] == pytest.approx(base.tau["school"].iloc[0, 0], rel=1e-8)
+    assert fit.deviance == pytest.approx(base.deviance, rel=1e-10)

@@ -198,9 +198,7 @@ def standardise(design: Design) -> tuple[Design, Scaling]:
     residual = design.residual
     if residual is not None:
         residual, scaling = _standardise_residual(design, residual, scaling)
-    X = design.X @ scaling.fixed_map
-    if intercept is not None:
-        X[:, intercept] = 1.0
+    X = (design.X - x_centre) / x_scale  # = X A, without the cancellation of X A's two terms
     factors = tuple(dataclasses.replace(f, Z=f.Z / scaling.z_scale[f.name]) for f in design.factors)
     known = None if design.known_variance is None else design.known_variance / y_scale ** 2
     out = dataclasses.replace(design, y=(design.y - y_centre) / y_scale, X=X, factors=factors,
