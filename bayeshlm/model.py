@@ -67,7 +67,8 @@ class HLM:
         Outcome family (:mod:`bayeshlm.families`): ``"gaussian"`` (default), ``"bernoulli"`` (0/1 or bool
         outcome, True/1 = the event), ``"binomial"`` (successes out of ``trials="<column>"`` or lme4's
         ``cbind(successes, failures)`` / ``cbind(successes, n - successes)`` on the left of ``~``) or
-        ``"poisson"`` (counts; ``exposure="<column>"`` adds log(exposure) as an offset). ``link``: logit
+        ``"poisson"`` (counts; ``exposure="<column>"`` or ``offset(log(<column>))`` in the formula adds
+        log(exposure) to the linear predictor; ``offset(<column>)`` adds a column as it is). ``link``: logit
         (default), probit or cloglog for binary outcomes, log for counts. Non-Gaussian models are fitted by
         ``fit(method="ml")`` (Laplace) or ``fit(method="ml", nagq=25)`` (adaptive quadrature).
     """
@@ -79,6 +80,7 @@ class HLM:
                  link: str | None = None, trials: str | None = None, exposure: str | None = None):
         self.family = get_family(family, link)
         formula, cbind = _binomial_outcome(formula, trials, self.family)
+        formula, offset = _offset(formula, exposure, self.family)
         spec = parse_formula(formula, known_variance=known_variance, centering=_centering(center),
                              group_means=_group_means(group_means, formula), unsafe_formula=unsafe_formula)
         spec = dataclasses.replace(spec, residual=residual_structure(level1_variance, correlation, time))
@@ -87,7 +89,7 @@ class HLM:
             if family is None:
                 _warn_binary_gaussian(self.design)
             return
-        self._init_glm(spec, data, missing, cbind, exposure)
+        self._init_glm(spec, data, missing, cbind, offset)
 
     @classmethod
     def from_levels(cls, level1: str, level2: Mapping[str, str] | None = None, *, groups: str | Sequence[str],
@@ -112,7 +114,7 @@ class HLM:
         model._init(spec, data, missing)
         return model
 
-    def _init_glm(self, spec: ModelSpec, data: pd.DataFrame, missing: str, trials, exposure) -> None:
+    def _init_glm(self, spec: ModelSpec, data: pd.DataFrame, missing: str, trials, offset) -> None:
         """Check the outcome, trials and exposure for the family, then build the design as for any model."""
         from .families.outcome import outcome_arrays, prepare_data
 
@@ -120,10 +122,10 @@ class HLM:
             raise OptionError(f"family={self.family.name!r} models take a pandas DataFrame and no known_variance, "
                               "level1_variance or correlation (the family fixes the level-1 variance).")
         _check_has_groups(spec)
-        frame = prepare_data(data, spec.outcome, self.family, trials, exposure, missing)
+        frame = prepare_data(data, spec.outcome, self.family, trials, offset, missing)
         self._init(spec, frame, missing)
         self.data = data
-        self.outcome = outcome_arrays(frame, self.design, self.family, trials, exposure)
+        self.outcome = outcome_arrays(frame, self.design, self.family, trials, offset)
 
     def _init(self, spec: ModelSpec, data: pd.DataFrame, missing: str) -> None:
         _check_has_groups(spec)
@@ -193,6 +195,23 @@ def _binomial_outcome(formula: str, trials: str | None, family: Family):
         raise OptionError(f"A cbind(...) outcome or trials= describes successes out of trials: use "
                           f"family='binomial' (this model has family={family.name!r}).")
     return formula, cbind
+
+
+def _offset(formula: str, exposure: str | None, family: Family):
+    """Read ``offset(log(t))`` / ``offset(o)`` from a non-Gaussian formula, or ``exposure=``; (formula, Offset)."""
+    from .families.outcome import Offset, split_offset
+
+    if exposure is not None and family.name != "poisson":
+        raise OptionError(f"exposure= applies to count outcomes (family='poisson'); this model has "
+                          f"family={family.name!r}. Write offset(log({exposure})) in the formula for another family.")
+    if exposure is not None and not isinstance(exposure, str):
+        raise OptionError(f"exposure takes the name of a data column; got a {type(exposure).__name__}.")
+    if family.gaussian:
+        return formula, None
+    formula, offset = split_offset(formula)
+    if offset is not None and exposure is not None:
+        raise OptionError("Give the exposure once: either offset(log(...)) in the formula or exposure=.")
+    return formula, offset or (Offset(exposure) if exposure else None)
 
 
 def _warn_binary_gaussian(design) -> None:

@@ -138,6 +138,16 @@ def test_trials_column_equals_cbind_and_two_column_cbind():
     assert by_failures.loglik == pytest.approx(by_trials.loglik, rel=1e-9)
 
 
+def test_offset_in_formula_equals_exposure():
+    data = pd.read_csv(REFERENCE / "poisson_exposure.csv")
+    by_formula = bh.HLM("y ~ x + offset(log(years)) + (1 | g)", data, family="poisson").fit()
+    assert by_formula.loglik == pytest.approx(reference()["poisson_exposure"]["loglik"], rel=1e-6)
+    plain = bh.HLM("y ~ offset(log_years) + x + (1 | g)", data.assign(log_years=np.log(data["years"])),
+                   family="poisson").fit()
+    assert plain.loglik == pytest.approx(by_formula.loglik, rel=1e-9)
+    assert_close(plain.fixed_effects["estimate"], reference()["poisson_exposure"]["beta"], "offset(column)")
+
+
 def test_boundary_variance_reported_in_words():
     """Outcome unrelated to the groups: tau -> 0, said in words; the fit is then the plain logistic GLM."""
     rng = np.random.default_rng(0)
@@ -213,6 +223,18 @@ BAD_INPUTS = [
      OptionError, r"Did you mean 'bernoulli'"),
     ("wrong_link", lambda: bh.HLM("y ~ x + (1 | g)", _frame([0, 1] * 3), family="poisson", link="logit"),
      OptionError, r"link='logit' is not available for the poisson family"),
+    ("offset_expression", lambda: bh.HLM("y ~ x + offset(2 * t) + (1 | g)", _frame([1, 3, 2, 0, 1, 4], t=[1.0] * 6),
+                                         family="poisson"),
+     FormulaError, r"Cannot read the offset"),
+    ("offset_interaction", lambda: bh.HLM("y ~ x + offset(t):x + (1 | g)", _frame([1, 3, 2, 0, 1, 4], t=[1.0] * 6),
+                                          family="poisson"),
+     FormulaError, r"its own term"),
+    ("offset_log_of_zero", lambda: bh.HLM("y ~ x + offset(log(t)) + (1 | g)",
+                                          _frame([1, 3, 2, 0, 1, 4], t=[1, 2, 0, 1, 1, 1.0]), family="poisson"),
+     DataError, r"exposure 't' must be positive.*row 2\."),
+    ("offset_and_exposure", lambda: bh.HLM("y ~ x + offset(log(t)) + (1 | g)", _frame([1, 3, 2, 0, 1, 4], t=[1.0] * 6),
+                                           family="poisson", exposure="t"),
+     OptionError, r"Give the exposure once"),
     ("exposure_on_bernoulli", lambda: bh.HLM("y ~ x + (1 | g)", _frame([0, 1] * 3, t=[1.0] * 6),
                                              family="bernoulli", exposure="t"),
      OptionError, r"exposure= applies to count outcomes"),
@@ -250,8 +272,15 @@ def test_binary_outcome_with_gaussian_family_warns():
 @pytest.mark.parametrize("name", ["cbpp_probit", "contraception_urban", "bernoulli_nested"])
 def test_analytic_beta_gradient_matches_differences(name):
     """The Laplace deviance's analytic beta gradient (non-canonical probit, slopes, two factors) vs differences."""
+    from threadpoolctl import threadpool_limits
+
     from bayeshlm.likelihood.glmm import GLMMObjective
 
+    with threadpool_limits(1, user_api="blas"):  # as fit_glmm does: threads only contend on small matrices
+        _check_beta_gradient(name, GLMMObjective)
+
+
+def _check_beta_gradient(name, GLMMObjective):
     model = MODELS[name][0]()
     objective = GLMMObjective(model.design, model.outcome)
     x = np.concatenate([np.random.default_rng(1).normal(size=objective.p) * 0.3, 0.7 * objective.params.start])

@@ -61,6 +61,49 @@ def split_cbind(formula: str) -> tuple[str, Trials | None]:
     return f"{successes} ~{rhs}", trials
 
 
+@dataclass(frozen=True)
+class Offset:
+    """A known part of the linear predictor: the column itself, or its log (an exposure)."""
+
+    column: str
+    log: bool = True
+
+    def values(self, frame: pd.DataFrame) -> np.ndarray:
+        x = frame[self.column].to_numpy(dtype=float)
+        return np.log(x) if self.log else x
+
+
+_OFFSET = re.compile(rf"offset\(\s*(?:log\(\s*({_NAME})\s*\)|({_NAME}))\s*\)")
+
+
+def split_offset(formula: str) -> tuple[str, Offset | None]:
+    """``'y ~ x + offset(log(t)) + (1 | g)'`` -> (``'y ~ x + (1 | g)'``, Offset('t')); ``offset(o)`` likewise.
+
+    Only these two forms are read (column names, nothing evaluated); any other ``offset(...)`` is refused.
+    """
+    if not isinstance(formula, str) or "offset" not in formula or "~" not in formula:
+        return formula, None
+    lhs, rhs = formula.split("~", 1)
+    matches = list(_OFFSET.finditer(rhs))
+    if len(matches) != 1 or rhs.count("offset(") != 1:
+        raise FormulaError(f"Cannot read the offset in {formula!r}: write one offset(log(column)) (an exposure) or "
+                           "offset(column), with a column name; or pass exposure='<column>'.")
+    match = matches[0]
+    log_column, column = match.groups()
+    before, after = rhs[:match.start()].rstrip(), rhs[match.end():].lstrip()
+    if after and after[0] not in "+-":
+        raise FormulaError(f"The offset in {formula!r} must be added as its own term ('+ offset(log(t))').")
+    if before.endswith("+"):
+        rest = before[:-1] + " " + after
+    elif after.startswith("+") and not before.strip():
+        rest = after[1:]
+    elif not before.strip() and not after:
+        rest = "1"
+    else:
+        raise FormulaError(f"The offset in {formula!r} must be added as its own term ('+ offset(log(t))').")
+    return f"{lhs}~ {rest.strip()}", Offset(log_column or column, log=log_column is not None)
+
+
 @dataclass(frozen=True, eq=False)
 class GLMOutcome:
     """Per analysed row: the outcome y, the trials (1 unless binomial) and the offset log(exposure)."""
@@ -70,11 +113,11 @@ class GLMOutcome:
     size: np.ndarray
     offset: np.ndarray
     trials: Trials | None = None
-    exposure: str | None = None
+    offset_term: Offset | None = None
 
 
 def prepare_data(data: pd.DataFrame, outcome: str, family: Family, trials: Trials | None,
-                 exposure: str | None, missing: str) -> pd.DataFrame:
+                 offset: Offset | None, missing: str) -> pd.DataFrame:
     """Check the outcome columns before the design is built; return the frame the design should read.
 
     Bool outcomes become 0/1. Rows missing a trials or exposure value are dropped (or refused with
@@ -85,14 +128,11 @@ def prepare_data(data: pd.DataFrame, outcome: str, family: Family, trials: Trial
     if trials is not None and family.name != "binomial":
         raise OptionError(f"Trials (cbind(...) or trials=) belong to family='binomial'; this model has "
                           f"family={family.name!r}.")
-    if exposure is not None and family.name != "poisson":
-        raise OptionError(f"exposure= applies to count outcomes (family='poisson'); this model has "
-                          f"family={family.name!r}.")
     if family.name == "binomial" and trials is None:
         raise OptionError("family='binomial' needs the number of trials: write the outcome as "
                           "cbind(successes, failures) or pass trials='<column>'. For a 0/1 outcome use "
                           "family='bernoulli'.")
-    extra = [c for c in (trials.columns() if trials else []) + ([exposure] if exposure else []) if c != outcome]
+    extra = [c for c in (trials.columns() if trials else []) + ([offset.column] if offset else []) if c != outcome]
     for column in [outcome, *extra]:
         if column not in data.columns:
             raise DataError(f"Column {column!r} is not in the data.{closest_names(column, data.columns)}")
@@ -117,27 +157,27 @@ def prepare_data(data: pd.DataFrame, outcome: str, family: Family, trials: Trial
     y = frame[outcome].to_numpy(dtype=float)[present]
     size = trials.values(frame)[present] if trials else np.ones(len(y))
     family.check_outcome(y, size, positions[present], outcome)
-    if exposure is not None:
-        _check_exposure(frame[exposure], positions, exposure)
+    if offset is not None:
+        _check_offset(frame[offset.column], positions, offset)
     return frame
 
 
-def _check_exposure(values: pd.Series, positions: np.ndarray, column: str) -> None:
+def _check_offset(values: pd.Series, positions: np.ndarray, offset: Offset) -> None:
+    what = "exposure" if offset.log else "offset"
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-        raise DataError(f"The exposure {column!r} must be numeric (time at risk, population); it has type "
-                        f"{values.dtype}.")
+        raise DataError(f"The {what} {offset.column!r} must be numeric; it has type {values.dtype}.")
     x = values.to_numpy(dtype=float)
-    bad = ~(np.isfinite(x) & (x > 0))
+    bad = ~(np.isfinite(x) & (x > 0)) if offset.log else ~np.isfinite(x)
     if bad.any():
-        raise DataError(f"The exposure {column!r} must be positive and finite (its log is the offset); "
-                        f"it is not in {describe_rows(positions[bad])}.")
+        need = "positive and finite (its log is the offset)" if offset.log else "finite"
+        raise DataError(f"The {what} {offset.column!r} must be {need}; it is not in {describe_rows(positions[bad])}.")
 
 
 def outcome_arrays(frame: pd.DataFrame, design, family: Family, trials: Trials | None,
-                   exposure: str | None) -> GLMOutcome:
+                   offset: Offset | None) -> GLMOutcome:
     """The outcome, trials and offsets of the rows the design kept (``frame``: what the design read)."""
     kept = np.setdiff1d(np.arange(len(frame)), design.dropped.positions)
     rows = frame.iloc[kept]
     size = trials.values(rows) if trials else np.ones(len(kept))
-    offset = np.log(rows[exposure].to_numpy(dtype=float)) if exposure else np.zeros(len(kept))
-    return GLMOutcome(family, design.y, size, offset, trials, exposure)
+    values = offset.values(rows) if offset else np.zeros(len(kept))
+    return GLMOutcome(family, design.y, size, values, trials, offset)
