@@ -462,10 +462,10 @@ def r_factor(X: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
 
 def check_rank(R: np.ndarray, n_rows: int, names: tuple[str, ...]) -> None:
     """Refuse a rank-deficient fixed-effects matrix, given its R factor (numpy.linalg.matrix_rank's
-    tolerance on the singular values: largest x max(N, p) x machine epsilon), after centring and scaling
-    the columns (:func:`_unit_columns`), so a predictor's units (x + 1e8) do not decide the rank."""
+    tolerance on the singular values: largest x max(N, p) x machine epsilon), after centring the columns
+    (:func:`_centred_columns`), so a predictor's location (x + 1e8) does not decide the rank."""
     p = R.shape[1]
-    R = _unit_columns(R, n_rows, names)
+    R = _centred_columns(R, n_rows, names)
     s = np.linalg.svd(R, compute_uv=False)
     rank = int(np.sum(s > s.max() * max(n_rows, p) * np.finfo(float).eps))
     if rank < p:
@@ -474,21 +474,16 @@ def check_rank(R: np.ndarray, n_rows: int, names: tuple[str, ...]) -> None:
                         "others. Remove one of them.")
 
 
-def _unit_columns(R: np.ndarray, n_rows: int, names: tuple[str, ...]) -> np.ndarray:
-    """The R factor of X A, with A centring every column on its mean (when there is an intercept) and scaling
-    it to unit length: X A = Q (R A). The means come from R'R = X'X (row of the intercept / n). A column whose
-    centred length is at rounding level of its raw length stays at that level (it is constant: rank-deficient)."""
+def _centred_columns(R: np.ndarray, n_rows: int, names: tuple[str, ...]) -> np.ndarray:
+    """The R factor of X A, with A centring every column but the intercept on its mean: X A = Q (R A), the
+    means from R'R = X'X (the intercept's row / n). Without an intercept, R itself."""
     if "(Intercept)" not in names:
-        return R / np.maximum(np.linalg.norm(R, axis=0), 1e-300)
+        return R
     c = names.index("(Intercept)")
-    raw = np.linalg.norm(R, axis=0)
     A = np.eye(R.shape[1])
     A[c] -= (R.T @ R[:, c]) / n_rows
     A[c, c] = 1.0
-    centred = R @ A
-    length = np.linalg.norm(centred, axis=0)
-    constant = length <= n_rows * np.finfo(float).eps * raw
-    return centred / np.where(constant, np.maximum(raw, 1e-300), length)
+    return R @ A
 
 
 def _collinear_columns(R: np.ndarray, n_rows: int, names: tuple[str, ...]) -> list[str]:
