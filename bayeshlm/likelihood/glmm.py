@@ -83,8 +83,11 @@ class GLMMObjective:
         self._columns = [self.starts[k] + f.codes[:, None] * f.n_coef + np.arange(f.n_coef)
                          for k, f in enumerate(self.factors)]
         self.u = np.zeros(self.q)  # warm start: the last conditional mode
+        self._schur = None
         if len(self.factors) > 1:
-            self._pair_pattern()
+            self._schur = SchurAlgebra.for_objective(self)
+            if self._schur is None:
+                self._pair_pattern()
         if nagq > 1:
             self.nodes, self.weights = np.polynomial.hermite.hermgauss(nagq)
 
@@ -120,6 +123,8 @@ class GLMMObjective:
                     H[:, a, b] = H[:, b, a] = np.bincount(f.codes, w * zl[:, a] * zl[:, b], minlength=f.n_groups)
             H += np.eye(q)
             return ("blocks", np.linalg.cholesky(H))
+        if self._schur is not None:
+            return ("schur", self._schur.factorize(ZL, w))
         sums = np.bincount(self._pair_index, (w[:, None, None] * self._row_products(ZL)).ravel(),
                            minlength=len(self._pair_rows))
         if self.q <= 3000:
@@ -154,7 +159,7 @@ class GLMMObjective:
             return np.linalg.solve(np.swapaxes(F, 1, 2), z).ravel()
         if kind == "dense":
             return la.cho_solve(F, rhs, check_finite=False)
-        return F.solve(rhs)
+        return F.solve(rhs)  # Schur or sparse LU
 
     @staticmethod
     def _logdet(fac) -> float:
@@ -163,6 +168,8 @@ class GLMMObjective:
             return 2.0 * float(np.sum(np.log(np.diagonal(F, axis1=1, axis2=2))))
         if kind == "dense":
             return 2.0 * float(np.sum(np.log(np.diag(F[0]))))
+        if kind == "schur":
+            return F.logdet()
         return float(np.sum(np.log(np.abs(F.U.diagonal()))))
 
     # --- PIRLS ---------------------------------------------------------------------------------------
@@ -272,6 +279,8 @@ class GLMMObjective:
             inv_chol = np.linalg.inv(F)
             H_inv = np.swapaxes(inv_chol, 1, 2) @ inv_chol
             return np.einsum("ia,iab,ib->i", zl, H_inv[codes], zl)
+        if kind == "schur":
+            return F.leverages(ZL)
         H_inv = la.cho_solve(F, np.eye(self.q), check_finite=False)
         k = sum(f.n_coef for f in self.factors)
         at_pairs = H_inv[self._pair_rows, self._pair_cols][self._pair_index].reshape(len(self.y), k, k)
@@ -314,6 +323,104 @@ class GLMMObjective:
                 H[i, j] = H[j, i] = (at(ei + ej) - at(ei - ej) - at(ej - ei) + at(-ei - ej)) / (4.0 * h[i] * h[j])
         self.u = u0
         return H
+
+
+class SchurAlgebra:
+    """U'WU + I for several factors as [[A, B], [B', C]]: A block-diagonal over the groups of the factor with
+    the most random effects (the 'big' factor), C dense over the others. Cholesky: L_A, then W = L_A^{-1} B and
+    the Schur complement S = C - W'W = L_S L_S', so log|H| = log|A| + log|S| (as lme4 and MixedModels.jl
+    exploit the first block's diagonal structure)."""
+
+    def __init__(self, objective: GLMMObjective, big: int):
+        self.obj, self.big = objective, big
+        factors = objective.factors
+        f = factors[big]
+        self.codes, self.q1, self.J = f.codes, f.n_coef, f.n_groups
+        self.rest = [k for k in range(len(factors)) if k != big]
+        shift, rest_columns, self.rest_global = 0, [], []
+        for k in self.rest:
+            size = int(objective.starts[k + 1] - objective.starts[k])
+            rest_columns.append(objective._columns[k] - objective.starts[k] + shift)
+            self.rest_global.append(np.arange(objective.starts[k], objective.starts[k + 1]))
+            shift += size
+        self.q_rest = shift
+        self.rest_global = np.concatenate(self.rest_global)
+        self.big_global = np.arange(objective.starts[big], objective.starts[big + 1])
+        self.columns = np.concatenate(rest_columns, axis=1)  # (n, k_rest) in the rest's numbering
+        big_cols = self.codes[:, None] * self.q1 + np.arange(self.q1)  # (n, q1)
+        self.b_index = (big_cols[:, :, None] * self.q_rest + self.columns[:, None, :]).ravel()
+        self.c_index = (self.columns[:, :, None] * self.q_rest + self.columns[:, None, :]).ravel()
+
+    @classmethod
+    def for_objective(cls, objective: GLMMObjective):
+        sizes = [f.n_groups * f.n_coef for f in objective.factors]
+        big = int(np.argmax(sizes))
+        rest = objective.q - sizes[big]
+        if sizes[big] * rest > 2e7 or len(objective.y) * rest > 5e7:
+            return None
+        return cls(objective, big)
+
+    def factorize(self, ZL: list[np.ndarray], w: np.ndarray) -> SchurFactor:
+        zb = ZL[self.big]
+        zr = np.concatenate([ZL[k] for k in self.rest], axis=1)
+        q1, J, qr = self.q1, self.J, self.q_rest
+        A = np.empty((J, q1, q1))
+        for a in range(q1):
+            for b in range(a, q1):
+                A[:, a, b] = A[:, b, a] = np.bincount(self.codes, w * zb[:, a] * zb[:, b], minlength=J)
+        A += np.eye(q1)
+        L_A = np.sqrt(A) if q1 == 1 else np.linalg.cholesky(A)
+        B = np.bincount(self.b_index, (w[:, None, None] * zb[:, :, None] * zr[:, None, :]).ravel(),
+                        minlength=J * q1 * qr).reshape(J, q1, qr)
+        W = B / L_A if q1 == 1 else np.linalg.solve(L_A, B)
+        C = np.bincount(self.c_index, (w[:, None, None] * zr[:, :, None] * zr[:, None, :]).ravel(),
+                        minlength=qr * qr).reshape(qr, qr)
+        S = C + np.eye(qr) - np.einsum("jaq,jar->qr", W, W)
+        return SchurFactor(self, L_A, W, np.linalg.cholesky(S), zb, zr)
+
+
+class SchurFactor:
+    """The factorisation made by :class:`SchurAlgebra` at one (theta, W)."""
+
+    def __init__(self, algebra: SchurAlgebra, L_A, W, L_S, zb, zr):
+        self.alg, self.L_A, self.W, self.L_S, self.zb, self.zr = algebra, L_A, W, L_S, zb, zr
+
+    def _forward_big(self, r: np.ndarray) -> np.ndarray:  # L_A^{-1} r, r (J, q1, m)
+        return r / self.L_A if self.alg.q1 == 1 else np.linalg.solve(self.L_A, r)
+
+    def _backward_big(self, r: np.ndarray) -> np.ndarray:  # L_A^{-T} r
+        return r / self.L_A if self.alg.q1 == 1 else np.linalg.solve(np.swapaxes(self.L_A, 1, 2), r)
+
+    def solve(self, rhs: np.ndarray) -> np.ndarray:
+        alg = self.alg
+        matrix = rhs.reshape(len(rhs), -1)
+        y1 = self._forward_big(matrix[alg.big_global].reshape(alg.J, alg.q1, -1))
+        r2 = matrix[alg.rest_global] - np.einsum("jaq,jam->qm", self.W, y1)
+        x2 = la.solve_triangular(self.L_S.T, la.solve_triangular(self.L_S, r2, lower=True, check_finite=False),
+                                 lower=False, check_finite=False)
+        x1 = self._backward_big(y1 - np.einsum("jaq,qm->jam", self.W, x2))
+        out = np.empty_like(matrix, dtype=float)
+        out[alg.big_global] = x1.reshape(alg.J * alg.q1, -1)
+        out[alg.rest_global] = x2
+        return out.reshape(rhs.shape)
+
+    def logdet(self) -> float:
+        diag_A = np.diagonal(self.L_A, axis1=1, axis2=2)
+        return 2.0 * float(np.sum(np.log(diag_A)) + np.sum(np.log(np.diag(self.L_S))))
+
+    def leverages(self, ZL) -> np.ndarray:
+        """U_i H^{-1} U_i' = ||v_i||^2 + ||L_S^{-1}(c_i - W_j' v_i)||^2 with v_i = L_A,j^{-1} a_i."""
+        alg = self.alg
+        codes = alg.codes
+        if alg.q1 == 1:
+            v = self.zb / self.L_A[codes, 0]
+        else:
+            v = np.linalg.solve(self.L_A[codes], self.zb[:, :, None])[:, :, 0]
+        c = np.zeros((len(codes), alg.q_rest))
+        np.put_along_axis(c, alg.columns, self.zr, axis=1)
+        c -= np.einsum("ia,iaq->iq", v, self.W[codes])
+        z = la.solve_triangular(self.L_S, c.T, lower=True, check_finite=False)
+        return np.sum(v * v, axis=1) + np.sum(z * z, axis=0)
 
 
 def glm_start(objective: GLMMObjective) -> np.ndarray:
