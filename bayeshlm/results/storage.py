@@ -221,6 +221,14 @@ def _check_shapes(tree: xr.DataTree, attrs: dict) -> None:
                         f"factor {factor['name']!r}")
     if attrs["engine"] == "likelihood" and not isinstance(attrs["state"].get("theta"), list):
         raise FitFormatError("the likelihood state has no theta list")
+    if attrs["engine"] == "bayes":
+        sampler = attrs["state"]["sampler"]
+        declared = {"chain": sampler["chains"], "draw": sampler["draws"]}
+        for name, node in [*tree["bayes"].children.items(), ("cholesky", tree["cholesky"])]:
+            stored = {dim: node.sizes.get(dim) for dim in declared if dim in node.sizes}
+            if stored != {dim: declared[dim] for dim in stored}:
+                raise FitFormatError(f"the {name!r} draws have {stored}, but the sampler record declares "
+                                     f"{declared}")
 
 
 def _compare_shapes(node, expected: dict[str, tuple[int, ...]], where: str) -> None:
