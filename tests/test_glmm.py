@@ -10,6 +10,7 @@ log-likelihood computed in R by stats::integrate per herd at glmer's nAGQ=25 est
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from functools import cache
 from pathlib import Path
@@ -146,6 +147,31 @@ def test_offset_in_formula_equals_exposure():
                    family="poisson").fit()
     assert plain.loglik == pytest.approx(by_formula.loglik, rel=1e-9)
     assert_close(plain.fixed_effects["estimate"], reference()["poisson_exposure"]["beta"], "offset(column)")
+
+
+def _separated(kind: str) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    data = pd.DataFrame({"g": np.repeat(np.arange(10), 10), "x": rng.normal(size=100), "c": np.tile(list("abcd"), 25)})
+    if kind == "complete":
+        data["y"] = (data["x"] > 0.3).astype(int)
+    elif kind == "category":
+        data["y"] = (rng.random(100) < 0.5).astype(int)
+        data.loc[data["c"] == "d", "y"] = 0
+    else:
+        data["y"] = rng.poisson(2.0, 100)
+        data.loc[data["c"] == "b", "y"] = 0
+    return data
+
+
+@pytest.mark.parametrize("kind, family, formula, names", [
+    ("complete", "bernoulli", "y ~ x + (1 | g)", "'x'"),
+    ("category", "bernoulli", "y ~ x + c + (1 | g)", "'c[T.d]'"),
+    ("zero_counts", "poisson", "y ~ x + c + (1 | g)", "'c[T.b]'"),
+])
+def test_separation_detected_and_explained(kind, family, formula, names):
+    """Old behaviour (before the check): 'converged' with coefficients ~25 and a wrong log-likelihood."""
+    with pytest.raises(DataError, match=rf"predictors {re.escape(names)} separate the outcome.*merge or drop"):
+        bh.HLM(formula, _separated(kind), family=family).fit()
 
 
 def test_boundary_variance_reported_in_words():

@@ -476,6 +476,34 @@ def optimise(objective: GLMMObjective, maxiter: int = 500):
     return x, f, g, H, result.message
 
 
+def separation_direction(objective: GLMMObjective, max_rows: int = 200_000) -> np.ndarray | None:
+    """A direction d (standardised scale) in which the fixed-effect likelihood rises without bound, or None.
+
+    Complete or quasi-complete separation (Albert & Anderson 1984): some d != 0 has x_i'd >= 0 for every row
+    whose outcomes are all events, <= 0 where all are non-events (or zero counts), and x_i'd = 0 for rows with
+    both; then the ML estimate is infinite. Found by the linear program of Konis (2007): maximise
+    sum_i s_i x_i'd under these constraints with |d_k| <= 1 (s_i = +1 / -1 for all events / none).
+    Skipped (None) above ``max_rows`` rows.
+    """
+    from scipy.optimize import linprog
+
+    X, y, size = objective.scaling.X, objective.y, objective.size
+    if len(y) > max_rows:
+        return None
+    if objective.family.name == "poisson":
+        sign = np.where(y == 0, -1.0, 0.0)
+    else:
+        sign = np.where(y >= size, 1.0, np.where(y <= 0, -1.0, 0.0))
+    one_sided, mixed = sign != 0, sign == 0
+    A_ub = -(sign[one_sided, None] * X[one_sided])
+    result = linprog(-(sign @ X), A_ub=A_ub if len(A_ub) else None, b_ub=np.zeros(len(A_ub)) if len(A_ub) else None,
+                     A_eq=X[mixed] if mixed.any() else None, b_eq=np.zeros(mixed.sum()) if mixed.any() else None,
+                     bounds=[(-1.0, 1.0)] * X.shape[1], method="highs")
+    if result.status != 0 or -result.fun <= 1e-7 * len(y):
+        return None
+    return result.x
+
+
 def check_nagq(design: Design, nagq) -> int:
     """nagq must be a whole number >= 1; above 1 only for one grouping factor with a random intercept only."""
     if isinstance(nagq, bool) or not isinstance(nagq, (int, np.integer)) or nagq < 1:

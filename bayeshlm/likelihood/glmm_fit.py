@@ -17,9 +17,9 @@ from scipy import stats
 from threadpoolctl import ThreadpoolController
 
 from ..design import Design
-from ..errors import OptionError, closest_names
+from ..errors import DataError, OptionError, closest_names
 from ..families.outcome import GLMOutcome
-from .glmm import GLMMObjective, canonical_theta, check_nagq, optimise
+from .glmm import GLMMObjective, canonical_theta, check_nagq, optimise, separation_direction
 
 OPTIONS = ("nagq", "maxiter")
 CONVERGENCE_GRADIENT = 1e-3  # largest scaled gradient |H^{-1} g| accepted at the reported optimum
@@ -45,11 +45,26 @@ def fit_glmm(design: Design, outcome: GLMOutcome, method: str = "ml", **options)
     nagq = check_nagq(design, options.get("nagq", 1))
     started = _time.perf_counter()
     objective = GLMMObjective(design, outcome, nagq=nagq)
+    _refuse_separation(objective)
     if not _THREADS:
         _THREADS.append(ThreadpoolController())
     with _THREADS[0].limit(limits=1, user_api="blas"):  # small factorisations: threads only contend
         x, deviance, gradient, hessian, message = optimise(objective, maxiter=int(options.get("maxiter", 500)))
     return GLMMFit(objective, x, deviance, gradient, hessian, str(message), _time.perf_counter() - started)
+
+
+def _refuse_separation(objective: GLMMObjective) -> None:
+    direction = separation_direction(objective)
+    if direction is None:
+        return
+    names = [n for n, d in zip(objective.design.fixed_names, direction) if abs(d) > 1e-6 and n != "(Intercept)"]
+    involved = ", ".join(repr(n) for n in names) or "the intercept"
+    outcome = "zero counts" if objective.family.name == "poisson" else "all events or all non-events"
+    raise DataError(f"The fixed effects are not estimable by maximum likelihood: the predictors {involved} separate "
+                    f"the outcome (rows with {outcome} can be told apart exactly by a combination of them; complete "
+                    "or quasi-complete separation), so the likelihood keeps rising as their coefficients grow without "
+                    "bound. Check for a category with no events (or only events) and merge or drop it, or remove the "
+                    "predictor; a Bayesian fit with proper priors gives finite estimates.")
 
 
 class GLMMFit:
