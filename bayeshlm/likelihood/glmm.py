@@ -449,9 +449,12 @@ def canonical_theta(params: Parameterization, theta: np.ndarray) -> np.ndarray:
     return theta
 
 
-def optimise(objective: GLMMObjective, maxiter: int = 500):
-    """BFGS from the GLM start and Lambda = I, then Newton polish; returns (x, deviance, gradient, H, message)."""
-    start = np.concatenate([glm_start(objective), objective.params.start])
+def optimise(objective: GLMMObjective, maxiter: int = 500, start: np.ndarray | None = None):
+    """BFGS from ``start`` (default: the GLM fit and Lambda = I), then Newton polish.
+
+    Returns (x, deviance, gradient, Hessian, optimiser message)."""
+    if start is None:
+        start = np.concatenate([glm_start(objective), objective.params.start])
     result = minimize(objective.deviance, start, jac=objective.gradient, method="BFGS",
                       options={"gtol": 1e-4, "maxiter": maxiter})
     x, f = result.x, objective.deviance(result.x)
@@ -501,6 +504,15 @@ def separation_direction(objective: GLMMObjective, max_rows: int = 200_000) -> n
                      bounds=[(-1.0, 1.0)] * X.shape[1], method="highs")
     if result.status != 0 or -result.fun <= 1e-7 * len(y):
         return None
+    return result.x
+
+
+def laplace_start(objective: GLMMObjective) -> np.ndarray:
+    """The Laplace optimum (BFGS only, no Hessian): where quadrature starts, as glmer's nAGQ > 1 fits do."""
+    laplace = GLMMObjective(objective.design, objective.outcome, nagq=1)
+    start = np.concatenate([glm_start(laplace), laplace.params.start])
+    result = minimize(laplace.deviance, start, jac=laplace.gradient, method="BFGS", options={"gtol": 1e-3})
+    objective.u = laplace.u.copy()
     return result.x
 
 

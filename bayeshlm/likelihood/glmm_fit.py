@@ -19,7 +19,7 @@ from threadpoolctl import ThreadpoolController
 from ..design import Design
 from ..errors import DataError, OptionError, closest_names
 from ..families.outcome import GLMOutcome
-from .glmm import GLMMObjective, canonical_theta, check_nagq, optimise, separation_direction
+from .glmm import GLMMObjective, canonical_theta, check_nagq, laplace_start, optimise, separation_direction
 
 OPTIONS = ("nagq", "maxiter")
 CONVERGENCE_GRADIENT = 1e-3  # largest scaled gradient |H^{-1} g| accepted at the reported optimum
@@ -49,7 +49,9 @@ def fit_glmm(design: Design, outcome: GLMOutcome, method: str = "ml", **options)
     if not _THREADS:
         _THREADS.append(ThreadpoolController())
     with _THREADS[0].limit(limits=1, user_api="blas"):  # small factorisations: threads only contend
-        x, deviance, gradient, hessian, message = optimise(objective, maxiter=int(options.get("maxiter", 500)))
+        start = laplace_start(objective) if nagq > 1 else None
+        x, deviance, gradient, hessian, message = optimise(objective, maxiter=int(options.get("maxiter", 500)),
+                                                           start=start)
     return GLMMFit(objective, x, deviance, gradient, hessian, str(message), _time.perf_counter() - started)
 
 
@@ -234,15 +236,20 @@ class GLMMFit:
 
     @property
     def converged(self) -> bool:
-        return bool(np.isfinite(self._deviance) and self.scaled_gradient < CONVERGENCE_GRADIENT)
+        """A finite deviance, a stationary point (Newton would move < 1e-3) and a positive definite Hessian."""
+        free = self._free
+        curvature = np.linalg.eigvalsh(0.5 * (self._hessian + self._hessian.T)[np.ix_(free, free)])
+        return bool(np.isfinite(self._deviance) and self.scaled_gradient < CONVERGENCE_GRADIENT
+                    and np.all(curvature > 0))
 
     @property
     def messages(self) -> list[str]:
         out = []
         if not self.converged:
-            out.append(f"The optimiser did not reach a stationary point: a Newton step would still move the "
-                       f"estimates by {self.scaled_gradient:.2g} (standardised scale). Try rescaling predictors, "
-                       "simplifying the random part, or fit(maxiter=2000).")
+            out.append(f"The optimiser did not reach a maximum: a Newton step would still move the estimates by "
+                       f"{self.scaled_gradient:.2g} (standardised scale), or the curvature is not negative in every "
+                       "direction (some parameter is not identified). Try simplifying the random part, or "
+                       "fit(maxiter=2000); do not use these standard errors.")
         params = self._objective.params
         for fp in params.factors:
             for c in np.unique(fp.cols):
