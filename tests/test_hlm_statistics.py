@@ -238,3 +238,19 @@ def test_icc_of_crossed_factors_counts_the_other_factor():
     fit = bh.HLM("attain ~ 1 + (1 | primary) + (1 | second)", bh.datasets.load("scotssec")).fit("reml")
     total = fit.sigma2 + fit.tau["primary"].iloc[0, 0] + fit.tau["second"].iloc[0, 0]
     assert fit.icc("second") == pytest.approx(fit.tau["second"].iloc[0, 0] / total, rel=1e-12)  # R&B eq. 12.6
+
+
+def test_level3_reliability_refuses_what_it_does_not_cover():
+    rng = np.random.default_rng(6)
+    school, child = np.repeat(np.arange(6), 24), np.arange(144) // 4
+    df = pd.DataFrame({"school": school, "child": child, "x": rng.normal(size=144),
+                       "half": np.where(np.arange(144) % 2 == 0, "a", "b")})
+    df["y"] = df["x"] + rng.normal(size=144) + np.repeat(rng.normal(size=36), 4) + np.repeat(rng.normal(size=6), 24)
+    formula = "y ~ x + (1 | child) + (1 | school)"
+    hetero = bh.HLM(formula, df, level1_variance="half").fit("reml")
+    with pytest.raises(bh.OptionError, match=r"reliability of 'school'.*independent level-1 errors with one variance"):
+        hetero.reliability("school")
+    dd = pytest.importorskip("dask.dataframe")
+    aggregated = bh.HLM(formula, dd.from_pandas(df, npartitions=2)).fit("reml")
+    with pytest.raises(bh.errors.RowsUnavailableError, match="reliability of 'school'"):
+        aggregated.reliability("school")
