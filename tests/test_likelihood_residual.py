@@ -215,7 +215,8 @@ def test_random_intercept_ar1_spaced_two_apart_and_car1_in_days():
 
 def test_end_point_with_slope_is_not_reported_converged():
     """The check behind ``converged``: the largest slope of the criterion, 0 at the optimum, not at a start."""
-    from bayeshlm.likelihood.marginal import GRADIENT_TOL, _largest_slope
+    from bayeshlm.likelihood.fit import GRADIENT_TOL
+    from bayeshlm.likelihood.marginal import _largest_slope
 
     fit = fitted("oxboys_lme_ar1_ml")
     objective, x = fit._objective, fit._theta_std

@@ -30,6 +30,7 @@ from .result import LikelihoodFit, theta_to_standard
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 OPTIONS = ("start", "maxiter")
+GRADIENT_TOL = 1e-2  # largest |d(-2 log L) / d parameter| accepted at the end point (standardised scale)
 POLISH_GRADIENT = 1e-9  # slope left at the end point (relative to the criterion) that earns Newton steps
 _THREADPOOLS: list[ThreadpoolController] = []  # found once: scanning the loaded libraries takes ~10 ms
 
@@ -219,6 +220,11 @@ def _converged(result) -> bool:
     return 0.5 * float(result.jac @ result.hess_inv.matvec(result.jac)) < 1e-7
 
 
+def end_point_message(slope: float) -> str:
+    return (f"the end point is not a minimum: the deviance still changes by {slope:.2g} per unit of a "
+            "parameter there (standardised scale)")
+
+
 def _canonical(params: Parameterization, theta: np.ndarray) -> np.ndarray:
     """Flip the sign of each Lambda column whose diagonal is negative (same Lambda Lambda')."""
     theta = theta.copy()
@@ -302,8 +308,12 @@ def _fit(objective: ProfiledDeviance, start: np.ndarray, maxiter: int, scaling: 
         if retry.fun < result.fun:
             result = retry
     result = _polish(objective, result)
-    fit = LikelihoodFit(objective, _canonical(params, result.x), converged=_converged(result),
-                        optimizer_message=str(result.message), n_evaluations=objective.evaluations,
+    converged, message = _converged(result), str(result.message)
+    slope = float(np.max(np.abs(result.jac), initial=0.0))
+    if converged and not slope <= GRADIENT_TOL:
+        converged, message = False, end_point_message(slope)
+    fit = LikelihoodFit(objective, _canonical(params, result.x), converged=converged,
+                        optimizer_message=message, n_evaluations=objective.evaluations,
                         scaling=scaling, design=design)
     for category, message in fit._warnings:
         warnings.warn(message, category, stacklevel=4)

@@ -260,7 +260,6 @@ class MarginalFactorization:
 
 
 PHI_STUCK = 1e-3  # a transformed phi* that moved less than this from its start is checked from a second start
-GRADIENT_TOL = 1e-2  # largest |d(-2 log L) / d parameter| accepted at the end point (standardised scale)
 
 
 def _optimise(objective: StructuredDeviance, start: np.ndarray, maxiter: int):
@@ -290,7 +289,7 @@ def fit_structured(standard: Design, method: str, *, start=None, maxiter: int = 
     """Fit a model with a level-1 error structure (see the module docstring) on the standardised design
     ``standard`` (:mod:`bayeshlm.design.scaling`); returns a StructuredFit of the user's ``design``.
     ``start`` is on the user's scale."""
-    from .fit import ProfiledDeviance, _canonical, _minimize
+    from .fit import GRADIENT_TOL, ProfiledDeviance, _canonical, _minimize, end_point_message
     from .result import StructuredFit, theta_to_standard
 
     objective = StructuredDeviance(standard, method)
@@ -317,10 +316,8 @@ def fit_structured(standard: Design, method: str, *, start=None, maxiter: int = 
     converged = bool(result.success) or result.status == 2
     message = str(result.message)
     slope = _largest_slope(objective, result.x, result.fun)
-    if converged and slope > GRADIENT_TOL:
-        converged = False
-        message = (f"the end point is not a minimum: the deviance still changes by {slope:.2g} per unit of a "
-                   "parameter there (standardised scale)")
+    if converged and not slope <= GRADIENT_TOL:
+        converged, message = False, end_point_message(slope)
     return StructuredFit(objective, _canonical(objective.params, result.x), converged=converged,
                          optimizer_message=message, n_evaluations=objective.evaluations,
                          scaling=scaling, design=design)
