@@ -55,3 +55,102 @@ def test_caterpillar_draws_one_interval_per_group_inside_the_band(random_coeffic
     inside = (estimates > pv["lower"]) & (estimates < pv["upper"])
     assert 0.9 < inside.mean() < 1  # shrunken estimates mostly, not all, fall in the 95% range
     figure.savefig(tmp_path / "caterpillar.png")
+
+
+# --- issue 28: plots that mislead in conditional models, a flattened forest_compare, numbered studies --------------
+from bayeshlm.results.hlm_statistics import fixed_part  # noqa: E402
+
+CONDITIONAL = "mathach ~ meanses*cses + sector*cses + (cses | school)"
+
+
+def _by_gid(ax, gid):
+    found = [c for c in ax.collections if c.get_gid() == gid]
+    assert len(found) == 1, f"expected one artist with gid {gid!r}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def conditional_fit():
+    return bh.HLM(CONDITIONAL, bh.datasets.load("hsb")).fit(method="reml")
+
+
+def test_shrinkage_pulls_each_school_toward_its_own_predicted_value():
+    """Intercepts-as-outcomes: EB = W_j'gamma + lambda_j (OLS_j - W_j'gamma), so the point each arrow heads for is
+    the school's predicted mean, not gamma_00 (the old plot drew one line at meanses = 0)."""
+    fit = bh.HLM("mathach ~ meanses + (1 | school)", bh.datasets.load("hsb")).fit("reml")
+    ax = bh.plots.shrinkage(fit).axes[0]
+    ols, eb = (c.get_offsets()[:, 0] for c in ax.collections[:2])
+    target = _by_gid(ax, "predicted").get_offsets()[:, 0]
+    gamma = fit.fixed_effects["estimate"]
+    np.testing.assert_allclose(target, fit.group_effects()[("coef", "(Intercept)")] - fit.group_effects()[
+        ("u", "(Intercept)")], rtol=1e-12)
+    assert np.ptp(target) > 5 * gamma["meanses"] * 0.2  # the targets really differ between schools
+    pulled = (eb - target) / (ols - target)  # the reliability lambda_j of each school's mean (R&B eq. 3.56)
+    np.testing.assert_allclose(pulled, fit.reliability()["(Intercept)"], rtol=1e-6)
+    assert not any(line.get_label() == "population value" for line in ax.lines)
+
+
+def test_shrinkage_plane_marks_every_schools_predicted_coefficients(conditional_fit):
+    ax = bh.plots.shrinkage(conditional_fit).axes[0]
+    drawn = _by_gid(ax, "predicted").get_offsets()
+    expected = fixed_part(conditional_fit.design, conditional_fit._gamma(), "school")
+    assert drawn.shape == (160, 2)
+    np.testing.assert_allclose(drawn, expected, rtol=1e-12)
+
+
+def test_caterpillar_bands_sit_at_each_schools_prediction(conditional_fit):
+    ax = bh.plots.caterpillar(conditional_fit, coefficient="cses").axes[0]
+    estimates = ax.collections[-1].get_offsets()[:, 1]
+    order = np.argsort(conditional_fit.group_effects()[("coef", "cses")].to_numpy())
+    np.testing.assert_allclose(estimates, conditional_fit.group_effects()[("coef", "cses")].to_numpy()[order])
+    centers = fixed_part(conditional_fit.design, conditional_fit._gamma(), "school")[order, 1]
+    np.testing.assert_allclose(_by_gid(ax, "predicted").get_offsets()[:, 1], centers, rtol=1e-12)
+    bars = [patch for patch in ax.patches if patch.get_gid() == "plausible"]
+    assert len(bars) == 160
+    half = 1.959964 * np.sqrt(conditional_fit.tau["school"].loc["cses", "cses"])
+    np.testing.assert_allclose([b.get_y() for b in bars], centers - half, rtol=1e-5)
+    np.testing.assert_allclose([b.get_height() for b in bars], 2 * half, rtol=1e-5)
+    inside = np.abs(estimates - centers) < half
+    assert inside.all()  # EB slopes stay within their own school's range (tau_11 is small: R&B Table 4.5)
+
+
+def test_forest_compare_gives_each_parameter_its_own_scale(conditional_fit):
+    """sigma^2 (36.7) shared an axis with var(cses) (0.10) and cov (0.19): those collapsed onto one point."""
+    ml = bh.HLM(CONDITIONAL, bh.datasets.load("hsb")).fit("ml")
+    figure = bh.plots.forest_compare(conditional_fit, ml)
+    table = bh.compare(conditional_fit, ml)
+    panels = {ax.get_title(loc="left"): ax for ax in figure.axes}
+    assert list(panels) == [r.removeprefix("fixed: ") for r in table.index]
+    for row in table.index:
+        ax = panels[row.removeprefix("fixed: ")]
+        xs = [line.get_xdata()[0] for line in ax.get_lines()]
+        np.testing.assert_allclose(xs, table.loc[row, (slice(None), "estimate")].to_numpy(dtype=float))
+        low, high = ax.get_xlim()
+        assert low < min(xs) and max(xs) < high
+        se = table.loc[row, (slice(None), "se")].to_numpy(dtype=float)
+        assert high - low < 0.5 * max(abs(x) for x in xs) + 4 * se[np.isfinite(se)].max(initial=0)
+    var_cses = panels["school: var(cses)"].get_xlim()
+    assert var_cses[1] - var_cses[0] < 0.1  # was 0 .. 36.7 on the shared variance axis
+    sigma2 = panels["sigma^2"].get_xlim()
+    assert sigma2[1] - sigma2[0] > 1  # equal point estimates without intervals are not blown up to 1e-5
+    with pytest.raises(bh.OptionError, match="Unknown parameters"):
+        bh.plots.forest_compare(conditional_fit, ml, parameters=["sigma2"])
+
+
+def test_meta_forest_names_studies_by_author_and_year():
+    data = bh.datasets.load("teacher_expectancy")
+    fit = bh.meta("yi ~ 1", data, vi="vi")
+    ax = bh.plots.forest(fit, labels=["author", "year"]).axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[:3] == ["Rosenthal et al. 1974", "Conn et al. 1968", "Jose & Cody 1971"]
+    assert labels[-1] == "REML model" and len(labels) == 20
+    by_author = [t.get_text() for t in bh.plots.forest(fit, labels="author").axes[0].get_yticklabels()]
+    assert by_author[3] == "Pellegrini & Hicks"
+    shuffled = data.sample(frac=1, random_state=4)  # labels follow the rows, not the positions
+    again = bh.plots.forest(bh.meta("yi ~ 1", shuffled, vi="vi"), labels=["author", "year"]).axes[0]
+    assert [t.get_text() for t in again.get_yticklabels()][:19] == [
+        f"{a} {y}" for a, y in zip(shuffled["author"], shuffled["year"])]
+    with pytest.raises(bh.OptionError, match="'autor' is not a column.*Did you mean 'author'"):
+        bh.plots.forest(fit, labels="autor")
+    with pytest.raises(bh.OptionError, match="'yr' is not a column"):
+        bh.plots.forest(fit, labels=["author", "yr"])

@@ -55,10 +55,15 @@ def test_plausible_values_of_both_engines_agree(fits):
 def test_forest_compare_draws_each_fit_for_each_parameter(fits, tmp_path):
     reml, bayes = fits
     figure = bh.plots.forest_compare(reml, bayes)
-    fixed_ax, variance_ax = figure.axes
-    assert len(fixed_ax.get_lines()) == 2 and len(variance_ax.get_lines()) == 2  # one marker series per fit
-    assert [len(line.get_xdata()) for line in fixed_ax.get_lines()] == [2, 2]  # two fixed effects
-    assert [len(line.get_xdata()) for line in variance_ax.get_lines()] == [4, 4]  # 3 T entries + sigma^2
+    table = bh.compare(reml, bayes)
+    assert len(figure.axes) == 2 + 4  # one panel per parameter: two fixed effects, 3 T entries + sigma^2
+    for ax, row in zip(figure.axes, table.index):
+        assert ax.get_title(loc="left") == row.removeprefix("fixed: ")
+        assert len(ax.get_lines()) == 2  # one marker per fit
+        np.testing.assert_allclose([line.get_xdata()[0] for line in ax.get_lines()],
+                                   table.loc[row, (slice(None), "estimate")].to_numpy(dtype=float))
+        bayes_interval = ax.collections[1].get_segments()[0][:, 0]
+        np.testing.assert_allclose(bayes_interval, table.loc[row, "Bayes"][["lower", "upper"]].to_numpy(dtype=float))
     figure.savefig(tmp_path / "forest.png")
 
 
@@ -88,3 +93,78 @@ def test_compare_gives_posterior_spread_of_variances(fits):
     row = table.loc["school: var(cses)", "Bayes"]
     assert row["se"] > 0 and row["lower"] < row["estimate"] < row["upper"]
     assert np.isnan(table.loc["school: var(cses)", ("REML", "se")])
+
+
+# --- issue 28: every plot on a Bayesian fit, and the conditional-model targets (tiny draws: seconds) ----------------
+from bayeshlm.results.hlm_statistics import fixed_part  # noqa: E402
+
+
+def _quick_bayes(formula, data, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few draws: low-ESS warnings are expected
+        return bh.HLM(formula, data).fit("bayes", draws=60, tune=60, chains=2, random_seed=5, **options)
+
+
+@pytest.fixture(scope="module")
+def growth_fits():
+    data = bh.datasets.load("sleepstudy")
+    formula = "Reaction ~ Days + (Days | Subject)"
+    return bh.HLM(formula, data).fit("reml"), _quick_bayes(formula, data)
+
+
+def test_growth_plot_of_a_bayesian_fit(growth_fits):
+    """bh.plots.growth(bayes_fit, ...) raised KeyError 'u' (issue 22): Bayes group tables have no 'u' column."""
+    reml, bayes = growth_fits
+    ax = bh.plots.growth(bayes, time="Days", n_persons=4).axes[0]
+    assert len(ax.lines) == 2 * 4 + 1
+    beta = bayes.fixed_effects["estimate"]
+    np.testing.assert_allclose(ax.lines[-1].get_ydata(), beta["(Intercept)"] + beta["Days"] * np.arange(10))
+    shown = {tuple(np.round(line.get_ydata()[[0, -1]], 6)) for line in ax.lines[1:-1:2]}
+    chosen = np.sort(np.random.default_rng(0).choice(18, 4, replace=False))  # the plot's seed=0 sample
+    coefs = bayes.group_effects("Subject").iloc[chosen]
+    expected = {tuple(np.round([a, a + 9 * b], 6)) for a, b in zip(coefs["(Intercept)"], coefs["Days"])}
+    assert shown == expected  # each person's line: posterior-mean coefficients
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.max() - band.min() > 0  # the population band comes from the posterior covariance of gamma
+
+
+def test_every_group_plot_accepts_both_engines(growth_fits, tmp_path):
+    for fit in growth_fits:
+        shrink = bh.plots.shrinkage(fit).axes[0]
+        assert len(shrink.collections[1].get_offsets()) == 18
+        cater = bh.plots.caterpillar(fit, coefficient="Days").axes[0]
+        assert len(cater.collections[0].get_segments()) == 18
+        bh.plots.growth(fit, time="Days").savefig(tmp_path / f"growth_{fit.method}.png")
+    reml, bayes = growth_fits
+    assert len(bh.plots.forest_compare(bayes, reml).axes) == 6
+    assert len(bh.plots.variance_posterior(bayes, reml, factor="sigma2").axes) == 1
+
+
+def test_bayesian_caterpillar_and_shrinkage_target_each_schools_prediction():
+    fit = _quick_bayes("mathach ~ meanses*cses + (cses | school)", bh.datasets.load("hsb"))
+    centers = fixed_part(fit.design, fit._gamma(), "school")  # posterior mean of gamma_q'W_j (linear in gamma)
+    ax = bh.plots.caterpillar(fit, coefficient="cses").axes[0]
+    order = np.argsort(fit.group_effects("school")["cses"].to_numpy())
+    predicted = [c for c in ax.collections if c.get_gid() == "predicted"][0].get_offsets()[:, 1]
+    np.testing.assert_allclose(predicted, centers[order, 1], rtol=1e-6)
+    bars = [patch for patch in ax.patches if patch.get_gid() == "plausible"]
+    lower = np.array([b.get_y() for b in bars])
+    upper = lower + np.array([b.get_height() for b in bars])
+    assert ((lower < predicted) & (predicted < upper)).all()
+    tau_sd = np.sqrt(fit.tau["school"].loc["cses", "cses"])
+    np.testing.assert_allclose(np.median(upper - lower), 2 * 1.96 * tau_sd, rtol=0.5)  # wider: gamma, T uncertain
+    shrink = bh.plots.shrinkage(fit).axes[0]
+    target = [c for c in shrink.collections if c.get_gid() == "predicted"][0].get_offsets()
+    np.testing.assert_allclose(target, centers, rtol=1e-6)
+
+
+def test_meta_forest_of_a_bayesian_fit_with_study_labels():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = bh.meta("yi ~ 1", bh.datasets.load("teacher_expectancy"), vi="vi", method="bayes", draws=100, tune=100,
+                      chains=1, random_seed=2)
+    ax = bh.plots.forest(fit, labels=["author", "year"]).axes[0]
+    eb = [c for c in ax.collections if c.get_gid() == "eb"][0].get_offsets()[:, 0]
+    np.testing.assert_allclose(eb, fit.study_effects["mean"])
+    assert [t.get_text() for t in ax.get_yticklabels()][0] == "Rosenthal et al. 1974"
+    assert "posterior mean of the true effect, 95% interval" in [t.get_text() for t in ax.get_legend().get_texts()]

@@ -13,10 +13,12 @@ from ..results import FitResult
 
 def forest_compare(*fits: FitResult, names: list[str] | None = None, level: float = 0.95,
                    parameters: list[str] | None = None) -> Figure:
-    """One row per parameter (fixed effects, then variance components), one marker and interval per fit.
+    """One small panel per parameter (fixed effects, then variance components), each on its own scale, with one
+    marker and interval per fit: sigma^2 and the T entries differ by orders of magnitude, and on one shared
+    axis the smaller ones collapse onto a point.
 
     Intervals are estimate +/- z SE for likelihood fits (none for their variances, which have no SE here)
-    and equal-tailed posterior intervals for Bayesian fits.
+    and equal-tailed posterior intervals for Bayesian fits. Each panel's title is the parameter.
     """
     table = compare(*fits, names=names, level=level)
     labels = list(table.columns.get_level_values("fit").unique())
@@ -24,26 +26,36 @@ def forest_compare(*fits: FitResult, names: list[str] | None = None, level: floa
     missing = [r for r in rows if r not in table.index]
     if missing:
         raise OptionError(f"Unknown parameters {missing}; choose from {list(table.index)}.")
-    figure = Figure(figsize=(7, 0.45 * len(rows) * max(1, len(labels) / 2) + 1.2))
-    axes = figure.subplots(1, 2, width_ratios=[3, 2], sharey=True)
-    fixed = [r for r in rows if r.startswith("fixed: ")]
-    variances = [r for r in rows if not r.startswith("fixed: ")]
-    offsets = np.linspace(-0.25, 0.25, len(labels)) if len(labels) > 1 else np.zeros(1)
-    for ax, group in zip(axes, (fixed, variances)):
+    columns = 2 if len(rows) > 3 else 1
+    panel_rows = -(-len(rows) // columns)
+    figure = Figure(figsize=(4.2 * columns, panel_rows * (0.55 + 0.22 * len(labels)) + 0.6))
+    axes = figure.subplots(panel_rows, columns, squeeze=False).ravel()
+    for ax, row in zip(axes, rows):
         for k, label in enumerate(labels):
-            part = table.loc[group, label] if group else None
-            if part is None or part.empty:
-                continue
-            y = np.array([rows.index(r) for r in group]) + offsets[k]
-            ax.hlines(y, part["lower"], part["upper"], color=f"C{k}", lw=1.5)
-            ax.plot(part["estimate"], y, "o", color=f"C{k}", label=label, ms=4)
-    axes[0].set_yticks(range(len(rows)), [r.removeprefix("fixed: ") for r in rows])
-    axes[0].invert_yaxis()
-    axes[0].set_title("fixed effects")
-    axes[1].set_title("variance components")
-    axes[0].legend(loc="best", frameon=False, fontsize="small")
-    figure.tight_layout()
+            part = table.loc[row, label]
+            ax.hlines(k, part["lower"], part["upper"], color=f"C{k}", lw=1.5)
+            ax.plot([part["estimate"]], [k], "o", color=f"C{k}", label=label, ms=4)
+        drawn = table.loc[row, (slice(None), ["estimate", "lower", "upper"])]
+        ax.set_xlim(*_panel_range(drawn.to_numpy(dtype=float)))
+        ax.set_title(row.removeprefix("fixed: "), fontsize="small", loc="left")
+        ax.set_yticks([])
+        ax.set_ylim(len(labels) - 0.5, -0.5)
+        ax.tick_params(axis="x", labelsize="small")
+    for ax in axes[len(rows):]:
+        ax.remove()
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="upper center", ncols=len(labels), frameon=False,
+                  fontsize="small")
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / figure.get_figheight()))
     return figure
+
+
+def _panel_range(values: np.ndarray) -> tuple[float, float]:
+    """x-limits around a parameter's estimates and interval ends, padded by 10% of their spread and at least 5% of
+    their size, so that near-equal point estimates without intervals are not blown up into a difference."""
+    values = values[np.isfinite(values)]
+    low, high = values.min(), values.max()
+    pad = max(0.1 * (high - low), 0.05 * np.abs(values).max(), 1e-12)
+    return low - pad, high + pad
 
 
 def variance_posterior(bayes: FitResult, *point_fits: FitResult, factor: str | None = None,

@@ -7,27 +7,31 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Polygon
+from scipy import stats
 
-from ..errors import OptionError
+from ..errors import OptionError, closest_names
 
 EB_OFFSET = 0.3  # vertical offset of the EB row below its study's observed-effect row
 
 
-def forest(fit, title: str | None = None) -> Figure:
-    """Forest plot of a :class:`~bayeshlm.meta.MetaFit` (95% intervals).
+def forest(fit, title: str | None = None, labels: str | list[str] | None = None) -> Figure:
+    """Forest plot of a meta-analysis from :func:`~bayeshlm.meta` (95% intervals); REML, ML, DL or Bayes.
+
+    Each study row is named by its label in ``meta(..., study=...)`` (numbers 1..k when none was given), or by
+    ``labels``: a column, or a list of columns joined with spaces (``labels=["author", "year"]`` gives "Rosenthal
+    et al. 1974"), of the data the meta-analysis was fitted on.
 
     Studies run top to bottom in data order. Squares (sized by the inverse-variance weight) with lines: the
     observed effects d_j +/- 1.96 sqrt(V_j). Circles below them: the EB estimates delta*_j +/- 1.96 SE. Bottom row
     (intercept-only models): the pooled estimate as a diamond spanning its CI, and the prediction interval
     as a line; with moderators each study's fitted value x_j'gamma is marked with a bar instead.
 
+    A Bayesian fit shows the posterior mean and 95% interval of each true effect in place of the EB estimate, and
+    the posterior mean of x'gamma with its credible and posterior-predictive intervals on the bottom row.
+
     The observed and EB markers carry gids ``"observed"`` and ``"eb"`` (one point per study).
     """
-    from ..meta import MetaFit
-
-    if not isinstance(fit, MetaFit):
-        raise OptionError(f"forest() draws a MetaFit (from bh.meta); got {type(fit).__name__}.")
-    table = fit.study_effects
+    table, shrunk_label, tau2, i2 = _study_table(fit)
     k = len(table)
     y = np.arange(k, 0, -1, dtype=float)
     figure = Figure(figsize=(9.5, 1.2 + 0.32 * (k + 2)))
@@ -39,8 +43,8 @@ def forest(fit, title: str | None = None) -> Figure:
                gid="observed")
     ax.hlines(y - EB_OFFSET, table["eb_lower"], table["eb_upper"], color="C1", lw=1)
     ax.scatter(table["eb"], y - EB_OFFSET, marker="o", s=18, color="C1", zorder=3,
-               label="empirical Bayes estimate, 95% interval", gid="eb")
-    labels = [str(s) for s in table.index]
+               label=shrunk_label, gid="eb")
+    labels = _study_labels(fit, labels)
     if fit.p == 1:
         pred = fit.prediction()
         est, lo, hi = pred["estimate"], pred["ci_lower"], pred["ci_upper"]
@@ -58,7 +62,40 @@ def forest(fit, title: str | None = None) -> Figure:
     ax.set_yticks(ticks, labels)
     ax.set_ylim(-0.8 if fit.p == 1 else 0.2, k + 0.7)
     ax.set_xlabel(f"effect ({fit.design.outcome_name})")
-    ax.set_title(title or f"{k} studies, tau^2 = {fit.tau2:.3g} ({fit.method.upper()}), I^2 = {fit.i2:.0f}%")
+    ax.set_title(title or f"{k} studies, tau^2 = {tau2:.3g} ({fit.method.upper()}), I^2 = {i2:.0f}%")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize="small")
     figure.tight_layout()
     return figure
+
+
+def _study_table(fit):
+    """(per-study table with the MetaFit's column names, label of the shrunken estimates, tau^2, I^2)."""
+    from ..meta import MetaFit
+    from ..meta.univariate_bayes import MetaBayesFit
+
+    if isinstance(fit, MetaFit):
+        return fit.study_effects, "empirical Bayes estimate, 95% interval", fit.tau2, fit.i2
+    if not isinstance(fit, MetaBayesFit):
+        raise OptionError(f"forest() draws a meta-analysis from bh.meta (MetaFit or MetaBayesFit); got "
+                          f"{type(fit).__name__}.")
+    table = fit.study_effects.rename(columns={"mean": "eb", "eti_lower": "eb_lower", "eti_upper": "eb_upper"})
+    z = stats.norm.ppf(0.975)
+    table["ci_lower"], table["ci_upper"] = table["effect"] - z * table["se"], table["effect"] + z * table["se"]
+    table["fitted"] = fit.design.X @ fit.fixed_effects["mean"].to_numpy()  # posterior mean of x_j'gamma
+    posterior = fit.heterogeneity["mean"]
+    return table, "posterior mean of the true effect, 95% interval", posterior["tau2"], posterior["I2"]
+
+
+def _study_labels(fit, columns: str | list[str] | None) -> list[str]:
+    """Row names of the studies: the fit's study labels, or the given data columns' values joined with spaces."""
+    if columns is None:
+        return [str(s) for s in fit.study_effects.index]
+    columns = [columns] if isinstance(columns, str) else list(columns)
+    data = fit.model.data
+    for column in columns:
+        if column not in data.columns:
+            raise OptionError(f"labels: {column!r} is not a column of the meta-analysis data."
+                              f"{closest_names(str(column), data.columns)} "
+                              f"Columns: {', '.join(map(str, data.columns))}.")
+    rows = data.loc[fit.design.row_labels, columns]
+    return [" ".join(str(v) for v in row) for row in rows.itertuples(index=False)]

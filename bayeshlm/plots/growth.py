@@ -10,6 +10,7 @@ from scipy import stats
 
 from ..errors import OptionError
 from ..results import FitResult
+from ._groups import fixed_effects_covariance, random_effect_means
 
 
 def growth(fit: FitResult, time: str, person: str | None = None, n_persons: int = 12, level: float = 0.95,
@@ -31,7 +32,7 @@ def growth(fit: FitResult, time: str, person: str | None = None, n_persons: int 
     gamma = fit._gamma()
     fitted = design.X @ gamma
     for f in design.factors:
-        u = fit.group_effects(f.name)["u"].to_numpy(dtype=float)
+        u = random_effect_means(fit, f.name)
         fitted = fitted + np.einsum("nq,nq->n", f.Z, u[f.codes])
     rng = np.random.default_rng(seed)
     chosen = np.arange(factor.n_groups)
@@ -47,7 +48,7 @@ def growth(fit: FitResult, time: str, person: str | None = None, n_persons: int 
         ax.plot(t[rows], fitted[rows], lw=1.0, ls="--", color=color)
     times = np.unique(t)
     x_bar = pd.DataFrame(design.X).groupby(t).mean().loc[times].to_numpy()
-    vcov = fit.vcov.to_numpy() if hasattr(fit, "vcov") else np.diag(fit.fixed_effects["se"].to_numpy() ** 2)
+    vcov = fixed_effects_covariance(fit)
     mean = x_bar @ gamma
     half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(np.einsum("ta,ab,tb->t", x_bar, vcov, x_bar))
     ax.fill_between(times, mean - half, mean + half, color="k", alpha=0.15, label=f"population {level:.0%} interval")

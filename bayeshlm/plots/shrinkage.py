@@ -1,5 +1,6 @@
 """Shrinkage plot: each group's OLS estimate, its empirical-Bayes (or posterior-mean) estimate, and the
-arrow between them, pulled toward the population value (R&B 2002, Figure 4.1 and eq. 3.56-3.57)."""
+arrow between them, pulled toward the group's predicted value gamma'W_j -- one population value when the
+coefficient has no level-2 predictors (R&B 2002, Figure 4.1 and eq. 3.56-3.57)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ from matplotlib.figure import Figure
 from ..errors import OptionError
 from ..results import FitResult
 from ..results.hlm_statistics import group_ols
+from ._groups import varies_across_groups
+
+PREDICTED_LABEL = "each group's predicted value γ'W_j"
 
 
 def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str, ...] | None = None) -> Figure:
     """Draw OLS -> shrunken estimates per group for one coefficient (strip plot) or two (plane).
 
     Marker area grows with group size; groups whose OLS estimate is not estimable are left out and the
-    title says how many. Returns a matplotlib Figure (no pyplot state is touched).
+    title says how many. With level-2 predictors of the coefficients each group's own predicted value
+    gamma'W_j is marked (gid ``"predicted"``), else the one population value gamma_q0. Returns a matplotlib
+    Figure (no pyplot state is touched).
     """
     name = fit._factor_name(factor)
     f = fit.design.factor(name)
@@ -32,7 +38,8 @@ def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str
     keep = ols.usable
     raw = ols.estimates[keep][:, idx]
     eb = shrunk[list(coefficients)].to_numpy(dtype=float)[keep]
-    population = fit.plausible_values(name)["center"].to_numpy()[idx]  # gamma_q0: level-2 predictors at zero
+    target = ols.predicted[keep][:, idx]  # gamma_q'W_j: what each group's estimate shrinks toward (eq. 3.56)
+    conditional = any(varies_across_groups(target[:, k]) for k in range(len(idx)))
     sizes = 10 + 60 * f.group_sizes[keep] / f.group_sizes.max()
     figure = Figure(figsize=(6.5, 5 if len(idx) == 2 else 3.5))
     ax = figure.add_subplot()
@@ -42,7 +49,11 @@ def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str
         ax.scatter(eb[:, 0], np.zeros_like(rows), s=sizes, color="C1", label=_shrunk_label(fit))
         for a, b in zip(raw[:, 0], eb[:, 0]):
             ax.annotate("", xy=(b, 0), xytext=(a, 1), arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.6})
-        ax.axvline(population[0], color="k", lw=1, ls="--", label="population value")
+        if conditional:
+            ax.scatter(target[:, 0], np.zeros_like(rows), marker="|", s=120, color="k", zorder=4, gid="predicted",
+                       label=PREDICTED_LABEL)
+        else:
+            ax.axvline(target[0, 0], color="k", lw=1, ls="--", label="population value")
         ax.set_yticks([0, 1], [_shrunk_label(fit), "OLS"])
         ax.set_ylim(-0.3, 1.6)
         ax.set_xlabel(coefficients[0])
@@ -51,7 +62,11 @@ def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str
         ax.scatter(eb[:, 0], eb[:, 1], s=sizes, color="C1", label=_shrunk_label(fit))
         for (x0, y0), (x1, y1) in zip(raw, eb):
             ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.6})
-        ax.scatter(*population, marker="*", s=250, color="k", zorder=3, label="population value")
+        if conditional:
+            ax.scatter(target[:, 0], target[:, 1], marker="x", s=14, lw=0.8, color="k", zorder=3, gid="predicted",
+                       label=PREDICTED_LABEL)
+        else:
+            ax.scatter(*target[0], marker="*", s=250, color="k", zorder=3, label="population value")
         ax.set_xlabel(coefficients[0])
         ax.set_ylabel(coefficients[1])
     left_out = f.n_groups - int(keep.sum())
