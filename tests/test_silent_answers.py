@@ -167,8 +167,12 @@ def test_unidentifiable_variances_are_refused(groups20, formula, error, message)
 
 def test_constant_random_slope_is_refused_for_dask_input(groups20):
     dd = pytest.importorskip("dask.dataframe")
+    data = dd.from_pandas(groups20, npartitions=2)
     with pytest.raises(bh.FormulaError, match=r"\['c'\] of 'g' are constant over all analysed rows"):
-        bh.HLM("y ~ x + (c | g)", dd.from_pandas(groups20, npartitions=2))
+        bh.HLM("y ~ x + (c | g)", data)
+    with pytest.raises(bh.FormulaError, match=r"'w' does not vary within any group of 'g'"):
+        bh.HLM("y ~ x + (w | g)", data)
+    assert bh.HLM("y ~ x + (t | g)", data).design.n_obs == 160
 
 
 def test_outcome_exactly_linear_in_the_fixed_part_is_refused(groups20):

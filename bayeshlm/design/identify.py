@@ -83,18 +83,24 @@ def _check_random_columns(f: GroupingFactor) -> None:
                 f"(rank {rank} < {f.n_coef}; e.g. a constant variable beside the intercept), so their variances "
                 "and covariances cannot be estimated separately. Remove the redundant variable from the random "
                 f"term '(... | {f.name})'.")
-    ones = [k for k in range(f.n_coef) if np.all(f.Z[:, k] == 1.0)]
-    if not ones:
+    if "(Intercept)" not in f.coef_names:
         return
     by_group = pd.DataFrame(f.Z).groupby(f.codes)
-    spread = (by_group.max() - by_group.min()).to_numpy()
-    flat = [f.coef_names[k] for k in range(f.n_coef) if k not in ones and np.all(spread[:, k] == 0)]
+    check_slopes_vary_within(f.name, f.coef_names, (by_group.max() - by_group.min()).to_numpy())
+
+
+def check_slopes_vary_within(factor: str, coef_names: tuple[str, ...], spread: np.ndarray) -> None:
+    """Refuse a random slope beside the random intercept on a column whose range within every group
+    (``spread``, groups x coefficients) is 0."""
+    if "(Intercept)" not in coef_names:
+        return
+    flat = [c for k, c in enumerate(coef_names) if c != "(Intercept)" and np.all(spread[:, k] == 0)]
     if flat:
         raise FormulaError(
-            f"{', '.join(map(repr, flat))} does not vary within any group of {f.name!r}, so no group has a slope "
-            f"of its own on it: its random slope over {f.name!r} only rescales the random intercept, and its "
+            f"{', '.join(map(repr, flat))} does not vary within any group of {factor!r}, so no group has a slope "
+            f"of its own on it: its random slope over {factor!r} only rescales the random intercept, and its "
             f"variance cannot be estimated as a slope variance. Keep it as a fixed (level-2) predictor, e.g. "
-            f"'~ {flat[0]} + (1 | {f.name})'.")
+            f"'~ {flat[0]} + (1 | {factor})'.")
 
 
 def _check_absorbed(design: Design, f: GroupingFactor, R_fixed: np.ndarray) -> None:

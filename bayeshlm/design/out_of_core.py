@@ -42,7 +42,7 @@ from .build import (
     r_factor,
 )
 from .design import ChainCrossproducts, ColumnSummary, group_sums
-from .identify import check_constant_random_columns
+from .identify import check_constant_random_columns, check_slopes_vary_within
 
 CODE = "__code"
 LEVEL2_TOL = 1e-9  # the relative spread below which a ratio X_c / Z_k counts as constant within groups
@@ -320,6 +320,8 @@ class _Layout:
             values = frame[v]
             values = values.cat.codes if isinstance(values.dtype, pd.CategoricalDtype) else values
             extra[f"v_{v}_min"] = extra[f"v_{v}_max"] = values.to_numpy(dtype=float)
+        for k in range(self.q[level]):
+            extra[f"z_{k}_min"] = extra[f"z_{k}_max"] = Z[g][:, k]
         bad = {}
         for c, k in self.pairs[g]:
             z = Z[g][:, k]
@@ -341,6 +343,7 @@ class _Layout:
         if level + 1 < len(self.chain):
             names += ["parent_min", "parent_max"]
         names += [f"v_{v}_{s}" for v in self.variables for s in ("min", "max")]
+        names += [f"z_{k}_{s}" for k in range(self.q[level]) for s in ("min", "max")]
         names += [f"r_{c}_{k}_{s}" for c, k in self.pairs[g] for s in ("min", "max", "sum", "cnt")]
         names += [f"bad_{c}_{k}" for c, k in self.pairs[g]]
         frame = pd.DataFrame({name: np.zeros(0) for name in names})
@@ -410,6 +413,8 @@ class _Layout:
             if level + 1 < len(self.chain):
                 parents.append(table["parent_min"].to_numpy(dtype=np.int64))
             varying[g] = {v: table[f"v_{v}_max"].to_numpy() > table[f"v_{v}_min"].to_numpy() for v in self.variables}
+            spread = np.column_stack([table[f"z_{k}_max"] - table[f"z_{k}_min"] for k in range(q)])
+            check_slopes_vary_within(g, self.factors[g].coef_names, spread)
             level2[g] = self._level2(g, table)
         _check_level_predictors(spec, varying, self.levels)
         shifted = ChainCrossproducts(stats=stats, top=top, parents=parents)
