@@ -245,6 +245,11 @@ def fit_likelihood(design: Design, method: str = "reml", **options) -> Likelihoo
     The optimiser is L-BFGS-B with the analytic gradient of the criterion, stopped when the gradient is below
     1e-9 |criterion| or the criterion stops decreasing (relative change 1e-15). A variance that lands at
     exactly 0 (a stationary point of the criterion) is restarted once from 0.1 to check it is a minimum.
+
+    The fit runs on the standardised design (:func:`bayeshlm.design.scaling.standardise`: y and X centred
+    and scaled, Z scaled, AR/CAR time in steps) and every reported number is mapped back exactly, so the
+    estimates do not depend on the units of the data. ``converged`` also needs the end point's gradient
+    below ``GRADIENT_TOL`` on that scale.
     """
     unknown = [k for k in options if k not in OPTIONS]
     if unknown:
