@@ -80,7 +80,7 @@ def _check_random_columns(f: GroupingFactor) -> None:
         if rank < f.n_coef:
             raise FormulaError(
                 f"The random-effect columns of {f.name!r} ({', '.join(f.coef_names)}) are collinear over all rows "
-                f"(rank {rank} < {f.n_coef}; e.g. a constant variable beside the intercept), so their variances "
+                f"(rank {rank} < {f.n_coef}: one is a linear function of the others), so their variances "
                 "and covariances cannot be estimated separately. Remove the redundant variable from the random "
                 f"term '(... | {f.name})'.")
     if "(Intercept)" not in f.coef_names:
