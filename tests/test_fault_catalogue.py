@@ -372,3 +372,22 @@ def test_undefined_diagnostics_are_reported_in_words(values, undefined):
     assert np.isnan(diagnostics["min_ess_bulk"])
     assert any(m.startswith(f"The convergence diagnostics {undefined} could not be computed (NaN) from "
                             f"{values.shape[1]} draw") for m in messages), messages
+
+
+@pytest.mark.parametrize("method, rtol, atol", [("dl", 1e-6, 1e-9), ("reml", 1e-4, 1e-5)])
+def test_meta_regression_on_uncentred_year_and_year_squared_matches_the_centred_one(method, rtol, atol):
+    """Moderators year and year^2 (years 1999.8-2000.2): X'WX has a condition number near 1e19, and inverting it
+    gave wrong estimates with no error (a mean effect at 2000 of -0.0001 instead of -0.0776 on similar data).
+    The same model with year - 2000 must give the same predictions, standard errors and study effects: to 1e-6
+    by DerSimonian-Laird; by REML, whose tau^2 itself differs by 6e-5 between the two codings, to 1e-4 (and
+    1e-5 absolute for effects near 0)."""
+    rng = np.random.default_rng(0)
+    year = 2000 + np.linspace(-0.17, 0.17, 19)
+    data = pd.DataFrame({"yi": rng.normal(size=19) * 0.3, "vi": 0.05, "yr": year, "yr2": year**2,
+                         "c": year - 2000, "c2": (year - 2000) ** 2, "study": range(19)})
+    raw = bh.meta("yi ~ yr + yr2", data, vi="vi", study="study", method=method)
+    centred = bh.meta("yi ~ c + c2", data, vi="vi", study="study", method=method)
+    at_raw, at_centred = raw.prediction({"yr": 2000, "yr2": 2000**2}), centred.prediction({"c": 0, "c2": 0})
+    np.testing.assert_allclose(at_raw.to_numpy(), at_centred.to_numpy(), rtol=rtol, atol=atol)
+    for column in ("fitted", "eb", "eb_se"):
+        np.testing.assert_allclose(raw.study_effects[column], centred.study_effects[column], rtol=rtol, atol=atol)

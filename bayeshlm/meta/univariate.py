@@ -25,6 +25,7 @@ from itertools import chain, count
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.linalg import solve_triangular
 
 from ..errors import DataError, FormulaError, OptionError, closest_names
 from ..likelihood import BoundaryFitWarning
@@ -70,13 +71,60 @@ def check_magnitudes(y: np.ndarray, v: np.ndarray, effect: str, variance: str) -
                             "and the variances together.")
 
 
+MAX_CONDITION = 1e7  # X'WX is factorised: its condition number is about this squared, near 1 / machine epsilon
+
+
+def check_moderators(X: np.ndarray, names) -> None:
+    """Refuse moderators so nearly collinear that X'WX cannot be factorised, naming the columns involved: the
+    condition number of the moderators, centred (with an intercept) and scaled to unit length so that neither
+    units nor location count, above :data:`MAX_CONDITION`."""
+    varying = np.flatnonzero(np.ptp(X, axis=0) > 0)
+    if len(varying) < 2:
+        return
+    Z = X[:, varying]
+    if len(varying) < X.shape[1]:  # a constant column: the intercept absorbs the moderators' means
+        Z = Z - Z.mean(axis=0)
+    Z = Z / np.maximum(np.linalg.norm(Z, axis=0), 1e-300)
+    _, s, vt = np.linalg.svd(Z, full_matrices=False)
+    if s[-1] < s[0] / MAX_CONDITION:
+        involved = [str(names[varying[k]]) for k in np.flatnonzero(np.abs(vt[-1]) > 1e-3)]
+        raise DataError(f"The moderators {involved} are almost collinear (condition number {s[0] / s[-1]:.2g} "
+                        f"after centring and scaling; above {MAX_CONDITION:.0e} the weighted least squares cannot "
+                        "be solved in double precision). Remove one of them or combine them.")
+
+
 def weighted_ls(y: np.ndarray, X: np.ndarray, w: np.ndarray):
-    """Weighted least squares with weights ``w``: (estimate, its covariance (X'WX)^{-1}, the matrix P)."""
-    XtW = X.T * w
-    cov = np.linalg.inv(XtW @ X)
-    beta = cov @ (XtW @ y)
-    P = np.diag(w) - XtW.T @ cov @ XtW
-    return beta, cov, P
+    """Weighted least squares with weights ``w``: (estimate, its covariance (X'WX)^{-1}, the matrix P).
+
+    Solved on X T, the moderators centred (given an intercept) and scaled to unit SD, then mapped back exactly
+    (gamma = T gamma~, Var = T Var~ T'; P is unchanged): X'WX of uncentred moderators such as year and year^2 has
+    a condition number past 1 / machine epsilon, and inverting it gave wrong estimates with no error."""
+    beta_t, cov_t, P, T = transformed_wls(y, X, w)
+    return T @ beta_t, T @ cov_t @ T.T, P
+
+
+def transformed_wls(y: np.ndarray, X: np.ndarray, w: np.ndarray):
+    """(gamma~, Var~, P, T) of :func:`weighted_ls` in the centred and scaled coordinates, by QR:
+    gamma~ = R^{-1} Q'W^(1/2) y, Var~ = R^{-1} R^{-T}, P = W^(1/2) (I - QQ') W^(1/2)."""
+    T = _centring_transform(X)
+    root = np.sqrt(w)
+    Q, R = np.linalg.qr(root[:, None] * (X @ T))  # W^(1/2) X T = QR: no squaring of its condition number
+    R_inv = solve_triangular(R, np.eye(R.shape[0]))
+    WQ = root[:, None] * Q
+    return R_inv @ (Q.T @ (root * y)), R_inv @ R_inv.T, np.diag(w) - WQ @ WQ.T, T
+
+
+def _centring_transform(X: np.ndarray) -> np.ndarray:
+    """T with X T = the varying columns of X centred (when X has a constant column) and divided by their SDs."""
+    p = X.shape[1]
+    T = np.eye(p)
+    spread = np.ptp(X, axis=0)
+    constant = np.flatnonzero(spread == 0)
+    for k in np.flatnonzero(spread > 0):
+        if len(constant):
+            T[constant[0], k] = -X[:, k].mean() / X[0, constant[0]]
+        T[:, k] /= np.std(X[:, k])
+    return T
 
 
 def cochran_q(y: np.ndarray, X: np.ndarray, v: np.ndarray) -> QTest:
@@ -165,6 +213,7 @@ def meta(formula: str, data: pd.DataFrame, vi: str, *, study: str | None = None,
     lhs, rhs = formula.split("~", 1)
     model = HLM(f"{lhs.strip()} ~ {rhs.strip()} + (1 | {study})", data, known_variance=vi, missing=missing)
     check_magnitudes(model.design.y, model.design.known_variance, lhs.strip(), vi)
+    check_moderators(model.design.X, model.design.fixed_names)
     likelihood_fit = None
     if method == "dl":
         d = model.design
@@ -205,7 +254,8 @@ class MetaFit:
         self.boundary = tau2 < BOUNDARY_RTOL * float(np.median(self._v))
         self.tau2 = 0.0 if self.boundary else float(tau2)
         self._w = 1.0 / (self._v + self.tau2)
-        self._beta, cov, self._P = weighted_ls(d.y, d.X, self._w)
+        self._beta_t, self._cov_t, self._P, self._T = transformed_wls(d.y, d.X, self._w)
+        self._beta, cov = self._T @ self._beta_t, self._T @ self._cov_t @ self._T.T
         names = list(d.fixed_names)
         self.vcov = pd.DataFrame(cov, index=names, columns=names)
 
@@ -289,8 +339,9 @@ class MetaFit:
             x = np.array([1.0 if n == "(Intercept)" else float(given[n]) for n in names])
         except (TypeError, ValueError):
             raise OptionError(f"moderators={given!r}: give a number for each moderator.") from None
-        estimate = float(x @ self._beta)
-        se = float(np.sqrt(x @ self.vcov.to_numpy() @ x))
+        xt = self._T.T @ x  # x' gamma = (T'x)' gamma~: no cancellation between large uncentred terms
+        estimate = float(xt @ self._beta_t)
+        se = float(np.sqrt(xt @ self._cov_t @ xt))
         z = stats.norm.ppf(0.5 + level / 2)
         half_pi = z * np.sqrt(se**2 + self.tau2)
         return pd.Series({"estimate": estimate, "se": se, "ci_lower": estimate - z * se,
@@ -310,8 +361,9 @@ class MetaFit:
         d = self.design
         v = self._v
         lam = self.tau2 / (self.tau2 + v)
-        fitted = d.X @ self._beta
-        fitted_var = np.einsum("ij,jk,ik->i", d.X, self.vcov.to_numpy(), d.X)
+        Xt = d.X @ self._T  # the centred coordinates of weighted_ls, as in prediction()
+        fitted = Xt @ self._beta_t
+        fitted_var = np.einsum("ij,jk,ik->i", Xt, self._cov_t, Xt)
         eb = lam * d.y + (1 - lam) * fitted
         eb_se = np.sqrt(lam * v + (1 - lam) ** 2 * fitted_var)
         z = stats.norm.ppf(0.975)
