@@ -62,12 +62,6 @@ class Scaling:
             out[self.intercept] += self.y_centre
         return out
 
-    def fixed_to_standard(self, beta: np.ndarray) -> np.ndarray:
-        shifted = np.array(beta, dtype=float)
-        if self.intercept is not None:
-            shifted[self.intercept] -= self.y_centre
-        return np.linalg.solve(self.fixed_map, shifted) / self.y_scale
-
     def fixed_cov(self, cov: np.ndarray) -> np.ndarray:
         A = self.fixed_map
         return self.y_scale ** 2 * (A @ cov @ A.T)
@@ -81,11 +75,6 @@ class Scaling:
     def effects(self, factor: str, b: np.ndarray) -> np.ndarray:
         """b = s_y S^-1 b* for (J, q) conditional modes."""
         return self.y_scale * b / self.z_scale[factor]
-
-    def relative_factor(self, factor: str, lam: np.ndarray, ratio: float = 1.0) -> np.ndarray:
-        """Lambda of T / sigma^2 from the standardised Lambda*: S^-1 Lambda* sqrt(ratio), ratio =
-        s_y^2 sigma*^2 / sigma^2 (1 unless centring the log-linear variance predictors moved sigma^2)."""
-        return lam / self.z_scale[factor][:, None] * np.sqrt(ratio)
 
     # --- level-1 variance and correlation ---------------------------------------------------------------
     @property

@@ -451,7 +451,8 @@ def _phi_transform(correlation: str, phi: float) -> float:
 
 def theta_from_standard(objective, scaling: Scaling, x: np.ndarray) -> np.ndarray:
     """The parameter vector of the user's design from that of its standardised form: Lambda = S^-1 Lambda*
-    sqrt(ratio) (:meth:`Scaling.relative_factor`), alpha_m = alpha*_m / s_m, phi = phi*^(1/k)."""
+    sqrt(ratio) with ratio = s_y^2 sigma*^2 / sigma^2 (T = sigma^2 Lambda Lambda' = s_y^2 S^-1 T* S^-1),
+    alpha_m = alpha*_m / s_m, phi = phi*^(1/k)."""
     return _convert(objective, scaling, np.asarray(x, dtype=float), to_standard=False)
 
 
