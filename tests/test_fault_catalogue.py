@@ -391,3 +391,20 @@ def test_meta_regression_on_uncentred_year_and_year_squared_matches_the_centred_
     np.testing.assert_allclose(at_raw.to_numpy(), at_centred.to_numpy(), rtol=rtol, atol=atol)
     for column in ("fitted", "eb", "eb_se"):
         np.testing.assert_allclose(raw.study_effects[column], centred.study_effects[column], rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("shift", [0.0, 1e6])
+def test_meta_mv_estimates_do_not_depend_on_where_a_moderator_is_centred(shift):
+    """berkey with the moderator year as given (1979-1988) or shifted by 1e6 must give the centred fit's T,
+    deviance and slopes: shifted by 1e6 the old code returned tau^2 = (0.089, 0.170) instead of (0.041, 0.020)
+    (X'Sigma^-1 X too ill-conditioned), and even unshifted it agreed only to 1e-5."""
+    centred = bh.meta_mv(BERKEY.assign(yr=BERKEY["year"] - BERKEY["year"].mean()), "yi", "outcome", "trial",
+                         V=V_COLUMNS, mods=["yr"])
+    given = bh.meta_mv(BERKEY.assign(yr=BERKEY["year"] + shift), "yi", "outcome", "trial", V=V_COLUMNS,
+                       mods=["yr"])
+    np.testing.assert_allclose(given.tau2, centred.tau2, rtol=1e-6)
+    assert given.deviance == pytest.approx(centred.deviance, rel=1e-10)
+    slopes = ["AL:yr", "PD:yr"]
+    np.testing.assert_allclose(given.fixed_effects.loc[slopes, ["estimate", "se"]],
+                               centred.fixed_effects.loc[slopes, ["estimate", "se"]], rtol=1e-6)
+    np.testing.assert_allclose(given.study_effects["eb"], centred.study_effects["eb"], rtol=1e-6, atol=1e-9)

@@ -111,9 +111,11 @@ def meta_mv(data: pd.DataFrame, yi: str, outcome: str, study: str, *, V: np.ndar
         raise DataError(f"{len(studies.levels)} studies with {studies.n} effects cannot estimate {studies.p} fixed "
                         f"effects and the between-study covariance of {len(outcomes)} outcomes: give at least two "
                         "studies and more effects than fixed effects.")
-    objective = _Criterion(studies, len(outcomes), method != "ml")
+    shift = _moderator_transform(X, len(outcomes))
+    centred = _StudyBlocks(frame[study], frame[yi].to_numpy(dtype=float), X @ shift, cov, codes)
+    objective = _Criterion(centred, len(outcomes), method != "ml")
     result = _minimize(objective, _start(frame[yi].to_numpy(dtype=float), codes, len(outcomes)), maxiter)
-    fit = MetaMVFit(objective, result, names, outcomes, "ml" if method == "ml" else "reml")
+    fit = MetaMVFit(objective, result, names, outcomes, "ml" if method == "ml" else "reml", studies, shift)
     if method == "bayes":
         from .multivariate_bayes import fit_bayes
 
@@ -198,6 +200,20 @@ def _check_finite_numbers(frame: pd.DataFrame, column: str, what: str) -> np.nda
         raise DataError(f"The {what} column {column!r} has missing or infinite values in {describe_rows(bad)}: "
                         "remove those effects or fill them in.")
     return values
+
+
+def _moderator_transform(X: np.ndarray, q: int) -> np.ndarray:
+    """S with X S = the moderator columns (outcome indicator x moderator) centred on the moderator's mean and
+    divided by its SD, the q indicator columns unchanged. The criterion is computed on X S: with uncentred
+    moderators (years, or values shifted by 1e6) X'Sigma^-1 X is too ill-conditioned to solve accurately."""
+    S = np.eye(X.shape[1])
+    for k in range(q, X.shape[1]):
+        rows = X[:, k % q] == 1  # the column's outcome (indicators first, then per moderator one per outcome)
+        values = X[rows, k]
+        sd = values.std()
+        S[k % q, k] = -values.mean()
+        S[:, k] /= sd if sd > 0 else 1.0
+    return S
 
 
 def _design_matrix(frame: pd.DataFrame, codes: np.ndarray, outcomes: pd.Index, mods: list[str]):
@@ -314,23 +330,28 @@ class MetaMVFit:
     ``q_test`` (residual heterogeneity), ``study_effects`` (EB estimates per effect), ``messages``.
     """
 
-    def __init__(self, objective: _Criterion, result, names: list[str], outcomes: pd.Index, method: str):
+    def __init__(self, objective: _Criterion, result, names: list[str], outcomes: pd.Index, method: str,
+                 studies: _StudyBlocks, shift: np.ndarray):
+        """``objective`` works on the transformed design X S (see :func:`_moderator_transform`); ``studies``
+        holds the design as given. gamma = S gamma~ and Var(gamma) = S Var(gamma~) S'; the REML criterion of X
+        is that of X S minus 2 log|det S|."""
         self.method = method
         self.outcomes = outcomes
         self._objective = objective
-        self._studies = objective.studies
+        self._studies = studies
         self.k = len(self._studies.levels)
         self.n = self._studies.n
         self.converged = bool(result.success)
         self.optimizer_message = str(result.message)
         self.n_evaluations = objective.evaluations
-        self.deviance = float(result.fun)
+        log_det = np.linalg.slogdet(shift)[1]
+        self.deviance = float(result.fun) - (2.0 * log_det if objective.reml else 0.0)
         T = objective.T(result.x)
         self.tau = pd.DataFrame(T, index=outcomes, columns=outcomes)
         _, XSX, XSy, _ = objective.gls(T)
         cov = np.linalg.inv(XSX)
-        self._beta = cov @ XSy
-        self.vcov = pd.DataFrame(cov, index=names, columns=names)
+        self._beta = shift @ (cov @ XSy)
+        self.vcov = pd.DataFrame(shift @ cov @ shift.T, index=names, columns=names)
         self._warnings = self._diagnose()
 
     @property
@@ -357,7 +378,7 @@ class MetaMVFit:
     def q_test(self) -> QTest:
         """Residual heterogeneity, H0: T = 0: Q_E = r' V^{-1} r at the GLS fit with V alone, chi-square on n - p df
         (the multivariate generalisation of R&B eq. 7.16; metafor's QE)."""
-        s = self._studies
+        s = self._objective.studies  # the centred design: the test does not depend on the coding of X
         Vinv = np.linalg.inv(s.V_all)
         beta = np.linalg.solve(s.X_all.T @ Vinv @ s.X_all, s.X_all.T @ Vinv @ s.y_all)
         r = s.y_all - s.X_all @ beta
