@@ -66,11 +66,13 @@ class HLM:
     family, link, trials, exposure
         Outcome family (:mod:`bayeshlm.families`): ``"gaussian"`` (default), ``"bernoulli"`` (0/1 or bool
         outcome, True/1 = the event), ``"binomial"`` (successes out of ``trials="<column>"`` or lme4's
-        ``cbind(successes, failures)`` / ``cbind(successes, n - successes)`` on the left of ``~``) or
-        ``"poisson"`` (counts; ``exposure="<column>"`` or ``offset(log(<column>))`` in the formula adds
-        log(exposure) to the linear predictor; ``offset(<column>)`` adds a column as it is). ``link``: logit
+        ``cbind(successes, failures)`` / ``cbind(successes, n - successes)`` on the left of ``~``),
+        ``"poisson"`` or ``"negative_binomial"`` (counts; NB2 with its shape estimated). ``exposure="<column>"``
+        or ``offset(log(<column>))`` in the formula adds log(exposure) to the linear predictor;
+        ``offset(<column>)`` adds a column as it is. ``link``: logit
         (default), probit or cloglog for binary outcomes, log for counts. Non-Gaussian models are fitted by
-        ``fit(method="ml")`` (Laplace) or ``fit(method="ml", nagq=25)`` (adaptive quadrature).
+        ``fit(method="ml")`` (Laplace) or ``fit(method="ml", nagq=25)`` (adaptive quadrature);
+        ``information="observed"`` uses glmmTMB's Laplace instead of lme4's (only non-canonical links differ).
     """
 
     def __init__(self, formula: str, data: pd.DataFrame, known_variance: str | None = None, *,
@@ -201,9 +203,10 @@ def _offset(formula: str, exposure: str | None, family: Family):
     """Read ``offset(log(t))`` / ``offset(o)`` from a non-Gaussian formula, or ``exposure=``; (formula, Offset)."""
     from .families.outcome import Offset, split_offset
 
-    if exposure is not None and family.name != "poisson":
-        raise OptionError(f"exposure= applies to count outcomes (family='poisson'); this model has "
-                          f"family={family.name!r}. Write offset(log({exposure})) in the formula for another family.")
+    if exposure is not None and not family.counts:
+        raise OptionError(f"exposure= applies to count outcomes (family='poisson' or 'negative_binomial'); this "
+                          f"model has family={family.name!r}. Write offset(log({exposure})) in the formula for "
+                          "another family.")
     if exposure is not None and not isinstance(exposure, str):
         raise OptionError(f"exposure takes the name of a data column; got a {type(exposure).__name__}.")
     if family.gaussian:

@@ -13,6 +13,7 @@ from .bernoulli import Bernoulli
 from .binomial import Binomial
 from .gaussian import Gaussian
 from .links import LINKS, Link
+from .negative_binomial import NegativeBinomial
 from .poisson import Poisson
 
 FAMILIES: dict[str, type[Family]] = {
@@ -20,6 +21,7 @@ FAMILIES: dict[str, type[Family]] = {
     "bernoulli": Bernoulli,
     "binomial": Binomial,
     "poisson": Poisson,
+    "negative_binomial": NegativeBinomial,
 }
 
 
@@ -37,4 +39,5 @@ def get_family(name: str | Family | None, link: str | None = None) -> Family:
     return FAMILIES[name](link)
 
 
-__all__ = ["FAMILIES", "LINKS", "Bernoulli", "Binomial", "Family", "Gaussian", "Link", "Poisson", "get_family"]
+__all__ = ["FAMILIES", "LINKS", "Bernoulli", "Binomial", "Family", "Gaussian", "Link", "NegativeBinomial", "Poisson",
+           "get_family"]

@@ -28,7 +28,9 @@ class Family:
     links: tuple[str, ...] = ()
     mean_symbol = "mu"
     gaussian = False
+    counts = False  # outcomes are counts (0 is the lower bound that can separate)
     canonical_link = ""
+    extra_names: tuple[str, ...] = ()  # parameters of the family estimated with the model (e.g. log_shape)
 
     def __init__(self, link: str | None = None):
         if link is None:
@@ -59,6 +61,19 @@ class Family:
         d = self.link.mu_eta(eta)
         v = np.maximum(self.variance(mu), np.finfo(float).tiny)
         return size * d * d / v, (y - size * mu) * d / v
+
+    def observed_weights(self, y: np.ndarray, eta: np.ndarray, size: np.ndarray) -> np.ndarray:
+        """Observed information -ds/deta per row (central differences of the score unless the link is canonical)."""
+        if self.canonical:
+            return self.working(y, eta, size)[0]
+        h = 1e-5 * np.maximum(1.0, np.abs(eta))
+        return -(self.working(y, eta + h, size)[1] - self.working(y, eta - h, size)[1]) / (2.0 * h)
+
+    def set_extra(self, values: np.ndarray) -> None:
+        """Set the family's own parameters (``extra_names``) for the next evaluations."""
+
+    def extra_start(self, y: np.ndarray) -> np.ndarray:
+        return np.zeros(len(self.extra_names))
 
     # --- checks and text --------------------------------------------------------------------------
     def check_outcome(self, y: np.ndarray, size: np.ndarray, positions: np.ndarray, outcome: str) -> None:

@@ -17,6 +17,7 @@ class Poisson(Family):
     links = ("log",)
     canonical_link = "log"
     mean_symbol = "lambda"
+    counts = True
 
     def loglik(self, y, eta, size):
         mu = self.mean(eta)

@@ -27,6 +27,8 @@ of X other than the intercept are standardised internally and the results mapped
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import scipy.linalg as la
 import scipy.sparse as sp
@@ -69,12 +71,14 @@ class FixedScaling:
 class GLMMObjective:
     """The Laplace (or adaptive-quadrature) deviance -2 log L(beta_s, theta) of one model."""
 
-    def __init__(self, design: Design, outcome: GLMOutcome, nagq: int = 1):
-        self.design, self.outcome, self.family = design, outcome, outcome.family
-        self.nagq = nagq
+    def __init__(self, design: Design, outcome: GLMOutcome, nagq: int = 1, information: str = "expected"):
+        self.design, self.outcome = design, outcome
+        self.family = copy.copy(outcome.family)  # its own parameters (e.g. a shape) change during the fit
+        self.nagq, self.information = nagq, information
         self.scaling = FixedScaling(design.X)
         self.params = Parameterization(design)
         self.p, self.n_theta = design.n_fixed, self.params.size
+        self.n_extra = len(self.family.extra_names)
         self.y, self.size, self.offset = outcome.y, outcome.size, outcome.offset
         self.factors = design.factors
         sizes = [f.n_groups * f.n_coef for f in self.factors]
@@ -196,14 +200,14 @@ class GLMMObjective:
             u, eta, objective = new_u, new_eta, new_objective
             if done:
                 break
-        w, _ = fam.working(y, eta, size)
+        w = fam.observed_weights(y, eta, size) if self.information == "observed" else fam.working(y, eta, size)[0]
         fac = self._factorize(ZL, w)
         self.u = u
         return u, eta0, ZL, fac
 
     def loglik(self, x: np.ndarray) -> float:
         """Laplace (nagq = 1) or adaptive-quadrature log-likelihood at x = (beta_s, theta)."""
-        beta_s, theta = x[:self.p], x[self.p:]
+        beta_s, theta = self.split(x)
         u, eta0, ZL, fac = self.pirls(beta_s, theta)
         if self.nagq > 1:
             return self._quadrature(u, eta0, ZL[0][:, 0], fac)
@@ -219,6 +223,18 @@ class GLMMObjective:
         per_group = np.column_stack([np.bincount(codes, rows[:, k], minlength=len(u)) for k in range(self.nagq)])
         log_terms = per_group - 0.5 * points ** 2 - 0.5 * np.log(2.0 * np.pi) + self.nodes ** 2
         return float(np.sum(logsumexp(log_terms, b=self.weights[None, :], axis=1) + np.log(scale)))
+
+    def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(beta_s, theta) from x = (beta_s, theta, family parameters); sets the family's parameters."""
+        if self.n_extra:
+            self.family.set_extra(x[self.p + self.n_theta:])
+        return x[:self.p], x[self.p:self.p + self.n_theta]
+
+    def start(self) -> np.ndarray:
+        """GLM coefficients, lme4's Lambda = I and the family's own start."""
+        extra = self.family.extra_start(self.y)
+        self.family.set_extra(extra)
+        return np.concatenate([glm_start(self), self.params.start, extra])
 
     def deviance(self, x: np.ndarray) -> float:
         value = -2.0 * self.loglik(x)
@@ -255,7 +271,7 @@ class GLMMObjective:
         dW/deta and W_o are central differences in eta of the family's weights and scores.
         """
         p = self.p
-        u, eta0, ZL, fac = self.pirls(x[:p], x[p:])
+        u, eta0, ZL, fac = self.pirls(*self.split(x))
         eta = eta0 + self._times_u(ZL, u)
         fam, y, size, X = self.family, self.y, self.size, self.scaling.X
         _, s = fam.working(y, eta, size)
@@ -287,7 +303,10 @@ class GLMMObjective:
         return np.einsum("iab,iab->i", self._row_products(ZL), at_pairs)
 
     def _analytic_beta(self) -> bool:
-        return self.nagq == 1 and (len(self.factors) == 1 or self.q <= 3000)
+        """``beta_score`` needs the Laplace deviance, a factorisation it can invert and the weights of the
+        log-determinant in closed form (expected information, or observed = expected for canonical links)."""
+        exact_weights = self.information == "expected" or self.family.canonical
+        return self.nagq == 1 and exact_weights and (len(self.factors) == 1 or self.q <= 3000)
 
     def hessian(self, x: np.ndarray) -> np.ndarray:
         """Hessian of the deviance: rows of beta_s by central differences of ``beta_score`` (when available),
@@ -454,7 +473,7 @@ def optimise(objective: GLMMObjective, maxiter: int = 500, start: np.ndarray | N
 
     Returns (x, deviance, gradient, Hessian, optimiser message)."""
     if start is None:
-        start = np.concatenate([glm_start(objective), objective.params.start])
+        start = objective.start()
     result = minimize(objective.deviance, start, jac=objective.gradient, method="BFGS",
                       options={"gtol": 1e-4, "maxiter": maxiter})
     x, f = result.x, objective.deviance(result.x)
@@ -493,7 +512,7 @@ def separation_direction(objective: GLMMObjective, max_rows: int = 200_000) -> n
     X, y, size = objective.scaling.X, objective.y, objective.size
     if len(y) > max_rows:
         return None
-    if objective.family.name == "poisson":
+    if objective.family.counts:
         sign = np.where(y == 0, -1.0, 0.0)
     else:
         sign = np.where(y >= size, 1.0, np.where(y <= 0, -1.0, 0.0))
@@ -509,8 +528,8 @@ def separation_direction(objective: GLMMObjective, max_rows: int = 200_000) -> n
 
 def laplace_start(objective: GLMMObjective) -> np.ndarray:
     """The Laplace optimum (BFGS only, no Hessian): where quadrature starts, as glmer's nAGQ > 1 fits do."""
-    laplace = GLMMObjective(objective.design, objective.outcome, nagq=1)
-    start = np.concatenate([glm_start(laplace), laplace.params.start])
+    laplace = GLMMObjective(objective.design, objective.outcome, nagq=1, information=objective.information)
+    start = laplace.start()
     result = minimize(laplace.deviance, start, jac=laplace.gradient, method="BFGS", options={"gtol": 1e-3})
     objective.u = laplace.u.copy()
     return result.x

@@ -21,7 +21,8 @@ from ..errors import DataError, OptionError, closest_names
 from ..families.outcome import GLMOutcome
 from .glmm import GLMMObjective, canonical_theta, check_nagq, laplace_start, optimise, separation_direction
 
-OPTIONS = ("nagq", "maxiter")
+OPTIONS = ("nagq", "maxiter", "information")
+INFORMATION = ("expected", "observed")
 CONVERGENCE_GRADIENT = 1e-3  # largest scaled gradient |H^{-1} g| accepted at the reported optimum
 BOUNDARY = 1e-4  # a Lambda diagonal entry below this is reported as a variance on the boundary
 _THREADS: list[ThreadpoolController] = []  # found once (scanning the loaded libraries takes ~10 ms)
@@ -43,8 +44,13 @@ def fit_glmm(design: Design, outcome: GLMOutcome, method: str = "ml", **options)
         raise OptionError(f"Unknown fit option {unknown[0]!r}.{closest_names(unknown[0], OPTIONS)} "
                           f"Options for method='ml' with family={family.name!r}: {', '.join(OPTIONS)}.")
     nagq = check_nagq(design, options.get("nagq", 1))
+    information = options.get("information", "expected")
+    if information not in INFORMATION:
+        raise OptionError(f"information={information!r}: use 'expected' (Fisher information in the Laplace "
+                          "log-determinant, as lme4's glmer) or 'observed' (as glmmTMB); they coincide for the "
+                          "logit and Poisson-log models.")
     started = _time.perf_counter()
-    objective = GLMMObjective(design, outcome, nagq=nagq)
+    objective = GLMMObjective(design, outcome, nagq=nagq, information=information)
     _refuse_separation(objective)
     if not _THREADS:
         _THREADS.append(ThreadpoolController())
@@ -81,9 +87,10 @@ class GLMMFit:
         self.family = objective.family
         self.nagq = objective.nagq
         p = objective.p
-        self._beta_s = x[:p]
-        self._theta_raw = x[p:]
-        self._theta = canonical_theta(objective.params, x[p:])
+        self._beta_s, theta = x[:p], x[p:p + objective.n_theta]
+        self._theta_raw = theta
+        self._theta = canonical_theta(objective.params, theta)
+        self._extra = x[p + objective.n_theta:]
         self._deviance = deviance
         self._gradient = gradient
         self._hessian = hessian
@@ -107,7 +114,13 @@ class GLMMFit:
 
     @property
     def n_params(self) -> int:
-        return self._objective.p + self._objective.n_theta
+        return self._objective.p + self._objective.n_theta + self._objective.n_extra
+
+    @property
+    def family_parameters(self) -> pd.Series:
+        """The family's own estimates, e.g. the negative binomial shape k (var = mu + mu^2 / k)."""
+        names = [n.removeprefix("log_") for n in self.family.extra_names]
+        return pd.Series(np.exp(self._extra), index=names, dtype=float)
 
     @property
     def aic(self) -> float:
@@ -197,8 +210,8 @@ class GLMMFit:
 
     def _conditional_cov_u(self, k: int) -> np.ndarray:
         obj = self._objective
-        x = np.concatenate([self._beta_s, self._theta_raw])
-        _, _, _, fac = obj.pirls(x[:obj.p], x[obj.p:], self._u)
+        beta_s, theta = obj.split(np.concatenate([self._beta_s, self._theta_raw, self._extra]))
+        _, _, _, fac = obj.pirls(beta_s, theta, self._u)
         f = self.design.factors[k]
         if fac[0] == "blocks":
             inv_chol = np.linalg.inv(fac[1])

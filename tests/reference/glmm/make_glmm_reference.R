@@ -70,7 +70,9 @@ summarise <- function(fit, default_call) {
   list(loglik = as.numeric(logLik(fit)), beta = unname(fixef(fit)), names = names(fixef(fit)),
        se = unname(sqrt(diag(as.matrix(vcov(fit))))), theta = unname(getME(fit, "theta")),
        tau = lapply(VarCorr(fit), function(m) unname(as.matrix(m)[seq_len(nrow(m)), seq_len(ncol(m))])),
-       ranef = unname(ranef(fit)[[1]][[1]]), glmer_default_seconds = default_seconds)
+       ranef = unname(ranef(fit)[[1]][[1]]),
+       ranef_sd = unname(sqrt(attr(ranef(fit, condVar = TRUE)[[1]], "postVar")[1, 1, ])),
+       glmer_default_seconds = default_seconds)
 }
 
 fits <- list()
@@ -102,6 +104,30 @@ fits$bernoulli_crossed <- summarise(m, quote(glmer(y ~ x + (1 | subject) + (1 | 
 m <- glmer(y ~ x + (1 + x | school) + (1 | school:class), nested, binomial, control = tight)
 fits$bernoulli_nested <- summarise(m, quote(glmer(y ~ x + (1 + x | school) + (1 | school:class), nested,
                                                  binomial)))
+
+# Negative binomial (NB2, variance mu + mu^2 / k) on glmmTMB's Salamanders data, and the probit cbpp model:
+# glmmTMB's Laplace uses the observed information (lme4's the expected one; equal for canonical links).
+suppressPackageStartupMessages(library(glmmTMB))
+data(Salamanders, package = "glmmTMB")
+salamanders <- data.frame(site = as.character(Salamanders$site), mined = as.character(Salamanders$mined),
+                          cover = Salamanders$cover, count = Salamanders$count)
+write.csv(salamanders, file.path(out_dir, "salamanders.csv"), row.names = FALSE)
+salamanders$mined <- factor(salamanders$mined, levels = c("yes", "no"))
+tmb_summary <- function(fit, seconds) {
+  list(loglik = as.numeric(logLik(fit)), beta = unname(fixef(fit)$cond), names = names(fixef(fit)$cond),
+       se = unname(sqrt(diag(vcov(fit)$cond))), sd = unname(attr(VarCorr(fit)$cond[[1]], "stddev")),
+       shape = unname(sigma(fit)), glmmtmb_seconds = seconds)
+}
+started <- proc.time()[["elapsed"]]
+m <- glmmTMB(count ~ cover + mined + (1 | site), salamanders, family = nbinom2)
+fits$nbinom_glmmtmb <- tmb_summary(m, proc.time()[["elapsed"]] - started)
+started <- proc.time()[["elapsed"]]
+m <- glmmTMB(cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp, family = binomial(link = "probit"))
+fits$cbpp_probit_glmmtmb <- tmb_summary(m, proc.time()[["elapsed"]] - started)
+started <- proc.time()[["elapsed"]]
+m <- glmer.nb(count ~ cover + mined + (1 | site), salamanders, control = tight)
+fits$nbinom_glmer <- c(summarise(m, quote(NULL)), shape = getME(m, "glmer.nb.theta"),
+                       glmer_nb_seconds = proc.time()[["elapsed"]] - started)
 
 # A minimal JSON writer (numbers with 17 significant digits), so that no JSON package is needed.
 to_json <- function(x) {
