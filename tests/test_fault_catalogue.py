@@ -172,6 +172,9 @@ CASES = [
     ("meta vi text", _meta(data=TEACHERS.assign(vi="0.1")), bh.DataError, r"'vi' must be numeric"),
     ("meta collinear moderators", _meta("yi ~ weeks + w2", TEACHERS.assign(w2=TEACHERS["weeks"] * 2)),
      bh.DataError, r"\['weeks', 'w2'\] are perfectly collinear"),
+    ("meta nearly collinear moderators", _meta("yi ~ weeks + w2", TEACHERS.assign(  # was LinAlgError
+        w2=TEACHERS["weeks"] * 2 + 1e-12 * np.arange(19))), bh.DataError,
+     r"moderators \['weeks', 'w2'\] are almost collinear \(condition number 6.2e\+12"),
     ("meta one study", _meta(data=TEACHERS.iloc[:1]), bh.DataError, r"'yi' is constant"),
     ("meta as many moderators as studies", _meta("yi ~ weeks", TEACHERS.iloc[:2]), bh.FormulaError,
      r"random intercept of 'study' is absorbed by the fixed effects"),
