@@ -57,8 +57,9 @@ class Family:
         raise NotImplementedError
 
     def working(self, y: np.ndarray, eta: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mu = self.mean(eta)
-        d = self.link.mu_eta(eta)
+        mu, d = self.link.inverse_and_derivative(eta)
+        if self.canonical:  # d mu / d eta = V(mu): w = size V, s = y - size mu
+            return size * d, y - size * mu
         v = np.maximum(self.variance(mu), np.finfo(float).tiny)
         return size * d * d / v, (y - size * mu) * d / v
 

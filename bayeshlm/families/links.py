@@ -26,6 +26,10 @@ class Link:
         """d mu / d eta."""
         raise NotImplementedError
 
+    def inverse_and_derivative(self, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, d mu / d eta) in one pass."""
+        return self.inverse(eta), self.mu_eta(eta)
+
     def log_probabilities(self, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(log mu, log(1 - mu)) for a probability mu = g^{-1}(eta)."""
         mu = self.inverse(eta)
@@ -60,8 +64,11 @@ class Logit(Link):
         return special.expit(eta)
 
     def mu_eta(self, eta):
+        return self.inverse_and_derivative(eta)[1]
+
+    def inverse_and_derivative(self, eta):
         mu = special.expit(eta)
-        return np.maximum(mu * (1.0 - mu), _EPS)
+        return mu, np.maximum(mu * (1.0 - mu), _EPS)
 
     def log_probabilities(self, eta):
         softplus = np.maximum(eta, 0.0) + np.log1p(np.exp(-np.abs(eta)))  # log(1 + e^eta), no overflow
@@ -119,6 +126,10 @@ class Log(Link):
 
     def mu_eta(self, eta):
         return np.maximum(np.exp(eta), _EPS)
+
+    def inverse_and_derivative(self, eta):
+        mu = np.exp(eta)
+        return mu, np.maximum(mu, _EPS)
 
     def equation(self, mean="lambda"):
         return f"eta = log({mean})"

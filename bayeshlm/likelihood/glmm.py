@@ -443,7 +443,7 @@ class SchurFactor:
 
 
 def glm_start(objective: GLMMObjective) -> np.ndarray:
-    """beta_s of the GLM without random effects (IRLS from eta = g(mean of y)), lme4's usual start."""
+    """beta_s of the GLM without random effects (IRLS from beta = 0), lme4's usual start."""
     fam, X, y, size, offset = objective.family, objective.scaling.X, objective.y, objective.size, objective.offset
     beta = np.zeros(X.shape[1])
     for _ in range(50):
@@ -505,12 +505,13 @@ def separation_direction(objective: GLMMObjective, max_rows: int = 200_000) -> n
     whose outcomes are all events, <= 0 where all are non-events (or zero counts), and x_i'd = 0 for rows with
     both; then the ML estimate is infinite. Found by the linear program of Konis (2007): maximise
     sum_i s_i x_i'd under these constraints with |d_k| <= 1 (s_i = +1 / -1 for all events / none).
-    Skipped (None) above ``max_rows`` rows.
+    Above 5,000 rows the program runs only when the GLM fit without random effects drifts (a standardised
+    coefficient beyond 8, which separation produces within its 50 IRLS steps), and never above ``max_rows``.
     """
     from scipy.optimize import linprog
 
     X, y, size = objective.scaling.X, objective.y, objective.size
-    if len(y) > max_rows:
+    if len(y) > max_rows or (len(y) > 5000 and np.max(np.abs(glm_start(objective)), initial=0.0) < 8.0):
         return None
     if objective.family.counts:
         sign = np.where(y == 0, -1.0, 0.0)
