@@ -1,4 +1,5 @@
-"""Command line: ``bayeshlm datasets``, ``describe``, ``fit models/<file>.toml``, ``demo``."""
+"""Command line: ``bayeshlm datasets``, ``describe``, ``fit models/<file>.toml`` or ``fit --data file.csv
+--formula "..."``, ``demo``."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from pathlib import Path
 import pandas as pd
 
 from . import datasets
-from .errors import InputError
+from .errors import InputError, OptionError
 from .model import HLM
 
 SAMPLING_OPTIONS = {"draws", "tune", "chains", "random_seed", "priors", "sampler", "target_accept", "route",
                     "parameterization", "progressbar"}
 DEMO_FORMULA = "mathach ~ meanses*cses + sector*cses + (cses | school)"
+COMPILING = ("fitting by full Bayes: compiling the model once for this machine may take ~20 s on first use, "
+             "then sampling...")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,10 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     describe = commands.add_parser("describe", help="describe a model on a bundled dataset")
     describe.add_argument("dataset")
     describe.add_argument("formula")
-    fit = commands.add_parser("fit", help="fit a model file (see models/) and print its report")
-    fit.add_argument("model_file")
-    fit.add_argument("--method", choices=["reml", "ml", "bayes"], help="overrides the file's [fit] method")
+    fit = commands.add_parser("fit", help="fit a model file (see models/), or a formula on a CSV file, and print "
+                              "its report", description="Give a model file, or --data and --formula, e.g. "
+                              "bayeshlm fit --data scores.csv --formula \"score ~ ses + (1 | school)\"")
+    fit.add_argument("model_file", nargs="?", help="TOML model file")
+    fit.add_argument("--data", help="CSV file (UTF-8, header row) to fit --formula on")
+    fit.add_argument("--formula", help="model formula, e.g. \"y ~ x + (1 | g)\" (with --data)")
+    fit.add_argument("--method", choices=["reml", "ml", "bayes"],
+                     help="estimation method (default: the file's [fit] method, or reml)")
     fit.add_argument("--draws", type=_positive_int, help="posterior draws per chain (Bayes)")
+    fit.add_argument("--tune", type=_positive_int, help="tuning draws per chain (Bayes; default: as --draws)")
+    fit.add_argument("--chains", type=_positive_int, help="number of chains (Bayes)")
+    fit.add_argument("--seed", type=_seed, help="random seed, a whole number >= 0 (Bayes)")
+    fit.add_argument("--progress", action="store_true", help="show sampling progress per chain (Bayes)")
     fit.add_argument("--out", help="directory for estimates (netCDF), the report and figures (PNG)")
     fit.add_argument("--data-root", help="folder the model file's 'data' path may point into (default: the "
                      "model file's own folder)")
@@ -37,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
                                "Table 4.5) by REML and Bayes and compare")
     demo.add_argument("--draws", type=_positive_int, default=1000, help="posterior draws per chain (default 1000)")
     args = parser.parse_args(argv)
+    if args.command == "fit" and args.model_file is not None and (args.data or args.formula):
+        fit.error("give a model file, or --data with --formula -- not both")
+    if args.command == "fit" and args.model_file is None and (args.data is None or args.formula is None):
+        fit.error("give a model file, or both --data and --formula")
     previous_showwarning, warnings.showwarning = warnings.showwarning, _show_clean_warning
     try:
         if args.command == "datasets":
@@ -72,6 +88,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
 def clean(text: str) -> str:
     """``text`` without control characters (Unicode category Cc: escape sequences, carriage returns, bells),
     keeping newlines and tabs: names and titles from a user's file must not drive the terminal."""
@@ -91,14 +118,15 @@ def _describe(model: HLM) -> None:
 
 
 def _fit(args) -> None:
-    from .model_file import load_model
-
-    model = load_model(args.model_file, data_root=args.data_root)
+    model = _model(args)
     options = dict(model.fit_options)
     if args.method:
         options["method"] = args.method
     if args.draws is not None:
         options.update(draws=args.draws, tune=args.draws)
+    given = {"tune": args.tune, "chains": args.chains, "random_seed": args.seed,
+             "progressbar": True if args.progress else None}
+    options.update({k: v for k, v in given.items() if v is not None})
     if options.get("method", "reml") != "bayes":
         # a Bayes file refitted with --method reml/ml: its sampling options do not apply; anything else is
         # passed on, so the engine names an option it does not know instead of it being dropped silently
@@ -107,11 +135,29 @@ def _fit(args) -> None:
             print(clean(f"(ignoring sampling options {', '.join(dropped)} for a likelihood fit)"))
         options = {k: v for k, v in options.items() if k not in SAMPLING_OPTIONS}
     print(clean(f"{model.title}\n"), flush=True)
+    if options.get("method") == "bayes":
+        print(COMPILING, file=sys.stderr, flush=True)
     fit = model.fit(**options)
     report = clean(str(fit.report()))
     print(report)
     if args.out:
         _write_outputs(fit, str(report), Path(args.out))
+
+
+def _model(args) -> HLM:
+    """The model of a model file, or of ``--formula`` on the ``--data`` CSV (checked like every formula: the
+    allow-list of :mod:`bayeshlm.spec.expressions` applies, never ``unsafe_formula``)."""
+    from .model_file import load_model, read_csv
+
+    if args.model_file is not None:
+        return load_model(args.model_file, data_root=args.data_root)
+    if args.data_root is not None:
+        raise OptionError("--data-root is for model files that name their data; with --data give the CSV path "
+                          "itself.")
+    model = HLM(args.formula, read_csv(Path(args.data), f"--data {args.data!r}"))
+    model.fit_options = {}
+    model.title = f"{args.formula}  (data: {args.data})"
+    return model
 
 
 def _write_outputs(fit, report: str, out: Path) -> None:

@@ -136,19 +136,25 @@ def _data_path(data, path: Path, data_root: str | Path | None) -> Path:
 
 
 def _read_csv(target: Path, path: Path) -> pd.DataFrame:
-    """Read ``target`` as CSV; errors say what is wrong without quoting the file's contents."""
-    shown = os.path.relpath(target, path.parent.resolve())
+    """Read a model file's ``data`` CSV; errors name the model file and the path as written relative to it."""
+    return read_csv(target, f"{path}: data = {os.path.relpath(target, path.parent.resolve())!r}")
+
+
+def read_csv(target: Path, where: str) -> pd.DataFrame:
+    """Read ``target`` as UTF-8 CSV. Errors start with ``where`` (how the caller named the file) and say what is
+    wrong -- no such file, not UTF-8, empty, not CSV -- without quoting the file's contents."""
+    target = Path(target)
     if not target.is_file():
         problem = "is not a file" if target.exists() else "no such file"
-        raise OptionError(f"{path}: data = {shown!r}: {problem}.")
+        raise OptionError(f"{where}: {problem}.")
     try:
         return pd.read_csv(target, encoding="utf-8")
     except UnicodeDecodeError:
-        raise DataError(f"{path}: data = {shown!r} is not UTF-8 text; save it as a UTF-8 CSV file.") from None
+        raise DataError(f"{where} is not UTF-8 text; save it as a UTF-8 CSV file.") from None
     except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: data = {shown!r} is empty: it has no header row and no data.") from None
+        raise DataError(f"{where} is empty: it has no header row and no data.") from None
     except (pd.errors.ParserError, ValueError):
-        raise DataError(f"{path}: data = {shown!r} cannot be read as CSV (rows with different numbers of fields, "
+        raise DataError(f"{where} cannot be read as CSV (rows with different numbers of fields, "
                         "or not a comma-separated file).") from None
     except OSError as err:
-        raise OptionError(f"{path}: data = {shown!r} cannot be opened ({err.strerror}).") from None
+        raise OptionError(f"{where} cannot be opened ({err.strerror}).") from None

@@ -1,4 +1,4 @@
-from bayeshlm.cli import main
+from bayeshlm.cli import COMPILING, main
 
 
 def test_datasets_command_lists_names(capsys):
@@ -45,7 +45,7 @@ def test_draws_must_be_a_positive_whole_number(tmp_path, capsys, draws):
 ])
 def test_bad_model_files_and_data_exit_2_with_a_message(tmp_path, capsys, toml, csv, message):
     assert main(["fit", _write(tmp_path, toml, csv)]) == 2
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err.removeprefix(COMPILING + "\n")  # a Bayes file announces its fit first
     assert err.startswith("bayeshlm: ") and "Traceback" not in err
     assert message is None or message in err
     if message is None:
@@ -75,3 +75,111 @@ def test_unwritable_output_folder_exits_1_with_a_message(tmp_path, capsys):
     assert main(["fit", _write(tmp_path), "--out", str(tmp_path / "taken")]) == 1
     err = capsys.readouterr().err
     assert "bayeshlm: cannot write the outputs: [Errno 17] File exists" in err and "Traceback" not in err
+
+
+# --- issue 28: fit a formula on the user's own CSV file -------------------------------------------------------------
+SLEEP = "Reaction ~ Days + (Days | Subject)"
+
+
+@pytest.fixture
+def sleep_csv(tmp_path):
+    path = tmp_path / "sleep.csv"
+    bh.datasets.load("sleepstudy").to_csv(path, index=False)
+    return str(path)
+
+
+def test_fit_a_formula_on_a_csv_file(sleep_csv, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["fit", "--data", sleep_csv, "--formula", SLEEP, "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    expected = bh.HLM(SLEEP, bh.datasets.load("sleepstudy")).fit("reml").fixed_effects["estimate"]
+    assert f"{expected['Days']:.4f}" in printed.out and f"{expected['(Intercept)']:.4f}" in printed.out
+    assert printed.out.startswith(f"{SLEEP}  (data: {sleep_csv})") and "Model (REML)" in printed.out
+    assert "compiling" not in printed.err  # no Bayes, no compile notice
+    assert {"report.txt", "estimates.nc", "shrinkage.png"} <= {p.name for p in out.iterdir()}
+    assert main(["fit", "--data", sleep_csv, "--formula", SLEEP, "--method", "ml", "--seed", "3"]) == 0
+    ml = capsys.readouterr().out
+    assert "Model (ML)" in ml and "(ignoring sampling options random_seed for a likelihood fit)" in ml
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "--data 'DATA': no such file."),
+    (b"", "--data 'DATA' is empty"),
+    (b"Reaction,Days,Subject\n\xff\xfe,1,2\n", "--data 'DATA' is not UTF-8 text"),
+    (b"Reaction,Days,Subject\n1,2,3\n4,5,6,7,8\n", "--data 'DATA' cannot be read as CSV"),
+    (b"Reaction;Days;Subject\n1;2;3\n", "is not a column"),  # semicolons: one column named 'Reaction;Days;Subject'
+])
+def test_bad_data_files_exit_2_with_a_message(tmp_path, capsys, content, message):
+    path = tmp_path / "d.csv"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["fit", "--data", str(path), "--formula", SLEEP]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bayeshlm: ") and "Traceback" not in err
+    assert message.replace("DATA", str(path)) in err
+
+
+@pytest.mark.parametrize("formula", ["Reaction ~ open(Days) + (1 | Subject)",
+                                     "Reaction ~ I(Days.__class__) + (1 | Subject)",
+                                     "Reaction ~ __import__('os').system('echo pwned') + (1 | Subject)"])
+def test_formula_from_the_command_line_is_checked_by_the_allow_list(sleep_csv, capsys, formula):
+    assert main(["fit", "--data", sleep_csv, "--formula", formula]) == 2
+    printed = capsys.readouterr()
+    assert printed.err.startswith("bayeshlm: ") and "pwned" not in printed.out
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--tune", "0", "--tune: '0' is not a positive whole number"),
+    ("--chains", "-2", "--chains: '-2' is not a positive whole number"),
+    ("--chains", "two", "--chains: 'two' is not a positive whole number"),
+    ("--seed", "-1", "--seed: '-1' is not a whole number >= 0"),
+    ("--seed", "1.5", "--seed: '1.5' is not a whole number >= 0"),
+])
+def test_sampling_options_are_checked_by_argparse(sleep_csv, capsys, option, value, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--data", sleep_csv, "--formula", SLEEP, "--method", "bayes", option, value])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ([], "give a model file, or both --data and --formula"),
+    (["--data", "x.csv"], "give a model file, or both --data and --formula"),
+    (["--formula", SLEEP], "give a model file, or both --data and --formula"),
+    (["m.toml", "--data", "x.csv", "--formula", SLEEP], "not both"),
+    (["m.toml", "--formula", SLEEP], "not both"),  # the formula would have been dropped silently
+])
+def test_fit_needs_a_model_file_or_data_and_formula(capsys, arguments, message):
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", *arguments])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_data_root_is_refused_with_data(sleep_csv, tmp_path, capsys):
+    assert main(["fit", "--data", sleep_csv, "--formula", SLEEP, "--data-root", str(tmp_path)]) == 2
+    assert "--data-root is for model files" in capsys.readouterr().err
+
+
+def test_bayes_options_reach_the_sampler_and_the_notice_comes_first(sleep_csv, capsys, monkeypatch):
+    """The first Bayesian fit was silent while the model compiled; the notice must be out before fitting starts."""
+    seen = {}
+
+    def fake_fit(self, method="reml", **options):
+        seen.update(options, method=method, err_before=capsys.readouterr().err)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bh.HLM, "fit", fake_fit)
+    assert main(["fit", "--data", sleep_csv, "--formula", SLEEP, "--method", "bayes", "--draws", "30", "--tune",
+                 "40", "--chains", "3", "--seed", "0", "--progress"]) == 130
+    assert seen["err_before"].startswith("fitting by full Bayes: compiling the model once for this machine")
+    assert {k: seen[k] for k in ("method", "draws", "tune", "chains", "random_seed", "progressbar")} == {
+        "method": "bayes", "draws": 30, "tune": 40, "chains": 3, "random_seed": 0, "progressbar": True}
+
+
+@pytest.mark.sampling
+@pytest.mark.filterwarnings("ignore")  # 50 draws on one chain: low-ESS and one-chain warnings are expected
+def test_a_tiny_bayes_fit_from_the_command_line(sleep_csv, capsys):
+    assert main(["fit", "--data", sleep_csv, "--formula", SLEEP, "--method", "bayes", "--draws", "50", "--tune", "50",
+                 "--chains", "1", "--seed", "7"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err.startswith("fitting by full Bayes: compiling")
+    assert "chains: 1; draws per chain: 50 after 50 tuning draws" in printed.out and "seed: 7;" in printed.out

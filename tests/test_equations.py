@@ -40,3 +40,32 @@ def test_crossed_models_use_combined_form(scotssec):
     text = bh.HLM("attain ~ verbal + (1 | primary) + (1 | second)", scotssec).equations().text
     assert "combined form" in text
     assert "attain = g0 + g1*verbal + u[primary]0 + u[second]0 + r" in text
+
+
+# --- issue 28: a terminal shows readable text, not the LaTeX source ---------------------------------------------
+def test_equations_print_as_unicode_in_a_terminal_and_latex_in_notebooks(hsb):
+    equations = bh.HLM("mathach ~ meanses*cses + sector*cses + (cses | school)", hsb).equations()
+    shown = repr(equations)  # what a Python or IPython terminal prints for model.equations()
+    assert shown == str(equations) == equations.unicode
+    assert "Level 1:  mathach_ij = β0j + β1j (cses)_ij + r_ij" in shown
+    assert "β1j = γ10 + γ11 (meanses)_j + γ12 (sector)_j + u1j" in shown
+    assert "r_ij ~ N(0, σ²)" in shown
+    assert "Combined:  mathach = γ0 + γ1 meanses + γ2 cses" in shown and "u[school]1 cses + r" in shown
+    assert "\\beta" not in shown and "$$" not in shown and "latex=" not in shown
+    assert r"$$ \beta_{0j} = \gamma_{00}" in equations._repr_markdown_()
+
+
+def test_unicode_leaves_variable_names_alone():
+    import pandas as pd
+
+    data = pd.DataFrame({"b0_j": [1.0, 2.0, 3.0, 4.0, 2.0, 1.0], "g1": [0.5, 0.1, 0.3, 0.9, 0.2, 0.7],
+                         "grp": list("aabbcc")})
+    text = repr(bh.HLM("b0_j ~ g1 + (1 | grp)", data).equations())
+    assert "Level 1:  b0_j_ij = β0j + β1j (g1)_ij + r_ij" in text
+    assert "Combined:  b0_j = γ0 + γ1 g1 + u[grp]0 + r" in text
+
+
+def test_three_level_unicode(egsingle):
+    text = str(bh.HLM("math ~ year*lowinc + (year | childid) + (year | schoolid)", egsingle).equations("levels"))
+    assert "math_ijk = π0jk + π1jk (year)_ijk + e_ijk" in text
+    assert "β10k = γ100 + γ101 (lowinc)_k + u10k" in text and "T_π" in text and "T_β" in text

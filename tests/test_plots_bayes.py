@@ -168,3 +168,26 @@ def test_meta_forest_of_a_bayesian_fit_with_study_labels():
     np.testing.assert_allclose(eb, fit.study_effects["mean"])
     assert [t.get_text() for t in ax.get_yticklabels()][0] == "Rosenthal et al. 1974"
     assert "posterior mean of the true effect, 95% interval" in [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_bayes_report_records_sampling_priors_and_rounded_diagnostics(growth_fits):
+    """The report omitted priors, seed, chains, draws, tune and sampler, and printed max_rhat: 1.0042692868238776."""
+    import re
+
+    reml, bayes = growth_fits
+    report = bayes.report()
+    text = str(report)
+    sections = dict(report.sections)
+    assert "chains: 2; draws per chain: 60 after 60 tuning draws" in sections["Sampling"]
+    assert "seed: 5; target acceptance: 0.9" in sections["Sampling"]
+    assert sections["Sampling"].startswith("sampler: nutpie NUTS")
+    for name, prior in bayes.priors.items():
+        assert f"{name}: {prior}" in sections["Priors"]
+    d = bayes.diagnostics
+    assert f"max R-hat: {d['max_rhat']:.3f} (want < 1.01" in sections["Diagnostics"]
+    assert f"min ESS: bulk {d['min_ess_bulk']:.0f}, tail {d['min_ess_tail']:.0f}" in sections["Diagnostics"]
+    assert f"divergences: {d['divergences']} of 120 draws" in sections["Diagnostics"]
+    for shown in (text, report._repr_markdown_(), str(reml.report())):
+        assert not re.findall(r"\d\.\d{5,}", shown)  # no raw floats anywhere
+    ess_column = re.search(r"ess_bulk\n.*\n\(Intercept\).* (\S+)\n", text)
+    assert ess_column and ess_column.group(1).isdigit()  # effective sample sizes as whole numbers

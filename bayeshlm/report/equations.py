@@ -8,6 +8,7 @@ predictor is read off the data (``design.term_levels``): a variable constant wit
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from ..design import Design
@@ -17,16 +18,24 @@ _LATEX_GREEK = {"beta": r"\beta", "gamma": r"\gamma", "pi": r"\pi", "sigma": r"\
 
 @dataclass(frozen=True)
 class Equations:
-    """Model equations as LaTeX (``latex``) and plain text (``text``); shows itself in notebooks."""
+    """Model equations as LaTeX (``latex``, shown rendered in notebooks), ASCII text (``text``) and Unicode text
+    with the book's Greek letters (``unicode``: what ``print`` and a terminal show)."""
 
     latex: str
     text: str
+
+    @property
+    def unicode(self) -> str:
+        return _unicode(self.text)
 
     def _repr_markdown_(self) -> str:
         return self.latex
 
     def __str__(self) -> str:
-        return self.text
+        return self.unicode
+
+    def __repr__(self) -> str:
+        return self.unicode
 
 
 @dataclass(frozen=True)
@@ -189,6 +198,26 @@ def _mixed(design: Design) -> tuple[str, str]:
     text = (f"Combined:  {y} = " + " + ".join(fixed_text) +
             (" + " + " + ".join(random_text) if random_text else "") + f" + {error}")
     return latex, text
+
+
+# --- Unicode text --------------------------------------------------------------------------------
+
+# A symbol of the ASCII text stands where a term starts: after '= ', '+ ', or at the start of a level line; variable
+# names never do (they follow '*', sit in parentheses or before ' = '), so a column called 'b0_j' is left alone.
+_SYMBOL = re.compile(r"(?:(?<== )|(?<=\+ )|(?<=^  ))(?P<letter>b|g|p|u|r)(?P<index>\d+)(?P<sub>_[a-z]+)?(?P<times>\*)?",
+                     re.MULTILINE)
+_GREEK = {"b": "β", "g": "γ", "p": "π", "u": "u", "r": "r"}
+
+
+def _unicode(text: str) -> str:
+    """The ASCII rendering with Greek symbols: 'b1_j*(cses)_ij' -> 'β1j (cses)_ij', 'g01*(meanses)_j' ->
+    'γ01 (meanses)_j', 'sigma^2' -> 'σ²'."""
+    def symbol(match: re.Match) -> str:
+        sub = (match["sub"] or "").removeprefix("_")
+        return f"{_GREEK[match['letter']]}{match['index']}{sub}" + (" " if match["times"] else "")
+
+    text = re.sub(r"(?<= )(u\[[^\]\n]*\]\d+)\*", r"\1 ", _SYMBOL.sub(symbol, text))  # u[school]1*cses
+    return (text.replace("N(0, sigma^2)", "N(0, σ²)").replace("T_pi", "T_π").replace("T_beta", "T_β"))
 
 
 def _tex(name: str) -> str:

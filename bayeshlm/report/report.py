@@ -25,15 +25,18 @@ class Report:
     def __str__(self) -> str:
         parts = []
         for title, body in self.sections:
-            text = body.to_string(float_format=_fmt) if isinstance(body, pd.DataFrame) else body
+            text = _rounded(body).to_string(justify="right") if isinstance(body, pd.DataFrame) else body
             parts.append(f"{title}\n{'-' * len(title)}\n{text}")
         return "\n\n".join(parts)
 
     def _repr_markdown_(self) -> str:
         parts = []
         for title, body in self.sections:
-            text = body.to_markdown(floatfmt=".4g") if isinstance(body, pd.DataFrame) and _has_tabulate() \
-                else (f"```\n{body.to_string(float_format=_fmt)}\n```" if isinstance(body, pd.DataFrame) else body)
+            if isinstance(body, pd.DataFrame):
+                table = _rounded(body)
+                text = table.to_markdown(disable_numparse=True) if _has_tabulate() else f"```\n{table.to_string()}\n```"
+            else:
+                text = body
             parts.append(f"### {title}\n\n{text}")
         return "\n\n".join(parts)
 
@@ -65,7 +68,9 @@ def build_report(fit: FitResult) -> Report:
         elif fit.sigma2 is not None:
             sections.append((f"Intraclass correlation ({name})",
                              "not one number: with random slopes the level-2 variance depends on the predictors"))
-    sections.append(("Fit", _fit_statistics(fit)))
+    if fit.method == "bayes":
+        sections += [("Sampling", _sampling(fit)), ("Priors", _priors(fit))]
+    sections.append(("Diagnostics" if fit.method == "bayes" else "Fit", _fit_statistics(fit)))
     messages = list(getattr(fit, "messages", []) or [])
     if messages:
         sections.append(("Warnings", "\n".join(f"* {m}" for m in messages)))
@@ -136,10 +141,42 @@ def _variance_rows(fit: FitResult) -> pd.DataFrame:
                                  "upper": np.quantile(d, 0.975)} for label, d in records.items()}).T
 
 
+def _sampling(fit: FitResult) -> str:
+    """How the posterior was drawn: sampler, chains x draws after tuning, seed, target acceptance, route."""
+    s = getattr(fit, "sampler", {}) or {}
+    if not s:
+        return "not recorded"
+    kernel = f" ({s['log_density']})" if s.get("log_density") else ""
+    lines = [f"sampler: {s.get('sampler', '?')} NUTS{kernel}",
+             f"chains: {s.get('chains')}; draws per chain: {s.get('draws')} after {s.get('tune')} tuning draws",
+             f"seed: {s.get('seed')}; target acceptance: {s.get('target_accept')}"]
+    if s.get("parameterization"):
+        routes = ", ".join(f"{k}: {v}" for k, v in s["parameterization"].items())
+        lines.append(f"random effects: {routes} (route: {s.get('route', '?')})")
+    timing = [f"{label} {_sig(s[key])} s" for label, key in (("compile", "compile_seconds"),
+                                                              ("sampling", "sampling_seconds")) if key in s]
+    if timing:
+        lines.append("time: " + ", ".join(timing))
+    return "\n".join(lines)
+
+
+def _priors(fit: FitResult) -> str:
+    priors = getattr(fit, "priors", {}) or {}
+    return "\n".join(f"{name}: {prior}" for name, prior in priors.items()) or "not recorded"
+
+
 def _fit_statistics(fit: FitResult) -> str:
     if fit.method == "bayes":
-        diagnostics = getattr(fit, "diagnostics", {}) or {}
-        return "\n".join(f"{k}: {v}" for k, v in diagnostics.items()) or "no diagnostics recorded"
+        d = getattr(fit, "diagnostics", {}) or {}
+        if not d:
+            return "no diagnostics recorded"
+        rate = d.get("divergence_rate", float("nan"))
+        return "\n".join([
+            f"divergences: {d.get('divergences')} of {d.get('draws')} draws ({_sig(100 * rate)}%)",
+            f"max R-hat: {_fixed(d.get('max_rhat'), 3)} (want < 1.01; needs 2 or more chains)",
+            f"min ESS: bulk {_fixed(d.get('min_ess_bulk'), 0)}, tail {_fixed(d.get('min_ess_tail'), 0)} "
+            "(want >= 100 per chain)",
+            f"min energy BFMI: {_fixed(d.get('min_bfmi'), 2)} (want > 0.3)"])
     parts = []
     for label, attribute in (("deviance", "deviance"), ("parameters", "n_params"), ("AIC", "aic"), ("BIC", "bic")):
         value = getattr(fit, attribute, None)
@@ -159,7 +196,40 @@ def _normal_quantile(level: float) -> float:
 
 
 def _fmt(value) -> str:
-    return f"{value:.4f}" if isinstance(value, float) and abs(value) < 1e5 else f"{value:.6g}"
+    """Four decimals, or four significant digits for values too large or too small for them (sigma^2 = 4.5e-15
+    must not print as 0.0000)."""
+    if not isinstance(value, float):
+        return f"{value}"
+    if np.isnan(value):
+        return "NaN"
+    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e5 else f"{value:.4g}"
+
+
+def _sig(value, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits (no exponent below 1e6)."""
+    return "NaN" if value is None or np.isnan(value) else f"{float(value):.{digits}g}"
+
+
+def _fixed(value, decimals: int) -> str:
+    return "not defined" if value is None or np.isnan(value) else f"{float(value):.{decimals}f}"
+
+
+def _rounded(table: pd.DataFrame) -> pd.DataFrame:
+    """A table as text, rounded by what each column holds: R-hat to 3 decimals, effective sample sizes and counts
+    as whole numbers, p-values to 3 decimals (``<0.001`` below), everything else by :func:`_fmt`."""
+    out = pd.DataFrame(index=table.index, columns=table.columns, dtype=object)
+    for column in table.columns:
+        name = str(column[-1] if isinstance(column, tuple) else column).lower()
+        values = table[column]
+        if name == "r_hat":
+            out[column] = [_fixed(v, 3) for v in values]
+        elif name.startswith("ess") or pd.api.types.is_integer_dtype(values):
+            out[column] = [_fixed(v, 0) if isinstance(v, float) else str(v) for v in values]
+        elif name in ("p", "p_value", "p-value") and pd.api.types.is_float_dtype(values):
+            out[column] = ["<0.001" if v < 0.001 else _fixed(v, 3) for v in values]
+        else:
+            out[column] = [_fmt(v) if isinstance(v, float) else str(v) for v in values]
+    return out
 
 
 def _has_tabulate() -> bool:
