@@ -159,6 +159,26 @@ def test_odds_ratios_intervals_and_latent_icc():
     assert "eta = log(phi / (1 - phi))" in fit.report()
 
 
+@pytest.mark.parametrize("name, tolerance", [("cbpp_probit", 1e-10), ("poisson_exposure", 1e-10),
+                                             ("cbpp_laplace", 0.02)])
+def test_population_average_is_the_marginal_mean(name, tolerance):
+    """Marginal mean E_u[g^-1(eta + u)] by 60-point Gauss-Hermite vs g^-1 of the population-average predictor:
+    exact for probit and log, the logit approximation within 0.02 on the logit scale."""
+    from scipy import special
+
+    fit = fitted(name)
+    table = fit.population_average()
+    tau = fit.tau[fit.design.factor_names[0]].iloc[0, 0]
+    nodes, weights = np.polynomial.hermite_e.hermegauss(60)
+    X = fit.design.X
+    eta = X @ table["unit_specific"].to_numpy()
+    marginal = (fit.family.mean(eta[:, None] + np.sqrt(tau) * nodes) @ weights) / weights.sum()
+    link_of = {"probit": special.ndtri, "log": np.log, "logit": special.logit}[fit.family.link.name]
+    np.testing.assert_allclose(X @ table["population_average"].to_numpy(), link_of(marginal), atol=tolerance)
+    with pytest.raises(OptionError, match="random slopes.*urban"):
+        fitted("contraception_urban").population_average()
+
+
 def test_unscaled_predictor_does_not_hurt():
     """age in thousandths of a year (age^2 up to ~4e8): the same model, coefficients rescaled exactly."""
     data = contraception()

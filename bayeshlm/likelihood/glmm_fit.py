@@ -236,6 +236,42 @@ class GLMMFit:
         t00 = float(self.tau[f.name].iloc[0, 0])
         return t00 / (t00 + (np.pi ** 2 / 3 if link == "logit" else 1.0))
 
+    def population_average(self) -> pd.DataFrame:
+        """Population-average (marginal) coefficients beside the unit-specific ones (R&B 2002, section 10.4).
+
+        With random intercepts only (total variance tau over the grouping factors), the marginal mean
+        E_u[g^{-1}(x'b + u)] is again linear on the link scale for two links:
+        probit, exactly b / sqrt(1 + tau);  log, exactly the intercept plus tau / 2 (slopes unchanged).
+        For the logit, b / sqrt(1 + c^2 tau) with c = 16 sqrt(3) / (15 pi) (Zeger, Liang & Albert 1988) is an
+        approximation. Estimates only: intervals would need the uncertainty of tau as well.
+        """
+        link = self.family.link.name
+        slopes = [f"{f.name}: {', '.join(c for c in f.coef_names if c != '(Intercept)')}"
+                  for f in self.design.factors if any(c != "(Intercept)" for c in f.coef_names)]
+        if slopes:
+            raise OptionError("Population-average coefficients have a closed form only with random intercepts; this "
+                              f"model has random slopes ({'; '.join(slopes)}), so the marginal mean is not linear on "
+                              "the link scale.")
+        if link not in ("probit", "log", "logit"):
+            raise OptionError(f"No closed form for population-average coefficients with the {link} link; they "
+                              "exist for the logit (approximately), probit and log links.")
+        tau = float(sum(T.iloc[0, 0] for T in self.tau.values()))
+        unit = self.fixed_effects["estimate"]
+        if link == "log":
+            marginal = unit.copy()
+            if "(Intercept)" not in marginal.index:
+                raise OptionError("The model has no intercept to carry the log-link shift tau / 2.")
+            marginal["(Intercept)"] += tau / 2
+            how = "exact: intercept + tau/2"
+        elif link == "probit":
+            marginal, how = unit / np.sqrt(1 + tau), "exact: b / sqrt(1 + tau)"
+        else:
+            c2 = (16 * np.sqrt(3) / (15 * np.pi)) ** 2
+            marginal, how = unit / np.sqrt(1 + c2 * tau), "approximate: b / sqrt(1 + c^2 tau)"
+        table = pd.DataFrame({"unit_specific": unit, "population_average": marginal})
+        table.attrs["method"] = how
+        return table
+
     # --- diagnostics ---------------------------------------------------------------------------------
     @cached_property
     def scaled_gradient(self) -> float:
