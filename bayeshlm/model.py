@@ -99,21 +99,32 @@ class HLM:
                     known_variance: str | None = None, center: Mapping[str, str] | None = None,
                     group_means: Sequence[str] | Mapping | None = None, missing: str = "drop",
                     level1_variance: str | None = None, correlation: str | None = None,
-                    time: str | None = None, unsafe_formula: bool = False) -> HLM:
+                    time: str | None = None, unsafe_formula: bool = False, family: str | Family | None = None,
+                    link: str | None = None, trials: str | None = None, exposure: str | None = None) -> HLM:
         """Build the model from Raudenbush & Bryk's level equations.
 
         ``level1="mathach ~ cses"``; ``level2={"intercept": "~ meanses + sector", "cses": "~ meanses + sector"}``
         gives each listed level-1 coefficient its level-2 equation (with a random effect unless ``random``
         says otherwise); ``groups="school"`` (or ``[level-2 unit, level-3 unit]`` with ``level3=``).
         See :func:`bayeshlm.spec.parse_levels` for the rules; ``level1_variance``, ``correlation`` and ``time``
-        describe the level-1 errors and ``unsafe_formula`` lifts the formula check as in :class:`HLM`.
+        describe the level-1 errors and ``unsafe_formula`` lifts the formula check as in :class:`HLM`;
+        ``family``, ``link``, ``trials`` and ``exposure`` as in :class:`HLM` (``level1`` may be
+        ``"cbind(s, n - s) ~ x"`` or hold ``offset(log(t))``).
         """
+        model = cls.__new__(cls)
+        model.family = get_family(family, link)
+        level1, cbind = _binomial_outcome(level1, trials, model.family)
+        level1, offset = _offset(level1, exposure, model.family)
         spec = parse_levels(level1, level2, groups, level3=level3, random=random, correlated=correlated,
                             known_variance=known_variance, centering=_centering(center),
                             group_means=_group_means(group_means, level1, groups), unsafe_formula=unsafe_formula)
         spec = dataclasses.replace(spec, residual=residual_structure(level1_variance, correlation, time))
-        model = cls.__new__(cls)
+        if not model.family.gaussian:
+            model._init_glm(spec, data, missing, cbind, offset)
+            return model
         model._init(spec, data, missing)
+        if family is None:
+            _warn_binary_gaussian(model.design)
         return model
 
     def _init_glm(self, spec: ModelSpec, data: pd.DataFrame, missing: str, trials, offset) -> None:

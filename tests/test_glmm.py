@@ -190,6 +190,17 @@ def test_unscaled_predictor_does_not_hurt():
     assert_close(fit.fixed_effects["estimate"] / scale, ref["beta"], "rescaled fixed effects")
 
 
+def test_level_notation_gives_the_same_fit():
+    """R&B's level equations: eta_ij = beta_0j + ..., beta_0j = gamma_00 + u_0j (here with cbind and probit)."""
+    model = bh.HLM.from_levels("cbind(incidence, size - incidence) ~ period", {"intercept": "~ 1"}, groups="herd",
+                               data=bh.datasets.load("cbpp"), family="binomial", link="probit")
+    fit = model.fit()
+    assert fit.loglik == pytest.approx(reference()["cbpp_probit"]["loglik"], rel=1e-6)
+    assert_close(fit.fixed_effects["estimate"], reference()["cbpp_probit"]["beta"], "level notation")
+    with pytest.warns(UserWarning, match="only the values 0 and 1"):
+        bh.HLM.from_levels("use ~ urban", {"intercept": "~ 1"}, groups="district", data=contraception())
+
+
 def test_trials_column_equals_cbind_and_two_column_cbind():
     cbpp = bh.datasets.load("cbpp")
     by_trials = bh.HLM("incidence ~ period + (1 | herd)", cbpp, family="binomial", trials="size").fit()
