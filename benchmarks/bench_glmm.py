@@ -2,9 +2,10 @@
 
 Each model is fitted 3 times by each engine and the median wall time is reported: bayeshlm's ``fit()`` (the
 model is built once, outside the timing) and glmer with its default settings (``Rscript`` in one process, the
-data read before timing). The ratio column is glmer's time over ours (> 1: this engine is faster). The models
-are those of tests/test_glmm.py plus lme4's VerbAgg (7,584 rows, 316 x 24 crossed), read from ``--data``
-(default /work/shared/data/VerbAgg.csv; skipped when absent).
+data read before timing). The ratio column is the peer's time over ours (> 1: this engine is faster); the peer
+is glmer, glmer.nb or glmmTMB as the model name says. The models are those of tests/test_glmm.py plus
+lme4's VerbAgg (7,584 rows, 316 x 24 crossed), read from ``--verbagg`` (default
+/work/shared/data/VerbAgg.csv; skipped when absent).
 
 Usage::
 
@@ -36,6 +37,10 @@ R_MODELS = {
     "bernoulli_crossed": "glmer(y ~ x + (1 | subject) + (1 | item), crossed, binomial)",
     "bernoulli_nested": "glmer(y ~ x + (1 + x | school) + (1 | school:class), nested, binomial)",
     "poisson_exposure": "glmer(y ~ x + (1 | g) + offset(log(years)), pois, poisson)",
+    "nbinom_glmmtmb": "glmmTMB(count ~ cover + mined + (1 | site), salamanders, family = nbinom2)",
+    "nbinom_glmer": "glmer.nb(count ~ cover + mined + (1 | site), salamanders)",
+    "cbpp_probit_glmmtmb": "glmmTMB(cbind(incidence, size - incidence) ~ period + (1 | herd), cbpp, "
+                           "family = binomial(link = 'probit'))",
     "verbagg": "glmer(r2 ~ Anger + Gender + btype + situ + (1 | id) + (1 | item), verbagg, binomial)",
 }
 
@@ -48,6 +53,9 @@ contra <- read.csv("{data}/Contraception.csv", colClasses = c(district = "factor
 crossed <- read.csv(file.path(ref, "bernoulli_crossed.csv"))
 nested <- read.csv(file.path(ref, "bernoulli_nested.csv")); nested$class <- factor(nested$class)
 pois <- read.csv(file.path(ref, "poisson_exposure.csv"))
+suppressPackageStartupMessages(library(glmmTMB))
+salamanders <- read.csv(file.path(ref, "salamanders.csv"))
+salamanders$mined <- factor(salamanders$mined, levels = c("yes", "no"))
 verbagg <- if (file.exists("{verbagg}")) read.csv("{verbagg}", stringsAsFactors = TRUE) else NULL
 timed <- function(name, expr) {{
   if (name == "verbagg" && is.null(verbagg)) return(invisible())
@@ -58,11 +66,11 @@ timed <- function(name, expr) {{
 
 
 def our_models(verbagg_path: Path) -> dict:
-    from test_glmm import MODELS
+    from test_glmm import MODELS, PEERS
 
     import bayeshlm as bh
 
-    models = {name: (make, options) for name, (make, options) in MODELS.items()}
+    models = {name: (make, options) for name, (make, options) in {**MODELS, **PEERS}.items()}
     if verbagg_path.exists():
         def verbagg():
             data = pd.read_csv(verbagg_path, dtype={"id": str, "item": str})
@@ -104,8 +112,8 @@ def main() -> None:
     args = parser.parse_args()
     ours = time_ours(our_models(args.verbagg))
     glmer = {} if args.no_r else time_glmer(args.data, args.verbagg)
-    rows = [{"model": name, "bayeshlm_s": round(s, 3), "glmer_s": glmer.get(name),
-             "glmer/bayeshlm": round(glmer[name] / s, 2) if name in glmer else None, "loglik": round(ll, 4)}
+    rows = [{"model": name, "bayeshlm_s": round(s, 3), "peer_s": glmer.get(name),
+             "peer/bayeshlm": round(glmer[name] / s, 2) if name in glmer else None, "loglik": round(ll, 4)}
             for name, (s, ll) in ours.items()]
     print(pd.DataFrame(rows).to_string(index=False))
 
