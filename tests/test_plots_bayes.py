@@ -191,3 +191,7 @@ def test_bayes_report_records_sampling_priors_and_rounded_diagnostics(growth_fit
         assert not re.findall(r"\d\.\d{5,}", shown)  # no raw floats anywhere
     ess_column = re.search(r"ess_bulk\n.*\n\(Intercept\).* (\S+)\n", text)
     assert ess_column and ess_column.group(1).isdigit()  # effective sample sizes as whole numbers
+    plain = str(bayes.report(style="plain"))
+    assert "Numbers are posterior means; ranges are 95% posterior intervals." in plain
+    tau = bayes.tau["Subject"].loc["Days", "Days"]
+    assert f"standard deviation across groups is {np.sqrt(tau):.3g} (variance {tau:.3g})" in plain

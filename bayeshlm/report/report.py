@@ -41,8 +41,15 @@ class Report:
         return "\n\n".join(parts)
 
 
-def build_report(fit: FitResult) -> Report:
-    """Assemble the report of ``fit`` (see the module docstring for the sections)."""
+def build_report(fit: FitResult, style: str = "tables") -> Report:
+    """Assemble the report of ``fit``: the sections of the module docstring (``style="tables"``), or a few
+    paragraphs in plain words (``style="plain"``, :func:`bayeshlm.report.plain.plain_summary`)."""
+    if style == "plain":
+        from .plain import plain_summary
+
+        return Report((("In plain words", plain_summary(fit)),))
+    if style != "tables":
+        raise OptionError(f"style={style!r}: use 'tables' (the HLM-style report) or 'plain' (a paragraph in words).")
     design = fit.design
     sections: list[tuple[str, str | pd.DataFrame]] = [
         (f"Model ({_method_name(fit.method)})", render_equations(design).text),

@@ -130,12 +130,14 @@ class FitResult(ABC):
 
         return save_fit(self, path)
 
-    def report(self):
+    def report(self, style: str = "tables"):
         """HLM-style report: equations, fixed effects, variance components, reliabilities, chi-square tests,
-        plausible values, ICC and fit statistics (plain text with ``print``, Markdown in notebooks)."""
+        plausible values, ICC and fit statistics (plain text with ``print``, Markdown in notebooks); Bayesian fits
+        add the sampler settings, priors and diagnostics. ``style="plain"``: what the ICC, the slope variances and
+        the reliabilities mean for this data, in a few paragraphs of words."""
         from ..report.report import build_report
 
-        return build_report(self)
+        return build_report(self, style)
 
     def variance_explained(self, base: FitResult) -> pd.DataFrame:
         """Proportion of variance explained relative to ``base`` at each level (R&B eq. 4.12, 4.20, 4.24).
