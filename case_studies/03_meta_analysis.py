@@ -52,7 +52,7 @@ book.add("T7.1 study 4: d = 1.18 shrinks to", 0.22, effects["eb"].iloc[3], 0.006
 # pupils its estimate is unreliable, so the model trusts the other studies more.
 
 # %%
-bh.plots.forest(unconditional)
+bh.plots.forest(unconditional, labels=["author", "year"])
 
 # %% [markdown]
 # ## Conditional model (Table 7.3): prior contact explains the variation
