@@ -371,24 +371,29 @@ def test_binary_outcome_with_gaussian_family_warns():
         bh.HLM("age ~ use + (1 | district)", data)  # not binary: no warning
 
 
-@pytest.mark.parametrize("name", ["cbpp_probit", "contraception_urban", "bernoulli_nested"])
-def test_analytic_beta_gradient_matches_differences(name):
-    """The Laplace deviance's analytic beta gradient (non-canonical probit, slopes, two factors) vs differences."""
+@pytest.mark.parametrize("name", ["cbpp_probit", "contraception_urban", "poisson_exposure", "bernoulli_nested"])
+def test_analytic_gradient_matches_differences(name):
+    """The Laplace deviance's analytic gradient (beta and, with one factor, theta; non-canonical probit, a
+    correlated slope, an offset, two factors) against central differences of the deviance."""
     from threadpoolctl import threadpool_limits
 
     from bayeshlm.likelihood.glmm import GLMMObjective
 
     with threadpool_limits(1, user_api="blas"):  # as fit_glmm does: threads only contend on small matrices
-        _check_beta_gradient(name, GLMMObjective)
+        _check_gradient(name, GLMMObjective)
 
 
-def _check_beta_gradient(name, GLMMObjective):
+def _check_gradient(name, GLMMObjective):
     model = MODELS[name][0]()
     objective = GLMMObjective(model.design, model.outcome)
-    x = np.concatenate([np.random.default_rng(1).normal(size=objective.p) * 0.3, 0.7 * objective.params.start])
-    analytic = objective.gradient(x)[:objective.p]
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal(size=objective.p) * 0.3,
+                        0.7 * objective.params.start + 0.1 * rng.normal(size=objective.n_theta)])
+    analytic = -2 * objective.score(x)
+    expected = objective.p + (objective.n_theta if len(model.design.factors) == 1 else 0)
+    assert len(analytic) == expected
     u0, h, numeric = objective.u.copy(), 1e-5, []
-    for k in range(objective.p):
+    for k in range(len(analytic)):
         step = np.zeros(len(x))
         step[k] = h
         objective.u = u0.copy()

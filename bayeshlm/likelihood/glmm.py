@@ -242,15 +242,15 @@ class GLMMObjective:
 
     # --- derivatives ----------------------------------------------------------------------------------
     def gradient(self, x: np.ndarray) -> np.ndarray:
-        """Gradient of the deviance: analytic in beta_s for the Laplace deviance (see ``beta_score``), central
-        differences in theta (and in beta_s for quadrature or the sparse path)."""
+        """Gradient of the deviance: analytic (``score``) where available, central differences for the rest
+        (theta on the Schur and sparse paths, the family's own parameters, everything under quadrature)."""
         g = np.empty(len(x))
-        analytic = self._analytic_beta()
-        if analytic:
-            g[:self.p] = -2.0 * self.beta_score(x)
+        m = self._n_analytic()
+        if m:
+            g[:m] = -2.0 * self.score(x)
         u0 = self.u.copy()
         h = GRADIENT_STEP * np.maximum(1.0, np.abs(x))
-        for k in range(self.p if analytic else 0, len(x)):
+        for k in range(m, len(x)):
             e = np.zeros(len(x))
             e[k] = h[k]
             self.u = u0.copy()
@@ -260,57 +260,93 @@ class GLMMObjective:
         self.u = u0
         return g
 
-    def beta_score(self, x: np.ndarray) -> np.ndarray:
-        """d log L / d beta_s of the Laplace approximation, at x = (beta_s, theta).
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """d log L / d (beta_s, theta) of the Laplace approximation (theta only on the block and dense paths).
 
-        With s, W the family's eta-scale score and expected weights at the mode, W_o the observed information
-        (-ds/deta; W_o = W for canonical links) and lev_i = U_i (U'WU + I)^{-1} U_i':
-            d log L / d beta = X's - (1/2) sum_i (dW_i/deta_i) lev_i deta_i/dbeta,
-        where deta/dbeta = X - U (U'W_o U + I)^{-1} U'W_o X, because the mode moves with beta (implicit function
-        theorem on U's - u = 0); the terms through u_hat itself vanish at the mode (envelope theorem).
-        dW/deta and W_o are central differences in eta of the family's weights and scores.
+        With s, W the family's eta-scale score and expected weights at the mode u, W_o the observed information
+        (-ds/deta; W_o = W for canonical links), H = U'WU + I, H_o = U'W_o U + I and lev_i = U_i H^{-1} U_i':
+            d log L / d beta    = X's - (1/2) sum_i (dW_i/deta_i) lev_i deta_i/dbeta,
+            d log L / d theta_k = s'(dU_k u) - (1/2) [2 sum_i W_i (dU_k)_i H^{-1} U_i'
+                                                      + sum_i (dW_i/deta_i) lev_i deta_i/dtheta_k],
+        with dU_k = Z dLambda/dtheta_k, deta/dbeta = X - U H_o^{-1} U'W_o X and
+        deta/dtheta_k = dU_k u + U H_o^{-1} (dU_k's - U'W_o dU_k u): the mode moves with the parameters
+        (implicit function theorem on U's - u = 0), while the terms through u itself vanish at the mode
+        (envelope theorem). dW/deta and W_o are central differences in eta of the family's weights and scores.
         """
-        p = self.p
+        p, m = self.p, self._n_analytic()
         u, eta0, ZL, fac = self.pirls(*self.split(x))
         eta = eta0 + self._times_u(ZL, u)
         fam, y, size, X = self.family, self.y, self.size, self.scaling.X
-        _, s = fam.working(y, eta, size)
+        w, s = fam.working(y, eta, size)
         h = 1e-5 * np.maximum(1.0, np.abs(eta))
         w_up, s_up = fam.working(y, eta + h, size)
         w_down, s_down = fam.working(y, eta - h, size)
         dw = (w_up - w_down) / (2.0 * h)
         w_obs = -(s_up - s_down) / (2.0 * h)
         fac_obs = fac if fam.canonical else self._factorize(ZL, w_obs)
+        inverse = self._pair_inverse(fac) if m > p else None
+        values = np.concatenate(ZL, axis=1)
+        if inverse is None:
+            lev = self._leverages(ZL, fac)
+        else:
+            lev = np.einsum("ia,iab,ib->i", values, inverse, values)
+        weighted_lev = dw * lev
         moved = np.column_stack([self._times_u(ZL, self._solve(fac_obs, self._transpose_times(ZL, w_obs * X[:, c])))
                                  for c in range(p)])
-        return X.T @ s - 0.5 * (X - moved).T @ (dw * self._leverages(ZL, fac))
+        out = [X.T @ s - 0.5 * (X - moved).T @ weighted_lev]
+        if inverse is None:
+            return out[0]
+        first_column = np.cumsum([0] + [f.n_coef for f in self.factors])
+        for k, fp in enumerate(self.params.factors):
+            f = fp.factor
+            u_f = u[self.starts[k]:self.starts[k + 1]].reshape(f.n_groups, f.n_coef)
+            for r, c in zip(fp.rows, fp.cols):
+                dz = f.Z[:, r]
+                moved_by = dz * u_f[f.codes, c]  # dU_k u
+                rhs = -self._transpose_times(ZL, w_obs * moved_by)
+                rhs[self.starts[k] + np.arange(f.n_groups) * f.n_coef + c] += np.bincount(f.codes, dz * s,
+                                                                                         minlength=f.n_groups)
+                deta = moved_by + self._times_u(ZL, self._solve(fac_obs, rhs))
+                cross = np.einsum("ib,ib->i", values, inverse[:, first_column[k] + c, :])
+                out.append(np.array([s @ moved_by - (w * dz) @ cross - 0.5 * weighted_lev @ deta]))
+        return np.concatenate(out)
+
+    def _pair_inverse(self, fac) -> np.ndarray | None:
+        """(n, k, k): the entries of (U'WU + I)^{-1} at each row's pairs of random-effect columns
+        (block and dense paths; None otherwise)."""
+        kind, F = fac
+        if kind == "blocks":
+            codes = self.factors[0].codes
+            if F.shape[1] == 1:
+                return (1.0 / F[codes, 0, 0] ** 2)[:, None, None]
+            inv_chol = np.linalg.inv(F)
+            return (np.swapaxes(inv_chol, 1, 2) @ inv_chol)[codes]
+        if kind != "dense":
+            return None
+        H_inv = la.cho_solve(F, np.eye(self.q), check_finite=False)
+        k = sum(f.n_coef for f in self.factors)
+        return H_inv[self._pair_rows, self._pair_cols][self._pair_index].reshape(len(self.y), k, k)
 
     def _leverages(self, ZL: list[np.ndarray], fac) -> np.ndarray:
         """lev_i = U_i (U'WU + I)^{-1} U_i' for every row."""
-        kind, F = fac
-        if kind == "blocks":
-            codes, zl = self.factors[0].codes, ZL[0]
-            if F.shape[1] == 1:
-                return zl[:, 0] ** 2 / F[codes, 0, 0] ** 2
-            inv_chol = np.linalg.inv(F)
-            H_inv = np.swapaxes(inv_chol, 1, 2) @ inv_chol
-            return np.einsum("ia,iab,ib->i", zl, H_inv[codes], zl)
-        if kind == "schur":
-            return F.leverages(ZL)
-        H_inv = la.cho_solve(F, np.eye(self.q), check_finite=False)
-        k = sum(f.n_coef for f in self.factors)
-        at_pairs = H_inv[self._pair_rows, self._pair_cols][self._pair_index].reshape(len(self.y), k, k)
-        return np.einsum("iab,iab->i", self._row_products(ZL), at_pairs)
+        if fac[0] == "schur":
+            return fac[1].leverages(ZL)
+        values = np.concatenate(ZL, axis=1)
+        return np.einsum("ia,iab,ib->i", values, self._pair_inverse(fac), values)
 
-    def _analytic_beta(self) -> bool:
-        """``beta_score`` needs the Laplace deviance, a factorisation it can invert and the weights of the
-        log-determinant in closed form (expected information, or observed = expected for canonical links)."""
+    def _n_analytic(self) -> int:
+        """How many leading entries of x (beta_s, then theta) ``score`` differentiates: it needs the Laplace
+        deviance and the log-determinant's weights in closed form (expected information, or observed = expected
+        for canonical links); theta also needs H^{-1} at each row's pairs (one factor, or the dense path)."""
         exact_weights = self.information == "expected" or self.family.canonical
-        return self.nagq == 1 and exact_weights and (len(self.factors) == 1 or self.q <= 3000)
+        if self.nagq != 1 or not exact_weights or (len(self.factors) > 1 and self.q > 3000 and self._schur is None):
+            return 0
+        dense = len(self.factors) == 1 or self._schur is None
+        return self.p + (self.n_theta if dense else 0)
 
     def hessian(self, x: np.ndarray) -> np.ndarray:
-        """Hessian of the deviance: rows of beta_s by central differences of ``beta_score`` (when available),
-        the rest by second differences of the deviance."""
+        """Hessian of the deviance: the rows of ``score``'s parameters by central differences of it, the rest by
+        second differences of the deviance."""
         u0, d = self.u.copy(), len(x)
         h = HESSIAN_STEP * np.maximum(1.0, np.abs(x))
         f0 = self.deviance(x)
@@ -320,23 +356,22 @@ class GLMMObjective:
             return self.deviance(x + step)
 
         H = np.empty((d, d))
-        first = 0
-        if self._analytic_beta():
-            first = self.p
+        m = self._n_analytic()
+        if m:
             for k in range(d):
                 e = np.zeros(d)
                 e[k] = h[k]
                 self.u = u0.copy()
-                up = self.beta_score(x + e)
+                up = self.score(x + e)
                 self.u = u0.copy()
-                H[:self.p, k] = -2.0 * (up - self.beta_score(x - e)) / (2.0 * h[k])
-            H[:self.p, :self.p] = 0.5 * (H[:self.p, :self.p] + H[:self.p, :self.p].T)
-            H[self.p:, :self.p] = H[:self.p, self.p:].T
-        for i in range(first, d):
+                H[:m, k] = -2.0 * (up - self.score(x - e)) / (2.0 * h[k])
+            H[:m, :m] = 0.5 * (H[:m, :m] + H[:m, :m].T)
+            H[m:, :m] = H[:m, m:].T
+        for i in range(m, d):
             ei = np.zeros(d)
             ei[i] = h[i]
             H[i, i] = (at(ei) - 2.0 * f0 + at(-ei)) / h[i] ** 2
-            for j in range(first, i):
+            for j in range(m, i):
                 ej = np.zeros(d)
                 ej[j] = h[j]
                 H[i, j] = H[j, i] = (at(ei + ej) - at(ei - ej) - at(ej - ei) + at(-ei - ej)) / (4.0 * h[i] * h[j])
