@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from ..errors import OptionError
@@ -14,6 +15,7 @@ from ..results.hlm_statistics import group_ols
 from ._groups import varies_across_groups
 
 PREDICTED_LABEL = "each group's predicted value γ'W_j"
+TARGET_ROW = -0.8  # height of the predicted values' row in the one-coefficient plot
 
 
 def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str, ...] | None = None) -> Figure:
@@ -49,13 +51,17 @@ def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str
         ax.scatter(eb[:, 0], np.zeros_like(rows), s=sizes, color="C1", label=_shrunk_label(fit))
         for a, b in zip(raw[:, 0], eb[:, 0]):
             ax.annotate("", xy=(b, 0), xytext=(a, 1), arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.6})
-        if conditional:
-            ax.scatter(target[:, 0], np.zeros_like(rows), marker="|", s=120, color="k", zorder=4, gid="predicted",
-                       label=PREDICTED_LABEL)
+        if conditional:  # a third row below: each group's target, joined to its shrunken estimate
+            ax.scatter(target[:, 0], np.full(len(rows), TARGET_ROW), marker="|", s=80, color="k", zorder=3,
+                       gid="predicted", label=PREDICTED_LABEL)
+            joins = [[(b, 0), (t, TARGET_ROW)] for b, t in zip(eb[:, 0], target[:, 0])]
+            ax.add_collection(LineCollection(joins, colors="0.7", linewidths=0.5, linestyles=":"))
+            ax.set_yticks([TARGET_ROW, 0, 1], ["predicted γ'W_j", _shrunk_label(fit), "OLS"])
+            ax.set_ylim(TARGET_ROW - 0.3, 1.9)
         else:
             ax.axvline(target[0, 0], color="k", lw=1, ls="--", label="population value")
-        ax.set_yticks([0, 1], [_shrunk_label(fit), "OLS"])
-        ax.set_ylim(-0.3, 1.6)
+            ax.set_yticks([0, 1], [_shrunk_label(fit), "OLS"])
+            ax.set_ylim(-0.3, 1.9)
         ax.set_xlabel(coefficients[0])
     else:
         ax.scatter(raw[:, 0], raw[:, 1], s=sizes, facecolors="none", edgecolors="C0", label="OLS")
@@ -72,7 +78,10 @@ def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str
     left_out = f.n_groups - int(keep.sum())
     ax.set_title(f"Shrinkage of {name} coefficients ({int(keep.sum())} groups"
                  + (f"; {left_out} without an OLS estimate left out" if left_out else "") + ")")
-    ax.legend(loc="upper right", frameon=False, fontsize="small")
+    if len(idx) == 1:  # one row of legend above the OLS row
+        ax.legend(loc="upper center", ncols=3, frameon=False, fontsize="small")
+    else:
+        ax.legend(loc="upper right", frameon=False, fontsize="small")
     figure.tight_layout()
     return figure
 
