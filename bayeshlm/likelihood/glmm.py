@@ -243,7 +243,7 @@ class GLMMObjective:
     # --- derivatives ----------------------------------------------------------------------------------
     def gradient(self, x: np.ndarray) -> np.ndarray:
         """Gradient of the deviance: analytic (``score``) where available, central differences for the rest
-        (theta on the Schur and sparse paths, the family's own parameters, everything under quadrature)."""
+        (the family's own parameters; everything under quadrature or on the sparse path)."""
         g = np.empty(len(x))
         m = self._n_analytic()
         if m:
@@ -261,7 +261,7 @@ class GLMMObjective:
         return g
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        """d log L / d (beta_s, theta) of the Laplace approximation (theta only on the block and dense paths).
+        """d log L / d (beta_s, theta) of the Laplace approximation.
 
         With s, W the family's eta-scale score and expected weights at the mode u, W_o the observed information
         (-ds/deta; W_o = W for canonical links), H = U'WU + I, H_o = U'W_o U + I and lev_i = U_i H^{-1} U_i':
@@ -321,6 +321,8 @@ class GLMMObjective:
                 return (1.0 / F[codes, 0, 0] ** 2)[:, None, None]
             inv_chol = np.linalg.inv(F)
             return (np.swapaxes(inv_chol, 1, 2) @ inv_chol)[codes]
+        if kind == "schur":
+            return F.pair_inverse()
         if kind != "dense":
             return None
         H_inv = la.cho_solve(F, np.eye(self.q), check_finite=False)
@@ -337,12 +339,11 @@ class GLMMObjective:
     def _n_analytic(self) -> int:
         """How many leading entries of x (beta_s, then theta) ``score`` differentiates: it needs the Laplace
         deviance and the log-determinant's weights in closed form (expected information, or observed = expected
-        for canonical links); theta also needs H^{-1} at each row's pairs (one factor, or the dense path)."""
+        for canonical links), and H^{-1} at each row's pairs of columns (block, dense and Schur paths)."""
         exact_weights = self.information == "expected" or self.family.canonical
         if self.nagq != 1 or not exact_weights or (len(self.factors) > 1 and self.q > 3000 and self._schur is None):
             return 0
-        dense = len(self.factors) == 1 or self._schur is None
-        return self.p + (self.n_theta if dense else 0)
+        return self.p + self.n_theta
 
     def hessian(self, x: np.ndarray) -> np.ndarray:
         """Hessian of the deviance: the rows of ``score``'s parameters by central differences of it, the rest by
@@ -403,6 +404,9 @@ class SchurAlgebra:
         self.columns = np.concatenate(rest_columns, axis=1)  # (n, k_rest) in the rest's numbering
         big_cols = self.codes[:, None] * self.q1 + np.arange(self.q1)  # (n, q1)
         self.b_index = (big_cols[:, :, None] * self.q_rest + self.columns[:, None, :]).ravel()
+        first = np.cumsum([0] + [g.n_coef for g in factors])  # where each factor sits in a row's k columns
+        self.row_big = first[big] + np.arange(self.q1)
+        self.row_rest = np.concatenate([first[k] + np.arange(factors[k].n_coef) for k in self.rest])
         self.c_index = (self.columns[:, :, None] * self.q_rest + self.columns[:, None, :]).ravel()
 
     @classmethod
@@ -457,6 +461,26 @@ class SchurFactor:
         out[alg.big_global] = x1.reshape(alg.J * alg.q1, -1)
         out[alg.rest_global] = x2
         return out.reshape(rhs.shape)
+
+    def pair_inverse(self) -> np.ndarray:
+        """(n, k, k): H^{-1} at each row's columns, from the blocks of the inverse with T_j = A_j^{-1} B_j:
+        big-big A_j^{-1} + T_j S^{-1} T_j', big-rest -T_j S^{-1}, rest-rest S^{-1}."""
+        alg, codes = self.alg, self.alg.codes
+        inv_chol = np.linalg.inv(self.L_A)  # (J, q1, q1)
+        T = np.swapaxes(inv_chol, 1, 2) @ self.W  # A^{-1} B, with W = L_A^{-1} B
+        S_inv = la.cho_solve((self.L_S, True), np.eye(alg.q_rest), check_finite=False)
+        TS = T @ S_inv
+        big_big = np.swapaxes(inv_chol, 1, 2) @ inv_chol + TS @ np.swapaxes(T, 1, 2)
+        n, q1, cols = len(codes), alg.q1, alg.columns
+        k = q1 + cols.shape[1]
+        out = np.empty((n, k, k))
+        big, rest = alg.row_big, alg.row_rest
+        out[:, big[:, None], big[None, :]] = big_big[codes]
+        cross = -TS[codes[:, None, None], np.arange(q1)[None, :, None], cols[:, None, :]]
+        out[:, big[:, None], rest[None, :]] = cross
+        out[:, rest[:, None], big[None, :]] = np.swapaxes(cross, 1, 2)
+        out[:, rest[:, None], rest[None, :]] = S_inv[cols[:, :, None], cols[:, None, :]]
+        return out
 
     def logdet(self) -> float:
         diag_A = np.diagonal(self.L_A, axis1=1, axis2=2)
