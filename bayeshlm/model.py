@@ -156,7 +156,14 @@ class HLM:
         """The model in level notation (beta, gamma, u, r), combined form, or both, as Markdown/LaTeX."""
         from .report.equations import render_equations
 
-        return render_equations(self.design, form=form)
+        equations = render_equations(self.design, form=form)
+        if not getattr(self, "family", None) or self.family.gaussian:
+            return equations
+        from .families.equations import on_link_scale
+
+        term = self.outcome.offset_term
+        offset = None if term is None else (f"log({term.column})" if term.log else term.column)
+        return on_link_scale(equations, self.family, offset)
 
     def summary(self) -> str:
         """Plain-text design summary: sizes, grouping factors, structure, dropped rows."""

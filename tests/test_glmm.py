@@ -401,3 +401,20 @@ def _check_gradient(name, GLMMObjective):
         objective.u = u0.copy()
         numeric.append((up - objective.deviance(x - step)) / (2 * h))
     np.testing.assert_allclose(analytic, numeric, rtol=1e-7, atol=1e-6)
+
+
+def test_equations_on_the_link_scale():
+    """Level 1 is the sampling model and the link (R&B eqs. 10.1-10.3): no r_ij, no sigma^2 (the Gaussian
+    renderer alone wrote 'incidence_ij = ... + r_ij, r_ij ~ N(0, sigma^2)')."""
+    cbpp = bh.HLM(CBPP, bh.datasets.load("cbpp"), family="binomial").equations()
+    assert "incidence_ij ~ Binomial(n_ij, phi_ij)" in cbpp.text
+    assert "eta_ij = log(phi_ij / (1 - phi_ij)) = b0_j + b1_j*(period[T.2])_ij" in cbpp.text
+    assert "sigma" not in cbpp.text and "r_ij" not in cbpp.text and r"\sigma" not in cbpp.latex
+    assert r"\eta_{ij} = log(\varphi_{ij} / (1 - \varphi_{ij}))" in cbpp.latex
+    nested = MODELS["bernoulli_nested"][0]().equations().text
+    assert "eta_ijk = log(phi_ijk / (1 - phi_ijk)) = p0_jk" in nested and "r_jk ~ N(0, T_pi)" in nested
+    assert "e_ijk" not in nested and "sigma" not in nested
+    counts = bh.HLM("y ~ x + (1 | g)", pd.read_csv(REFERENCE / "poisson_exposure.csv"), family="poisson",
+                    exposure="years").equations().text
+    assert "eta_ij = log(lambda_ij) = b0_j + b1_j*(x)_ij + log(years)_ij" in counts
+    assert "Combined:  eta = log(lambda) = g0 + g1*x + u[g]0 + log(years)  (y ~ Poisson(lambda))" in counts

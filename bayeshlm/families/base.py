@@ -27,6 +27,7 @@ class Family:
     name = ""
     links: tuple[str, ...] = ()
     mean_symbol = "mu"
+    sampling = ""  # level-1 sampling model with {mean} and {n} placeholders, e.g. "Binomial({n}, {mean})"
     gaussian = False
     counts = False  # outcomes are counts (0 is the lower bound that can separate)
     canonical_link = ""

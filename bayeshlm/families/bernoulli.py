@@ -10,6 +10,7 @@ from .binomial import Binomial
 
 class Bernoulli(Binomial):
     name = "bernoulli"
+    sampling = "Bernoulli({mean})"
 
     def loglik(self, y, eta, size):
         log_p, log_q = self.link.log_probabilities(eta)

@@ -13,6 +13,7 @@ from .base import Family, non_integer, refuse_rows
 
 class Binomial(Family):
     name = "binomial"
+    sampling = "Binomial({n}, {mean})"
     links = ("logit", "probit", "cloglog")
     canonical_link = "logit"
     mean_symbol = "phi"

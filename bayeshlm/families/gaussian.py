@@ -12,6 +12,7 @@ from .base import Family
 
 class Gaussian(Family):
     name = "gaussian"
+    sampling = "N({mean}, sigma^2)"
     links = ("identity",)
     canonical_link = "identity"
     mean_symbol = "mu"

@@ -16,6 +16,7 @@ from .base import Family, non_integer, refuse_rows
 
 class NegativeBinomial(Family):
     name = "negative_binomial"
+    sampling = "NegativeBinomial({mean}, k)"
     links = ("log",)
     mean_symbol = "lambda"
     counts = True

@@ -14,6 +14,7 @@ from .base import Family, non_integer, refuse_rows
 
 class Poisson(Family):
     name = "poisson"
+    sampling = "Poisson({mean})"
     links = ("log",)
     canonical_link = "log"
     mean_symbol = "lambda"
