@@ -129,7 +129,7 @@ class HLM:
 
     def _init_glm(self, spec: ModelSpec, data: pd.DataFrame, missing: str, trials, offset) -> None:
         """Check the outcome, trials and exposure for the family, then build the design as for any model."""
-        from .families.outcome import outcome_arrays, prepare_data
+        from .families.outcome import count_all_dropped, outcome_arrays, prepare_data
 
         if spec.known_variance is not None or spec.residual is not None or is_dask_frame(data):
             raise OptionError(f"family={self.family.name!r} models take a pandas DataFrame and no known_variance, "
@@ -139,6 +139,9 @@ class HLM:
         self._init(spec, frame, missing)
         self.data = data
         self.outcome = outcome_arrays(frame, self.design, self.family, trials, offset)
+        columns = [c for c in (trials.columns() if trials else []) + ([offset.column] if offset else [])
+                   if c != spec.outcome]  # the outcome's own missing values the design counted already
+        self.design = count_all_dropped(self.design, data, columns)
 
     def _init(self, spec: ModelSpec, data: pd.DataFrame, missing: str) -> None:
         _check_has_groups(spec)

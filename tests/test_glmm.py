@@ -247,6 +247,22 @@ def test_separation_detected_and_explained(kind, family, formula, names):
         bh.HLM(formula, _separated(kind), family=family).fit()
 
 
+def test_missing_trials_dropped_and_counted():
+    """A row missing its trials is dropped like any other (before: absent from design.dropped's count)."""
+    cbpp = bh.datasets.load("cbpp")
+    cbpp.loc[3, "size"] = np.nan
+    cbpp.loc[5, "incidence"] = np.nan
+    model = bh.HLM(CBPP, cbpp, family="binomial")
+    assert model.design.n_obs == len(model.outcome.size) == 54
+    assert str(model.design.dropped) == ("2 of 56 rows dropped for missing values in: incidence (1), size (1); "
+                                         "54 rows analysed")
+    assert list(model.design.dropped.positions) == [3, 5]
+    complete = bh.HLM(CBPP, cbpp.drop(index=[3, 5]), family="binomial")
+    assert model.fit().loglik == pytest.approx(complete.fit().loglik, rel=1e-12)
+    with pytest.raises(DataError, match=r"Missing values in 'size' \(row 3\)"):
+        bh.HLM(CBPP, cbpp, family="binomial", missing="raise")
+
+
 def test_boundary_variance_reported_in_words():
     """Outcome unrelated to the groups: tau -> 0, said in words; the fit is then the plain logistic GLM."""
     rng = np.random.default_rng(0)

@@ -173,6 +173,25 @@ def _check_offset(values: pd.Series, positions: np.ndarray, offset: Offset) -> N
         raise DataError(f"The {what} {offset.column!r} must be {need}; it is not in {describe_rows(positions[bad])}.")
 
 
+def count_all_dropped(design, data: pd.DataFrame, outcome_columns: list[str]):
+    """The design's record of dropped rows, extended by the rows ``prepare_data`` dropped for missing trials or
+    exposures (positions in ``data``), so that ``design.dropped`` describes the input the user gave."""
+    import dataclasses
+
+    if not isinstance(data, pd.DataFrame) or len(data) == design.dropped.n_input:
+        return design
+    missing_extra = data[outcome_columns].isna().any(axis=1).to_numpy()
+    kept = np.flatnonzero(~missing_extra)
+    positions = np.union1d(np.flatnonzero(missing_extra), kept[design.dropped.positions])
+    by_column = dict(design.dropped.by_column)
+    for column in outcome_columns:
+        count = int(data[column].isna().sum())
+        if count:
+            by_column[column] = count
+    dropped = dataclasses.replace(design.dropped, n_input=len(data), positions=positions, by_column=by_column)
+    return dataclasses.replace(design, dropped=dropped)
+
+
 def outcome_arrays(frame: pd.DataFrame, design, family: Family, trials: Trials | None,
                    offset: Offset | None) -> GLMOutcome:
     """The outcome, trials and offsets of the rows the design kept (``frame``: what the design read)."""
