@@ -299,3 +299,15 @@ def test_save_into_a_missing_folder_or_onto_a_folder_is_a_clear_error(small_save
         fit.save(tmp_path / "absent" / "fit.nc")
     with pytest.raises(bh.OptionError, match=r"is a folder; give a file name"):
         fit.save(tmp_path)
+
+
+def test_a_fit_made_with_unsafe_formula_loads_only_when_asked(tmp_path):
+    """Loading re-checks the saved formula terms: a file cannot smuggle in what a model file may not say, and
+    the user who opted out when fitting opts out again when loading (nothing is evaluated either way)."""
+    data = bh.datasets.load("sleepstudy")
+    fit = bh.HLM("Reaction ~ np.log1p(Days) + (1 | Subject)", data, unsafe_formula=True).fit("reml")
+    path = fit.save(tmp_path / "unsafe.nc")
+    with pytest.raises(storage.FitFormatError, match=r"outside the allow-list.*load_fit\(path, unsafe_formula=True\)"):
+        bh.load_fit(path)
+    loaded = bh.load_fit(path, unsafe_formula=True)
+    np.testing.assert_allclose(loaded.fixed_effects["estimate"], fit.fixed_effects["estimate"], rtol=1e-12)

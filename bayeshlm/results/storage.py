@@ -37,7 +37,7 @@ import pandas as pd
 import xarray as xr
 
 from ..design import Design, DroppedRows, GroupingFactor
-from ..errors import FitFormatError, OptionError, SaveError
+from ..errors import FitFormatError, FormulaError, OptionError, SaveError
 from ..spec import Centering, ModelSpec
 from ..spec.model_spec import RandomTerm
 
@@ -103,11 +103,13 @@ def _write_bytes(f, data) -> None:
     f.write(data)
 
 
-def load_fit(path: str | Path):
+def load_fit(path: str | Path, *, unsafe_formula: bool = False):
     """Read a fit written by :func:`save_fit` (``fit.save``); returns a LikelihoodFit or a BayesFit.
 
     A file that is not such a fit, or is damaged, raises :class:`~bayeshlm.errors.FitFormatError` before its
-    arrays are read (see the module docstring)."""
+    arrays are read (see the module docstring). The saved model's formula terms pass the same allow-list as a
+    new model's (nothing in the file is evaluated either way); a fit you made yourself with
+    ``unsafe_formula=True`` loads with ``load_fit(path, unsafe_formula=True)``."""
     path = Path(path)
     if not path.is_file():
         raise OptionError(f"load_fit: no file {str(path)!r}.")
@@ -115,7 +117,7 @@ def load_fit(path: str | Path):
     try:
         tree = xr.open_datatree(path, engine=ENGINE)
         with tree:
-            spec = _spec_from_dict(attrs["spec"])
+            spec = _spec_from_dict(attrs["spec"], unsafe_formula)
             _check_shapes(tree, attrs)
             tree.load()
             design = _design_from_tree(tree, spec)
@@ -123,6 +125,11 @@ def load_fit(path: str | Path):
         if attrs["engine"] == "likelihood":
             return _likelihood_from_state(design, state)
         return _bayes_from_tree(design, state, tree)
+    except FormulaError as err:  # checked before _DAMAGE, which would call it damage
+        raise FitFormatError(
+            f"load_fit: the model saved in {str(path)!r} has formula terms outside the allow-list ({err}) If you "
+            "made this file yourself with unsafe_formula=True, load it with load_fit(path, unsafe_formula=True); "
+            "do not do so for a file from elsewhere.") from None
     except _DAMAGE as err:  # the file's content can be damaged in any of the ways the readers below notice
         why = str(err) if isinstance(err, FitFormatError) else f"{type(err).__name__}: {err}"
         raise _damaged(path, why) from None
@@ -266,7 +273,7 @@ def _spec_to_dict(spec: ModelSpec) -> dict:
     }
 
 
-def _spec_from_dict(d: dict) -> ModelSpec:
+def _spec_from_dict(d: dict, unsafe_formula: bool = False) -> ModelSpec:
     return ModelSpec(
         outcome=d["outcome"],
         fixed=tuple(tuple(t) for t in d["fixed"]),
@@ -279,6 +286,7 @@ def _spec_from_dict(d: dict) -> ModelSpec:
         notation=d["notation"],
         level_predictors=tuple(tuple(p) for p in d["level_predictors"]),
         residual=None if d["residual"] is None else _residual_structure(d["residual"]),
+        unsafe_formula=unsafe_formula,
     )
 
 
