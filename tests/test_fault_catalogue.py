@@ -277,6 +277,8 @@ CASES = [
      bh.FormulaError, r"level2 maps coefficients to equations"),
     ("datasets.load misspelt", lambda tmp: bh.datasets.load("hsbb"), OPTION, r"No bundled dataset called 'hsbb'. "
                                                                              r"Did you mean 'hsb'"),
+    ("datasets.load a number", lambda tmp: bh.datasets.load(3), OPTION, r"A dataset is named by text, e.g. 'hsb'; "
+                                                                           r"got 3 \(int\)"),
     ("load_model absent", lambda tmp: bh.load_model(tmp / "absent.toml"), OPTION, r"No model file at .*absent"),
     ("model file not TOML", _model_file("formula = "), OPTION, r"m.toml: not valid TOML"),
     ("model file fit as text", _model_file('formula = "y ~ x + (1|g)"\ndataset = "hsb"\nfit = "reml"\n'), OPTION,

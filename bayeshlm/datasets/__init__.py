@@ -120,6 +120,9 @@ def load(name: str) -> pd.DataFrame:
 
 
 def _entry(name: str) -> _Dataset:
+    if not isinstance(name, str):
+        raise OptionError(f"A dataset is named by text, e.g. 'hsb'; got {name!r} ({type(name).__name__}). "
+                          f"Available: {', '.join(_CATALOGUE)}.")
     if name not in _CATALOGUE:
         raise OptionError(
             f"No bundled dataset called {name!r}.{closest_names(name, _CATALOGUE)} "
