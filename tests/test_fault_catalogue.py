@@ -168,6 +168,11 @@ CASES = [
     ("meta vi negative", _meta(data=TEACHERS.assign(vi=-TEACHERS["vi"])), bh.DataError,
      r"variances in 'vi' must be positive"),
     ("meta vi zero", _meta(data=TEACHERS.assign(vi=0.0)), bh.DataError, r"variances in 'vi' must be positive"),
+    ("meta vi numerically zero", _meta(data=TEACHERS.assign(vi=1e-302)), bh.DataError,
+     r"variances in 'vi' are numerically zero in rows 0, 1, 2.*e.g. 1e-302"),
+    ("HLM known variance numerically zero", lambda tmp: bh.HLM("yi ~ 1 + (1 | study)", TEACHERS.assign(
+        vi=TEACHERS["vi"].where(TEACHERS.index != 4, 1e-20)), known_variance="vi"), bh.DataError,
+     r"numerically zero in row 4 \(e.g. 1e-20"),
     ("meta vi infinite", _meta(data=TEACHERS.assign(vi=np.inf)), bh.DataError, r"'vi' has infinite values"),
     ("meta vi text", _meta(data=TEACHERS.assign(vi="0.1")), bh.DataError, r"'vi' must be numeric"),
     ("meta collinear moderators", _meta("yi ~ weeks + w2", TEACHERS.assign(w2=TEACHERS["weeks"] * 2)),
@@ -191,7 +196,7 @@ CASES = [
     ("meta DL effects whose squares overflow", _meta(data=TEACHERS.assign(yi=TEACHERS["yi"] * 1e200), method="dl"),
      bh.DataError, r"effects 'yi' reach 1.18e\+200"),
     ("meta variances whose reciprocals overflow", _meta(data=TEACHERS.assign(vi=1e-320)), bh.DataError,
-     r"sampling variances 'vi' range from 1e-320"),
+     r"sampling variances in 'vi' are numerically zero in rows 0, 1, 2.*e.g. 9.99989e-321"),
     ("meta prediction level above 1", lambda tmp: bh.meta("yi ~ 1", TEACHERS, vi="vi").prediction(level=1.5),
      OPTION, r"level=1.5: give the interval's coverage as a number between 0 and 1"),  # was NaN intervals
     ("meta prediction level text", lambda tmp: bh.meta("yi ~ 1", TEACHERS, vi="vi").prediction(level="95%"),

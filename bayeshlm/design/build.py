@@ -57,7 +57,7 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") 
     X, fixed_names, fixed_terms = _fixed_matrix(spec, numbers)
     R_fixed = _check_fixed_matrix(X, fixed_names)
     factors = tuple(_grouping_factor(spec, group, group_codes[group], numbers) for group in spec.groups)
-    known = _known_variance(spec, frame)
+    known = _known_variance(spec, frame, y)
     nesting = _nesting(factors)
     term_levels = _term_levels(spec, frame, factors, nesting)
     _check_level_predictors(spec, frame, group_codes)
@@ -560,7 +560,12 @@ def _occasions(frame: pd.DataFrame, r, unit: GroupingFactor) -> np.ndarray:
 
 # --- known variances and level checks -----------------------------------------------------------------
 
-def _known_variance(spec: ModelSpec, frame: pd.DataFrame) -> np.ndarray | None:
+# A known variance below this fraction of the outcome's variance is numerically zero: its weight 1/v swamps
+# every other study's in double precision (1e-12 of the variance is 1e-6 of the outcome's spread in SD units).
+NEGLIGIBLE_KNOWN_VARIANCE = 1e-12
+
+
+def _known_variance(spec: ModelSpec, frame: pd.DataFrame, y: np.ndarray) -> np.ndarray | None:
     if spec.known_variance is None:
         return None
     column = spec.known_variance
@@ -573,6 +578,13 @@ def _known_variance(spec: ModelSpec, frame: pd.DataFrame) -> np.ndarray | None:
         raise DataError(f"The known sampling variances in {column!r} must be positive; {describe_rows(bad)} "
                         f"have values <= 0 (e.g. {v[bad[0]]:g}). A variance of 0 would make that study's "
                         "effect exact; check the column (is it a standard error that needs squaring?).")
+    spread = float(np.var(y))  # an outcome too large to square is refused later with its own message
+    tiny = np.flatnonzero(v < NEGLIGIBLE_KNOWN_VARIANCE * spread) if np.isfinite(spread) else []
+    if len(tiny):
+        raise DataError(f"The known sampling variances in {column!r} are numerically zero in {describe_rows(tiny)} "
+                        f"(e.g. {v[tiny[0]]:g}, against an outcome variance of {spread:g}): those effects would count "
+                        "as exact and swamp every other row. Check the column's units (variances, not standard errors "
+                        "or precisions), or drop those rows.")
     return v
 
 
