@@ -164,12 +164,13 @@ def _write_outputs(fit, report: str, out: Path) -> None:
     """report.txt, estimates.nc (posterior.nc for Bayes) and shrinkage / caterpillar PNGs."""
     from . import plots
     from .results.export import estimates_dataset
+    from .results.storage import write_netcdf_atomically
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.txt").write_text(clean(report) + "\n")
-    estimates_dataset(fit).to_netcdf(out / "estimates.nc")
+    write_netcdf_atomically(estimates_dataset(fit), out / "estimates.nc", "bayeshlm fit")
     if fit.method == "bayes":
-        fit.posterior.to_netcdf(out / "posterior.nc")
+        write_netcdf_atomically(fit.posterior, out / "posterior.nc", "bayeshlm fit")
     written = ["report.txt", "estimates.nc"] + (["posterior.nc"] if fit.method == "bayes" else [])
     if fit.design.chain:
         factor = fit.design.chain[0].name

@@ -183,3 +183,23 @@ def test_a_tiny_bayes_fit_from_the_command_line(sleep_csv, capsys):
     printed = capsys.readouterr()
     assert printed.err.startswith("fitting by full Bayes: compiling")
     assert "chains: 1; draws per chain: 50 after 50 tuning draws" in printed.out and "seed: 7;" in printed.out
+
+
+def test_outputs_are_replaced_atomically_when_the_disk_fills(sleep_csv, tmp_path, capsys, monkeypatch):
+    """estimates.nc is written beside its target and renamed: a failed write keeps the earlier results."""
+    from bayeshlm.results import storage
+
+    out = tmp_path / "out"
+    assert main(["fit", "--data", sleep_csv, "--formula", SLEEP, "--out", str(out)]) == 0
+    before = (out / "estimates.nc").read_bytes()
+
+    def disk_full(f, data):
+        f.write(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(storage, "_write_bytes", disk_full)
+    assert main(["fit", "--data", sleep_csv, "--formula", SLEEP, "--method", "ml", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "could not write" in err and "No space left on device" in err and "Traceback" not in err
+    assert (out / "estimates.nc").read_bytes() == before
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".part")]

@@ -67,23 +67,23 @@ def save_fit(fit, path: str | Path) -> Path:
                              "state": json.dumps(state, default=_plain)})
     tree = xr.DataTree.from_dict({"/": root, **_design_groups(fit.design), **groups})
     path = Path(path)
-    _write_atomically(tree, path)
+    write_netcdf_atomically(tree, path, "fit.save")
     return path
 
 
-def _write_atomically(tree: xr.DataTree, path: Path) -> None:
+def write_netcdf_atomically(tree: xr.DataTree | xr.Dataset, path: Path, what: str) -> None:
     """Write ``tree`` to a temporary file beside ``path``, then rename it over ``path``; on any failure remove the
-    temporary file and leave ``path`` as it was.
+    temporary file and leave ``path`` as it was (``what`` names the writer in messages, e.g. 'fit.save').
 
     The netCDF bytes are made in memory and written with plain file I/O: when HDF5 itself met a full disk, h5py
     raised a RuntimeError and the process later crashed (segmentation fault) while releasing the file."""
     if path.is_dir():
-        raise OptionError(f"fit.save: {str(path)!r} is a folder; give a file name such as 'fit.nc'.")
+        raise OptionError(f"{what}: {str(path)!r} is a folder; give a file name such as 'fit.nc'.")
     data = tree.to_netcdf(None, engine=ENGINE)
     try:
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     except OSError as err:
-        raise SaveError(f"fit.save: cannot create a file in {str(path.parent)!r} ({err.strerror}).") from None
+        raise SaveError(f"{what}: cannot create a file in {str(path.parent)!r} ({err.strerror}).") from None
     try:
         with os.fdopen(handle, "wb") as f:
             _write_bytes(f, data)
@@ -94,7 +94,7 @@ def _write_atomically(tree: xr.DataTree, path: Path) -> None:
         Path(temporary).unlink(missing_ok=True)
         if isinstance(err, OSError):
             kept = "the earlier file there is unchanged" if path.exists() else "nothing was written"
-            raise SaveError(f"fit.save: could not write {str(path)!r} ({err.strerror or err}); "
+            raise SaveError(f"{what}: could not write {str(path)!r} ({err.strerror or err}); "
                             f"{kept}. Free some disk space or choose another folder.") from err
         raise
 
