@@ -210,3 +210,14 @@ def test_identifiable_neighbours_are_accepted(groups20):
 
 def rng_noise(df):
     return np.random.default_rng(5).normal(size=len(df))
+
+
+def test_noise_free_outcome_from_dask_input_is_refused_by_the_likelihood_engine():
+    """Per-group sums cannot show an exact fit row by row; the fitted level-1 variance of 0 does (was sigma^2 NaN
+    with NaN standard errors reported as a fit)."""
+    dd = pytest.importorskip("dask.dataframe")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=200)
+    frame = pd.DataFrame({"y": 1 + 2 * x, "x": x, "g": np.repeat(np.arange(20), 10).astype(str)})
+    with pytest.raises(bh.DataError, match=r"'y' is an exact function of the fixed effects .* level-1 variance is 0"):
+        bh.HLM("y ~ x + (1 | g)", dd.from_pandas(frame, npartitions=2)).fit("reml")

@@ -302,6 +302,21 @@ def standardised(design: Design) -> tuple[Design, Scaling]:
     return cache["standardised"]
 
 
+# sigma^2 on the standardised scale (where the outcome has variance 1) below which the residuals are rounding
+EXACT_FIT_TOL = 1e-20
+
+
+def _refuse_exact_fit(fit: LikelihoodFit, design: Design) -> None:
+    """A level-1 variance of 0 (to rounding) means X b + Z u reproduces y: no variance can be estimated. The design
+    layer refuses this from the rows; with per-group sums only (Dask input) it shows here first."""
+    if design.known_variance is None and not fit._scale_std > EXACT_FIT_TOL:
+        raise DataError(
+            f"The outcome {design.spec.outcome!r} is an exact function of the fixed effects and the group "
+            "coefficients: the level-1 variance is 0 (to rounding), so the variance components cannot be "
+            "estimated. Check that the outcome is not computed from the predictors (or a predictor from the "
+            "outcome); with noise-free data there is nothing to model.")
+
+
 def _fit(objective: ProfiledDeviance, start: np.ndarray, maxiter: int, scaling: Scaling,
          design: Design) -> LikelihoodFit:
     params = objective.params
@@ -320,6 +335,7 @@ def _fit(objective: ProfiledDeviance, start: np.ndarray, maxiter: int, scaling: 
     fit = LikelihoodFit(objective, _canonical(params, result.x), converged=converged,
                         optimizer_message=message, n_evaluations=objective.evaluations,
                         scaling=scaling, design=design)
+    _refuse_exact_fit(fit, design)
     for category, message in fit._warnings:
         warnings.warn(message, category, stacklevel=4)
     return fit
