@@ -214,6 +214,32 @@ class BayesFit(FitResult):
         q = draws.quantile([(1 - level) / 2, (1 + level) / 2], ("chain", "draw")).values
         return draws.mean(("chain", "draw")).values, q[0], q[1]
 
+    # --- prediction and checks (:mod:`bayeshlm.results.prediction`, :mod:`.predictive_data`) ---------
+    def predict(self, newdata: pd.DataFrame | None = None, groups: str = "conditional", kind: str = "mean",
+                level: float = 0.95, random_seed: int | None = None):
+        """Predictions for ``newdata`` (default: the fitted rows) from every posterior draw: ``kind="mean"`` a table
+        of the linear predictor's posterior (estimate, se, lower, upper, new_groups); ``"interval"`` the same for a
+        new observation (adds a new group's effect from N(0, T) and the level-1 error); ``"draws"`` those
+        posterior predictive draws as a DataArray (chain, draw, obs). ``groups`` as for likelihood fits."""
+        from ..results.prediction import predict_bayes
+
+        return predict_bayes(self, newdata, groups, kind, level, random_seed)
+
+    def posterior_predictive(self, random_seed: int | None = None) -> xr.DataTree:
+        """Add replicated data (group ``posterior_predictive``) and ``observed_data`` to ``posterior``, for
+        ArviZ's predictive checks (``az.plot_ppc_dist(fit.posterior_predictive())``)."""
+        from .predictive_data import posterior_predictive
+
+        return posterior_predictive(self, random_seed)
+
+    def log_likelihood(self, kind: str = "conditional", factor: str | None = None) -> xr.DataTree:
+        """Add the pointwise log-likelihood (group ``log_likelihood``) to ``posterior`` for ``az.loo`` /
+        ``az.compare``: per observation (``"conditional"``) or per group with its effects integrated out
+        (``"marginal"``, leave-one-group-out; see :mod:`bayeshlm.bayes.predictive_data`)."""
+        from .predictive_data import log_likelihood
+
+        return log_likelihood(self, kind, factor)
+
     # --- text ------------------------------------------------------------------------------------
     def summary(self) -> str:
         """Plain-text report: model, sampler, priors, diagnostics, fixed effects, variance components."""

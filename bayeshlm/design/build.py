@@ -19,7 +19,7 @@ from ..errors import DataError, FormulaError, OptionError, closest_names, descri
 from ..spec import ModelSpec
 from ..spec.expressions import FORMULAIC_CONTEXT, check_spec
 from ..spec.model_spec import INTERCEPT, RandomTerm, Term, term_name
-from .design import Design, DroppedRows, GroupingFactor, ResidualDesign, nesting_chain
+from .design import ColumnCoding, Design, DroppedRows, GroupingFactor, ResidualDesign, nesting_chain
 from .identify import check_identifiable
 
 MISSING_OPTIONS = ("drop", "raise")
@@ -50,13 +50,17 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") 
     y = _outcome(frame, spec.outcome)
     group_codes = {r.group: _group_codes(frame, r) for r in spec.random}
     _check_within_group_variation(y, spec, group_codes)
-    frame = _apply_centering(frame, spec, group_codes)
+    grand_means: dict[str, float] = {}
+    frame = _apply_centering(frame, spec, group_codes, grand_means)
     _check_centering_targets(spec)
     numbers = float_predictors(frame, spec)  # what formulaic reads; ``frame`` keeps the labels of categories
 
-    X, fixed_names, fixed_terms = _fixed_matrix(spec, numbers)
+    formulaic_specs: dict = {}  # "fixed" and each factor's name -> formulaic's model spec (its column coding)
+    X, fixed_names, fixed_terms = _fixed_matrix(spec, numbers, formulaic_specs)
     R_fixed = _check_fixed_matrix(X, fixed_names)
-    factors = tuple(_grouping_factor(spec, group, group_codes[group], numbers) for group in spec.groups)
+    factors = tuple(_grouping_factor(spec, group, group_codes[group], numbers, formulaic_specs)
+                    for group in spec.groups)
+    coding = ColumnCoding(fixed=formulaic_specs.pop("fixed"), random=formulaic_specs, grand_means=grand_means)
     known = _known_variance(spec, frame, y)
     nesting = _nesting(factors)
     term_levels = _term_levels(spec, frame, factors, nesting)
@@ -65,7 +69,7 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") 
     design = Design(
         spec=spec, y=y, X=X, fixed_names=fixed_names, fixed_terms=fixed_terms, factors=factors,
         known_variance=known, row_labels=frame.index, dropped=dropped, nesting=nesting, term_levels=term_levels,
-        residual=residual,
+        residual=residual, coding=coding,
     )
     check_identifiable(design, R_fixed)
     return design
@@ -295,7 +299,8 @@ def _natural_order(labels: np.ndarray) -> np.ndarray:
     return np.argsort(labels.astype(str), kind="stable")
 
 
-def _grouping_factor(spec: ModelSpec, group: str, codes_levels, frame: pd.DataFrame) -> GroupingFactor:
+def _grouping_factor(spec: ModelSpec, group: str, codes_levels, frame: pd.DataFrame,
+                     formulaic_specs: dict | None = None) -> GroupingFactor:
     codes, levels = codes_levels
     terms: list[Term] = []
     blocks: list[tuple[Term, ...]] = []
@@ -306,7 +311,9 @@ def _grouping_factor(spec: ModelSpec, group: str, codes_levels, frame: pd.DataFr
                 raise FormulaError(f"The random term {term_name(repeated[0])!r} appears twice for {group!r}.")
             terms += r.terms
             blocks.append(r.terms)
-    Z, names, _ = _model_matrix(terms, frame, f"random effects for {group!r}")
+    Z, names, _, coding = _model_matrix(terms, frame, f"random effects for {group!r}")
+    if formulaic_specs is not None:
+        formulaic_specs[group] = coding
     columns_of = _columns_of_terms(terms, names)
     block_columns = tuple(tuple(i for t in block for i in columns_of[t]) for block in blocks)
     return GroupingFactor(name=group, codes=codes, levels=levels, Z=Z, coef_names=names, blocks=block_columns)
@@ -330,7 +337,8 @@ def _is_nested(inner: np.ndarray, outer: np.ndarray, n_inner: int) -> bool:
 
 # --- centering --------------------------------------------------------------------------------------
 
-def _apply_centering(frame: pd.DataFrame, spec: ModelSpec, group_codes) -> pd.DataFrame:
+def _apply_centering(frame: pd.DataFrame, spec: ModelSpec, group_codes, grand_means: dict) -> pd.DataFrame:
+    """Centre the columns ``spec.centering`` names; records each grand mean used in ``grand_means``."""
     if not spec.centering and not spec.group_means:
         return frame
     frame = frame.copy()
@@ -347,7 +355,8 @@ def _apply_centering(frame: pd.DataFrame, spec: ModelSpec, group_codes) -> pd.Da
                                 "Centre it on the grand mean ('grand') or leave it uncentred.")
             frame[c.column] = values - values.groupby(codes).transform("mean").to_numpy()
         else:
-            frame[c.column] = values - _grand_mean(values, group_codes)
+            grand_means[c.column] = _grand_mean(values, group_codes)
+            frame[c.column] = values - grand_means[c.column]
     return frame
 
 
@@ -400,7 +409,7 @@ def _model_matrix(terms: list[Term], frame: pd.DataFrame, what: str):
         raise DataError(f"The {what} column {column!r} is infinite in {rows} of the analysed rows: its expression "
                         "overflows. Rescale the variable inside the expression "
                         "(e.g. exp(x / 1000)) or add the transformed column to the data.")
-    return values, names, slices
+    return values, names, slices, matrix.model_spec
 
 
 def _columns_of_terms(terms: list[Term], names: tuple[str, ...]) -> dict[Term, list[int]]:
@@ -420,16 +429,18 @@ def _same_term(column: str, term: Term) -> bool:
     return len(parts) == len(term) and all(p == f or p.startswith(f + "[") for p, f in zip(parts, term))
 
 
-def _fixed_matrix(spec: ModelSpec, frame: pd.DataFrame):
+def _fixed_matrix(spec: ModelSpec, frame: pd.DataFrame, formulaic_specs: dict | None = None):
     if not spec.fixed:
         raise FormulaError("The model has no fixed effects; write at least '1' (an intercept) on the right of '~'.")
-    X, names, slices = _model_matrix(list(spec.fixed), frame, "fixed effects")
+    X, names, slices, coding = _model_matrix(list(spec.fixed), frame, "fixed effects")
     term_of_column: list[tuple[str, ...]] = [()] * len(names)
     by_key = {frozenset(t): t for t in spec.fixed}
     for label, cols in slices.items():
         key = frozenset() if label == "1" else frozenset(label.split(":"))
         for i in range(cols.start, cols.stop):
             term_of_column[i] = by_key.get(key, tuple(label.split(":")))
+    if formulaic_specs is not None:
+        formulaic_specs["fixed"] = coding
     return X, names, tuple(term_of_column)
 
 
@@ -518,7 +529,7 @@ def _residual_design(spec: ModelSpec, frame: pd.DataFrame, factors, nesting, *,
             raise DataError(f"level1_variance={r.variance_by!r}: the column takes one value ({strata_levels[0]!r}) "
                             "among the analysed rows, so there is only one level-1 variance. Drop the option.")
     if r.variance_formula:
-        matrix, names, _ = _model_matrix([(r.variance_formula,)], frame, "log-linear level-1 variance model")
+        matrix, names, _, _ = _model_matrix([(r.variance_formula,)], frame, "log-linear level-1 variance model")
         keep = [i for i, n in enumerate(names) if n != "(Intercept)"]
         C, C_names = matrix[:, keep], tuple(names[i] for i in keep)
         constant = [n for n, col in zip(C_names, C.T) if np.ptp(col) == 0]

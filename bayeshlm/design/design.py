@@ -133,6 +133,17 @@ class ResidualDesign:
 
 
 @dataclass(frozen=True, eq=False)
+class ColumnCoding:
+    """How the fit turned data columns into X and each factor's Z, kept so predictions for new data code their
+    columns the same way: formulaic's model specs (categorical levels and contrasts included) and the grand
+    means of the columns centred on them."""
+
+    fixed: object  # formulaic ModelSpec of X
+    random: dict[str, object]  # factor name -> formulaic ModelSpec of its Z
+    grand_means: dict[str, float]  # column -> the mean it was centred on
+
+
+@dataclass(frozen=True, eq=False)
 class Design:
     """Outcome, fixed-effects matrix and grouping factors of one model, ready for either engine."""
 
@@ -148,6 +159,7 @@ class Design:
     nesting: dict[str, str | None]  # factor -> the factor it is nested in (None: top level / crossed)
     term_levels: dict[str, int] = field(default_factory=dict)  # formula factor -> level it varies at
     residual: ResidualDesign | None = None  # level-1 error structure (None: independent, one sigma^2)
+    coding: ColumnCoding | None = field(default=None, repr=False)  # None: built from aggregates or loaded from a file
     _cache: dict = field(default_factory=dict, init=False, repr=False)  # sufficient statistics, once per chain
 
     @property

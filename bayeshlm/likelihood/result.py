@@ -278,6 +278,18 @@ class LikelihoodFit(FitResult):
         frame.index = f.levels
         return frame
 
+    def predict(self, newdata: pd.DataFrame | None = None, groups: str = "conditional", kind: str = "mean",
+                level: float = 0.95) -> pd.DataFrame:
+        """Predictions for ``newdata`` (default: the fitted rows), as lme4's ``predict``: ``groups="conditional"``
+        uses each known group's EB effects (a group absent from the fit gets the population part, as
+        ``allow.new.levels=TRUE``), ``"population"`` the fixed part only (``re.form=NA``). ``kind="mean"``: the
+        expected outcome with a confidence interval; ``"interval"``: a prediction interval for a new observation.
+        Columns estimate, se, lower, upper, new_groups. Formulas and approximations:
+        :mod:`bayeshlm.results.prediction`."""
+        from ..results.prediction import predict_likelihood
+
+        return predict_likelihood(self, newdata, groups, kind, level)
+
     def ols_group_estimates(self, factor: str | None = None) -> pd.DataFrame:
         """Per-group (weighted) OLS of the outcome on the factor's random-effect columns (R&B 2002, eq. 3.39).
 

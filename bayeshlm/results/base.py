@@ -123,6 +123,19 @@ class FitResult(ABC):
         total = float(self.sigma2) + sum(float(t.iloc[0, 0]) for t in self.tau.values())
         return sum(float(self.tau[f].iloc[0, 0]) for f in shared) / total
 
+    # --- fitted values and residuals (:mod:`bayeshlm.results.prediction`) --------------------------
+    def fitted(self) -> pd.Series:
+        """Fitted values x'gamma + z'u of the analysed rows, each group at its estimated effects (lme4 ``fitted``;
+        the posterior mean for Bayes): ``predict(None, "conditional", "mean")["estimate"]``."""
+        return self.predict(None, "conditional", "mean")["estimate"].rename("fitted")
+
+    def residuals(self, level: int = 1, factor: str | None = None):
+        """``level=1``: y - fitted per analysed row; ``level=2``: the groups' estimated effects u_j of ``factor``
+        (R&B's empirical-Bayes residuals; posterior means for Bayes)."""
+        from .prediction import residuals
+
+        return residuals(self, level, factor)
+
     def save(self, path):
         """Write this fit to a netCDF file; read it back with :func:`bayeshlm.load_fit` (see
         :mod:`bayeshlm.results.storage` for what is stored). Returns the path."""

@@ -1,0 +1,139 @@
+"""Posterior predictive draws of the data and pointwise log-likelihoods of a Gaussian Bayesian fit, added to its
+DataTree so ArviZ's checks and cross-validation work on it (``az.plot_ppc_dist``, ``az.loo``, ``az.compare``).
+
+The sampler integrates the group effects out (a Potential on sufficient statistics), so PyMC has no per-row
+likelihood to replay; instead the draws are computed here from the posterior, whose group effects u were drawn
+from their exact conditional posterior given (gamma, T, sigma^2) (:func:`bayeshlm.bayes.marginal.draw_group_effects`):
+
+- predictive: y_rep,i = x_i'gamma + z_i'u_j + e_i, e_i ~ N(0, sigma^2), per draw;
+- conditional log-likelihood: log N(y_i | x_i'gamma + z_i'u_j, sigma^2) per draw and row;
+- marginal log-likelihood: log N(y_j | X_j gamma, Z_j T Z_j' + sigma^2 I) per draw and group, the group's data
+  with its effects integrated out.
+
+Why the marginal one for hierarchical models: leaving one row out while keeping that row's group effect u_j
+(drawn using the row itself) asks how well the model predicts another observation of a group it knows, and
+the importance weights of PSIS-LOO are unstable when each u_j rests on few rows (large Pareto k). Leaving
+a whole group out asks how well it predicts a new group -- the question a multilevel model exists to answer --
+and the integrated likelihood has no u_j to be refitted, so the weights are far better behaved.
+The marginal density uses the determinant lemma and Woodbury's identity on the per-group sufficient
+statistics: with M = I + L'Z_j'Z_j L / sigma^2 (T = LL'),
+log|V_j| = n_j log sigma^2 + log|M| and r'V_j^{-1}r = r'r/sigma^2 - v'M^{-1}v, v = L'Z_j'r / sigma^2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from ..design.design import group_sums
+from ..errors import OptionError, closest_names
+from ..results.prediction import (
+    covariance_cholesky,
+    level1_sd_draws,
+    linear_predictor_draws,
+    prediction_rows,
+    seeded_rng,
+)
+
+LOG_LIKELIHOOD_KINDS = ("conditional", "marginal")
+
+
+def _check_gaussian_rows(fit, what: str) -> None:
+    if not fit.design.rows_available:
+        raise OptionError(f"{what} needs the data's rows; this model was built from aggregates (a Dask DataFrame). "
+                          "Build the model from a pandas DataFrame.")
+    if fit.design.residual is not None:
+        raise OptionError(f"{what} for a model with level-1 errors '{fit.design.residual.structure.describe()}' is not "
+                          "implemented yet; it covers independent level-1 errors (one sigma^2, or known variances).")
+
+
+def _observed(fit) -> xr.Dataset:
+    name = fit.design.outcome_name
+    return xr.Dataset({name: ("obs", fit.design.y)}, coords={"obs": np.arange(fit.design.n_obs)})
+
+
+def posterior_predictive(fit, random_seed=None) -> xr.DataTree:
+    """Add ``posterior_predictive`` (the outcome's replicates, dims chain, draw, obs) and ``observed_data`` to
+    ``fit.posterior`` and return it."""
+    _check_gaussian_rows(fit, "Posterior predictive draws")
+    rows = prediction_rows(fit.design, None)
+    rng = seeded_rng(fit, random_seed, 4)
+    eta = linear_predictor_draws(fit, rows, "conditional", new_effects=False, rng=rng)
+    y_rep = eta + level1_sd_draws(fit, None) * rng.standard_normal(eta.shape)
+    beta = fit.draws("beta")
+    replicates = xr.Dataset({fit.design.outcome_name: (("chain", "draw", "obs"), y_rep)},
+                            coords={"chain": beta.chain.values, "draw": beta.draw.values,
+                                    "obs": np.arange(fit.design.n_obs)})
+    fit.posterior["posterior_predictive"] = xr.DataTree(replicates)
+    fit.posterior["observed_data"] = xr.DataTree(_observed(fit))
+    return fit.posterior
+
+
+def log_likelihood(fit, kind: str = "conditional", factor: str | None = None) -> xr.DataTree:
+    """Add a ``log_likelihood`` group (the outcome's pointwise log-likelihood per draw; replaced if present) and
+    ``observed_data`` to ``fit.posterior`` and return it. ``kind="conditional"``: per row, dim ``obs``;
+    ``kind="marginal"``: per group of ``factor`` (the model's only grouping factor), dim named after it."""
+    if kind not in LOG_LIKELIHOOD_KINDS:
+        raise OptionError(f"kind={kind!r} is not an option.{closest_names(str(kind), LOG_LIKELIHOOD_KINDS)} Use "
+                          "'conditional' (per observation, given the drawn group effects) or 'marginal' (per group, "
+                          "its effects integrated out: leave-one-group-out cross-validation).")
+    _check_gaussian_rows(fit, "The pointwise log-likelihood")
+    beta = fit.draws("beta")
+    coords = {"chain": beta.chain.values, "draw": beta.draw.values}
+    name = fit.design.outcome_name
+    if kind == "conditional":
+        if factor is not None:
+            raise OptionError("factor= applies to kind='marginal' (the groups to leave out).")
+        rows = prediction_rows(fit.design, None)
+        eta = linear_predictor_draws(fit, rows, "conditional", new_effects=False, rng=np.random.default_rng(0))
+        sd = level1_sd_draws(fit, None)
+        values = -0.5 * np.log(2 * np.pi) - np.log(sd) - 0.5 * ((fit.design.y - eta) / sd) ** 2
+        data = xr.Dataset({name: (("chain", "draw", "obs"), values)}, coords=coords | {"obs": np.arange(rows.n)})
+    else:
+        group, values = _marginal_by_group(fit, factor)
+        data = xr.Dataset({name: (("chain", "draw", group.name), values)},
+                          coords=coords | {group.name: [str(v) for v in group.levels]})
+    fit.posterior["log_likelihood"] = xr.DataTree(data)
+    fit.posterior["observed_data"] = xr.DataTree(_observed(fit))
+    return fit.posterior
+
+
+def _marginal_by_group(fit, factor: str | None):
+    """(factor, (chain, draw, J) array) of log N(y_j | X_j gamma, Z_j T Z_j' + R_j) (module docstring)."""
+    design = fit.design
+    if len(design.factors) != 1:
+        raise OptionError(f"kind='marginal' integrates out one grouping factor's effects; this model has "
+                          f"{len(design.factors)} ({', '.join(design.factor_names)}), whose effects are shared "
+                          "across groups of each other. Use kind='conditional'.")
+    f = design.factor(fit._factor_name(factor))
+    known = design.known_variance
+    w = np.ones(design.n_obs) if known is None else 1.0 / known  # the rows' precision weights (times 1/sigma^2)
+    Zw, Xw = f.Z * w[:, None], design.X * w[:, None]
+    J = f.n_groups
+    ZtZ, ZtX = group_sums(f.codes, Zw, f.Z, J), group_sums(f.codes, Zw, design.X, J)
+    Zty = group_sums(f.codes, Zw, design.y[:, None], J)[..., 0]
+    XtX = group_sums(f.codes, Xw, design.X, J)
+    Xty = group_sums(f.codes, Xw, design.y[:, None], J)[..., 0]
+    yty = np.bincount(f.codes, weights=w * design.y ** 2, minlength=J)
+    n = f.group_sizes
+    log_det_R = np.zeros(J) if known is None else np.bincount(f.codes, weights=np.log(known), minlength=J)
+
+    beta = fit.draws("beta").transpose("chain", "draw", "fixed").values
+    shape = beta.shape[:2]
+    beta = beta.reshape(-1, beta.shape[-1])
+    if known is None:
+        c = 1.0 / (fit.draws("sigma").transpose("chain", "draw").values.reshape(-1) ** 2)  # 1 / sigma^2 per draw
+    else:
+        c = np.ones(len(beta))
+    L = covariance_cholesky(fit, f.name).reshape(len(beta), f.n_coef, f.n_coef)
+    rr = c[:, None] * (yty - 2 * np.einsum("sp,jp->sj", beta, Xty) + np.einsum("sp,jpr,sr->sj", beta, XtX, beta))
+    Ztr = c[:, None, None] * (Zty[None] - np.einsum("jqp,sp->sjq", ZtX, beta))
+    v = np.einsum("sqr,sjq->sjr", L, Ztr)  # L'Z'r / sigma^2
+    M = np.eye(f.n_coef) + c[:, None, None, None] * np.einsum("sqa,jqr,srb->sjab", L, ZtZ, L)
+    C = np.linalg.cholesky(M)
+    solved = np.linalg.solve(C, v[..., None])[..., 0]
+    log_det_M = 2 * np.log(np.diagonal(C, axis1=-2, axis2=-1)).sum(-1)
+    log_det_V = log_det_R[None] - n[None] * np.log(c)[:, None] + log_det_M
+    quad = rr - (solved ** 2).sum(-1)
+    values = -0.5 * (n[None] * np.log(2 * np.pi) + log_det_V + quad)
+    return f, values.reshape(*shape, J)

@@ -1,0 +1,309 @@
+"""Predictions, fitted values and residuals for Gaussian models, both engines (``fit.predict``, ``fit.fitted``,
+``fit.residuals``).
+
+The linear predictor of row i is x_i' gamma + sum_f z_fi' u_f[j_f(i)] (R&B 2002, eq. 2.22 in combined form).
+For new data, X and each factor's Z are built with the fit's own column coding (formulaic's model specs kept
+in :class:`~bayeshlm.design.design.ColumnCoding`: categorical levels, contrasts, the grand means centred on).
+Each grouping factor is matched on its own: a row's group is *known* when its label is among the fitted groups,
+else *new*; a new group has no estimated effect, so it gets the population part (u = 0), and for prediction
+intervals and predictive draws its effect varies as N(0, T) -- as lme4's ``allow.new.levels=TRUE`` and
+brms' ``sample_new_levels="gaussian"``.
+
+Likelihood fits (REML/ML), after lme4's ``predict``: ``kind="mean"`` gives x'gamma + z'u with the standard error
+sqrt(x' V_gamma x + sum_f z_f' C_fj z_f), V_gamma = vcov(gamma) and C_fj the conditional covariance of group
+j's effects (lme4's ``condVar``). This is an approximation, as lme4's: it ignores the uncertainty in the
+variance parameters and the covariance of gamma-hat with u-hat. ``kind="interval"``: the prediction
+interval for a new observation, which adds sigma^2 and, for a new group, z' T z. Intervals use normal quantiles.
+
+Bayesian fits: one linear predictor per posterior draw (known groups from their posterior draws of u);
+``kind="mean"`` summarises it (posterior mean, SD, equal-tailed interval; a new group at u = 0);
+``kind="interval"`` and ``kind="draws"`` add a new group's effect drawn from N(0, T_draw) (one draw per new
+group label, shared by its rows) and the level-1 error N(0, sigma_draw^2).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from formulaic.errors import DataMismatchWarning, FormulaicError
+from scipy import stats
+
+from ..design.build import _factor_variables, float_predictors, group_labels
+from ..errors import DataError, OptionError, closest_names, describe_rows
+
+KINDS = ("mean", "interval", "draws")
+GROUPS = ("conditional", "population")
+
+
+@dataclass(frozen=True)
+class PredictionRows:
+    """The rows to predict: X (m, p), each factor's Z (m, q) and group codes (m,) into the fitted groups
+    (-1: a group the fit did not see), the new groups' labels, and the rows' index labels."""
+
+    X: np.ndarray
+    Z: dict[str, np.ndarray]
+    codes: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    index: pd.Index
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    def new_groups(self) -> np.ndarray:
+        """Per row, the factors whose group is new, as text ('' when every group is known)."""
+        names = [np.where(codes < 0, name, "") for name, codes in self.codes.items()]
+        return np.array([", ".join(n for n in row if n) for row in zip(*names)], dtype=object) if names else \
+            np.full(self.n, "", dtype=object)
+
+
+def check_options(groups: str, kind: str, level: float) -> None:
+    if groups not in GROUPS:
+        raise OptionError(f"groups={groups!r} is not an option.{closest_names(str(groups), GROUPS)} Use "
+                          "'conditional' (each known group's own effects; new groups get the population part) "
+                          "or 'population' (every group treated as new: the fixed part only).")
+    if kind not in KINDS:
+        raise OptionError(f"kind={kind!r} is not an option.{closest_names(str(kind), KINDS)} Use 'mean' (the "
+                          "expected outcome with its interval), 'interval' (a prediction interval for a new "
+                          "observation) or 'draws' (posterior predictive draws; Bayesian fits).")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise OptionError(f"level={level!r}: give the interval's coverage as a number between 0 and 1, "
+                          "e.g. level=0.95.")
+
+
+def prediction_rows(design, newdata: pd.DataFrame | None) -> PredictionRows:
+    """X, Z and group codes of the fitted rows (``newdata=None``) or of ``newdata``, coded as the fit was."""
+    if not design.rows_available:
+        raise OptionError("This model was built from aggregates (a Dask DataFrame), which keep no rows: there are "
+                          "no fitted values, residuals or per-row predictions to compute. Build the model from a "
+                          "pandas DataFrame to predict.")
+    if newdata is None:
+        labels = {f.name: np.asarray(f.levels)[f.codes] for f in design.factors}
+        return PredictionRows(X=design.X, Z={f.name: f.Z for f in design.factors},
+                              codes={f.name: f.codes for f in design.factors}, labels=labels,
+                              index=design.row_labels)
+    return _new_rows(design, newdata)
+
+
+def _new_rows(design, newdata) -> PredictionRows:
+    spec, coding = design.spec, design.coding
+    if coding is None:
+        raise OptionError("This fit keeps the numbers of its design but not how its columns were coded (it was "
+                          "loaded from a file, or built from aggregates), so it cannot code new data. Rebuild the "
+                          "model with bayeshlm.HLM and refit to predict for new data; fit.predict() without "
+                          "newdata predicts the fitted rows.")
+    if not isinstance(newdata, pd.DataFrame):
+        raise DataError(f"newdata must be a pandas DataFrame; got {type(newdata).__name__}.")
+    if len(newdata) == 0:
+        raise DataError("newdata is empty (0 rows): there is nothing to predict.")
+    if spec.group_means or any(c.how == "group" for c in spec.centering):
+        raise OptionError("This model centres columns on their group means (center='group' or group_means), which "
+                          "new data cannot reproduce without their groups' other rows. Compute the centred and "
+                          "group-mean columns in the data before fitting; then predict with those columns.")
+    variables = set()
+    for term in spec.fixed + tuple(t for r in spec.random for t in r.terms):
+        for factor in term:
+            variables |= _factor_variables(factor)
+    variables |= {c for r in spec.random for c in r.group_columns}
+    absent = sorted(v for v in variables if v not in newdata.columns)
+    if absent:
+        hints = " ".join(f"{name!r} is missing.{closest_names(name, newdata.columns)}" for name in absent)
+        raise DataError(f"newdata lacks columns the model uses: {hints} newdata has columns: "
+                        f"{', '.join(map(str, newdata.columns))}.")
+    used = sorted(variables)
+    missing = newdata[used].isna()
+    if missing.any(axis=None):
+        rows = np.flatnonzero(missing.any(axis=1).to_numpy())
+        columns = [c for c in used if missing[c].any()]
+        raise DataError(f"newdata has missing values in {', '.join(map(repr, columns))} ({describe_rows(rows)}, "
+                        "0-based positions): a prediction needs every predictor and group label. Fill them in or "
+                        "drop those rows.")
+    frame = newdata.copy()
+    for column, mean in coding.grand_means.items():
+        frame[column] = frame[column].astype(float) - mean
+    numbers = float_predictors(frame, spec)
+    X = _coded_matrix(coding.fixed, numbers, design.fixed_names, "fixed effects")
+    Z, codes, labels = {}, {}, {}
+    for f in design.factors:
+        term = next(r for r in spec.random if r.group == f.name)
+        Z[f.name] = _coded_matrix(coding.random[f.name], numbers, f.coef_names, f"random effects for {f.name!r}")
+        labels[f.name] = group_labels(frame, term).astype(str).to_numpy()
+        codes[f.name] = f.levels.get_indexer(labels[f.name])
+    return PredictionRows(X=X, Z=Z, codes=codes, labels=labels, index=newdata.index)
+
+
+def _coded_matrix(model_spec, numbers: pd.DataFrame, names, what: str) -> np.ndarray:
+    """The model matrix of ``numbers`` by a fitted model spec; a category the fit did not see is refused (formulaic
+    would code it as zeros with a warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataMismatchWarning)
+        try:
+            matrix = model_spec.get_model_matrix(numbers, na_action="raise")
+        except DataMismatchWarning:
+            raise DataError(_unseen_levels(model_spec, numbers, what)) from None
+        except (FormulaicError, ValueError, TypeError, NameError) as err:
+            raise DataError(f"Cannot build the {what} for newdata: {str(err).splitlines()[0]}") from None
+    values = matrix.to_numpy(dtype=float)
+    if values.shape[1] != len(names):  # a safeguard: the fitted spec always gives the fitted columns
+        raise DataError(f"newdata gives {values.shape[1]} columns for the {what}; the fit has {len(names)}.")
+    return values
+
+
+def _unseen_levels(model_spec, numbers: pd.DataFrame, what: str) -> str:
+    problems = []
+    for factor, (_, state) in model_spec.encoder_state.items():
+        categories = state.get("categories") if isinstance(state, dict) else None
+        if categories is None:
+            continue
+        for column in sorted(_factor_variables(factor) & set(numbers.columns)):
+            unseen = sorted({str(v) for v in numbers[column].unique() if v not in set(categories)})
+            if unseen:
+                problems.append(f"column {column!r} ({factor}) has {', '.join(map(repr, unseen))}, not among the "
+                                f"fitted categories {', '.join(map(repr, map(str, categories)))}")
+    detail = "; ".join(problems) or "a categorical predictor has a category the fit did not see"
+    return (f"newdata cannot be coded like the fitted data ({what}): {detail}. The model has no coefficient for an "
+            "unseen category; predict only rows whose categories were in the fitted data.")
+
+
+# --- likelihood fits -----------------------------------------------------------------------------------
+
+def predict_likelihood(fit, newdata, groups: str, kind: str, level: float) -> pd.DataFrame:
+    """lme4-style predictions of a REML / ML fit (see the module docstring for the formulas)."""
+    check_options(groups, kind, level)
+    if kind == "draws":
+        raise OptionError("kind='draws' gives posterior predictive draws, which a likelihood fit does not have; use "
+                          "kind='interval' for a prediction interval, or fit with method='bayes'.")
+    rows = prediction_rows(fit.design, newdata)
+    gamma = fit.fixed_effects["estimate"].to_numpy()
+    estimate = rows.X @ gamma
+    variance = np.einsum("np,pr,nr->n", rows.X, fit.vcov.to_numpy(), rows.X)
+    for f in fit.design.factors:
+        codes, Z = rows.codes[f.name], rows.Z[f.name]
+        known = (codes >= 0) if groups == "conditional" else np.zeros(rows.n, dtype=bool)
+        if known.any():
+            effects = fit.random_effects(f.name)
+            estimate[known] += np.einsum("nq,nq->n", Z[known], effects.modes.to_numpy()[codes[known]])
+            variance[known] += np.einsum("nq,nqr,nr->n", Z[known], effects.condvar[codes[known]], Z[known])
+        if kind == "interval":
+            T = fit.tau[f.name].to_numpy()
+            variance[~known] += np.einsum("nq,qr,nr->n", Z[~known], T, Z[~known])
+    if kind == "interval":
+        variance = variance + _level1_variance(fit, newdata)
+    return _table(rows, estimate, np.sqrt(variance), level)
+
+
+def _level1_variance(fit, newdata) -> np.ndarray | float:
+    design = fit.design
+    if design.residual is not None:
+        raise OptionError(f"kind='interval' for a model with level-1 errors '{design.residual.structure.describe()}' "
+                          "is not implemented yet: the interval needs each new row's error variance. kind='mean' "
+                          "works.")
+    if design.known_variance is not None:
+        if newdata is not None:
+            raise OptionError("kind='interval' with newdata for a model with known level-1 variances: the new rows' "
+                              "sampling variances are unknown. Use kind='mean'.")
+        return design.known_variance
+    return fit.sigma2
+
+
+def _table(rows: PredictionRows, estimate, se, level: float) -> pd.DataFrame:
+    z = stats.norm.ppf(0.5 + level / 2)
+    return pd.DataFrame({"estimate": estimate, "se": se, "lower": estimate - z * se, "upper": estimate + z * se,
+                         "new_groups": rows.new_groups()}, index=rows.index)
+
+
+# --- Bayesian fits -------------------------------------------------------------------------------------
+
+def linear_predictor_draws(fit, rows: PredictionRows, groups: str, new_effects: bool,
+                           rng: np.random.Generator) -> np.ndarray:
+    """(chain, draw, m) draws of x'gamma + sum_f z_f'u_f: known groups from the posterior draws of u; new groups
+    at u = 0, or (``new_effects``) with u drawn from N(0, T) per posterior draw and new group label."""
+    beta = fit.draws("beta").transpose("chain", "draw", "fixed").values
+    eta = np.einsum("cdp,np->cdn", beta, rows.X)
+    for f in fit.design.factors:
+        codes, Z = rows.codes[f.name], rows.Z[f.name]
+        known = (codes >= 0) if groups == "conditional" else np.zeros(rows.n, dtype=bool)
+        if known.any():
+            u = fit.draws(f"u_{f.name}").transpose("chain", "draw", f.name, f"{f.name}__coef").values
+            eta[..., known] += np.einsum("cdnq,nq->cdn", u[:, :, codes[known]], Z[known])
+        if new_effects and not known.all():
+            labels, which = np.unique(rows.labels[f.name][~known], return_inverse=True)
+            L = covariance_cholesky(fit, f.name)
+            noise = rng.standard_normal((*L.shape[:2], len(labels), L.shape[-1]))
+            u_new = np.einsum("cdqr,cdjr->cdjq", L, noise)
+            eta[..., ~known] += np.einsum("cdnq,nq->cdn", u_new[:, :, which], Z[~known])
+    return eta
+
+
+def covariance_cholesky(fit, name: str) -> np.ndarray:
+    """(chain, draw, q, q) lower Cholesky factors of the posterior draws of T_<name> (user units)."""
+    T = fit.draws(f"T_{name}").values
+    jitter = 1e-12 * np.trace(T, axis1=-2, axis2=-1)[..., None, None] * np.eye(T.shape[-1])
+    return np.linalg.cholesky(T + jitter)
+
+
+def level1_sd_draws(fit, newdata) -> np.ndarray:
+    """(chain, draw, 1) or (chain, draw, m) draws of the level-1 SD of each row (independent errors only)."""
+    design = fit.design
+    if design.residual is not None:
+        raise OptionError(f"Predictive draws for a model with level-1 errors '{design.residual.structure.describe()}' "
+                          "are not implemented yet (each row's error variance and correlation would be needed); "
+                          "kind='mean' works.")
+    if design.known_variance is not None:
+        if newdata is not None:
+            raise OptionError("Predictive draws with newdata for a model with known level-1 variances: the new rows' "
+                              "sampling variances are unknown. Use kind='mean'.")
+        return np.sqrt(design.known_variance)[None, None, :]
+    return fit.draws("sigma").transpose("chain", "draw").values[..., None]
+
+
+def seeded_rng(fit, random_seed, stream: int) -> np.random.Generator:
+    """``random_seed`` if given, else the fit's sampler seed with a stream number of its own (reproducible)."""
+    if random_seed is not None:
+        return np.random.default_rng(random_seed)
+    seed = (getattr(fit, "sampler", None) or {}).get("seed")
+    return np.random.default_rng(None if seed is None else [int(seed), stream])
+
+
+def predict_bayes(fit, newdata, groups: str, kind: str, level: float, random_seed=None):
+    """Posterior summaries or draws of predictions of a Bayesian fit (see the module docstring)."""
+    check_options(groups, kind, level)
+    rows = prediction_rows(fit.design, newdata)
+    rng = seeded_rng(fit, random_seed, 3)
+    eta = linear_predictor_draws(fit, rows, groups, new_effects=kind != "mean", rng=rng)
+    if kind != "mean":
+        eta = eta + level1_sd_draws(fit, newdata) * rng.standard_normal(eta.shape)
+    if kind == "draws":
+        beta = fit.draws("beta")
+        coords = {"chain": beta.chain.values, "draw": beta.draw.values, "obs": np.asarray(rows.index)}
+        return xr.DataArray(eta, dims=("chain", "draw", "obs"), name=fit.design.outcome_name, coords=coords)
+    flat = eta.reshape(-1, rows.n)
+    lower, upper = np.quantile(flat, [0.5 - level / 2, 0.5 + level / 2], axis=0)
+    return pd.DataFrame({"estimate": flat.mean(0), "se": flat.std(0, ddof=1), "lower": lower, "upper": upper,
+                         "new_groups": rows.new_groups()}, index=rows.index)
+
+
+# --- fitted values and residuals (both engines) ---------------------------------------------------------
+
+def residuals(fit, level: int = 1, factor: str | None = None):
+    """Level 1: y - fitted (a Series over the analysed rows). Level 2: each group's estimated effects u_j
+    (empirical Bayes modes for REML / ML, posterior means for Bayes; groups x coefficients of ``factor``)."""
+    if isinstance(level, bool) or level not in (1, 2):
+        raise OptionError(f"level={level!r}: use 1 (observation residuals y - fitted) or 2 (the groups' estimated "
+                          "effects u_j, R&B's empirical-Bayes residuals).")
+    if level == 2:
+        name = fit._factor_name(factor)
+        f = fit.design.factor(name)
+        if fit.method == "bayes":
+            u = fit.draws(f"u_{name}").mean(("chain", "draw")).transpose(name, f"{name}__coef").values
+        else:
+            u = fit.random_effects(name).modes.to_numpy()
+        return pd.DataFrame(u, index=f.levels, columns=list(f.coef_names))
+    if factor is not None:
+        raise OptionError("factor= applies to level=2 residuals (the group effects of one grouping factor).")
+    fitted = fit.fitted()
+    return pd.Series(fit.design.y - fitted.to_numpy(), index=fitted.index, name="residual")
