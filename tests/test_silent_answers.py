@@ -221,3 +221,15 @@ def test_noise_free_outcome_from_dask_input_is_refused_by_the_likelihood_engine(
     frame = pd.DataFrame({"y": 1 + 2 * x, "x": x, "g": np.repeat(np.arange(20), 10).astype(str)})
     with pytest.raises(bh.DataError, match=r"'y' is an exact function of the fixed effects .* level-1 variance is 0"):
         bh.HLM("y ~ x + (1 | g)", dd.from_pandas(frame, npartitions=2)).fit("reml")
+
+
+@pytest.mark.parametrize("formula", ["y ~ C(g) + (1 | g)", "y ~ C(g) + (x | g)"])
+def test_random_intercept_absorbed_by_group_dummies_is_refused_from_dask_input(formula):
+    """The per-group sums show the absorption as the rows do (was tau 1.79, the optimiser's start, from Dask)."""
+    dd = pytest.importorskip("dask.dataframe")
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=200)
+    frame = pd.DataFrame({"y": rng.normal(size=200) + x, "x": x, "g": np.repeat(np.arange(20), 10).astype(str)})
+    with pytest.raises(bh.FormulaError, match=r"random intercept of 'g' is absorbed by the fixed effects"):
+        bh.HLM(formula, dd.from_pandas(frame, npartitions=2))
+    bh.HLM("y ~ x + (1 | g)", dd.from_pandas(frame, npartitions=2))  # without the dummies: accepted

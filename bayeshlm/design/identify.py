@@ -104,30 +104,39 @@ def check_slopes_vary_within(factor: str, coef_names: tuple[str, ...], spread: n
 
 
 def _check_absorbed(design: Design, f: GroupingFactor, R_fixed: np.ndarray) -> None:
-    """Refuse a random coefficient whose column on every group's rows lies in the span of the fixed effects.
-
-    For v = Z_k on the rows of group j (0 elsewhere), the part of v outside the span of X has squared length
-    |v|^2 - |Q'v|^2 with Q'v = R^-T X'v (X = QR); X'v and |v|^2 are per-group sums over the rows. The J
-    columns of one coefficient are independent, so X needs at least J columns to absorb them.
-    """
     if design.n_fixed < f.n_groups:
         return
     XtZ = group_sums(f.codes, design.X, f.Z, f.n_groups)  # (J, p, q)
     ZtZ = np.stack([np.bincount(f.codes, weights=f.Z[:, k] ** 2, minlength=f.n_groups)
                     for k in range(f.n_coef)], axis=1)  # (J, q)
-    projected = np.linalg.solve(R_fixed.T, XtZ.transpose(1, 0, 2).reshape(design.n_fixed, -1))
-    inside = (projected ** 2).sum(axis=0).reshape(f.n_groups, f.n_coef)
+    check_absorbed(f.name, f.coef_names, XtZ, ZtZ, R_fixed)
+
+
+def check_absorbed(factor: str, coef_names: tuple[str, ...], XtZ: np.ndarray, ZtZ: np.ndarray,
+                   R_fixed: np.ndarray) -> None:
+    """Refuse a random coefficient whose column on every group's rows lies in the span of the fixed effects.
+
+    For v = Z_k on the rows of group j (0 elsewhere), the part of v outside the span of X has squared length
+    |v|^2 - |Q'v|^2 with Q'v = R^-T X'v (X = QR); X'v (``XtZ``, J x p x q) and |v|^2 (``ZtZ``, J x q) are
+    per-group sums over the rows, so per-group sufficient statistics (Dask input) suffice. The J columns of one
+    coefficient are independent, so X needs at least J columns to absorb them.
+    """
+    n_groups, p, q = XtZ.shape
+    if p < n_groups:
+        return
+    projected = np.linalg.solve(R_fixed.T, XtZ.transpose(1, 0, 2).reshape(p, -1))
+    inside = (projected ** 2).sum(axis=0).reshape(n_groups, q)
     present = ZtZ > 0
     left = np.where(present, ZtZ - inside, 0.0)
-    for k, name in enumerate(f.coef_names):
+    for k, name in enumerate(coef_names):
         if present[:, k].any() and np.all(left[present[:, k], k] <= ABSORBED_TOL * ZtZ[present[:, k], k]):
             what = "intercept" if name == "(Intercept)" else f"slope on {name!r}"
             raise FormulaError(
-                f"The random {what} of {f.name!r} is absorbed by the fixed effects: on the rows of every "
-                f"{f.name!r} group its column is a combination of fixed-effect columns (e.g. C({f.name}) dummies "
+                f"The random {what} of {factor!r} is absorbed by the fixed effects: on the rows of every "
+                f"{factor!r} group its column is a combination of fixed-effect columns (e.g. C({factor}) dummies "
                 f"or their interactions), so the fixed part takes each group's deviation and its variance cannot "
                 f"be estimated (a fit would report the optimiser's start value). Remove the group dummies from "
-                f"the fixed part to model the groups as random, or drop '(... | {f.name})' to keep them fixed.")
+                f"the fixed part to model the groups as random, or drop '(... | {factor})' to keep them fixed.")
 
 
 def _check_exact_fit(design: Design, f: GroupingFactor) -> None:

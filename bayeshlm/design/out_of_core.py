@@ -42,7 +42,7 @@ from .build import (
     r_factor,
 )
 from .design import ChainCrossproducts, ColumnSummary, group_sums
-from .identify import check_constant_random_columns, check_slopes_vary_within
+from .identify import check_absorbed, check_constant_random_columns, check_slopes_vary_within
 
 CODE = "__code"
 LEVEL2_TOL = 1e-9  # the relative spread below which a ratio X_c / Z_k counts as constant within groups
@@ -370,6 +370,21 @@ class _Layout:
                                  ((columns - mean) ** 2).sum(axis=0), columns.min(axis=0), columns.max(axis=0)])
         return pd.DataFrame(values[None, :], columns=self.whole_meta().columns)
 
+    def _check_absorbed(self, stats: list[np.ndarray], top: np.ndarray) -> None:
+        """Random coefficients taken over by the fixed effects (``y ~ C(g) + (1 | g)``), from the per-group sums."""
+        p = self.p
+        if p < min(len(self.levels[g]) for g in self.chain):
+            return  # too few fixed columns to absorb any factor's groups
+        try:
+            R_fixed = np.linalg.cholesky(top[:p, :p]).T
+        except np.linalg.LinAlgError:  # X'X too ill-conditioned to factor: its rank was checked already by QR
+            return
+        for level, g in enumerate(self.chain):
+            q = self.q[level]
+            S = stats[level]  # (J, q, width): Z_j'[Z_j ... X y]
+            diagonal = np.einsum("jkk->jk", S[:, :, :q])
+            check_absorbed(g, self.factors[g].coef_names, S[:, :, -p - 1:-1].transpose(0, 2, 1), diagonal, R_fixed)
+
     def whole_meta(self) -> pd.DataFrame:
         m = self.p + 1 + sum(self.q)
         count = 1 + (self.p + 1) ** 2 + self.p ** 2 + 4 * m
@@ -419,6 +434,7 @@ class _Layout:
         _check_level_predictors(spec, varying, self.levels)
         shifted = ChainCrossproducts(stats=stats, top=top, parents=parents)
         stats, top = self._unshift(shifted)
+        self._check_absorbed(stats, top)
         factors = tuple(AggregateFactor(name=g, levels=self.levels[g], sizes=sizes[g],
                                         coef_names=self.factors[g].coef_names, blocks=self.factors[g].blocks)
                         for g in spec.groups)
