@@ -233,3 +233,13 @@ def test_random_intercept_absorbed_by_group_dummies_is_refused_from_dask_input(f
     with pytest.raises(bh.FormulaError, match=r"random intercept of 'g' is absorbed by the fixed effects"):
         bh.HLM(formula, dd.from_pandas(frame, npartitions=2))
     bh.HLM("y ~ x + (1 | g)", dd.from_pandas(frame, npartitions=2))  # without the dummies: accepted
+
+
+def test_identical_groupings_from_dask_input_are_named_as_such():
+    """Two factors with the same groups were refused as 'crossed', which they are not."""
+    dd = pytest.importorskip("dask.dataframe")
+    rng = np.random.default_rng(2)
+    g = np.repeat(np.arange(20), 10).astype(str)
+    frame = pd.DataFrame({"y": rng.normal(size=200), "g": g, "g2": np.char.add(g, "b")})
+    with pytest.raises(bh.FormulaError, match=r"'g' and 'g2' put the rows in the same 20 groups"):
+        bh.HLM("y ~ 1 + (1 | g) + (1 | g2)", dd.from_pandas(frame, npartitions=2))

@@ -175,6 +175,13 @@ def _first_pass_aggregations(spec: ModelSpec) -> dict[str, list[str]]:
 def _nested_chain(groups, levels, nunique) -> tuple[list[str], dict[str, str | None]]:
     """Factors innermost first, each nested in the next (every group of the inner sits in one outer group; the
     next is the enclosing factor with most groups, as in the in-memory design)."""
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            if len(levels[a]) == len(levels[b]) and nunique[(a, b)] == 1 and nunique[(b, a)] == 1:
+                raise FormulaError(
+                    f"The grouping factors {a!r} and {b!r} put the rows in the same {len(levels[a])} groups: a "
+                    "variance shared by the two could be split between them in any proportion with the same fit. "
+                    "Keep only one of the two terms (in '(1 | g/g)' the inner factor repeats the outer one).")
     nesting: dict[str, str | None] = {}
     for inner in groups:
         outer = [b for b in groups if b != inner and len(levels[b]) < len(levels[inner]) and nunique[(inner, b)] == 1]
