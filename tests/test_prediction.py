@@ -1,0 +1,307 @@
+"""Predictions, fitted values, residuals, posterior predictive draws and pointwise log-likelihoods (issue 25).
+
+REML numbers are checked against lme4 (tests/reference/make_predict_reference.R, lme4_predict.json); Bayesian
+ones against the same formulas computed by hand from the posterior draws, and against dense brute force.
+"""
+
+import json
+import warnings
+from pathlib import Path
+
+import arviz as az
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import bayeshlm as bh
+from bayeshlm.errors import DataError, OptionError
+
+matplotlib.use("Agg")
+REFERENCE = json.loads((Path(__file__).parent / "reference" / "lme4_predict.json").read_text())
+MODELS = {"sleepstudy": ("Reaction ~ Days + (Days | Subject)", "sleepstudy"),
+          "hsb": ("mathach ~ ses + (ses | school)", "hsb")}
+
+
+@pytest.fixture(scope="module")
+def reml_fits():
+    return {key: bh.HLM(formula, bh.datasets.load(data)).fit("reml") for key, (formula, data) in MODELS.items()}
+
+
+@pytest.fixture(scope="module")
+def sleep_bayes():
+    model = bh.HLM("Reaction ~ Days + (Days | Subject)", bh.datasets.load("sleepstudy"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return model.fit("bayes", draws=60, tune=60, chains=2, random_seed=5)
+
+
+# --- REML against lme4 ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", sorted(MODELS))
+def test_predictions_match_lme4(reml_fits, key):
+    fit, ref = reml_fits[key], REFERENCE[key]
+    newdata = pd.DataFrame(ref["newdata"])
+    # known groups, new groups (allow.new.levels=TRUE) and re.form=NA, to 1e-6 relative
+    np.testing.assert_allclose(fit.predict(newdata)["estimate"], ref["conditional"], rtol=1e-6)
+    np.testing.assert_allclose(fit.predict(newdata, groups="population")["estimate"], ref["population"], rtol=1e-6)
+    np.testing.assert_allclose(fit.fitted(), ref["fitted"], rtol=1e-6)
+    y_scale = np.abs(fit.design.y).max()
+    np.testing.assert_allclose(fit.residuals(), ref["residuals"], rtol=0, atol=1e-6 * y_scale)
+    ranef = fit.residuals(level=2)
+    assert list(ranef.index) == ref["ranef_levels"]
+    np.testing.assert_allclose(ranef, ref["ranef"], rtol=0, atol=1e-6 * np.abs(ref["ranef"]).max())
+
+
+def test_new_groups_get_the_population_part_and_say_so(reml_fits):
+    fit = reml_fits["sleepstudy"]
+    newdata = pd.DataFrame({"Days": [3.0, 3.0], "Subject": ["308", "nobody"]})
+    conditional = fit.predict(newdata)
+    population = fit.predict(newdata, groups="population")
+    assert conditional["estimate"].iloc[1] == pytest.approx(population["estimate"].iloc[1], rel=1e-14)
+    assert conditional["estimate"].iloc[0] != pytest.approx(population["estimate"].iloc[0], rel=1e-3)
+    assert list(conditional["new_groups"]) == ["", "Subject"]
+
+
+def test_standard_errors_and_prediction_intervals_follow_their_formulas(reml_fits):
+    fit = reml_fits["sleepstudy"]
+    newdata = pd.DataFrame({"Days": [4.0, 4.0], "Subject": ["309", "new"]}, index=["a", "b"])
+    x = np.array([1.0, 4.0])
+    V, T, s2 = fit.vcov.to_numpy(), fit.tau["Subject"].to_numpy(), fit.sigma2
+    C = fit.random_effects("Subject").condvar[list(fit.design.factor("Subject").levels).index("309")]
+    mean = fit.predict(newdata, level=0.9)
+    interval = fit.predict(newdata, kind="interval", level=0.9)
+    assert list(mean.index) == ["a", "b"]
+    np.testing.assert_allclose(mean["se"] ** 2, [x @ V @ x + x @ C @ x, x @ V @ x], rtol=1e-12)
+    np.testing.assert_allclose(interval["se"] ** 2, [x @ V @ x + x @ C @ x + s2, x @ V @ x + x @ T @ x + s2],
+                               rtol=1e-12)
+    z = stats.norm.ppf(0.95)
+    np.testing.assert_allclose(interval["upper"] - interval["estimate"], z * interval["se"], rtol=1e-12)
+
+
+def test_population_interval_has_the_marginal_variance(reml_fits):
+    fit = reml_fits["hsb"]
+    row = pd.DataFrame({"ses": [0.5], "school": ["1224"]})
+    x = np.array([1.0, 0.5])
+    V, T = fit.vcov.to_numpy(), fit.tau["school"].to_numpy()
+    got = fit.predict(row, groups="population", kind="interval")["se"].iloc[0]
+    assert got ** 2 == pytest.approx(x @ V @ x + x @ T @ x + fit.sigma2, rel=1e-12)
+
+
+def test_categories_centring_and_new_data_are_coded_as_the_fit(hsb):
+    fit = bh.HLM("mathach ~ C(sector) + ses + I(ses**2) + (1 | school)", hsb, center={"ses": "grand"}).fit("reml")
+    rows = hsb.iloc[::700]
+    np.testing.assert_allclose(fit.predict(rows)["estimate"], fit.fitted().loc[rows.index], rtol=1e-12)
+    # new data holding only one sector still get the other sector's coding right
+    catholic = rows[rows["sector"] == 1]
+    np.testing.assert_allclose(fit.predict(catholic)["estimate"], fit.fitted().loc[catholic.index], rtol=1e-12)
+    with pytest.raises(DataError, match=r"'sector'.*'2'.*not among the fitted categories"):
+        fit.predict(rows.assign(sector=2))
+
+
+def test_each_factor_of_a_three_level_model_is_known_or_new_on_its_own(egsingle):
+    fit = bh.HLM("math ~ year + (1 | childid) + (year | schoolid)", egsingle).fit("reml")
+    row = egsingle.iloc[[0]]
+    child, school = row["childid"].iloc[0], row["schoolid"].iloc[0]
+    gamma = fit.fixed_effects["estimate"].to_numpy()
+    x = np.array([1.0, row["year"].iloc[0]])
+    u_child = fit.random_effects("childid").modes.loc[str(child)].to_numpy()
+    u_school = fit.random_effects("schoolid").modes.loc[str(school)].to_numpy()
+    cases = {(child, school): x @ gamma + u_child[0] + x @ u_school,
+             ("new child", school): x @ gamma + x @ u_school,
+             (child, "new school"): x @ gamma + u_child[0],
+             ("new child", "new school"): x @ gamma}
+    newdata = pd.DataFrame({"year": x[1], "childid": [c for c, _ in cases], "schoolid": [s for _, s in cases]})
+    prediction = fit.predict(newdata)
+    np.testing.assert_allclose(prediction["estimate"], list(cases.values()), rtol=1e-10)
+    assert list(prediction["new_groups"]) == ["", "childid", "schoolid", "childid, schoolid"]
+    assert prediction["estimate"].iloc[0] == pytest.approx(fit.fitted().iloc[0], rel=1e-12)
+
+
+def test_crossed_factors_are_matched_separately():
+    rng = np.random.default_rng(3)
+    data = pd.DataFrame({"a": rng.integers(0, 12, 300).astype(str), "b": rng.integers(0, 9, 300).astype(str),
+                         "x": rng.normal(size=300)})
+    data["y"] = data["x"] + rng.normal(size=12)[data["a"].astype(int)] + rng.normal(size=9)[
+        data["b"].astype(int)] + rng.normal(size=300)
+    fit = bh.HLM("y ~ x + (1 | a) + (1 | b)", data).fit("reml")
+    gamma = fit.fixed_effects["estimate"].to_numpy()
+    u_b = fit.random_effects("b").modes.loc["4"].iloc[0]
+    got = fit.predict(pd.DataFrame({"x": [0.5], "a": ["unseen"], "b": ["4"]}))
+    assert got["estimate"].iloc[0] == pytest.approx(gamma[0] + 0.5 * gamma[1] + u_b, rel=1e-12)
+    assert got["new_groups"].iloc[0] == "a"
+
+
+# --- bad inputs --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda f: f.predict(pd.DataFrame({"Day": [1.0], "Subject": ["308"]})), DataError, r"'Days' is missing"),
+    (lambda f: f.predict(pd.DataFrame({"Days": [1.0, np.nan], "Subject": ["308", "308"]})), DataError,
+     r"missing values in 'Days'.*row 1"),
+    (lambda f: f.predict([[1.0, "308"]]), DataError, "must be a pandas DataFrame"),
+    (lambda f: f.predict(pd.DataFrame({"Days": [], "Subject": []})), DataError, "empty"),
+    (lambda f: f.predict(kind="median"), OptionError, r"kind='median'.*'mean'"),
+    (lambda f: f.predict(groups="marginal"), OptionError, r"groups='marginal'.*'population'"),
+    (lambda f: f.predict(level=1.5), OptionError, r"level=1.5.*between 0 and 1"),
+    (lambda f: f.predict(level=True), OptionError, r"level=True"),
+    (lambda f: f.predict(kind="draws"), OptionError, "likelihood fit does not have"),
+    (lambda f: f.residuals(level=3), OptionError, r"level=3"),
+    (lambda f: f.residuals(factor="Subject"), OptionError, "applies to level=2"),
+])
+def test_bad_prediction_inputs_are_refused_in_words(reml_fits, call, error, message):
+    with pytest.raises(error, match=message):
+        call(reml_fits["sleepstudy"])
+
+
+def test_models_that_cannot_code_new_rows_refuse(hsb, tmp_path):
+    grouped = bh.HLM("mathach ~ ses + (1 | school)", hsb, center={"ses": "group"}).fit("reml")
+    with pytest.raises(OptionError, match="group means"):
+        grouped.predict(hsb.iloc[:3])
+    assert len(grouped.fitted()) == len(hsb)  # the fitted rows need no coding
+    loaded = bh.load_fit(grouped.save(tmp_path / "fit.nc"))
+    with pytest.raises(OptionError, match="loaded from a file"):
+        loaded.predict(hsb.iloc[:3])
+    np.testing.assert_allclose(loaded.fitted(), grouped.fitted(), rtol=1e-10)
+
+
+def test_dask_built_model_refuses_per_row_predictions(hsb):
+    dd = pytest.importorskip("dask.dataframe")
+    fit = bh.HLM("mathach ~ ses + (1 | school)", dd.from_pandas(hsb, npartitions=2)).fit("reml")
+    for call in (fit.fitted, lambda: fit.predict(hsb.iloc[:3]), fit.residuals):
+        with pytest.raises(OptionError, match="Dask DataFrame"):
+            call()
+
+
+def test_interval_with_a_level1_variance_model_is_refused(sleepstudy):
+    data = sleepstudy.assign(phase=np.where(sleepstudy["Days"] < 5, "early", "late"))
+    fit = bh.HLM("Reaction ~ Days + (1 | Subject)", data, level1_variance="phase").fit("reml")
+    assert fit.predict(data.iloc[:2])["estimate"].notna().all()  # kind="mean" works
+    with pytest.raises(OptionError, match="level-1 errors"):
+        fit.predict(data.iloc[:2], kind="interval")
+
+
+# --- Bayes ---------------------------------------------------------------------------------------------------
+
+def _by_hand(fit, newdata):
+    """Per-draw x'gamma + z'u for known subjects (u = 0 for new ones), by a plain loop."""
+    beta = fit.draws("beta").values.reshape(-1, 2)
+    u = fit.draws("u_Subject").transpose("chain", "draw", "Subject", "Subject__coef")
+    out = []
+    for _, row in newdata.iterrows():
+        x = np.array([1.0, row["Days"]])
+        known = row["Subject"] in u["Subject"].values
+        effect = u.sel(Subject=row["Subject"]).values.reshape(-1, 2) @ x if known else 0.0
+        out.append(beta @ x + effect)
+    return np.column_stack(out)
+
+
+@pytest.mark.sampling
+def test_bayes_predictions_are_the_posterior_of_the_linear_predictor(sleep_bayes):
+    fit = sleep_bayes
+    newdata = pd.DataFrame(REFERENCE["sleepstudy"]["newdata"])
+    eta = _by_hand(fit, newdata)
+    mean = fit.predict(newdata)
+    np.testing.assert_allclose(mean["estimate"], eta.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(mean["se"], eta.std(0, ddof=1), rtol=1e-10)
+    np.testing.assert_allclose(mean["lower"], np.quantile(eta, 0.025, axis=0), rtol=1e-12)
+    population = fit.predict(newdata, groups="population")
+    np.testing.assert_allclose(population["estimate"].iloc[3:], mean["estimate"].iloc[3:], rtol=1e-14)
+    # close to lme4 for known subjects (a 120-draw posterior mean: within a few of its SDs)
+    gap = np.abs(mean["estimate"] - REFERENCE["sleepstudy"]["conditional"]) / mean["se"]
+    assert gap.iloc[:3].max() < 1.0
+
+    draws = fit.predict(newdata, kind="draws", random_seed=1)
+    assert draws.dims == ("chain", "draw", "obs") and draws.shape == (2, 60, 6)
+    np.testing.assert_array_equal(draws, fit.predict(newdata, kind="draws", random_seed=1))
+    # known subjects add N(0, sigma^2) to eta; a new one also N(0, T): the draws' variance is the sum
+    # (to Monte Carlo error: the variance of 120 draws has a relative SE of about 13%)
+    s2 = (fit.draws("sigma") ** 2).mean().item()
+    X = np.column_stack([np.ones(6), newdata["Days"]])
+    xTx = np.einsum("nq,cdqr,nr->n", X, fit.draws("T_Subject").values, X) / 120
+    expected = eta.var(0, ddof=1) + s2 + np.r_[0, 0, 0, xTx[3:]]
+    np.testing.assert_allclose(draws.var(("chain", "draw"), ddof=1).values, expected, rtol=0.35)
+    assert draws.var(("chain", "draw")).values[5] > 3 * s2
+    interval = fit.predict(newdata, kind="interval", random_seed=1)
+    np.testing.assert_allclose(interval["estimate"], draws.mean(("chain", "draw")), rtol=1e-12)
+
+
+@pytest.mark.sampling
+def test_bayes_fitted_residuals_and_posterior_predictive(sleep_bayes):
+    fit = sleep_bayes
+    y = fit.design.y
+    np.testing.assert_allclose(fit.residuals(), y - fit.fitted(), rtol=1e-12)
+    u = fit.draws("u_Subject").mean(("chain", "draw")).values
+    np.testing.assert_allclose(fit.residuals(level=2), u, rtol=1e-12)
+
+    tree = fit.posterior_predictive(random_seed=2)
+    replicates = tree["posterior_predictive"]["Reaction"]
+    assert replicates.dims == ("chain", "draw", "obs") and replicates.shape == (2, 60, 180)
+    np.testing.assert_array_equal(tree["observed_data"]["Reaction"], y)
+    # y_rep = eta + N(0, sigma^2): the replicates' mean is the fitted value up to Monte Carlo error
+    sigma = fit.draws("sigma").mean().item()
+    gap = (replicates.mean(("chain", "draw")).values - fit.fitted().to_numpy()).mean()
+    assert abs(gap) < 4 * sigma / np.sqrt(120 * 180)
+    residual_sd = (replicates.values - fit.fitted().to_numpy()).std()
+    assert residual_sd == pytest.approx(np.sqrt((fit.draws("sigma") ** 2).mean().item()), rel=0.1)
+    assert az.plot_ppc_dist(tree) is not None
+
+
+@pytest.mark.sampling
+def test_pointwise_log_likelihoods_match_brute_force(sleep_bayes):
+    fit = sleep_bayes
+    y = fit.design.y
+    tree = fit.log_likelihood("conditional")
+    values = tree["log_likelihood"]["Reaction"]
+    assert values.dims == ("chain", "draw", "obs")
+    beta, sigma = fit.draws("beta").values, fit.draws("sigma").values
+    u = fit.draws("u_Subject").transpose("chain", "draw", "Subject", "Subject__coef").values
+    f = fit.design.factor("Subject")
+    for c, d in [(0, 0), (1, 37)]:
+        eta = fit.design.X @ beta[c, d] + np.einsum("nq,nq->n", f.Z, u[c, d][f.codes])
+        np.testing.assert_allclose(values.values[c, d], stats.norm.logpdf(y, eta, sigma[c, d]), rtol=1e-10)
+    loo = az.loo(tree)
+    assert np.isfinite(loo.elpd) and loo.n_data_points == 180
+
+    tree = fit.log_likelihood("marginal")
+    values = tree["log_likelihood"]["Reaction"]
+    assert values.dims == ("chain", "draw", "Subject") and values.shape == (2, 60, 18)
+    T = fit.draws("T_Subject").values
+    for c, d in [(0, 5), (1, 59)]:
+        for j in (0, 11):
+            rows = f.codes == j
+            V = f.Z[rows] @ T[c, d] @ f.Z[rows].T + sigma[c, d] ** 2 * np.eye(rows.sum())
+            dense = stats.multivariate_normal(fit.design.X[rows] @ beta[c, d], V).logpdf(y[rows])
+            assert values.values[c, d, j] == pytest.approx(dense, rel=1e-10)
+    assert np.isfinite(az.loo(tree).elpd)
+
+
+@pytest.mark.sampling
+def test_leave_one_group_out_prefers_the_true_random_slope():
+    rng = np.random.default_rng(2026)
+    groups, per_group = 30, 8
+    g = np.repeat(np.arange(groups), per_group)
+    x = rng.normal(size=g.size)
+    data = pd.DataFrame({"g": g.astype(str), "x": x,
+                         "y": 1.0 + 0.5 * x + rng.normal(size=groups)[g] + 1.5 * rng.normal(size=groups)[g] * x
+                         + rng.normal(scale=0.7, size=g.size)})
+    trees = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, formula in [("slope", "y ~ x + (x | g)"), ("intercept", "y ~ x + (1 | g)")]:
+            fit = bh.HLM(formula, data).fit("bayes", draws=100, tune=100, chains=2, random_seed=4)
+            trees[name] = fit.log_likelihood("marginal")
+    table = az.compare(trees)
+    assert table.index[0] == "slope"
+    # ArviZ 1.x reports elpd_diff <= 0 for the worse model (about -100 here, dse about 20)
+    assert abs(table.loc["intercept", "elpd_diff"]) > 3 * table.loc["intercept", "dse"]
+
+
+@pytest.mark.sampling
+def test_bad_bayes_requests_are_refused(sleep_bayes):
+    with pytest.raises(OptionError, match=r"kind='pointwise'.*'marginal'"):
+        sleep_bayes.log_likelihood("pointwise")
+    with pytest.raises(OptionError, match="applies to kind='marginal'"):
+        sleep_bayes.log_likelihood("conditional", factor="Subject")
+    with pytest.raises(OptionError, match=r"kind='sample'"):
+        sleep_bayes.predict(kind="sample")
