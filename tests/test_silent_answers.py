@@ -243,3 +243,16 @@ def test_identical_groupings_from_dask_input_are_named_as_such():
     frame = pd.DataFrame({"y": rng.normal(size=200), "g": g, "g2": np.char.add(g, "b")})
     with pytest.raises(bh.FormulaError, match=r"'g' and 'g2' put the rows in the same 20 groups"):
         bh.HLM("y ~ 1 + (1 | g) + (1 | g2)", dd.from_pandas(frame, npartitions=2))
+
+
+def test_per_group_ols_is_refused_for_enclosing_and_crossed_factors():
+    """Per-group OLS of schools (children inside) or of a crossed factor gave standard errors as if rows were
+    independent; the innermost factor keeps R&B eq. 3.39."""
+    eg = bh.datasets.load("egsingle")
+    fit = bh.HLM("math ~ year + (1 | childid) + (1 | schoolid)", eg).fit("reml")
+    with pytest.raises(bh.OptionError, match=r"defined for the innermost grouping factor .* 'schoolid' encloses"):
+        fit.ols_group_estimates("schoolid")
+    assert fit.ols_group_estimates("childid").shape[0] == 1721
+    crossed = bh.HLM("attain ~ verbal + (1 | primary) + (1 | second)", bh.datasets.load("scotssec")).fit("reml")
+    with pytest.raises(bh.OptionError, match=r"not defined for 'second' here: it is crossed with 'primary'"):
+        crossed.ols_group_estimates("second")

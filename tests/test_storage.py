@@ -22,7 +22,8 @@ def _assert_same_likelihood_fit(a, b):
     for name in a.tau:
         pd.testing.assert_frame_equal(a.tau[name], b.tau[name])
         pd.testing.assert_frame_equal(a.group_effects(name), b.group_effects(name))
-        pd.testing.assert_frame_equal(a.ols_group_estimates(name), b.ols_group_estimates(name))
+        if len(a.design.factors) == 1 or (a.design.chain and a.design.chain[0].name == name):  # where defined
+            pd.testing.assert_frame_equal(a.ols_group_estimates(name), b.ols_group_estimates(name))
     assert a.sigma2 == b.sigma2 and a.deviance == b.deviance and a.aic == b.aic
     assert (a.converged, a.optimizer_message, a.n_evaluations, a.messages) == \
         (b.converged, b.optimizer_message, b.n_evaluations, b.messages)

@@ -12,8 +12,9 @@ from scipy import stats
 
 from ..design.design import group_sums
 from ..design.scaling import Scaling, standardise
+from ..errors import OptionError
 from ..results import FitResult
-from ..results.hlm_statistics import fixed_part
+from ..results.hlm_statistics import check_per_group_statistic, fixed_part
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of Lambda
 
@@ -298,6 +299,13 @@ class LikelihoodFit(FitResult):
         coefficients, or no spread in a predictor) get NaN.
         """
         name = self._factor_name(factor)
+        if check_per_group_statistic(self.design, name, "ols_group_estimates") == "outer":
+            raise OptionError(
+                f"ols_group_estimates is defined for the innermost grouping factor (R&B eq. 3.39); {name!r} encloses "
+                "other groups, whose shared effects a per-group regression would count as independent level-1 "
+                "noise, so its standard errors would be too small. Use fit.group_effects"
+                f"({name!r}) for each group's estimate and its uncertainty, and fit.reliability({name!r}) (R&B "
+                "eq. 8.8).")
         f = self.design.factor(name)
         cp = self.design.crossproducts(f)
         ZtZ, Zty = cp.ZtZ, cp.Zty
