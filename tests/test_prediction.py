@@ -305,3 +305,25 @@ def test_bad_bayes_requests_are_refused(sleep_bayes):
         sleep_bayes.log_likelihood("conditional", factor="Subject")
     with pytest.raises(OptionError, match=r"kind='sample'"):
         sleep_bayes.predict(kind="sample")
+
+
+@pytest.mark.sampling
+@pytest.mark.parametrize("stat", ["mean", "var", "min", "max"])
+def test_group_statistics_compare_each_group_with_its_replicates(sleep_bayes, stat):
+    fit = sleep_bayes
+    table = bh.checks.group_statistics(fit, stat=stat, random_seed=8)
+    codes = fit.design.factor("Subject").codes
+    observed = pd.Series(fit.design.y).groupby(codes).agg(stat).to_numpy()
+    np.testing.assert_allclose(table["observed"], observed, rtol=1e-12)
+    replicates = fit.posterior["posterior_predictive"]["Reaction"].values.reshape(120, -1)
+    by_hand = pd.DataFrame(replicates.T).groupby(codes).agg(stat).to_numpy().T  # (draws, groups)
+    np.testing.assert_allclose(table["predictive_mean"], by_hand.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(table["ppp"], (by_hand >= observed).mean(0), rtol=0, atol=1e-12)
+    assert list(table.index) == list(fit.design.factor("Subject").levels) and (table["n"] == 10).all()
+    if stat == "mean":  # each subject's own effects reproduce its mean: no extreme p-values
+        assert table["ppp"].between(0.02, 0.98).all()
+
+
+def test_group_statistics_refuse_bad_requests(reml_fits):
+    with pytest.raises(OptionError, match="only a Bayesian fit"):
+        bh.checks.group_statistics(reml_fits["sleepstudy"])
