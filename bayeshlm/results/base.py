@@ -136,6 +136,36 @@ class FitResult(ABC):
 
         return residuals(self, level, factor)
 
+    # --- hypotheses and intervals (:mod:`bayeshlm.results.hypotheses`, :mod:`bayeshlm.likelihood.inference`) ---
+    def test(self, hypothesis, rhs=None, df: str | None = None, level: float = 0.95):
+        """Test L gamma = c, given as text ('meanses:cses = 0, sector:cses = 0') or a contrast matrix L with
+        ``rhs`` (R&B eq. 3.91): Wald chi2 and F with ``df`` = 'book' (J - S - 1, default), 'satterthwaite' or
+        'residual' for REML / ML; the posterior of L gamma - c for Bayes."""
+        from .hypotheses import test
+
+        return test(self, hypothesis, rhs, df, level)
+
+    def contrast(self, combination, rhs=None, df: str | None = None, level: float = 0.95) -> pd.DataFrame:
+        """Linear combinations of the fixed effects ('sector + sector:cses') with t tests and intervals (REML /
+        ML) or posterior summaries (Bayes)."""
+        from .hypotheses import contrast
+
+        return contrast(self, combination, rhs, df, level)
+
+    def ttest(self, df: str | None = None, level: float = 0.95) -> pd.DataFrame:
+        """estimate, se, df, t, p and interval of every fixed effect with ``df`` = 'book', 'satterthwaite' or
+        'residual' (REML / ML fits)."""
+        from .hypotheses import ttest
+
+        return ttest(self, df, level)
+
+    def variance_intervals(self, method: str = "wald", level: float = 0.95) -> pd.DataFrame:
+        """SE and interval ('wald' or 'profile') of each variance-component parameter on the SD / correlation
+        and the variance scale (REML / ML fits; see :func:`bayeshlm.likelihood.inference.variance_intervals`)."""
+        from ..likelihood.inference import variance_intervals
+
+        return variance_intervals(self, method, level)
+
     def save(self, path):
         """Write this fit to a netCDF file; read it back with :func:`bayeshlm.load_fit` (see
         :mod:`bayeshlm.results.storage` for what is stored). Returns the path."""

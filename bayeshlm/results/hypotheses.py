@@ -1,0 +1,315 @@
+"""General linear hypotheses L gamma = c on the fixed effects (R&B 2002, eq. 3.91) for every engine.
+
+A hypothesis is text such as ``"meanses:cses = 0, sector:cses = 0"`` or a contrast matrix L with a right-hand
+side c. The text is parsed by a small tokenizer of its own (it is never evaluated): each comma-separated part
+is a sum of terms ``[number *] name`` or ``number`` on either side of one ``=`` (no ``=`` means ``= 0``);
+names are the coefficient names of ``fit.fixed_effects.index`` (``(Intercept)``, ``meanses:cses``,
+``C(female)[T.1]``) written as they are, or between backticks when they hold + - * = , or spaces.
+
+Likelihood fits (REML / ML) get the Wald statistic chi2 = d' (L V L')^{-1} d with d = L gamma - c,
+V = vcov(gamma), q = rank(L) df, and F = chi2 / q with a denominator df chosen by ``df=``:
+
+- ``"book"`` (default): R&B's J - S - 1 of the coefficients L involves (the smallest, if they differ);
+- ``"satterthwaite"``: lmerTest's (Kuznetsova et al. 2017; :mod:`bayeshlm.likelihood.inference`);
+- ``"residual"``: N - p.
+
+Bayesian fits get the posterior of d: mean, SD, equal-tailed interval and P(d > 0) per row.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..errors import FormulaError, OptionError, closest_names
+
+DF_METHODS = ("book", "satterthwaite", "residual")
+_TOKEN = re.compile(r"""
+    (?P<space>\s+)
+  | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?![\w.(\[]))
+  | (?P<quoted>`[^`]*`)
+  | (?P<op>[-+*=,])
+  | (?P<name>[^\s`+*=,-]+)
+""", re.VERBOSE)
+
+
+@dataclass(frozen=True)
+class Hypotheses:
+    """Rows of L (one per hypothesis), the right-hand side c and each row's text."""
+
+    L: np.ndarray  # (q, p)
+    rhs: np.ndarray  # (q,)
+    labels: list[str]
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out, at = [], 0
+    while at < len(text):
+        match = _TOKEN.match(text, at)
+        if match is None:
+            raise FormulaError(f"Cannot read the hypothesis {text!r} at {text[at:]!r}: write sums of "
+                               "[number *] coefficient terms, e.g. 'meanses:cses = 0, sector + sector:cses = 0' "
+                               "(coefficient names holding + - * = , or spaces go between backticks).")
+        kind = match.lastgroup
+        if kind != "space":
+            value = match.group()
+            out.append(("name", value[1:-1]) if kind == "quoted" else (kind, value))
+        at = match.end()
+    return out
+
+
+def _side(tokens: list[tuple[str, str]], names: list[str], text: str) -> tuple[np.ndarray, float]:
+    """Coefficients on the names and the constant of one side of an equation."""
+    coef, constant = np.zeros(len(names)), 0.0
+    position = 0
+
+    def fail(what: str):
+        raise FormulaError(f"Cannot read the hypothesis {text!r}: {what}. Write sums of [number *] coefficient "
+                           "terms, e.g. 'meanses:cses = 0' or '2 * sector - cses = 1'.")
+
+    if not tokens:
+        fail("one side of '=' is empty")
+    while position < len(tokens):
+        sign = 1.0
+        while position < len(tokens) and tokens[position] in (("op", "+"), ("op", "-")):
+            sign *= -1.0 if tokens[position][1] == "-" else 1.0
+            position += 1
+        term = tokens[position:position + 3]
+        if len(term) >= 3 and term[0][0] == "number" and term[1] == ("op", "*") and term[2][0] == "name":
+            weight, name, position = float(term[0][1]), term[2][1], position + 3
+        elif len(term) >= 3 and term[0][0] == "name" and term[1] == ("op", "*") and term[2][0] == "number":
+            weight, name, position = float(term[2][1]), term[0][1], position + 3
+        elif term and term[0][0] == "name":
+            weight, name, position = 1.0, term[0][1], position + 1
+        elif term and term[0][0] == "number":
+            constant += sign * float(term[0][1])
+            position += 1
+            name = None
+        else:
+            fail(f"expected a term at {' '.join(v for _, v in tokens[position:]) or 'the end'!r}")
+        if name is not None:
+            if name not in names:
+                raise FormulaError(f"The hypothesis {text!r} names {name!r}, which is not a fixed effect of this "
+                                   f"model.{closest_names(name, names)} Fixed effects: {', '.join(names)}.")
+            coef[names.index(name)] += sign * weight
+        if position < len(tokens) and tokens[position] not in (("op", "+"), ("op", "-")):
+            fail(f"expected + or - before {tokens[position][1]!r}")
+    return coef, constant
+
+
+def parse(text: str, names: list[str], show_zero: bool = True) -> Hypotheses:
+    """L and c from text such as 'meanses:cses = 0, sector:cses = 0' (see the module docstring); a part
+    without '=' is labelled with ' = 0' added when ``show_zero``."""
+    if not isinstance(text, str) or not text.strip():
+        raise FormulaError(f"The hypothesis must be non-empty text such as 'meanses:cses = 0'; got {text!r}.")
+    tokens = _tokens(text)
+    parts: list[list[tuple[str, str]]] = [[]]
+    for token in tokens:
+        if token == ("op", ","):
+            parts.append([])
+        else:
+            parts[-1].append(token)
+    rows, rhs, labels = [], [], []
+    for part in parts:
+        label = " ".join(v if k != "name" or re.fullmatch(r"[^\s`+*=,-]+", v) else f"`{v}`" for k, v in part)
+        sides = [[]]
+        for token in part:
+            if token == ("op", "="):
+                sides.append([])
+            else:
+                sides[-1].append(token)
+        if len(sides) > 2:
+            raise FormulaError(f"The hypothesis {label!r} has more than one '='; separate hypotheses by commas.")
+        left, left_constant = _side(sides[0], names, text)
+        right, right_constant = _side(sides[1], names, text) if len(sides) == 2 else (np.zeros(len(names)), 0.0)
+        row = left - right
+        if not np.any(row):
+            raise FormulaError(f"The hypothesis {label!r} involves no fixed effect (its coefficients cancel).")
+        rows.append(row)
+        rhs.append(right_constant - left_constant)
+        labels.append(f"{label} = 0" if len(sides) == 1 and show_zero else label)
+    return Hypotheses(np.array(rows), np.array(rhs), labels)
+
+
+def from_matrix(L, rhs, names: list[str]) -> Hypotheses:
+    """Check a contrast matrix (q x p, or a vector of p) and its right-hand side (default 0)."""
+    frame = L if isinstance(L, pd.DataFrame) else None
+    try:
+        M = np.atleast_2d(np.asarray(L, dtype=float))
+    except (TypeError, ValueError):
+        raise OptionError(f"L must be a numeric matrix with {len(names)} columns (one per fixed effect) or text "
+                          "such as 'meanses:cses = 0'.") from None
+    if frame is not None:
+        unknown = [c for c in frame.columns if c not in names]
+        if unknown:
+            raise OptionError(f"L's column {unknown[0]!r} is not a fixed effect.{closest_names(unknown[0], names)} "
+                              f"Fixed effects: {', '.join(names)}.")
+        M = frame.reindex(columns=names, fill_value=0.0).to_numpy(dtype=float)
+    if M.ndim != 2 or M.shape[1] != len(names) or M.shape[0] == 0:
+        raise OptionError(f"L has shape {np.shape(L)}; it needs {len(names)} columns, one per fixed effect in the "
+                          f"order {', '.join(names)}, and at least one row.")
+    if not np.all(np.isfinite(M)):
+        raise OptionError("L holds non-finite values; give finite weights.")
+    c = np.zeros(len(M)) if rhs is None else np.atleast_1d(np.asarray(rhs, dtype=float))
+    if c.shape != (len(M),) or not np.all(np.isfinite(c)):
+        raise OptionError(f"rhs must hold {len(M)} finite values (one per row of L); got {rhs!r}.")
+    if not np.all(np.any(M != 0, axis=1)):
+        raise OptionError("A row of L is all zeros: every row must involve a fixed effect.")
+    labels = [" + ".join(f"{w:g}*{n}" for w, n in zip(row, names) if w) + f" = {v:g}" for row, v in zip(M, c)]
+    return Hypotheses(M, c, labels)
+
+
+def hypotheses_of(fit, hypothesis, rhs=None, show_zero: bool = True) -> Hypotheses:
+    names = [str(n) for n in fit.fixed_effects.index]
+    if isinstance(hypothesis, str):
+        if rhs is not None:
+            raise OptionError("rhs= goes with a contrast matrix L; in text, write the value after '=' "
+                              "(e.g. 'sector = 1').")
+        return parse(hypothesis, names, show_zero)
+    return from_matrix(hypothesis, rhs, names)
+
+
+def _df_method(df) -> str:
+    method = "book" if df is None else df
+    if method == "kenward-roger":
+        raise OptionError("df='kenward-roger' is not implemented yet; use df='satterthwaite' (lmerTest's "
+                          "default), 'book' (R&B's J - S - 1) or 'residual' (N - p).")
+    if method not in DF_METHODS:
+        raise OptionError(f"df={df!r} is not a denominator-df method.{closest_names(str(df), DF_METHODS)} "
+                          f"Choose one of {', '.join(DF_METHODS)}.")
+    return method
+
+
+def _is_bayes(fit) -> bool:
+    return fit.method == "bayes"
+
+
+def _denominator_df(fit, h: Hypotheses, method: str) -> np.ndarray:
+    """Denominator df per row of h.L and for the joint test (last entry)."""
+    if method == "residual":
+        return np.full(len(h.L) + 1, float(fit.design.n_obs - fit.design.n_fixed))
+    if method == "book":
+        book = fit.fixed_effects["df"].to_numpy(dtype=float)
+        rows = [book[row != 0].min() for row in h.L]
+        return np.array(rows + [book[np.any(h.L != 0, axis=0)].min()])
+    from ..likelihood.inference import satterthwaite
+
+    return satterthwaite(fit, h.L)
+
+
+def _posterior(fit, h: Hypotheses, level: float) -> pd.DataFrame:
+    beta = fit.draws("beta").transpose("chain", "draw", "fixed").values.reshape(-1, fit.design.n_fixed)
+    d = beta @ h.L.T - h.rhs
+    tail = 50.0 * (1.0 - level)
+    return pd.DataFrame({"estimate": d.mean(axis=0), "sd": d.std(axis=0, ddof=1),
+                         "lower": np.percentile(d, tail, axis=0), "upper": np.percentile(d, 100.0 - tail, axis=0),
+                         "p_greater": (d > 0).mean(axis=0)},
+                        index=pd.Index(h.labels, name="hypothesis"))
+
+
+def _check_level(level) -> float:
+    if isinstance(level, bool) or not isinstance(level, int | float) or not 0.0 < level < 1.0:
+        raise OptionError(f"level={level!r}: give the interval's coverage as a number between 0 and 1 (e.g. 0.95).")
+    return float(level)
+
+
+def _vcov(fit) -> np.ndarray:
+    if not hasattr(fit, "vcov"):
+        raise OptionError(f"Wald tests need the fixed effects' covariance matrix, which {type(fit).__name__} "
+                          "does not provide.")
+    return fit.vcov.to_numpy(dtype=float)
+
+
+@dataclass(frozen=True)
+class HypothesisTest:
+    """The result of :meth:`FitResult.test`.
+
+    ``rows``: per hypothesis row, the estimate of L gamma - c with its SE (likelihood fits; and t, the
+    row's denominator df and two-sided p) or its posterior summaries (Bayes: estimate = posterior mean, sd,
+    lower, upper, p_greater = P(L gamma > c)). ``joint`` (likelihood fits): one row with the Wald chi2, its
+    df q and p, F = chi2 / q, the denominator df and the F test's p; None for Bayesian fits.
+    """
+
+    rows: pd.DataFrame
+    joint: pd.DataFrame | None
+    df_method: str | None
+
+    def __repr__(self) -> str:
+        text = self.rows.to_string()
+        if self.joint is not None:
+            text += f"\n\nJoint Wald test (denominator df: {self.df_method}):\n" + self.joint.to_string(index=False)
+        return text
+
+
+def test(fit, hypothesis, rhs=None, df=None, level: float = 0.95) -> HypothesisTest:
+    """Test L gamma = c (see the module docstring)."""
+    level = _check_level(level)
+    h = hypotheses_of(fit, hypothesis, rhs)
+    if _is_bayes(fit):
+        if df is not None:
+            raise OptionError("df= sets the denominator df of a Wald F test; a Bayesian fit reports the posterior "
+                              "of L gamma - c instead. Leave df out.")
+        return HypothesisTest(_posterior(fit, h, level), None, None)
+    method = _df_method(df)
+    V = _vcov(fit)
+    d = h.L @ fit._gamma() - h.rhs
+    VL = h.L @ V @ h.L.T
+    rank = np.linalg.matrix_rank(VL, tol=1e-10 * max(float(np.abs(VL).max()), 1e-300))
+    if rank < len(h.L):
+        raise OptionError(f"The {len(h.L)} hypotheses are not linearly independent (rank {rank}): drop the "
+                          "redundant ones.")
+    chi2 = float(d @ np.linalg.solve(VL, d))
+    q = len(h.L)
+    ddf = _denominator_df(fit, h, method)
+    se = np.sqrt(np.diag(VL))
+    t = d / se
+    rows = pd.DataFrame({"estimate": d, "se": se, "t": t, "df": ddf[:-1], "p": 2 * stats.t.sf(np.abs(t), ddf[:-1])},
+                        index=pd.Index(h.labels, name="hypothesis"))
+    F = chi2 / q
+    joint = pd.DataFrame([{"chi2": chi2, "df": q, "p_chi2": float(stats.chi2.sf(chi2, q)), "F": F,
+                           "num_df": q, "den_df": ddf[-1], "p_F": float(stats.f.sf(F, q, ddf[-1]))}])
+    return HypothesisTest(rows, joint, method)
+
+
+def contrast(fit, combination, rhs=None, df=None, level: float = 0.95) -> pd.DataFrame:
+    """Each linear combination l'gamma (comma-separated text or rows of L) with its interval.
+
+    Likelihood fits: estimate, se, df, t and p for l'gamma = c (c after '=', default 0) and the t interval
+    estimate -+ t_{df}(1 - (1 - level)/2) se. Bayes: posterior mean, sd, equal-tailed interval, P(l'gamma > c).
+    """
+    level = _check_level(level)
+    h = hypotheses_of(fit, combination, rhs, show_zero=False)
+    if _is_bayes(fit):
+        if df is not None:
+            raise OptionError("df= applies to likelihood fits; a Bayesian fit reports the posterior. Leave df out.")
+        out = _posterior(fit, h, level)
+        out["estimate"] += h.rhs
+        out["lower"] += h.rhs
+        out["upper"] += h.rhs
+        out.index.name = "contrast"
+        return out
+    method = _df_method(df)
+    estimate = h.L @ fit._gamma()
+    se = np.sqrt(np.einsum("ip,pq,iq->i", h.L, _vcov(fit), h.L))
+    ddf = _denominator_df(fit, h, method)[:-1]
+    t = (estimate - h.rhs) / se
+    half = stats.t.ppf(0.5 + level / 2.0, ddf) * se
+    return pd.DataFrame({"estimate": estimate, "se": se, "df": ddf, "t": t, "p": 2 * stats.t.sf(np.abs(t), ddf),
+                         "lower": estimate - half, "upper": estimate + half},
+                        index=pd.Index(h.labels, name="contrast"))
+
+
+def ttest(fit, df=None, level: float = 0.95) -> pd.DataFrame:
+    """t test and interval of every fixed effect with the chosen df (see :func:`contrast`)."""
+    if _is_bayes(fit):
+        raise OptionError("ttest() reports frequentist t tests of REML / ML fits. A Bayesian fit's posterior "
+                          "summaries of each fixed effect are in fit.fixed_effects; use fit.contrast(...) for the "
+                          "posterior of a combination.")
+    names = [str(n) for n in fit.fixed_effects.index]
+    out = contrast(fit, np.eye(len(names)), df=df, level=level)
+    out.index = pd.Index(names, name="term")
+    return out

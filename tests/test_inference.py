@@ -1,0 +1,271 @@
+"""General linear hypotheses, Satterthwaite df and variance-component intervals (issue 26) against lmerTest 3.1 /
+lme4 1.1 (tests/reference/inference_reference.json, written by make_inference_reference.R) and hand computation.
+
+Tolerances: Satterthwaite df and p 1e-3 relative (the issue's; measured ~3e-6, the gap being lme4's own optimum
+and numDeriv's Hessian); Wald statistics 1e-6 relative (ours from our vcov to rounding; lme4's optimum differs at
+~1e-7); lmerTest's covariance of (theta, sigma) 1e-4 relative (measured 4e-7 sleepstudy, 2e-5 HS&B); profile ends
+1e-3 relative or absolute for correlations: lme4 evaluates the profile on a grid and interpolates a spline, so
+its ends carry ~1e-5 of interpolation error (measured <= 5e-5 here).
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+import bayeshlm as bh
+from bayeshlm.errors import FormulaError, OptionError
+from bayeshlm.likelihood import BoundaryFitWarning
+from bayeshlm.likelihood.inference import variance_parameters
+
+REFERENCE = json.loads((Path(__file__).parent / "reference" / "inference_reference.json").read_text())
+MODELS = {"hsb_full": ("hsb", "mathach ~ meanses * cses + sector * cses + (cses | school)"),
+          "sleep_corr": ("sleepstudy", "Reaction ~ Days + (Days | Subject)")}
+R_NAMES = {"sector:cses": "cses:sector"}
+
+
+@cache
+def fitted(model: str, method: str = "reml"):
+    dataset, formula = MODELS[model]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BoundaryFitWarning)
+        return bh.HLM(formula, bh.datasets.load(dataset)).fit(method)
+
+
+def close(a, b, rel):
+    return np.allclose(np.asarray(a, dtype=float), np.asarray(b, dtype=float), rtol=rel, atol=0)
+
+
+# --- general linear hypotheses ------------------------------------------------------------------------------
+
+def test_wald_chi2_of_the_cross_level_interactions_is_the_hand_computation_from_vcov():
+    fit = fitted("hsb_full")
+    result = fit.test("meanses:cses = 0, sector:cses = 0")
+    gamma = fit.fixed_effects["estimate"]
+    d = gamma[["meanses:cses", "sector:cses"]].to_numpy()
+    V = fit.vcov.loc[["meanses:cses", "sector:cses"], ["meanses:cses", "sector:cses"]].to_numpy()
+    hand = float(d @ np.linalg.solve(V, d))
+    joint = result.joint.iloc[0]
+    assert joint["chi2"] == pytest.approx(hand, rel=1e-12)
+    assert joint["chi2"] == pytest.approx(REFERENCE["hsb_full"]["joint"]["cross_level"]["wald_chi2"], rel=1e-6)
+    assert joint["df"] == 2 and joint["p_chi2"] == pytest.approx(stats.chi2.sf(hand, 2), rel=1e-12)
+    assert joint["F"] == pytest.approx(hand / 2, rel=1e-12)
+    assert joint["den_df"] == 157  # the book's J - S - 1 of both coefficients (Table 4.5)
+    assert joint["p_F"] == pytest.approx(stats.f.sf(hand / 2, 2, 157), rel=1e-12)
+    assert list(result.rows.index) == ["meanses:cses = 0", "sector:cses = 0"]
+    assert close(result.rows["estimate"], d, 1e-12)
+
+
+def test_text_and_matrix_forms_agree_and_constants_move_to_the_right_hand_side():
+    fit = fitted("hsb_full")
+    names = list(fit.fixed_effects.index)
+    L = np.zeros((2, len(names)))
+    L[0, names.index("sector")] = 2.0
+    L[0, names.index("cses")] = -1.0
+    L[1, names.index("(Intercept)")] = 1.0
+    from_text = fit.test("2 * sector - cses + 1 = 0.5, `(Intercept)` = 12").joint
+    from_matrix = fit.test(L, rhs=[-0.5, 12.0]).joint
+    frame = fit.test(pd.DataFrame(L, columns=names), rhs=[-0.5, 12.0]).joint
+    assert close(from_text.to_numpy(), from_matrix.to_numpy(), 1e-12)
+    assert close(frame.to_numpy(), from_matrix.to_numpy(), 1e-12)
+    d = L @ fit.fixed_effects["estimate"].to_numpy() - [-0.5, 12.0]
+    assert from_text.iloc[0]["chi2"] == pytest.approx(d @ np.linalg.solve(L @ fit.vcov.to_numpy() @ L.T, d), rel=1e-12)
+
+
+def test_satterthwaite_df_and_p_match_lmertest():
+    for model in MODELS:
+        fit = fitted(model)
+        ref = REFERENCE[model]["satterthwaite"]
+        table = fit.ttest(df="satterthwaite")
+        names = [R_NAMES.get(n, n) for n in table.index]
+        assert close(table["df"], [ref["df"][n] for n in names], 1e-3), model
+        assert close(table["p"], [ref["p"][n] for n in names], 1e-3), model
+        assert close(table["t"], [ref["t"][n] for n in names], 1e-4), model
+    # the measured agreement is much closer than the issue's 1e-3: keep it
+    hsb = fitted("hsb_full").ttest(df="satterthwaite")["df"]
+    ref = REFERENCE["hsb_full"]["satterthwaite"]["df"]
+    assert close(hsb, [ref[R_NAMES.get(n, n)] for n in hsb.index], 1e-5)
+
+
+def test_joint_satterthwaite_F_matches_lmertest_contest():
+    cases = [("hsb_full", "meanses:cses = 0, sector:cses = 0", "cross_level"),
+             ("sleep_corr", "Days = 0", "days"), ("sleep_corr", "(Intercept) = 0, Days = 0", "both")]
+    for model, text, key in cases:
+        ref = REFERENCE[model]["joint"][key]
+        joint = fitted(model).test(text, df="satterthwaite").joint.iloc[0]
+        assert joint["F"] == pytest.approx(ref["F"], rel=1e-6), key
+        assert joint["num_df"] == ref["num_df"]
+        assert joint["den_df"] == pytest.approx(ref["den_df"], rel=1e-3), key
+        assert joint["p_F"] == pytest.approx(ref["p"], rel=1e-3), key
+    assert fitted("hsb_full").test("meanses:cses = 0, sector:cses = 0", df="satterthwaite").joint.iloc[0][
+        "den_df"] == pytest.approx(REFERENCE["hsb_full"]["joint"]["cross_level"]["den_df"], rel=1e-5)
+
+
+def test_contrast_matches_lmertest_estimate_se_df_and_interval():
+    for model, text, key in [("hsb_full", "sector + sector:cses", "catholic"),
+                             ("sleep_corr", "(Intercept) + 10 * Days", "day10")]:
+        ref = REFERENCE[model]["single"][key]
+        row = fitted(model).contrast(text, df="satterthwaite").iloc[0]
+        assert row["estimate"] == pytest.approx(ref["estimate"], rel=1e-5)
+        assert row["se"] == pytest.approx(ref["se"], rel=1e-4)
+        assert row["df"] == pytest.approx(ref["df"], rel=1e-3)
+        assert row["p"] == pytest.approx(ref["p"], rel=1e-3)
+        assert row["lower"] == pytest.approx(ref["lower"], rel=1e-4)
+        assert row["upper"] == pytest.approx(ref["upper"], rel=1e-4)
+
+
+def test_contrast_default_df_is_the_books_and_interval_is_the_t_interval():
+    fit = fitted("hsb_full")
+    row = fit.contrast("sector + sector:cses", level=0.9).iloc[0]
+    V = fit.vcov.to_numpy()
+    names = list(fit.vcov.index)
+    i, j = names.index("sector"), names.index("sector:cses")
+    se = np.sqrt(V[i, i] + V[j, j] + 2 * V[i, j])
+    assert row["se"] == pytest.approx(se, rel=1e-12) and row["df"] == 157
+    assert row["upper"] - row["estimate"] == pytest.approx(stats.t.ppf(0.95, 157) * se, rel=1e-12)
+    assert fit.ttest()["df"].tolist() == fit.fixed_effects["df"].tolist()
+    assert fit.ttest(df="residual")["df"].tolist() == [7185 - 6] * 6
+
+
+# --- variance parameters -----------------------------------------------------------------------------------
+
+def test_covariance_of_theta_and_sigma_matches_lmertest_vcov_varpar():
+    for model in MODELS:
+        vp = variance_parameters(fitted(model))
+        A = vp.covariance * np.outer(vp.user_factor, vp.user_factor)
+        assert close(A, REFERENCE[model]["vcov_varpar"], 1e-4), model
+
+
+def test_wald_intervals_use_the_delta_method_se_and_stay_in_range():
+    fit = fitted("sleep_corr")
+    table = fit.variance_intervals("wald")
+    vp = variance_parameters(fit)
+    A = vp.covariance * np.outer(vp.user_factor, vp.user_factor)
+    sigma = table[table["parameter"] == "sigma"].iloc[0]
+    assert sigma["estimate"] == pytest.approx(np.sqrt(fit.sigma2), rel=1e-12)
+    assert sigma["se"] == pytest.approx(np.sqrt(A[-1, -1]), rel=1e-6)
+    sigma2 = table[table["parameter"] == "sigma2"].iloc[0]
+    assert sigma2["se"] == pytest.approx(2 * sigma["estimate"] * sigma["se"], rel=1e-6)  # delta method
+    z = stats.norm.ppf(0.975)
+    sd = table[(table["parameter"] == "sd") & (table["term"] == "Days")].iloc[0]
+    assert sd["estimate"] == pytest.approx(np.sqrt(fit.tau["Subject"].loc["Days", "Days"]), rel=1e-12)
+    assert sd["lower"] == pytest.approx(sd["estimate"] - z * sd["se"], rel=1e-12)
+    cov = table[table["parameter"] == "covariance"].iloc[0]
+    assert cov["estimate"] == pytest.approx(fit.tau["Subject"].loc["(Intercept)", "Days"], rel=1e-10)
+    hsb = fitted("hsb_full").variance_intervals("wald")  # slope SD 0.32 with SE 0.34: clipped at 0, not negative
+    slope = hsb[(hsb["parameter"] == "sd") & (hsb["term"] == "cses")].iloc[0]
+    assert slope["estimate"] - z * slope["se"] < 0 and slope["lower"] == 0.0
+
+
+def test_profile_intervals_match_lme4_confint_profile():
+    for model in MODELS:
+        ref = REFERENCE[model]
+        fit = fitted(model, "ml")
+        assert close(fit.theta, ref["ml_theta"], 1e-4)
+        table = fit.variance_intervals("profile")
+        assert table.attrs["criterion"] == "ML"
+        sd_scale = table[table["parameter"].isin(["sd", "corr", "sigma"])]
+        assert len(sd_scale) == len(ref["profile_ml"]["names"])
+        for (_, row), lower, upper in zip(sd_scale.iterrows(), ref["profile_ml"]["lower"],
+                                          ref["profile_ml"]["upper"]):
+            tol = dict(abs=1e-3) if row["parameter"] == "corr" else dict(rel=1e-3, abs=1e-9)
+            assert row["lower"] == pytest.approx(lower, **tol), (model, row["term"], "lower")
+            assert row["upper"] == pytest.approx(upper, **tol), (model, row["term"], "upper")
+        variance = table[table["parameter"] == "variance"]
+        assert close(variance["upper"], table[table["parameter"] == "sd"]["upper"] ** 2, 1e-12)
+
+
+def test_profile_interval_ends_raise_the_criterion_by_the_chi2_quantile():
+    from bayeshlm.likelihood.inference import ComponentMap, _Profile
+
+    fit = fitted("sleep_corr")  # REML: the fit's own criterion is profiled
+    table = fit.variance_intervals("profile", level=0.9)
+    assert table.attrs["criterion"] == "REML"
+    vp = variance_parameters(fit)
+    cmap = ComponentMap(vp)
+    psi = cmap.psi(vp.x)
+    sigma = table[table["parameter"] == "sigma"].iloc[0]
+    profile = _Profile(vp, cmap, psi, len(psi) - 1)
+    for end in (sigma["lower"], sigma["upper"]):
+        assert profile.rise(end / fit._scaling.y_scale) == pytest.approx(stats.chi2.ppf(0.9, 1), abs=1e-6)
+
+
+# --- Bayes ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bayes_fit():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = bh.HLM("Reaction ~ Days + (Days | Subject)", bh.datasets.load("sleepstudy"))
+        return model.fit("bayes", draws=100, tune=100, chains=1, random_seed=3)
+
+
+def test_bayes_test_gives_the_posterior_of_the_contrast(bayes_fit):
+    result = bayes_fit.test("Days = 10, (Intercept) + 10 * Days = 350")
+    beta = bayes_fit.draws("beta").values.reshape(-1, 2)
+    d = np.column_stack([beta[:, 1] - 10, beta[:, 0] + 10 * beta[:, 1] - 350])
+    assert result.joint is None
+    assert close(result.rows["estimate"], d.mean(axis=0), 1e-12)
+    assert close(result.rows["sd"], d.std(axis=0, ddof=1), 1e-12)
+    assert close(result.rows["lower"], np.percentile(d, 2.5, axis=0), 1e-12)
+    assert close(result.rows["p_greater"], (d > 0).mean(axis=0), 1e-12)
+    row = bayes_fit.contrast("(Intercept) + 10 * Days").iloc[0]
+    assert row["estimate"] == pytest.approx(d[:, 1].mean() + 350, rel=1e-12)
+
+
+def test_bayes_fits_refuse_frequentist_methods_with_a_pointer(bayes_fit):
+    with pytest.raises(OptionError, match="variance_components"):
+        bayes_fit.variance_intervals()
+    with pytest.raises(OptionError, match="fixed_effects"):
+        bayes_fit.ttest()
+    with pytest.raises(OptionError, match="posterior"):
+        bayes_fit.test("Days = 0", df="satterthwaite")
+
+
+# --- bad input -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, message", [
+    ("meanses:cse = 0", "Did you mean 'meanses:cses'"),
+    ("sector ** 2 = 0", "Cannot read the hypothesis"),
+    ("__import__('os').system('true') = 0", "not a fixed effect"),
+    ("sector = 0 = 1", "more than one '='"),
+    ("sector = ", "empty"),
+    ("2 sector = 0", "expected \\+ or -"),
+    ("sector - sector = 1", "involves no fixed effect"),
+    ("", "non-empty"),
+    ("`meanses = 0", "Cannot read"),
+])
+def test_bad_hypothesis_text_is_a_formula_error(text, message):
+    with pytest.raises(FormulaError, match=message):
+        fitted("hsb_full").test(text)
+
+
+def test_bad_matrices_and_options_are_option_errors():
+    fit = fitted("hsb_full")
+    with pytest.raises(OptionError, match="6 columns"):
+        fit.test(np.ones((2, 5)))
+    with pytest.raises(OptionError, match="rhs must hold 2"):
+        fit.test(np.eye(6)[:2], rhs=[0.0])
+    with pytest.raises(OptionError, match="not linearly independent"):
+        fit.test("sector = 0, 2 * sector = 1")
+    with pytest.raises(OptionError, match="Did you mean 'satterthwaite'"):
+        fit.test("sector = 0", df="satterwaite")
+    with pytest.raises(OptionError, match="not implemented yet"):
+        fit.ttest(df="kenward-roger")
+    with pytest.raises(OptionError, match="Did you mean 'sector'"):
+        fit.test(pd.DataFrame([[1.0]], columns=["sectr"]))
+    with pytest.raises(OptionError, match="rhs= goes with a contrast matrix"):
+        fit.test("sector = 0", rhs=[1.0])
+    with pytest.raises(OptionError, match="all zeros"):
+        fit.test(np.zeros((1, 6)))
+    with pytest.raises(OptionError, match="level"):
+        fit.contrast("sector", level=95)
+    with pytest.raises(OptionError, match="'wald'"):
+        fit.variance_intervals("bootstrap")
