@@ -327,3 +327,25 @@ def test_group_statistics_compare_each_group_with_its_replicates(sleep_bayes, st
 def test_group_statistics_refuse_bad_requests(reml_fits):
     with pytest.raises(OptionError, match="only a Bayesian fit"):
         bh.checks.group_statistics(reml_fits["sleepstudy"])
+
+
+@pytest.mark.sampling
+def test_known_variance_log_likelihoods_use_each_rows_variance():
+    data = bh.datasets.load("konstantopoulos")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = bh.HLM("yi ~ 1 + (1 | district)", data, known_variance="vi").fit("bayes", draws=60, tune=60, chains=2,
+                                                                              random_seed=1)
+    d, f = fit.design, fit.design.factor("district")
+    beta, T, u = fit.draws("beta").values, fit.draws("T_district").values, fit.draws("u_district").values
+    marginal = fit.log_likelihood("marginal")["log_likelihood"]["yi"].values
+    for c, s, j in [(0, 3, 0), (1, 50, 4)]:
+        rows = f.codes == j
+        V = f.Z[rows] @ T[c, s] @ f.Z[rows].T + np.diag(d.known_variance[rows])
+        dense = stats.multivariate_normal(d.X[rows] @ beta[c, s], V).logpdf(d.y[rows])
+        assert marginal[c, s, j] == pytest.approx(dense, rel=1e-10)
+    conditional = fit.log_likelihood("conditional")["log_likelihood"]["yi"].values
+    eta = d.X @ beta[0, 3] + u[0, 3, f.codes, 0]
+    np.testing.assert_allclose(conditional[0, 3], stats.norm.logpdf(d.y, eta, np.sqrt(d.known_variance)), rtol=1e-10)
+    with pytest.raises(OptionError, match="sampling variances are unknown"):
+        fit.predict(data.iloc[:2], kind="interval")
