@@ -143,10 +143,14 @@ class UnrestrictedFit:
     has gradient dD/dSigma = sum_i M_i'[V_i^{-1} - V_i^{-1}e_i e_i'V_i^{-1} (- V_i^{-1}X_i A^{-1}X_i'V_i^{-1})]M_i
     (A = X'V^{-1}X; beta's own variation drops out at the GLS estimate), and dD/dL = 2 (dD/dSigma) L,
     which L-BFGS-B uses.
+    The fit runs on the standardised design (:func:`bayeshlm.design.scaling.standardise`), so it does not depend
+    on the units of the outcome or the predictors; Sigma = s_y^2 Sigma*, beta, its covariance and D are mapped
+    back exactly.
     """
 
     def __init__(self, data: pd.DataFrame, outcome: str, time: str, person: str, fixed: str, method: str):
         from .design import build_design
+        from .design.scaling import standardise
         from .likelihood.marginal import Batch, gather, group_batches
         from .spec import parse_formula
 
@@ -156,7 +160,9 @@ class UnrestrictedFit:
         occasion = occasion[data.index.get_indexer(design.row_labels)]
         unit = design.factors[0]
         self.design = design
-        self._batches = [Batch(rows=rows, valid=rows >= 0, X=gather(design.X, rows), y=gather(design.y, rows),
+        self._standard, scaling = standardise(design)
+        X, y = self._standard.X, self._standard.y
+        self._batches = [Batch(rows=rows, valid=rows >= 0, X=gather(X, rows), y=gather(y, rows),
                                Z=(), same=(), codes=()) for rows in group_batches(unit.codes, unit.n_groups)]
         self._index = [gather(occasion, b.rows, 0) for b in self._batches]
         T = len(self.occasions)
@@ -165,13 +171,13 @@ class UnrestrictedFit:
         result = minimize(self._value_and_gradient, self._start(occasion), jac=True, method="L-BFGS-B",
                           options={"ftol": 1e-15, "gtol": 1e-7, "maxiter": 5000, "maxls": 50})
         self.converged = bool(result.success) or result.status == 2
-        self.deviance = float(result.fun)
+        self.deviance = scaling.deviance(float(result.fun), design.n_obs, design.n_fixed, method == "reml")
         L = self._cholesky(result.x)
         names = [f"{o:g}" for o in self.occasions]
-        self.sigma = pd.DataFrame(L @ L.T, index=names, columns=names)
+        self.sigma = pd.DataFrame(scaling.variance_factor * (L @ L.T), index=names, columns=names)
         fac = self._factorize(L)
         self.fixed_effects = pd.DataFrame(
-            {"estimate": fac.beta, "se": np.sqrt(np.diag(fac.fixed_cov_relative()))},
+            {"estimate": scaling.fixed(fac.beta), "se": np.sqrt(np.diag(scaling.fixed_cov(fac.fixed_cov_relative())))},
             index=pd.Index(design.fixed_names, name="term"))
 
     def _cholesky(self, x: np.ndarray) -> np.ndarray:
@@ -220,7 +226,7 @@ class UnrestrictedFit:
 
     def _start(self, occasion: np.ndarray) -> np.ndarray:
         """Cholesky factor of the pairwise covariance of OLS residuals by occasion (a diagonal if not PD)."""
-        d = self.design
+        d = self._standard
         residual = d.y - d.X @ np.linalg.lstsq(d.X, d.y, rcond=None)[0]
         wide = pd.DataFrame({"unit": d.factors[0].codes, "t": occasion, "e": residual}).pivot(
             index="unit", columns="t", values="e")

@@ -141,3 +141,15 @@ def test_growth_plot_lines_and_band(sleepstudy):
     assert len(bh.plots.growth(ox_fit, time="Occasion", data=ox, n_persons=3).axes[0].lines) == 7
     with pytest.raises(bh.OptionError, match="data="):
         bh.plots.growth(ox_fit, time="Occasion")
+
+
+def test_unrestricted_model_does_not_depend_on_the_units_of_the_outcome():
+    """Heights in km plus 1e6: the deviance moves by n log(s^2) and Sigma by s^2 exactly (it was -2.1e10 off)."""
+    ox = bh.datasets.load("oxboys")
+    base = bh.growth.UnrestrictedFit(ox, "height", "Occasion", "Subject", "~ age", "ml")
+    moved = bh.growth.UnrestrictedFit(ox.assign(height=ox["height"] * 1e-3 + 1e6), "height", "Occasion", "Subject",
+                                      "~ age", "ml")
+    assert moved.deviance - base.deviance == pytest.approx(len(ox) * np.log(1e-6), abs=1e-4)
+    np.testing.assert_allclose(moved.sigma.to_numpy(), 1e-6 * base.sigma.to_numpy(), rtol=1e-4)
+    np.testing.assert_allclose(moved.fixed_effects.loc["age", "estimate"],
+                               1e-3 * base.fixed_effects.loc["age", "estimate"], rtol=1e-6)
