@@ -8,6 +8,7 @@ are integrated out (:mod:`.marginal`); the effects of crossed factors beyond one
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 import numpy as np
@@ -16,31 +17,45 @@ import xarray as xr
 
 from ..design import Design
 from ..errors import OptionError, closest_names
-from .build import ModelInfo, build_model, cholesky_draws
+from .build import ModelInfo, build_model, centring, cholesky_draws
 from .diagnostics import SamplingWarning, diagnose, warn_if_problems
 from .marginal import draw_group_effects
 from .predictive import prior_predictive
 from .priors import LKJ, Prior, resolve_priors, valid_prior_names
 from .result import BayesFit
 from .sampling import check_sampler_options, new_seed, run_sampler
+from .units import OutcomeUnits
 
 __all__ = ["LKJ", "BayesFit", "Prior", "SamplingWarning", "fit_bayes", "prior_predictive", "pymc_model",
-           "valid_prior_names"]
+           "sampled_model", "valid_prior_names"]
 
 OPTIONS = ("draws", "tune", "chains", "random_seed", "priors", "sampler", "target_accept", "route",
            "parameterization", "progressbar")
 
 
 def pymc_model(design: Design, priors=None, route: str = "auto", parameterization=None) -> pm.Model:
-    """The PyMC model ``fit_bayes`` samples, for inspection (``pm.model_to_graphviz``) or extension."""
+    """The PyMC model of ``design`` in the user's units, for inspection (``pm.model_to_graphviz``) or extension.
+
+    ``fit_bayes`` samples the same model on the standardised outcome (:func:`sampled_model`, :mod:`.units`)."""
     return build_model(design, resolve_priors(design, priors), route, parameterization)[0]
+
+
+def sampled_model(design: Design, priors=None, route: str = "auto", parameterization=None):
+    """What ``fit_bayes`` samples: the model of ``design`` on y* = (y - c) / s with its priors rewritten for y*
+    (:mod:`.units`). Returns (model, info, units, notes); ``info.priors`` are the user's priors, ``notes`` say
+    which part of the standardisation the priors did not allow."""
+    user_priors = resolve_priors(design, priors)
+    units, notes = OutcomeUnits.of(design, user_priors)
+    model, info = build_model(units.design(design), units.priors(user_priors, design), route, parameterization)
+    return model, dataclasses.replace(info, priors=user_priors), units, notes
 
 
 def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
               random_seed: int | None = None, priors=None, sampler: str = "nutpie", target_accept: float = 0.9,
               route: str = "auto", parameterization: dict[str, str] | None = None,
               progressbar: bool = False, **unknown) -> BayesFit:
-    """Sample the posterior of ``design``'s model.
+    """Sample the posterior of ``design``'s model, on the standardised outcome y* = (y - c) / s with every draw
+    mapped back exactly to the user's units (:mod:`.units`; c and s in ``fit.sampler["outcome_units"]``).
 
     Parameters
     ----------
@@ -73,22 +88,29 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
     if parameterization is not None and not isinstance(parameterization, Mapping):
         raise OptionError(f"parameterization={parameterization!r}: give a dict {{factor: 'centred' or "
                           "'non-centred'}, e.g. parameterization={'school': 'non-centred'}.")
-    prior_set = resolve_priors(design, priors)
-    model, info = build_model(design, prior_set, route, parameterization)
+    model, info, units, notes = sampled_model(design, priors, route, parameterization)
     if random_seed is None:
         random_seed = new_seed()
     tree, record = run_sampler(model, info, sampler=sampler, draws=draws, tune=tune, chains=chains,
                                seed=int(random_seed), target_accept=target_accept, progressbar=progressbar)
-    posterior, chol = _complete_posterior(design, tree["posterior"].to_dataset(), info, int(random_seed))
-    tree["posterior"] = xr.DataTree(posterior)
+    sampled_design = units.design(design)
+    posterior, chol = _complete_posterior(sampled_design, tree["posterior"].to_dataset(), info, int(random_seed))
+    centred_on = centring(design, [design.factor(name) for name in info.sampled], info.parameterization)
+    tree["posterior"] = xr.DataTree(units.draws(posterior, design, centred_on))
+    if "warmup_posterior" in tree.children:
+        tree["warmup_posterior"] = xr.DataTree(units.draws(tree["warmup_posterior"].to_dataset(), design, centred_on))
+    chol = {name: units.scale * L for name, L in chol.items()}
     record |= {"route": info.route, "parameterization": info.parameterization,
-               "reliability": {k: round(v, 3) for k, v in info.reliability.items()}}
+               "reliability": {k: round(v, 3) for k, v in info.reliability.items()},
+               "outcome_units": {"centre": units.centre, "scale": units.scale}}
     var_names = ["beta", *(v for v in posterior.data_vars
                            if v in ("sigma", "sigma_strata", "phi") or v.startswith(("tau_", "corr_")))]
     var_names += [f"u_{name}" for name in info.sampled]
     diagnostics, messages = diagnose(tree, var_names, chains)
+    messages = notes + messages
     warn_if_problems(messages)
-    return BayesFit(design, tree, info, record, diagnostics, messages, model, chol)
+    return BayesFit(design, tree, info, record, diagnostics, messages, model, chol,
+                    sampled=(sampled_design, units, centred_on))
 
 
 def _complete_posterior(design: Design, post: xr.Dataset, info: ModelInfo, seed: int):

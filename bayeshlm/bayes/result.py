@@ -37,7 +37,7 @@ class BayesFit(FitResult):
     method = "bayes"
 
     def __init__(self, design: Design, posterior: xr.DataTree, info: ModelInfo, sampler: dict,
-                 diagnostics: dict, messages: list[str], model, chol: dict[str, np.ndarray]):
+                 diagnostics: dict, messages: list[str], model, chol: dict[str, np.ndarray], sampled=None):
         self.design = design
         self.posterior = posterior
         self.priors = info.priors.as_dict()
@@ -47,6 +47,8 @@ class BayesFit(FitResult):
         self.model_info = info
         self._model = model
         self._chol = chol  # factor -> Cholesky factor L of T per draw, (chain, draw, q, q)
+        # (design, OutcomeUnits, centring) of the standardised model ``model`` is, or None: model in user units
+        self._sampled = sampled
 
     # --- draws -----------------------------------------------------------------------------------
     def draws(self, name: str) -> xr.DataArray:
@@ -54,14 +56,22 @@ class BayesFit(FitResult):
         return self.posterior["posterior"][name]
 
     def pymc_model(self):
-        """The ``pm.Model`` that was sampled."""
+        """The ``pm.Model`` that was sampled: on the standardised outcome of :mod:`bayeshlm.bayes.units` for a
+        fresh fit (``sampler["outcome_units"]``), in the user's units for a loaded one."""
         return self._model
 
     def prior_predictive(self, draws: int = 500, seed: int | None = None) -> xr.DataTree:
-        """Parameters and outcomes simulated from the priors (see :mod:`bayeshlm.bayes.predictive`)."""
+        """Parameters and outcomes simulated from the priors (see :mod:`bayeshlm.bayes.predictive`), in the
+        user's units."""
         from .predictive import prior_predictive
 
-        return prior_predictive(self.design, self._model, draws, seed)
+        if self._sampled is None:
+            return prior_predictive(self.design, self._model, draws, seed)
+        design, units, centred_on = self._sampled
+        tree = prior_predictive(design, self._model, draws, seed)
+        y = units.centre + units.scale * tree["prior_predictive"].to_dataset()
+        return xr.DataTree.from_dict({"prior": units.draws(tree["prior"].to_dataset(), self.design, centred_on),
+                                      "prior_predictive": y})
 
     # --- FitResult -------------------------------------------------------------------------------
     @property
