@@ -27,6 +27,11 @@ class OptionError(InputError):
     """An argument has an impossible or unknown value."""
 
 
+class PrecisionWarning(UserWarning):
+    """A column's values sit so far from zero, relative to their spread, that double precision keeps few digits
+    of their variation: the estimates are as precise as those digits and no more."""
+
+
 class RowsUnavailableError(OptionError):
     """A result needs the individual rows, but the model was built from per-group aggregates (Dask input)."""
 

@@ -262,3 +262,18 @@ def test_level2_predictor_far_from_zero_is_not_called_collinear(hsb, shift, dask
     np.testing.assert_allclose(fit.fixed_effects["estimate"], [g0 - g_mean * shift, g_ses, g_mean], rtol=1e-8)
     assert fit.tau["school"].iloc[0, 0] == pytest.approx(base.tau["school"].iloc[0, 0], rel=1e-8)
     assert fit.deviance == pytest.approx(base.deviance, rel=1e-10)
+
+
+def test_precision_warning_only_where_digits_are_really_lost():
+    """y + 1e8 keeps ~9 digits of the variation (no warning, estimates unchanged); y + 1e11 keeps ~5: said so."""
+    import dask.dataframe as dd
+
+    from bayeshlm.errors import PrecisionWarning
+
+    hsb = bh.datasets.load("hsb")[["mathach", "ses", "school"]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PrecisionWarning)
+        bh.HLM("mathach ~ ses + (1 | school)", hsb.assign(mathach=hsb["mathach"] + 1e8)).fit("reml")
+    for data in (hsb.assign(mathach=hsb["mathach"] + 1e11), dd.from_pandas(hsb.assign(ses=hsb["ses"] + 1e10), 2)):
+        with pytest.warns(PrecisionWarning, match=r"keeps about [45] significant digits of that variation"):
+            bh.HLM("mathach ~ ses + (1 | school)", data).fit("reml")

@@ -34,10 +34,12 @@ s_y^2 with y, which leaves the model unchanged and the same Jacobian.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import PrecisionWarning
 from .design import ChainCrossproducts, ColumnSummary, Design, ResidualDesign
 
 
@@ -181,6 +183,7 @@ def standardise(design: Design) -> tuple[Design, Scaling]:
         x_scale = np.array([1.0 if c == intercept else _column_scale(s, r)
                             for c, (s, r) in enumerate(zip(x_sd, x_rms))])
     y_scale = _column_scale(y_sd, abs(y_mean))
+    _warn_where_digits_are_lost(design, [y_mean, *x_mean], [y_sd, *x_sd])
     scaling = Scaling(y_centre=float(y_centre), y_scale=y_scale, intercept=intercept,
                       fixed_map=_fixed_map(x_centre, x_scale, intercept), z_scale=_z_scales(design))
     if not design.rows_available:
@@ -194,6 +197,23 @@ def standardise(design: Design) -> tuple[Design, Scaling]:
     out = dataclasses.replace(design, y=(design.y - y_centre) / y_scale, X=X, factors=factors,
                               known_variance=known, residual=residual)
     return out, scaling
+
+
+# |mean| / SD above which fewer than ~7 of double precision's ~16 significant digits describe the variation
+DIGITS_LOST_RATIO = 1e9
+
+
+def _warn_where_digits_are_lost(design: Design, means, sds) -> None:
+    """Centring is exact from here on, but the data arrived with their variation in the last digits only."""
+    names = [design.outcome_name, *design.fixed_names]
+    for name, mean, sd in zip(names, means, sds):
+        if sd > 0 and abs(mean) > DIGITS_LOST_RATIO * sd:
+            kept = max(0, int(np.floor(15.9 - np.log10(abs(mean) / sd))))
+            warnings.warn(
+                f"{name!r} has mean {mean:.6g} but varies only by about {sd:.3g}: double precision keeps about "
+                f"{kept} significant digits of that variation, so estimates involving it are precise to about that "
+                "many digits. Subtract a constant near its mean from the data column before fitting.",
+                PrecisionWarning, stacklevel=4)
 
 
 def _standardise_residual(design: Design, residual: ResidualDesign, scaling: Scaling):
