@@ -172,7 +172,8 @@ def test_messages_name_the_offending_piece_and_the_allowed_functions():
 REFUSED = ["I(x)(1)", "C(x)[0]", "log(x, x)", "log(x, out=x)", "I(x, x)", "C(g, contr)", "poly(x, degree=np)",
            "center(x, _state=x)", "I(x if x else x)", "I(not x)", "I(x and x)", "I(x @ x)", "I(x is x)", "I(x in x)",
            "I(...)", "I(b'a')", "I({'a': x})", "I(x[::1])", "I(\uff58.__class__)", "I(\uff3f\uff3fimport\uff3f\uff3f)",
-           "I(x * 'a')", "I(len(x))", "I(__builtins__)", "Q('x')", "lag(x)", "I(x.size)"]
+           "I(x * 'a')", "I(len(x))", "I(__builtins__)", "Q('x')", "lag(x)", "I(x.size)",
+           "poly(x, 10**6)", "poly(x, 51)", "bs(x, df=1000)", "cr(x, df=x)", "poly(x, True)"]  # a basis of 1e6 columns
 
 
 @pytest.mark.parametrize("term", REFUSED)

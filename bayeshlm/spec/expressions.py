@@ -45,6 +45,8 @@ FORMULA_FUNCTIONS = {
 FORMULAIC_CONTEXT = {"sqrt": np.sqrt, "abs": np.abs}
 # one positional argument and no keywords: a NumPy ufunc's second argument is `out`, which would overwrite data
 ONE_ARGUMENT = ("I", "log", "log2", "log10", "exp", "sqrt", "abs")
+BASIS_FUNCTIONS = ("poly", "bs", "cr", "cs", "cc")  # their degree / df sets how many columns they make
+MAX_BASIS_COLUMNS = 50
 CONTRASTS = ("Treatment", "Sum", "Helmert", "Poly", "Diff")  # may also be passed uncalled: C(x, Sum)
 
 
@@ -177,6 +179,8 @@ class _FormulaChecker(ast.NodeVisitor):
             self.refuse(f"the function {node.func.id!r}")
         if node.func.id in ONE_ARGUMENT and (len(node.args) != 1 or node.keywords):
             self.refuse(f"'{_snippet(node)}'", f" {node.func.id}() takes exactly one argument.")
+        if node.func.id in BASIS_FUNCTIONS:
+            self._check_basis_size(node)
         for arg in node.args:
             self._argument(arg)
         for keyword in node.keywords:
@@ -188,6 +192,15 @@ class _FormulaChecker(ast.NodeVisitor):
                 self.refuse(f"the keyword value '{keyword.arg}={_snippet(keyword.value)}'",
                             " Keyword values must be numbers, text, True/False or a list of them.")
             self._argument(keyword.value)
+
+    def _check_basis_size(self, node: ast.Call) -> None:
+        """A basis of more than MAX_BASIS_COLUMNS columns (poly(x, 10**6)) would exhaust memory, not fit a model."""
+        sizes = node.args[1:2] + [k.value for k in node.keywords if k.arg in ("degree", "df")]
+        for size in sizes:
+            value = size.value if isinstance(size, ast.Constant) else None
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_BASIS_COLUMNS:
+                self.refuse(f"'{_snippet(node)}'", f" Give its degree or df as a whole number from 0 to "
+                                                   f"{MAX_BASIS_COLUMNS}, e.g. {node.func.id}(x, 3).")
 
     def _argument(self, node: ast.expr) -> None:
         if isinstance(node, ast.List | ast.Tuple):
