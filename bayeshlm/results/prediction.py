@@ -10,10 +10,11 @@ intervals and predictive draws its effect varies as N(0, T) -- as lme4's ``allow
 brms' ``sample_new_levels="gaussian"``.
 
 Likelihood fits (REML/ML), after lme4's ``predict``: ``kind="mean"`` gives x'gamma + z'u with the standard error
-sqrt(x' V_gamma x + sum_f z_f' C_fj z_f), V_gamma = vcov(gamma) and C_fj the conditional covariance of group
-j's effects (lme4's ``condVar``). This is an approximation, as lme4's: it ignores the uncertainty in the
-variance parameters and the covariance of gamma-hat with u-hat. ``kind="interval"``: the prediction
-interval for a new observation, which adds sigma^2 and, for a new group, z' T z. Intervals use normal quantiles.
+of its prediction error from Henderson's mixed-model equations (:func:`prediction_error_variance`: the
+uncertainty of gamma-hat, of the known groups' u-hat, and how u-hat moves with gamma-hat). It holds the
+variance parameters at their estimates and ignores their uncertainty, as lme4-style predictions do, so it
+is somewhat too small when groups are few. ``kind="interval"``: the prediction interval for a new observation,
+which adds sigma^2 and, for a new group, z' T z. Intervals use normal quantiles.
 
 Bayesian fits: one linear predictor per posterior draw (known groups from their posterior draws of u);
 ``kind="mean"`` summarises it (posterior mean, SD, equal-tailed interval; a new group at u = 0);
@@ -171,29 +172,93 @@ def _unseen_levels(model_spec, numbers: pd.DataFrame, what: str) -> str:
 
 # --- likelihood fits -----------------------------------------------------------------------------------
 
-def predict_likelihood(fit, newdata, groups: str, kind: str, level: float) -> pd.DataFrame:
+def predict_likelihood(fit, newdata, groups: str, kind: str, level: float, with_se: bool = True) -> pd.DataFrame:
     """lme4-style predictions of a REML / ML fit (see the module docstring for the formulas)."""
     check_options(groups, kind, level)
     if kind == "draws":
         raise OptionError("kind='draws' gives posterior predictive draws, which a likelihood fit does not have; use "
                           "kind='interval' for a prediction interval, or fit with method='bayes'.")
     rows = prediction_rows(fit.design, newdata)
-    gamma = fit.fixed_effects["estimate"].to_numpy()
-    estimate = rows.X @ gamma
-    variance = np.einsum("np,pr,nr->n", rows.X, fit.vcov.to_numpy(), rows.X)
+    known = {f.name: (rows.codes[f.name] >= 0) & (groups == "conditional") for f in fit.design.factors}
+    estimate = rows.X @ fit.fixed_effects["estimate"].to_numpy()
     for f in fit.design.factors:
-        codes, Z = rows.codes[f.name], rows.Z[f.name]
-        known = (codes >= 0) if groups == "conditional" else np.zeros(rows.n, dtype=bool)
-        if known.any():
-            effects = fit.random_effects(f.name)
-            estimate[known] += np.einsum("nq,nq->n", Z[known], effects.modes.to_numpy()[codes[known]])
-            variance[known] += np.einsum("nq,nqr,nr->n", Z[known], effects.condvar[codes[known]], Z[known])
+        k = known[f.name]
+        if k.any():
+            modes = fit.random_effects(f.name).modes.to_numpy()
+            estimate[k] += np.einsum("nq,nq->n", rows.Z[f.name][k], modes[rows.codes[f.name][k]])
+    if not with_se:
+        return pd.DataFrame({"estimate": estimate}, index=rows.index)
+    if fit.design.residual is not None:
         if kind == "interval":
-            T = fit.tau[f.name].to_numpy()
-            variance[~known] += np.einsum("nq,qr,nr->n", Z[~known], T, Z[~known])
+            _level1_variance(fit, newdata)  # refuses in words
+        warnings.warn(f"Standard errors of predictions for a model with level-1 errors "
+                      f"'{fit.design.residual.structure.describe()}' are not implemented yet: se, lower and upper "
+                      "are NaN; the estimates are the model's predictions.", UserWarning, stacklevel=3)
+        return _table(rows, estimate, np.full(rows.n, np.nan), level)
+    variance = prediction_error_variance(fit, rows, known)
     if kind == "interval":
+        for f in fit.design.factors:
+            new = ~known[f.name]
+            Z = rows.Z[f.name][new]
+            variance[new] += np.einsum("nq,qr,nr->n", Z, fit.tau[f.name].to_numpy(), Z)
         variance = variance + _level1_variance(fit, newdata)
     return _table(rows, estimate, np.sqrt(variance), level)
+
+
+def prediction_error_variance(fit, rows: PredictionRows, known: dict[str, np.ndarray],
+                              chunk: int = 2048) -> np.ndarray:
+    """Var(x'gamma-hat + z'u-hat - x'gamma - z'u) per row, the variance parameters held at their estimates, from
+    Henderson's mixed-model equations (the known groups' effects only; a new group's z'u is not predicted).
+
+    With every group's effects u = L v (T = LL' per factor, any square root), v ~ N(0, I), weights W (1/V for
+    known variances, else sigma^2 = s2 and W = I) and M = I + L'Z'WZL / s2:
+    u-hat(gamma) - u has covariance L M^-1 L' and is uncorrelated with gamma-hat - gamma, and u-hat moves with
+    gamma-hat by -L M^-1 L'Z'WX / s2, so the variance is x_e' V x_e + z'L M^-1 L'z with
+    x_e = x - X'WZL M^-1 L'z / s2 and V = vcov(gamma). (lme4's condVar alone, z'L M^-1 L'z without the
+    x_e correction, overstates it: 11.5 against 7.7 for a sleepstudy subject at Days = 4, where 400 parametric
+    simulations give 8.3 -- the rest is the variance parameters' uncertainty, which neither counts.)"""
+    from scipy import sparse
+    from scipy.sparse.linalg import splu
+
+    from ..design.design import indicator_matrix
+
+    design = fit.design
+    V = fit.vcov.to_numpy()
+    variance = np.einsum("np,pr,nr->n", rows.X, V, rows.X)
+    if not any(k.any() for k in known.values()):
+        return variance
+    s2 = 1.0 if design.known_variance is not None else fit.sigma2
+    w = np.ones(design.n_obs) if design.weights is None else design.weights
+    blocks, roots = [], []
+    for f in design.factors:
+        root = _square_root(fit.tau[f.name].to_numpy())
+        roots.append(root)
+        blocks.append(indicator_matrix(f.codes, f.Z @ root, f.n_groups))
+    ZL = sparse.hstack(blocks).tocsr()
+    WZL = ZL.multiply(w[:, None]).tocsr()
+    M = sparse.identity(ZL.shape[1], format="csc") + (ZL.T @ WZL).tocsc() / s2
+    solver = splu(M)
+    B = np.asarray(WZL.T @ design.X) / s2  # (K, p) = L'Z'WX / s2
+    offsets = np.cumsum([0] + [f.n_groups * f.n_coef for f in design.factors])
+    for start in range(0, rows.n, chunk):
+        part = slice(start, min(start + chunk, rows.n))
+        Lz = np.zeros((ZL.shape[1], part.stop - start))  # L'z of each row, over the known groups' columns
+        for f, root, offset in zip(design.factors, roots, offsets):
+            k = np.flatnonzero(known[f.name][part])
+            if not len(k):
+                continue
+            cols = offset + rows.codes[f.name][part][k, None] * f.n_coef + np.arange(f.n_coef)
+            Lz[cols, k[:, None]] = rows.Z[f.name][part][k] @ root
+        S = solver.solve(Lz)
+        x_e = rows.X[part] - (B.T @ S).T
+        variance[part] = np.einsum("np,pr,nr->n", x_e, V, x_e) + np.einsum("kn,kn->n", Lz, S)
+    return variance
+
+
+def _square_root(T: np.ndarray) -> np.ndarray:
+    """A matrix L with LL' = T for a symmetric T >= 0 (also singular: a variance estimated at 0)."""
+    values, vectors = np.linalg.eigh(T)
+    return vectors * np.sqrt(np.clip(values, 0.0, None))
 
 
 def _level1_variance(fit, newdata) -> np.ndarray | float:
