@@ -434,3 +434,22 @@ def test_equations_on_the_link_scale():
                     exposure="years").equations().text
     assert "eta_ij = log(lambda_ij) = b0_j + b1_j*(x)_ij + log(years)_ij" in counts
     assert "Combined:  eta = log(lambda) = g0 + g1*x + u[g]0 + log(years)  (y ~ Poisson(lambda))" in counts
+
+
+@pytest.mark.parametrize("name, make", [
+    ("cbpp_pql", lambda: bh.HLM(CBPP, bh.datasets.load("cbpp"), family="binomial")),
+    ("contraception_pql", lambda: bh.HLM(CONTRACEPTION, contraception(), family="bernoulli")),
+])
+def test_pql_matches_the_iteration_written_in_r(name, make):
+    """PQL (sigma^2 = 1, REML steps) against make_pql_reference.R (the same iteration with metafor::rma.mv)."""
+    ref = json.loads((REFERENCE / "pql_reference.json").read_text())[name]
+    fit = make().fit(method="pql")
+    assert fit.converged and fit.loglik is None and fit.deviance is None
+    assert_close(fit.fixed_effects["estimate"], ref["beta"], "PQL fixed effects")
+    np.testing.assert_allclose(fit.fixed_effects["se"], ref["se"], rtol=1e-6)
+    assert_close(next(iter(fit.tau.values())).iloc[0, 0], ref["tau"], "PQL tau")
+    effects = fit.group_effects()
+    effects = effects.set_index(effects.index.astype(str)).sort_index()
+    np.testing.assert_allclose(effects.iloc[:, 0], ref["modes"], atol=1e-6)
+    with pytest.raises(OptionError, match="only option is maxiter"):
+        make().fit(method="pql", nagq=5)

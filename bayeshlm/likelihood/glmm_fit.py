@@ -36,9 +36,16 @@ def fit_glmm(design: Design, outcome: GLMOutcome, method: str = "ml", **options)
                           "effects out of a Gaussian likelihood, which has no exact counterpart for binary or "
                           "count outcomes. Use method='ml' (the Laplace approximation, as lme4's glmer; "
                           "nagq=25 for adaptive quadrature).")
+    if method == "pql":
+        from .pql import fit_pql
+
+        unknown = sorted(set(options) - {"maxiter"})
+        if unknown:
+            raise OptionError(f"Unknown fit option {unknown[0]!r} for method='pql'; its only option is maxiter.")
+        return fit_pql(design, outcome, **options)
     if method != "ml":
-        raise OptionError(f"method={method!r} is not available for the {family.name} family yet; use method='ml' "
-                          "(Laplace, or adaptive quadrature with nagq=...).")
+        raise OptionError(f"method={method!r} is not available for the {family.name} family; use method='ml' "
+                          "(Laplace, or adaptive quadrature with nagq=...) or 'pql'.")
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise OptionError(f"Unknown fit option {unknown[0]!r}.{closest_names(unknown[0], OPTIONS)} "
