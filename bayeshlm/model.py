@@ -178,7 +178,8 @@ class HLM:
     # --- fitting --------------------------------------------------------------------------------
     def fit(self, method: str | None = None, **options):
         """Fit by restricted ML ('reml', the default for Gaussian outcomes), full ML ('ml'; the Laplace
-        approximation, or adaptive quadrature with ``nagq=``, for other families) or full Bayes ('bayes')."""
+        approximation, or adaptive quadrature with ``nagq=``, for other families), PQL ('pql', other families)
+        or full Bayes ('bayes', Gaussian outcomes)."""
         family = getattr(self, "family", None)
         if family is not None and not family.gaussian:
             from .likelihood.glmm_fit import fit_glmm
