@@ -59,7 +59,8 @@ def posterior_predictive(fit, random_seed=None) -> xr.DataTree:
     rows = prediction_rows(fit.design, None)
     rng = seeded_rng(fit, random_seed, 4)
     eta = linear_predictor_draws(fit, rows, "conditional", new_effects=False, rng=rng)
-    y_rep = eta + level1_sd_draws(fit, None) * rng.standard_normal(eta.shape)
+    y_rep = eta  # replicated in place: y_rep = eta + e
+    y_rep += level1_sd_draws(fit, None) * rng.standard_normal(eta.shape)
     beta = fit.draws("beta")
     replicates = xr.Dataset({fit.design.outcome_name: (("chain", "draw", "obs"), y_rep)},
                             coords={"chain": beta.chain.values, "draw": beta.draw.values,

@@ -294,13 +294,17 @@ def linear_predictor_draws(fit, rows: PredictionRows, groups: str, new_effects: 
         known = (codes >= 0) if groups == "conditional" else np.zeros(rows.n, dtype=bool)
         if known.any():
             u = fit.draws(f"u_{f.name}").transpose("chain", "draw", f.name, f"{f.name}__coef").values
-            eta[..., known] += np.einsum("cdnq,nq->cdn", u[:, :, codes[known]], Z[known])
+            rows_known, groups_known = np.flatnonzero(known), codes[known]
+            for k in range(f.n_coef):  # one coefficient at a time: no (chain, draw, rows, q) temporary
+                eta[..., rows_known] += u[:, :, groups_known, k] * Z[rows_known, k]
         if new_effects and not known.all():
             labels, which = np.unique(rows.labels[f.name][~known], return_inverse=True)
             L = covariance_cholesky(fit, f.name)
             noise = rng.standard_normal((*L.shape[:2], len(labels), L.shape[-1]))
             u_new = np.einsum("cdqr,cdjr->cdjq", L, noise)
-            eta[..., ~known] += np.einsum("cdnq,nq->cdn", u_new[:, :, which], Z[~known])
+            rows_new = np.flatnonzero(~known)
+            for k in range(f.n_coef):
+                eta[..., rows_new] += u_new[:, :, which, k] * Z[rows_new, k]
     return eta
 
 
@@ -341,7 +345,7 @@ def predict_bayes(fit, newdata, groups: str, kind: str, level: float, random_see
     rng = seeded_rng(fit, random_seed, 3)
     eta = linear_predictor_draws(fit, rows, groups, new_effects=kind != "mean", rng=rng)
     if kind != "mean":
-        eta = eta + level1_sd_draws(fit, newdata) * rng.standard_normal(eta.shape)
+        eta += level1_sd_draws(fit, newdata) * rng.standard_normal(eta.shape)
     if kind == "draws":
         beta = fit.draws("beta")
         coords = {"chain": beta.chain.values, "draw": beta.draw.values, "obs": np.asarray(rows.index)}
