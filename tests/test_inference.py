@@ -28,15 +28,26 @@ from bayeshlm.likelihood.inference import variance_parameters
 REFERENCE = json.loads((Path(__file__).parent / "reference" / "inference_reference.json").read_text())
 MODELS = {"hsb_full": ("hsb", "mathach ~ meanses * cses + sector * cses + (cses | school)"),
           "sleep_corr": ("sleepstudy", "Reaction ~ Days + (Days | Subject)")}
-R_NAMES = {"sector:cses": "cses:sector"}
+MORE_MODELS = {"hsb_small": ("hsb", MODELS["hsb_full"][1]),  # the first 20 schools: small J, boundary fit
+               "scotssec": ("scotssec", "attain ~ verbal + sex + (1 | primary) + (1 | second)"),  # crossed
+               "egsingle": ("egsingle", "math ~ year + (year | childid) + (year | schoolid)")}  # three levels
+R_NAMES = {"sector:cses": "cses:sector", "sex[T.M]": "sexM"}
+
+
+def data(model: str):
+    dataset = {**MODELS, **MORE_MODELS}[model][0]
+    frame = bh.datasets.load(dataset)
+    if model == "hsb_small":
+        frame = frame[frame["school"].isin(sorted(frame["school"].unique())[:20])]
+    return frame
 
 
 @cache
 def fitted(model: str, method: str = "reml"):
-    dataset, formula = MODELS[model]
+    formula = {**MODELS, **MORE_MODELS}[model][1]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BoundaryFitWarning)
-        return bh.HLM(formula, bh.datasets.load(dataset)).fit(method)
+        return bh.HLM(formula, data(model)).fit(method)
 
 
 def close(a, b, rel):
@@ -92,6 +103,22 @@ def test_satterthwaite_df_and_p_match_lmertest():
     hsb = fitted("hsb_full").ttest(df="satterthwaite")["df"]
     ref = REFERENCE["hsb_full"]["satterthwaite"]["df"]
     assert close(hsb, [ref[R_NAMES.get(n, n)] for n in hsb.index], 1e-5)
+
+
+@pytest.mark.parametrize("model", list(MORE_MODELS))
+def test_satterthwaite_df_match_lmertest_for_small_j_crossed_and_three_level_models(model):
+    fit = fitted(model)
+    ref = REFERENCE[model]
+    assert np.allclose(fit.theta, ref["theta"], rtol=1e-4, atol=1e-8)  # same optimum (hsb_small: a slope SD of 0)
+    table = fit.ttest(df="satterthwaite")
+    names = [R_NAMES.get(n, n) for n in table.index]
+    assert close(table["df"], [ref["satterthwaite"]["df"][n] for n in names], 1e-4)  # measured <= 2e-6
+    assert close(table["p"], [ref["satterthwaite"]["p"][n] for n in names], 1e-3)
+    text = {"hsb_small": "meanses:cses = 0, sector:cses = 0", "scotssec": "verbal = 0, sex[T.M] = 0"}
+    for key, joint in (ref["joint"] or {}).items():
+        ours = fit.test(text[model], df="satterthwaite").joint.iloc[0]
+        assert ours["F"] == pytest.approx(joint["F"], rel=1e-5), key
+        assert ours["den_df"] == pytest.approx(joint["den_df"], rel=1e-4), key
 
 
 def test_joint_satterthwaite_F_matches_lmertest_contest():
@@ -180,6 +207,30 @@ def test_profile_intervals_match_lme4_confint_profile():
             assert row["upper"] == pytest.approx(upper, **tol), (model, row["term"], "upper")
         variance = table[table["parameter"] == "variance"]
         assert close(variance["upper"], table[table["parameter"] == "sd"]["upper"] ** 2, 1e-12)
+
+
+def test_profile_at_a_boundary_fit_agrees_with_lme4_within_its_spline():
+    """HS&B's first 20 schools: the cses SD is estimated at 0 and the correlation at -1. The profile of the
+    intercept SD is flat near its lower end (3.84 at 0.070, 3.90 at lme4's 0.038), so lme4's interpolated ends
+    sit up to 0.06 deviance units off the cutoff; ours are its exact roots."""
+    from bayeshlm.likelihood.inference import ComponentMap, _Profile
+
+    fit = fitted("hsb_small", "ml")
+    ref = REFERENCE["hsb_small"]["profile_ml"]
+    table = fit.variance_intervals("profile")
+    sd_scale = table[table["parameter"].isin(["sd", "corr", "sigma"])].reset_index(drop=True)
+    assert sd_scale.loc[2, "lower"] == 0.0 and ref["lower"][2] == 0.0  # cses SD at the boundary
+    assert (sd_scale.loc[1, "lower"], sd_scale.loc[1, "upper"]) == (-1.0, 1.0)  # flat in the correlation
+    assert close(sd_scale.loc[3, ["lower", "upper"]], [ref["lower"][3], ref["upper"][3]], 1e-5)  # sigma
+    vp = variance_parameters(fit)
+    cmap = ComponentMap(vp)
+    psi, unit = cmap.psi(vp.x), cmap.user_factor()
+    cutoff = stats.chi2.ppf(0.95, 1)
+    for k, lme4_ends in [(0, (ref["lower"][0], ref["upper"][0])), (2, (ref["upper"][2],))]:
+        for end in lme4_ends:
+            assert _Profile(vp, cmap, psi, k).rise(end / unit[k]) == pytest.approx(cutoff, abs=0.06)
+        ours = sd_scale.loc[k, "upper"]
+        assert _Profile(vp, cmap, psi, k).rise(ours / unit[k]) == pytest.approx(cutoff, abs=1e-6)
 
 
 def test_profile_interval_ends_raise_the_criterion_by_the_chi2_quantile():

@@ -396,19 +396,57 @@ class _Profile:
         return value, out
 
     def rise(self, value: float) -> float:
-        """Profile criterion at psi_k = value minus the minimum."""
+        """Profile criterion at psi_k = value minus the minimum: the lower of two minimisations over the other
+        parameters: in psi with bounds, warm-started from the previous solution (reaches SD 0 and correlations
+        +-1, but psi -> varpar has kinks there), then, inside the bounds, from its end point in varpar with
+        psi_k(varpar) = value as a constraint (SLSQP; smooth where the SDs are not 0)."""
         psi = self.psi_hat.copy()
         psi[self.k] = value
-        if len(self.others):
-            def objective(free):
-                psi[self.others] = free
-                return self.value_and_gradient(psi)
+        if not len(self.others):
+            return self.criterion(psi) - self.minimum
 
-            result = optimize.minimize(objective, self.start, method="L-BFGS-B", jac=True, bounds=self.bounds,
-                                       options={"ftol": 1e-14, "gtol": 1e-8, "maxiter": 500})
-            self.start = result.x
-            psi[self.others] = result.x
-        return self.criterion(psi) - self.minimum
+        def objective(free):
+            psi[self.others] = free
+            return self.value_and_gradient(psi)
+
+        result = optimize.minimize(objective, self.start, method="L-BFGS-B", jac=True, bounds=self.bounds,
+                                   options={"ftol": 1e-14, "gtol": 1e-8, "maxiter": 500})
+        self.start = result.x
+        psi[self.others] = result.x
+        best = self.criterion(psi)
+        low, high = self.cmap.bounds()[self.k]
+        if value != low and value != high:
+            x, constrained = self._constrained(value, self.cmap.varpar(psi))
+            if constrained < best:
+                best = constrained
+                self.start = self.cmap.psi(x)[self.others]
+        return best - self.minimum
+
+    def _constrained(self, value: float, start: np.ndarray) -> tuple[np.ndarray, float]:
+        """min d(varpar) subject to psi_k(varpar) = value, by SLSQP from ``start``."""
+        def constraint(x):
+            return self.cmap.psi(x)[self.k] - value
+
+        def constraint_gradient(x):
+            out = np.empty(len(x))
+            for j in range(len(x)):
+                e = np.zeros(len(x))
+                e[j] = 1e-7
+                out[j] = (constraint(x + e) - constraint(x - e)) / 2e-7
+            return out
+
+        def objective(x):
+            try:
+                return self.vp.value_and_gradient(x)
+            except np.linalg.LinAlgError:
+                return np.inf, np.zeros(len(x))
+
+        result = optimize.minimize(objective, start, jac=True, method="SLSQP",
+                                   constraints=[{"type": "eq", "fun": constraint, "jac": constraint_gradient}],
+                                   options={"ftol": 1e-13, "maxiter": 300})
+        if not np.all(np.isfinite(result.x)) or abs(constraint(result.x)) > 1e-9 * max(abs(value), 1.0):
+            return result.x, np.inf
+        return result.x, float(self.vp.deviance(result.x))
 
     def end(self, side: int, cutoff: float, scale: float) -> float:
         """Where the profile rises by ``cutoff`` above (side=1) or below (side=-1) the estimate."""
@@ -424,7 +462,7 @@ class _Profile:
             value = self.rise(trial) - cutoff
             if value > 0:
                 return optimize.brentq(lambda v: self.rise(v) - cutoff, min(inside, trial), max(inside, trial),
-                                       xtol=1e-10 * max(abs(estimate), 1e-3), rtol=1e-12)
+                                       xtol=1e-8 * max(abs(estimate), 1e-3), rtol=1e-10)
             if bound is not None and trial == bound:
                 return float(bound)
             inside, step = trial, 2.0 * step

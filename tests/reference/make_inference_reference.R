@@ -9,6 +9,9 @@
 ##
 ## Debian 12 packages: r-cran-lme4 r-cran-lmertest r-cran-pbkrtest r-cran-jsonlite.
 ##
+## Models: HS&B intercepts-and-slopes (all 160 schools, and the first 20: small J), sleepstudy, ScotsSec
+## (crossed) and egsingle (three levels); Kenward-Roger for the first three only.
+##
 ## Notes on what the numbers are:
 ## - lmerTest's Satterthwaite df use A = 2 H^-1, H the numDeriv Hessian of the (REML) deviance in
 ##   varpar = (theta, sigma) (model@vcov_varpar, written as "vcov_varpar").
@@ -48,6 +51,16 @@ sleep$Subject <- factor(sleep$Subject)
 sleep <- sleep[order(sleep$Subject, sleep$Days), ]
 rownames(sleep) <- NULL
 
+## small-J subset: the first 20 schools (4-digit IDs, so string order is numeric order)
+hsb20 <- droplevels(hsb[hsb$school %in% levels(hsb$school)[1:20], ])
+scots <- rd("ScotsSec.csv", colClasses = c(primary = "character", second = "character"))
+scots$primary <- factor(scots$primary)
+scots$second <- factor(scots$second)
+scots$sex <- factor(scots$sex)
+eg <- rd("egsingle.csv", colClasses = c(schoolid = "character", childid = "character"))
+eg$childid <- factor(eg$childid)
+eg$schoolid <- factor(eg$schoolid)
+
 ctrl <- lmerControl(optimizer = "bobyqa", optCtrl = list(maxfun = 1e5))
 
 ## L with one row per element of rows: list(row_name = c(coef = weight, ...), ...)
@@ -63,10 +76,9 @@ wald <- function(fit, L) {
   drop(t(b) %*% solve(L %*% V %*% t(L), b))
 }
 
-entry <- function(formula, data, joint = list(), single = list(), profile = FALSE) {
+entry <- function(formula, data, joint = list(), single = list(), profile = FALSE, kr = TRUE) {
   fit <- lmerTest::lmer(formula, data = data, REML = TRUE, control = ctrl)
   sat <- coef(summary(fit, ddf = "Satterthwaite"))
-  kr <- coef(summary(fit, ddf = "Kenward-Roger"))
   out <- list(
     formula = deparse(formula, width.cutoff = 500),
     theta = unname(getME(fit, "theta")),
@@ -75,17 +87,23 @@ entry <- function(formula, data, joint = list(), single = list(), profile = FALS
     vcov = unname(as.matrix(vcov(fit))),
     vcov_varpar = unname(fit@vcov_varpar),
     satterthwaite = list(df = as.list(sat[, "df"]), t = as.list(sat[, "t value"]),
-                         p = as.list(sat[, "Pr(>|t|)"])),
-    kenward_roger = list(df = as.list(kr[, "df"]), se = as.list(kr[, "Std. Error"]),
-                         p = as.list(kr[, "Pr(>|t|)"]))
+                         p = as.list(sat[, "Pr(>|t|)"]))
   )
+  if (kr) {  # pbkrtest works with n x n matrices: only for the smaller data sets
+    k <- coef(summary(fit, ddf = "Kenward-Roger"))
+    out$kenward_roger <- list(df = as.list(k[, "df"]), se = as.list(k[, "Std. Error"]),
+                              p = as.list(k[, "Pr(>|t|)"]))
+  }
   out$joint <- lapply(joint, function(rows) {
     L <- contrast_matrix(fit, rows)
     s <- contest(fit, L, joint = TRUE, ddf = "Satterthwaite")
-    k <- contest(fit, L, joint = TRUE, ddf = "Kenward-Roger")
-    list(L = unname(L), F = s[["F value"]], num_df = s[["NumDF"]], den_df = s[["DenDF"]],
-         p = s[["Pr(>F)"]], wald_chi2 = wald(fit, L), kr_F = k[["F value"]], kr_den_df = k[["DenDF"]],
-         kr_p = k[["Pr(>F)"]])
+    res <- list(L = unname(L), F = s[["F value"]], num_df = s[["NumDF"]], den_df = s[["DenDF"]],
+                p = s[["Pr(>F)"]], wald_chi2 = wald(fit, L))
+    if (kr) {
+      k <- contest(fit, L, joint = TRUE, ddf = "Kenward-Roger")
+      res <- c(res, list(kr_F = k[["F value"]], kr_den_df = k[["DenDF"]], kr_p = k[["Pr(>F)"]]))
+    }
+    res
   })
   out$single <- lapply(single, function(rows) {
     L <- contrast_matrix(fit, rows)
@@ -115,7 +133,13 @@ ref <- list(
                      joint = list(days = list(a = c(Days = 1)),
                                   both = list(a = c(`(Intercept)` = 1), b = c(Days = 1))),
                      single = list(day10 = list(a = c(`(Intercept)` = 1, Days = 10))),
-                     profile = TRUE)
+                     profile = TRUE),
+  hsb_small = entry(mathach ~ meanses * cses + sector * cses + (cses | school), hsb20,
+                    joint = list(cross_level = list(a = c(`meanses:cses` = 1), b = c(`cses:sector` = 1))),
+                    profile = TRUE),
+  scotssec = entry(attain ~ verbal + sex + (1 | primary) + (1 | second), scots,
+                   joint = list(both = list(a = c(verbal = 1), b = c(sexM = 1))), kr = FALSE),
+  egsingle = entry(math ~ year + (year | childid) + (year | schoolid), eg, kr = FALSE)
 )
 path <- file.path(out_dir, "inference_reference.json")
 writeLines(toJSON(ref, digits = NA, auto_unbox = TRUE, pretty = TRUE), path)
