@@ -26,16 +26,21 @@ except PackageNotFoundError:  # running from a source tree without installation
 __all__ = [
     "HLM", "load_model", "load_fit", "compare", "deviance_test", "meta", "meta_mv", "MetaFit", "MetaMVFit",
     "MetaBayesFit", "MetaMVBayesFit", "DataError", "FormulaError", "InputError", "OptionError", "datasets", "growth",
-    "plots", "checks", "__version__",
+    "plots", "checks", "compare_models", "__version__",
 ]
 
 
 def __getattr__(name: str):
-    """Load the plotting package, the predictive checks and the multivariate Bayesian result class on first use."""
+    """Load the plotting package, the predictive checks (and compare_models) and the multivariate Bayesian result
+    class on first use."""
     if name in ("plots", "checks"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)
+    if name == "compare_models":
+        from .checks import compare_models
+
+        return compare_models
     if name == "MetaMVBayesFit":
         from .meta import MetaMVBayesFit
 

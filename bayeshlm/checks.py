@@ -60,3 +60,74 @@ def _by_group(values: np.ndarray, codes: np.ndarray, n_groups: int, stat: str) -
     squares = np.add.reduceat((ordered - np.repeat(mean, sizes, axis=1)) ** 2, starts, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(sizes > 1, squares / (sizes - 1), np.nan)
+
+
+def compare_models(fits, kind: str = "marginal", names=None) -> pd.DataFrame:
+    """Rank Bayesian fits of the same data by their expected log predictive density (PSIS-LOO, ``az.compare``).
+
+    ``fits``: a list (named ``model_1``, ... unless ``names`` are given) or a dict name -> fit. ``kind="marginal"``
+    (default) leaves one group out at a time, the group's effects integrated out -- the unit is the group of
+    the models' one grouping factor (see :mod:`bayeshlm.bayes.predictive_data` for why this suits hierarchical
+    models); ``kind="conditional"`` leaves one observation out. The table is ArviZ's, with ``attrs["unit"]``
+    naming the unit and ``attrs["messages"]`` saying, in words, which fits have unreliable importance weights
+    (Pareto k above ArviZ's threshold); those messages are also warnings.
+    """
+    import warnings
+
+    import arviz as az
+
+    from .results.base import _data_differences
+
+    if kind not in ("marginal", "conditional"):
+        raise OptionError(f"kind={kind!r} is not an option.{closest_names(str(kind), ('marginal', 'conditional'))} "
+                          "Use 'marginal' (leave one group out) or 'conditional' (leave one observation out).")
+    if isinstance(fits, dict):
+        named = dict(fits)
+    else:
+        fits = list(fits)
+        names = list(names) if names is not None else [f"model_{i + 1}" for i in range(len(fits))]
+        if len(names) != len(fits) or len(set(names)) != len(names):
+            raise OptionError(f"names: give one distinct name per fit ({len(fits)} fits, names {names}).")
+        named = dict(zip(names, fits))
+    if len(named) < 2:
+        raise OptionError("compare_models needs at least two fits to compare.")
+    for name, fit in named.items():
+        if getattr(fit, "method", None) != "bayes" or not hasattr(fit, "log_likelihood"):
+            raise OptionError(f"compare_models compares Bayesian fits (method='bayes'); {name!r} is a "
+                              f"{type(fit).__name__}. For REML/ML fits use bayeshlm.deviance_test or AIC/BIC.")
+    first_name, first = next(iter(named.items()))
+    for name, fit in named.items():
+        problems = _data_differences(first.design, fit.design)
+        if problems:
+            raise OptionError(f"compare_models compares models of the same data, but {name!r} differs from "
+                              f"{first_name!r}: {'; '.join(problems)}.")
+    if kind == "marginal":
+        factors = {name: fit.design.factor_names for name, fit in named.items()}
+        if any(len(f) != 1 for f in factors.values()) or len(set(factors.values())) != 1:
+            raise OptionError(f"kind='marginal' leaves out one group of a shared grouping factor at a time; the fits' "
+                              f"grouping factors are {factors}. Use kind='conditional' (one observation at a time).")
+        unit = f"group of {first.design.factor_names[0]!r} (leave one group out)"
+    else:
+        unit = "observation (leave one row out)"
+    trees = {name: fit.log_likelihood(kind) for name, fit in named.items()}
+    messages = []
+    for name, tree in trees.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loo = az.loo(tree)
+        bad = int((np.asarray(loo.pareto_k) > loo.good_k).sum())
+        if bad:
+            messages.append(f"{name!r}: {bad} of {loo.n_data_points} left-out units have Pareto k above "
+                            f"{loo.good_k:.2f}, so PSIS-LOO's estimate of their predictive density is unreliable "
+                            "(the posterior changes too much when they are left out). Refitting without each of them "
+                            "(exact cross-validation) gives a reliable value"
+                            + ("; leaving out whole groups (kind='marginal') usually has far fewer such units."
+                               if kind == "conditional" else "."))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = az.compare(trees)
+    table.attrs["unit"] = unit
+    table.attrs["messages"] = messages
+    for message in messages:
+        warnings.warn(message, UserWarning, stacklevel=2)
+    return table

@@ -341,16 +341,23 @@ def test_leave_one_group_out_prefers_the_true_random_slope():
     data = pd.DataFrame({"g": g.astype(str), "x": x,
                          "y": 1.0 + 0.5 * x + rng.normal(size=groups)[g] + 1.5 * rng.normal(size=groups)[g] * x
                          + rng.normal(scale=0.7, size=g.size)})
-    trees = {}
+    fits = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name, formula in [("slope", "y ~ x + (x | g)"), ("intercept", "y ~ x + (1 | g)")]:
-            fit = bh.HLM(formula, data).fit("bayes", draws=100, tune=100, chains=2, random_seed=4)
-            trees[name] = fit.log_likelihood("marginal")
-    table = az.compare(trees)
+            fits[name] = bh.HLM(formula, data).fit("bayes", draws=100, tune=100, chains=2, random_seed=4)
+        table = bh.compare_models(fits)
     assert table.index[0] == "slope"
     # ArviZ 1.x reports elpd_diff <= 0 for the worse model (about -100 here, dse about 20)
     assert abs(table.loc["intercept", "elpd_diff"]) > 3 * table.loc["intercept", "dse"]
+    assert table.attrs["unit"] == "group of 'g' (leave one group out)"
+    assert az.compare({k: f.posterior for k, f in fits.items()}).index[0] == "slope"  # ArviZ directly, same order
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        by_row = bh.compare_models(list(fits.values()), kind="conditional", names=["s", "i"])
+    assert by_row.attrs["unit"] == "observation (leave one row out)" and set(by_row.index) == {"s", "i"}
+    for message in by_row.attrs["messages"]:
+        assert "Pareto k above" in message and "kind='marginal'" in message
 
 
 @pytest.mark.sampling
@@ -405,3 +412,21 @@ def test_known_variance_log_likelihoods_use_each_rows_variance():
     np.testing.assert_allclose(conditional[0, 3], stats.norm.logpdf(d.y, eta, np.sqrt(d.known_variance)), rtol=1e-10)
     with pytest.raises(OptionError, match="sampling variances are unknown"):
         fit.predict(data.iloc[:2], kind="interval")
+
+
+@pytest.mark.sampling
+def test_compare_models_refuses_what_it_cannot_compare(sleep_bayes, reml_fits, hsb):
+    with pytest.raises(OptionError, match="at least two fits"):
+        bh.compare_models([sleep_bayes])
+    with pytest.raises(OptionError, match="compares Bayesian fits.*LikelihoodFit"):
+        bh.compare_models([sleep_bayes, reml_fits["sleepstudy"]])
+    with pytest.raises(OptionError, match="one distinct name per fit"):
+        bh.compare_models([sleep_bayes, sleep_bayes], names=["a"])
+    with pytest.raises(OptionError, match=r"kind='sideways'.*'marginal'"):
+        bh.compare_models({"a": sleep_bayes, "b": sleep_bayes}, kind="sideways")
+    other = bh.HLM("Reaction ~ Days + (Days | Subject)", bh.datasets.load("sleepstudy").iloc[:170])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        smaller = other.fit("bayes", draws=60, tune=60, chains=2, random_seed=5)
+    with pytest.raises(OptionError, match="same data.*170 rows"):
+        bh.compare_models({"all": sleep_bayes, "fewer": smaller})
