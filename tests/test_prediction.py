@@ -125,6 +125,18 @@ def test_prediction_standard_errors_match_a_parametric_simulation(reml_fits):
     assert ((0.88 < ratio) & (ratio < 1.3)).all(), ratio  # SEs from condVar alone: ratios about 0.7-0.8
 
 
+def test_three_level_known_variance_standard_errors_match_dense_henderson():
+    data = bh.datasets.load("konstantopoulos")
+    fit = bh.HLM("yi ~ year + (1 | district/school)", data, known_variance="vi").fit("reml")
+    d = fit.design
+    Z = np.hstack([indicator_matrix(f.codes, f.Z, f.n_groups).toarray() for f in d.factors])
+    G = np.diag(np.concatenate([np.full(f.n_groups, fit.tau[f.name].iloc[0, 0]) for f in d.factors]))
+    W = np.diag(1 / d.known_variance)
+    C = np.block([[d.X.T @ W @ d.X, d.X.T @ W @ Z], [Z.T @ W @ d.X, Z.T @ W @ Z + np.linalg.inv(G)]])
+    dense = np.einsum("nk,kl,nl->n", np.hstack([d.X, Z]), np.linalg.inv(C), np.hstack([d.X, Z]))
+    np.testing.assert_allclose(fit.predict()["se"] ** 2, dense, rtol=1e-8)
+
+
 def test_population_interval_has_the_marginal_variance(reml_fits):
     fit = reml_fits["hsb"]
     row = pd.DataFrame({"ses": [0.5], "school": ["1224"]})
