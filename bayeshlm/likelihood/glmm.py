@@ -527,16 +527,22 @@ def canonical_theta(params: Parameterization, theta: np.ndarray) -> np.ndarray:
     return theta
 
 
-def optimise(objective: GLMMObjective, maxiter: int = 500, start: np.ndarray | None = None):
-    """BFGS from ``start`` (default: the GLM fit and Lambda = I), then Newton polish.
+def optimise(objective: GLMMObjective, maxiter: int = 500, start: np.ndarray | None = None,
+             start_hessian: np.ndarray | None = None):
+    """BFGS from ``start`` (default: the GLM fit and Lambda = I), then Newton polish. With ``start_hessian``
+    (quadrature from the Laplace optimum), quasi-Newton steps on that Hessian replace BFGS.
 
     Returns (x, deviance, gradient, Hessian, optimiser message)."""
     if start is None:
         start = objective.start()
-    result = minimize(objective.deviance, start, jac=objective.gradient, method="BFGS",
-                      options={"gtol": 1e-4, "maxiter": maxiter})
-    x, f = result.x, objective.deviance(result.x)
-    g, H = result.jac, objective.hessian(x)
+    if start_hessian is not None:
+        x, message = _newton_fixed_hessian(objective, start, start_hessian, maxiter)
+        f, g = objective.deviance(x), objective.gradient(x)
+    else:
+        result = minimize(objective.deviance, start, jac=objective.gradient, method="BFGS",
+                          options={"gtol": 1e-4, "maxiter": maxiter})
+        x, f, g, message = result.x, objective.deviance(result.x), result.jac, result.message
+    H = objective.hessian(x)
     for _ in range(4):  # Newton polish; the Hessian is refreshed only while the steps are not tiny
         try:
             step = np.linalg.solve(H, g)
@@ -554,7 +560,24 @@ def optimise(objective: GLMMObjective, maxiter: int = 500, start: np.ndarray | N
             break
         H = objective.hessian(x)
     objective.deviance(x)  # leave the conditional modes at the optimum
-    return x, f, g, H, result.message
+    return x, f, g, H, message
+
+
+def _newton_fixed_hessian(objective: GLMMObjective, x: np.ndarray, H: np.ndarray, maxiter: int):
+    """Steps x - H^{-1} g with a fixed nearby Hessian (linear convergence), halved while the deviance rises."""
+    f = objective.deviance(x)
+    for _ in range(min(maxiter, 50)):
+        step = np.linalg.solve(H, objective.gradient(x))
+        trial = objective.deviance(x - step)
+        while trial > f and np.max(np.abs(step)) > 1e-12:
+            step = step / 2
+            trial = objective.deviance(x - step)
+        if trial > f:
+            return x, "no further decrease along the quasi-Newton step"
+        x, f = x - step, trial
+        if np.max(np.abs(step)) < 1e-6:
+            return x, "quasi-Newton steps converged"
+    return x, "quasi-Newton iteration limit reached"
 
 
 def separation_direction(objective: GLMMObjective, max_rows: int = 200_000) -> np.ndarray | None:
@@ -586,13 +609,15 @@ def separation_direction(objective: GLMMObjective, max_rows: int = 200_000) -> n
     return result.x
 
 
-def laplace_start(objective: GLMMObjective) -> np.ndarray:
-    """The Laplace optimum (BFGS only, no Hessian): where quadrature starts, as glmer's nAGQ > 1 fits do."""
+def laplace_start(objective: GLMMObjective) -> tuple[np.ndarray, np.ndarray]:
+    """The Laplace optimum and its Hessian (analytic-gradient differences): where quadrature starts, as glmer's
+    nAGQ > 1 fits do, and the curvature its first steps use."""
     laplace = GLMMObjective(objective.design, objective.outcome, nagq=1, information=objective.information)
-    start = laplace.start()
-    result = minimize(laplace.deviance, start, jac=laplace.gradient, method="BFGS", options={"gtol": 1e-3})
+    result = minimize(laplace.deviance, laplace.start(), jac=laplace.gradient, method="BFGS",
+                      options={"gtol": 1e-4})
+    hessian = laplace.hessian(result.x)
     objective.u = laplace.u.copy()
-    return result.x
+    return result.x, hessian
 
 
 def check_nagq(design: Design, nagq) -> int:
