@@ -1,5 +1,6 @@
-"""General linear hypotheses, Satterthwaite df and variance-component intervals (issue 26) against lmerTest 3.1 /
-lme4 1.1 (tests/reference/inference_reference.json, written by make_inference_reference.R) and hand computation.
+"""General linear hypotheses, Satterthwaite and Kenward-Roger df and variance-component intervals (issue 26) against
+lmerTest 3.1 / pbkrtest / lme4 1.1 (tests/reference/inference_reference.json, written by
+make_inference_reference.R) and hand computation.
 
 Tolerances: Satterthwaite df and p 1e-3 relative (the issue's; measured ~3e-6, the gap being lme4's own optimum
 and numDeriv's Hessian); Wald statistics 1e-6 relative (ours from our vcov to rounding; lme4's optimum differs at
@@ -161,6 +162,25 @@ def test_contrast_default_df_is_the_books_and_interval_is_the_t_interval():
     assert fit.ttest(df="residual")["df"].tolist() == [7185 - 6] * 6
 
 
+@pytest.mark.parametrize("model", ["sleep_corr", "hsb_full", "hsb_small"])
+def test_kenward_roger_df_se_and_F_match_pbkrtest(model):
+    ref = REFERENCE[model]
+    fit = fitted(model)
+    table = fit.ttest(df="kenward-roger")
+    names = [R_NAMES.get(n, n) for n in table.index]
+    kr = ref["kenward_roger"]
+    assert close(table["df"], [kr["df"][n] for n in names], 1e-4)  # measured <= 2e-7
+    assert close(table["se"], [kr["se"][n] for n in names], 1e-5)  # the adjusted covariance Phi_A
+    assert close(table["p"], [kr["p"][n] for n in names], 1e-3)
+    assert np.all(table["se"] >= fit.fixed_effects["se"])  # Phi_A adds to Phi here
+    text = {"cross_level": "meanses:cses = 0, sector:cses = 0", "days": "Days = 0", "both": "(Intercept) = 0, Days = 0"}
+    for key, joint in ref["joint"].items():
+        ours = fit.test(text[key], df="kenward-roger").joint.iloc[0]
+        assert ours["F"] == pytest.approx(joint["kr_F"], rel=1e-5), key
+        assert ours["den_df"] == pytest.approx(joint["kr_den_df"], rel=1e-4), key
+        assert ours["p_F"] == pytest.approx(joint["kr_p"], rel=1e-3), key
+
+
 # --- variance parameters -----------------------------------------------------------------------------------
 
 def test_covariance_of_theta_and_sigma_matches_lmertest_vcov_varpar():
@@ -308,8 +328,10 @@ def test_bad_matrices_and_options_are_option_errors():
         fit.test("sector = 0, 2 * sector = 1")
     with pytest.raises(OptionError, match="Did you mean 'satterthwaite'"):
         fit.test("sector = 0", df="satterwaite")
-    with pytest.raises(OptionError, match="not implemented yet"):
-        fit.ttest(df="kenward-roger")
+    with pytest.raises(OptionError, match="REML fits"):
+        fitted("hsb_full", "ml").ttest(df="kenward-roger")
+    with pytest.raises(OptionError, match="two-level models"):
+        fitted("scotssec").ttest(df="kenward-roger")
     with pytest.raises(OptionError, match="Did you mean 'sector'"):
         fit.test(pd.DataFrame([[1.0]], columns=["sectr"]))
     with pytest.raises(OptionError, match="rhs= goes with a contrast matrix"):

@@ -143,8 +143,8 @@ class FitResult(ABC):
     # --- hypotheses and intervals (:mod:`bayeshlm.results.hypotheses`, :mod:`bayeshlm.likelihood.inference`) ---
     def test(self, hypothesis, rhs=None, df: str | None = None, level: float = 0.95):
         """Test L gamma = c, given as text ('meanses:cses = 0, sector:cses = 0') or a contrast matrix L with
-        ``rhs`` (R&B eq. 3.91): Wald chi2 and F with ``df`` = 'book' (J - S - 1, default), 'satterthwaite' or
-        'residual' for REML / ML; the posterior of L gamma - c for Bayes."""
+        ``rhs`` (R&B eq. 3.91): Wald chi2 and F with ``df`` = 'book' (J - S - 1, default), 'satterthwaite',
+        'kenward-roger' or 'residual' for REML / ML; the posterior of L gamma - c for Bayes."""
         from .hypotheses import test
 
         return test(self, hypothesis, rhs, df, level)
@@ -157,8 +157,8 @@ class FitResult(ABC):
         return contrast(self, combination, rhs, df, level)
 
     def ttest(self, df: str | None = None, level: float = 0.95) -> pd.DataFrame:
-        """estimate, se, df, t, p and interval of every fixed effect with ``df`` = 'book', 'satterthwaite' or
-        'residual' (REML / ML fits)."""
+        """estimate, se, df, t, p and interval of every fixed effect with ``df`` = 'book', 'satterthwaite',
+        'kenward-roger' or 'residual' (REML / ML fits)."""
         from .hypotheses import ttest
 
         return ttest(self, df, level)

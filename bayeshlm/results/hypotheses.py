@@ -11,6 +11,8 @@ V = vcov(gamma), q = rank(L) df, and F = chi2 / q with a denominator df chosen b
 
 - ``"book"`` (default): R&B's J - S - 1 of the coefficients L involves (the smallest, if they differ);
 - ``"satterthwaite"``: lmerTest's (Kuznetsova et al. 2017; :mod:`bayeshlm.likelihood.inference`);
+- ``"kenward-roger"``: pbkrtest's (REML, two-level models; :mod:`bayeshlm.likelihood.kenward_roger`), which
+  also replaces V by the adjusted covariance Phi_A (in the SEs and chi2) and scales F by its lambda;
 - ``"residual"``: N - p.
 
 Bayesian fits get the posterior of d: mean, SD, equal-tailed interval and P(d > 0) per row.
@@ -27,7 +29,7 @@ from scipy import stats
 
 from ..errors import FormulaError, OptionError, closest_names
 
-DF_METHODS = ("book", "satterthwaite", "residual")
+DF_METHODS = ("book", "satterthwaite", "kenward-roger", "residual")
 _TOKEN = re.compile(r"""
     (?P<space>\s+)
   | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?(?![\w.(\[]))
@@ -175,9 +177,6 @@ def hypotheses_of(fit, hypothesis, rhs=None, show_zero: bool = True) -> Hypothes
 
 def _df_method(df) -> str:
     method = "book" if df is None else df
-    if method == "kenward-roger":
-        raise OptionError("df='kenward-roger' is not implemented yet; use df='satterthwaite' (lmerTest's "
-                          "default), 'book' (R&B's J - S - 1) or 'residual' (N - p).")
     if method not in DF_METHODS:
         raise OptionError(f"df={df!r} is not a denominator-df method.{closest_names(str(df), DF_METHODS)} "
                           f"Choose one of {', '.join(DF_METHODS)}.")
@@ -188,17 +187,25 @@ def _is_bayes(fit) -> bool:
     return fit.method == "bayes"
 
 
-def _denominator_df(fit, h: Hypotheses, method: str) -> np.ndarray:
-    """Denominator df per row of h.L and for the joint test (last entry)."""
+def _denominator_df(fit, h: Hypotheses, method: str) -> tuple[np.ndarray, float]:
+    """Denominator df per row of h.L and for the joint test (last entry), and the F statistic's scale
+    (Kenward-Roger's lambda; 1 otherwise)."""
     if method == "residual":
-        return np.full(len(h.L) + 1, float(fit.design.n_obs - fit.design.n_fixed))
+        return np.full(len(h.L) + 1, float(fit.design.n_obs - fit.design.n_fixed)), 1.0
     if method == "book":
         book = fit.fixed_effects["df"].to_numpy(dtype=float)
         rows = [book[row != 0].min() for row in h.L]
-        return np.array(rows + [book[np.any(h.L != 0, axis=0)].min()])
+        return np.array(rows + [book[np.any(h.L != 0, axis=0)].min()]), 1.0
+    if method == "kenward-roger":
+        from ..likelihood.kenward_roger import kenward_roger
+
+        kr = kenward_roger(fit)
+        rows = [kr.test(row[None, :])[0] for row in h.L]
+        m, scale = kr.test(h.L)
+        return np.array(rows + [m]), scale
     from ..likelihood.inference import satterthwaite
 
-    return satterthwaite(fit, h.L)
+    return satterthwaite(fit, h.L), 1.0
 
 
 def _posterior(fit, h: Hypotheses, level: float) -> pd.DataFrame:
@@ -217,10 +224,15 @@ def _check_level(level) -> float:
     return float(level)
 
 
-def _vcov(fit) -> np.ndarray:
+def _vcov(fit, method: str) -> np.ndarray:
+    """cov(gamma): Kenward-Roger's adjusted Phi_A for df='kenward-roger', else the model-based vcov."""
     if not hasattr(fit, "vcov"):
         raise OptionError(f"Wald tests need the fixed effects' covariance matrix, which {type(fit).__name__} "
                           "does not provide.")
+    if method == "kenward-roger":
+        from ..likelihood.kenward_roger import kenward_roger
+
+        return kenward_roger(fit).adjusted_cov
     return fit.vcov.to_numpy(dtype=float)
 
 
@@ -231,7 +243,8 @@ class HypothesisTest:
     ``rows``: per hypothesis row, the estimate of L gamma - c with its SE (likelihood fits; and t, the
     row's denominator df and two-sided p) or its posterior summaries (Bayes: estimate = posterior mean, sd,
     lower, upper, p_greater = P(L gamma > c)). ``joint`` (likelihood fits): one row with the Wald chi2, its
-    df q and p, F = chi2 / q, the denominator df and the F test's p; None for Bayesian fits.
+    df q and p, F = chi2 / q (times lambda for Kenward-Roger), the denominator df and the F test's p; None
+    for Bayesian fits.
     """
 
     rows: pd.DataFrame
@@ -255,7 +268,7 @@ def test(fit, hypothesis, rhs=None, df=None, level: float = 0.95) -> HypothesisT
                               "of L gamma - c instead. Leave df out.")
         return HypothesisTest(_posterior(fit, h, level), None, None)
     method = _df_method(df)
-    V = _vcov(fit)
+    V = _vcov(fit, method)
     d = h.L @ fit._gamma() - h.rhs
     VL = h.L @ V @ h.L.T
     rank = np.linalg.matrix_rank(VL, tol=1e-10 * max(float(np.abs(VL).max()), 1e-300))
@@ -264,12 +277,12 @@ def test(fit, hypothesis, rhs=None, df=None, level: float = 0.95) -> HypothesisT
                           "redundant ones.")
     chi2 = float(d @ np.linalg.solve(VL, d))
     q = len(h.L)
-    ddf = _denominator_df(fit, h, method)
+    ddf, scale = _denominator_df(fit, h, method)
     se = np.sqrt(np.diag(VL))
     t = d / se
     rows = pd.DataFrame({"estimate": d, "se": se, "t": t, "df": ddf[:-1], "p": 2 * stats.t.sf(np.abs(t), ddf[:-1])},
                         index=pd.Index(h.labels, name="hypothesis"))
-    F = chi2 / q
+    F = scale * chi2 / q
     joint = pd.DataFrame([{"chi2": chi2, "df": q, "p_chi2": float(stats.chi2.sf(chi2, q)), "F": F,
                            "num_df": q, "den_df": ddf[-1], "p_F": float(stats.f.sf(F, q, ddf[-1]))}])
     return HypothesisTest(rows, joint, method)
@@ -294,8 +307,8 @@ def contrast(fit, combination, rhs=None, df=None, level: float = 0.95) -> pd.Dat
         return out
     method = _df_method(df)
     estimate = h.L @ fit._gamma()
-    se = np.sqrt(np.einsum("ip,pq,iq->i", h.L, _vcov(fit), h.L))
-    ddf = _denominator_df(fit, h, method)[:-1]
+    se = np.sqrt(np.einsum("ip,pq,iq->i", h.L, _vcov(fit, method), h.L))
+    ddf = _denominator_df(fit, h, method)[0][:-1]
     t = (estimate - h.rhs) / se
     half = stats.t.ppf(0.5 + level / 2.0, ddf) * se
     return pd.DataFrame({"estimate": estimate, "se": se, "df": ddf, "t": t, "p": 2 * stats.t.sf(np.abs(t), ddf),
