@@ -31,6 +31,7 @@ class Family:
     gaussian = False
     counts = False  # outcomes are counts (0 is the lower bound that can separate)
     canonical_link = ""
+    observed_weights_exact = False  # observed_weights in closed form (not differences of the score)
     extra_names: tuple[str, ...] = ()  # parameters of the family estimated with the model (e.g. log_shape)
 
     def __init__(self, link: str | None = None):

@@ -20,6 +20,7 @@ class NegativeBinomial(Family):
     links = ("log",)
     mean_symbol = "lambda"
     counts = True
+    observed_weights_exact = True
     extra_names = ("log_shape",)
 
     def __init__(self, link: str | None = None):

@@ -281,9 +281,12 @@ class GLMMObjective:
         h = 1e-5 * np.maximum(1.0, np.abs(eta))
         w_up, s_up = fam.working(y, eta + h, size)
         w_down, s_down = fam.working(y, eta - h, size)
-        dw = (w_up - w_down) / (2.0 * h)
         w_obs = -(s_up - s_down) / (2.0 * h)
-        fac_obs = fac if fam.canonical else self._factorize(ZL, w_obs)
+        if self.information == "observed" and not fam.canonical:  # the log-determinant uses W_o
+            w = fam.observed_weights(y, eta, size)
+            w_up, w_down = fam.observed_weights(y, eta + h, size), fam.observed_weights(y, eta - h, size)
+        dw = (w_up - w_down) / (2.0 * h)
+        fac_obs = fac if fam.canonical or self.information == "observed" else self._factorize(ZL, w_obs)
         inverse = self._pair_inverse(fac) if m > p else None
         values = np.concatenate(ZL, axis=1)
         if inverse is None:
@@ -338,9 +341,11 @@ class GLMMObjective:
 
     def _n_analytic(self) -> int:
         """How many leading entries of x (beta_s, then theta) ``score`` differentiates: it needs the Laplace
-        deviance and the log-determinant's weights in closed form (expected information, or observed = expected
-        for canonical links), and H^{-1} at each row's pairs of columns (block, dense and Schur paths)."""
-        exact_weights = self.information == "expected" or self.family.canonical
+        deviance, the log-determinant's weights in closed form (the expected information; the observed one
+        when the family gives it in closed form or it equals the expected one, for canonical links) and
+        H^{-1} at each row's pairs of columns (block, dense and Schur paths)."""
+        exact_weights = (self.information == "expected" or self.family.canonical
+                         or self.family.observed_weights_exact)
         if self.nagq != 1 or not exact_weights or (len(self.factors) > 1 and self.q > 3000 and self._schur is None):
             return 0
         return self.p + self.n_theta
