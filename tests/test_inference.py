@@ -342,3 +342,36 @@ def test_bad_matrices_and_options_are_option_errors():
         fit.contrast("sector", level=95)
     with pytest.raises(OptionError, match="'wald'"):
         fit.variance_intervals("bootstrap")
+
+
+def test_known_variance_tau2_se_is_the_observed_information_of_the_closed_form_reml_criterion():
+    """Teacher expectancy (V known): -2 l_R(tau2) = sum log(v + tau2) + log sum w + sum w (y - mu)^2, w = 1/(v + tau2).
+    Its second difference gives se(tau2) = 0.02348; metafor's 0.01552 is from the expected information instead."""
+    frame = bh.datasets.load("teacher_expectancy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BoundaryFitWarning)
+        fit = bh.HLM("yi ~ 1 + (1 | study)", frame, known_variance="vi").fit("reml")
+    y, v = frame["yi"].to_numpy(), frame["vi"].to_numpy()
+
+    def criterion(tau2):
+        w = 1.0 / (v + tau2)
+        mu = (w * y).sum() / w.sum()
+        return np.log(v + tau2).sum() + np.log(w.sum()) + (w * (y - mu) ** 2).sum()
+
+    tau2, h = float(fit.tau["study"].iloc[0, 0]), 1e-5
+    second = (criterion(tau2 + h) - 2 * criterion(tau2) + criterion(tau2 - h)) / h ** 2
+    table = fit.variance_intervals("wald")
+    assert list(table["parameter"]) == ["sd", "variance"]  # no sigma with known variances
+    assert table.iloc[1]["se"] == pytest.approx(np.sqrt(2.0 / second), rel=1e-5)
+    assert fit.ttest(df="satterthwaite")["df"].iloc[0] == pytest.approx(6.2576, rel=1e-4)  # regression value: lmer has
+    # no known variances, so there is no lmerTest number; small against J = 19 studies as expected
+
+
+def test_level1_error_structures_are_refused_for_satterthwaite_with_a_message():
+    model = bh.HLM("mathach ~ sector * cses + (cses | school)", bh.datasets.load("hsb"), level1_variance="~ sector")
+    fit = model.fit("ml")
+    with pytest.raises(OptionError, match="level-1 error structure"):
+        fit.ttest(df="satterthwaite")
+    with pytest.raises(OptionError, match="level-1 error structure"):
+        fit.variance_intervals()
+    assert fit.test("sector = 0, sector:cses = 0").joint.iloc[0]["den_df"] == 158  # the book's df still works
