@@ -238,15 +238,35 @@ def test_dask_built_model_refuses_per_row_predictions(hsb):
             call()
 
 
-def test_interval_with_a_level1_variance_model_is_refused(sleepstudy):
+def test_category_level1_variances_enter_standard_errors_and_intervals(sleepstudy):
     data = sleepstudy.assign(phase=np.where(sleepstudy["Days"] < 5, "early", "late"))
-    fit = bh.HLM("Reaction ~ Days + (1 | Subject)", data, level1_variance="phase").fit("reml")
+    fit = bh.HLM("Reaction ~ Days + (Days | Subject)", data, level1_variance="phase").fit("reml")
+    d, f = fit.design, fit.design.factor("Subject")
+    r = fit.residual_parameters
+    variance = np.where(data["phase"] == "early", r["sigma2 phase=early"], r["sigma2 phase=late"])
+    Z = indicator_matrix(f.codes, f.Z, f.n_groups).toarray()
+    W, G = np.diag(1 / variance), np.kron(np.eye(f.n_groups), fit.tau["Subject"].to_numpy())
+    C = np.block([[d.X.T @ W @ d.X, d.X.T @ W @ Z], [Z.T @ W @ d.X, Z.T @ W @ Z + np.linalg.inv(G)]])
+    A = np.hstack([d.X, Z])
+    mean = fit.predict()
+    np.testing.assert_allclose(mean["se"] ** 2, np.einsum("nk,kl,nl->n", A, np.linalg.inv(C), A), rtol=1e-9)
+    interval = fit.predict(data.iloc[[0, 9]], kind="interval")
+    np.testing.assert_allclose(interval["se"] ** 2 - mean["se"].iloc[[0, 9]].to_numpy() ** 2, variance[[0, 9]],
+                               rtol=1e-9)
+    with pytest.raises(DataError, match=r"'phase' has 'middle', not among the fitted categories"):
+        fit.predict(data.iloc[:2].assign(phase="middle"), kind="interval")
+    with pytest.raises(DataError, match=r"lacks the column 'phase'"):
+        fit.predict(data.iloc[:2].drop(columns="phase"), kind="interval")
+
+
+def test_other_level1_error_structures_give_estimates_without_standard_errors(sleepstudy):
+    fit = bh.HLM("Reaction ~ Days + (1 | Subject)", sleepstudy, correlation="ar1", time="Days").fit("reml")
     with pytest.warns(UserWarning, match="not implemented yet"):
-        mean = fit.predict(data.iloc[:2])  # kind="mean": the estimates, no SEs yet
+        mean = fit.predict(sleepstudy.iloc[:2])  # kind="mean": the estimates, no SEs yet
     np.testing.assert_allclose(mean["estimate"], fit.fitted().iloc[:2], rtol=1e-12)
     assert mean["se"].isna().all()
     with pytest.raises(OptionError, match="level-1 errors"):
-        fit.predict(data.iloc[:2], kind="interval")
+        fit.predict(sleepstudy.iloc[:2], kind="interval")
 
 
 # --- Bayes ---------------------------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ of its prediction error from Henderson's mixed-model equations (:func:`predictio
 uncertainty of gamma-hat, of the known groups' u-hat, and how u-hat moves with gamma-hat). It holds the
 variance parameters at their estimates and ignores their uncertainty, as lme4-style predictions do, so it
 is somewhat too small when groups are few. ``kind="interval"``: the prediction interval for a new observation,
-which adds sigma^2 and, for a new group, z' T z. Intervals use normal quantiles.
+which adds sigma^2 (the row's category's variance under ``level1_variance="<column>"``; the known V_i of the
+fitted rows) and, for a new group, z' T z. Intervals use normal quantiles. Other level-1 error structures
+(log-linear variances, AR(1)) give the estimates with NaN SEs for now.
 
 Bayesian fits: one linear predictor per posterior draw (known groups from their posterior draws of u);
 ``kind="mean"`` summarises it (posterior mean, SD, equal-tailed interval; a new group at u = 0);
@@ -188,7 +190,7 @@ def predict_likelihood(fit, newdata, groups: str, kind: str, level: float, with_
             estimate[k] += np.einsum("nq,nq->n", rows.Z[f.name][k], modes[rows.codes[f.name][k]])
     if not with_se:
         return pd.DataFrame({"estimate": estimate}, index=rows.index)
-    if fit.design.residual is not None:
+    if not _stratified_only(fit.design) and fit.design.residual is not None:
         if kind == "interval":
             _level1_variance(fit, newdata)  # refuses in words
         warnings.warn(f"Standard errors of predictions for a model with level-1 errors "
@@ -227,8 +229,8 @@ def prediction_error_variance(fit, rows: PredictionRows, known: dict[str, np.nda
     variance = np.einsum("np,pr,nr->n", rows.X, V, rows.X)
     if not any(k.any() for k in known.values()):
         return variance
-    s2 = 1.0 if design.known_variance is not None else fit.sigma2
-    w = np.ones(design.n_obs) if design.weights is None else design.weights
+    w = 1.0 / _level1_variance(fit, None)  # W = R^-1 (diagonal); then s2 = 1 in the formulas above
+    s2 = 1.0
     blocks, roots = [], []
     for f in design.factors:
         root = _square_root(fit.tau[f.name].to_numpy())
@@ -261,18 +263,44 @@ def _square_root(T: np.ndarray) -> np.ndarray:
     return vectors * np.sqrt(np.clip(values, 0.0, None))
 
 
-def _level1_variance(fit, newdata) -> np.ndarray | float:
+def _stratified_only(design) -> bool:
+    """True for a level-1 variance per category (nlme varIdent) and no other error structure."""
+    r = design.residual
+    return r is not None and r.strata is not None and r.C is None and r.structure.correlation is None
+
+
+def _level1_variance(fit, newdata) -> np.ndarray:
+    """Each row's level-1 variance (the fitted rows for ``newdata=None``): sigma^2, the known V_i, or the
+    variance of the row's category (varIdent); other error structures are refused."""
     design = fit.design
-    if design.residual is not None:
+    n = design.n_obs if newdata is None else len(newdata)
+    if design.residual is not None and not _stratified_only(design):
         raise OptionError(f"kind='interval' for a model with level-1 errors '{design.residual.structure.describe()}' "
                           "is not implemented yet: the interval needs each new row's error variance. kind='mean' "
                           "works.")
+    if design.residual is not None:
+        r = design.residual
+        column = r.strata_levels.name
+        per_stratum = np.array([fit.residual_parameters[f"sigma2 {column}={level}"] for level in r.strata_levels])
+        if newdata is None:
+            return per_stratum[r.strata]
+        if column not in newdata.columns:
+            raise DataError(f"newdata lacks the column {column!r}, which sets each row's level-1 variance "
+                            f"(level1_variance={column!r}).{closest_names(column, newdata.columns)}")
+        labels = newdata[column].astype(str).to_numpy()
+        codes = r.strata_levels.get_indexer(labels)
+        if (codes < 0).any():
+            unseen = sorted(set(labels[codes < 0]))
+            raise DataError(f"newdata's {column!r} has {', '.join(map(repr, unseen))}, not among the fitted "
+                            f"categories {', '.join(map(repr, r.strata_levels))}: the model has no level-1 variance "
+                            "for it.")
+        return per_stratum[codes]
     if design.known_variance is not None:
         if newdata is not None:
             raise OptionError("kind='interval' with newdata for a model with known level-1 variances: the new rows' "
                               "sampling variances are unknown. Use kind='mean'.")
         return design.known_variance
-    return fit.sigma2
+    return np.full(n, fit.sigma2)
 
 
 def _table(rows: PredictionRows, estimate, se, level: float) -> pd.DataFrame:
