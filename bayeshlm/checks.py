@@ -102,11 +102,12 @@ def compare_models(fits, kind: str = "marginal", names=None) -> pd.DataFrame:
             raise OptionError(f"compare_models compares models of the same data, but {name!r} differs from "
                               f"{first_name!r}: {'; '.join(problems)}.")
     if kind == "marginal":
-        factors = {name: fit.design.factor_names for name, fit in named.items()}
-        if any(len(f) != 1 for f in factors.values()) or len(set(factors.values())) != 1:
-            raise OptionError(f"kind='marginal' leaves out one group of a shared grouping factor at a time; the fits' "
-                              f"grouping factors are {factors}. Use kind='conditional' (one observation at a time).")
-        unit = f"group of {first.design.factor_names[0]!r} (leave one group out)"
+        factors = {name: _left_out_factor(fit.design) for name, fit in named.items()}
+        if None in factors.values() or len(set(factors.values())) != 1:
+            raise OptionError(f"kind='marginal' leaves out one group of a shared grouping factor at a time (the only "
+                              f"factor, or the top of two nested ones); the fits leave out {factors}. Use "
+                              "kind='conditional' (one observation at a time).")
+        unit = f"group of {factors[first_name]!r} (leave one group out)"
     else:
         unit = "observation (leave one row out)"
     trees = {name: fit.log_likelihood(kind) for name, fit in named.items()}
@@ -131,3 +132,11 @@ def compare_models(fits, kind: str = "marginal", names=None) -> pd.DataFrame:
     for message in messages:
         warnings.warn(message, UserWarning, stacklevel=2)
     return table
+
+
+def _left_out_factor(design) -> str | None:
+    """The factor whose groups kind='marginal' leaves out: the only one, or the top of a two-level chain."""
+    if len(design.factors) == 1:
+        return design.factors[0].name
+    chain = design.chain
+    return chain[-1].name if len(design.factors) == 2 and len(chain) == 2 else None

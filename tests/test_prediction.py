@@ -462,3 +462,35 @@ def test_compare_models_refuses_what_it_cannot_compare(sleep_bayes, reml_fits, h
         smaller = other.fit("bayes", draws=60, tune=60, chains=2, random_seed=5)
     with pytest.raises(OptionError, match="same data.*170 rows"):
         bh.compare_models({"all": sleep_bayes, "fewer": smaller})
+
+
+@pytest.mark.sampling
+def test_three_level_marginal_log_likelihood_integrates_both_levels():
+    rng = np.random.default_rng(4)
+    school, kid, x = np.repeat(np.arange(8), 16), np.repeat(np.arange(32), 4), np.tile(np.arange(4.0), 32)
+    y = (1 + 0.5 * x + rng.normal(size=8)[school] + 0.3 * rng.normal(size=8)[school] * x + rng.normal(size=32)[kid]
+         + 0.4 * rng.normal(size=32)[kid] * x + rng.normal(scale=0.5, size=128))
+    data = pd.DataFrame({"school": school.astype(str), "kid": kid.astype(str), "x": x, "y": y})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = bh.HLM("y ~ x + (x | kid) + (x | school)", data).fit("bayes", draws=60, tune=60, chains=2,
+                                                                       random_seed=1)
+    values = fit.log_likelihood("marginal")["log_likelihood"]["y"]
+    assert values.dims == ("chain", "draw", "school")
+    d = fit.design
+    kids, schools = d.factor("kid"), d.factor("school")
+    Z0 = indicator_matrix(kids.codes, kids.Z, 32).toarray()
+    Z1 = indicator_matrix(schools.codes, schools.Z, 8).toarray()
+    beta, sigma = fit.draws("beta").values, fit.draws("sigma").values
+    T0, T1 = fit.draws("T_kid").values, fit.draws("T_school").values
+    for c, s, k in [(0, 3, 0), (1, 40, 5)]:
+        rows = schools.codes == k
+        V = (Z0[rows] @ np.kron(np.eye(32), T0[c, s]) @ Z0[rows].T + Z1[rows] @ np.kron(np.eye(8), T1[c, s])
+             @ Z1[rows].T + sigma[c, s] ** 2 * np.eye(rows.sum()))
+        dense = stats.multivariate_normal(d.X[rows] @ beta[c, s], V).logpdf(d.y[rows])
+        assert values.values[c, s, k] == pytest.approx(dense, rel=1e-10)
+    with pytest.raises(OptionError, match="leaves out one 'school' group at a time"):
+        fit.log_likelihood("marginal", factor="kid")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert bh.compare_models({"a": fit, "b": fit}).attrs["unit"] == "group of 'school' (leave one group out)"

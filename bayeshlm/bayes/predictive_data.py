@@ -8,7 +8,8 @@ from their exact conditional posterior given (gamma, T, sigma^2) (:func:`bayeshl
 - predictive: y_rep,i = x_i'gamma + z_i'u_j + e_i, e_i ~ N(0, sigma^2), per draw;
 - conditional log-likelihood: log N(y_i | x_i'gamma + z_i'u_j, sigma^2) per draw and row;
 - marginal log-likelihood: log N(y_j | X_j gamma, Z_j T Z_j' + sigma^2 I) per draw and group, the group's data
-  with its effects integrated out.
+  with its effects integrated out (one grouping factor; for two nested factors, per top-level group with the
+  effects of both levels integrated out).
 
 Why the marginal one for hierarchical models: leaving one row out while keeping that row's group effect u_j
 (drawn using the row itself) asks how well the model predicts another observation of a group it knows, and
@@ -73,7 +74,8 @@ def posterior_predictive(fit, random_seed=None) -> xr.DataTree:
 def log_likelihood(fit, kind: str = "conditional", factor: str | None = None) -> xr.DataTree:
     """Add a ``log_likelihood`` group (the outcome's pointwise log-likelihood per draw; replaced if present) and
     ``observed_data`` to ``fit.posterior`` and return it. ``kind="conditional"``: per row, dim ``obs``;
-    ``kind="marginal"``: per group of ``factor`` (the model's only grouping factor), dim named after it."""
+    ``kind="marginal"``: per group of ``factor`` (the model's only grouping factor, or the top one of two nested
+    factors), dim named after it."""
     if kind not in LOG_LIKELIHOOD_KINDS:
         raise OptionError(f"kind={kind!r} is not an option.{closest_names(str(kind), LOG_LIKELIHOOD_KINDS)} Use "
                           "'conditional' (per observation, given the drawn group effects) or 'marginal' (per group, "
@@ -102,10 +104,17 @@ def log_likelihood(fit, kind: str = "conditional", factor: str | None = None) ->
 def _marginal_by_group(fit, factor: str | None):
     """(factor, (chain, draw, J) array) of log N(y_j | X_j gamma, Z_j T Z_j' + R_j) (module docstring)."""
     design = fit.design
+    chain = design.chain
+    if len(design.factors) == 2 and len(chain) == 2:
+        top = chain[1]
+        if factor is not None and design.factor(factor).name != top.name:
+            raise OptionError(f"kind='marginal' of a three-level model leaves out one {top.name!r} group at a time "
+                              f"(with its {chain[0].name!r} groups inside); factor={factor!r} is not that factor.")
+        return top, _marginal_two_levels(fit, chain)
     if len(design.factors) != 1:
-        raise OptionError(f"kind='marginal' integrates out one grouping factor's effects; this model has "
-                          f"{len(design.factors)} ({', '.join(design.factor_names)}), whose effects are shared "
-                          "across groups of each other. Use kind='conditional'.")
+        raise OptionError(f"kind='marginal' integrates out the group effects of one grouping factor or of two nested "
+                          f"ones; this model has {', '.join(design.factor_names)} ({design.structure}), whose groups "
+                          "do not split the data into independent parts. Use kind='conditional'.")
     f = design.factor(fit._factor_name(factor))
     known = design.known_variance
     w = np.ones(design.n_obs) if known is None else 1.0 / known  # the rows' precision weights (times 1/sigma^2)
@@ -138,3 +147,68 @@ def _marginal_by_group(fit, factor: str | None):
     quad = rr - (solved ** 2).sum(-1)
     values = -0.5 * (n[None] * np.log(2 * np.pi) + log_det_V + quad)
     return f, values.reshape(*shape, J)
+
+
+def _marginal_two_levels(fit, chain, chunk: int = 250) -> np.ndarray:
+    """(chain, draw, J_top) log N(y_k | X_k gamma, V_k) per top-level group k of a nested chain (inner, top), with
+    V_k = blockdiag_c(R_c + Z0_c T0 Z0_c') + Z1_k T1 Z1_k': Woodbury twice. Within inner group c,
+    V_c^-1 = R^-1 - R^-1 Z0 L0 M0^-1 L0'Z0' R^-1 (M0 = I + L0'Z0'R^-1 Z0 L0); then over the top group,
+    P = sum_c Z1_c'V_c^-1 Z1_c, g = sum_c Z1_c'V_c^-1 r_c, h = sum_c r_c'V_c^-1 r_c, M1 = I + L1'P L1,
+    log|V_k| = sum_c log|V_c| + log|M1| and r'V_k^-1 r = h - g'L1 M1^-1 L1'g."""
+    from ..design.design import chain_parents
+
+    design = fit.design
+    inner, top = chain
+    parent = chain_parents(list(chain))[0]
+    known = design.known_variance
+    w = np.ones(design.n_obs) if known is None else 1.0 / known
+    X, y = design.X, design.y[:, None]
+    Zw0, Zw1, Xw = inner.Z * w[:, None], top.Z * w[:, None], X * w[:, None]
+    J0, J1 = inner.n_groups, top.n_groups
+    A0, B0 = group_sums(inner.codes, Zw0, inner.Z, J0), group_sums(inner.codes, Zw0, top.Z, J0)
+    C0X, C0y = group_sums(inner.codes, Zw0, X, J0), group_sums(inner.codes, Zw0, y, J0)[..., 0]
+    A1, C1X = group_sums(top.codes, Zw1, top.Z, J1), group_sums(top.codes, Zw1, X, J1)
+    C1y = group_sums(top.codes, Zw1, y, J1)[..., 0]
+    XtX, Xty = group_sums(top.codes, Xw, X, J1), group_sums(top.codes, Xw, y, J1)[..., 0]
+    yty = np.bincount(top.codes, weights=w * design.y ** 2, minlength=J1)
+    n = top.group_sizes
+    log_w = np.bincount(top.codes, weights=np.log(w), minlength=J1)
+
+    beta_draws = fit.draws("beta").transpose("chain", "draw", "fixed").values
+    shape = beta_draws.shape[:2]
+    beta_draws = beta_draws.reshape(-1, beta_draws.shape[-1])
+    S = len(beta_draws)
+    if known is None:
+        c_draws = 1.0 / fit.draws("sigma").transpose("chain", "draw").values.reshape(-1) ** 2
+    else:
+        c_draws = np.ones(S)
+    L0_draws = covariance_cholesky(fit, inner.name).reshape(S, inner.n_coef, inner.n_coef)
+    L1_draws = covariance_cholesky(fit, top.name).reshape(S, top.n_coef, top.n_coef)
+    out = np.empty((S, J1))
+    for start in range(0, S, chunk):
+        part = slice(start, min(start + chunk, S))
+        beta, c, L0, L1 = beta_draws[part], c_draws[part], L0_draws[part], L1_draws[part]
+        r0 = C0y[None] - np.einsum("jqp,sp->sjq", C0X, beta)
+        r1 = C1y[None] - np.einsum("jqp,sp->sjq", C1X, beta)
+        rr = yty[None] - 2 * beta @ Xty.T + np.einsum("sp,jpr,sr->sj", beta, XtX, beta)
+        M0 = np.eye(inner.n_coef) + c[:, None, None, None] * np.einsum("sqa,jqr,srb->sjab", L0, A0, L0)
+        K0 = np.linalg.cholesky(M0)
+        U = np.linalg.solve(K0, np.einsum("sqa,jqb->sjab", L0, B0))  # K0^-1 L0'B0
+        v = np.linalg.solve(K0, np.einsum("sqa,sjq->sja", L0, r0)[..., None])[..., 0]  # K0^-1 L0'r0
+        log_det_M0 = 2 * np.log(np.diagonal(K0, axis1=-2, axis2=-1)).sum(-1)
+        to_top = np.zeros((J1, J0))
+        to_top[parent, np.arange(J0)] = 1.0  # sums over the inner groups of each top group
+        UU = np.einsum("kj,sjab->skab", to_top, np.einsum("sjqa,sjqb->sjab", U, U))
+        Uv = np.einsum("kj,sja->ska", to_top, np.einsum("sjqa,sjq->sja", U, v))
+        vv = (v ** 2).sum(-1) @ to_top.T
+        c2 = (c ** 2)[:, None]
+        P = c[:, None, None, None] * A1[None] - c2[..., None, None] * UU
+        g = c[:, None, None] * r1 - c2[..., None] * Uv
+        h = c[:, None] * rr - c2 * vv
+        M1 = np.eye(top.n_coef) + np.einsum("sqa,skqr,srb->skab", L1, P, L1)
+        K1 = np.linalg.cholesky(M1)
+        z = np.linalg.solve(K1, np.einsum("sqa,skq->ska", L1, g)[..., None])[..., 0]
+        log_det_V = (-n[None] * np.log(c)[:, None] - log_w[None] + log_det_M0 @ to_top.T
+                     + 2 * np.log(np.diagonal(K1, axis1=-2, axis2=-1)).sum(-1))
+        out[part] = -0.5 * (n[None] * np.log(2 * np.pi) + log_det_V + h - (z ** 2).sum(-1))
+    return out.reshape(*shape, J1)
