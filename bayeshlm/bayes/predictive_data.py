@@ -184,6 +184,13 @@ def _marginal_two_levels(fit, chain, chunk: int = 250) -> np.ndarray:
         c_draws = np.ones(S)
     L0_draws = covariance_cholesky(fit, inner.name).reshape(S, inner.n_coef, inner.n_coef)
     L1_draws = covariance_cholesky(fit, top.name).reshape(S, top.n_coef, top.n_coef)
+    order = np.argsort(parent, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(parent, minlength=J1))[:-1]])
+
+    def to_top(values: np.ndarray) -> np.ndarray:
+        """Sums of (S, J0, ...) over the inner groups of each top group: (S, J1, ...)."""
+        return np.add.reduceat(values[:, order], starts, axis=1)
+
     out = np.empty((S, J1))
     for start in range(0, S, chunk):
         part = slice(start, min(start + chunk, S))
@@ -196,11 +203,9 @@ def _marginal_two_levels(fit, chain, chunk: int = 250) -> np.ndarray:
         U = np.linalg.solve(K0, np.einsum("sqa,jqb->sjab", L0, B0))  # K0^-1 L0'B0
         v = np.linalg.solve(K0, np.einsum("sqa,sjq->sja", L0, r0)[..., None])[..., 0]  # K0^-1 L0'r0
         log_det_M0 = 2 * np.log(np.diagonal(K0, axis1=-2, axis2=-1)).sum(-1)
-        to_top = np.zeros((J1, J0))
-        to_top[parent, np.arange(J0)] = 1.0  # sums over the inner groups of each top group
-        UU = np.einsum("kj,sjab->skab", to_top, np.einsum("sjqa,sjqb->sjab", U, U))
-        Uv = np.einsum("kj,sja->ska", to_top, np.einsum("sjqa,sjq->sja", U, v))
-        vv = (v ** 2).sum(-1) @ to_top.T
+        UU = to_top(np.einsum("sjqa,sjqb->sjab", U, U))
+        Uv = to_top(np.einsum("sjqa,sjq->sja", U, v))
+        vv = to_top((v ** 2).sum(-1))
         c2 = (c ** 2)[:, None]
         P = c[:, None, None, None] * A1[None] - c2[..., None, None] * UU
         g = c[:, None, None] * r1 - c2[..., None] * Uv
@@ -208,7 +213,7 @@ def _marginal_two_levels(fit, chain, chunk: int = 250) -> np.ndarray:
         M1 = np.eye(top.n_coef) + np.einsum("sqa,skqr,srb->skab", L1, P, L1)
         K1 = np.linalg.cholesky(M1)
         z = np.linalg.solve(K1, np.einsum("sqa,skq->ska", L1, g)[..., None])[..., 0]
-        log_det_V = (-n[None] * np.log(c)[:, None] - log_w[None] + log_det_M0 @ to_top.T
+        log_det_V = (-n[None] * np.log(c)[:, None] - log_w[None] + to_top(log_det_M0)
                      + 2 * np.log(np.diagonal(K1, axis1=-2, axis2=-1)).sum(-1))
         out[part] = -0.5 * (n[None] * np.log(2 * np.pi) + log_det_V + h - (z ** 2).sum(-1))
     return out.reshape(*shape, J1)
