@@ -216,17 +216,33 @@ def test_profile_intervals_match_lme4_confint_profile():
         ref = REFERENCE[model]
         fit = fitted(model, "ml")
         assert close(fit.theta, ref["ml_theta"], 1e-4)
-        table = fit.variance_intervals("profile")
+        table = fit.confint(method="profile")  # lme4's order: SD-scale parameters, then the fixed effects
         assert table.attrs["criterion"] == "ML"
         sd_scale = table[table["parameter"].isin(["sd", "corr", "sigma"])]
-        assert len(sd_scale) == len(ref["profile_ml"]["names"])
-        for (_, row), lower, upper in zip(sd_scale.iterrows(), ref["profile_ml"]["lower"],
+        fixed = table[table["factor"] == "fixed"]
+        assert list(fixed["method"].unique()) == ["profile"]
+        assert len(sd_scale) + len(fixed) == len(ref["profile_ml"]["names"])
+        assert [R_NAMES.get(t, t) for t in fixed["term"]] == ref["profile_ml"]["names"][len(sd_scale):]
+        for (_, row), lower, upper in zip(pd.concat([sd_scale, fixed]).iterrows(), ref["profile_ml"]["lower"],
                                           ref["profile_ml"]["upper"]):
             tol = dict(abs=1e-3) if row["parameter"] == "corr" else dict(rel=1e-3, abs=1e-9)
             assert row["lower"] == pytest.approx(lower, **tol), (model, row["term"], "lower")
             assert row["upper"] == pytest.approx(upper, **tol), (model, row["term"], "upper")
         variance = table[table["parameter"] == "variance"]
         assert close(variance["upper"], table[table["parameter"] == "sd"]["upper"] ** 2, 1e-12)
+        # the fixed effects' profile ends are much closer than the spline's 1e-3 (measured 4e-7)
+        assert close(fixed[["lower", "upper"]].to_numpy().T,
+                     [ref["profile_ml"]["lower"][len(sd_scale):], ref["profile_ml"]["upper"][len(sd_scale):]], 1e-5)
+
+
+def test_confint_of_a_reml_fit_uses_t_intervals_for_the_fixed_effects_and_says_so():
+    fit = fitted("sleep_corr")
+    table = fit.confint(level=0.9, method="wald", df="satterthwaite")
+    fixed = table[table["factor"] == "fixed"].set_index("term")
+    t = fit.ttest(df="satterthwaite", level=0.9)
+    assert close(fixed[["lower", "upper"]], t[["lower", "upper"]], 1e-12)
+    assert set(fixed["method"]) == {"t (satterthwaite df)"}
+    assert close(table[table["factor"] != "fixed"]["upper"], fit.variance_intervals(level=0.9)["upper"], 1e-12)
 
 
 def test_profile_at_a_boundary_fit_agrees_with_lme4_within_its_spline():
@@ -296,6 +312,8 @@ def test_bayes_fits_refuse_frequentist_methods_with_a_pointer(bayes_fit):
         bayes_fit.variance_intervals()
     with pytest.raises(OptionError, match="fixed_effects"):
         bayes_fit.ttest()
+    with pytest.raises(OptionError, match="fixed_effects"):
+        bayes_fit.confint()
     with pytest.raises(OptionError, match="posterior"):
         bayes_fit.test("Days = 0", df="satterthwaite")
 

@@ -499,3 +499,92 @@ def _profile_table(vp: VarianceParameters, cmap: ComponentMap, rows: list[dict],
             lower.append(np.nan)
             upper.append(np.nan)
     return np.array(lower), np.array(upper)
+
+
+# --- fixed effects: profile (ML) and the combined table ----------------------------------------------------
+
+class _FixedProfile:
+    """The ML criterion with the user's fixed effect k held at b, minimised over the others and theta.
+
+    On the standardised design beta_k = s_y (A beta*)_k (+ m_y for the intercept) is l'beta* = c. For given
+    theta the penalised RSS at beta* is r^2 + (beta* - beta^)'(R_X R_X')(beta* - beta^) (Bates et al. 2015,
+    eq. 16-18), whose minimum under l'beta* = c is r^2 + (c - l'beta^)^2 / (l'C l), C = (R_X R_X')^{-1};
+    sigma^2 is then profiled as in the fit (module docstring), leaving a minimisation over theta.
+    """
+
+    def __init__(self, vp: VarianceParameters, k: int):
+        self.vp = vp
+        scaling = vp.fit._scaling
+        self.l = scaling.y_scale * scaling.fixed_map[k]
+        self.shift = scaling.y_centre if scaling.intercept == k else 0.0
+        self.theta_hat = vp.fit._theta_std
+        self.start = self.theta_hat.copy()
+        self.minimum = float(vp.objective.criterion(vp.fit._fac))
+
+    def criterion(self, theta: np.ndarray, b: float) -> float:
+        objective = self.vp.objective
+        try:
+            fac = objective.factorize(theta)
+        except np.linalg.LinAlgError:
+            return np.inf
+        C = fac.fixed_cov_relative()
+        gap = (b - self.shift - self.l @ fac.beta) ** 2 / (self.l @ C @ self.l)
+        n = objective.design.n_obs
+        if self.vp.known:
+            return float(fac.logdet_z + fac.r2 + gap + n * LOG_2PI + objective.sum_log_v)
+        return float(fac.logdet_z + n * (1.0 + LOG_2PI + np.log((fac.r2 + gap) / n)))
+
+    def rise(self, b: float) -> float:
+        result = optimize.minimize(self.criterion, self.start, args=(b,), method="L-BFGS-B", jac="3-point",
+                                   options={"ftol": 1e-15, "gtol": 1e-9, "maxiter": 500})
+        self.start = result.x
+        return min(result.fun, self.criterion(self.theta_hat, b)) - self.minimum
+
+    def end(self, side: int, cutoff: float, estimate: float, se: float) -> float:
+        self.start = self.theta_hat.copy()
+        inside, step = estimate, se
+        for _ in range(60):
+            trial = estimate + side * step
+            if self.rise(trial) > cutoff:
+                return optimize.brentq(lambda b: self.rise(b) - cutoff, min(inside, trial), max(inside, trial),
+                                       xtol=1e-9 * max(abs(estimate), se), rtol=1e-12)
+            inside, step = trial, 2.0 * step
+        return side * np.inf
+
+
+def confint(fit, level: float = 0.95, method: str = "wald", df: str | None = None) -> pd.DataFrame:
+    """Intervals for every fixed effect and every variance-component parameter.
+
+    ``method="wald"``: fixed effects by the t interval with ``df`` (see :meth:`FitResult.ttest`), variance
+    components as :func:`variance_intervals`. ``method="profile"``: variance components by their profile;
+    fixed effects by their profile for ML fits (lme4's ``confint(method="profile")``; the REML criterion does
+    not depend on the fixed effects, so a REML fit's fixed effects get the t interval and say so in ``method``).
+    Columns: factor ('fixed' for fixed effects), term, term2, parameter, estimate, se, lower, upper, method.
+    """
+    from ..results.hypotheses import ttest
+
+    if fit.method == "bayes":
+        raise OptionError("confint() gives likelihood intervals of REML / ML fits. A Bayesian fit's posterior "
+                          "intervals are in fit.fixed_effects and fit.variance_components.")
+    variance = variance_intervals(fit, method, level)
+    fixed = ttest(fit, df=df, level=level)
+    label = f"t ({'book' if df is None else df} df)"
+    fixed_method = [label] * len(fixed)
+    if method == "profile" and fit.method == "ml":
+        vp = variance_parameters(fit)
+        cutoff = stats.chi2.ppf(level, 1)
+        with _single_threaded():
+            for k, name in enumerate(fixed.index):
+                profile = _FixedProfile(vp, k)
+                estimate, se = fixed.loc[name, "estimate"], fixed.loc[name, "se"]
+                fixed.loc[name, "lower"] = profile.end(-1, cutoff, estimate, se)
+                fixed.loc[name, "upper"] = profile.end(1, cutoff, estimate, se)
+        fixed_method = ["profile"] * len(fixed)
+    rows = pd.DataFrame({"factor": "fixed", "term": list(fixed.index), "term2": "", "parameter": "coefficient",
+                         "estimate": fixed["estimate"].to_numpy(), "se": fixed["se"].to_numpy(),
+                         "lower": fixed["lower"].to_numpy(), "upper": fixed["upper"].to_numpy(),
+                         "method": fixed_method})
+    variance = variance.assign(method=method)
+    table = pd.concat([rows, variance], ignore_index=True)
+    table.attrs.update(variance.attrs)
+    return table

@@ -170,6 +170,13 @@ class FitResult(ABC):
 
         return variance_intervals(self, method, level)
 
+    def confint(self, level: float = 0.95, method: str = "wald", df: str | None = None) -> pd.DataFrame:
+        """lower / upper for every fixed effect and variance-component parameter, 'wald' or 'profile' (lme4's
+        ``confint``; REML / ML fits; see :func:`bayeshlm.likelihood.inference.confint`)."""
+        from ..likelihood.inference import confint
+
+        return confint(self, level, method, df)
+
     def save(self, path):
         """Write this fit to a netCDF file; read it back with :func:`bayeshlm.load_fit` (see
         :mod:`bayeshlm.results.storage` for what is stored). Returns the path."""

@@ -16,7 +16,8 @@
 ## - lmerTest's Satterthwaite df use A = 2 H^-1, H the numDeriv Hessian of the (REML) deviance in
 ##   varpar = (theta, sigma) (model@vcov_varpar, written as "vcov_varpar").
 ## - lme4's confint(method = "profile") refits the model by ML before profiling (lme4:::devfun2 calls
-##   refitML), so the REML and the ML fit give the same intervals: those of the ML deviance. The profile
+##   refitML), so the REML and the ML fit give the same intervals: those of the ML deviance (fixed effects
+##   included: each is profiled over the others and the variance parameters). The profile
 ##   is evaluated on a grid and interpolated by splines, so its ends are approximate.
 ## - wald_chi2 is the hand computation b' (L V L')^-1 b with b = L beta and V = vcov(fit).
 
@@ -113,7 +114,7 @@ entry <- function(formula, data, joint = list(), single = list(), profile = FALS
   })
   if (profile) {
     ml <- lme4::lmer(formula, data = data, REML = FALSE, control = ctrl)
-    ci <- confint(ml, parm = "theta_", method = "profile", oldNames = FALSE)
+    ci <- confint(ml, method = "profile", oldNames = FALSE)
     out$ml_theta <- unname(getME(ml, "theta"))
     out$ml_sigma <- sigma(ml)
     out$profile_ml <- list(names = rownames(ci), lower = unname(ci[, 1]), upper = unname(ci[, 2]))
