@@ -1,5 +1,6 @@
 """Inference on the variance parameters of a REML / ML fit: Satterthwaite df for fixed-effect contrasts,
-asymptotic SEs of the variance components and their profile-likelihood intervals.
+asymptotic SEs of the variance components, profile-likelihood intervals (variance components; fixed effects
+of ML fits) and :func:`confint`, which gathers intervals for every parameter.
 
 Everything works on the fit's standardised design (:mod:`bayeshlm.design.scaling`) and maps back exactly.
 The variance parameters are lmerTest's varpar = (theta, sigma) (Kuznetsova, Brockhoff & Christensen 2017,
@@ -23,7 +24,9 @@ correlations, sigma): for each, the criterion is minimised over the others with 
 interval ends are where the profile rises by chi2_1(level) above the minimum (Brent's method). A
 parameter whose profile stays below that up to its bound (SD 0, correlation -1 or 1) gets the bound.
 lme4 always profiles the ML deviance (``profile`` refits a REML fit by ML); here the fit's own criterion
-is profiled, so intervals match lme4's for ML fits.
+is profiled, so intervals match lme4's for ML fits. The minimisation over the other parameters runs in psi
+with bounds (L-BFGS-B) and is then polished in varpar with psi_k(varpar) fixed as a constraint (SLSQP): psi
+-> varpar has kinks at SD 0 and correlations +-1, where L-BFGS-B alone can stall.
 """
 
 from __future__ import annotations
@@ -251,7 +254,7 @@ def _cholesky(T: np.ndarray) -> np.ndarray:
     return L
 
 
-def _components(fit, cmap: ComponentMap) -> list[dict]:
+def _components(cmap: ComponentMap) -> list[dict]:
     """Rows of the interval table: SD-scale parameters (lme4's) then the variance scale."""
     names = {fp.factor.name: fp.factor.coef_names for fp in cmap.vp.params.factors}
     rows = []
@@ -319,7 +322,7 @@ def variance_intervals(fit, method: str = "wald", level: float = 0.95) -> pd.Dat
         raise OptionError(f"level={level!r}: give the interval's coverage as a number between 0 and 1 (e.g. 0.95).")
     vp = variance_parameters(fit)
     cmap = ComponentMap(vp)
-    rows = _components(fit, cmap)
+    rows = _components(cmap)
     psi = cmap.psi(vp.x)
     values = _component_values(cmap, psi, rows)
     jac = np.empty((len(rows), len(vp.x)))
