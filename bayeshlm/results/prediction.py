@@ -39,6 +39,7 @@ from ..design.build import _factor_variables, float_predictors, group_labels
 from ..errors import DataError, OptionError, closest_names, describe_rows
 
 KINDS = ("mean", "interval", "draws")
+DENSE_INVERSE_LIMIT = 6000  # group-effect columns up to which M^-1 is formed densely (6000^2 doubles: 288 MB)
 GROUPS = ("conditional", "population")
 
 
@@ -241,16 +242,32 @@ def prediction_error_variance(fit, rows: PredictionRows, known: dict[str, np.nda
     M = sparse.identity(ZL.shape[1], format="csc") + (ZL.T @ WZL).tocsc() / s2
     solver = splu(M)
     B = np.asarray(WZL.T @ design.X) / s2  # (K, p) = L'Z'WX / s2
+    # each row's L'z: at most sum_f q_f nonzero entries, at these positions (0 with value 0 for a new group)
     offsets = np.cumsum([0] + [f.n_groups * f.n_coef for f in design.factors])
+    positions = np.zeros((rows.n, sum(f.n_coef for f in design.factors)), dtype=np.int64)
+    values = np.zeros(positions.shape)
+    column = 0
+    for f, root, offset in zip(design.factors, roots, offsets):
+        k = np.flatnonzero(known[f.name])
+        span = slice(column, column + f.n_coef)
+        positions[k, span] = offset + rows.codes[f.name][k, None] * f.n_coef + np.arange(f.n_coef)
+        values[k, span] = rows.Z[f.name][k] @ root
+        column += f.n_coef
+    if M.shape[0] <= DENSE_INVERSE_LIMIT:  # M^-1 once (LAPACK), then each row reads its few entries
+        M_inv = np.linalg.inv(M.toarray())
+        M_inv_B = M_inv @ B
+        for start in range(0, rows.n, chunk):
+            part = slice(start, min(start + chunk, rows.n))
+            pos, val = positions[part], values[part]
+            quad = np.einsum("nq,nqr,nr->n", val, M_inv[pos[:, :, None], pos[:, None, :]], val)
+            x_e = rows.X[part] - np.einsum("nq,nqp->np", val, M_inv_B[pos])
+            variance[part] = np.einsum("np,pr,nr->n", x_e, V, x_e) + quad
+        return variance
+    solver = splu(M)
     for start in range(0, rows.n, chunk):
         part = slice(start, min(start + chunk, rows.n))
-        Lz = np.zeros((ZL.shape[1], part.stop - start))  # L'z of each row, over the known groups' columns
-        for f, root, offset in zip(design.factors, roots, offsets):
-            k = np.flatnonzero(known[f.name][part])
-            if not len(k):
-                continue
-            cols = offset + rows.codes[f.name][part][k, None] * f.n_coef + np.arange(f.n_coef)
-            Lz[cols, k[:, None]] = rows.Z[f.name][part][k] @ root
+        Lz = np.zeros((M.shape[0], part.stop - start))
+        np.add.at(Lz, (positions[part], np.arange(part.stop - start)[:, None]), values[part])
         S = solver.solve(Lz)
         x_e = rows.X[part] - (B.T @ S).T
         variance[part] = np.einsum("np,pr,nr->n", x_e, V, x_e) + np.einsum("kn,kn->n", Lz, S)
