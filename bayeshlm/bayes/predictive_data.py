@@ -35,6 +35,7 @@ from ..results.prediction import (
     prediction_rows,
     seeded_rng,
 )
+from .units import centred_outcome
 
 LOG_LIKELIHOOD_KINDS = ("conditional", "marginal")
 
@@ -120,15 +121,15 @@ def _marginal_by_group(fit, factor: str | None):
     w = np.ones(design.n_obs) if known is None else 1.0 / known  # the rows' precision weights (times 1/sigma^2)
     Zw, Xw = f.Z * w[:, None], design.X * w[:, None]
     J = f.n_groups
+    y, beta = centred_outcome(design, fit.draws("beta").transpose("chain", "draw", "fixed").values)
     ZtZ, ZtX = group_sums(f.codes, Zw, f.Z, J), group_sums(f.codes, Zw, design.X, J)
-    Zty = group_sums(f.codes, Zw, design.y[:, None], J)[..., 0]
+    Zty = group_sums(f.codes, Zw, y[:, None], J)[..., 0]
     XtX = group_sums(f.codes, Xw, design.X, J)
-    Xty = group_sums(f.codes, Xw, design.y[:, None], J)[..., 0]
-    yty = np.bincount(f.codes, weights=w * design.y ** 2, minlength=J)
+    Xty = group_sums(f.codes, Xw, y[:, None], J)[..., 0]
+    yty = np.bincount(f.codes, weights=w * y ** 2, minlength=J)
     n = f.group_sizes
     log_det_R = np.zeros(J) if known is None else np.bincount(f.codes, weights=np.log(known), minlength=J)
 
-    beta = fit.draws("beta").transpose("chain", "draw", "fixed").values
     shape = beta.shape[:2]
     beta = beta.reshape(-1, beta.shape[-1])
     if known is None:
@@ -162,7 +163,8 @@ def _marginal_two_levels(fit, chain, chunk: int = 250) -> np.ndarray:
     parent = chain_parents(list(chain))[0]
     known = design.known_variance
     w = np.ones(design.n_obs) if known is None else 1.0 / known
-    X, y = design.X, design.y[:, None]
+    centred_y, beta_draws = centred_outcome(design, fit.draws("beta").transpose("chain", "draw", "fixed").values)
+    X, y = design.X, centred_y[:, None]
     Zw0, Zw1, Xw = inner.Z * w[:, None], top.Z * w[:, None], X * w[:, None]
     J0, J1 = inner.n_groups, top.n_groups
     A0, B0 = group_sums(inner.codes, Zw0, inner.Z, J0), group_sums(inner.codes, Zw0, top.Z, J0)
@@ -170,11 +172,10 @@ def _marginal_two_levels(fit, chain, chunk: int = 250) -> np.ndarray:
     A1, C1X = group_sums(top.codes, Zw1, top.Z, J1), group_sums(top.codes, Zw1, X, J1)
     C1y = group_sums(top.codes, Zw1, y, J1)[..., 0]
     XtX, Xty = group_sums(top.codes, Xw, X, J1), group_sums(top.codes, Xw, y, J1)[..., 0]
-    yty = np.bincount(top.codes, weights=w * design.y ** 2, minlength=J1)
+    yty = np.bincount(top.codes, weights=w * centred_y ** 2, minlength=J1)
     n = top.group_sizes
     log_w = np.bincount(top.codes, weights=np.log(w), minlength=J1)
 
-    beta_draws = fit.draws("beta").transpose("chain", "draw", "fixed").values
     shape = beta_draws.shape[:2]
     beta_draws = beta_draws.reshape(-1, beta_draws.shape[-1])
     S = len(beta_draws)

@@ -211,3 +211,17 @@ class OutcomeUnits:
             elif name != "phi" and not name.startswith(("corr_", "z_")):
                 raise NotImplementedError(f"No rule maps the posterior variable {name!r} to the user's units.")
         return out
+
+
+def centred_outcome(design: Design, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(y - c, beta - c e_0) with c = mean(y) when X has an intercept column e_0 (else c = 0): the same residuals
+    y - X beta, whose sums of squares per group then hold values of size sd(y)^2 instead of mean(y)^2 (for
+    likelihoods computed from group sums after the fit; ``beta`` holds draws along its last axis)."""
+    X = design.X
+    ones = np.flatnonzero((np.ptp(X, axis=0) == 0) & (X[0] == 1.0))
+    if not len(ones):
+        return design.y, beta
+    c = float(np.mean(design.y))
+    beta = beta.copy()
+    beta[..., ones[0]] -= c
+    return design.y - c, beta
