@@ -137,6 +137,16 @@ def test_three_level_known_variance_standard_errors_match_dense_henderson():
     np.testing.assert_allclose(fit.predict()["se"] ** 2, dense, rtol=1e-8)
 
 
+def test_sparse_solve_for_many_groups_gives_the_same_standard_errors(reml_fits, monkeypatch):
+    from bayeshlm.results import prediction
+
+    fit = reml_fits["hsb"]
+    dense = fit.predict(pd.DataFrame(REFERENCE["hsb"]["newdata"]))
+    monkeypatch.setattr(prediction, "DENSE_INVERSE_LIMIT", 0)  # as for more than 6000 group-effect columns
+    sparse = fit.predict(pd.DataFrame(REFERENCE["hsb"]["newdata"]))
+    np.testing.assert_allclose(sparse["se"], dense["se"], rtol=1e-10)
+
+
 def test_population_interval_has_the_marginal_variance(reml_fits):
     fit = reml_fits["hsb"]
     row = pd.DataFrame({"ses": [0.5], "school": ["1224"]})
