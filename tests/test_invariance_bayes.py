@@ -195,6 +195,10 @@ def test_affine_changes_of_the_outcome_leave_the_posterior_unchanged(data, log_a
     assert other.priors["(Intercept)"].startswith(f"Normal(mu={np.mean(stored):.4g}")
     u_base, u_other = base.random_effects().to_numpy(), other.random_effects().to_numpy() / a
     assert np.abs(u_base - u_other).max() < 0.5 * np.abs(u_base).max()  # same units (MC error aside)
+    pv_base, pv_other = base.plausible_values(), other.plausible_values()
+    pv_other.loc["(Intercept)", ["center", "lower", "upper"]] -= b
+    np.testing.assert_allclose(pv_other.to_numpy() / a, pv_base.to_numpy(), atol=0.5 * pv_base["sd"].min())
+    np.testing.assert_allclose(other.reliability().to_numpy(), base.reliability().to_numpy(), atol=0.1)
     prior = other.prior_predictive(draws=200, seed=1)
     y_prior = prior["prior_predictive"]["y"].values
     assert abs(np.median(y_prior) - np.mean(stored)) < 10 * scale  # around the data, in its units
