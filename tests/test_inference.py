@@ -106,6 +106,13 @@ def test_satterthwaite_df_and_p_match_lmertest():
     assert close(hsb, [ref[R_NAMES.get(n, n)] for n in hsb.index], 1e-5)
 
 
+def test_satterthwaite_df_of_ml_fits_match_lmertest():
+    for model in ["sleep_corr", "hsb_full", "hsb_small"]:
+        table = fitted(model, "ml").ttest(df="satterthwaite")
+        ref = REFERENCE[model]["ml_satterthwaite_df"]
+        assert close(table["df"], [ref[R_NAMES.get(n, n)] for n in table.index], 1e-4), model
+
+
 @pytest.mark.parametrize("model", list(MORE_MODELS))
 def test_satterthwaite_df_match_lmertest_for_small_j_crossed_and_three_level_models(model):
     fit = fitted(model)

@@ -113,6 +113,8 @@ entry <- function(formula, data, joint = list(), single = list(), profile = FALS
          t = s[["t value"]], p = s[["Pr(>|t|)"]], lower = s[["lower"]], upper = s[["upper"]])
   })
   if (profile) {
+    ml_test <- lmerTest::lmer(formula, data = data, REML = FALSE, control = ctrl)
+    out$ml_satterthwaite_df <- as.list(coef(summary(ml_test, ddf = "Satterthwaite"))[, "df"])
     ml <- lme4::lmer(formula, data = data, REML = FALSE, control = ctrl)
     ci <- confint(ml, method = "profile", oldNames = FALSE)
     out$ml_theta <- unname(getME(ml, "theta"))
