@@ -24,7 +24,7 @@ from .predictive import prior_predictive
 from .priors import LKJ, Prior, resolve_priors, valid_prior_names
 from .result import BayesFit
 from .sampling import check_sampler_options, new_seed, run_sampler
-from .units import OutcomeUnits
+from .units import OutcomeUnits, offset_predictor_notes
 
 __all__ = ["LKJ", "BayesFit", "Prior", "SamplingWarning", "fit_bayes", "prior_predictive", "pymc_model",
            "sampled_model", "valid_prior_names"]
@@ -43,9 +43,10 @@ def pymc_model(design: Design, priors=None, route: str = "auto", parameterizatio
 def sampled_model(design: Design, priors=None, route: str = "auto", parameterization=None):
     """What ``fit_bayes`` samples: the model of ``design`` on y* = (y - c) / s with its priors rewritten for y*
     (:mod:`.units`). Returns (model, info, units, notes); ``info.priors`` are the user's priors, ``notes`` say
-    which part of the standardisation the priors did not allow."""
+    which part of the standardisation the priors did not allow and which predictors lie far from zero."""
     user_priors = resolve_priors(design, priors)
     units, notes = OutcomeUnits.of(design, user_priors)
+    notes += offset_predictor_notes(design)
     model, info = build_model(units.design(design), units.priors(user_priors, design), route, parameterization)
     return model, dataclasses.replace(info, priors=user_priors), units, notes
 
