@@ -27,7 +27,8 @@ from .errors import DataError, InputError, OptionError
 from .model import HLM
 from .spec.expressions import evaluate
 
-_MODEL_OPTIONS = ("known_variance", "center", "group_means", "level1_variance", "correlation", "time")
+_MODEL_OPTIONS = ("known_variance", "center", "group_means", "level1_variance", "correlation", "time", "family", "link",
+                  "trials", "exposure")
 _KEYS = {"title", "description", "reference", "dataset", "data", "formula", "levels", "data_columns", "subset", "fit",
          *_MODEL_OPTIONS}
 _LEVEL_KEYS = {"level1", "level2", "level3", "groups", "random", "correlated"}

@@ -23,7 +23,7 @@ def estimates_dataset(fit: FitResult) -> xr.Dataset:
         coords[dim] = list(tau.index)
         coords[dim + "_"] = list(tau.index)
         data[f"tau_{factor}"] = ((dim, dim + "_"), tau.to_numpy(dtype=float))
-    if fit.sigma2 is not None:
+    if getattr(fit, "sigma2", None) is not None:  # HGLM fits have no level-1 variance
         data["sigma2"] = ((), float(fit.sigma2))
     from .. import __version__
 
