@@ -365,7 +365,12 @@ def centring(design: Design, sampled: list, choice: dict[str, str]) -> dict[str,
 
 def _choose_parameterization(design: Design, chain: list, reliability: dict[str, float],
                              requested: dict[str, str] | None) -> dict[str, str]:
-    """'integrated out' for the chain's factors; centred or non-centred (requested, or by reliability) else."""
+    """'integrated out' for the chain's factors; centred or non-centred (requested, or by reliability) else.
+
+    A sampled factor nested in another sampled factor is non-centred unless requested: centred, its coefficients
+    b_j ~ N(gamma, T) would carry the enclosing group's effect as well, a ridge (b_j + c, u_parent - c) that NUTS
+    crosses slowly (three-level test data: intercept bulk ESS 19 of 2,000 draws centred, 356 non-centred).
+    """
     requested = dict(requested or {})
     for name, how in requested.items():
         design.factor(name)  # raises a clear OptionError for an unknown factor
@@ -374,8 +379,10 @@ def _choose_parameterization(design: Design, chain: list, reliability: dict[str,
         if any(f.name == name for f in chain):
             raise OptionError(f"parameterization[{name!r}]: the effects of {name!r} are integrated out on "
                               "route='marginal'; give route='sampled' to sample them.")
+    sampled = {f.name for f in design.factors if f not in chain}
     return {f.name: "integrated out" if f in chain else requested.get(f.name) or
-            ("centred" if reliability[f.name] >= CENTRED_RELIABILITY else "non-centred")
+            ("centred" if reliability[f.name] >= CENTRED_RELIABILITY and design.nesting.get(f.name) not in sampled
+             else "non-centred")
             for f in design.factors}
 
 
