@@ -225,18 +225,6 @@ def end_point_message(slope: float) -> str:
             "parameter there (standardised scale)")
 
 
-def _canonical(params: Parameterization, theta: np.ndarray) -> np.ndarray:
-    """Flip the sign of each Lambda column whose diagonal is negative (same Lambda Lambda')."""
-    theta = theta.copy()
-    for fp in params.factors:
-        block = theta[fp.offset:fp.offset + fp.size]
-        for c in np.unique(fp.cols):
-            diag = np.flatnonzero((fp.rows == c) & (fp.cols == c))[0]
-            if block[diag] < 0:
-                block[fp.cols == c] *= -1
-    return theta
-
-
 def fit_likelihood(design: Design, method: str = "reml", **options) -> LikelihoodFit:
     """Fit ``design`` by REML (default) or ML.
 
@@ -332,7 +320,7 @@ def _fit(objective: ProfiledDeviance, start: np.ndarray, maxiter: int, scaling: 
     slope = float(np.max(np.abs(result.jac), initial=0.0))
     if converged and not slope <= GRADIENT_TOL:
         converged, message = False, end_point_message(slope)
-    fit = LikelihoodFit(objective, _canonical(params, result.x), converged=converged,
+    fit = LikelihoodFit(objective, params.canonical(result.x), converged=converged,
                         optimizer_message=message, n_evaluations=objective.evaluations,
                         scaling=scaling, design=design)
     _refuse_exact_fit(fit, design)

@@ -520,18 +520,6 @@ def glm_start(objective: GLMMObjective) -> np.ndarray:
     return beta
 
 
-def canonical_theta(params: Parameterization, theta: np.ndarray) -> np.ndarray:
-    """Flip each Lambda column whose diagonal is negative (the likelihood depends on Lambda Lambda' only)."""
-    theta = theta.copy()
-    for fp in params.factors:
-        block = theta[fp.offset:fp.offset + fp.size]
-        for c in np.unique(fp.cols):
-            diag = np.flatnonzero((fp.rows == c) & (fp.cols == c))[0]
-            if block[diag] < 0:
-                block[fp.cols == c] *= -1
-    return theta
-
-
 def optimise(objective: GLMMObjective, maxiter: int = 500, start: np.ndarray | None = None,
              start_hessian: np.ndarray | None = None):
     """BFGS from ``start`` (default: the GLM fit and Lambda = I), then Newton polish. With ``start_hessian``

@@ -19,7 +19,7 @@ from threadpoolctl import ThreadpoolController
 from ..design import Design
 from ..errors import DataError, OptionError, closest_names
 from ..families.outcome import GLMOutcome
-from .glmm import GLMMObjective, canonical_theta, check_nagq, laplace_start, optimise, separation_direction
+from .glmm import GLMMObjective, check_nagq, laplace_start, optimise, separation_direction
 
 OPTIONS = ("nagq", "maxiter", "information")
 INFORMATION = ("expected", "observed")
@@ -96,7 +96,7 @@ class GLMMFit:
         p = objective.p
         self._beta_s, theta = x[:p], x[p:p + objective.n_theta]
         self._theta_raw = theta
-        self._theta = canonical_theta(objective.params, theta)
+        self._theta = objective.params.canonical(theta)
         self._extra = x[p + objective.n_theta:]
         self._deviance = deviance
         self._gradient = gradient

@@ -289,7 +289,7 @@ def fit_structured(standard: Design, method: str, *, start=None, maxiter: int = 
     """Fit a model with a level-1 error structure (see the module docstring) on the standardised design
     ``standard`` (:mod:`bayeshlm.design.scaling`); returns a StructuredFit of the user's ``design``.
     ``start`` is on the user's scale."""
-    from .fit import GRADIENT_TOL, ProfiledDeviance, _canonical, _minimize, end_point_message
+    from .fit import GRADIENT_TOL, ProfiledDeviance, _minimize, end_point_message
     from .result import StructuredFit, theta_to_standard
 
     objective = StructuredDeviance(standard, method)
@@ -318,6 +318,6 @@ def fit_structured(standard: Design, method: str, *, start=None, maxiter: int = 
     slope = _largest_slope(objective, result.x, result.fun)
     if converged and not slope <= GRADIENT_TOL:
         converged, message = False, end_point_message(slope)
-    return StructuredFit(objective, _canonical(objective.params, result.x), converged=converged,
+    return StructuredFit(objective, objective.params.canonical(result.x), converged=converged,
                          optimizer_message=message, n_evaluations=objective.evaluations,
                          scaling=scaling, design=design)

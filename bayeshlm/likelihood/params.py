@@ -63,6 +63,17 @@ class Parameterization:
     def lambdas(self, theta: np.ndarray) -> list[np.ndarray]:
         return [fp.lam(theta) for fp in self.factors]
 
+    def canonical(self, theta: np.ndarray) -> np.ndarray:
+        """theta with each Lambda column whose diagonal is negative flipped (the likelihood sees Lambda Lambda')."""
+        theta = theta.copy()
+        for fp in self.factors:
+            block = theta[fp.offset:fp.offset + fp.size]
+            for c in np.unique(fp.cols):
+                diag = np.flatnonzero((fp.rows == c) & (fp.cols == c))[0]
+                if block[diag] < 0:
+                    block[fp.cols == c] *= -1
+        return theta
+
     @property
     def lower_bounds(self) -> np.ndarray:
         return np.concatenate([np.where(fp.rows == fp.cols, 0.0, -np.inf) for fp in self.factors])
