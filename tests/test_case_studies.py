@@ -39,7 +39,7 @@ def test_case_study_runs_as_a_notebook_and_reproduces_its_numbers(path, tmp_path
 
 def test_shipped_peer_numbers_equal_the_r_fixtures():
     """The case studies check against a copy of the R fixtures shipped in the package; the copy must not drift."""
-    fixtures = {"lme4": "lme4_reference.json", "nlme": "nlme_reference.json"}
+    fixtures = {"lme4": "lme4_reference.json", "nlme": "nlme_reference.json", "glmer": "glmm/glmm_reference.json"}
     shipped = shipped_references()
     for peer, models in shipped.items():
         fixture = json.loads((ROOT / "tests" / "reference" / fixtures[peer]).read_text())

@@ -1,7 +1,8 @@
-"""Peer results the case studies set beside bayeshlm's: lme4 and nlme fits of bundled datasets.
+"""Peer results the case studies set beside bayeshlm's: lme4 (lmer, glmer) and nlme fits of bundled datasets.
 
-The numbers are copied from the test fixtures written by ``tests/reference/make_reference.R`` (R 4.2.2,
-lme4 1.1-31, nlme 3.1-162) by ``tests/reference/extract_case_study_reference.py``, so a notebook copied out
+The numbers are copied from the test fixtures written by ``tests/reference/make_reference.R`` and
+``tests/reference/glmm/make_glmm_reference.R`` (R 4.2.2, lme4 1.1-31, nlme 3.1-162) by
+``tests/reference/extract_case_study_reference.py``, so a notebook copied out
 of the repository still checks itself; the test suite fails if the copy and the fixtures differ.
 """
 
@@ -21,7 +22,7 @@ def _all() -> dict:
 
 
 def peer_reference(peer: str, model: str) -> dict:
-    """The recorded ``peer`` fit (``"lme4"`` or ``"nlme"``) of ``model``, e.g. ``"egsingle_uncond_reml"``."""
+    """The recorded ``peer`` fit (``"lme4"``, ``"nlme"`` or ``"glmer"``) of ``model``, e.g. ``"scotssec_reml"``."""
     fits = _all()
     if peer not in fits:
         raise OptionError(f"No reference results from {peer!r}.{closest_names(peer, fits)} Peers: {', '.join(fits)}.")
