@@ -92,7 +92,11 @@ def test_compare_gives_posterior_spread_of_variances(fits):
     table = bh.compare(reml, bayes)
     row = table.loc["school: var(cses)", "Bayes"]
     assert row["se"] > 0 and row["lower"] < row["estimate"] < row["upper"]
-    assert np.isnan(table.loc["school: var(cses)", ("REML", "se")])
+    # REML: the observed-information SE and the Wald interval clipped at 0 (fit.variance_intervals)
+    wald = reml.variance_intervals().set_index(["factor", "term", "term2", "parameter"])
+    expected = wald.loc[("school", "cses", "", "variance")]
+    assert table.loc["school: var(cses)", ("REML", "se")] == pytest.approx(expected["se"], rel=1e-12)
+    assert table.loc["school: var(cses)", ("REML", "lower")] == pytest.approx(max(expected["lower"], 0.0), abs=1e-12)
 
 
 # --- issue 28: every plot on a Bayesian fit, and the conditional-model targets (tiny draws: seconds) ----------------

@@ -107,8 +107,9 @@ def compare(*fits: FitResult, names: list[str] | None = None, level: float = 0.9
         table = _parameters(fit)
         columns[(name, "estimate")] = table["estimate"]
         columns[(name, "se")] = table["se"]
-        lower = table["lower"] if "lower" in table else table["estimate"] - z * table["se"]
-        upper = table["upper"] if "upper" in table else table["estimate"] + z * table["se"]
+        normal_lower, normal_upper = table["estimate"] - z * table["se"], table["estimate"] + z * table["se"]
+        lower = table["lower"].fillna(normal_lower) if "lower" in table else normal_lower
+        upper = table["upper"].fillna(normal_upper) if "upper" in table else normal_upper
         columns[(name, "lower")], columns[(name, "upper")] = lower, upper
     out = pd.DataFrame(columns)
     base, base_se = out[(names[0], "estimate")], out[(names[0], "se")]
@@ -130,8 +131,9 @@ def _parameters(fit: FitResult) -> pd.DataFrame:
 
 
 def _variance_rows(fit: FitResult) -> pd.DataFrame:
-    """Each factor's T entries and sigma^2: point estimates, and for Bayesian fits the posterior SD and
-    95% equal-tailed interval from the draws (likelihood fits report no SE for variances here)."""
+    """Each factor's T entries and sigma^2: point estimates, with the posterior SD and 95% equal-tailed interval
+    from the draws (Bayes) or the observed-information SE and Wald interval, clipped to the parameter's range
+    (likelihood fits; NaN where :meth:`variance_intervals` is not defined, e.g. under level-1 error structures)."""
     records: dict[str, np.ndarray | float] = {}
     bayes = fit.method == "bayes"
     for factor, tau in fit.tau.items():
@@ -143,9 +145,24 @@ def _variance_rows(fit: FitResult) -> pd.DataFrame:
     if fit.sigma2 is not None:
         records["sigma^2"] = (fit.draws("sigma").values ** 2).ravel() if bayes else fit.sigma2
     if not bayes:
-        return pd.DataFrame({"estimate": pd.Series(records, dtype=float), "se": np.nan})
+        return pd.DataFrame({"estimate": pd.Series(records, dtype=float)}).join(_wald_variance_rows(fit))
     return pd.DataFrame({label: {"estimate": d.mean(), "se": d.std(ddof=1), "lower": np.quantile(d, 0.025),
                                  "upper": np.quantile(d, 0.975)} for label, d in records.items()}).T
+
+
+def _wald_variance_rows(fit: FitResult) -> pd.DataFrame:
+    """se / lower / upper of the variance-scale rows of ``fit.variance_intervals()``, labelled as in
+    :func:`_variance_rows`."""
+    columns = ["se", "lower", "upper"]
+    try:
+        table = fit.variance_intervals()
+    except InputError:  # not defined for this model: say nothing rather than a wrong number
+        return pd.DataFrame(columns=columns, dtype=float)
+    table = table[table["parameter"].isin(["variance", "covariance", "sigma2"])]
+    labels = [("sigma^2" if r.parameter == "sigma2" else
+               f"{r.factor}: var({r.term})" if r.parameter == "variance" else f"{r.factor}: cov({r.term}, {r.term2})")
+              for r in table.itertuples()]
+    return pd.DataFrame(table[columns].to_numpy(dtype=float), index=labels, columns=columns)
 
 
 def _sampling(fit: FitResult) -> str:
