@@ -254,3 +254,13 @@ def test_level3_reliability_refuses_what_it_does_not_cover():
     aggregated = bh.HLM(formula, dd.from_pandas(df, npartitions=2)).fit("reml")
     with pytest.raises(bh.errors.RowsUnavailableError, match="reliability of 'school'"):
         aggregated.reliability("school")
+
+
+def test_compare_uses_the_t_intervals_of_the_likelihood_fit():
+    """REML intervals in compare() were estimate +/- 1.96 SE while the fit's t tests use t(J - S - 1)."""
+    fit = bh.HLM("mathach ~ cses + (cses | school)", bh.datasets.load("hsb")).fit("reml")
+    table = bh.compare(fit, fit, names=["a", "b"])
+    t = fit.ttest()
+    np.testing.assert_allclose(table[("a", "lower")].loc[[f"fixed: {n}" for n in t.index]], t["lower"], rtol=1e-12)
+    assert table.loc["fixed: cses", ("a", "upper")] > fit.fixed_effects.loc["cses", "estimate"] + 1.96 * \
+        fit.fixed_effects.loc["cses", "se"]  # t(159) is wider than the normal

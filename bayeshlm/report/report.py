@@ -104,7 +104,7 @@ def compare(*fits: FitResult, names: list[str] | None = None, level: float = 0.9
     z = _normal_quantile(level)
     columns = {}
     for name, fit in zip(names, fits):
-        table = _parameters(fit)
+        table = _parameters(fit, level)
         columns[(name, "estimate")] = table["estimate"]
         columns[(name, "se")] = table["se"]
         normal_lower, normal_upper = table["estimate"] - z * table["se"], table["estimate"] + z * table["se"]
@@ -119,12 +119,18 @@ def compare(*fits: FitResult, names: list[str] | None = None, level: float = 0.9
     return out
 
 
-def _parameters(fit: FitResult) -> pd.DataFrame:
-    """Fixed effects then variance components, with estimate / se (and interval where the fit has one)."""
+def _parameters(fit: FitResult, level: float = 0.95) -> pd.DataFrame:
+    """Fixed effects then variance components, with estimate / se (and interval where the fit has one: the
+    posterior's equal-tailed interval, or for likelihood fits the t(df) interval of their t tests)."""
     fixed = fit.fixed_effects
     rows = pd.DataFrame({"estimate": fixed["estimate"], "se": fixed["se"]})
     if {"eti_lower", "eti_upper"} <= set(fixed.columns):  # Bayesian fits: equal-tailed posterior intervals
         rows["lower"], rows["upper"] = fixed["eti_lower"], fixed["eti_upper"]
+    elif "df" in fixed.columns:
+        from scipy import stats
+
+        half = stats.t.ppf(0.5 + level / 2, fixed["df"].to_numpy(dtype=float)) * fixed["se"]
+        rows["lower"], rows["upper"] = fixed["estimate"] - half, fixed["estimate"] + half
     rows.index = [f"fixed: {n}" for n in rows.index]
     variances = _variance_rows(fit)
     return pd.concat([rows, variances])
