@@ -457,3 +457,26 @@ def test_pql_matches_the_iteration_written_in_r(name, make):
     np.testing.assert_allclose(effects.iloc[:, 0], ref["modes"], atol=1e-6)
     with pytest.raises(OptionError, match="only option is maxiter"):
         make().fit(method="pql", nagq=5)
+
+
+def test_deviance_test_between_nested_hglms_matches_glmer():
+    """LR test of the urban random slope (R&B ch. 10): twice glmer's log-likelihood difference (tight fits)."""
+    data = contraception()
+    simple = bh.HLM(CONTRACEPTION, data, family="bernoulli").fit()
+    slope = bh.HLM(CONTRACEPTION.replace("(1 | district)", "(urban | district)"), data, family="bernoulli").fit()
+    test = bh.deviance_test(slope, simple)
+    expected = 2 * (reference()["contraception_urban"]["loglik"] - reference()["contraception_intercept"]["loglik"])
+    assert test.statistic == pytest.approx(expected, rel=1e-6) and test.df == 2
+    assert test.p_value == pytest.approx(0.002336, abs=1e-6) and "boundary" in test.note
+
+
+def test_deviance_test_refuses_hglm_comparisons_that_are_not_likelihood_ratios():
+    cbpp = bh.datasets.load("cbpp")
+    laplace = bh.HLM(CBPP, cbpp, family="binomial").fit()
+    with pytest.raises(OptionError, match=r"uses Laplace and the other adaptive Gauss-Hermite quadrature \(25"):
+        bh.deviance_test(laplace, bh.HLM(CBPP, cbpp, family="binomial").fit(nagq=25))
+    with pytest.raises(OptionError, match=r"different families or links \(binomial/logit vs binomial/probit\)"):
+        bh.deviance_test(laplace, bh.HLM(CBPP, cbpp, family="binomial", link="probit").fit())
+    gaussian = bh.HLM("incidence ~ period + (1 | herd)", cbpp.assign(incidence=cbpp["incidence"] + 0.5)).fit("ml")
+    with pytest.raises(OptionError, match=r"a Gaussian model and the other a binary/count \(HGLM\) model"):
+        bh.deviance_test(gaussian, laplace)

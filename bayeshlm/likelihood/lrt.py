@@ -8,6 +8,7 @@ import numpy as np
 from scipy import stats
 
 from ..errors import OptionError
+from .glmm_fit import GLMMFit
 from .result import LikelihoodFit
 
 
@@ -31,16 +32,29 @@ class DevianceTest:
                 f"{self.statistic:.3f}, df {self.df}, p = {self.p_value:.4g}. {self.note}")
 
 
-def deviance_test(fit0: LikelihoodFit, fit1: LikelihoodFit) -> DevianceTest:
+def deviance_test(fit0: LikelihoodFit | GLMMFit, fit1: LikelihoodFit | GLMMFit) -> DevianceTest:
     """Compare two nested likelihood fits of the same data; the one with fewer parameters is the null.
 
     Under REML the criterion depends on the fixed-effects design (it is the likelihood of error contrasts),
     so REML fits are comparable only when their fixed effects are identical (R&B 2002, p. 84): compare
-    variance structures under REML, fixed effects under ML.
+    variance structures under REML, fixed effects under ML. HGLM fits (R&B ch. 10) are compared within one
+    family and one approximation of the marginal likelihood (Laplace, or quadrature with the same points).
     """
     for f in (fit0, fit1):
-        if not isinstance(f, LikelihoodFit):
+        if not isinstance(f, LikelihoodFit | GLMMFit):
             raise OptionError(f"deviance_test compares REML/ML fits; got {type(f).__name__}.")
+    if isinstance(fit0, GLMMFit) != isinstance(fit1, GLMMFit):
+        raise OptionError("One fit is a Gaussian model and the other a binary/count (HGLM) model: their "
+                          "likelihoods describe different outcomes. Fit both with the same family.")
+    if isinstance(fit0, GLMMFit):
+        if fit0.family.name != fit1.family.name or fit0.family.link.name != fit1.family.link.name:
+            raise OptionError(f"The fits use different families or links ({fit0.family.name}/"
+                              f"{fit0.family.link.name} vs {fit1.family.name}/{fit1.family.link.name}); a "
+                              "likelihood ratio compares models of one family. Refit one of them.")
+        if fit0.nagq != fit1.nagq:
+            raise OptionError(f"One fit uses {fit0.estimator} and the other {fit1.estimator}: the two "
+                              "approximations of the likelihood differ by more than a model difference may. "
+                              "Refit both with the same nagq.")
     if fit0.method != fit1.method:
         raise OptionError(f"One fit is {fit0.method.upper()} and the other {fit1.method.upper()}: their "
                           "deviances are on different scales. Refit both with the same method.")
