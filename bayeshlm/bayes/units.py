@@ -37,6 +37,7 @@ import numpy as np
 import xarray as xr
 
 from ..design import Design
+from ..design.scaling import column_scale, intercept_column
 from .priors import Prior, PriorSet
 
 # role of each parameter of the families whose rewriting under theta* = (theta - shift) / k is exact
@@ -100,10 +101,9 @@ class OutcomeUnits:
     def of(cls, design: Design, priors: PriorSet) -> tuple[OutcomeUnits, list[str]]:
         """The units to sample in, and notes on any part of the standardisation ``priors`` do not allow."""
         summary = design.column_summary()
-        ones = np.flatnonzero((summary.X_ptp == 0) & (summary.X_first == 1.0))
-        intercept = int(ones[0]) if len(ones) else None
+        intercept = intercept_column(summary.X_ptp, summary.X_first)
         mean, sd = summary.y_mean, summary.y_sd
-        scale = sd if np.isfinite(sd) and sd > 0 else (abs(mean) if np.isfinite(mean) and mean != 0 else 1.0)
+        scale = column_scale(sd, abs(mean))
         notes = []
         scale_priors = {f"{name} ({p.dist})": p for name, p in priors.fixed.items()}
         if priors.sigma is not None:
@@ -239,10 +239,10 @@ def centred_outcome(design: Design, beta: np.ndarray) -> tuple[np.ndarray, np.nd
     y - X beta, whose sums of squares per group then hold values of size sd(y)^2 instead of mean(y)^2 (for
     likelihoods computed from group sums after the fit; ``beta`` holds draws along its last axis)."""
     X = design.X
-    ones = np.flatnonzero((np.ptp(X, axis=0) == 0) & (X[0] == 1.0))
-    if not len(ones):
+    intercept = intercept_column(np.ptp(X, axis=0), X[0])
+    if intercept is None:
         return design.y, beta
     c = float(np.mean(design.y))
     beta = beta.copy()
-    beta[..., ones[0]] -= c
+    beta[..., intercept] -= c
     return design.y - c, beta

@@ -48,11 +48,17 @@ def _check_identical_groupings(factors: tuple[GroupingFactor, ...]) -> None:
                 continue
             pairs = np.unique(a.codes * b.n_groups + b.codes)
             if len(pairs) == a.n_groups:
-                raise FormulaError(
-                    f"The grouping factors {a.name!r} and {b.name!r} put the rows in the same {a.n_groups} groups, "
-                    f"and both have random {', '.join(shared)}: the variance could be split between them in any "
-                    "proportion with the same fit, so neither can be estimated. Keep only one of the two terms "
-                    "(in '(1 | g/g)' the inner factor repeats the outer one).")
+                raise identical_groupings(a.name, b.name, a.n_groups, shared)
+
+
+def identical_groupings(a: str, b: str, n_groups: int, shared: list[str] | None = None) -> FormulaError:
+    """The error for two factors that put the rows in the same groups (``shared``: their common coefficients,
+    when known; per-group sums (Dask input) do not name them)."""
+    what = f"both have random {', '.join(shared)}" if shared else "a variance shared by the two"
+    return FormulaError(
+        f"The grouping factors {a!r} and {b!r} put the rows in the same {n_groups} groups, and {what}: the "
+        "variance could be split between them in any proportion with the same fit, so neither can be estimated. "
+        "Keep only one of the two terms (in '(1 | g/g)' the inner factor repeats the outer one).")
 
 
 def check_constant_random_columns(factor: str, coef_names: tuple[str, ...], ptp: np.ndarray) -> None:

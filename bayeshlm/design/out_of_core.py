@@ -42,7 +42,7 @@ from .build import (
     r_factor,
 )
 from .design import ChainCrossproducts, ColumnSummary, group_sums
-from .identify import check_absorbed, check_constant_random_columns, check_slopes_vary_within
+from .identify import check_absorbed, check_constant_random_columns, check_slopes_vary_within, identical_groupings
 
 CODE = "__code"
 LEVEL2_TOL = 1e-9  # the relative spread below which a ratio X_c / Z_k counts as constant within groups
@@ -178,10 +178,7 @@ def _nested_chain(groups, levels, nunique) -> tuple[list[str], dict[str, str | N
     for i, a in enumerate(groups):
         for b in groups[i + 1:]:
             if len(levels[a]) == len(levels[b]) and nunique[(a, b)] == 1 and nunique[(b, a)] == 1:
-                raise FormulaError(
-                    f"The grouping factors {a!r} and {b!r} put the rows in the same {len(levels[a])} groups: a "
-                    "variance shared by the two could be split between them in any proportion with the same fit. "
-                    "Keep only one of the two terms (in '(1 | g/g)' the inner factor repeats the outer one).")
+                raise identical_groupings(a, b, len(levels[a]))
     nesting: dict[str, str | None] = {}
     for inner in groups:
         outer = [b for b in groups if b != inner and len(levels[b]) < len(levels[inner]) and nunique[(inner, b)] == 1]

@@ -106,7 +106,7 @@ class Scaling:
         return value + (n - p) * np.log(self.y_scale ** 2) - 2.0 * logdet_a
 
 
-def _column_scale(*candidates: float) -> float:
+def column_scale(*candidates: float) -> float:
     """The first finite positive candidate (a spread, else a size), else 1."""
     for s in candidates:
         if np.isfinite(s) and s > 0:
@@ -114,7 +114,8 @@ def _column_scale(*candidates: float) -> float:
     return 1.0
 
 
-def _intercept(ptp: np.ndarray, first: np.ndarray) -> int | None:
+def intercept_column(ptp: np.ndarray, first: np.ndarray) -> int | None:
+    """The first column of X that is 1 on every row (range ``ptp`` 0, first value 1), or None."""
     ones = np.flatnonzero((ptp == 0) & (first == 1.0))
     return int(ones[0]) if len(ones) else None
 
@@ -136,7 +137,7 @@ def _z_scales(design: Design) -> dict[str, np.ndarray]:
         chain = design.chain
         stats = design.chain_crossproducts(chain).stats
         rms = {f.name: np.sqrt(np.einsum("jkk->k", S[:, :, :f.n_coef]) / design.n_obs) for f, S in zip(chain, stats)}
-    return {name: np.array([_column_scale(r) for r in values]) for name, values in rms.items()}
+    return {name: np.array([column_scale(r) for r in values]) for name, values in rms.items()}
 
 
 def _time_step(residual: ResidualDesign, design: Design) -> float:
@@ -165,24 +166,24 @@ def standardise(design: Design) -> tuple[Design, Scaling]:
         columns, y = np.ascontiguousarray(design.X.T), design.y  # rows of columns: fast reductions
         x_mean, x_sd = columns.mean(axis=1), columns.std(axis=1)
         x_rms = np.sqrt(np.einsum("pn,pn->p", columns, columns) / len(y))
-        intercept = _intercept(np.ptp(columns, axis=1), columns[:, 0])
+        intercept = intercept_column(np.ptp(columns, axis=1), columns[:, 0])
         y_mean, y_sd = float(np.mean(y)), float(np.std(y))
     else:
         summary = design.column_summary()
         x_mean, x_sd, y_mean, y_sd = summary.X_mean, summary.X_sd, summary.y_mean, summary.y_sd
         x_rms = np.sqrt(x_sd ** 2 + x_mean ** 2)
-        intercept = _intercept(summary.X_ptp, summary.X_first)
+        intercept = intercept_column(summary.X_ptp, summary.X_first)
         if shifted is not None and shifted.intercept != intercept:
             shifted = None
     if intercept is None:
         x_centre, y_centre = np.zeros(p), 0.0
-        x_scale = np.array([_column_scale(r) for r in x_rms])
+        x_scale = np.array([column_scale(r) for r in x_rms])
     else:
         x_centre, y_centre = (shifted.x, shifted.y) if shifted is not None else (x_mean, y_mean)
         x_centre = np.where(np.arange(p) == intercept, 0.0, x_centre)
-        x_scale = np.array([1.0 if c == intercept else _column_scale(s, r)
+        x_scale = np.array([1.0 if c == intercept else column_scale(s, r)
                             for c, (s, r) in enumerate(zip(x_sd, x_rms))])
-    y_scale = _column_scale(y_sd, abs(y_mean))
+    y_scale = column_scale(y_sd, abs(y_mean))
     _warn_where_digits_are_lost(design, [y_mean, *x_mean], [y_sd, *x_sd])
     scaling = Scaling(y_centre=float(y_centre), y_scale=y_scale, intercept=intercept,
                       fixed_map=_fixed_map(x_centre, x_scale, intercept), z_scale=_z_scales(design))
@@ -221,7 +222,7 @@ def _standardise_residual(design: Design, residual: ResidualDesign, scaling: Sca
     changes, extra = {}, {}
     if residual.C is not None:
         centre = residual.C.mean(axis=0)
-        scale = np.array([_column_scale(s) for s in residual.C.std(axis=0)])
+        scale = np.array([column_scale(s) for s in residual.C.std(axis=0)])
         changes["C"] = (residual.C - centre) / scale
         extra |= {"c_centre": centre, "c_scale": scale}
     if residual.time is not None:
