@@ -155,11 +155,16 @@ def _check_exact_fit(design: Design, f: GroupingFactor) -> None:
     if len(rows) < design.n_obs and _exact_within(design.X[rows], design.y[rows], f.Z[rows], f.codes[rows]) is False:
         return
     if _exact_within(design.X, design.y, f.Z, f.codes):
-        raise DataError(
-            f"The outcome {design.outcome_name!r} is an exact function of the fixed effects and the random "
-            f"coefficients of {f.name!r}: every residual within a group is 0 (to rounding), so the level-1 variance "
-            "is 0 and the variance components cannot be estimated. Check that the outcome is not computed from the "
-            "predictors (or a predictor from the outcome); with noise-free data there is nothing to model.")
+        raise exact_fit(design.outcome_name, f"the random coefficients of {f.name!r}: every residual within a "
+                                             "group is 0 (to rounding), so")
+
+
+def exact_fit(outcome: str, reproduced_by: str) -> DataError:
+    """The error for an outcome that the fixed effects and ``reproduced_by`` fit exactly (level-1 variance 0)."""
+    return DataError(
+        f"The outcome {outcome!r} is an exact function of the fixed effects and {reproduced_by} the level-1 "
+        "variance is 0 and the variance components cannot be estimated. Check that the outcome is not computed from "
+        "the predictors (or a predictor from the outcome); with noise-free data there is nothing to model.")
 
 
 def _exact_within(X: np.ndarray, y: np.ndarray, Z: np.ndarray, codes: np.ndarray) -> bool | None:

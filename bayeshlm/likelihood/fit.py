@@ -21,6 +21,7 @@ from scipy.optimize import minimize
 from threadpoolctl import ThreadpoolController
 
 from ..design import Design
+from ..design.identify import exact_fit
 from ..design.scaling import Scaling, standardise
 from ..errors import DataError, OptionError, closest_names
 from .crossed import CrossedSolver
@@ -298,11 +299,7 @@ def _refuse_exact_fit(fit: LikelihoodFit, design: Design) -> None:
     """A level-1 variance of 0 (to rounding) means X b + Z u reproduces y: no variance can be estimated. The design
     layer refuses this from the rows; with per-group sums only (Dask input) it shows here first."""
     if design.known_variance is None and not fit._scale_std > EXACT_FIT_TOL:
-        raise DataError(
-            f"The outcome {design.spec.outcome!r} is an exact function of the fixed effects and the group "
-            "coefficients: the level-1 variance is 0 (to rounding), so the variance components cannot be "
-            "estimated. Check that the outcome is not computed from the predictors (or a predictor from the "
-            "outcome); with noise-free data there is nothing to model.")
+        raise exact_fit(design.spec.outcome, "the group coefficients (what per-group sums show), so")
 
 
 def _fit(objective: ProfiledDeviance, start: np.ndarray, maxiter: int, scaling: Scaling,
