@@ -1,6 +1,7 @@
 """Time REML fits, formula to estimates, of bayeshlm against statsmodels MixedLM and the PyPI package mixedlm.
 
     .venv/bin/python benchmarks/bench_likelihood.py [--repeats 5] [--quick] [--case lecture_crossed ...]
+    .venv/bin/python benchmarks/bench_likelihood.py --structured    (level-1 error structures beside nlme)
 
 Each cell is the median wall-clock time of ``--repeats`` fits after one untimed warm-up. statsmodels runs
 with ``method="lbfgs"`` (its default silently fails to converge on random-slope models) and only where it
@@ -8,6 +9,11 @@ finishes in reasonable time; egsingle's three-level model is not expressible in 
 two nested levels), so it is skipped there. lme4 timings are read from benchmarks/reference_timings_lme4.json
 when present (written by tests/reference/make_reference.R on the same machine kind). Peak memory of the
 bayeshlm fits is the process's maximum resident set size after they ran (Linux ru_maxrss).
+
+``--structured`` times the level-1 error structures (AR(1), CAR(1), varIdent, log-linear variance) on nlme's
+Orthodont, BodyWeight and Ovary and on HS&B, beside nlme::lme's times read from
+benchmarks/reference_timings_nlme.json, which ``Rscript benchmarks/nlme_timing.R`` writes in the same run
+(it also writes the nlme data, benchmarks/nlme_data/*.csv, so both fit the same rows; HS&B is the bundled copy).
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import statistics
+import subprocess
 import time
 import warnings
 from pathlib import Path
@@ -69,6 +77,44 @@ def cases():
     ]
 
 
+def structured_cases():
+    """(key, formula, options, method) of the models of benchmarks/nlme_timing.R, in the same order."""
+    return [
+        ("orthodont_ar1", "orthodont", "distance ~ age + (age | Subject)",
+         dict(correlation="ar1", time="occ"), "reml"),
+        ("orthodont_varident", "orthodont", "distance ~ age * Sex + (1 | Subject)", dict(level1_variance="Sex"),
+         "reml"),
+        ("bodyweight_car1", "bodyweight", "weight ~ Time * C(Diet) + (Time | Rat)",
+         dict(correlation="car1", time="Time"), "reml"),
+        ("bodyweight_loglinear", "bodyweight", "weight ~ Time * C(Diet) + (Time | Rat)",
+         dict(level1_variance="~ Time10"), "reml"),
+        ("ovary_ar1", "ovary", "follicles ~ s + c + (1 | Mare)", dict(correlation="ar1", time="occ"), "reml"),
+        ("hsb_varident", "hsb", "mathach ~ sector * cses + (cses | school)", dict(level1_variance="sector"),
+         "ml"),
+    ]
+
+
+def structured(repeats: int) -> None:
+    """Time the structured-error fits beside nlme (see the module docstring), printing rows as they finish.
+    nlme is timed first in the same run when Rscript is on the PATH; otherwise the stored timings are read."""
+    if shutil.which("Rscript"):
+        subprocess.run(["Rscript", "benchmarks/nlme_timing.R", str(repeats)], cwd=HERE.parent, check=True)
+    reference = json.loads((HERE / "reference_timings_nlme.json").read_text())
+    rows = []
+    for key, dataset, formula, options, method in structured_cases():
+        frame = bh.datasets.load("hsb") if dataset == "hsb" else pd.read_csv(HERE / "nlme_data" / f"{dataset}.csv")
+        ours = median_time(lambda f=formula, d=frame, o=options, m=method: bh.HLM(f, d, **o).fit(m), repeats)
+        fit = bh.HLM(formula, frame, **options).fit(method)
+        nlme = reference[key]
+        rows.append({"model": key, "bayeshlm_s": ours, "nlme_s": nlme["median_seconds"],
+                     "ratio": ours / nlme["median_seconds"], "evals": fit.n_evaluations,
+                     "loglik_minus_nlme": fit.loglik - nlme["loglik"]})
+        print(f"{key}: bayeshlm {ours:.4f} s, nlme {nlme['median_seconds']:.4f} s, ratio "
+              f"{ours / nlme['median_seconds']:.2f}, loglik - nlme's {fit.loglik - nlme['loglik']:.2g}", flush=True)
+    with pd.option_context("display.width", 200, "display.float_format", "{:.4g}".format):
+        print(pd.DataFrame(rows).set_index("model"))
+
+
 def median_time(fn, repeats: int) -> float:
     fn()
     times = []
@@ -98,8 +144,12 @@ def main() -> None:
     parser.add_argument("--case", nargs="+", metavar="KEY",
                         help="run only these cases (hsb_full_reml, egsingle_uncond_reml, scotssec_reml, "
                              "lecture_crossed, nested_1e6)")
+    parser.add_argument("--structured", action="store_true", help="time level-1 error structures beside nlme")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
+    if args.structured:
+        structured(args.repeats)
+        return
     lme4 = {}
     path = HERE / "reference_timings_lme4.json"
     if path.exists():
