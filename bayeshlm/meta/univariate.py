@@ -175,6 +175,8 @@ def meta(formula: str, data: pd.DataFrame, vi: str, *, study: str | None = None,
         With ``method="bayes"``: the options of ``HLM.fit(method="bayes")`` (``draws``, ``tune``, ``chains``,
         ``random_seed``, ``priors`` (None or ``"flat"``, the book's ch. 13 priors), ``sampler``, ...).
 
+    Notes
+    -----
     Equivalent to ``bh.HLM("yi ~ weeks_c + (1 | study)", data, known_variance="vi").fit("reml")`` (available as
     ``fit.model`` and ``fit.likelihood_fit``), plus the meta-analytic summaries of :class:`MetaFit`.
 
