@@ -28,10 +28,6 @@ PRIVATE_IMPORTS_ALLOWED = {
     # [bayes/marginal.py] the unrolled batched Cholesky and forward solve, to be public block operations of bayes
     ("bayeshlm.meta.multivariate_bayes", "bayeshlm.bayes.marginal", "_cholesky_unrolled"),
     ("bayeshlm.meta.multivariate_bayes", "bayeshlm.bayes.marginal", "_forward_solve_unrolled"),
-    # [design/build.py, results/prediction.py]
-    ("bayeshlm.results.prediction", "bayeshlm.design.build", "_factor_variables"),
-    # [design/out_of_core.py, results/hlm_statistics.py]
-    ("bayeshlm.design.out_of_core", "bayeshlm.results.hlm_statistics", "_same_name_stem"),
 }
 
 

@@ -91,7 +91,8 @@ def _check_frame(data) -> pd.DataFrame:
 
 
 @functools.lru_cache(maxsize=512)
-def _factor_variables(expression: str) -> frozenset[str]:
+def factor_variables(expression: str) -> frozenset[str]:
+    """The data columns a formula expression reads (``log(x) * z`` reads x and z; not the formula functions)."""
     try:
         return frozenset(formulaic.Formula(expression).required_variables) - FORMULAIC_CONTEXT.keys()
     except FormulaicError as err:
@@ -99,10 +100,10 @@ def _factor_variables(expression: str) -> frozenset[str]:
 
 
 def _required_variables(spec: ModelSpec) -> set[str]:
-    names = {spec.outcome} if spec.outcome.isidentifier() else set(_factor_variables(spec.outcome))
+    names = {spec.outcome} if spec.outcome.isidentifier() else set(factor_variables(spec.outcome))
     for term in spec.fixed + tuple(t for r in spec.random for t in r.terms):
         for factor in term:
-            names |= _factor_variables(factor)
+            names |= factor_variables(factor)
     for r in spec.random:
         names |= set(r.group_columns)
     names |= {c.column for c in spec.centering} | {column for column, _ in spec.group_means}
@@ -111,16 +112,16 @@ def _required_variables(spec: ModelSpec) -> set[str]:
     if spec.residual is not None:
         names |= set(spec.residual.columns())
         if spec.residual.variance_formula:
-            names |= _factor_variables(spec.residual.variance_formula)
+            names |= factor_variables(spec.residual.variance_formula)
     return names
 
 
 def _check_centering_targets(spec: ModelSpec) -> None:
     """Refuse centring the outcome or a column no term uses: the option would have no effect on the model."""
     used = {v for term in spec.fixed + tuple(t for r in spec.random for t in r.terms) for f in term
-            for v in _factor_variables(f)}
+            for v in factor_variables(f)}
     if spec.residual is not None and spec.residual.variance_formula:
-        used |= _factor_variables(spec.residual.variance_formula)
+        used |= factor_variables(spec.residual.variance_formula)
     for c in spec.centering:
         if c.column == spec.outcome:
             raise OptionError(f"center[{c.column!r}]: {c.column!r} is the outcome. Centring applies to predictors "
@@ -229,7 +230,7 @@ def float_predictors(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
         factors.append(spec.residual.variance_formula)
     for factor in factors:
         if not _CATEGORICAL_CALL.fullmatch(factor):
-            numeric_uses |= _factor_variables(factor)
+            numeric_uses |= factor_variables(factor)
     convert = [c for c in sorted(numeric_uses & set(frame.columns))
                if pd.api.types.is_integer_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])]
     return frame.astype({c: np.float64 for c in convert}) if convert else frame
@@ -429,6 +430,13 @@ def _same_term(column: str, term: Term) -> bool:
     return len(parts) == len(term) and all(p == f or p.startswith(f + "[") for p, f in zip(parts, term))
 
 
+def same_name_stem(column: str, coefficient: str) -> bool:
+    """Whether a fixed-effect column may carry a level-2 predictor of a random coefficient, by name: the
+    coefficient is the intercept, or one of the parts of the column's interaction name (``ses`` in ``ses:sector``).
+    A guard against columns that are proportional to Z_q by coincidence."""
+    return coefficient == "(Intercept)" or coefficient in column.split(":") or column == coefficient
+
+
 def _fixed_matrix(spec: ModelSpec, frame: pd.DataFrame, formulaic_specs: dict | None = None):
     if not spec.fixed:
         raise FormulaError("The model has no fixed effects; write at least '1' (an intercept) on the right of '~'.")
@@ -604,7 +612,7 @@ def _term_levels(spec: ModelSpec, frame: pd.DataFrame, factors, nesting) -> dict
     chain = nesting_chain(factors, nesting)
     levels: dict[str, int] = {}
     for factor in dict.fromkeys(f for t in spec.fixed for f in t):
-        variables = _factor_variables(factor) & set(frame.columns)
+        variables = factor_variables(factor) & set(frame.columns)
         level = 1
         for depth, f in enumerate(chain, start=2):
             if all(_constant_within(frame[v], f.codes) for v in variables):
@@ -628,7 +636,7 @@ def _check_level_predictors(spec: ModelSpec, frame: pd.DataFrame, group_codes) -
         codes = group_codes.get(group, (None,))[0]
         if codes is None:
             continue
-        for variable in sorted(_factor_variables(factor) & set(frame.columns)):
+        for variable in sorted(factor_variables(factor) & set(frame.columns)):
             counts = frame[variable].groupby(codes).nunique(dropna=False)
             varying = np.flatnonzero(counts.to_numpy() > 1)
             if len(varying):

@@ -22,7 +22,6 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, FormulaError, OptionError
-from ..results.hlm_statistics import _same_name_stem
 from ..spec import ModelSpec
 from ..spec.expressions import FORMULAIC_CONTEXT, check_spec
 from .aggregate import AggregateDesign, AggregateDroppedRows, AggregateFactor, ShiftedSums
@@ -30,16 +29,17 @@ from .build import (
     MISSING_OPTIONS,
     _check_centering_targets,
     _check_columns_exist,
-    _factor_variables,
     _fixed_matrix,
     _grouping_factor,
     _natural_order,
     _required_variables,
     check_constant_columns,
     check_rank,
+    factor_variables,
     float_predictors,
     group_labels,
     r_factor,
+    same_name_stem,
 )
 from .design import ChainCrossproducts, ColumnSummary, group_sums
 from .identify import check_absorbed, check_constant_random_columns, check_slopes_vary_within, identical_groupings
@@ -152,7 +152,7 @@ def _check_supported(spec: ModelSpec) -> None:
 
 def _term_variables(spec: ModelSpec) -> set[str]:
     return {v for t in spec.fixed + tuple(t for r in spec.random for t in r.terms) for f in t
-            for v in _factor_variables(f)}
+            for v in factor_variables(f)}
 
 
 def _term_of(spec: ModelSpec, group: str):
@@ -256,12 +256,12 @@ class _Layout:
                         for g in chain}
         self.q = [self.factors[g].n_coef for g in chain]
         fixed_factors = dict.fromkeys(f for t in spec.fixed for f in t)
-        self.term_variables = {f: sorted(_factor_variables(f) & set(sample.columns)) for f in fixed_factors}
-        level_variables = {v for f, g in spec.level_predictors for v in _factor_variables(f) & set(sample.columns)}
+        self.term_variables = {f: sorted(factor_variables(f) & set(sample.columns)) for f in fixed_factors}
+        level_variables = {v for f, g in spec.level_predictors for v in factor_variables(f) & set(sample.columns)}
         self.variables = sorted({v for vs in self.term_variables.values() for v in vs} | level_variables)
         # (fixed column, random coefficient) pairs that may hold a level-2 predictor times Z (names first)
         self.pairs = {g: [(c, k) for c in range(self.p) for k in range(self.q[level])
-                          if _same_name_stem(self.fixed_names[c], self.factors[g].coef_names[k])]
+                          if same_name_stem(self.fixed_names[c], self.factors[g].coef_names[k])]
                       for level, g in enumerate(chain)}
 
     # one partition -------------------------------------------------------------------------------------
@@ -482,7 +482,7 @@ def _check_level_predictors(spec: ModelSpec, varying, levels) -> None:
     for factor, group in spec.level_predictors:
         if group not in varying:
             continue
-        for v in sorted(_factor_variables(factor) & set(varying[group])):
+        for v in sorted(factor_variables(factor) & set(varying[group])):
             bad = np.flatnonzero(varying[group][v])
             if len(bad):
                 raise DataError(f"{v!r} is used as a predictor at the level of {group!r} but varies within "

@@ -17,6 +17,7 @@ import pandas as pd
 from scipy import stats
 
 from ..design import Design, GroupingFactor
+from ..design.build import same_name_stem
 from ..design.design import chain_parents, group_sums
 from ..errors import OptionError, RowsUnavailableError
 
@@ -95,8 +96,8 @@ def _attached_columns(design: Design, factor: GroupingFactor) -> dict[int, tuple
         for k in range(factor.n_coef):
             z = factor.Z[:, k]
             nonzero = z != 0
-            if np.any(design.X[~nonzero, c] != 0) or not _same_name_stem(design.fixed_names[c],
-                                                                          factor.coef_names[k]):
+            if np.any(design.X[~nonzero, c] != 0) or not same_name_stem(design.fixed_names[c],
+                                                                         factor.coef_names[k]):
                 continue
             ratio = pd.Series(design.X[nonzero, c] / z[nonzero]).groupby(codes[nonzero])
             spread = (ratio.max() - ratio.min()).max()
@@ -104,11 +105,6 @@ def _attached_columns(design: Design, factor: GroupingFactor) -> dict[int, tuple
                 out[c] = (k, ratio.mean().reindex(range(factor.n_groups), fill_value=0.0).to_numpy())
                 break
     return out
-
-
-def _same_name_stem(column: str, coefficient: str) -> bool:
-    """Guard against coincidences: the column's name contains the coefficient's (or it is the intercept)."""
-    return coefficient == "(Intercept)" or coefficient in column.split(":") or column == coefficient
 
 
 def reliability(design: Design, tau: np.ndarray, ols: GroupOLS) -> pd.DataFrame:

@@ -35,7 +35,7 @@ import xarray as xr
 from formulaic.errors import DataMismatchWarning, FormulaicError
 from scipy import stats
 
-from ..design.build import _factor_variables, float_predictors, group_labels
+from ..design.build import factor_variables, float_predictors, group_labels
 from ..errors import DataError, OptionError, closest_names, describe_rows
 
 KINDS = ("mean", "interval", "draws")
@@ -111,7 +111,7 @@ def _new_rows(design, newdata) -> PredictionRows:
     variables = set()
     for term in spec.fixed + tuple(t for r in spec.random for t in r.terms):
         for factor in term:
-            variables |= _factor_variables(factor)
+            variables |= factor_variables(factor)
     variables |= {c for r in spec.random for c in r.group_columns}
     absent = sorted(v for v in variables if v not in newdata.columns)
     if absent:
@@ -163,7 +163,7 @@ def _unseen_levels(model_spec, numbers: pd.DataFrame, what: str) -> str:
         categories = state.get("categories") if isinstance(state, dict) else None
         if categories is None:
             continue
-        for column in sorted(_factor_variables(factor) & set(numbers.columns)):
+        for column in sorted(factor_variables(factor) & set(numbers.columns)):
             unseen = sorted({str(v) for v in numbers[column].unique() if v not in set(categories)})
             if unseen:
                 problems.append(f"column {column!r} ({factor}) has {', '.join(map(repr, unseen))}, not among the "
