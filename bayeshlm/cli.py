@@ -161,18 +161,18 @@ def _model(args) -> HLM:
 
 
 def _write_outputs(fit, report: str, out: Path) -> None:
-    """report.txt, estimates.nc (posterior.nc for Bayes) and shrinkage / caterpillar PNGs."""
+    """report.txt, the fit's datasets (estimates.nc; posterior.nc for Bayes) and shrinkage / caterpillar PNGs."""
     from . import plots
     from .results import FitResult
-    from .results.export import estimates_dataset
+    from .results.export import output_datasets
     from .results.storage import write_netcdf_atomically
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.txt").write_text(clean(report) + "\n")
-    write_netcdf_atomically(estimates_dataset(fit), out / "estimates.nc", "bayeshlm fit")
-    if fit.method == "bayes":
-        write_netcdf_atomically(fit.posterior, out / "posterior.nc", "bayeshlm fit")
-    written = ["report.txt", "estimates.nc"] + (["posterior.nc"] if fit.method == "bayes" else [])
+    written = ["report.txt"]
+    for name, dataset in output_datasets(fit).items():
+        write_netcdf_atomically(dataset, out / f"{name}.nc", "bayeshlm fit")
+        written.append(f"{name}.nc")
     if isinstance(fit, FitResult) and fit.design.chain:  # the group plots read the Gaussian engines' results
         factor = fit.design.chain[0].name
         for name, draw in (("shrinkage", plots.shrinkage), ("caterpillar", plots.caterpillar)):

@@ -10,6 +10,7 @@ import pytest
 
 import bayeshlm as bh
 from bayeshlm.results import FitResult
+from bayeshlm.results.base import residual_row, t_interval, variance_component_pairs, variance_components_frame
 
 
 class PublishedEstimates(FitResult):
@@ -24,13 +25,36 @@ class PublishedEstimates(FitResult):
         self._tau = {design.factors[0].name: pd.DataFrame(np.atleast_2d(tau), index=coefs, columns=coefs)}
         self._sigma2 = sigma2
 
-    fixed_effects = property(lambda self: self._fixed)
     tau = property(lambda self: self._tau)
     sigma2 = property(lambda self: self._sigma2)
-    variance_components = property(lambda self: pd.DataFrame())
+    vcov = property(lambda self: pd.DataFrame())
 
-    def group_effects(self, factor=None):
+    def fixed_effects_at(self, level=0.95):  # not cached: the tests change the estimates in place
+        return self._fixed_effects_table(level)
+
+    def variance_components_at(self, level=0.95):
+        return self._variance_components_table(level)
+
+    def _fixed_effects_table(self, level):
+        lower, upper = t_interval(self._fixed["estimate"], self._fixed["se"], level)
+        return self._fixed.assign(lower=lower, upper=upper)
+
+    def _variance_components_table(self, level):
+        f = self.design.factors[0]
+        T = self._tau[f.name].to_numpy()
+        rows = [{"factor": f.name, "term": f.coef_names[b], "term2": f.coef_names[a], "estimate": T[a, b]}
+                for b, a in variance_component_pairs(f)]
+        rows.append(residual_row(self._sigma2, np.nan, np.nan, np.nan))
+        return variance_components_frame(rows)
+
+    def _group_table(self, kind, factor, level):
         raise NotImplementedError
+
+    def report_sections(self):
+        return []
+
+    def describe_estimates(self):
+        return "Numbers are published estimates."
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,7 @@ def test_caterpillar_draws_one_interval_per_group_inside_the_band(random_coeffic
 
 
 # --- issue 28: plots that mislead in conditional models, a flattened forest_compare, numbered studies --------------
+from bayeshlm.results.contract import wide  # noqa: E402
 from bayeshlm.results.hlm_statistics import fixed_part  # noqa: E402
 
 CONDITIONAL = "mathach ~ meanses*cses + sector*cses + (cses | school)"
@@ -82,8 +83,8 @@ def test_shrinkage_pulls_each_school_toward_its_own_predicted_value():
     ols, eb = (c.get_offsets()[:, 0] for c in ax.collections[:2])
     target = _by_gid(ax, "predicted").get_offsets()[:, 0]
     gamma = fit.fixed_effects["estimate"]
-    np.testing.assert_allclose(target, fit.group_effects()[("coef", "(Intercept)")] - fit.group_effects()[
-        ("u", "(Intercept)")], rtol=1e-12)
+    np.testing.assert_allclose(target, wide(fit.group_effects())["(Intercept)"] - wide(fit.random_effects())[
+        "(Intercept)"], rtol=1e-12)
     assert np.ptp(target) > 5 * gamma["meanses"] * 0.2  # the targets really differ between schools
     pulled = (eb - target) / (ols - target)  # the reliability lambda_j of each school's mean (R&B eq. 3.56)
     np.testing.assert_allclose(pulled, fit.reliability()["(Intercept)"], rtol=1e-6)
@@ -101,8 +102,8 @@ def test_shrinkage_plane_marks_every_schools_predicted_coefficients(conditional_
 def test_caterpillar_bands_sit_at_each_schools_prediction(conditional_fit):
     ax = bh.plots.caterpillar(conditional_fit, coefficient="cses").axes[0]
     estimates = ax.collections[-1].get_offsets()[:, 1]
-    order = np.argsort(conditional_fit.group_effects()[("coef", "cses")].to_numpy())
-    np.testing.assert_allclose(estimates, conditional_fit.group_effects()[("coef", "cses")].to_numpy()[order])
+    order = np.argsort(wide(conditional_fit.group_effects())["cses"].to_numpy())
+    np.testing.assert_allclose(estimates, wide(conditional_fit.group_effects())["cses"].to_numpy()[order])
     centers = fixed_part(conditional_fit.design, conditional_fit._gamma(), "school")[order, 1]
     np.testing.assert_allclose(_by_gid(ax, "predicted").get_offsets()[:, 1], centers, rtol=1e-12)
     bars = [patch for patch in ax.patches if patch.get_gid() == "plausible"]

@@ -31,8 +31,8 @@ def test_reliability_posterior_matches_the_plug_in_value(fits):
     assert summary.loc["(Intercept)", "reliability"] == pytest.approx(plug_in["(Intercept)"], abs=0.01)
     # the slope variance's posterior is right-skewed, so its average reliability sits above the REML plug-in
     assert plug_in["cses"] - 0.02 < summary.loc["cses", "reliability"] < plug_in["cses"] + 0.15
-    assert (summary["eti_lower"] < summary["reliability"]).all()
-    assert (summary["reliability"] < summary["eti_upper"]).all()
+    assert (summary["lower"] < summary["reliability"]).all()
+    assert (summary["reliability"] < summary["upper"]).all()
     assert bayes.reliability().shape == (160, 2)
 
 
@@ -100,6 +100,7 @@ def test_compare_gives_posterior_spread_of_variances(fits):
 
 
 # --- issue 28: every plot on a Bayesian fit, and the conditional-model targets (tiny draws: seconds) ----------------
+from bayeshlm.results.contract import wide  # noqa: E402
 from bayeshlm.results.hlm_statistics import fixed_part  # noqa: E402
 
 
@@ -125,7 +126,7 @@ def test_growth_plot_of_a_bayesian_fit(growth_fits):
     np.testing.assert_allclose(ax.lines[-1].get_ydata(), beta["(Intercept)"] + beta["Days"] * np.arange(10))
     shown = {tuple(np.round(line.get_ydata()[[0, -1]], 6)) for line in ax.lines[1:-1:2]}
     chosen = np.sort(np.random.default_rng(0).choice(18, 4, replace=False))  # the plot's seed=0 sample
-    coefs = bayes.group_effects("Subject").iloc[chosen]
+    coefs = wide(bayes.group_effects("Subject")).iloc[chosen]
     expected = {tuple(np.round([a, a + 9 * b], 6)) for a, b in zip(coefs["(Intercept)"], coefs["Days"])}
     assert shown == expected  # each person's line: posterior-mean coefficients
     band = ax.collections[0].get_paths()[0].vertices[:, 1]
@@ -148,7 +149,7 @@ def test_bayesian_caterpillar_and_shrinkage_target_each_schools_prediction():
     fit = _quick_bayes("mathach ~ meanses*cses + (cses | school)", bh.datasets.load("hsb"))
     centers = fixed_part(fit.design, fit._gamma(), "school")  # posterior mean of gamma_q'W_j (linear in gamma)
     ax = bh.plots.caterpillar(fit, coefficient="cses").axes[0]
-    order = np.argsort(fit.group_effects("school")["cses"].to_numpy())
+    order = np.argsort(wide(fit.group_effects("school"))["cses"].to_numpy())
     predicted = [c for c in ax.collections if c.get_gid() == "predicted"][0].get_offsets()[:, 1]
     np.testing.assert_allclose(predicted, centers[order, 1], rtol=1e-6)
     bars = [patch for patch in ax.patches if patch.get_gid() == "plausible"]

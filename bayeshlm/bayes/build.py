@@ -405,6 +405,6 @@ def reml_reliability(design: Design, factors: list) -> dict[str, float]:
     out = {}
     for f in factors:
         tau00 = float(fit.tau[f.name].iloc[0, 0])
-        condvar = fit.group_effects(f.name)["sd"].iloc[:, 0].to_numpy() ** 2
+        condvar = fit.random_effects(f.name).xs(f.coef_names[0], level="term")["se"].to_numpy() ** 2
         out[f.name] = float(np.mean(1.0 - condvar / tau00)) if tau00 > 0 else 0.0
     return out

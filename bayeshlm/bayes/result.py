@@ -1,10 +1,11 @@
 """``BayesFit``: the result of ``HLM.fit(method="bayes")``.
 
-Point estimates are posterior means, ``se`` the posterior SD, intervals equal-tailed 95% (2.5% and 97.5%
-posterior quantiles). Variance components are summarised on the variance scale (posterior mean of τ_qq and σ²,
-not the square of a mean SD). Group coefficients are β_qj = Σ_s γ_qs W_sj + u_qj (R&B 2002, eq. 2.22 and
-3.56): the fixed part includes the level-2 predictors attached to coefficient q
-(:func:`bayeshlm.results.hlm_statistics.fixed_part`, the convention the likelihood engine uses too).
+Point estimates are posterior means, ``se`` the posterior SD, intervals equal-tailed (2.5% and 97.5%
+posterior quantiles at the default level 0.95), in the tables of :mod:`bayeshlm.results.contract`. Variance
+components are summarised on the variance scale (posterior mean of τ_qq and σ², not the square of a mean SD).
+Group coefficients are β_qj = Σ_s γ_qs W_sj + u_qj (R&B 2002, eq. 2.22 and 3.56): the fixed part includes
+the level-2 predictors attached to coefficient q (:func:`bayeshlm.results.hlm_statistics.fixed_part`,
+the convention the likelihood engine uses too).
 """
 
 from __future__ import annotations
@@ -16,11 +17,20 @@ import xarray as xr
 
 from ..design import Design
 from ..results import hlm_statistics as hlm
-from ..results.base import FitResult
+from ..results.base import (
+    FitResult,
+    check_level,
+    equal_tailed_interval,
+    group_table,
+    long_table,
+    residual_row,
+    variance_component_pairs,
+    variance_components_frame,
+)
+from ..results.contract import RESIDUAL_FACTOR
+from ..results.formatting import decimals, significant
 from ..results.hlm_statistics import fixed_part
 from .build import ModelInfo
-
-INTERVAL = (0.025, 0.975)
 
 
 class BayesFit(FitResult):
@@ -35,6 +45,7 @@ class BayesFit(FitResult):
     """
 
     method = "bayes"
+    group_estimate_name = "posterior mean"
 
     def __init__(self, design: Design, posterior: xr.DataTree, info: ModelInfo, sampler: dict,
                  diagnostics: dict, messages: list[str], model, chol: dict[str, np.ndarray], sampled=None):
@@ -74,15 +85,21 @@ class BayesFit(FitResult):
                                       "prior_predictive": y})
 
     # --- FitResult -------------------------------------------------------------------------------
-    @property
-    def fixed_effects(self) -> pd.DataFrame:
-        """Posterior mean (``estimate``), SD (``se``), 95% equal-tailed interval, R-hat and bulk ESS of γ."""
+    def _fixed_effects_table(self, level: float) -> pd.DataFrame:
+        """Posterior mean (``estimate``), SD (``se``), equal-tailed interval, R-hat and bulk ESS of γ."""
         beta = self.draws("beta")
-        table = _summarise(beta, "fixed")
+        values = beta.transpose("chain", "draw", "fixed").values.reshape(-1, self.design.n_fixed)
+        table = pd.DataFrame(_stats(values, level), index=pd.Index(self.design.fixed_names, name="term"))
         table["r_hat"] = az.rhat(beta).values if beta.sizes["chain"] > 1 else np.nan
         table["ess_bulk"] = az.ess(beta, method="bulk").values
-        table.index = pd.Index(self.design.fixed_names, name="fixed")
         return table
+
+    @property
+    def vcov(self) -> pd.DataFrame:
+        """Posterior covariance of the fixed effects γ."""
+        beta = self.draws("beta").transpose("chain", "draw", "fixed").values.reshape(-1, self.design.n_fixed)
+        names = list(self.design.fixed_names)
+        return pd.DataFrame(np.atleast_2d(np.cov(beta, rowvar=False)), index=names, columns=names)
 
     @property
     def tau(self) -> dict[str, pd.DataFrame]:
@@ -100,33 +117,34 @@ class BayesFit(FitResult):
             return None
         return float((self.draws("sigma") ** 2).mean())
 
-    @property
-    def variance_components(self) -> pd.DataFrame:
-        """One row per variance/covariance: posterior mean, SD and 95% interval (variance scale)."""
+    def _variance_components_table(self, level: float) -> pd.DataFrame:
+        """One row per variance/covariance: posterior mean, SD and equal-tailed interval (variance scale); the
+        level-1 variance, then any level-1 error parameters (one row each, ``term2`` = ``term``)."""
         rows = []
         for f in self.design.factors:
             T = self.draws(f"T_{f.name}").values
-            names = f.coef_names
-            for a in range(f.n_coef):
-                for b in range(a + 1):
-                    if a != b and not any(a in blk and b in blk for blk in f.blocks):
-                        continue
-                    term = f"var({names[a]})" if a == b else f"cov({names[b]}, {names[a]})"
-                    rows.append({"factor": f.name, "term": term, **_stats(T[..., a, b])})
+            for b, a in variance_component_pairs(f):
+                rows.append({"factor": f.name, "term": f.coef_names[b], "term2": f.coef_names[a],
+                             **_stats(T[..., a, b].reshape(-1), level)})
         if self.design.known_variance is None:
-            rows.append({"factor": "Residual", "term": "sigma2", **_stats(self.draws("sigma").values ** 2)})
-        if "phi" in self.posterior["posterior"]:
-            rows.append({"factor": "Residual", "term": "phi (AR1)", **_stats(self.draws("phi").values)})
-        if "sigma_strata" in self.posterior["posterior"]:  # heterogeneous level-1 variance (as StructuredFit)
+            rows.append(residual_row(**_stats((self.draws("sigma").values ** 2).reshape(-1), level)))
+        for term, draws in self._level1_parameter_draws():
+            rows.append({"factor": RESIDUAL_FACTOR, "term": term, "term2": term, **_stats(draws.reshape(-1), level)})
+        return variance_components_frame(rows)
+
+    def _level1_parameter_draws(self) -> list[tuple[str, np.ndarray]]:
+        """(name, draws) of the level-1 error parameters: AR(1) phi, per-stratum variances, log-linear alphas."""
+        posterior = self.posterior["posterior"]
+        out = []
+        if "phi" in posterior:
+            out.append(("phi (AR1)", self.draws("phi").values))
+        if "sigma_strata" in posterior:  # heterogeneous level-1 variance (as StructuredFit)
             strata = self.draws("sigma_strata")
-            for label in strata["stratum"].values:
-                rows.append({"factor": "Residual", "term": f"sigma2 {label}",
-                             **_stats(strata.sel(stratum=label).values ** 2)})
-            if "alpha" in self.posterior["posterior"]:
-                for term in self.draws("alpha")["variance_term"].values:
-                    rows.append({"factor": "Residual", "term": str(term),
-                                 **_stats(self.draws("alpha").sel(variance_term=term).values)})
-        return pd.DataFrame(rows)
+            out += [(f"sigma2 {label}", strata.sel(stratum=label).values ** 2) for label in strata["stratum"].values]
+            if "alpha" in posterior:
+                alpha = self.draws("alpha")
+                out += [(str(term), alpha.sel(variance_term=term).values) for term in alpha["variance_term"].values]
+        return out
 
     def reliability(self, factor: str | None = None) -> pd.DataFrame:
         """Posterior mean of each group's reliability lambda_qj = tau_qq / (tau_qq + sigma^2 [(Z_j'Z_j)^-1]_qq)
@@ -138,9 +156,9 @@ class BayesFit(FitResult):
     def reliability_summary(self, factor: str | None = None) -> pd.DataFrame:
         """Posterior of the average reliability over groups (R&B eq. 3.59): mean, SD and 95% interval."""
         name, _, average, _ = self._reliability_draws(factor)
-        lo, hi = np.quantile(average, INTERVAL, axis=0)
-        return pd.DataFrame({"reliability": average.mean(0), "sd": average.std(0, ddof=1), "eti_lower": lo,
-                             "eti_upper": hi}, index=pd.Index(self.design.factor(name).coef_names, name="coefficient"))
+        lo, hi = equal_tailed_interval(average, 0.95)
+        return pd.DataFrame({"reliability": average.mean(0), "sd": average.std(0, ddof=1), "lower": lo,
+                             "upper": hi}, index=pd.Index(self.design.factor(name).coef_names, name="coefficient"))
 
     def _reliability_draws(self, factor: str | None):
         """The factor's name, the labels of the groups with a reliability, its per-draw average over those
@@ -163,18 +181,14 @@ class BayesFit(FitResult):
         average, per_group = hlm.reliability_draws(tau_diag, sigma2, ols)
         return name, f.levels[ols.usable], average, per_group
 
-    def random_effects(self, factor: str | None = None) -> pd.DataFrame:
-        """Posterior mean and SD of each group's random effects u_j (deviations from the fixed part)."""
-        name = self._factor_name(factor)
-        return self._group_table(name, self.draws(f"u_{name}"))
-
-    def group_effects(self, factor: str | None = None) -> pd.DataFrame:
-        """Posterior mean and SD of each group's coefficients β_qj = Σ_s γ_qs W_sj + u_qj.
-
-        Columns: one per coefficient (posterior mean) and ``sd(<coefficient>)`` (posterior SD).
-        """
-        name = self._factor_name(factor)
-        return self._group_table(name, self.group_coefficient_draws(name))
+    def _group_table(self, kind: str, factor: str, level: float) -> pd.DataFrame:
+        """Posterior mean, SD and equal-tailed interval of each group's coefficients β_qj = Σ_s γ_qs W_sj + u_qj
+        (``group_effects``) or of its random effects u_qj (``random_effects``)."""
+        draws = self.group_coefficient_draws(factor) if kind == "group_effects" else self.draws(f"u_{factor}")
+        values = draws.transpose("chain", "draw", factor, f"{factor}__coef").values
+        values = values.reshape(-1, *values.shape[2:])
+        lower, upper = equal_tailed_interval(values, level)
+        return group_table(self.design.factor(factor), values.mean(0), values.std(0, ddof=1), lower, upper)
 
     def group_coefficient_draws(self, factor: str | None = None) -> xr.DataArray:
         """Posterior draws of every group's coefficients Σ_s γ_qs W_sj + u_qj, dims (chain, draw, factor,
@@ -218,11 +232,19 @@ class BayesFit(FitResult):
                              "upper": draws.quantile((1 + level) / 2, ("chain", "draw")).values},
                             index=pd.Index(draws[coef_dim].values, name="coefficient"))
 
-    def group_interval(self, factor: str, coefficient: str, level: float = 0.95):
-        """(posterior mean, lower, upper) of ``coefficient`` in every group: equal-tailed ``level`` intervals."""
-        draws = self.group_coefficient_draws(factor).sel({f"{factor}__coef": coefficient})
-        q = draws.quantile([(1 - level) / 2, (1 + level) / 2], ("chain", "draw")).values
-        return draws.mean(("chain", "draw")).values, q[0], q[1]
+    def predicted_group_coefficients(self, factor: str | None = None, level: float = 0.95) -> pd.DataFrame:
+        """Posterior mean of each group's predicted coefficient γ_q'W_j and the equal-tailed interval of
+        γ_q'W_j + u_new, u_new drawn from N(0, T) per draw (the uncertainty about γ and T widens the range;
+        see :meth:`FitResult.predicted_group_coefficients`)."""
+        check_level(level)
+        name = self._factor_name(factor)
+        f = self.design.factor(name)
+        fixed = self.group_coefficient_draws(name) - self.draws(f"u_{name}")
+        new_u = self.new_group_draws(name) - self._fixed_part(name)
+        center = fixed.mean(("chain", "draw")).transpose(name, f"{name}__coef").values
+        spread = (fixed + new_u).transpose("chain", "draw", name, f"{name}__coef").values
+        lower, upper = equal_tailed_interval(spread.reshape(-1, *spread.shape[2:]), level)
+        return long_table(f, {"center": center, "lower": lower, "upper": upper})
 
     # --- prediction and checks (:mod:`bayeshlm.results.prediction`, :mod:`.predictive_data`) ---------
     def predict(self, newdata: pd.DataFrame | None = None, groups: str = "conditional", kind: str = "mean",
@@ -269,6 +291,44 @@ class BayesFit(FitResult):
                   "Variance components:", self.variance_components.to_string(index=False)]
         return "\n".join(lines)
 
+    def report_sections(self) -> list[tuple[str, str]]:
+        """How the posterior was drawn, the priors, and the convergence diagnostics."""
+        priors = "\n".join(f"{name}: {prior}" for name, prior in self.priors.items()) or "not recorded"
+        return [("Sampling", self._sampling_text()), ("Priors", priors), ("Diagnostics", self._diagnostics_text())]
+
+    def describe_estimates(self) -> str:
+        return "Numbers are posterior means; ranges are 95% posterior intervals."
+
+    def _sampling_text(self) -> str:
+        """Sampler, chains x draws after tuning, seed, target acceptance, route, times."""
+        s = self.sampler or {}
+        if not s:
+            return "not recorded"
+        kernel = f" ({s['log_density']})" if s.get("log_density") else ""
+        lines = [f"sampler: {s.get('sampler', '?')} NUTS{kernel}",
+                 f"chains: {s.get('chains')}; draws per chain: {s.get('draws')} after {s.get('tune')} tuning draws",
+                 f"seed: {s.get('seed')}; target acceptance: {s.get('target_accept')}"]
+        if s.get("parameterization"):
+            routes = ", ".join(f"{k}: {v}" for k, v in s["parameterization"].items())
+            lines.append(f"random effects: {routes} (route: {s.get('route', '?')})")
+        timing = [f"{label} {significant(s[key])} s" for label, key in (("compile", "compile_seconds"),
+                                                                        ("sampling", "sampling_seconds")) if key in s]
+        if timing:
+            lines.append("time: " + ", ".join(timing))
+        return "\n".join(lines)
+
+    def _diagnostics_text(self) -> str:
+        d = self.diagnostics or {}
+        if not d:
+            return "no diagnostics recorded"
+        rate = d.get("divergence_rate", float("nan"))
+        return "\n".join([
+            f"divergences: {d.get('divergences')} of {d.get('draws')} draws ({significant(100 * rate)}%)",
+            f"max R-hat: {decimals(d.get('max_rhat'), 3)} (want < 1.01; needs 2 or more chains)",
+            f"min ESS: bulk {decimals(d.get('min_ess_bulk'), 0)}, tail {decimals(d.get('min_ess_tail'), 0)} "
+            "(want >= 100 per chain)",
+            f"min energy BFMI: {decimals(d.get('min_bfmi'), 2)} (want > 0.3)"])
+
     def __repr__(self) -> str:
         d = self.diagnostics
         return (f"<BayesFit {self.design.spec.formula()!r}: {self.sampler['chains']}x{self.sampler['draws']} "
@@ -285,24 +345,9 @@ class BayesFit(FitResult):
         return xr.concat(parts, dim=coef_dim, coords="minimal", compat="override").drop_vars(
             "fixed", errors="ignore").assign_coords({coef_dim: list(f.coef_names)})
 
-    def _group_table(self, name: str, draws: xr.DataArray) -> pd.DataFrame:
-        f = self.design.factor(name)
-        mean = draws.mean(("chain", "draw")).transpose(name, f"{name}__coef").values
-        sd = draws.std(("chain", "draw")).transpose(name, f"{name}__coef").values
-        table = pd.DataFrame(mean, index=pd.Index(f.levels, name=name), columns=list(f.coef_names))
-        for k, c in enumerate(f.coef_names):
-            table[f"sd({c})"] = sd[:, k]
-        return table
 
 
-def _stats(values: np.ndarray) -> dict:
-    flat = values.reshape(-1)
-    lo, hi = np.quantile(flat, INTERVAL)
-    return {"estimate": float(flat.mean()), "se": float(flat.std(ddof=1)), "eti_lower": lo, "eti_upper": hi}
-
-
-def _summarise(draws: xr.DataArray, dim: str) -> pd.DataFrame:
-    values = draws.transpose("chain", "draw", dim).values.reshape(-1, draws.sizes[dim])
-    lo, hi = np.quantile(values, INTERVAL, axis=0)
-    return pd.DataFrame({"estimate": values.mean(0), "se": values.std(0, ddof=1), "eti_lower": lo,
-                         "eti_upper": hi})
+def _stats(draws: np.ndarray, level: float) -> dict:
+    """Posterior mean, SD and equal-tailed ``level`` interval over the first axis of ``draws`` (flattened draws)."""
+    lower, upper = equal_tailed_interval(draws, level)
+    return {"estimate": draws.mean(0), "se": draws.std(0, ddof=1), "lower": lower, "upper": upper}

@@ -12,8 +12,11 @@ from scipy import stats
 
 from ..design.design import group_sums
 from ..design.scaling import Scaling, standardise
-from ..errors import OptionError
+from ..errors import InputError, OptionError
 from ..results import FitResult
+from ..results.base import group_table, residual_row, t_interval, variance_component_pairs, variance_components_frame
+from ..results.contract import RESIDUAL_FACTOR
+from ..results.formatting import number
 from ..results.hlm_statistics import check_per_group_statistic, fixed_part
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of Lambda
@@ -29,8 +32,9 @@ class ConvergenceWarning(UserWarning):
 
 @dataclass(frozen=True)
 class RandomEffects:
-    """Conditional modes of a factor's random effects (lme4 ``ranef``) and their conditional covariances
-    (lme4 ``postVar``: sigma^2 Lambda (Lambda'Z'WZ Lambda + I)^{-1}_jj Lambda', beta held at its estimate)."""
+    """Conditional modes of a factor's random effects (lme4 ``ranef``, groups x coefficients) and their
+    conditional covariances (lme4 ``postVar``: sigma^2 Lambda (Lambda'Z'WZ Lambda + I)^{-1}_jj Lambda', beta held
+    at its estimate): :meth:`LikelihoodFit.conditional_modes`."""
 
     modes: pd.DataFrame  # groups x coefficients
     condvar: np.ndarray  # (J, q, q)
@@ -39,16 +43,18 @@ class RandomEffects:
 class LikelihoodFit(FitResult):
     """A REML or ML fit of a hierarchical linear model (see :func:`bayeshlm.likelihood.fit_likelihood`).
 
-    ``fixed_effects`` columns: estimate, se (model-based, sigma^2 (R_X R_X')^{-1}), t, df, p (two-sided t),
-    robust_se (cluster-robust CR0 over the top-level grouping factor, R&B 2002 eq. 9.24:
-    A^{-1} [sum_j X_j'V_j^{-1} e_j e_j' V_j^{-1} X_j] A^{-1}, A = X'V^{-1}X; NaN for crossed designs and for
-    designs built from aggregates, e.g. a Dask DataFrame, which keep no rows).
+    ``fixed_effects`` columns: estimate, se (model-based, sigma^2 (R_X R_X')^{-1}), lower, upper (estimate -+
+    t_{df} quantile x se), t, df, p (two-sided t), robust_se (cluster-robust CR0 over the top-level grouping
+    factor, R&B 2002 eq. 9.24: A^{-1} [sum_j X_j'V_j^{-1} e_j e_j' V_j^{-1} X_j] A^{-1}, A = X'V^{-1}X; NaN for
+    crossed designs and for designs built from aggregates, e.g. a Dask DataFrame, which keep no rows).
 
     Degrees of freedom (R&B 2002, eq. 3.83): each fixed effect belongs to the equation of its level-1 part
     (``meanses:cses`` to the ``cses`` equation, ``meanses`` to the intercept's). If that level-1 coefficient
     is random at a grouping factor with J groups (the one with fewest groups if several), df = J - S - 1 with
     S the number of other fixed effects in the same equation; otherwise df = N - p (fixed level-1 slope).
     """
+
+    group_estimate_name = "empirical Bayes"
 
     def __init__(self, objective, theta: np.ndarray, *, converged: bool, optimizer_message: str,
                  n_evaluations: int, scaling: Scaling | None = None, design=None):
@@ -143,13 +149,13 @@ class LikelihoodFit(FitResult):
         cov = self._scaling.fixed_cov(self._scale_std * self._fac.fixed_cov_relative())
         return pd.DataFrame(cov, index=names, columns=names)
 
-    @cached_property
-    def fixed_effects(self) -> pd.DataFrame:
+    def _fixed_effects_table(self, level: float) -> pd.DataFrame:
         est = self._scaling.fixed(self._fac.beta)
         se = np.sqrt(np.diag(self.vcov.to_numpy()))
         df = self._df()
         t = est / se
-        return pd.DataFrame({"estimate": est, "se": se, "t": t, "df": df,
+        lower, upper = t_interval(est, se, level, df)
+        return pd.DataFrame({"estimate": est, "se": se, "lower": lower, "upper": upper, "t": t, "df": df,
                              "p": 2 * stats.t.sf(np.abs(t), df), "robust_se": self._robust_se()},
                             index=pd.Index(self.design.fixed_names, name="term"))
 
@@ -195,23 +201,38 @@ class LikelihoodFit(FitResult):
             out[f.name] = pd.DataFrame(T, index=list(f.coef_names), columns=list(f.coef_names))
         return out
 
-    @cached_property
-    def variance_components(self) -> pd.DataFrame:
+    def _variance_components_table(self, level: float) -> pd.DataFrame:
+        """Entries of each T and sigma^2 with the observed-information SE and Wald interval of
+        :meth:`variance_intervals` (NaN where that is not defined); extras ``sd`` (of a variance) and ``corr``
+        (of a covariance)."""
+        wald = self._wald_variance_intervals(level)
         rows = []
         for f in self.design.factors:
             T = self.tau[f.name].to_numpy()
-            for block in f.blocks:
-                for j, b in enumerate(block):
-                    for a in block[j:]:
-                        if a == b:
-                            rows.append((f.name, f.coef_names[a], f.coef_names[a], T[a, a], np.sqrt(T[a, a]), np.nan))
-                        else:
-                            denom = np.sqrt(T[a, a] * T[b, b])
-                            corr = T[a, b] / denom if denom > 0 else np.nan
-                            rows.append((f.name, f.coef_names[b], f.coef_names[a], T[a, b], np.nan, corr))
+            for b, a in variance_component_pairs(f):
+                term, term2 = f.coef_names[b], f.coef_names[a]
+                se, lower, upper = wald.get((f.name, term, "" if a == b else term2), (np.nan,) * 3)
+                row = {"factor": f.name, "term": term, "term2": term2, "estimate": T[a, b], "se": se,
+                       "lower": lower, "upper": upper, "sd": np.nan, "corr": np.nan}
+                if a == b:
+                    row["sd"] = np.sqrt(T[a, a])
+                elif T[a, a] * T[b, b] > 0:
+                    row["corr"] = T[a, b] / np.sqrt(T[a, a] * T[b, b])
+                rows.append(row)
         if self.sigma2 is not None:
-            rows.append(("Residual", "", "", self.sigma2, np.sqrt(self.sigma2), np.nan))
-        return pd.DataFrame(rows, columns=["factor", "term1", "term2", "estimate", "sd", "corr"])
+            se, lower, upper = wald.get((RESIDUAL_FACTOR, "", ""), (np.nan,) * 3)
+            rows.append(residual_row(self.sigma2, se, lower, upper, sd=np.sqrt(self.sigma2), corr=np.nan))
+        return variance_components_frame(rows, ("sd", "corr"))
+
+    def _wald_variance_intervals(self, level: float) -> dict[tuple[str, str, str], tuple[float, float, float]]:
+        """(factor, term, term2) -> (se, lower, upper) of the variance-scale rows of ``variance_intervals``
+        (empty where it is not defined, e.g. under a level-1 error structure)."""
+        try:
+            table = self.variance_intervals("wald", level)
+        except InputError:
+            return {}
+        table = table[table["parameter"].isin(["variance", "covariance", "sigma2"])]
+        return {(r.factor, r.term, r.term2): (r.se, r.lower, r.upper) for r in table.itertuples()}
 
     # --- group effects -------------------------------------------------------------------------------
     @cached_property
@@ -252,32 +273,25 @@ class LikelihoodFit(FitResult):
         w = np.ones(d.n_obs) if d.weights is None else d.weights
         return w * (d.y - fitted) / self._scale_std
 
-    def random_effects(self, factor: str | None = None) -> RandomEffects:
-        """Conditional modes (BLUPs) of ``factor``'s random effects u_j and their conditional covariances."""
+    def conditional_modes(self, factor: str | None = None) -> RandomEffects:
+        """Conditional modes (BLUPs) of ``factor``'s random effects u_j, groups x coefficients, and their
+        conditional covariances (J, q, q) -- the matrices behind :meth:`random_effects`."""
         name = self._factor_name(factor)
         f = self.design.factor(name)
         modes = pd.DataFrame(self._modes[name], index=f.levels, columns=list(f.coef_names))
         return RandomEffects(modes=modes, condvar=self._condvars[name])
 
-    def group_effects(self, factor: str | None = None) -> pd.DataFrame:
-        """Empirical-Bayes coefficients per group (R&B 2002 eq. 3.56; lme4's ``coef()`` convention).
-
-        Columns (two-level): ``("coef", c)`` = the coefficient's fixed part sum_s gamma_qs W_sj (level-2
-        predictors included, as the book's Table 4.6) + u_cj; ``("u", c)`` the
-        conditional mode; ``("sd", c)`` its conditional SD (beta held fixed); ``("n", "")`` rows per group.
-        In three-level models a factor's coefficients add only its own u (not its parent's).
-        """
-        name = self._factor_name(factor)
-        f = self.design.factor(name)
-        u = self._modes[name]
-        coef = u + fixed_part(self.design, self.fixed_effects["estimate"].to_numpy(), f)
-        sd = np.sqrt(np.diagonal(self._condvars[name], axis1=1, axis2=2))
-        cols = list(f.coef_names)
-        frame = pd.concat({"coef": pd.DataFrame(coef, columns=cols), "u": pd.DataFrame(u, columns=cols),
-                           "sd": pd.DataFrame(sd, columns=cols)}, axis=1)
-        frame[("n", "")] = f.group_sizes
-        frame.index = f.levels
-        return frame
+    def _group_table(self, kind: str, factor: str, level: float) -> pd.DataFrame:
+        """Empirical-Bayes coefficients (R&B 2002 eq. 3.56; lme4's ``coef()`` convention: the coefficient's
+        fixed part sum_s gamma_qs W_sj, level-2 predictors included as the book's Table 4.6, + u_qj) or the
+        conditional modes u_qj alone; se the conditional SD (beta held fixed), interval -+ z se. In three-level
+        models a factor's coefficients add only its own u (not its parent's)."""
+        f = self.design.factor(factor)
+        estimate = self._modes[factor]
+        if kind == "group_effects":
+            estimate = estimate + fixed_part(self.design, self._gamma(), f)
+        se = np.sqrt(np.diagonal(self._condvars[factor], axis1=1, axis2=2))
+        return group_table(f, estimate, se, *t_interval(estimate, se, level))
 
     def predict(self, newdata: pd.DataFrame | None = None, groups: str = "conditional", kind: str = "mean",
                 level: float = 0.95) -> pd.DataFrame:
@@ -355,6 +369,16 @@ class LikelihoodFit(FitResult):
                                     "effects (||), dropping a random slope, or method='bayes'."))
         return out
 
+    # --- text ------------------------------------------------------------------------------------
+    def report_sections(self) -> list[tuple[str, str]]:
+        """Deviance (-2 log-likelihood, restricted for REML), number of parameters, AIC and BIC."""
+        parts = [f"{label}: {number(value)}" for label, value in (
+            ("deviance", self.deviance), ("parameters", self.n_params), ("AIC", self.aic), ("BIC", self.bic))]
+        return [("Fit", "   ".join(parts))]
+
+    def describe_estimates(self) -> str:
+        return f"Numbers are {self.method.upper()} estimates."
+
     def __repr__(self) -> str:
         return (f"<LikelihoodFit {self.method.upper()} {self.design.spec.formula()!r}: "
                 f"{'REML criterion' if self.method == 'reml' else 'deviance'} {self.deviance:.4f}>")
@@ -414,11 +438,11 @@ class StructuredFit(LikelihoodFit):
             out[f"phi ({r.structure.correlation.upper()})"] = self._scaling.phi(phi)
         return pd.Series(out, name="estimate", dtype=float)
 
-    @cached_property
-    def variance_components(self) -> pd.DataFrame:
-        base = LikelihoodFit.variance_components.func(self)
-        rows = [("Residual", name, "", value, np.sqrt(value) if name.startswith("sigma2") else np.nan, np.nan)
-                for name, value in self.residual_parameters.items()]
+    def _variance_components_table(self, level: float) -> pd.DataFrame:
+        base = super()._variance_components_table(level)
+        rows = [{"factor": RESIDUAL_FACTOR, "term": name, "term2": name, "estimate": value, "se": np.nan,
+                 "lower": np.nan, "upper": np.nan, "sd": np.sqrt(value) if name.startswith("sigma2") else np.nan,
+                 "corr": np.nan} for name, value in self.residual_parameters.items()]
         return pd.concat([base, pd.DataFrame(rows, columns=base.columns)], ignore_index=True)
 
     @cached_property

@@ -44,7 +44,7 @@ def caterpillar(fit: FitResult, factor: str | None = None, coefficient: str | No
                    label=f"plausible-value range ({pv['lower']:.2f}, {pv['upper']:.2f})")
     ax.vlines(rank, lower[order], upper[order], color="0.5", lw=0.8)
     ax.scatter(rank, estimate[order], s=8, color="C0", zorder=3,
-               label="posterior mean" if fit.method == "bayes" else "empirical Bayes")
+               label=fit.group_estimate_name)
     ax.set_xlabel(f"{name} (sorted by estimate)")
     ax.set_ylabel(coefficient)
     ax.set_title(f"{coefficient} in {len(order)} groups of {name}, {level:.0%} intervals")

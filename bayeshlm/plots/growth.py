@@ -10,7 +10,7 @@ from scipy import stats
 
 from ..errors import OptionError
 from ..results import FitResult
-from ._groups import fixed_effects_covariance, random_effect_means
+from ._groups import random_effect_means
 
 
 def growth(fit: FitResult, time: str, person: str | None = None, n_persons: int = 12, level: float = 0.95,
@@ -29,7 +29,7 @@ def growth(fit: FitResult, time: str, person: str | None = None, n_persons: int 
     person = person or (chain[0].name if chain else design.factors[0].name)
     factor = design.factor(person)
     t = _time(fit, time, data)
-    gamma = fit._gamma()
+    gamma = fit.fixed_effects["estimate"].to_numpy(dtype=float)
     fitted = design.X @ gamma
     for f in design.factors:
         u = random_effect_means(fit, f.name)
@@ -48,7 +48,7 @@ def growth(fit: FitResult, time: str, person: str | None = None, n_persons: int 
         ax.plot(t[rows], fitted[rows], lw=1.0, ls="--", color=color)
     times = np.unique(t)
     x_bar = pd.DataFrame(design.X).groupby(t).mean().loc[times].to_numpy()
-    vcov = fixed_effects_covariance(fit)
+    vcov = fit.vcov.to_numpy()
     mean = x_bar @ gamma
     half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(np.einsum("ta,ab,tb->t", x_bar, vcov, x_bar))
     ax.fill_between(times, mean - half, mean + half, color="k", alpha=0.15, label=f"population {level:.0%} interval")

@@ -5,12 +5,12 @@ coefficient has no level-2 predictors (R&B 2002, Figure 4.1 and eq. 3.56-3.57)."
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
 from ..errors import OptionError
 from ..results import FitResult
+from ..results.contract import wide
 from ..results.hlm_statistics import group_ols
 from ._groups import varies_across_groups
 
@@ -33,9 +33,7 @@ def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str
     if unknown or not 1 <= len(coefficients) <= 2:
         raise OptionError(f"coefficients must be one or two of {list(f.coef_names)}; got {list(coefficients)}.")
     ols = group_ols(fit.design, fit._gamma(), fit.sigma2, name)
-    shrunk = fit.group_effects(name)
-    if isinstance(shrunk.columns, pd.MultiIndex):  # ("coef", name) columns: the coefficients themselves
-        shrunk = shrunk["coef"]
+    shrunk = wide(fit.group_effects(name))
     idx = [f.coef_names.index(c) for c in coefficients]
     keep = ols.usable
     raw = ols.estimates[keep][:, idx]
@@ -87,4 +85,4 @@ def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str
 
 
 def _shrunk_label(fit: FitResult) -> str:
-    return "posterior mean" if fit.method == "bayes" else "empirical Bayes"
+    return fit.group_estimate_name

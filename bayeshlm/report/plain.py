@@ -16,12 +16,9 @@ def plain_summary(fit: FitResult) -> str:
     design = fit.design
     factor = design.chain[0] if design.chain else design.factors[0]
     name, y = factor.name, design.outcome_name
-    bayes = fit.method == "bayes"
     sizes = factor.group_sizes
     paragraphs = [f"The model describes {y} in {design.n_obs} rows grouped into {factor.n_groups} groups of {name} "
-                  f"({sizes.min()} to {sizes.max()} rows per group). "
-                  + ("Numbers are posterior means; ranges are 95% posterior intervals." if bayes else
-                     f"Numbers are {fit.method.upper()} estimates.")]
+                  f"({sizes.min()} to {sizes.max()} rows per group). " + fit.describe_estimates()]
     paragraphs += [p for p in (_icc(fit, name, y), _slopes(fit, name), _reliability(fit, name)) if p]
     messages = list(getattr(fit, "messages", []) or [])
     if messages:

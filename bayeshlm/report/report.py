@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from ..errors import InputError, OptionError
 from ..results import FitResult
+from ..results.contract import RESIDUAL_FACTOR, RESIDUAL_TERM
+from ..results.formatting import decimals, number
 from .equations import render_equations
 
 
@@ -75,9 +76,7 @@ def build_report(fit: FitResult, style: str = "tables") -> Report:
         elif fit.sigma2 is not None:
             sections.append((f"Intraclass correlation ({name})",
                              "not one number: with random slopes the level-2 variance depends on the predictors"))
-    if fit.method == "bayes":
-        sections += [("Sampling", _sampling(fit)), ("Priors", _priors(fit))]
-    sections.append(("Diagnostics" if fit.method == "bayes" else "Fit", _fit_statistics(fit)))
+    sections += fit.report_sections()
     messages = list(getattr(fit, "messages", []) or [])
     if messages:
         sections.append(("Warnings", "\n".join(f"* {m}" for m in messages)))
@@ -101,16 +100,11 @@ def compare(*fits: FitResult, names: list[str] | None = None, level: float = 0.9
     names = names or [_method_name(f.method) for f in fits]
     if len(set(names)) != len(names):
         names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
-    z = _normal_quantile(level)
     columns = {}
     for name, fit in zip(names, fits):
         table = _parameters(fit, level)
-        columns[(name, "estimate")] = table["estimate"]
-        columns[(name, "se")] = table["se"]
-        normal_lower, normal_upper = table["estimate"] - z * table["se"], table["estimate"] + z * table["se"]
-        lower = table["lower"].fillna(normal_lower) if "lower" in table else normal_lower
-        upper = table["upper"].fillna(normal_upper) if "upper" in table else normal_upper
-        columns[(name, "lower")], columns[(name, "upper")] = lower, upper
+        for statistic in ("estimate", "se", "lower", "upper"):
+            columns[(name, statistic)] = table[statistic]
     out = pd.DataFrame(columns)
     base, base_se = out[(names[0], "estimate")], out[(names[0], "se")]
     for name in names[1:]:
@@ -120,145 +114,41 @@ def compare(*fits: FitResult, names: list[str] | None = None, level: float = 0.9
 
 
 def _parameters(fit: FitResult, level: float = 0.95) -> pd.DataFrame:
-    """Fixed effects then variance components, with estimate / se (and interval where the fit has one: the
-    posterior's equal-tailed interval, or for likelihood fits the t(df) interval of their t tests)."""
-    fixed = fit.fixed_effects
-    rows = pd.DataFrame({"estimate": fixed["estimate"], "se": fixed["se"]})
-    if {"eti_lower", "eti_upper"} <= set(fixed.columns):  # Bayesian fits: equal-tailed posterior intervals
-        rows["lower"], rows["upper"] = fixed["eti_lower"], fixed["eti_upper"]
-    elif "df" in fixed.columns:
-        from scipy import stats
-
-        half = stats.t.ppf(0.5 + level / 2, fixed["df"].to_numpy(dtype=float)) * fixed["se"]
-        rows["lower"], rows["upper"] = fixed["estimate"] - half, fixed["estimate"] + half
-    rows.index = [f"fixed: {n}" for n in rows.index]
-    variances = _variance_rows(fit)
-    return pd.concat([rows, variances])
-
-
-def _variance_rows(fit: FitResult) -> pd.DataFrame:
-    """Each factor's T entries and sigma^2: point estimates, with the posterior SD and 95% equal-tailed interval
-    from the draws (Bayes) or the observed-information SE and Wald interval, clipped to the parameter's range
-    (likelihood fits; NaN where :meth:`variance_intervals` is not defined, e.g. under level-1 error structures)."""
-    records: dict[str, np.ndarray | float] = {}
-    bayes = fit.method == "bayes"
-    for factor, tau in fit.tau.items():
-        draws = fit.draws(f"T_{factor}").values if bayes else None
-        for i, a in enumerate(tau.index):
-            for b in range(i + 1):
-                label = f"{factor}: var({a})" if i == b else f"{factor}: cov({tau.index[b]}, {a})"
-                records[label] = draws[..., i, b].ravel() if bayes else tau.iloc[i, b]
-    if fit.sigma2 is not None:
-        records["sigma^2"] = (fit.draws("sigma").values ** 2).ravel() if bayes else fit.sigma2
-    if not bayes:
-        return pd.DataFrame({"estimate": pd.Series(records, dtype=float)}).join(_wald_variance_rows(fit))
-    return pd.DataFrame({label: {"estimate": d.mean(), "se": d.std(ddof=1), "lower": np.quantile(d, 0.025),
-                                 "upper": np.quantile(d, 0.975)} for label, d in records.items()}).T
-
-
-def _wald_variance_rows(fit: FitResult) -> pd.DataFrame:
-    """se / lower / upper of the variance-scale rows of ``fit.variance_intervals()``, labelled as in
-    :func:`_variance_rows`."""
-    columns = ["se", "lower", "upper"]
-    try:
-        table = fit.variance_intervals()
-    except InputError:  # not defined for this model: say nothing rather than a wrong number
-        return pd.DataFrame(columns=columns, dtype=float)
-    table = table[table["parameter"].isin(["variance", "covariance", "sigma2"])]
-    labels = [("sigma^2" if r.parameter == "sigma2" else
-               f"{r.factor}: var({r.term})" if r.parameter == "variance" else f"{r.factor}: cov({r.term}, {r.term2})")
-              for r in table.itertuples()]
-    return pd.DataFrame(table[columns].to_numpy(dtype=float), index=labels, columns=columns)
-
-
-def _sampling(fit: FitResult) -> str:
-    """How the posterior was drawn: sampler, chains x draws after tuning, seed, target acceptance, route."""
-    s = getattr(fit, "sampler", {}) or {}
-    if not s:
-        return "not recorded"
-    kernel = f" ({s['log_density']})" if s.get("log_density") else ""
-    lines = [f"sampler: {s.get('sampler', '?')} NUTS{kernel}",
-             f"chains: {s.get('chains')}; draws per chain: {s.get('draws')} after {s.get('tune')} tuning draws",
-             f"seed: {s.get('seed')}; target acceptance: {s.get('target_accept')}"]
-    if s.get("parameterization"):
-        routes = ", ".join(f"{k}: {v}" for k, v in s["parameterization"].items())
-        lines.append(f"random effects: {routes} (route: {s.get('route', '?')})")
-    timing = [f"{label} {_sig(s[key])} s" for label, key in (("compile", "compile_seconds"),
-                                                              ("sampling", "sampling_seconds")) if key in s]
-    if timing:
-        lines.append("time: " + ", ".join(timing))
-    return "\n".join(lines)
-
-
-def _priors(fit: FitResult) -> str:
-    priors = getattr(fit, "priors", {}) or {}
-    return "\n".join(f"{name}: {prior}" for name, prior in priors.items()) or "not recorded"
-
-
-def _fit_statistics(fit: FitResult) -> str:
-    if fit.method == "bayes":
-        d = getattr(fit, "diagnostics", {}) or {}
-        if not d:
-            return "no diagnostics recorded"
-        rate = d.get("divergence_rate", float("nan"))
-        return "\n".join([
-            f"divergences: {d.get('divergences')} of {d.get('draws')} draws ({_sig(100 * rate)}%)",
-            f"max R-hat: {_fixed(d.get('max_rhat'), 3)} (want < 1.01; needs 2 or more chains)",
-            f"min ESS: bulk {_fixed(d.get('min_ess_bulk'), 0)}, tail {_fixed(d.get('min_ess_tail'), 0)} "
-            "(want >= 100 per chain)",
-            f"min energy BFMI: {_fixed(d.get('min_bfmi'), 2)} (want > 0.3)"])
-    parts = []
-    for label, attribute in (("deviance", "deviance"), ("parameters", "n_params"), ("AIC", "aic"), ("BIC", "bic")):
-        value = getattr(fit, attribute, None)
-        if value is not None:
-            parts.append(f"{label}: {_fmt(value)}")
-    return "   ".join(parts)
+    """Fixed effects, then each factor's T entries and sigma^2, with estimate, se and ``level`` interval from the
+    fit's contract tables: the posterior's equal-tailed interval; for likelihood fits the t(df) interval of their t
+    tests and the observed-information Wald interval of the variances, clipped to the parameter's range (NaN
+    where :meth:`variance_intervals` is not defined, e.g. under level-1 error structures)."""
+    columns = ["estimate", "se", "lower", "upper"]
+    fixed = fit.fixed_effects_at(level)[columns]
+    fixed.index = [f"fixed: {n}" for n in fixed.index]
+    vc = fit.variance_components_at(level)
+    vc = vc[(vc["factor"] != RESIDUAL_FACTOR) | (vc["term"] == RESIDUAL_TERM)]
+    labels = ["sigma^2" if r.factor == RESIDUAL_FACTOR else f"{r.factor}: var({r.term})" if r.term == r.term2
+              else f"{r.factor}: cov({r.term}, {r.term2})" for r in vc.itertuples()]
+    variances = pd.DataFrame(vc[columns].to_numpy(dtype=float), index=labels, columns=columns)
+    return pd.concat([fixed, variances])
 
 
 def _method_name(method: str) -> str:
     return {"reml": "REML", "ml": "ML", "bayes": "Bayes"}.get(method, method)
 
 
-def _normal_quantile(level: float) -> float:
-    from scipy import stats
-
-    return float(stats.norm.ppf(0.5 + level / 2))
-
-
-def _fmt(value) -> str:
-    """Four decimals, or four significant digits for values too large or too small for them (sigma^2 = 4.5e-15
-    must not print as 0.0000)."""
-    if not isinstance(value, float):
-        return f"{value}"
-    if np.isnan(value):
-        return "NaN"
-    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e5 else f"{value:.4g}"
-
-
-def _sig(value, digits: int = 3) -> str:
-    """``value`` to ``digits`` significant digits (no exponent below 1e6)."""
-    return "NaN" if value is None or np.isnan(value) else f"{float(value):.{digits}g}"
-
-
-def _fixed(value, decimals: int) -> str:
-    return "not defined" if value is None or np.isnan(value) else f"{float(value):.{decimals}f}"
-
-
 def _rounded(table: pd.DataFrame) -> pd.DataFrame:
     """A table as text, rounded by what each column holds: R-hat to 3 decimals, effective sample sizes and counts
-    as whole numbers, p-values to 3 decimals (``<0.001`` below), everything else by :func:`_fmt`."""
+    as whole numbers, p-values to 3 decimals (``<0.001`` below), everything else by
+    :func:`~bayeshlm.results.formatting.number`."""
     out = pd.DataFrame(index=table.index, columns=table.columns, dtype=object)
     for column in table.columns:
         name = str(column[-1] if isinstance(column, tuple) else column).lower()
         values = table[column]
         if name == "r_hat":
-            out[column] = [_fixed(v, 3) for v in values]
+            out[column] = [decimals(v, 3) for v in values]
         elif name.startswith("ess") or pd.api.types.is_integer_dtype(values):
-            out[column] = [_fixed(v, 0) if isinstance(v, float) else str(v) for v in values]
+            out[column] = [decimals(v, 0) if isinstance(v, float) else str(v) for v in values]
         elif name in ("p", "p_value", "p-value") and pd.api.types.is_float_dtype(values):
-            out[column] = ["<0.001" if v < 0.001 else _fixed(v, 3) for v in values]
+            out[column] = ["<0.001" if v < 0.001 else decimals(v, 3) for v in values]
         else:
-            out[column] = [_fmt(v) if isinstance(v, float) else str(v) for v in values]
+            out[column] = [number(v) if isinstance(v, float) else str(v) for v in values]
     return out
 
 

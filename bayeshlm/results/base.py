@@ -11,10 +11,14 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ..design import Design
 from ..errors import OptionError
 from . import hlm_statistics as hlm
+from .contract import GROUP_TERM_INDEX, RESIDUAL_FACTOR, RESIDUAL_TERM, VARIANCE_COMPONENT_COLUMNS
+
+DEFAULT_LEVEL = 0.95
 
 
 class FitResult(ABC):
@@ -24,19 +28,79 @@ class FitResult(ABC):
 
     - ``method``: 'reml', 'ml' or 'bayes'.
     - ``design``: the :class:`~bayeshlm.design.Design` that was fitted.
-    - ``fixed_effects``: DataFrame indexed by fixed-effect name (columns depend on the engine; always
-      ``estimate`` and ``se`` -- the posterior mean and SD for Bayes).
+    - ``fixed_effects``, ``variance_components``, ``group_effects(factor)``, ``random_effects(factor)``: the
+      tables of :mod:`bayeshlm.results.contract` (same index names and leading columns for every engine), with
+      95% intervals; ``fixed_effects_at(level)`` and ``variance_components_at(level)`` give other levels, and
+      ``group_effects`` / ``random_effects`` take ``level=``.
     - ``tau``: dict grouping-factor name -> covariance DataFrame of its random coefficients.
     - ``sigma2``: level-1 variance (None for V-known models).
-    - ``variance_components``: one row per variance / covariance parameter.
+    - ``vcov``: covariance of the fixed effects (sampling covariance, or the posterior covariance for Bayes).
+    - ``group_estimate_name``: what a group's estimate is ('empirical Bayes' or 'posterior mean'), for labels.
+
+    Engines supply the tables through ``_fixed_effects_table(level)``, ``_variance_components_table(level)`` and
+    ``_group_table(kind, factor, level)``, with their intervals from :func:`t_interval` (likelihood) or
+    :func:`equal_tailed_interval` (posterior draws); the tables are computed once per level.
     """
 
     method: str
     design: Design
+    group_estimate_name: str
+
+    # --- the contract tables (:mod:`bayeshlm.results.contract`) --------------------------------------
+    @property
+    def fixed_effects(self) -> pd.DataFrame:
+        """One row per fixed effect (index ``term``): estimate, se, lower, upper (95%), then engine extras."""
+        return self.fixed_effects_at(DEFAULT_LEVEL)
+
+    def fixed_effects_at(self, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
+        """``fixed_effects`` with ``level`` intervals (t(df) of the t tests for REML / ML, equal-tailed posterior
+        intervals for Bayes)."""
+        return self._cached_table("fixed_effects", None, level)
 
     @property
+    def variance_components(self) -> pd.DataFrame:
+        """One row per variance / covariance (variance scale): factor, term, term2, estimate, se, lower, upper."""
+        return self.variance_components_at(DEFAULT_LEVEL)
+
+    def variance_components_at(self, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
+        """``variance_components`` with ``level`` intervals (Wald on the observed information, clipped to the
+        parameter's range, for REML / ML; equal-tailed posterior intervals for Bayes)."""
+        return self._cached_table("variance_components", None, level)
+
+    def group_effects(self, factor: str | None = None, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
+        """Each group's coefficients beta_qj = gamma_q'W_j + u_qj (R&B 2002, eq. 2.22, 3.56) of ``factor``
+        (default: the first grouping factor): long table indexed (group, term) with estimate, se, lower,
+        upper, n. REML / ML: the empirical-Bayes estimate, its conditional SD (gamma and T held at their
+        estimates) and estimate -+ z SD; Bayes: posterior mean, SD and equal-tailed interval."""
+        return self._cached_table("group_effects", self._factor_name(factor), level)
+
+    def random_effects(self, factor: str | None = None, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
+        """Each group's deviations u_qj from its fixed part (conditional modes, lme4's ``ranef``; posterior
+        means for Bayes), in the layout of :meth:`group_effects`."""
+        return self._cached_table("random_effects", self._factor_name(factor), level)
+
+    def _cached_table(self, kind: str, factor: str | None, level: float) -> pd.DataFrame:
+        check_level(level)
+        cache = self.__dict__.setdefault("_contract_tables", {})
+        key = (kind, factor, float(level))
+        if key not in cache:
+            if kind == "fixed_effects":
+                cache[key] = self._fixed_effects_table(float(level))
+            elif kind == "variance_components":
+                cache[key] = self._variance_components_table(float(level))
+            else:
+                cache[key] = self._group_table(kind, factor, float(level))
+        return cache[key].copy()
+
     @abstractmethod
-    def fixed_effects(self) -> pd.DataFrame: ...
+    def _fixed_effects_table(self, level: float) -> pd.DataFrame: ...
+
+    @abstractmethod
+    def _variance_components_table(self, level: float) -> pd.DataFrame: ...
+
+    @abstractmethod
+    def _group_table(self, kind: str, factor: str, level: float) -> pd.DataFrame:
+        """The ``group_effects`` (kind 'group_effects') or ``random_effects`` table of ``factor``."""
 
     @property
     @abstractmethod
@@ -48,11 +112,27 @@ class FitResult(ABC):
 
     @property
     @abstractmethod
-    def variance_components(self) -> pd.DataFrame: ...
+    def vcov(self) -> pd.DataFrame: ...
 
     @abstractmethod
-    def group_effects(self, factor: str | None = None) -> pd.DataFrame:
-        """Per-group coefficients of ``factor`` (default: the first grouping factor)."""
+    def report_sections(self) -> list[tuple[str, str]]:
+        """The engine's own closing sections of :meth:`report` as (title, text): fit statistics, or the
+        sampler, priors and convergence diagnostics."""
+
+    @abstractmethod
+    def describe_estimates(self) -> str:
+        """One sentence saying what the reported numbers are (for the plain-words report)."""
+
+    def predicted_group_coefficients(self, factor: str | None = None, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
+        """Each group's predicted coefficient gamma_q'W_j (R&B 2002, eq. 2.22: what its estimate shrinks toward,
+        eq. 3.56) and the plausible range of a coefficient with that group's level-2 predictors,
+        gamma_q'W_j -+ z sqrt(tau_qq) (eq. 4.4 at W_j instead of W = 0). Long table indexed (group, term) with
+        columns center, lower, upper. Bayesian fits widen the range by the uncertainty about gamma and T."""
+        check_level(level)
+        f = self.design.factor(self._factor_name(factor))
+        center = hlm.fixed_part(self.design, self._gamma(), f)
+        half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(np.diag(self.tau[f.name].to_numpy()))
+        return long_table(f, {"center": center, "lower": center - half, "upper": center + half})
 
     def _factor_name(self, factor: str | None) -> str:
         return self.design.factors[0].name if factor is None else self.design.factor(factor).name
@@ -216,6 +296,58 @@ class FitResult(ABC):
             [(b, f, hlm.proportion_explained(b, f)) for b, f in rows.values()],
             index=pd.Index(list(rows), name="variance"), columns=["base", "fitted", "proportion_explained"],
         )
+
+
+# --- interval machinery shared by the engines ------------------------------------------------------------
+
+def check_level(level) -> None:
+    """Refuse an interval level that is not a number strictly between 0 and 1."""
+    if isinstance(level, bool) or not isinstance(level, int | float) or not 0.0 < level < 1.0:
+        raise OptionError(f"level={level!r}: give the interval's coverage as a number between 0 and 1 (e.g. 0.95).")
+
+
+def t_interval(estimate, se, level: float, df=np.inf) -> tuple[np.ndarray, np.ndarray]:
+    """estimate -+ q se with q the (1 + level) / 2 quantile of t(df) (the normal one for infinite df)."""
+    q = stats.t.ppf(0.5 + level / 2, df)
+    estimate, se = np.asarray(estimate, dtype=float), np.asarray(se, dtype=float)
+    return estimate - q * se, estimate + q * se
+
+
+def equal_tailed_interval(draws: np.ndarray, level: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The (1 - level) / 2 and (1 + level) / 2 quantiles of ``draws`` along ``axis`` (posterior ETI)."""
+    lower, upper = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=axis)
+    return lower, upper
+
+
+def variance_component_pairs(factor) -> list[tuple[int, int]]:
+    """(column, row) index pairs of the estimated entries of T, in lme4's order: per block, column by column,
+    the variance then the covariances below it."""
+    return [(b, a) for block in factor.blocks for j, b in enumerate(block) for a in block[j:]]
+
+
+def variance_components_frame(rows: list[dict], extras: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The variance-components table from row dicts with the contract's columns (plus ``extras``)."""
+    return pd.DataFrame(rows, columns=[*VARIANCE_COMPONENT_COLUMNS, *extras])
+
+
+def residual_row(estimate: float, se: float, lower: float, upper: float, **extras) -> dict:
+    """The level-1 variance's row of the variance-components table."""
+    return {"factor": RESIDUAL_FACTOR, "term": RESIDUAL_TERM, "term2": RESIDUAL_TERM, "estimate": estimate,
+            "se": se, "lower": lower, "upper": upper, **extras}
+
+
+def long_table(factor, columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    """A per-group table indexed (group, term): each (J, q) array of ``columns`` read group by group."""
+    index = pd.MultiIndex.from_product([factor.levels, list(factor.coef_names)], names=[factor.name, GROUP_TERM_INDEX])
+    return pd.DataFrame({name: np.asarray(values, dtype=float).reshape(-1) for name, values in columns.items()},
+                        index=index)
+
+
+def group_table(factor, estimate: np.ndarray, se: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> pd.DataFrame:
+    """The contract's group_effects / random_effects table from (J, q) arrays, with each group's row count."""
+    table = long_table(factor, {"estimate": estimate, "se": se, "lower": lower, "upper": upper})
+    table["n"] = np.repeat(np.asarray(factor.group_sizes), factor.n_coef)
+    return table
 
 
 def _enclosing_factors(design: Design, factor: str) -> list[str]:

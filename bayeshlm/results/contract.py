@@ -51,3 +51,12 @@ def contract_problems(kind: str, frame: pd.DataFrame, factor: str | None = None)
     if list(frame.index.names) != index:
         problems.append(f"{kind}: index names {list(frame.index.names)}, want {index}")
     return problems
+
+
+def wide(table: pd.DataFrame, column: str = "estimate") -> pd.DataFrame:
+    """Groups x terms of one column of a ``group_effects`` / ``random_effects`` table, in the table's order
+    (``wide(fit.random_effects("school"))`` is lme4's ``ranef`` layout)."""
+    series = table[column]
+    groups = series.index.get_level_values(0).unique()
+    terms = series.index.get_level_values(1).unique()
+    return series.unstack(1).reindex(index=groups, columns=terms)

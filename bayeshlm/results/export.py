@@ -8,6 +8,15 @@ import xarray as xr
 from .base import FitResult
 
 
+def output_datasets(fit) -> dict:
+    """name -> dataset to write as ``<name>.nc`` (``bayeshlm fit --out``): the estimates, and the posterior
+    draws (ArviZ DataTree) of a fit that has them."""
+    out = {"estimates": estimates_dataset(fit)}
+    if getattr(fit, "posterior", None) is not None:
+        out["posterior"] = fit.posterior
+    return out
+
+
 def estimates_dataset(fit: FitResult) -> xr.Dataset:
     """Fixed effects (estimate, se), each factor's T and sigma^2 with named dimensions.
 

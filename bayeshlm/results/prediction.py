@@ -37,6 +37,7 @@ from scipy import stats
 
 from ..design.build import factor_variables, float_predictors, group_labels
 from ..errors import DataError, OptionError, closest_names, describe_rows
+from .contract import wide
 
 KINDS = ("mean", "interval", "draws")
 DENSE_INVERSE_LIMIT = 6000  # group-effect columns up to which M^-1 is formed densely (6000^2 doubles: 288 MB)
@@ -187,7 +188,7 @@ def predict_likelihood(fit, newdata, groups: str, kind: str, level: float, with_
     for f in fit.design.factors:
         k = known[f.name]
         if k.any():
-            modes = fit.random_effects(f.name).modes.to_numpy()
+            modes = fit.conditional_modes(f.name).modes.to_numpy()
             estimate[k] += np.einsum("nq,nq->n", rows.Z[f.name][k], modes[rows.codes[f.name][k]])
     if not with_se:
         return pd.DataFrame({"estimate": estimate}, index=rows.index)
@@ -412,10 +413,7 @@ def residuals(fit, level: int = 1, factor: str | None = None):
     if level == 2:
         name = fit._factor_name(factor)
         f = fit.design.factor(name)
-        if fit.method == "bayes":
-            u = fit.draws(f"u_{name}").mean(("chain", "draw")).transpose(name, f"{name}__coef").values
-        else:
-            u = fit.random_effects(name).modes.to_numpy()
+        u = wide(fit.random_effects(name)).to_numpy()
         return pd.DataFrame(u, index=f.levels, columns=list(f.coef_names))
     if factor is not None:
         raise OptionError("factor= applies to level=2 residuals (the group effects of one grouping factor).")
