@@ -25,9 +25,6 @@ PACKAGE = ROOT / "bayeshlm"
 PRIVATE_IMPORTS_ALLOWED = {
     # [checks.py] the data comparison of fits is private to results.base
     ("bayeshlm.checks", "bayeshlm.results.base", "_data_differences"),
-    # [bayes/marginal.py] the unrolled batched Cholesky and forward solve, to be public block operations of bayes
-    ("bayeshlm.meta.multivariate_bayes", "bayeshlm.bayes.marginal", "_cholesky_unrolled"),
-    ("bayeshlm.meta.multivariate_bayes", "bayeshlm.bayes.marginal", "_forward_solve_unrolled"),
 }
 
 

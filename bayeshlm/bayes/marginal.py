@@ -237,10 +237,10 @@ def _integrate_level(Q: dict, b: list, L, own: range, outer: range):
     and Σ_g |w_g|², and per group G'G (keys (c, d), c <= d in ``outer``) and G'w (keys c in ``outer``)."""
     q = len(own)
     A = [[Q[(a, c)] if a <= c else Q[(c, a)] for c in own] for a in own]
-    C = _cholesky_unrolled(_inner_product_plus_identity(L, A, q), q)
+    C = cholesky_unrolled(_inner_product_plus_identity(L, A, q), q)
 
     def whiten(column):  # C^{-1} L' column, for a column given as q (J,) tensors
-        return _forward_solve_unrolled(C, [sum(L[d, a] * column[d] for d in range(a, q)) for a in range(q)], q)
+        return forward_solve_unrolled(C, [sum(L[d, a] * column[d] for d in range(a, q)) for a in range(q)], q)
 
     G = {c: whiten([Q[(a, c)] for a in own]) for c in outer}
     w = whiten(b)
@@ -267,7 +267,7 @@ def _sum_into_parents(Q: dict, E: dict, parent, n_parents):
     return ({k: summed[:, next(columns)] for k in keys_Q}, {k: summed[:, next(columns)] for k in keys_E})
 
 
-def _cholesky_unrolled(M, q):
+def cholesky_unrolled(M, q):
     """Lower Cholesky factor of a batch of q x q SPD matrices given as nested lists of (J,) tensors."""
     C = [[None] * q for _ in range(q)]
     for j in range(q):
@@ -277,8 +277,8 @@ def _cholesky_unrolled(M, q):
     return C
 
 
-def _forward_solve_unrolled(C, rhs, q):
-    """Solve C w = rhs for lower-triangular C, batched like :func:`_cholesky_unrolled`."""
+def forward_solve_unrolled(C, rhs, q):
+    """Solve C w = rhs for lower-triangular C, batched like :func:`cholesky_unrolled`."""
     w = []
     for i in range(q):
         w.append((rhs[i] - sum(C[i][k] * w[k] for k in range(i))) / C[i][i])

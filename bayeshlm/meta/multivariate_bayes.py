@@ -46,7 +46,7 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from ..bayes.diagnostics import diagnose, warn_if_problems
-from ..bayes.marginal import _cholesky_unrolled, _forward_solve_unrolled
+from ..bayes.marginal import cholesky_unrolled, forward_solve_unrolled
 from ..bayes.priors import LKJ, Prior
 from ..bayes.sampling import check_sampler_options, new_seed, run_sampler
 from ..errors import OptionError, closest_names
@@ -194,8 +194,8 @@ def _batch_loglik(beta, T, codes, V, X, y, m: int, n_studies: int):
     (the helpers of :mod:`bayeshlm.bayes.marginal`): a batched ``pm.MvNormal`` computes the same density but took
     over 5 minutes to compile for nutpie (Numba) on this machine."""
     Sigma = [[V[:, a, c] + T[codes[:, a], codes[:, c]] for c in range(m)] for a in range(m)]
-    C = _cholesky_unrolled(Sigma, m)
-    w = _forward_solve_unrolled(C, [y[:, a] - pt.dot(X[:, a, :], beta) for a in range(m)], m)
+    C = cholesky_unrolled(Sigma, m)
+    w = forward_solve_unrolled(C, [y[:, a] - pt.dot(X[:, a, :], beta) for a in range(m)], m)
     logdet = 2.0 * sum(pt.sum(pt.log(C[a][a])) for a in range(m))
     return -0.5 * (n_studies * m * LOG_2PI + logdet + sum(pt.sum(w_a**2) for w_a in w))
 

@@ -257,6 +257,19 @@ class FitResult(ABC):
 
         return confint(self, level, method, df)
 
+    def diagnostics(self, factor: str | None = None):
+        """R&B ch. 9 checks: level-1 homogeneity test H, standardised EB residuals, Mahalanobis distances, level-1
+        residuals vs fitted and per-group Cook's distance (:func:`bayeshlm.results.diagnostics.diagnostics`)."""
+        from .diagnostics import diagnostics
+
+        return diagnostics(self, factor)
+
+    def diagnostics_report(self, factor: str | None = None):
+        """What the R&B ch. 9 checks show, in words (:func:`bayeshlm.results.diagnostics.diagnostics_report`)."""
+        from .diagnostics import diagnostics_report
+
+        return diagnostics_report(self, factor)
+
     def save(self, path):
         """Write this fit to a netCDF file; read it back with :func:`bayeshlm.load_fit` (see
         :mod:`bayeshlm.results.storage` for what is stored). Returns the path."""
