@@ -250,3 +250,19 @@ def test_a_meta_analysis_is_refused_with_the_right_test_named():
     fit = bh.meta("d ~ 1", data, "v")
     with pytest.raises(OptionError, match="7.16"):
         dg.level1_homogeneity(fit)
+
+
+# --- plots --------------------------------------------------------------------------------------------------
+
+def test_plots_show_every_group_and_row():
+    from bayeshlm.plots import eb_qq, residuals_vs_fitted
+
+    fit, data = fitted()
+    figure = eb_qq(fit)
+    assert len(figure.axes) == 3  # two coefficients and the Mahalanobis panel
+    qq = [c for ax in figure.axes for c in ax.collections if c.get_gid() == "eb_qq"]
+    assert [len(c.get_offsets()) for c in qq] == [30, 30]
+    distance = next(c for c in figure.axes[-1].collections if c.get_gid() == "mahalanobis")
+    assert np.allclose(np.sort(distance.get_offsets()[:, 1]), np.sort(dg.mahalanobis(fit)["distance"]))
+    scatter = next(c for c in residuals_vs_fitted(fit).axes[0].collections if c.get_gid() == "residuals")
+    assert len(scatter.get_offsets()) == len(data)
