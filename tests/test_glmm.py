@@ -79,6 +79,12 @@ def fitted(name: str):
     return make().fit(method="ml", **options)
 
 
+def by_text_level(table: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Groups x terms of one column of a long group table, groups sorted as text (R's factor order)."""
+    wide = table[column].unstack("term")
+    return wide.set_index(wide.index.astype(str)).sort_index()
+
+
 def assert_close(actual, expected, what: str) -> None:
     actual, expected = np.asarray(actual, float), np.asarray(expected, float)
     np.testing.assert_allclose(actual, expected, rtol=REL, atol=ABS, err_msg=what)
@@ -127,10 +133,10 @@ def test_information_choice_matters_only_for_non_canonical_links():
 @pytest.mark.parametrize("name", ["cbpp_laplace", "contraception_intercept", "poisson_exposure"])
 def test_group_effects_match_ranef(name):
     """Conditional modes; R orders factor levels as text ('1', '10', '11', ...), so sort ours the same way."""
-    effects = fitted(name).group_effects()
-    effects = effects.set_index(effects.index.astype(str)).sort_index()
-    np.testing.assert_allclose(effects.iloc[:, 0], reference()[name]["ranef"], atol=1e-4)
-    np.testing.assert_allclose(effects["sd_(Intercept)"], reference()[name]["ranef_sd"], rtol=1e-3)
+    effects = fitted(name).random_effects()
+    np.testing.assert_allclose(by_text_level(effects, "estimate")["(Intercept)"], reference()[name]["ranef"],
+                               atol=1e-4)
+    np.testing.assert_allclose(by_text_level(effects, "se")["(Intercept)"], reference()[name]["ranef_sd"], rtol=1e-3)
 
 
 def test_quadrature_loglik_is_the_marginal_and_one_point_is_laplace():
@@ -452,9 +458,8 @@ def test_pql_matches_the_iteration_written_in_r(name, make):
     assert_close(fit.fixed_effects["estimate"], ref["beta"], "PQL fixed effects")
     np.testing.assert_allclose(fit.fixed_effects["se"], ref["se"], rtol=1e-6)
     assert_close(next(iter(fit.tau.values())).iloc[0, 0], ref["tau"], "PQL tau")
-    effects = fit.group_effects()
-    effects = effects.set_index(effects.index.astype(str)).sort_index()
-    np.testing.assert_allclose(effects.iloc[:, 0], ref["modes"], atol=1e-6)
+    np.testing.assert_allclose(by_text_level(fit.random_effects(), "estimate")["(Intercept)"], ref["modes"],
+                               atol=1e-6)
     with pytest.raises(OptionError, match="only option is maxiter"):
         make().fit(method="pql", nagq=5)
 
@@ -480,3 +485,99 @@ def test_deviance_test_refuses_hglm_comparisons_that_are_not_likelihood_ratios()
     gaussian = bh.HLM("incidence ~ period + (1 | herd)", cbpp.assign(incidence=cbpp["incidence"] + 0.5)).fit("ml")
     with pytest.raises(OptionError, match=r"a Gaussian model and the other a binary/count \(HGLM\) model"):
         bh.deviance_test(gaussian, laplace)
+
+
+# --- the result contract, predictions and residuals (glmm_predict_reference.json) -----------------------------
+
+@cache
+def predict_reference() -> dict:
+    return json.loads((REFERENCE / "glmm_predict_reference.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["cbpp_laplace", "contraception_urban", "bernoulli_nested", "nbinom_glmer"])
+def test_tables_follow_the_result_contract(name):
+    from bayeshlm.results.contract import contract_problems
+
+    fit = fitted(name)
+    assert contract_problems("fixed_effects", fit.fixed_effects) == []
+    assert list(fit.fixed_effects.columns[4:6]) == ["z", "p"]
+    assert contract_problems("variance_components", fit.variance_components) == []
+    for f in fit.design.factors:
+        for kind in ("group_effects", "random_effects"):
+            table = getattr(fit, kind)(f.name)
+            assert contract_problems(kind, table, f.name) == []
+            assert len(table) == f.n_groups * f.n_coef
+    tau = [fit.tau[f.name].iloc[a, b] for f in fit.design.factors  # column by column, variance first
+           for b in range(f.n_coef) for a in range(b, f.n_coef)]
+    np.testing.assert_allclose(fit.variance_components["estimate"], tau, rtol=1e-12)
+    narrow = fit.fixed_effects_at(0.5)
+    assert (narrow["upper"] - narrow["lower"] < fit.fixed_effects["upper"] - fit.fixed_effects["lower"]).all()
+
+
+def test_variance_component_se_matches_glmmtmb():
+    """se(tau) by the delta method from 2 H^-1; glmmTMB gives log(sd) with its SE (same Laplace deviance)."""
+    ref = predict_reference()["cbpp"]
+    row = fitted("cbpp_laplace").variance_components.iloc[0]
+    assert row["estimate"] == pytest.approx(ref["glmmtmb_tau"], rel=1e-4)
+    assert row["se"] == pytest.approx(ref["glmmtmb_tau_se"], rel=1e-2)
+    assert row["lower"] == max(0.0, row["estimate"] - 1.959964 * row["se"])  # a variance is >= 0
+    assert row["upper"] == pytest.approx(row["estimate"] + 1.959964 * row["se"], rel=1e-6)
+
+
+def test_random_slope_effects_match_ranef_condvar_and_coef():
+    """Contraception (urban | district): modes, conditional SDs and coef() (fixef + ranef, also in the
+    districts without urban women, whose urban coefficient is still gamma_urban + b)."""
+    ref, fit = predict_reference()["contraception_urban"], fitted("contraception_urban")
+    modes = by_text_level(fit.random_effects("district"), "estimate").loc[ref["levels"]]
+    sd = by_text_level(fit.random_effects("district"), "se").loc[ref["levels"]]
+    coef = by_text_level(fit.group_effects("district"), "estimate").loc[ref["levels"]]
+    np.testing.assert_allclose(modes["(Intercept)"], ref["ranef_intercept"], atol=1e-4)
+    np.testing.assert_allclose(modes["urban[T.Y]"], ref["ranef_urban"], atol=1e-4)
+    np.testing.assert_allclose(sd["(Intercept)"], ref["sd_intercept"], rtol=1e-3)
+    np.testing.assert_allclose(sd["urban[T.Y]"], ref["sd_urban"], rtol=1e-3)
+    np.testing.assert_allclose(coef["(Intercept)"], ref["coef_intercept"], atol=1e-4)
+    np.testing.assert_allclose(coef["urban[T.Y]"], ref["coef_urban"], atol=1e-4)
+
+
+@pytest.mark.parametrize("name, key", [("cbpp_laplace", "cbpp"), ("contraception_urban", "contraception_urban")])
+def test_fitted_and_residuals_match_glmer(name, key):
+    ref, fit = predict_reference()[key], fitted(name)
+    np.testing.assert_allclose(fit.fitted(), ref["fitted"], atol=1e-5)
+    np.testing.assert_allclose(fit.residuals(), ref["residuals_deviance"], atol=1e-4)
+    np.testing.assert_allclose(fit.residuals("pearson"), ref["residuals_pearson"], atol=1e-4)
+    np.testing.assert_allclose(fit.residuals("response"), fit._objective.y / fit._objective.size - fit.fitted())
+    if "predict_link" in ref:
+        np.testing.assert_allclose(fit.predict(), ref["predict_link"], atol=1e-5)
+
+
+def test_predict_new_data_known_and_new_groups_matches_glmer():
+    ref = predict_reference()
+    fit = fitted("cbpp_laplace")
+    new = pd.DataFrame(ref["cbpp"]["newdata"])
+    np.testing.assert_allclose(fit.predict(new), ref["cbpp"]["new_link"], atol=1e-5)
+    np.testing.assert_allclose(fit.predict(new, type="response"), ref["cbpp"]["new_response"], atol=1e-6)
+    np.testing.assert_allclose(fit.predict(new, type="response", groups="population"), ref["cbpp"]["new_population"],
+                               atol=1e-6)
+    new = pd.DataFrame(ref["contraception_urban"]["newdata"])
+    np.testing.assert_allclose(fitted("contraception_urban").predict(new, type="response"),
+                               ref["contraception_urban"]["new_response"], atol=1e-6)
+
+
+def test_predict_with_exposure_and_bad_requests():
+    fit = fitted("poisson_exposure")
+    data = pd.read_csv(REFERENCE / "poisson_exposure.csv")
+    np.testing.assert_allclose(fit.predict(data.iloc[:5], type="response"), fit.fitted().iloc[:5], rtol=1e-12)
+    doubled = data.iloc[:5].assign(years=2 * data["years"].iloc[:5])
+    np.testing.assert_allclose(fit.predict(doubled, type="response"), 2 * fit.fitted().iloc[:5], rtol=1e-12)
+    with pytest.raises(DataError, match="lacks the exposure column 'years'"):
+        fit.predict(data.drop(columns="years"))
+    with pytest.raises(DataError, match=r"exposure 'years' must be positive.*row 1"):
+        fit.predict(data.iloc[:3].assign(years=[1.0, 0.0, 2.0]))
+    with pytest.raises(OptionError, match="type='reponse'.*'response'"):
+        fit.predict(type="reponse")
+    with pytest.raises(OptionError, match="groups='new'"):
+        fit.predict(groups="new")
+    with pytest.raises(OptionError, match="type='raw'.*'deviance'"):
+        fit.residuals("raw")
+    with pytest.raises(OptionError, match="level=1.5"):
+        fit.group_effects(level=1.5)

@@ -72,6 +72,10 @@ class Family:
         h = 1e-5 * np.maximum(1.0, np.abs(eta))
         return -(self.working(y, eta + h, size)[1] - self.working(y, eta - h, size)[1]) / (2.0 * h)
 
+    def saturated_loglik(self, y: np.ndarray, size: np.ndarray) -> np.ndarray:
+        """log p(y | mu = y) per row: the saturated model, against which deviance residuals are measured."""
+        raise NotImplementedError
+
     def set_extra(self, values: np.ndarray) -> None:
         """Set the family's own parameters (``extra_names``) for the next evaluations."""
 

@@ -27,6 +27,12 @@ class Binomial(Family):
     def variance(self, mu):
         return mu * (1.0 - mu)
 
+    def saturated_loglik(self, y, size):
+        failures = size - y
+        out = np.where(y > 0, y * np.log(np.where(y > 0, y / size, 1.0)), 0.0)
+        out += np.where(failures > 0, failures * np.log(np.where(failures > 0, failures / size, 1.0)), 0.0)
+        return out + _log_choose(size, y)
+
     def check_outcome(self, y, size, positions, outcome):
         refuse_rows(~(size > 0) | non_integer(size), positions,
                     f"The numbers of trials for {outcome!r} must be positive whole numbers; some are not")

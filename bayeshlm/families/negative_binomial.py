@@ -45,6 +45,9 @@ class NegativeBinomial(Family):
     def variance(self, mu):
         return mu + mu * mu / self.shape
 
+    def saturated_loglik(self, y, size):
+        return self.loglik(y, np.log(np.maximum(y, np.finfo(float).tiny)), size)
+
     def observed_weights(self, y, eta, size):
         k, mu = self.shape, np.exp(eta)
         return k * mu * (k + y) / (k + mu) ** 2

@@ -28,6 +28,9 @@ class Poisson(Family):
     def variance(self, mu):
         return mu
 
+    def saturated_loglik(self, y, size):
+        return np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0)), 0.0) - y - special.gammaln(y + 1.0)
+
     def check_outcome(self, y, size, positions, outcome):
         refuse_rows((y < 0) | non_integer(y), positions,
                     f"A poisson outcome is a count (a whole number >= 0); {outcome!r} has other values")

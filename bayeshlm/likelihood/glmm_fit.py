@@ -1,9 +1,12 @@
 """``fit_glmm`` and its result, :class:`GLMMFit`: a non-Gaussian HLM fitted by maximum likelihood.
 
-The result uses the names of the Gaussian :class:`~bayeshlm.likelihood.result.LikelihoodFit` where they mean
-the same: ``fixed_effects`` (Wald z tests and intervals; odds or rate ratios for logit and log links),
-``tau[factor]``, ``loglik``, ``deviance`` (= -2 loglik), ``aic``, ``bic``, ``group_effects(factor)``,
-``messages``. See :mod:`bayeshlm.likelihood.glmm` for the estimator.
+The tables follow the result contract (:mod:`bayeshlm.results.contract`): ``fixed_effects`` (index ``term``;
+estimate, se, lower, upper, then Wald z and p as glmer's summary, and odds or rate ratios for logit and log
+links), ``variance_components`` (factor, term, term2, estimate, se, lower, upper; link scale),
+``group_effects(factor)`` and ``random_effects(factor)`` (long tables of coefficients and conditional modes
+with their conditional SDs). Also ``tau[factor]``, ``loglik``, ``deviance`` (= -2 loglik), ``aic``, ``bic``,
+``predict(newdata, type)``, ``fitted()``, ``residuals(type)``, ``report()`` and ``messages``. See
+:mod:`bayeshlm.likelihood.glmm` for the estimator.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from scipy import stats
 from threadpoolctl import ThreadpoolController
 
 from ..design import Design
-from ..errors import DataError, OptionError, closest_names
+from ..errors import DataError, OptionError, closest_names, describe_rows
 from ..families.outcome import GLMOutcome
+from ..results.hlm_statistics import fixed_part
 from .glmm import GLMMObjective, check_nagq, laplace_start, optimise, separation_direction
 
 OPTIONS = ("nagq", "maxiter", "information")
+PREDICT_TYPES = ("link", "response")
+RESIDUAL_TYPES = ("deviance", "pearson", "response")
 INFORMATION = ("expected", "observed")
 CONVERGENCE_GRADIENT = 1e-3  # largest scaled gradient |H^{-1} g| accepted at the reported optimum
 BOUNDARY = 1e-4  # a Lambda diagonal entry below this is reported as a variance on the boundary
@@ -82,10 +88,32 @@ def _refuse_separation(objective: GLMMObjective) -> None:
                     "predictor; a Bayesian fit with proper priors gives finite estimates.")
 
 
+def _quantile(level) -> float:
+    """The normal quantile of a two-sided ``level`` interval; ``level`` must lie strictly between 0 and 1."""
+    if isinstance(level, bool) or not isinstance(level, int | float) or not 0.0 < level < 1.0:
+        raise OptionError(f"level={level!r}: give the interval's coverage as a number between 0 and 1 (e.g. 0.95).")
+    return float(stats.norm.ppf(0.5 + level / 2))
+
+
+def group_table(f, estimate: np.ndarray, sd: np.ndarray, level: float) -> pd.DataFrame:
+    """The contract's long table of factor ``f`` from (J, q) estimates and SDs: estimate, se, estimate -/+ z se, n."""
+    z = _quantile(level)
+    index = pd.MultiIndex.from_product([f.levels, list(f.coef_names)], names=[f.name, "term"])
+    est, se = estimate.ravel(), sd.ravel()
+    return pd.DataFrame({"estimate": est, "se": se, "lower": est - z * se, "upper": est + z * se,
+                         "n": np.repeat(f.group_sizes, f.n_coef)}, index=index)
+
+
+def _pairs(f) -> list[tuple[int, int]]:
+    """(row, column) of each variance and covariance of factor ``f``'s T, column-major within each block."""
+    return [(a, b) for block in f.blocks for j, b in enumerate(block) for a in block[j:]]
+
+
 class GLMMFit:
     """Maximum-likelihood fit of a hierarchical generalized linear model (R&B 2002, ch. 10)."""
 
     method = "ml"
+    sigma2 = None  # no level-1 variance parameter: the family's variance function sets it
 
     def __init__(self, objective: GLMMObjective, x: np.ndarray, deviance: float, gradient: np.ndarray,
                  hessian: np.ndarray, optimizer_message: str, seconds: float):
@@ -156,13 +184,20 @@ class GLMMFit:
         return keep
 
     @cached_property
-    def _cov_standardised(self) -> np.ndarray:
-        """2 H^{-1} over the free parameters (a boundary variance is held fixed), beta_s block."""
+    def _cov_parameters(self) -> np.ndarray:
+        """2 H^{-1} over (beta_s, theta, family parameters); rows and columns of parameters held at a boundary
+        are NaN."""
         free = self._free
         H = self._hessian[np.ix_(free, free)]
-        cov = 2.0 * np.linalg.pinv(0.5 * (H + H.T))
+        cov = np.full(self._hessian.shape, np.nan)
+        cov[np.ix_(free, free)] = 2.0 * np.linalg.pinv(0.5 * (H + H.T))
+        return cov
+
+    @cached_property
+    def _cov_standardised(self) -> np.ndarray:
+        """The beta_s block of 2 H^{-1} (a boundary variance is held fixed)."""
         p = self._objective.p
-        return cov[:p, :p]
+        return self._cov_parameters[:p, :p]
 
     @cached_property
     def vcov(self) -> pd.DataFrame:
@@ -170,15 +205,20 @@ class GLMMFit:
         names = list(self.design.fixed_names)
         return pd.DataFrame(A @ self._cov_standardised @ A.T, index=names, columns=names)
 
-    @cached_property
+    @property
     def fixed_effects(self) -> pd.DataFrame:
-        """estimate, se, z, p and 95% Wald interval; odds_ratio (logit) or rate_ratio (log) with its interval."""
+        """estimate, se, lower, upper (95% Wald), z, p (Wald z, as glmer's summary); odds_ratio (logit) or
+        rate_ratio (log) with its interval."""
+        return self.fixed_effects_at(0.95)
+
+    def fixed_effects_at(self, level: float = 0.95) -> pd.DataFrame:
+        """``fixed_effects`` with ``level`` Wald intervals (normal quantiles)."""
+        z_level = _quantile(level)
         est = self._objective.scaling.A @ self._beta_s
         se = np.sqrt(np.diag(self.vcov.to_numpy()))
         z = est / se
-        half = stats.norm.ppf(0.975) * se
-        table = pd.DataFrame({"estimate": est, "se": se, "z": z, "p": 2 * stats.norm.sf(np.abs(z)),
-                              "lower": est - half, "upper": est + half},
+        table = pd.DataFrame({"estimate": est, "se": se, "lower": est - z_level * se, "upper": est + z_level * se,
+                              "z": z, "p": 2 * stats.norm.sf(np.abs(z))},
                              index=pd.Index(self.design.fixed_names, name="term"))
         ratio = {"logit": "odds_ratio", "log": "rate_ratio"}.get(self.family.link.name)
         if ratio:
@@ -196,24 +236,68 @@ class GLMMFit:
             out[f.name] = pd.DataFrame(lam @ lam.T, index=list(f.coef_names), columns=list(f.coef_names))
         return out
 
-    def group_effects(self, factor: str | None = None) -> pd.DataFrame:
-        """Conditional modes b_j = Lambda u_j of each group (link scale) and their conditional SDs.
+    @property
+    def variance_components(self) -> pd.DataFrame:
+        """One row per variance and covariance of the random effects (link scale), with its SE by the delta
+        method from cov(theta) = 2 H^{-1} and a 95% Wald interval (a variance's lower bound clipped at 0);
+        columns sd and corr after the contract's. SE NaN for a variance held at the boundary (0)."""
+        return self.variance_components_at(0.95)
 
-        Conditional variance: Lambda (U'WU + I)^{-1} Lambda' at the mode (lme4's ``ranef(condVar = TRUE)``).
-        """
+    def variance_components_at(self, level: float = 0.95) -> pd.DataFrame:
+        """``variance_components`` with ``level`` Wald intervals."""
+        obj = self._objective
+        p, theta = obj.p, self._theta_raw
+        cov_theta = self._cov_parameters[p:p + obj.n_theta, p:p + obj.n_theta]
+        z = _quantile(level)
+        rows = []
+        for k, f in enumerate(self.design.factors):
+            def entries(t, k=k, f=f):
+                lam = obj.params.lambdas(t)[k]
+                T = lam @ lam.T
+                return np.array([T[a, b] for a, b in _pairs(f)])
+            jacobian = np.column_stack([(entries(theta + e) - entries(theta - e)) / 2.0  # exact: T is quadratic
+                                        for e in np.eye(len(theta))])
+            used = np.abs(jacobian) > 0
+            ses = np.sqrt(np.maximum(np.einsum("ia,ab,ib->i", jacobian, np.where(np.isnan(cov_theta), 0.0,
+                                                                                  cov_theta), jacobian), 0.0))
+            touches_boundary = np.array([np.isnan(cov_theta[np.ix_(u, u)]).any() for u in used])
+            T = self.tau[f.name].to_numpy()
+            for (a, b), se, fixed in zip(_pairs(f), ses, touches_boundary):
+                estimate = T[a, b]
+                se = np.nan if fixed else se
+                lower, upper = estimate - z * se, estimate + z * se
+                if a == b:
+                    lower = max(lower, 0.0)
+                denom = np.sqrt(T[a, a] * T[b, b])
+                corr = T[a, b] / denom if a != b and denom > 0 else np.nan
+                rows.append((f.name, f.coef_names[b], f.coef_names[a], estimate, se, lower, upper,
+                             np.sqrt(estimate) if a == b else np.nan, corr))
+        return pd.DataFrame(rows, columns=["factor", "term", "term2", "estimate", "se", "lower", "upper", "sd",
+                                           "corr"])
+
+    def _effects(self, factor: str | None) -> tuple:
+        """(factor, conditional modes b_j (J, q), conditional SDs (J, q)) on the link scale."""
         f = self.design.factor(factor) if factor is not None else self.design.factors[0]
         k = self.design.factors.index(f)
         obj = self._objective
         lam = obj.params.lambdas(self._theta_raw)[k]
         u = self._u[obj.starts[k]:obj.starts[k + 1]].reshape(f.n_groups, f.n_coef)
-        modes = u @ lam.T
-        cov_u = self._conditional_cov_u(k)
-        cov_b = lam[None] @ cov_u @ lam.T[None]
-        sd = np.sqrt(np.maximum(np.diagonal(cov_b, axis1=1, axis2=2), 0.0))
-        columns = {name: modes[:, c] for c, name in enumerate(f.coef_names)}
-        columns.update({f"sd_{name}": sd[:, c] for c, name in enumerate(f.coef_names)})
-        columns["n"] = f.group_sizes
-        return pd.DataFrame(columns, index=pd.Index(f.levels, name=f.name))
+        cov_b = lam[None] @ self._conditional_cov_u(k) @ lam.T[None]
+        return f, u @ lam.T, np.sqrt(np.maximum(np.diagonal(cov_b, axis1=1, axis2=2), 0.0))
+
+    def random_effects(self, factor: str | None = None, level: float = 0.95) -> pd.DataFrame:
+        """Conditional modes b_j = Lambda u_j of each group's random effects (link scale; lme4's ``ranef``),
+        se = the conditional SD from Lambda (U'WU + I)^{-1} Lambda' at the mode (``ranef(condVar = TRUE)``,
+        beta and theta held at their estimates), lower/upper = mode -/+ z se. Long table (group, term)."""
+        f, modes, sd = self._effects(factor)
+        return group_table(f, modes, sd, level)
+
+    def group_effects(self, factor: str | None = None, level: float = 0.95) -> pd.DataFrame:
+        """Each group's coefficients on the link scale, beta_qj = fixed part + b_qj (R&B eq. 3.56; lme4's
+        ``coef()``, level-2 predictors of the coefficient included), se the conditional SD of b_qj."""
+        f, modes, sd = self._effects(factor)
+        fixed = fixed_part(self.design, self.fixed_effects["estimate"].to_numpy(), f)
+        return group_table(f, fixed + modes, sd, level)
 
     def _conditional_cov_u(self, k: int) -> np.ndarray:
         obj = self._objective
@@ -227,6 +311,78 @@ class GLMMFit:
         columns = obj._solve(fac, np.eye(obj.q)[:, idx])[idx]
         q = f.n_coef
         return np.stack([columns[j * q:(j + 1) * q, j * q:(j + 1) * q] for j in range(f.n_groups)])
+
+    # --- predictions ---------------------------------------------------------------------------------
+    def predict(self, newdata: pd.DataFrame | None = None, type: str = "link",
+                groups: str = "conditional") -> pd.Series:
+        """Predictions for ``newdata`` (default: the fitted rows), as glmer's ``predict``: ``type="link"`` the
+        linear predictor x'gamma + z'b + offset, ``"response"`` its inverse link (a probability per trial for
+        binomial rows, an expected count with the row's exposure for counts). ``groups="conditional"`` uses
+        each known group's conditional mode; a group the fit did not see gets b = 0 (``allow.new.levels``);
+        ``"population"`` sets b = 0 for every row (``re.form = NA``). New data need the offset or exposure
+        column when the model has one. Point predictions only (no intervals)."""
+        from ..results.prediction import prediction_rows
+
+        if type not in PREDICT_TYPES:
+            raise OptionError(f"type={type!r} is not an option.{closest_names(str(type), PREDICT_TYPES)} Use 'link' "
+                              "(the linear predictor eta) or 'response' (the mean outcome, g^-1(eta)).")
+        if groups not in ("conditional", "population"):
+            raise OptionError(f"groups={groups!r} is not an option. Use 'conditional' (known groups' conditional "
+                              "modes; new groups at 0) or 'population' (the fixed part only).")
+        rows = prediction_rows(self.design, newdata)
+        eta = rows.X @ self.fixed_effects["estimate"].to_numpy() + self._offset(newdata)
+        if groups == "conditional":
+            for f in self.design.factors:
+                codes = rows.codes[f.name]
+                known = codes >= 0
+                if known.any():
+                    modes = self._effects(f.name)[1]
+                    eta[known] += np.einsum("nq,nq->n", rows.Z[f.name][known], modes[codes[known]])
+        values = eta if type == "link" else self.family.mean(eta)
+        return pd.Series(values, index=rows.index, name="eta" if type == "link" else "mean")
+
+    def _offset(self, newdata: pd.DataFrame | None) -> np.ndarray:
+        outcome = self._objective.outcome
+        if newdata is None:
+            return outcome.offset
+        term = outcome.offset_term
+        if term is None:
+            return np.zeros(len(newdata))
+        what = "exposure" if term.log else "offset"
+        if term.column not in newdata.columns:
+            raise DataError(f"newdata lacks the {what} column {term.column!r}, which the model adds to the linear "
+                            f"predictor.{closest_names(term.column, newdata.columns)}")
+        values = pd.to_numeric(newdata[term.column], errors="coerce").to_numpy(dtype=float)
+        bad = ~np.isfinite(values) | ((values <= 0) if term.log else False)
+        if bad.any():
+            raise DataError(f"newdata's {what} {term.column!r} must be {'positive and ' if term.log else ''}finite; "
+                            f"it is not in {describe_rows(np.flatnonzero(bad))} (0-based positions).")
+        return np.log(values) if term.log else values
+
+    def fitted(self) -> pd.Series:
+        """Fitted means of the analysed rows at the conditional modes (glmer's ``fitted``: a probability per
+        trial for binomial rows, an expected count for counts)."""
+        return self.predict(type="response").rename("fitted")
+
+    def residuals(self, type: str = "deviance") -> pd.Series:
+        """Residuals of the analysed rows at the conditional modes, as glmer's ``residuals``:
+        'deviance' sign(y - n mu) sqrt(2 (log p(y | saturated) - log p(y | mu))), 'pearson'
+        (y - n mu) / sqrt(n V(mu)), 'response' y / n - mu (binomial rows on the proportion scale)."""
+        if type not in RESIDUAL_TYPES:
+            raise OptionError(f"type={type!r} is not an option.{closest_names(str(type), RESIDUAL_TYPES)} Use "
+                              f"one of {', '.join(map(repr, RESIDUAL_TYPES))}.")
+        obj = self._objective
+        y, size = obj.y, obj.size
+        eta = self.predict(type="link").to_numpy()
+        mu = self.family.mean(eta)
+        if type == "response":
+            values = y / size - mu
+        elif type == "pearson":
+            values = (y - size * mu) / np.sqrt(size * self.family.variance(mu))
+        else:
+            gap = self.family.saturated_loglik(y, size) - self.family.loglik(y, eta, size)
+            values = np.sign(y - size * mu) * np.sqrt(2.0 * np.maximum(gap, 0.0))
+        return pd.Series(values, index=self.design.row_labels, name="residual")
 
     def icc(self, factor: str | None = None) -> float:
         """Latent-scale intraclass correlation tau00 / (tau00 + s2): s2 = pi^2/3 (logit) or 1 (probit).
@@ -323,9 +479,11 @@ class GLMMFit:
                  f"Level 1: {self.family.equation()}",
                  f"{self.design.n_obs} rows; log-likelihood {self.loglik:.4f}, deviance {self.deviance:.4f}, "
                  f"AIC {self.aic:.2f}, BIC {self.bic:.2f}", "", self.fixed_effects.round(4).to_string(), ""]
-        for name, T in self.tau.items():
-            lines.append(f"tau[{name}] (link scale):")
-            lines.append(T.round(5).to_string())
+        lines.append("Random effects (link scale; se by the delta method, 95% Wald interval):")
+        lines.append(self.variance_components.round(5).to_string(index=False))
+        extra = self.family_parameters
+        if len(extra):
+            lines.append(", ".join(f"{name} = {value:.5g}" for name, value in extra.items()))
         lines += [f"Note: {m}" for m in self.messages]
         return "\n".join(lines)
 

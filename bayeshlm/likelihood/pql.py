@@ -24,6 +24,8 @@ from scipy import stats
 from ..design import Design
 from ..errors import OptionError
 from ..families.outcome import GLMOutcome
+from ..results.hlm_statistics import fixed_part
+from .glmm_fit import group_table
 
 TOLERANCE = 1e-10
 
@@ -66,10 +68,17 @@ def _glm_eta(design: Design, outcome: GLMOutcome) -> np.ndarray:
     return X @ beta + outcome.offset
 
 
+def _conditional_modes(fit, name: str):
+    """The Gaussian fit's conditional modes and covariances of factor ``name`` (``conditional_modes``; named
+    ``random_effects`` before that fit moved onto the result contract)."""
+    method = getattr(fit, "conditional_modes", None) or fit.random_effects
+    return method(name)
+
+
 def _random_part(fit, design: Design) -> np.ndarray:
     out = np.zeros(design.n_obs)
     for f in design.factors:
-        modes = fit.random_effects(f.name).modes.to_numpy()
+        modes = _conditional_modes(fit, f.name).modes.to_numpy()
         out += np.einsum("ij,ij->i", f.Z, modes[f.codes])
     return out
 
@@ -89,30 +98,36 @@ class PQLFit:
 
     @property
     def fixed_effects(self) -> pd.DataFrame:
-        """estimate, se, z, p and 95% Wald interval (from the final working model; sigma^2 = 1)."""
-        est = self._fit.fixed_effects["estimate"]
+        """estimate, se, 95% Wald interval, z, p (from the final working model; sigma^2 = 1)."""
+        est = self._fit.fixed_effects["estimate"].to_numpy()
         se = np.sqrt(np.diag(self._fit.vcov.to_numpy()))
         z = est / se
         half = stats.norm.ppf(0.975) * se
-        return pd.DataFrame({"estimate": est, "se": se, "z": z, "p": 2 * stats.norm.sf(np.abs(z)),
-                             "lower": est - half, "upper": est + half})
+        return pd.DataFrame({"estimate": est, "se": se, "lower": est - half, "upper": est + half,
+                             "z": z, "p": 2 * stats.norm.sf(np.abs(z))},
+                            index=pd.Index(self.design.fixed_names, name="term"))
 
     @property
     def tau(self) -> dict[str, pd.DataFrame]:
         return self._fit.tau
 
-    def group_effects(self, factor: str | None = None) -> pd.DataFrame:
-        """Conditional modes of the final working model (link scale) and their conditional SDs."""
-        name = factor or self.design.factors[0].name
-        effects = self._fit.random_effects(name)
-        f = self.design.factor(name)
+    def random_effects(self, factor: str | None = None, level: float = 0.95) -> pd.DataFrame:
+        """Conditional modes of the final working model (link scale) and their conditional SDs, as the
+        contract's long table (group, term): estimate, se, lower, upper, n."""
+        f, modes, sd = self._effects(factor)
+        return group_table(f, modes, sd, level)
+
+    def group_effects(self, factor: str | None = None, level: float = 0.95) -> pd.DataFrame:
+        """Each group's coefficients: the fixed part (R&B eq. 3.56) plus the conditional mode; se its SD."""
+        f, modes, sd = self._effects(factor)
+        fixed = fixed_part(self.design, self.fixed_effects["estimate"].to_numpy(), f)
+        return group_table(f, fixed + modes, sd, level)
+
+    def _effects(self, factor: str | None):
+        f = self.design.factor(factor or self.design.factors[0].name)
+        effects = _conditional_modes(self._fit, f.name)
         sd = np.sqrt(np.diagonal(effects.condvar, axis1=1, axis2=2))
-        out = effects.modes.copy()
-        for c, coef in enumerate(f.coef_names):
-            out[f"sd_{coef}"] = sd[:, c]
-        out["n"] = f.group_sizes
-        out.index.name = f.name
-        return out
+        return f, effects.modes.to_numpy(), sd
 
     @property
     def messages(self) -> list[str]:

@@ -102,7 +102,12 @@ def _attached_columns(design: Design, factor: GroupingFactor) -> dict[int, tuple
             ratio = pd.Series(design.X[nonzero, c] / z[nonzero]).groupby(codes[nonzero])
             spread = (ratio.max() - ratio.min()).max()
             if spread <= 1e-9 * (1 + ratio.max().abs().max()):
-                out[c] = (k, ratio.mean().reindex(range(factor.n_groups), fill_value=0.0).to_numpy())
+                w = ratio.mean()
+                # a group without rows where Z_q != 0 (e.g. no urban women for an urban slope) still has the
+                # coefficient; its W is the common value when W does not vary between groups (gamma_q0 alone)
+                same = w.max() - w.min() <= 1e-9 * (1 + w.abs().max())
+                out[c] = (k, w.reindex(range(factor.n_groups), fill_value=float(w.iloc[0]) if same else 0.0)
+                          .to_numpy())
                 break
     return out
 
