@@ -14,6 +14,7 @@ import pytest
 
 import bayeshlm as bh
 from bayeshlm.bayes import SamplingWarning
+from bayeshlm.results.contract import wide
 
 pytestmark = pytest.mark.sampling
 SCALE = float(os.environ.get("BAYESHLM_TEST_SCALE", "1"))
@@ -63,7 +64,7 @@ def test_hsb_converges_without_divergences(hsb_fit):
 
 def test_hsb_posterior_means_agree_with_reml(hsb_fit):
     fe = hsb_fit.fixed_effects
-    assert list(fe.columns) == ["estimate", "se", "eti_lower", "eti_upper", "r_hat", "ess_bulk"]
+    assert list(fe.columns) == ["estimate", "se", "lower", "upper", "r_hat", "ess_bulk"]
     for name, reml in REML_HSB.items():
         assert abs(fe.loc[name, "estimate"] - reml) < 0.15 * fe.loc[name, "se"], name
     assert hsb_fit.sigma2 == pytest.approx(36.72, abs=3 * 0.6)
@@ -71,14 +72,15 @@ def test_hsb_posterior_means_agree_with_reml(hsb_fit):
 
 
 def test_hsb_group_effects_and_plausible_values(hsb_fit):
-    groups = hsb_fit.group_effects("school")
-    assert groups.shape == (160, 4) and groups.index.name == "school"
-    assert list(groups.columns) == ["(Intercept)", "cses", "sd((Intercept))", "sd(cses)"]
+    table = hsb_fit.group_effects("school")
+    assert table.shape == (320, 5) and list(table.index.names) == ["school", "term"]
+    assert list(table.columns) == ["estimate", "se", "lower", "upper", "n"]
+    groups = wide(table)
     u = hsb_fit.draws("u_school")
     assert u.dims == ("chain", "draw", "school", "school__coef")
     # coef = gamma_10 + gamma_11 meanses_j + gamma_12 sector_j + u_1j (R&B eq. 2.22)
     gamma = hsb_fit.fixed_effects["estimate"]
-    ranef = hsb_fit.random_effects("school")
+    ranef = wide(hsb_fit.random_effects("school"))
     school = bh.datasets.load("hsb").groupby("school")[["meanses", "sector"]].first()
     expected = (gamma["cses"] + gamma["meanses:cses"] * school["meanses"] + gamma["sector:cses"] * school["sector"]
                 + ranef["cses"])
@@ -101,9 +103,9 @@ def test_hsb_group_effects_agree_with_reml_empirical_bayes(hsb_fit):
     for every school (next test); at REML's estimates the engine's group effects are REML's EB estimates."""
     from bayeshlm.likelihood import fit_likelihood
 
-    reml = fit_likelihood(hsb_fit.design, method="reml").group_effects("school")["coef"]
-    bayes = hsb_fit.group_effects("school")
-    gap = {c: np.abs(bayes[c] - reml[c].loc[bayes.index]) / bayes[f"sd({c})"] for c in ["(Intercept)", "cses"]}
+    reml = wide(fit_likelihood(hsb_fit.design, method="reml").group_effects("school"))
+    bayes, sd = wide(hsb_fit.group_effects("school")), wide(hsb_fit.group_effects("school"), "se")
+    gap = {c: np.abs(bayes[c] - reml[c].loc[bayes.index]) / sd[c] for c in ["(Intercept)", "cses"]}
     assert (gap["(Intercept)"] < 0.1).mean() >= 0.95
     assert (gap["cses"] < 0.5).mean() >= 0.95, gap["cses"].describe()
     assert np.corrcoef(bayes["cses"], reml["cses"].loc[bayes.index])[0, 1] > 0.95
@@ -116,12 +118,13 @@ def test_hsb_group_effects_agree_with_brms_under_the_same_priors(hsb_fit):
     not (previous test); posterior SDs agree to 10%. Monte Carlo error of a difference of means at about 2,000
     effective draws each is about 0.03 SD; tolerances widen with fewer draws (BAYESHLM_TEST_SCALE)."""
     ref = json.loads((Path(__file__).parent / "reference" / "brms_hsb_schools.json").read_text())
-    ours = hsb_fit.group_effects("school").loc[ref["school"]]
+    ours = wide(hsb_fit.group_effects("school")).loc[ref["school"]]
+    sd = wide(hsb_fit.group_effects("school"), "se").loc[ref["school"]]
     tol = 0.1 / np.sqrt(min(SCALE, 1.0))
     for coef, key in [("(Intercept)", "intercept"), ("cses", "cses")]:
-        gap = np.abs(ours[coef] - ref[f"{key}_mean"]) / ours[f"sd({coef})"]
+        gap = np.abs(ours[coef] - ref[f"{key}_mean"]) / sd[coef]
         assert (gap < tol).mean() >= 0.95, (coef, gap.describe())
-        np.testing.assert_allclose(ours[f"sd({coef})"], ref[f"{key}_sd"], rtol=tol)
+        np.testing.assert_allclose(sd[coef], ref[f"{key}_sd"], rtol=tol)
     tau11 = hsb_fit.draws("tau_school").sel({"school__coef": "cses"})
     assert float(tau11.mean()) == pytest.approx(ref["tau_cses_mean"], rel=tol)
 
@@ -141,7 +144,7 @@ def test_hsb_group_effects_at_the_reml_estimates_are_the_empirical_bayes_estimat
     L = np.linalg.cholesky(reml.tau["school"].to_numpy())
     u = draw_group_effects(chain_statistics(design, design.chain, []), beta, np.full((S, 1), 1 / reml.sigma2),
                            [np.tile(L, (S, 1, 1))], np.random.default_rng(3))[0]
-    eb = reml.random_effects("school")
+    eb = reml.conditional_modes("school")
     modes, condvar = eb.modes.to_numpy(), np.diagonal(eb.condvar, axis1=1, axis2=2)
     np.testing.assert_array_less(np.abs(u.mean(0) - modes), 4.5 * np.sqrt(condvar / S))
     np.testing.assert_allclose(u.var(0), condvar, rtol=0.05 + 4 * np.sqrt(2 / S))
@@ -151,7 +154,8 @@ def test_hsb_result_describes_itself(hsb_fit):
     text = hsb_fit.summary()
     assert "tau_school: HalfStudentT" in text and "0 divergences" in text and "no problems detected" in text
     vc = hsb_fit.variance_components
-    assert list(vc["term"]) == ["var((Intercept))", "cov((Intercept), cses)", "var(cses)", "sigma2"]
+    assert list(zip(vc["term"], vc["term2"])) == [("(Intercept)", "(Intercept)"), ("(Intercept)", "cses"),
+                                                  ("cses", "cses"), ("(residual)", "(residual)")]
     assert {"divergences", "max_rhat", "min_ess_bulk", "min_ess_tail", "min_bfmi"} <= set(hsb_fit.diagnostics)
 
 
@@ -175,8 +179,8 @@ def test_marginal_and_sampled_routes_give_the_same_posterior(sleepstudy):
     se = np.maximum(a["se"], b["se"])
     assert (np.abs(a["estimate"] - b["estimate"]) < 0.25 * se).all()
     assert (np.abs(a["se"] / b["se"] - 1) < 0.2).all()
-    ga, gb = marginal.group_effects(), sampled.group_effects()
-    assert (np.abs(ga["Days"] - gb["Days"]) < 0.25 * gb["sd(Days)"]).all()
+    ga, gb = wide(marginal.group_effects()), wide(sampled.group_effects())
+    assert (np.abs(ga["Days"] - gb["Days"]) < 0.25 * wide(sampled.group_effects(), "se")["Days"]).all()
     va, vb = marginal.variance_components, sampled.variance_components
     assert np.allclose(va["estimate"], vb["estimate"], rtol=0.2, atol=0.25 * vb["se"])
 
@@ -205,7 +209,7 @@ def test_eight_schools_v_known_has_no_divergences():
     assert fit.sigma2 is None and "sigma" not in fit.priors
     # BDA3 ch. 5: posterior mean of mu about 7.9 (flat-ish priors); ours are weakly informative
     assert 5 < fit.fixed_effects.loc["(Intercept)", "estimate"] < 11
-    assert fit.group_effects().shape == (8, 2)
+    assert wide(fit.group_effects()).shape == (8, 1)
 
 
 def test_teacher_expectancy_flat_priors_reproduce_chapter_13():
@@ -218,7 +222,7 @@ def test_teacher_expectancy_flat_priors_reproduce_chapter_13():
     assert (gamma <= 0).mean() == pytest.approx(0.063, abs=0.02)
     assert fit.priors["(Intercept)"] == "Flat()" and fit.priors["tau_study"] == "HalfFlat() on the variance"
     # study 4 (d = 1.18) shrinks to about 0.33 (Table 13.1 panel b)
-    study4 = fit.group_effects().iloc[3]["(Intercept)"]
+    study4 = wide(fit.group_effects()).iloc[3]["(Intercept)"]
     assert study4 == pytest.approx(0.334, abs=0.03)
 
 
@@ -260,15 +264,15 @@ def test_egsingle_three_level_growth_integrates_both_levels_and_matches_reml(egs
     reml = model.fit("reml")
     gap = (fit.fixed_effects["estimate"] - reml.fixed_effects["estimate"]).abs() / fit.fixed_effects["se"]
     assert (gap < 0.25).all(), gap
-    vc = fit.variance_components.set_index(["factor", "term"])
-    reml_vc = reml.variance_components  # lme4 layout: factor, term1, term2, estimate
-    sigma2 = vc.loc[("Residual", "sigma2")]
+    vc = fit.variance_components.set_index(["factor", "term", "term2"])
+    reml_vc = reml.variance_components
+    sigma2 = vc.loc[("Residual", "(residual)", "(residual)")]
     assert abs(sigma2["estimate"] - reml_vc["estimate"].iloc[-1]) < 0.5 * sigma2["se"]
     for factor in ("childid", "schoolid"):
-        tau = vc.loc[(factor, "var((Intercept))")]
+        tau = vc.loc[(factor, "(Intercept)", "(Intercept)")]
         reml_tau = reml.tau[factor].loc["(Intercept)", "(Intercept)"]
         assert abs(tau["estimate"] - reml_tau) < 0.5 * tau["se"], (factor, tau["estimate"], reml_tau)
-        bayes_u, reml_u = fit.group_effects(factor), reml.group_effects(factor)["coef"]
+        bayes_u, reml_u = wide(fit.group_effects(factor)), wide(reml.group_effects(factor))
         assert np.corrcoef(bayes_u["year"], reml_u["year"].loc[bayes_u.index])[0, 1] > 0.98
 
 
@@ -323,8 +327,9 @@ def test_three_level_marginal_and_sampled_routes_give_the_same_posterior():
     assert (np.abs(a["se"] / b["se"] - 1) < 0.2).all()
     va, vb = marginal.variance_components, sampled.variance_components
     assert np.allclose(va["estimate"], vb["estimate"], rtol=0.2, atol=0.25 * va["se"])
-    ua, ub = marginal.group_effects("school"), sampled.group_effects("school")
-    assert (np.abs(ua["(Intercept)"] - ub["(Intercept)"]) < 0.25 * ua["sd((Intercept))"]).all()
+    ua, ub = wide(marginal.group_effects("school")), wide(sampled.group_effects("school"))
+    assert (np.abs(ua["(Intercept)"] - ub["(Intercept)"]) < 0.25 * wide(marginal.group_effects("school"), "se")[
+        "(Intercept)"]).all()
 
 
 # --- heterogeneous level-1 variance (R&B Table 5.9 style) ---------------------------------------------
@@ -349,6 +354,6 @@ def test_ar1_errors_by_bayes_sit_near_the_ml_fit():
     assert fit.diagnostics["divergences"] == 0 and fit.diagnostics["max_rhat"] < 1.02
     ml = model.fit("ml")
     phi = fit.variance_components.set_index("term").loc["phi (AR1)"]
-    assert phi["eti_lower"] < ml.residual_parameters["phi (AR1)"] < phi["eti_upper"]
+    assert phi["lower"] < ml.residual_parameters["phi (AR1)"] < phi["upper"]
     gap = (fit.fixed_effects["estimate"] - ml.fixed_effects["estimate"]).abs() / fit.fixed_effects["se"]
     assert (gap < 0.25).all(), gap

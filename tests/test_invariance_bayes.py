@@ -43,6 +43,7 @@ from hypothesis import strategies as st
 
 import bayeshlm as bh
 from bayeshlm.bayes import SamplingWarning
+from bayeshlm.results.contract import wide
 
 pytestmark = pytest.mark.sampling
 SCALE = float(os.environ.get("BAYESHLM_TEST_SCALE", "1"))
@@ -193,7 +194,7 @@ def test_affine_changes_of_the_outcome_leave_the_posterior_unchanged(data, log_a
     assert other.sampler["outcome_units"] == {"centre": pytest.approx(np.mean(stored), rel=1e-15),
                                               "scale": pytest.approx(scale, rel=1e-6)}
     assert other.priors["(Intercept)"].startswith(f"Normal(mu={np.mean(stored):.4g}")
-    u_base, u_other = base.random_effects().to_numpy(), other.random_effects().to_numpy() / a
+    u_base, u_other = wide(base.random_effects()).to_numpy(), wide(other.random_effects()).to_numpy() / a
     assert np.abs(u_base - u_other).max() < 0.5 * np.abs(u_base).max()  # same units (MC error aside)
     pv_base, pv_other = base.plausible_values(), other.plausible_values()
     pv_other.loc["(Intercept)", ["center", "lower", "upper"]] -= b

@@ -17,6 +17,7 @@ import pytest
 
 import bayeshlm as bh
 from bayeshlm.likelihood import BoundaryFitWarning
+from bayeshlm.results.contract import wide
 
 REFERENCE = Path(__file__).parent / "reference"
 REL, ABS = 1e-4, 1e-6
@@ -107,7 +108,7 @@ def test_conditional_modes_and_variances_match_lme4(model):
     ref = lme4()[f"{model}_reml"]["ranef"]
     fit = fitted(model, "reml")
     for factor, r in ref.items():
-        re = fit.random_effects(factor)
+        re = fit.conditional_modes(factor)
         assert [str(x) for x in re.modes.index] == r["levels"]
         modes = re.modes[as_list(r["names"])].to_numpy()
         scale = np.abs(np.array(r["values"])).max(axis=0)
@@ -117,8 +118,8 @@ def test_conditional_modes_and_variances_match_lme4(model):
 
 def test_coef_convention_matches_lme4():
     ref = lme4()["hsb_randcoef_reml"]["coef"]["school"]
-    ge = fitted("hsb_randcoef", "reml").group_effects("school")
-    assert close(ge["coef"][ref["names"]].to_numpy(), np.array(ref["values"]))
+    ge = wide(fitted("hsb_randcoef", "reml").group_effects("school"))
+    assert close(ge[ref["names"]].to_numpy(), np.array(ref["values"]))
 
 
 def test_theta_names_and_values_follow_lme4():
@@ -173,9 +174,9 @@ def test_information_criteria_and_parameter_count():
 
 def test_variance_components_table():
     vc = fitted("hsb_randcoef", "reml").variance_components
-    assert vc[["factor", "term1", "term2"]].values.tolist() == [
+    assert vc[["factor", "term", "term2"]].values.tolist() == [
         ["school", "(Intercept)", "(Intercept)"], ["school", "(Intercept)", "cses"], ["school", "cses", "cses"],
-        ["Residual", "", ""]]
+        ["Residual", "(residual)", "(residual)"]]
     tau = fitted("hsb_randcoef", "reml").tau["school"].to_numpy()
     assert vc["corr"].iloc[1] == pytest.approx(tau[0, 1] / np.sqrt(tau[0, 0] * tau[1, 1]))
     assert vc["sd"].iloc[3] == pytest.approx(np.sqrt(36.7002), rel=1e-4)
@@ -208,7 +209,7 @@ def test_teacher_expectancy_matches_metafor(method):
     assert fit.fixed_effects.loc["(Intercept)", "estimate"] == pytest.approx(ref["beta"]["intrcpt"], rel=REL)
     assert fit.fixed_effects.loc["(Intercept)", "se"] == pytest.approx(ref["se"]["intrcpt"], rel=REL)
     assert fit.tau["study"].iloc[0, 0] == pytest.approx(ref["tau2"], rel=REL)
-    blup = fit.group_effects("study")[("coef", "(Intercept)")].to_numpy()
+    blup = wide(fit.group_effects("study"))["(Intercept)"].to_numpy()
     assert close(blup, ref["blup"]["pred"])
     if method == "ml":  # metafor's ML log-likelihood has the same constants as ours
         assert fit.loglik == pytest.approx(ref["loglik"], rel=1e-6)

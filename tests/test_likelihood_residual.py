@@ -115,12 +115,12 @@ def test_table_5_9_heterogeneous_level1_variance_by_sector(hsb):
 def test_variance_function_rows_in_components_theta_and_report():
     fit = fitted("oxboys_lme_ar1_ml")
     rows = fit.variance_components.query("factor == 'Residual'")
-    assert "phi (AR1)" in rows["term1"].tolist()
+    assert "phi (AR1)" in rows["term"].tolist()
     assert fit.theta.index[-1] == "atanh phi" and fit.n_params == 2 + 3 + 1 + 1
     text = str(fit.report())
     assert "phi (AR1)" in text and "AR1 errors in Occasion" in text
     hetero = fitted("sleep_lme_varident_reml")
-    assert "sd ratio Days=9" in hetero.variance_components["term1"].tolist()
+    assert "sd ratio Days=9" in hetero.variance_components["term"].tolist()
 
 
 def test_group_effects_use_the_structured_covariance(sleepstudy):

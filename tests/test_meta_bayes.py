@@ -23,6 +23,7 @@ from scipy import stats
 
 import bayeshlm as bh
 from bayeshlm.likelihood import BoundaryFitWarning
+from bayeshlm.results.contract import wide
 
 SCALE = float(os.environ.get("BAYESHLM_TEST_SCALE", "1"))
 # Table 13.1 panel (b), E(delta_j | d); study 16 corrected from the printed -0.010 (digest 3.11)
@@ -79,7 +80,7 @@ def test_flat_priors_reproduce_chapter_13():
     assert (gamma <= 0).mean() == pytest.approx(0.063, abs=0.02)
     data = bh.datasets.load("teacher_expectancy")
     _, _, exact, _ = exact_flat_prior_posterior(data["yi"].to_numpy(), data["vi"].to_numpy())
-    posterior_means = fit.group_effects("study")["(Intercept)"].to_numpy()
+    posterior_means = wide(fit.group_effects("study"))["(Intercept)"].to_numpy()
     np.testing.assert_allclose(posterior_means, exact, atol=0.01)
     # Bayes averages over tau^2 instead of plugging in its REML estimate: EB (REML) shrinks study 4 harder
     assert posterior_means[3] > meta.study_effects["eb"].iloc[3] + 0.05
@@ -93,7 +94,7 @@ def test_eight_schools_default_priors_have_no_divergences():
     fit = meta.model.fit("bayes", draws=_n(1000), tune=_n(1000), chains=4, random_seed=5)
     assert fit.diagnostics["divergences"] == 0 and fit.diagnostics["max_rhat"] < 1.01
     # REML sets tau^2 = 0 (complete pooling); the posterior keeps tau^2 > 0, so school effects differ
-    assert np.ptp(fit.group_effects("school")["(Intercept)"]) > 0.5
+    assert np.ptp(wide(fit.group_effects("school"))["(Intercept)"]) > 0.5
     assert 4 < fit.fixed_effects.loc["(Intercept)", "estimate"] < 11
 
 

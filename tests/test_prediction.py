@@ -97,7 +97,7 @@ def test_standard_errors_and_prediction_intervals_follow_their_formulas(reml_fit
     z = stats.norm.ppf(0.95)
     np.testing.assert_allclose(interval["upper"] - interval["estimate"], z * interval["se"], rtol=1e-12)
     # lme4's condVar alone (beta held fixed) would give x'Vx + x'Cx = 11.5^2; the equations give 7.7^2
-    C = fit.random_effects("Subject").condvar[list(fit.design.factor("Subject").levels).index("309")]
+    C = fit.conditional_modes("Subject").condvar[list(fit.design.factor("Subject").levels).index("309")]
     assert mean["se"].iloc[0] == pytest.approx(7.7207, abs=1e-3)
     assert mean["se"].iloc[0] < 0.7 * np.sqrt(x @ V @ x + x @ C @ x)
 
@@ -173,8 +173,8 @@ def test_each_factor_of_a_three_level_model_is_known_or_new_on_its_own(egsingle)
     child, school = row["childid"].iloc[0], row["schoolid"].iloc[0]
     gamma = fit.fixed_effects["estimate"].to_numpy()
     x = np.array([1.0, row["year"].iloc[0]])
-    u_child = fit.random_effects("childid").modes.loc[str(child)].to_numpy()
-    u_school = fit.random_effects("schoolid").modes.loc[str(school)].to_numpy()
+    u_child = fit.conditional_modes("childid").modes.loc[str(child)].to_numpy()
+    u_school = fit.conditional_modes("schoolid").modes.loc[str(school)].to_numpy()
     cases = {(child, school): x @ gamma + u_child[0] + x @ u_school,
              ("new child", school): x @ gamma + x @ u_school,
              (child, "new school"): x @ gamma + u_child[0],
@@ -194,7 +194,7 @@ def test_crossed_factors_are_matched_separately():
         data["b"].astype(int)] + rng.normal(size=300)
     fit = bh.HLM("y ~ x + (1 | a) + (1 | b)", data).fit("reml")
     gamma = fit.fixed_effects["estimate"].to_numpy()
-    u_b = fit.random_effects("b").modes.loc["4"].iloc[0]
+    u_b = fit.conditional_modes("b").modes.loc["4"].iloc[0]
     got = fit.predict(pd.DataFrame({"x": [0.5, 0.5], "a": ["unseen", "3"], "b": ["4", "4"]}))
     assert got["estimate"].iloc[0] == pytest.approx(gamma[0] + 0.5 * gamma[1] + u_b, rel=1e-12)
     assert list(got["new_groups"]) == ["a", ""]
