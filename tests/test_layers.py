@@ -141,10 +141,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_import_linter_contracts_are_kept():
-    """``lint-imports`` (import-linter's command, installed beside this interpreter) on pyproject.toml."""
+    """``lint-imports`` (import-linter's command, installed beside this interpreter), which reads pyproject.toml."""
     command = Path(sys.executable).with_name("lint-imports")
-    run = subprocess.run([str(command), "--no-cache", "--config", "pyproject.toml"], cwd=ROOT, capture_output=True,
-                         text=True)
+    run = subprocess.run([str(command), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
 
 
