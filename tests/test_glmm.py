@@ -407,10 +407,24 @@ def test_analytic_gradient_matches_differences(name):
         _check_gradient(name, GLMMObjective)
 
 
-def _check_gradient(name, GLMMObjective):
+@pytest.mark.parametrize("name, nagq", [("cbpp_laplace", 25), ("cbpp_probit", 7), ("poisson_exposure", 9),
+                                        ("nbinom_glmer", 5)])
+def test_quadrature_gradient_matches_differences(name, nagq):
+    """The adaptive-quadrature log-likelihood's analytic gradient (the mode and the node spacing move with the
+    parameters) against central differences (it was central differences of the deviance before)."""
+    from threadpoolctl import threadpool_limits
+
+    from bayeshlm.likelihood.glmm import GLMMObjective
+
+    with threadpool_limits(1, user_api="blas"):
+        _check_gradient(name, GLMMObjective, nagq)
+
+
+def _check_gradient(name, GLMMObjective, nagq=1):
     make, options = {**MODELS, **PEERS}[name]
     model = make()
-    objective = GLMMObjective(model.design, model.outcome, information=options.get("information", "expected"))
+    objective = GLMMObjective(model.design, model.outcome, nagq=nagq,
+                              information=options.get("information", "expected"))
     rng = np.random.default_rng(1)
     x = objective.start()
     x[:objective.p] = rng.normal(size=objective.p) * 0.3

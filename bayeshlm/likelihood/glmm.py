@@ -94,12 +94,17 @@ class GLMMObjective:
                 self._pair_pattern()
         if nagq > 1:
             self.nodes, self.weights = np.polynomial.hermite.hermgauss(nagq)
+            f = self.factors[0]  # group sums of (n, K) arrays of the quadrature, as one sparse product
+            self._group_sum = sp.csr_matrix((np.ones(len(self.y)), (f.codes, np.arange(len(self.y)))),
+                                            shape=(f.n_groups, len(self.y)))
 
     # --- random-effect algebra -----------------------------------------------------------------------
     def _ZL(self, theta: np.ndarray) -> list[np.ndarray]:
         return [f.Z @ lam for f, lam in zip(self.factors, self.params.lambdas(theta))]
 
     def _times_u(self, ZL: list[np.ndarray], u: np.ndarray) -> np.ndarray:
+        if len(ZL) == 1 and ZL[0].shape[1] == 1:  # one random intercept or slope: the common case, kept short
+            return ZL[0][:, 0] * u[self.factors[0].codes]
         out = np.zeros(len(self.y))
         for k, (f, zl) in enumerate(zip(self.factors, ZL)):
             block = u[self.starts[k]:self.starts[k + 1]].reshape(f.n_groups, f.n_coef)
@@ -107,6 +112,9 @@ class GLMMObjective:
         return out
 
     def _transpose_times(self, ZL: list[np.ndarray], v: np.ndarray) -> np.ndarray:
+        if len(ZL) == 1 and ZL[0].shape[1] == 1:
+            f = self.factors[0]
+            return np.bincount(f.codes, ZL[0][:, 0] * v, minlength=f.n_groups)
         parts = []
         for f, zl in zip(self.factors, ZL):
             parts.append(np.column_stack([np.bincount(f.codes, zl[:, c] * v, minlength=f.n_groups)
@@ -220,7 +228,7 @@ class GLMMObjective:
         points = u[:, None] + scale[:, None] * self.nodes[None, :]  # (J, K)
         eta = eta0[:, None] + zl[:, None] * points[codes]
         rows = self.family.loglik(self.y[:, None], eta, self.size[:, None])  # (n, K)
-        per_group = np.column_stack([np.bincount(codes, rows[:, k], minlength=len(u)) for k in range(self.nagq)])
+        per_group = self._group_sum @ rows
         log_terms = per_group - 0.5 * points ** 2 - 0.5 * np.log(2.0 * np.pi) + self.nodes ** 2
         return float(np.sum(logsumexp(log_terms, b=self.weights[None, :], axis=1) + np.log(scale)))
 
@@ -243,7 +251,7 @@ class GLMMObjective:
     # --- derivatives ----------------------------------------------------------------------------------
     def gradient(self, x: np.ndarray) -> np.ndarray:
         """Gradient of the deviance: analytic (``score``) where available, central differences for the rest
-        (the family's own parameters; everything under quadrature or on the sparse path)."""
+        (the family's own parameters; everything on the sparse path)."""
         g = np.empty(len(x))
         m = self._n_analytic()
         if m:
@@ -261,7 +269,7 @@ class GLMMObjective:
         return g
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        """d log L / d (beta_s, theta) of the Laplace approximation.
+        """d log L / d (beta_s, theta) of the Laplace approximation (of the quadrature: ``_quadrature_score``).
 
         With s, W the family's eta-scale score and expected weights at the mode u, W_o the observed information
         (-ds/deta; W_o = W for canonical links), H = U'WU + I, H_o = U'W_o U + I and lev_i = U_i H^{-1} U_i':
@@ -276,16 +284,10 @@ class GLMMObjective:
         p, m = self.p, self._n_analytic()
         u, eta0, ZL, fac = self.pirls(*self.split(x))
         eta = eta0 + self._times_u(ZL, u)
-        fam, y, size, X = self.family, self.y, self.size, self.scaling.X
-        w, s = fam.working(y, eta, size)
-        h = 1e-5 * np.maximum(1.0, np.abs(eta))
-        w_up, s_up = fam.working(y, eta + h, size)
-        w_down, s_down = fam.working(y, eta - h, size)
-        w_obs = -(s_up - s_down) / (2.0 * h)
-        if self.information == "observed" and not fam.canonical:  # the log-determinant uses W_o
-            w = fam.observed_weights(y, eta, size)
-            w_up, w_down = fam.observed_weights(y, eta + h, size), fam.observed_weights(y, eta - h, size)
-        dw = (w_up - w_down) / (2.0 * h)
+        fam, X = self.family, self.scaling.X
+        w, s, w_obs, dw = self._weights_at_mode(eta)
+        if self.nagq > 1:
+            return self._quadrature_score(u, eta0, ZL[0][:, 0], fac, w, s, w_obs, dw)
         fac_obs = fac if fam.canonical or self.information == "observed" else self._factorize(ZL, w_obs)
         inverse = self._pair_inverse(fac) if m > p else None
         values = np.concatenate(ZL, axis=1)
@@ -314,6 +316,66 @@ class GLMMObjective:
                 out.append(np.array([s @ moved_by - (w * dz) @ cross - 0.5 * weighted_lev @ deta]))
         return np.concatenate(out)
 
+    def _weights_at_mode(self, eta: np.ndarray):
+        """(W, s, W_o, dW/deta) per row: the log-determinant's weights (expected, or observed with
+        information='observed'), the score, the observed information -ds/deta and the weights' slope in eta
+        (central differences in eta)."""
+        fam, y, size = self.family, self.y, self.size
+        w, s = fam.working(y, eta, size)
+        h = 1e-5 * np.maximum(1.0, np.abs(eta))
+        w_up, s_up = fam.working(y, eta + h, size)
+        w_down, s_down = fam.working(y, eta - h, size)
+        w_obs = -(s_up - s_down) / (2.0 * h)
+        if self.information == "observed" and not fam.canonical:  # the log-determinant uses W_o
+            w = fam.observed_weights(y, eta, size)
+            w_up, w_down = fam.observed_weights(y, eta + h, size), fam.observed_weights(y, eta - h, size)
+        return w, s, w_obs, (w_up - w_down) / (2.0 * h)
+
+    def _quadrature_score(self, u, eta0, zl, fac, w, s, w_obs, dw) -> np.ndarray:
+        """d log L / d (beta_s, lambda) of the adaptive-quadrature log-likelihood (one scalar random effect
+        per group; zl = z lambda).
+
+        Per group, log L_j = log sum_k w_k e^{z_k^2} f_j(a_jk) + log sigma_j with a_jk = u_j + sigma_j z_k,
+        sigma_j = sqrt(2 / h_j) and l = log f_j(a) = sum_i log p(y_i | eta0_i + zl_i a) - a^2 / 2 + const.
+        With pi_jk the normalised terms:
+            d log L_j / dp = sum_k pi_jk [dl_jk/dp (a fixed) + l'_jk (du_j/dp + z_k dsigma_j/dp)]
+                             + (dsigma_j/dp) / sigma_j,
+        l' = sum_i zl_i s_i - a; du_j/dp from the mode equation sum_i zl_i s_i = u_j (implicit function theorem,
+        d/du = -h_o,j = -(1 + sum_i W_o,i zl_i^2)); dsigma_j/dp = -sigma_j / (2 h_j) dh_j/dp with
+        h_j = 1 + sum_i W_i zl_i^2 at the mode, so dh_j/dp = sum_i zl_i^2 dW_i/deta deta_i/dp (+ 2 W_i zl_i z_i
+        for lambda)."""
+        fam, y, size, X = self.family, self.y, self.size, self.scaling.X
+        f = self.factors[0]
+        codes, z, J, p = f.codes, f.Z[:, 0], f.n_groups, self.p
+
+        def sums(values):
+            return np.bincount(codes, values, minlength=J)
+
+        h = fac[1][:, 0, 0] ** 2
+        h_obs = 1.0 + sums(w_obs * zl * zl)
+        u_row = u[codes]
+        mode_slopes = np.column_stack([sums(-zl * w_obs * X[:, c]) for c in range(p)]
+                                      + [sums(z * s - zl * w_obs * z * u_row)])
+        du = mode_slopes / h_obs[:, None]  # (J, p + 1)
+        deta = np.column_stack([X, z * u_row]) + zl[:, None] * du[codes]
+        dh = np.column_stack([sums(dw * zl * zl * deta[:, c]) for c in range(p + 1)])
+        dh[:, p] += sums(2.0 * w * zl * z)
+        sigma = np.sqrt(2.0 / h)
+        dsigma = -(sigma / (2.0 * h))[:, None] * dh
+        points = u[:, None] + sigma[:, None] * self.nodes[None, :]  # (J, K)
+        eta = eta0[:, None] + zl[:, None] * points[codes]
+        rows = fam.loglik(y[:, None], eta, size[:, None])
+        score = fam.working(y[:, None], eta, size[:, None])[1]  # (n, K)
+        log_terms = self._group_sum @ rows - 0.5 * points ** 2 + self.nodes ** 2 + np.log(self.weights)
+        pi = np.exp(log_terms - logsumexp(log_terms, axis=1, keepdims=True))  # (J, K)
+        slope = self._group_sum @ (score * zl[:, None]) - points  # l'(a_jk)
+        mean_slope = np.sum(pi * slope, axis=1)
+        mean_slope_node = np.sum(pi * slope * self.nodes, axis=1)
+        weighted_score = np.sum(pi[codes] * score, axis=1)  # sum_k pi_jk s_ik, (n,)
+        direct = np.concatenate([X.T @ weighted_score,
+                                 [np.sum(z * np.sum(pi[codes] * score * points[codes], axis=1))]])
+        return (direct + mean_slope @ du + mean_slope_node @ dsigma + (dsigma / sigma[:, None]).sum(axis=0))
+
     def _pair_inverse(self, fac) -> np.ndarray | None:
         """(n, k, k): the entries of (U'WU + I)^{-1} at each row's pairs of random-effect columns
         (block and dense paths; None otherwise)."""
@@ -340,13 +402,13 @@ class GLMMObjective:
         return np.einsum("ia,iab,ib->i", values, self._pair_inverse(fac), values)
 
     def _n_analytic(self) -> int:
-        """How many leading entries of x (beta_s, then theta) ``score`` differentiates: it needs the Laplace
-        deviance, the log-determinant's weights in closed form (the expected information; the observed one
+        """How many leading entries of x (beta_s, then theta) ``score`` differentiates: it needs the
+        log-determinant's (or the quadrature scale's) weights in closed form (the expected information; the observed one
         when the family gives it in closed form or it equals the expected one, for canonical links) and
         H^{-1} at each row's pairs of columns (block, dense and Schur paths)."""
         exact_weights = (self.information == "expected" or self.family.canonical
                          or self.family.observed_weights_exact)
-        if self.nagq != 1 or not exact_weights or (len(self.factors) > 1 and self.q > 3000 and self._schur is None):
+        if not exact_weights or (len(self.factors) > 1 and self.q > 3000 and self._schur is None):
             return 0
         return self.p + self.n_theta
 
@@ -521,20 +583,18 @@ def glm_start(objective: GLMMObjective) -> np.ndarray:
 
 
 def optimise(objective: GLMMObjective, maxiter: int = 500, start: np.ndarray | None = None,
-             start_hessian: np.ndarray | None = None):
-    """BFGS from ``start`` (default: the GLM fit and Lambda = I), then Newton polish. With ``start_hessian``
-    (quadrature from the Laplace optimum), quasi-Newton steps on that Hessian replace BFGS.
+             start_inverse_hessian: np.ndarray | None = None):
+    """BFGS from ``start`` (default: the GLM fit and Lambda = I; with ``start_inverse_hessian`` as its first
+    curvature, e.g. the Laplace fit's for quadrature), then Newton polish.
 
     Returns (x, deviance, gradient, Hessian, optimiser message)."""
     if start is None:
         start = objective.start()
-    if start_hessian is not None:
-        x, message = _newton_fixed_hessian(objective, start, start_hessian, maxiter)
-        f, g = objective.deviance(x), objective.gradient(x)
-    else:
-        result = minimize(objective.deviance, start, jac=objective.gradient, method="BFGS",
-                          options={"gtol": 1e-4, "maxiter": maxiter})
-        x, f, g, message = result.x, objective.deviance(result.x), result.jac, result.message
+    options = {"gtol": 1e-4, "maxiter": maxiter}
+    if start_inverse_hessian is not None:
+        options["hess_inv0"] = start_inverse_hessian
+    result = minimize(objective.deviance, start, jac=objective.gradient, method="BFGS", options=options)
+    x, f, g, message = result.x, objective.deviance(result.x), result.jac, result.message
     H = objective.hessian(x)
     for _ in range(4):  # Newton polish; the Hessian is refreshed only while the steps are not tiny
         try:
@@ -549,28 +609,11 @@ def optimise(objective: GLMMObjective, maxiter: int = 500, start: np.ndarray | N
             break
         x, f = x - step, trial
         g = objective.gradient(x)
-        if np.max(np.abs(step)) < 1e-5:
+        if np.max(np.abs(step)) < 1e-3:
             break
         H = objective.hessian(x)
     objective.deviance(x)  # leave the conditional modes at the optimum
     return x, f, g, H, message
-
-
-def _newton_fixed_hessian(objective: GLMMObjective, x: np.ndarray, H: np.ndarray, maxiter: int):
-    """Steps x - H^{-1} g with a fixed nearby Hessian (linear convergence), halved while the deviance rises."""
-    f = objective.deviance(x)
-    for _ in range(min(maxiter, 50)):
-        step = np.linalg.solve(H, objective.gradient(x))
-        trial = objective.deviance(x - step)
-        while trial > f and np.max(np.abs(step)) > 1e-12:
-            step = step / 2
-            trial = objective.deviance(x - step)
-        if trial > f:
-            return x, "no further decrease along the quasi-Newton step"
-        x, f = x - step, trial
-        if np.max(np.abs(step)) < 1e-6:
-            return x, "quasi-Newton steps converged"
-    return x, "quasi-Newton iteration limit reached"
 
 
 def separation_direction(objective: GLMMObjective, max_rows: int = 200_000) -> np.ndarray | None:
@@ -602,15 +645,15 @@ def separation_direction(objective: GLMMObjective, max_rows: int = 200_000) -> n
     return result.x
 
 
-def laplace_start(objective: GLMMObjective) -> tuple[np.ndarray, np.ndarray]:
-    """The Laplace optimum and its Hessian (analytic-gradient differences): where quadrature starts, as glmer's
-    nAGQ > 1 fits do, and the curvature its first steps use."""
+def laplace_start(objective: GLMMObjective) -> tuple[np.ndarray, np.ndarray | None]:
+    """The Laplace optimum and BFGS's inverse-Hessian approximation there (None unless positive definite):
+    where quadrature starts, as glmer's nAGQ > 1 fits do, and the curvature of its first steps."""
     laplace = GLMMObjective(objective.design, objective.outcome, nagq=1, information=objective.information)
     result = minimize(laplace.deviance, laplace.start(), jac=laplace.gradient, method="BFGS",
                       options={"gtol": 1e-4})
-    hessian = laplace.hessian(result.x)
     objective.u = laplace.u.copy()
-    return result.x, hessian
+    inverse = 0.5 * (result.hess_inv + result.hess_inv.T)
+    return result.x, inverse if np.linalg.eigvalsh(inverse)[0] > 0 else None
 
 
 def check_nagq(design: Design, nagq) -> int:

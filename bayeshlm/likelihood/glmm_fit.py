@@ -68,9 +68,9 @@ def fit_glmm(design: Design, outcome: GLMOutcome, method: str = "ml", **options)
     if not _THREADS:
         _THREADS.append(ThreadpoolController())
     with _THREADS[0].limit(limits=1, user_api="blas"):  # small factorisations: threads only contend
-        start, start_hessian = laplace_start(objective) if nagq > 1 else (None, None)
+        start, inverse_hessian = laplace_start(objective) if nagq > 1 else (None, None)
         x, deviance, gradient, hessian, message = optimise(objective, maxiter=int(options.get("maxiter", 500)),
-                                                           start=start, start_hessian=start_hessian)
+                                                           start=start, start_inverse_hessian=inverse_hessian)
     return GLMMFit(objective, x, deviance, gradient, hessian, str(message), _time.perf_counter() - started)
 
 
