@@ -17,7 +17,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-from scipy.optimize import minimize
 from threadpoolctl import ThreadpoolController
 
 from ..design import Design
@@ -25,15 +24,15 @@ from ..design.identify import exact_fit
 from ..design.scaling import Scaling, standardise
 from ..errors import DataError, OptionError, closest_names
 from .crossed import CrossedSolver
+from .marginal import StructuredDeviance, optimise_structured
 from .nested import NestedSolver
+from .optimize import minimize_criterion, polish, verdict
 from .params import Parameterization
-from .result import LikelihoodFit, theta_to_standard
+from .result import LikelihoodFit, StructuredFit, theta_to_standard
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 OPTIONS = ("start", "maxiter")
-GRADIENT_TOL = 1e-2  # largest |d(-2 log L) / d parameter| accepted at the end point (standardised scale)
-POLISH_GRADIENT = 1e-9  # slope left at the end point (relative to the criterion) that earns Newton steps
-_THREADPOOLS: list[ThreadpoolController] = []  # found once: scanning the loaded libraries takes ~10 ms
+_THREADPOOLS: list[ThreadpoolController] = []  # see single_threaded_blas
 
 
 def _check_identifiable(design: Design, method: str) -> None:
@@ -109,6 +108,9 @@ class ProfiledDeviance:
         self.sum_log_v = None if known is None else float(np.log(known).sum())
         self.evaluations = 0
 
+    def parameter_names(self) -> list[str]:
+        return self.params.names()
+
     def factorize(self, theta: np.ndarray):
         lambdas = self.params.lambdas(theta)
         return self.solver.factorize([lambdas[i] for i in self.position])
@@ -157,75 +159,6 @@ class ProfiledDeviance:
         return value, self.gradient(fac)
 
 
-def _minimize(objective: ProfiledDeviance, start: np.ndarray, maxiter: int):
-    """L-BFGS-B on the profiled criterion with its analytic gradient, without bounds.
-
-    The criterion depends on Lambda only through Lambda Lambda', so it is even in each column of Lambda and
-    the bounds theta_diag >= 0 are not needed: the result is mapped back by flipping column signs. Without
-    bounds the optimiser can cross zero instead of stopping at the stationary point theta_diag = 0 that a
-    bounded gradient method finds (the criterion's derivative there is 0 by symmetry).
-    """
-    f0, g0 = objective.value_and_gradient(start)
-
-    def value_and_gradient(theta):  # the optimiser's first call repeats the start
-        if np.array_equal(theta, start):
-            return f0, g0.copy()
-        return objective.value_and_gradient(theta)
-
-    return minimize(value_and_gradient, start, jac=True, method="L-BFGS-B",
-                    options={"ftol": 1e-15, "gtol": 1e-9 * max(abs(f0), 1.0), "maxiter": maxiter, "maxls": 50})
-
-
-def _polish(objective: ProfiledDeviance, result, steps: int = 2):
-    """Newton steps on the analytic gradient from the optimiser's end point, while they shrink the gradient.
-
-    Near the optimum the criterion is flat to rounding (a change of theta by 1e-8 moves it by 1e-15
-    relative), so L-BFGS-B, which stops on the criterion, can end ~1e-8 away from the root of the
-    gradient; the gradient itself is still accurate there. The Hessian is by central differences of it.
-    """
-    x, g = result.x, result.jac
-    if not np.all(np.isfinite(g)) or np.max(np.abs(g), initial=0.0) <= POLISH_GRADIENT * max(abs(result.fun), 1.0):
-        return result
-    for _ in range(steps):
-        h = 1e-6 * np.maximum(np.abs(x), 1.0)
-        H = np.empty((len(x), len(x)))
-        for k in range(len(x)):
-            e = np.zeros_like(x)
-            e[k] = h[k]
-            H[:, k] = (objective.value_and_gradient(x + e)[1] - objective.value_and_gradient(x - e)[1]) / (2 * h[k])
-        try:
-            step = np.linalg.solve(0.5 * (H + H.T), g)
-        except np.linalg.LinAlgError:
-            break
-        value, gradient = objective.value_and_gradient(x - step)
-        worse = value > result.fun + 1e-12 * max(abs(result.fun), 1.0)
-        if worse or not np.all(np.isfinite(gradient)) or np.linalg.norm(gradient) >= np.linalg.norm(g):
-            break
-        x, g = x - step, gradient
-        result.x, result.fun, result.jac = x, min(value, result.fun), g
-    return result
-
-
-def _converged(result) -> bool:
-    """L-BFGS-B's own test, or a line search that stalled at the optimum within rounding.
-
-    With exact gradients the tight tolerances above are often met only to rounding: the line search then
-    stops (status 2, 'ABNORMAL') at a point where no step lowers the criterion. That point is accepted when
-    the quasi-Newton estimate of the remaining decrease, g'H^{-1}g / 2 (L-BFGS's inverse Hessian), is below
-    1e-7 deviance units.
-    """
-    if result.success:
-        return True
-    if result.status != 2 or not np.all(np.isfinite(result.jac)):
-        return False
-    return 0.5 * float(result.jac @ result.hess_inv.matvec(result.jac)) < 1e-7
-
-
-def end_point_message(slope: float) -> str:
-    return (f"the end point is not a minimum: the deviance still changes by {slope:.2g} per unit of a "
-            "parameter there (standardised scale)")
-
-
 def fit_likelihood(design: Design, method: str = "reml", **options) -> LikelihoodFit:
     """Fit ``design`` by REML (default) or ML.
 
@@ -252,32 +185,56 @@ def fit_likelihood(design: Design, method: str = "reml", **options) -> Likelihoo
     if "start" in options and not np.all(np.isfinite(np.asarray(options["start"], dtype=float))):
         raise OptionError(f"start={options['start']!r} holds non-finite values: give finite starting values of "
                           "theta (or omit start).")
-    if not _THREADPOOLS:
-        _THREADPOOLS.append(ThreadpoolController())
     standard, scaling = standardised(design)
-    if design.residual is not None:
-        from .marginal import fit_structured
-
-        with _THREADPOOLS[0].limit(limits=1, user_api="blas"):
-            fit = fit_structured(standard, method, start=options.get("start"), maxiter=maxiter, scaling=scaling,
-                                 design=design)
-        for category, message in fit._warnings:
-            warnings.warn(message, category, stacklevel=3)
-        return fit
-    objective = ProfiledDeviance(standard, method)
-    params = objective.params
-    if "start" in options:
-        start = np.asarray(options["start"], dtype=float)
-        if start.shape != (params.size,):
-            raise OptionError(f"start must hold {params.size} values of theta ({', '.join(params.names())}); "
-                              f"got shape {start.shape}.")
-        start = theta_to_standard(objective, scaling, start)
-    else:
-        start = moment_start(standard, params) if isinstance(objective.solver, CrossedSolver) else params.start
     # The products are small and many: multithreaded BLAS only adds synchronisation (20-60x slower on a
     # busy 2-core machine), so it runs single-threaded during the fit.
-    with _THREADPOOLS[0].limit(limits=1, user_api="blas"):
-        return _fit(objective, start, maxiter, scaling, design)
+    with single_threaded_blas():
+        if design.residual is not None:
+            return _fit_structured(standard, method, options.get("start"), maxiter, scaling, design)
+        objective = ProfiledDeviance(standard, method)
+        return _fit(objective, _start(objective, options.get("start"), scaling), maxiter, scaling, design)
+
+
+def single_threaded_blas():
+    """A context in which BLAS runs on one thread (the controller is found once: scanning the loaded
+    libraries takes ~10 ms)."""
+    if not _THREADPOOLS:
+        _THREADPOOLS.append(ThreadpoolController())
+    return _THREADPOOLS[0].limit(limits=1, user_api="blas")
+
+
+def _start(objective, start, scaling: Scaling) -> np.ndarray:
+    """The user's ``start`` (their scale, checked for size) on the standardised scale, or the default:
+    Lambda = I as lme4, with moment estimates for the random intercepts of crossed designs."""
+    params = objective.params
+    if start is None:
+        if isinstance(objective, ProfiledDeviance) and isinstance(objective.solver, CrossedSolver):
+            return moment_start(objective.design, params)
+        return params.start
+    start = np.asarray(start, dtype=float)
+    names = objective.parameter_names()
+    if start.shape != (len(names),):
+        what = "values of theta" if isinstance(objective, ProfiledDeviance) else "values"
+        raise OptionError(f"start must hold {len(names)} {what} ({', '.join(names)}); got shape {start.shape}.")
+    return theta_to_standard(objective, scaling, start)
+
+
+def _fit_structured(standard: Design, method: str, start, maxiter: int, scaling: Scaling, design: Design):
+    """A level-1 error structure (:mod:`.marginal`): by default from the plain model's theta, with every
+    variance-function and correlation parameter at 0."""
+    objective = StructuredDeviance(standard, method)
+    if start is None:
+        plain = ProfiledDeviance(standard, method)
+        theta = minimize_criterion(plain, plain.params.start, maxiter).x
+        x0 = np.concatenate([theta, objective.start[objective.params.size:]])
+    else:
+        x0 = _start(objective, start, scaling)
+    x, converged, message = optimise_structured(objective, x0, maxiter)
+    fit = StructuredFit(objective, x, converged=converged, optimizer_message=message,
+                        n_evaluations=objective.evaluations, scaling=scaling, design=design)
+    for category, message in fit._warnings:
+        warnings.warn(message, category, stacklevel=4)
+    return fit
 
 
 def standardised(design: Design) -> tuple[Design, Scaling]:
@@ -305,18 +262,14 @@ def _refuse_exact_fit(fit: LikelihoodFit, design: Design) -> None:
 def _fit(objective: ProfiledDeviance, start: np.ndarray, maxiter: int, scaling: Scaling,
          design: Design) -> LikelihoodFit:
     params = objective.params
-    result = _minimize(objective, start, maxiter)
+    result = minimize_criterion(objective, start, maxiter)
     diagonal = np.isfinite(params.lower_bounds)
     at_zero = diagonal & (np.abs(result.x) < 1e-6)
     if at_zero.any():
-        retry = _minimize(objective, np.where(at_zero, 0.1, result.x), maxiter)
+        retry = minimize_criterion(objective, np.where(at_zero, 0.1, result.x), maxiter)
         if retry.fun < result.fun:
             result = retry
-    result = _polish(objective, result)
-    converged, message = _converged(result), str(result.message)
-    slope = float(np.max(np.abs(result.jac), initial=0.0))
-    if converged and not slope <= GRADIENT_TOL:
-        converged, message = False, end_point_message(slope)
+    converged, message = verdict(polish(objective, result))
     fit = LikelihoodFit(objective, params.canonical(result.x), converged=converged,
                         optimizer_message=message, n_evaluations=objective.evaluations,
                         scaling=scaling, design=design)

@@ -21,7 +21,15 @@ r^2 = (y - X beta)'V^{-1}(y - X beta),
 
 (nlme's REML criterion, like lme4's, omits log|X'X|). Groups are padded to a few common sizes and
 factorised together (batched Cholesky), so no Python loop runs over groups. The criterion is minimised
-over (theta, variance-function parameters, transformed phi) by L-BFGS-B with numerical gradients.
+over x = (theta, variance-function parameters, transformed phi) by L-BFGS-B with its analytic gradient
+(:meth:`StructuredDeviance.value_and_gradient`): V is block diagonal over the groups j, so
+
+    d criterion / d x_k = sum_j <M_j, dV_j / dx_k>,   <A, B> = sum_il A_il B_il,
+    M_j = V_j^{-1} - [REML] H_j (X'V^{-1}X)^{-1} H_j' - (m / r^2) a_j a_j',
+
+with H_j = V_j^{-1} X_j, a_j = V_j^{-1}(y_j - X_j beta) and m = n - p (REML) or n (ML): the derivatives of
+log|V|, log|X'V^{-1}X| and m log r^2 (beta at its GLS value, so its own change does not count; Harville 1977,
+JASA 72, sec. 4).
 """
 
 from __future__ import annotations
@@ -30,10 +38,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import solve_triangular
-from scipy.optimize import minimize
 
 from ..design import Design
 from ..errors import OptionError
+from .optimize import minimize_criterion, polish, verdict
 from .params import Parameterization
 
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -141,6 +149,9 @@ class StructuredDeviance:
             names.append("atanh phi" if r.structure.correlation == "ar1" else "logit phi")
         return names
 
+    def parameter_names(self) -> list[str]:
+        return self.params.names() + self.extra_names()
+
     def unpack(self, x: np.ndarray):
         """Lambda per factor, log SD ratios delta (reference first, = 0), alphas, phi."""
         k = self.params.size
@@ -167,26 +178,33 @@ class StructuredDeviance:
         return np.concatenate([self.params.start, np.zeros(self.size - self.params.size)])
 
     # --- criterion -------------------------------------------------------------------------------
+    def _residual_part(self, k: int, w: np.ndarray, phi: float | None) -> np.ndarray:
+        """R_j = W_j^{1/2} C_j(phi) W_j^{1/2} of batch ``k`` (G, s, s), the identity in pad rows."""
+        b = self.batches[k]
+        wb = gather(w, b.rows, 1.0)
+        if phi is None:
+            R = np.zeros(b.rows.shape + (b.rows.shape[1],))
+            idx = np.arange(b.rows.shape[1])
+            R[:, idx, idx] = wb
+            return R
+        sqrt_w = np.sqrt(wb)
+        return np.where(self._same_unit[k], phi ** self._lags[k], 0.0) * sqrt_w[:, :, None] * sqrt_w[:, None, :]
+
+    def _covariance(self, k: int, lambdas: list[np.ndarray], R: np.ndarray) -> np.ndarray:
+        """V_j / sigma^2 of batch ``k``: R_j plus each factor's Z Lambda Lambda' Z' within its groups."""
+        b = self.batches[k]
+        V = R.copy()
+        for Z, same, lam in zip(b.Z, b.same, lambdas):
+            ZL = Z @ lam
+            block = ZL @ ZL.swapaxes(1, 2)
+            V += block if same is None else block * same
+        return V
+
     def covariances(self, x: np.ndarray) -> list[np.ndarray]:
         """V_j / sigma^2 per batch, (G, s, s), with the identity in pad rows."""
         lambdas, delta, alpha, phi = self.unpack(x)
         w = self.relative_variances(delta, alpha)
-        out = []
-        for k, b in enumerate(self.batches):
-            wb = gather(w, b.rows, 1.0)
-            if phi is None:
-                V = np.zeros(b.rows.shape + (b.rows.shape[1],))
-                idx = np.arange(b.rows.shape[1])
-                V[:, idx, idx] = wb
-            else:
-                sqrt_w = np.sqrt(wb)
-                V = np.where(self._same_unit[k], phi ** self._lags[k], 0.0) * sqrt_w[:, :, None] * sqrt_w[:, None, :]
-            for Z, same, lam in zip(b.Z, b.same, lambdas):
-                ZL = Z @ lam
-                block = ZL @ ZL.swapaxes(1, 2)
-                V += block if same is None else block * same
-            out.append(V)
-        return out
+        return [self._covariance(k, lambdas, self._residual_part(k, w, phi)) for k in range(len(self.batches))]
 
     def factorize(self, x: np.ndarray) -> MarginalFactorization:
         return MarginalFactorization(self.batches, self.covariances(x), self.design.n_fixed)
@@ -201,6 +219,71 @@ class StructuredDeviance:
         except np.linalg.LinAlgError:
             return np.inf
 
+    def value_and_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """The criterion and its analytic gradient in x (module docstring) from one factorisation."""
+        self.evaluations += 1
+        lambdas, delta, alpha, phi = self.unpack(x)
+        w = self.relative_variances(delta, alpha)
+        residual = [self._residual_part(k, w, phi) for k in range(len(self.batches))]
+        try:
+            fac = MarginalFactorization(self.batches, [self._covariance(k, lambdas, R) for k, R in enumerate(residual)],
+                                        self.design.n_fixed)
+        except np.linalg.LinAlgError:
+            return np.inf, np.zeros_like(x)
+        value = float(self.criterion(fac))
+        if not np.isfinite(value):
+            return value, np.zeros_like(x)
+        return value, self._gradient(fac, lambdas, phi, residual)
+
+    def _gradient(self, fac: MarginalFactorization, lambdas: list[np.ndarray], phi: float | None,
+                  residual: list[np.ndarray]) -> np.ndarray:
+        """sum_j <M_j, dV_j/dx> (module docstring), piece by piece:
+
+        Lambda_f entry (r, c):  dV = Z (E Lambda' + Lambda E') Z' within f's groups, E = e_r e_c', so the
+            derivative is 2 [sum_j Z_j'(M_j o S_fj) Z_j Lambda_f]_rc (S_fj: same group of f);
+        log w_i:  dR_il / d log w_i = R_il / 2 on row i and column i, so g_i = sum_l M_il R_il, and
+            d / d delta_s = 2 sum_{i in s} g_i, d / d alpha = C'g;
+        phi:  dR / dphi = W^{1/2} (|t - t'| phi^(|t - t'| - 1)) W^{1/2} within units, times dphi / dphi*
+            (1 - phi^2 for AR(1)'s tanh, phi (1 - phi) for CAR(1)'s logistic).
+        """
+        n, p = self.design.n_obs, self.design.n_fixed
+        weight = (n - p if self.reml else n) / fac.r2
+        A_inv = fac.fixed_cov_relative()
+        info = [np.zeros((len(lam), len(lam))) for lam in lambdas]
+        g_rows = np.zeros(n)
+        d_phi = 0.0
+        for k, (b, Linv) in enumerate(zip(self.batches, fac.chol_inv)):
+            M = Linv.swapaxes(1, 2) @ Linv  # V_j^{-1}
+            H = M @ b.X
+            a = M @ (b.y - b.X @ fac.beta)[:, :, None]
+            if self.reml:
+                M -= H @ A_inv @ H.swapaxes(1, 2)
+            M -= weight * (a @ a.swapaxes(1, 2))
+            for i, (Z, same) in enumerate(zip(b.Z, b.same)):
+                masked = M if same is None else M * same
+                info[i] += (Z.swapaxes(1, 2) @ masked @ Z).sum(axis=0)
+            if self.n_strata or self.n_alpha:
+                g_rows[b.rows[b.valid]] = (M * residual[k]).sum(axis=2)[b.valid]
+            if phi is not None:
+                lag = self._lags[k]
+                slope = np.where(self._same_unit[k] & (lag > 0), lag * phi ** np.where(lag > 0, lag - 1.0, 0.0), 0.0)
+                sqrt_w = np.sqrt(np.diagonal(residual[k], axis1=1, axis2=2))
+                d_phi += float((M * slope * sqrt_w[:, :, None] * sqrt_w[:, None, :]).sum())
+        out = np.empty(self.size)
+        for fp, G, lam in zip(self.params.factors, info, lambdas):
+            out[fp.offset:fp.offset + fp.size] = 2.0 * (G @ lam)[fp.rows, fp.cols]
+        at = self.params.size
+        r = self.residual
+        if self.n_strata:
+            out[at:at + self.n_strata] = 2.0 * np.bincount(r.strata, weights=g_rows,
+                                                           minlength=self.n_strata + 1)[1:]
+        at += self.n_strata
+        if self.n_alpha:
+            out[at:at + self.n_alpha] = r.C.T @ g_rows
+        if phi is not None:
+            out[-1] = d_phi * ((1.0 - phi ** 2) if r.structure.correlation == "ar1" else phi * (1.0 - phi))
+        return out
+
 
 def profiled_criterion(fac: MarginalFactorization, n: int, reml: bool) -> float:
     """-2 log L (ML) or -2 log L_R (REML) with sigma^2 profiled out (module docstring)."""
@@ -213,16 +296,21 @@ def profiled_criterion(fac: MarginalFactorization, n: int, reml: bool) -> float:
 
 
 class MarginalFactorization:
-    """Batched Cholesky factors of V_j and the GLS quantities of one parameter value."""
+    """Batched Cholesky factors of V_j and the GLS quantities of one parameter value.
+
+    The inverse factors L_j^{-1} are formed once by numpy's batched inverse (a C loop over the groups; scipy's
+    triangular solve loops over them in Python) and give every solve by products.
+    """
 
     def __init__(self, batches: list[Batch], covariances: list[np.ndarray], p: int):
         self.batches = batches
         self.chol = [np.linalg.cholesky(V) for V in covariances]
+        self.chol_inv = [np.linalg.inv(L) for L in self.chol]
         self.logdet_z = float(sum(2.0 * np.log(np.diagonal(L, axis1=1, axis2=2)).sum() for L in self.chol))
         cross = np.zeros((p + 1, p + 1))
-        for b, L in zip(batches, self.chol):
-            W = solve_triangular(L, np.concatenate([b.X, b.y[:, :, None]], axis=2), lower=True)
-            cross += np.einsum("gsa,gsb->ab", W, W)
+        for b, Linv in zip(batches, self.chol_inv):
+            W = (Linv @ np.concatenate([b.X, b.y[:, :, None]], axis=2)).reshape(-1, p + 1)
+            cross += W.T @ W
         self._A = cross[:p, :p]
         chol_a = np.linalg.cholesky(self._A)
         self.beta = np.linalg.solve(self._A, cross[:p, p])
@@ -263,47 +351,13 @@ PHI_STUCK = 1e-3  # a transformed phi* that moved less than this from its start 
 
 
 def _optimise(objective: StructuredDeviance, start: np.ndarray, maxiter: int):
-    """L-BFGS-B with 3-point numerical gradients, then a second pass from the end point, which sharpens the
-    quasi-Newton estimate."""
-    result = minimize(objective, start, method="L-BFGS-B", jac="3-point",
-                      options={"ftol": 1e-14, "gtol": 1e-7, "maxiter": maxiter, "maxls": 50})
-    again = minimize(objective, result.x, method="L-BFGS-B", jac="3-point",
-                     options={"ftol": 1e-15, "gtol": 1e-8, "maxiter": maxiter, "maxls": 50})
-    return again if again.fun <= result.fun else result
+    """L-BFGS-B with the analytic gradient, then Newton polishing (:mod:`.optimize`)."""
+    return polish(objective, minimize_criterion(objective, start, maxiter))
 
 
-def _largest_slope(objective: StructuredDeviance, x: np.ndarray, value: float, step: float = 1e-5) -> float:
-    """max_k |d criterion / d x_k| at ``x`` by central differences (0 at an interior minimum)."""
-    if not np.isfinite(value):
-        return np.inf
-    slopes = []
-    for k in range(len(x)):
-        e = np.zeros_like(x)
-        e[k] = step
-        slopes.append((objective(x + e) - objective(x - e)) / (2.0 * step))
-    slopes = np.abs(np.array(slopes))
-    return float(np.max(slopes)) if np.all(np.isfinite(slopes)) else np.inf
-
-
-def fit_structured(standard: Design, method: str, *, start=None, maxiter: int = 1000, scaling, design: Design):
-    """Fit a model with a level-1 error structure (see the module docstring) on the standardised design
-    ``standard`` (:mod:`bayeshlm.design.scaling`); returns a StructuredFit of the user's ``design``.
-    ``start`` is on the user's scale."""
-    from .fit import GRADIENT_TOL, ProfiledDeviance, _minimize, end_point_message
-    from .result import StructuredFit, theta_to_standard
-
-    objective = StructuredDeviance(standard, method)
-    if start is None:
-        plain = ProfiledDeviance(standard, method)
-        theta = _minimize(plain, plain.params.start, maxiter).x
-        start = np.concatenate([theta, objective.start[objective.params.size:]])
-    else:
-        start = np.asarray(start, dtype=float)
-        if start.shape != (objective.size,):
-            names = objective.params.names() + objective.extra_names()
-            raise OptionError(f"start must hold {objective.size} values ({', '.join(names)}); "
-                              f"got shape {start.shape}.")
-        start = theta_to_standard(objective, scaling, start)
+def optimise_structured(objective: StructuredDeviance, start: np.ndarray, maxiter: int) -> tuple[np.ndarray, bool, str]:
+    """Minimise ``objective`` (a structured-error model on the standardised design, see the module docstring)
+    from ``start``; returns the end point (canonical signs), whether it converged and the optimiser's message."""
     result = _optimise(objective, start, maxiter)
     if objective.has_phi and abs(result.x[-1] - start[-1]) < PHI_STUCK:
         # phi* did not move from its start: that may be a stationary point of phi^|t - t'| rather than a
@@ -313,11 +367,5 @@ def fit_structured(standard: Design, method: str, *, start=None, maxiter: int = 
         second = _optimise(objective, other, maxiter)
         if second.fun < result.fun:
             result = second
-    converged = bool(result.success) or result.status == 2
-    message = str(result.message)
-    slope = _largest_slope(objective, result.x, result.fun)
-    if converged and not slope <= GRADIENT_TOL:
-        converged, message = False, end_point_message(slope)
-    return StructuredFit(objective, objective.params.canonical(result.x), converged=converged,
-                         optimizer_message=message, n_evaluations=objective.evaluations,
-                         scaling=scaling, design=design)
+    converged, message = verdict(result)
+    return objective.params.canonical(result.x), converged, message
