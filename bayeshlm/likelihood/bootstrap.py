@@ -211,20 +211,20 @@ def _run_chunk(seeds: list) -> list[np.ndarray]:
 
 
 def _in_processes(job: _Job, seeds: list, workers: int, progress: bool, started: float) -> list[np.ndarray]:
+    """The replicates in ``workers`` forked processes, in chunks, in order. A ``multiprocessing.Pool`` forks its
+    workers before it starts its helper threads (a ``ProcessPoolExecutor`` forks from a threaded process)."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     global _JOB
     chunk = max(1, min(25, len(seeds) // (4 * workers)))
     pieces = [seeds[i:i + chunk] for i in range(0, len(seeds), chunk)]
     _JOB = job
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            rows, done = [], 0
-            for result in pool.map(_run_chunk, pieces):
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            rows = []
+            for result in pool.imap(_run_chunk, pieces):
                 rows.extend(result)
-                done += len(result)
-                _report(progress, done, len(seeds), started)
+                _report(progress, len(rows), len(seeds), started)
     finally:
         _JOB = None
     return rows

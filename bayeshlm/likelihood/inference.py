@@ -555,13 +555,17 @@ class _FixedProfile:
         return side * np.inf
 
 
-def confint(fit, level: float = 0.95, method: str = "wald", df: str | None = None) -> pd.DataFrame:
+def confint(fit, level: float = 0.95, method: str = "wald", df: str | None = None, n_boot: int | None = None,
+            random_seed: int | None = None, workers: int | None = None, progress: bool = False) -> pd.DataFrame:
     """Intervals for every fixed effect and every variance-component parameter.
 
     ``method="wald"``: fixed effects by the t interval with ``df`` (see :meth:`FitResult.ttest`), variance
     components as :func:`variance_intervals`. ``method="profile"``: variance components by their profile;
     fixed effects by their profile for ML fits (lme4's ``confint(method="profile")``; the REML criterion does
     not depend on the fixed effects, so a REML fit's fixed effects get the t interval and say so in ``method``).
+    ``method="bootstrap"``: percentile intervals of a seeded parametric bootstrap for every row (lme4's
+    ``confint(method="boot")``; ``n_boot`` refits, default 1000, on ``workers`` processes, see
+    :func:`bayeshlm.likelihood.bootstrap.parametric_bootstrap`); ``se`` is then the SD of the replicates.
     Columns: factor ('fixed' for fixed effects), term, term2, parameter, estimate, se, lower, upper, method.
     """
     from ..results.hypotheses import ttest
@@ -569,6 +573,11 @@ def confint(fit, level: float = 0.95, method: str = "wald", df: str | None = Non
     if fit.method == "bayes":
         raise OptionError("confint() gives likelihood intervals of REML / ML fits. A Bayesian fit's posterior "
                           "intervals are in fit.fixed_effects and fit.variance_components.")
+    if method == "bootstrap":
+        return _bootstrap_table(fit, level, n_boot, random_seed, workers, progress)
+    if n_boot is not None or random_seed is not None or workers is not None:
+        raise OptionError(f"n_boot, random_seed and workers set the bootstrap; method={method!r} does not use them. "
+                          "Give method='bootstrap', or leave them out.")
     variance = variance_intervals(fit, method, level)
     fixed = ttest(fit, df=df, level=level)
     label = f"t ({'book' if df is None else df} df)"
@@ -590,4 +599,21 @@ def confint(fit, level: float = 0.95, method: str = "wald", df: str | None = Non
     variance = variance.assign(method=method)
     table = pd.concat([rows, variance], ignore_index=True)
     table.attrs.update(variance.attrs)
+    return table
+
+
+def _bootstrap_table(fit, level: float, n_boot: int | None, random_seed: int | None, workers: int | None,
+                     progress: bool) -> pd.DataFrame:
+    """:func:`confint`'s table from a parametric bootstrap (percentile intervals)."""
+    from .bootstrap import parametric_bootstrap
+
+    if isinstance(level, bool) or not isinstance(level, int | float) or not 0.0 < level < 1.0:
+        raise OptionError(f"level={level!r}: give the interval's coverage as a number between 0 and 1 (e.g. 0.95).")
+    n_boot = 1000 if n_boot is None else n_boot
+    result = parametric_bootstrap(fit, n_boot, random_seed=random_seed, workers=workers, progress=progress)
+    summary = result.summary(level)
+    table = summary.reset_index()[["factor", "term", "term2", "parameter", "estimate", "se", "lower", "upper"]]
+    table["method"] = f"bootstrap ({n_boot - result.n_failed} of {n_boot} refits, percentile)"
+    table.attrs.update({"method": "bootstrap", "level": level, "criterion": fit.method.upper(),
+                        "n_failed": result.n_failed, "random_seed": random_seed})
     return table

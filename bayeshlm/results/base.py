@@ -250,12 +250,14 @@ class FitResult(ABC):
 
         return variance_intervals(self, method, level)
 
-    def confint(self, level: float = 0.95, method: str = "wald", df: str | None = None) -> pd.DataFrame:
-        """lower / upper for every fixed effect and variance-component parameter, 'wald' or 'profile' (lme4's
-        ``confint``; REML / ML fits; see :func:`bayeshlm.likelihood.inference.confint`)."""
+    def confint(self, level: float = 0.95, method: str = "wald", df: str | None = None, n_boot: int | None = None,
+                random_seed: int | None = None, workers: int | None = None, progress: bool = False) -> pd.DataFrame:
+        """lower / upper for every fixed effect and variance-component parameter, 'wald', 'profile' or 'bootstrap'
+        (lme4's ``confint``; REML / ML fits; the bootstrap takes ``n_boot`` seeded refits on ``workers``
+        processes; see :func:`bayeshlm.likelihood.inference.confint`)."""
         from ..likelihood.inference import confint
 
-        return confint(self, level, method, df)
+        return confint(self, level, method, df, n_boot, random_seed, workers, progress)
 
     def diagnostics(self, factor: str | None = None):
         """R&B ch. 9 checks: level-1 homogeneity test H, standardised EB residuals, Mahalanobis distances, level-1
