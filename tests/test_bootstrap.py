@@ -50,7 +50,7 @@ def test_same_seed_same_replicates_whatever_the_number_of_workers():
 
 def test_bootstrap_se_of_gamma_agrees_with_the_reml_se():
     """With 300 replicates the bootstrap SE has a relative sampling SD of about 1/sqrt(2 * 300) = 4%; the
-    tolerance is 20% (measured gaps: 2-6%)."""
+    tolerance is 20% (measured gaps: -6.7%, -0.3%, +1.9% for the intercept, x and w)."""
     fit = fitted()
     result = parametric_bootstrap(fit, 300, random_seed=11)
     summary = result.summary()
@@ -58,7 +58,7 @@ def test_bootstrap_se_of_gamma_agrees_with_the_reml_se():
     se = fit.fixed_effects["se"]
     assert np.allclose(fixed["se"].reindex(se.index), se, rtol=0.20)
     assert np.allclose(fixed["estimate"].reindex(se.index), fit.fixed_effects["estimate"], rtol=1e-12)
-    # the replicates centre on the estimates: gamma is unbiased (bias within 4 bootstrap standard errors)
+    # the replicates centre on the estimates: gamma is unbiased (bias within 4 Monte Carlo SEs; measured <= 3.3)
     assert (np.abs(fixed["bias"]) < 4 * fixed["se"] / np.sqrt(300)).all()
 
 
