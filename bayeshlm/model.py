@@ -179,7 +179,21 @@ class HLM:
     def fit(self, method: str | None = None, **options):
         """Fit by restricted ML ('reml', the default for Gaussian outcomes), full ML ('ml'; the Laplace
         approximation, or adaptive quadrature with ``nagq=``, for other families), PQL ('pql', other families)
-        or full Bayes ('bayes', Gaussian outcomes)."""
+        or full Bayes ('bayes', Gaussian outcomes).
+
+        Parameters
+        ----------
+        method
+            ``"reml"``, ``"ml"``, ``"pql"`` or ``"bayes"``.
+        **options
+            Likelihood fits: ``maxiter``, ``start``; ``nagq`` for other families
+            (:func:`bayeshlm.likelihood.fit_likelihood`). Bayesian fits (:func:`bayeshlm.bayes.fit_bayes`):
+            ``draws`` and ``tune`` (retained draws and tuning steps per chain, default 1000 each), ``chains``
+            (default 4), ``random_seed`` (recorded in ``fit.sampler``), ``priors`` (None: weakly informative
+            defaults scaled to the data; ``"flat"``: the book's ch. 13 priors; or a dict by parameter name),
+            ``sampler`` (``"nutpie"``, the default, or ``"pymc"``), ``target_accept`` (default 0.9),
+            ``route`` and ``parameterization``. An unknown option raises :class:`~bayeshlm.errors.OptionError`.
+        """
         family = getattr(self, "family", None)
         if family is not None and not family.gaussian:
             from .likelihood.glmm_fit import fit_glmm

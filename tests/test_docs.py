@@ -33,7 +33,7 @@ CASE_STUDIES = sorted((ROOT / "case_studies").glob("[0-9]*.py"))
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """Build the site once into a temporary folder (about 20 s of Sphinx plus the three executed case studies);
+    """Build the site once into a temporary folder (about 20 s of Sphinx plus the two executed case studies);
     fail with Sphinx's own messages."""
     out = tmp_path_factory.mktemp("docs") / "html"
     result = subprocess.run(
@@ -111,7 +111,8 @@ def test_every_internal_link_image_and_anchor_resolves(site):
     ("api/model.html", ["bayeshlm.HLM", "bayeshlm.HLM.fit", "bayeshlm.HLM.from_levels", "bayeshlm.load_model"]),
     ("api/results.html", ["bayeshlm.bayes.result.BayesFit", "bayeshlm.bayes.result.BayesFit.posterior_predictive",
                           "bayeshlm.bayes.result.BayesFit.log_likelihood", "bayeshlm.likelihood.result.LikelihoodFit",
-                          "bayeshlm.results.base.FitResult.fixed_effects", "bayeshlm.results.base.FitResult.predict",
+                          "bayeshlm.results.base.FitResult.fixed_effects", "bayeshlm.bayes.result.BayesFit.predict",
+                          "bayeshlm.likelihood.result.LikelihoodFit.predict",
                           "bayeshlm.compare", "bayeshlm.load_fit"]),
     ("api/checks.html", ["bayeshlm.checks.compare_models", "bayeshlm.checks.group_statistics"]),
     ("api/plots.html", ["bayeshlm.plots.shrinkage", "bayeshlm.plots.caterpillar", "bayeshlm.plots.forest_compare"]),
@@ -142,7 +143,7 @@ def test_every_case_study_has_a_page_with_its_code(site):
 
 
 def test_executed_case_studies_show_their_figures_and_tables(site):
-    """Case studies 2, 6 and 8 (likelihood fits only) are executed in the build: their pages carry outputs."""
+    """Case studies 6 and 8 (likelihood fits only) are executed in the build: their pages carry outputs."""
     from matplotlib.image import imread
 
     growth = site / "case_studies" / "06_growth_error_structures.html"
