@@ -1,6 +1,8 @@
 """fit.save / bh.load_fit: every public table survives the round trip; incompatible files fail clearly."""
 
+import json
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ import xarray as xr
 import bayeshlm as bh
 from bayeshlm.bayes import SamplingWarning
 from bayeshlm.results import storage
+from bayeshlm.results.contract import contract_problems, wide
 
 LIKELIHOOD_TABLES = ("fixed_effects", "variance_components", "vcov", "theta")
 
@@ -312,3 +315,32 @@ def test_a_fit_made_with_unsafe_formula_loads_only_when_asked(tmp_path):
         bh.load_fit(path)
     loaded = bh.load_fit(path, unsafe_formula=True)
     np.testing.assert_allclose(loaded.fixed_effects["estimate"], fit.fixed_effects["estimate"], rtol=1e-12)
+
+
+# --- files written before the result contract (issue 22) ---------------------------------------------------
+SAVED_V1 = Path(__file__).parent / "reference" / "saved_fits"
+
+
+@pytest.mark.parametrize("name", ["sleepstudy_reml_v1", "sleepstudy_ar1_ml_v1", "sleepstudy_bayes_v1"])
+def test_files_saved_before_the_result_contract_still_load(name):
+    """Format-version-1 files written by bayeshlm at a435cdd (tests/reference/saved_fits/make_saved_fits.py) load
+    through the engines' from_state, with the numbers that version reported and the contract's tables."""
+    expected = json.loads((SAVED_V1 / "saved_fits_v1.json").read_text())[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SamplingWarning)
+        fit = bh.load_fit(SAVED_V1 / f"{name}.nc")
+    np.testing.assert_allclose(fit.fixed_effects["estimate"], expected["estimate"], rtol=1e-9)
+    np.testing.assert_allclose(fit.fixed_effects["se"], expected["se"], rtol=1e-9)
+    np.testing.assert_allclose(fit.tau["Subject"].to_numpy().ravel(), expected["tau"], rtol=1e-9)
+    assert fit.sigma2 == pytest.approx(expected["sigma2"], rel=1e-9)
+    np.testing.assert_allclose(wide(fit.group_effects()).to_numpy().ravel(), expected["group_coef"], rtol=1e-9)
+    for kind in ("fixed_effects", "variance_components"):
+        assert contract_problems(kind, getattr(fit, kind)) == []
+    assert contract_problems("random_effects", fit.random_effects(), "Subject") == []
+
+
+def test_storage_reads_fits_only_through_their_public_state():
+    """save/load go through to_state / from_state: storage.py reads no private attribute of a fit (it read
+    _theta and _chol before)."""
+    source = Path(storage.__file__).read_text()
+    assert "fit._" not in source and "._theta" not in source and "._chol" not in source

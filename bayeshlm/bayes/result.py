@@ -291,6 +291,41 @@ class BayesFit(FitResult):
                   "Variance components:", self.variance_components.to_string(index=False)]
         return "\n".join(lines)
 
+    # --- state (what :mod:`bayeshlm.results.storage` saves) ------------------------------------------
+    def to_state(self) -> tuple[dict, dict]:
+        """(record, datasets) from which :meth:`from_state` rebuilds this fit with its design: the priors, sampler
+        record, diagnostics and messages (JSON-ready); the posterior DataTree as ``bayes`` and the per-draw
+        Cholesky factors of each T (``L_<factor>``) as ``cholesky``."""
+        p = self.model_info.priors
+        priors = {"fixed": {k: _prior_to_dict(v) for k, v in p.fixed.items()}, "sigma": _prior_to_dict(p.sigma),
+                  "tau": {k: _prior_to_dict(v) for k, v in p.tau.items()},
+                  "corr": {k: v.eta for k, v in p.corr.items()}, "kind": p.kind}
+        record = {"priors": priors, "sampler": self.sampler, "diagnostics": self.diagnostics,
+                  "messages": self.messages}
+        chol = {f"L_{name}": (("chain", "draw", f"{name}__row", f"{name}__col"), L) for name, L in self._chol.items()}
+        return record, {"bayes": self.posterior, "cholesky": xr.Dataset(chol)}
+
+    @staticmethod
+    def from_state(design: Design, record: dict, datasets: dict) -> BayesFit:
+        """The fit of ``design`` from its record and datasets (:meth:`to_state`): the PyMC model is rebuilt from
+        the design and priors, in the user's units (for ``pymc_model()`` and prior predictive checks), without
+        sampling."""
+        from .build import build_model
+        from .priors import LKJ, PriorSet
+
+        p = record["priors"]
+        priors = PriorSet(fixed={k: _prior_from_dict(v) for k, v in p["fixed"].items()},
+                          sigma=_prior_from_dict(p["sigma"]), tau={k: _prior_from_dict(v) for k, v in p["tau"].items()},
+                          corr={k: LKJ(eta) for k, eta in p["corr"].items()}, kind=p["kind"])
+        sampler = record["sampler"]
+        route = sampler["route"]
+        parameterization = sampler["parameterization"] if route == "sampled" else None
+        model, info = build_model(design, priors, route, parameterization)
+        cholesky = datasets["cholesky"]
+        chol = {name[2:]: cholesky[name].values for name in cholesky.data_vars}
+        return BayesFit(design, datasets["bayes"], info, sampler, record["diagnostics"], record["messages"], model,
+                        chol)
+
     def report_sections(self) -> list[tuple[str, str]]:
         """How the posterior was drawn, the priors, and the convergence diagnostics."""
         priors = "\n".join(f"{name}: {prior}" for name, prior in self.priors.items()) or "not recorded"
@@ -345,6 +380,18 @@ class BayesFit(FitResult):
         return xr.concat(parts, dim=coef_dim, coords="minimal", compat="override").drop_vars(
             "fixed", errors="ignore").assign_coords({coef_dim: list(f.coef_names)})
 
+
+
+def _prior_to_dict(prior) -> dict | None:
+    if prior is None:
+        return None
+    return {"dist": prior.dist, "on": prior.on, "params": {k: v.tolist() for k, v in prior.params.items()}}
+
+
+def _prior_from_dict(d: dict | None):
+    from .priors import Prior
+
+    return None if d is None else Prior(d["dist"], on=d["on"], **d["params"])
 
 
 def _stats(draws: np.ndarray, level: float) -> dict:

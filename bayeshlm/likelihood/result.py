@@ -12,7 +12,7 @@ from scipy import stats
 
 from ..design.design import group_sums
 from ..design.scaling import Scaling, standardise
-from ..errors import InputError, OptionError
+from ..errors import FitFormatError, InputError, OptionError
 from ..results import FitResult
 from ..results.base import group_table, residual_row, t_interval, variance_component_pairs, variance_components_frame
 from ..results.contract import RESIDUAL_FACTOR
@@ -368,6 +368,36 @@ class LikelihoodFit(FitResult):
                                     "data cannot separate these random effects. Consider uncorrelated random "
                                     "effects (||), dropping a random slope, or method='bayes'."))
         return out
+
+    # --- state (what :mod:`bayeshlm.results.storage` saves) ------------------------------------------
+    def to_state(self) -> tuple[dict, dict]:
+        """(record, datasets) from which :meth:`from_state` rebuilds this fit with its design: the method, theta
+        in the user's units and the optimiser's record (JSON-ready); no arrays beyond the design."""
+        record = {"method": self.method, "theta": [float(t) for t in self._theta], "converged": bool(self.converged),
+                  "optimizer_message": self.optimizer_message, "n_evaluations": int(self.n_evaluations),
+                  "deviance": self.deviance, "messages": self.messages}
+        return record, {}
+
+    @staticmethod
+    def from_state(design, record: dict, datasets: dict | None = None) -> LikelihoodFit:
+        """The fit of ``design`` at the recorded theta (one evaluation of the criterion, no optimisation): a
+        :class:`StructuredFit` when the design has a level-1 error structure. Refuses a theta of the wrong size
+        or with non-finite values (:class:`~bayeshlm.errors.FitFormatError`)."""
+        from .fit import ProfiledDeviance
+
+        if design.residual is not None:
+            from .marginal import StructuredDeviance
+
+            objective, cls = StructuredDeviance(design, record["method"]), StructuredFit
+        else:
+            objective, cls = ProfiledDeviance(design, record["method"]), LikelihoodFit
+        theta = np.asarray(record["theta"], dtype=float)
+        size = objective.size if cls is StructuredFit else objective.params.size
+        if theta.shape != (size,) or not np.all(np.isfinite(theta)):
+            raise FitFormatError(f"the saved theta has {theta.size} values (finite: {bool(np.isfinite(theta).all())}), "
+                                 f"but this model has {size} variance parameters")
+        return cls(objective, theta, converged=record["converged"], optimizer_message=record["optimizer_message"],
+                   n_evaluations=record["n_evaluations"])
 
     # --- text ------------------------------------------------------------------------------------
     def report_sections(self) -> list[tuple[str, str]]:

@@ -50,18 +50,30 @@ _DAMAGE = (KeyError, IndexError, TypeError, ValueError, AttributeError, OSError)
 __all__ = ["FORMAT_VERSION", "FitFormatError", "load_fit", "save_fit"]
 
 
-def save_fit(fit, path: str | Path) -> Path:
-    """Write ``fit`` (a LikelihoodFit or BayesFit) to ``path`` as netCDF; return the path."""
-    from .. import __version__
+def _engines() -> dict[str, type]:
+    """The result classes a file can hold, by the ``engine`` name written in it."""
     from ..bayes.result import BayesFit
     from ..likelihood.result import LikelihoodFit
 
-    if isinstance(fit, LikelihoodFit):
-        engine, state, groups = "likelihood", _likelihood_state(fit), {}
-    elif isinstance(fit, BayesFit):
-        engine, state, groups = "bayes", _bayes_state(fit), _bayes_groups(fit)
-    else:
+    return {"likelihood": LikelihoodFit, "bayes": BayesFit}
+
+
+def save_fit(fit, path: str | Path) -> Path:
+    """Write ``fit`` (a LikelihoodFit or BayesFit) to ``path`` as netCDF; return the path. The fit's
+    ``to_state()`` gives its record (JSON in the root attribute ``state``) and its datasets (a DataTree is
+    written as ``/<name>/<group>``, a Dataset as ``/<name>``)."""
+    from .. import __version__
+
+    engine = next((name for name, cls in _engines().items() if isinstance(fit, cls)), None)
+    if engine is None:
         raise OptionError(f"Saving a {type(fit).__name__} is not supported; save() takes a REML/ML or Bayes fit.")
+    state, datasets = fit.to_state()
+    groups = {}
+    for name, data in datasets.items():
+        if isinstance(data, xr.DataTree):
+            groups |= {f"/{name}/{child}": node.to_dataset() for child, node in data.children.items()}
+        else:
+            groups[f"/{name}"] = data
     root = xr.Dataset(attrs={"bayeshlm_version": __version__, "format_version": FORMAT_VERSION, "engine": engine,
                              "spec": json.dumps(_spec_to_dict(fit.design.spec)),
                              "state": json.dumps(state, default=_plain)})
@@ -121,10 +133,7 @@ def load_fit(path: str | Path, *, unsafe_formula: bool = False):
             _check_shapes(tree, attrs)
             tree.load()
             design = _design_from_tree(tree, spec)
-        state = attrs["state"]
-        if attrs["engine"] == "likelihood":
-            return _likelihood_from_state(design, state)
-        return _bayes_from_tree(design, state, tree)
+        return _engines()[attrs["engine"]].from_state(design, attrs["state"], _datasets(tree))
     except FormulaError as err:  # checked before _DAMAGE, which would call it damage
         raise FitFormatError(
             f"load_fit: the model saved in {str(path)!r} has formula terms outside the allow-list ({err}) If you "
@@ -380,76 +389,14 @@ def _design_from_tree(tree: xr.DataTree, spec: ModelSpec) -> Design:
         nesting=meta["nesting"], term_levels=meta["term_levels"], residual=residual)
 
 
-# --- likelihood fits ----------------------------------------------------------------------------------------
+# --- the engines' datasets ----------------------------------------------------------------------------------
 
-def _likelihood_state(fit) -> dict:
-    return {"method": fit.method, "theta": [float(t) for t in fit._theta], "converged": bool(fit.converged),
-            "optimizer_message": fit.optimizer_message, "n_evaluations": int(fit.n_evaluations),
-            "deviance": fit.deviance, "messages": fit.messages}
-
-
-def _likelihood_from_state(design: Design, state: dict):
-    """Rebuild the fit at the saved theta (one evaluation of the criterion, no optimisation)."""
-    from ..likelihood.fit import ProfiledDeviance
-    from ..likelihood.result import LikelihoodFit, StructuredFit
-
-    if design.residual is not None:
-        from ..likelihood.marginal import StructuredDeviance
-
-        objective, cls = StructuredDeviance(design, state["method"]), StructuredFit
-    else:
-        objective, cls = ProfiledDeviance(design, state["method"]), LikelihoodFit
-    theta = np.asarray(state["theta"], dtype=float)
-    size = objective.size if cls is StructuredFit else objective.params.size
-    if theta.shape != (size,) or not np.all(np.isfinite(theta)):
-        raise FitFormatError(f"the saved theta has {theta.size} values (finite: {bool(np.isfinite(theta).all())}), "
-                             f"but this model has {size} variance parameters")
-    return cls(objective, theta, converged=state["converged"],
-               optimizer_message=state["optimizer_message"], n_evaluations=state["n_evaluations"])
-
-
-# --- Bayesian fits -------------------------------------------------------------------------------------------
-
-def _prior_to_dict(prior) -> dict | None:
-    if prior is None:
-        return None
-    return {"dist": prior.dist, "on": prior.on, "params": {k: v.tolist() for k, v in prior.params.items()}}
-
-
-def _prior_from_dict(d: dict | None):
-    from ..bayes.priors import Prior
-
-    return None if d is None else Prior(d["dist"], on=d["on"], **d["params"])
-
-
-def _bayes_state(fit) -> dict:
-    p = fit.model_info.priors
-    priors = {"fixed": {k: _prior_to_dict(v) for k, v in p.fixed.items()}, "sigma": _prior_to_dict(p.sigma),
-              "tau": {k: _prior_to_dict(v) for k, v in p.tau.items()},
-              "corr": {k: v.eta for k, v in p.corr.items()}, "kind": p.kind}
-    return {"priors": priors, "sampler": fit.sampler, "diagnostics": fit.diagnostics, "messages": fit.messages}
-
-
-def _bayes_groups(fit) -> dict[str, xr.Dataset]:
-    groups = {f"/bayes/{name}": node.to_dataset() for name, node in fit.posterior.children.items()}
-    chol = {f"L_{name}": (("chain", "draw", f"{name}__row", f"{name}__col"), L) for name, L in fit._chol.items()}
-    groups["/cholesky"] = xr.Dataset(chol)
-    return groups
-
-
-def _bayes_from_tree(design: Design, state: dict, tree: xr.DataTree):
-    from ..bayes.build import build_model
-    from ..bayes.priors import LKJ, PriorSet
-    from ..bayes.result import BayesFit
-
-    p = state["priors"]
-    priors = PriorSet(fixed={k: _prior_from_dict(v) for k, v in p["fixed"].items()},
-                      sigma=_prior_from_dict(p["sigma"]), tau={k: _prior_from_dict(v) for k, v in p["tau"].items()},
-                      corr={k: LKJ(eta) for k, eta in p["corr"].items()}, kind=p["kind"])
-    sampler = state["sampler"]
-    route = sampler["route"]
-    parameterization = sampler["parameterization"] if route == "sampled" else None
-    model, info = build_model(design, priors, route, parameterization)
-    posterior = xr.DataTree.from_dict({name: node.to_dataset() for name, node in tree["bayes"].children.items()})
-    chol = {name[2:]: tree["cholesky"][name].values for name in tree["cholesky"].data_vars}
-    return BayesFit(design, posterior, info, sampler, state["diagnostics"], state["messages"], model, chol)
+def _datasets(tree: xr.DataTree) -> dict:
+    """Every top-level node but the design: a DataTree when it has groups below it, else a Dataset."""
+    out = {}
+    for name, node in tree.children.items():
+        if name == "design":
+            continue
+        out[name] = (xr.DataTree.from_dict({child: sub.to_dataset() for child, sub in node.children.items()})
+                     if node.children else node.to_dataset())
+    return out
