@@ -400,3 +400,73 @@ def test_level1_error_structures_are_refused_for_satterthwaite_with_a_message():
     with pytest.raises(OptionError, match="level-1 error structure"):
         fit.variance_intervals()
     assert fit.test("sector = 0, sector:cses = 0").joint.iloc[0]["den_df"] == 158  # the book's df still works
+
+
+# --- estimated marginal means ----------------------------------------------------------------------------------
+
+def marginal_data() -> pd.DataFrame:
+    """Unbalanced A (3 levels) and B (2 levels), numeric x with an A-by-x interaction, 20 groups."""
+    rng = np.random.default_rng(0)
+    n = 400
+    g = rng.integers(0, 20, n)
+    a = rng.choice(["lo", "mid", "hi"], n, p=[0.5, 0.3, 0.2])
+    b = rng.choice(["no", "yes"], n, p=[0.8, 0.2])
+    x = rng.normal(2, 1, n)
+    y = (1 + 0.5 * (a == "mid") + 1.5 * (a == "hi") + 0.7 * x + 0.3 * x * (a == "hi") + 0.4 * (b == "yes")
+         + rng.normal(size=20)[g] + rng.normal(size=n))
+    return pd.DataFrame({"y": y, "A": a, "B": b, "x": x, "g": g, "k": rng.integers(1, 4, n)})
+
+
+def test_marginal_means_are_the_hand_computed_grid_averages():
+    """emmeans: each A level at x = mean(x), averaged over B's two levels with equal weights (not B's 80/20
+    frequencies); treatment coding with 'hi' as the reference level."""
+    data = marginal_data()
+    fit = bh.HLM("y ~ A * x + B + (1 | g)", data).fit("reml")
+    names = list(fit.fixed_effects.index)
+    xbar = data["x"].mean()
+    rows = {}
+    for level in ("hi", "lo", "mid"):
+        row = np.zeros(len(names))
+        row[names.index("(Intercept)")] = 1.0
+        row[names.index("x")] = xbar
+        row[names.index("B[T.yes]")] = 0.5
+        if level != "hi":
+            row[names.index(f"A[T.{level}]")] = 1.0
+            row[names.index(f"A[T.{level}]:x")] = xbar
+        rows[level] = row
+    L = np.vstack(list(rows.values()))
+    gamma = fit.fixed_effects["estimate"].to_numpy()
+    vcov = fit.vcov.loc[names, names].to_numpy()
+    table = fit.marginal_means("A", data)
+    assert list(table.index) == ["hi", "lo", "mid"]
+    assert np.allclose(table["estimate"], L @ gamma, rtol=1e-10)
+    assert np.allclose(table["se"], np.sqrt(np.einsum("ip,pq,iq->i", L, vcov, L)), rtol=1e-10)
+    assert table.attrs["grid"] == f"averaged over B (2 levels); x at its mean {xbar:.4g}"
+    # the df option is contrast()'s: the same numbers as fit.contrast with this L
+    kr = fit.marginal_means("A", data, df="kenward-roger", level=0.9)
+    expected = fit.contrast(L, df="kenward-roger", level=0.9)
+    assert np.allclose(kr[["estimate", "se", "df", "lower", "upper"]].to_numpy(),
+                       expected[["estimate", "se", "df", "lower", "upper"]].to_numpy(), rtol=1e-10)
+
+
+def test_marginal_means_of_a_numeric_column_written_as_a_category():
+    data = marginal_data()
+    fit = bh.HLM("y ~ C(k) + x + (1 | g)", data).fit("reml")
+    table = fit.marginal_means("k", data)
+    gamma = fit.fixed_effects["estimate"]
+    base = gamma["(Intercept)"] + gamma["x"] * data["x"].mean()
+    assert np.allclose(table["estimate"], [base, base + gamma["C(k)[T.2]"], base + gamma["C(k)[T.3]"]], rtol=1e-10)
+
+
+@pytest.mark.parametrize("factor, data, match", [
+    ("Z", None, "not a predictor of the fixed part"),  # unknown column
+    ("x", None, "numeric"),  # a numeric predictor has no levels
+    ("A", "not a frame", "pandas DataFrame"),
+    ("A", "other rows", "index labels are not in it"),
+])
+def test_marginal_means_refuses_bad_input(factor, data, match):
+    frame = marginal_data()
+    fit = bh.HLM("y ~ A * x + B + (1 | g)", frame).fit("reml")
+    given = {None: frame, "not a frame": frame.to_dict(), "other rows": frame.iloc[:100]}[data]
+    with pytest.raises(OptionError, match=match):
+        fit.marginal_means(factor, given)

@@ -236,6 +236,14 @@ class FitResult(ABC):
 
         return contrast(self, combination, rhs, df, level)
 
+    def marginal_means(self, factor: str, data: pd.DataFrame, df: str | None = None,
+                       level: float = 0.95) -> pd.DataFrame:
+        """emmeans-style estimated marginal means of the categorical predictor ``factor`` over the reference grid
+        of ``data`` (the fitted frame), with intervals (see :func:`bayeshlm.results.hypotheses.marginal_means`)."""
+        from .hypotheses import marginal_means
+
+        return marginal_means(self, factor, data, df, level)
+
     def ttest(self, df: str | None = None, level: float = 0.95) -> pd.DataFrame:
         """estimate, se, df, t, p and interval of every fixed effect with ``df`` = 'book', 'satterthwaite',
         'kenward-roger' or 'residual' (REML / ML fits)."""

@@ -326,3 +326,70 @@ def ttest(fit, df=None, level: float = 0.95) -> pd.DataFrame:
     out = contrast(fit, np.eye(len(names)), df=df, level=level)
     out.index = pd.Index(names, name="term")
     return out
+
+
+# --- estimated marginal means ---------------------------------------------------------------------------------
+
+_CATEGORICAL_TERM = re.compile(r"C\(\s*([A-Za-z_]\w*)\s*(,.*)?\)", re.DOTALL)
+
+
+def marginal_means(fit, factor: str, data: pd.DataFrame, df=None, level: float = 0.95) -> pd.DataFrame:
+    """Estimated marginal means of the categorical predictor ``factor`` (emmeans; Searle, Speed & Milliken 1980).
+
+    The reference grid crosses every level of each categorical predictor of the fixed part (a non-numeric
+    column, or one written ``C(column)``) and puts each numeric predictor at its mean over the analysed rows of
+    ``data`` (the frame the model was fitted to). A level's mean is the average of the population predictions
+    x'gamma over the grid rows with that level, weighting the other categorical predictors' levels equally:
+    l'gamma with l the average of those rows of the grid's X, reported as :func:`contrast` does (``df`` as there;
+    the posterior of l'gamma for Bayes). Columns estimate, se, (df,) lower, upper; index the levels.
+    """
+    from ..design.build import factor_variables
+    from .prediction import prediction_rows
+
+    design = fit.design
+    spec = design.spec
+    if not isinstance(data, pd.DataFrame):
+        raise OptionError(f"data must be the pandas DataFrame the model was fitted to; got {type(data).__name__}.")
+    expressions = [f for term in spec.fixed for f in term]
+    variables = sorted(set().union(*[factor_variables(f) for f in expressions])) if expressions else []
+    if factor not in variables:
+        raise OptionError(f"{factor!r} is not a predictor of the fixed part.{closest_names(factor, variables)} "
+                          f"Fixed-part predictors: {', '.join(variables) or 'none'}.")
+    absent = [v for v in variables if v not in data.columns]
+    missing_rows = ~design.row_labels.isin(data.index)
+    if absent or missing_rows.any():
+        raise OptionError(
+            "data must be the frame the model was fitted to: "
+            + (f"it lacks the column(s) {', '.join(map(repr, absent))}." if absent else
+               f"{int(missing_rows.sum())} of the {design.n_obs} analysed rows' index labels are not in it."))
+    rows = data.loc[design.row_labels]
+    wrapped = {m.group(1) for f in expressions if (m := _CATEGORICAL_TERM.fullmatch(f))}
+    categorical = [v for v in variables if v in wrapped or not (pd.api.types.is_numeric_dtype(rows[v])
+                                                                 or pd.api.types.is_bool_dtype(rows[v]))]
+    if factor not in categorical:
+        raise OptionError(f"{factor!r} is numeric, so the reference grid holds it at its mean (as emmeans does). "
+                          f"For a mean per value, write C({factor}) in the formula and refit.")
+    levels = {v: pd.Index(pd.unique(rows[v])).sort_values() for v in categorical}
+    size = int(np.prod([len(x) for x in levels.values()]))
+    if size > 100_000:
+        raise OptionError(f"The reference grid would have {size:,} rows (the categorical predictors "
+                          f"{', '.join(categorical)} crossed). Fit a model with fewer categorical predictors.")
+    grid = pd.MultiIndex.from_product(list(levels.values()), names=categorical).to_frame(index=False)
+    frame = pd.DataFrame({c: [rows[c].iloc[0]] * len(grid) for c in rows.columns})  # group labels etc.
+    for v in categorical:
+        frame[v] = grid[v].astype(rows[v].dtype).to_numpy()
+    for v in variables:
+        if v not in categorical:
+            frame[v] = float(rows[v].astype(float).mean())
+    X = prediction_rows(design, frame).X
+    target = levels[factor]
+    L = np.vstack([X[(grid[factor] == a).to_numpy()].mean(axis=0) for a in target])
+    out = contrast(fit, L, df=df, level=level)
+    out = out.drop(columns=[c for c in ("t", "p", "p_greater") if c in out.columns])
+    out.index = pd.Index(target, name=factor)
+    others = [v for v in categorical if v != factor]
+    numeric = [v for v in variables if v not in categorical]
+    described = ([f"averaged over {v} ({len(levels[v])} levels)" for v in others]
+                 + [f"{v} at its mean {frame[v].iloc[0]:.4g}" for v in numeric])
+    out.attrs["grid"] = "; ".join(described) or "no other predictors"
+    return out
