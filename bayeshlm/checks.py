@@ -70,7 +70,8 @@ def compare_models(fits, kind: str = "marginal", names=None) -> pd.DataFrame:
     the models' one grouping factor (see :mod:`bayeshlm.bayes.predictive_data` for why this suits hierarchical
     models); ``kind="conditional"`` leaves one observation out. The table is ArviZ's, with ``attrs["unit"]``
     naming the unit and ``attrs["messages"]`` saying, in words, which fits have unreliable importance weights
-    (Pareto k above ArviZ's threshold); those messages are also warnings.
+    (Pareto k above ArviZ's threshold); those messages are also warnings. Numbers are not rounded: round them for
+    display (``table.round(1)``).
     """
     import warnings
 
@@ -126,7 +127,7 @@ def compare_models(fits, kind: str = "marginal", names=None) -> pd.DataFrame:
                                if kind == "conditional" else "."))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        table = az.compare(trees)
+        table = az.compare(trees, round_to="none")  # ArviZ's default rounds elpd to the digits its SE supports
     table.attrs["unit"] = unit
     table.attrs["messages"] = messages
     for message in messages:
