@@ -374,6 +374,11 @@ class MetaFit:
                              "shrinkage": lam, "fitted": fitted, "eb": eb, "eb_se": eb_se,
                              "eb_lower": eb - z * eb_se, "eb_upper": eb + z * eb_se}, index=self._labels)
 
+    def forest_rows(self) -> tuple[pd.DataFrame, str, float, float]:
+        """What :func:`bayeshlm.plots.forest` draws: the per-study table (effect, se, ci_lower/upper, eb,
+        eb_lower/upper, fitted), the label of the shrunken estimates, tau^2 and I^2."""
+        return self.study_effects, "empirical Bayes estimate, 95% interval", self.tau2, self.i2
+
     # --- likelihood -------------------------------------------------------------------------------
     @property
     def loglik(self) -> float | None:

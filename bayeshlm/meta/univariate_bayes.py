@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ..errors import OptionError, closest_names
 
@@ -120,6 +121,17 @@ class MetaBayesFit:
         return pd.DataFrame({"effect": self.design.y, "se": np.sqrt(self.design.known_variance),
                              "mean": delta.mean(0), "sd": delta.std(0, ddof=1), "eti_lower": lo, "eti_upper": hi},
                             index=self.reml.study_effects.index)
+
+    def forest_rows(self) -> tuple[pd.DataFrame, str, float, float]:
+        """What :func:`bayeshlm.plots.forest` draws, in the columns of ``MetaFit.forest_rows``: the posterior mean
+        and 95% interval of each true effect as eb / eb_lower / eb_upper, the observed effects' 95% CIs, the
+        posterior mean of x_j'gamma as fitted; the label, and the posterior means of tau^2 and I^2."""
+        table = self.study_effects.rename(columns={"mean": "eb", "eti_lower": "eb_lower", "eti_upper": "eb_upper"})
+        z = stats.norm.ppf(0.975)
+        table["ci_lower"], table["ci_upper"] = table["effect"] - z * table["se"], table["effect"] + z * table["se"]
+        table["fitted"] = self.design.X @ self.fixed_effects["mean"].to_numpy()
+        posterior = self.heterogeneity["mean"]
+        return table, "posterior mean of the true effect, 95% interval", posterior["tau2"], posterior["I2"]
 
     def comparison(self) -> pd.DataFrame:
         """REML beside the posterior for each coefficient, tau^2 and I^2. ``shift_in_sd`` = (posterior mean - REML)

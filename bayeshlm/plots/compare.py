@@ -7,8 +7,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..errors import OptionError
-from ..report.report import compare
 from ..results import FitResult
+from ..results.comparison import compare
 
 
 def forest_compare(*fits: FitResult, names: list[str] | None = None, level: float = 0.95,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Polygon
-from scipy import stats
 
 from ..errors import OptionError, closest_names
 
@@ -69,21 +68,12 @@ def forest(fit, title: str | None = None, labels: str | list[str] | None = None)
 
 
 def _study_table(fit):
-    """(per-study table with the MetaFit's column names, label of the shrunken estimates, tau^2, I^2)."""
-    from ..meta import MetaFit
-    from ..meta.univariate_bayes import MetaBayesFit
-
-    if isinstance(fit, MetaFit):
-        return fit.study_effects, "empirical Bayes estimate, 95% interval", fit.tau2, fit.i2
-    if not isinstance(fit, MetaBayesFit):
+    """(per-study table with the MetaFit's column names, label of the shrunken estimates, tau^2, I^2): the meta
+    fit's ``forest_rows()``."""
+    if not hasattr(fit, "forest_rows"):
         raise OptionError(f"forest() draws a meta-analysis from bh.meta (MetaFit or MetaBayesFit); got "
                           f"{type(fit).__name__}.")
-    table = fit.study_effects.rename(columns={"mean": "eb", "eti_lower": "eb_lower", "eti_upper": "eb_upper"})
-    z = stats.norm.ppf(0.975)
-    table["ci_lower"], table["ci_upper"] = table["effect"] - z * table["se"], table["effect"] + z * table["se"]
-    table["fitted"] = fit.design.X @ fit.fixed_effects["mean"].to_numpy()  # posterior mean of x_j'gamma
-    posterior = fit.heterogeneity["mean"]
-    return table, "posterior mean of the true effect, 95% interval", posterior["tau2"], posterior["I2"]
+    return fit.forest_rows()
 
 
 def _study_labels(fit, columns: str | list[str] | None) -> list[str]:

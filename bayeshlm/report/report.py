@@ -1,4 +1,5 @@
-"""HLM-style printed report of any fit (likelihood or Bayes), and side-by-side comparison of fits.
+"""HLM-style printed report of any fit (likelihood or Bayes); fits side by side are
+:func:`bayeshlm.results.comparison.compare`.
 
 The sections follow HLM's output and the book's tables: model equations, data, fixed effects,
 variance components, reliabilities, chi-square tests, plausible-value ranges, ICC, fit statistics.
@@ -12,7 +13,7 @@ import pandas as pd
 
 from ..errors import InputError, OptionError
 from ..results import FitResult
-from ..results.contract import RESIDUAL_FACTOR, RESIDUAL_TERM
+from ..results.comparison import method_name
 from ..results.formatting import decimals, number
 from .equations import render_equations
 
@@ -53,7 +54,7 @@ def build_report(fit: FitResult, style: str = "tables") -> Report:
         raise OptionError(f"style={style!r}: use 'tables' (the HLM-style report) or 'plain' (a paragraph in words).")
     design = fit.design
     sections: list[tuple[str, str | pd.DataFrame]] = [
-        (f"Model ({_method_name(fit.method)})", render_equations(design).text),
+        (f"Model ({method_name(fit.method)})", render_equations(design).text),
         ("Data", design.summary().split("\n", 1)[1]),
         ("Fixed effects", fit.fixed_effects),
         ("Variance components", fit.variance_components),
@@ -81,56 +82,6 @@ def build_report(fit: FitResult, style: str = "tables") -> Report:
     if messages:
         sections.append(("Warnings", "\n".join(f"* {m}" for m in messages)))
     return Report(tuple(sections))
-
-
-def compare(*fits: FitResult, names: list[str] | None = None, level: float = 0.95) -> pd.DataFrame:
-    """Estimates, SEs (posterior SDs) and intervals of several fits of one model, side by side.
-
-    The layout of R&B (2002) Table 13.4: one row per parameter, one column group per fit. ``diff/se``
-    columns give each fit's difference from the first fit in units of the first fit's SE (or posterior
-    SD), so large disagreements stand out.
-    """
-    if len(fits) < 2:
-        raise OptionError("compare() needs at least two fits.")
-    first = fits[0]
-    for other in fits[1:]:
-        if other.design.spec != first.design.spec or other.design.n_obs != first.design.n_obs:
-            raise OptionError("compare() sets fits of the same model on the same data side by side; "
-                              f"got {first.design.spec.formula()!r} and {other.design.spec.formula()!r}.")
-    names = names or [_method_name(f.method) for f in fits]
-    if len(set(names)) != len(names):
-        names = [f"{n} ({i + 1})" for i, n in enumerate(names)]
-    columns = {}
-    for name, fit in zip(names, fits):
-        table = _parameters(fit, level)
-        for statistic in ("estimate", "se", "lower", "upper"):
-            columns[(name, statistic)] = table[statistic]
-    out = pd.DataFrame(columns)
-    base, base_se = out[(names[0], "estimate")], out[(names[0], "se")]
-    for name in names[1:]:
-        out[(name, "diff/se")] = (out[(name, "estimate")] - base) / base_se
-    out.columns = pd.MultiIndex.from_tuples(out.columns, names=["fit", "statistic"])
-    return out
-
-
-def _parameters(fit: FitResult, level: float = 0.95) -> pd.DataFrame:
-    """Fixed effects, then each factor's T entries and sigma^2, with estimate, se and ``level`` interval from the
-    fit's contract tables: the posterior's equal-tailed interval; for likelihood fits the t(df) interval of their t
-    tests and the observed-information Wald interval of the variances, clipped to the parameter's range (NaN
-    where :meth:`variance_intervals` is not defined, e.g. under level-1 error structures)."""
-    columns = ["estimate", "se", "lower", "upper"]
-    fixed = fit.fixed_effects_at(level)[columns]
-    fixed.index = [f"fixed: {n}" for n in fixed.index]
-    vc = fit.variance_components_at(level)
-    vc = vc[(vc["factor"] != RESIDUAL_FACTOR) | (vc["term"] == RESIDUAL_TERM)]
-    labels = ["sigma^2" if r.factor == RESIDUAL_FACTOR else f"{r.factor}: var({r.term})" if r.term == r.term2
-              else f"{r.factor}: cov({r.term}, {r.term2})" for r in vc.itertuples()]
-    variances = pd.DataFrame(vc[columns].to_numpy(dtype=float), index=labels, columns=columns)
-    return pd.concat([fixed, variances])
-
-
-def _method_name(method: str) -> str:
-    return {"reml": "REML", "ml": "ML", "bayes": "Bayes"}.get(method, method)
 
 
 def _rounded(table: pd.DataFrame) -> pd.DataFrame:
