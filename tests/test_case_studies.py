@@ -3,12 +3,13 @@
 Each file in case_studies/ (jupytext percent format) is turned into a notebook and executed by nbclient on
 the ``python3`` kernel in a temporary folder, so a notebook copied out of the repository must work. A case
 study fails if any cell raises, including its own checks of reproduced numbers against the book or a peer
-(``BookComparison.check``), or if a figure cell shows no picture. ``BAYESHLM_CASE_DRAWS`` sets the draws per
-chain (default 200 here).
+(``BookComparison.check``), or if a figure cell (one calling ``bh.plots`` or ArviZ's ``az.plot_*``) shows no
+picture. ``BAYESHLM_CASE_DRAWS`` sets the draws per chain (default 200 here).
 """
 
 import json
 import os
+import re
 from pathlib import Path
 
 import jupytext
@@ -19,7 +20,8 @@ from bayeshlm.datasets.references import _all as shipped_references
 
 ROOT = Path(__file__).parent.parent
 CASE_STUDIES = sorted((ROOT / "case_studies").glob("[0-9]*.py"))
-PLOT_CALL = "bh.plots."
+# a cell that draws: a line calling bayeshlm's or ArviZ's plots, its result possibly assigned to a name
+PLOT_CALL = re.compile(r"^(\w+ = )?(bh\.plots\.|az\.plot_)", re.MULTILINE)
 
 
 @pytest.mark.case_study
@@ -32,7 +34,7 @@ def test_case_study_runs_as_a_notebook_and_reproduces_its_numbers(path, tmp_path
     NotebookClient(notebook, timeout=900, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     for cell in notebook.cells:
-        if cell.cell_type == "code" and cell.source.strip().startswith(PLOT_CALL):
+        if cell.cell_type == "code" and PLOT_CALL.search(cell.source):
             kinds = {kind for output in cell.outputs for kind in output.get("data", {})}
             assert "image/png" in kinds, f"{path.name}: the cell {cell.source[:60]!r} shows no figure ({kinds})"
 
