@@ -5,17 +5,23 @@ model is built once, outside the timing) and glmer with its default settings (``
 data read before timing). The ratio column is the peer's time over ours (> 1: this engine is faster); the peer
 is glmer, glmer.nb or glmmTMB as the model name says. The models are those of tests/test_glmm.py plus
 lme4's VerbAgg (7,584 rows, 316 x 24 crossed), read from ``--verbagg`` (default
-/work/shared/data/VerbAgg.csv; skipped when absent).
+/work/shared/data/VerbAgg.csv; skipped when absent), and with ``--large`` a simulated two-level Bernoulli
+model with 1e6 rows in 1e4 groups (one fit each, in a fresh process whose peak memory is recorded; the data
+are written once to a CSV that both engines read before timing). Every timing is appended to ``--out`` (CSV)
+as it finishes, so a run cut short keeps what it measured.
 
 Usage::
 
     python benchmarks/bench_glmm.py                   # both engines
     python benchmarks/bench_glmm.py --no-r            # this engine only
+    python benchmarks/bench_glmm.py --large           # and the 1e6-row model
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import resource
 import statistics
 import subprocess
 import sys
@@ -23,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +68,17 @@ timed <- function(name, expr) {{
   if (name == "verbagg" && is.null(verbagg)) return(invisible())
   seconds <- replicate(3, system.time(suppressWarnings(suppressMessages(eval(expr))))[["elapsed"]])
   cat(name, median(seconds), "\\n")
+  flush(stdout())
 }}
+"""
+
+LARGE = "bernoulli_1e6"
+LARGE_FORMULA = "y ~ x + w + (1 | g)"
+R_LARGE = """
+large <- read.csv("{path}")
+large$g <- factor(large$g)
+seconds <- system.time(suppressWarnings(glmer(y ~ x + w + (1 | g), large, binomial)))[["elapsed"]]  # one fit
+cat("{name}", seconds, "\\n")
 """
 
 
@@ -82,8 +99,19 @@ def our_models(verbagg_path: Path) -> dict:
     return models
 
 
-def time_ours(models: dict) -> dict[str, tuple[float, float]]:
-    out = {}
+def record(out: Path, **row) -> None:
+    """Append one timing to the CSV ``out`` (header written with the first row)."""
+    new = not out.exists()
+    with out.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["model", "engine", "seconds", "cpu_s", "loglik", "peak_mb"])
+        if new:
+            writer.writeheader()
+        writer.writerow({"cpu_s": "", "loglik": "", "peak_mb": "", **row})
+    print(row, flush=True)
+
+
+def time_ours(models: dict, out: Path) -> dict[str, tuple[float, float]]:
+    result = {}
     for name, (make, options) in models.items():
         model = make()
         seconds, fit = [], None
@@ -91,27 +119,90 @@ def time_ours(models: dict) -> dict[str, tuple[float, float]]:
             started = time.perf_counter()
             fit = model.fit(method="ml", **options)
             seconds.append(time.perf_counter() - started)
-        out[name] = (statistics.median(seconds), fit.loglik)
-    return out
+        result[name] = (statistics.median(seconds), fit.loglik)
+        record(out, model=name, engine="bayeshlm", seconds=round(result[name][0], 4), loglik=round(fit.loglik, 4))
+    return result
 
 
-def time_glmer(data: Path, verbagg: Path) -> dict[str, float]:
-    script = R_SETUP.format(ref=ROOT / "tests/reference/glmm", data=data, verbagg=verbagg)
-    script += "".join(f"timed('{name}', quote({call}))\n" for name, call in R_MODELS.items())
+def run_r(script: str, out: Path, engine: str = "glmer") -> dict[str, float]:
+    """Run an R script that prints 'name seconds' lines; record each line as it arrives."""
     with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as handle:
         handle.write(script)
-    result = subprocess.run(["Rscript", handle.name], capture_output=True, text=True, check=True)
-    return {line.split()[0]: float(line.split()[1]) for line in result.stdout.splitlines() if line.strip()}
+    seconds = {}
+    with subprocess.Popen(["Rscript", handle.name], stdout=subprocess.PIPE, text=True) as process:
+        for line in process.stdout:
+            if line.strip():
+                name, value = line.split()[:2]
+                seconds[name] = float(value)
+                record(out, model=name, engine=engine, seconds=seconds[name])
+    return seconds
+
+
+def time_glmer(data: Path, verbagg: Path, out: Path) -> dict[str, float]:
+    script = R_SETUP.format(ref=ROOT / "tests/reference/glmm", data=data, verbagg=verbagg)
+    script += "".join(f"timed('{name}', quote({call}))\n" for name, call in R_MODELS.items())
+    return run_r(script, out)
+
+
+def large_data(path: Path, n_groups: int = 10_000, per_group: int = 100) -> None:
+    """Two-level Bernoulli data: logit P(y = 1) = -0.5 + 0.8 x + 0.3 w + u_g, u_g ~ N(0, 0.49) (seed fixed)."""
+    rng = np.random.default_rng(20261206)
+    g = np.repeat(np.arange(n_groups), per_group)
+    x = rng.normal(size=len(g)).round(4)
+    w = rng.normal(size=n_groups).round(4)[g]
+    eta = -0.5 + 0.8 * x + 0.3 * w + rng.normal(0.0, 0.7, n_groups)[g]
+    y = (rng.random(len(g)) < 1.0 / (1.0 + np.exp(-eta))).astype(int)
+    pd.DataFrame({"y": y, "x": x, "w": w, "g": g}).to_csv(path, index=False)
+
+
+def fit_large(path: Path) -> None:
+    """In a fresh process: read, build, fit once; print wall and CPU seconds of the fit, loglik and peak
+    resident MB (CPU time is the steadier number on a shared machine)."""
+    import bayeshlm as bh
+
+    data = pd.read_csv(path, dtype={"g": str})
+    model = bh.HLM(LARGE_FORMULA, data, family="bernoulli")
+    started, cpu = time.perf_counter(), time.process_time()
+    fit = model.fit()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    print(seconds, cpu, fit.loglik, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
+def time_large(out: Path, with_r: bool) -> dict[str, float]:
+    path = Path(tempfile.gettempdir()) / "bench_glmm_bernoulli_1e6.csv"
+    if not path.exists():
+        large_data(path)
+    result = subprocess.run([sys.executable, __file__, "--fit-large", str(path)], capture_output=True, text=True,
+                            check=True)
+    seconds, cpu, loglik, peak = map(float, result.stdout.split()[-4:])
+    record(out, model=LARGE, engine="bayeshlm", seconds=round(seconds, 3), cpu_s=round(cpu, 3),
+           loglik=round(loglik, 4), peak_mb=round(peak))
+    peers = run_r("suppressPackageStartupMessages(library(lme4))\n" + R_LARGE.format(path=path, name=LARGE), out) \
+        if with_r else {}
+    return {"ours": (seconds, loglik), **peers}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT / "bayeshlm/datasets/data")
     parser.add_argument("--verbagg", type=Path, default=Path("/work/shared/data/VerbAgg.csv"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/glmm.csv")
     parser.add_argument("--no-r", action="store_true")
+    parser.add_argument("--large", action="store_true", help="also the 1e6-row two-level Bernoulli model")
+    parser.add_argument("--only-large", action="store_true", help="only the 1e6-row model")
+    parser.add_argument("--fit-large", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    ours = time_ours(our_models(args.verbagg))
-    glmer = {} if args.no_r else time_glmer(args.data, args.verbagg)
+    if args.fit_large:
+        fit_large(args.fit_large)
+        return
+    ours, glmer = {}, {}
+    if not args.only_large:
+        ours = time_ours(our_models(args.verbagg), args.out)
+        glmer = {} if args.no_r else time_glmer(args.data, args.verbagg, args.out)
+    if args.large or args.only_large:
+        large = time_large(args.out, not args.no_r)
+        ours[LARGE] = large.pop("ours")
+        glmer.update(large)
     rows = [{"model": name, "bayeshlm_s": round(s, 3), "peer_s": glmer.get(name),
              "peer/bayeshlm": round(glmer[name] / s, 2) if name in glmer else None, "loglik": round(ll, 4)}
             for name, (s, ll) in ours.items()]

@@ -43,6 +43,7 @@ from .params import Parameterization
 PIRLS_TOL = 1e-11
 GRADIENT_STEP = 1e-4  # central differences of the deviance (relative to max(1, |x|))
 HESSIAN_STEP = 1e-3
+COMPILED_ROWS = 50_000  # from here, one scalar random effect: conditional modes by the compiled kernel
 
 
 class FixedScaling:
@@ -92,6 +93,13 @@ class GLMMObjective:
             self._schur = SchurAlgebra.for_objective(self)
             if self._schur is None:
                 self._pair_pattern()
+        self._glm_beta = None  # the GLM fit without random effects (glm_start)
+        self._compiled = None  # the kernel's family code when the compiled conditional modes are used
+        if (len(self.factors) == 1 and self.factors[0].n_coef == 1 and len(self.y) >= COMPILED_ROWS
+                and self.family.name in ("binomial", "bernoulli", "poisson")):
+            from .glmm_kernel import family_code
+
+            self._compiled = family_code(self.family)
         if nagq > 1:
             self.nodes, self.weights = np.polynomial.hermite.hermgauss(nagq)
             f = self.factors[0]  # group sums of (n, K) arrays of the quadrature, as one sparse product
@@ -191,6 +199,21 @@ class GLMMObjective:
         ZL = self._ZL(theta)
         eta0 = self.scaling.X @ beta_s + self.offset
         u = (self.u if u is None else u).copy()
+        if self._compiled is not None:
+            from .glmm_kernel import scalar_modes
+
+            u = scalar_modes(self._compiled, y, size, eta0, ZL[0][:, 0], self.factors[0].codes, u, PIRLS_TOL, 100)
+            eta = eta0 + self._times_u(ZL, u)
+        else:
+            u, eta = self._scoring_steps(eta0, ZL, u)
+        w = fam.observed_weights(y, eta, size) if self.information == "observed" else fam.working(y, eta, size)[0]
+        fac = self._factorize(ZL, w)
+        self.u = u
+        return u, eta0, ZL, fac
+
+    def _scoring_steps(self, eta0: np.ndarray, ZL: list[np.ndarray], u: np.ndarray):
+        """Fisher scoring on u from ``u``, each step halved while the penalised log-likelihood would fall."""
+        fam, y, size = self.family, self.y, self.size
         eta = eta0 + self._times_u(ZL, u)
         objective = fam.loglik(y, eta, size).sum() - 0.5 * u @ u
         for _ in range(100):
@@ -208,10 +231,7 @@ class GLMMObjective:
             u, eta, objective = new_u, new_eta, new_objective
             if done:
                 break
-        w = fam.observed_weights(y, eta, size) if self.information == "observed" else fam.working(y, eta, size)[0]
-        fac = self._factorize(ZL, w)
-        self.u = u
-        return u, eta0, ZL, fac
+        return u, eta
 
     def loglik(self, x: np.ndarray) -> float:
         """Laplace (nagq = 1) or adaptive-quadrature log-likelihood at x = (beta_s, theta)."""
@@ -569,7 +589,10 @@ class SchurFactor:
 
 
 def glm_start(objective: GLMMObjective) -> np.ndarray:
-    """beta_s of the GLM without random effects (IRLS from beta = 0), lme4's usual start."""
+    """beta_s of the GLM without random effects (IRLS from beta = 0), lme4's usual start. Kept on the objective
+    when the family has no parameters of its own (the separation check and the start both need it)."""
+    if objective._glm_beta is not None:
+        return objective._glm_beta.copy()
     fam, X, y, size, offset = objective.family, objective.scaling.X, objective.y, objective.size, objective.offset
     beta = np.zeros(X.shape[1])
     for _ in range(50):
@@ -579,6 +602,8 @@ def glm_start(objective: GLMMObjective) -> np.ndarray:
         beta = beta + step
         if np.max(np.abs(step)) < 1e-10:
             break
+    if not objective.n_extra:
+        objective._glm_beta = beta.copy()
     return beta
 
 
@@ -590,7 +615,8 @@ def optimise(objective: GLMMObjective, maxiter: int = 500, start: np.ndarray | N
     Returns (x, deviance, gradient, Hessian, optimiser message)."""
     if start is None:
         start = objective.start()
-    options = {"gtol": 1e-4, "maxiter": maxiter}
+    # the deviance's gradient and curvature grow with the rows, so its tolerance does too (the same step size)
+    options = {"gtol": 1e-4 * max(1.0, len(objective.y) / 1e4), "maxiter": maxiter}
     if start_inverse_hessian is not None:
         options["hess_inv0"] = start_inverse_hessian
     result = minimize(objective.deviance, start, jac=objective.gradient, method="BFGS", options=options)
