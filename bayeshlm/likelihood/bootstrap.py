@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -222,7 +223,13 @@ def _in_processes(job: _Job, seeds: list, workers: int, progress: bool, started:
     pieces = [seeds[i:i + chunk] for i in range(0, len(seeds), chunk)]
     _JOB = job
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
+        with warnings.catch_warnings():
+            if threading.active_count() == 1:
+                # Python 3.12 warns when forking a process with several OS threads; with no Python threads
+                # running those are the BLAS library's workers, which reinitialise in a forked child.
+                warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+            pool = multiprocessing.get_context("fork").Pool(workers)
+        with pool:
             rows = []
             for result in pool.imap(_run_chunk, pieces):
                 rows.extend(result)
