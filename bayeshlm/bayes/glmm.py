@@ -1,0 +1,566 @@
+"""Full Bayes for hierarchical generalized linear models (R&B 2002, ch. 10): binary, binomial and count outcomes.
+
+``HLM(..., family=...).fit(method="bayes")`` calls :func:`fit_bayes_glmm`. The group effects cannot be integrated
+out in closed form, so every factor's effects are sampled with the other parameters: the posterior is exact (no
+Laplace or quadrature approximation). Per factor, the effects are non-centred (u_j = L z_j, z_j ~ N(0, I)) unless
+the data dominate their prior, judged from the Laplace fit (:mod:`bayeshlm.likelihood.glmm`): the average
+reliability 1 - Var(b_j | y) / tau_00 of the group intercepts, with the conditional variances of the Laplace
+fit, is at least 0.5; then centred on the fixed effects (b_j = gamma + u_j ~ N(gamma, T) sampled), which mixes
+better for well-measured groups (Papaspiliopoulos, Roberts & Skold 2007). A factor nested in another stays
+non-centred. The choice and the reliabilities are recorded in ``fit.sampler``.
+
+For the logit-binomial/Bernoulli, log-Poisson and log-negative-binomial models with the usual prior families,
+nutpie samples a compiled log density (:mod:`.glmm_kernel`, cached on disk: no PyMC graph is compiled); other
+links and priors sample the PyMC graph of :func:`glmm_pymc_model`, the same model, which ``model.pymc_model()``
+returns for posterior predictive simulation.
+
+Priors (link scale; see docs/hglm_bayes.md), overridable by name as for Gaussian models
+(:mod:`bayeshlm.bayes.priors`: ``"beta"``, a fixed-effect name, ``"tau_<factor>"``, ``"corr_<factor>"``, and
+``"shape"`` for the negative binomial):
+
+- slope of x_k: Normal(0, 2.5 / sd(x_k)) (rstanarm's autoscaled default for GLMs);
+- intercept: Normal(g(ybar), sqrt(2.5^2 + sum_k (2.5 mean(x_k) / sd(x_k))^2)), g the link and ybar the pooled
+  proportion (binomial) or rate per unit of exposure (counts), clipped to [0.01, 0.99] / at least 0.5 events;
+- SD of a random coefficient z_k: HalfStudentT(nu=3, sigma=2.5 / sd(z_k)) (2.5 for an intercept; brms's
+  student_t(3, 0, 2.5));
+- correlations: LKJ(eta=2);
+- negative binomial shape k (var = mu + mu^2 / k): Gamma(alpha=0.01, beta=0.01) (brms's default).
+
+``priors="flat"``: flat on the fixed effects and on each variance, uniform correlations (R&B ch. 13); the
+shape keeps its default.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..design import Design
+from ..errors import OptionError, closest_names
+from ..families.outcome import GLMOutcome
+from .priors import LKJ, Prior, PriorSet, flat_priors
+
+OPTIONS = ("draws", "tune", "chains", "random_seed", "priors", "sampler", "target_accept", "parameterization",
+           "progressbar")
+CENTRED_RELIABILITY = 0.5
+PARAMETERIZATIONS = ("centred", "non-centred")
+SHAPE_PRIOR = ("Gamma", {"alpha": 0.01, "beta": 0.01})
+
+
+# --- priors ---------------------------------------------------------------------------------------------
+def _link_of_mean(design: Design, outcome: GLMOutcome) -> float:
+    """g(ybar): the link of the pooled proportion or rate, where the intercept's prior is centred."""
+    family, link = outcome.family, outcome.family.link.name
+    if family.counts:
+        return float(np.log(max(outcome.y.sum(), 0.5) / np.exp(outcome.offset).sum()))
+    p = float(np.clip(outcome.y.sum() / outcome.size.sum(), 0.01, 0.99))
+    from scipy import special
+
+    return {"logit": special.logit(p), "probit": special.ndtri(p), "cloglog": np.log(-np.log1p(-p))}[link]
+
+
+def default_glmm_priors(design: Design, outcome: GLMOutcome) -> PriorSet:
+    """The link-scale defaults of the module docstring."""
+    cs = design.column_summary()
+    constant = cs.X_ptp == 0
+    x_sd = np.where(cs.X_sd > 1e-12, cs.X_sd, 1.0)
+    slope_sd = 2.5 / x_sd
+    centre = _link_of_mean(design, outcome)
+    fixed = {}
+    for k, name in enumerate(design.fixed_names):
+        if constant[k]:
+            first = cs.X_first[k]
+            spread = np.sqrt(2.5**2 + np.sum((slope_sd * cs.X_mean)[~constant] ** 2))
+            fixed[name] = Prior("Normal", mu=centre / first, sigma=spread / abs(first))
+        else:
+            fixed[name] = Prior("Normal", mu=0.0, sigma=slope_sd[k])
+    tau, corr = {}, {}
+    for f in design.factors:
+        z_sd = np.where((cs.Z_ptp[f.name] > 0) & (cs.Z_sd[f.name] > 1e-12), cs.Z_sd[f.name], 1.0)
+        tau[f.name] = Prior("HalfStudentT", nu=np.full(f.n_coef, 3.0), sigma=2.5 / z_sd)
+        if any(len(b) > 1 for b in f.blocks):
+            corr[f.name] = LKJ(2.0)
+    return PriorSet(fixed, None, tau, corr, "default")
+
+
+def valid_glmm_prior_names(design: Design, outcome: GLMOutcome) -> list[str]:
+    names = ["beta", *design.fixed_names]
+    for f in design.factors:
+        names.append(f"tau_{f.name}")
+        if any(len(b) > 1 for b in f.blocks):
+            names.append(f"corr_{f.name}")
+    if outcome.family.name == "negative_binomial":
+        names.append("shape")
+    return names
+
+
+def resolve_glmm_priors(design: Design, outcome: GLMOutcome, priors) -> tuple[PriorSet, Prior | None]:
+    """(PriorSet, shape prior or None) from ``priors=``: None, 'flat' or a dict of overrides by name."""
+    shape = Prior(SHAPE_PRIOR[0], **SHAPE_PRIOR[1]) if outcome.family.name == "negative_binomial" else None
+    if priors is None or priors == "default":
+        return default_glmm_priors(design, outcome), shape
+    if isinstance(priors, str):
+        if priors != "flat":
+            raise OptionError(f"priors={priors!r}: use None (weakly informative link-scale defaults), 'flat' or a "
+                              "dict of per-parameter priors.")
+        flat = flat_priors(design)
+        return PriorSet(flat.fixed, None, flat.tau, flat.corr, "flat"), shape
+    if not isinstance(priors, Mapping):
+        raise OptionError("priors must be None, 'flat' or a dict {parameter name: Prior(...)}.")
+    base = default_glmm_priors(design, outcome)
+    fixed, tau, corr = dict(base.fixed), dict(base.tau), dict(base.corr)
+    valid = valid_glmm_prior_names(design, outcome)
+    for name, value in priors.items():
+        if name not in valid:
+            raise OptionError(f"priors: no parameter {name!r} in this model.{closest_names(str(name), valid)} "
+                              f"Valid names: {', '.join(valid)}.")
+        if name.startswith("corr_"):
+            eta = value.eta if isinstance(value, LKJ) else value
+            try:
+                corr[name[5:]] = LKJ(float(eta))
+            except (TypeError, ValueError):
+                raise OptionError(f"priors[{name!r}]: give the LKJ eta as a number or LKJ(eta=...).") from None
+            continue
+        if not isinstance(value, Prior):
+            raise OptionError(f"priors[{name!r}] = {value!r}: give a bayeshlm.bayes.Prior, "
+                              "e.g. Prior('Normal', mu=0, sigma=2.5).")
+        if name == "beta":
+            fixed = dict.fromkeys(design.fixed_names, value)
+        elif name.startswith("tau_"):
+            tau[name[4:]] = value
+        elif name == "shape":
+            if value.on != "sd":
+                raise OptionError("priors['shape']: the prior is on the shape k itself; on='variance' does not apply.")
+            shape = value
+        else:
+            fixed[name] = value
+    for name in fixed:  # a per-coefficient override beats "beta", whatever the dict order
+        if name in priors:
+            fixed[name] = priors[name]
+    for name, p in fixed.items():
+        if p.on != "sd":
+            raise OptionError(f"priors[{name!r}]: on='variance' applies only to tau_* priors.")
+    return PriorSet(fixed, None, tau, corr, "default+overrides"), shape
+
+
+def prior_table(priors: PriorSet, shape: Prior | None) -> dict[str, str]:
+    out = priors.as_dict()
+    if shape is not None:
+        out["shape"] = str(shape)
+    return out
+
+
+# --- geometry -------------------------------------------------------------------------------------------
+def laplace_fit(design: Design, outcome: GLMOutcome):
+    """The Laplace ML fit (starting point and geometry), or None when it cannot be made (e.g. separation)."""
+    from ..likelihood.glmm_fit import fit_glmm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return fit_glmm(design, outcome, method="ml")
+        except (ValueError, np.linalg.LinAlgError, FloatingPointError):
+            return None
+
+
+def _conditional_sd(laplace, factor) -> np.ndarray | None:
+    """Conditional SDs of the group intercepts in the Laplace fit (wide or long group-effects table)."""
+    table = laplace.group_effects(factor.name)
+    first = factor.coef_names[0]
+    if f"sd_{first}" in table.columns:
+        return table[f"sd_{first}"].to_numpy(dtype=float)
+    if "se" in table.columns and table.index.nlevels == 2:
+        return table.xs(first, level=-1)["se"].to_numpy(dtype=float)
+    return None
+
+
+def laplace_reliability(design: Design, laplace) -> dict[str, float]:
+    """Average reliability 1 - Var(b_j | y) / tau_00 of each factor's group intercepts in the Laplace fit
+    (0 when the variance is at the boundary or the fit is missing: non-centred, the safe choice)."""
+    out = {}
+    for f in design.factors:
+        value = 0.0
+        if laplace is not None:
+            try:
+                tau00 = float(laplace.tau[f.name].iloc[0, 0])
+                sd = _conditional_sd(laplace, f)
+                if tau00 > 1e-8 and sd is not None:
+                    value = float(np.mean(1.0 - sd**2 / tau00))
+            except (KeyError, ValueError, AttributeError, IndexError):
+                value = 0.0
+        out[f.name] = value
+    return out
+
+
+def choose_parameterization(design: Design, reliability: dict[str, float],
+                            requested: Mapping | None) -> dict[str, str]:
+    """Centred where the reliability is at least 0.5 and the factor is not nested in another; else non-centred;
+    ``requested`` ({factor: 'centred' | 'non-centred'}) overrides."""
+    if requested is not None and not isinstance(requested, Mapping):
+        raise OptionError(f"parameterization={requested!r}: give a dict {{factor: 'centred' or 'non-centred'}}.")
+    requested = dict(requested or {})
+    for name, how in requested.items():
+        if name not in design.factor_names:
+            hint = closest_names(str(name), design.factor_names)
+            raise OptionError(f"parameterization: no grouping factor {name!r}.{hint} "
+                              f"Factors: {', '.join(design.factor_names)}.")
+        if how not in PARAMETERIZATIONS:
+            raise OptionError(f"parameterization[{name!r}] = {how!r}: use 'centred' or 'non-centred'.")
+    return {f.name: requested.get(f.name) or
+            ("centred" if reliability[f.name] >= CENTRED_RELIABILITY and not design.nesting.get(f.name)
+             else "non-centred") for f in design.factors}
+
+
+def centring(design: Design, choice: dict[str, str]) -> dict[str, list[int]]:
+    """Per factor, the fixed effect each coefficient is centred on (index into beta, or -1): for a centred
+    factor, the fixed effect whose column of X equals the coefficient's column of Z (each fixed effect centres
+    one factor at most)."""
+    taken: set[int] = set()
+    out = {}
+    for f in design.factors:
+        out[f.name] = [-1] * f.n_coef
+        if choice[f.name] != "centred":
+            continue
+        for a, name in enumerate(f.coef_names):
+            k = design.fixed_names.index(name) if name in design.fixed_names else -1
+            if k >= 0 and k not in taken and np.array_equal(design.X[:, k], f.Z[:, a]):
+                out[f.name][a] = k
+                taken.add(k)
+    return out
+
+
+# --- the PyMC graph -------------------------------------------------------------------------------------
+def glmm_pymc_model(design: Design, outcome: GLMOutcome, priors=None, parameterization: Mapping | None = None,
+                    choice: dict[str, str] | None = None):
+    """The PyMC model of a hierarchical GLM with its observed likelihood ``y`` (dims 'obs'), for
+    ``pm.sample_posterior_predictive``, ArviZ, or extension. ``choice`` (factor -> 'centred'/'non-centred')
+    defaults to ``parameterization`` or non-centred."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    prior_set, shape_prior = resolve_glmm_priors(design, outcome, priors)
+    if choice is None:
+        choice = choose_parameterization(design, {f.name: 0.0 for f in design.factors}, parameterization)
+    centre_on = centring(design, choice)
+    coords = {"fixed": list(design.fixed_names), "obs": np.arange(design.n_obs)}
+    for f in design.factors:
+        coords[f"{f.name}__coef"] = list(f.coef_names)
+        coords[f.name] = [str(v) for v in f.levels]
+    family, link = outcome.family, outcome.family.link.name
+    with pm.Model(coords=coords) as model:
+        beta = _fixed_effects(design, prior_set)
+        eta = pt.dot(pm.Data("data__X", design.X), beta) + outcome.offset
+        for f in design.factors:
+            L = _cholesky(f, prior_set)
+            u = _group_effects(f, L, choice[f.name], beta, centre_on[f.name])
+            codes = pm.Data(f"data__codes__{f.name}", f.codes.astype(np.int64))
+            eta = eta + pt.sum(pm.Data(f"data__Z__{f.name}", f.Z) * u[codes], axis=1)
+        y = pm.Data("data__y", outcome.y)
+        if family.counts:
+            mu = pt.exp(eta)
+            if family.name == "poisson":
+                pm.Poisson("y", mu=mu, observed=y, dims="obs")
+            else:
+                shape = _positive(pm, "shape", shape_prior, ())
+                pm.NegativeBinomial("y", mu=mu, alpha=shape, observed=y, dims="obs")
+        else:
+            p_kwargs = {"logit_p": eta} if link == "logit" else {
+                "p": pm.math.invprobit(eta) if link == "probit" else 1.0 - pt.exp(-pt.exp(eta))}
+            if family.name == "bernoulli":
+                pm.Bernoulli("y", **p_kwargs, observed=y, dims="obs")
+            else:
+                pm.Binomial("y", n=pm.Data("data__trials", outcome.size.astype(np.int64)), **p_kwargs,
+                            observed=y, dims="obs")
+    return model
+
+
+def _fixed_effects(design: Design, priors: PriorSet):
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    fixed = [priors.fixed[name] for name in design.fixed_names]
+    if len({(p.dist, tuple(p.params)) for p in fixed}) == 1:
+        params = {k: np.array([p.params[k] for p in fixed]) for k in fixed[0].params}
+        return getattr(pm, fixed[0].dist)("beta", **params, dims="fixed")
+    parts = [getattr(pm, p.dist)(f"beta[{name}]", **p.params) for name, p in zip(design.fixed_names, fixed)]
+    return pm.Deterministic("beta", pt.stack(parts), dims="fixed")
+
+
+def _positive(pm, name: str, prior: Prior, shape: tuple, dims=None):
+    """A positive parameter with its prior on itself, or (``on='variance'``) on its square."""
+    import pytensor.tensor as pt
+
+    params = {k: np.broadcast_to(v, shape) for k, v in prior.params.items()}
+    size = {"dims": dims} if dims else {"shape": shape}
+    dist = getattr(pm, prior.dist)
+    if prior.on == "sd":
+        return dist(name, **params, **size)
+    variance = dist(name.replace("tau_", "tau2_", 1), **params, **size)
+    return pm.Deterministic(name, pt.sqrt(variance), **({"dims": dims} if dims else {}))
+
+
+def _cholesky(f, priors: PriorSet):
+    """L = diag(tau) L_Omega (one LKJ block) or diag(tau); other block structures are built blockwise."""
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    tau = _positive(pm, f"tau_{f.name}", priors.tau[f.name], (f.n_coef,), dims=f"{f.name}__coef")
+    multi = [b for b in f.blocks if len(b) > 1]
+    if not multi:
+        return pt.diag(tau)
+    L = pt.zeros((f.n_coef, f.n_coef))
+    for i, block in enumerate(f.blocks):
+        if len(block) == 1:
+            L = pt.set_subtensor(L[block[0], block[0]], tau[block[0]])
+            continue
+        name = f"corr_{f.name}" if len(multi) == 1 else f"corr_{f.name}_{i}"
+        omega = pm.LKJCorr(name, n=len(block), eta=float(priors.corr[f.name].eta))
+        if len(block) == f.n_coef:
+            return tau[:, None] * omega
+        idx = np.array(block)
+        L = pt.set_subtensor(L[idx[:, None], idx[None, :]], tau[idx][:, None] * omega)
+    return L
+
+
+def _group_effects(f, L, how: str, beta, centre_on: list[int]):
+    import pymc as pm
+    import pytensor.tensor as pt
+
+    dims = (f.name, f"{f.name}__coef")
+    if how == "non-centred":
+        z = pm.Normal(f"z_{f.name}", 0.0, 1.0, dims=dims)
+        return pm.Deterministic(f"u_{f.name}", pt.dot(z, L.T), dims=dims)
+    centre = pt.stack([beta[k] if k >= 0 else pt.constant(0.0) for k in centre_on])
+    b = pm.MvNormal(f"coef_{f.name}", mu=centre, chol=L, dims=dims)
+    return pm.Deterministic(f"u_{f.name}", b - centre, dims=dims)
+
+
+# --- the compiled kernel --------------------------------------------------------------------------------
+def kernel_covers(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: Prior | None) -> str | None:
+    """None when the compiled kernel covers the model, else why not (then the PyMC graph is sampled)."""
+    from .glmm_kernel import FAMILY_CODES, FIXED_FAMILIES, SCALE_FAMILIES
+
+    family = outcome.family
+    if (family.name, family.link.name) not in FAMILY_CODES:
+        return f"the {family.link.name} link of the {family.name} family"
+    for f in design.factors:
+        if not (len(f.blocks) == 1 or all(len(b) == 1 for b in f.blocks)):
+            return f"the block-diagonal covariance of {f.name!r}"
+    for name, p in priors.fixed.items():
+        if p.dist not in FIXED_FAMILIES or set(p.params) != set(FIXED_FAMILIES[p.dist]):
+            return f"the {p.dist} prior of {name!r}"
+    scales = [(f"tau_{f}", p) for f, p in priors.tau.items()] + ([("shape", shape)] if shape is not None else [])
+    for name, p in scales:
+        if p.dist not in SCALE_FAMILIES or set(p.params) != set(SCALE_FAMILIES[p.dist]):
+            return f"the {p.dist} prior of {name!r}"
+    return None
+
+
+def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: Prior | None,
+                 choice: dict[str, str], laplace):
+    """Pack the model for :mod:`.glmm_kernel`, with a start at the Laplace estimates when there are some."""
+    from scipy import special
+
+    from .glmm_kernel import FAMILY_CODES, SCALE_CODE, SCALE_FAMILIES, pack
+
+    family = outcome.family
+    y, size = outcome.y.astype(float), outcome.size.astype(float)
+    if family.name in ("binomial", "bernoulli"):
+        constant = float(np.sum(special.gammaln(size + 1) - special.gammaln(y + 1) - special.gammaln(size - y + 1)))
+    else:
+        constant = -float(np.sum(special.gammaln(y + 1)))
+    fixed = [priors.fixed[name] for name in design.fixed_names]
+    beta_mu = np.array([float(p.params.get("mu", 0.0)) for p in fixed])
+    beta_sd = np.array([float(p.params["sigma"]) if p.dist == "Normal" else 0.0 for p in fixed])
+    centre_on = centring(design, choice)
+    beta0 = _laplace_beta(design, laplace)
+    coords: dict[str, list] = {"fixed": list(design.fixed_names)}
+    layout = [("beta", (design.n_fixed,), ("fixed",))]
+    factors, start = [], [beta0]
+    for f in design.factors:
+        prior = priors.tau[f.name]
+        values = [np.broadcast_to(prior.params[k], (f.n_coef,)) for k in SCALE_FAMILIES[prior.dist]]
+        rows = np.zeros((f.n_coef, 4))
+        rows[:, 0] = SCALE_CODE[prior.dist]
+        rows[:, 3] = prior.on == "variance"
+        if values:
+            rows[:, 1], rows[:, 2] = values[0], values[-1]
+        correlated = f.n_coef > 1 and len(f.blocks) == 1
+        centred = choice[f.name] == "centred"
+        factors.append({"q": f.n_coef, "J": f.n_groups, "correlated": correlated, "centred": centred,
+                        "eta": float(priors.corr[f.name].eta) if correlated else 1.0, "codes": f.codes,
+                        "Z": f.Z, "centre": np.array(centre_on[f.name], float), "prior": rows})
+        tau0 = _laplace_tau(f, laplace)
+        effects = np.zeros((f.n_groups, f.n_coef))
+        if centred:
+            effects += np.array([beta0[k] if k >= 0 else 0.0 for k in centre_on[f.name]])
+        scale0 = np.log(tau0**2) if prior.on == "variance" else np.log(tau0)
+        start += [effects.ravel(), np.broadcast_to(scale0, (f.n_coef,)),
+                  np.zeros(f.n_coef * (f.n_coef - 1) // 2 if correlated else 0)]
+        coef_dim = f"{f.name}__coef"
+        coords[coef_dim] = list(f.coef_names)
+        coords[f.name] = [str(v) for v in f.levels]
+        layout.append((f"tau_{f.name}", (f.n_coef,), (coef_dim,)))
+        if correlated:
+            corr_dims = (f"corr_{f.name}_dim_0", f"corr_{f.name}_dim_1")
+            coords |= {d: list(range(f.n_coef)) for d in corr_dims}
+            layout.append((f"corr_{f.name}", (f.n_coef, f.n_coef), corr_dims))
+        layout.append((f"u_{f.name}", (f.n_groups, f.n_coef), (f.name, coef_dim)))
+    shape_row = None
+    if family.name == "negative_binomial":
+        values = [float(shape.params[k]) for k in SCALE_FAMILIES[shape.dist]]
+        shape_row = (SCALE_CODE[shape.dist], values[0] if values else 1.0, values[-1] if values else 1.0, 0.0)
+        k0 = _laplace_shape(laplace)
+        start.append([np.log(k0)])
+        layout.append(("shape", (), ()))
+    return pack(FAMILY_CODES[family.name, family.link.name], y, size, outcome.offset, constant, design.X,
+                beta_mu, beta_sd, factors, shape_row, np.concatenate([np.ravel(s) for s in start]), layout, coords)
+
+
+def kernel_coordinates(design: Design, priors: PriorSet, shape: Prior | None,
+                       choice: dict[str, str]) -> list[tuple[str, tuple[int, ...]]]:
+    """The kernel's unconstrained coordinates in order, named as the value variables of the PyMC graph
+    (:func:`glmm_pymc_model` with the same ``choice``), with their shapes: to compare the two densities."""
+    fixed = [priors.fixed[name] for name in design.fixed_names]
+    if len({(p.dist, tuple(p.params)) for p in fixed}) == 1:
+        out = [("beta", (design.n_fixed,))]
+    else:
+        out = [(f"beta[{name}]", ()) for name in design.fixed_names]
+    for f in design.factors:
+        kind = "coef" if choice[f.name] == "centred" else "z"
+        scale = "tau2" if priors.tau[f.name].on == "variance" else "tau"
+        out += [(f"{kind}_{f.name}", (f.n_groups, f.n_coef)), (f"{scale}_{f.name}_log__", (f.n_coef,))]
+        if f.n_coef > 1 and len(f.blocks) == 1:
+            out.append((f"corr_{f.name}_cholesky_corr__", (f.n_coef * (f.n_coef - 1) // 2,)))
+    if shape is not None:
+        out.append(("shape_log__", ()))
+    return out
+
+
+def _laplace_beta(design: Design, laplace) -> np.ndarray:
+    if laplace is None:
+        return np.zeros(design.n_fixed)
+    return laplace.fixed_effects["estimate"].reindex(list(design.fixed_names)).fillna(0.0).to_numpy(dtype=float)
+
+
+def _laplace_tau(f, laplace) -> np.ndarray:
+    if laplace is None:
+        return np.full(f.n_coef, 0.5)
+    return np.clip(np.sqrt(np.diag(laplace.tau[f.name].to_numpy(dtype=float))), 0.1, 10.0)
+
+
+def _laplace_shape(laplace) -> float:
+    try:
+        return float(np.clip(laplace.family_parameters["shape"], 0.05, 1e3))
+    except (AttributeError, KeyError, TypeError):
+        return 1.0
+
+
+# --- fitting --------------------------------------------------------------------------------------------
+def fit_bayes_glmm(design: Design, outcome: GLMOutcome, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
+                   random_seed: int | None = None, priors=None, sampler: str = "nutpie", target_accept: float = 0.9,
+                   parameterization: Mapping | None = None, progressbar: bool = False, **unknown):
+    """Sample the exact posterior of a hierarchical GLM (module docstring); returns a
+    :class:`~.glmm_result.BayesGLMMFit`. Options as for Gaussian models (:func:`bayeshlm.bayes.fit_bayes`)."""
+    from .diagnostics import diagnose, warn_if_problems
+    from .glmm_result import BayesGLMMFit
+    from .sampling import check_sampler_options, new_seed
+
+    if unknown:
+        name = next(iter(unknown))
+        raise OptionError(f"Unknown option {name!r} for method='bayes' with family={outcome.family.name!r}."
+                          f"{closest_names(name, OPTIONS)} Options: {', '.join(OPTIONS)}.")
+    check_sampler_options(draws=draws, tune=tune, chains=chains, random_seed=random_seed,
+                          target_accept=target_accept, sampler=sampler, progressbar=progressbar)
+    prior_set, shape = resolve_glmm_priors(design, outcome, priors)
+    if parameterization is not None and not isinstance(parameterization, Mapping):
+        raise OptionError(f"parameterization={parameterization!r}: give a dict {{factor: 'centred' or "
+                          "'non-centred'}, e.g. parameterization={'herd': 'non-centred'}.")
+    started = time.perf_counter()
+    laplace = laplace_fit(design, outcome)
+    reliability = laplace_reliability(design, laplace)
+    choice = choose_parameterization(design, reliability, parameterization)
+    laplace_seconds = time.perf_counter() - started
+    seed = new_seed() if random_seed is None else int(random_seed)
+    not_covered = kernel_covers(design, outcome, prior_set, shape)
+    use_kernel = sampler == "nutpie" and not_covered is None
+    tree, record = _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kernel, sampler=sampler,
+                           draws=int(draws), tune=int(tune), chains=int(chains), seed=seed,
+                           target_accept=float(target_accept), progressbar=bool(progressbar))
+    record |= {"parameterization": choice, "reliability": {k: round(v, 3) for k, v in reliability.items()},
+               "laplace_seconds": round(laplace_seconds, 3),
+               "kernel_not_used_because": None if use_kernel else (not_covered or f"sampler={sampler!r}")}
+    var_names = ["beta", *(f"tau_{f.name}" for f in design.factors),
+                 *(f"corr_{f.name}" for f in design.factors if f"corr_{f.name}" in tree["posterior"]),
+                 *(["shape"] if shape is not None else [])]
+    diagnostics, messages = diagnose(tree, var_names, int(chains))
+    if laplace is None:
+        messages = ["The Laplace fit could not be made (e.g. separation), so every factor is non-centred and the "
+                    "sampler starts from zeros; the posterior is still exact, but check the fixed effects' "
+                    "priors carry the information the data lack.", *messages]
+    warn_if_problems(messages)
+    return BayesGLMMFit(design, outcome, tree, prior_table(prior_set, shape), record, diagnostics, messages,
+                        laplace, prior_set, shape)
+
+
+def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kernel, *, sampler, draws, tune,
+            chains, seed, target_accept, progressbar):
+    import os
+
+    import xarray as xr
+
+    cores = min(chains, os.cpu_count() or 1)
+    start = time.perf_counter()
+    if use_kernel:
+        import nutpie
+
+        from .glmm_kernel import callbacks, nutpie_model
+
+        misses = callbacks.cache_info().misses
+        compiled = nutpie_model(build_kernel(design, outcome, prior_set, shape, choice, laplace))
+        reused = callbacks.cache_info().misses == misses
+        compiled_at = time.perf_counter()
+        running = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
+                                progress_bar=progressbar, target_accept=target_accept, blocking=False)
+        try:
+            tree = running.wait()
+        except KeyboardInterrupt:
+            running.cancel()
+            raise KeyboardInterrupt("Sampling was interrupted; no fit was made.") from None
+        log_density = "compiled HGLM kernel"
+    else:
+        import pymc as pm
+
+        model = glmm_pymc_model(design, outcome, priors, choice=choice)
+        reused = False
+        if sampler == "nutpie":
+            import nutpie
+
+            compiled = nutpie.compile_pymc_model(model, backend="numba")
+            compiled_at = time.perf_counter()
+            tree = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
+                                 progress_bar=progressbar, target_accept=target_accept)
+        else:
+            compiled_at = start
+            with model:
+                tree = pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
+                                 nuts_sampler="pymc", nuts={"target_accept": target_accept},
+                                 progressbar=progressbar, compute_convergence_checks=False)
+        log_density = "PyMC graph"
+    end = time.perf_counter()
+    sizes = tree["posterior"].sizes
+    if sizes.get("chain") != chains or sizes.get("draw") != draws:
+        raise KeyboardInterrupt("Sampling was interrupted; no fit was made.")
+    keep = ["beta", "shape", *(f"{kind}_{f.name}" for f in design.factors for kind in ("tau", "corr", "u"))]
+    posterior = tree["posterior"].to_dataset()
+    posterior = posterior[[v for v in keep if v in posterior.data_vars]]
+    stats = tree["sample_stats"].to_dataset()
+    stats = stats[[v for v in stats.data_vars if stats[v].dtype != object]]
+    tree = xr.DataTree.from_dict({"posterior": posterior, "sample_stats": stats})
+    record = {"sampler": sampler, "log_density": log_density, "draws": draws, "tune": tune, "chains": chains,
+              "cores": cores, "seed": seed, "target_accept": target_accept, "compiled_model_reused": reused,
+              "compile_seconds": round(compiled_at - start, 3), "sampling_seconds": round(end - compiled_at, 3)}
+    return tree, record

@@ -1,0 +1,538 @@
+"""A compiled log posterior (and its gradient) for hierarchical GLMs, sampled by nutpie without a PyMC graph.
+
+Model (the one :func:`bayeshlm.bayes.glmm.glmm_pymc_model` writes as a PyMC graph, same priors with their
+normalising constants): eta_i = x_i'beta + offset_i + sum_f z_fi'u_f[j(i)], y_i | eta_i from the family,
+u_fj = L_f z_fj with z_fj ~ N(0, I) (non-centred) or b_fj = c_f + u_fj ~ N(c_f, T_f) sampled directly
+(centred on the fixed effects c_f of the same columns), T_f = L_f L_f', L_f = diag(tau_f) L_Omega,f.
+
+Unconstrained coordinates x, in this order (the order of the PyMC graph's value variables):
+beta (p); per factor: its effects (z or b, group by group, J_f x q_f), log tau_f (or log tau_f^2 for a prior
+on the variance), the q_f(q_f - 1)/2 LKJ coordinates y_f when the factor's coefficients are correlated;
+last, log k for the negative binomial shape.
+
+Families (canonical or log links; others are sampled through the PyMC graph):
+
+- binomial / Bernoulli, logit:  l_i = y_i eta_i - n_i log(1 + e^eta_i) (+ log C(n_i, y_i)),  dl/deta = y_i - n_i mu_i;
+- Poisson, log:  l_i = y_i eta_i - e^eta_i (- log y_i!),  dl/deta = y_i - mu_i;
+- negative binomial (NB2), log:  l_i = lgamma(y_i + k) - lgamma(k) + k log(k / (k + mu_i)) + y_i log(mu_i / (k + mu_i))
+  (- log y_i!),  dl/deta = k (y_i - mu_i) / (k + mu_i),
+  dl/dk = psi(y_i + k) - psi(k) + log(k / (k + mu_i)) + (mu_i - y_i) / (k + mu_i).
+
+Chain rule to the coordinates: with g_u the gradient with respect to u_fj,
+non-centred: dz = L' g_u, dL += g_u z'; centred (w = L^{-1}(b - c)): db = g_u - L^{-T} w, dc -= sum_j db,
+dL += L^{-T} w w' - diag(1/L_aa) per group. The LKJ(eta) density of L_Omega and the log-Jacobian of its
+transform (PyMC's CholeskyCorr, after TensorFlow Probability: row i of L_Omega is (y_i, 1) / |(y_i, 1)|, with
+log-Jacobian sum_i (i + 1) log L_ii, one-based i) are written out with their gradient.
+
+Everything is compiled by Numba with ``cache=True``: the first fit on a machine compiles (about a minute), later
+processes load the machine code from the cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+# kernel family codes
+FAMILY_CODES = {("binomial", "logit"): 0, ("bernoulli", "logit"): 0, ("poisson", "log"): 1,
+                ("negative_binomial", "log"): 2}
+# prior families of the scales (tau, NB shape), with PyMC's parameter names in the order the kernel reads them
+SCALE_FAMILIES = {"HalfFlat": (), "HalfNormal": ("sigma",), "HalfStudentT": ("nu", "sigma"),
+                  "HalfCauchy": ("beta",), "Exponential": ("lam",), "Gamma": ("alpha", "beta")}
+SCALE_CODE = {name: code for code, name in enumerate(SCALE_FAMILIES)}
+FIXED_FAMILIES = {"Normal": ("mu", "sigma"), "Flat": ()}
+
+# header of the packed float64 buffer: sizes, then where each array starts
+_HEADER = ("n_dim", "n_expanded", "length", "family", "n", "p", "n_factors", "shape_at", "constant",
+           "at_y", "at_size", "at_offset", "at_X", "at_beta_mu", "at_beta_sd", "at_factors", "at_shape_prior")
+(_N_DIM, _N_EXPANDED, _LENGTH, _FAMILY, _N, _P, _N_FACTORS, _SHAPE_AT, _CONSTANT, _AT_Y, _AT_SIZE, _AT_OFFSET,
+ _AT_X, _AT_BETA_MU, _AT_BETA_SD, _AT_FACTORS, _AT_SHAPE_PRIOR) = range(len(_HEADER))
+# one row per factor: sizes, form, where its data and coordinates are
+_FACTOR = ("q", "J", "correlated", "centred", "eta", "at_codes", "at_Z", "at_centre", "x_effects", "x_tau",
+           "x_corr", "at_prior", "at_corr")
+(_F_Q, _F_J, _F_CORRELATED, _F_CENTRED, _F_ETA, _F_AT_CODES, _F_AT_Z, _F_AT_CENTRE, _F_X_EFFECTS, _F_X_TAU,
+ _F_X_CORR, _F_AT_PRIOR, _F_AT_CORR) = range(len(_FACTOR))
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class GLMMKernel:
+    """The packed data and priors of one model, the size of its coordinates and how to name its output."""
+
+    buffer: np.ndarray
+    n_dim: int
+    layout: list[tuple[str, tuple[int, ...], tuple[str, ...]]]  # reported variables: name, shape, dims
+    coords: dict[str, list]
+    start: np.ndarray  # a starting point (unconstrained), jittered per chain
+
+    def unconstrained_start(self, seed: int) -> np.ndarray:
+        """The starting point with its log-scales and LKJ coordinates jittered by U(-1/2, 1/2) per chain."""
+        rng = np.random.default_rng(seed)
+        jitter = np.zeros(self.n_dim)
+        mask = self.buffer[_scale_mask_slice(self)] > 0.5
+        jitter[mask] = rng.uniform(-0.5, 0.5, int(mask.sum()))
+        return self.start + jitter
+
+    @property
+    def n_expanded(self) -> int:
+        return int(self.buffer[_N_EXPANDED])
+
+
+def _scale_mask_slice(kernel: GLMMKernel) -> slice:
+    at = int(kernel.buffer[_LENGTH])
+    return slice(at, at + kernel.n_dim)
+
+
+def pack(family: int, y, size, offset, constant: float, X, beta_mu, beta_sd, factors: list[dict],
+         shape_prior: tuple | None, start: np.ndarray, layout, coords) -> GLMMKernel:
+    """Pack a model for the kernel. ``factors``: dicts with q, J, correlated, centred, eta, codes, Z (n, q),
+    centre (q indices into beta or -1) and prior (q rows of code, a, b, on_variance)."""
+    n, p = X.shape
+    arrays, at = [], [len(_HEADER)]
+
+    def put(values) -> int:
+        values = np.asarray(values, dtype=float).ravel()
+        where = at[0]
+        arrays.append(values)
+        at[0] += len(values)
+        return where
+
+    positions = {"at_y": put(y), "at_size": put(size), "at_offset": put(offset), "at_X": put(X),
+                 "at_beta_mu": put(beta_mu), "at_beta_sd": put(beta_sd)}
+    x_at = p
+    rows = []
+    scale_mask = np.zeros(0)
+    for f in factors:
+        q, J = f["q"], f["J"]
+        row = {"q": q, "J": J, "correlated": f["correlated"], "centred": f["centred"], "eta": f["eta"],
+               "at_codes": put(f["codes"]), "at_Z": put(f["Z"]), "at_centre": put(f["centre"]),
+               "x_effects": x_at, "x_tau": x_at + J * q, "x_corr": x_at + J * q + q,
+               "at_prior": put(f["prior"]), "at_corr": put(correlation_positions(q))}
+        x_at += J * q + q + (q * (q - 1) // 2 if f["correlated"] else 0)
+        rows.append(row)
+    positions["at_factors"] = put(np.array([[r[name] for name in _FACTOR] for r in rows]))
+    shape_at = -1
+    if shape_prior is not None:
+        shape_at, x_at = x_at, x_at + 1
+    positions["at_shape_prior"] = put(np.asarray(shape_prior if shape_prior is not None else (0, 1, 1, 0), float))
+    n_dim = x_at
+    scale_mask = np.zeros(n_dim)
+    for r in rows:
+        scale_mask[r["x_tau"]:r["x_tau"] + r["q"] + (r["q"] * (r["q"] - 1) // 2 if r["correlated"] else 0)] = 1.0
+    if shape_at >= 0:
+        scale_mask[shape_at] = 1.0
+    length = at[0]
+    n_expanded = sum(int(np.prod(shape)) for _, shape, _ in layout)
+    header = {"n_dim": n_dim, "n_expanded": n_expanded, "length": length, "family": family, "n": n, "p": p,
+              "n_factors": len(rows), "shape_at": shape_at, "constant": constant, **positions}
+    buffer = np.concatenate([np.array([float(header[name]) for name in _HEADER]), *arrays, scale_mask])
+    return GLMMKernel(buffer, n_dim, layout, coords, np.asarray(start, dtype=float))
+
+
+# --- pieces of the density ------------------------------------------------------------------------------
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _scale_prior(code, a, b, on_variance, theta):
+    """Log prior of a positive parameter s = exp(theta) (or of s^2 = exp(theta) when ``on_variance``: then the
+    reported scale is sqrt), with its normalising constant and the log-Jacobian theta; and d/d theta.
+    Returns (log density, derivative, s)."""
+    v = math.exp(theta)  # the parameter the prior is on
+    if code == 0:  # HalfFlat
+        lp, dlp = 0.0, 0.0
+    elif code == 1:  # HalfNormal(sigma=a)
+        lp = 0.5 * math.log(2.0 / math.pi) - math.log(a) - 0.5 * (v / a) ** 2
+        dlp = -v / (a * a)
+    elif code == 2:  # HalfStudentT(nu=a, sigma=b)
+        r = v * v / (a * b * b)
+        lp = (math.log(2.0) + math.lgamma(0.5 * (a + 1.0)) - math.lgamma(0.5 * a)
+              - 0.5 * math.log(a * math.pi * b * b) - 0.5 * (a + 1.0) * math.log1p(r))
+        dlp = -(a + 1.0) * v / (a * b * b * (1.0 + r))
+    elif code == 3:  # HalfCauchy(beta=a)
+        lp = math.log(2.0 / (math.pi * a)) - math.log1p((v / a) ** 2)
+        dlp = -2.0 * v / (a * a + v * v)
+    elif code == 4:  # Exponential(lam=a)
+        lp, dlp = math.log(a) - a * v, -a
+    else:  # Gamma(alpha=a, beta=b)
+        lp = a * math.log(b) - math.lgamma(a) + (a - 1.0) * math.log(v) - b * v
+        dlp = (a - 1.0) / v - b
+    scale = math.sqrt(v) if on_variance else v
+    return lp + theta, dlp * v + 1.0, scale
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _digamma(x):
+    """psi(x) for x > 0: recurrence up to x >= 6, then the asymptotic series."""
+    out = 0.0
+    while x < 6.0:
+        out -= 1.0 / x
+        x += 1.0
+    inv = 1.0 / x
+    inv2 = inv * inv
+    return out + math.log(x) - 0.5 * inv - inv2 * (1.0 / 12 - inv2 * (1.0 / 120 - inv2 * (1.0 / 252 - inv2 * (
+        1.0 / 240 - inv2 / 132))))
+
+
+def correlation_positions(q: int) -> np.ndarray:
+    """(q, q) table: which entry of the LKJ coordinate vector fills L[i, k] (i > k; -1 elsewhere), in the
+    order of PyMC's CholeskyCorr transform (TensorFlow Probability's ``fill_triangular`` spiral, lower form)."""
+    m = q * (q - 1) // 2
+    x = np.arange(m)
+    n = q - 1
+    filled = np.tril(np.concatenate([x[n:], x[::-1]]).reshape(n, n)) if n else np.zeros((0, 0), int)
+    table = -np.ones((q, q), dtype=int)
+    for r in range(n):
+        for c in range(r + 1):
+            table[r + 1, c] = filled[r, c]
+    return table
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _lkj_factor(y, positions, q):
+    """L_Omega from the unconstrained y: row i is (y_i1, ..., y_i,i-1, 1) / its norm (PyMC's CholeskyCorr)."""
+    L = np.eye(q)
+    for i in range(1, q):
+        norm2 = 1.0
+        for k in range(i):
+            norm2 += y[int(positions[i, k])] ** 2
+        s = math.sqrt(norm2)
+        for k in range(i):
+            L[i, k] = y[int(positions[i, k])] / s
+        L[i, i] = 1.0 / s
+    return L
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _lkj_terms(y, positions, q, eta, gL, grad_y):
+    """LKJ(eta) log density of L_Omega, sum_i (2 eta - 2 + q - i) log L_ii (i one-based; PyMC's LKJCorr, with its
+    normaliser), plus the transform's log-Jacobian sum_i (i + 1) log L_ii; adds to ``grad_y`` the gradient of
+    these plus sum(gL * L_Omega) (gL: the gradient of the rest of the density in L_Omega).
+
+    Together: weight 2 eta + q - 1 on each log L_ii = -log(s_i^2) / 2, s_i^2 = 1 + |y_i|^2 (rows after the first);
+    dL_ik/dy_m = delta_km / s - y_k y_m / s^3, dL_ii/dy_m = -y_m / s^3."""
+    lp = (q - 1) * math.lgamma(eta + 0.5 * (q - 1))
+    for k in range(1, q):
+        lp -= 0.5 * k * math.log(math.pi) + math.lgamma(eta + 0.5 * (q - 1 - k))
+    weight = 2.0 * eta + q - 1.0
+    for i in range(1, q):
+        norm2 = 1.0
+        for k in range(i):
+            norm2 += y[int(positions[i, k])] ** 2
+        s = math.sqrt(norm2)
+        lp -= 0.5 * weight * math.log(norm2)
+        along = gL[i, i]
+        for k in range(i):
+            along += gL[i, k] * y[int(positions[i, k])]
+        for m in range(i):
+            at = int(positions[i, m])
+            grad_y[at] += -weight * y[at] / norm2 + gL[i, m] / s - y[at] * along / (s * norm2)
+    return lp
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _factor_scale(x, buf, row, grad, want_grad):
+    """(L, tau, L_Omega, log prior of tau) of one factor; with ``want_grad`` adds the prior's gradient."""
+    q = int(row[_F_Q])
+    x_tau = int(row[_F_X_TAU])
+    prior = buf[int(row[_F_AT_PRIOR]):int(row[_F_AT_PRIOR]) + 4 * q]
+    tau = np.empty(q)
+    lp = 0.0
+    for a in range(q):
+        on_variance = prior[4 * a + 3] > 0.5
+        value, d, tau[a] = _scale_prior(int(prior[4 * a]), prior[4 * a + 1], prior[4 * a + 2], on_variance,
+                                        x[x_tau + a])
+        lp += value
+        if want_grad:
+            grad[x_tau + a] += d
+    if row[_F_CORRELATED] > 0.5:
+        x_corr = int(row[_F_X_CORR])
+        positions = buf[int(row[_F_AT_CORR]):int(row[_F_AT_CORR]) + q * q].reshape(q, q)
+        omega = _lkj_factor(x[x_corr:x_corr + q * (q - 1) // 2], positions, q)
+    else:
+        omega = np.eye(q)
+    L = omega * tau.reshape(q, 1)
+    return L, tau, omega, lp
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _effects(x, buf, row, L, beta):
+    """u (J, q) of one factor from its coordinates: L z_j, or b_j - c."""
+    q, J, x_eff = int(row[_F_Q]), int(row[_F_J]), int(row[_F_X_EFFECTS])
+    coords = x[x_eff:x_eff + J * q].reshape(J, q)
+    if row[_F_CENTRED] < 0.5:
+        return coords @ L.T
+    centre = buf[int(row[_F_AT_CENTRE]):int(row[_F_AT_CENTRE]) + q]
+    u = coords.copy()
+    for a in range(q):
+        if centre[a] >= 0:
+            u[:, a] -= beta[int(centre[a])]
+    return u
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def log_density(x, buf, grad):
+    """Log posterior density at ``x`` (module docstring) with its gradient written into ``grad``."""
+    n, p, n_factors = int(buf[_N]), int(buf[_P]), int(buf[_N_FACTORS])
+    family, shape_at = int(buf[_FAMILY]), int(buf[_SHAPE_AT])
+    for k in range(len(grad)):
+        grad[k] = 0.0
+    y = buf[int(buf[_AT_Y]):int(buf[_AT_Y]) + n]
+    size = buf[int(buf[_AT_SIZE]):int(buf[_AT_SIZE]) + n]
+    X = buf[int(buf[_AT_X]):int(buf[_AT_X]) + n * p].reshape(n, p)
+    beta_mu = buf[int(buf[_AT_BETA_MU]):int(buf[_AT_BETA_MU]) + p]
+    beta_sd = buf[int(buf[_AT_BETA_SD]):int(buf[_AT_BETA_SD]) + p]
+    table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
+        n_factors, len(_FACTOR))
+    beta = x[:p]
+    lp = buf[_CONSTANT]
+    for k in range(p):  # fixed-effect priors: Normal, or flat (sd 0 marks it)
+        if beta_sd[k] > 0.0:
+            r = (beta[k] - beta_mu[k]) / beta_sd[k]
+            lp -= 0.5 * _LOG_2PI + math.log(beta_sd[k]) + 0.5 * r * r
+            grad[k] -= r / beta_sd[k]
+    eta = X @ beta + buf[int(buf[_AT_OFFSET]):int(buf[_AT_OFFSET]) + n]
+    for f in range(n_factors):
+        row = table[f]
+        L, tau, omega, lp_scale = _factor_scale(x, buf, row, grad, True)
+        lp += lp_scale
+        u = _effects(x, buf, row, L, beta)
+        q = int(row[_F_Q])
+        codes = buf[int(row[_F_AT_CODES]):int(row[_F_AT_CODES]) + n]
+        Z = buf[int(row[_F_AT_Z]):int(row[_F_AT_Z]) + n * q].reshape(n, q)
+        for i in range(n):
+            j = int(codes[i])
+            for a in range(q):
+                eta[i] += Z[i, a] * u[j, a]
+    # likelihood and its derivative in eta
+    r = np.empty(n)
+    shape = 1.0
+    d_shape = 0.0
+    if family == 2:
+        shape_prior = buf[int(buf[_AT_SHAPE_PRIOR]):int(buf[_AT_SHAPE_PRIOR]) + 4]
+        lp_shape, d_log_shape, shape = _scale_prior(int(shape_prior[0]), shape_prior[1], shape_prior[2], False,
+                                                    x[shape_at])
+        lp += lp_shape
+        grad[shape_at] += d_log_shape
+        lp += -n * math.lgamma(shape) + n * shape * math.log(shape)
+        psi_shape = _digamma(shape)
+    for i in range(n):
+        e = eta[i]
+        if family == 0:
+            softplus = max(e, 0.0) + math.log1p(math.exp(-abs(e)))
+            lp += y[i] * e - size[i] * softplus
+            r[i] = y[i] - size[i] * math.exp(e - softplus)
+        elif family == 1:
+            mu = math.exp(e)
+            lp += y[i] * e - mu
+            r[i] = y[i] - mu
+        else:
+            mu = math.exp(e)
+            log_k_mu = max(math.log(shape), e) + math.log1p(math.exp(-abs(math.log(shape) - e)))
+            lp += math.lgamma(y[i] + shape) - shape * log_k_mu + y[i] * (e - log_k_mu)
+            r[i] = shape * (y[i] - mu) / (shape + mu)
+            d_shape += _digamma(y[i] + shape) - psi_shape + math.log(shape) - log_k_mu + (mu - y[i]) / (shape + mu)
+    if family == 2:
+        grad[shape_at] += d_shape * shape
+    grad[:p] += X.T @ r
+    # group effects: their priors and the chain rule to their coordinates and to L
+    for f in range(n_factors):
+        row = table[f]
+        q, J = int(row[_F_Q]), int(row[_F_J])
+        x_eff = int(row[_F_X_EFFECTS])
+        L, tau, omega, _ = _factor_scale(x, buf, row, grad, False)  # recomputed: cheap, and no typed lists
+        u = _effects(x, buf, row, L, beta)
+        codes = buf[int(row[_F_AT_CODES]):int(row[_F_AT_CODES]) + n]
+        Z = buf[int(row[_F_AT_Z]):int(row[_F_AT_Z]) + n * q].reshape(n, q)
+        g_u = np.zeros((J, q))
+        for i in range(n):
+            j = int(codes[i])
+            for a in range(q):
+                g_u[j, a] += r[i] * Z[i, a]
+        coords = x[x_eff:x_eff + J * q].reshape(J, q)
+        gL = np.zeros((q, q))
+        if row[_F_CENTRED] < 0.5:
+            lp -= 0.5 * (J * q * _LOG_2PI + np.sum(coords * coords))
+            g_coords = g_u @ L - coords
+            gL += g_u.T @ coords
+        else:
+            # w_j = L^{-1} u_j; log N(u_j | 0, L L') = -|w_j|^2/2 - sum log L_aa - q/2 log 2 pi
+            w = np.linalg.solve(L, u.T)  # (q, J)
+            lp -= 0.5 * (J * q * _LOG_2PI + np.sum(w * w))
+            for a in range(q):
+                lp -= J * math.log(L[a, a])
+            back = np.linalg.solve(L.T, w)  # L^{-T} w_j, (q, J)
+            g_coords = g_u - back.T
+            gL += back @ w.T
+            for a in range(q):
+                gL[a, a] -= J / L[a, a]
+            centre = buf[int(row[_F_AT_CENTRE]):int(row[_F_AT_CENTRE]) + q]
+            for a in range(q):
+                if centre[a] >= 0:
+                    grad[int(centre[a])] -= np.sum(g_coords[:, a])
+        grad[x_eff:x_eff + J * q] += g_coords.ravel()
+        # L = diag(tau) L_Omega: d tau_a = sum_b gL[a,b] Omega[a,b]; d Omega = tau_a gL[a, b]
+        x_tau = int(row[_F_X_TAU])
+        prior = buf[int(row[_F_AT_PRIOR]):int(row[_F_AT_PRIOR]) + 4 * q]
+        for a in range(q):
+            d_tau = 0.0
+            for b in range(a + 1):
+                d_tau += gL[a, b] * omega[a, b]
+            grad[x_tau + a] += d_tau * tau[a] * (0.5 if prior[4 * a + 3] > 0.5 else 1.0)
+        if row[_F_CORRELATED] > 0.5:
+            x_corr = int(row[_F_X_CORR])
+            g_omega = gL * tau.reshape(q, 1)
+            positions = buf[int(row[_F_AT_CORR]):int(row[_F_AT_CORR]) + q * q].reshape(q, q)
+            lp += _lkj_terms(x[x_corr:x_corr + q * (q - 1) // 2], positions, q, row[_F_ETA], g_omega,
+                             grad[x_corr:x_corr + q * (q - 1) // 2])
+    return lp
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def expand(x, buf, out):
+    """The reported values at ``x``: beta, per factor tau, the correlation Cholesky factor (when correlated) and
+    u; then the negative binomial shape."""
+    p, n_factors = int(buf[_P]), int(buf[_N_FACTORS])
+    table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
+        n_factors, len(_FACTOR))
+    beta = x[:p]
+    out[:p] = beta
+    at = p
+    dummy = np.zeros(len(x))
+    for f in range(n_factors):
+        row = table[f]
+        q, J = int(row[_F_Q]), int(row[_F_J])
+        L, tau, omega, _ = _factor_scale(x, buf, row, dummy, False)
+        out[at:at + q] = tau
+        at += q
+        if row[_F_CORRELATED] > 0.5:
+            out[at:at + q * q] = omega.ravel()
+            at += q * q
+        u = _effects(x, buf, row, L, beta)
+        out[at:at + J * q] = u.ravel()
+        at += J * q
+    if int(buf[_FAMILY]) == 2:
+        out[at] = math.exp(x[int(buf[_SHAPE_AT])])
+
+
+# --- nutpie's C callbacks -------------------------------------------------------------------------------
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _logp_arrays(dim, x_ptr, grad_ptr, user_data):
+    header = numba.carray(user_data, (len(_HEADER),), np.float64)
+    n = int(header[_N_DIM])
+    buf = numba.carray(user_data, (int(header[_LENGTH]),), np.float64)
+    return (n if dim == n else -1), buf, numba.carray(x_ptr, (n,)), numba.carray(grad_ptr, (n,))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _finish(value, grad, logp_ptr):
+    """nutpie's return codes: 0 ok, 4 log density or 3 gradient not finite (a divergence)."""
+    logp_ptr[0] = value
+    if not np.isfinite(value):
+        return 4
+    for k in range(len(grad)):
+        if not np.isfinite(grad[k]):
+            return 3
+    return 0
+
+
+@functools.cache
+def callbacks():
+    """The log-density and reported-values C callbacks nutpie calls with the packed buffer as user data
+    (compiled on first use, then loaded from Numba's on-disk cache)."""
+    double_ptr = numba.types.CPointer(numba.types.double)
+    logp_signature = numba.types.int64(numba.types.uint64, double_ptr, double_ptr, double_ptr, numba.types.voidptr)
+    expand_signature = numba.types.int64(numba.types.uint64, numba.types.uint64, double_ptr, double_ptr,
+                                         numba.types.voidptr)
+
+    @numba.cfunc(logp_signature, cache=True, error_model="numpy")
+    def glmm_logp(dim, x_ptr, grad_ptr, logp_ptr, user_data):
+        n, buf, x, grad = _logp_arrays(dim, x_ptr, grad_ptr, user_data)
+        return -1 if n < 0 else _finish(log_density(x, buf, grad), grad, logp_ptr)
+
+    @numba.cfunc(expand_signature, cache=True, error_model="numpy")
+    def glmm_expand(dim, n_expanded, x_ptr, out_ptr, user_data):
+        header = numba.carray(user_data, (len(_HEADER),), np.float64)
+        n, m = int(header[_N_DIM]), int(header[_N_EXPANDED])
+        if dim != n or n_expanded != m:
+            return -1
+        buf = numba.carray(user_data, (int(header[_LENGTH]),), np.float64)
+        expand(numba.carray(x_ptr, (n,)), buf, numba.carray(out_ptr, (m,)))
+        return 0
+
+    return glmm_logp, glmm_expand
+
+
+def log_density_and_gradient(kernel: GLMMKernel):
+    """``f(x) -> (log density, gradient)`` (for checks; nutpie calls the C callbacks)."""
+
+    def evaluate(x):
+        grad = np.empty(kernel.n_dim)
+        return log_density(np.ascontiguousarray(x, dtype=float), kernel.buffer, grad), grad
+
+    return evaluate
+
+
+def reported(kernel: GLMMKernel, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The reported values at unconstrained ``x``, by name."""
+    flat = np.empty(kernel.n_expanded)
+    expand(np.ascontiguousarray(x, dtype=float), kernel.buffer, flat)
+    out, at = {}, 0
+    for name, shape, _ in kernel.layout:
+        size = int(np.prod(shape))
+        out[name] = flat[at:at + size].reshape(shape)
+        at += size
+    return out
+
+
+def nutpie_model(kernel: GLMMKernel):
+    """A nutpie model sampling ``kernel`` through its C callbacks (chains in parallel, no Python in the loop)."""
+    from nutpie.sample import CompiledModel
+
+    @dataclass(frozen=True)
+    class GLMMCompiledModel(CompiledModel):
+        glmm: GLMMKernel | None = None
+
+        @property
+        def n_dim(self) -> int:
+            return self.glmm.n_dim
+
+        @property
+        def shapes(self):
+            return {name: shape for name, shape, _ in self.glmm.layout}
+
+        @property
+        def coords(self):
+            return self.glmm.coords
+
+        def _make_sampler(self, settings, init_mean, cores, progress_type, extra_callback, extra_callback_rate,
+                          store):
+            from nutpie import _lib
+
+            return _lib.PySampler.from_pymc(settings, cores, self._make_model(init_mean), progress_type,
+                                            extra_callback, extra_callback_rate, store)
+
+        def _make_model(self, init_mean):
+            from nutpie import _lib
+
+            logp, expand_values = callbacks()
+            names = [name for name, _, _ in self.glmm.layout]
+            shapes = [shape for _, shape, _ in self.glmm.layout]
+            dims = [dims for _, _, dims in self.glmm.layout]
+            address = self.glmm.buffer.ctypes.data
+            dim_sizes = {name: len(values) for name, values in self.glmm.coords.items()}
+            variables = _lib.PyVariable.new_variables(names, ["float64"] * len(names), shapes, dim_sizes, dims)
+            return _lib.PyMcModel(_lib.LogpFunc(logp.address, address, self),
+                                  _lib.ExpandFunc(self.n_dim, self.glmm.n_expanded, expand_values.address, address,
+                                                  self),
+                                  variables, self.n_dim, dim_sizes, self.glmm.coords, self.glmm.unconstrained_start,
+                                  _no_flow)
+
+    return GLMMCompiledModel(dims={name: dims for name, _, dims in kernel.layout if dims}, glmm=kernel)
+
+
+def _no_flow(*args, **kwargs):
+    from ..errors import OptionError
+
+    raise OptionError("Normalising-flow adaptation is not available for the compiled HGLM kernel.")
