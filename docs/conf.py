@@ -2,7 +2,7 @@
 
 Build (from the repository root, after ``pip install -e ".[docs]"``)::
 
-    .venv/bin/sphinx-build -W -n -b html docs docs/build/html
+    .venv/bin/sphinx-build -W -b html docs docs/build/html
 
 The case studies (``case_studies/*.py``, jupytext percent format, linked into ``docs/case_studies``) are
 notebooks. Two fitted by likelihood only (6 and 8: a few seconds each) are executed during the build, in a
