@@ -152,7 +152,10 @@ class HLM:
 
             self.design: Design = build_aggregate_design(spec, data, missing=missing)
         else:
-            self.design = build_design(spec, data, missing=missing)
+            from .likelihood.fit import single_threaded_blas
+
+            with single_threaded_blas():  # small products (QR of X, group sums): threads only add synchronisation
+                self.design = build_design(spec, data, missing=missing)
 
     # --- description ----------------------------------------------------------------------------
     def equations(self, form: str = "both"):

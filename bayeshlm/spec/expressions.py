@@ -22,6 +22,7 @@ node by node, with the same idea: columns, constants, arithmetic, comparisons, `
 from __future__ import annotations
 
 import ast
+import functools
 import operator
 
 import numpy as np
@@ -81,6 +82,7 @@ def allowed_functions() -> str:
 
 # --- formulas ----------------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1024)  # a pure check, repeated for every model built from the same terms
 def check_formula(text: str, where: str) -> None:
     """Refuse ``text`` (a formula right-hand side or one factor) unless every Python factor is allowed.
 
