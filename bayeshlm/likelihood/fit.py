@@ -225,7 +225,7 @@ def _fit_structured(standard: Design, method: str, start, maxiter: int, scaling:
     objective = StructuredDeviance(standard, method)
     if start is None:
         plain = ProfiledDeviance(standard, method)
-        theta = minimize_criterion(plain, plain.params.start, maxiter).x
+        theta = minimize_criterion(plain, plain.params.start, maxiter, rough=True).x
         x0 = np.concatenate([theta, objective.start[objective.params.size:]])
     else:
         x0 = _start(objective, start, scaling)

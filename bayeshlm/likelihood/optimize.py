@@ -13,8 +13,10 @@ GRADIENT_TOL = 1e-2  # largest |d(-2 log L) / d parameter| accepted at the end p
 POLISH_GRADIENT = 1e-9  # slope left at the end point (relative to the criterion) that earns Newton steps
 
 
-def minimize_criterion(objective, start: np.ndarray, maxiter: int):
-    """L-BFGS-B on the criterion with its analytic gradient, without bounds.
+def minimize_criterion(objective, start: np.ndarray, maxiter: int, gtol: float = 1e-9, rough: bool = False):
+    """L-BFGS-B on the criterion with its analytic gradient, without bounds, stopped when the largest slope is
+    below ``gtol`` |criterion| or the criterion changes by less than 1e-15 relative; ``rough`` stops at 1e-8 and
+    1e-5 (a start for another fit).
 
     The profiled criterion depends on Lambda only through Lambda Lambda', so it is even in each column of
     Lambda and the bounds theta_diag >= 0 are not needed: the result is mapped back by flipping column signs.
@@ -30,7 +32,8 @@ def minimize_criterion(objective, start: np.ndarray, maxiter: int):
         return objective.value_and_gradient(x)
 
     return minimize(value_and_gradient, start, jac=True, method="L-BFGS-B",
-                    options={"ftol": 1e-15, "gtol": 1e-9 * max(abs(f0), 1.0), "maxiter": maxiter, "maxls": 50})
+                    options={"ftol": 1e-8 if rough else 1e-15, "gtol": (1e-5 if rough else gtol) * max(abs(f0), 1.0),
+                             "maxiter": maxiter, "maxls": 50})
 
 
 def polish(objective, result, steps: int = 2):
@@ -41,9 +44,10 @@ def polish(objective, result, steps: int = 2):
     gradient; the gradient itself is still accurate there. The Hessian is by central differences of it.
     """
     x, g = result.x, result.jac
-    if not np.all(np.isfinite(g)) or np.max(np.abs(g), initial=0.0) <= POLISH_GRADIENT * max(abs(result.fun), 1.0):
-        return result
+    flat = POLISH_GRADIENT * max(abs(result.fun), 1.0)
     for _ in range(steps):
+        if not np.all(np.isfinite(g)) or np.max(np.abs(g), initial=0.0) <= flat:
+            break
         h = 1e-6 * np.maximum(np.abs(x), 1.0)
         H = np.empty((len(x), len(x)))
         for k in range(len(x)):
