@@ -115,12 +115,22 @@ class StructuredDeviance:
         self.size = self.params.size + self.n_strata + self.n_alpha + self.has_phi
         if r.time is not None:
             unit = design.factor(r.unit)
-            self._lags = [np.abs(gather(r.time, b.rows)[:, :, None] - gather(r.time, b.rows)[:, None, :])
-                          for b in self.batches]
+            lags = [np.abs(gather(r.time, b.rows)[:, :, None] - gather(r.time, b.rows)[:, None, :])
+                    for b in self.batches]
             if r.structure.correlation == "ar1":  # whole steps (t / k may round): phi < 0 needs integer powers
-                self._lags = [np.rint(lag) for lag in self._lags]
+                lags = [np.rint(lag) for lag in lags]
             self._same_unit = [self._same_mask(gather(unit.codes, b.rows, -1), b.valid, pads_on_diagonal=True)
                                for b in self.batches]
+            # phi^|t - t'| is read from a table over the distinct lags (a few per design), position -1 holding
+            # the 0 of row pairs in different units: one gather per evaluation instead of a power per pair
+            within = np.concatenate([lag[same] for lag, same in zip(lags, self._same_unit)])
+            self._lag_values, inverse = np.unique(within, return_inverse=True)
+            self._lag_index, at = [], 0
+            for lag, same in zip(lags, self._same_unit):
+                index = np.full(lag.shape, len(self._lag_values))
+                index[same] = inverse[at:at + int(same.sum())]
+                at += int(same.sum())
+                self._lag_index.append(index)
 
     def _batch(self, rows: np.ndarray, top: str) -> Batch:
         d = self.design
@@ -188,7 +198,8 @@ class StructuredDeviance:
             R[:, idx, idx] = wb
             return R
         sqrt_w = np.sqrt(wb)
-        return np.where(self._same_unit[k], phi ** self._lags[k], 0.0) * sqrt_w[:, :, None] * sqrt_w[:, None, :]
+        table = np.append(phi ** self._lag_values, 0.0)
+        return table[self._lag_index[k]] * sqrt_w[:, :, None] * sqrt_w[:, None, :]
 
     def _covariance(self, k: int, lambdas: list[np.ndarray], R: np.ndarray) -> np.ndarray:
         """V_j / sigma^2 of batch ``k``: R_j plus each factor's Z Lambda Lambda' Z' within its groups."""
@@ -252,6 +263,9 @@ class StructuredDeviance:
         info = [np.zeros((len(lam), len(lam))) for lam in lambdas]
         g_rows = np.zeros(n)
         d_phi = 0.0
+        if phi is not None:  # d phi^lag / d phi per distinct lag (0 for lag 0 and for pairs in different units)
+            lags = self._lag_values
+            slope_table = np.append(np.where(lags > 0, lags * phi ** np.where(lags > 0, lags - 1.0, 0.0), 0.0), 0.0)
         for k, (b, Linv) in enumerate(zip(self.batches, fac.chol_inv)):
             M = Linv.swapaxes(1, 2) @ Linv  # V_j^{-1}
             H = M @ b.X
@@ -265,8 +279,7 @@ class StructuredDeviance:
             if self.n_strata or self.n_alpha:
                 g_rows[b.rows[b.valid]] = (M * residual[k]).sum(axis=2)[b.valid]
             if phi is not None:
-                lag = self._lags[k]
-                slope = np.where(self._same_unit[k] & (lag > 0), lag * phi ** np.where(lag > 0, lag - 1.0, 0.0), 0.0)
+                slope = slope_table[self._lag_index[k]]
                 sqrt_w = np.sqrt(np.diagonal(residual[k], axis1=1, axis2=2))
                 d_phi += float((M * slope * sqrt_w[:, :, None] * sqrt_w[:, None, :]).sum())
         out = np.empty(self.size)
