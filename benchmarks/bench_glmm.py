@@ -2,7 +2,8 @@
 
 Each model is fitted 3 times by each engine and the median wall time is reported: bayeshlm's ``fit()`` (the
 model is built once, outside the timing) and glmer with its default settings (``Rscript`` in one process, the
-data read before timing). The ratio column is the peer's time over ours (> 1: this engine is faster); the peer
+data read before timing), as wall-clock and CPU seconds (the CPU time is the steadier number on a shared
+machine). The ratio columns are the peer's time over ours (> 1: this engine is faster); the peer
 is glmer, glmer.nb or glmmTMB as the model name says. The models are those of tests/test_glmm.py plus
 lme4's VerbAgg (7,584 rows, 316 x 24 crossed), read from ``--verbagg`` (default
 /work/shared/data/VerbAgg.csv; skipped when absent), and with ``--large`` a simulated two-level Bernoulli
@@ -66,8 +67,8 @@ salamanders$mined <- factor(salamanders$mined, levels = c("yes", "no"))
 verbagg <- if (file.exists("{verbagg}")) read.csv("{verbagg}", stringsAsFactors = TRUE) else NULL
 timed <- function(name, expr) {{
   if (name == "verbagg" && is.null(verbagg)) return(invisible())
-  seconds <- replicate(3, system.time(suppressWarnings(suppressMessages(eval(expr))))[["elapsed"]])
-  cat(name, median(seconds), "\\n")
+  times <- replicate(3, system.time(suppressWarnings(suppressMessages(eval(expr)))))
+  cat(name, median(times["elapsed", ]), median(times["user.self", ] + times["sys.self", ]), "\\n")
   flush(stdout())
 }}
 """
@@ -77,8 +78,8 @@ LARGE_FORMULA = "y ~ x + w + (1 | g)"
 R_LARGE = """
 large <- read.csv("{path}")
 large$g <- factor(large$g)
-seconds <- system.time(suppressWarnings(glmer(y ~ x + w + (1 | g), large, binomial)))[["elapsed"]]  # one fit
-cat("{name}", seconds, "\\n")
+times <- system.time(suppressWarnings(glmer(y ~ x + w + (1 | g), large, binomial)))  # one fit
+cat("{name}", times[["elapsed"]], times[["user.self"]] + times[["sys.self"]], "\\n")
 """
 
 
@@ -110,31 +111,34 @@ def record(out: Path, **row) -> None:
     print(row, flush=True)
 
 
-def time_ours(models: dict, out: Path) -> dict[str, tuple[float, float]]:
+def time_ours(models: dict, out: Path) -> dict[str, tuple[float, float, float]]:
+    """(median wall seconds, median CPU seconds, loglik) of 3 fits per model."""
     result = {}
     for name, (make, options) in models.items():
         model = make()
-        seconds, fit = [], None
+        wall, cpu, fit = [], [], None
         for _ in range(3):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             fit = model.fit(method="ml", **options)
-            seconds.append(time.perf_counter() - started)
-        result[name] = (statistics.median(seconds), fit.loglik)
-        record(out, model=name, engine="bayeshlm", seconds=round(result[name][0], 4), loglik=round(fit.loglik, 4))
+            wall.append(time.perf_counter() - started)
+            cpu.append(time.process_time() - cpu_started)
+        result[name] = (statistics.median(wall), statistics.median(cpu), fit.loglik)
+        record(out, model=name, engine="bayeshlm", seconds=round(result[name][0], 4),
+               cpu_s=round(result[name][1], 4), loglik=round(fit.loglik, 4))
     return result
 
 
-def run_r(script: str, out: Path, engine: str = "glmer") -> dict[str, float]:
-    """Run an R script that prints 'name seconds' lines; record each line as it arrives."""
+def run_r(script: str, out: Path, engine: str = "glmer") -> dict[str, tuple[float, float]]:
+    """Run an R script that prints 'name wall cpu' lines; record each line as it arrives."""
     with tempfile.NamedTemporaryFile("w", suffix=".R", delete=False) as handle:
         handle.write(script)
     seconds = {}
     with subprocess.Popen(["Rscript", handle.name], stdout=subprocess.PIPE, text=True) as process:
         for line in process.stdout:
             if line.strip():
-                name, value = line.split()[:2]
-                seconds[name] = float(value)
-                record(out, model=name, engine=engine, seconds=seconds[name])
+                name, wall, cpu = line.split()[:3]
+                seconds[name] = (float(wall), float(cpu))
+                record(out, model=name, engine=engine, seconds=float(wall), cpu_s=float(cpu))
     return seconds
 
 
@@ -179,7 +183,7 @@ def time_large(out: Path, with_r: bool) -> dict[str, float]:
            loglik=round(loglik, 4), peak_mb=round(peak))
     peers = run_r("suppressPackageStartupMessages(library(lme4))\n" + R_LARGE.format(path=path, name=LARGE), out) \
         if with_r else {}
-    return {"ours": (seconds, loglik), **peers}
+    return {"ours": (seconds, cpu, loglik), **peers}
 
 
 def main() -> None:
@@ -203,9 +207,12 @@ def main() -> None:
         large = time_large(args.out, not args.no_r)
         ours[LARGE] = large.pop("ours")
         glmer.update(large)
-    rows = [{"model": name, "bayeshlm_s": round(s, 3), "peer_s": glmer.get(name),
-             "peer/bayeshlm": round(glmer[name] / s, 2) if name in glmer else None, "loglik": round(ll, 4)}
-            for name, (s, ll) in ours.items()]
+    rows = []
+    for name, (wall, cpu, loglik) in ours.items():
+        peer_wall, peer_cpu = glmer.get(name, (np.nan, np.nan))
+        rows.append({"model": name, "bayeshlm_s": round(wall, 3), "peer_s": peer_wall,
+                     "ratio_wall": round(peer_wall / wall, 2), "bayeshlm_cpu_s": round(cpu, 3),
+                     "peer_cpu_s": peer_cpu, "ratio_cpu": round(peer_cpu / cpu, 2), "loglik": round(loglik, 4)})
     print(pd.DataFrame(rows).to_string(index=False))
 
 

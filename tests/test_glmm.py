@@ -182,7 +182,7 @@ def test_population_average_is_the_marginal_mean(name, tolerance):
     link_of = {"probit": special.ndtri, "log": np.log, "logit": special.logit}[fit.family.link.name]
     np.testing.assert_allclose(X @ table["population_average"].to_numpy(), link_of(marginal), atol=tolerance)
     with pytest.raises(OptionError, match="random slopes.*urban"):
-        fitted("contraception_urban").population_average()
+        fitted("contraception_urban").population_average(method="closed_form")
 
 
 def test_unscaled_predictor_does_not_hurt():
@@ -613,3 +613,84 @@ def test_compiled_conditional_modes_equal_the_numpy_path(name):
     x[numpy_path.p:] = 0.8
     assert compiled.loglik(x) == pytest.approx(numpy_path.loglik(x), rel=1e-12)
     np.testing.assert_allclose(compiled.u, numpy_path.u, atol=1e-9)
+
+
+# --- population-average coefficients (R&B 10.14-10.19; gee_reference.json) -----------------------------------
+
+@pytest.mark.parametrize("name, tolerance", [("cbpp_probit", 1e-8), ("poisson_exposure", 1e-8),
+                                             ("cbpp_laplace", 0.04)])
+def test_integrated_population_average_equals_the_closed_forms(name, tolerance):
+    """Probit and log: integrating over u gives the exact closed forms; logit: within 0.04 of Zeger et al.'s
+    approximation (cbpp, tau = 0.41: the approximation is 2-3% off the GLM fitted to the marginal means)."""
+    fit = fitted(name)
+    integrated = fit.population_average(method="integrate")
+    closed = fit.population_average(method="closed_form")
+    np.testing.assert_allclose(integrated["population_average"], closed["population_average"], atol=tolerance)
+    assert integrated.attrs["method"].startswith("integrated")
+    assert integrated.index.name == "term"
+
+
+def test_integrated_population_average_with_random_slopes():
+    """(urban | district): each row's marginal mean by a 2-D Gauss-Hermite over (u0, u1) ~ N(0, T) equals the 1-D
+    one over z'u, and gamma* solves the GLM score equations for these means."""
+    from bayeshlm.likelihood.gee import marginal_means, random_spread
+
+    fit = fitted("contraception_urban")
+    table = fit.population_average()
+    assert "integrated" in table.attrs["method"]
+    X, Z = fit.design.X, fit.design.factors[0].Z
+    eta = X @ table["unit_specific"].to_numpy()
+    T = fit.tau["district"].to_numpy()
+    nodes, weights = np.polynomial.hermite_e.hermegauss(30)
+    grid = np.array([[a, b] for a in nodes for b in nodes]) @ np.linalg.cholesky(T).T
+    grid_weights = np.outer(weights, weights).ravel() / weights.sum() ** 2
+    two_d = fit.family.mean(eta[:, None] + Z @ grid.T) @ grid_weights
+    one_d = marginal_means(fit.family, eta, random_spread(fit.design, {"district": T}))
+    np.testing.assert_allclose(one_d, two_d, atol=1e-12)
+    mu = fit.family.mean(X @ table["population_average"].to_numpy())
+    np.testing.assert_allclose(X.T @ (one_d - mu), 0.0, atol=1e-8)  # canonical link: X'(y - mu) = 0
+    assert abs(table.loc["urban[T.Y]", "population_average"]) < abs(table.loc["urban[T.Y]", "unit_specific"])
+
+
+@cache
+def gee_reference() -> dict:
+    return json.loads((REFERENCE / "gee_reference.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["contraception_intercept", "contraception_urban"])
+def test_gee_population_average_matches_the_iteration_written_in_r(name):
+    """HLM's population-average GEE (working covariance W^-1 + Z T Z') against make_gee_reference.R (dense
+    per-district solves at glmer's T): estimates 1e-6, model-based and robust SEs 1e-5 relative."""
+    ref, fit = gee_reference()[name], fitted(name)
+    table = fit.population_average(method="gee")
+    assert list(table.columns[:2]) == ["unit_specific", "population_average"]
+    np.testing.assert_allclose(table["population_average"], ref["beta"], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(table["model_se"], ref["se"], rtol=1e-5)
+    np.testing.assert_allclose(table["se"], ref["robust_se"], rtol=1e-5)
+    np.testing.assert_allclose(table["unit_specific"], ref["unit_specific"], rtol=1e-4, atol=1e-6)
+    assert table.loc["(Intercept)", "population_average"] > table.loc["(Intercept)", "unit_specific"]
+
+
+def test_gee_sandwich_with_no_random_variance_matches_geepack():
+    """T = 0: the estimator is the GLM with a cluster sandwich, geepack's independence GEE (estimates and
+    robust SEs to 1e-6)."""
+    from bayeshlm.likelihood.gee import gee_coefficients
+
+    model, fit = MODELS["contraception_intercept"][0](), fitted("contraception_intercept")
+    result = gee_coefficients(model.design, model.outcome, model.family, np.zeros((1, 1)),
+                              fit.fixed_effects["estimate"].to_numpy())
+    ref = gee_reference()["independence"]
+    assert result.converged
+    np.testing.assert_allclose(result.estimate, ref["beta"], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(np.sqrt(np.diag(result.robust_cov)), ref["robust_se"], rtol=1e-6)
+
+
+def test_population_average_refusals():
+    with pytest.raises(OptionError, match="method='marginal'.*'integrate'"):
+        fitted("cbpp_laplace").population_average(method="marginal")
+    with pytest.raises(OptionError, match="one grouping factor.*2 \\(.*method='integrate'"):
+        fitted("bernoulli_nested").population_average(method="gee")
+    with pytest.raises(OptionError, match="closed form only with random intercepts.*method='integrate'"):
+        fitted("contraception_urban").population_average(method="closed_form")
+    nested = fitted("bernoulli_nested").population_average()  # integration takes any structure
+    assert np.all(np.abs(nested["population_average"]) < np.abs(nested["unit_specific"]))

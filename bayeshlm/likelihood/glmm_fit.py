@@ -28,6 +28,7 @@ from .glmm import GLMMObjective, check_nagq, laplace_start, optimise, separation
 OPTIONS = ("nagq", "maxiter", "information")
 PREDICT_TYPES = ("link", "response")
 RESIDUAL_TYPES = ("deviance", "pearson", "response")
+PA_METHODS = ("closed_form", "integrate", "gee")
 INFORMATION = ("expected", "observed")
 CONVERGENCE_GRADIENT = 1e-3  # largest scaled gradient |H^{-1} g| accepted at the reported optimum
 BOUNDARY = 1e-4  # a Lambda diagonal entry below this is reported as a variance on the boundary
@@ -399,41 +400,83 @@ class GLMMFit:
         t00 = float(self.tau[f.name].iloc[0, 0])
         return t00 / (t00 + (np.pi ** 2 / 3 if link == "logit" else 1.0))
 
-    def population_average(self) -> pd.DataFrame:
+    def population_average(self, method: str | None = None) -> pd.DataFrame:
         """Population-average (marginal) coefficients beside the unit-specific ones (R&B 2002, section 10.4).
 
-        With random intercepts only (total variance tau over the grouping factors), the marginal mean
-        E_u[g^{-1}(x'b + u)] is again linear on the link scale for two links:
-        probit, exactly b / sqrt(1 + tau);  log, exactly the intercept plus tau / 2 (slopes unchanged).
-        For the logit, b / sqrt(1 + c^2 tau) with c = 16 sqrt(3) / (15 pi) (Zeger, Liang & Albert 1988) is an
-        approximation. Estimates only: intervals would need the uncertainty of tau as well.
+        ``method``:
+
+        - ``"closed_form"`` (random intercepts only; total variance tau over the grouping factors): the marginal
+          mean E_u[g^-1(x'b + u)] is again linear on the link scale for probit, exactly b / sqrt(1 + tau), and
+          for log, exactly the intercept plus tau / 2 (slopes unchanged); for the logit b / sqrt(1 + c^2 tau),
+          c = 16 sqrt(3) / (15 pi), is the approximation of Zeger, Liang & Albert (1988).
+        - ``"integrate"``: the GLM fitted to each row's marginal mean E_u[g^-1(x'b + z'u)] (any link, random
+          slopes and several grouping factors too; :func:`bayeshlm.likelihood.gee.integrated_coefficients`).
+        - ``"gee"``: HLM's population-average estimator, the GEE with working covariance from the fitted random
+          effects, with robust (sandwich) and model-based standard errors (one grouping factor;
+          :func:`bayeshlm.likelihood.gee.gee_coefficients`). Columns unit_specific, population_average, se (the
+          robust SE, as HLM recommends for these), lower, upper, z, p, model_se.
+
+        Default: ``"closed_form"`` where it applies, else ``"integrate"``. ``attrs["method"]`` says which.
+        The closed form and integration give estimates only (their uncertainty would need that of tau as well).
         """
-        link = self.family.link.name
+        from .gee import gee_coefficients, integrated_coefficients
+
         slopes = [f"{f.name}: {', '.join(c for c in f.coef_names if c != '(Intercept)')}"
                   for f in self.design.factors if any(c != "(Intercept)" for c in f.coef_names)]
+        link = self.family.link.name
+        if method is None:
+            method = "closed_form" if not slopes and link in ("probit", "log", "logit") else "integrate"
+        if method not in PA_METHODS:
+            raise OptionError(f"method={method!r} is not an option.{closest_names(str(method), PA_METHODS)} Use "
+                              "'closed_form', 'integrate' or 'gee'.")
+        unit = self.fixed_effects["estimate"]
+        if method == "closed_form":
+            marginal, how = self._closed_form_average(unit, slopes, link)
+            table = pd.DataFrame({"unit_specific": unit, "population_average": marginal})
+        elif method == "integrate":
+            taus = {name: T.to_numpy() for name, T in self.tau.items()}
+            marginal = integrated_coefficients(self.design, self._objective.outcome, self.family, unit.to_numpy(),
+                                               taus)
+            table = pd.DataFrame({"unit_specific": unit, "population_average": marginal})
+            how = ("integrated: the GLM fitted to each row's marginal mean E_u[g^-1(x'gamma + z'u)] "
+                   "(40-point Gauss-Hermite)")
+        else:
+            lam = self._objective.params.lambdas(self._theta_raw)[0]
+            result = gee_coefficients(self.design, self._objective.outcome, self.family, lam, unit.to_numpy())
+            if not result.converged:
+                raise OptionError(f"The population-average GEE did not settle in {result.iterations} iterations; "
+                                  "use method='integrate'.")
+            est, se = result.estimate, np.sqrt(np.diag(result.robust_cov))
+            half = stats.norm.ppf(0.975) * se
+            table = pd.DataFrame({"unit_specific": unit, "population_average": est, "se": se,
+                                  "lower": est - half, "upper": est + half, "z": est / se,
+                                  "p": 2 * stats.norm.sf(np.abs(est / se)),
+                                  "model_se": np.sqrt(np.diag(result.model_cov))})
+            how = ("GEE with working covariance W^-1 + Z T Z' from the fitted random effects (HLM's population-"
+                   "average model, R&B eqs. 10.17-10.19); se robust (sandwich), model_se model-based")
+        table.index.name = "term"
+        table.attrs["method"] = how
+        return table
+
+    def _closed_form_average(self, unit: pd.Series, slopes: list[str], link: str) -> tuple[pd.Series, str]:
         if slopes:
             raise OptionError("Population-average coefficients have a closed form only with random intercepts; this "
                               f"model has random slopes ({'; '.join(slopes)}), so the marginal mean is not linear on "
-                              "the link scale.")
+                              "the link scale. Use method='integrate' (or 'gee').")
         if link not in ("probit", "log", "logit"):
             raise OptionError(f"No closed form for population-average coefficients with the {link} link; they "
-                              "exist for the logit (approximately), probit and log links.")
+                              "exist for the logit (approximately), probit and log links. Use method='integrate'.")
         tau = float(sum(T.iloc[0, 0] for T in self.tau.values()))
-        unit = self.fixed_effects["estimate"]
         if link == "log":
-            marginal = unit.copy()
-            if "(Intercept)" not in marginal.index:
+            if "(Intercept)" not in unit.index:
                 raise OptionError("The model has no intercept to carry the log-link shift tau / 2.")
+            marginal = unit.copy()
             marginal["(Intercept)"] += tau / 2
-            how = "exact: intercept + tau/2"
-        elif link == "probit":
-            marginal, how = unit / np.sqrt(1 + tau), "exact: b / sqrt(1 + tau)"
-        else:
-            c2 = (16 * np.sqrt(3) / (15 * np.pi)) ** 2
-            marginal, how = unit / np.sqrt(1 + c2 * tau), "approximate: b / sqrt(1 + c^2 tau)"
-        table = pd.DataFrame({"unit_specific": unit, "population_average": marginal})
-        table.attrs["method"] = how
-        return table
+            return marginal, "exact: intercept + tau/2"
+        if link == "probit":
+            return unit / np.sqrt(1 + tau), "exact: b / sqrt(1 + tau)"
+        c2 = (16 * np.sqrt(3) / (15 * np.pi)) ** 2
+        return unit / np.sqrt(1 + c2 * tau), "approximate: b / sqrt(1 + c^2 tau)"
 
     # --- diagnostics ---------------------------------------------------------------------------------
     @cached_property
