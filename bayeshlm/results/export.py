@@ -6,6 +6,7 @@ import numpy as np
 import xarray as xr
 
 from .base import FitResult
+from .storage import package_version
 
 
 def output_datasets(fit) -> dict:
@@ -34,9 +35,7 @@ def estimates_dataset(fit: FitResult) -> xr.Dataset:
         data[f"tau_{factor}"] = ((dim, dim + "_"), tau.to_numpy(dtype=float))
     if getattr(fit, "sigma2", None) is not None:  # HGLM fits have no level-1 variance
         data["sigma2"] = ((), float(fit.sigma2))
-    from .. import __version__
-
-    attrs = {"method": fit.method, "formula": fit.design.spec.formula(), "bayeshlm_version": __version__,
+    attrs = {"method": fit.method, "formula": fit.design.spec.formula(), "bayeshlm_version": package_version(),
              "rows_analysed": fit.design.n_obs, "rows_dropped": fit.design.dropped.count}
     for name in ("deviance", "aic", "bic"):
         value = getattr(fit, name, None)

@@ -50,6 +50,17 @@ _DAMAGE = (KeyError, IndexError, TypeError, ValueError, AttributeError, OSError)
 __all__ = ["FORMAT_VERSION", "FitFormatError", "load_fit", "save_fit"]
 
 
+def package_version() -> str:
+    """This bayeshlm's version (``bayeshlm.__version__``), from the installed package's metadata, read here
+    without importing the package root (which imports every layer)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bayeshlm")
+    except PackageNotFoundError:  # running from a source tree without installation
+        return "0+unknown"
+
+
 def _engines() -> dict[str, type]:
     """The result classes a file can hold, by the ``engine`` name written in it."""
     from ..bayes.result import BayesFit
@@ -62,8 +73,6 @@ def save_fit(fit, path: str | Path) -> Path:
     """Write ``fit`` (a LikelihoodFit or BayesFit) to ``path`` as netCDF; return the path. The fit's
     ``to_state()`` gives its record (JSON in the root attribute ``state``) and its datasets (a DataTree is
     written as ``/<name>/<group>``, a Dataset as ``/<name>``)."""
-    from .. import __version__
-
     engine = next((name for name, cls in _engines().items() if isinstance(fit, cls)), None)
     if engine is None:
         raise OptionError(f"Saving a {type(fit).__name__} is not supported; save() takes a REML/ML or Bayes fit.")
@@ -74,7 +83,7 @@ def save_fit(fit, path: str | Path) -> Path:
             groups |= {f"/{name}/{child}": node.to_dataset() for child, node in data.children.items()}
         else:
             groups[f"/{name}"] = data
-    root = xr.Dataset(attrs={"bayeshlm_version": __version__, "format_version": FORMAT_VERSION, "engine": engine,
+    root = xr.Dataset(attrs={"bayeshlm_version": package_version(), "format_version": FORMAT_VERSION, "engine": engine,
                              "spec": json.dumps(_spec_to_dict(fit.design.spec)),
                              "state": json.dumps(state, default=_plain)})
     tree = xr.DataTree.from_dict({"/": root, **_design_groups(fit.design), **groups})
@@ -154,8 +163,6 @@ def _checked_layout(path: Path) -> dict:
     bayeshlm save of a supported version whose arrays fit the memory bound of the module docstring."""
     import h5py
 
-    from .. import __version__
-
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in f.attrs.items()}
@@ -169,7 +176,7 @@ def _checked_layout(path: Path) -> dict:
             if saved != FORMAT_VERSION:
                 raise FitFormatError(
                     f"load_fit: {str(path)!r} uses save format {saved} (written by bayeshlm "
-                    f"{attrs.get('bayeshlm_version')}), but this bayeshlm {__version__} reads format "
+                    f"{attrs.get('bayeshlm_version')}), but this bayeshlm {package_version()} reads format "
                     f"{FORMAT_VERSION}. Load it with the version that wrote it and refit, or refit from the data.")
             needed = _memory_needed(f)
     except OSError as err:
