@@ -6,9 +6,13 @@ q_l random coefficients per factor in one LKJ block or with independent SDs, and
 level-1 variances, the log posterior density and its gradient are written out by hand below and compiled by
 Numba with an on-disk cache. nutpie samples them directly, so a fit skips the PyTensor -> Numba compile of the
 model graph (65-90 s with a cold cache, 30-50 s warm for nutpie here; see :mod:`.sampling`): the kernel
-compiles once per machine and loads from the cache in under a second. The density is the one
-:func:`~.build.build_model` writes as a PyMC graph -- same likelihood, same priors with their normalising
-constants -- and the test suite checks the two agree to rounding error at random points.
+compiles once per machine (only the entry point the model needs: two or three levels, crossed or not) and loads
+from the cache in a fraction of a second. The algebra is written as named block operations on batches of groups
+(:func:`_integrate_level`, :func:`_integrate_top`, :func:`_integrate_child`, :func:`_pass_to_parent`, ...); Numba
+compiles every function it calls again into each caller, so the call tree is kept shallow, and the reported
+values are computed from the unconstrained draws after sampling (:func:`constrained_draws`), not compiled.
+The density is the one :func:`~.build.build_model` writes as a PyMC graph -- same likelihood, same priors with
+their normalising constants -- and the test suite checks the two agree to rounding error at random points.
 
 In a crossed design the effects of the other factors are sampled (:mod:`.build`): they enter the integrated
 likelihood as coefficients of extra columns of X (their indicator-times-Z columns, which the sufficient
@@ -49,6 +53,7 @@ log-Jacobian Σ_{i>k} [log(1 - z_ik²) + 1/2 log(1 - Σ_{l<k} L_Ω[i,l]²)].
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 from dataclasses import dataclass
@@ -66,18 +71,26 @@ SCALE_FAMILIES = {"HalfFlat": (), "HalfNormal": ("sigma",), "HalfStudentT": ("nu
 _SCALE_CODE = {name: code for code, name in enumerate(SCALE_FAMILIES)}
 
 
-# Layout of the packed buffer the compiled functions read (one float64 array: header, then the arrays). Level 1
-# is empty (q1 = J1 = 0) in two-level models. p counts the fixed effects, p_ext adds the sampled factors' effects
-# (the columns of X the sufficient statistics are extended by); "sampled" holds a row per sampled factor, and
-# "centre" per sampled effect (p_ext - p of them) the index of the fixed effect it is centred on, or -1.
-_HEADER = ("levels", "q0", "q1", "p", "p_ext", "n_sampled", "n_scale", "J0", "J1", "has_sigma", "correlated0",
-           "correlated1", "n_obs", "yty", "logdet_V", "eta0", "eta1", "sigma_variance", "tau_variance0",
-           "tau_variance1", "n_dim", "n_expanded", "length")
-(_LEVELS, _Q0, _Q1, _P, _P_EXT, _N_SAMPLED, _N_SCALE, _J0, _J1, _HAS_SIGMA, _CORRELATED0, _CORRELATED1, _N_OBS,
- _YTY, _LOGDET_V, _ETA0, _ETA1, _SIGMA_VARIANCE, _TAU_VARIANCE0, _TAU_VARIANCE1, _N_DIM, _N_EXPANDED,
+# Layout of the packed buffer the compiled functions read (one float64 array): the header, one row of
+# _LEVEL_FIELDS per integrated level (level 1 all zero in two-level models), the start of every array of
+# _ARRAYS (and the end of the last), then the arrays. p counts the fixed effects, p_ext adds the sampled
+# factors' effects (the columns of X the sufficient statistics are extended by); "sampled" holds a row per
+# sampled factor, and "centre" per sampled effect (p_ext - p of them) the index of the fixed effect it is
+# centred on, or -1. The compiled code reads them through the accessors _level_field, _array and _level_stats.
+_HEADER = ("levels", "p", "p_ext", "n_sampled", "n_scale", "has_sigma", "n_obs", "yty", "logdet_V",
+           "sigma_variance", "n_dim", "length")
+(_LEVELS, _P, _P_EXT, _N_SAMPLED, _N_SCALE, _HAS_SIGMA, _N_OBS, _YTY, _LOGDET_V, _SIGMA_VARIANCE, _N_DIM,
  _LENGTH) = range(len(_HEADER))
-_ARRAYS = ("Z0tZ0", "Z0tX", "Z0ty", "Z0tZ1", "parent", "Z1tZ1", "Z1tX", "Z1ty", "XtX", "Xty", "beta_mu",
+_LEVEL_FIELDS = ("q", "J", "correlated", "eta", "tau_variance")
+(_L_Q, _L_J, _L_CORRELATED, _L_ETA, _L_TAU_VARIANCE) = range(len(_LEVEL_FIELDS))
+_LEVELS_AT = len(_HEADER)
+# per level l its statistics ZtZ<l> (q, q, J), ZtX<l> (q, p_ext, J), Zty<l> (q, J), groups last; then the
+# level-0 x level-1 cross products and each level-0 group's parent (three-level models only)
+_ARRAYS = ("ZtZ0", "ZtX0", "Zty0", "ZtZ1", "ZtX1", "Zty1", "Z0tZ1", "parent", "XtX", "Xty", "beta_mu",
            "beta_sd", "scale_code", "scale_a", "scale_b", "scale_on_variance", "sampled", "centre")
+(_ZTZ0, _ZTX0, _ZTY0, _ZTZ1, _ZTX1, _ZTY1, _Z0TZ1, _PARENT, _XTX, _XTY, _BETA_MU, _BETA_SD, _SCALE_CODE_AT,
+ _SCALE_A, _SCALE_B, _SCALE_ON_VARIANCE, _SAMPLED_AT, _CENTRE) = range(len(_ARRAYS))
+_ARRAYS_AT = _LEVELS_AT + 2 * len(_LEVEL_FIELDS)
 # the columns of a row of "sampled": its number of coefficients and of groups, correlated (one LKJ block) or
 # not, centred (u ~ N(0, T)) or non-centred (u = L z), the LKJ eta, and whether τ² is reported
 _SAMPLED = ("q", "J", "correlated", "centred", "eta", "tau_variance")
@@ -86,8 +99,8 @@ _SAMPLED = ("q", "J", "correlated", "centred", "eta", "tau_variance")
 
 @dataclass(frozen=True)
 class KernelModel:
-    """What the compiled kernel needs: its data and priors packed into one float64 buffer (the header
-    :data:`_HEADER`, then the arrays :data:`_ARRAYS`), and how to name its output."""
+    """What the compiled kernel needs: its data and priors packed into one float64 buffer (see the layout
+    above), and how to name its output."""
 
     n_dim: int
     data: dict[str, np.ndarray]
@@ -104,6 +117,11 @@ class KernelModel:
     def sampled(self) -> list[dict]:
         """The factors whose effects are sampled (crossed designs), with their groups and parameterisation."""
         return self.names["sampled"]
+
+    @property
+    def variant(self) -> tuple[int, bool]:
+        """(number of integrated levels, sampled factors or not): which compiled entry point the model needs."""
+        return len(self.levels), bool(self.sampled)
 
     def unconstrained_start(self, seed: int) -> np.ndarray:
         """A starting point: least-squares β, sampled effects u at zero, log σ from the residual SD of β, log τ at
@@ -124,10 +142,14 @@ class KernelModel:
         return np.r_[beta, effects, scales, np.zeros(self.n_dim - p - n_effects - len(scales))]
 
 
-def _pack(data: dict, header: dict) -> np.ndarray:
+def _pack(data: dict, header: dict, levels: list[dict]) -> np.ndarray:
     arrays = [np.asarray(data[name], dtype=float).ravel() for name in _ARRAYS]
-    header = dict(header, length=len(_HEADER) + sum(len(a) for a in arrays))
-    return np.concatenate([np.array([float(header[name]) for name in _HEADER]), *arrays])
+    starts = np.cumsum([_ARRAYS_AT + len(_ARRAYS) + 1] + [len(a) for a in arrays])
+    header = dict(header, length=int(starts[-1]))
+    rows = [[float(level[name]) for name in _LEVEL_FIELDS] for level in levels]
+    rows += [[0.0] * len(_LEVEL_FIELDS)] * (2 - len(levels))
+    return np.concatenate([np.array([float(header[name]) for name in _HEADER]), np.ravel(rows),
+                           starts.astype(float), *arrays])
 
 
 def _groups_last(values: np.ndarray) -> np.ndarray:
@@ -162,20 +184,7 @@ def kernel_model(design: Design, priors: PriorSet, stats, chain: tuple[str, ...]
         (priors.tau[f.name], f.n_coef, k) for f in factors + crossed for k in range(f.n_coef)]
     if any(set(prior.params) != set(SCALE_FAMILIES.get(prior.dist, ["?"])) for prior, _, _ in scale_entries):
         return None
-    n_scale = len(scale_entries)
-    code, first, second = np.zeros(n_scale, dtype=np.int64), np.ones(n_scale), np.ones(n_scale)
-    on_variance = np.zeros(n_scale, dtype=np.int64)
-    for i, (prior, size, k) in enumerate(scale_entries):
-        values = [np.broadcast_to(prior.params[name], (size,))[k] for name in SCALE_FAMILIES[prior.dist]]
-        code[i], on_variance[i] = _SCALE_CODE[prior.dist], prior.on == "variance"
-        if values:
-            first[i], second[i] = values[0], values[-1]
-    a = stats.arrays
-    p = len(design.fixed_names)
-    p_ext = a["XtX"][0].shape[0]
-    q = [f.n_coef for f in factors] + [0]
-    two = len(factors) == 2
-    flat = fixed[0].dist == "Flat"
+    scale_table = _scale_prior_table(scale_entries)
 
     def describe(f) -> dict:
         return {"factor": f.name, "coef": list(f.coef_names), "tau_variance": priors.tau[f.name].on == "variance",
@@ -184,42 +193,59 @@ def kernel_model(design: Design, priors: PriorSet, stats, chain: tuple[str, ...]
     levels = [describe(f) for f in factors]
     sampled_factors = [describe(f) | {"groups": [str(v) for v in f.levels],
                                       "centred": parameterization[f.name] == "centred"} for f in crossed]
+    data = _kernel_data(design, priors, stats, factors, crossed, centre_on, sampled_factors) | scale_table
+    names = {"fixed": list(design.fixed_names), "levels": levels, "sampled": sampled_factors,
+             "sigma_variance": has_sigma and priors.sigma.on == "variance"}
+    n_corr = sum(len(f["coef"]) * (len(f["coef"]) - 1) // 2 for f in levels + sampled_factors if f["correlated"])
+    n_dim = data["XtX"].shape[0] + len(scale_entries) + n_corr
+    header = {"levels": len(factors), "p": len(design.fixed_names), "p_ext": data["XtX"].shape[0],
+              "n_sampled": len(sampled_factors), "n_scale": len(scale_entries), "has_sigma": has_sigma,
+              "n_obs": data["n_obs"], "yty": data["yty"], "logdet_V": data["logdet_V"],
+              "sigma_variance": names["sigma_variance"], "n_dim": n_dim}
+    level_rows = [{"q": f.n_coef, "J": f.n_groups, **describe(f)} for f in factors]
+    return KernelModel(n_dim, data, _pack(data, header, level_rows), names, has_sigma)
+
+
+def _scale_prior_table(scale_entries: list) -> dict[str, np.ndarray]:
+    """Per scale (σ, then each factor's τ's) its prior family code, first and last parameter, and whether the
+    prior is on the variance."""
+    n_scale = len(scale_entries)
+    code, first, second = np.zeros(n_scale, dtype=np.int64), np.ones(n_scale), np.ones(n_scale)
+    on_variance = np.zeros(n_scale, dtype=np.int64)
+    for i, (prior, size, k) in enumerate(scale_entries):
+        values = [np.broadcast_to(prior.params[name], (size,))[k] for name in SCALE_FAMILIES[prior.dist]]
+        code[i], on_variance[i] = _SCALE_CODE[prior.dist], prior.on == "variance"
+        if values:
+            first[i], second[i] = values[0], values[-1]
+    return {"scale_code": code, "scale_a": first, "scale_b": second, "scale_on_variance": on_variance}
+
+
+def _kernel_data(design: Design, priors: PriorSet, stats, factors: list, crossed: list, centre_on: dict,
+                 sampled_factors: list[dict]) -> dict[str, np.ndarray]:
+    """The arrays of the buffer (groups last, for the kernel's vectorised loops) but the scale priors."""
+    a = stats.arrays
+    p = len(design.fixed_names)
+    q0 = factors[0].n_coef
+    two = len(factors) == 2
+    fixed = [priors.fixed[name] for name in design.fixed_names]
+    flat = fixed[0].dist == "Flat"
     centre = [np.tile(centre_on.get(f.name, [-1] * f.n_coef), f.n_groups) for f in crossed]
-    data = {  # groups last, for the kernel's vectorised loops
-        "Z0tZ0": _groups_last(a["Z0tZ"][0][..., :q[0]]), "Z0tX": _groups_last(a["Z0tX"][0]),
-        "Z0ty": _groups_last(a["Z0ty"][0]), "Z0tZ1": _groups_last(a["Z0tZ"][0][..., q[0]:]),
+    return {
+        "ZtZ0": _groups_last(a["Z0tZ"][0][..., :q0]), "ZtX0": _groups_last(a["Z0tX"][0]),
+        "Zty0": _groups_last(a["Z0ty"][0]), "Z0tZ1": _groups_last(a["Z0tZ"][0][..., q0:]),
         "parent": stats.parents[0] if two else np.zeros(0),
-        "Z1tZ1": _groups_last(a["Z1tZ"][0]) if two else np.zeros(0),
-        "Z1tX": _groups_last(a["Z1tX"][0]) if two else np.zeros(0),
-        "Z1ty": _groups_last(a["Z1ty"][0]) if two else np.zeros(0),
+        "ZtZ1": _groups_last(a["Z1tZ"][0]) if two else np.zeros(0),
+        "ZtX1": _groups_last(a["Z1tX"][0]) if two else np.zeros(0),
+        "Zty1": _groups_last(a["Z1ty"][0]) if two else np.zeros(0),
         "XtX": np.ascontiguousarray(a["XtX"][0]), "Xty": np.ascontiguousarray(a["Xty"][0]),
         "yty": float(a["yty"][0]), "n_obs": float(a["n_obs"]), "logdet_V": float(a.get("logdetV", 0.0)),
         "beta_mu": np.zeros(p) if flat else np.array([float(pr.params["mu"]) for pr in fixed]),
         "beta_sd": np.full(p, np.inf) if flat else np.array([float(pr.params["sigma"]) for pr in fixed]),
-        "scale_code": code, "scale_a": first, "scale_b": second, "scale_on_variance": on_variance,
         "sampled": np.array([[len(f["coef"]), len(f["groups"]), f["correlated"], f["centred"], f["eta"],
                               f["tau_variance"]] for f in sampled_factors], dtype=float).reshape(-1, len(_SAMPLED)),
         "centre": np.concatenate(centre) if centre else np.zeros(0),
         "start_tau": 0.25 * _outcome_sd(a),
     }
-    names = {"fixed": list(design.fixed_names), "levels": levels, "sampled": sampled_factors,
-             "sigma_variance": has_sigma and priors.sigma.on == "variance"}
-    n_corr = sum(len(f["coef"]) * (len(f["coef"]) - 1) // 2 for f in levels + sampled_factors if f["correlated"])
-    n_dim = p_ext + n_scale + n_corr
-    n_expanded = p + (1 + names["sigma_variance"] if has_sigma else 0) + sum(
-        len(f["coef"]) * (1 + f["tau_variance"]) + (len(f["coef"]) ** 2 if f["correlated"] else 0)
-        for f in levels + sampled_factors) + sum(
-        2 * len(f["coef"]) * len(f["groups"]) for f in sampled_factors)
-    level1 = levels[1] if two else {"tau_variance": False, "correlated": False, "eta": 1.0}
-    header = {"levels": len(factors), "q0": q[0], "q1": q[1], "p": p, "p_ext": p_ext,
-              "n_sampled": len(sampled_factors), "n_scale": n_scale, "J0": factors[0].n_groups,
-              "J1": factors[1].n_groups if two else 0,
-              "has_sigma": has_sigma, "correlated0": levels[0]["correlated"], "correlated1": level1["correlated"],
-              "n_obs": data["n_obs"], "yty": data["yty"], "logdet_V": data["logdet_V"],
-              "eta0": levels[0]["eta"], "eta1": level1["eta"], "sigma_variance": names["sigma_variance"],
-              "tau_variance0": levels[0]["tau_variance"], "tau_variance1": level1["tau_variance"],
-              "n_dim": n_dim, "n_expanded": n_expanded}
-    return KernelModel(n_dim, data, _pack(data, header), names, has_sigma)
 
 
 def _outcome_sd(a: dict) -> float:
@@ -228,11 +254,40 @@ def _outcome_sd(a: dict) -> float:
     return math.sqrt(max(float(a["yty"][0]) / n - mean**2, 1e-12))
 
 
-# --- log density and gradient ------------------------------------------------------------------------------
+# --- buffer accessors -----------------------------------------------------------------------------------------
 _LOG_2PI = math.log(2.0 * math.pi)
+# How the functions below are compiled (measured with empty caches, 2 cores: the two-level callback took 15 s of
+# CPU to compile before these choices, 9.4 s after). Numba compiles each function on its own and then again,
+# linked, into every caller, so a deep call tree compiles its leaves many times over: the orchestrating functions
+# and the accessors are inlined into their callers (``_inlined``; compiled on their own, the accessors would also
+# be compiled once per constant argument), the block operations are compiled once each (``_compiled``). Only the
+# C callbacks are cached on disk: a cached callback holds all the code it calls and loads without it.
+_compiled = numba.njit(nogil=True, error_model="numpy")
+_inlined = numba.njit(nogil=True, error_model="numpy", inline="always")
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_inlined
+def _level_field(buf, level, field):
+    """Field ``field`` (one of _LEVEL_FIELDS) of integrated level ``level``."""
+    return buf[_LEVELS_AT + level * len(_LEVEL_FIELDS) + field]
+
+
+@_inlined
+def _array(buf, k):
+    """Array ``k`` of _ARRAYS, flat."""
+    return buf[int(buf[_ARRAYS_AT + k]):int(buf[_ARRAYS_AT + k + 1])]
+
+
+@_inlined
+def _level_stats(buf, level):
+    """Z'Z (q, q, J), Z'X (q, p_ext, J) and Z'y (q, J) of integrated level ``level``, groups last."""
+    q, J, p_ext = int(_level_field(buf, level, _L_Q)), int(_level_field(buf, level, _L_J)), int(buf[_P_EXT])
+    first = _ZTZ0 + 3 * level
+    return (_array(buf, first).reshape((q, q, J)), _array(buf, first + 1).reshape((q, p_ext, J)),
+            _array(buf, first + 2).reshape((q, J)))
+
+
+@_compiled
 def _scale_log_prior(code, a, b, on_variance, theta):
     """Log prior (with its normalising constant) and Jacobian of a scale x = exp(θ), as a function of θ, and
     its derivative. With ``on_variance`` the density is that of x² (a prior on the variance)."""
@@ -260,7 +315,7 @@ def _scale_log_prior(code, a, b, on_variance, theta):
     return lp + logjac, dlp * dt + dlogjac
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _lkj_log_normaliser(eta, q):
     out = (q - 1) * math.lgamma(eta + 0.5 * (q - 1))
     for k in range(1, q):
@@ -268,7 +323,7 @@ def _lkj_log_normaliser(eta, q):
     return out
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _correlation_factor(y, q):
     """L_Ω (q x q) and the intermediate values the reverse pass needs: z = tanh(y) and the remaining squared
     row norm 1 - Σ_{l<k} L_Ω[i,l]² before each entry."""
@@ -290,7 +345,7 @@ def _correlation_factor(y, q):
     return L, z, rest
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _correlation_terms(y, q, eta, gL, grad_y):
     """LKJ(η) log density of L_Ω plus the log-Jacobian of y -> L_Ω; adds to ``grad_y`` the gradient of that
     plus Σ gL * L_Ω (``gL``: the gradient of the rest of the density with respect to L_Ω)."""
@@ -314,7 +369,7 @@ def _correlation_terms(y, q, eta, gL, grad_y):
     return lp
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _sum_of_logs(values):
     """Σ log values[j] with one logarithm per run of factors whose product stays in range; NaN if any value is
     not positive."""
@@ -330,7 +385,7 @@ def _sum_of_logs(values):
     return total + math.log(product)
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _cholesky_batch(M, C, inv, pivots):
     """C C' = M for a batch of q x q matrices stored groups last (q, q, J); inv = 1 / diag(C) (q, J);
     multiplies ``pivots`` (J) by each |M|."""
@@ -351,7 +406,7 @@ def _cholesky_batch(M, C, inv, pivots):
                 C[r, c, j] = acc * inv[c, j]
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _forward_batch(C, inv, rhs, out):
     """out = C^{-1} rhs per group (rhs, out: (q, J))."""
     q, J = rhs.shape
@@ -363,7 +418,7 @@ def _forward_batch(C, inv, rhs, out):
             out[a, j] = acc * inv[a, j]
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _backward_batch(C, inv, rhs, out):
     """out = C^{-T} rhs per group (rhs, out: (q, J))."""
     q, J = rhs.shape
@@ -375,7 +430,7 @@ def _backward_batch(C, inv, rhs, out):
             out[a, j] = acc * inv[a, j]
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _inverse_batch(C, inv, out):
     """out = (C C')^{-1} per group (q, q, J)."""
     q, J = inv.shape
@@ -390,259 +445,234 @@ def _inverse_batch(C, inv, out):
                 out[a, c, j] = unit[a, j]
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _integrate_groups(beta, s, L, ZtZ, ZtX, Zty, grad_beta, G):
-    """Σ_j log|M_j|, Σ_j t_j'v_j and Σ_j [q - tr M_j^{-1} - t_j'v_j - v_j'v_j] of the module docstring; adds
-    -s Σ_j Z_j'X' m_j to ``grad_beta`` and Σ_j ∂/∂L to ``G``. The statistics are stored groups-last
-    (``ZtZ`` (q, q, J), ``ZtX`` (q, p, J), ``Zty`` (q, J)) and every step loops over the groups innermost, so
-    the q x q algebra vectorises for any q. Returns a non-finite log-determinant if some M_j is not SPD."""
+# --- block operations on a batch of groups (arrays groups last, groups looped innermost: the q x q algebra
+# vectorises for any q) ------------------------------------------------------------------------------------------
+@_compiled
+def _rhs(c, s, ZtX, Zty):
+    """b = s (Z'y - Z'X c) per group (q, J)."""
     q, p, J = ZtX.shape
     b = np.empty((q, J))
-    AL = np.empty((q, q, J))
-    M = np.empty((q, q, J))
-    C = np.zeros((q, q, J))
-    w = np.empty((q, J))
-    v = np.empty((q, J))
-    Minv = np.empty((q, q, J))
-    for a in range(q):  # b = s (Z'y - Z'X β)
-        b[a] = Zty[a]
+    for a in range(q):
+        for j in range(J):
+            b[a, j] = Zty[a, j]
         for k in range(p):
             for j in range(J):
-                b[a, j] -= ZtX[a, k, j] * beta[k]
+                b[a, j] -= ZtX[a, k, j] * c[k]
         for j in range(J):
             b[a, j] *= s
-    for a in range(q):  # A L with A = s Z'Z (L lower triangular)
-        for k in range(q):
-            AL[a, k] = 0.0
-            for d in range(k, q):
+    return b
+
+
+@_compiled
+def _scaled_times_lower(s, ZtZ, L):
+    """s Z'Z L per group, (q, r, J), for Z'Z (q, r, J) and a lower-triangular L (r, r)."""
+    q, r, J = ZtZ.shape
+    out = np.zeros((q, r, J))
+    for a in range(q):
+        for k in range(r):
+            for d in range(k, r):
                 for j in range(J):
-                    AL[a, k, j] += s * ZtZ[a, d, j] * L[d, k]
-    for a in range(q):  # M = I + L'AL
+                    out[a, k, j] += s * ZtZ[a, d, j] * L[d, k]
+    return out
+
+
+@_compiled
+def _lower_transpose_times(L, v):
+    """L'v per group, (q, J)."""
+    q, J = v.shape
+    out = np.zeros((q, J))
+    for a in range(q):
+        for d in range(a, q):
+            for j in range(J):
+                out[a, j] += L[d, a] * v[d, j]
+    return out
+
+
+@_inlined
+def _sum_of_squares(v):
+    total = 0.0
+    for a in range(v.shape[0]):
+        for j in range(v.shape[1]):
+            total += v[a, j] ** 2
+    return total
+
+
+@_inlined
+def _integrate_level(L, AL, t):
+    """Integrates one level's whitened effects out: M = I + L'AL = C C', w = C^{-1} t per group. Returns C,
+    1 / diag(C), w and Σ_groups log|M| (not finite when some M is not positive definite)."""
+    q, J = t.shape
+    M = np.zeros((q, q, J))
+    for a in range(q):
+        for j in range(J):
+            M[a, a, j] = 1.0
         for k in range(q):
-            M[a, k] = 1.0 if a == k else 0.0
             for d in range(a, q):
                 for j in range(J):
                     M[a, k, j] += L[d, a] * AL[d, k, j]
-    inv = np.empty((q, J))  # 1 / C[c, c]
-    pivots = np.ones(J)  # Π_c C[c, c]² = |M_j|
+    C, inv, pivots, w = np.zeros((q, q, J)), np.empty((q, J)), np.ones(J), np.empty((q, J))
     _cholesky_batch(M, C, inv, pivots)
-    logdet = _sum_of_logs(pivots)
-    for a in range(q):  # t = L'b (kept in v), C w = t
-        for j in range(J):
-            acc = 0.0
-            for d in range(a, q):
-                acc += L[d, a] * b[d, j]
-            v[a, j] = acc
-    _forward_batch(C, inv, v, w)
-    reduction = 0.0
+    _forward_batch(C, inv, t, w)
+    return C, inv, w, _sum_of_logs(pivots)
+
+
+@_inlined
+def _integrate_top(c, s, L, ZtZ, ZtX, Zty, K, k, grad_c, G):
+    """Integrates out the outermost level of the chain (the only one in two-level models), given what its
+    children pass up (K, k; zero without children): A = s Z'Z - K, t = L'(b - k), b = s (Z'y - Z'X c).
+    Adds -s Σ Z'X m (m = L ẑ) to ``grad_c`` and b ẑ' - s Z'Z L (ẑ ẑ' + Σ) to ``G`` (∂/∂L, lower triangle).
+    Returns log|M|, Σ |w|², the σ terms m'(s Z'Z m - 2 b) + tr(s Z'Z L Σ L'), and the whitened effects'
+    posterior means ẑ = C^{-T} w and covariances Σ = M^{-1}."""
+    b = _rhs(c, s, ZtX, Zty)
+    raw = _scaled_times_lower(s, ZtZ, L)
+    q, J = b.shape
+    corrected, rest = raw.copy(), np.empty((q, J))
     for a in range(q):
         for j in range(J):
-            reduction += w[a, j] ** 2
-    _backward_batch(C, inv, w, v)  # C'v = w
-    _inverse_batch(C, inv, Minv)
+            rest[a, j] = b[a, j] - k[a, j]
+        for e in range(q):
+            for d in range(e, q):
+                for j in range(J):
+                    corrected[a, e, j] -= K[a, d, j] * L[d, e]
+    C, inv, w, logdet = _integrate_level(L, corrected, _lower_transpose_times(L, rest))
+    z, S = np.empty((q, J)), np.empty((q, q, J))
+    _backward_batch(C, inv, w, z)
+    _inverse_batch(C, inv, S)
+    sigma_terms = _top_gradient(s, L, ZtX, b, raw, z, S, grad_c, G)
+    return logdet, _sum_of_squares(w), sigma_terms, z, S
+
+
+@_compiled
+def _top_gradient(s, L, ZtX, b, AL, z, S, grad_c, G):
+    """The gradient terms of :func:`_integrate_top` (AL = s Z'Z L); returns the σ terms."""
+    q, p, J = ZtX.shape
+    m = np.zeros((q, J))  # m = L ẑ, the posterior means of the effects
+    for a in range(q):
+        for d in range(a + 1):
+            for j in range(J):
+                m[a, j] += L[a, d] * z[d, j]
+    for e in range(p):
+        acc = 0.0
+        for a in range(q):
+            for j in range(J):
+                acc += ZtX[a, e, j] * m[a, j]
+        grad_c[e] -= s * acc
     sigma_terms = 0.0
     for a in range(q):
         for j in range(J):
-            sigma_terms += 1.0 - Minv[a, a, j] - w[a, j] ** 2 - v[a, j] ** 2
-    for a in range(q):  # m = L v, the posterior means; ∂/∂β -= s Σ_j Z_j'X' m_j
-        for k in range(p):
-            acc = 0.0
-            for j in range(J):
-                mean = 0.0
-                for d in range(a + 1):
-                    mean += L[a, d] * v[d, j]
-                acc += ZtX[a, k, j] * mean
-            grad_beta[k] -= s * acc
-    for a in range(q):  # ∂/∂L += Σ_j (b - A L v) v' - A L M^{-1}
-        for k in range(a + 1):
-            acc = 0.0
-            for j in range(J):
-                r = b[a, j]
-                for d in range(q):
-                    r -= AL[a, d, j] * v[d, j]
-                acc += r * v[k, j]
-                for d in range(q):
-                    acc -= AL[a, d, j] * Minv[d, k, j]
-            G[a, k] += acc
-    return logdet, reduction, sigma_terms
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _integrate_nested(beta, s, L0, L1, Z0tZ0, Z0tZ1, Z0tX, Z0ty, parent, Z1tZ1, Z1tX, Z1ty, grad_beta, G0, G1):
-    """The three-level counterpart of :func:`_integrate_groups` (module docstring): level-0 groups (statistics
-    ``Z0t*``, groups last) nested in level-1 groups (``Z1t*``) through ``parent``. Returns the log-determinants,
-    the reduction Σ |w|² and the terms s E|r|² - s e'e of ∂/∂log σ; adds to ``grad_beta``, and ∂/∂L_0, ∂/∂L_1
-    to ``G0``, ``G1``. Level 0 loops over its groups innermost, so its q x q algebra vectorises."""
-    q0, p, J0 = Z0tX.shape
-    q1, J1 = Z1ty.shape
-    up = np.empty(J0, dtype=np.int64)
-    for j in range(J0):
-        up[j] = int(parent[j])
-    # level 0: integrate, and leave K = Σ G'G, k = Σ G'w to the parent
-    b0, t0, w0 = np.empty((q0, J0)), np.empty((q0, J0)), np.empty((q0, J0))
-    AL0, M0, C0, inv0 = np.empty((q0, q0, J0)), np.empty((q0, q0, J0)), np.zeros((q0, q0, J0)), np.empty((q0, J0))
-    BL1 = np.empty((q0, q1, J0))  # B_0 L_1, B_0 = s Z_0'Z_1
-    F, G = np.empty((q1, q0, J0)), np.empty((q1, q0, J0))  # column c of L_0'B_0 and of C^{-1} L_0'B_0
-    pivots0 = np.ones(J0)
-    for a in range(q0):
-        for j in range(J0):
-            b0[a, j] = Z0ty[a, j]
-        for c in range(p):
-            for j in range(J0):
-                b0[a, j] -= Z0tX[a, c, j] * beta[c]
-        for j in range(J0):
-            b0[a, j] *= s
-    for a in range(q0):
-        for c in range(q0):
-            AL0[a, c] = 0.0
-            for d in range(c, q0):
-                for j in range(J0):
-                    AL0[a, c, j] += s * Z0tZ0[a, d, j] * L0[d, c]
-        for c in range(q1):
-            BL1[a, c] = 0.0
-            for d in range(c, q1):
-                for j in range(J0):
-                    BL1[a, c, j] += s * Z0tZ1[a, d, j] * L1[d, c]
-    for a in range(q0):
-        for c in range(q0):
-            M0[a, c] = 1.0 if a == c else 0.0
-            for d in range(a, q0):
-                for j in range(J0):
-                    M0[a, c, j] += L0[d, a] * AL0[d, c, j]
-        for c in range(q1):
-            F[c, a] = 0.0
-            for d in range(a, q0):
-                for j in range(J0):
-                    F[c, a, j] += s * L0[d, a] * Z0tZ1[d, c, j]
-        t0[a] = 0.0
-        for d in range(a, q0):
-            for j in range(J0):
-                t0[a, j] += L0[d, a] * b0[d, j]
-    _cholesky_batch(M0, C0, inv0, pivots0)
-    _forward_batch(C0, inv0, t0, w0)
-    for c in range(q1):
-        _forward_batch(C0, inv0, F[c], G[c])
-    K, k1 = np.zeros((q1, q1, J1)), np.zeros((q1, J1))
-    reduction = 0.0
-    for a in range(q1):
-        for c in range(q1):
-            for e in range(q0):
-                for j in range(J0):
-                    K[a, c, up[j]] += G[a, e, j] * G[c, e, j]
-        for e in range(q0):
-            for j in range(J0):
-                k1[a, up[j]] += G[a, e, j] * w0[e, j]
-    for a in range(q0):
-        for j in range(J0):
-            reduction += w0[a, j] ** 2
-
-    # level 1 (few groups): integrate; posterior moments of z_1; its gradient terms
-    z1, S1 = np.empty((q1, J1)), np.empty((q1, q1, J1))
-    b1, AL1, raw_AL1 = np.empty((q1, J1)), np.empty((q1, q1, J1)), np.empty((q1, q1, J1))
-    M1, C1, inv1, t1, w1 = (np.empty((q1, q1, J1)), np.zeros((q1, q1, J1)), np.empty((q1, J1)), np.empty((q1, J1)),
-                            np.empty((q1, J1)))
-    pivots1 = np.ones(J1)
-    for g in range(J1):
-        for a in range(q1):
-            acc = Z1ty[a, g]
-            for c in range(p):
-                acc -= Z1tX[a, c, g] * beta[c]
-            b1[a, g] = s * acc  # uncorrected: Fisher's identity needs s Z_1'e
-            for c in range(q1):
-                raw, corrected = 0.0, 0.0
-                for d in range(c, q1):
-                    raw += s * Z1tZ1[a, d, g] * L1[d, c]
-                    corrected += (s * Z1tZ1[a, d, g] - K[a, d, g]) * L1[d, c]
-                raw_AL1[a, c, g] = raw
-                AL1[a, c, g] = corrected
-        for a in range(q1):
-            for c in range(q1):
-                acc = 1.0 if a == c else 0.0
-                for d in range(a, q1):
-                    acc += L1[d, a] * AL1[d, c, g]
-                M1[a, c, g] = acc
-            acc = 0.0
-            for d in range(a, q1):
-                acc += L1[d, a] * (b1[d, g] - k1[d, g])
-            t1[a, g] = acc
-    _cholesky_batch(M1, C1, inv1, pivots1)
-    _forward_batch(C1, inv1, t1, w1)
-    _backward_batch(C1, inv1, w1, z1)
-    _inverse_batch(C1, inv1, S1)
-    sigma_terms = 0.0
-    m1 = np.empty(q1)
-    for g in range(J1):
-        for a in range(q1):
-            reduction += w1[a, g] ** 2
-            acc = 0.0
-            for d in range(a + 1):
-                acc += L1[a, d] * z1[d, g]
-            m1[a] = acc
-        for c in range(p):
-            acc = 0.0
-            for a in range(q1):
-                acc += Z1tX[a, c, g] * m1[a]
-            grad_beta[c] -= s * acc
-        for a in range(q1):  # -2 m'b + m'A m + tr(A L S L'), with A m = A L z
             Az = 0.0
-            for d in range(q1):
-                Az += raw_AL1[a, d, g] * z1[d, g]
-            sigma_terms += m1[a] * (Az - 2.0 * b1[a, g])
-            for c in range(q1):
-                LS = 0.0
-                for d in range(a + 1):
-                    LS += L1[a, d] * S1[d, c, g]
-                sigma_terms += raw_AL1[a, c, g] * LS
-        for a in range(q1):  # ∂/∂L_1 += b z' - A L (z z' + S)
-            for c in range(a + 1):
-                acc = b1[a, g] * z1[c, g]
-                for d in range(q1):
-                    acc -= raw_AL1[a, d, g] * (z1[d, g] * z1[c, g] + S1[d, c, g])
-                G1[a, c] += acc
+            for d in range(q):
+                Az += AL[a, d, j] * z[d, j]
+            sigma_terms += m[a, j] * (Az - 2.0 * b[a, j])
+        for e in range(q):
+            for d in range(a + 1):
+                for j in range(J):
+                    sigma_terms += AL[a, e, j] * L[a, d] * S[d, e, j]
+    for a in range(q):
+        for e in range(a + 1):
+            acc = 0.0
+            for j in range(J):
+                acc += b[a, j] * z[e, j]
+                for d in range(q):
+                    acc -= AL[a, d, j] * (z[d, j] * z[e, j] + S[d, e, j])
+            G[a, e] += acc
+    return sigma_terms
 
-    # level 0 again: posterior moments of z_0 averaged over z_1 (H = C^{-T} G L_1), gradient terms
-    zp, Sp = np.empty((q1, J0)), np.empty((q1, q1, J0))  # the parent's z_1 and S_1
-    for a in range(q1):
-        for j in range(J0):
-            zp[a, j] = z1[a, up[j]]
-        for c in range(q1):
-            for j in range(J0):
-                Sp[a, c, j] = S1[a, c, up[j]]
+
+@_compiled
+def _integrate_child(c, s, L0, L1, ZtZ0, ZtX0, Zty0, Z0tZ1):
+    """Integrates out the level-0 effects given the level-1 ones (three-level models): b_0, A_0 L_0, B L_1 with
+    B = s Z_0'Z_1, the Cholesky factor C of M_0 and 1 / diag(C), w_0, G = C^{-1} L_0'B (q1, q0, J0: one
+    (q0, J0) slice per level-1 coefficient) and Σ log|M_0|."""
+    b0 = _rhs(c, s, ZtX0, Zty0)
+    AL0 = _scaled_times_lower(s, ZtZ0, L0)
+    BL1 = _scaled_times_lower(s, Z0tZ1, L1)
+    C0, inv0, w0, logdet = _integrate_level(L0, AL0, _lower_transpose_times(L0, b0))
+    q0, q1, J0 = Z0tZ1.shape
+    F, G = np.zeros((q1, q0, J0)), np.empty((q1, q0, J0))
+    for e in range(q1):
+        for a in range(q0):
+            for d in range(a, q0):
+                for j in range(J0):
+                    F[e, a, j] += s * L0[d, a] * Z0tZ1[d, e, j]
+        _forward_batch(C0, inv0, F[e], G[e])
+    return b0, AL0, BL1, C0, inv0, w0, G, logdet
+
+
+@_compiled
+def _pass_to_parent(G, w0, parent, J1):
+    """What the level-0 groups pass to their level-1 group: K = Σ G'G and k = Σ G'w_0."""
+    q1, q0, J0 = G.shape
+    K, k = np.zeros((q1, q1, J1)), np.zeros((q1, J1))
+    for j in range(J0):
+        g = int(parent[j])
+        for a in range(q1):
+            for e in range(q0):
+                k[a, g] += G[a, e, j] * w0[e, j]
+                for d in range(q1):
+                    K[a, d, g] += G[a, e, j] * G[d, e, j]
+    return K, k
+
+
+@_compiled
+def _child_moments(C0, inv0, w0, G, L1, parent, z1, S1):
+    """Posterior means and covariances of the level-0 whitened effects averaged over level 1 (module
+    docstring): ẑ_0 = C^{-T} w_0 - H ẑ_1, Σ_00 = M_0^{-1} + H Σ_1 H', Σ_01 = -H Σ_1 with H = C^{-T} G L_1,
+    and the parent's ẑ_1 gathered per level-0 group."""
+    q1, q0, J0 = G.shape
+    zp, Sp = np.empty((q1, J0)), np.empty((q1, q1, J0))
+    for j in range(J0):
+        g = int(parent[j])
+        for a in range(q1):
+            zp[a, j] = z1[a, g]
+            for e in range(q1):
+                Sp[a, e, j] = S1[a, e, g]
     z0, GL, H = np.empty((q0, J0)), np.empty((q0, J0)), np.empty((q1, q0, J0))
     S00, S01 = np.empty((q0, q0, J0)), np.zeros((q0, q1, J0))
     _backward_batch(C0, inv0, w0, z0)
-    for c in range(q1):
+    for e in range(q1):
+        GL[:] = 0.0
         for a in range(q0):
-            GL[a] = 0.0
-            for d in range(c, q1):
+            for d in range(e, q1):
                 for j in range(J0):
-                    GL[a, j] += G[d, a, j] * L1[d, c]
-        _backward_batch(C0, inv0, GL, H[c])
+                    GL[a, j] += G[d, a, j] * L1[d, e]
+        _backward_batch(C0, inv0, GL, H[e])
     _inverse_batch(C0, inv0, S00)
     for a in range(q0):
-        for c in range(q1):
+        for e in range(q1):
             for d in range(q1):
                 for j in range(J0):
-                    S01[a, c, j] -= H[d, a, j] * Sp[d, c, j]  # -H S_1
+                    S01[a, e, j] -= H[d, a, j] * Sp[d, e, j]
             for j in range(J0):
-                z0[a, j] -= H[c, a, j] * zp[c, j]
+                z0[a, j] -= H[e, a, j] * zp[e, j]
     for a in range(q0):
-        for c in range(q0):
+        for e in range(q0):
             for d in range(q1):
                 for j in range(J0):
-                    S00[a, c, j] -= S01[a, d, j] * H[d, c, j]  # + H S_1 H'
+                    S00[a, e, j] -= S01[a, d, j] * H[d, e, j]
+    return z0, S00, S01, zp
+
+
+@_compiled
+def _child_gradient(s, L0, ZtX0, b0, AL0, BL1, z0, zp, S00, S01, grad_c, G0):
+    """The level-0 gradient terms of a three-level model: -s Σ Z_0'X m_0 into ``grad_c``, b ẑ' - A L (ẑ ẑ' +
+    Σ_00) - B L_1 (ẑ_1 ẑ' + Σ_10) into ``G0``; returns the σ terms -2 m'b + m'A m + 2 m'B m_1 +
+    tr(A L Σ_00 L') + 2 tr(B L_1 Σ_10 L')."""
+    q0, p, J0 = ZtX0.shape
+    q1 = zp.shape[0]
     m0 = np.zeros((q0, J0))
     for a in range(q0):
         for d in range(a + 1):
             for j in range(J0):
                 m0[a, j] += L0[a, d] * z0[d, j]
-    for c in range(p):
+    for e in range(p):
         acc = 0.0
         for a in range(q0):
             for j in range(J0):
-                acc += Z0tX[a, c, j] * m0[a, j]
-        grad_beta[c] -= s * acc
-    for a in range(q0):  # -2 m'b + m'A m + 2 m'B m_1 + tr(A L S L') + 2 tr(B L_1 S_10 L')
+                acc += ZtX0[a, e, j] * m0[a, j]
+        grad_c[e] -= s * acc
+    sigma_terms = 0.0
+    for a in range(q0):
         for j in range(J0):
             total = -2.0 * b0[a, j]
             for d in range(q0):
@@ -650,57 +680,67 @@ def _integrate_nested(beta, s, L0, L1, Z0tZ0, Z0tZ1, Z0tX, Z0ty, parent, Z1tZ1, 
             for d in range(q1):
                 total += 2.0 * BL1[a, d, j] * zp[d, j]
             sigma_terms += m0[a, j] * total
-        for c in range(q0):
-            for d in range(a + 1):
-                for j in range(J0):
-                    sigma_terms += AL0[a, c, j] * L0[a, d] * S00[d, c, j]
-        for c in range(q1):
-            for d in range(a + 1):
-                for j in range(J0):
-                    sigma_terms += 2.0 * BL1[a, c, j] * L0[a, d] * S01[d, c, j]
-    for a in range(q0):  # ∂/∂L_0 += b z' - A L (z z' + S_00) - B L_1 (z_1 z' + S_10)
-        for c in range(a + 1):
+        for d in range(a + 1):
+            for j in range(J0):
+                for e in range(q0):
+                    sigma_terms += AL0[a, e, j] * L0[a, d] * S00[d, e, j]
+                for e in range(q1):
+                    sigma_terms += 2.0 * BL1[a, e, j] * L0[a, d] * S01[d, e, j]
+    for a in range(q0):
+        for e in range(a + 1):
             acc = 0.0
             for j in range(J0):
-                acc += b0[a, j] * z0[c, j]
-            for d in range(q0):
-                for j in range(J0):
-                    acc -= AL0[a, d, j] * (z0[d, j] * z0[c, j] + S00[d, c, j])
-            for d in range(q1):
-                for j in range(J0):
-                    acc -= BL1[a, d, j] * (zp[d, j] * z0[c, j] + S01[c, d, j])
-            G0[a, c] += acc
-    for a in range(q1):  # ∂/∂L_1 -= B'L_0 (z z_1' + S_01), (B'L_0)[a, d] = s Σ_r Z_0'Z_1[r, a] L_0[r, d]
-        for c in range(a + 1):
+                acc += b0[a, j] * z0[e, j]
+                for d in range(q0):
+                    acc -= AL0[a, d, j] * (z0[d, j] * z0[e, j] + S00[d, e, j])
+                for d in range(q1):
+                    acc -= BL1[a, d, j] * (zp[d, j] * z0[e, j] + S01[e, d, j])
+            G0[a, e] += acc
+    return sigma_terms
+
+
+@_compiled
+def _parent_gradient_from_child(s, L0, Z0tZ1, z0, zp, S01, G1):
+    """The level-0 part of ∂/∂L_1: -B'L_0 (ẑ_0 ẑ_1' + Σ_01), (B'L_0)[a, d] = s Σ_r Z_0'Z_1[r, a] L_0[r, d]."""
+    q0, q1, J0 = Z0tZ1.shape
+    for a in range(q1):
+        for e in range(a + 1):
             acc = 0.0
             for d in range(q0):
                 for r in range(d, q0):
                     for j in range(J0):
-                        acc += s * Z0tZ1[r, a, j] * L0[r, d] * (z0[d, j] * zp[c, j] + S01[d, c, j])
-            G1[a, c] -= acc
-    return _sum_of_logs(pivots0) + _sum_of_logs(pivots1), reduction, sigma_terms
+                        acc += s * Z0tZ1[r, a, j] * L0[r, d] * (z0[d, j] * zp[e, j] + S01[d, e, j])
+            G1[a, e] -= acc
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _unpack(buf):
-    """Views of the packed buffer (see :data:`_HEADER` and :data:`_ARRAYS`)."""
-    q0, q1, p, J0, J1 = int(buf[_Q0]), int(buf[_Q1]), int(buf[_P]), int(buf[_J0]), int(buf[_J1])
-    p_ext, m, k = int(buf[_P_EXT]), int(buf[_N_SCALE]), int(buf[_N_SAMPLED])
-    sizes = (q0 * q0 * J0, q0 * p_ext * J0, q0 * J0, q0 * q1 * J0, J0 * (int(buf[_LEVELS]) - 1), q1 * q1 * J1,
-             q1 * p_ext * J1, q1 * J1, p_ext * p_ext, p_ext, p, p, m, m, m, m, k * len(_SAMPLED), p_ext - p)
-    views = []
-    at = len(_HEADER)
-    for size in sizes:
-        views.append(buf[at:at + size])
-        at += size
-    return (views[0].reshape((q0, q0, J0)), views[1].reshape((q0, p_ext, J0)), views[2].reshape((q0, J0)),
-            views[3].reshape((q0, q1, J0)), views[4], views[5].reshape((q1, q1, J1)),
-            views[6].reshape((q1, p_ext, J1)), views[7].reshape((q1, J1)), views[8].reshape((p_ext, p_ext)),
-            views[9], views[10], views[11], views[12], views[13], views[14], views[15],
-            views[16].reshape((k, len(_SAMPLED))), views[17])
+# --- one integrated chain: two levels (one factor) or three (a factor nested in another) ---------------------------
+@_inlined
+def _integrate_two_level(c, s, buf, L0, grad_c, G0):
+    """log|M|, Σ |w|² and the σ terms of a two-level model; adds to ``grad_c`` and ∂/∂L_0 to ``G0``."""
+    ZtZ, ZtX, Zty = _level_stats(buf, 0)
+    q, J = Zty.shape
+    return _integrate_top(c, s, L0, ZtZ, ZtX, Zty, np.zeros((q, q, J)), np.zeros((q, J)), grad_c, G0)[:3]
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_inlined
+def _integrate_three_level(c, s, buf, L0, L1, grad_c, G0, G1):
+    """As :func:`_integrate_two_level` for two nested factors: level 0 integrated given level 1 and passed up,
+    level 1 integrated, then level 0's posterior moments and gradient terms given level 1's."""
+    ZtZ0, ZtX0, Zty0 = _level_stats(buf, 0)
+    ZtZ1, ZtX1, Zty1 = _level_stats(buf, 1)
+    q0, J0, q1, J1 = Zty0.shape[0], Zty0.shape[1], Zty1.shape[0], Zty1.shape[1]
+    Z0tZ1, parent = _array(buf, _Z0TZ1).reshape((q0, q1, J0)), _array(buf, _PARENT)
+    b0, AL0, BL1, C0, inv0, w0, G, logdet0 = _integrate_child(c, s, L0, L1, ZtZ0, ZtX0, Zty0, Z0tZ1)
+    K, k = _pass_to_parent(G, w0, parent, J1)
+    logdet1, reduction1, sigma1, z1, S1 = _integrate_top(c, s, L1, ZtZ1, ZtX1, Zty1, K, k, grad_c, G1)
+    z0, S00, S01, zp = _child_moments(C0, inv0, w0, G, L1, parent, z1, S1)
+    sigma0 = _child_gradient(s, L0, ZtX0, b0, AL0, BL1, z0, zp, S00, S01, grad_c, G0)
+    _parent_gradient_from_child(s, L0, Z0tZ1, z0, zp, S01, G1)
+    return logdet0 + logdet1, _sum_of_squares(w0) + reduction1, sigma0 + sigma1
+
+
+# --- the log density: priors, the integrated likelihood, the sampled factors -----------------------------------
+@_compiled
 def _positions(buf, sampled):
     """Per factor (the two integrated levels, then the sampled factors; level 1 empty in two-level models):
     its number of coefficients, whether it has correlations, and where in x its effects (sampled factors only),
@@ -708,8 +748,9 @@ def _positions(buf, sampled):
     k = sampled.shape[0]
     n = 2 + k
     q, correlated = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.bool_)
-    q[0], q[1] = int(buf[_Q0]), int(buf[_Q1])
-    correlated[0], correlated[1] = buf[_CORRELATED0] > 0, buf[_CORRELATED1] > 0
+    for level in range(2):
+        q[level] = int(_level_field(buf, level, _L_Q))
+        correlated[level] = _level_field(buf, level, _L_CORRELATED) > 0
     effects_at = np.zeros(n, dtype=np.int64)
     at = int(buf[_P])
     for i in range(k):
@@ -729,7 +770,14 @@ def _positions(buf, sampled):
     return q, correlated, effects_at, tau_at, y_at
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_inlined
+def _sampled_table(buf):
+    """The table of sampled factors (a row of _SAMPLED each) and the fixed effect each sampled effect is centred
+    on (or -1)."""
+    return _array(buf, _SAMPLED_AT).reshape((int(buf[_N_SAMPLED]), len(_SAMPLED))), _array(buf, _CENTRE)
+
+
+@_compiled
 def _level_factor(log_tau, y, correlated):
     """τ, L_Ω and L = diag(τ) L_Ω of one level."""
     q = len(log_tau)
@@ -742,7 +790,7 @@ def _level_factor(log_tau, y, correlated):
     return tau, L_omega, L
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_inlined
 def _factor_at(x, f, positions):
     """τ, L_Ω, L and the correlation coordinates of factor ``f`` (see :func:`_positions`) at ``x``."""
     q, correlated, _, tau_at, y_at = positions
@@ -751,7 +799,7 @@ def _factor_at(x, f, positions):
     return tau, L_omega, L, y
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _level_terms(G, tau, L_omega, y, correlated, eta, grad_log_tau, grad_y):
     """Chain rule from ∂/∂L (``G``, lower triangle) to log τ and y of one level, plus the LKJ density and the
     correlation transform's Jacobian (returned)."""
@@ -768,101 +816,12 @@ def _level_terms(G, tau, L_omega, y, correlated, eta, grad_log_tau, grad_y):
     return 0.0
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def log_density_two_level(x, buf, grad):
-    """Log posterior density of a two-level model at unconstrained ``x`` (module docstring), its data and
-    priors packed in ``buf``; writes the gradient into ``grad``. One entry point per model kind (two or three
-    levels, with crossed factors or not), so that each model compiles (once per machine) only the code it
-    runs."""
-    lp, s, factors, positions = _density_setup(x, buf, grad)[:4]
-    ee, grad_c, integrated, G0, G1 = _integrate_two_level(x[:int(buf[_P])].copy(), buf, s, factors)
-    return _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def log_density_two_level_crossed(x, buf, grad):
-    """As :func:`log_density_two_level`, with sampled (crossed) factors."""
-    lp, s, factors, positions, sampled, centre = _density_setup(x, buf, grad)
-    c = _coefficients(x, sampled, centre, positions, int(buf[_P]), int(buf[_P_EXT]))
-    ee, grad_c, integrated, G0, G1 = _integrate_two_level(c, buf, s, factors)
-    lp += _sampled_prior(x, c, sampled, centre, positions, grad_c, grad)
-    return _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def log_density_three_level(x, buf, grad):
-    """As :func:`log_density_two_level`, for a three-level model (two nested factors)."""
-    lp, s, factors, positions = _density_setup(x, buf, grad)[:4]
-    ee, grad_c, integrated, G0, G1 = _integrate_three_level(x[:int(buf[_P])].copy(), buf, s, factors)
-    return _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def log_density_three_level_crossed(x, buf, grad):
-    """As :func:`log_density_three_level`, with sampled (crossed) factors."""
-    lp, s, factors, positions, sampled, centre = _density_setup(x, buf, grad)
-    c = _coefficients(x, sampled, centre, positions, int(buf[_P]), int(buf[_P_EXT]))
-    ee, grad_c, integrated, G0, G1 = _integrate_three_level(c, buf, s, factors)
-    lp += _sampled_prior(x, c, sampled, centre, positions, grad_c, grad)
-    return _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions)
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _integrate_two_level(c, buf, s, factors):
-    """e'e, ∂/∂c, the integrated terms of :func:`_integrate_groups` and ∂/∂L_0 (and an empty ∂/∂L_1) for the
-    coefficient vector c."""
-    Z0tZ0, Z0tX, Z0ty = _unpack(buf)[:3]
-    ee, grad_c = _residual_terms(c, buf, s)
-    G0, G1 = np.zeros((Z0tX.shape[0], Z0tX.shape[0])), np.zeros((0, 0))
-    integrated = _integrate_groups(c, s, factors[2], Z0tZ0, Z0tX, Z0ty, grad_c, G0)
-    return ee, grad_c, integrated, G0, G1
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _integrate_three_level(c, buf, s, factors):
-    """As :func:`_integrate_two_level`, for two nested factors (:func:`_integrate_nested`)."""
-    Z0tZ0, Z0tX, Z0ty, Z0tZ1, parent, Z1tZ1, Z1tX, Z1ty = _unpack(buf)[:8]
-    ee, grad_c = _residual_terms(c, buf, s)
-    q0, q1 = Z0tX.shape[0], Z1tX.shape[0]
-    G0, G1 = np.zeros((q0, q0)), np.zeros((q1, q1))
-    integrated = _integrate_nested(c, s, factors[2], factors[6], Z0tZ0, Z0tZ1, Z0tX, Z0ty, parent, Z1tZ1, Z1tX,
-                                   Z1ty, grad_c, G0, G1)
-    return ee, grad_c, integrated, G0, G1
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _density_setup(x, buf, grad):
-    """The priors of β and of the scales (their part of ``grad``, which it resets), s = 1/σ², per integrated
-    level (τ, L_Ω, L, y), the positions of :func:`_positions`, the table of sampled factors and the fixed
-    effect each sampled effect is centred on (the buffer's ``centre``)."""
-    beta_mu, beta_sd, scale_code, scale_a, scale_b, on_variance, sampled, centre = _unpack(buf)[10:]
-    p, p_ext = int(buf[_P]), int(buf[_P_EXT])
-    has_sigma = buf[_HAS_SIGMA] > 0
-    grad[:] = 0.0
-    lp = 0.0
-    for k in range(p):  # β ~ Normal(mu, sd), or flat (sd = inf)
-        if np.isfinite(beta_sd[k]):
-            d = (x[k] - beta_mu[k]) / beta_sd[k]
-            lp += -0.5 * d * d - math.log(beta_sd[k]) - 0.5 * _LOG_2PI
-            grad[k] -= d / beta_sd[k]
-    for i in range(len(scale_code)):  # σ, then the τ's of every factor
-        lps, dlps = _scale_log_prior(int(scale_code[i]), scale_a[i], scale_b[i], on_variance[i] > 0,
-                                     x[p_ext + i])
-        lp += lps
-        grad[p_ext + i] += dlps
-    s = math.exp(-2.0 * x[p_ext]) if has_sigma else 1.0
-    positions = _positions(buf, sampled)
-    tau0, L_omega0, L0, y0 = _factor_at(x, 0, positions)
-    tau1, L_omega1, L1, y1 = _factor_at(x, 1, positions)
-    return lp, s, (tau0, L_omega0, L0, y0, tau1, L_omega1, L1, y1), positions, sampled, centre
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _residual_terms(c, buf, s):
     """e'e = |y - X c|² and the likelihood's ∂/∂c before the group terms, s (X'y - X'X c), for the coefficient
     vector c = [β, the sampled factors' effects]."""
-    XtX, Xty = _unpack(buf)[8:10]
     p_ext = len(c)
+    XtX, Xty = _array(buf, _XTX).reshape((p_ext, p_ext)), _array(buf, _XTY)
     xb = np.empty(p_ext)  # X'y - X'X c
     ee = buf[_YTY]
     for k in range(p_ext):
@@ -874,13 +833,14 @@ def _residual_terms(c, buf, s):
     return ee, s * xb
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _coefficients(x, sampled, centre, positions, p, p_ext):
     """c = [β, u_1, u_2, ...]: the sampled effects u_j = b_j - γ_c from their coordinates b_j (centred; γ_c the
     fixed effect ``centre`` names, or 0) or u_j = L z_j (non-centred), each factor's (J, q) effects flattened
     group by group, as the columns of the extended X."""
     c = np.empty(p_ext)
-    c[:p] = x[:p]
+    for k in range(p):
+        c[k] = x[k]
     q, effects_at = positions[0], positions[2]
     for i in range(sampled.shape[0]):
         f, J = 2 + i, int(sampled[i, _S_J])
@@ -900,7 +860,7 @@ def _coefficients(x, sampled, centre, positions, p, p_ext):
     return c
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _sampled_prior(x, c, sampled, centre, positions, grad_c, grad):
     """The log prior of every sampled factor's effects, with its gradient (:func:`_sampled_terms`)."""
     lp = 0.0
@@ -909,7 +869,7 @@ def _sampled_prior(x, c, sampled, centre, positions, grad_c, grad):
     return lp
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _sampled_terms(x, c, sampled, centre, i, positions, grad_c, grad):
     """Log prior of sampled factor ``i``'s effects, and its gradient plus the chain rule of the likelihood's
     ∂/∂c: centred, log N(u_j | 0, T) with ∂/∂b_j = ∂/∂c_j - T^{-1} u_j (u_j = b_j - γ_c, so ∂/∂γ_c gains
@@ -969,7 +929,34 @@ def _sampled_terms(x, c, sampled, centre, i, positions, grad_c, grad):
                              grad[tau_at[f]:tau_at[f] + q], grad[y_at[f]:y_at[f + 1]])
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_inlined
+def _density_setup(x, buf, grad):
+    """The priors of β and of the scales (their part of ``grad``, which it resets), s = 1/σ², per integrated
+    level (τ, L_Ω, L, y) and the positions of :func:`_positions`."""
+    p, p_ext = int(buf[_P]), int(buf[_P_EXT])
+    beta_mu, beta_sd = _array(buf, _BETA_MU), _array(buf, _BETA_SD)
+    scale_code, scale_a, scale_b = _array(buf, _SCALE_CODE_AT), _array(buf, _SCALE_A), _array(buf, _SCALE_B)
+    on_variance = _array(buf, _SCALE_ON_VARIANCE)
+    grad[:] = 0.0
+    lp = 0.0
+    for k in range(p):  # β ~ Normal(mu, sd), or flat (sd = inf)
+        if np.isfinite(beta_sd[k]):
+            d = (x[k] - beta_mu[k]) / beta_sd[k]
+            lp += -0.5 * d * d - math.log(beta_sd[k]) - 0.5 * _LOG_2PI
+            grad[k] -= d / beta_sd[k]
+    for i in range(len(scale_code)):  # σ, then the τ's of every factor
+        lps, dlps = _scale_log_prior(int(scale_code[i]), scale_a[i], scale_b[i], on_variance[i] > 0,
+                                     x[p_ext + i])
+        lp += lps
+        grad[p_ext + i] += dlps
+    s = math.exp(-2.0 * x[p_ext]) if buf[_HAS_SIGMA] > 0 else 1.0
+    positions = _positions(buf, _sampled_table(buf)[0])
+    tau0, L_omega0, L0, y0 = _factor_at(x, 0, positions)
+    tau1, L_omega1, L1, y1 = _factor_at(x, 1, positions)
+    return lp, s, (tau0, L_omega0, L0, y0, tau1, L_omega1, L1, y1), positions
+
+
+@_inlined
 def _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions):
     """Adds the integrated likelihood to the prior part ``lp`` and completes ``grad`` (module docstring)."""
     logdet_M, reduction, sigma_terms = integrated
@@ -986,100 +973,23 @@ def _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, p
         grad[k] += grad_c[k]
     if has_sigma:
         grad[p_ext] += -n_obs + s * ee + sigma_terms
-    lp += _level_terms(G0, tau0, L_omega0, y0, buf[_CORRELATED0] > 0, buf[_ETA0],
-                       grad[tau_at[0]:tau_at[0] + len(tau0)], grad[y_at[0]:y_at[1]])
-    lp += _level_terms(G1, tau1, L_omega1, y1, buf[_CORRELATED1] > 0, buf[_ETA1],
-                       grad[tau_at[1]:tau_at[1] + len(tau1)], grad[y_at[1]:y_at[2]])
+    lp += _level_terms(G0, tau0, L_omega0, y0, _level_field(buf, 0, _L_CORRELATED) > 0,
+                       _level_field(buf, 0, _L_ETA), grad[tau_at[0]:tau_at[0] + len(tau0)], grad[y_at[0]:y_at[1]])
+    lp += _level_terms(G1, tau1, L_omega1, y1, _level_field(buf, 1, _L_CORRELATED) > 0,
+                       _level_field(buf, 1, _L_ETA), grad[tau_at[1]:tau_at[1] + len(tau1)], grad[y_at[1]:y_at[2]])
     return lp
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _expand_factor(tau, L_omega, correlated, tau_variance, out, at):
-    """Writes τ [τ²] [L_Ω] of one factor into ``out`` from ``at``; returns the next position."""
-    q = len(tau)
-    for k in range(q):
-        out[at + k] = tau[k]
-    at += q
-    if tau_variance:
-        for k in range(q):
-            out[at + k] = tau[k] ** 2
-        at += q
-    if correlated:
-        for i in range(q):
-            for k in range(q):
-                out[at] = L_omega[i, k]
-                at += 1
-    return at
+@_inlined
+def _fixed_coefficients(x, buf):
+    """c = β (no sampled factors), a copy of the first p coordinates of x."""
+    c = np.empty(int(buf[_P]))
+    for k in range(len(c)):
+        c[k] = x[k]
+    return c
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def expand(x, buf, out):
-    """The reported values at unconstrained ``x``, flattened into ``out`` in the order of
-    :func:`output_layout`: β, σ [σ²], per integrated level τ [τ²] L_Ω. Returns the next position in ``out``."""
-    p, p_ext = int(buf[_P]), int(buf[_P_EXT])
-    positions = _positions(buf, _unpack(buf)[16])
-    out[:p] = x[:p]
-    at = p
-    if buf[_HAS_SIGMA] > 0:
-        out[at] = math.exp(x[p_ext])
-        at += 1
-        if buf[_SIGMA_VARIANCE] > 0:
-            out[at] = math.exp(2.0 * x[p_ext])
-            at += 1
-    for f, tau_variance in ((0, buf[_TAU_VARIANCE0] > 0), (1, buf[_TAU_VARIANCE1] > 0)):
-        tau, L_omega = _factor_at(x, f, positions)[:2]
-        at = _expand_factor(tau, L_omega, positions[1][f], tau_variance, out, at)
-    return at
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def expand_crossed(x, buf, out):
-    """As :func:`expand`, followed by τ [τ²] L_Ω u, then b (centred) or z (non-centred), of each sampled
-    factor."""
-    at = expand(x, buf, out)
-    sampled, centre = _unpack(buf)[16:]
-    positions = _positions(buf, sampled)
-    c = _coefficients(x, sampled, centre, positions, int(buf[_P]), int(buf[_P_EXT]))
-    for i in range(sampled.shape[0]):
-        f = 2 + i
-        tau, L_omega = _factor_at(x, f, positions)[:2]
-        at = _expand_factor(tau, L_omega, positions[1][f], sampled[i, _S_TAU_VARIANCE] > 0, out, at)
-        start, size = positions[2][f], int(sampled[i, _S_J]) * positions[0][f]
-        out[at:at + size] = c[start:start + size]
-        out[at + size:at + 2 * size] = x[start:start + size]
-        at += 2 * size
-    return at
-
-
-def log_density_and_gradient(model: KernelModel):
-    """``f(x) -> (log density, gradient)`` of ``model`` (for checks; nutpie calls the C callbacks)."""
-    log_density = {(1, False): log_density_two_level, (1, True): log_density_two_level_crossed,
-                   (2, False): log_density_three_level, (2, True): log_density_three_level_crossed}[
-        len(model.levels), bool(model.sampled)]
-
-    def evaluate(x):
-        grad = np.empty(model.n_dim)
-        return log_density(np.ascontiguousarray(x, dtype=float), model.buffer, grad), grad
-
-    return evaluate
-
-
-def constrained(model: KernelModel, x: np.ndarray) -> dict[str, np.ndarray]:
-    """The posterior variables at unconstrained ``x``, named as in the PyMC graph of :func:`~.build.build_model`
-    (``beta``, ``sigma`` [``sigma2``], ``tau_<factor>`` [``tau2_<factor>``], ``corr_<factor>``, and ``u_<factor>``
-    and ``coef_<factor>`` or ``z_<factor>`` of sampled factors)."""
-    names, shapes, _, _ = output_layout(model)
-    flat = np.empty(sum(int(np.prod(shape)) for shape in shapes))
-    (expand_crossed if model.sampled else expand)(np.ascontiguousarray(x, dtype=float), model.buffer, flat)
-    out, at = {}, 0
-    for name, shape in zip(names, shapes, strict=True):
-        size = int(np.prod(shape))
-        out[name] = flat[at:at + size].reshape(shape)
-        at += size
-    return out
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _callback_arrays(dim, x_ptr, grad_ptr, user_data):
     """The packed buffer, x and the gradient behind a log-density callback's pointers (n = -1: wrong dim)."""
     header = numba.carray(user_data, (len(_HEADER),), np.float64)
@@ -1088,7 +998,7 @@ def _callback_arrays(dim, x_ptr, grad_ptr, user_data):
     return (n if dim == n else -1), buf, numba.carray(x_ptr, (n,)), numba.carray(grad_ptr, (n,))
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
+@_compiled
 def _return_code(value, grad, logp_ptr):
     """Stores the log density; nutpie's codes: 0 ok, 4 log density or 3 gradient not finite (divergent)."""
     logp_ptr[0] = value
@@ -1100,73 +1010,193 @@ def _return_code(value, grad, logp_ptr):
     return 0
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def _expand_arrays(dim, n_expanded, x_ptr, out_ptr, user_data):
-    """The packed buffer, x and the output behind a reported-values callback's pointers (ok False: wrong
-    dimensions)."""
-    header = numba.carray(user_data, (len(_HEADER),), np.float64)
-    n, m = int(header[_N_DIM]), int(header[_N_EXPANDED])
-    buf = numba.carray(user_data, (int(header[_LENGTH]),), np.float64)
-    return dim == n and n_expanded == m, buf, numba.carray(x_ptr, (n,)), numba.carray(out_ptr, (m,))
+_DOUBLE_PTR = numba.types.CPointer(numba.types.double)
+LOGP_SIGNATURE = numba.types.int64(numba.types.uint64, _DOUBLE_PTR, _DOUBLE_PTR, _DOUBLE_PTR, numba.types.voidptr)
+EXPAND_SIGNATURE = numba.types.int64(numba.types.uint64, numba.types.uint64, _DOUBLE_PTR, _DOUBLE_PTR,
+                                     numba.types.voidptr)
 
 
 @functools.cache
 def c_callbacks(levels: int, crossed: bool):
-    """The C callbacks nutpie calls for the log density of a model with ``levels`` integrated factors (1 or
-    2), with sampled (``crossed``) factors or without, and for its reported values, reading the packed buffer
-    through nutpie's user-data pointer. Compiled on first use and cached on disk, like every function here;
-    one named function per model kind, because the on-disk cache tells callbacks apart by name. Return codes
-    follow nutpie's PyMC callbacks (-1: wrong dimension)."""
-    double_ptr = numba.types.CPointer(numba.types.double)
-    logp_signature = numba.types.int64(numba.types.uint64, double_ptr, double_ptr, double_ptr, numba.types.voidptr)
-    expand_signature = numba.types.int64(numba.types.uint64, numba.types.uint64, double_ptr, double_ptr,
-                                         numba.types.voidptr)
-    compile_logp, compile_expand = (numba.cfunc(sig, cache=True, error_model="numpy")
-                                    for sig in (logp_signature, expand_signature))
+    """The C callbacks nutpie calls: the log density of a model with ``levels`` integrated factors (1 or 2),
+    with sampled (``crossed``) factors or without, reading the packed buffer through nutpie's user-data pointer,
+    and the reported values (x itself: :func:`constrained_draws` names them after sampling). Only the entry
+    point a model needs is compiled, on first use, and cached on disk (one named function per model kind: the
+    cache tells callbacks apart by name). Return codes follow nutpie's PyMC callbacks (-1: wrong dimension)."""
+    compile_logp = numba.cfunc(LOGP_SIGNATURE, cache=True, error_model="numpy")
     if (levels, crossed) == (1, False):
         @compile_logp
         def logp_two_level(dim, x_ptr, grad_ptr, logp_ptr, user_data):
             n, buf, x, grad = _callback_arrays(dim, x_ptr, grad_ptr, user_data)
-            return -1 if n < 0 else _return_code(log_density_two_level(x, buf, grad), grad, logp_ptr)
-        logp_callback = logp_two_level
-    elif (levels, crossed) == (1, True):
-        @compile_logp
-        def logp_two_level_crossed(dim, x_ptr, grad_ptr, logp_ptr, user_data):
-            n, buf, x, grad = _callback_arrays(dim, x_ptr, grad_ptr, user_data)
-            return -1 if n < 0 else _return_code(log_density_two_level_crossed(x, buf, grad), grad, logp_ptr)
-        logp_callback = logp_two_level_crossed
-    elif not crossed:
+            if n < 0:
+                return -1
+            lp, s, factors, positions = _density_setup(x, buf, grad)
+            c = _fixed_coefficients(x, buf)
+            ee, grad_c = _residual_terms(c, buf, s)
+            G0, G1 = np.zeros((len(factors[0]), len(factors[0]))), np.zeros((0, 0))
+            integrated = _integrate_two_level(c, s, buf, factors[2], grad_c, G0)
+            return _return_code(_density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors,
+                                                positions), grad, logp_ptr)
+        return logp_two_level, _copy_callback()
+    if (levels, crossed) == (2, False):
         @compile_logp
         def logp_three_level(dim, x_ptr, grad_ptr, logp_ptr, user_data):
             n, buf, x, grad = _callback_arrays(dim, x_ptr, grad_ptr, user_data)
-            return -1 if n < 0 else _return_code(log_density_three_level(x, buf, grad), grad, logp_ptr)
-        logp_callback = logp_three_level
-    else:
-        @compile_logp
-        def logp_three_level_crossed(dim, x_ptr, grad_ptr, logp_ptr, user_data):
-            n, buf, x, grad = _callback_arrays(dim, x_ptr, grad_ptr, user_data)
-            return -1 if n < 0 else _return_code(log_density_three_level_crossed(x, buf, grad), grad, logp_ptr)
-        logp_callback = logp_three_level_crossed
-    if crossed:
-        @compile_expand
-        def reported_values_crossed(dim, n_expanded, x_ptr, out_ptr, user_data):
-            ok, buf, x, out = _expand_arrays(dim, n_expanded, x_ptr, out_ptr, user_data)
-            if ok:
-                expand_crossed(x, buf, out)
-            return 0 if ok else -1
-        return logp_callback, reported_values_crossed
+            if n < 0:
+                return -1
+            lp, s, factors, positions = _density_setup(x, buf, grad)
+            c = _fixed_coefficients(x, buf)
+            ee, grad_c = _residual_terms(c, buf, s)
+            G0, G1 = np.zeros((len(factors[0]), len(factors[0]))), np.zeros((len(factors[4]), len(factors[4])))
+            integrated = _integrate_three_level(c, s, buf, factors[2], factors[6], grad_c, G0, G1)
+            return _return_code(_density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors,
+                                                positions), grad, logp_ptr)
+        return logp_three_level, _copy_callback()
+    return _crossed_callback(levels), _copy_callback()
 
-    @compile_expand
-    def reported_values(dim, n_expanded, x_ptr, out_ptr, user_data):
-        ok, buf, x, out = _expand_arrays(dim, n_expanded, x_ptr, out_ptr, user_data)
-        if ok:
-            expand(x, buf, out)
-        return 0 if ok else -1
-    return logp_callback, reported_values
+
+def _crossed_callback(levels: int):
+    """The log-density callback of a model with sampled (crossed) factors: c = [β, u_1, u_2, ...]."""
+    compile_logp = numba.cfunc(LOGP_SIGNATURE, cache=True, error_model="numpy")
+    if levels == 1:
+        @compile_logp
+        def logp_two_level_crossed(dim, x_ptr, grad_ptr, logp_ptr, user_data):
+            n, buf, x, grad = _callback_arrays(dim, x_ptr, grad_ptr, user_data)
+            if n < 0:
+                return -1
+            lp, s, factors, positions = _density_setup(x, buf, grad)
+            sampled, centre = _sampled_table(buf)
+            c = _coefficients(x, sampled, centre, positions, int(buf[_P]), int(buf[_P_EXT]))
+            ee, grad_c = _residual_terms(c, buf, s)
+            G0, G1 = np.zeros((len(factors[0]), len(factors[0]))), np.zeros((0, 0))
+            integrated = _integrate_two_level(c, s, buf, factors[2], grad_c, G0)
+            lp += _sampled_prior(x, c, sampled, centre, positions, grad_c, grad)
+            return _return_code(_density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors,
+                                                positions), grad, logp_ptr)
+        return logp_two_level_crossed
+
+    @compile_logp
+    def logp_three_level_crossed(dim, x_ptr, grad_ptr, logp_ptr, user_data):
+        n, buf, x, grad = _callback_arrays(dim, x_ptr, grad_ptr, user_data)
+        if n < 0:
+            return -1
+        lp, s, factors, positions = _density_setup(x, buf, grad)
+        sampled, centre = _sampled_table(buf)
+        c = _coefficients(x, sampled, centre, positions, int(buf[_P]), int(buf[_P_EXT]))
+        ee, grad_c = _residual_terms(c, buf, s)
+        G0, G1 = np.zeros((len(factors[0]), len(factors[0]))), np.zeros((len(factors[4]), len(factors[4])))
+        integrated = _integrate_three_level(c, s, buf, factors[2], factors[6], grad_c, G0, G1)
+        lp += _sampled_prior(x, c, sampled, centre, positions, grad_c, grad)
+        return _return_code(_density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors,
+                                            positions), grad, logp_ptr)
+    return logp_three_level_crossed
+
+
+@functools.cache
+def _copy_callback():
+    """The reported-values callback: x itself (dimensions checked; -1 if they differ)."""
+    @numba.cfunc(EXPAND_SIGNATURE, cache=True, error_model="numpy")
+    def unconstrained_values(dim, n_expanded, x_ptr, out_ptr, user_data):
+        if dim != n_expanded:
+            return -1
+        for k in range(dim):
+            out_ptr[k] = x_ptr[k]
+        return 0
+    return unconstrained_values
+
+
+def log_density_and_gradient(model: KernelModel):
+    """``f(x) -> (log density, gradient)`` of ``model``, through the C callback nutpie calls."""
+    logp = c_callbacks(*model.variant)[0].ctypes
+    double_ptr = ctypes.POINTER(ctypes.c_double)
+    buffer = model.buffer.ctypes.data_as(ctypes.c_void_p)
+
+    def evaluate(x):
+        x = np.ascontiguousarray(x, dtype=float)
+        grad, value = np.empty(model.n_dim), np.empty(1)
+        logp(model.n_dim, x.ctypes.data_as(double_ptr), grad.ctypes.data_as(double_ptr),
+             value.ctypes.data_as(double_ptr), buffer)
+        return float(value[0]), grad
+
+    return evaluate
+
+
+# --- naming the draws --------------------------------------------------------------------------------------------
+def correlation_factor_draws(y: np.ndarray, q: int) -> np.ndarray:
+    """L_Ω (..., q, q) from the canonical partial correlations tanh(y) (..., q(q-1)/2), as
+    :func:`_correlation_factor` does for one point."""
+    z = np.tanh(y)
+    L = np.zeros((*y.shape[:-1], q, q))
+    L[..., 0, 0] = 1.0
+    pos = 0
+    for i in range(1, q):
+        rest = np.ones(y.shape[:-1])
+        for k in range(i):
+            L[..., i, k] = z[..., pos] * np.sqrt(rest)
+            rest = rest - L[..., i, k] ** 2
+            pos += 1
+        L[..., i, i] = np.sqrt(rest)
+    return L
+
+
+def constrained_draws(model: KernelModel, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The posterior variables at unconstrained draws ``x`` (..., n_dim), named and shaped as in the PyMC graph
+    of :func:`~.build.build_model` (:func:`output_layout`): ``beta``, ``sigma`` [``sigma2``], per factor
+    ``tau_<factor>`` [``tau2_<factor>``] ``corr_<factor>``, and ``u_<factor>`` and ``coef_<factor>`` (centred) or
+    ``z_<factor>`` (non-centred) of sampled factors."""
+    p, p_ext = len(model.names["fixed"]), model.data["XtX"].shape[0]
+    out = {"beta": x[..., :p]}
+    at = p_ext
+    if model.has_sigma:
+        out["sigma"] = np.exp(x[..., at])
+        if model.names["sigma_variance"]:
+            out["sigma2"] = out["sigma"] ** 2
+        at += 1
+    factors = model.levels + model.sampled
+    y_at = at + sum(len(f["coef"]) for f in factors)
+    effects_at = p
+    for factor in factors:
+        name, q = factor["factor"], len(factor["coef"])
+        tau = np.exp(x[..., at:at + q])
+        at += q
+        out[f"tau_{name}"] = tau
+        if factor["tau_variance"]:
+            out[f"tau2_{name}"] = tau**2
+        L_omega = np.broadcast_to(np.eye(q), (*x.shape[:-1], q, q))
+        if factor["correlated"]:
+            L_omega = correlation_factor_draws(x[..., y_at:y_at + q * (q - 1) // 2], q)
+            y_at += q * (q - 1) // 2
+            out[f"corr_{name}"] = L_omega
+        if "groups" in factor:
+            J = len(factor["groups"])
+            coords = x[..., effects_at:effects_at + J * q].reshape(*x.shape[:-1], J, q)
+            out |= _sampled_effects(model, factor, coords, out["beta"], tau[..., :, None] * L_omega, effects_at - p)
+            effects_at += J * q
+    return out
+
+
+def _sampled_effects(model: KernelModel, factor: dict, coords: np.ndarray, beta: np.ndarray, L: np.ndarray,
+                     first: int) -> dict[str, np.ndarray]:
+    """u and the sampled coordinates (b centred: u_j = b_j - γ_c; z non-centred: u_j = L z_j) of one factor."""
+    name = factor["factor"]
+    if not factor["centred"]:
+        return {f"u_{name}": np.einsum("...ad,...jd->...ja", L, coords), f"z_{name}": coords}
+    centre = model.data["centre"][first:first + coords.shape[-2] * coords.shape[-1]].astype(int)
+    centre = centre.reshape(coords.shape[-2:])
+    gamma = np.where(centre >= 0, beta[..., None, None, :].take(np.maximum(centre, 0).ravel(), axis=-1).reshape(
+        *beta.shape[:-1], *centre.shape), 0.0)
+    return {f"u_{name}": coords - gamma, f"coef_{name}": coords}
+
+
+def constrained(model: KernelModel, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The posterior variables at one unconstrained point ``x`` (see :func:`constrained_draws`)."""
+    names = output_layout(model)[0]
+    values = constrained_draws(model, np.asarray(x, dtype=float)[None])
+    return {name: values[name][0] for name in names}
 
 
 def output_layout(model: KernelModel) -> tuple[list[str], list[tuple], dict, dict]:
-    """Names, shapes, dims and coords of the reported values (:func:`expand`), as in the PyMC graph."""
+    """Names, shapes, dims and coords of the reported values (:func:`constrained_draws`), as in the PyMC graph."""
     layout = [("beta", (len(model.names["fixed"]),), ("fixed",))]
     coords = {"fixed": model.names["fixed"]}
     if model.has_sigma:

@@ -33,7 +33,7 @@ from nutpie.sample import CompiledModel
 
 from ..errors import OptionError
 from .build import ModelInfo
-from .kernel import KernelModel, c_callbacks, output_layout
+from .kernel import KernelModel, c_callbacks, constrained_draws, output_layout
 
 SAMPLERS = ("nutpie", "pymc")
 MAX_SEED = 2**64 - 1  # nutpie's seed is an unsigned 64-bit integer
@@ -52,10 +52,15 @@ def compiled_nutpie_model(model: pm.Model, info: ModelInfo):
     return compiled.with_data(**info.data), True
 
 
+UNCONSTRAINED = "unconstrained"  # the one variable nutpie stores for a kernel model: x itself
+
+
 @dataclass(frozen=True)
 class KernelCompiledModel(CompiledModel):
     """A nutpie model whose log density is the compiled kernel of :mod:`.kernel` (C callbacks: the chains run
-    in parallel without Python in the loop). Built on nutpie's own PyMC-model bindings."""
+    in parallel without Python in the loop). Built on nutpie's own PyMC-model bindings. nutpie stores the
+    unconstrained draws x (one variable, :data:`UNCONSTRAINED`); :func:`named_draws` turns them into the
+    posterior variables."""
 
     kernel: KernelModel | None = None
 
@@ -65,12 +70,11 @@ class KernelCompiledModel(CompiledModel):
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
-        names, shapes, _, _ = output_layout(self.kernel)
-        return dict(zip(names, shapes, strict=True))
+        return {UNCONSTRAINED: (self.n_dim,)}
 
     @property
     def coords(self):
-        return output_layout(self.kernel)[3]
+        return {f"{UNCONSTRAINED}_dim": np.arange(self.n_dim)}
 
     def _make_sampler(self, settings, init_mean, cores, progress_type, extra_callback, extra_callback_rate, store):
         from nutpie import _lib
@@ -81,15 +85,14 @@ class KernelCompiledModel(CompiledModel):
     def _make_model(self, init_mean):
         from nutpie import _lib
 
-        logp_callback, expand_callback = c_callbacks(len(self.kernel.levels), bool(self.kernel.sampled))
-        names, shapes, dims, coords = output_layout(self.kernel)
+        logp_callback, expand_callback = c_callbacks(*self.kernel.variant)
         address = self.kernel.buffer.ctypes.data
-        n_expanded = sum(int(np.prod(shape)) for shape in shapes)
-        dim_sizes = {name: len(values) for name, values in coords.items()}
-        variables = _lib.PyVariable.new_variables(names, ["float64"] * len(names), shapes, dim_sizes, dims)
+        dim_sizes = {f"{UNCONSTRAINED}_dim": self.n_dim}
+        variables = _lib.PyVariable.new_variables([UNCONSTRAINED], ["float64"], [(self.n_dim,)], dim_sizes,
+                                                  self.dims)
         return _lib.PyMcModel(_lib.LogpFunc(logp_callback.address, address, self),
-                              _lib.ExpandFunc(self.n_dim, n_expanded, expand_callback.address, address, self),
-                              variables, self.n_dim, dim_sizes, coords, self.kernel.unconstrained_start,
+                              _lib.ExpandFunc(self.n_dim, self.n_dim, expand_callback.address, address, self),
+                              variables, self.n_dim, dim_sizes, self.coords, self.kernel.unconstrained_start,
                               _no_transform_adapter)
 
 
@@ -99,8 +102,18 @@ def _no_transform_adapter(*args, **kwargs):
 
 def kernel_nutpie_model(kernel: KernelModel) -> KernelCompiledModel:
     """nutpie's model of the compiled kernel; compiles (or loads from the on-disk cache) its callbacks."""
-    c_callbacks(len(kernel.levels), bool(kernel.sampled))
-    return KernelCompiledModel(dims=output_layout(kernel)[2], kernel=kernel)
+    c_callbacks(*kernel.variant)
+    return KernelCompiledModel(dims={UNCONSTRAINED: (f"{UNCONSTRAINED}_dim",)}, kernel=kernel)
+
+
+def named_draws(kernel: KernelModel, draws: xr.Dataset) -> xr.Dataset:
+    """The posterior variables (named, shaped and labelled as in the PyMC graph) of the unconstrained draws
+    nutpie stored for a kernel model."""
+    names, _, dims, coords = output_layout(kernel)
+    x = draws[UNCONSTRAINED].transpose("chain", "draw", ...).values
+    values = constrained_draws(kernel, x)
+    variables = {name: (("chain", "draw", *dims.get(name, ())), values[name]) for name in names}
+    return xr.Dataset(variables, coords={"chain": draws["chain"].values, "draw": draws["draw"].values} | coords)
 
 
 def check_sampler_options(*, draws, tune, chains, random_seed, target_accept, sampler, progressbar) -> None:
@@ -162,6 +175,10 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
                              progressbar=progressbar, compute_convergence_checks=False)
     end = time.perf_counter()
     _check_complete(tree, draws, chains)
+    if sampler == "nutpie" and info.kernel is not None:
+        for group in ("posterior", "warmup_posterior"):
+            if group in tree.children:
+                tree[group] = xr.DataTree(named_draws(info.kernel, tree[group].to_dataset()))
     for group in list(tree.children):
         tree[group] = xr.DataTree(_text_as_strings(tree[group].to_dataset()))
     log_density = "compiled kernel" if sampler == "nutpie" and info.kernel is not None else "PyMC graph"
