@@ -408,6 +408,26 @@ def test_leave_one_group_out_prefers_the_true_random_slope():
 
 
 @pytest.mark.sampling
+@pytest.mark.parametrize("seed", [11, 12])
+def test_leave_one_group_out_prefers_neither_model_without_slope_variance(seed):
+    """The reduced form of benchmarks/compare_models_simulation.py (docs/calibration.md): with no slope variance
+    in the data, neither the random-slope nor the random-intercept model is preferred (the rule of that script)."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(30), 10)
+    x = rng.normal(size=g.size)
+    data = pd.DataFrame({"g": g.astype(str), "x": x, "y": 1.0 + 0.5 * x + rng.normal(size=30)[g]
+                         + rng.normal(size=g.size)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fits = {name: bh.HLM(formula, data).fit("bayes", draws=150, tune=150, chains=2, random_seed=seed)
+                for name, formula in [("slope", "y ~ x + (x | g)"), ("intercept", "y ~ x + (1 | g)")]}
+        table = bh.compare_models(fits)
+    # a preference needs |elpd_diff| >= 4 (below that ArviZ flags "models make similar predictions") and > 2 dse
+    difference, dse = -table["elpd_diff"].iloc[1], table["dse"].iloc[1]
+    assert not (difference >= 4 and difference > 2 * dse), f"{table.index[0]} preferred: {difference:.2f} ({dse:.2f})"
+
+
+@pytest.mark.sampling
 def test_bad_bayes_requests_are_refused(sleep_bayes):
     with pytest.raises(OptionError, match=r"kind='pointwise'.*'marginal'"):
         sleep_bayes.log_likelihood("pointwise")
