@@ -211,9 +211,8 @@ class UnrestrictedFit:
         A_inv = fac.fixed_cov_relative()
         T = len(self.occasions)
         G = np.zeros((T, T))
-        for b, idx, chol in zip(self._batches, self._index, fac.chol):
-            s = idx.shape[1]
-            V_inv = fac._solve(chol, np.broadcast_to(np.eye(s), chol.shape))
+        for b, idx, chol_inv in zip(self._batches, self._index, fac.chol_inv):
+            V_inv = chol_inv.swapaxes(1, 2) @ chol_inv  # V^-1 = L^-T L^-1
             u = np.einsum("gij,gj->gi", V_inv, b.y - b.X @ fac.beta)
             P = V_inv - u[:, :, None] * u[:, None, :]
             if reml:

@@ -153,3 +153,18 @@ def test_unrestricted_model_does_not_depend_on_the_units_of_the_outcome():
     np.testing.assert_allclose(moved.sigma.to_numpy(), 1e-6 * base.sigma.to_numpy(), rtol=1e-4)
     np.testing.assert_allclose(moved.fixed_effects.loc["age", "estimate"],
                                1e-3 * base.fixed_effects.loc["age", "estimate"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["ml", "reml"])
+def test_unrestricted_gradient_equals_central_differences(method):
+    """The analytic gradient the optimiser uses (dD/dL = 2 (dD/dSigma) L), with persons missing occasions,
+    at a point away from the optimum: equal to central differences of the deviance."""
+    ox = bh.datasets.load("oxboys").query("Occasion <= 4")
+    fit = bh.growth.UnrestrictedFit(ox.drop(ox.index[::7]), "height", "Occasion", "Subject", "~ age", method)
+    T = len(fit.occasions)
+    x = np.eye(T)[fit._tril] + 0.1 * np.random.default_rng(1).standard_normal(T * (T + 1) // 2)
+    _, gradient = fit._value_and_gradient(x)
+    h = 1e-6
+    central = [(fit._value_and_gradient(x + h * e)[0] - fit._value_and_gradient(x - h * e)[0]) / (2 * h)
+               for e in np.eye(len(x))]
+    np.testing.assert_allclose(gradient, central, rtol=1e-5, atol=1e-4)

@@ -27,6 +27,17 @@ PRIVATE_IMPORTS_ALLOWED = {
     ("bayeshlm.checks", "bayeshlm.results.base", "_data_differences"),
 }
 
+# (module, private attribute) still used on objects of another package (private methods of FitResult)
+PRIVATE_ATTRIBUTES_ALLOWED = {
+    ("bayeshlm.bayes.predictive_data", "_factor_name"),  # [bayes/predictive_data.py]
+    ("bayeshlm.checks", "_factor_name"),  # [checks.py]
+    ("bayeshlm.plots.caterpillar", "_factor_name"),  # [plots/*]
+    ("bayeshlm.plots.compare", "_factor_name"),
+    ("bayeshlm.plots.shrinkage", "_factor_name"),
+    ("bayeshlm.plots.shrinkage", "_gamma"),
+    ("bayeshlm.report.plain", "_gamma"),  # [report/plain.py]
+}
+
 
 def _is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
@@ -83,6 +94,30 @@ def imports_in_source(path: Path, root: Path = ROOT) -> list[tuple[str, str, str
 
 
 ALL_IMPORTS = [edge for path in sorted(PACKAGE.rglob("*.py")) for edge in imports_in_source(path)]
+
+
+def private_attributes_taken(root: Path = ROOT) -> set[tuple[str, str]]:
+    """(module, name) for each ``obj._name`` (obj not self or cls) in a package where ``_name`` is not defined
+    (no def, class or assignment of it) but another package defines it: a private method or attribute used
+    across packages. By name only, so a private name defined in both packages is not seen."""
+    defined, used = {}, []
+    for path in sorted((root / "bayeshlm").rglob("*.py")):
+        module = _module_name(path, root)
+        package = package_of(module)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                names = [node.name]
+            elif isinstance(node, ast.Name | ast.Attribute) and isinstance(node.ctx, ast.Store):
+                names = [node.id if isinstance(node, ast.Name) else node.attr]
+            else:
+                names = []
+                if (isinstance(node, ast.Attribute) and _is_private(node.attr)
+                        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                    used.append((module, package, node.attr))
+            for name in names:
+                defined.setdefault(name, set()).add(package)
+    return {(module, name) for module, package, name in used
+            if name in defined and package not in defined[name]}
 
 
 def _pattern(expression: str) -> re.Pattern:
@@ -162,6 +197,25 @@ def test_no_private_name_is_imported_from_another_package():
                                                       or any(_is_private(p) for p in m.split(".")))}
     assert private - PRIVATE_IMPORTS_ALLOWED == set()
     assert PRIVATE_IMPORTS_ALLOWED - private == set(), "fixed: remove these from PRIVATE_IMPORTS_ALLOWED"
+
+
+def test_no_private_attribute_is_taken_from_another_package():
+    taken = private_attributes_taken()
+    assert taken - PRIVATE_ATTRIBUTES_ALLOWED == set()
+    assert PRIVATE_ATTRIBUTES_ALLOWED - taken == set(), "fixed: remove these from PRIVATE_ATTRIBUTES_ALLOWED"
+
+
+def test_private_attribute_checker(tmp_path):
+    sources = {
+        "bayeshlm/results/base.py": "class Fit:\n    def _factor_name(self):\n        self._gamma = 1\n",
+        "bayeshlm/plots/a.py": "def f(fit):\n    return fit._factor_name(), fit._gamma\n",
+        "bayeshlm/plots/b.py": "def g(x):\n    x._own = 1\n    return x._own, x._unknown, type(x).__name__\n",
+        "bayeshlm/results/c.py": "def h(fit):\n    return fit._gamma\n",
+    }
+    for where, source in sources.items():
+        (tmp_path / where).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / where).write_text(source)
+    assert private_attributes_taken(tmp_path) == {("bayeshlm.plots.a", "_factor_name"), ("bayeshlm.plots.a", "_gamma")}
 
 
 # The checker itself, on small sources: each probe must be found (or, for the allowed forms, not found).
