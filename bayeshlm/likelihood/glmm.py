@@ -100,7 +100,12 @@ class GLMMObjective:
             from .glmm_kernel import family_code
 
             self._compiled = family_code(self.family)
-        if nagq > 1:
+        self._nested = None  # the nested-chain quadrature (two nested factors, one random effect each)
+        if nagq > 1 and len(self.factors) == 2:
+            from .glmm_nested import NestedQuadrature
+
+            self._nested = NestedQuadrature(self, nagq)
+        elif nagq > 1:
             self.nodes, self.weights = np.polynomial.hermite.hermgauss(nagq)
             f = self.factors[0]  # group sums of (n, K) arrays of the quadrature, as one sparse product
             self._group_sum = sp.csr_matrix((np.ones(len(self.y)), (f.codes, np.arange(len(self.y)))),
@@ -237,6 +242,8 @@ class GLMMObjective:
         """Laplace (nagq = 1) or adaptive-quadrature log-likelihood at x = (beta_s, theta)."""
         beta_s, theta = self.split(x)
         u, eta0, ZL, fac = self.pirls(beta_s, theta)
+        if self._nested is not None:
+            return self._nested.loglik(u, eta0, ZL)
         if self.nagq > 1:
             return self._quadrature(u, eta0, ZL[0][:, 0], fac)
         eta = eta0 + self._times_u(ZL, u)
@@ -428,7 +435,8 @@ class GLMMObjective:
         H^{-1} at each row's pairs of columns (block, dense and Schur paths)."""
         exact_weights = (self.information == "expected" or self.family.canonical
                          or self.family.observed_weights_exact)
-        if not exact_weights or (len(self.factors) > 1 and self.q > 3000 and self._schur is None):
+        if (not exact_weights or self._nested is not None
+                or (len(self.factors) > 1 and self.q > 3000 and self._schur is None)):
             return 0
         return self.p + self.n_theta
 
@@ -683,13 +691,18 @@ def laplace_start(objective: GLMMObjective) -> tuple[np.ndarray, np.ndarray | No
 
 
 def check_nagq(design: Design, nagq) -> int:
-    """nagq must be a whole number >= 1; above 1 only for one grouping factor with a random intercept only."""
+    """nagq must be a whole number >= 1; above 1 only for one grouping factor with one random effect, or two
+    nested factors with one each (glmm_nested)."""
+    from .glmm_nested import nested_chain
+
     if isinstance(nagq, bool) or not isinstance(nagq, (int, np.integer)) or nagq < 1:
         raise OptionError(f"nagq={nagq!r}: give the number of quadrature points, a whole number >= 1 "
                           "(1 = Laplace approximation; 25 is accurate for most data).")
-    if nagq > 1 and (len(design.factors) != 1 or design.factors[0].n_coef != 1):
+    single = len(design.factors) == 1 and design.factors[0].n_coef == 1
+    if nagq > 1 and not single and nested_chain(design) is None:
         raise OptionError(f"nagq={nagq} (adaptive quadrature) is available for one grouping factor with a random "
-                          "intercept only (as in lme4); this model has "
+                          "intercept only (as in lme4), or two nested factors with a random intercept each; this "
+                          "model has "
                           f"{', '.join(f'{f.name}: {f.n_coef} coefficient(s)' for f in design.factors)}. "
                           "Use nagq=1 (Laplace).")
     return int(nagq)
