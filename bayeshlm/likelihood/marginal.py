@@ -257,22 +257,13 @@ class StructuredDeviance:
         phi:  dR / dphi = W^{1/2} (|t - t'| phi^(|t - t'| - 1)) W^{1/2} within units, times dphi / dphi*
             (1 - phi^2 for AR(1)'s tanh, phi (1 - phi) for CAR(1)'s logistic).
         """
-        n, p = self.design.n_obs, self.design.n_fixed
-        weight = (n - p if self.reml else n) / fac.r2
-        A_inv = fac.fixed_cov_relative()
         info = [np.zeros((len(lam), len(lam))) for lam in lambdas]
-        g_rows = np.zeros(n)
+        g_rows = np.zeros(self.design.n_obs)
         d_phi = 0.0
         if phi is not None:  # d phi^lag / d phi per distinct lag (0 for lag 0 and for pairs in different units)
             lags = self._lag_values
             slope_table = np.append(np.where(lags > 0, lags * phi ** np.where(lags > 0, lags - 1.0, 0.0), 0.0), 0.0)
-        for k, (b, Linv) in enumerate(zip(self.batches, fac.chol_inv)):
-            M = Linv.swapaxes(1, 2) @ Linv  # V_j^{-1}
-            H = M @ b.X
-            a = M @ (b.y - b.X @ fac.beta)[:, :, None]
-            if self.reml:
-                M -= H @ A_inv @ H.swapaxes(1, 2)
-            M -= weight * (a @ a.swapaxes(1, 2))
+        for k, (b, M) in enumerate(zip(self.batches, self._gradient_weights(fac))):
             for i, (Z, same) in enumerate(zip(b.Z, b.same)):
                 masked = M if same is None else M * same
                 info[i] += (Z.swapaxes(1, 2) @ masked @ Z).sum(axis=0)
@@ -282,6 +273,25 @@ class StructuredDeviance:
                 slope = slope_table[self._lag_index[k]]
                 sqrt_w = np.sqrt(np.diagonal(residual[k], axis1=1, axis2=2))
                 d_phi += float((M * slope * sqrt_w[:, :, None] * sqrt_w[:, None, :]).sum())
+        return self._collect_gradient(info, lambdas, g_rows, phi, d_phi)
+
+    def _gradient_weights(self, fac: MarginalFactorization):
+        """M_j = V_j^{-1} - [REML] H_j A^{-1} H_j' - (m / r^2) a_j a_j' per batch (module docstring)."""
+        n, p = self.design.n_obs, self.design.n_fixed
+        weight = (n - p if self.reml else n) / fac.r2
+        A_inv = fac.fixed_cov_relative()
+        for b, Linv in zip(self.batches, fac.chol_inv):
+            M = Linv.swapaxes(1, 2) @ Linv  # V_j^{-1}
+            a = M @ (b.y - b.X @ fac.beta)[:, :, None]
+            if self.reml:
+                H = M @ b.X
+                M -= H @ A_inv @ H.swapaxes(1, 2)
+            M -= weight * (a @ a.swapaxes(1, 2))
+            yield M
+
+    def _collect_gradient(self, info: list[np.ndarray], lambdas: list[np.ndarray], g_rows: np.ndarray,
+                          phi: float | None, d_phi: float) -> np.ndarray:
+        """The gradient in x from the per-factor sums Z'(M o S)Z, the per-row g_i and <M, dR/dphi>."""
         out = np.empty(self.size)
         for fp, G, lam in zip(self.params.factors, info, lambdas):
             out[fp.offset:fp.offset + fp.size] = 2.0 * (G @ lam)[fp.rows, fp.cols]
