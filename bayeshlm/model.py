@@ -209,16 +209,26 @@ class HLM:
         if method == "bayes":
             from .bayes import fit_bayes
 
-            return fit_bayes(self.design, **options)
+            return fit_bayes(self.design, reference_fit=self._reference_fit, **options)
         from .likelihood import fit_likelihood
 
         return fit_likelihood(self.design, method=method, **options)
+
+    def _reference_fit(self):
+        """The REML fit the Bayesian engine reads its choice of centred or non-centred sampled effects from;
+        fitted on the first request and kept, so refits do not repeat it."""
+        if "_reml_reference" not in self.__dict__:
+            from .likelihood import fit_likelihood
+
+            self._reml_reference = fit_likelihood(self.design, method="reml")
+        return self._reml_reference
 
     def pymc_model(self, priors=None, route: str = "auto", parameterization=None):
         """The PyMC model that ``fit(method="bayes")`` samples (see :func:`bayeshlm.bayes.pymc_model`)."""
         from .bayes import pymc_model
 
-        return pymc_model(self.design, priors=priors, route=route, parameterization=parameterization)
+        return pymc_model(self.design, priors=priors, route=route, parameterization=parameterization,
+                          reference_fit=self._reference_fit)
 
 
 def _binomial_outcome(formula: str, trials: str | None, family: Family):

@@ -297,3 +297,73 @@ def test_diagnostics_leave_out_constant_entries():
     expected = float(az.ess(tree, var_names=["c"], method="bulk")["c"].values[1])
     assert expected > 600 and diagnostics["min_ess_bulk"] == pytest.approx(expected)
     assert np.isfinite(diagnostics["max_rhat"])
+
+
+def test_the_engine_asks_for_its_reference_fit_and_a_model_fits_it_once(monkeypatch):
+    """The Bayesian engine runs no REML fit of its own (layers: bayes does not import likelihood): the choice of
+    centred or non-centred sampled effects reads the reliabilities from the fit the caller's ``reference_fit``
+    returns, asked for only when there is a choice to make; HLM fits it once and keeps it."""
+    from bayeshlm.bayes.build import build_model
+    from bayeshlm.likelihood import fit_likelihood
+
+    rng = np.random.default_rng(2)
+    a, b = np.arange(800) % 4, np.arange(800) // 200  # crossed, 200 rows per group: reliabilities near 1
+    df = pd.DataFrame({"y": 3.0 * rng.normal(size=4)[a] + 3.0 * rng.normal(size=4)[b] + rng.normal(size=800),
+                       "a": a, "b": b.astype(str)})
+    model = bh.HLM("y ~ 1 + (1 | a) + (1 | b)", df)
+    design = model.design
+    priors = resolve_priors(design, None)
+    calls = []
+
+    def reference():
+        calls.append(1)
+        return fit_likelihood(design, method="reml")
+
+    _, info = build_model(design, priors, route="sampled", reference_fit=reference)
+    assert len(calls) == 1 and min(info.reliability.values()) > 0.8
+    assert set(info.parameterization.values()) == {"centred"}
+    _, info = build_model(design, priors, route="sampled")  # no reference: the safe choice, no fit
+    assert info.parameterization == {"a": "non-centred", "b": "non-centred"} and info.reliability == {"a": 0.0,
+                                                                                                        "b": 0.0}
+    _, info = build_model(design, priors, reference_fit=reference)  # one factor integrated, the other sampled
+    _, info = build_model(design, priors, route="sampled", parameterization={"a": "centred", "b": "centred"},
+                          reference_fit=reference)  # nothing left to choose
+    assert len(calls) == 2
+    fits = []
+    monkeypatch.setattr("bayeshlm.likelihood.fit_likelihood", lambda *a, **k: fits.append(1) or fit_likelihood(*a, **k))
+    model.pymc_model(route="sampled")
+    model.pymc_model(route="sampled", priors="flat")
+    assert len(fits) == 1
+
+
+def test_posterior_correlations_are_labelled_matrices_beside_their_cholesky_factor():
+    """``corr_<factor>`` is the correlation matrix L_Ω L_Ω' with the factor's coefficient names on both dims and
+    an exact unit diagonal (a constant the diagnostics leave out, not rounding noise); the factor the sampler
+    drew is ``corr_chol_<factor>``, and summaries and diagnostics run on both."""
+    import xarray as xr
+
+    from bayeshlm.bayes import labelled_correlations
+    from bayeshlm.bayes.diagnostics import diagnose
+
+    f = _toy().design.factor("g")
+    rng = np.random.default_rng(4)
+    y = rng.normal(0.4, 0.3, size=(2, 50))
+    r = np.tanh(y)
+    chol = np.zeros((2, 50, 2, 2))
+    chol[..., 0, 0], chol[..., 1, 0], chol[..., 1, 1] = 1.0, r, np.sqrt(1.0 - r**2)
+    post = xr.Dataset({"corr_g": (("chain", "draw", "corr_g_dim_0", "corr_g_dim_1"), chol)},
+                      coords={"corr_g_dim_0": [0, 1], "corr_g_dim_1": [0, 1]})
+    post = labelled_correlations(f, post)
+    corr = post["corr_g"]
+    assert corr.dims == ("chain", "draw", "g__coef", "g__coef2")
+    assert list(corr["g__coef"].values) == list(corr["g__coef2"].values) == ["(Intercept)", "x"]
+    np.testing.assert_allclose(corr.sel({"g__coef": "x", "g__coef2": "(Intercept)"}).values, r, rtol=1e-12)
+    assert np.all(corr.values[..., [0, 1], [0, 1]] == 1.0)
+    np.testing.assert_array_equal(post["corr_chol_g"].values, chol)
+    assert "corr_g_dim_0" not in post.dims
+    tree = xr.DataTree.from_dict({"posterior": post, "sample_stats": xr.Dataset(
+        {"diverging": (("chain", "draw"), np.zeros((2, 50), bool))})})
+    summary = az.summary(tree, var_names=["corr_g"], ci_kind="eti", ci_prob=0.95, round_to="none")
+    assert summary.index[1] == "corr_g[(Intercept), x]" and np.isnan(summary["r_hat"].iloc[0])
+    diagnostics, _ = diagnose(tree, ["corr_g"], chains=2)
+    assert np.isfinite(diagnostics["max_rhat"]) and diagnostics["min_ess_bulk"] < 150

@@ -17,7 +17,7 @@ import xarray as xr
 
 from ..design import Design
 from ..errors import OptionError, closest_names
-from .build import ModelInfo, build_model, centring, cholesky_draws
+from .build import ModelInfo, build_model, centring, cholesky_draws, correlation_blocks
 from .diagnostics import SamplingWarning, diagnose, warn_if_problems
 from .marginal import draw_group_effects
 from .predictive import prior_predictive
@@ -33,28 +33,31 @@ OPTIONS = ("draws", "tune", "chains", "random_seed", "priors", "sampler", "targe
            "parameterization", "progressbar")
 
 
-def pymc_model(design: Design, priors=None, route: str = "auto", parameterization=None) -> pm.Model:
+def pymc_model(design: Design, priors=None, route: str = "auto", parameterization=None,
+               reference_fit=None) -> pm.Model:
     """The PyMC model of ``design`` in the user's units, for inspection (``pm.model_to_graphviz``) or extension.
 
     ``fit_bayes`` samples the same model on the standardised outcome (:func:`sampled_model`, :mod:`.units`)."""
-    return build_model(design, resolve_priors(design, priors), route, parameterization)[0]
+    return build_model(design, resolve_priors(design, priors), route, parameterization, reference_fit)[0]
 
 
-def sampled_model(design: Design, priors=None, route: str = "auto", parameterization=None):
+def sampled_model(design: Design, priors=None, route: str = "auto", parameterization=None, reference_fit=None):
     """What ``fit_bayes`` samples: the model of ``design`` on y* = (y - c) / s with its priors rewritten for y*
     (:mod:`.units`). Returns (model, info, units, notes); ``info.priors`` are the user's priors, ``notes`` say
     which part of the standardisation the priors did not allow and which predictors lie far from zero."""
     user_priors = resolve_priors(design, priors)
     units, notes = OutcomeUnits.of(design, user_priors)
     notes += offset_predictor_notes(design)
-    model, info = build_model(units.design(design), units.priors(user_priors, design), route, parameterization)
+    # the reliabilities are ratios of variances: a REML fit in the user's units gives those of y*
+    model, info = build_model(units.design(design), units.priors(user_priors, design), route, parameterization,
+                              reference_fit)
     return model, dataclasses.replace(info, priors=user_priors), units, notes
 
 
 def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
               random_seed: int | None = None, priors=None, sampler: str = "nutpie", target_accept: float = 0.9,
               route: str = "auto", parameterization: dict[str, str] | None = None,
-              progressbar: bool = False, **unknown) -> BayesFit:
+              progressbar: bool = False, reference_fit=None, **unknown) -> BayesFit:
     """Sample the posterior of ``design``'s model, on the standardised outcome y* = (y - c) / s with every draw
     mapped back exactly to the user's units (:mod:`.units`; c and s in ``fit.sampler["outcome_units"]``).
 
@@ -77,6 +80,11 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
         (nested group effects integrated out, see :mod:`.build`) or ``"sampled"`` (every effect sampled).
     parameterization
         Sampled route only: ``{factor: "centred" | "non-centred"}`` to override the data-based choice.
+    reference_fit
+        A function returning a REML fit of ``design``: the data-based choice of parameterisation reads the
+        reliability of the sampled factors' group intercepts from it, and it is called only when a crossed
+        design has sampled factors to choose for (``HLM.fit`` passes one that fits once per model). Without
+        it, sampled factors are non-centred.
 
     Any other keyword raises an :class:`~bayeshlm.errors.OptionError` naming the closest option.
     """
@@ -89,7 +97,7 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
     if parameterization is not None and not isinstance(parameterization, Mapping):
         raise OptionError(f"parameterization={parameterization!r}: give a dict {{factor: 'centred' or "
                           "'non-centred'}, e.g. parameterization={'school': 'non-centred'}.")
-    model, info, units, notes = sampled_model(design, priors, route, parameterization)
+    model, info, units, notes = sampled_model(design, priors, route, parameterization, reference_fit)
     if random_seed is None:
         random_seed = new_seed()
     tree, record = run_sampler(model, info, sampler=sampler, draws=draws, tune=tune, chains=chains,
@@ -104,8 +112,8 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
     record |= {"route": info.route, "parameterization": info.parameterization,
                "reliability": {k: round(v, 3) for k, v in info.reliability.items()},
                "outcome_units": {"centre": units.centre, "scale": units.scale}}
-    var_names = ["beta", *(v for v in posterior.data_vars
-                           if v in ("sigma", "sigma_strata", "phi") or v.startswith(("tau_", "corr_")))]
+    var_names = ["beta", *(v for v in posterior.data_vars if v in ("sigma", "sigma_strata", "phi")
+                           or v.startswith(("tau_", "corr_")) and not v.startswith("corr_chol_"))]
     var_names += [f"u_{name}" for name in info.sampled]
     diagnostics, messages = diagnose(tree, var_names, chains)
     messages = notes + messages
@@ -128,6 +136,7 @@ def _complete_posterior(design: Design, post: xr.Dataset, info: ModelInfo, seed:
         post[f"T_{f.name}"] = xr.DataArray(L @ np.swapaxes(L, -1, -2),
                                            dims=("chain", "draw", coef_dim, f"{coef_dim}2"),
                                            coords={f"{coef_dim}2": list(f.coef_names)})
+        post = labelled_correlations(f, post)
     if info.route == "marginal":
         n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
         flat = n_chain * n_draw
@@ -151,3 +160,21 @@ def _complete_posterior(design: Design, post: xr.Dataset, info: ModelInfo, seed:
                                                dims=("chain", "draw", f.name, f"{f.name}__coef"),
                                                coords={f.name: [str(v) for v in f.levels]})
     return post, chol
+
+
+def labelled_correlations(f, post: xr.Dataset) -> xr.Dataset:
+    """Per LKJ block of factor ``f``, the correlation matrix Ω = L_Ω L_Ω' as ``corr_<f>`` (unit diagonal, dims
+    labelled by the block's coefficients: ``<f>__coef`` and ``<f>__coef2`` for a block of all of them), and the
+    Cholesky factor L_Ω the sampler drew, under ``corr_chol_<f>`` with the same labels."""
+    for name, block in correlation_blocks(f):
+        coef = [f.coef_names[k] for k in block]
+        dims = (f"{f.name}__coef", f"{f.name}__coef2") if len(block) == f.n_coef else (f"{name}__coef",
+                                                                                          f"{name}__coef2")
+        chol = post[name].values
+        omega = chol @ np.swapaxes(chol, -1, -2)
+        omega[..., np.arange(len(block)), np.arange(len(block))] = 1.0  # exactly: a constant, not rounding noise
+        labels = {dims[0]: coef, dims[1]: coef}
+        post = post.drop_vars([name, *post[name].dims[2:]], errors="ignore")
+        post[name.replace("corr_", "corr_chol_", 1)] = xr.DataArray(chol, dims=("chain", "draw", *dims), coords=labels)
+        post[name] = xr.DataArray(omega, dims=("chain", "draw", *dims), coords=labels)
+    return post

@@ -24,6 +24,7 @@ data of the same shapes (:mod:`bayeshlm.bayes.sampling` caches it).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,8 +68,11 @@ class ModelInfo:
 
 
 def build_model(design: Design, priors: PriorSet, route: str = "auto",
-                parameterization: dict[str, str] | None = None) -> tuple[pm.Model, ModelInfo]:
-    """Build the PyMC model of ``design`` (see the module docstring for the routes)."""
+                parameterization: dict[str, str] | None = None,
+                reference_fit: Callable[[], object] | None = None) -> tuple[pm.Model, ModelInfo]:
+    """Build the PyMC model of ``design`` (see the module docstring for the routes). ``reference_fit``: a
+    function returning a REML fit of ``design``, asked for only when a sampled factor's parameterisation is to
+    be chosen (:func:`reml_reliability`); the Bayesian engine does not fit by REML itself."""
     if route not in ROUTES:
         raise OptionError(f"route={route!r}: use one of {', '.join(ROUTES)}.{closest_names(str(route), ROUTES)}")
     if not design.factors:
@@ -97,7 +101,7 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
         if variance.terms:
             coords["variance_term"] = list(variance.terms)
     reliability = reml_reliability(design, sampled if parameterization is None else
-                                   [f for f in sampled if f.name not in parameterization])
+                                   [f for f in sampled if f.name not in parameterization], reference_fit)
     choice = _choose_parameterization(design, chain, reliability, parameterization)
     stats = None
     with pm.Model(coords=coords) as model:
@@ -306,6 +310,11 @@ def _covariance_cholesky(f, priors: PriorSet, add_data):
     return L
 
 
+def correlation_blocks(f) -> list[tuple[str, list[int]]]:
+    """The LKJ blocks of factor ``f`` (two or more coefficients) with the name of their correlation variable."""
+    return [(_corr_name(f, i), list(block)) for i, block in enumerate(f.blocks) if len(block) > 1]
+
+
 def _corr_name(f, block_index: int) -> str:
     multi = [b for b in f.blocks if len(b) > 1]
     return f"corr_{f.name}" if len(multi) == 1 else f"corr_{f.name}_{block_index}"
@@ -386,20 +395,21 @@ def _choose_parameterization(design: Design, chain: list, reliability: dict[str,
             for f in design.factors}
 
 
-def reml_reliability(design: Design, factors: list) -> dict[str, float]:
-    """Average reliability of each factor's group intercepts (first coefficient), from a quick REML fit:
-    λ_j = 1 - Var(u_j | y) / τ_00, the share of the prior variance of u_j the data remove. For a two-level
-    random-intercept model this is R&B (2002) eq. 3.42, τ_00 / (τ_00 + σ²/n_j); the conditional variance makes
-    it right for crossed designs too, where group means also carry the other factors' variation. A variance
-    estimated at zero, or a design REML cannot fit, gives reliability 0 (non-centred, the safe choice)."""
+def reml_reliability(design: Design, factors: list, reference_fit: Callable[[], object] | None) -> dict[str, float]:
+    """Average reliability of each factor's group intercepts (first coefficient), from the REML fit that
+    ``reference_fit()`` returns: λ_j = 1 - Var(u_j | y) / τ_00, the share of the prior variance of u_j the data
+    remove. For a two-level random-intercept model this is R&B (2002) eq. 3.42, τ_00 / (τ_00 + σ²/n_j); the
+    conditional variance makes it right for crossed designs too, where group means also carry the other
+    factors' variation. No reference fit, a variance estimated at zero, or a design REML cannot fit gives
+    reliability 0 (non-centred, the safe choice)."""
     if not factors:
         return {}
-    from ..likelihood import fit_likelihood
-
+    if reference_fit is None:
+        return {f.name: 0.0 for f in factors}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # boundary and convergence notes belong to the REML user, not here
         try:
-            fit = fit_likelihood(design, method="reml")
+            fit = reference_fit()
         except DataError:
             return {f.name: 0.0 for f in factors}
     out = {}
