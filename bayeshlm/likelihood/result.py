@@ -305,6 +305,13 @@ class LikelihoodFit(FitResult):
 
         return predict_likelihood(self, newdata, groups, kind, level)
 
+    def fitted(self) -> pd.Series:
+        """Fitted values x'gamma + z'u of the analysed rows at the conditional modes (lme4 ``fitted``), without the
+        prediction SEs ``predict`` computes."""
+        from ..results.prediction import predict_likelihood
+
+        return predict_likelihood(self, None, "conditional", "mean", 0.95, with_se=False)["estimate"].rename("fitted")
+
     def ols_group_estimates(self, factor: str | None = None) -> pd.DataFrame:
         """Per-group (weighted) OLS of the outcome on the factor's random-effect columns (R&B 2002, eq. 3.39).
 

@@ -207,11 +207,7 @@ class FitResult(ABC):
     def fitted(self) -> pd.Series:
         """Fitted values x'gamma + z'u of the analysed rows, each group at its estimated effects (lme4 ``fitted``;
         the posterior mean for Bayes): ``predict(None, "conditional", "mean")["estimate"]``."""
-        if self.method == "bayes":
-            return self.predict(None, "conditional", "mean")["estimate"].rename("fitted")
-        from .prediction import predict_likelihood
-
-        return predict_likelihood(self, None, "conditional", "mean", 0.95, with_se=False)["estimate"].rename("fitted")
+        return self.predict(None, "conditional", "mean")["estimate"].rename("fitted")
 
     def residuals(self, level: int = 1, factor: str | None = None):
         """``level=1``: y - fitted per analysed row; ``level=2``: the groups' estimated effects u_j of ``factor``
