@@ -6,10 +6,11 @@ Build (from the repository root, after ``pip install -e ".[docs]"``)::
 
 The case studies (``case_studies/*.py``, jupytext percent format, linked into ``docs/case_studies``) are
 notebooks. Two fitted by likelihood only (6 and 8: a few seconds each) are executed during the build, in a
-temporary folder, so their pages show tables and figures; the others sample posteriors for minutes (or, like 2,
-add little to the build's test but time), too slow for every build and for CI (tests/test_case_studies.py
-already executes each one as a notebook), so their pages show code and text only. ``BAYESHLM_DOCS_EXECUTE=all`` executes every case study (``BAYESHLM_DRAWS`` sets the draws);
-MyST-NB keeps the outputs in ``docs/build/.jupyter_cache`` and reruns a notebook only when its source changes.
+temporary folder, so their pages show tables and figures. The others sample posteriors for minutes, too slow
+for every build and for CI, where tests/test_case_studies.py already executes each one as a notebook (2 is
+quick but adds only time), so their pages show code and text only. ``BAYESHLM_DOCS_EXECUTE=all`` executes
+every case study (``BAYESHLM_DRAWS`` sets the draws); MyST-NB keeps the outputs in ``docs/build/.jupyter_cache``
+and reruns a notebook only when its source changes.
 """
 
 import os
