@@ -22,7 +22,9 @@ import os
 import warnings
 
 import arviz as az
+import matplotlib.pyplot as plt
 import numpy as np
+from scipy import stats
 
 import bayeshlm as bh
 
@@ -45,6 +47,48 @@ bh.compare(reml, bayes).round(3)
 
 # %%
 bh.plots.variance_posterior(bayes, reml)
+
+# %% [markdown]
+# ## Likelihood, prior and posterior for one school
+#
+# Where do a school's estimates come from? Take the smallest of the eight schools. Its own data say its true
+# mean β0j is near its sample mean ȳj, with sampling variance σ²/nj: that is the **likelihood**. The level-2
+# model says, before seeing this school's scores, that β0j ~ N(γ00 + γ01 MEANSESj, τ00): schools like it score
+# about this much, give or take √τ00. That is the **prior** for this school, learned from the other schools.
+# The **posterior** combines the two with weights equal to their precisions (R&B eq. 3.56):
+#
+# β*0j = λj ȳj + (1 − λj)(γ00 + γ01 MEANSESj), with reliability λj = τ00 / (τ00 + σ²/nj) and variance λj σ²/nj.
+
+# %%
+school = few.groupby("school").size().idxmin()
+scores = few.loc[few["school"] == school, "mathach"]
+n_j, ybar = len(scores), scores.mean()
+gamma = reml.fixed_effects["estimate"]
+prior_mean = gamma["(Intercept)"] + gamma["meanses"] * few.loc[few["school"] == school, "meanses"].iloc[0]
+tau00, sigma2 = reml.tau["school"].iloc[0, 0], reml.sigma2
+reliability = tau00 / (tau00 + sigma2 / n_j)
+eb_mean, eb_var = reliability * ybar + (1 - reliability) * prior_mean, reliability * sigma2 / n_j
+eb_table = reml.group_effects("school").loc[(school, "(Intercept)"), "estimate"]
+assert abs(eb_mean - eb_table) < 1e-6 * abs(eb_table)  # eq. 3.56 is what the fit reports
+print(f"school {school}: n = {n_j}, sample mean {ybar:.2f}, predicted from MEANSES {prior_mean:.2f}, "
+      f"reliability {reliability:.2f}, empirical-Bayes estimate {eb_mean:.2f}")
+
+full_bayes_draws = bayes.group_coefficient_draws("school").sel(school=school).values.ravel()
+grid = np.linspace(min(ybar, prior_mean) - 4 * np.sqrt(tau00), max(ybar, prior_mean) + 4 * np.sqrt(tau00), 400)
+figure, ax = plt.subplots(figsize=(7, 3.5))
+ax.plot(grid, stats.norm.pdf(grid, ybar, np.sqrt(sigma2 / n_j)), label="likelihood: this school's scores")
+ax.plot(grid, stats.norm.pdf(grid, prior_mean, np.sqrt(tau00)), label="prior: the level-2 model")
+ax.plot(grid, stats.norm.pdf(grid, eb_mean, np.sqrt(eb_var)), label="posterior given REML γ, τ00, σ²")
+ax.hist(full_bayes_draws, bins=40, density=True, alpha=0.3, color="grey", label="full Bayes (draws)")
+ax.set_xlabel(f"true mean math achievement of school {school}")
+ax.set_yticks([])
+ax.legend(frameon=False, fontsize=8)
+figure.tight_layout()
+
+# %% [markdown]
+# The posterior sits between the two, closer to whichever is more precise. Empirical Bayes plugs in the REML
+# estimates of γ, τ00 and σ²; full Bayes also averages over their uncertainty, so its draws spread a little
+# wider. With eight schools, τ00 itself is uncertain, which is what the next sections are about.
 
 # %% [markdown]
 # ## Did the sampler work? Convergence diagnostics in pictures

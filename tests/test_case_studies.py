@@ -3,8 +3,8 @@
 Each file in case_studies/ (jupytext percent format) is turned into a notebook and executed by nbclient on
 the ``python3`` kernel in a temporary folder, so a notebook copied out of the repository must work. A case
 study fails if any cell raises, including its own checks of reproduced numbers against the book or a peer
-(``BookComparison.check``), or if a figure cell (one calling ``bh.plots`` or ArviZ's ``az.plot_*``) shows no
-picture. ``BAYESHLM_CASE_DRAWS`` sets the draws per chain (default 200 here).
+(``BookComparison.check``), or if a figure cell (one calling ``bh.plots``, ArviZ's ``az.plot_*`` or
+``plt.subplots``) shows no picture. ``BAYESHLM_CASE_DRAWS`` sets the draws per chain (default 200 here).
 """
 
 import json
@@ -20,8 +20,8 @@ from bayeshlm.datasets.references import _all as shipped_references
 
 ROOT = Path(__file__).parent.parent
 CASE_STUDIES = sorted((ROOT / "case_studies").glob("[0-9]*.py"))
-# a cell that draws: a line calling bayeshlm's or ArviZ's plots, its result possibly assigned to a name
-PLOT_CALL = re.compile(r"^(\w+ = )?(bh\.plots\.|az\.plot_)", re.MULTILINE)
+# a cell that draws: a line calling bayeshlm's or ArviZ's plots (its result possibly assigned) or plt.subplots
+PLOT_CALL = re.compile(r"^(\w+ = )?(bh\.plots\.|az\.plot_)|^\w+, \w+ = plt\.subplots\(", re.MULTILINE)
 
 
 @pytest.mark.case_study
