@@ -198,6 +198,10 @@ class HLM:
             ``route`` and ``parameterization``. An unknown option raises :class:`~bayeshlm.errors.OptionError`.
         """
         family = getattr(self, "family", None)
+        if family is not None and not family.gaussian and method == "bayes":
+            from .bayes.glmm import fit_bayes_glmm
+
+            return fit_bayes_glmm(self.design, self.outcome, **options)
         if family is not None and not family.gaussian:
             from .likelihood.glmm_fit import fit_glmm
 
@@ -224,7 +228,16 @@ class HLM:
         return self._reml_reference
 
     def pymc_model(self, priors=None, route: str = "auto", parameterization=None):
-        """The PyMC model that ``fit(method="bayes")`` samples (see :func:`bayeshlm.bayes.pymc_model`)."""
+        """The PyMC model that ``fit(method="bayes")`` samples (see :func:`bayeshlm.bayes.pymc_model`; for other
+        families :func:`bayeshlm.bayes.glmm.glmm_pymc_model`, with its observed outcome ``y``)."""
+        family = getattr(self, "family", None)
+        if family is not None and not family.gaussian:
+            from .bayes.glmm import glmm_pymc_model
+
+            if route != "auto":
+                raise OptionError(f"route={route!r}: a {family.name} model samples every group effect; use "
+                                  "route='auto'.")
+            return glmm_pymc_model(self.design, self.outcome, priors, parameterization)
         from .bayes import pymc_model
 
         return pymc_model(self.design, priors=priors, route=route, parameterization=parameterization,
