@@ -377,9 +377,10 @@ def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: P
     beta_sd = np.array([float(p.params["sigma"]) if p.dist == "Normal" else 0.0 for p in fixed])
     centre_on = centring(design, choice)
     beta0 = _laplace_beta(design, laplace)
+    A = standardising_map(design.X)
     coords: dict[str, list] = {"fixed": list(design.fixed_names)}
     layout = [("beta", (design.n_fixed,), ("fixed",))]
-    factors, start = [], [beta0]
+    factors, start, jitter = [], [np.linalg.solve(A, beta0)], [np.full(design.n_fixed, 0.1)]
     for f in design.factors:
         prior = priors.tau[f.name]
         values = [np.broadcast_to(prior.params[k], (f.n_coef,)) for k in SCALE_FAMILIES[prior.dist]]
@@ -398,26 +399,45 @@ def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: P
         if centred:
             effects += np.array([beta0[k] if k >= 0 else 0.0 for k in centre_on[f.name]])
         scale0 = np.log(tau0**2) if prior.on == "variance" else np.log(tau0)
-        start += [effects.ravel(), np.broadcast_to(scale0, (f.n_coef,)),
-                  np.zeros(f.n_coef * (f.n_coef - 1) // 2 if correlated else 0)]
+        n_corr = f.n_coef * (f.n_coef - 1) // 2 if correlated else 0
+        start += [effects.ravel(), np.broadcast_to(scale0, (f.n_coef,)), np.zeros(n_corr)]
+        effect_jitter = 0.5 * tau0 if centred else np.full(f.n_coef, 0.5)
+        jitter += [np.tile(effect_jitter, f.n_groups), np.ones(f.n_coef), np.ones(n_corr)]
         coef_dim = f"{f.name}__coef"
         coords[coef_dim] = list(f.coef_names)
         coords[f.name] = [str(v) for v in f.levels]
         layout.append((f"tau_{f.name}", (f.n_coef,), (coef_dim,)))
         if correlated:
             corr_dims = (f"corr_{f.name}_dim_0", f"corr_{f.name}_dim_1")
-            coords |= {d: list(range(f.n_coef)) for d in corr_dims}
+            coords |= {d: [str(c) for c in f.coef_names] for d in corr_dims}
             layout.append((f"corr_{f.name}", (f.n_coef, f.n_coef), corr_dims))
         layout.append((f"u_{f.name}", (f.n_groups, f.n_coef), (f.name, coef_dim)))
+        layout.append((f"{'coef' if centred else 'z'}_{f.name}", (f.n_groups, f.n_coef), (f.name, coef_dim)))
     shape_row = None
     if family.name == "negative_binomial":
         values = [float(shape.params[k]) for k in SCALE_FAMILIES[shape.dist]]
         shape_row = (SCALE_CODE[shape.dist], values[0] if values else 1.0, values[-1] if values else 1.0, 0.0)
         k0 = _laplace_shape(laplace)
         start.append([np.log(k0)])
+        jitter.append([1.0])
         layout.append(("shape", (), ()))
-    return pack(FAMILY_CODES[family.name, family.link.name], y, size, outcome.offset, constant, design.X,
-                beta_mu, beta_sd, factors, shape_row, np.concatenate([np.ravel(s) for s in start]), layout, coords)
+    return pack(FAMILY_CODES[family.name, family.link.name], y, size, outcome.offset, constant, design.X, A,
+                beta_mu, beta_sd, factors, shape_row, np.concatenate([np.ravel(s) for s in start]),
+                np.concatenate([np.ravel(j) for j in jitter]), layout, coords)
+
+
+def standardising_map(X: np.ndarray) -> np.ndarray:
+    """A with beta = A beta_s, beta_s the coefficients of the columns (X - m) / s (centred when there is an
+    intercept column; constant columns kept as they are)."""
+    constant = np.ptp(X, axis=0) == 0
+    intercept = np.flatnonzero(constant & np.all(X == 1.0, axis=0))
+    scale = np.where(constant, 1.0, X.std(axis=0))
+    scale = np.where(scale > 0, scale, 1.0)
+    A = np.diag(1.0 / scale)
+    if len(intercept):
+        centre = np.where(constant, 0.0, X.mean(axis=0))
+        A[intercept[0]] -= centre / scale
+    return A
 
 
 def kernel_coordinates(design: Design, priors: PriorSet, shape: Prior | None,
@@ -461,10 +481,12 @@ def _laplace_shape(laplace) -> float:
 
 # --- fitting --------------------------------------------------------------------------------------------
 def fit_bayes_glmm(design: Design, outcome: GLMOutcome, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
-                   random_seed: int | None = None, priors=None, sampler: str = "nutpie", target_accept: float = 0.9,
+                   random_seed: int | None = None, priors=None, sampler: str = "nutpie", target_accept: float = 0.95,
                    parameterization: Mapping | None = None, progressbar: bool = False, **unknown):
     """Sample the exact posterior of a hierarchical GLM (module docstring); returns a
-    :class:`~.glmm_result.BayesGLMMFit`. Options as for Gaussian models (:func:`bayeshlm.bayes.fit_bayes`)."""
+    :class:`~.glmm_result.BayesGLMMFit`. Options as for Gaussian models (:func:`bayeshlm.bayes.fit_bayes`), except
+    ``target_accept`` defaults to 0.95: on cbpp (centred herds) 0.9 gave 1 divergence in 4,000 draws for one
+    seed of three, 0.95 none."""
     from .diagnostics import diagnose, warn_if_problems
     from .glmm_result import BayesGLMMFit
     from .sampling import check_sampler_options, new_seed
@@ -554,9 +576,13 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
     sizes = tree["posterior"].sizes
     if sizes.get("chain") != chains or sizes.get("draw") != draws:
         raise KeyboardInterrupt("Sampling was interrupted; no fit was made.")
-    keep = ["beta", "shape", *(f"{kind}_{f.name}" for f in design.factors for kind in ("tau", "corr", "u"))]
+    keep = ["beta", "shape", *(f"{kind}_{f.name}" for f in design.factors
+                               for kind in ("tau", "corr", "u", "z", "coef"))]
     posterior = tree["posterior"].to_dataset()
     posterior = posterior[[v for v in keep if v in posterior.data_vars]]
+    for f in design.factors:  # a prior on the variance: the graph's random variable is tau2
+        if prior_set.tau[f.name].on == "variance":
+            posterior[f"tau2_{f.name}"] = posterior[f"tau_{f.name}"] ** 2
     stats = tree["sample_stats"].to_dataset()
     stats = stats[[v for v in stats.data_vars if stats[v].dtype != object]]
     tree = xr.DataTree.from_dict({"posterior": posterior, "sample_stats": stats})

@@ -5,10 +5,11 @@ normalising constants): eta_i = x_i'beta + offset_i + sum_f z_fi'u_f[j(i)], y_i 
 u_fj = L_f z_fj with z_fj ~ N(0, I) (non-centred) or b_fj = c_f + u_fj ~ N(c_f, T_f) sampled directly
 (centred on the fixed effects c_f of the same columns), T_f = L_f L_f', L_f = diag(tau_f) L_Omega,f.
 
-Unconstrained coordinates x, in this order (the order of the PyMC graph's value variables):
-beta (p); per factor: its effects (z or b, group by group, J_f x q_f), log tau_f (or log tau_f^2 for a prior
-on the variance), the q_f(q_f - 1)/2 LKJ coordinates y_f when the factor's coefficients are correlated;
-last, log k for the negative binomial shape.
+Unconstrained coordinates x, in this order: the fixed effects as coefficients of the standardised columns of
+X (beta = A x[:p]; the log density is that of beta times the constant |A|, so it differs from the PyMC graph's,
+which samples beta itself, by log|A| exactly); per factor: its effects (z or b, group by group, J_f x q_f),
+log tau_f (or log tau_f^2 for a prior on the variance), the q_f(q_f - 1)/2 LKJ coordinates y_f when the
+factor's coefficients are correlated; last, log k for the negative binomial shape.
 
 Families (canonical or log links; others are sampled through the PyMC graph):
 
@@ -48,9 +49,10 @@ FIXED_FAMILIES = {"Normal": ("mu", "sigma"), "Flat": ()}
 
 # header of the packed float64 buffer: sizes, then where each array starts
 _HEADER = ("n_dim", "n_expanded", "length", "family", "n", "p", "n_factors", "shape_at", "constant",
-           "at_y", "at_size", "at_offset", "at_X", "at_beta_mu", "at_beta_sd", "at_factors", "at_shape_prior")
+           "at_y", "at_size", "at_offset", "at_X", "at_beta_mu", "at_beta_sd", "at_factors", "at_shape_prior",
+           "at_A")
 (_N_DIM, _N_EXPANDED, _LENGTH, _FAMILY, _N, _P, _N_FACTORS, _SHAPE_AT, _CONSTANT, _AT_Y, _AT_SIZE, _AT_OFFSET,
- _AT_X, _AT_BETA_MU, _AT_BETA_SD, _AT_FACTORS, _AT_SHAPE_PRIOR) = range(len(_HEADER))
+ _AT_X, _AT_BETA_MU, _AT_BETA_SD, _AT_FACTORS, _AT_SHAPE_PRIOR, _AT_A) = range(len(_HEADER))
 # one row per factor: sizes, form, where its data and coordinates are
 _FACTOR = ("q", "J", "correlated", "centred", "eta", "at_codes", "at_Z", "at_centre", "x_effects", "x_tau",
            "x_corr", "at_prior", "at_corr")
@@ -70,27 +72,27 @@ class GLMMKernel:
     start: np.ndarray  # a starting point (unconstrained), jittered per chain
 
     def unconstrained_start(self, seed: int) -> np.ndarray:
-        """The starting point with its log-scales and LKJ coordinates jittered by U(-1/2, 1/2) per chain."""
+        """The starting point jittered by U(-1/2, 1/2) times each coordinate's jitter scale (nutpie sets its
+        first mass matrix from the gradient there, so no coordinate may have a gradient of exactly zero)."""
         rng = np.random.default_rng(seed)
-        jitter = np.zeros(self.n_dim)
-        mask = self.buffer[_scale_mask_slice(self)] > 0.5
-        jitter[mask] = rng.uniform(-0.5, 0.5, int(mask.sum()))
-        return self.start + jitter
+        return self.start + self.buffer[_jitter_slice(self)] * rng.uniform(-0.5, 0.5, self.n_dim)
 
     @property
     def n_expanded(self) -> int:
         return int(self.buffer[_N_EXPANDED])
 
 
-def _scale_mask_slice(kernel: GLMMKernel) -> slice:
+def _jitter_slice(kernel: GLMMKernel) -> slice:
     at = int(kernel.buffer[_LENGTH])
     return slice(at, at + kernel.n_dim)
 
 
-def pack(family: int, y, size, offset, constant: float, X, beta_mu, beta_sd, factors: list[dict],
-         shape_prior: tuple | None, start: np.ndarray, layout, coords) -> GLMMKernel:
+def pack(family: int, y, size, offset, constant: float, X, A, beta_mu, beta_sd, factors: list[dict],
+         shape_prior: tuple | None, start: np.ndarray, jitter: np.ndarray, layout, coords) -> GLMMKernel:
     """Pack a model for the kernel. ``factors``: dicts with q, J, correlated, centred, eta, codes, Z (n, q),
-    centre (q indices into beta or -1) and prior (q rows of code, a, b, on_variance)."""
+    centre (q indices into beta or -1) and prior (q rows of code, a, b, on_variance); ``start`` and ``jitter``:
+    the starting point and the scale of its per-chain jitter; ``A``: beta = A x[:p] (the fixed effects from
+    the coefficients of the standardised columns of X, which NUTS samples: far better conditioned)."""
     n, p = X.shape
     arrays, at = [], [len(_HEADER)]
 
@@ -102,10 +104,9 @@ def pack(family: int, y, size, offset, constant: float, X, beta_mu, beta_sd, fac
         return where
 
     positions = {"at_y": put(y), "at_size": put(size), "at_offset": put(offset), "at_X": put(X),
-                 "at_beta_mu": put(beta_mu), "at_beta_sd": put(beta_sd)}
+                 "at_beta_mu": put(beta_mu), "at_beta_sd": put(beta_sd), "at_A": put(A)}
     x_at = p
     rows = []
-    scale_mask = np.zeros(0)
     for f in factors:
         q, J = f["q"], f["J"]
         row = {"q": q, "J": J, "correlated": f["correlated"], "centred": f["centred"], "eta": f["eta"],
@@ -120,16 +121,12 @@ def pack(family: int, y, size, offset, constant: float, X, beta_mu, beta_sd, fac
         shape_at, x_at = x_at, x_at + 1
     positions["at_shape_prior"] = put(np.asarray(shape_prior if shape_prior is not None else (0, 1, 1, 0), float))
     n_dim = x_at
-    scale_mask = np.zeros(n_dim)
-    for r in rows:
-        scale_mask[r["x_tau"]:r["x_tau"] + r["q"] + (r["q"] * (r["q"] - 1) // 2 if r["correlated"] else 0)] = 1.0
-    if shape_at >= 0:
-        scale_mask[shape_at] = 1.0
     length = at[0]
     n_expanded = sum(int(np.prod(shape)) for _, shape, _ in layout)
     header = {"n_dim": n_dim, "n_expanded": n_expanded, "length": length, "family": family, "n": n, "p": p,
               "n_factors": len(rows), "shape_at": shape_at, "constant": constant, **positions}
-    buffer = np.concatenate([np.array([float(header[name]) for name in _HEADER]), *arrays, scale_mask])
+    head = np.array([float(header[name]) for name in _HEADER])
+    buffer = np.concatenate([head, *arrays, np.asarray(jitter, dtype=float)])
     return GLMMKernel(buffer, n_dim, layout, coords, np.asarray(start, dtype=float))
 
 
@@ -285,13 +282,15 @@ def log_density(x, buf, grad):
     beta_sd = buf[int(buf[_AT_BETA_SD]):int(buf[_AT_BETA_SD]) + p]
     table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
         n_factors, len(_FACTOR))
-    beta = x[:p]
+    A = buf[int(buf[_AT_A]):int(buf[_AT_A]) + p * p].reshape(p, p)
+    beta = A @ x[:p]  # the coordinates are the coefficients of the standardised columns
+    g_beta = np.zeros(p)
     lp = buf[_CONSTANT]
     for k in range(p):  # fixed-effect priors: Normal, or flat (sd 0 marks it)
         if beta_sd[k] > 0.0:
             r = (beta[k] - beta_mu[k]) / beta_sd[k]
             lp -= 0.5 * _LOG_2PI + math.log(beta_sd[k]) + 0.5 * r * r
-            grad[k] -= r / beta_sd[k]
+            g_beta[k] -= r / beta_sd[k]
     eta = X @ beta + buf[int(buf[_AT_OFFSET]):int(buf[_AT_OFFSET]) + n]
     for f in range(n_factors):
         row = table[f]
@@ -335,7 +334,7 @@ def log_density(x, buf, grad):
             d_shape += _digamma(y[i] + shape) - psi_shape + math.log(shape) - log_k_mu + (mu - y[i]) / (shape + mu)
     if family == 2:
         grad[shape_at] += d_shape * shape
-    grad[:p] += X.T @ r
+    g_beta += X.T @ r
     # group effects: their priors and the chain rule to their coordinates and to L
     for f in range(n_factors):
         row = table[f]
@@ -370,7 +369,7 @@ def log_density(x, buf, grad):
             centre = buf[int(row[_F_AT_CENTRE]):int(row[_F_AT_CENTRE]) + q]
             for a in range(q):
                 if centre[a] >= 0:
-                    grad[int(centre[a])] -= np.sum(g_coords[:, a])
+                    g_beta[int(centre[a])] -= np.sum(g_coords[:, a])
         grad[x_eff:x_eff + J * q] += g_coords.ravel()
         # L = diag(tau) L_Omega: d tau_a = sum_b gL[a,b] Omega[a,b]; d Omega = tau_a gL[a, b]
         x_tau = int(row[_F_X_TAU])
@@ -386,17 +385,19 @@ def log_density(x, buf, grad):
             positions = buf[int(row[_F_AT_CORR]):int(row[_F_AT_CORR]) + q * q].reshape(q, q)
             lp += _lkj_terms(x[x_corr:x_corr + q * (q - 1) // 2], positions, q, row[_F_ETA], g_omega,
                              grad[x_corr:x_corr + q * (q - 1) // 2])
+    grad[:p] += A.T @ g_beta
     return lp
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def expand(x, buf, out):
-    """The reported values at ``x``: beta, per factor tau, the correlation Cholesky factor (when correlated) and
-    u; then the negative binomial shape."""
+    """The reported values at ``x``: beta, per factor tau, the correlation Cholesky factor (when correlated), u
+    and the sampled coordinates (z or b); then the negative binomial shape."""
     p, n_factors = int(buf[_P]), int(buf[_N_FACTORS])
     table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
         n_factors, len(_FACTOR))
-    beta = x[:p]
+    A = buf[int(buf[_AT_A]):int(buf[_AT_A]) + p * p].reshape(p, p)
+    beta = A @ x[:p]
     out[:p] = beta
     at = p
     dummy = np.zeros(len(x))
@@ -411,6 +412,9 @@ def expand(x, buf, out):
             at += q * q
         u = _effects(x, buf, row, L, beta)
         out[at:at + J * q] = u.ravel()
+        at += J * q
+        x_eff = int(row[_F_X_EFFECTS])
+        out[at:at + J * q] = x[x_eff:x_eff + J * q]  # the sampled coordinates, z or b
         at += J * q
     if int(buf[_FAMILY]) == 2:
         out[at] = math.exp(x[int(buf[_SHAPE_AT])])
@@ -490,6 +494,8 @@ def nutpie_model(kernel: GLMMKernel):
     """A nutpie model sampling ``kernel`` through its C callbacks (chains in parallel, no Python in the loop)."""
     from nutpie.sample import CompiledModel
 
+    callbacks()  # compile or load them now, so that the fit's record times compilation apart from sampling
+
     @dataclass(frozen=True)
     class GLMMCompiledModel(CompiledModel):
         glmm: GLMMKernel | None = None
@@ -519,7 +525,7 @@ def nutpie_model(kernel: GLMMKernel):
             logp, expand_values = callbacks()
             names = [name for name, _, _ in self.glmm.layout]
             shapes = [shape for _, shape, _ in self.glmm.layout]
-            dims = [dims for _, _, dims in self.glmm.layout]
+            dims = {name: list(dims) for name, _, dims in self.glmm.layout if dims}
             address = self.glmm.buffer.ctypes.data
             dim_sizes = {name: len(values) for name, values in self.glmm.coords.items()}
             variables = _lib.PyVariable.new_variables(names, ["float64"] * len(names), shapes, dim_sizes, dims)

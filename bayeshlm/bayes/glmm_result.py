@@ -1,0 +1,260 @@
+"""``BayesGLMMFit``: the result of ``HLM(..., family=...).fit(method="bayes")``.
+
+Tables follow :mod:`bayeshlm.results.contract`: posterior means (``estimate``), posterior SDs (``se``) and
+equal-tailed 95% intervals, on the link scale; the fixed effects add R-hat, bulk and tail ESS and, for the
+logit and log links, the odds or rate ratios exp(gamma) (posterior median and interval: quantiles map exactly
+through exp). Variance components are on the variance scale of the link (posterior mean of tau_qq, not the
+square of a mean SD). Group coefficients are beta_qj = (fixed part of coefficient q) + u_qj (R&B 2002, eq. 10.6).
+"""
+
+from __future__ import annotations
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from ..design import Design
+from ..errors import OptionError
+from ..families.outcome import GLMOutcome
+from ..results.contract import FIXED_EFFECTS_INDEX, GROUP_TERM_INDEX
+from ..results.hlm_statistics import fixed_part
+
+INTERVAL = (0.025, 0.975)
+LATENT_LEVEL1_VARIANCE = {"logit": np.pi**2 / 3, "probit": 1.0}
+RATIO = {"logit": "odds_ratio", "log": "rate_ratio"}
+
+
+class BayesGLMMFit:
+    """A fully Bayesian hierarchical GLM: posterior draws (``posterior``, an ArviZ DataTree with ``beta``,
+    ``tau_<factor>``, ``corr_<factor>`` (Cholesky factor of the correlations), ``u_<factor>``, the sampled
+    ``z_<factor>`` or ``coef_<factor>``, and ``shape`` for the negative binomial), the priors used (``priors``),
+    how it was sampled (``sampler``: sampler, log density, seed, times, parameterisation per factor and the
+    Laplace reliabilities that chose it), ``diagnostics`` and ``messages`` (problems in plain words)."""
+
+    method = "bayes"
+
+    def __init__(self, design: Design, outcome: GLMOutcome, posterior: xr.DataTree, priors: dict[str, str],
+                 sampler: dict, diagnostics: dict, messages: list[str], laplace, prior_set, shape_prior):
+        self.design, self.outcome, self.family = design, outcome, outcome.family
+        self.posterior = posterior
+        self.priors = priors
+        self.sampler = sampler
+        self.diagnostics = diagnostics
+        self.messages = messages
+        self.laplace = laplace  # the Laplace ML fit used for the geometry and the start (or None)
+        self._prior_set, self._shape_prior = prior_set, shape_prior
+
+    # --- draws -----------------------------------------------------------------------------------------
+    def draws(self, name: str) -> xr.DataArray:
+        """Posterior draws of one variable (dims chain, draw, ...)."""
+        return self.posterior["posterior"][name]
+
+    def _flat(self, name: str) -> np.ndarray:
+        values = self.draws(name).values
+        return values.reshape(-1, *values.shape[2:])
+
+    def covariance_draws(self, factor: str) -> np.ndarray:
+        """Draws of T = L L' of ``factor``, (draws, q, q)."""
+        f = self.design.factor(factor)
+        tau = self._flat(f"tau_{f.name}")
+        omega = self._flat(f"corr_{f.name}") if f"corr_{f.name}" in self.posterior["posterior"] else \
+            np.broadcast_to(np.eye(f.n_coef), (len(tau), f.n_coef, f.n_coef))
+        L = tau[:, :, None] * omega
+        return L @ np.swapaxes(L, 1, 2)
+
+    def pymc_model(self):
+        """The PyMC model of this fit (same priors and parameterisation, observed ``y``): for
+        ``pm.sample_posterior_predictive(fit.posterior, model=fit.pymc_model())`` or extension."""
+        from .glmm import glmm_pymc_model
+
+        return glmm_pymc_model(self.design, self.outcome, self._priors_argument(),
+                               choice=self.sampler["parameterization"])
+
+    def _priors_argument(self):
+        if self._prior_set.kind == "flat":
+            return "flat"
+        overrides = dict(self._prior_set.fixed) | {f"tau_{k}": v for k, v in self._prior_set.tau.items()}
+        overrides |= {f"corr_{k}": v for k, v in self._prior_set.corr.items()}
+        if self._shape_prior is not None:
+            overrides["shape"] = self._shape_prior
+        return overrides
+
+    # --- contract tables -------------------------------------------------------------------------------
+    @property
+    def fixed_effects(self) -> pd.DataFrame:
+        """Posterior mean, SD, 95% interval, R-hat, bulk and tail ESS of gamma; odds or rate ratios."""
+        beta = self.draws("beta")
+        values = self._flat("beta")
+        lo, hi = np.quantile(values, INTERVAL, axis=0)
+        table = pd.DataFrame({"estimate": values.mean(0), "se": values.std(0, ddof=1), "lower": lo, "upper": hi},
+                             index=pd.Index(list(self.design.fixed_names), name=FIXED_EFFECTS_INDEX))
+        table["r_hat"] = az.rhat(beta).values if beta.sizes["chain"] > 1 else np.nan
+        table["ess_bulk"] = az.ess(beta, method="bulk").values
+        table["ess_tail"] = az.ess(beta, method="tail").values
+        ratio = RATIO.get(self.family.link.name)
+        if ratio:
+            table[ratio] = np.exp(np.median(values, axis=0))
+            table[f"{ratio}_lower"], table[f"{ratio}_upper"] = np.exp(lo), np.exp(hi)
+        return table
+
+    @property
+    def tau(self) -> dict[str, pd.DataFrame]:
+        """Posterior mean of each factor's covariance matrix T (link scale)."""
+        return {f.name: pd.DataFrame(self.covariance_draws(f.name).mean(0), index=list(f.coef_names),
+                                     columns=list(f.coef_names)) for f in self.design.factors}
+
+    @property
+    def variance_components(self) -> pd.DataFrame:
+        """One row per variance or covariance of the random coefficients (link scale): factor, term, term2,
+        posterior mean, SD, 95% interval. No level-1 row: the family fixes the level-1 variance."""
+        rows = []
+        for f in self.design.factors:
+            T = self.covariance_draws(f.name)
+            for a in range(f.n_coef):
+                for b in range(a + 1):
+                    if a != b and not any(a in block and b in block for block in f.blocks):
+                        continue
+                    rows.append({"factor": f.name, "term": f.coef_names[b], "term2": f.coef_names[a],
+                                 **_summary(T[:, a, b])})
+        return pd.DataFrame(rows, columns=["factor", "term", "term2", "estimate", "se", "lower", "upper"])
+
+    @property
+    def family_parameters(self) -> pd.DataFrame:
+        """The family's own parameters (negative binomial shape k: var = mu + mu^2 / k); empty otherwise."""
+        if "shape" not in self.posterior["posterior"]:
+            return pd.DataFrame(columns=["estimate", "se", "lower", "upper"])
+        return pd.DataFrame([_summary(self._flat("shape"))], index=pd.Index(["shape"], name="parameter"))
+
+    def random_effects(self, factor: str | None = None) -> pd.DataFrame:
+        """Posterior of each group's deviations u_qj (long table: index (factor, term); estimate, se, lower,
+        upper, n)."""
+        f = self._factor(factor)
+        return self._long_table(f, self._flat(f"u_{f.name}"))
+
+    def group_effects(self, factor: str | None = None) -> pd.DataFrame:
+        """Posterior of each group's coefficients beta_qj = fixed part + u_qj (long table as random_effects)."""
+        f = self._factor(factor)
+        return self._long_table(f, self.group_coefficient_draws(f.name))
+
+    def group_coefficient_draws(self, factor: str | None = None) -> np.ndarray:
+        """Draws (S, J, q) of every group's coefficients: the fixed part (with level-2 predictors) plus u."""
+        f = self._factor(factor)
+        unit = np.eye(self.design.n_fixed)
+        basis = np.stack([fixed_part(self.design, unit[c], f) for c in range(self.design.n_fixed)])  # (p, J, q)
+        return self._flat(f"u_{f.name}") + np.einsum("sp,pjq->sjq", self._flat("beta"), basis)
+
+    def _long_table(self, f, draws: np.ndarray) -> pd.DataFrame:
+        lo, hi = np.quantile(draws, INTERVAL, axis=0)
+        index = pd.MultiIndex.from_product([list(f.levels), list(f.coef_names)], names=[f.name, GROUP_TERM_INDEX])
+        return pd.DataFrame({"estimate": draws.mean(0).ravel(), "se": draws.std(0, ddof=1).ravel(),
+                             "lower": lo.ravel(), "upper": hi.ravel(),
+                             "n": np.repeat(np.asarray(f.group_sizes), f.n_coef)}, index=index)
+
+    # --- HGLM summaries --------------------------------------------------------------------------------
+    def icc_draws(self, factor: str | None = None) -> np.ndarray:
+        """Per draw, the latent-scale ICC tau_00 / (tau_00 + s2), s2 = pi^2/3 (logit) or 1 (probit)
+        (R&B 2002, section 10.2; Snijders & Bosker 2012, section 17.4): the correlation of a latent continuous
+        outcome behind the binary one, not of the observed 0/1 outcomes."""
+        link = self.family.link.name
+        if link not in LATENT_LEVEL1_VARIANCE:
+            raise OptionError(f"A latent-scale ICC is defined for the logit (pi^2/3) and probit (1) links; this "
+                              f"model has family={self.family.name!r} with the {link} link, whose level-1 "
+                              "variance depends on the mean. Report tau on the link scale instead.")
+        t00 = self.covariance_draws(self._factor(factor).name)[:, 0, 0]
+        return t00 / (t00 + LATENT_LEVEL1_VARIANCE[link])
+
+    def icc(self, factor: str | None = None) -> pd.Series:
+        """Posterior mean, SD and 95% interval of the latent-scale ICC (see :meth:`icc_draws`)."""
+        return pd.Series(_summary(self.icc_draws(factor)), name="latent ICC")
+
+    def plausible_values(self, factor: str | None = None, level: float = 0.95, seed: int | None = None
+                         ) -> pd.DataFrame:
+        """Posterior-predictive range of a new group's coefficients (gamma_q + u_new, u_new ~ N(0, T) per draw,
+        level-2 predictors at zero): link scale, and for the intercept the response scale through the inverse
+        link (a new group's probability or rate at the predictors' zero values). R&B 2002, eq. 4.6 and 10.6."""
+        f = self._factor(factor)
+        T = self.covariance_draws(f.name)
+        rng = np.random.default_rng([self.sampler["seed"], 2] if seed is None else seed)
+        L = np.linalg.cholesky(T + 1e-300 * np.eye(f.n_coef))
+        new = np.einsum("sab,sb->sa", L, rng.standard_normal(T.shape[:2]))
+        beta = self._flat("beta")
+        for a, name in enumerate(f.coef_names):
+            if name in self.design.fixed_names:
+                new[:, a] += beta[:, list(self.design.fixed_names).index(name)]
+        tails = [(1 - level) / 2, (1 + level) / 2]
+        lo, hi = np.quantile(new, tails, axis=0)
+        table = pd.DataFrame({"center": new.mean(0), "sd": new.std(0, ddof=1), "lower": lo, "upper": hi},
+                             index=pd.Index(list(f.coef_names), name="coefficient"))
+        if f.coef_names[0] == "(Intercept)":
+            response = self.family.link.inverse(new[:, 0])
+            r_lo, r_hi = np.quantile(response, tails)
+            table.attrs["response_scale"] = {"center": float(np.median(response)), "lower": float(r_lo),
+                                             "upper": float(r_hi)}
+        return table
+
+    def posterior_predictive(self, seed: int | None = None) -> np.ndarray:
+        """Replicated outcomes, one row per posterior draw (S, n), from the family with each draw's eta."""
+        eta = self.linear_predictor_draws()
+        rng = np.random.default_rng([self.sampler["seed"], 3] if seed is None else seed)
+        mu = self.family.link.inverse(eta)
+        if self.family.name == "poisson":
+            return rng.poisson(mu)
+        if self.family.name == "negative_binomial":
+            k = self._flat("shape")[:, None]
+            return rng.poisson(rng.gamma(k, mu / k))
+        return rng.binomial(self.outcome.size.astype(np.int64), mu)
+
+    def linear_predictor_draws(self) -> np.ndarray:
+        """Draws (S, n) of eta_i = x_i'gamma + offset_i + sum_f z_fi'u_f[j(i)] for the fitted rows."""
+        eta = self._flat("beta") @ self.design.X.T + self.outcome.offset
+        for f in self.design.factors:
+            eta += np.einsum("iq,siq->si", f.Z, self._flat(f"u_{f.name}")[:, f.codes])
+        return eta
+
+    # --- text ------------------------------------------------------------------------------------------
+    def report(self) -> str:
+        """Plain-text report: model, priors, sampler, diagnostics in words, fixed effects, variance components."""
+        s, d = self.sampler, self.diagnostics
+        how = ", ".join(f"{k}: {v} (Laplace reliability {s['reliability'][k]:.2f})"
+                        for k, v in s["parameterization"].items())
+        lines = [self.design.summary(),
+                 f"HGLM {self.family.name} ({self.family.link.name} link), full Bayes (exact posterior: every "
+                 "group effect sampled)",
+                 f"Level 1: {self.family.equation()}", "",
+                 f"Sampler: {s['sampler']} NUTS on the {s['log_density']}, {s['chains']} chains x {s['draws']} draws "
+                 f"({s['tune']} tuning), target_accept {s['target_accept']}, seed {s['seed']}; compile "
+                 f"{s['compile_seconds']} s, sampling {s['sampling_seconds']} s",
+                 f"Group effects: {how}", "Priors (link scale):"]
+        lines += [f"  {k}: {v}" for k, v in self.priors.items()]
+        lines.append(f"Diagnostics: {d['divergences']} divergences; max R-hat {d['max_rhat']:.3f}; "
+                     f"min ESS bulk {d['min_ess_bulk']:.0f}, tail {d['min_ess_tail']:.0f}; "
+                     f"min BFMI {d['min_bfmi']:.2f}")
+        lines += [f"  PROBLEM: {m}" for m in self.messages] or ["  no problems detected"]
+        lines += ["", "Fixed effects (posterior mean, SD, 95% interval; link scale):",
+                  self.fixed_effects.round(4).to_string(), "",
+                  "Variance components (link scale):", self.variance_components.round(4).to_string(index=False)]
+        if not self.family_parameters.empty:
+            lines += ["", "Family parameters:", self.family_parameters.round(4).to_string()]
+        if self.family.link.name in LATENT_LEVEL1_VARIANCE:
+            for f in self.design.factors:
+                icc = self.icc(f.name)
+                lines.append(f"Latent-scale ICC ({f.name}): {icc['estimate']:.3f} "
+                             f"[{icc['lower']:.3f}, {icc['upper']:.3f}]")
+        return "\n".join(lines)
+
+    summary = report
+
+    def __repr__(self) -> str:
+        d = self.diagnostics
+        return (f"<BayesGLMMFit {self.family.name}/{self.family.link.name}: {self.sampler['chains']}x"
+                f"{self.sampler['draws']} draws, {d['divergences']} divergences, max R-hat {d['max_rhat']:.3f}>")
+
+    def _factor(self, factor: str | None):
+        return self.design.factor(factor) if factor is not None else self.design.factors[0]
+
+
+def _summary(values: np.ndarray) -> dict:
+    flat = np.asarray(values, dtype=float).reshape(-1)
+    lo, hi = np.quantile(flat, INTERVAL)
+    return {"estimate": float(flat.mean()), "se": float(flat.std(ddof=1)), "lower": float(lo), "upper": float(hi)}
