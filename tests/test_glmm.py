@@ -285,6 +285,10 @@ def test_boundary_variance_reported_in_words():
     assert np.abs(X.T @ (y - mu)).max() < 1e-6  # the GLM score equations
     glm_se = np.sqrt(np.diag(np.linalg.inv(X.T @ (X * (mu * (1 - mu))[:, None]))))
     np.testing.assert_allclose(fit.fixed_effects["se"], glm_se, rtol=1e-3)
+    row = fit.variance_components.iloc[0]  # held at the boundary: no standard error, interval not claimed
+    assert row["estimate"] < 1e-8 and np.isnan(row["se"]) and np.isnan(row["upper"])
+    effects = fit.random_effects("g")
+    np.testing.assert_allclose(effects["estimate"], 0.0, atol=1e-6)
 
 
 # --- families -------------------------------------------------------------------------------------------
