@@ -68,17 +68,10 @@ def _glm_eta(design: Design, outcome: GLMOutcome) -> np.ndarray:
     return X @ beta + outcome.offset
 
 
-def _conditional_modes(fit, name: str):
-    """The Gaussian fit's conditional modes and covariances of factor ``name`` (``conditional_modes``; named
-    ``random_effects`` before that fit moved onto the result contract)."""
-    method = getattr(fit, "conditional_modes", None) or fit.random_effects
-    return method(name)
-
-
 def _random_part(fit, design: Design) -> np.ndarray:
     out = np.zeros(design.n_obs)
     for f in design.factors:
-        modes = _conditional_modes(fit, f.name).modes.to_numpy()
+        modes = fit.conditional_modes(f.name).modes.to_numpy()
         out += np.einsum("ij,ij->i", f.Z, modes[f.codes])
     return out
 
@@ -125,7 +118,7 @@ class PQLFit:
 
     def _effects(self, factor: str | None):
         f = self.design.factor(factor or self.design.factors[0].name)
-        effects = _conditional_modes(self._fit, f.name)
+        effects = self._fit.conditional_modes(f.name)
         sd = np.sqrt(np.diagonal(effects.condvar, axis1=1, axis2=2))
         return f, effects.modes.to_numpy(), sd
 
