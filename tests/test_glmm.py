@@ -765,3 +765,15 @@ def test_nested_quadrature_fit():
     assert np.all(np.isfinite(fit.fixed_effects["se"])) and len(beta_s) == 2
     with pytest.raises(OptionError, match="two nested factors with a random intercept each"):
         MODELS["bernoulli_nested"][0]().fit(nagq=9)  # (1 + x | school): a random slope
+
+
+def test_compare_sets_laplace_quadrature_and_pql_side_by_side():
+    """bh.compare reads the contract tables of HGLM fits (it raised AttributeError for PQL fits)."""
+    laplace, quadrature = fitted("cbpp_laplace"), fitted("cbpp_agq25")
+    pql = MODELS["cbpp_laplace"][0]().fit(method="pql")
+    table = bh.compare(laplace, quadrature, pql, names=["Laplace", "AGQ", "PQL"])
+    assert table.shape == (5, 14)
+    assert table.loc["herd: var((Intercept))", ("PQL", "estimate")] == pytest.approx(pql.tau["herd"].iloc[0, 0])
+    assert table.loc["herd: var((Intercept))", ("AGQ", "se")] > 0
+    assert abs(table.loc["fixed: (Intercept)", ("AGQ", "diff/se")]) < 0.05
+    assert list(pql.variance_components_at(0.9)["factor"]) == ["herd"]

@@ -24,8 +24,9 @@ from scipy import stats
 from ..design import Design
 from ..errors import OptionError
 from ..families.outcome import GLMOutcome
+from ..results.contract import RESIDUAL_FACTOR
 from ..results.hlm_statistics import fixed_part
-from .glmm_fit import group_table
+from .glmm_fit import _quantile, group_table
 
 TOLERANCE = 1e-10
 
@@ -92,13 +93,26 @@ class PQLFit:
     @property
     def fixed_effects(self) -> pd.DataFrame:
         """estimate, se, 95% Wald interval, z, p (from the final working model; sigma^2 = 1)."""
+        return self.fixed_effects_at(0.95)
+
+    def fixed_effects_at(self, level: float = 0.95) -> pd.DataFrame:
+        """``fixed_effects`` with ``level`` Wald intervals."""
         est = self._fit.fixed_effects["estimate"].to_numpy()
         se = np.sqrt(np.diag(self._fit.vcov.to_numpy()))
         z = est / se
-        half = stats.norm.ppf(0.975) * se
+        half = _quantile(level) * se
         return pd.DataFrame({"estimate": est, "se": se, "lower": est - half, "upper": est + half,
                              "z": z, "p": 2 * stats.norm.sf(np.abs(z))},
                             index=pd.Index(self.design.fixed_names, name="term"))
+
+    @property
+    def variance_components(self) -> pd.DataFrame:
+        """The final working model's variances and covariances of the random effects (link scale)."""
+        return self.variance_components_at(0.95)
+
+    def variance_components_at(self, level: float = 0.95) -> pd.DataFrame:
+        table = self._fit.variance_components_at(level)
+        return table[table["factor"] != RESIDUAL_FACTOR].reset_index(drop=True)
 
     @property
     def tau(self) -> dict[str, pd.DataFrame]:
