@@ -130,7 +130,8 @@ def test_information_choice_matters_only_for_non_canonical_links():
         bh.HLM(CONTRACEPTION, contraception(), family="bernoulli").fit(information="fisher")
 
 
-@pytest.mark.parametrize("name", ["cbpp_laplace", "contraception_intercept", "poisson_exposure"])
+@pytest.mark.parametrize("name", ["cbpp_laplace", "contraception_intercept", "poisson_exposure",
+                                  "bernoulli_crossed"])
 def test_group_effects_match_ranef(name):
     """Conditional modes; R orders factor levels as text ('1', '10', '11', ...), so sort ours the same way."""
     effects = fitted(name).random_effects()
@@ -512,7 +513,8 @@ def predict_reference() -> dict:
     return json.loads((REFERENCE / "glmm_predict_reference.json").read_text())
 
 
-@pytest.mark.parametrize("name", ["cbpp_laplace", "contraception_urban", "bernoulli_nested", "nbinom_glmer"])
+@pytest.mark.parametrize("name", ["cbpp_laplace", "contraception_urban", "bernoulli_nested", "bernoulli_crossed",
+                                  "nbinom_glmer"])
 def test_tables_follow_the_result_contract(name):
     from bayeshlm.results.contract import contract_problems
 
