@@ -14,6 +14,10 @@ Cache states, the same for every engine:
 - ``refit``: a second fit (seed 2) in the process of the warm run, for brms ``update()`` of the cold run's fit,
   which reuses the compiled Stan model.
 
+For this engine ``total_s`` is the fit call in a process that has imported ``bayeshlm`` (lazily: PyMC, PyTensor,
+Numba and nutpie load inside the fit) and ``import_s`` the import before it; ``compile_s`` is the time to
+compile the kernel's C callback (cold) or load it from the cache (warm).
+
 Usage::
 
     python benchmarks/bench_bayes.py --bambi-python /path/to/venv/bin/python      # everything
@@ -51,6 +55,8 @@ class Case:
     known_variance: str | None = None  # expression in the data's columns giving each row's sampling variance
     brms_formula: str | None = None  # when brms needs other syntax (known variances: ``y | se(sd) ~ ...``)
     bambi: bool = True
+    options: tuple = ()  # further HLM options, (name, value) pairs
+    brms: bool = True
 
 
 MODELS = {
@@ -60,18 +66,24 @@ MODELS = {
     "scotssec": Case("scotssec", "attain ~ verbal + sex + (1 | primary) + (1 | second)"),
     "eight_schools": Case("eight_schools", "y ~ 1 + (1 | school)", known_variance="sigma**2",
                           brms_formula="y | se(sigma) ~ 1 + (1 | school)", bambi=False),
+    # AR(1) errors within boy (nlme's Oxboys model): on the compiled kernel since 2026-12-06; Bambi has no AR(1)
+    "oxboys_ar1": Case("oxboys", "height ~ age + (age | Subject)", bambi=False, brms=False,
+                       options=(("correlation", "ar1"), ("time", "Occasion"))),
 }
 ENGINES = ("bayeshlm", "bambi", "bambi/nutpie", "brms")
 
 ENGINE_RUN = textwrap.dedent("""
     import json, time, warnings
     warnings.simplefilter("ignore")
-    import arviz as az, bayeshlm as bh
-    data, formula, known_variance, draws, chains, refit = {args!r}
+    import arviz as az
+    start = time.perf_counter()
+    import bayeshlm as bh
+    imported = time.perf_counter() - start
+    data, formula, known_variance, options, draws, chains, refit = {args!r}
     df = bh.datasets.load(data)
     if known_variance:
         df = df.assign(known_variance=df.eval(known_variance))
-    model = bh.HLM(formula, df, known_variance="known_variance" if known_variance else None)
+    model = bh.HLM(formula, df, known_variance="known_variance" if known_variance else None, **dict(options))
 
     def fit_once(seed):
         start = time.perf_counter()
@@ -86,7 +98,7 @@ ENGINE_RUN = textwrap.dedent("""
                 "min_ess_groups": min(float(ess[v].min()) for v in groups),
                 "log_density": fit.sampler["log_density"]}}
 
-    print(json.dumps(fit_once(1)), flush=True)
+    print(json.dumps(fit_once(1) | {{"import_s": imported}}), flush=True)
     if refit:
         print(json.dumps(fit_once(2)), flush=True)
 """)
@@ -224,12 +236,12 @@ def main() -> None:
             csv = os.path.join(workdir, f"{case.data}.csv")
             bh.datasets.load(case.data).to_csv(csv, index=False)
             for engine in engines:
-                if engine.startswith("bambi") and not case.bambi:
+                if engine.startswith("bambi") and not case.bambi or engine == "brms" and not case.brms:
                     continue
                 if engine == "bayeshlm":
                     def command(refit, case=case):
-                        code = ENGINE_RUN.format(args=(case.data, case.formula, case.known_variance, args.draws,
-                                                       args.chains, refit))
+                        code = ENGINE_RUN.format(args=(case.data, case.formula, case.known_variance, case.options,
+                                                       args.draws, args.chains, refit))
                         return [sys.executable, "-c", code]
                     new = python_engine_rows(name, engine, command, not args.no_cold, workdir)
                 elif engine.startswith("bambi"):

@@ -15,7 +15,7 @@ from bayeshlm.bayes.kernel import _correlation_factor, constrained, log_density_
 from bayeshlm.bayes.priors import resolve_priors
 
 
-def _toy(formula="y ~ x + (x | g)", known_variance=False, seed=0, J=6, n=5):
+def _toy(formula="y ~ x + (x | g)", known_variance=False, seed=0, J=6, n=5, **options):
     rng = np.random.default_rng(seed)
     g = np.repeat(np.arange(J), n)
     x, x2 = rng.normal(size=J * n), rng.normal(size=J * n)
@@ -24,8 +24,9 @@ def _toy(formula="y ~ x + (x | g)", known_variance=False, seed=0, J=6, n=5):
     h = np.tile(np.arange(n), J) % 3  # three groups crossed with g: every g has rows at each h
     y = y + 0.8 * rng.normal(size=n)[h]
     df = pd.DataFrame({"y": y, "x": x, "x2": x2, "g": g.astype(str), "school": school, "h": h,
-                       "v": rng.uniform(0.2, 1.0, J * n)})
-    return bh.HLM(formula, df, known_variance="v" if known_variance else None)
+                       "v": rng.uniform(0.2, 1.0, J * n), "t": np.tile(np.arange(n), J),
+                       "sector": (g % 2).astype(float)})
+    return bh.HLM(formula, df, known_variance="v" if known_variance else None, **options)
 
 
 def _log_jacobian(kernel, x, priors):
@@ -33,8 +34,8 @@ def _log_jacobian(kernel, x, priors):
     variance, which PyMC puts on σ² itself) and the tanh canonical partial correlations; sampled effects are
     coordinates of x as they are of PyMC's point."""
     factors = kernel.levels + kernel.sampled
-    at = kernel.data["XtX"].shape[0]  # the fixed and the sampled effects come first
-    scale_priors = ([priors.sigma] if kernel.has_sigma else []) + [
+    at = kernel.data["rows_XtX"].shape[0]  # the fixed and the sampled effects come first
+    scale_priors = [priors.sigma] * kernel.names["level1"]["n_sigma"] + [
         priors.tau[factor["factor"]] for factor in factors for _ in factor["coef"]]
     total = 0.0
     for prior in scale_priors:
@@ -48,6 +49,8 @@ def _log_jacobian(kernel, x, priors):
             for i in range(1, q):
                 for k in range(i):
                     total += math.log(1.0 - z[i, k] ** 2) + 0.5 * math.log(rest[i, k])
+    if kernel.names["level1"]["kind"] == "ar1":  # φ = tanh(x/2), PyMC's interval transform of Uniform(-1, 1)
+        total += math.log(0.5 * (1.0 - math.tanh(0.5 * x[-1]) ** 2))
     return total
 
 
@@ -56,7 +59,8 @@ def _pymc_point(model, values):
     for rv in model.free_RVs:
         transform = model.rvs_to_transforms[rv]
         value = values[rv.name]
-        point[model.rvs_to_values[rv].name] = value if transform is None else transform.forward(value).eval()
+        point[model.rvs_to_values[rv].name] = (value if transform is None else
+                                               transform.forward(value, *rv.owner.inputs).eval())
     return point
 
 
@@ -91,12 +95,36 @@ CASES = {
 }
 
 
+# level-1 error structures (two-level models): options of HLM
+LEVEL1_CASES = {
+    "a variance per stratum": ("y ~ x + (x | g)", {"level1_variance": "h"}, None),
+    "per stratum, prior on the variance": ("y ~ x + (1 | g)", {"level1_variance": "h"},
+                                           {"sigma": Prior("HalfStudentT", nu=4.0, sigma=2.0, on="variance")}),
+    "log-linear variance": ("y ~ x + (x | g)", {"level1_variance": "~ sector"}, "flat"),
+    "AR(1) errors": ("y ~ x + (x | g)", {"correlation": "ar1", "time": "t"}, None),
+    "AR(1) errors, flat priors": ("y ~ x + (1 | g)", {"correlation": "ar1", "time": "t"}, "flat"),
+}
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernel_log_density_equals_the_pymc_graph(case):
     formula, known_variance, prior_spec, *form = CASES[case]
-    design = _toy(formula, known_variance).design
+    _check_against_graph(_toy(formula, known_variance).design, prior_spec, form[0] if form else None)
+
+
+@pytest.mark.parametrize("case", list(LEVEL1_CASES))
+def test_kernel_with_structured_level1_errors_equals_the_pymc_graph(case):
+    """A σ² per stratum (log-linear models included) and AR(1) errors run on the compiled kernel too: the
+    statistics weighted by w(θ), the level-1 gradient by Fisher's identity per component."""
+    formula, options, prior_spec = LEVEL1_CASES[case]
+    design = _toy(formula, **options).design
+    kernel = _check_against_graph(design, prior_spec, None)
+    assert kernel.variant[2] == ("ar1" if "correlation" in options else "strata")
+
+
+def _check_against_graph(design, prior_spec, form):
     priors = resolve_priors(design, prior_spec)
-    model, info = build_model(design, priors, parameterization={"h": form[0]} if form else None)
+    model, info = build_model(design, priors, parameterization={"h": form} if form else None)
     kernel = info.kernel
     assert kernel is not None
     assert [f["factor"] for f in kernel.sampled] == (["h"] if form else [])
@@ -114,6 +142,7 @@ def test_kernel_log_density_equals_the_pymc_graph(case):
         numeric = np.array([(evaluate(x + step * e)[0] - evaluate(x - step * e)[0]) / (2 * step)
                             for e in np.eye(kernel.n_dim)])
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
+    return kernel
 
 
 def test_reported_values_are_named_and_shaped_as_in_the_graph():
@@ -154,7 +183,7 @@ def test_point_outside_the_support_is_not_finite():
 
 @pytest.mark.parametrize("formula, options", [
     ("y ~ x + (1 | g) + (1 | school) + (1 | district)", {}),  # four-level chain
-    ("y ~ x + (x | g)", {"level1_variance": "h"}),  # a σ² per category
+    ("y ~ x + (x | g) + (1 | school)", {"level1_variance": "h"}),  # a σ² per category, three levels
 ])
 def test_models_beyond_the_kernel_use_the_graph(formula, options):
     rng = np.random.default_rng(0)

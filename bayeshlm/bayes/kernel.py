@@ -77,19 +77,24 @@ _SCALE_CODE = {name: code for code, name in enumerate(SCALE_FAMILIES)}
 # factors' effects (the columns of X the sufficient statistics are extended by); "sampled" holds a row per
 # sampled factor, and "centre" per sampled effect (p_ext - p of them) the index of the fixed effect it is
 # centred on, or -1. The compiled code reads them through the accessors _level_field, _array and _level_stats.
-_HEADER = ("levels", "p", "p_ext", "n_sampled", "n_scale", "has_sigma", "n_obs", "yty", "logdet_V",
-           "sigma_variance", "n_dim", "length")
-(_LEVELS, _P, _P_EXT, _N_SAMPLED, _N_SCALE, _HAS_SIGMA, _N_OBS, _YTY, _LOGDET_V, _SIGMA_VARIANCE, _N_DIM,
- _LENGTH) = range(len(_HEADER))
+# The level-1 errors: R^{-1} = Σ_k w_k W_k over n_components fixed row sets (:mod:`.marginal`), every statistic
+# kept per component (leading axis); n_level1 log σ coordinates (0 with known variances, 1, or one per stratum),
+# and for AR(1) errors (ar1 = 1) the coordinate of φ, last in x.
+_HEADER = ("levels", "p", "p_ext", "n_sampled", "n_scale", "has_sigma", "n_obs", "logdet_V", "sigma_variance",
+           "n_components", "n_level1", "ar1", "n_pairs", "n_dim", "length")
+(_LEVELS, _P, _P_EXT, _N_SAMPLED, _N_SCALE, _HAS_SIGMA, _N_OBS, _LOGDET_V, _SIGMA_VARIANCE, _N_COMPONENTS,
+ _N_LEVEL1, _AR1, _N_PAIRS, _N_DIM, _LENGTH) = range(len(_HEADER))
 _LEVEL_FIELDS = ("q", "J", "correlated", "eta", "tau_variance")
 (_L_Q, _L_J, _L_CORRELATED, _L_ETA, _L_TAU_VARIANCE) = range(len(_LEVEL_FIELDS))
 _LEVELS_AT = len(_HEADER)
-# per level l its statistics ZtZ<l> (q, q, J), ZtX<l> (q, p_ext, J), Zty<l> (q, J), groups last; then the
-# level-0 x level-1 cross products and each level-0 group's parent (three-level models only)
-_ARRAYS = ("ZtZ0", "ZtX0", "Zty0", "ZtZ1", "ZtX1", "Zty1", "Z0tZ1", "parent", "XtX", "Xty", "beta_mu",
-           "beta_sd", "scale_code", "scale_a", "scale_b", "scale_on_variance", "sampled", "centre")
-(_ZTZ0, _ZTX0, _ZTY0, _ZTZ1, _ZTX1, _ZTY1, _Z0TZ1, _PARENT, _XTX, _XTY, _BETA_MU, _BETA_SD, _SCALE_CODE_AT,
- _SCALE_A, _SCALE_B, _SCALE_ON_VARIANCE, _SAMPLED_AT, _CENTRE) = range(len(_ARRAYS))
+# per level l its statistics ZtZ<l> (K, q, q, J), ZtX<l> (K, q, p_ext, J), Zty<l> (K, q, J), K components,
+# groups last; then the level-0 x level-1 cross products and each level-0 group's parent (three-level models
+# only), and the whole-sample sums per component
+_ARRAYS = ("ZtZ0", "ZtX0", "Zty0", "ZtZ1", "ZtX1", "Zty1", "Z0tZ1", "parent", "XtX", "Xty", "yty",
+           "rows_per_component", "beta_mu", "beta_sd", "scale_code", "scale_a", "scale_b", "scale_on_variance",
+           "sampled", "centre")
+(_ZTZ0, _ZTX0, _ZTY0, _ZTZ1, _ZTX1, _ZTY1, _Z0TZ1, _PARENT, _XTX, _XTY, _YTY, _ROWS, _BETA_MU, _BETA_SD,
+ _SCALE_CODE_AT, _SCALE_A, _SCALE_B, _SCALE_ON_VARIANCE, _SAMPLED_AT, _CENTRE) = range(len(_ARRAYS))
 _ARRAYS_AT = _LEVELS_AT + 2 * len(_LEVEL_FIELDS)
 # the columns of a row of "sampled": its number of coefficients and of groups, correlated (one LKJ block) or
 # not, centred (u ~ N(0, T)) or non-centred (u = L z), the LKJ eta, and whether τ² is reported
@@ -119,23 +124,25 @@ class KernelModel:
         return self.names["sampled"]
 
     @property
-    def variant(self) -> tuple[int, bool]:
-        """(number of integrated levels, sampled factors or not): which compiled entry point the model needs."""
-        return len(self.levels), bool(self.sampled)
+    def variant(self) -> tuple:
+        """Which compiled entry point the model needs: (number of integrated levels, sampled factors or not),
+        and the level-1 error model when it is not one σ² or known variances ('strata' or 'ar1')."""
+        kind = self.names["level1"]["kind"]
+        return (len(self.levels), bool(self.sampled)) + ((kind,) if kind in ("strata", "ar1") else ())
 
     def unconstrained_start(self, seed: int) -> np.ndarray:
         """A starting point: least-squares β, sampled effects u at zero, log σ from the residual SD of β, log τ at
         a quarter of the outcome's SD, zero correlations; the scales jittered by U(-1/2, 1/2)."""
         d = self.data
         p = len(self.names["fixed"])
-        XtX, Xty = d["XtX"][:p, :p], d["Xty"][:p]
+        XtX, Xty = d["rows_XtX"][:p, :p], d["rows_Xty"][:p]
         beta = np.linalg.lstsq(XtX + 1e-9 * np.eye(p), Xty, rcond=None)[0]
-        ee = float(d["yty"] - 2 * beta @ Xty + beta @ XtX @ beta)
+        ee = float(d["rows_yty"] - 2 * beta @ Xty + beta @ XtX @ beta)
         sd = math.sqrt(max(ee, 1e-12) / max(float(d["n_obs"]), 1.0))
-        n_effects = d["XtX"].shape[0] - p
+        n_effects = d["rows_XtX"].shape[0] - p
         n_tau = sum(len(factor["coef"]) for factor in self.levels + self.sampled)
         rng = np.random.default_rng(seed)
-        scales = np.log(np.r_[[sd] if self.has_sigma else [], np.full(n_tau, d["start_tau"])])
+        scales = np.log(np.r_[np.full(self.names["level1"]["n_sigma"], sd), np.full(n_tau, d["start_tau"])])
         scales = scales + rng.uniform(-0.5, 0.5, len(scales))
         centre = d["centre"].astype(int)
         effects = np.where(centre >= 0, beta[np.maximum(centre, 0)], 0.0)  # b_j = γ_c + u_j at u_j = 0
@@ -153,7 +160,8 @@ def _pack(data: dict, header: dict, levels: list[dict]) -> np.ndarray:
 
 
 def _groups_last(values: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.moveaxis(values, 0, -1))
+    """(K, J, ...) per-component, per-group statistics as (K, ..., J)."""
+    return np.ascontiguousarray(np.moveaxis(values, 1, -1))
 
 
 def _one_block_or_none(f) -> bool:
@@ -165,10 +173,12 @@ def kernel_model(design: Design, priors: PriorSet, stats, chain: tuple[str, ...]
                  parameterization: dict[str, str], centre_on: dict[str, list[int]], strata,
                  ar1) -> KernelModel | None:
     """The :class:`KernelModel` of a model the kernel covers (module docstring), else None (the PyMC graph
-    is sampled instead): one or two integrated factors, any number of sampled ones (crossed designs), no
-    level-1 variance model or AR(1) errors, per factor one LKJ block or none, and prior families in
-    :data:`FIXED_FAMILIES` / :data:`SCALE_FAMILIES` with their usual parameter names."""
-    if not 1 <= len(chain) <= 2 or strata is not None or ar1 is not None or stats is None:
+    is sampled instead): one or two integrated factors, any number of sampled ones (crossed designs), per factor
+    one LKJ block or none, and prior families in :data:`FIXED_FAMILIES` / :data:`SCALE_FAMILIES` with their
+    usual parameter names; a level-1 variance per stratum (``strata``, a log-linear model included) or AR(1)
+    errors (``ar1``) in two-level models without sampled factors."""
+    structured = strata is not None or ar1 is not None
+    if not 1 <= len(chain) <= 2 or stats is None or structured and (len(chain) > 1 or sampled):
         return None
     factors = [design.factor(name) for name in chain]
     crossed = [design.factor(name) for name in sampled]
@@ -180,7 +190,9 @@ def kernel_model(design: Design, priors: PriorSet, stats, chain: tuple[str, ...]
                                                  for p in fixed):
         return None
     has_sigma = design.known_variance is None
-    scale_entries = ([(priors.sigma, 1, 0)] if has_sigma else []) + [
+    level1 = _level1_model(strata, ar1, has_sigma)
+    n_sigma = level1["n_sigma"]
+    scale_entries = [(priors.sigma, n_sigma, k) for k in range(n_sigma)] + [
         (priors.tau[f.name], f.n_coef, k) for f in factors + crossed for k in range(f.n_coef)]
     if any(set(prior.params) != set(SCALE_FAMILIES.get(prior.dist, ["?"])) for prior, _, _ in scale_entries):
         return None
@@ -193,17 +205,30 @@ def kernel_model(design: Design, priors: PriorSet, stats, chain: tuple[str, ...]
     levels = [describe(f) for f in factors]
     sampled_factors = [describe(f) | {"groups": [str(v) for v in f.levels],
                                       "centred": parameterization[f.name] == "centred"} for f in crossed]
-    data = _kernel_data(design, priors, stats, factors, crossed, centre_on, sampled_factors) | scale_table
+    data = _kernel_data(design, priors, stats, factors, crossed, centre_on, sampled_factors,
+                        ar1 is not None) | scale_table
     names = {"fixed": list(design.fixed_names), "levels": levels, "sampled": sampled_factors,
-             "sigma_variance": has_sigma and priors.sigma.on == "variance"}
+             "sigma_variance": has_sigma and priors.sigma.on == "variance", "level1": level1}
     n_corr = sum(len(f["coef"]) * (len(f["coef"]) - 1) // 2 for f in levels + sampled_factors if f["correlated"])
-    n_dim = data["XtX"].shape[0] + len(scale_entries) + n_corr
-    header = {"levels": len(factors), "p": len(design.fixed_names), "p_ext": data["XtX"].shape[0],
+    p_ext = data["rows_XtX"].shape[0]
+    n_dim = p_ext + len(scale_entries) + n_corr + (ar1 is not None)
+    header = {"levels": len(factors), "p": len(design.fixed_names), "p_ext": p_ext,
               "n_sampled": len(sampled_factors), "n_scale": len(scale_entries), "has_sigma": has_sigma,
-              "n_obs": data["n_obs"], "yty": data["yty"], "logdet_V": data["logdet_V"],
-              "sigma_variance": names["sigma_variance"], "n_dim": n_dim}
+              "n_obs": data["n_obs"], "logdet_V": data["logdet_V"], "sigma_variance": names["sigma_variance"],
+              "n_components": len(data["yty"]), "n_level1": n_sigma, "ar1": ar1 is not None,
+              "n_pairs": 0 if ar1 is None else ar1.n_pairs, "n_dim": n_dim}
     level_rows = [{"q": f.n_coef, "J": f.n_groups, **describe(f)} for f in factors]
     return KernelModel(n_dim, data, _pack(data, header, level_rows), names, has_sigma)
+
+
+def _level1_model(strata, ar1, has_sigma: bool) -> dict:
+    """The level-1 error model as the kernel and the output need it: kind ('known', 'homogeneous', 'strata' or
+    'ar1'), the number of σ coordinates, and for strata their labels and the log-linear terms and map."""
+    if strata is not None:
+        return {"kind": "strata", "n_sigma": len(strata.labels), "labels": list(strata.labels),
+                "terms": list(strata.terms), "solve": strata.solve}
+    kind = "ar1" if ar1 is not None else "homogeneous" if has_sigma else "known"
+    return {"kind": kind, "n_sigma": int(has_sigma), "labels": [], "terms": [], "solve": None}
 
 
 def _scale_prior_table(scale_entries: list) -> dict[str, np.ndarray]:
@@ -221,37 +246,42 @@ def _scale_prior_table(scale_entries: list) -> dict[str, np.ndarray]:
 
 
 def _kernel_data(design: Design, priors: PriorSet, stats, factors: list, crossed: list, centre_on: dict,
-                 sampled_factors: list[dict]) -> dict[str, np.ndarray]:
+                 sampled_factors: list[dict], ar1_errors: bool) -> dict[str, np.ndarray]:
     """The arrays of the buffer (groups last, for the kernel's vectorised loops) but the scale priors."""
     a = stats.arrays
     p = len(design.fixed_names)
     q0 = factors[0].n_coef
     two = len(factors) == 2
+    # the sums over all rows (for starting values): component 0 of AR(1) errors, the sum of the strata
+    rows_XtX, rows_Xty, rows_yty = (np.asarray(a[k])[0] if ar1_errors else np.sum(a[k], axis=0)
+                                    for k in ("XtX", "Xty", "yty"))
     fixed = [priors.fixed[name] for name in design.fixed_names]
     flat = fixed[0].dist == "Flat"
     centre = [np.tile(centre_on.get(f.name, [-1] * f.n_coef), f.n_groups) for f in crossed]
     return {
-        "ZtZ0": _groups_last(a["Z0tZ"][0][..., :q0]), "ZtX0": _groups_last(a["Z0tX"][0]),
-        "Zty0": _groups_last(a["Z0ty"][0]), "Z0tZ1": _groups_last(a["Z0tZ"][0][..., q0:]),
+        "ZtZ0": _groups_last(a["Z0tZ"][..., :q0]), "ZtX0": _groups_last(a["Z0tX"]),
+        "Zty0": _groups_last(a["Z0ty"]), "Z0tZ1": _groups_last(a["Z0tZ"][..., q0:]),
         "parent": stats.parents[0] if two else np.zeros(0),
-        "ZtZ1": _groups_last(a["Z1tZ"][0]) if two else np.zeros(0),
-        "ZtX1": _groups_last(a["Z1tX"][0]) if two else np.zeros(0),
-        "Zty1": _groups_last(a["Z1ty"][0]) if two else np.zeros(0),
-        "XtX": np.ascontiguousarray(a["XtX"][0]), "Xty": np.ascontiguousarray(a["Xty"][0]),
-        "yty": float(a["yty"][0]), "n_obs": float(a["n_obs"]), "logdet_V": float(a.get("logdetV", 0.0)),
+        "ZtZ1": _groups_last(a["Z1tZ"]) if two else np.zeros(0),
+        "ZtX1": _groups_last(a["Z1tX"]) if two else np.zeros(0),
+        "Zty1": _groups_last(a["Z1ty"]) if two else np.zeros(0),
+        "XtX": np.ascontiguousarray(a["XtX"]), "Xty": np.ascontiguousarray(a["Xty"]),
+        "yty": np.atleast_1d(np.asarray(a["yty"], dtype=float)),
+        "rows_per_component": np.asarray(a.get("rows_per_component", np.zeros(len(a["yty"]))), dtype=float),
+        "rows_XtX": rows_XtX, "rows_Xty": rows_Xty, "rows_yty": float(rows_yty),
+        "n_obs": float(a["n_obs"]), "logdet_V": float(a.get("logdetV", 0.0)),
         "beta_mu": np.zeros(p) if flat else np.array([float(pr.params["mu"]) for pr in fixed]),
         "beta_sd": np.full(p, np.inf) if flat else np.array([float(pr.params["sigma"]) for pr in fixed]),
         "sampled": np.array([[len(f["coef"]), len(f["groups"]), f["correlated"], f["centred"], f["eta"],
                               f["tau_variance"]] for f in sampled_factors], dtype=float).reshape(-1, len(_SAMPLED)),
         "centre": np.concatenate(centre) if centre else np.zeros(0),
-        "start_tau": 0.25 * _outcome_sd(a),
+        "start_tau": 0.25 * _outcome_sd(float(a["n_obs"]), rows_XtX, rows_Xty, float(rows_yty)),
     }
 
 
-def _outcome_sd(a: dict) -> float:
-    n = float(a["n_obs"])
-    mean = a["Xty"][0][0] / n if a["XtX"][0][0, 0] == n else 0.0  # first X column all ones: Σy
-    return math.sqrt(max(float(a["yty"][0]) / n - mean**2, 1e-12))
+def _outcome_sd(n: float, XtX: np.ndarray, Xty: np.ndarray, yty: float) -> float:
+    mean = Xty[0] / n if XtX[0, 0] == n else 0.0  # first X column all ones: Σy
+    return math.sqrt(max(yty / n - mean**2, 1e-12))
 
 
 # --- buffer accessors -----------------------------------------------------------------------------------------
@@ -279,12 +309,55 @@ def _array(buf, k):
 
 
 @_inlined
-def _level_stats(buf, level):
-    """Z'Z (q, q, J), Z'X (q, p_ext, J) and Z'y (q, J) of integrated level ``level``, groups last."""
+def _level_stats(buf, level, k):
+    """Z'Z (q, q, J), Z'X (q, p_ext, J) and Z'y (q, J) of integrated level ``level``, component ``k``."""
     q, J, p_ext = int(_level_field(buf, level, _L_Q)), int(_level_field(buf, level, _L_J)), int(buf[_P_EXT])
     first = _ZTZ0 + 3 * level
-    return (_array(buf, first).reshape((q, q, J)), _array(buf, first + 1).reshape((q, p_ext, J)),
-            _array(buf, first + 2).reshape((q, J)))
+    return (_component(_array(buf, first), k, q * q * J).reshape((q, q, J)),
+            _component(_array(buf, first + 1), k, q * p_ext * J).reshape((q, p_ext, J)),
+            _component(_array(buf, first + 2), k, q * J).reshape((q, J)))
+
+
+@_inlined
+def _weighted_level_stats(buf, level, w):
+    """Σ_k w_k (Z'Z, Z'X, Z'y)_k of integrated level ``level`` (see :func:`_level_stats`)."""
+    q, J, p_ext = int(_level_field(buf, level, _L_Q)), int(_level_field(buf, level, _L_J)), int(buf[_P_EXT])
+    first = _ZTZ0 + 3 * level
+    return (_weighted_sum(_array(buf, first), w).reshape((q, q, J)),
+            _weighted_sum(_array(buf, first + 1), w).reshape((q, p_ext, J)),
+            _weighted_sum(_array(buf, first + 2), w).reshape((q, J)))
+
+
+@_inlined
+def _whole_sample(buf, k):
+    """X'X, X'y and y'y of component ``k``."""
+    p_ext = int(buf[_P_EXT])
+    return (_component(_array(buf, _XTX), k, p_ext * p_ext).reshape((p_ext, p_ext)),
+            _component(_array(buf, _XTY), k, p_ext), _array(buf, _YTY)[k])
+
+
+@_inlined
+def _weighted_whole_sample(buf, w):
+    """Σ_k w_k (X'X, X'y, y'y)_k."""
+    p_ext = int(buf[_P_EXT])
+    return (_weighted_sum(_array(buf, _XTX), w).reshape((p_ext, p_ext)), _weighted_sum(_array(buf, _XTY), w),
+            _weighted_sum(_array(buf, _YTY), w)[0])
+
+
+@_inlined
+def _component(values, k, size):
+    return values[k * size:(k + 1) * size]
+
+
+@_compiled
+def _weighted_sum(values, w):
+    """Σ_k w_k values_k over equal consecutive parts of ``values``, one per component."""
+    size = len(values) // len(w)
+    out = np.zeros(size)
+    for k in range(len(w)):
+        for i in range(size):
+            out[i] += w[k] * values[k * size + i]
+    return out
 
 
 @_compiled
@@ -557,17 +630,6 @@ def _top_gradient(s, L, ZtX, b, AL, z, S, grad_c, G):
             for j in range(J):
                 acc += ZtX[a, e, j] * m[a, j]
         grad_c[e] -= s * acc
-    sigma_terms = 0.0
-    for a in range(q):
-        for j in range(J):
-            Az = 0.0
-            for d in range(q):
-                Az += AL[a, d, j] * z[d, j]
-            sigma_terms += m[a, j] * (Az - 2.0 * b[a, j])
-        for e in range(q):
-            for d in range(a + 1):
-                for j in range(J):
-                    sigma_terms += AL[a, e, j] * L[a, d] * S[d, e, j]
     for a in range(q):
         for e in range(a + 1):
             acc = 0.0
@@ -576,7 +638,26 @@ def _top_gradient(s, L, ZtX, b, AL, z, S, grad_c, G):
                 for d in range(q):
                     acc -= AL[a, d, j] * (z[d, j] * z[e, j] + S[d, e, j])
             G[a, e] += acc
-    return sigma_terms
+    return _sigma_terms(L, AL, b, z, S, m)
+
+
+@_compiled
+def _sigma_terms(L, AL, b, z, S, m):
+    """m'(A m) - 2 m'b + tr(A L Σ L') for A L = ``AL``, m = L ẑ: E|r|² - e'e over one level's rows, weighted
+    as A and b are (the σ terms of the gradient, module docstring)."""
+    q, J = b.shape
+    total = 0.0
+    for a in range(q):
+        for j in range(J):
+            Az = 0.0
+            for d in range(q):
+                Az += AL[a, d, j] * z[d, j]
+            total += m[a, j] * (Az - 2.0 * b[a, j])
+        for e in range(q):
+            for d in range(a + 1):
+                for j in range(J):
+                    total += AL[a, e, j] * L[a, d] * S[d, e, j]
+    return total
 
 
 @_compiled
@@ -713,11 +794,73 @@ def _parent_gradient_from_child(s, L0, Z0tZ1, z0, zp, S01, G1):
             G1[a, e] -= acc
 
 
+# --- structured level-1 errors: a variance per stratum, or AR(1) ---------------------------------------------------
+@_compiled
+def _level1_weights(x, buf, grad):
+    """The weights w_k of R^{-1} = Σ_k w_k W_k, their derivatives ``dw`` (K, M) with respect to the M level-1
+    coordinates θ (per stratum log σ_k; AR(1): log σ and y, φ = tanh(y/2)), log|R| and its derivatives, and
+    the log density of φ's Uniform(-1, 1) prior with the transform's log-Jacobian log((1 - φ²)/2), whose
+    gradient -φ it adds to ``grad``.
+
+    Strata: w_k = 1/σ_k², log|R| = Σ_k N_k log σ_k². AR(1) (:func:`~.marginal.ar1_pairs`): w = [1, -φ, φ²] /
+    ((1 - φ²) σ²), log|R| = N log σ² + n_pairs log(1 - φ²)."""
+    K, p_ext = int(buf[_N_COMPONENTS]), int(buf[_P_EXT])
+    if buf[_AR1] == 0:
+        rows = _array(buf, _ROWS)
+        w, dw, dlogdet = np.empty(K), np.zeros((K, K)), np.empty(K)
+        logdet = 0.0
+        for k in range(K):
+            w[k] = math.exp(-2.0 * x[p_ext + k])
+            dw[k, k] = -2.0 * w[k]
+            logdet += 2.0 * rows[k] * x[p_ext + k]
+            dlogdet[k] = 2.0 * rows[k]
+        return w, dw, logdet, dlogdet, 0.0
+    n_obs, n_pairs, y = buf[_N_OBS], buf[_N_PAIRS], x[int(buf[_N_DIM]) - 1]
+    phi = math.tanh(0.5 * y)
+    one_minus, sigma2 = 1.0 - phi * phi, math.exp(2.0 * x[p_ext])
+    scale = one_minus * sigma2
+    dphi = 0.5 * one_minus  # dφ/dy
+    numerator, dnumerator = np.array([1.0, -phi, phi * phi]), np.array([0.0, -1.0, 2.0 * phi])
+    w, dw = numerator / scale, np.empty((3, 2))
+    for k in range(3):
+        dw[k, 0] = -2.0 * w[k]
+        dw[k, 1] = (dnumerator[k] * scale + numerator[k] * 2.0 * phi * sigma2) / scale**2 * dphi
+    logdet = 2.0 * n_obs * x[p_ext] + n_pairs * math.log(one_minus)
+    dlogdet = np.array([2.0 * n_obs, -2.0 * n_pairs * phi / one_minus * dphi])
+    grad[int(buf[_N_DIM]) - 1] -= phi
+    return w, dw, logdet, dlogdet, math.log(0.5) + math.log(0.5 * one_minus)
+
+
+@_compiled
+def _level1_gradient(c, buf, L, z, S, dw, dlogdet, grad):
+    """∂/∂θ of the log likelihood for the level-1 coordinates θ: -1/2 ∂log|R|/∂θ - 1/2 Σ_k E[r'W_k r] ∂w_k/∂θ
+    (Fisher's identity), E[r'W_k r] = e'W_k e + the σ terms of component k at the posterior moments ẑ, Σ of
+    the integrated effects."""
+    K, M = dw.shape
+    expected = np.empty(K)
+    for k in range(K):
+        ZtZ, ZtX, Zty = _level_stats(buf, 0, k)
+        ee = _residual_terms(c, *_whole_sample(buf, k), 1.0)[0]
+        q, J = Zty.shape
+        m = np.zeros((q, J))
+        for a in range(q):
+            for d in range(a + 1):
+                for j in range(J):
+                    m[a, j] += L[a, d] * z[d, j]
+        expected[k] = ee + _sigma_terms(L, _scaled_times_lower(1.0, ZtZ, L), _rhs(c, 1.0, ZtX, Zty), z, S, m)
+    for i in range(M):
+        at = int(buf[_N_DIM]) - 1 if buf[_AR1] > 0 and i == 1 else int(buf[_P_EXT]) + i
+        acc = -0.5 * dlogdet[i]
+        for k in range(K):
+            acc -= 0.5 * expected[k] * dw[k, i]
+        grad[at] += acc
+
+
 # --- one integrated chain: two levels (one factor) or three (a factor nested in another) ---------------------------
 @_inlined
 def _integrate_two_level(c, s, buf, L0, grad_c, G0):
     """log|M|, Σ |w|² and the σ terms of a two-level model; adds to ``grad_c`` and ∂/∂L_0 to ``G0``."""
-    ZtZ, ZtX, Zty = _level_stats(buf, 0)
+    ZtZ, ZtX, Zty = _level_stats(buf, 0, 0)
     q, J = Zty.shape
     return _integrate_top(c, s, L0, ZtZ, ZtX, Zty, np.zeros((q, q, J)), np.zeros((q, J)), grad_c, G0)[:3]
 
@@ -726,8 +869,8 @@ def _integrate_two_level(c, s, buf, L0, grad_c, G0):
 def _integrate_three_level(c, s, buf, L0, L1, grad_c, G0, G1):
     """As :func:`_integrate_two_level` for two nested factors: level 0 integrated given level 1 and passed up,
     level 1 integrated, then level 0's posterior moments and gradient terms given level 1's."""
-    ZtZ0, ZtX0, Zty0 = _level_stats(buf, 0)
-    ZtZ1, ZtX1, Zty1 = _level_stats(buf, 1)
+    ZtZ0, ZtX0, Zty0 = _level_stats(buf, 0, 0)
+    ZtZ1, ZtX1, Zty1 = _level_stats(buf, 1, 0)
     q0, J0, q1, J1 = Zty0.shape[0], Zty0.shape[1], Zty1.shape[0], Zty1.shape[1]
     Z0tZ1, parent = _array(buf, _Z0TZ1).reshape((q0, q1, J0)), _array(buf, _PARENT)
     b0, AL0, BL1, C0, inv0, w0, G, logdet0 = _integrate_child(c, s, L0, L1, ZtZ0, ZtX0, Zty0, Z0tZ1)
@@ -757,7 +900,7 @@ def _positions(buf, sampled):
         q[2 + i], correlated[2 + i] = int(sampled[i, _S_Q]), sampled[i, _S_CORRELATED] > 0
         effects_at[2 + i] = at
         at += int(sampled[i, _S_J]) * q[2 + i]
-    at += int(buf[_HAS_SIGMA])  # at = p_ext here: log σ, then the log τ's
+    at += int(buf[_N_LEVEL1])  # at = p_ext here: the log σ's, then the log τ's
     tau_at, y_at = np.empty(n, dtype=np.int64), np.empty(n + 1, dtype=np.int64)
     for f in range(n):
         tau_at[f] = at
@@ -817,13 +960,12 @@ def _level_terms(G, tau, L_omega, y, correlated, eta, grad_log_tau, grad_y):
 
 
 @_compiled
-def _residual_terms(c, buf, s):
+def _residual_terms(c, XtX, Xty, yty, s):
     """e'e = |y - X c|² and the likelihood's ∂/∂c before the group terms, s (X'y - X'X c), for the coefficient
-    vector c = [β, the sampled factors' effects]."""
+    vector c = [β, the sampled factors' effects] (from X'X, X'y, y'y of one component or weighted)."""
     p_ext = len(c)
-    XtX, Xty = _array(buf, _XTX).reshape((p_ext, p_ext)), _array(buf, _XTY)
     xb = np.empty(p_ext)  # X'y - X'X c
-    ee = buf[_YTY]
+    ee = yty
     for k in range(p_ext):
         acc = 0.0
         for j in range(p_ext):
@@ -957,8 +1099,10 @@ def _density_setup(x, buf, grad):
 
 
 @_inlined
-def _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions):
-    """Adds the integrated likelihood to the prior part ``lp`` and completes ``grad`` (module docstring)."""
+def _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, positions, homogeneous):
+    """Adds the integrated likelihood to the prior part ``lp`` and completes ``grad`` (module docstring). With
+    ``homogeneous`` level-1 errors (one σ² or known variances) it adds log|R| and ∂/∂log σ; otherwise
+    ``integrated`` carries log|R| in place of the σ terms and :func:`_level1_gradient` has done the rest."""
     logdet_M, reduction, sigma_terms = integrated
     if not np.isfinite(logdet_M):
         return -np.inf
@@ -967,11 +1111,14 @@ def _density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors, p
     p, p_ext = int(buf[_P]), int(buf[_P_EXT])
     has_sigma = buf[_HAS_SIGMA] > 0
     n_obs = buf[_N_OBS]
-    logdet_R = -n_obs * math.log(s) if has_sigma else buf[_LOGDET_V]
+    if homogeneous:
+        logdet_R = -n_obs * math.log(s) if has_sigma else buf[_LOGDET_V]
+    else:
+        logdet_R = sigma_terms
     lp += -0.5 * (n_obs * _LOG_2PI + logdet_R + logdet_M + s * ee - reduction)
     for k in range(p):
         grad[k] += grad_c[k]
-    if has_sigma:
+    if homogeneous and has_sigma:
         grad[p_ext] += -n_obs + s * ee + sigma_terms
     lp += _level_terms(G0, tau0, L_omega0, y0, _level_field(buf, 0, _L_CORRELATED) > 0,
                        _level_field(buf, 0, _L_ETA), grad[tau_at[0]:tau_at[0] + len(tau0)], grad[y_at[0]:y_at[1]])
@@ -1017,12 +1164,16 @@ EXPAND_SIGNATURE = numba.types.int64(numba.types.uint64, numba.types.uint64, _DO
 
 
 @functools.cache
-def c_callbacks(levels: int, crossed: bool):
+def c_callbacks(levels: int, crossed: bool, level1: str = "homogeneous"):
     """The C callbacks nutpie calls: the log density of a model with ``levels`` integrated factors (1 or 2),
-    with sampled (``crossed``) factors or without, reading the packed buffer through nutpie's user-data pointer,
-    and the reported values (x itself: :func:`constrained_draws` names them after sampling). Only the entry
-    point a model needs is compiled, on first use, and cached on disk (one named function per model kind: the
-    cache tells callbacks apart by name). Return codes follow nutpie's PyMC callbacks (-1: wrong dimension)."""
+    with sampled (``crossed``) factors or without, and its level-1 errors (``level1``: 'homogeneous', which
+    includes known variances, 'strata' or 'ar1'; the last two in two-level models without sampled factors),
+    reading the packed buffer through nutpie's user-data pointer, and the reported values (x itself:
+    :func:`constrained_draws` names them after sampling). Only the entry point a model needs is compiled, on
+    first use, and cached on disk (one named function per model kind: the cache tells callbacks apart by name).
+    Return codes follow nutpie's PyMC callbacks (-1: wrong dimension)."""
+    if level1 != "homogeneous":
+        return _structured_callback(), _copy_callback()
     compile_logp = numba.cfunc(LOGP_SIGNATURE, cache=True, error_model="numpy")
     if (levels, crossed) == (1, False):
         @compile_logp
@@ -1032,11 +1183,11 @@ def c_callbacks(levels: int, crossed: bool):
                 return -1
             lp, s, factors, positions = _density_setup(x, buf, grad)
             c = _fixed_coefficients(x, buf)
-            ee, grad_c = _residual_terms(c, buf, s)
+            ee, grad_c = _residual_terms(c, *_whole_sample(buf, 0), s)
             G0, G1 = np.zeros((len(factors[0]), len(factors[0]))), np.zeros((0, 0))
             integrated = _integrate_two_level(c, s, buf, factors[2], grad_c, G0)
             return _return_code(_density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors,
-                                                positions), grad, logp_ptr)
+                                                positions, True), grad, logp_ptr)
         return logp_two_level, _copy_callback()
     if (levels, crossed) == (2, False):
         @compile_logp
@@ -1046,11 +1197,11 @@ def c_callbacks(levels: int, crossed: bool):
                 return -1
             lp, s, factors, positions = _density_setup(x, buf, grad)
             c = _fixed_coefficients(x, buf)
-            ee, grad_c = _residual_terms(c, buf, s)
+            ee, grad_c = _residual_terms(c, *_whole_sample(buf, 0), s)
             G0, G1 = np.zeros((len(factors[0]), len(factors[0]))), np.zeros((len(factors[4]), len(factors[4])))
             integrated = _integrate_three_level(c, s, buf, factors[2], factors[6], grad_c, G0, G1)
             return _return_code(_density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors,
-                                                positions), grad, logp_ptr)
+                                                positions, True), grad, logp_ptr)
         return logp_three_level, _copy_callback()
     return _crossed_callback(levels), _copy_callback()
 
@@ -1067,12 +1218,12 @@ def _crossed_callback(levels: int):
             lp, s, factors, positions = _density_setup(x, buf, grad)
             sampled, centre = _sampled_table(buf)
             c = _coefficients(x, sampled, centre, positions, int(buf[_P]), int(buf[_P_EXT]))
-            ee, grad_c = _residual_terms(c, buf, s)
+            ee, grad_c = _residual_terms(c, *_whole_sample(buf, 0), s)
             G0, G1 = np.zeros((len(factors[0]), len(factors[0]))), np.zeros((0, 0))
             integrated = _integrate_two_level(c, s, buf, factors[2], grad_c, G0)
             lp += _sampled_prior(x, c, sampled, centre, positions, grad_c, grad)
             return _return_code(_density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors,
-                                                positions), grad, logp_ptr)
+                                                positions, True), grad, logp_ptr)
         return logp_two_level_crossed
 
     @compile_logp
@@ -1083,13 +1234,39 @@ def _crossed_callback(levels: int):
         lp, s, factors, positions = _density_setup(x, buf, grad)
         sampled, centre = _sampled_table(buf)
         c = _coefficients(x, sampled, centre, positions, int(buf[_P]), int(buf[_P_EXT]))
-        ee, grad_c = _residual_terms(c, buf, s)
+        ee, grad_c = _residual_terms(c, *_whole_sample(buf, 0), s)
         G0, G1 = np.zeros((len(factors[0]), len(factors[0]))), np.zeros((len(factors[4]), len(factors[4])))
         integrated = _integrate_three_level(c, s, buf, factors[2], factors[6], grad_c, G0, G1)
         lp += _sampled_prior(x, c, sampled, centre, positions, grad_c, grad)
         return _return_code(_density_finish(buf, grad, lp, s, ee, grad_c, integrated, G0, G1, factors,
-                                            positions), grad, logp_ptr)
+                                            positions, True), grad, logp_ptr)
     return logp_three_level_crossed
+
+
+@functools.cache
+def _structured_callback():
+    """The log-density callback of a two-level model with a variance per stratum or AR(1) errors: the
+    statistics weighted by w(θ) (:func:`_level1_weights`), integrated as in :func:`_integrate_top`, and the
+    level-1 gradient from the per-component moments (:func:`_level1_gradient`)."""
+    @numba.cfunc(LOGP_SIGNATURE, cache=True, error_model="numpy")
+    def logp_two_level_structured(dim, x_ptr, grad_ptr, logp_ptr, user_data):
+        n, buf, x, grad = _callback_arrays(dim, x_ptr, grad_ptr, user_data)
+        if n < 0:
+            return -1
+        lp, _, factors, positions = _density_setup(x, buf, grad)
+        c = _fixed_coefficients(x, buf)
+        w, dw, logdet_R, dlogdet, lp_phi = _level1_weights(x, buf, grad)
+        ee, grad_c = _residual_terms(c, *_weighted_whole_sample(buf, w), 1.0)
+        ZtZ, ZtX, Zty = _weighted_level_stats(buf, 0, w)
+        q, J = Zty.shape
+        G0, G1 = np.zeros((q, q)), np.zeros((0, 0))
+        logdet_M, reduction, _, z, S = _integrate_top(c, 1.0, factors[2], ZtZ, ZtX, Zty, np.zeros((q, q, J)),
+                                                      np.zeros((q, J)), grad_c, G0)
+        if np.isfinite(logdet_M):
+            _level1_gradient(c, buf, factors[2], z, S, dw, dlogdet, grad)
+        return _return_code(_density_finish(buf, grad, lp + lp_phi, 1.0, ee, grad_c, (logdet_M, reduction, logdet_R),
+                                            G0, G1, factors, positions, False), grad, logp_ptr)
+    return logp_two_level_structured
 
 
 @functools.cache
@@ -1144,14 +1321,9 @@ def constrained_draws(model: KernelModel, x: np.ndarray) -> dict[str, np.ndarray
     of :func:`~.build.build_model` (:func:`output_layout`): ``beta``, ``sigma`` [``sigma2``], per factor
     ``tau_<factor>`` [``tau2_<factor>``] ``corr_<factor>``, and ``u_<factor>`` and ``coef_<factor>`` (centred) or
     ``z_<factor>`` (non-centred) of sampled factors."""
-    p, p_ext = len(model.names["fixed"]), model.data["XtX"].shape[0]
-    out = {"beta": x[..., :p]}
-    at = p_ext
-    if model.has_sigma:
-        out["sigma"] = np.exp(x[..., at])
-        if model.names["sigma_variance"]:
-            out["sigma2"] = out["sigma"] ** 2
-        at += 1
+    p, p_ext = len(model.names["fixed"]), model.data["rows_XtX"].shape[0]
+    out = {"beta": x[..., :p]} | _level1_draws(model, x, p_ext)
+    at = p_ext + model.names["level1"]["n_sigma"]
     factors = model.levels + model.sampled
     y_at = at + sum(len(f["coef"]) for f in factors)
     effects_at = p
@@ -1173,6 +1345,23 @@ def constrained_draws(model: KernelModel, x: np.ndarray) -> dict[str, np.ndarray
             out |= _sampled_effects(model, factor, coords, out["beta"], tau[..., :, None] * L_omega, effects_at - p)
             effects_at += J * q
     return out
+
+
+def _level1_draws(model: KernelModel, x: np.ndarray, at: int) -> dict[str, np.ndarray]:
+    """σ [σ²]; per stratum σ_k [σ_k²] with σ the reference stratum's (or exp(α_0/2) and the log-linear α's);
+    with AR(1) errors φ as well. As in the PyMC graph (:func:`~.build._level1_sd`, :func:`~.build._ar1_weights`)."""
+    level1, variance = model.names["level1"], model.names["sigma_variance"]
+    if level1["kind"] == "strata":
+        strata = np.exp(x[..., at:at + level1["n_sigma"]])
+        out = {"sigma_strata": strata} | ({"sigma2_strata": strata**2} if variance else {})
+        if not level1["terms"]:
+            return out | {"sigma": strata[..., 0]}
+        alpha = 2.0 * np.log(strata) @ np.asarray(level1["solve"]).T
+        return out | {"alpha": alpha, "sigma": np.exp(alpha[..., 0] / 2.0)}
+    if not model.has_sigma:
+        return {}
+    out = {"sigma": np.exp(x[..., at])} | ({"sigma2": np.exp(2.0 * x[..., at])} if variance else {})
+    return out | ({"phi": np.tanh(0.5 * x[..., -1])} if level1["kind"] == "ar1" else {})
 
 
 def _sampled_effects(model: KernelModel, factor: dict, coords: np.ndarray, beta: np.ndarray, L: np.ndarray,
@@ -1199,10 +1388,19 @@ def output_layout(model: KernelModel) -> tuple[list[str], list[tuple], dict, dic
     """Names, shapes, dims and coords of the reported values (:func:`constrained_draws`), as in the PyMC graph."""
     layout = [("beta", (len(model.names["fixed"]),), ("fixed",))]
     coords = {"fixed": model.names["fixed"]}
-    if model.has_sigma:
+    level1, variance = model.names["level1"], model.names["sigma_variance"]
+    if level1["kind"] == "strata":
+        coords["stratum"] = level1["labels"]
+        layout += [(name, (len(level1["labels"]),), ("stratum",))
+                   for name in ("sigma_strata", "sigma2_strata")[:1 + variance]]
+        if level1["terms"]:
+            coords["variance_term"] = level1["terms"]
+            layout.append(("alpha", (len(level1["terms"]),), ("variance_term",)))
         layout.append(("sigma", (), ()))
-        if model.names["sigma_variance"]:
-            layout.append(("sigma2", (), ()))
+    elif model.has_sigma:
+        layout += [(name, (), ()) for name in ("sigma", "sigma2")[:1 + variance]]
+        if level1["kind"] == "ar1":
+            layout.append(("phi", (), ()))
     for factor in model.levels + model.sampled:
         name, q = factor["factor"], len(factor["coef"])
         coef_dim = f"{name}__coef"
