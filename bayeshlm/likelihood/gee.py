@@ -21,14 +21,13 @@ gamma* <- (sum_j X_j' Sigma_j^-1 X_j)^-1 sum_j X_j' Sigma_j^-1 z_j is iterated u
 errors: model-based A^-1 with A = sum_j X_j' Sigma_j^-1 X_j, and robust (sandwich, R&B eq. 9.24)
 A^-1 [sum_j X_j' Sigma_j^-1 e_j e_j' Sigma_j^-1 X_j] A^-1 with e_j = z_j - X_j gamma*, which stays consistent
 as the number of groups grows even when Sigma_j is not the true covariance. Sigma_j^-1 is applied by the
-Woodbury identity with Lambda (T = Lambda Lambda'): Sigma^-1 = W - W U K^-1 U' W, U = Z Lambda,
-K = I + U' W U, so no T^-1 is needed (a variance at 0 is fine). One grouping factor (the clusters).
+Woodbury identity with Lambda (T = Lambda Lambda'): Sigma^-1 = W - W U H^-1 U' W, U = Z Lambda,
+H = I + U' W U (the Laplace engine's matrix), so no T^-1 is needed (a variance at 0 is fine).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import scipy.sparse as sp
 
 from ..errors import OptionError
 
@@ -80,24 +79,34 @@ class GEEResult:
         self.iterations, self.converged = iterations, converged
 
 
-def gee_coefficients(design, outcome, family, lam: np.ndarray, start: np.ndarray,
-                     maxiter: int = 100) -> GEEResult:
-    """HLM's population-average GEE with working covariance W^-1 + Z Lambda Lambda' Z' (module docstring);
-    ``lam`` is the q x q factor Lambda of the single grouping factor, ``start`` the first gamma*."""
-    if len(design.factors) != 1:
-        names = ", ".join(f.name for f in design.factors)
-        raise OptionError(f"The population-average GEE uses one grouping factor as its clusters; this model has "
-                          f"{len(design.factors)} ({names}). Use population_average(method='integrate'), which "
-                          "takes any grouping structure.")
-    f = design.factors[0]
-    X, y, size, offset = design.X, outcome.y, outcome.size, outcome.offset
-    n, J = len(y), f.n_groups
-    groups = sp.csr_matrix((np.ones(n), (f.codes, np.arange(n))), shape=(J, n))
-    U = f.Z @ lam  # (n, q)
-    q = U.shape[1]
+def cluster_factor(design):
+    """The factor whose groups are the independent clusters: the only one, or the top of a nested chain."""
+    if len(design.factors) == 1:
+        return design.factors[0]
+    if design.chain:
+        return design.chain[-1]
+    names = ", ".join(f.name for f in design.factors)
+    raise OptionError(f"The population-average GEE needs independent clusters: one grouping factor, or factors "
+                      f"nested in one top factor; this model's factors ({names}) are crossed. Use "
+                      "population_average(method='integrate'), which takes any grouping structure.")
 
-    def group_sums(values: np.ndarray) -> np.ndarray:
-        return np.asarray(groups @ values.reshape(n, -1)).reshape((J, *values.shape[1:]))
+
+def gee_coefficients(objective, theta: np.ndarray, start: np.ndarray, maxiter: int = 100) -> GEEResult:
+    """HLM's population-average GEE with working covariance W^-1 + U U', U = Z Lambda (module docstring), for
+    the model of ``objective`` (a :class:`~bayeshlm.likelihood.glmm.GLMMObjective`) at its ``theta``, from the
+    first gamma* ``start``. The clusters of the sandwich are the groups of :func:`cluster_factor`.
+
+    Sigma^-1 = W - W U H^-1 U' W with H = U' W U + I (the Laplace engine's matrix and factorisation, for any
+    nesting); within a nested chain H is block-diagonal over the clusters, so cluster c's score is
+    sum_{i in c} x_i W_i (e_i - (U H^-1 U' W e)_i)."""
+    design, outcome, family = objective.design, objective.outcome, objective.family
+    clusters = cluster_factor(design)
+    X, y, size, offset = design.X, outcome.y, outcome.size, outcome.offset
+    ZL = objective._ZL(theta)
+
+    def smoothed(fac, w, v):  # U H^-1 U' W v for each column of v
+        return np.column_stack([objective._times_u(ZL, objective._solve(fac, objective._transpose_times(ZL, w * c)))
+                                for c in v.T])
 
     gamma, converged, iterations = np.asarray(start, float).copy(), False, 0
     while iterations < maxiter:
@@ -106,22 +115,19 @@ def gee_coefficients(design, outcome, family, lam: np.ndarray, start: np.ndarray
         mu, dmu = family.link.inverse_and_derivative(eta)
         w = size * dmu ** 2 / np.maximum(family.variance(mu), np.finfo(float).tiny)
         z = eta - offset + (y - size * mu) / (size * dmu)
-        XWU = group_sums(w[:, None, None] * X[:, :, None] * U[:, None, :])  # (J, p, q)
-        K = np.eye(q) + group_sums(w[:, None, None] * U[:, :, None] * U[:, None, :])  # (J, q, q)
-        UWz = group_sums((w * z)[:, None] * U)  # (J, q)
-        K_inv_UWX = np.linalg.solve(K, np.swapaxes(XWU, 1, 2))  # (J, q, p)
-        A = X.T @ (w[:, None] * X) - np.einsum("jpq,jqr->pr", XWU, K_inv_UWX)
-        b = X.T @ (w * z) - np.einsum("jpq,jq->p", XWU, np.linalg.solve(K, UWz[:, :, None])[:, :, 0])
-        new_gamma = np.linalg.solve(A, b)
+        fac = objective._factorize(ZL, w)
+        both = np.column_stack([X, z])
+        residual = both - smoothed(fac, w, both)  # Sigma^-1 [X z] = W (I - U H^-1 U' W) [X z]
+        A = X.T @ (w[:, None] * residual[:, :-1])
+        new_gamma = np.linalg.solve(0.5 * (A + A.T), X.T @ (w * residual[:, -1]))
         step = np.max(np.abs(new_gamma - gamma))
         gamma = new_gamma
         if step < TOLERANCE * (1.0 + np.max(np.abs(gamma))):
             converged = True
             break
-    # Sigma_j^-1 e_j summed against X_j: X'W e - X'WU K^-1 U'W e, at the final weights and working outcome
     e = z - X @ gamma
-    scores = group_sums((w * e)[:, None] * X) - np.einsum(
-        "jpq,jq->jp", XWU, np.linalg.solve(K, group_sums((w * e)[:, None] * U)[:, :, None])[:, :, 0])
-    bread = np.linalg.inv(A)
-    robust = bread @ (scores.T @ scores) @ bread
-    return GEEResult(gamma, bread, robust, iterations, converged)
+    weighted = (w * (e - smoothed(fac, w, e[:, None])[:, 0]))[:, None] * X
+    scores = np.column_stack([np.bincount(clusters.codes, weighted[:, c], minlength=clusters.n_groups)
+                              for c in range(X.shape[1])])
+    bread = np.linalg.inv(0.5 * (A + A.T))
+    return GEEResult(gamma, bread, bread @ (scores.T @ scores) @ bread, iterations, converged)

@@ -412,7 +412,8 @@ class GLMMFit:
         - ``"integrate"``: the GLM fitted to each row's marginal mean E_u[g^-1(x'b + z'u)] (any link, random
           slopes and several grouping factors too; :func:`bayeshlm.likelihood.gee.integrated_coefficients`).
         - ``"gee"``: HLM's population-average estimator, the GEE with working covariance from the fitted random
-          effects, with robust (sandwich) and model-based standard errors (one grouping factor;
+          effects, with robust (sandwich) and model-based standard errors (clusters: the groups of the only or
+          the top grouping factor; crossed factors are refused;
           :func:`bayeshlm.likelihood.gee.gee_coefficients`). Columns unit_specific, population_average, se (the
           robust SE, as HLM recommends for these), lower, upper, z, p, model_se.
 
@@ -441,8 +442,7 @@ class GLMMFit:
             how = ("integrated: the GLM fitted to each row's marginal mean E_u[g^-1(x'gamma + z'u)] "
                    "(40-point Gauss-Hermite)")
         else:
-            lam = self._objective.params.lambdas(self._theta_raw)[0]
-            result = gee_coefficients(self.design, self._objective.outcome, self.family, lam, unit.to_numpy())
+            result = gee_coefficients(self._objective, self._theta_raw, unit.to_numpy())
             if not result.converged:
                 raise OptionError(f"The population-average GEE did not settle in {result.iterations} iterations; "
                                   "use method='integrate'.")

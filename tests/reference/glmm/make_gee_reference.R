@@ -62,6 +62,17 @@ for (model in c("intercept", "urban")) {
   out[[paste0("contraception_", model)]] <- c(pa_gee(X, Z, contra$y, contra$district, T),
                                               list(unit_specific = unname(fixef(m))))
 }
+# Nested chain: classes within schools, a random intercept each; the clusters are the schools and
+# Sigma_school = diag(1 / d) + tau_school 11' + tau_class [same class].
+nested <- read.csv(file.path(out_dir, "bernoulli_nested.csv"))
+nested$class <- factor(paste(nested$school, nested$class)); nested$school <- factor(nested$school)
+m <- glmer(y ~ x + (1 | school) + (1 | class), nested, binomial, control = tight)
+vc <- VarCorr(m)
+Zn <- cbind(1, model.matrix(~ 0 + class, nested))
+Tn <- diag(c(vc$school[1, 1], rep(vc$class[1, 1], nlevels(nested$class))))
+out$nested_intercepts <- c(pa_gee(model.matrix(~ x, nested), Zn, nested$y, nested$school, Tn),
+                           list(unit_specific = unname(fixef(m))))
+
 g <- geeglm(y ~ age + I(age^2) + urban + livch, family = binomial, data = contra, id = district,
             corstr = "independence")
 out$independence <- list(beta = unname(coef(g)), robust_se = unname(sqrt(diag(g$geese$vbeta))))
