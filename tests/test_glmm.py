@@ -793,3 +793,13 @@ def test_compare_sets_laplace_quadrature_and_pql_side_by_side():
     assert table.loc["herd: var((Intercept))", ("AGQ", "se")] > 0
     assert abs(table.loc["fixed: (Intercept)", ("AGQ", "diff/se")]) < 0.05
     assert list(pql.variance_components_at(0.9)["factor"]) == ["herd"]
+
+
+def test_predict_refuses_new_data_it_cannot_code():
+    fit = fitted("cbpp_laplace")
+    with pytest.raises(DataError, match="period.*'5'"):
+        fit.predict(pd.DataFrame({"herd": ["1"], "period": ["5"]}))
+    with pytest.raises(DataError, match="lacks columns.*'period'"):
+        fit.predict(pd.DataFrame({"herd": ["1"]}))
+    with pytest.raises(DataError, match="missing values in 'herd'"):
+        fit.predict(pd.DataFrame({"herd": [None], "period": ["1"]}))
