@@ -45,7 +45,7 @@ from .priors import LKJ, Prior, PriorSet, flat_priors
 
 OPTIONS = ("draws", "tune", "chains", "random_seed", "priors", "sampler", "target_accept", "parameterization",
            "progressbar")
-CENTRED_RELIABILITY = 0.5
+CENTRED_RELIABILITY = 0.7
 PARAMETERIZATIONS = ("centred", "non-centred")
 SHAPE_PRIOR = ("Gamma", {"alpha": 0.01, "beta": 0.01})
 
@@ -378,6 +378,7 @@ def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: P
     centre_on = centring(design, choice)
     beta0 = _laplace_beta(design, laplace)
     A = standardising_map(design.X)
+    constant += float(np.linalg.slogdet(A)[1])  # the density of beta_s = A^{-1} beta: |A| times beta's
     coords: dict[str, list] = {"fixed": list(design.fixed_names)}
     layout = [("beta", (design.n_fixed,), ("fixed",))]
     factors, start, jitter = [], [np.linalg.solve(A, beta0)], [np.full(design.n_fixed, 0.1)]
