@@ -51,20 +51,21 @@ bh.plots.variance_posterior(bayes, reml)
 # %% [markdown]
 # ## Likelihood, prior and posterior for one school
 #
-# Where do a school's estimates come from? Take the smallest of the eight schools. Its own data say its true
-# mean β0j is near its sample mean ȳj, with sampling variance σ²/nj: that is the **likelihood**. The level-2
-# model says, before seeing this school's scores, that β0j ~ N(γ00 + γ01 MEANSESj, τ00): schools like it score
-# about this much, give or take √τ00. That is the **prior** for this school, learned from the other schools.
+# Where do a school's estimates come from? Take the school whose mean lies farthest from what its MEANSES
+# predicts. Its own data say its true mean β0j is near its sample mean ȳj, with sampling variance σ²/nj: that
+# is the **likelihood**. The level-2 model says, before seeing this school's scores, that
+# β0j ~ N(γ00 + γ01 MEANSESj, τ00): schools like it score about this much, give or take √τ00. That is the
+# **prior** for this school, learned from all the schools.
 # The **posterior** combines the two with weights equal to their precisions (R&B eq. 3.56):
 #
 # β*0j = λj ȳj + (1 − λj)(γ00 + γ01 MEANSESj), with reliability λj = τ00 / (τ00 + σ²/nj) and variance λj σ²/nj.
 
 # %%
-school = few.groupby("school").size().idxmin()
-scores = few.loc[few["school"] == school, "mathach"]
-n_j, ybar = len(scores), scores.mean()
 gamma = reml.fixed_effects["estimate"]
-prior_mean = gamma["(Intercept)"] + gamma["meanses"] * few.loc[few["school"] == school, "meanses"].iloc[0]
+by_school = few.groupby("school").agg(ybar=("mathach", "mean"), n=("mathach", "size"), meanses=("meanses", "first"))
+by_school["predicted"] = gamma["(Intercept)"] + gamma["meanses"] * by_school["meanses"]
+school = (by_school["ybar"] - by_school["predicted"]).abs().idxmax()
+n_j, ybar, prior_mean = by_school.loc[school, "n"], by_school.loc[school, "ybar"], by_school.loc[school, "predicted"]
 tau00, sigma2 = reml.tau["school"].iloc[0, 0], reml.sigma2
 reliability = tau00 / (tau00 + sigma2 / n_j)
 eb_mean, eb_var = reliability * ybar + (1 - reliability) * prior_mean, reliability * sigma2 / n_j
