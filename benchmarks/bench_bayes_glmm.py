@@ -141,7 +141,7 @@ def main() -> None:
             started = time.perf_counter()
             with graph:
                 tree = pm.sample(draws=1000, tune=1000, chains=4, random_seed=1, progressbar=False,
-                                 compute_convergence_checks=False)
+                                 nuts_sampler="pymc", compute_convergence_checks=False)
             write(name, "pymc-nuts", "cold (compile included)",
                   summarise(tree, var_names, time.perf_counter() - started))
 
