@@ -111,3 +111,11 @@ print(f"level-1 variance: public {np.exp(alpha['alpha0']):.2f}, "
 
 # %%
 book.check()
+
+# %% [markdown]
+# **Exercise.** Fit `mathach ~ ses + (1 | school)` with `center={"ses": "group"}` and with
+# `center={"ses": "grand"}`, each with and without `meanses` as a level-2 predictor. Which two of the four
+# models give the same fit (compare `fit.loglik`), and which coefficient carries the contextual effect in
+# each? Then refit the model of Table 5.9 with `level1_variance="sector"` (one σ² per category) instead of the
+# log-linear `"~ sector"`, and compare `fit.loglik`: why are the two the same model here, and when would they
+# differ?

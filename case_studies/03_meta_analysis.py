@@ -100,3 +100,10 @@ bh.plots.variance_posterior(eight_bayes, eight_reml.likelihood_fit)
 
 # %%
 book.check()
+
+# %% [markdown]
+# **Exercise.** Drop the study with the largest effect (study 4) and refit the unconditional model. How much do
+# the average effect and τ² change? Compare with how much study 4's own *shrunken* estimate differed from its
+# observed 1.18, and explain the connection. Then refit the eight schools with the book's flat priors
+# (`priors="flat"`) instead of the default weakly informative ones: how far does the posterior of τ now
+# reach, and which prior would you defend with eight schools?

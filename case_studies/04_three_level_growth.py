@@ -93,3 +93,9 @@ for coefficient in ("(Intercept)", "year"):
     share = (between / (between + within)).ravel()
     low, high = np.quantile(share, [0.025, 0.975])
     print(f"{coefficient}: {share.mean():.1%} between schools (95% interval {low:.1%} to {high:.1%})")
+
+# %% [markdown]
+# **Exercise.** Centre `year` at the end of grade 6 instead of where the data set centres it (add a column
+# `eg["year6"] = eg["year"] - eg["year"].max()` and refit). How do the intercept variances and the share of
+# intercept variance between schools change, and why do the growth-rate numbers not? Which centring answers
+# "do schools differ in where their children end up"?

@@ -83,3 +83,9 @@ primary = bayes.draws("tau_primary").values.ravel() ** 2
 second = bayes.draws("tau_second").values.ravel() ** 2
 print(f"posterior mean variance: primary {primary.mean():.3f}, secondary {second.mean():.3f}")
 print(f"P(primary-school variance > secondary-school variance | data) = {(primary > second).mean():.3f}")
+
+# %% [markdown]
+# **Exercise.** Fit the model with only one of the two school factors (`(1 | primary)` or `(1 | second)`) and
+# compare `fit.tau` with the crossed model's. Where does the variance of the missing factor go? Then compare
+# the crossed model and each one-factor model with `bh.deviance_test` (REML fits with identical fixed effects
+# may be compared): is the primary-school variance needed once secondary schools are in the model?

@@ -76,3 +76,9 @@ bh.plots.growth(sleep_fit, time="Days", person="Subject")
 
 # %%
 check.check()
+
+# %% [markdown]
+# **Exercise.** For the Oxford boys, add a quadratic term of age (`bh.growth.polynomial_time(ox, "age")` adds
+# the columns `age_c` and `age_c2`) with random curvature, and refit with and without AR(1) errors. How much of
+# the AR(1) correlation of about 0.98 was curvature that a straight line could not follow? Use
+# `bh.deviance_test` to decide whether AR(1) is still needed.
