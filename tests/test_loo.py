@@ -13,9 +13,12 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+import xarray as xr
 from scipy import special, stats
 
 import bayeshlm as bh
+from bayeshlm.design.design import indicator_matrix
+from bayeshlm.errors import OptionError
 
 matplotlib.use("Agg")
 pytestmark = pytest.mark.sampling
@@ -150,3 +153,100 @@ def test_loo_pit_of_the_conditional_log_likelihood():
     by_hand = (weights * (replicates <= fit.design.y)).sum(0) / weights.sum(0)
     np.testing.assert_allclose(pit.values, by_hand, atol=1e-12)  # measured 9e-16
     assert abs(pit.mean() - 0.5) < 0.05  # a calibrated predictive has uniform LOO-PIT (measured mean 0.501)
+
+
+# --- one level-1 variance per stratum (level1_variance=) ------------------------------------------------------------
+
+def _stratum_sd(fit, column: str, data: pd.DataFrame) -> np.ndarray:
+    """(chain, draw, n) each row's level-1 SD from the sigma_strata draws, matched by the stratum labels."""
+    strata = fit.draws("sigma_strata")
+    labels = [str(label).split("=", 1)[1] for label in strata["stratum"].values]
+    codes = np.array([labels.index(str(v)) for v in data[column]])
+    return strata.transpose("chain", "draw", "stratum").values[..., codes]
+
+
+def test_level1_variance_strata_enter_predictive_draws_and_both_log_likelihoods(sleepstudy):
+    """Refused before ('not implemented yet'). Checked against dense normals with each row's stratum SD; the
+    replicates' level-1 noise has the stratum's variance in each stratum."""
+    data = sleepstudy.assign(phase=np.where(sleepstudy["Days"] < 5, "early", "late"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = bh.HLM("Reaction ~ Days + (Days | Subject)", data, level1_variance="phase").fit(
+            "bayes", draws=60, tune=100, chains=2, random_seed=7)
+    d, f = fit.design, fit.design.factor("Subject")
+    sd = _stratum_sd(fit, "phase", data)
+    assert np.median(sd[..., data["phase"].to_numpy() == "late"]) > 1.3 * np.median(sd[..., 0])  # distinct SDs
+    beta, T = fit.draws("beta").values, fit.draws("T_Subject").values
+    u = fit.draws("u_Subject").transpose("chain", "draw", "Subject", "Subject__coef").values
+    eta = np.einsum("np,cdp->cdn", d.X, beta) + np.einsum("nq,cdnq->cdn", f.Z, u[:, :, f.codes])
+
+    conditional = fit.log_likelihood("conditional")["log_likelihood"]["Reaction"].values
+    np.testing.assert_allclose(conditional, stats.norm.logpdf(d.y, eta, sd), rtol=1e-10)
+    marginal = fit.log_likelihood("marginal")["log_likelihood"]["Reaction"].values
+    for c, s in [(0, 4), (1, 55)]:
+        for j in (0, 9, 17):
+            rows = f.codes == j
+            V = f.Z[rows] @ T[c, s] @ f.Z[rows].T + np.diag(sd[c, s, rows] ** 2)
+            dense = stats.multivariate_normal(d.X[rows] @ beta[c, s], V).logpdf(d.y[rows])
+            assert marginal[c, s, j] == pytest.approx(dense, rel=1e-10)
+
+    replicates = fit.posterior_predictive(random_seed=3)["posterior_predictive"]["Reaction"].values
+    standardised = (replicates - eta) / sd  # N(0, 1) in every stratum: 60 x 2 x 90 values each
+    for phase in ("early", "late"):
+        assert standardised[..., data["phase"].to_numpy() == phase].var() == pytest.approx(1, abs=0.05)
+    assert np.isfinite(_loo(fit.posterior).elpd)
+
+
+def test_level1_variance_strata_in_the_three_level_marginal_log_likelihood():
+    """Refused before. Without sampling (the PyMC graph of this model compiles for about 70 s): random parameter
+    values in a stand-in for a fit (design + posterior draws), against dense normals per school."""
+    from types import SimpleNamespace
+
+    from bayeshlm.bayes import predictive_data
+    from bayeshlm.bayes.build import level1_strata
+
+    rng = np.random.default_rng(8)
+    school, kid, x = np.repeat(np.arange(6), 16), np.repeat(np.arange(24), 4), np.tile(np.arange(4.0), 24)
+    data = pd.DataFrame({"school": school.astype(str), "kid": kid.astype(str), "x": x,
+                         "sex": rng.choice(["f", "m"], size=96), "y": 50 + rng.normal(size=96)})
+    d = bh.HLM("y ~ x + (1 | kid) + (x | school)", data, level1_variance="sex").design
+    chains, draws = 2, 3
+
+    def covariance(q):
+        L = np.tril(rng.normal(size=(chains, draws, q, q)))
+        return L @ np.swapaxes(L, -1, -2) + 0.1 * np.eye(q)
+
+    sigma_strata = rng.uniform(0.3, 2.0, size=(chains, draws, 2))
+    posterior = xr.Dataset({
+        "beta": (("chain", "draw", "fixed"), rng.normal(size=(chains, draws, 2)) + [50, 0]),
+        "sigma": (("chain", "draw"), sigma_strata[..., 0]),
+        "sigma_strata": (("chain", "draw", "stratum"), sigma_strata),
+        "T_kid": (("chain", "draw", "kid__coef", "kid__coef2"), covariance(1)),
+        "T_school": (("chain", "draw", "school__coef", "school__coef2"), covariance(2))})
+    fit = SimpleNamespace(design=d, posterior=xr.DataTree.from_dict({"posterior": posterior}))
+    fit.draws = lambda name: posterior[name]
+    values = predictive_data.log_likelihood(fit, "marginal")["log_likelihood"]["y"].values
+
+    kids, schools = d.factor("kid"), d.factor("school")
+    Z0 = indicator_matrix(kids.codes, kids.Z, 24).toarray()
+    Z1 = indicator_matrix(schools.codes, schools.Z, 6).toarray()
+    sd = sigma_strata[..., level1_strata(d).codes]
+    for c, s in [(0, 0), (1, 2)]:
+        for k in range(6):
+            rows = schools.codes == k
+            V = (Z0[rows] @ np.kron(np.eye(24), posterior["T_kid"].values[c, s]) @ Z0[rows].T
+                 + Z1[rows] @ np.kron(np.eye(6), posterior["T_school"].values[c, s]) @ Z1[rows].T
+                 + np.diag(sd[c, s, rows] ** 2))
+            dense = stats.multivariate_normal(d.X[rows] @ posterior["beta"].values[c, s], V).logpdf(d.y[rows])
+            assert values[c, s, k] == pytest.approx(dense, rel=1e-10)
+
+
+def test_correlated_level1_errors_are_still_refused(sleepstudy):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = bh.HLM("Reaction ~ Days + (1 | Subject)", sleepstudy, correlation="ar1", time="Days").fit(
+            "bayes", draws=20, tune=50, chains=1, random_seed=1)
+    for call in (lambda: fit.log_likelihood("marginal"), lambda: fit.log_likelihood("conditional"),
+                 fit.posterior_predictive):
+        with pytest.raises(OptionError, match="AR"):
+            call()

@@ -11,14 +11,19 @@ from their exact conditional posterior given (gamma, T, sigma^2) (:func:`bayeshl
   with its effects integrated out (one grouping factor; for two nested factors, per top-level group with the
   effects of both levels integrated out).
 
+Level-1 variances: one sigma^2, known variances V_i (``known_variance=``), or one sigma_k^2 per stratum
+(``level1_variance=``): row i's precision in draw s is w_i c_s,k(i) (:func:`_level1_precision`), and sigma^2 I
+above stands for that diagonal R_j. Correlated level-1 errors (AR(1)) are not covered.
+
 Why the marginal one for hierarchical models: leaving one row out while keeping that row's group effect u_j
 (drawn using the row itself) asks how well the model predicts another observation of a group it knows, and
 the importance weights of PSIS-LOO are unstable when each u_j rests on few rows (large Pareto k). Leaving
 a whole group out asks how well it predicts a new group -- the question a multilevel model exists to answer --
 and the integrated likelihood has no u_j to be refitted, so the weights are far better behaved.
 The marginal density uses the determinant lemma and Woodbury's identity on the per-group sufficient
-statistics: with M = I + L'Z_j'Z_j L / sigma^2 (T = LL'),
-log|V_j| = n_j log sigma^2 + log|M| and r'V_j^{-1}r = r'r/sigma^2 - v'M^{-1}v, v = L'Z_j'r / sigma^2.
+statistics: with M = I + L'Z_j'R_j^{-1}Z_j L (T = LL'),
+log|V_j| = log|R_j| + log|M| and r'V_j^{-1}r = r'R_j^{-1}r - v'M^{-1}v, v = L'Z_j'R_j^{-1}r. The sums are
+taken per stratum once and weighted by each draw's c_s,k.
 """
 
 from __future__ import annotations
@@ -28,13 +33,7 @@ import xarray as xr
 
 from ..design.design import group_sums
 from ..errors import OptionError, closest_names
-from ..results.prediction import (
-    covariance_cholesky,
-    level1_sd_draws,
-    linear_predictor_draws,
-    prediction_rows,
-    seeded_rng,
-)
+from ..results.prediction import covariance_cholesky, linear_predictor_draws, prediction_rows, seeded_rng
 from .units import centred_outcome
 
 LOG_LIKELIHOOD_KINDS = ("conditional", "marginal")
@@ -44,9 +43,48 @@ def _check_gaussian_rows(fit, what: str) -> None:
     if not fit.design.rows_available:
         raise OptionError(f"{what} needs the data's rows; this model was built from aggregates (a Dask DataFrame). "
                           "Build the model from a pandas DataFrame.")
-    if fit.design.residual is not None:
+    if fit.design.residual is not None and "sigma_strata" not in fit.posterior["posterior"]:
         raise OptionError(f"{what} for a model with level-1 errors '{fit.design.residual.structure.describe()}' is not "
-                          "implemented yet; it covers independent level-1 errors (one sigma^2, or known variances).")
+                          "implemented yet; it covers independent level-1 errors (one sigma^2, one per stratum of "
+                          "level1_variance=, or known variances).")
+
+
+def _level1_precision(fit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(strata, w, c): row i's level-1 precision 1/Var(e_i) in draw s is w[i] * c[s, strata[i]] (draws flattened
+    over chains). Known variances V_i: w = 1/V, c = 1; one sigma^2: w = 1, c = 1/sigma^2; one sigma_k^2 per
+    stratum k: w = 1, c[:, k] = 1/sigma_k^2."""
+    design = fit.design
+    posterior = fit.posterior["posterior"]
+    n, draws = design.n_obs, posterior.sizes["chain"] * posterior.sizes["draw"]
+    if design.known_variance is not None:
+        return np.zeros(n, dtype=np.int64), 1.0 / design.known_variance, np.ones((draws, 1))
+    if "sigma_strata" in posterior:
+        from .build import level1_strata  # loads PyMC: only for these models
+
+        sigma = fit.draws("sigma_strata").transpose("chain", "draw", "stratum").values.reshape(draws, -1)
+        return level1_strata(design).codes, np.ones(n), 1.0 / sigma ** 2
+    sigma = fit.draws("sigma").transpose("chain", "draw").values.reshape(draws, 1)
+    return np.zeros(n, dtype=np.int64), np.ones(n), 1.0 / sigma ** 2
+
+
+def _row_sd(fit) -> np.ndarray:
+    """(chain, draw, n) draws of each row's level-1 SD, or (chain, draw, 1) when all rows share one."""
+    strata, w, c = _level1_precision(fit)
+    shape = (fit.posterior["posterior"].sizes["chain"], fit.posterior["posterior"].sizes["draw"])
+    if c.shape[1] == 1 and np.all(w == 1):
+        return (1.0 / np.sqrt(c)).reshape(*shape, 1)
+    return (1.0 / np.sqrt(w * c[:, strata])).reshape(*shape, -1)
+
+
+def _stratified_sums(codes, n_groups, strata, n_strata, w, A, B) -> np.ndarray:
+    """(K, J, a, b): sum over rows i of group j in stratum k of w_i A[i, a] B[i, b]."""
+    sums = group_sums(strata * n_groups + codes, A * w[:, None], B, n_strata * n_groups)
+    return sums.reshape(n_strata, n_groups, A.shape[1], B.shape[1])
+
+
+def _per_draw(c: np.ndarray, sums: np.ndarray) -> np.ndarray:
+    """sum_k c[s, k] sums[k, ...]: the stratum sums weighted by draw s's precisions."""
+    return np.tensordot(c, sums, axes=(1, 0))
 
 
 def _observed(fit) -> xr.Dataset:
@@ -62,7 +100,7 @@ def posterior_predictive(fit, random_seed=None) -> xr.DataTree:
     rng = seeded_rng(fit, random_seed, 4)
     eta = linear_predictor_draws(fit, rows, "conditional", new_effects=False, rng=rng)
     y_rep = eta  # replicated in place: y_rep = eta + e
-    y_rep += level1_sd_draws(fit, None) * rng.standard_normal(eta.shape)
+    y_rep += _row_sd(fit) * rng.standard_normal(eta.shape)
     beta = fit.draws("beta")
     replicates = xr.Dataset({fit.design.outcome_name: (("chain", "draw", "obs"), y_rep)},
                             coords={"chain": beta.chain.values, "draw": beta.draw.values,
@@ -90,7 +128,7 @@ def log_likelihood(fit, kind: str = "conditional", factor: str | None = None) ->
             raise OptionError("factor= applies to kind='marginal' (the groups to leave out).")
         rows = prediction_rows(fit.design, None)
         eta = linear_predictor_draws(fit, rows, "conditional", new_effects=False, rng=np.random.default_rng(0))
-        sd = level1_sd_draws(fit, None)
+        sd = _row_sd(fit)
         values = -0.5 * np.log(2 * np.pi) - np.log(sd) - 0.5 * ((fit.design.y - eta) / sd) ** 2
         data = xr.Dataset({name: (("chain", "draw", "obs"), values)}, coords=coords | {"obs": np.arange(rows.n)})
     else:
@@ -117,36 +155,35 @@ def _marginal_by_group(fit, factor: str | None):
                           f"ones; this model has {', '.join(design.factor_names)} ({design.structure}), whose groups "
                           "do not split the data into independent parts. Use kind='conditional'.")
     f = design.factor(fit._factor_name(factor))
-    known = design.known_variance
-    w = np.ones(design.n_obs) if known is None else 1.0 / known  # the rows' precision weights (times 1/sigma^2)
-    Zw, Xw = f.Z * w[:, None], design.X * w[:, None]
     J = f.n_groups
+    strata, w, c = _level1_precision(fit)
+    K = c.shape[1]
     y, beta = centred_outcome(design, fit.draws("beta").transpose("chain", "draw", "fixed").values)
-    ZtZ, ZtX = group_sums(f.codes, Zw, f.Z, J), group_sums(f.codes, Zw, design.X, J)
-    Zty = group_sums(f.codes, Zw, y[:, None], J)[..., 0]
-    XtX = group_sums(f.codes, Xw, design.X, J)
-    Xty = group_sums(f.codes, Xw, y[:, None], J)[..., 0]
-    yty = np.bincount(f.codes, weights=w * y ** 2, minlength=J)
-    n = f.group_sizes
-    log_det_R = np.zeros(J) if known is None else np.bincount(f.codes, weights=np.log(known), minlength=J)
-
     shape = beta.shape[:2]
     beta = beta.reshape(-1, beta.shape[-1])
-    if known is None:
-        c = 1.0 / (fit.draws("sigma").transpose("chain", "draw").values.reshape(-1) ** 2)  # 1 / sigma^2 per draw
-    else:
-        c = np.ones(len(beta))
+
+    def sums(A, B):
+        return _stratified_sums(f.codes, J, strata, K, w, A, B)
+
+    y1 = y[:, None]
+    ZtZ = _per_draw(c, sums(f.Z, f.Z))  # (S, J, q, q): Z_j'R_j^-1 Z_j; Ztr: Z_j'R_j^-1 r_j
+    Ztr = _per_draw(c, sums(f.Z, y1)[..., 0]) - np.einsum("sk,kjqp,sp->sjq", c, sums(f.Z, design.X), beta)
+    Xty, XtX = sums(design.X, y1)[..., 0], sums(design.X, design.X)
+    yty = sums(y1, y1)[..., 0, 0]
+    rr_by_stratum = (yty[None] - 2 * np.einsum("sp,kjp->skj", beta, Xty)
+                     + np.einsum("sp,kjpr,sr->skj", beta, XtX, beta))
+    rr = np.einsum("sk,skj->sj", c, rr_by_stratum)  # r_j'R_j^-1 r_j
+    counts = np.bincount(strata * J + f.codes, minlength=K * J).reshape(K, J)
+    log_det_R = np.bincount(f.codes, weights=-np.log(w), minlength=J)[None] - np.log(c) @ counts
+
     L = covariance_cholesky(fit, f.name).reshape(len(beta), f.n_coef, f.n_coef)
-    rr = c[:, None] * (yty - 2 * np.einsum("sp,jp->sj", beta, Xty) + np.einsum("sp,jpr,sr->sj", beta, XtX, beta))
-    Ztr = c[:, None, None] * (Zty[None] - np.einsum("jqp,sp->sjq", ZtX, beta))
-    v = np.einsum("sqr,sjq->sjr", L, Ztr)  # L'Z'r / sigma^2
-    M = np.eye(f.n_coef) + c[:, None, None, None] * np.einsum("sqa,jqr,srb->sjab", L, ZtZ, L)
+    v = np.einsum("sqr,sjq->sjr", L, Ztr)  # L'Z'R^-1 r
+    M = np.eye(f.n_coef) + np.einsum("sqa,sjqr,srb->sjab", L, ZtZ, L)
     C = np.linalg.cholesky(M)
     solved = np.linalg.solve(C, v[..., None])[..., 0]
-    log_det_M = 2 * np.log(np.diagonal(C, axis1=-2, axis2=-1)).sum(-1)
-    log_det_V = log_det_R[None] - n[None] * np.log(c)[:, None] + log_det_M
+    log_det_V = log_det_R + 2 * np.log(np.diagonal(C, axis1=-2, axis2=-1)).sum(-1)
     quad = rr - (solved ** 2).sum(-1)
-    values = -0.5 * (n[None] * np.log(2 * np.pi) + log_det_V + quad)
+    values = -0.5 * (f.group_sizes[None] * np.log(2 * np.pi) + log_det_V + quad)
     return f, values.reshape(*shape, J)
 
 
@@ -155,34 +192,35 @@ def _marginal_two_levels(fit, chain, chunk: int = 250) -> np.ndarray:
     V_k = blockdiag_c(R_c + Z0_c T0 Z0_c') + Z1_k T1 Z1_k': Woodbury twice. Within inner group c,
     V_c^-1 = R^-1 - R^-1 Z0 L0 M0^-1 L0'Z0' R^-1 (M0 = I + L0'Z0'R^-1 Z0 L0); then over the top group,
     P = sum_c Z1_c'V_c^-1 Z1_c, g = sum_c Z1_c'V_c^-1 r_c, h = sum_c r_c'V_c^-1 r_c, M1 = I + L1'P L1,
-    log|V_k| = sum_c log|V_c| + log|M1| and r'V_k^-1 r = h - g'L1 M1^-1 L1'g."""
+    log|V_k| = sum_c log|V_c| + log|M1| and r'V_k^-1 r = h - g'L1 M1^-1 L1'g. Every sum carries R^-1: the
+    stratum sums weighted by each draw's precisions."""
     from ..design.design import chain_parents
 
     design = fit.design
     inner, top = chain
     parent = chain_parents(list(chain))[0]
-    known = design.known_variance
-    w = np.ones(design.n_obs) if known is None else 1.0 / known
+    strata, w, c_draws = _level1_precision(fit)
+    K = c_draws.shape[1]
     centred_y, beta_draws = centred_outcome(design, fit.draws("beta").transpose("chain", "draw", "fixed").values)
     X, y = design.X, centred_y[:, None]
-    Zw0, Zw1, Xw = inner.Z * w[:, None], top.Z * w[:, None], X * w[:, None]
     J0, J1 = inner.n_groups, top.n_groups
-    A0, B0 = group_sums(inner.codes, Zw0, inner.Z, J0), group_sums(inner.codes, Zw0, top.Z, J0)
-    C0X, C0y = group_sums(inner.codes, Zw0, X, J0), group_sums(inner.codes, Zw0, y, J0)[..., 0]
-    A1, C1X = group_sums(top.codes, Zw1, top.Z, J1), group_sums(top.codes, Zw1, X, J1)
-    C1y = group_sums(top.codes, Zw1, y, J1)[..., 0]
-    XtX, Xty = group_sums(top.codes, Xw, X, J1), group_sums(top.codes, Xw, y, J1)[..., 0]
-    yty = np.bincount(top.codes, weights=w * centred_y ** 2, minlength=J1)
-    n = top.group_sizes
+
+    def inner_sums(A, B):
+        return _stratified_sums(inner.codes, J0, strata, K, w, A, B)
+
+    def top_sums(A, B):
+        return _stratified_sums(top.codes, J1, strata, K, w, A, B)
+
+    A0, B0 = inner_sums(inner.Z, inner.Z), inner_sums(inner.Z, top.Z)
+    C0X, C0y = inner_sums(inner.Z, X), inner_sums(inner.Z, y)[..., 0]
+    A1, C1X, C1y = top_sums(top.Z, top.Z), top_sums(top.Z, X), top_sums(top.Z, y)[..., 0]
+    XtX, Xty, yty = top_sums(X, X), top_sums(X, y)[..., 0], top_sums(y, y)[..., 0, 0]
+    counts = np.bincount(strata * J1 + top.codes, minlength=K * J1).reshape(K, J1)
     log_w = np.bincount(top.codes, weights=np.log(w), minlength=J1)
 
     shape = beta_draws.shape[:2]
     beta_draws = beta_draws.reshape(-1, beta_draws.shape[-1])
     S = len(beta_draws)
-    if known is None:
-        c_draws = 1.0 / fit.draws("sigma").transpose("chain", "draw").values.reshape(-1) ** 2
-    else:
-        c_draws = np.ones(S)
     L0_draws = covariance_cholesky(fit, inner.name).reshape(S, inner.n_coef, inner.n_coef)
     L1_draws = covariance_cholesky(fit, top.name).reshape(S, top.n_coef, top.n_coef)
     order = np.argsort(parent, kind="stable")
@@ -196,25 +234,22 @@ def _marginal_two_levels(fit, chain, chunk: int = 250) -> np.ndarray:
     for start in range(0, S, chunk):
         part = slice(start, min(start + chunk, S))
         beta, c, L0, L1 = beta_draws[part], c_draws[part], L0_draws[part], L1_draws[part]
-        r0 = C0y[None] - np.einsum("jqp,sp->sjq", C0X, beta)
-        r1 = C1y[None] - np.einsum("jqp,sp->sjq", C1X, beta)
-        rr = yty[None] - 2 * beta @ Xty.T + np.einsum("sp,jpr,sr->sj", beta, XtX, beta)
-        M0 = np.eye(inner.n_coef) + c[:, None, None, None] * np.einsum("sqa,jqr,srb->sjab", L0, A0, L0)
+        r0 = _per_draw(c, C0y) - np.einsum("sk,kjqp,sp->sjq", c, C0X, beta)  # Z0'R^-1 r per inner group
+        r1 = _per_draw(c, C1y) - np.einsum("sk,kjqp,sp->sjq", c, C1X, beta)
+        rr = np.einsum("sk,skj->sj", c, yty[None] - 2 * np.einsum("sp,kjp->skj", beta, Xty)
+                       + np.einsum("sp,kjpr,sr->skj", beta, XtX, beta))
+        M0 = np.eye(inner.n_coef) + np.einsum("sqa,sjqr,srb->sjab", L0, _per_draw(c, A0), L0)
         K0 = np.linalg.cholesky(M0)
-        U = np.linalg.solve(K0, np.einsum("sqa,jqb->sjab", L0, B0))  # K0^-1 L0'B0
-        v = np.linalg.solve(K0, np.einsum("sqa,sjq->sja", L0, r0)[..., None])[..., 0]  # K0^-1 L0'r0
+        U = np.linalg.solve(K0, np.einsum("sqa,sjqb->sjab", L0, _per_draw(c, B0)))  # K0^-1 L0'Z0'R^-1 Z1
+        v = np.linalg.solve(K0, np.einsum("sqa,sjq->sja", L0, r0)[..., None])[..., 0]  # K0^-1 L0'Z0'R^-1 r
         log_det_M0 = 2 * np.log(np.diagonal(K0, axis1=-2, axis2=-1)).sum(-1)
-        UU = to_top(np.einsum("sjqa,sjqb->sjab", U, U))
-        Uv = to_top(np.einsum("sjqa,sjq->sja", U, v))
-        vv = to_top((v ** 2).sum(-1))
-        c2 = (c ** 2)[:, None]
-        P = c[:, None, None, None] * A1[None] - c2[..., None, None] * UU
-        g = c[:, None, None] * r1 - c2[..., None] * Uv
-        h = c[:, None] * rr - c2 * vv
+        P = _per_draw(c, A1) - to_top(np.einsum("sjqa,sjqb->sjab", U, U))
+        g = r1 - to_top(np.einsum("sjqa,sjq->sja", U, v))
+        h = rr - to_top((v ** 2).sum(-1))
         M1 = np.eye(top.n_coef) + np.einsum("sqa,skqr,srb->skab", L1, P, L1)
         K1 = np.linalg.cholesky(M1)
         z = np.linalg.solve(K1, np.einsum("sqa,skq->ska", L1, g)[..., None])[..., 0]
-        log_det_V = (-n[None] * np.log(c)[:, None] - log_w[None] + to_top(log_det_M0)
+        log_det_V = (-np.log(c) @ counts - log_w[None] + to_top(log_det_M0)
                      + 2 * np.log(np.diagonal(K1, axis1=-2, axis2=-1)).sum(-1))
-        out[part] = -0.5 * (n[None] * np.log(2 * np.pi) + log_det_V + h - (z ** 2).sum(-1))
+        out[part] = -0.5 * (top.group_sizes[None] * np.log(2 * np.pi) + log_det_V + h - (z ** 2).sum(-1))
     return out.reshape(*shape, J1)
