@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-HEAVY = ("pymc", "pytensor", "numba", "nutpie", "matplotlib", "arviz")
+HEAVY = ("pymc", "pytensor", "numba", "nutpie", "matplotlib", "arviz", "arviz_plots", "arviz_stats", "bokeh", "plotly")
 
 PROBE = """
 import sys

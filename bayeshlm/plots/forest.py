@@ -5,15 +5,14 @@ interval for a new study's true effect."""
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.patches import Polygon
 
 from ..errors import OptionError, closest_names
+from ._canvas import Canvas
 
 EB_OFFSET = 0.3  # vertical offset of the EB row below its study's observed-effect row
 
 
-def forest(fit, title: str | None = None, labels: str | list[str] | None = None) -> Figure:
+def forest(fit, title: str | None = None, labels: str | list[str] | None = None, backend: str = "matplotlib"):
     """Forest plot of a meta-analysis from :func:`~bayeshlm.meta` (95% intervals); REML, ML, DL or Bayes.
 
     Each study row is named by its label in ``meta(..., study=...)`` (numbers 1..k when none was given), or by
@@ -28,43 +27,42 @@ def forest(fit, title: str | None = None, labels: str | list[str] | None = None)
     A Bayesian fit shows the posterior mean and 95% interval of each true effect in place of the EB estimate, and
     the posterior mean of x'gamma with its credible and posterior-predictive intervals on the bottom row.
 
-    The observed and EB markers carry gids ``"observed"`` and ``"eb"`` (one point per study).
+    The observed and EB markers carry gids ``"observed"`` and ``"eb"`` (one point per study). ``backend``:
+    "matplotlib" (default), "bokeh" or "plotly" (through arviz-plots).
     """
     table, shrunk_label, tau2, i2 = _study_table(fit)
     k = len(table)
     y = np.arange(k, 0, -1, dtype=float)
-    figure = Figure(figsize=(9.5, 1.2 + 0.32 * (k + 2)))
-    ax = figure.add_subplot()
+    canvas = Canvas(backend, figsize=(9.5, 1.2 + 0.32 * (k + 2)))
     weight = 1.0 / table["se"].to_numpy() ** 2
     size = 15 + 85 * weight / weight.max()
-    ax.hlines(y, table["ci_lower"], table["ci_upper"], color="C0", lw=1)
-    ax.scatter(table["effect"], y, marker="s", s=size, color="C0", zorder=3, label="observed effect, 95% CI",
-               gid="observed")
-    ax.hlines(y - EB_OFFSET, table["eb_lower"], table["eb_upper"], color="C1", lw=1)
-    ax.scatter(table["eb"], y - EB_OFFSET, marker="o", s=18, color="C1", zorder=3,
-               label=shrunk_label, gid="eb")
+    canvas.horizontal(0, y, table["ci_lower"], table["ci_upper"], color="C0", width=1)
+    canvas.points(0, table["effect"], y, marker="s", size=size, color="C0", zorder=3,
+                  label="observed effect, 95% CI", gid="observed")
+    canvas.horizontal(0, y - EB_OFFSET, table["eb_lower"], table["eb_upper"], color="C1", width=1)
+    canvas.points(0, table["eb"], y - EB_OFFSET, marker="o", size=18, color="C1", zorder=3, label=shrunk_label,
+                  gid="eb")
     labels = _study_labels(fit, labels)
     if fit.p == 1:
         pred = fit.prediction()
         est, lo, hi = pred["estimate"], pred["ci_lower"], pred["ci_upper"]
-        ax.add_patch(Polygon([(lo, 0), (est, 0.25), (hi, 0), (est, -0.25)], closed=True, color="k", zorder=3,
-                             label=f"pooled estimate {est:.3f}, 95% CI"))
-        ax.hlines(0, pred["pi_lower"], pred["pi_upper"], color="k", lw=1, linestyles="dashed",
-                  label=f"prediction interval ({pred['pi_lower']:.3f}, {pred['pi_upper']:.3f})")
-        ax.axvline(est, color="0.6", lw=0.8, ls=":")
+        canvas.polygon(0, np.array([lo, est, hi]), np.array([0.0, -0.25, 0.0]), np.array([0.0, 0.25, 0.0]),
+                       color="k", label=f"pooled estimate {est:.3f}, 95% CI")
+        canvas.horizontal(0, [0.0], [pred["pi_lower"]], [pred["pi_upper"]], color="k", width=1, style="--",
+                          label=f"prediction interval ({pred['pi_lower']:.3f}, {pred['pi_upper']:.3f})")
+        canvas.vline(0, est, color="0.6", width=0.8, style=":")
         ticks, labels = np.append(y, 0.0), [*labels, f"{fit.method.upper()} model"]
     else:
-        ax.scatter(table["fitted"], y - EB_OFFSET / 2, marker="|", s=120, color="k", zorder=4,
-                   label="fitted value (moderators)")
+        canvas.points(0, table["fitted"], y - EB_OFFSET / 2, marker="|", size=120, color="k", zorder=4,
+                      label="fitted value (moderators)")
         ticks = y
-    ax.axvline(0, color="0.3", lw=0.8)
-    ax.set_yticks(ticks, labels)
-    ax.set_ylim(-0.8 if fit.p == 1 else 0.2, k + 0.7)
-    ax.set_xlabel(f"effect ({fit.design.outcome_name})")
-    ax.set_title(title or f"{k} studies, tau^2 = {tau2:.3g} ({fit.method.upper()}), I^2 = {i2:.0f}%")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize="small")
-    figure.tight_layout()
-    return figure
+    canvas.vline(0, 0.0, color="0.3", width=0.8)
+    canvas.yticks(0, ticks, labels)
+    canvas.limits(0, y=(-0.8 if fit.p == 1 else 0.2, k + 0.7))
+    canvas.labels(0, xlabel=f"effect ({fit.design.outcome_name})",
+                  title=title or f"{k} studies, tau^2 = {tau2:.3g} ({fit.method.upper()}), I^2 = {i2:.0f}%")
+    canvas.legend(0, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False, fontsize="small")
+    return canvas.finish()
 
 
 def _study_table(fit):

@@ -5,26 +5,27 @@ coefficient has no level-2 predictors (R&B 2002, Figure 4.1 and eq. 3.56-3.57)."
 from __future__ import annotations
 
 import numpy as np
-from matplotlib.collections import LineCollection
-from matplotlib.figure import Figure
 
 from ..errors import OptionError
 from ..results import FitResult
 from ..results.contract import wide
 from ..results.hlm_statistics import group_ols
+from ._canvas import Canvas
 from ._groups import varies_across_groups
 
 PREDICTED_LABEL = "each group's predicted value γ'W_j"
 TARGET_ROW = -0.8  # height of the predicted values' row in the one-coefficient plot
 
 
-def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str, ...] | None = None) -> Figure:
+def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str, ...] | None = None,
+              backend: str = "matplotlib"):
     """Draw OLS -> shrunken estimates per group for one coefficient (strip plot) or two (plane).
 
     Marker area grows with group size; groups whose OLS estimate is not estimable are left out and the
     title says how many. With level-2 predictors of the coefficients each group's own predicted value
     gamma'W_j is marked (gid ``"predicted"``), else the one population value gamma_q0. Returns a matplotlib
-    Figure (no pyplot state is touched).
+    Figure (no pyplot state is touched), or with ``backend="bokeh"`` / ``"plotly"`` an interactive figure drawn
+    through arviz-plots (the OLS and shrunken estimates carry gids ``"ols"`` and ``"shrunken"``).
     """
     name = fit._factor_name(factor)
     f = fit.design.factor(name)
@@ -41,47 +42,47 @@ def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str
     target = ols.predicted[keep][:, idx]  # gamma_q'W_j: what each group's estimate shrinks toward (eq. 3.56)
     conditional = any(varies_across_groups(target[:, k]) for k in range(len(idx)))
     sizes = 10 + 60 * f.group_sizes[keep] / f.group_sizes.max()
-    figure = Figure(figsize=(6.5, 5 if len(idx) == 2 else 3.5))
-    ax = figure.add_subplot()
+    canvas = Canvas(backend, figsize=(6.5, 5 if len(idx) == 2 else 3.5))
     if len(idx) == 1:
         rows = np.arange(len(raw))
-        ax.scatter(raw[:, 0], np.ones_like(rows), s=sizes, facecolors="none", edgecolors="C0", label="OLS")
-        ax.scatter(eb[:, 0], np.zeros_like(rows), s=sizes, color="C1", label=_shrunk_label(fit))
-        for a, b in zip(raw[:, 0], eb[:, 0]):
-            ax.annotate("", xy=(b, 0), xytext=(a, 1), arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.6})
+        canvas.points(0, raw[:, 0], np.ones_like(rows), size=sizes, hollow=True, color="C0", label="OLS",
+                      gid="ols")
+        canvas.points(0, eb[:, 0], np.zeros_like(rows), size=sizes, color="C1", label=_shrunk_label(fit),
+                      gid="shrunken")
+        canvas.segments(0, np.column_stack([raw[:, 0], np.ones(len(rows))]),
+                        np.column_stack([eb[:, 0], np.zeros(len(rows))]), color="0.6", width=0.6, arrows=True)
         if conditional:  # a third row below: each group's target, joined to its shrunken estimate
-            ax.scatter(target[:, 0], np.full(len(rows), TARGET_ROW), marker="|", s=80, color="k", zorder=3,
-                       gid="predicted", label=PREDICTED_LABEL)
-            joins = [[(b, 0), (t, TARGET_ROW)] for b, t in zip(eb[:, 0], target[:, 0])]
-            ax.add_collection(LineCollection(joins, colors="0.7", linewidths=0.5, linestyles=":"))
-            ax.set_yticks([TARGET_ROW, 0, 1], ["predicted γ'W_j", _shrunk_label(fit), "OLS"])
-            ax.set_ylim(TARGET_ROW - 0.3, 1.9)
+            canvas.points(0, target[:, 0], np.full(len(rows), TARGET_ROW), marker="|", size=80, color="k",
+                          zorder=3, gid="predicted", label=PREDICTED_LABEL)
+            canvas.segments(0, np.column_stack([eb[:, 0], np.zeros(len(rows))]),
+                            np.column_stack([target[:, 0], np.full(len(rows), TARGET_ROW)]), color="0.7",
+                            width=0.5, style=":")
+            canvas.yticks(0, [TARGET_ROW, 0, 1], ["predicted γ'W_j", _shrunk_label(fit), "OLS"])
+            canvas.limits(0, y=(TARGET_ROW - 0.3, 1.9))
         else:
-            ax.axvline(target[0, 0], color="k", lw=1, ls="--", label="population value")
-            ax.set_yticks([0, 1], [_shrunk_label(fit), "OLS"])
-            ax.set_ylim(-0.3, 1.9)
-        ax.set_xlabel(coefficients[0])
+            canvas.vline(0, target[0, 0], color="k", width=1, style="--", label="population value")
+            canvas.yticks(0, [0, 1], [_shrunk_label(fit), "OLS"])
+            canvas.limits(0, y=(-0.3, 1.9))
+        canvas.labels(0, xlabel=coefficients[0])
     else:
-        ax.scatter(raw[:, 0], raw[:, 1], s=sizes, facecolors="none", edgecolors="C0", label="OLS")
-        ax.scatter(eb[:, 0], eb[:, 1], s=sizes, color="C1", label=_shrunk_label(fit))
-        for (x0, y0), (x1, y1) in zip(raw, eb):
-            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": "0.6", "lw": 0.6})
+        canvas.points(0, raw[:, 0], raw[:, 1], size=sizes, hollow=True, color="C0", label="OLS", gid="ols")
+        canvas.points(0, eb[:, 0], eb[:, 1], size=sizes, color="C1", label=_shrunk_label(fit), gid="shrunken")
+        canvas.segments(0, raw, eb, color="0.6", width=0.6, arrows=True)
         if conditional:
-            ax.scatter(target[:, 0], target[:, 1], marker="x", s=14, lw=0.8, color="k", zorder=3, gid="predicted",
-                       label=PREDICTED_LABEL)
+            canvas.points(0, target[:, 0], target[:, 1], marker="x", size=14, lw=0.8, color="k", zorder=3,
+                          gid="predicted", label=PREDICTED_LABEL)
         else:
-            ax.scatter(*target[0], marker="*", s=250, color="k", zorder=3, label="population value")
-        ax.set_xlabel(coefficients[0])
-        ax.set_ylabel(coefficients[1])
+            canvas.points(0, [target[0, 0]], [target[0, 1]], marker="*", size=250, color="k", zorder=3,
+                          label="population value")
+        canvas.labels(0, xlabel=coefficients[0], ylabel=coefficients[1])
     left_out = f.n_groups - int(keep.sum())
-    ax.set_title(f"Shrinkage of {name} coefficients ({int(keep.sum())} groups"
-                 + (f"; {left_out} without an OLS estimate left out" if left_out else "") + ")")
+    canvas.labels(0, title=f"Shrinkage of {name} coefficients ({int(keep.sum())} groups"
+                  + (f"; {left_out} without an OLS estimate left out" if left_out else "") + ")")
     if len(idx) == 1:  # one row of legend above the OLS row
-        ax.legend(loc="upper center", ncols=3, frameon=False, fontsize="small")
+        canvas.legend(0, loc="upper center", ncols=3, frameon=False, fontsize="small")
     else:
-        ax.legend(loc="upper right", frameon=False, fontsize="small")
-    figure.tight_layout()
-    return figure
+        canvas.legend(0, loc="upper right", frameon=False, fontsize="small")
+    return canvas.finish()
 
 
 def _shrunk_label(fit: FitResult) -> str:

@@ -1,0 +1,129 @@
+"""bh.plots on the three backends of arviz-plots (issue 28): one plot function draws the same numbers as a matplotlib
+Figure, a plotly Figure or a bokeh layout. Elements are found by their gid (plotly trace ``meta``, bokeh renderer
+name). REML fits here; the Bayesian fits of test_plots_bayes.py run the same plots on both interactive backends."""
+
+import importlib.util
+import warnings
+
+import matplotlib
+import numpy as np
+import pytest
+
+import bayeshlm as bh
+
+matplotlib.use("Agg")
+pytest.importorskip("arviz_plots")
+go = pytest.importorskip("plotly.graph_objects")
+bokeh_models = pytest.importorskip("bokeh.models")
+
+
+@pytest.fixture(scope="module")
+def reml():
+    return bh.HLM("mathach ~ meanses*cses + (cses | school)", bh.datasets.load("hsb")).fit("reml")
+
+
+def plotly_trace(figure, gid):
+    found = [t for t in figure.data if isinstance(t.meta, dict) and t.meta.get("gid") == gid]
+    assert len(found) == 1, f"expected one trace with gid {gid!r}"
+    return found[0]
+
+
+def bokeh_renderer(layout, gid):
+    found = [r for child in layout.children for r in child[0].renderers if r.name == gid]
+    assert len(found) == 1, f"expected one renderer named {gid!r}"
+    return found[0]
+
+
+def segment_count(x):
+    """Segments drawn as one NaN-broken polyline: (start, end, NaN) per segment."""
+    x = np.asarray(x, dtype=float)
+    assert len(x) % 3 == 0 and np.isnan(x[2::3]).all()
+    return len(x) // 3
+
+
+def mpl_offsets(figure, gid):
+    return [c for c in figure.axes[0].collections if c.get_gid() == gid][0].get_offsets()
+
+
+def test_caterpillar_draws_the_same_groups_on_every_backend(reml):
+    mpl = bh.plots.caterpillar(reml, coefficient="cses")
+    expected = mpl_offsets(mpl, "estimates")
+    predicted = mpl_offsets(mpl, "predicted")
+    figure = bh.plots.caterpillar(reml, coefficient="cses", backend="plotly")
+    assert isinstance(figure, go.Figure)
+    np.testing.assert_allclose(plotly_trace(figure, "estimates").y, expected[:, 1], rtol=1e-12)
+    np.testing.assert_allclose(plotly_trace(figure, "predicted").y, predicted[:, 1], rtol=1e-12)
+    assert segment_count(plotly_trace(figure, "intervals").x) == 160
+    assert len(plotly_trace(figure, "plausible").y) == 160  # one band per school at its own prediction
+    layout = bh.plots.caterpillar(reml, coefficient="cses", backend="bokeh")
+    assert isinstance(layout, bokeh_models.GridPlot)
+    np.testing.assert_allclose(bokeh_renderer(layout, "estimates").data_source.data["y"], expected[:, 1])
+    assert segment_count(bokeh_renderer(layout, "intervals").data_source.data["x"]) == 160
+
+
+def test_shrinkage_draws_one_marker_per_school_and_one_arrow_each(reml):
+    mpl = bh.plots.shrinkage(reml)
+    for backend in ("plotly", "bokeh"):
+        figure = bh.plots.shrinkage(reml, backend=backend)
+        if backend == "plotly":
+            ols, shrunk = plotly_trace(figure, "ols"), plotly_trace(figure, "shrunken")
+            drawn = [np.column_stack([t.x, t.y]) for t in (ols, shrunk)]
+            arrows = [t for t in figure.data if t.mode == "lines"]
+        else:
+            drawn = [np.column_stack([bokeh_renderer(figure, g).data_source.data[a] for a in "xy"])
+                     for g in ("ols", "shrunken")]
+            arrows = [r for r in figure.children[0][0].renderers if isinstance(r.glyph, bokeh_models.Line)]
+        assert [len(d) for d in drawn] == [160, 160]
+        np.testing.assert_allclose(drawn[1], mpl.axes[0].collections[1].get_offsets(), rtol=1e-12)
+        assert len(arrows) == 1 and segment_count(arrows[0].x if backend == "plotly"
+                                                  else arrows[0].data_source.data["x"]) == 160
+
+
+def test_forest_compare_one_panel_per_parameter_on_plotly(reml):
+    ml = bh.HLM("mathach ~ meanses*cses + (cses | school)", bh.datasets.load("hsb")).fit("ml")
+    table = bh.compare(reml, ml)
+    figure = bh.plots.forest_compare(reml, ml, backend="plotly")
+    markers = [t for t in figure.data if t.mode == "markers"]
+    assert len(markers) == 2 * len(table)  # one marker per fit per parameter
+    np.testing.assert_allclose([t.x[0] for t in markers],
+                               table.loc[:, (slice(None), "estimate")].to_numpy(dtype=float).ravel())
+    assert sum(t.showlegend for t in markers) == 2  # one legend entry per fit
+
+
+def test_meta_forest_and_growth_on_the_interactive_backends():
+    fit = bh.meta("yi ~ 1", bh.datasets.load("teacher_expectancy"), vi="vi")
+    figure = bh.plots.forest(fit, labels=["author", "year"], backend="plotly")
+    np.testing.assert_allclose(plotly_trace(figure, "observed").x, fit.study_effects["effect"], rtol=1e-12)
+    assert figure.layout.yaxis.ticktext[0] == "Rosenthal et al. 1974"
+    data = bh.datasets.load("sleepstudy")
+    growth = bh.HLM("Reaction ~ Days + (Days | Subject)", data).fit("reml")
+    layout = bh.plots.growth(growth, time="Days", n_persons=4, backend="bokeh")
+    lines = [r for r in layout.children[0][0].renderers if isinstance(r.glyph, bokeh_models.Line)]
+    assert len(lines) == 2 * 4 + 1  # observed and fitted per person, and the population line
+
+
+def test_a_backend_that_is_not_there_is_named(reml, monkeypatch):
+    with pytest.raises(bh.OptionError, match="backend must be one of 'matplotlib', 'bokeh', 'plotly'; got 'ggplot'"):
+        bh.plots.caterpillar(reml, backend="ggplot")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bokeh" else real(name, *a))
+    with pytest.raises(bh.OptionError, match=r"needs the bokeh package: pip install 'bayeshlm\[interactive\]'"):
+        bh.plots.shrinkage(reml, backend="bokeh")
+
+
+def test_bayesian_fits_on_plotly_and_bokeh():
+    """The same plots on a (tiny) Bayesian fit: posterior means and intervals, the variance posterior."""
+    data = bh.datasets.load("sleepstudy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few draws: low-ESS warnings are expected
+        bayes = bh.HLM("Reaction ~ Days + (Days | Subject)", data).fit("bayes", draws=60, tune=60, chains=2,
+                                                                          random_seed=5, progressbar=False)
+    figure = bh.plots.caterpillar(bayes, coefficient="Days", backend="plotly")
+    posterior = bayes.group_effects("Subject").xs("Days", level="term")["estimate"].to_numpy()
+    np.testing.assert_allclose(plotly_trace(figure, "estimates").y, np.sort(posterior), rtol=1e-12)
+    layout = bh.plots.variance_posterior(bayes, factor="sigma2", backend="bokeh")
+    bars = [r for r in layout.children[0][0].renderers if isinstance(r.glyph, bokeh_models.Quad)]
+    assert len(bars) == 1 and len(bars[0].data_source.data["top"]) == 60
+    density = np.asarray(bars[0].data_source.data["top"])
+    width = np.asarray(bars[0].data_source.data["right"]) - np.asarray(bars[0].data_source.data["left"])
+    assert np.sum(density * width) == pytest.approx(1.0, abs=1e-9)  # a density histogram
