@@ -333,9 +333,12 @@ def t_interval(estimate, se, level: float, df=np.inf) -> tuple[np.ndarray, np.nd
 
 
 def equal_tailed_interval(draws: np.ndarray, level: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The (1 - level) / 2 and (1 + level) / 2 quantiles of ``draws`` along ``axis`` (posterior ETI)."""
-    lower, upper = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=axis)
-    return lower, upper
+    """The (1 - level) / 2 and (1 + level) / 2 quantiles of ``draws`` along ``axis`` (posterior ETI), by
+    arviz-stats' ``eti`` (linear interpolation between order statistics, as numpy's quantile)."""
+    from arviz_stats.base import array_stats
+
+    interval = array_stats.eti(np.asarray(draws, dtype=float), level, axis=axis)
+    return interval[..., 0], interval[..., 1]
 
 
 def variance_component_pairs(factor) -> list[tuple[int, int]]:
