@@ -241,12 +241,26 @@ def test_level1_variance_strata_in_the_three_level_marginal_log_likelihood():
             assert values[c, s, k] == pytest.approx(dense, rel=1e-10)
 
 
-def test_correlated_level1_errors_are_still_refused(sleepstudy):
+def test_ar1_errors_enter_the_marginal_log_likelihood_and_are_refused_elsewhere(sleepstudy):
+    """Refused before. AR(1) errors within subjects: log N(y_j | X_j gamma, Z_j T Z_j' + sigma^2 phi^|t - t'|)
+    against dense normals; per-row log-likelihoods and replicates (rows not independent) are still refused."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fit = bh.HLM("Reaction ~ Days + (1 | Subject)", sleepstudy, correlation="ar1", time="Days").fit(
-            "bayes", draws=20, tune=50, chains=1, random_seed=1)
-    for call in (lambda: fit.log_likelihood("marginal"), lambda: fit.log_likelihood("conditional"),
-                 fit.posterior_predictive):
+        fit = bh.HLM("Reaction ~ Days + (Days | Subject)", sleepstudy, correlation="ar1", time="Days").fit(
+            "bayes", draws=30, tune=100, chains=2, random_seed=1)
+    values = fit.log_likelihood("marginal")["log_likelihood"]["Reaction"].values
+    d, f = fit.design, fit.design.factor("Subject")
+    beta, T = fit.draws("beta").values, fit.draws("T_Subject").values
+    sigma, phi = fit.draws("sigma").values, fit.draws("phi").values
+    days = sleepstudy["Days"].to_numpy()
+    for c, s in [(0, 2), (1, 29)]:
+        for j in (0, 8, 17):
+            rows = f.codes == j
+            t = days[rows]
+            R = sigma[c, s] ** 2 * phi[c, s] ** np.abs(t[:, None] - t[None])
+            dense = stats.multivariate_normal(d.X[rows] @ beta[c, s], f.Z[rows] @ T[c, s] @ f.Z[rows].T + R)
+            assert values[c, s, j] == pytest.approx(dense.logpdf(d.y[rows]), rel=1e-10)
+    assert np.isfinite(_loo(fit.posterior).elpd)
+    for call in (lambda: fit.log_likelihood("conditional"), fit.posterior_predictive):
         with pytest.raises(OptionError, match="AR"):
             call()

@@ -11,9 +11,10 @@ from their exact conditional posterior given (gamma, T, sigma^2) (:func:`bayeshl
   with its effects integrated out (one grouping factor; for two nested factors, per top-level group with the
   effects of both levels integrated out).
 
-Level-1 variances: one sigma^2, known variances V_i (``known_variance=``), or one sigma_k^2 per stratum
+Level-1 errors: one sigma^2, known variances V_i (``known_variance=``), or one sigma_k^2 per stratum
 (``level1_variance=``): row i's precision in draw s is w_i c_s,k(i) (:func:`_level1_precision`), and sigma^2 I
-above stands for that diagonal R_j. Correlated level-1 errors (AR(1)) are not covered.
+above stands for that diagonal R_j. AR(1) errors enter the marginal log-likelihood only (R_j tridiagonal in
+precision, :class:`_Precision`); rows are then not independent, so neither per-row values nor replicates.
 
 Why the marginal one for hierarchical models: leaving one row out while keeping that row's group effect u_j
 (drawn using the row itself) asks how well the model predicts another observation of a group it knows, and
@@ -39,20 +40,24 @@ from .units import centred_outcome
 LOG_LIKELIHOOD_KINDS = ("conditional", "marginal")
 
 
-def _check_gaussian_rows(fit, what: str) -> None:
+def _check_gaussian_rows(fit, what: str, correlated: bool = False) -> None:
+    """Refuse aggregates, and level-1 error models other than independent ones (and AR(1) if ``correlated``)."""
     if not fit.design.rows_available:
         raise OptionError(f"{what} needs the data's rows; this model was built from aggregates (a Dask DataFrame). "
                           "Build the model from a pandas DataFrame.")
-    if fit.design.residual is not None and "sigma_strata" not in fit.posterior["posterior"]:
-        raise OptionError(f"{what} for a model with level-1 errors '{fit.design.residual.structure.describe()}' is not "
-                          "implemented yet; it covers independent level-1 errors (one sigma^2, one per stratum of "
-                          "level1_variance=, or known variances).")
+    posterior = fit.posterior["posterior"]
+    if fit.design.residual is None or "sigma_strata" in posterior or (correlated and "phi" in posterior):
+        return
+    covered = "one sigma^2, one per stratum of level1_variance=, or known variances"
+    raise OptionError(f"{what} for a model with level-1 errors '{fit.design.residual.structure.describe()}' is not "
+                      f"implemented yet; it covers independent level-1 errors ({covered})"
+                      + (" and, for kind='marginal', AR(1) errors." if not correlated else "."))
 
 
 def _level1_precision(fit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(strata, w, c): row i's level-1 precision 1/Var(e_i) in draw s is w[i] * c[s, strata[i]] (draws flattened
-    over chains). Known variances V_i: w = 1/V, c = 1; one sigma^2: w = 1, c = 1/sigma^2; one sigma_k^2 per
-    stratum k: w = 1, c[:, k] = 1/sigma_k^2."""
+    """(strata, w, c) of independent level-1 errors: row i's precision 1/Var(e_i) in draw s is w[i] * c[s, strata[i]]
+    (draws flattened over chains). Known variances V_i: w = 1/V, c = 1; one sigma^2: w = 1, c = 1/sigma^2; one
+    sigma_k^2 per stratum k: w = 1, c[:, k] = 1/sigma_k^2."""
     design = fit.design
     posterior = fit.posterior["posterior"]
     n, draws = design.n_obs, posterior.sizes["chain"] * posterior.sizes["draw"]
@@ -76,14 +81,58 @@ def _row_sd(fit) -> np.ndarray:
     return (1.0 / np.sqrt(w * c[:, strata])).reshape(*shape, -1)
 
 
-def _stratified_sums(codes, n_groups, strata, n_strata, w, A, B) -> np.ndarray:
-    """(K, J, a, b): sum over rows i of group j in stratum k of w_i A[i, a] B[i, b]."""
-    sums = group_sums(strata * n_groups + codes, A * w[:, None], B, n_strata * n_groups)
-    return sums.reshape(n_strata, n_groups, A.shape[1], B.shape[1])
+class _Precision:
+    """R^-1 = sum_m c[s, m] R_m in draw s, each R_m a fixed matrix given by parts (m, rows, weights): the part
+    adds weights_e * a_e b_e' to A'R_m B, where row e is the sum of the rows ``rows[0][e]``, ``rows[1][e]``, ...
+    Independent errors: one part per stratum, rows of that stratum with weights w. AR(1) errors (stationary
+    variance sigma^2, correlation phi, consecutive occasions; see ``bayes.marginal.ar1_pairs``):
+    R^-1 = [I - phi P + phi^2 D] / ((1 - phi^2) sigma^2), P the neighbour pairs (a_t b_t+1' + a_t+1 b_t' =
+    (a_t + a_t+1)(b_t + b_t+1)' - a_t b_t' - a_t+1 b_t+1'), D the interior occasions; log|R_j| = n_j log sigma^2 +
+    (pairs in j) log(1 - phi^2)."""
+
+    def __init__(self, fit):
+        design = fit.design
+        n = design.n_obs
+        posterior = fit.posterior["posterior"]
+        if "phi" in posterior:
+            from .marginal import ar1_pairs
+
+            r = design.residual
+            pairs = ar1_pairs(design.factor(r.unit).codes, r.time, r.unit)
+            everyone, ones = np.arange(n), np.ones(n)
+            self.parts = [(0, (everyone,), ones), (1, (pairs.first, pairs.second), np.ones(pairs.n_pairs)),
+                          (1, (everyone,), -pairs.in_pairs), (2, (everyone,), pairs.interior)]
+            phi = fit.draws("phi").transpose("chain", "draw").values.reshape(-1)
+            sigma2 = fit.draws("sigma").transpose("chain", "draw").values.reshape(-1) ** 2
+            self.c = np.column_stack([np.ones_like(phi), -phi, phi ** 2]) / ((1 - phi ** 2) * sigma2)[:, None]
+            self._pair_rows, self._log_terms = pairs.first, (np.log(sigma2), np.log(1 - phi ** 2))
+        else:
+            strata, w, self.c = _level1_precision(fit)
+            self.parts = [(k, (np.flatnonzero(strata == k),), w[strata == k]) for k in range(self.c.shape[1])]
+            self._strata, self._w = strata, w
+
+    def sums(self, codes: np.ndarray, n_groups: int, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        """(K, J, a, b): A_j'R_m,j B_j for every component m and group j (``codes``: each row's group)."""
+        out = np.zeros((self.c.shape[1], n_groups, A.shape[1], B.shape[1]))
+        for m, rows, weights in self.parts:
+            A_rows, B_rows = sum(A[r] for r in rows), sum(B[r] for r in rows)
+            out[m] += group_sums(codes[rows[0]], A_rows * weights[:, None], B_rows, n_groups)
+        return out
+
+    def log_det(self, codes: np.ndarray, n_groups: int) -> np.ndarray:
+        """(S, J) log|R_j| per draw and group."""
+        n_j = np.bincount(codes, minlength=n_groups)
+        if hasattr(self, "_pair_rows"):
+            log_sigma2, log_one_minus = self._log_terms
+            pairs_j = np.bincount(codes[self._pair_rows], minlength=n_groups)
+            return np.outer(log_sigma2, n_j) + np.outer(log_one_minus, pairs_j)
+        K = self.c.shape[1]
+        counts = np.bincount(self._strata * n_groups + codes, minlength=K * n_groups).reshape(K, n_groups)
+        return np.bincount(codes, weights=-np.log(self._w), minlength=n_groups)[None] - np.log(self.c) @ counts
 
 
 def _per_draw(c: np.ndarray, sums: np.ndarray) -> np.ndarray:
-    """sum_k c[s, k] sums[k, ...]: the stratum sums weighted by draw s's precisions."""
+    """sum_m c[s, m] sums[m, ...]: the component sums weighted by draw s's precisions."""
     return np.tensordot(c, sums, axes=(1, 0))
 
 
@@ -119,7 +168,8 @@ def log_likelihood(fit, kind: str = "conditional", factor: str | None = None) ->
         raise OptionError(f"kind={kind!r} is not an option.{closest_names(str(kind), LOG_LIKELIHOOD_KINDS)} Use "
                           "'conditional' (per observation, given the drawn group effects) or 'marginal' (per group, "
                           "its effects integrated out: leave-one-group-out cross-validation).")
-    _check_gaussian_rows(fit, "The pointwise log-likelihood")
+    _check_gaussian_rows(fit, "The pointwise log-likelihood" if kind == "conditional" else
+                         "The marginal log-likelihood", correlated=kind == "marginal")
     beta = fit.draws("beta")
     coords = {"chain": beta.chain.values, "draw": beta.draw.values}
     name = fit.design.outcome_name
@@ -156,14 +206,14 @@ def _marginal_by_group(fit, factor: str | None):
                           "do not split the data into independent parts. Use kind='conditional'.")
     f = design.factor(fit._factor_name(factor))
     J = f.n_groups
-    strata, w, c = _level1_precision(fit)
-    K = c.shape[1]
+    precision = _Precision(fit)
+    c = precision.c
     y, beta = centred_outcome(design, fit.draws("beta").transpose("chain", "draw", "fixed").values)
     shape = beta.shape[:2]
     beta = beta.reshape(-1, beta.shape[-1])
 
     def sums(A, B):
-        return _stratified_sums(f.codes, J, strata, K, w, A, B)
+        return precision.sums(f.codes, J, A, B)
 
     y1 = y[:, None]
     ZtZ = _per_draw(c, sums(f.Z, f.Z))  # (S, J, q, q): Z_j'R_j^-1 Z_j; Ztr: Z_j'R_j^-1 r_j
@@ -173,8 +223,7 @@ def _marginal_by_group(fit, factor: str | None):
     rr_by_stratum = (yty[None] - 2 * np.einsum("sp,kjp->skj", beta, Xty)
                      + np.einsum("sp,kjpr,sr->skj", beta, XtX, beta))
     rr = np.einsum("sk,skj->sj", c, rr_by_stratum)  # r_j'R_j^-1 r_j
-    counts = np.bincount(strata * J + f.codes, minlength=K * J).reshape(K, J)
-    log_det_R = np.bincount(f.codes, weights=-np.log(w), minlength=J)[None] - np.log(c) @ counts
+    log_det_R = precision.log_det(f.codes, J)
 
     L = covariance_cholesky(fit, f.name).reshape(len(beta), f.n_coef, f.n_coef)
     v = np.einsum("sqr,sjq->sjr", L, Ztr)  # L'Z'R^-1 r
@@ -199,24 +248,23 @@ def _marginal_two_levels(fit, chain, chunk: int = 250) -> np.ndarray:
     design = fit.design
     inner, top = chain
     parent = chain_parents(list(chain))[0]
-    strata, w, c_draws = _level1_precision(fit)
-    K = c_draws.shape[1]
+    precision = _Precision(fit)
+    c_draws = precision.c
     centred_y, beta_draws = centred_outcome(design, fit.draws("beta").transpose("chain", "draw", "fixed").values)
     X, y = design.X, centred_y[:, None]
     J0, J1 = inner.n_groups, top.n_groups
 
     def inner_sums(A, B):
-        return _stratified_sums(inner.codes, J0, strata, K, w, A, B)
+        return precision.sums(inner.codes, J0, A, B)
 
     def top_sums(A, B):
-        return _stratified_sums(top.codes, J1, strata, K, w, A, B)
+        return precision.sums(top.codes, J1, A, B)
 
     A0, B0 = inner_sums(inner.Z, inner.Z), inner_sums(inner.Z, top.Z)
     C0X, C0y = inner_sums(inner.Z, X), inner_sums(inner.Z, y)[..., 0]
     A1, C1X, C1y = top_sums(top.Z, top.Z), top_sums(top.Z, X), top_sums(top.Z, y)[..., 0]
     XtX, Xty, yty = top_sums(X, X), top_sums(X, y)[..., 0], top_sums(y, y)[..., 0, 0]
-    counts = np.bincount(strata * J1 + top.codes, minlength=K * J1).reshape(K, J1)
-    log_w = np.bincount(top.codes, weights=np.log(w), minlength=J1)
+    log_det_R = precision.log_det(top.codes, J1)
 
     shape = beta_draws.shape[:2]
     beta_draws = beta_draws.reshape(-1, beta_draws.shape[-1])
@@ -249,7 +297,7 @@ def _marginal_two_levels(fit, chain, chunk: int = 250) -> np.ndarray:
         M1 = np.eye(top.n_coef) + np.einsum("sqa,skqr,srb->skab", L1, P, L1)
         K1 = np.linalg.cholesky(M1)
         z = np.linalg.solve(K1, np.einsum("sqa,skq->ska", L1, g)[..., None])[..., 0]
-        log_det_V = (-np.log(c) @ counts - log_w[None] + to_top(log_det_M0)
+        log_det_V = (log_det_R[part] + to_top(log_det_M0)
                      + 2 * np.log(np.diagonal(K1, axis1=-2, axis2=-1)).sum(-1))
         out[part] = -0.5 * (top.group_sizes[None] * np.log(2 * np.pi) + log_det_V + h - (z ** 2).sum(-1))
     return out.reshape(*shape, J1)
