@@ -199,3 +199,30 @@ def test_unsupported_prior_family_uses_the_graph():
     design = _toy().design
     priors = resolve_priors(design, {"sigma": Prior("InverseGamma", alpha=2.0, beta=1.0)})
     assert build_model(design, priors)[1].kernel is None
+
+
+@pytest.mark.parametrize("form", ["centred", "non-centred"])
+def test_named_draws_of_a_trace_equal_the_values_point_by_point(form):
+    """nutpie stores the unconstrained draws x; naming them afterwards (sampling.named_draws, vectorised over
+    chains and draws) gives at every draw the values of that draw alone, with the graph's dims and labels."""
+    import xarray as xr
+
+    from bayeshlm.bayes.sampling import UNCONSTRAINED, named_draws
+
+    design = _toy("y ~ x + (x | g) + (x + x2 | h)").design
+    kernel = build_model(design, resolve_priors(design, None), parameterization={"h": form})[1].kernel
+    x = np.random.default_rng(3).normal(size=(2, 3, kernel.n_dim))
+    trace = xr.Dataset({UNCONSTRAINED: (("chain", "draw", f"{UNCONSTRAINED}_dim"), x)},
+                       coords={"chain": [0, 1], "draw": [0, 1, 2]})
+    named = named_draws(kernel, trace)
+    names, shapes, dims, coords = output_layout(kernel)
+    assert list(named.data_vars) == names and list(named["corr_h"].dims[2:]) == list(dims["corr_h"])
+    for chain in range(2):
+        for draw in range(3):
+            point = constrained(kernel, x[chain, draw])
+            for name in names:
+                np.testing.assert_allclose(named[name].values[chain, draw], point[name], rtol=1e-13, atol=1e-13)
+            L = point["tau_h"][:, None] * point["corr_h"]
+            gamma = np.r_[point["beta"], 0.0][[0, 1, -1]]  # (Intercept) and x centred on their fixed effects, x2 on 0
+            sampled = point["z_h"] @ L.T if form == "non-centred" else point["coef_h"] - gamma
+            np.testing.assert_allclose(point["u_h"], sampled, rtol=1e-12)

@@ -3,7 +3,8 @@ models), their effects integrated out, plus any crossed factors whose effects ar
 
 For a model whose integrated chain is one factor (two-level) or a factor nested in another (three-level), with
 q_l random coefficients per factor in one LKJ block or with independent SDs, and a homogeneous σ² or known
-level-1 variances, the log posterior density and its gradient are written out by hand below and compiled by
+level-1 variances (in two-level models also a σ² per stratum or AR(1) errors, :func:`_level1_weights`), the
+log posterior density and its gradient are written out by hand below and compiled by
 Numba with an on-disk cache. nutpie samples them directly, so a fit skips the PyTensor -> Numba compile of the
 model graph (65-90 s with a cold cache, 30-50 s warm for nutpie here; see :mod:`.sampling`): the kernel
 compiles once per machine (only the entry point the model needs: two or three levels, crossed or not) and loads

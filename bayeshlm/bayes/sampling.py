@@ -3,11 +3,12 @@
 Two ways to give nutpie a log density:
 
 - The compiled kernel (:mod:`.kernel`), for the models it covers (one grouping factor or two nested ones
-  integrated out, any crossed factors sampled, common prior families): nutpie calls its Numba C callbacks
-  directly through the bindings it uses for PyMC models (:class:`KernelCompiledModel`), so chains run in
-  parallel with no Python in the loop. The callbacks are cached on disk: HS&B (intercepts and slopes as
-  outcomes, 4 chains x 1000 draws) takes 1.5 s in a new process, and 24 s on a fresh install whose caches are
-  empty (benchmarks/bench_bayes.py, 2026-12-04, 2 cores).
+  integrated out, any crossed factors sampled, a σ² per stratum or AR(1) errors in two-level models, common
+  prior families): nutpie calls its Numba C callbacks directly through the bindings it uses for PyMC models
+  (:class:`KernelCompiledModel`), so chains run in parallel with no Python in the loop. The callbacks are
+  cached on disk: HS&B (intercepts and slopes as outcomes, 4 chains x 1000 draws) took 1.5 s in a new process
+  and 21-24 s on a fresh install whose caches are empty (benchmarks/bench_bayes.py, 2026-12-04, 2 cores); the
+  compile of its callback has since gone from 15.2 to 9.4 CPU seconds (benchmarks/results/bayes_cold_start.md).
 - The PyMC graph, for every other model. Compilation dominates its cost (stack notes: 65-90 s cold with
   PyTensor's Numba backend); nutpie's compile_pymc_model wraps the PyTensor functions in ``numba.cfunc``
   callbacks compiled without a cache (cProfile: most of 30-70 s in numba's ``ccallback._compile_uncached``),
@@ -31,6 +32,7 @@ import pymc as pm
 import xarray as xr
 from nutpie.sample import CompiledModel
 
+from .. import progress
 from ..errors import OptionError
 from .build import ModelInfo
 from .kernel import KernelModel, c_callbacks, constrained_draws, output_layout
@@ -152,6 +154,7 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
     if sampler == "nutpie":
         import nutpie
 
+        progress.step(progress.COMPILING)
         if info.kernel is not None:
             misses = c_callbacks.cache_info().misses
             compiled = kernel_nutpie_model(info.kernel)
@@ -159,6 +162,7 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
         else:
             compiled, reused = compiled_nutpie_model(model, info)
         compiled_at = time.perf_counter()
+        progress.step(progress.sampling(chains, draws, tune, cores))
         running = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
                                 progress_bar=progressbar, target_accept=target_accept, blocking=False)
         try:
@@ -169,6 +173,7 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
     else:
         reused = False
         compiled_at = start
+        progress.step("compiling the PyMC model and " + progress.sampling(chains, draws, tune, cores))
         with model:
             tree = pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
                              nuts_sampler="pymc", nuts={"target_accept": target_accept},
