@@ -1,0 +1,102 @@
+"""The Bayes HGLM engine against brms under the same priors (issue 24).
+
+tests/reference/bayes_glmm/make_brms_reference.R rebuilds bayeshlm's default link-scale priors from the data
+(docs/hglm_bayes.md), fits the same model with brms (4 chains x 2,500 draws after 1,000 warm-up, 0 divergences)
+and writes the posterior mean and SD of every fixed effect, the group-level SDs and every group's effect u_j.
+
+Tolerances (Monte Carlo, both fits sample the same exact posterior): the difference of two independent
+estimates of a posterior mean has SE sd * sqrt(1 / ESS_bayeshlm + 1 / ESS_brms). Here bayeshlm's min bulk ESS is
+asserted at >= 1,000 (4 x 1,000 draws) and brms's is >= 3,600 (meta_cbpp.csv), so that SE is at most
+0.034 sd: a bound of 0.15 sd is 4.4 SEs for the worst-mixing parameter (the chance that any of the 20
+parameters exceeds it by Monte Carlo error alone is below 2 in 10,000). A posterior SD estimated from ESS
+draws has a relative SE of about sqrt((kurtosis - 1) / (4 ESS)): 2.2% at ESS 1,000 for a normal posterior and
+about 3.5% for the skewed herd SD (kurtosis about 6); combined with brms's, 10% is 2.5-4 SEs.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayeshlm as bh
+
+REFERENCE = Path(__file__).parent / "reference" / "bayes_glmm"
+MEAN_TOLERANCE_SD = 0.15   # |posterior mean difference| / brms posterior SD
+SD_TOLERANCE = 0.10        # |posterior SD ratio - 1|
+
+
+def cbpp_model():
+    return bh.HLM("cbind(incidence, size - incidence) ~ period + (1 | herd)", bh.datasets.load("cbpp"),
+                  family="binomial")
+
+
+def contraception_model():
+    data = bh.datasets.load("contraception")
+    data["use"] = (data["use"] == "Y").astype(int)
+    data["livch"] = pd.Categorical(data["livch"], categories=["0", "1", "2", "3+"])
+    return bh.HLM("use ~ age + I(age**2) + urban + livch + (urban | district)", data, family="bernoulli")
+
+
+def reference(kind: str, name: str) -> pd.DataFrame:
+    return pd.read_csv(REFERENCE / f"{kind}_{name}.csv", index_col=0)
+
+
+def meta(name: str) -> dict[str, str]:
+    return reference("meta", name)["value"].to_dict()
+
+
+def posterior_summary(fit, factor: str) -> pd.DataFrame:
+    """Posterior mean and SD named as in the brms fixture: fixed effects, tau_<f>[coef], u_<f>[group, coef]."""
+    rows = {name: (row.estimate, row.se) for name, row in fit.fixed_effects.iterrows()}
+    tau = fit.draws(f"tau_{factor}")
+    for coef in tau[f"{factor}__coef"].values:
+        draws = tau.sel({f"{factor}__coef": coef}).values.ravel()
+        rows[f"tau_{factor}[{coef}]"] = (draws.mean(), draws.std(ddof=1))
+    for (group, coef), row in fit.random_effects(factor).iterrows():
+        rows[f"u_{factor}[{group}, {coef}]"] = (row.estimate, row.se)
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["mean", "sd"])
+
+
+@pytest.mark.parametrize("name, make_model", [("cbpp", cbpp_model), ("contraception", contraception_model)])
+def test_the_r_script_rebuilds_bayeshlms_default_priors(name, make_model):
+    """The priors given to brms are bayeshlm's defaults to 1e-9: the comparison is under the same priors."""
+    from bayeshlm.bayes.glmm import default_glmm_priors
+
+    model = make_model()
+    priors = default_glmm_priors(model.design, model.outcome)
+    rebuilt = reference("priors", name)
+    for term, prior in priors.fixed.items():
+        assert prior.dist == rebuilt.loc[term, "dist"] == "Normal"
+        assert float(prior.params["mu"]) == pytest.approx(rebuilt.loc[term, "mu"], rel=1e-9, abs=1e-12)
+        assert float(prior.params["sigma"]) == pytest.approx(rebuilt.loc[term, "sigma"], rel=1e-9)
+    for factor in model.design.factors:
+        prior = priors.tau[factor.name]
+        assert prior.dist == "HalfStudentT"
+        for k, coef in enumerate(factor.coef_names):
+            row = rebuilt.loc[f"tau_{factor.name}[{coef}]"]
+            assert (row["dist"], row["nu"]) == ("HalfStudentT", float(prior.params["nu"][k]))
+            assert float(prior.params["sigma"][k]) == pytest.approx(row["sigma"], rel=1e-9)
+        if factor.name in priors.corr:
+            assert priors.corr[factor.name].eta == rebuilt.loc[f"corr_{factor.name}", "nu"] == 2
+    assert len(rebuilt) == len(priors.fixed) + sum(f.n_coef for f in model.design.factors) + len(priors.corr)
+
+
+def test_cbpp_posterior_agrees_with_brms_under_the_same_priors():
+    """cbpp binomial, default priors: fixed effects, the herd SD and all 15 herd effects as brms."""
+    brms, info = reference("brms", "cbpp"), meta("cbpp")
+    assert int(info["divergences"]) == 0 and float(info["max_rhat"]) < 1.01 and float(info["min_ess_bulk"]) >= 3600
+    fit = cbpp_model().fit(method="bayes", draws=1000, tune=1000, chains=4, random_seed=20261207)
+    assert fit.diagnostics["divergences"] == 0 and fit.diagnostics["max_rhat"] < 1.01
+    assert fit.diagnostics["min_ess_bulk"] >= 1000
+    ours = posterior_summary(fit, "herd")
+    assert sorted(ours.index) == sorted(brms.index)  # 4 fixed effects, tau, 15 herds
+    ours = ours.loc[brms.index]
+    z = (ours["mean"] - brms["mean"]) / brms["sd"]
+    ratio = ours["sd"] / brms["sd"]
+    assert z.abs().max() < MEAN_TOLERANCE_SD, z.abs().sort_values().tail(3)
+    assert (ratio - 1).abs().max() < SD_TOLERANCE, ratio.sort_values()
+    assert math.isclose(ours.loc["tau_herd[(Intercept)]", "mean"], brms.loc["tau_herd[(Intercept)]", "mean"],
+                        rel_tol=0.05)
+    assert np.corrcoef(ours["mean"].filter(like="u_herd"), brms["mean"].filter(like="u_herd"))[0, 1] > 0.999
