@@ -318,10 +318,10 @@ def log_density(x, buf, grad):
         psi_shape = _digamma(shape)
     for i in range(n):
         e = eta[i]
-        if family == 0:
-            softplus = max(e, 0.0) + math.log1p(math.exp(-abs(e)))
-            lp += y[i] * e - size[i] * softplus
-            r[i] = y[i] - size[i] * math.exp(e - softplus)
+        if family == 0:  # one exp and one log1p per row: t = e^-|eta|, log(1 + e^eta), mu = 1 / (1 + e^-eta)
+            t = math.exp(-abs(e))
+            lp += y[i] * e - size[i] * (max(e, 0.0) + math.log1p(t))
+            r[i] = y[i] - size[i] * ((1.0 if e >= 0.0 else t) / (1.0 + t))
         elif family == 1:
             mu = math.exp(e)
             lp += y[i] * e - mu
