@@ -14,12 +14,11 @@ import pandas as pd
 from . import datasets
 from .errors import InputError, OptionError
 from .model import HLM
+from .progress import reporting
 
 SAMPLING_OPTIONS = {"draws", "tune", "chains", "random_seed", "priors", "sampler", "target_accept", "route",
                     "parameterization", "progressbar"}
 DEMO_FORMULA = "mathach ~ meanses*cses + sector*cses + (cses | school)"
-COMPILING = ("fitting by full Bayes: compiling the model once for this machine may take ~20 s on first use, "
-             "then sampling...")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     fit.add_argument("--tune", type=_positive_int, help="tuning draws per chain (Bayes; default: as --draws)")
     fit.add_argument("--chains", type=_positive_int, help="number of chains (Bayes)")
     fit.add_argument("--seed", type=_seed, help="random seed, a whole number >= 0 (Bayes)")
-    fit.add_argument("--progress", action="store_true", help="show sampling progress per chain (Bayes)")
+    fit.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="one line per step on standard error (loading, compiling, sampling) and, with --progress, "
+                     "nutpie's per-chain progress (default: shown when standard error is a terminal)")
     fit.add_argument("--out", help="directory for estimates (netCDF), the report and figures (PNG)")
     fit.add_argument("--data-root", help="folder the model file's 'data' path may point into (default: the "
                      "model file's own folder)")
@@ -124,8 +125,7 @@ def _fit(args) -> None:
         options["method"] = args.method
     if args.draws is not None:
         options.update(draws=args.draws, tune=args.draws)
-    given = {"tune": args.tune, "chains": args.chains, "random_seed": args.seed,
-             "progressbar": True if args.progress else None}
+    given = {"tune": args.tune, "chains": args.chains, "random_seed": args.seed}
     options.update({k: v for k, v in given.items() if v is not None})
     if options.get("method", "reml") != "bayes":
         # a Bayes file refitted with --method reml/ml: its sampling options do not apply; anything else is
@@ -135,9 +135,14 @@ def _fit(args) -> None:
             print(clean(f"(ignoring sampling options {', '.join(dropped)} for a likelihood fit)"))
         options = {k: v for k, v in options.items() if k not in SAMPLING_OPTIONS}
     print(clean(f"{model.title}\n"), flush=True)
-    if options.get("method") == "bayes":
-        print(COMPILING, file=sys.stderr, flush=True)
-    fit = model.fit(**options)
+    method = options.get("method", "reml")
+    if method == "bayes":
+        if args.progress is not None:  # the fit's steps; --progress adds nutpie's per-chain progress
+            options.update(progress=args.progress, progressbar=args.progress)
+        fit = model.fit(**options)
+    else:
+        with reporting(args.progress, f"fitting by {method.upper()}..."):
+            fit = model.fit(**options)
     report = clean(str(fit.report()))
     print(report)
     if args.out:

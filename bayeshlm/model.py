@@ -20,6 +20,7 @@ from .design import Design, build_design
 from .design.out_of_core import is_dask_frame
 from .errors import FormulaError, OptionError, closest_names
 from .families import Family, get_family
+from .progress import LOADING, reporting
 from .spec import Centering, ModelSpec, parse_formula, parse_levels
 from .spec.model_spec import residual_structure
 
@@ -196,12 +197,16 @@ class HLM:
             defaults scaled to the data; ``"flat"``: the book's ch. 13 priors; or a dict by parameter name),
             ``sampler`` (``"nutpie"``, the default, or ``"pymc"``), ``target_accept`` (default 0.9),
             ``route`` and ``parameterization``. An unknown option raises :class:`~bayeshlm.errors.OptionError`.
+            ``progress`` (Bayes): one line per step (loading, compiling, sampling) on standard error; None
+            (default): shown in a terminal or notebook; ``progress=False`` (or ``progressbar=False``) silences it.
         """
+        progress = options.pop("progress", options.get("progressbar"))
         family = getattr(self, "family", None)
         if family is not None and not family.gaussian and method == "bayes":
-            from .bayes.glmm import fit_bayes_glmm
+            with reporting(progress, LOADING):
+                from .bayes.glmm import fit_bayes_glmm
 
-            return fit_bayes_glmm(self.design, self.outcome, **options)
+                return fit_bayes_glmm(self.design, self.outcome, **options)
         if family is not None and not family.gaussian:
             from .likelihood.glmm_fit import fit_glmm
 
@@ -211,9 +216,10 @@ class HLM:
             raise OptionError(f"Unknown method {method!r}.{closest_names(str(method), METHODS)} "
                               f"Use one of {', '.join(METHODS)}.")
         if method == "bayes":
-            from .bayes import fit_bayes
+            with reporting(progress, LOADING):
+                from .bayes import fit_bayes
 
-            return fit_bayes(self.design, reference_fit=self._reference_fit, **options)
+                return fit_bayes(self.design, reference_fit=self._reference_fit, **options)
         from .likelihood import fit_likelihood
 
         return fit_likelihood(self.design, method=method, **options)

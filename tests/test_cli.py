@@ -1,4 +1,4 @@
-from bayeshlm.cli import COMPILING, main
+from bayeshlm.cli import main
 
 
 def test_datasets_command_lists_names(capsys):
@@ -12,6 +12,11 @@ def test_describe_reports_bad_columns_without_a_traceback(capsys):
 
 
 # --- issue 21: every bad input ends with a message and a non-zero exit, never a traceback or a silent default ----
+import io  # noqa: E402
+import re  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 import bayeshlm as bh  # noqa: E402
@@ -45,7 +50,7 @@ def test_draws_must_be_a_positive_whole_number(tmp_path, capsys, draws):
 ])
 def test_bad_model_files_and_data_exit_2_with_a_message(tmp_path, capsys, toml, csv, message):
     assert main(["fit", _write(tmp_path, toml, csv)]) == 2
-    err = capsys.readouterr().err.removeprefix(COMPILING + "\n")  # a Bayes file announces its fit first
+    err = capsys.readouterr().err  # no progress lines under pytest unless asked
     assert err.startswith("bayeshlm: ") and "Traceback" not in err
     assert message is None or message in err
     if message is None:
@@ -159,30 +164,68 @@ def test_data_root_is_refused_with_data(sleep_csv, tmp_path, capsys):
     assert "--data-root is for model files" in capsys.readouterr().err
 
 
-def test_bayes_options_reach_the_sampler_and_the_notice_comes_first(sleep_csv, capsys, monkeypatch):
-    """The first Bayesian fit was silent while the model compiled; the notice must be out before fitting starts."""
+def test_bayes_options_reach_the_sampler(sleep_csv, capsys, monkeypatch):
+    """--progress / --no-progress reach the fit as progress= (its step lines) and progressbar= (nutpie's)."""
     seen = {}
 
     def fake_fit(self, method="reml", **options):
-        seen.update(options, method=method, err_before=capsys.readouterr().err)
+        seen.update(options, method=method)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(bh.HLM, "fit", fake_fit)
     assert main(["fit", "--data", sleep_csv, "--formula", SLEEP, "--method", "bayes", "--draws", "30", "--tune",
                  "40", "--chains", "3", "--seed", "0", "--progress"]) == 130
-    assert seen["err_before"].startswith("fitting by full Bayes: compiling the model once for this machine")
-    assert {k: seen[k] for k in ("method", "draws", "tune", "chains", "random_seed", "progressbar")} == {
-        "method": "bayes", "draws": 30, "tune": 40, "chains": 3, "random_seed": 0, "progressbar": True}
+    assert {k: seen[k] for k in ("method", "draws", "tune", "chains", "random_seed", "progress", "progressbar")} == {
+        "method": "bayes", "draws": 30, "tune": 40, "chains": 3, "random_seed": 0, "progress": True,
+        "progressbar": True}
+    seen.clear()
+    assert main(["fit", "--data", sleep_csv, "--formula", SLEEP, "--method", "bayes", "--no-progress"]) == 130
+    assert (seen["progress"], seen["progressbar"]) == (False, False)
+    seen.clear()
+    assert main(["fit", "--data", sleep_csv, "--formula", SLEEP, "--method", "bayes"]) == 130
+    assert "progress" not in seen and "progressbar" not in seen  # default: shown when stderr is a terminal
+
+
+STEP = re.compile(r"^bayeshlm \[ *(\d+\.\d) s\] (.*)$")
+
+
+def _steps(err: str) -> list[tuple[float, str]]:
+    return [(float(m[1]), m[2]) for m in map(STEP.match, err.splitlines()) if m]
+
+
+def _fixed_effects(out: str) -> pd.DataFrame:
+    """The report's fixed-effects table read back from standard output."""
+    block = out.split("Fixed effects\n-------------\n", 1)[1].split("\n\n", 1)[0]
+    return pd.read_fwf(io.StringIO(block), skiprows=[1], index_col=0)  # aligned columns; cells may hold spaces
+
+
+def test_progress_lines_of_a_likelihood_fit_go_to_stderr(sleep_csv, capsys):
+    assert main(["fit", "--data", sleep_csv, "--formula", SLEEP]) == 0
+    quiet = capsys.readouterr()
+    assert quiet.err == ""  # under pytest (no terminal) progress is off by default
+    assert main(["fit", "--data", sleep_csv, "--formula", SLEEP, "--progress"]) == 0
+    shown = capsys.readouterr()
+    assert [text for _, text in _steps(shown.err)] == ["fitting by REML...", "done"]
+    assert shown.out == quiet.out  # the report on stdout is unchanged
+    expected = bh.HLM(SLEEP, bh.datasets.load("sleepstudy")).fit("reml").fixed_effects
+    np.testing.assert_allclose(_fixed_effects(shown.out)["estimate"], expected["estimate"], atol=5e-5)
 
 
 @pytest.mark.sampling
 @pytest.mark.filterwarnings("ignore")  # 50 draws on one chain: low-ESS and one-chain warnings are expected
 def test_a_tiny_bayes_fit_from_the_command_line(sleep_csv, capsys):
+    """With --progress the fit says what it is doing, step by step, on stderr; stdout keeps the parseable report."""
     assert main(["fit", "--data", sleep_csv, "--formula", SLEEP, "--method", "bayes", "--draws", "50", "--tune", "50",
-                 "--chains", "1", "--seed", "7"]) == 0
+                 "--chains", "1", "--seed", "7", "--progress"]) == 0
     printed = capsys.readouterr()
-    assert printed.err.startswith("fitting by full Bayes: compiling")
+    steps = _steps(printed.err)
+    assert [text.split(" (")[0] for _, text in steps] == [
+        "full Bayes: loading PyMC and building the model...", "preparing the sampler",
+        "sampling 1 chain x 100 iterations", "done"]
+    assert steps[0][0] == 0.0 and [t for t, _ in steps] == sorted(t for t, _ in steps)
     assert "chains: 1; draws per chain: 50 after 50 tuning draws" in printed.out and "seed: 7;" in printed.out
+    table = _fixed_effects(printed.out)
+    assert list(table.index) == ["(Intercept)", "Days"] and 5 < table.loc["Days", "estimate"] < 15
 
 
 def test_outputs_are_replaced_atomically_when_the_disk_fills(sleep_csv, tmp_path, capsys, monkeypatch):

@@ -38,6 +38,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .. import progress
 from ..design import Design
 from ..errors import OptionError, closest_names
 from ..families.outcome import GLMOutcome
@@ -537,6 +538,7 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
 
     cores = min(chains, os.cpu_count() or 1)
     start = time.perf_counter()
+    progress.step(progress.COMPILING if sampler == "nutpie" else "building the PyMC model...")
     if use_kernel:
         import nutpie
 
@@ -546,6 +548,7 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
         compiled = nutpie_model(build_kernel(design, outcome, prior_set, shape, choice, laplace))
         reused = callbacks.cache_info().misses == misses
         compiled_at = time.perf_counter()
+        progress.step(progress.sampling(chains, draws, tune, cores))
         running = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
                                 progress_bar=progressbar, target_accept=target_accept, blocking=False)
         try:
@@ -564,10 +567,12 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
 
             compiled = nutpie.compile_pymc_model(model, backend="numba")
             compiled_at = time.perf_counter()
+            progress.step(progress.sampling(chains, draws, tune, cores))
             tree = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
                                  progress_bar=progressbar, target_accept=target_accept)
         else:
             compiled_at = start
+            progress.step("compiling and " + progress.sampling(chains, draws, tune, cores))
             with model:
                 tree = pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
                                  nuts_sampler="pymc", nuts={"target_accept": target_accept},
