@@ -223,3 +223,18 @@ def test_every_plot_runs_on_both_engines(likelihood_fits, bayes_fit, tmp_path):
                  _quiet(bh.meta, "yi ~ 1", data, vi="vi", method="bayes", draws=100, tune=100, chains=2,
                         random_seed=1)):
         assert len(bh.plots.forest(meta).axes) == 1
+
+
+def test_equal_tailed_interval_of_arviz_stats_equals_numpy_quantiles_and_gives_numbers():
+    """The ETI comes from arviz-stats' eti; one-dimensional draws gave 0-d arrays in the variance table's lower /
+    upper columns (object dtype), which the report printed unrounded (186.47479159469364)."""
+    from bayeshlm.results.base import equal_tailed_interval
+
+    draws = np.random.default_rng(3).gamma(2.0, size=(2000, 3, 2))
+    for axis in (0, 1):
+        lower, upper = equal_tailed_interval(draws, 0.9, axis=axis)
+        np.testing.assert_allclose(np.stack([lower, upper]), np.quantile(draws, [0.05, 0.95], axis=axis), rtol=1e-14)
+    lower, upper = equal_tailed_interval(draws[:, 0, 0], 0.95)
+    assert type(lower) is np.float64 and type(upper) is np.float64
+    table = pd.DataFrame({"lower": [lower], "upper": [upper]})
+    assert all(pd.api.types.is_float_dtype(t) for t in table.dtypes)

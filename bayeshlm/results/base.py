@@ -338,7 +338,7 @@ def equal_tailed_interval(draws: np.ndarray, level: float, axis: int = 0) -> tup
     from arviz_stats.base import array_stats
 
     interval = array_stats.eti(np.asarray(draws, dtype=float), level, axis=axis)
-    return interval[..., 0], interval[..., 1]
+    return interval[..., 0][()], interval[..., 1][()]  # [()]: a number, not a 0-d array, for one-dimensional draws
 
 
 def variance_component_pairs(factor) -> list[tuple[int, int]]:
