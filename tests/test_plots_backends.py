@@ -121,7 +121,15 @@ def test_bayesian_fits_on_plotly_and_bokeh():
     figure = bh.plots.caterpillar(bayes, coefficient="Days", backend="plotly")
     posterior = bayes.group_effects("Subject").xs("Days", level="term")["estimate"].to_numpy()
     np.testing.assert_allclose(plotly_trace(figure, "estimates").y, np.sort(posterior), rtol=1e-12)
-    layout = bh.plots.variance_posterior(bayes, factor="sigma2", backend="bokeh")
+    shrink = bh.plots.shrinkage(bayes, backend="plotly")
+    np.testing.assert_allclose(plotly_trace(shrink, "shrunken").y,
+                               bayes.group_effects("Subject").xs("Days", level="term")["estimate"], rtol=1e-12)
+    reml = bh.HLM("Reaction ~ Days + (Days | Subject)", data).fit("reml")
+    panels = bh.plots.forest_compare(bayes, reml, backend="bokeh")
+    figures = [child[0] for child in panels.children]
+    assert len(figures) == 6  # gamma_0, gamma_1, three entries of T, sigma^2
+    assert sum(isinstance(r.glyph, bokeh_models.Scatter) for f in figures for r in f.renderers) == 2 * 6
+    layout = bh.plots.variance_posterior(bayes, reml, factor="sigma2", backend="bokeh")
     bars = [r for r in layout.children[0][0].renderers if isinstance(r.glyph, bokeh_models.Quad)]
     assert len(bars) == 1 and len(bars[0].data_source.data["top"]) == 60
     density = np.asarray(bars[0].data_source.data["top"])

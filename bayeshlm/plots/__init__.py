@@ -1,4 +1,6 @@
-"""Plots that return matplotlib figures (headless-safe; no pyplot state is touched).
+"""Plots that return matplotlib figures (headless-safe; no pyplot state is touched), or with ``backend="plotly"`` /
+``"bokeh"`` interactive figures drawn through arviz-plots' backends (``pip install 'bayeshlm[interactive]'``; a
+plotly figure shows itself in a notebook, a bokeh layout with ``bokeh.plotting.show``).
 
 In Jupyter a returned figure shows inline: matplotlib registers its picture formatter for figures only when
 pyplot loads the inline backend, and these figures are built without pyplot, so the formatter is registered
