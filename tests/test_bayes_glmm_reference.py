@@ -10,7 +10,11 @@ asserted at >= 1,000 (4 x 1,000 draws) and brms's is >= 3,600 (meta_cbpp.csv), s
 0.034 sd: a bound of 0.15 sd is 4.4 SEs for the worst-mixing parameter (the chance that any of the 20
 parameters exceeds it by Monte Carlo error alone is below 2 in 10,000). A posterior SD estimated from ESS
 draws has a relative SE of about sqrt((kurtosis - 1) / (4 ESS)): 2.2% at ESS 1,000 for a normal posterior and
-about 3.5% for the skewed herd SD (kurtosis about 6); combined with brms's, 10% is 2.5-4 SEs.
+about 3.5% for the skewed herd SD (kurtosis about 6); combined with brms's, 15% is 4-6 SEs.
+
+Measured (seed 20261207): max |mean difference| 0.051 posterior SD (the intercept), SD ratios 0.981-1.073.
+Probes: the same fit with flat priors differs by 0.39 SD in the herd SD's mean (fails); with HalfNormal(1)
+instead of HalfStudentT(3, 2.5) on the herd SD by 0.12 SD (passes: cbpp's 56 rows dominate that prior).
 """
 
 import math
@@ -24,7 +28,7 @@ import bayeshlm as bh
 
 REFERENCE = Path(__file__).parent / "reference" / "bayes_glmm"
 MEAN_TOLERANCE_SD = 0.15   # |posterior mean difference| / brms posterior SD
-SD_TOLERANCE = 0.10        # |posterior SD ratio - 1|
+SD_TOLERANCE = 0.15        # |posterior SD ratio - 1|
 
 
 def cbpp_model():
