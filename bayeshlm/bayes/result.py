@@ -37,11 +37,11 @@ class BayesFit(FitResult):
     """A fully Bayesian fit: the posterior DataTree plus summaries in the common :class:`FitResult` shape.
 
     Attributes: ``posterior`` (ArviZ DataTree; group ``posterior`` holds ``beta`` (dim ``fixed``), ``sigma``,
-    ``tau_<factor>`` (SDs), ``corr_<factor>`` (Cholesky factor of the correlation matrix), ``T_<factor>``
-    (covariance matrix draws) and ``u_<factor>`` (group effects, dims ``<factor>``, ``<factor>__coef``)),
-    ``priors`` (parameter -> prior used), ``sampler`` (sampler, chains, seed, times, route and
-    parameterisation per factor), ``diagnostics`` (divergences, max_rhat, min_ess_bulk, min_ess_tail,
-    min_bfmi), ``messages`` (plain-English problems and what to do).
+    ``tau_<factor>`` (SDs), ``corr_<factor>`` (correlation matrix), ``corr_chol_<factor>`` (its sampled
+    Cholesky factor), ``T_<factor>`` (covariance matrix draws) and ``u_<factor>`` (group effects, dims
+    ``<factor>``, ``<factor>__coef``)), ``priors`` (parameter -> prior used), ``sampler`` (sampler, chains,
+    seed, times, route and parameterisation per factor), ``diagnostics`` (divergences, max_rhat,
+    min_ess_bulk, min_ess_tail, min_bfmi), ``messages`` (plain-English problems and what to do).
     """
 
     method = "bayes"

@@ -36,9 +36,9 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
-from threadpoolctl import ThreadpoolController
 
 from ..errors import OptionError
+from .fit import single_threaded_blas
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 STEP = 1e-5  # central-difference step for the Hessian and the Jacobian of cov(beta) (standardised scale)
@@ -342,7 +342,7 @@ def variance_intervals(fit, method: str = "wald", level: float = 0.95) -> pd.Dat
     if method == "wald":
         lower, upper = values - z * se, values + z * se
     else:
-        with _single_threaded():  # many tiny products: threads only add synchronisation (as the fit)
+        with single_threaded_blas():  # many tiny products: threads only add synchronisation (as the fit)
             lower, upper = _profile_table(vp, cmap, rows, psi, se[:len(psi)], stats.chi2.ppf(level, 1))
     table = pd.DataFrame(rows).drop(columns="psi")
     table["estimate"] = factor * values
@@ -472,14 +472,6 @@ class _Profile:
         return side * np.inf
 
 
-def _single_threaded():
-    from .fit import _THREADPOOLS
-
-    if not _THREADPOOLS:
-        _THREADPOOLS.append(ThreadpoolController())
-    return _THREADPOOLS[0].limit(limits=1, user_api="blas")
-
-
 def _profile_table(vp: VarianceParameters, cmap: ComponentMap, rows: list[dict], psi: np.ndarray,
                    se: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
     """Profile ends of each psi (first steps of one Wald SE, else 10% of the estimate) for the table's rows."""
@@ -585,7 +577,7 @@ def confint(fit, level: float = 0.95, method: str = "wald", df: str | None = Non
     if method == "profile" and fit.method == "ml":
         vp = variance_parameters(fit)
         cutoff = stats.chi2.ppf(level, 1)
-        with _single_threaded():
+        with single_threaded_blas():
             for k, name in enumerate(fixed.index):
                 profile = _FixedProfile(vp, k)
                 estimate, se = fixed.loc[name, "estimate"], fixed.loc[name, "se"]
