@@ -135,3 +135,25 @@ def test_bayesian_fits_on_plotly_and_bokeh():
     density = np.asarray(bars[0].data_source.data["top"])
     width = np.asarray(bars[0].data_source.data["right"]) - np.asarray(bars[0].data_source.data["left"])
     assert np.sum(density * width) == pytest.approx(1.0, abs=1e-9)  # a density histogram
+    _convergence_pictures(bayes, reml)
+
+
+def _convergence_pictures(bayes, reml):
+    """Trace, rank and energy plots are arviz-plots' own PlotCollections, on every backend."""
+    from arviz_plots import PlotCollection
+
+    for backend, figure_type in (("matplotlib", matplotlib.figure.Figure), ("plotly", go.Figure),
+                                 ("bokeh", bokeh_models.GridPlot)):
+        for kind in ("trace", "rank", "energy"):
+            collection = bh.plots.convergence(bayes, kind, backend=backend)
+            assert isinstance(collection, PlotCollection)
+            assert isinstance(collection.viz["figure"].item(), figure_type)
+    trace = bh.plots.convergence(bayes, "trace", var_names=["sigma"], backend="plotly").viz["figure"].item()
+    drawn = np.concatenate([t.y for t in trace.data if t.mode == "lines" and len(t.y) == 60])  # one line per chain
+    np.testing.assert_allclose(np.sort(drawn), np.sort(bayes.draws("sigma").values.ravel()), rtol=1e-12)
+    with pytest.raises(bh.OptionError, match="'sigm' is not a posterior variable. Did you mean 'sigma'"):
+        bh.plots.convergence(bayes, var_names=["sigm"])
+    with pytest.raises(bh.OptionError, match="kind='ranks': use one of 'trace', 'rank', 'energy'. Did you mean"):
+        bh.plots.convergence(bayes, "ranks")
+    with pytest.raises(bh.OptionError, match="Bayesian fit"):
+        bh.plots.convergence(reml)

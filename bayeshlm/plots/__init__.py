@@ -13,13 +13,14 @@ from matplotlib.figure import Figure
 
 from .caterpillar import caterpillar
 from .compare import forest_compare, variance_posterior
+from .convergence import convergence
 from .diagnostics import eb_qq, residuals_vs_fitted
 from .forest import forest
 from .growth import growth
 from .shrinkage import shrinkage
 
-__all__ = ["caterpillar", "eb_qq", "forest", "forest_compare", "growth", "residuals_vs_fitted", "shrinkage",
-           "variance_posterior"]
+__all__ = ["caterpillar", "convergence", "eb_qq", "forest", "forest_compare", "growth", "residuals_vs_fitted",
+           "shrinkage", "variance_posterior"]
 
 
 def _show_figures_inline_in_ipython() -> None:
