@@ -102,6 +102,19 @@ def test_meta_forest_and_growth_on_the_interactive_backends():
     assert len(lines) == 2 * 4 + 1  # observed and fitted per person, and the population line
 
 
+def test_bokeh_layouts_show_as_html_in_a_notebook(reml):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        bh.plots._show_figures_inline_in_ipython()
+        layout = bh.plots.caterpillar(reml, backend="bokeh")
+        html = shell.display_formatter.format(layout)[0]["text/html"]
+    finally:
+        InteractiveShell.clear_instance()
+    assert "cdn.bokeh.org/bokeh/release/bokeh-" in html and layout.id in html and "<table" not in html
+
+
 def test_a_backend_that_is_not_there_is_named(reml, monkeypatch):
     with pytest.raises(bh.OptionError, match="backend must be one of 'matplotlib', 'bokeh', 'plotly'; got 'ggplot'"):
         bh.plots.caterpillar(reml, backend="ggplot")

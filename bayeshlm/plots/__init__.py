@@ -35,6 +35,20 @@ def _show_figures_inline_in_ipython() -> None:
     png = shell.display_formatter.formatters["image/png"]
     if Figure not in png.type_printers:
         png.for_type(Figure, lambda figure: print_figure(figure, "png"))
+    html = shell.display_formatter.formatters["text/html"]  # bokeh layouts, by name: bokeh loads only when used
+    for module, name in (("bokeh.models.plots", "GridPlot"), ("bokeh.plotting._figure", "figure")):
+        if (module, name) not in html.deferred_printers:
+            html.for_type_by_name(module, name, bokeh_html)
+
+
+def bokeh_html(layout) -> str:
+    """A bokeh layout as the HTML of a notebook cell: BokehJS from its CDN, then the plot (a bokeh layout
+    otherwise shows as a table of its attributes)."""
+    from bokeh.embed import components
+    from bokeh.resources import CDN
+
+    script, div = components(layout)
+    return CDN.render_js() + script + div
 
 
 _show_figures_inline_in_ipython()
