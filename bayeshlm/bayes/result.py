@@ -226,10 +226,10 @@ class BayesFit(FitResult):
         Columns as for likelihood fits: center (posterior-predictive mean), sd, lower, upper."""
         draws = self.new_group_draws(factor)
         coef_dim = draws.dims[-1]
+        lower, upper = equal_tailed_interval(draws.transpose("chain", "draw", coef_dim).values.reshape(
+            -1, draws.sizes[coef_dim]), level)
         return pd.DataFrame({"center": draws.mean(("chain", "draw")).values,
-                             "sd": draws.std(("chain", "draw")).values,
-                             "lower": draws.quantile((1 - level) / 2, ("chain", "draw")).values,
-                             "upper": draws.quantile((1 + level) / 2, ("chain", "draw")).values},
+                             "sd": draws.std(("chain", "draw")).values, "lower": lower, "upper": upper},
                             index=pd.Index(draws[coef_dim].values, name="coefficient"))
 
     def predicted_group_coefficients(self, factor: str | None = None, level: float = 0.95) -> pd.DataFrame:
