@@ -91,7 +91,8 @@ def test_cbpp_posterior_agrees_with_brms_under_the_same_priors():
     """cbpp binomial, default priors: fixed effects, the herd SD and all 15 herd effects as brms."""
     brms, info = reference("brms", "cbpp"), meta("cbpp")
     assert int(info["divergences"]) == 0 and float(info["max_rhat"]) < 1.01 and float(info["min_ess_bulk"]) >= 3600
-    fit = cbpp_model().fit(method="bayes", draws=1000, tune=1000, chains=4, random_seed=20261207)
+    fit = cbpp_model().fit(method="bayes", draws=1000, tune=1000, chains=4, random_seed=20261207,
+                                target_accept=0.95)
     assert fit.diagnostics["divergences"] == 0 and fit.diagnostics["max_rhat"] < 1.01
     assert fit.diagnostics["min_ess_bulk"] >= 1000
     ours = posterior_summary(fit, "herd")
