@@ -219,6 +219,21 @@ def test_parameterization_rule_and_requests():
         choose_parameterization(design, reliable, {"school": "centered-ish"})
 
 
+def test_centring_needs_an_untaken_intercept_and_no_group_level_predictors():
+    """Two reliable crossed factors: only the more reliable is centred (the other would be centred on zero, a
+    ridge with the intercept); a factor with a group-level predictor stays non-centred."""
+    crossed = bh.HLM("y ~ x + (1 | subject) + (1 | item)", pd.read_csv(REFERENCE / "bernoulli_crossed.csv"),
+                     family="bernoulli").design
+    choice = choose_parameterization(crossed, {"subject": 0.8, "item": 0.9}, None)
+    assert choice == {"item": "centred", "subject": "non-centred"}
+    data = bh.datasets.load("cbpp")
+    data["big_herd"] = (data["herd"].astype(int) > 7).astype(float)  # constant within each herd
+    design = bh.HLM("cbind(incidence, size - incidence) ~ period + big_herd + (1 | herd)", data,
+                    family="binomial").design
+    assert choose_parameterization(design, {"herd": 0.95}, None) == {"herd": "non-centred"}
+    assert choose_parameterization(cbpp_model().design, {"herd": 0.95}, None) == {"herd": "centred"}
+
+
 @pytest.mark.parametrize("options, message", [
     ({"nagq": 25}, "Unknown option 'nagq'"),
     ({"priors": {"sigma": Prior("HalfNormal", sigma=1.0)}}, "no parameter 'sigma'.*Valid names"),

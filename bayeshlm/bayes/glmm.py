@@ -198,8 +198,16 @@ def laplace_reliability(design: Design, laplace) -> dict[str, float]:
 
 def choose_parameterization(design: Design, reliability: dict[str, float],
                             requested: Mapping | None) -> dict[str, str]:
-    """Centred where the reliability is at least 0.5 and the factor is not nested in another; else non-centred;
-    ``requested`` ({factor: 'centred' | 'non-centred'}) overrides."""
+    """Per factor 'centred' or 'non-centred'; ``requested`` ({factor: 'centred' | 'non-centred'}) overrides.
+
+    Centred where the reliability is at least 0.7, the factor is not nested in another, and its intercept can be
+    centred on a fixed effect not already taken by a more reliable factor: a factor centred on zero instead
+    leaves a ridge (gamma_0 + c, b_j - c) that NUTS crosses slowly (VerbAgg's 316 x 24 crossed design with both
+    factors centred, one of them on zero: R-hat 1.15, min bulk ESS 23 of 4,000 draws), and it has no
+    group-level predictors (centred on the intercept alone, b_j would carry their effects too: VerbAgg's items,
+    whose type and situation are fixed effects, gave R-hat 1.065 centred, 1.012 non-centred). The result lists the
+    factors in the order :func:`centring` gives out the fixed effects: requested centred ones, then by
+    decreasing reliability."""
     if requested is not None and not isinstance(requested, Mapping):
         raise OptionError(f"parameterization={requested!r}: give a dict {{factor: 'centred' or 'non-centred'}}.")
     requested = dict(requested or {})
@@ -210,23 +218,46 @@ def choose_parameterization(design: Design, reliability: dict[str, float],
                               f"Factors: {', '.join(design.factor_names)}.")
         if how not in PARAMETERIZATIONS:
             raise OptionError(f"parameterization[{name!r}] = {how!r}: use 'centred' or 'non-centred'.")
-    return {f.name: requested.get(f.name) or
-            ("centred" if reliability[f.name] >= CENTRED_RELIABILITY and not design.nesting.get(f.name)
-             else "non-centred") for f in design.factors}
+    order = sorted(design.factor_names, key=lambda name: (requested.get(name) != "centred", -reliability[name]))
+    choice: dict[str, str] = {}
+    for name in order:
+        if name in requested:
+            choice[name] = requested[name]
+            continue
+        candidate = (reliability[name] >= CENTRED_RELIABILITY and not design.nesting.get(name)
+                     and not group_level_predictors(design, design.factor(name)))
+        anchored = candidate and centring(design, choice | {name: "centred"})[name][0] >= 0
+        choice[name] = "centred" if anchored else "non-centred"
+    return choice
+
+
+def group_level_predictors(design: Design, factor) -> list[str]:
+    """Fixed-effect columns (other than constants and the factor's own random columns) constant within every
+    group of ``factor``: its level-2 predictors."""
+    sizes = np.bincount(factor.codes, minlength=factor.n_groups).astype(float)
+    out = []
+    for k, name in enumerate(design.fixed_names):
+        x = design.X[:, k]
+        if np.ptp(x) == 0 or name in factor.coef_names:
+            continue
+        means = np.bincount(factor.codes, x, minlength=factor.n_groups) / np.maximum(sizes, 1.0)
+        if np.allclose(x, means[factor.codes], rtol=1e-10, atol=1e-12 * (1.0 + np.abs(x).max())):
+            out.append(name)
+    return out
 
 
 def centring(design: Design, choice: dict[str, str]) -> dict[str, list[int]]:
     """Per factor, the fixed effect each coefficient is centred on (index into beta, or -1): for a centred
-    factor, the fixed effect whose column of X equals the coefficient's column of Z (each fixed effect centres
-    one factor at most)."""
+    factor, the fixed effect whose column of X equals the coefficient's column of Z; each fixed effect centres
+    one factor at most, the first in ``choice``'s order (factors absent from ``choice`` are not centred)."""
     taken: set[int] = set()
-    out = {}
-    for f in design.factors:
-        out[f.name] = [-1] * f.n_coef
-        if choice[f.name] != "centred":
+    out = {f.name: [-1] * f.n_coef for f in design.factors}
+    for name, how in choice.items():
+        f = design.factor(name)
+        if how != "centred":
             continue
-        for a, name in enumerate(f.coef_names):
-            k = design.fixed_names.index(name) if name in design.fixed_names else -1
+        for a, coef in enumerate(f.coef_names):
+            k = design.fixed_names.index(coef) if coef in design.fixed_names else -1
             if k >= 0 and k not in taken and np.array_equal(design.X[:, k], f.Z[:, a]):
                 out[f.name][a] = k
                 taken.add(k)
