@@ -19,7 +19,7 @@ def fits():
     model = bh.HLM("mathach ~ cses + (cses | school)", bh.datasets.load("hsb"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        bayes = model.fit("bayes", draws=max(100, int(300 * SCALE)), tune=max(100, int(300 * SCALE)), chains=2,
+        bayes = model.fit("bayes", draws=max(100, int(1000 * SCALE)), tune=max(100, int(1000 * SCALE)), chains=2,
                           random_seed=11)
     return model.fit("reml"), bayes
 
