@@ -170,17 +170,61 @@ def test_latent_icc_and_report(cbpp_fit):
                                                                random_seed=1).icc()
 
 
-def test_flat_priors_agree_with_laplace_and_glmer():
+@pytest.fixture(scope="module")
+def cbpp_flat_fit():
+    return cbpp_model().fit(method="bayes", priors="flat", random_seed=5, draws=1500)
+
+
+def test_flat_priors_agree_with_laplace_and_glmer(cbpp_flat_fit):
     """With flat priors, the posterior means of the fixed effects lie within 0.25 posterior SD of glmer's Laplace
     estimates (tests/reference/glmm) and of this package's Laplace fit."""
     model = cbpp_model()
-    fit = model.fit(method="bayes", priors="flat", random_seed=5, draws=1500)
-    table = fit.fixed_effects
+    table = cbpp_flat_fit.fixed_effects
     glmer = json.loads((REFERENCE / "glmm_reference.json").read_text())["cbpp_laplace"]["beta"]
     laplace = model.fit(method="ml").fixed_effects["estimate"].to_numpy()
     for reference in (np.array(glmer), laplace):
         z = np.abs(table["estimate"].to_numpy() - reference) / table["se"].to_numpy()
         assert z.max() < 0.25, z
+
+
+def test_population_average_posterior_agrees_with_ml_integration(cbpp_flat_fit):
+    """R&B 10.14-10.19 as a posterior: with flat priors, the posterior means of gamma* (integrated per draw) lie
+    within 0.25 posterior SD of the ML fit's population_average(method='integrate') (measured: max 0.11 SD), are
+    attenuated toward 0 against the unit-specific means, and max_draws thins evenly."""
+    table = cbpp_flat_fit.population_average()
+    assert contract_problems("fixed_effects", table) == []
+    assert "integrated" in table.attrs["method"] and table.attrs["draws"] == 6000
+    ml = cbpp_model().fit(method="ml").population_average(method="integrate")["population_average"]
+    z = np.abs(table["estimate"] - ml) / table["se"]
+    assert z.max() < 0.25, z
+    assert (table["estimate"].abs() < table["unit_specific"].abs()).all()
+    draws = cbpp_flat_fit.population_average_draws(max_draws=300)
+    assert draws.shape == (300, 4)
+    np.testing.assert_allclose(draws[-1], cbpp_flat_fit.population_average_draws()[-1], rtol=1e-12)
+    zla = cbpp_flat_fit.population_average(method="closed_form")  # logit: labelled approximate
+    assert zla.attrs["method"].startswith("approximate")
+    c2, tau = (16 * np.sqrt(3) / (15 * np.pi)) ** 2, cbpp_flat_fit.covariance_draws("herd")[:, 0, 0]
+    np.testing.assert_allclose(zla["estimate"], (cbpp_flat_fit._flat("beta") / np.sqrt(1 + c2 * tau)[:, None]).mean(0),
+                               rtol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::bayeshlm.bayes.SamplingWarning")  # 2 x 100 draws
+def test_population_average_log_link_is_exact_shift_per_draw():
+    """Poisson with exposure and a random intercept: per draw, integration gives the intercept + tau / 2 and the
+    slope unchanged, to 1e-10 (the closed form exp(tau/2) of E[exp(u)]); bad method / max_draws refused."""
+    fit = bh.HLM("y ~ x + (1 | g)", toy(), family="poisson", exposure="years").fit(
+        method="bayes", draws=100, tune=100, chains=2, random_seed=3)
+    beta, tau00 = fit._flat("beta"), fit.covariance_draws("g")[:, 0, 0]
+    expected = beta + np.c_[tau00 / 2, np.zeros(len(beta))]
+    closed = fit.population_average_draws()  # the default for a log link with random intercepts
+    integrated = fit.population_average_draws(method="integrate")
+    np.testing.assert_allclose(closed, expected, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(integrated, expected, rtol=0, atol=1e-10)
+    assert fit.population_average().attrs["method"].startswith("exact")
+    with pytest.raises(OptionError, match="'closed_form'"):
+        fit.population_average(method="closed form")
+    with pytest.raises(OptionError, match="max_draws=1"):
+        fit.population_average(max_draws=1)
 
 
 @pytest.mark.filterwarnings("ignore::bayeshlm.bayes.SamplingWarning")  # 50 draws: low ESS by design

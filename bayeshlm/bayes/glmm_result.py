@@ -15,7 +15,7 @@ import pandas as pd
 import xarray as xr
 
 from ..design import Design
-from ..errors import OptionError
+from ..errors import OptionError, closest_names
 from ..families.outcome import GLMOutcome
 from ..results.contract import FIXED_EFFECTS_INDEX, GROUP_TERM_INDEX
 from ..results.hlm_statistics import fixed_part
@@ -23,6 +23,9 @@ from ..results.hlm_statistics import fixed_part
 INTERVAL = (0.025, 0.975)
 LATENT_LEVEL1_VARIANCE = {"logit": np.pi**2 / 3, "probit": 1.0}
 RATIO = {"logit": "odds_ratio", "log": "rate_ratio"}
+PA_METHODS = ("closed_form", "integrate")
+QUADRATURE_NODES = 40
+DRAWS_PER_BLOCK = 200  # draws integrated at once (memory: block x rows x nodes floats)
 
 
 class BayesGLMMFit:
@@ -193,6 +196,69 @@ class BayesGLMMFit:
                                              "upper": float(r_hi)}
         return table
 
+    def population_average(self, method: str | None = None, max_draws: int | None = None) -> pd.DataFrame:
+        """Posterior of the population-average (marginal) coefficients gamma* (R&B 2002, section 10.4, eqs.
+        10.14-10.19), one value per posterior draw (:meth:`population_average_draws`), summarised as the fixed
+        effects: estimate (posterior mean), se (posterior SD), 95% interval, beside ``unit_specific`` (the
+        posterior mean of gamma). ``attrs``: ``method`` (how gamma* was computed) and ``draws`` (how many)."""
+        values, how = self._population_average(method, max_draws)
+        lo, hi = np.quantile(values, INTERVAL, axis=0)
+        table = pd.DataFrame({"estimate": values.mean(0), "se": values.std(0, ddof=1), "lower": lo, "upper": hi,
+                              "unit_specific": self._flat("beta").mean(0)},
+                             index=pd.Index(list(self.design.fixed_names), name=FIXED_EFFECTS_INDEX))
+        table.attrs["method"], table.attrs["draws"] = how, len(values)
+        return table
+
+    def population_average_draws(self, method: str | None = None, max_draws: int | None = None) -> np.ndarray:
+        """Draws (S, p) of gamma*, from each draw's gamma and T:
+
+        - ``"closed_form"`` (random intercepts only, total variance tau = sum of the factors' tau_00): log link,
+          the intercept plus tau / 2 (exact); probit, gamma / sqrt(1 + tau) (exact); logit,
+          gamma / sqrt(1 + c^2 tau), c = 16 sqrt(3) / (15 pi) (Zeger, Liang & Albert 1988; approximate).
+        - ``"integrate"`` (any link and structure): each row's marginal mean mu*_i = E_u[g^-1(eta_i + z_i'u)] by
+          40-point Gauss-Hermite over z_i'u ~ N(0, sum_f z_fi' T_f z_fi), then the GLM fitted to these means by
+          Fisher scoring (the estimator of ``GLMMFit.population_average(method='integrate')``, per draw).
+
+        Default: the closed form where it is exact (log and probit links with random intercepts), else
+        integration. ``max_draws`` keeps that many draws, evenly spaced over the chains (default: all)."""
+        return self._population_average(method, max_draws)[0]
+
+    def _population_average(self, method, max_draws) -> tuple[np.ndarray, str]:
+        link = self.family.link.name
+        slopes = [f.name for f in self.design.factors if list(f.coef_names) != ["(Intercept)"]]
+        if method is None:
+            method = "closed_form" if not slopes and link in ("log", "probit") else "integrate"
+        if method not in ("closed_form", "integrate"):
+            raise OptionError(f"method={method!r} is not an option.{closest_names(str(method), PA_METHODS)} Use "
+                              "'closed_form' (random intercepts; log, probit, logit links) or 'integrate'.")
+        beta = self._flat("beta")
+        keep = _thin(len(beta), max_draws)
+        beta = beta[keep]
+        covariances = {f.name: self.covariance_draws(f.name)[keep] for f in self.design.factors}
+        if method == "integrate":
+            shape = self._flat("shape")[keep] if "shape" in self.posterior["posterior"] else None
+            values = _integrated_coefficients(self.design, self.outcome, self.family, beta, covariances, shape)
+            return values, ("integrated: per draw, the GLM fitted to each row's marginal mean "
+                            "E_u[g^-1(x'gamma + z'u)] (40-point Gauss-Hermite)")
+        if slopes:
+            raise OptionError("Population-average coefficients have a closed form only with random intercepts; "
+                              f"this model has random slopes across {', '.join(slopes)}. Use method='integrate'.")
+        if link not in ("log", "probit", "logit"):
+            raise OptionError(f"No closed form for population-average coefficients with the {link} link; use "
+                              "method='integrate'.")
+        tau = sum(T[:, 0, 0] for T in covariances.values())
+        if link == "log":
+            if "(Intercept)" not in self.design.fixed_names:
+                raise OptionError("The model has no intercept to carry the log-link shift tau / 2; use "
+                                  "method='integrate'.")
+            values = beta.copy()
+            values[:, list(self.design.fixed_names).index("(Intercept)")] += tau / 2
+            return values, "exact: intercept + tau / 2, per draw"
+        if link == "probit":
+            return beta / np.sqrt(1 + tau)[:, None], "exact: gamma / sqrt(1 + tau), per draw"
+        c2 = (16 * np.sqrt(3) / (15 * np.pi)) ** 2
+        return beta / np.sqrt(1 + c2 * tau)[:, None], "approximate: gamma / sqrt(1 + c^2 tau), per draw"
+
     def posterior_predictive(self, seed: int | None = None) -> np.ndarray:
         """Replicated outcomes, one row per posterior draw (S, n), from the family with each draw's eta."""
         eta = self.linear_predictor_draws()
@@ -258,3 +324,43 @@ def _summary(values: np.ndarray) -> dict:
     flat = np.asarray(values, dtype=float).reshape(-1)
     lo, hi = np.quantile(flat, INTERVAL)
     return {"estimate": float(flat.mean()), "se": float(flat.std(ddof=1)), "lower": float(lo), "upper": float(hi)}
+
+
+def _thin(n_draws: int, max_draws: int | None) -> np.ndarray:
+    if max_draws is None or max_draws >= n_draws:
+        return np.arange(n_draws)
+    if isinstance(max_draws, bool) or not isinstance(max_draws, (int, np.integer)) or max_draws < 2:
+        raise OptionError(f"max_draws={max_draws!r}: give a whole number of draws >= 2, or None for all.")
+    return np.unique(np.linspace(0, n_draws - 1, int(max_draws)).round().astype(int))
+
+
+def _integrated_coefficients(design, outcome, family, beta, covariances, shape) -> np.ndarray:
+    """Per draw s, gamma*_s of the GLM fitted to the marginal means mu*_si = E[g^-1(eta_si + s_si t)], t ~ N(0, 1),
+    s_si^2 = sum_f z_fi' T_fs z_fi (Gauss-Hermite), by Fisher scoring from gamma_s; the negative binomial's
+    working variance mu + mu^2 / k uses each draw's k."""
+    nodes, weights = np.polynomial.hermite.hermgauss(QUADRATURE_NODES)
+    X, offset, size = design.X, outcome.offset, outcome.size
+    out = np.empty_like(beta)
+    for start in range(0, len(beta), DRAWS_PER_BLOCK):
+        block = slice(start, start + DRAWS_PER_BLOCK)
+        gamma = beta[block].copy()
+        variance = sum(np.einsum("ia,sab,ib->si", f.Z, covariances[f.name][block], f.Z) for f in design.factors)
+        spread = np.sqrt(np.maximum(variance, 0.0))
+        eta = gamma @ X.T + offset
+        means = family.mean(eta[..., None] + np.sqrt(2.0) * spread[..., None] * nodes) @ weights / np.sqrt(np.pi)
+        target = size * means
+        k = None if shape is None else shape[block][:, None]
+        for _ in range(100):
+            mu, d = family.link.inverse_and_derivative(gamma @ X.T + offset)
+            v = np.maximum(family.variance(mu) if k is None else mu + mu * mu / k, np.finfo(float).tiny)
+            w, score = size * d * d / v, (target - size * mu) * d / v
+            step = np.linalg.solve(np.einsum("ip,si,iq->spq", X, w, X), (score @ X)[..., None])[..., 0]
+            gamma += step
+            if np.max(np.abs(step)) < 1e-12 * (1.0 + np.max(np.abs(gamma))):
+                break
+        else:
+            raise OptionError("The population-average GLM did not settle in 100 scoring steps for some draws; the "
+                              "marginal means are too close to 0 or 1 for the link. Report the unit-specific "
+                              "coefficients instead.")
+        out[block] = gamma
+    return out
