@@ -50,7 +50,8 @@ from ..bayes.marginal import cholesky_unrolled, forward_solve_unrolled
 from ..bayes.priors import LKJ, Prior
 from ..bayes.sampling import check_sampler_options, new_seed, run_sampler
 from ..errors import OptionError, closest_names
-from .univariate_bayes import INTERVAL, posterior_table
+from ..results.base import equal_tailed_interval
+from .univariate_bayes import LEVEL, posterior_table
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 OPTIONS = ("draws", "tune", "chains", "random_seed", "priors", "sampler", "target_accept", "progressbar")
@@ -410,7 +411,7 @@ class MetaMVBayesFit:
         delta = self.draws("delta")
         values = delta.values.reshape(-1, *delta.shape[2:])  # (S, J, q)
         picked = values[:, s.levels.get_indexer(s.labels), s.codes]
-        lo, hi = np.quantile(picked, INTERVAL, axis=0)
+        lo, hi = equal_tailed_interval(picked, LEVEL)
         return pd.DataFrame({s.levels.name: s.labels, self.outcomes.name: self.outcomes[s.codes], "effect": s.y_all,
                              "mean": picked.mean(0), "sd": picked.std(0, ddof=1), "eti_lower": lo, "eti_upper": hi})
 

@@ -20,8 +20,9 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import OptionError, closest_names
+from ..results.base import equal_tailed_interval
 
-INTERVAL = (0.025, 0.975)
+LEVEL = 0.95  # of the posterior intervals in the tables
 
 
 class MetaBayesFit:
@@ -105,8 +106,7 @@ class MetaBayesFit:
         mean = self._beta @ x
         rng = np.random.default_rng([self.bayes_fit.sampler["seed"], 3] if seed is None else seed)
         new = mean + np.sqrt(self._tau2) * rng.standard_normal(mean.shape)
-        tails = ((1 - level) / 2, (1 + level) / 2)
-        (ci_lo, ci_hi), (pi_lo, pi_hi) = np.quantile(mean, tails), np.quantile(new, tails)
+        (ci_lo, ci_hi), (pi_lo, pi_hi) = equal_tailed_interval(mean, level), equal_tailed_interval(new, level)
         return pd.Series({"estimate": mean.mean(), "sd": mean.std(ddof=1), "ci_lower": ci_lo, "ci_upper": ci_hi,
                           "pi_lower": pi_lo, "pi_upper": pi_hi})
 
@@ -117,7 +117,7 @@ class MetaBayesFit:
         f = self._factor
         u = self.bayes_fit.draws(f"u_{f.name}").values[..., 0].reshape(len(self._beta), -1)
         delta = self._beta @ self.design.X.T + u[:, f.codes]
-        lo, hi = np.quantile(delta, INTERVAL, axis=0)
+        lo, hi = equal_tailed_interval(delta, LEVEL)
         return pd.DataFrame({"effect": self.design.y, "se": np.sqrt(self.design.known_variance),
                              "mean": delta.mean(0), "sd": delta.std(0, ddof=1), "eti_lower": lo, "eti_upper": hi},
                             index=self.reml.study_effects.index)
@@ -177,7 +177,7 @@ class MetaBayesFit:
 def posterior_table(values: np.ndarray, labels: list[str], index_name: str) -> pd.DataFrame:
     """mean, median, sd and 95% equal-tailed interval of draws shaped (..., k), one row per label."""
     values = values.reshape(-1, values.shape[-1])
-    lo, hi = np.quantile(values, INTERVAL, axis=0)
+    lo, hi = equal_tailed_interval(values, LEVEL)
     return pd.DataFrame({"mean": values.mean(0), "median": np.median(values, axis=0),
                          "sd": values.std(0, ddof=1), "eti_lower": lo, "eti_upper": hi},
                         index=pd.Index(labels, name=index_name))

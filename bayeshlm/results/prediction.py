@@ -37,6 +37,7 @@ from scipy import stats
 
 from ..design.build import factor_variables, float_predictors, group_labels
 from ..errors import DataError, OptionError, closest_names, describe_rows
+from .base import equal_tailed_interval
 from .contract import wide
 
 KINDS = ("mean", "interval", "draws")
@@ -397,7 +398,7 @@ def predict_bayes(fit, newdata, groups: str, kind: str, level: float, random_see
         coords = {"chain": beta.chain.values, "draw": beta.draw.values, "obs": np.asarray(rows.index)}
         return xr.DataArray(eta, dims=("chain", "draw", "obs"), name=fit.design.outcome_name, coords=coords)
     flat = eta.reshape(-1, rows.n)
-    lower, upper = np.quantile(flat, [0.5 - level / 2, 0.5 + level / 2], axis=0)
+    lower, upper = equal_tailed_interval(flat, level)
     return pd.DataFrame({"estimate": flat.mean(0), "se": flat.std(0, ddof=1), "lower": lower, "upper": upper,
                          "new_groups": rows.new_groups()}, index=rows.index)
 
@@ -411,7 +412,7 @@ def residuals(fit, level: int = 1, factor: str | None = None):
         raise OptionError(f"level={level!r}: use 1 (observation residuals y - fitted) or 2 (the groups' estimated "
                           "effects u_j, R&B's empirical-Bayes residuals).")
     if level == 2:
-        name = fit._factor_name(factor)
+        name = fit.factor_name(factor)
         f = fit.design.factor(name)
         u = wide(fit.random_effects(name)).to_numpy()
         return pd.DataFrame(u, index=f.levels, columns=list(f.coef_names))
