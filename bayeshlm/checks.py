@@ -29,7 +29,7 @@ def group_statistics(fit, stat: str = "mean", factor: str | None = None, level: 
                           f"{', '.join(STATISTICS)}.")
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
         raise OptionError(f"level={level!r}: give the interval's coverage as a number between 0 and 1.")
-    name = fit._factor_name(factor)
+    name = fit.factor_name(factor)
     f = fit.design.factor(name)
     if "posterior_predictive" not in fit.posterior.children:
         fit.posterior_predictive(random_seed)
@@ -77,7 +77,7 @@ def compare_models(fits, kind: str = "marginal", names=None) -> pd.DataFrame:
 
     import arviz as az
 
-    from .results.base import _data_differences
+    from .results.base import data_differences
 
     if kind not in ("marginal", "conditional"):
         raise OptionError(f"kind={kind!r} is not an option.{closest_names(str(kind), ('marginal', 'conditional'))} "
@@ -98,7 +98,7 @@ def compare_models(fits, kind: str = "marginal", names=None) -> pd.DataFrame:
                               f"{type(fit).__name__}. For REML/ML fits use bayeshlm.deviance_test or AIC/BIC.")
     first_name, first = next(iter(named.items()))
     for name, fit in named.items():
-        problems = _data_differences(first.design, fit.design)
+        problems = data_differences(first.design, fit.design)
         if problems:
             raise OptionError(f"compare_models compares models of the same data, but {name!r} differs from "
                               f"{first_name!r}: {'; '.join(problems)}.")

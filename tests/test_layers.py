@@ -22,21 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "bayeshlm"
 
 # (importing module, module imported from, private name) still imported across packages, with the file's owner
-PRIVATE_IMPORTS_ALLOWED = {
-    # [checks.py] the data comparison of fits is private to results.base
-    ("bayeshlm.checks", "bayeshlm.results.base", "_data_differences"),
-}
+PRIVATE_IMPORTS_ALLOWED: set[tuple[str, str, str]] = set()
 
-# (module, private attribute) still used on objects of another package (private methods of FitResult)
-PRIVATE_ATTRIBUTES_ALLOWED = {
-    ("bayeshlm.bayes.predictive_data", "_factor_name"),  # [bayes/predictive_data.py]
-    ("bayeshlm.checks", "_factor_name"),  # [checks.py]
-    ("bayeshlm.plots.caterpillar", "_factor_name"),  # [plots/*]
-    ("bayeshlm.plots.compare", "_factor_name"),
-    ("bayeshlm.plots.shrinkage", "_factor_name"),
-    ("bayeshlm.plots.shrinkage", "_gamma"),
-    ("bayeshlm.report.plain", "_gamma"),  # [report/plain.py]
-}
+# (module, private attribute) still used on objects of another package
+PRIVATE_ATTRIBUTES_ALLOWED: set[tuple[str, str]] = set()
 
 
 def _is_private(name: str) -> bool:

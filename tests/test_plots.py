@@ -94,7 +94,7 @@ def test_shrinkage_pulls_each_school_toward_its_own_predicted_value():
 def test_shrinkage_plane_marks_every_schools_predicted_coefficients(conditional_fit):
     ax = bh.plots.shrinkage(conditional_fit).axes[0]
     drawn = _by_gid(ax, "predicted").get_offsets()
-    expected = fixed_part(conditional_fit.design, conditional_fit._gamma(), "school")
+    expected = fixed_part(conditional_fit.design, conditional_fit.gamma, "school")
     assert drawn.shape == (160, 2)
     np.testing.assert_allclose(drawn, expected, rtol=1e-12)
 
@@ -104,7 +104,7 @@ def test_caterpillar_bands_sit_at_each_schools_prediction(conditional_fit):
     estimates = ax.collections[-1].get_offsets()[:, 1]
     order = np.argsort(wide(conditional_fit.group_effects())["cses"].to_numpy())
     np.testing.assert_allclose(estimates, wide(conditional_fit.group_effects())["cses"].to_numpy()[order])
-    centers = fixed_part(conditional_fit.design, conditional_fit._gamma(), "school")[order, 1]
+    centers = fixed_part(conditional_fit.design, conditional_fit.gamma, "school")[order, 1]
     np.testing.assert_allclose(_by_gid(ax, "predicted").get_offsets()[:, 1], centers, rtol=1e-12)
     bars = [patch for patch in ax.patches if patch.get_gid() == "plausible"]
     assert len(bars) == 160

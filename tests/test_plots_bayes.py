@@ -147,7 +147,7 @@ def test_every_group_plot_accepts_both_engines(growth_fits, tmp_path):
 
 def test_bayesian_caterpillar_and_shrinkage_target_each_schools_prediction():
     fit = _quick_bayes("mathach ~ meanses*cses + (cses | school)", bh.datasets.load("hsb"))
-    centers = fixed_part(fit.design, fit._gamma(), "school")  # posterior mean of gamma_q'W_j (linear in gamma)
+    centers = fixed_part(fit.design, fit.gamma, "school")  # posterior mean of gamma_q'W_j (linear in gamma)
     ax = bh.plots.caterpillar(fit, coefficient="cses").axes[0]
     order = np.argsort(wide(fit.group_effects("school"))["cses"].to_numpy())
     predicted = [c for c in ax.collections if c.get_gid() == "predicted"][0].get_offsets()[:, 1]

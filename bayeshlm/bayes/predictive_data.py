@@ -204,7 +204,7 @@ def _marginal_by_group(fit, factor: str | None):
         raise OptionError(f"kind='marginal' integrates out the group effects of one grouping factor or of two nested "
                           f"ones; this model has {', '.join(design.factor_names)} ({design.structure}), whose groups "
                           "do not split the data into independent parts. Use kind='conditional'.")
-    f = design.factor(fit._factor_name(factor))
+    f = design.factor(fit.factor_name(factor))
     J = f.n_groups
     precision = _Precision(fit)
     c = precision.c

@@ -163,7 +163,7 @@ class BayesFit(FitResult):
     def _reliability_draws(self, factor: str | None):
         """The factor's name, the labels of the groups with a reliability, its per-draw average over those
         groups (S, q) and its per-group posterior mean (J', q)."""
-        name = self._factor_name(factor)
+        name = self.factor_name(factor)
         f = self.design.factor(name)
         sigma2 = None if self.design.known_variance is not None else (self.draws("sigma").values ** 2).reshape(-1)
 
@@ -176,7 +176,7 @@ class BayesFit(FitResult):
             taus = [covariance_draws(n) for n in chain[:chain.index(name) + 1]]
             usable, lam = hlm.outer_reliability(self.design, name, taus, sigma2)
             return name, f.levels[usable], lam.mean(axis=1), lam.mean(axis=0)
-        ols = hlm.group_ols(self.design, self._gamma(), 1.0, name)
+        ols = hlm.group_ols(self.design, self.gamma, 1.0, name)
         tau_diag = np.diagonal(covariance_draws(name), axis1=-2, axis2=-1)
         average, per_group = hlm.reliability_draws(tau_diag, sigma2, ols)
         return name, f.levels[ols.usable], average, per_group
@@ -193,7 +193,7 @@ class BayesFit(FitResult):
     def group_coefficient_draws(self, factor: str | None = None) -> xr.DataArray:
         """Posterior draws of every group's coefficients Σ_s γ_qs W_sj + u_qj, dims (chain, draw, factor,
         factor__coef)."""
-        name = self._factor_name(factor)
+        name = self.factor_name(factor)
         f = self.design.factor(name)
         unit = np.eye(self.design.n_fixed)
         basis = np.stack([fixed_part(self.design, unit[c], f) for c in range(self.design.n_fixed)])  # (p, J, q)
@@ -208,7 +208,7 @@ class BayesFit(FitResult):
         Their quantiles are the Bayesian plausible-value interval (R&B 2002, eq. 4.6 with T's uncertainty).
         Seeded from the fit's seed unless ``seed`` is given.
         """
-        name = self._factor_name(factor)
+        name = self.factor_name(factor)
         f = self.design.factor(name)
         T = self.draws(f"T_{name}")
         rng = np.random.default_rng([self.sampler["seed"], 2] if seed is None else seed)
@@ -237,7 +237,7 @@ class BayesFit(FitResult):
         γ_q'W_j + u_new, u_new drawn from N(0, T) per draw (the uncertainty about γ and T widens the range;
         see :meth:`FitResult.predicted_group_coefficients`)."""
         check_level(level)
-        name = self._factor_name(factor)
+        name = self.factor_name(factor)
         f = self.design.factor(name)
         fixed = self.group_coefficient_draws(name) - self.draws(f"u_{name}")
         new_u = self.new_group_draws(name) - self._fixed_part(name)

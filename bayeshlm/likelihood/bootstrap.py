@@ -169,7 +169,7 @@ class _Simulator:
 
 def _simulator(fit) -> _Simulator:
     design = fit.design
-    gamma = fit.fixed_effects["estimate"].reindex(list(design.fixed_names)).to_numpy(dtype=float)
+    gamma = fit.gamma
     factors = []
     for f in design.factors:
         T = fit.tau[f.name].reindex(index=list(f.coef_names), columns=list(f.coef_names)).to_numpy(dtype=float)

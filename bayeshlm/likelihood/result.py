@@ -276,7 +276,7 @@ class LikelihoodFit(FitResult):
     def conditional_modes(self, factor: str | None = None) -> RandomEffects:
         """Conditional modes (BLUPs) of ``factor``'s random effects u_j, groups x coefficients, and their
         conditional covariances (J, q, q) -- the matrices behind :meth:`random_effects`."""
-        name = self._factor_name(factor)
+        name = self.factor_name(factor)
         f = self.design.factor(name)
         modes = pd.DataFrame(self._modes[name], index=f.levels, columns=list(f.coef_names))
         return RandomEffects(modes=modes, condvar=self._condvars[name])
@@ -289,7 +289,7 @@ class LikelihoodFit(FitResult):
         f = self.design.factor(factor)
         estimate = self._modes[factor]
         if kind == "group_effects":
-            estimate = estimate + fixed_part(self.design, self._gamma(), f)
+            estimate = estimate + fixed_part(self.design, self.gamma, f)
         se = np.sqrt(np.diagonal(self._condvars[factor], axis1=1, axis2=2))
         return group_table(f, estimate, se, *t_interval(estimate, se, level))
 
@@ -319,7 +319,7 @@ class LikelihoodFit(FitResult):
         as the book's Table 4.7), ``("n", "")``. Groups whose Z_j'Z_j is singular (fewer rows than
         coefficients, or no spread in a predictor) get NaN.
         """
-        name = self._factor_name(factor)
+        name = self.factor_name(factor)
         if check_per_group_statistic(self.design, name, "ols_group_estimates") == "outer":
             raise OptionError(
                 f"ols_group_estimates is defined for the innermost grouping factor (R&B eq. 3.39); {name!r} encloses "

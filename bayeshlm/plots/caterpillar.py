@@ -24,7 +24,7 @@ def caterpillar(fit: FitResult, factor: str | None = None, coefficient: str | No
     ``backend``: "matplotlib" (a Figure, the default), "bokeh" or "plotly" (interactive figures, drawn through
     arviz-plots). The estimates carry gid ``"estimates"``, their intervals ``"intervals"``.
     """
-    name = fit._factor_name(factor)
+    name = fit.factor_name(factor)
     coefs = fit.design.factor(name).coef_names
     coefficient = coefficient or coefs[0]
     if coefficient not in coefs:

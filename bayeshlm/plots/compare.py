@@ -68,7 +68,7 @@ def variance_posterior(bayes: FitResult, *point_fits: FitResult, factor: str | N
         draws = (bayes.draws("sigma").values ** 2).reshape(-1)
         label, points = "sigma^2", [(f.method, f.sigma2) for f in point_fits]
     else:
-        name = bayes._factor_name(factor)
+        name = bayes.factor_name(factor)
         coefs = bayes.design.factor(name).coef_names
         coefficient = coefficient or coefs[0]
         if coefficient not in coefs:

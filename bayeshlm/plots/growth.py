@@ -30,7 +30,7 @@ def growth(fit: FitResult, time: str, person: str | None = None, n_persons: int 
     person = person or (chain[0].name if chain else design.factors[0].name)
     factor = design.factor(person)
     t = _time(fit, time, data)
-    gamma = fit.fixed_effects["estimate"].to_numpy(dtype=float)
+    gamma = fit.gamma
     fitted = design.X @ gamma
     for f in design.factors:
         u = random_effect_means(fit, f.name)

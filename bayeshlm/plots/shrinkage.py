@@ -27,13 +27,13 @@ def shrinkage(fit: FitResult, factor: str | None = None, coefficients: tuple[str
     Figure (no pyplot state is touched), or with ``backend="bokeh"`` / ``"plotly"`` an interactive figure drawn
     through arviz-plots (the OLS and shrunken estimates carry gids ``"ols"`` and ``"shrunken"``).
     """
-    name = fit._factor_name(factor)
+    name = fit.factor_name(factor)
     f = fit.design.factor(name)
     coefficients = tuple(coefficients or f.coef_names[:2])
     unknown = [c for c in coefficients if c not in f.coef_names]
     if unknown or not 1 <= len(coefficients) <= 2:
         raise OptionError(f"coefficients must be one or two of {list(f.coef_names)}; got {list(coefficients)}.")
-    ols = group_ols(fit.design, fit._gamma(), fit.sigma2, name)
+    ols = group_ols(fit.design, fit.gamma, fit.sigma2, name)
     shrunk = wide(fit.group_effects(name))
     idx = [f.coef_names.index(c) for c in coefficients]
     keep = ols.usable

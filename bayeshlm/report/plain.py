@@ -86,7 +86,7 @@ def _reliability(fit: FitResult, name: str) -> str | None:
 def _has_level2(fit: FitResult, name: str) -> bool:
     from ..results.hlm_statistics import fixed_part
 
-    predicted = fixed_part(fit.design, fit._gamma(), name)
+    predicted = fixed_part(fit.design, fit.gamma, name)
     return bool(np.ptp(predicted, axis=0).max() > 1e-9 * (1 + np.abs(predicted).max()))
 
 

@@ -36,6 +36,8 @@ class FitResult(ABC):
     - ``sigma2``: level-1 variance (None for V-known models).
     - ``vcov``: covariance of the fixed effects (sampling covariance, or the posterior covariance for Bayes).
     - ``group_estimate_name``: what a group's estimate is ('empirical Bayes' or 'posterior mean'), for labels.
+    - ``gamma``: the fixed effects' point estimates as an array in the design's column order.
+    - ``factor_name(factor)``: a grouping factor's name checked against the design (None: the first factor).
 
     Engines supply the tables through ``_fixed_effects_table(level)``, ``_variance_components_table(level)`` and
     ``_group_table(kind, factor, level)``, with their intervals from :func:`t_interval` (likelihood) or
@@ -72,12 +74,12 @@ class FitResult(ABC):
         (default: the first grouping factor): long table indexed (group, term) with estimate, se, lower,
         upper, n. REML / ML: the empirical-Bayes estimate, its conditional SD (gamma and T held at their
         estimates) and estimate -+ z SD; Bayes: posterior mean, SD and equal-tailed interval."""
-        return self._cached_table("group_effects", self._factor_name(factor), level)
+        return self._cached_table("group_effects", self.factor_name(factor), level)
 
     def random_effects(self, factor: str | None = None, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
         """Each group's deviations u_qj from its fixed part (conditional modes, lme4's ``ranef``; posterior
         means for Bayes), in the layout of :meth:`group_effects`."""
-        return self._cached_table("random_effects", self._factor_name(factor), level)
+        return self._cached_table("random_effects", self.factor_name(factor), level)
 
     def _cached_table(self, kind: str, factor: str | None, level: float) -> pd.DataFrame:
         check_level(level)
@@ -129,25 +131,30 @@ class FitResult(ABC):
         gamma_q'W_j -+ z sqrt(tau_qq) (eq. 4.4 at W_j instead of W = 0). Long table indexed (group, term) with
         columns center, lower, upper. Bayesian fits widen the range by the uncertainty about gamma and T."""
         check_level(level)
-        f = self.design.factor(self._factor_name(factor))
-        center = hlm.fixed_part(self.design, self._gamma(), f)
+        f = self.design.factor(self.factor_name(factor))
+        center = hlm.fixed_part(self.design, self.gamma, f)
         half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(np.diag(self.tau[f.name].to_numpy()))
         return long_table(f, {"center": center, "lower": center - half, "upper": center + half})
 
-    def _factor_name(self, factor: str | None) -> str:
+    def factor_name(self, factor: str | None = None) -> str:
+        """The name of grouping factor ``factor`` as the design spells it (the first grouping factor when None);
+        an unknown name raises an error listing the model's factors."""
         return self.design.factors[0].name if factor is None else self.design.factor(factor).name
 
     # --- HLM statistics (R&B 2002, ch. 3-4), from the point estimates ---------------------------
-    def _gamma(self) -> np.ndarray:
+    @property
+    def gamma(self) -> np.ndarray:
+        """The fixed effects' point estimates as an array in the design's column order (``design.fixed_names``),
+        the gamma of R&B's equations (ML / REML estimates; posterior means for Bayes)."""
         return self.fixed_effects["estimate"].reindex(list(self.design.fixed_names)).to_numpy(dtype=float)
 
     def _group_ols(self, factor: str | None):
-        return hlm.group_ols(self.design, self._gamma(), self.sigma2, self._factor_name(factor))
+        return hlm.group_ols(self.design, self.gamma, self.sigma2, self.factor_name(factor))
 
     def reliability(self, factor: str | None = None) -> pd.DataFrame:
         """Reliability lambda_qj of each group's OLS coefficient (R&B eq. 3.42); for an enclosing factor of a
         nested model, of its GLS estimate given the inner levels (eq. 8.8). ``.mean()`` averages groups."""
-        name = self._factor_name(factor)
+        name = self.factor_name(factor)
         if hlm.check_per_group_statistic(self.design, name, "The reliability") == "outer":
             usable, lam = hlm.outer_reliability(self.design, name, self._chain_taus(name),
                                                 None if self.sigma2 is None else np.array([self.sigma2]))
@@ -166,7 +173,7 @@ class FitResult(ABC):
 
     def chi_square(self, factor: str | None = None) -> pd.DataFrame:
         """Chi-square homogeneity test of each random coefficient's variance (R&B eq. 3.103)."""
-        name = self._factor_name(factor)
+        name = self.factor_name(factor)
         if hlm.check_per_group_statistic(self.design, name, "The chi-square test") == "outer":
             raise OptionError(
                 f"The chi-square test (R&B eq. 3.103) needs a regression within each group with independent rows; "
@@ -178,7 +185,7 @@ class FitResult(ABC):
 
     def plausible_values(self, factor: str | None = None, level: float = 0.95) -> pd.DataFrame:
         """Plausible-value range gamma_q0 +/- z sqrt(tau_qq) of each random coefficient (R&B eq. 4.4)."""
-        name = self._factor_name(factor)
+        name = self.factor_name(factor)
         coefs = self.design.factor(name).coef_names
         estimates = self.fixed_effects["estimate"]
         centers = np.array([estimates.get(c, 0.0) for c in coefs], dtype=float)
@@ -192,7 +199,7 @@ class FitResult(ABC):
         factors) / (sigma^2 + every tau) -- children within schools: (tau_pi + tau_beta) / total for a child,
         tau_beta / total for a school (R&B eq. 8.4-8.6); crossed factors: tau / total (eq. 12.5-12.6).
         """
-        name = self._factor_name(factor)
+        name = self.factor_name(factor)
         for other, tau in self.tau.items():
             if tau.shape != (1, 1) or self.sigma2 is None:
                 raise OptionError(
@@ -298,7 +305,7 @@ class FitResult(ABC):
         Rows: 'level-1' for sigma^2, and one per random coefficient present in both fits. Both fits must model
         the same outcome on the same rows with the same groups (else the proportions compare different data).
         """
-        problems = _data_differences(self.design, base.design)
+        problems = data_differences(self.design, base.design)
         if problems:
             raise OptionError(
                 f"variance_explained compares two models of the same data, but the base model differs: "
@@ -381,7 +388,7 @@ def _enclosing_factors(design: Design, factor: str) -> list[str]:
     return out
 
 
-def _data_differences(design: Design, base: Design) -> list[str]:
+def data_differences(design: Design, base: Design) -> list[str]:
     """How ``base`` differs from ``design`` in outcome, rows or groups (empty when they analyse the same data)."""
     if base.outcome_name != design.outcome_name:
         return [f"its outcome is {base.outcome_name!r}, not {design.outcome_name!r}"]

@@ -67,10 +67,6 @@ def _single_factor(fit, factor: str | None, what: str) -> str:
     return name
 
 
-def _gamma(fit) -> np.ndarray:
-    return fit.fixed_effects["estimate"].reindex(list(fit.design.fixed_names)).to_numpy(dtype=float)
-
-
 @dataclass(frozen=True)
 class _GroupAlgebra:
     """The per-group GLS quantities of a one-factor fit at its point estimates (module docstring)."""
@@ -89,7 +85,7 @@ class _GroupAlgebra:
         f = design.factor(factor)
         sigma2 = float(fit.sigma2)
         T = fit.tau[f.name].reindex(index=list(f.coef_names), columns=list(f.coef_names)).to_numpy(dtype=float)
-        e = design.y - design.X @ _gamma(fit)
+        e = design.y - design.X @ fit.gamma
         J = f.n_groups
         G = group_sums(f.codes, f.Z, f.Z, J)
         ZX = group_sums(f.codes, f.Z, design.X, J)
@@ -254,7 +250,7 @@ def level1_residuals(fit) -> pd.DataFrame:
     residual / sigma (lme4's Pearson residual). Index: the rows' labels."""
     _check_fit(fit, "The level-1 residual check")
     design = fit.design
-    fitted = design.X @ _gamma(fit)
+    fitted = design.X @ fit.gamma
     for f in design.factors:
         u = fit.random_effects(f.name)["estimate"].unstack("term")
         u = u.reindex(index=f.levels, columns=list(f.coef_names)).to_numpy(dtype=float)
@@ -287,7 +283,7 @@ def group_influence(fit, factor: str | None = None, method: str = "one-step") ->
     design = fit.design
     f = design.factor(name)
     algebra = _GroupAlgebra.of(fit, name)
-    gamma = _gamma(fit)
+    gamma = fit.gamma
     change = np.full((f.n_groups, design.n_fixed), np.nan)
     if method == "one-step":
         for j in range(f.n_groups):
@@ -331,7 +327,7 @@ def _refit_gamma(design, fit) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         refit = fit_likelihood(design, fit.method, start=fit.theta.to_numpy())
-    return _gamma(refit)
+    return refit.gamma
 
 
 # --- all of them, and what they show ---------------------------------------------------------------------

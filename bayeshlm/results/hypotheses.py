@@ -269,7 +269,7 @@ def test(fit, hypothesis, rhs=None, df=None, level: float = 0.95) -> HypothesisT
         return HypothesisTest(_posterior(fit, h, level), None, None)
     method = _df_method(df)
     V = _vcov(fit, method)
-    d = h.L @ fit._gamma() - h.rhs
+    d = h.L @ fit.gamma - h.rhs
     VL = h.L @ V @ h.L.T
     rank = np.linalg.matrix_rank(VL, tol=1e-10 * max(float(np.abs(VL).max()), 1e-300))
     if rank < len(h.L):
@@ -306,7 +306,7 @@ def contrast(fit, combination, rhs=None, df=None, level: float = 0.95) -> pd.Dat
         out.index.name = "contrast"
         return out
     method = _df_method(df)
-    estimate = h.L @ fit._gamma()
+    estimate = h.L @ fit.gamma
     se = np.sqrt(np.einsum("ip,pq,iq->i", h.L, _vcov(fit, method), h.L))
     ddf = _denominator_df(fit, h, method)[0][:-1]
     t = (estimate - h.rhs) / se
