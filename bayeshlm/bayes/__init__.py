@@ -17,7 +17,7 @@ import xarray as xr
 
 from ..design import Design
 from ..errors import OptionError, closest_names
-from .build import ModelInfo, build_model, centring, cholesky_draws, correlation_blocks
+from .build import ModelInfo, build_model, centring, cholesky_draws, correlation_blocks, student_t_weights
 from .diagnostics import SamplingWarning, diagnose, warn_if_problems
 from .marginal import draw_group_effects
 from .predictive import prior_predictive
@@ -30,22 +30,24 @@ __all__ = ["LKJ", "BayesFit", "Prior", "SamplingWarning", "fit_bayes", "prior_pr
            "sampled_model", "valid_prior_names"]
 
 OPTIONS = ("draws", "tune", "chains", "random_seed", "priors", "sampler", "target_accept", "route",
-           "parameterization", "progressbar")
+           "parameterization", "progressbar", "random_effects", "nu")
 
 
 def pymc_model(design: Design, priors=None, route: str = "auto", parameterization=None,
-               reference_fit=None) -> pm.Model:
+               reference_fit=None, random_effects: str = "normal", nu: float | None = None) -> pm.Model:
     """The PyMC model of ``design`` in the user's units, for inspection (``pm.model_to_graphviz``) or extension.
 
     ``fit_bayes`` samples the same model on the standardised outcome (:func:`sampled_model`, :mod:`.units`)."""
-    return build_model(design, resolve_priors(design, priors), route, parameterization, reference_fit)[0]
+    return build_model(design, resolve_priors(design, priors, random_effects, nu), route, parameterization,
+                       reference_fit)[0]
 
 
-def sampled_model(design: Design, priors=None, route: str = "auto", parameterization=None, reference_fit=None):
+def sampled_model(design: Design, priors=None, route: str = "auto", parameterization=None, reference_fit=None,
+                  random_effects: str = "normal", nu: float | None = None):
     """What ``fit_bayes`` samples: the model of ``design`` on y* = (y - c) / s with its priors rewritten for y*
     (:mod:`.units`). Returns (model, info, units, notes); ``info.priors`` are the user's priors, ``notes`` say
     which part of the standardisation the priors did not allow and which predictors lie far from zero."""
-    user_priors = resolve_priors(design, priors)
+    user_priors = resolve_priors(design, priors, random_effects, nu)
     units, notes = OutcomeUnits.of(design, user_priors)
     notes += offset_predictor_notes(design)
     # the reliabilities are ratios of variances: a REML fit in the user's units gives those of y*
@@ -57,7 +59,8 @@ def sampled_model(design: Design, priors=None, route: str = "auto", parameteriza
 def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
               random_seed: int | None = None, priors=None, sampler: str = "nutpie", target_accept: float = 0.9,
               route: str = "auto", parameterization: dict[str, str] | None = None,
-              progressbar: bool = False, reference_fit=None, **unknown) -> BayesFit:
+              progressbar: bool = False, reference_fit=None, random_effects: str = "normal",
+              nu: float | None = None, **unknown) -> BayesFit:
     """Sample the posterior of ``design``'s model, on the standardised outcome y* = (y - c) / s with every draw
     mapped back exactly to the user's units (:mod:`.units`; c and s in ``fit.sampler["outcome_units"]``).
 
@@ -85,6 +88,15 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
         reliability of the sampled factors' group intercepts from it, and it is called only when a crossed
         design has sampled factors to choose for (``HLM.fit`` passes one that fits once per model). Without
         it, sampled factors are non-centred.
+    random_effects
+        ``"normal"`` (default) or ``"student_t"``: heavy-tailed group effects u_j ~ t_ν(0, T), robust to
+        outlying groups (Seltzer's t level-2 model; :mod:`.build`). Sampled on the PyMC graph
+        (``fit.sampler["note"]`` says so); the posterior adds ``nu`` and the weights ``w_<factor>`` of the
+        scale-mixture form u_j | w_j ~ N(0, T / w_j) (small w_j: an outlying group). ``tau_<factor>`` and
+        ``T_<factor>`` are then the scale of the t distribution; the effects' covariance is T ν / (ν - 2), ν > 2.
+    nu
+        With ``random_effects="student_t"``: fix ν at this value (e.g. ``nu=4``); None (default) estimates ν
+        under the ``"nu"`` prior, Gamma(2, 0.1) unless ``priors={"nu": ...}``.
 
     Any other keyword raises an :class:`~bayeshlm.errors.OptionError` naming the closest option.
     """
@@ -97,7 +109,8 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
     if parameterization is not None and not isinstance(parameterization, Mapping):
         raise OptionError(f"parameterization={parameterization!r}: give a dict {{factor: 'centred' or "
                           "'non-centred'}, e.g. parameterization={'school': 'non-centred'}.")
-    model, info, units, notes = sampled_model(design, priors, route, parameterization, reference_fit)
+    model, info, units, notes = sampled_model(design, priors, route, parameterization, reference_fit,
+                                              random_effects, nu)
     if random_seed is None:
         random_seed = new_seed()
     tree, record = run_sampler(model, info, sampler=sampler, draws=draws, tune=tune, chains=chains,
@@ -112,7 +125,11 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
     record |= {"route": info.route, "parameterization": info.parameterization,
                "reliability": {k: round(v, 3) for k, v in info.reliability.items()},
                "outcome_units": {"centre": units.centre, "scale": units.scale}}
+    if info.priors.student_t:
+        record |= {"random_effects": "student_t", "note": info.note,
+                   "nu": "estimated" if isinstance(info.priors.nu, Prior) else info.priors.nu}
     var_names = ["beta", *(v for v in posterior.data_vars if v in ("sigma", "sigma_strata", "phi")
+                           or v == "nu" and isinstance(info.priors.nu, Prior)
                            or v.startswith(("tau_", "corr_")) and not v.startswith("corr_chol_"))]
     var_names += [f"u_{name}" for name in info.sampled]
     diagnostics, messages = diagnose(tree, var_names, chains)
@@ -137,6 +154,13 @@ def _complete_posterior(design: Design, post: xr.Dataset, info: ModelInfo, seed:
                                            dims=("chain", "draw", coef_dim, f"{coef_dim}2"),
                                            coords={f"{coef_dim}2": list(f.coef_names)})
         post = labelled_correlations(f, post)
+    if info.priors.student_t:  # the mixing weights, from their exact conditional posterior (build module docstring)
+        nu = np.broadcast_to(post["nu"].values, (post.sizes["chain"], post.sizes["draw"])).reshape(-1)
+        rng = np.random.default_rng([seed, 3])
+        for f in design.factors:
+            u = post[f"u_{f.name}"].transpose("chain", "draw", f.name, f"{f.name}__coef").values
+            w = student_t_weights(u.reshape(-1, *u.shape[2:]), chol[f.name].reshape(-1, f.n_coef, f.n_coef), nu, rng)
+            post[f"w_{f.name}"] = xr.DataArray(w.reshape(u.shape[:3]), dims=("chain", "draw", f.name))
     if info.route == "marginal":
         n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
         flat = n_chain * n_draw

@@ -17,6 +17,18 @@ u_j = b_j - γ; centring u_j ~ N(0, T) on zero instead leaves a ridge along γ +
 groups are well measured, which NUTS crosses slowly (an ESS of 19 from 4,000 draws for the intercept of a
 crossed model with 100 groups of 1,000 rows, against 2,700 centred on γ).
 
+Student-t group effects (``random_effects="student_t"``; Seltzer 1993, J. Educ. Stat. 18(3); Seltzer, Wong &
+Bryk 1996, JEBS 21(2)): u_j ~ t_ν(0, T), a multivariate t with ν degrees of freedom and scale matrix
+T = L L' (covariance T ν / (ν - 2) for ν > 2), centred or non-centred by the same rule as Gaussian effects
+(non-centred: u_j = L z_j, z_j ~ t_ν(0, I)). It is the scale mixture u_j | w_j ~ N(0, T / w_j),
+w_j ~ Gamma(ν/2, rate ν/2), with the weights w_j integrated out: sampling the w_j as well left a funnel between
+ν and the weights (HS&B, 2 x 300 draws: R-hat 1.45, bulk ESS 4, BFMI 0.10). The weights, small for a group
+far out in the tails, whose pull on γ and T is thereby down-weighted, are drawn afterwards from their exact
+conditional posterior, w_j | u_j, ν, T ~ Gamma((ν + q)/2, rate (ν + u_j' T^{-1} u_j)/2)
+(:func:`student_t_weights`). ν is estimated under its prior (``nu``) or fixed. The effects cannot be
+integrated out analytically, so every factor is sampled (route ``"sampled"``) on the PyMC graph: the compiled
+kernel integrates Gaussian effects out and does not serve this model.
+
 Every data array and prior hyperparameter enters the graph as ``pm.Data``, so one compiled graph serves any
 data of the same shapes (:mod:`bayeshlm.bayes.sampling` caches it).
 """
@@ -65,6 +77,7 @@ class ModelInfo:
     chain: tuple[str, ...] = ()  # marginal route: the integrated factors, innermost first
     sampled: tuple[str, ...] = ()  # factors whose effects are sampled (in the graph as u_<factor>)
     kernel: KernelModel | None = None  # the same log density as a compiled kernel, when it covers the model
+    note: str = ""  # why the model left the default route or the compiled kernel, for ``fit.sampler``
 
 
 def build_model(design: Design, priors: PriorSet, route: str = "auto",
@@ -77,6 +90,8 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
         raise OptionError(f"route={route!r}: use one of {', '.join(ROUTES)}.{closest_names(str(route), ROUTES)}")
     if not design.factors:
         raise OptionError("The model has no grouping factor: add a term such as (1 | group).")
+    if priors.student_t:
+        route = _student_t_route(route)
     chain = integrated_chain(design) if route != "sampled" else []
     if route == "auto":
         route = "marginal" if chain else "sampled"
@@ -108,11 +123,12 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
         beta = _fixed_effects(design, priors, add_data)
         sigma = _level1_sd(priors, variance, add_data) if has_sigma else None
         chols = {f.name: _covariance_cholesky(f, priors, add_data) for f in design.factors}
+        nu = _degrees_of_freedom(priors, add_data) if priors.student_t else None
         effects = {}
         centre_on = centring(design, sampled, choice)
         for f in sampled:
             model.add_coord(f.name, [str(v) for v in f.levels])
-            effects[f.name] = _group_effects(f, chols[f.name], choice[f.name], beta, centre_on.get(f.name, []))
+            effects[f.name] = _group_effects(f, chols[f.name], choice[f.name], beta, centre_on.get(f.name, []), nu)
         if route == "marginal":
             stats = chain_statistics(design, chain, sampled, None if variance is None else variance.codes, ar1)
             shared = {k: add_data(f"stat__{k}", v) for k, v in stats.arrays.items()}
@@ -146,9 +162,45 @@ def build_model(design: Design, priors: PriorSet, route: str = "auto",
            tuple((f.n_coef, f.blocks) for f in design.factors),
            tuple((name, value.shape) for name, value in sorted(data.items()) if not name.startswith("prior__")))
     chain_names, sampled_names = tuple(f.name for f in chain), tuple(f.name for f in sampled)
-    kernel = kernel_model(design, priors, stats, chain_names, sampled_names, choice, centre_on, variance, ar1)
-    info = ModelInfo(route, choice, reliability, priors, data, key, stats, chain_names, sampled_names, kernel)
+    if priors.student_t:
+        kernel, note = None, STUDENT_T_NOTE
+    else:
+        kernel, note = kernel_model(design, priors, stats, chain_names, sampled_names, choice, centre_on, variance,
+                                    ar1), ""
+    info = ModelInfo(route, choice, reliability, priors, data, key, stats, chain_names, sampled_names, kernel, note)
     return model, info
+
+
+STUDENT_T_NOTE = ("Student-t group effects cannot be integrated out analytically: every group effect is sampled "
+                  "(route 'sampled') on the PyMC graph; the compiled kernel serves Gaussian effects only.")
+
+
+def _student_t_route(route: str) -> str:
+    """The route of a model with Student-t group effects: 'sampled' (route='marginal' is refused in words)."""
+    if route == "marginal":
+        raise OptionError("route='marginal' integrates Gaussian group effects out analytically, which Student-t "
+                          "effects do not allow: use route='sampled' or 'auto' with random_effects='student_t'.")
+    return "sampled"
+
+
+def _degrees_of_freedom(priors: PriorSet, add_data):
+    """ν of the Student-t group effects: a random variable under its prior, or the fixed value (as data)."""
+    if isinstance(priors.nu, Prior):
+        params = {k: add_data(f"prior__nu__{k}", v) for k, v in priors.nu.params.items()}
+        return getattr(pm, priors.nu.dist)("nu", **params)
+    return pm.Deterministic("nu", add_data("prior__nu__fixed", priors.nu))
+
+
+def student_t_weights(u: np.ndarray, L: np.ndarray, nu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Draws of the mixing weights w_j of Student-t effects from their conditional posterior
+    Gamma((ν + q)/2, rate (ν + d_j)/2), d_j = u_j' T^{-1} u_j = |L^{-1} u_j|^2 (module docstring).
+    ``u`` (S, J, q), ``L`` (S, q, q), ``nu`` (S,); returns (S, J)."""
+    import scipy.linalg
+
+    solved = np.stack([scipy.linalg.solve_triangular(L_s, u_s.T, lower=True) for L_s, u_s in zip(L, u)])
+    d = np.sum(solved**2, axis=1)
+    q = u.shape[-1]
+    return rng.gamma((nu[:, None] + q) / 2.0, 2.0 / (nu[:, None] + d))
 
 
 @dataclass(frozen=True)
@@ -334,19 +386,29 @@ def cholesky_draws(f, posterior: xr.Dataset) -> np.ndarray:
     return L
 
 
-def _group_effects(f, L, how: str, beta, centre_on: list[int]):
+def _group_effects(f, L, how: str, beta, centre_on: list[int], nu=None):
     """Group effects u (J, q) of factor ``f``: centred, u_j = b_j - γ_c with b_j ~ N(γ_c, T) (``coef_<f>``;
     γ_c holds the fixed effect each coefficient is centred on, :func:`centring`, or 0), or non-centred,
-    u = z L', z ~ N(0, I)."""
+    u = z L', z ~ N(0, I). With ``nu`` (Student-t effects) the normal is a multivariate t_ν with the same
+    location and scale (a univariate t for one coefficient)."""
     dims = (f.name, f"{f.name}__coef")
     if how == "non-centred":
-        z = pm.Normal(f"z_{f.name}", 0.0, 1.0, dims=dims)
+        if nu is None:
+            z = pm.Normal(f"z_{f.name}", 0.0, 1.0, dims=dims)
+        elif f.n_coef == 1:
+            z = pm.StudentT(f"z_{f.name}", nu=nu, mu=0.0, sigma=1.0, dims=dims)
+        else:
+            z = pm.MvStudentT(f"z_{f.name}", nu=nu, mu=np.zeros(f.n_coef), chol=np.eye(f.n_coef), dims=dims)
         return pm.Deterministic(f"u_{f.name}", pt.dot(z, L.T), dims=dims)
     centre = pt.stack([beta[k] if k >= 0 else pt.constant(0.0) for k in centre_on])
-    if all(len(b) == 1 for b in f.blocks):
+    tile = np.tile(np.arange(f.n_coef), (f.n_groups, 1))
+    if nu is not None and f.n_coef == 1:
+        b = pm.StudentT(f"coef_{f.name}", nu=nu, mu=centre[tile], sigma=pt.diagonal(L)[tile], dims=dims)
+    elif nu is not None:
+        b = pm.MvStudentT(f"coef_{f.name}", nu=nu, mu=centre, chol=L, dims=dims)
+    elif all(len(b) == 1 for b in f.blocks):
         # mean and SDs gathered to the full (J, q) shape: with one random coefficient, PyTensor 3.3's Numba
         # backend turns a (1,)-shaped SD into a scalar and then fails to compile its log-density terms
-        tile = np.tile(np.arange(f.n_coef), (f.n_groups, 1))
         b = pm.Normal(f"coef_{f.name}", centre[tile], pt.diagonal(L)[tile], dims=dims)
     else:
         b = pm.MvNormal(f"coef_{f.name}", mu=centre, chol=L, dims=dims)

@@ -9,6 +9,7 @@ Parameter names (the keys of ``priors={...}``):
 - ``"tau_<factor>"``: the SDs of the random coefficients of ``<factor>`` (sqrt of the diagonal of T).
 - ``"corr_<factor>"``: the LKJ prior on the correlations of ``<factor>``'s random coefficients (a number
   is read as the LKJ ``eta``).
+- ``"nu"``: the degrees of freedom of Student-t group effects (``random_effects="student_t"`` only).
 
 Defaults (``priors=None``), in the spirit of rstanarm's autoscaled priors and Bambi's defaults
 (Gabry & Goodrich 2020, "Prior distributions for rstanarm models"; Capretto et al. 2022, JSS 103(15)),
@@ -19,7 +20,11 @@ with s_y = sd(y) (for V-known models s_y = sqrt(var(y) + mean(V)), the marginal 
   uncentred predictors;
 - σ: HalfStudentT(nu=3, sigma=s_y);
 - random-coefficient SDs: HalfStudentT(nu=3, sigma=s_y / sd(z_k)) for random column z_k (s_y for an intercept);
-- correlations: LKJ(eta=2), mildly favouring small correlations.
+- correlations: LKJ(eta=2), mildly favouring small correlations;
+- ν of Student-t group effects: Gamma(alpha=2, beta=0.1) (mean 20, mode 10, P(ν < 4) ≈ 0.06), the prior
+  Juárez & Steel (2010, JBES 28(1)) recommend for the degrees of freedom of a t model: proper, it keeps ν
+  away from the edge ν → 0 where the effects would have no finite moments, and it leaves room for
+  near-Gaussian effects (ν of 30 and more) when the data show no heavy tails.
 
 ``priors="flat"`` gives the book's flat priors (R&B 2002, ch. 13): p(γ) ∝ 1 and a flat prior on each
 variance (σ², τ_qq) over (0, ∞), with LKJ(eta=1) (uniform) correlations.
@@ -27,6 +32,7 @@ variance (σ², τ_qq) over (0, ∞), with LKJ(eta=1) (uniform) correlations.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -36,6 +42,11 @@ from ..design import Design
 from ..errors import OptionError, closest_names
 
 SCALES = ("sd", "variance")
+RANDOM_EFFECTS = ("normal", "student_t")
+DEFAULT_NU_PRIOR = ("Gamma", {"alpha": 2.0, "beta": 0.1})
+# families whose support is (0, inf), the range of the degrees of freedom ν
+POSITIVE_SUPPORT = ("Gamma", "Exponential", "HalfNormal", "HalfStudentT", "HalfCauchy", "HalfFlat", "LogNormal",
+                    "InverseGamma", "Weibull", "Pareto")
 
 
 @dataclass(frozen=True, init=False)
@@ -151,6 +162,13 @@ class PriorSet:
     tau: dict[str, Prior]
     corr: dict[str, LKJ]
     kind: str  # 'default', 'flat' or 'default+overrides'
+    # Student-t group effects: the prior of their degrees of freedom ν, or ν itself when fixed; None: Gaussian
+    nu: Prior | float | None = None
+
+    @property
+    def student_t(self) -> bool:
+        """True when the group effects are Student-t (a scale mixture of normals, see :mod:`.build`)."""
+        return self.nu is not None
 
     def as_dict(self) -> dict[str, str]:
         """Human-readable table of every prior (name -> description), as printed with a fit."""
@@ -159,13 +177,18 @@ class PriorSet:
             out["sigma"] = str(self.sigma)
         out |= {f"tau_{f}": str(p) for f, p in self.tau.items()}
         out |= {f"corr_{f}": str(p) for f, p in self.corr.items()}
+        if isinstance(self.nu, Prior):
+            out["nu"] = f"{self.nu} (degrees of freedom of the Student-t group effects)"
+        elif self.nu is not None:
+            out["nu"] = f"fixed at {self.nu:g} (degrees of freedom of the Student-t group effects)"
         return out
 
     def signature(self) -> tuple:
+        nu = self.nu.signature() if isinstance(self.nu, Prior) else ("fixed",) if self.nu is not None else None
         return (tuple(p.signature() for p in self.fixed.values()),
                 None if self.sigma is None else self.sigma.signature(),
                 tuple(p.signature() for p in self.tau.values()),
-                tuple(p.signature() for p in self.corr.values()))
+                tuple(p.signature() for p in self.corr.values()), nu)
 
 
 def outcome_scale(design: Design) -> float:
@@ -214,8 +237,65 @@ def flat_priors(design: Design) -> PriorSet:
     return PriorSet(fixed, sigma, tau, corr, "flat")
 
 
-def resolve_priors(design: Design, priors: str | Mapping | None) -> PriorSet:
-    """Turn the user's ``priors=`` argument into a complete :class:`PriorSet`, validating every name."""
+def resolve_priors(design: Design, priors: str | Mapping | None, random_effects: str = "normal",
+                   nu: float | None = None) -> PriorSet:
+    """Turn the user's ``priors=`` argument into a complete :class:`PriorSet`, validating every name.
+
+    ``random_effects="student_t"`` makes the group effects Student-t with degrees of freedom ν, fixed at ``nu``
+    or (``nu=None``) estimated under the ``"nu"`` prior (default Gamma(2, 0.1), see the module docstring)."""
+    nu_value = _student_t_option(random_effects, nu)
+    student_t = random_effects == "student_t"
+    overrides = priors if isinstance(priors, Mapping) else {}
+    if "nu" in overrides and not student_t:
+        raise OptionError("priors: 'nu' is the degrees of freedom of Student-t group effects; add "
+                          "random_effects='student_t' to fit them (the default group effects are Gaussian).")
+    if "nu" in overrides and nu_value is not None:
+        raise OptionError(f"priors['nu'] and nu={nu_value:g}: ν is either fixed (nu=) or estimated under a prior "
+                          "(priors={'nu': ...}); give one of them.")
+    nu_prior = Prior(DEFAULT_NU_PRIOR[0], **DEFAULT_NU_PRIOR[1]) if student_t and nu_value is None else nu_value
+    if "nu" in overrides:
+        nu_prior = _checked_nu_prior(overrides["nu"])
+        overrides = {k: v for k, v in overrides.items() if k != "nu"}
+    return dataclasses.replace(_gaussian_priors(design, overrides if isinstance(priors, Mapping) else priors),
+                               nu=nu_prior)
+
+
+def _student_t_option(random_effects, nu) -> float | None:
+    """Check ``random_effects`` and ``nu``; the fixed ν as a float, or None (estimated, or Gaussian effects)."""
+    if not isinstance(random_effects, str) or random_effects not in RANDOM_EFFECTS:
+        hint = closest_names(str(random_effects), RANDOM_EFFECTS)
+        raise OptionError(f"random_effects={random_effects!r}: use 'normal' (Gaussian group effects, the default) "
+                          f"or 'student_t' (heavy-tailed group effects).{hint}")
+    if nu is None:
+        return None
+    if random_effects != "student_t":
+        raise OptionError(f"nu={nu!r} sets the degrees of freedom of Student-t group effects: add "
+                          "random_effects='student_t', or drop nu.")
+    if isinstance(nu, bool) or not isinstance(nu, int | float | np.number) or not np.isfinite(nu) or nu <= 0:
+        raise OptionError(f"nu={nu!r}: give a positive finite number of degrees of freedom (e.g. nu=4), or leave "
+                          "nu=None to estimate it.")
+    return float(nu)
+
+
+def _checked_nu_prior(value) -> Prior:
+    """The prior of ν from ``priors['nu']``: a prior on (0, inf) (ν must be positive), on ν itself."""
+    if not isinstance(value, Prior):
+        raise OptionError(f"priors['nu'] = {value!r}: give a bayeshlm.bayes.Prior on (0, inf), e.g. "
+                          "Prior('Gamma', alpha=2, beta=0.1), or fix ν with nu=<number>.")
+    lower = value.params.get("lower")
+    positive = value.dist in POSITIVE_SUPPORT or (
+        value.dist in ("Uniform", "TruncatedNormal") and lower is not None and (lower >= 0).all())
+    if not positive:
+        raise OptionError(f"priors['nu'] = {value}: ν must be positive, and a {value.dist} prior allows values "
+                          f"at or below zero. Use a prior on (0, inf): {', '.join(POSITIVE_SUPPORT)}, or a "
+                          "Uniform with lower >= 0.")
+    if value.on != "sd":
+        raise OptionError("priors['nu']: on='variance' applies only to sigma and tau_* priors.")
+    return value
+
+
+def _gaussian_priors(design: Design, priors: str | Mapping | None) -> PriorSet:
+    """The priors of every parameter but ν (see :func:`resolve_priors`)."""
     if priors is None or priors == "default":
         return default_priors(design)
     if isinstance(priors, str):
@@ -259,8 +339,8 @@ def resolve_priors(design: Design, priors: str | Mapping | None) -> PriorSet:
     return PriorSet(fixed, sigma, tau, corr, "default+overrides")
 
 
-def valid_prior_names(design: Design) -> list[str]:
-    """Every name ``priors={...}`` accepts for this model."""
+def valid_prior_names(design: Design, random_effects: str = "normal") -> list[str]:
+    """Every name ``priors={...}`` accepts for this model (with ``"nu"`` for Student-t group effects)."""
     names = ["beta", *design.fixed_names]
     if design.known_variance is None:
         names.append("sigma")
@@ -268,4 +348,6 @@ def valid_prior_names(design: Design) -> list[str]:
         names.append(f"tau_{f.name}")
         if any(len(b) > 1 for b in f.blocks):
             names.append(f"corr_{f.name}")
+    if random_effects == "student_t":
+        names.append("nu")
     return names

@@ -9,7 +9,7 @@ absorb the shift) and s = sd(y). This is the same model in other units, so each 
 
     beta = s beta* + c e_0 (e_0 the intercept)    sigma, tau, u = s (sigma*, tau*, u*)
     sigma^2, tau^2, T = s^2 (...)*                 b_j = s b*_j + c for group coefficients centred on e_0
-    alpha_0 = alpha*_0 + log s^2                   phi, correlations, z: unchanged
+    alpha_0 = alpha*_0 + log s^2                   phi, correlations, z, nu, w (t effects): unchanged
 
 Why: the marginal route reads sums such as y'y and Z_j'y, which for y + 1e8 hold values near 1e16 whose
 differences carry the posterior; in float64 they lost its last digits (the log posterior was off by 100 to
@@ -209,7 +209,7 @@ class OutcomeUnits:
                 on = np.asarray(centred_on[name[5:]])
                 shift = np.where(on == self.intercept, c, 0.0) if self.intercept is not None else np.zeros(len(on))
                 out[name] = s * values + xr.DataArray(shift, dims=values.dims[-1])
-            elif name != "phi" and not name.startswith(("corr_", "z_")):
+            elif name not in ("phi", "nu") and not name.startswith(("corr_", "z_", "w_")):
                 raise NotImplementedError(f"No rule maps the posterior variable {name!r} to the user's units.")
         return out
 
