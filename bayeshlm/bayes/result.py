@@ -16,6 +16,7 @@ import pandas as pd
 import xarray as xr
 
 from ..design import Design
+from ..errors import OptionError
 from ..results import hlm_statistics as hlm
 from ..results.base import (
     FitResult,
@@ -31,6 +32,7 @@ from ..results.contract import RESIDUAL_FACTOR
 from ..results.formatting import decimals, significant
 from ..results.hlm_statistics import fixed_part
 from .build import ModelInfo
+from .priors import Prior
 
 
 class BayesFit(FitResult):
@@ -39,7 +41,9 @@ class BayesFit(FitResult):
     Attributes: ``posterior`` (ArviZ DataTree; group ``posterior`` holds ``beta`` (dim ``fixed``), ``sigma``,
     ``tau_<factor>`` (SDs), ``corr_<factor>`` (correlation matrix), ``corr_chol_<factor>`` (its sampled
     Cholesky factor), ``T_<factor>`` (covariance matrix draws) and ``u_<factor>`` (group effects, dims
-    ``<factor>``, ``<factor>__coef``)), ``priors`` (parameter -> prior used), ``sampler`` (sampler, chains,
+    ``<factor>``, ``<factor>__coef``); with Student-t group effects also ``nu`` and the mixing weights
+    ``w_<factor>``, and ``T_<factor>`` is then the t scale matrix), ``priors`` (parameter -> prior used),
+    ``sampler`` (sampler, chains,
     seed, times, route and parameterisation per factor), ``diagnostics`` (divergences, max_rhat,
     min_ess_bulk, min_ess_tail, min_bfmi), ``messages`` (plain-English problems and what to do).
     """
@@ -202,7 +206,8 @@ class BayesFit(FitResult):
         return u + xr.DataArray(np.einsum("cdp,pjq->cdjq", beta, basis), dims=u.dims, coords=u.coords)
 
     def new_group_draws(self, factor: str | None = None, seed: int | None = None) -> xr.DataArray:
-        """Posterior predictive draws of a new group's coefficients γ_q + u_new, u_new ~ N(0, T) per draw:
+        """Posterior predictive draws of a new group's coefficients γ_q + u_new, u_new ~ N(0, T) per draw
+        (Student-t effects: u_new = L z / sqrt(w), w ~ Gamma(ν/2, rate ν/2), a t_ν(0, T) draw):
         a new group whose level-2 predictors are all zero (γ_q is the fixed effect named like coefficient q).
 
         Their quantiles are the Bayesian plausible-value interval (R&B 2002, eq. 4.6 with T's uncertainty).
@@ -215,6 +220,9 @@ class BayesFit(FitResult):
         L = self._chol[name]
         z = rng.standard_normal(L.shape[:-1])
         u = np.einsum("cdij,cdj->cdi", L, z)
+        if self._student_t:
+            nu = np.broadcast_to(self.draws("nu").values, L.shape[:2])
+            u = u / np.sqrt(rng.gamma(nu / 2.0, 2.0 / nu))[..., None]
         coef_dim = f"{name}__coef"
         draws = xr.DataArray(u, dims=("chain", "draw", coef_dim),
                              coords={"chain": T.chain, "draw": T.draw, coef_dim: list(f.coef_names)})
@@ -253,8 +261,14 @@ class BayesFit(FitResult):
         of the linear predictor's posterior (estimate, se, lower, upper, new_groups); ``"interval"`` the same for a
         new observation (adds a new group's effect from N(0, T) and the level-1 error); ``"draws"`` those
         posterior predictive draws as a DataArray (chain, draw, obs). ``groups`` as for likelihood fits."""
-        from ..results.prediction import predict_bayes
+        from ..results.prediction import predict_bayes, prediction_rows
 
+        if self._student_t and kind != "mean":
+            rows = prediction_rows(self.design, newdata)
+            if groups != "conditional" or any((rows.codes[f.name] < 0).any() for f in self.design.factors):
+                raise OptionError(f"predict(kind={kind!r}) for a new group draws its effect from N(0, T), but this "
+                                  "fit's group effects are Student-t: use kind='mean', or predict for groups of the "
+                                  "fit with groups='conditional'.")
         return predict_bayes(self, newdata, groups, kind, level, random_seed)
 
     def posterior_predictive(self, random_seed: int | None = None) -> xr.DataTree:
@@ -270,6 +284,9 @@ class BayesFit(FitResult):
         (``"marginal"``, leave-one-group-out; see :mod:`bayeshlm.bayes.predictive_data`)."""
         from .predictive_data import log_likelihood
 
+        if self._student_t and kind == "marginal":
+            raise OptionError("log_likelihood(kind='marginal') integrates Gaussian group effects out, but this fit's "
+                              "group effects are Student-t: use kind='conditional'.")
         return log_likelihood(self, kind, factor)
 
     # --- text ------------------------------------------------------------------------------------
@@ -299,7 +316,8 @@ class BayesFit(FitResult):
         p = self.model_info.priors
         priors = {"fixed": {k: _prior_to_dict(v) for k, v in p.fixed.items()}, "sigma": _prior_to_dict(p.sigma),
                   "tau": {k: _prior_to_dict(v) for k, v in p.tau.items()},
-                  "corr": {k: v.eta for k, v in p.corr.items()}, "kind": p.kind}
+                  "corr": {k: v.eta for k, v in p.corr.items()}, "kind": p.kind,
+                  "nu": _prior_to_dict(p.nu) if isinstance(p.nu, Prior) else p.nu}
         record = {"priors": priors, "sampler": self.sampler, "diagnostics": self.diagnostics,
                   "messages": self.messages}
         chol = {f"L_{name}": (("chain", "draw", f"{name}__row", f"{name}__col"), L) for name, L in self._chol.items()}
@@ -316,7 +334,8 @@ class BayesFit(FitResult):
         p = record["priors"]
         priors = PriorSet(fixed={k: _prior_from_dict(v) for k, v in p["fixed"].items()},
                           sigma=_prior_from_dict(p["sigma"]), tau={k: _prior_from_dict(v) for k, v in p["tau"].items()},
-                          corr={k: LKJ(eta) for k, eta in p["corr"].items()}, kind=p["kind"])
+                          corr={k: LKJ(eta) for k, eta in p["corr"].items()}, kind=p["kind"],
+                          nu=_prior_from_dict(p["nu"]) if isinstance(p.get("nu"), dict) else p.get("nu"))
         sampler = record["sampler"]
         route = sampler["route"]
         parameterization = sampler["parameterization"] if route == "sampled" else None
@@ -346,6 +365,8 @@ class BayesFit(FitResult):
         if s.get("parameterization"):
             routes = ", ".join(f"{k}: {v}" for k, v in s["parameterization"].items())
             lines.append(f"random effects: {routes} (route: {s.get('route', '?')})")
+        if s.get("note"):
+            lines.append(f"note: {s['note']}")
         timing = [f"{label} {significant(s[key])} s" for label, key in (("compile", "compile_seconds"),
                                                                         ("sampling", "sampling_seconds")) if key in s]
         if timing:
@@ -370,6 +391,11 @@ class BayesFit(FitResult):
                 f"draws, {d['divergences']} divergences, max R-hat {d['max_rhat']:.3f}>")
 
     # --- helpers ---------------------------------------------------------------------------------
+    @property
+    def _student_t(self) -> bool:
+        """True for Student-t group effects (``random_effects="student_t"``)."""
+        return self.model_info.priors.student_t
+
     def _fixed_part(self, name: str) -> xr.DataArray:
         """Draws of γ_q, the fixed effect named like each random coefficient of ``name`` (else 0)."""
         f = self.design.factor(name)
@@ -389,8 +415,6 @@ def _prior_to_dict(prior) -> dict | None:
 
 
 def _prior_from_dict(d: dict | None):
-    from .priors import Prior
-
     return None if d is None else Prior(d["dist"], on=d["on"], **d["params"])
 
 
