@@ -196,12 +196,15 @@ class HLM:
             (default 4), ``random_seed`` (recorded in ``fit.sampler``), ``priors`` (None: weakly informative
             defaults scaled to the data; ``"flat"``: the book's ch. 13 priors; or a dict by parameter name),
             ``sampler`` (``"nutpie"``, the default, or ``"pymc"``), ``target_accept`` (default 0.9),
-            ``route`` and ``parameterization``. An unknown option raises :class:`~bayeshlm.errors.OptionError`.
+            ``route``, ``parameterization``, and ``random_effects="student_t"`` (heavy-tailed group effects,
+            Gaussian outcomes only) with ``nu`` (fixed degrees of freedom; None: estimated). An unknown option
+            raises :class:`~bayeshlm.errors.OptionError`.
             ``progress`` (Bayes): one line per step (loading, compiling, sampling) on standard error; None
             (default): shown in a terminal or notebook; ``progress=False`` (or ``progressbar=False``) silences it.
         """
         progress = options.pop("progress", options.get("progressbar"))
         family = getattr(self, "family", None)
+        _check_student_t(options, method, family)
         if family is not None and not family.gaussian and method == "bayes":
             with reporting(progress, LOADING):
                 from .bayes.glmm import fit_bayes_glmm
@@ -248,6 +251,18 @@ class HLM:
 
         return pymc_model(self.design, priors=priors, route=route, parameterization=parameterization,
                           reference_fit=self._reference_fit)
+
+
+def _check_student_t(options: Mapping, method: str | None, family: Family | None) -> None:
+    """Refuse Student-t group effects where no engine fits them: they need method='bayes' and a Gaussian outcome."""
+    if options.get("random_effects", "normal") == "normal" and options.get("nu") is None:
+        return
+    if method != "bayes":
+        raise OptionError(f"random_effects= and nu= (Student-t group effects) are fitted by method='bayes' only; "
+                          f"method={method or 'reml'!r} assumes Gaussian group effects.")
+    if family is not None and not family.gaussian:
+        raise OptionError(f"random_effects= and nu= (Student-t group effects) apply to Gaussian outcomes; this model "
+                          f"has family={family.name!r}, whose Bayesian fit assumes Gaussian group effects.")
 
 
 def _binomial_outcome(formula: str, trials: str | None, family: Family):
