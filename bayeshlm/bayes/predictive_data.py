@@ -33,8 +33,8 @@ import numpy as np
 import xarray as xr
 
 from ..design.design import group_sums
+from ..design.prediction_rows import PredictionRows, prediction_rows
 from ..errors import OptionError, closest_names
-from ..results.prediction import covariance_cholesky, linear_predictor_draws, prediction_rows, seeded_rng
 from .units import centred_outcome
 
 LOG_LIKELIHOOD_KINDS = ("conditional", "marginal")
@@ -301,3 +301,45 @@ def _marginal_two_levels(fit, chain, chunk: int = 250) -> np.ndarray:
                      + 2 * np.log(np.diagonal(K1, axis1=-2, axis2=-1)).sum(-1))
         out[part] = -0.5 * (top.group_sizes[None] * np.log(2 * np.pi) + log_det_V + h - (z ** 2).sum(-1))
     return out.reshape(*shape, J1)
+
+
+# --- draws of the linear predictor (also behind fit.predict, :mod:`bayeshlm.results.prediction`) ---------
+
+def linear_predictor_draws(fit, rows: PredictionRows, groups: str, new_effects: bool,
+                           rng: np.random.Generator) -> np.ndarray:
+    """(chain, draw, m) draws of x'gamma + sum_f z_f'u_f: known groups from the posterior draws of u; new groups
+    at u = 0, or (``new_effects``) with u drawn from N(0, T) per posterior draw and new group label."""
+    beta = fit.draws("beta").transpose("chain", "draw", "fixed").values
+    eta = np.einsum("cdp,np->cdn", beta, rows.X)
+    for f in fit.design.factors:
+        codes, Z = rows.codes[f.name], rows.Z[f.name]
+        known = (codes >= 0) if groups == "conditional" else np.zeros(rows.n, dtype=bool)
+        if known.any():
+            u = fit.draws(f"u_{f.name}").transpose("chain", "draw", f.name, f"{f.name}__coef").values
+            rows_known, groups_known = np.flatnonzero(known), codes[known]
+            for k in range(f.n_coef):  # one coefficient at a time: no (chain, draw, rows, q) temporary
+                eta[..., rows_known] += u[:, :, groups_known, k] * Z[rows_known, k]
+        if new_effects and not known.all():
+            labels, which = np.unique(rows.labels[f.name][~known], return_inverse=True)
+            L = covariance_cholesky(fit, f.name)
+            noise = rng.standard_normal((*L.shape[:2], len(labels), L.shape[-1]))
+            u_new = np.einsum("cdqr,cdjr->cdjq", L, noise)
+            rows_new = np.flatnonzero(~known)
+            for k in range(f.n_coef):
+                eta[..., rows_new] += u_new[:, :, which, k] * Z[rows_new, k]
+    return eta
+
+
+def covariance_cholesky(fit, name: str) -> np.ndarray:
+    """(chain, draw, q, q) lower Cholesky factors of the posterior draws of T_<name> (user units)."""
+    T = fit.draws(f"T_{name}").values
+    jitter = 1e-12 * np.trace(T, axis1=-2, axis2=-1)[..., None, None] * np.eye(T.shape[-1])
+    return np.linalg.cholesky(T + jitter)
+
+
+def seeded_rng(fit, random_seed, stream: int) -> np.random.Generator:
+    """``random_seed`` if given, else the fit's sampler seed with a stream number of its own (reproducible)."""
+    if random_seed is not None:
+        return np.random.default_rng(random_seed)
+    seed = (getattr(fit, "sampler", None) or {}).get("seed")
+    return np.random.default_rng(None if seed is None else [int(seed), stream])

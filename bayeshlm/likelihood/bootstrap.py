@@ -30,7 +30,7 @@ from ..errors import OptionError
 
 
 def default_statistic(fit) -> pd.Series:
-    """Every fixed effect and variance-component parameter, keyed as the rows of :func:`~.inference.confint`:
+    """Every fixed effect and variance-component parameter, keyed as the rows of ``fit.confint()``:
     (factor, term, term2, parameter) with parameter 'coefficient', 'sd', 'corr', 'sigma' (lme4's scale) and
     'variance', 'covariance', 'sigma2'."""
     keys, values = _default_values(fit)

@@ -322,7 +322,7 @@ class GLMMFit:
         each known group's conditional mode; a group the fit did not see gets b = 0 (``allow.new.levels``);
         ``"population"`` sets b = 0 for every row (``re.form = NA``). New data need the offset or exposure
         column when the model has one. Point predictions only (no intervals)."""
-        from ..results.prediction import prediction_rows
+        from ..design.prediction_rows import prediction_rows
 
         if type not in PREDICT_TYPES:
             raise OptionError(f"type={type!r} is not an option.{closest_names(str(type), PREDICT_TYPES)} Use 'link' "

@@ -1,6 +1,7 @@
 """Inference on the variance parameters of a REML / ML fit: Satterthwaite df for fixed-effect contrasts,
 asymptotic SEs of the variance components, profile-likelihood intervals (variance components; fixed effects
-of ML fits) and :func:`confint`, which gathers intervals for every parameter.
+of ML fits) and the bootstrap's percentile intervals: the pieces :func:`bayeshlm.results.hypotheses.confint`
+gathers for every parameter.
 
 Everything works on the fit's standardised design (:mod:`bayeshlm.design.scaling`) and maps back exactly.
 The variance parameters are lmerTest's varpar = (theta, sigma) (Kuznetsova, Brockhoff & Christensen 2017,
@@ -496,7 +497,7 @@ def _profile_table(vp: VarianceParameters, cmap: ComponentMap, rows: list[dict],
     return np.array(lower), np.array(upper)
 
 
-# --- fixed effects: profile (ML) and the combined table ----------------------------------------------------
+# --- fixed effects: profile (ML) -------------------------------------------------------------------------------
 
 class _FixedProfile:
     """The ML criterion with the user's fixed effect k held at b, minimised over the others and theta.
@@ -547,56 +548,25 @@ class _FixedProfile:
         return side * np.inf
 
 
-def confint(fit, level: float = 0.95, method: str = "wald", df: str | None = None, n_boot: int | None = None,
-            random_seed: int | None = None, workers: int | None = None, progress: bool = False) -> pd.DataFrame:
-    """Intervals for every fixed effect and every variance-component parameter.
-
-    ``method="wald"``: fixed effects by the t interval with ``df`` (see :meth:`FitResult.ttest`), variance
-    components as :func:`variance_intervals`. ``method="profile"``: variance components by their profile;
-    fixed effects by their profile for ML fits (lme4's ``confint(method="profile")``; the REML criterion does
-    not depend on the fixed effects, so a REML fit's fixed effects get the t interval and say so in ``method``).
-    ``method="bootstrap"``: percentile intervals of a seeded parametric bootstrap for every row (lme4's
-    ``confint(method="boot")``; ``n_boot`` refits, default 1000, on ``workers`` processes, see
-    :func:`bayeshlm.likelihood.bootstrap.parametric_bootstrap`); ``se`` is then the SD of the replicates.
-    Columns: factor ('fixed' for fixed effects), term, term2, parameter, estimate, se, lower, upper, method.
-    """
-    from ..results.hypotheses import ttest
-
-    if fit.method == "bayes":
-        raise OptionError("confint() gives likelihood intervals of REML / ML fits. A Bayesian fit's posterior "
-                          "intervals are in fit.fixed_effects and fit.variance_components.")
-    if method == "bootstrap":
-        return _bootstrap_table(fit, level, n_boot, random_seed, workers, progress)
-    if n_boot is not None or random_seed is not None or workers is not None:
-        raise OptionError(f"n_boot, random_seed and workers set the bootstrap; method={method!r} does not use them. "
-                          "Give method='bootstrap', or leave them out.")
-    variance = variance_intervals(fit, method, level)
-    fixed = ttest(fit, df=df, level=level)
-    label = f"t ({'book' if df is None else df} df)"
-    fixed_method = [label] * len(fixed)
-    if method == "profile" and fit.method == "ml":
-        vp = variance_parameters(fit)
-        cutoff = stats.chi2.ppf(level, 1)
-        with single_threaded_blas():
-            for k, name in enumerate(fixed.index):
-                profile = _FixedProfile(vp, k)
-                estimate, se = fixed.loc[name, "estimate"], fixed.loc[name, "se"]
-                fixed.loc[name, "lower"] = profile.end(-1, cutoff, estimate, se)
-                fixed.loc[name, "upper"] = profile.end(1, cutoff, estimate, se)
-        fixed_method = ["profile"] * len(fixed)
-    rows = pd.DataFrame({"factor": "fixed", "term": list(fixed.index), "term2": "", "parameter": "coefficient",
-                         "estimate": fixed["estimate"].to_numpy(), "se": fixed["se"].to_numpy(),
-                         "lower": fixed["lower"].to_numpy(), "upper": fixed["upper"].to_numpy(),
-                         "method": fixed_method})
-    variance = variance.assign(method=method)
-    table = pd.concat([rows, variance], ignore_index=True)
-    table.attrs.update(variance.attrs)
-    return table
+def fixed_profile_intervals(fit, estimate: np.ndarray, se: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Profile-likelihood interval of each fixed effect of an ML fit (lme4's ``confint(method="profile")``): the
+    ends where the ML criterion, minimised over the other parameters, rises by chi2_1(level) above its minimum.
+    ``estimate`` and ``se`` (in ``fit.fixed_effects`` order) start the search for each end."""
+    vp = variance_parameters(fit)
+    cutoff = stats.chi2.ppf(level, 1)
+    lower, upper = np.empty(len(estimate)), np.empty(len(estimate))
+    with single_threaded_blas():
+        for k in range(len(estimate)):
+            profile = _FixedProfile(vp, k)
+            lower[k] = profile.end(-1, cutoff, estimate[k], se[k])
+            upper[k] = profile.end(1, cutoff, estimate[k], se[k])
+    return lower, upper
 
 
-def _bootstrap_table(fit, level: float, n_boot: int | None, random_seed: int | None, workers: int | None,
-                     progress: bool) -> pd.DataFrame:
-    """:func:`confint`'s table from a parametric bootstrap (percentile intervals)."""
+def bootstrap_intervals(fit, level: float, n_boot: int | None, random_seed: int | None, workers: int | None,
+                        progress: bool) -> pd.DataFrame:
+    """Percentile intervals of every fixed effect and variance-component parameter from a seeded parametric
+    bootstrap (``n_boot`` refits, default 1000), in the layout of :func:`bayeshlm.results.hypotheses.confint`."""
     from .bootstrap import parametric_bootstrap
 
     if isinstance(level, bool) or not isinstance(level, int | float) or not 0.0 < level < 1.0:

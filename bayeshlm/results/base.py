@@ -265,8 +265,8 @@ class FitResult(ABC):
                 random_seed: int | None = None, workers: int | None = None, progress: bool = False) -> pd.DataFrame:
         """lower / upper for every fixed effect and variance-component parameter, 'wald', 'profile' or 'bootstrap'
         (lme4's ``confint``; REML / ML fits; the bootstrap takes ``n_boot`` seeded refits on ``workers``
-        processes; see :func:`bayeshlm.likelihood.inference.confint`)."""
-        from ..likelihood.inference import confint
+        processes; see :func:`bayeshlm.results.hypotheses.confint`)."""
+        from .hypotheses import confint
 
         return confint(self, level, method, df, n_boot, random_seed, workers, progress)
 

@@ -328,6 +328,46 @@ def ttest(fit, df=None, level: float = 0.95) -> pd.DataFrame:
     return out
 
 
+def confint(fit, level: float = 0.95, method: str = "wald", df: str | None = None, n_boot: int | None = None,
+            random_seed: int | None = None, workers: int | None = None, progress: bool = False) -> pd.DataFrame:
+    """Intervals for every fixed effect and every variance-component parameter of a REML / ML fit.
+
+    ``method="wald"``: fixed effects by the t interval with ``df`` (see :func:`ttest`), variance components as
+    :func:`bayeshlm.likelihood.inference.variance_intervals`. ``method="profile"``: variance components by their
+    profile; fixed effects by their profile for ML fits (lme4's ``confint(method="profile")``; the REML criterion
+    does not depend on the fixed effects, so a REML fit's fixed effects get the t interval and say so in
+    ``method``). ``method="bootstrap"``: percentile intervals of a seeded parametric bootstrap for every row
+    (lme4's ``confint(method="boot")``; ``n_boot`` refits, default 1000, on ``workers`` processes, see
+    :func:`bayeshlm.likelihood.bootstrap.parametric_bootstrap`); ``se`` is then the SD of the replicates.
+    Columns: factor ('fixed' for fixed effects), term, term2, parameter, estimate, se, lower, upper, method.
+    """
+    from ..likelihood.inference import bootstrap_intervals, fixed_profile_intervals, variance_intervals
+
+    if _is_bayes(fit):
+        raise OptionError("confint() gives likelihood intervals of REML / ML fits. A Bayesian fit's posterior "
+                          "intervals are in fit.fixed_effects and fit.variance_components.")
+    if method == "bootstrap":
+        return bootstrap_intervals(fit, level, n_boot, random_seed, workers, progress)
+    if n_boot is not None or random_seed is not None or workers is not None:
+        raise OptionError(f"n_boot, random_seed and workers set the bootstrap; method={method!r} does not use them. "
+                          "Give method='bootstrap', or leave them out.")
+    variance = variance_intervals(fit, method, level)
+    fixed = ttest(fit, df=df, level=level)
+    fixed_method = [f"t ({'book' if df is None else df} df)"] * len(fixed)
+    if method == "profile" and fit.method == "ml":
+        fixed["lower"], fixed["upper"] = fixed_profile_intervals(fit, fixed["estimate"].to_numpy(),
+                                                                 fixed["se"].to_numpy(), level)
+        fixed_method = ["profile"] * len(fixed)
+    rows = pd.DataFrame({"factor": "fixed", "term": list(fixed.index), "term2": "", "parameter": "coefficient",
+                         "estimate": fixed["estimate"].to_numpy(), "se": fixed["se"].to_numpy(),
+                         "lower": fixed["lower"].to_numpy(), "upper": fixed["upper"].to_numpy(),
+                         "method": fixed_method})
+    variance = variance.assign(method=method)
+    table = pd.concat([rows, variance], ignore_index=True)
+    table.attrs.update(variance.attrs)
+    return table
+
+
 # --- estimated marginal means ---------------------------------------------------------------------------------
 
 _CATEGORICAL_TERM = re.compile(r"C\(\s*([A-Za-z_]\w*)\s*(,.*)?\)", re.DOTALL)
@@ -344,7 +384,7 @@ def marginal_means(fit, factor: str, data: pd.DataFrame, df=None, level: float =
     the posterior of l'gamma for Bayes). Columns estimate, se, (df,) lower, upper; index the levels.
     """
     from ..design.build import factor_variables
-    from .prediction import prediction_rows
+    from ..design.prediction_rows import prediction_rows
 
     design = fit.design
     spec = design.spec

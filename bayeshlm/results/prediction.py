@@ -2,8 +2,8 @@
 ``fit.residuals``).
 
 The linear predictor of row i is x_i' gamma + sum_f z_fi' u_f[j_f(i)] (R&B 2002, eq. 2.22 in combined form).
-For new data, X and each factor's Z are built with the fit's own column coding (formulaic's model specs kept
-in :class:`~bayeshlm.design.design.ColumnCoding`: categorical levels, contrasts, the grand means centred on).
+For new data, X and each factor's Z are built with the fit's own column coding
+(:func:`bayeshlm.design.prediction_rows.prediction_rows`).
 Each grouping factor is matched on its own: a row's group is *known* when its label is among the fitted groups,
 else *new*; a new group has no estimated effect, so it gets the population part (u = 0), and for prediction
 intervals and predictive draws its effect varies as N(0, T) -- as lme4's ``allow.new.levels=TRUE`` and
@@ -27,44 +27,20 @@ group label, shared by its rows) and the level-1 error N(0, sigma_draw^2).
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import xarray as xr
-from formulaic.errors import DataMismatchWarning, FormulaicError
 from scipy import stats
 
-from ..design.build import factor_variables, float_predictors, group_labels
-from ..errors import DataError, OptionError, closest_names, describe_rows
+from ..design.prediction_rows import PredictionRows, prediction_rows
+from ..errors import DataError, OptionError, closest_names
 from .base import equal_tailed_interval
 from .contract import wide
 
 KINDS = ("mean", "interval", "draws")
 DENSE_INVERSE_LIMIT = 6000  # group-effect columns up to which M^-1 is formed densely (6000^2 doubles: 288 MB)
 GROUPS = ("conditional", "population")
-
-
-@dataclass(frozen=True)
-class PredictionRows:
-    """The rows to predict: X (m, p), each factor's Z (m, q) and group codes (m,) into the fitted groups
-    (-1: a group the fit did not see), the new groups' labels, and the rows' index labels."""
-
-    X: np.ndarray
-    Z: dict[str, np.ndarray]
-    codes: dict[str, np.ndarray]
-    labels: dict[str, np.ndarray]
-    index: pd.Index
-
-    @property
-    def n(self) -> int:
-        return self.X.shape[0]
-
-    def new_groups(self) -> np.ndarray:
-        """Per row, the factors whose group is new, as text ('' when every group is known)."""
-        names = [np.where(codes < 0, name, "") for name, codes in self.codes.items()]
-        return np.array([", ".join(n for n in row if n) for row in zip(*names)], dtype=object) if names else \
-            np.full(self.n, "", dtype=object)
 
 
 def check_options(groups: str, kind: str, level: float) -> None:
@@ -79,100 +55,6 @@ def check_options(groups: str, kind: str, level: float) -> None:
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
         raise OptionError(f"level={level!r}: give the interval's coverage as a number between 0 and 1, "
                           "e.g. level=0.95.")
-
-
-def prediction_rows(design, newdata: pd.DataFrame | None) -> PredictionRows:
-    """X, Z and group codes of the fitted rows (``newdata=None``) or of ``newdata``, coded as the fit was."""
-    if not design.rows_available:
-        raise OptionError("This model was built from aggregates (a Dask DataFrame), which keep no rows: there are "
-                          "no fitted values, residuals or per-row predictions to compute. Build the model from a "
-                          "pandas DataFrame to predict.")
-    if newdata is None:
-        labels = {f.name: np.asarray(f.levels)[f.codes] for f in design.factors}
-        return PredictionRows(X=design.X, Z={f.name: f.Z for f in design.factors},
-                              codes={f.name: f.codes for f in design.factors}, labels=labels,
-                              index=design.row_labels)
-    return _new_rows(design, newdata)
-
-
-def _new_rows(design, newdata) -> PredictionRows:
-    spec, coding = design.spec, design.coding
-    if coding is None:
-        raise OptionError("This fit keeps the numbers of its design but not how its columns were coded (it was "
-                          "loaded from a file, or built from aggregates), so it cannot code new data. Rebuild the "
-                          "model with bayeshlm.HLM and refit to predict for new data; fit.predict() without "
-                          "newdata predicts the fitted rows.")
-    if not isinstance(newdata, pd.DataFrame):
-        raise DataError(f"newdata must be a pandas DataFrame; got {type(newdata).__name__}.")
-    if len(newdata) == 0:
-        raise DataError("newdata is empty (0 rows): there is nothing to predict.")
-    if spec.group_means or any(c.how == "group" for c in spec.centering):
-        raise OptionError("This model centres columns on their group means (center='group' or group_means), which "
-                          "new data cannot reproduce without their groups' other rows. Compute the centred and "
-                          "group-mean columns in the data before fitting; then predict with those columns.")
-    variables = set()
-    for term in spec.fixed + tuple(t for r in spec.random for t in r.terms):
-        for factor in term:
-            variables |= factor_variables(factor)
-    variables |= {c for r in spec.random for c in r.group_columns}
-    absent = sorted(v for v in variables if v not in newdata.columns)
-    if absent:
-        hints = " ".join(f"{name!r} is missing.{closest_names(name, newdata.columns)}" for name in absent)
-        raise DataError(f"newdata lacks columns the model uses: {hints} newdata has columns: "
-                        f"{', '.join(map(str, newdata.columns))}.")
-    used = sorted(variables)
-    missing = newdata[used].isna()
-    if missing.any(axis=None):
-        rows = np.flatnonzero(missing.any(axis=1).to_numpy())
-        columns = [c for c in used if missing[c].any()]
-        raise DataError(f"newdata has missing values in {', '.join(map(repr, columns))} ({describe_rows(rows)}, "
-                        "0-based positions): a prediction needs every predictor and group label. Fill them in or "
-                        "drop those rows.")
-    frame = newdata.copy()
-    for column, mean in coding.grand_means.items():
-        frame[column] = frame[column].astype(float) - mean
-    numbers = float_predictors(frame, spec)
-    X = _coded_matrix(coding.fixed, numbers, design.fixed_names, "fixed effects")
-    Z, codes, labels = {}, {}, {}
-    for f in design.factors:
-        term = next(r for r in spec.random if r.group == f.name)
-        Z[f.name] = _coded_matrix(coding.random[f.name], numbers, f.coef_names, f"random effects for {f.name!r}")
-        labels[f.name] = group_labels(frame, term).astype(str).to_numpy()
-        codes[f.name] = f.levels.get_indexer(labels[f.name])
-    return PredictionRows(X=X, Z=Z, codes=codes, labels=labels, index=newdata.index)
-
-
-def _coded_matrix(model_spec, numbers: pd.DataFrame, names, what: str) -> np.ndarray:
-    """The model matrix of ``numbers`` by a fitted model spec; a category the fit did not see is refused (formulaic
-    would code it as zeros with a warning)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DataMismatchWarning)
-        try:
-            matrix = model_spec.get_model_matrix(numbers, na_action="raise")
-        except DataMismatchWarning:
-            raise DataError(_unseen_levels(model_spec, numbers, what)) from None
-        except (FormulaicError, ValueError, TypeError, NameError) as err:
-            raise DataError(f"Cannot build the {what} for newdata: {str(err).splitlines()[0]}") from None
-    values = matrix.to_numpy(dtype=float)
-    if values.shape[1] != len(names):  # a safeguard: the fitted spec always gives the fitted columns
-        raise DataError(f"newdata gives {values.shape[1]} columns for the {what}; the fit has {len(names)}.")
-    return values
-
-
-def _unseen_levels(model_spec, numbers: pd.DataFrame, what: str) -> str:
-    problems = []
-    for factor, (_, state) in model_spec.encoder_state.items():
-        categories = state.get("categories") if isinstance(state, dict) else None
-        if categories is None:
-            continue
-        for column in sorted(factor_variables(factor) & set(numbers.columns)):
-            unseen = sorted({str(v) for v in numbers[column].unique() if v not in set(categories)})
-            if unseen:
-                problems.append(f"column {column!r} ({factor}) has {', '.join(map(repr, unseen))}, not among the "
-                                f"fitted categories {', '.join(map(repr, map(str, categories)))}")
-    detail = "; ".join(problems) or "a categorical predictor has a category the fit did not see"
-    return (f"newdata cannot be coded like the fitted data ({what}): {detail}. The model has no coefficient for an "
-            "unseen category; predict only rows whose categories were in the fitted data.")
 
 
 # --- likelihood fits -----------------------------------------------------------------------------------
@@ -330,38 +212,6 @@ def _table(rows: PredictionRows, estimate, se, level: float) -> pd.DataFrame:
 
 # --- Bayesian fits -------------------------------------------------------------------------------------
 
-def linear_predictor_draws(fit, rows: PredictionRows, groups: str, new_effects: bool,
-                           rng: np.random.Generator) -> np.ndarray:
-    """(chain, draw, m) draws of x'gamma + sum_f z_f'u_f: known groups from the posterior draws of u; new groups
-    at u = 0, or (``new_effects``) with u drawn from N(0, T) per posterior draw and new group label."""
-    beta = fit.draws("beta").transpose("chain", "draw", "fixed").values
-    eta = np.einsum("cdp,np->cdn", beta, rows.X)
-    for f in fit.design.factors:
-        codes, Z = rows.codes[f.name], rows.Z[f.name]
-        known = (codes >= 0) if groups == "conditional" else np.zeros(rows.n, dtype=bool)
-        if known.any():
-            u = fit.draws(f"u_{f.name}").transpose("chain", "draw", f.name, f"{f.name}__coef").values
-            rows_known, groups_known = np.flatnonzero(known), codes[known]
-            for k in range(f.n_coef):  # one coefficient at a time: no (chain, draw, rows, q) temporary
-                eta[..., rows_known] += u[:, :, groups_known, k] * Z[rows_known, k]
-        if new_effects and not known.all():
-            labels, which = np.unique(rows.labels[f.name][~known], return_inverse=True)
-            L = covariance_cholesky(fit, f.name)
-            noise = rng.standard_normal((*L.shape[:2], len(labels), L.shape[-1]))
-            u_new = np.einsum("cdqr,cdjr->cdjq", L, noise)
-            rows_new = np.flatnonzero(~known)
-            for k in range(f.n_coef):
-                eta[..., rows_new] += u_new[:, :, which, k] * Z[rows_new, k]
-    return eta
-
-
-def covariance_cholesky(fit, name: str) -> np.ndarray:
-    """(chain, draw, q, q) lower Cholesky factors of the posterior draws of T_<name> (user units)."""
-    T = fit.draws(f"T_{name}").values
-    jitter = 1e-12 * np.trace(T, axis1=-2, axis2=-1)[..., None, None] * np.eye(T.shape[-1])
-    return np.linalg.cholesky(T + jitter)
-
-
 def level1_sd_draws(fit, newdata) -> np.ndarray:
     """(chain, draw, 1) or (chain, draw, m) draws of the level-1 SD of each row (independent errors only)."""
     design = fit.design
@@ -377,16 +227,10 @@ def level1_sd_draws(fit, newdata) -> np.ndarray:
     return fit.draws("sigma").transpose("chain", "draw").values[..., None]
 
 
-def seeded_rng(fit, random_seed, stream: int) -> np.random.Generator:
-    """``random_seed`` if given, else the fit's sampler seed with a stream number of its own (reproducible)."""
-    if random_seed is not None:
-        return np.random.default_rng(random_seed)
-    seed = (getattr(fit, "sampler", None) or {}).get("seed")
-    return np.random.default_rng(None if seed is None else [int(seed), stream])
-
-
 def predict_bayes(fit, newdata, groups: str, kind: str, level: float, random_seed=None):
     """Posterior summaries or draws of predictions of a Bayesian fit (see the module docstring)."""
+    from ..bayes.predictive_data import linear_predictor_draws, seeded_rng
+
     check_options(groups, kind, level)
     rows = prediction_rows(fit.design, newdata)
     rng = seeded_rng(fit, random_seed, 3)
