@@ -236,6 +236,17 @@ class HLM:
             self._reml_reference = fit_likelihood(self.design, method="reml")
         return self._reml_reference
 
+    def prior_predictive(self, draws: int = 1000, random_seed: int | None = None, priors=None):
+        """Prior predictive draws on the probability / count scale for binomial, Bernoulli and count models
+        (:func:`bayeshlm.bayes.glmm.prior_predictive`; ``.summary()`` gives quantiles of the pooled proportion)."""
+        family = getattr(self, "family", None)
+        if family is None or family.gaussian:
+            raise OptionError("prior_predictive() simulates binomial, Bernoulli and count models (family=...); for "
+                              "a Gaussian model use pymc.sample_prior_predictive(model=model.pymc_model()).")
+        from .bayes.glmm import prior_predictive
+
+        return prior_predictive(self.design, self.outcome, priors, draws=draws, random_seed=random_seed)
+
     def pymc_model(self, priors=None, route: str = "auto", parameterization=None):
         """The PyMC model that ``fit(method="bayes")`` samples (see :func:`bayeshlm.bayes.pymc_model`; for other
         families :func:`bayeshlm.bayes.glmm.glmm_pymc_model`, with its observed outcome ``y``)."""

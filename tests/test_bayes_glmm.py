@@ -227,6 +227,63 @@ def test_population_average_log_link_is_exact_shift_per_draw():
         fit.population_average(max_draws=1)
 
 
+def test_prior_predictive_shapes_seed_and_scale():
+    """model.prior_predictive: per draw each row's probability mu and an outcome y drawn with it (pooled
+    proportion within 0.1 of the trial-weighted mean of mu in every draw: 6 binomial SDs on cbpp's 842 trials);
+    the same seed gives the same draws; counts give the mean count."""
+    model = cbpp_model()
+    first = model.prior_predictive(draws=300, random_seed=4)
+    size = model.outcome.size
+    assert first.mu.shape == first.y.shape == (300, 56) and first.pooled.shape == (300,)
+    assert ((first.mu >= 0) & (first.mu <= 1)).all() and ((first.y >= 0) & (first.y <= size)).all()
+    assert np.abs(first.pooled - (first.mu * size).sum(1) / size.sum()).max() < 0.1
+    np.testing.assert_array_equal(first.y, model.prior_predictive(draws=300, random_seed=4).y)
+    assert not np.array_equal(first.y, model.prior_predictive(draws=300, random_seed=5).y)
+    table = first.summary()
+    assert list(table.columns) == ["q2.5", "q25", "q50", "q75", "q97.5", "observed"]
+    data = bh.datasets.load("cbpp")
+    observed = data["incidence"].sum() / data["size"].sum()
+    assert table.loc["pooled proportion of y", "observed"] == pytest.approx(observed)
+    counts = bh.HLM("y ~ x + (1 | g)", toy(), family="poisson", exposure="years").prior_predictive(draws=200,
+                                                                                                 random_seed=1)
+    assert counts.quantity == "mean count" and (counts.y >= 0).all()  # PyMC's int64 Poisson overflowed here
+    huge = counts.mu > 1e15  # default log-scale priors: 12 of 19,200 rows' expected counts at seed 1
+    assert huge.any() and (counts.y[huge] == counts.mu[huge]).all()
+    assert (counts.y[~huge] == np.round(counts.y[~huge])).all()
+    np.testing.assert_allclose(counts.pooled, counts.y.mean(1), rtol=1e-12)
+    assert np.isfinite(counts.summary().to_numpy()[:, :5]).all()
+
+
+def test_default_priors_put_the_pooled_proportion_mostly_inside_001_099():
+    """The default link-scale priors are weakly informative on the probability scale: 4,000 prior predictive
+    data sets each of cbpp and Contraception (urban | district). Checked: the pooled proportion's 95% prior interval
+    lies inside (0.001, 0.999) and contains the observed proportion, at least 90% of its prior mass is inside
+    (0.01, 0.99), and its median is in (0.2, 0.8). Measured: cbpp [0.0024, 0.938], 93.7% inside, median 0.35
+    (the lower end is below 0.01: the intercept's prior SD, 4.0, includes the uncentred period dummies);
+    Contraception [0.045, 0.925], 99.1% inside."""
+    contraception = bh.datasets.load("contraception")
+    contraception["use"] = (contraception["use"] == "Y").astype(int)
+    for model in (cbpp_model(), bh.HLM("use ~ age + urban + (urban | district)", contraception,
+                                       family="bernoulli")):
+        draws = model.prior_predictive(draws=4000, random_seed=1)
+        lo, median, hi = np.quantile(draws.pooled, [0.025, 0.5, 0.975])
+        assert 0.001 < lo < draws.observed < hi < 0.999, (lo, hi)
+        assert np.mean((draws.pooled > 0.01) & (draws.pooled < 0.99)) > 0.9
+        assert 0.2 < median < 0.8
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: cbpp_model().prior_predictive(priors="flat"), "flat .improper"),
+    (lambda: cbpp_model().prior_predictive(draws=0), "draws=0"),
+    (lambda: cbpp_model().prior_predictive(random_seed=-1), "random_seed=-1"),
+    (lambda: bh.HLM("Reaction ~ Days + (1 | Subject)", bh.datasets.load("sleepstudy")).prior_predictive(),
+     "binomial, Bernoulli and count"),
+])
+def test_prior_predictive_refusals(call, message):
+    with pytest.raises(OptionError, match=message):
+        call()
+
+
 @pytest.mark.filterwarnings("ignore::bayeshlm.bayes.SamplingWarning")  # 50 draws: low ESS by design
 def test_same_seed_same_draws_and_posterior_predictive():
     model = cbpp_model()

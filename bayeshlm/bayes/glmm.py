@@ -49,6 +49,7 @@ OPTIONS = ("draws", "tune", "chains", "random_seed", "priors", "sampler", "targe
 CENTRED_RELIABILITY = 0.7
 PARAMETERIZATIONS = ("centred", "non-centred")
 SHAPE_PRIOR = ("Gamma", {"alpha": 0.01, "beta": 0.01})
+LARGEST_POISSON_MEAN = 1e15  # prior predictive counts: above it y = mu (integer sampling would overflow)
 
 
 # --- priors ---------------------------------------------------------------------------------------------
@@ -510,6 +511,56 @@ def _laplace_shape(laplace) -> float:
         return float(np.clip(laplace.family_parameters["shape"], 0.05, 1e3))
     except (AttributeError, KeyError, TypeError):
         return 1.0
+
+
+# --- prior predictive -----------------------------------------------------------------------------------
+def prior_predictive(design: Design, outcome: GLMOutcome, priors=None, draws: int = 1000,
+                     random_seed: int | None = None):
+    """Draws from the prior predictive distribution (the same priors as ``fit(method="bayes", priors=...)``):
+    per draw, gamma, T and u from the priors, each row's mean mu_i = g^-1(eta_i) (a probability, or an expected
+    count with the offset) and an outcome y_i from the family: the parameters by PyMC's ``sample_prior_predictive``
+    on :func:`glmm_pymc_model`, the outcomes by NumPy (seeded from ``random_seed``). Counts are floats: where a
+    prior draw puts the expected count mu above 1e15, y is mu itself (relative Poisson SD below 3e-8; integer
+    sampling would overflow). Returns a :class:`~.glmm_result.GLMMPriorPredictive`. Flat priors are improper
+    and have no prior predictive distribution: refused."""
+    import pymc as pm
+
+    from .glmm_result import GLMMPriorPredictive
+    from .sampling import check_sampler_options
+
+    check_sampler_options(draws=draws, tune=0, chains=1, random_seed=random_seed, target_accept=0.9,
+                          sampler="pymc", progressbar=False)
+    prior_set, shape = resolve_glmm_priors(design, outcome, priors)
+    improper = [name for name, p in [*prior_set.fixed.items(), *((f"tau_{k}", v) for k, v in prior_set.tau.items())]
+                if p.dist in ("Flat", "HalfFlat")]
+    if improper:
+        raise OptionError(f"No prior predictive distribution: the prior of {', '.join(improper)} is flat "
+                          "(improper). Give proper priors, e.g. the defaults (priors=None).")
+    model = glmm_pymc_model(design, outcome, priors)
+    names = ["beta", *(f"u_{f.name}" for f in design.factors), *(["shape"] if shape is not None else [])]
+    prior = pm.sample_prior_predictive(draws=int(draws), model=model, var_names=names,
+                                       random_seed=random_seed)["prior"]
+
+    def flat(name):
+        values = prior[name].values
+        return values.reshape(-1, *values.shape[2:])
+
+    eta = flat("beta") @ design.X.T + outcome.offset
+    for f in design.factors:
+        eta += np.einsum("iq,siq->si", f.Z, flat(f"u_{f.name}")[:, f.codes])
+    mu = outcome.family.link.inverse(eta)
+    rng = np.random.default_rng(None if random_seed is None else [int(random_seed), 4])
+    if outcome.family.counts:
+        if shape is not None:  # negative binomial: Poisson with a Gamma(k, mu / k) mean
+            k = flat("shape")[:, None]
+            mu_draw = rng.gamma(k, np.minimum(mu, 1e300) / k)
+        else:
+            mu_draw = mu
+        huge = ~(mu_draw <= LARGEST_POISSON_MEAN)
+        y = np.where(huge, mu_draw, rng.poisson(np.where(huge, 0.0, mu_draw)).astype(float))
+    else:
+        y = rng.binomial(outcome.size.astype(np.int64), mu)
+    return GLMMPriorPredictive(outcome, mu, y, prior_table(prior_set, shape), random_seed)
 
 
 # --- fitting --------------------------------------------------------------------------------------------

@@ -364,3 +364,33 @@ def _integrated_coefficients(design, outcome, family, beta, covariances, shape) 
                               "coefficients instead.")
         out[block] = gamma
     return out
+
+
+class GLMMPriorPredictive:
+    """Prior predictive draws of a hierarchical GLM (:func:`bayeshlm.bayes.glmm.prior_predictive`): ``mu``
+    (draws, rows), each row's probability (binomial, Bernoulli) or expected count (counts, with the offset);
+    ``y`` (draws, rows), simulated outcomes; ``pooled`` (draws,), the pooled proportion sum(y) / sum(trials) or
+    the mean count of each simulated data set; ``priors`` as printed with a fit."""
+
+    QUANTILES = (0.025, 0.25, 0.5, 0.75, 0.975)
+
+    def __init__(self, outcome: GLMOutcome, mu: np.ndarray, y: np.ndarray, priors: dict[str, str], seed):
+        self.family, self.mu, self.y, self.priors, self.seed = outcome.family, mu, y, priors, seed
+        counts = outcome.family.counts
+        self.pooled = y.mean(1) if counts else y.sum(1) / outcome.size.sum()
+        self.observed = float(outcome.y.mean() if counts else outcome.y.sum() / outcome.size.sum())
+        self.quantity = "mean count" if counts else "pooled proportion"
+
+    def summary(self) -> pd.DataFrame:
+        """Prior quantiles (2.5, 25, 50, 75, 97.5%) of the simulated pooled proportion or mean count, and of the
+        rows' probabilities or expected counts mu, beside the observed value."""
+        rows = {f"{self.quantity} of y": self.pooled, "mu (every row)": self.mu.ravel()}
+        table = pd.DataFrame({f"q{100 * q:g}": [float(np.quantile(v, q)) for v in rows.values()]
+                              for q in self.QUANTILES}, index=pd.Index(list(rows), name="quantity"))
+        table["observed"] = [self.observed, np.nan]
+        return table
+
+    def __repr__(self) -> str:
+        lo, hi = np.quantile(self.pooled, (0.025, 0.975))
+        return (f"<GLMMPriorPredictive {self.family.name}: {len(self.pooled)} draws; {self.quantity} 95% prior "
+                f"interval [{lo:.3g}, {hi:.3g}], observed {self.observed:.3g}>")
