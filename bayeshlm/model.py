@@ -208,8 +208,10 @@ class HLM:
         if family is not None and not family.gaussian and method == "bayes":
             with reporting(progress, LOADING):
                 from .bayes.glmm import fit_bayes_glmm
+                from .likelihood.glmm_fit import fit_glmm
 
-                return fit_bayes_glmm(self.design, self.outcome, **options)
+                return fit_bayes_glmm(self.design, self.outcome, **options,
+                                      laplace_fit=lambda: fit_glmm(self.design, self.outcome, method="ml"))
         if family is not None and not family.gaussian:
             from .likelihood.glmm_fit import fit_glmm
 

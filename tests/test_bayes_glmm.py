@@ -21,6 +21,7 @@ from bayeshlm.bayes.glmm import (
     build_kernel,
     choose_parameterization,
     kernel_coordinates,
+    laplace_start,
     resolve_glmm_priors,
     standardising_map,
 )
@@ -302,6 +303,17 @@ def test_same_seed_same_draws_and_posterior_predictive():
     assert list(tree["posterior_predictive"].data_vars) == ["y"]
     herd_means = np.corrcoef(pymc_y.mean(0), replicated.mean(0))[0, 1]
     assert herd_means > 0.98  # the same eta per draw (0.9996 measured with 800 draws)
+
+
+def test_laplace_start_fit_comes_from_the_caller():
+    """The engine does not import the likelihood engine (tests/test_layers.py): HLM.fit passes a callable making
+    the Laplace fit; none given or one that fails (here separation-like ValueError) means no start fit."""
+    def failing():
+        raise ValueError("separation")
+
+    assert laplace_start(None) is None and laplace_start(failing) is None
+    fit = object()
+    assert laplace_start(lambda: fit) is fit
 
 
 def test_parameterization_rule_and_requests():

@@ -3,9 +3,9 @@
 ``HLM(..., family=...).fit(method="bayes")`` calls :func:`fit_bayes_glmm`. The group effects cannot be integrated
 out in closed form, so every factor's effects are sampled with the other parameters: the posterior is exact (no
 Laplace or quadrature approximation). Per factor, the effects are non-centred (u_j = L z_j, z_j ~ N(0, I)) unless
-the data dominate their prior, judged from the Laplace fit (:mod:`bayeshlm.likelihood.glmm`): the average
+the data dominate their prior, judged from the Laplace fit (made by the caller, ``HLM.fit``): the average
 reliability 1 - Var(b_j | y) / tau_00 of the group intercepts, with the conditional variances of the Laplace
-fit, is at least 0.5; then centred on the fixed effects (b_j = gamma + u_j ~ N(gamma, T) sampled), which mixes
+fit, is at least 0.7; then centred on the fixed effects (b_j = gamma + u_j ~ N(gamma, T) sampled), which mixes
 better for well-measured groups (Papaspiliopoulos, Roberts & Skold 2007). A factor nested in another stays
 non-centred. The choice and the reliabilities are recorded in ``fit.sampler``.
 
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -156,14 +156,15 @@ def prior_table(priors: PriorSet, shape: Prior | None) -> dict[str, str]:
 
 
 # --- geometry -------------------------------------------------------------------------------------------
-def laplace_fit(design: Design, outcome: GLMOutcome):
-    """The Laplace ML fit (starting point and geometry), or None when it cannot be made (e.g. separation)."""
-    from ..likelihood.glmm_fit import fit_glmm
-
+def laplace_start(laplace_fit: Callable[[], object] | None):
+    """The Laplace ML fit made by ``laplace_fit()`` (the caller's: this engine does not import the likelihood
+    engine), or None when none is given or it cannot be made (e.g. separation)."""
+    if laplace_fit is None:
+        return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return fit_glmm(design, outcome, method="ml")
+            return laplace_fit()
         except (ValueError, np.linalg.LinAlgError, FloatingPointError):
             return None
 
@@ -566,9 +567,13 @@ def prior_predictive(design: Design, outcome: GLMOutcome, priors=None, draws: in
 # --- fitting --------------------------------------------------------------------------------------------
 def fit_bayes_glmm(design: Design, outcome: GLMOutcome, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
                    random_seed: int | None = None, priors=None, sampler: str = "nutpie", target_accept: float = 0.9,
-                   parameterization: Mapping | None = None, progressbar: bool = False, **unknown):
+                   parameterization: Mapping | None = None, progressbar: bool = False,
+                   laplace_fit: Callable[[], object] | None = None, **unknown):
     """Sample the exact posterior of a hierarchical GLM (module docstring); returns a
-    :class:`~.glmm_result.BayesGLMMFit`. Options as for Gaussian models (:func:`bayeshlm.bayes.fit_bayes`)."""
+    :class:`~.glmm_result.BayesGLMMFit`. Options as for Gaussian models (:func:`bayeshlm.bayes.fit_bayes`).
+    ``laplace_fit``: a callable returning the Laplace ML fit of the same model (``HLM.fit`` passes
+    ``fit_glmm``), used for the geometry and the start only; without it every factor is non-centred and the
+    sampler starts from zeros."""
     from .diagnostics import diagnose, warn_if_problems
     from .glmm_result import BayesGLMMFit
     from .sampling import check_sampler_options, new_seed
@@ -584,7 +589,7 @@ def fit_bayes_glmm(design: Design, outcome: GLMOutcome, *, draws: int = 1000, tu
         raise OptionError(f"parameterization={parameterization!r}: give a dict {{factor: 'centred' or "
                           "'non-centred'}, e.g. parameterization={'herd': 'non-centred'}.")
     started = time.perf_counter()
-    laplace = laplace_fit(design, outcome)
+    laplace = laplace_start(laplace_fit)
     reliability = laplace_reliability(design, laplace)
     choice = choose_parameterization(design, reliability, parameterization)
     laplace_seconds = time.perf_counter() - started
@@ -601,7 +606,7 @@ def fit_bayes_glmm(design: Design, outcome: GLMOutcome, *, draws: int = 1000, tu
                  *(f"corr_{f.name}" for f in design.factors if f"corr_{f.name}" in tree["posterior"]),
                  *(["shape"] if shape is not None else [])]
     diagnostics, messages = diagnose(tree, var_names, int(chains))
-    if laplace is None:
+    if laplace is None and laplace_fit is not None:
         messages = ["The Laplace fit could not be made (e.g. separation), so every factor is non-centred and the "
                     "sampler starts from zeros; the posterior is still exact, but check the fixed effects' "
                     "priors carry the information the data lack.", *messages]
