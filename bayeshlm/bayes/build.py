@@ -195,10 +195,7 @@ def student_t_weights(u: np.ndarray, L: np.ndarray, nu: np.ndarray, rng: np.rand
     """Draws of the mixing weights w_j of Student-t effects from their conditional posterior
     Gamma((ν + q)/2, rate (ν + d_j)/2), d_j = u_j' T^{-1} u_j = |L^{-1} u_j|^2 (module docstring).
     ``u`` (S, J, q), ``L`` (S, q, q), ``nu`` (S,); returns (S, J)."""
-    import scipy.linalg
-
-    solved = np.stack([scipy.linalg.solve_triangular(L_s, u_s.T, lower=True) for L_s, u_s in zip(L, u)])
-    d = np.sum(solved**2, axis=1)
+    d = np.sum(np.linalg.solve(L, np.swapaxes(u, -1, -2)) ** 2, axis=-2)
     q = u.shape[-1]
     return rng.gamma((nu[:, None] + q) / 2.0, 2.0 / (nu[:, None] + d))
 
