@@ -4,10 +4,11 @@
 out in closed form, so every factor's effects are sampled with the other parameters: the posterior is exact (no
 Laplace or quadrature approximation). Per factor, the effects are non-centred (u_j = L z_j, z_j ~ N(0, I)) unless
 the data dominate their prior, judged from the Laplace fit (made by the caller, ``HLM.fit``): the average
-reliability 1 - Var(b_j | y) / tau_00 of the group intercepts, with the conditional variances of the Laplace
-fit, is at least 0.7; then centred on the fixed effects (b_j = gamma + u_j ~ N(gamma, T) sampled), which mixes
-better for well-measured groups (Papaspiliopoulos, Roberts & Skold 2007). A factor nested in another stays
-non-centred. The choice and the reliabilities are recorded in ``fit.sampler``.
+reliability 1 - Var(b_qj | y) / tau_qq of the group coefficients, with the conditional variances of the Laplace
+fit, is at least 0.7 for every random coefficient q of the factor; then centred on the fixed effects
+(b_j = gamma + u_j ~ N(gamma, T) sampled), which mixes better for well-measured groups (Papaspiliopoulos,
+Roberts & Skold 2007). A factor nested in another stays non-centred. The choice and the reliabilities are
+recorded in ``fit.sampler``.
 
 For the logit-binomial/Bernoulli, log-Poisson and log-negative-binomial models with the usual prior families,
 nutpie samples a compiled log density (:mod:`.glmm_kernel`, cached on disk: no PyMC graph is compiled); other
@@ -169,29 +170,29 @@ def laplace_start(laplace_fit: Callable[[], object] | None):
             return None
 
 
-def _conditional_sd(laplace, factor) -> np.ndarray | None:
-    """Conditional SDs of the group intercepts in the Laplace fit (wide or long group-effects table)."""
-    table = laplace.group_effects(factor.name)
-    first = factor.coef_names[0]
-    if f"sd_{first}" in table.columns:
-        return table[f"sd_{first}"].to_numpy(dtype=float)
-    if "se" in table.columns and table.index.nlevels == 2:
-        return table.xs(first, level=-1)["se"].to_numpy(dtype=float)
-    return None
+def _coefficient_reliability(laplace, factor, q: int) -> float:
+    """Average reliability 1 - Var(b_qj | y) / tau_qq of coefficient q's group values in the Laplace fit (its
+    long ``random_effects`` table: ``se`` is the conditional SD); 0 at the variance's boundary."""
+    tau_qq = float(laplace.tau[factor.name].iloc[q, q])
+    if not tau_qq > 1e-8:
+        return 0.0
+    sd = laplace.random_effects(factor.name).xs(factor.coef_names[q], level=-1)["se"].to_numpy(dtype=float)
+    return float(np.mean(1.0 - sd**2 / tau_qq))
 
 
 def laplace_reliability(design: Design, laplace) -> dict[str, float]:
-    """Average reliability 1 - Var(b_j | y) / tau_00 of each factor's group intercepts in the Laplace fit
-    (0 when the variance is at the boundary or the fit is missing: non-centred, the safe choice)."""
+    """Per factor, the smallest average reliability over its random coefficients (R&B eq. 3.42 with the Laplace
+    fit's conditional variances): a factor is only as well measured as its worst-measured coefficient. A random
+    slope measured far less well than the intercept mixes badly centred (two-level Bernoulli with a random slope,
+    docs/calibration.md: intercept reliability 0.81, slope 0.49; judged by the intercept, centred fits had
+    1,581 divergences in 300 replications and R-hat up to 2.28, non-centred none). 0 when the fit is missing
+    or does not give the tables: non-centred, the safe choice."""
     out = {}
     for f in design.factors:
         value = 0.0
         if laplace is not None:
             try:
-                tau00 = float(laplace.tau[f.name].iloc[0, 0])
-                sd = _conditional_sd(laplace, f)
-                if tau00 > 1e-8 and sd is not None:
-                    value = float(np.mean(1.0 - sd**2 / tau00))
+                value = min(_coefficient_reliability(laplace, f, q) for q in range(f.n_coef))
             except (KeyError, ValueError, AttributeError, IndexError):
                 value = 0.0
         out[f.name] = value
@@ -202,14 +203,14 @@ def choose_parameterization(design: Design, reliability: dict[str, float],
                             requested: Mapping | None) -> dict[str, str]:
     """Per factor 'centred' or 'non-centred'; ``requested`` ({factor: 'centred' | 'non-centred'}) overrides.
 
-    Centred where the reliability is at least 0.7, the factor is not nested in another, and its intercept can be
-    centred on a fixed effect not already taken by a more reliable factor: a factor centred on zero instead
-    leaves a ridge (gamma_0 + c, b_j - c) that NUTS crosses slowly (VerbAgg's 316 x 24 crossed design with both
-    factors centred, one of them on zero: R-hat 1.15, min bulk ESS 23 of 4,000 draws), and it has no
-    group-level predictors (centred on the intercept alone, b_j would carry their effects too: VerbAgg's items,
-    whose type and situation are fixed effects, gave R-hat 1.065 centred, 1.012 non-centred). The result lists the
-    factors in the order :func:`centring` gives out the fixed effects: requested centred ones, then by
-    decreasing reliability."""
+    Centred where the reliability (of its least reliable coefficient) is at least 0.7, the factor is not nested in
+    another, and its intercept can be centred on a fixed effect not already taken by a more reliable factor: a
+    factor centred on zero instead leaves a ridge (gamma_0 + c, b_j - c) that NUTS crosses slowly (VerbAgg's 316 x
+    24 crossed design with both factors centred, one of them on zero: R-hat 1.15, min bulk ESS 23 of 4,000 draws),
+    and it has no group-level predictors (centred on the intercept alone, b_j would carry their effects too:
+    VerbAgg's items, whose type and situation are fixed effects, gave R-hat 1.065 centred, 1.012 non-centred). The
+    result lists the factors in the order :func:`centring` gives out the fixed effects: requested centred ones, then
+    by decreasing reliability."""
     if requested is not None and not isinstance(requested, Mapping):
         raise OptionError(f"parameterization={requested!r}: give a dict {{factor: 'centred' or 'non-centred'}}.")
     requested = dict(requested or {})
