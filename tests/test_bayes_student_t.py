@@ -210,3 +210,14 @@ def test_nu_is_recovered_lower_for_t3_school_effects_than_for_gaussian_ones():
         out[effects] = fit.draws("nu").values.ravel()
     assert np.median(out["t3"]) < 10 < 15 < np.median(out["normal"])
     assert np.mean(out["t3"] < 10) > 2 * np.mean(out["normal"] < 10)
+
+
+def test_variance_ratio_statistics_are_refused_for_t_effects(hsb_t_fit):
+    """T is the t effects' scale, not their covariance: ICC, reliability and variance explained would be wrong
+    by the factor nu / (nu - 2), so they are refused in words; the report still prints."""
+    model, fit = hsb_t_fit
+    for call in (fit.icc, fit.reliability, fit.reliability_summary, lambda: fit.variance_explained(fit)):
+        with pytest.raises(OptionError, match="Student-t.*scale, not their variance"):
+            call()
+    report = str(fit.report())
+    assert "Fixed effects" in report and report.count("not available: ") >= 2  # reliability and ICC

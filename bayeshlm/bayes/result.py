@@ -164,9 +164,18 @@ class BayesFit(FitResult):
         return pd.DataFrame({"reliability": average.mean(0), "sd": average.std(0, ddof=1), "lower": lo,
                              "upper": hi}, index=pd.Index(self.design.factor(name).coef_names, name="coefficient"))
 
+    def icc(self, factor: str | None = None) -> float:
+        self._refuse_if_student_t("The intraclass correlation")
+        return super().icc(factor)
+
+    def variance_explained(self, base: FitResult) -> pd.DataFrame:
+        self._refuse_if_student_t("The proportion of variance explained")
+        return super().variance_explained(base)
+
     def _reliability_draws(self, factor: str | None):
         """The factor's name, the labels of the groups with a reliability, its per-draw average over those
         groups (S, q) and its per-group posterior mean (J', q)."""
+        self._refuse_if_student_t("The reliability")
         name = self.factor_name(factor)
         f = self.design.factor(name)
         sigma2 = None if self.design.known_variance is not None else (self.draws("sigma").values ** 2).reshape(-1)
@@ -395,6 +404,14 @@ class BayesFit(FitResult):
     def _student_t(self) -> bool:
         """True for Student-t group effects (``random_effects="student_t"``)."""
         return self.model_info.priors.student_t
+
+    def _refuse_if_student_t(self, what: str) -> None:
+        """Variance ratios (ICC, reliability, variance explained) read T as the group effects' covariance; with
+        Student-t effects T is their scale (covariance T nu / (nu - 2), none for nu <= 2), so they are refused."""
+        if self._student_t:
+            raise OptionError(f"{what} is a ratio of variances, but this fit's group effects are Student-t: T_<factor> "
+                              "is their scale, not their variance (covariance T nu / (nu - 2) for nu > 2). Fit "
+                              "Gaussian group effects for HLM's variance-ratio statistics.")
 
     def _fixed_part(self, name: str) -> xr.DataArray:
         """Draws of γ_q, the fixed effect named like each random coefficient of ``name`` (else 0)."""

@@ -73,7 +73,10 @@ def build_report(fit: FitResult, style: str = "tables") -> Report:
             except InputError as err:
                 sections.append((title, f"not available: {err}"))
         if fit.tau[name].shape == (1, 1) and fit.sigma2 is not None:
-            sections.append((f"Intraclass correlation ({name})", f"{fit.icc(name):.3f}"))
+            try:
+                sections.append((f"Intraclass correlation ({name})", f"{fit.icc(name):.3f}"))
+            except InputError as err:
+                sections.append((f"Intraclass correlation ({name})", f"not available: {err}"))
         elif fit.sigma2 is not None:
             sections.append((f"Intraclass correlation ({name})",
                              "not one number: with random slopes the level-2 variance depends on the predictors"))
