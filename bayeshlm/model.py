@@ -202,7 +202,11 @@ class HLM:
             ``progress`` (Bayes): one line per step (loading, compiling, sampling) on standard error; None
             (default): shown in a terminal or notebook; ``progress=False`` (or ``progressbar=False``) silences it.
         """
-        progress = options.pop("progress", options.get("progressbar"))
+        progress = options.pop("progress", None)
+        if progress is None and "progressbar" in options:
+            progress = options["progressbar"]
+            if not isinstance(progress, bool):
+                raise OptionError(f"progressbar={progress!r}: give True or False.")
         family = getattr(self, "family", None)
         _check_student_t(options, method, family)
         if family is not None and not family.gaussian and method == "bayes":
