@@ -16,7 +16,7 @@ import xarray as xr
 import bayeshlm as bh
 from bayeshlm.bayes import Prior
 from bayeshlm.bayes.diagnostics import diagnose
-from bayeshlm.bayes.sampling import _check_complete
+from bayeshlm.bayes.sampling import check_complete
 from bayeshlm.design.build import check_rank
 from bayeshlm.errors import FitFormatError, SaveError
 
@@ -335,11 +335,11 @@ def test_a_partial_trace_is_not_a_fit():
         return xr.DataTree.from_dict({"posterior": xr.Dataset({"beta": (("chain", "draw"),
                                                                          np.zeros((chains, draws)))})})
 
-    _check_complete(tree(2, 100), draws=100, chains=2)
+    check_complete(tree(2, 100), draws=100, chains=2)
     with pytest.raises(KeyboardInterrupt, match=r"interrupted \(2 chains x 37 of 2 x 100 draws made\)"):
-        _check_complete(tree(2, 37), draws=100, chains=2)
+        check_complete(tree(2, 37), draws=100, chains=2)
     with pytest.raises(KeyboardInterrupt, match=r"interrupted \(1 chains x 100 of 2 x 100"):
-        _check_complete(tree(1, 100), draws=100, chains=2)
+        check_complete(tree(1, 100), draws=100, chains=2)
 
 
 @pytest.mark.sampling

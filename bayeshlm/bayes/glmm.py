@@ -43,7 +43,7 @@ from .. import progress
 from ..design import Design
 from ..errors import OptionError, closest_names
 from ..families.outcome import GLMOutcome
-from .priors import LKJ, Prior, PriorSet, flat_priors
+from .priors import LKJ, Prior, PriorSet, flat_priors, named_override
 
 OPTIONS = ("draws", "tune", "chains", "random_seed", "priors", "sampler", "target_accept", "parameterization",
            "progressbar")
@@ -117,19 +117,10 @@ def resolve_glmm_priors(design: Design, outcome: GLMOutcome, priors) -> tuple[Pr
     fixed, tau, corr = dict(base.fixed), dict(base.tau), dict(base.corr)
     valid = valid_glmm_prior_names(design, outcome)
     for name, value in priors.items():
-        if name not in valid:
-            raise OptionError(f"priors: no parameter {name!r} in this model.{closest_names(str(name), valid)} "
-                              f"Valid names: {', '.join(valid)}.")
+        value = named_override(name, value, valid, "Prior('Normal', mu=0, sigma=2.5)")
         if name.startswith("corr_"):
-            eta = value.eta if isinstance(value, LKJ) else value
-            try:
-                corr[name[5:]] = LKJ(float(eta))
-            except (TypeError, ValueError):
-                raise OptionError(f"priors[{name!r}]: give the LKJ eta as a number or LKJ(eta=...).") from None
+            corr[name[5:]] = value
             continue
-        if not isinstance(value, Prior):
-            raise OptionError(f"priors[{name!r}] = {value!r}: give a bayeshlm.bayes.Prior, "
-                              "e.g. Prior('Normal', mu=0, sigma=2.5).")
         if name == "beta":
             fixed = dict.fromkeys(design.fixed_names, value)
         elif name.startswith("tau_"):
@@ -622,30 +613,23 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
 
     import xarray as xr
 
+    from .sampling import check_complete, sample_nutpie, sample_pymc
+
     cores = min(chains, os.cpu_count() or 1)
     start = time.perf_counter()
     progress.step(progress.COMPILING if sampler == "nutpie" else "building the PyMC model...")
+    options = {"draws": draws, "tune": tune, "chains": chains, "cores": cores, "seed": seed,
+               "target_accept": target_accept, "progressbar": progressbar}
     if use_kernel:
-        import nutpie
-
         from .glmm_kernel import callbacks, nutpie_model
 
         misses = callbacks.cache_info().misses
         compiled = nutpie_model(build_kernel(design, outcome, prior_set, shape, choice, laplace))
         reused = callbacks.cache_info().misses == misses
         compiled_at = time.perf_counter()
-        progress.step(progress.sampling(chains, draws, tune, cores))
-        running = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
-                                progress_bar=progressbar, target_accept=target_accept, blocking=False)
-        try:
-            tree = running.wait()
-        except KeyboardInterrupt:
-            running.cancel()
-            raise KeyboardInterrupt("Sampling was interrupted; no fit was made.") from None
+        tree = sample_nutpie(compiled, **options)
         log_density = "compiled HGLM kernel"
     else:
-        import pymc as pm
-
         model = glmm_pymc_model(design, outcome, priors, choice=choice)
         reused = False
         if sampler == "nutpie":
@@ -653,21 +637,13 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
 
             compiled = nutpie.compile_pymc_model(model, backend="numba")
             compiled_at = time.perf_counter()
-            progress.step(progress.sampling(chains, draws, tune, cores))
-            tree = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
-                                 progress_bar=progressbar, target_accept=target_accept)
+            tree = sample_nutpie(compiled, **options)
         else:
             compiled_at = start
-            progress.step("compiling and " + progress.sampling(chains, draws, tune, cores))
-            with model:
-                tree = pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
-                                 nuts_sampler="pymc", nuts={"target_accept": target_accept},
-                                 progressbar=progressbar, compute_convergence_checks=False)
+            tree = sample_pymc(model, "compiling and ", **options)
         log_density = "PyMC graph"
     end = time.perf_counter()
-    sizes = tree["posterior"].sizes
-    if sizes.get("chain") != chains or sizes.get("draw") != draws:
-        raise KeyboardInterrupt("Sampling was interrupted; no fit was made.")
+    check_complete(tree, draws, chains)
     keep = ["beta", "shape", *(f"{kind}_{f.name}" for f in design.factors
                                for kind in ("tau", "corr", "u", "z", "coef"))]
     posterior = tree["posterior"].to_dataset()

@@ -309,19 +309,10 @@ def _gaussian_priors(design: Design, priors: str | Mapping | None) -> PriorSet:
     fixed, sigma, tau, corr = dict(base.fixed), base.sigma, dict(base.tau), dict(base.corr)
     valid = valid_prior_names(design)
     for name, value in priors.items():
-        if name not in valid:
-            raise OptionError(f"priors: no parameter {name!r} in this model.{closest_names(str(name), valid)} "
-                              f"Valid names: {', '.join(valid)}.")
+        value = named_override(name, value, valid, "Prior('Normal', mu=0, sigma=10)")
         if name.startswith("corr_"):
-            eta = value.eta if isinstance(value, LKJ) else value
-            try:
-                corr[name[5:]] = LKJ(float(eta))
-            except (TypeError, ValueError):
-                raise OptionError(f"priors[{name!r}]: give the LKJ eta as a number or LKJ(eta=...).") from None
+            corr[name[5:]] = value
             continue
-        if not isinstance(value, Prior):
-            raise OptionError(f"priors[{name!r}] = {value!r}: give a bayeshlm.bayes.Prior, "
-                              "e.g. Prior('Normal', mu=0, sigma=10).")
         if name == "beta":
             fixed = dict.fromkeys(design.fixed_names, value)
         elif name == "sigma":
@@ -337,6 +328,24 @@ def _gaussian_priors(design: Design, priors: str | Mapping | None) -> PriorSet:
         if p.on != "sd":
             raise OptionError(f"priors[{name!r}]: on='variance' applies only to sigma and tau_* priors.")
     return PriorSet(fixed, sigma, tau, corr, "default+overrides")
+
+
+def named_override(name: str, value, valid: list[str], example: str) -> Prior | LKJ:
+    """One entry of ``priors={...}``, checked: ``name`` must be one of ``valid`` (else the closest names are
+    suggested); ``corr_<factor>`` takes the LKJ eta (a number or ``LKJ(eta=...)``), every other name a
+    :class:`Prior` (``example`` shows one in the error)."""
+    if name not in valid:
+        raise OptionError(f"priors: no parameter {name!r} in this model.{closest_names(str(name), valid)} "
+                          f"Valid names: {', '.join(valid)}.")
+    if name.startswith("corr_"):
+        eta = value.eta if isinstance(value, LKJ) else value
+        try:
+            return LKJ(float(eta))
+        except (TypeError, ValueError):
+            raise OptionError(f"priors[{name!r}]: give the LKJ eta as a number or LKJ(eta=...).") from None
+    if not isinstance(value, Prior):
+        raise OptionError(f"priors[{name!r}] = {value!r}: give a bayeshlm.bayes.Prior, e.g. {example}.")
+    return value
 
 
 def valid_prior_names(design: Design, random_effects: str = "normal") -> list[str]:

@@ -152,8 +152,6 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
     cores = min(chains, os.cpu_count() or 1)
     start = time.perf_counter()
     if sampler == "nutpie":
-        import nutpie
-
         progress.step(progress.COMPILING)
         if info.kernel is not None:
             misses = c_callbacks.cache_info().misses
@@ -162,24 +160,15 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
         else:
             compiled, reused = compiled_nutpie_model(model, info)
         compiled_at = time.perf_counter()
-        progress.step(progress.sampling(chains, draws, tune, cores))
-        running = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
-                                progress_bar=progressbar, target_accept=target_accept, blocking=False)
-        try:
-            tree = running.wait()
-        except KeyboardInterrupt:
-            running.cancel()
-            raise KeyboardInterrupt("Sampling was interrupted; no fit was made.") from None
+        tree = sample_nutpie(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
+                             target_accept=target_accept, progressbar=progressbar)
     else:
         reused = False
         compiled_at = start
-        progress.step("compiling the PyMC model and " + progress.sampling(chains, draws, tune, cores))
-        with model:
-            tree = pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed,
-                             nuts_sampler="pymc", nuts={"target_accept": target_accept},
-                             progressbar=progressbar, compute_convergence_checks=False)
+        tree = sample_pymc(model, "compiling the PyMC model and ", draws=draws, tune=tune, chains=chains,
+                           cores=cores, seed=seed, target_accept=target_accept, progressbar=progressbar)
     end = time.perf_counter()
-    _check_complete(tree, draws, chains)
+    check_complete(tree, draws, chains)
     if sampler == "nutpie" and info.kernel is not None:
         for group in ("posterior", "warmup_posterior"):
             if group in tree.children:
@@ -195,7 +184,33 @@ def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, t
     return tree, record
 
 
-def _check_complete(tree: xr.DataTree, draws: int, chains: int) -> None:
+def sample_nutpie(compiled, *, draws: int, tune: int, chains: int, cores: int, seed: int, target_accept: float,
+                  progressbar: bool) -> xr.DataTree:
+    """nutpie's NUTS on a compiled model, chains in parallel. Ctrl-C cancels the run and raises
+    KeyboardInterrupt: nutpie would return the draws made so far padded with NaN, which is not a fit."""
+    import nutpie
+
+    progress.step(progress.sampling(chains, draws, tune, cores))
+    running = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
+                            progress_bar=progressbar, target_accept=target_accept, blocking=False)
+    try:
+        return running.wait()
+    except KeyboardInterrupt:
+        running.cancel()
+        raise KeyboardInterrupt("Sampling was interrupted; no fit was made.") from None
+
+
+def sample_pymc(model: pm.Model, what: str, *, draws: int, tune: int, chains: int, cores: int, seed: int,
+                target_accept: float, progressbar: bool) -> xr.DataTree:
+    """PyMC's own NUTS on ``model`` (it compiles the graph first; ``what`` starts the progress line)."""
+    progress.step(what + progress.sampling(chains, draws, tune, cores))
+    with model:
+        return pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed, nuts_sampler="pymc",
+                         nuts={"target_accept": target_accept}, progressbar=progressbar,
+                         compute_convergence_checks=False)
+
+
+def check_complete(tree: xr.DataTree, draws: int, chains: int) -> None:
     """Raise KeyboardInterrupt for a partial posterior: PyMC returns the draws made before an interrupt."""
     sizes = tree["posterior"].sizes
     if sizes.get("chain") != chains or sizes.get("draw") != draws:
