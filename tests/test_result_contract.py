@@ -228,7 +228,7 @@ def test_every_plot_runs_on_both_engines(likelihood_fits, bayes_fit, tmp_path):
 def test_equal_tailed_interval_of_arviz_stats_equals_numpy_quantiles_and_gives_numbers():
     """The ETI comes from arviz-stats' eti; one-dimensional draws gave 0-d arrays in the variance table's lower /
     upper columns (object dtype), which the report printed unrounded (186.47479159469364)."""
-    from bayeshlm.results.base import equal_tailed_interval
+    from bayeshlm.results.contract import equal_tailed_interval
 
     draws = np.random.default_rng(3).gamma(2.0, size=(2000, 3, 2))
     for axis in (0, 1):

@@ -17,10 +17,10 @@ import xarray as xr
 from ..design import Design
 from ..errors import OptionError, closest_names
 from ..families.outcome import GLMOutcome
-from ..results.contract import FIXED_EFFECTS_INDEX, GROUP_TERM_INDEX
+from ..results.contract import FIXED_EFFECTS_INDEX, GROUP_TERM_INDEX, equal_tailed_interval
 from ..results.hlm_statistics import fixed_part
 
-INTERVAL = (0.025, 0.975)
+LEVEL = 0.95  # of the tables' posterior intervals
 LATENT_LEVEL1_VARIANCE = {"logit": np.pi**2 / 3, "probit": 1.0}
 RATIO = {"logit": "odds_ratio", "log": "rate_ratio"}
 PA_METHODS = ("closed_form", "integrate")
@@ -89,7 +89,7 @@ class BayesGLMMFit:
         """Posterior mean, SD, 95% interval, R-hat, bulk and tail ESS of gamma; odds or rate ratios."""
         beta = self.draws("beta")
         values = self._flat("beta")
-        lo, hi = np.quantile(values, INTERVAL, axis=0)
+        lo, hi = equal_tailed_interval(values, LEVEL)
         table = pd.DataFrame({"estimate": values.mean(0), "se": values.std(0, ddof=1), "lower": lo, "upper": hi},
                              index=pd.Index(list(self.design.fixed_names), name=FIXED_EFFECTS_INDEX))
         table["r_hat"] = az.rhat(beta).values if beta.sizes["chain"] > 1 else np.nan
@@ -148,7 +148,7 @@ class BayesGLMMFit:
         return self._flat(f"u_{f.name}") + np.einsum("sp,pjq->sjq", self._flat("beta"), basis)
 
     def _long_table(self, f, draws: np.ndarray) -> pd.DataFrame:
-        lo, hi = np.quantile(draws, INTERVAL, axis=0)
+        lo, hi = equal_tailed_interval(draws, LEVEL)
         index = pd.MultiIndex.from_product([list(f.levels), list(f.coef_names)], names=[f.name, GROUP_TERM_INDEX])
         return pd.DataFrame({"estimate": draws.mean(0).ravel(), "se": draws.std(0, ddof=1).ravel(),
                              "lower": lo.ravel(), "upper": hi.ravel(),
@@ -185,13 +185,12 @@ class BayesGLMMFit:
         for a, name in enumerate(f.coef_names):
             if name in self.design.fixed_names:
                 new[:, a] += beta[:, list(self.design.fixed_names).index(name)]
-        tails = [(1 - level) / 2, (1 + level) / 2]
-        lo, hi = np.quantile(new, tails, axis=0)
+        lo, hi = equal_tailed_interval(new, level)
         table = pd.DataFrame({"center": new.mean(0), "sd": new.std(0, ddof=1), "lower": lo, "upper": hi},
                              index=pd.Index(list(f.coef_names), name="coefficient"))
         if f.coef_names[0] == "(Intercept)":
             response = self.family.link.inverse(new[:, 0])
-            r_lo, r_hi = np.quantile(response, tails)
+            r_lo, r_hi = equal_tailed_interval(response, level)
             table.attrs["response_scale"] = {"center": float(np.median(response)), "lower": float(r_lo),
                                              "upper": float(r_hi)}
         return table
@@ -202,7 +201,7 @@ class BayesGLMMFit:
         effects: estimate (posterior mean), se (posterior SD), 95% interval, beside ``unit_specific`` (the
         posterior mean of gamma). ``attrs``: ``method`` (how gamma* was computed) and ``draws`` (how many)."""
         values, how = self._population_average(method, max_draws)
-        lo, hi = np.quantile(values, INTERVAL, axis=0)
+        lo, hi = equal_tailed_interval(values, LEVEL)
         table = pd.DataFrame({"estimate": values.mean(0), "se": values.std(0, ddof=1), "lower": lo, "upper": hi,
                               "unit_specific": self._flat("beta").mean(0)},
                              index=pd.Index(list(self.design.fixed_names), name=FIXED_EFFECTS_INDEX))
@@ -322,7 +321,7 @@ class BayesGLMMFit:
 
 def _summary(values: np.ndarray) -> dict:
     flat = np.asarray(values, dtype=float).reshape(-1)
-    lo, hi = np.quantile(flat, INTERVAL)
+    lo, hi = equal_tailed_interval(flat, LEVEL)
     return {"estimate": float(flat.mean()), "se": float(flat.std(ddof=1)), "lower": float(lo), "upper": float(hi)}
 
 
@@ -391,6 +390,6 @@ class GLMMPriorPredictive:
         return table
 
     def __repr__(self) -> str:
-        lo, hi = np.quantile(self.pooled, (0.025, 0.975))
+        lo, hi = equal_tailed_interval(self.pooled, 0.95)
         return (f"<GLMMPriorPredictive {self.family.name}: {len(self.pooled)} draws; {self.quantity} 95% prior "
                 f"interval [{lo:.3g}, {hi:.3g}], observed {self.observed:.3g}>")

@@ -21,14 +21,13 @@ from ..results import hlm_statistics as hlm
 from ..results.base import (
     FitResult,
     check_level,
-    equal_tailed_interval,
     group_table,
     long_table,
     residual_row,
     variance_component_pairs,
     variance_components_frame,
 )
-from ..results.contract import RESIDUAL_FACTOR
+from ..results.contract import RESIDUAL_FACTOR, equal_tailed_interval
 from ..results.formatting import decimals, significant
 from ..results.hlm_statistics import fixed_part
 from .build import ModelInfo

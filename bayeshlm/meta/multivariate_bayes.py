@@ -50,7 +50,7 @@ from ..bayes.marginal import cholesky_unrolled, forward_solve_unrolled
 from ..bayes.priors import LKJ, Prior
 from ..bayes.sampling import check_sampler_options, new_seed, run_sampler
 from ..errors import OptionError, closest_names
-from ..results.base import equal_tailed_interval
+from ..results.contract import equal_tailed_interval
 from .univariate_bayes import LEVEL, posterior_table
 
 LOG_2PI = float(np.log(2.0 * np.pi))

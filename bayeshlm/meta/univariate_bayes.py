@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import OptionError, closest_names
-from ..results.base import equal_tailed_interval
+from ..results.contract import equal_tailed_interval
 
 LEVEL = 0.95  # of the posterior intervals in the tables
 

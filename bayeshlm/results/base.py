@@ -16,7 +16,12 @@ from scipy import stats
 from ..design import Design
 from ..errors import OptionError
 from . import hlm_statistics as hlm
-from .contract import GROUP_TERM_INDEX, RESIDUAL_FACTOR, RESIDUAL_TERM, VARIANCE_COMPONENT_COLUMNS
+from .contract import (
+    GROUP_TERM_INDEX,
+    RESIDUAL_FACTOR,
+    RESIDUAL_TERM,
+    VARIANCE_COMPONENT_COLUMNS,
+)
 
 DEFAULT_LEVEL = 0.95
 
@@ -41,7 +46,7 @@ class FitResult(ABC):
 
     Engines supply the tables through ``_fixed_effects_table(level)``, ``_variance_components_table(level)`` and
     ``_group_table(kind, factor, level)``, with their intervals from :func:`t_interval` (likelihood) or
-    :func:`equal_tailed_interval` (posterior draws); the tables are computed once per level.
+    :func:`~bayeshlm.results.contract.equal_tailed_interval` (posterior draws); the tables are computed once per level.
     """
 
     method: str
@@ -337,15 +342,6 @@ def t_interval(estimate, se, level: float, df=np.inf) -> tuple[np.ndarray, np.nd
     q = stats.t.ppf(0.5 + level / 2, df)
     estimate, se = np.asarray(estimate, dtype=float), np.asarray(se, dtype=float)
     return estimate - q * se, estimate + q * se
-
-
-def equal_tailed_interval(draws: np.ndarray, level: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """The (1 - level) / 2 and (1 + level) / 2 quantiles of ``draws`` along ``axis`` (posterior ETI), by
-    arviz-stats' ``eti`` (linear interpolation between order statistics, as numpy's quantile)."""
-    from arviz_stats.base import array_stats
-
-    interval = array_stats.eti(np.asarray(draws, dtype=float), level, axis=axis)
-    return interval[..., 0][()], interval[..., 1][()]  # [()]: a number, not a 0-d array, for one-dimensional draws
 
 
 def variance_component_pairs(factor) -> list[tuple[int, int]]:

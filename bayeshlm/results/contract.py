@@ -19,6 +19,7 @@ columns after the required ones (``t``, ``df``, ``p`` for likelihood fits; ``r_h
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 FIXED_EFFECTS_INDEX = "term"
@@ -60,3 +61,12 @@ def wide(table: pd.DataFrame, column: str = "estimate") -> pd.DataFrame:
     groups = series.index.get_level_values(0).unique()
     terms = series.index.get_level_values(1).unique()
     return series.unstack(1).reindex(index=groups, columns=terms)
+
+
+def equal_tailed_interval(draws: np.ndarray, level: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The (1 - level) / 2 and (1 + level) / 2 quantiles of ``draws`` along ``axis`` (posterior ETI), by
+    arviz-stats' ``eti`` (linear interpolation between order statistics, as numpy's quantile)."""
+    from arviz_stats.base import array_stats
+
+    interval = array_stats.eti(np.asarray(draws, dtype=float), level, axis=axis)
+    return interval[..., 0][()], interval[..., 1][()]  # [()]: a number, not a 0-d array, for one-dimensional draws

@@ -28,6 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import FormulaError, OptionError, closest_names
+from .contract import equal_tailed_interval
 
 DF_METHODS = ("book", "satterthwaite", "kenward-roger", "residual")
 _TOKEN = re.compile(r"""
@@ -211,9 +212,8 @@ def _denominator_df(fit, h: Hypotheses, method: str) -> tuple[np.ndarray, float]
 def _posterior(fit, h: Hypotheses, level: float) -> pd.DataFrame:
     beta = fit.draws("beta").transpose("chain", "draw", "fixed").values.reshape(-1, fit.design.n_fixed)
     d = beta @ h.L.T - h.rhs
-    tail = 50.0 * (1.0 - level)
-    return pd.DataFrame({"estimate": d.mean(axis=0), "sd": d.std(axis=0, ddof=1),
-                         "lower": np.percentile(d, tail, axis=0), "upper": np.percentile(d, 100.0 - tail, axis=0),
+    lower, upper = equal_tailed_interval(d, level)
+    return pd.DataFrame({"estimate": d.mean(axis=0), "sd": d.std(axis=0, ddof=1), "lower": lower, "upper": upper,
                          "p_greater": (d > 0).mean(axis=0)},
                         index=pd.Index(h.labels, name="hypothesis"))
 

@@ -35,8 +35,7 @@ from scipy import stats
 
 from ..design.prediction_rows import PredictionRows, prediction_rows
 from ..errors import DataError, OptionError, closest_names
-from .base import equal_tailed_interval
-from .contract import wide
+from .contract import equal_tailed_interval, wide
 
 KINDS = ("mean", "interval", "draws")
 DENSE_INVERSE_LIMIT = 6000  # group-effect columns up to which M^-1 is formed densely (6000^2 doubles: 288 MB)
