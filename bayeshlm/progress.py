@@ -46,9 +46,17 @@ def shown(progress: bool | None) -> bool:
         return bool(progress)
     if "PYTEST_CURRENT_TEST" in os.environ:
         return False
-    if "ipykernel" in sys.modules:
+    if _in_notebook():
         return True
     return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (an IPython shell running over ZMQ), not merely when IPython or ipykernel has
+    been imported (a test run that executes notebooks imports them too)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return type(shell).__name__ == "ZMQInteractiveShell"
 
 
 @contextmanager

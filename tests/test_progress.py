@@ -32,6 +32,9 @@ def test_default_is_off_under_pytest_and_in_pipes(monkeypatch):
     monkeypatch.delenv("PYTEST_CURRENT_TEST")
     monkeypatch.setattr(sys, "stderr", open(__file__))  # not a terminal
     assert progress.shown(None) is False
+    import ipykernel  # noqa: F401  (imported, as after executing notebooks, but this is no notebook)
+
+    assert progress.shown(None) is False
     assert progress.shown(True) is True and progress.shown(False) is False and progress.shown(np.True_) is True
 
 
