@@ -38,9 +38,9 @@ def default_statistic(fit) -> pd.Series:
 
 
 def _default_values(fit) -> tuple[list[tuple], np.ndarray]:
-    """The keys and values of :func:`default_statistic` without building tables: gamma from the fit's
-    factorisation (``fixed_effects`` would also compute SEs, tests and the sandwich: a third of a refit's time)."""
-    gamma = fit._scaling.fixed(fit._fac.beta)
+    """The keys and values of :func:`default_statistic` without building tables (``fit.gamma`` comes from the
+    factorisation; ``fixed_effects`` would also compute SEs, tests and the sandwich: a third of a refit's time)."""
+    gamma = fit.gamma
     keys = [("fixed", name, "", "coefficient") for name in fit.design.fixed_names]
     values = list(gamma)
     variance_keys, variances = [], []

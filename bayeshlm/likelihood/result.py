@@ -149,8 +149,14 @@ class LikelihoodFit(FitResult):
         cov = self._scaling.fixed_cov(self._scale_std * self._fac.fixed_cov_relative())
         return pd.DataFrame(cov, index=names, columns=names)
 
+    @property
+    def gamma(self) -> np.ndarray:
+        """The ML / REML fixed effects in the design's column order, straight from the factorisation (the base
+        class reads them off ``fixed_effects``, which also computes SEs, tests and the sandwich)."""
+        return self._scaling.fixed(self._fac.beta)
+
     def _fixed_effects_table(self, level: float) -> pd.DataFrame:
-        est = self._scaling.fixed(self._fac.beta)
+        est = self.gamma
         se = np.sqrt(np.diag(self.vcov.to_numpy()))
         df = self._df()
         t = est / se
