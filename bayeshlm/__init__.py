@@ -11,11 +11,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets, growth
 from .errors import DataError, FormulaError, InputError, OptionError
-from .likelihood import deviance_test
 from .meta import MetaBayesFit, MetaFit, MetaMVFit, meta, meta_mv
 from .model import HLM
 from .model_file import load_model
 from .report import compare
+from .results import deviance_test
 from .results.storage import load_fit
 
 try:

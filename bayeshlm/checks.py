@@ -1,6 +1,6 @@
 """Posterior predictive checks by group for Bayesian fits (Gelman et al., *Bayesian Data Analysis*, 3rd ed.,
 ch. 6): a statistic T of each group's outcomes, observed and in every replicated data set of
-:meth:`~bayeshlm.bayes.result.BayesFit.posterior_predictive`, with the posterior predictive p-value
+:meth:`~bayeshlm.results.bayes_fit.BayesFit.posterior_predictive`, with the posterior predictive p-value
 Pr(T(y_rep_j) >= T(y_j)). Values near 0 or 1 mark groups the model reproduces badly: a group variance in the
 far tail, say, points to a level-1 variance that differs between groups.
 """

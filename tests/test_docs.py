@@ -111,10 +111,13 @@ def test_every_internal_link_image_and_anchor_resolves(site):
 
 @pytest.mark.parametrize("page, objects", [
     ("api/model.html", ["bayeshlm.HLM", "bayeshlm.HLM.fit", "bayeshlm.HLM.from_levels", "bayeshlm.load_model"]),
-    ("api/results.html", ["bayeshlm.bayes.result.BayesFit", "bayeshlm.bayes.result.BayesFit.posterior_predictive",
-                          "bayeshlm.bayes.result.BayesFit.log_likelihood", "bayeshlm.likelihood.result.LikelihoodFit",
-                          "bayeshlm.results.base.FitResult.fixed_effects", "bayeshlm.bayes.result.BayesFit.predict",
-                          "bayeshlm.likelihood.result.LikelihoodFit.predict",
+    ("api/results.html", ["bayeshlm.results.bayes_fit.BayesFit",
+                          "bayeshlm.results.bayes_fit.BayesFit.posterior_predictive",
+                          "bayeshlm.results.bayes_fit.BayesFit.log_likelihood",
+                          "bayeshlm.results.likelihood_fit.LikelihoodFit",
+                          "bayeshlm.results.base.FitResult.fixed_effects",
+                          "bayeshlm.results.bayes_fit.BayesFit.predict",
+                          "bayeshlm.results.likelihood_fit.LikelihoodFit.predict",
                           "bayeshlm.compare", "bayeshlm.load_fit"]),
     ("api/checks.html", ["bayeshlm.checks.compare_models", "bayeshlm.checks.group_statistics"]),
     ("api/plots.html", ["bayeshlm.plots.shrinkage", "bayeshlm.plots.caterpillar", "bayeshlm.plots.forest_compare"]),

@@ -42,7 +42,7 @@ def test_groups_of_size_one_are_fitted_and_reported(data):
     assert fit.group_effects().shape[0] == 5 and np.isfinite(fit.tau["g"].iloc[0, 0])
 
 
-@pytest.mark.filterwarnings("ignore::bayeshlm.likelihood.result.BoundaryFitWarning")  # the note two groups get
+@pytest.mark.filterwarnings("ignore::bayeshlm.likelihood.BoundaryFitWarning")  # the note two groups get
 def test_two_groups_only_are_fitted(data):
     two = data[data["g"].isin(["s0", "s1"])]
     fit = bh.HLM("y ~ x + (1 | g)", two).fit()

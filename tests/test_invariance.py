@@ -14,7 +14,7 @@ from bayeshlm.results.contract import wide
 # derandomize: the same examples on every run, so CI cannot flake on a new draw
 SETTINGS = settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 # small simulated data often put the slope variance at the boundary; the properties must hold there too
-pytestmark = pytest.mark.filterwarnings("ignore::bayeshlm.likelihood.result.BoundaryFitWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::bayeshlm.likelihood.BoundaryFitWarning")
 
 
 @st.composite

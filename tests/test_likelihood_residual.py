@@ -22,7 +22,7 @@ import pytest
 
 import bayeshlm as bh
 from bayeshlm.likelihood.marginal import StructuredDeviance
-from bayeshlm.likelihood.result import theta_to_standard
+from bayeshlm.likelihood.theta_units import theta_to_standard
 
 REFERENCE = json.loads((Path(__file__).parent / "reference" / "nlme_reference.json").read_text())
 CASES = {

@@ -146,7 +146,7 @@ def test_study_ids_and_equivalence_with_hlm():
     assert numbered.study_effects.index.name == "study_id"  # "study" is taken by a column
     direct = bh.HLM("yi ~ 1 + (1 | study)", frame, known_variance="vi").fit("reml")
     assert numbered.tau2 == pytest.approx(direct.tau["study"].iloc[0, 0], rel=1e-12)
-    assert isinstance(numbered.likelihood_fit, bh.likelihood.LikelihoodFit)
+    assert isinstance(numbered.likelihood_fit, bh.results.LikelihoodFit)
     assert repr(numbered).startswith("<MetaFit REML")
 
 

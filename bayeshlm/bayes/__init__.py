@@ -22,11 +22,10 @@ from .diagnostics import SamplingWarning, diagnose, warn_if_problems
 from .marginal import draw_group_effects
 from .predictive import prior_predictive
 from .priors import LKJ, Prior, resolve_priors, valid_prior_names
-from .result import BayesFit
 from .sampling import check_sampler_options, new_seed, run_sampler
 from .units import OutcomeUnits, offset_predictor_notes
 
-__all__ = ["LKJ", "BayesFit", "Prior", "SamplingWarning", "fit_bayes", "prior_predictive", "pymc_model",
+__all__ = ["LKJ", "Prior", "SamplingWarning", "fit_bayes", "prior_predictive", "pymc_model",
            "sampled_model", "valid_prior_names"]
 
 OPTIONS = ("draws", "tune", "chains", "random_seed", "priors", "sampler", "target_accept", "route",
@@ -60,7 +59,7 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
               random_seed: int | None = None, priors=None, sampler: str = "nutpie", target_accept: float = 0.9,
               route: str = "auto", parameterization: dict[str, str] | None = None,
               progressbar: bool = False, reference_fit=None, random_effects: str = "normal",
-              nu: float | None = None, **unknown) -> BayesFit:
+              nu: float | None = None, **unknown):
     """Sample the posterior of ``design``'s model, on the standardised outcome y* = (y - c) / s with every draw
     mapped back exactly to the user's units (:mod:`.units`; c and s in ``fit.sampler["outcome_units"]``).
 
@@ -135,6 +134,8 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
     diagnostics, messages = diagnose(tree, var_names, chains)
     messages = notes + messages
     warn_if_problems(messages)
+    from ..results.bayes_fit import BayesFit
+
     return BayesFit(design, tree, info, record, diagnostics, messages, model, chol,
                     sampled=(sampled_design, units, centred_on))
 

@@ -514,11 +514,11 @@ def prior_predictive(design: Design, outcome: GLMOutcome, priors=None, draws: in
     count with the offset) and an outcome y_i from the family: the parameters by PyMC's ``sample_prior_predictive``
     on :func:`glmm_pymc_model`, the outcomes by NumPy (seeded from ``random_seed``). Counts are floats: where a
     prior draw puts the expected count mu above 1e15, y is mu itself (relative Poisson SD below 3e-8; integer
-    sampling would overflow). Returns a :class:`~.glmm_result.GLMMPriorPredictive`. Flat priors are improper
+    sampling would overflow). Returns a :class:`~bayeshlm.results.GLMMPriorPredictive`. Flat priors are improper
     and have no prior predictive distribution: refused."""
     import pymc as pm
 
-    from .glmm_result import GLMMPriorPredictive
+    from ..results.bayes_glmm_fit import GLMMPriorPredictive
     from .sampling import check_sampler_options
 
     check_sampler_options(draws=draws, tune=0, chains=1, random_seed=random_seed, target_accept=0.9,
@@ -562,12 +562,12 @@ def fit_bayes_glmm(design: Design, outcome: GLMOutcome, *, draws: int = 1000, tu
                    parameterization: Mapping | None = None, progressbar: bool = False,
                    laplace_fit: Callable[[], object] | None = None, **unknown):
     """Sample the exact posterior of a hierarchical GLM (module docstring); returns a
-    :class:`~.glmm_result.BayesGLMMFit`. Options as for Gaussian models (:func:`bayeshlm.bayes.fit_bayes`).
+    :class:`~bayeshlm.results.BayesGLMMFit`. Options as for Gaussian models (:func:`bayeshlm.bayes.fit_bayes`).
     ``laplace_fit``: a callable returning the Laplace ML fit of the same model (``HLM.fit`` passes
     ``fit_glmm``), used for the geometry and the start only; without it every factor is non-centred and the
     sampler starts from zeros."""
+    from ..results.bayes_glmm_fit import BayesGLMMFit
     from .diagnostics import diagnose, warn_if_problems
-    from .glmm_result import BayesGLMMFit
     from .sampling import check_sampler_options, new_seed
 
     if unknown:

@@ -1,8 +1,7 @@
-"""REML / ML estimation by the profiled deviance (Bates et al. 2015), the likelihood twin of the Bayesian engine."""
+"""REML / ML estimation by the profiled deviance (Bates et al. 2015), the likelihood twin of the Bayesian engine.
+The fits' tables are :class:`bayeshlm.results.LikelihoodFit`."""
 
 from .fit import fit_likelihood
-from .lrt import DevianceTest, deviance_test
-from .result import BoundaryFitWarning, ConvergenceWarning, LikelihoodFit, RandomEffects
+from .optimize import BoundaryFitWarning, ConvergenceWarning
 
-__all__ = ["BoundaryFitWarning", "ConvergenceWarning", "DevianceTest", "LikelihoodFit", "RandomEffects",
-           "deviance_test", "fit_likelihood"]
+__all__ = ["BoundaryFitWarning", "ConvergenceWarning", "fit_likelihood"]

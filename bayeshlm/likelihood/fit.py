@@ -28,7 +28,7 @@ from .marginal import StructuredDeviance, optimise_structured
 from .nested import NestedSolver
 from .optimize import minimize_criterion, polish, verdict
 from .params import Parameterization
-from .result import LikelihoodFit, StructuredFit, theta_to_standard
+from .theta_units import theta_to_standard
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 OPTIONS = ("start", "maxiter")
@@ -159,7 +159,7 @@ class ProfiledDeviance:
         return value, self.gradient(fac)
 
 
-def fit_likelihood(design: Design, method: str = "reml", **options) -> LikelihoodFit:
+def fit_likelihood(design: Design, method: str = "reml", **options):
     """Fit ``design`` by REML (default) or ML.
 
     Options: ``start`` (theta to start from; default Lambda = I as lme4, with moment estimates for the random
@@ -230,6 +230,8 @@ def _fit_structured(standard: Design, method: str, start, maxiter: int, scaling:
     else:
         x0 = _start(objective, start, scaling)
     x, converged, message = optimise_structured(objective, x0, maxiter)
+    from ..results.likelihood_fit import StructuredFit
+
     fit = StructuredFit(objective, x, converged=converged, optimizer_message=message,
                         n_evaluations=objective.evaluations, scaling=scaling, design=design)
     for category, message in fit._warnings:
@@ -252,7 +254,7 @@ def standardised(design: Design) -> tuple[Design, Scaling]:
 EXACT_FIT_TOL = 1e-20
 
 
-def _refuse_exact_fit(fit: LikelihoodFit, design: Design) -> None:
+def _refuse_exact_fit(fit, design: Design) -> None:
     """A level-1 variance of 0 (to rounding) means X b + Z u reproduces y: no variance can be estimated. The design
     layer refuses this from the rows; with per-group sums only (Dask input) it shows here first."""
     if design.known_variance is None and not fit._scale_std > EXACT_FIT_TOL:
@@ -260,7 +262,7 @@ def _refuse_exact_fit(fit: LikelihoodFit, design: Design) -> None:
 
 
 def _fit(objective: ProfiledDeviance, start: np.ndarray, maxiter: int, scaling: Scaling,
-         design: Design) -> LikelihoodFit:
+         design: Design):
     params = objective.params
     result = minimize_criterion(objective, start, maxiter)
     diagonal = np.isfinite(params.lower_bounds)
@@ -270,6 +272,8 @@ def _fit(objective: ProfiledDeviance, start: np.ndarray, maxiter: int, scaling: 
         if retry.fun < result.fun:
             result = retry
     converged, message = verdict(polish(objective, result))
+    from ..results.likelihood_fit import LikelihoodFit
+
     fit = LikelihoodFit(objective, params.canonical(result.x), converged=converged,
                         optimizer_message=message, n_evaluations=objective.evaluations,
                         scaling=scaling, design=design)

@@ -9,6 +9,15 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 
+
+class BoundaryFitWarning(UserWarning):
+    """A variance was estimated at zero (or a correlation at +-1): the fit is on the boundary."""
+
+
+class ConvergenceWarning(UserWarning):
+    """The optimiser stopped without meeting its convergence criteria."""
+
+
 GRADIENT_TOL = 1e-2  # largest |d(-2 log L) / d parameter| accepted at the end point (standardised scale)
 POLISH_GRADIENT = 1e-9  # slope left at the end point (relative to the criterion) that earns Newton steps
 

@@ -28,7 +28,7 @@ LEVEL = 0.95  # of the posterior intervals in the tables
 class MetaBayesFit:
     """A univariate meta-analysis fitted by full Bayes (see :func:`~bayeshlm.meta` with ``method="bayes"``).
 
-    ``bayes_fit`` (the engine's :class:`~bayeshlm.bayes.BayesFit`: posterior DataTree, priors, sampler, diagnostics),
+    ``bayes_fit`` (the engine's :class:`~bayeshlm.results.BayesFit`: posterior DataTree, priors, sampler, diagnostics),
     ``reml`` (the REML :class:`~bayeshlm.MetaFit` of the same model), ``fixed_effects``, ``heterogeneity``
     (posterior of tau^2, tau, I^2, H^2), ``prediction()``, ``study_effects``, ``comparison()``, ``messages``
     (sampling problems), ``notes`` (how the posterior relates to a boundary REML fit).

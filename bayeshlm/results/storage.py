@@ -63,8 +63,8 @@ def package_version() -> str:
 
 def _engines() -> dict[str, type]:
     """The result classes a file can hold, by the ``engine`` name written in it."""
-    from ..bayes.result import BayesFit
-    from ..likelihood.result import LikelihoodFit
+    from .bayes_fit import BayesFit
+    from .likelihood_fit import LikelihoodFit
 
     return {"likelihood": LikelihoodFit, "bayes": BayesFit}
 

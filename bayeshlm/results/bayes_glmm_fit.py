@@ -17,8 +17,8 @@ import xarray as xr
 from ..design import Design
 from ..errors import OptionError, closest_names
 from ..families.outcome import GLMOutcome
-from ..results.contract import FIXED_EFFECTS_INDEX, GROUP_TERM_INDEX, equal_tailed_interval
-from ..results.hlm_statistics import fixed_part
+from .contract import FIXED_EFFECTS_INDEX, GROUP_TERM_INDEX, equal_tailed_interval
+from .hlm_statistics import fixed_part
 
 LEVEL = 0.95  # of the tables' posterior intervals
 LATENT_LEVEL1_VARIANCE = {"logit": np.pi**2 / 3, "probit": 1.0}
@@ -69,7 +69,7 @@ class BayesGLMMFit:
     def pymc_model(self):
         """The PyMC model of this fit (same priors and parameterisation, observed ``y``): for
         ``pm.sample_posterior_predictive(fit.posterior, model=fit.pymc_model())`` or extension."""
-        from .glmm import glmm_pymc_model
+        from ..bayes.glmm import glmm_pymc_model
 
         return glmm_pymc_model(self.design, self.outcome, self._priors_argument(),
                                choice=self.sampler["parameterization"])

@@ -9,7 +9,7 @@ from scipy import stats
 
 from ..errors import OptionError
 from .glmm_fit import GLMMFit
-from .result import LikelihoodFit
+from .likelihood_fit import LikelihoodFit
 
 
 @dataclass(frozen=True)

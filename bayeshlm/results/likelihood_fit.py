@@ -13,21 +13,14 @@ from scipy import stats
 from ..design.design import group_sums
 from ..design.scaling import Scaling, standardise
 from ..errors import FitFormatError, InputError, OptionError
-from ..results import FitResult
-from ..results.base import group_table, residual_row, t_interval, variance_component_pairs, variance_components_frame
-from ..results.contract import RESIDUAL_FACTOR
-from ..results.formatting import number
-from ..results.hlm_statistics import check_per_group_statistic, fixed_part
+from ..likelihood.optimize import BoundaryFitWarning, ConvergenceWarning
+from ..likelihood.theta_units import theta_from_standard, theta_to_standard
+from .base import FitResult, group_table, residual_row, t_interval, variance_component_pairs, variance_components_frame
+from .contract import RESIDUAL_FACTOR
+from .formatting import number
+from .hlm_statistics import check_per_group_statistic, fixed_part
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of Lambda
-
-
-class BoundaryFitWarning(UserWarning):
-    """A variance was estimated at zero (or a correlation at +-1): the fit is on the boundary."""
-
-
-class ConvergenceWarning(UserWarning):
-    """The optimiser stopped without meeting its convergence criteria."""
 
 
 @dataclass(frozen=True)
@@ -307,14 +300,14 @@ class LikelihoodFit(FitResult):
         expected outcome with a confidence interval; ``"interval"``: a prediction interval for a new observation.
         Columns estimate, se, lower, upper, new_groups. Formulas and approximations:
         :mod:`bayeshlm.results.prediction`."""
-        from ..results.prediction import predict_likelihood
+        from .prediction import predict_likelihood
 
         return predict_likelihood(self, newdata, groups, kind, level)
 
     def fitted(self) -> pd.Series:
         """Fitted values x'gamma + z'u of the analysed rows at the conditional modes (lme4 ``fitted``), without the
         prediction SEs ``predict`` computes."""
-        from ..results.prediction import predict_likelihood
+        from .prediction import predict_likelihood
 
         return predict_likelihood(self, None, "conditional", "mean", 0.95, with_se=False)["estimate"].rename("fitted")
 
@@ -396,10 +389,10 @@ class LikelihoodFit(FitResult):
         """The fit of ``design`` at the recorded theta (one evaluation of the criterion, no optimisation): a
         :class:`StructuredFit` when the design has a level-1 error structure. Refuses a theta of the wrong size
         or with non-finite values (:class:`~bayeshlm.errors.FitFormatError`)."""
-        from .fit import ProfiledDeviance
+        from ..likelihood.fit import ProfiledDeviance
 
         if design.residual is not None:
-            from .marginal import StructuredDeviance
+            from ..likelihood.marginal import StructuredDeviance
 
             objective, cls = StructuredDeviance(design, record["method"]), StructuredFit
         else:
@@ -528,53 +521,3 @@ def _level1_part(column: str, term: tuple[str, ...], term_levels: dict[str, int]
         if term_levels.get(factor, 1) == 1:
             level1.append(piece)
     return tuple(level1)
-
-
-# --- theta on the user's scale and on the standardised scale ------------------------------------------------
-
-def _phi_transform(correlation: str, phi: float) -> float:
-    return float(np.arctanh(phi)) if correlation == "ar1" else float(np.log(phi / (1.0 - phi)))
-
-
-def theta_from_standard(objective, scaling: Scaling, x: np.ndarray) -> np.ndarray:
-    """The parameter vector of the user's design from that of its standardised form: Lambda = S^-1 Lambda*
-    sqrt(ratio) with ratio = s_y^2 sigma*^2 / sigma^2 (T = sigma^2 Lambda Lambda' = s_y^2 S^-1 T* S^-1),
-    alpha_m = alpha*_m / s_m, phi = phi*^(1/k)."""
-    return _convert(objective, scaling, np.asarray(x, dtype=float), to_standard=False)
-
-
-def theta_to_standard(objective, scaling: Scaling, x: np.ndarray) -> np.ndarray:
-    """The inverse of :func:`theta_from_standard` (``objective`` is the standardised one)."""
-    return _convert(objective, scaling, np.asarray(x, dtype=float), to_standard=True)
-
-
-def _convert(objective, scaling: Scaling, x: np.ndarray, to_standard: bool) -> np.ndarray:
-    out = x.copy()
-    params = objective.params
-    # ratio = s_y^2 sigma*^2 / sigma^2: 1, but s_y^2 when sigma^2 = 1 is known (meta-analysis) and
-    # exp(sum_m alpha_m c_m) when the log-linear variance predictors are centred
-    ratio = 1.0 if objective.design.known_variance is None else scaling.y_scale ** 2
-    k = params.size
-    residual = objective.design.residual
-    if residual is not None:
-        s = objective.n_strata
-        alpha = x[k + s:k + s + objective.n_alpha]
-        if objective.n_alpha:
-            user = alpha if to_standard else alpha / scaling.c_scale
-            out[k + s:k + s + objective.n_alpha] = alpha * scaling.c_scale if to_standard else user
-            ratio = float(np.exp(user @ scaling.c_centre))
-        if objective.has_phi:
-            standard_kind = residual.structure.correlation
-            user_kind = scaling.correlation
-            if to_standard:
-                phi = np.tanh(x[-1]) if user_kind == "ar1" else 1.0 / (1.0 + np.exp(-x[-1]))
-                out[-1] = _phi_transform(standard_kind, scaling.phi_to_standard(phi))
-            else:
-                phi = np.tanh(x[-1]) if standard_kind == "ar1" else 1.0 / (1.0 + np.exp(-x[-1]))
-                out[-1] = _phi_transform(user_kind, scaling.phi(phi))
-    for fp in params.factors:
-        scale = scaling.z_scale[fp.factor.name][fp.rows]
-        block = x[fp.offset:fp.offset + fp.size]
-        factor = scale / np.sqrt(ratio) if to_standard else np.sqrt(ratio) / scale
-        out[fp.offset:fp.offset + fp.size] = block * factor
-    return out

@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..bayes.build import ModelInfo
+from ..bayes.priors import Prior
 from ..design import Design
 from ..errors import OptionError
-from ..results import hlm_statistics as hlm
-from ..results.base import (
+from . import hlm_statistics as hlm
+from .base import (
     FitResult,
     check_level,
     group_table,
@@ -27,11 +29,9 @@ from ..results.base import (
     variance_component_pairs,
     variance_components_frame,
 )
-from ..results.contract import RESIDUAL_FACTOR, equal_tailed_interval
-from ..results.formatting import decimals, significant
-from ..results.hlm_statistics import fixed_part
-from .build import ModelInfo
-from .priors import Prior
+from .contract import RESIDUAL_FACTOR, equal_tailed_interval
+from .formatting import decimals, significant
+from .hlm_statistics import fixed_part
 
 
 class BayesFit(FitResult):
@@ -77,7 +77,7 @@ class BayesFit(FitResult):
     def prior_predictive(self, draws: int = 500, seed: int | None = None) -> xr.DataTree:
         """Parameters and outcomes simulated from the priors (see :mod:`bayeshlm.bayes.predictive`), in the
         user's units."""
-        from .predictive import prior_predictive
+        from ..bayes.predictive import prior_predictive
 
         if self._sampled is None:
             return prior_predictive(self.design, self._model, draws, seed)
@@ -269,7 +269,7 @@ class BayesFit(FitResult):
         of the linear predictor's posterior (estimate, se, lower, upper, new_groups); ``"interval"`` the same for a
         new observation (adds a new group's effect from N(0, T) and the level-1 error); ``"draws"`` those
         posterior predictive draws as a DataArray (chain, draw, obs). ``groups`` as for likelihood fits."""
-        from ..results.prediction import predict_bayes, prediction_rows
+        from .prediction import predict_bayes, prediction_rows
 
         if self._student_t and kind != "mean":
             rows = prediction_rows(self.design, newdata)
@@ -282,7 +282,7 @@ class BayesFit(FitResult):
     def posterior_predictive(self, random_seed: int | None = None) -> xr.DataTree:
         """Add replicated data (group ``posterior_predictive``) and ``observed_data`` to ``posterior``, for
         ArviZ's predictive checks (``az.plot_ppc_dist(fit.posterior_predictive())``)."""
-        from .predictive_data import posterior_predictive
+        from ..bayes.predictive_data import posterior_predictive
 
         return posterior_predictive(self, random_seed)
 
@@ -290,7 +290,7 @@ class BayesFit(FitResult):
         """Add the pointwise log-likelihood (group ``log_likelihood``) to ``posterior`` for ``az.loo`` /
         ``az.compare``: per observation (``"conditional"``) or per group with its effects integrated out
         (``"marginal"``, leave-one-group-out; see :mod:`bayeshlm.bayes.predictive_data`)."""
-        from .predictive_data import log_likelihood
+        from ..bayes.predictive_data import log_likelihood
 
         if self._student_t and kind == "marginal":
             raise OptionError("log_likelihood(kind='marginal') integrates Gaussian group effects out, but this fit's "
@@ -336,8 +336,8 @@ class BayesFit(FitResult):
         """The fit of ``design`` from its record and datasets (:meth:`to_state`): the PyMC model is rebuilt from
         the design and priors, in the user's units (for ``pymc_model()`` and prior predictive checks), without
         sampling."""
-        from .build import build_model
-        from .priors import LKJ, PriorSet
+        from ..bayes.build import build_model
+        from ..bayes.priors import LKJ, PriorSet
 
         p = record["priors"]
         priors = PriorSet(fixed={k: _prior_from_dict(v) for k, v in p["fixed"].items()},

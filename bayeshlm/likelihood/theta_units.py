@@ -1,0 +1,56 @@
+"""The covariance parameters theta on the user's scale and on that of the standardised design
+(:mod:`bayeshlm.design.scaling`), on which the likelihood engine optimises."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..design.scaling import Scaling
+
+
+def _phi_transform(correlation: str, phi: float) -> float:
+    return float(np.arctanh(phi)) if correlation == "ar1" else float(np.log(phi / (1.0 - phi)))
+
+
+def theta_from_standard(objective, scaling: Scaling, x: np.ndarray) -> np.ndarray:
+    """The parameter vector of the user's design from that of its standardised form: Lambda = S^-1 Lambda*
+    sqrt(ratio) with ratio = s_y^2 sigma*^2 / sigma^2 (T = sigma^2 Lambda Lambda' = s_y^2 S^-1 T* S^-1),
+    alpha_m = alpha*_m / s_m, phi = phi*^(1/k)."""
+    return _convert(objective, scaling, np.asarray(x, dtype=float), to_standard=False)
+
+
+def theta_to_standard(objective, scaling: Scaling, x: np.ndarray) -> np.ndarray:
+    """The inverse of :func:`theta_from_standard` (``objective`` is the standardised one)."""
+    return _convert(objective, scaling, np.asarray(x, dtype=float), to_standard=True)
+
+
+def _convert(objective, scaling: Scaling, x: np.ndarray, to_standard: bool) -> np.ndarray:
+    out = x.copy()
+    params = objective.params
+    # ratio = s_y^2 sigma*^2 / sigma^2: 1, but s_y^2 when sigma^2 = 1 is known (meta-analysis) and
+    # exp(sum_m alpha_m c_m) when the log-linear variance predictors are centred
+    ratio = 1.0 if objective.design.known_variance is None else scaling.y_scale ** 2
+    k = params.size
+    residual = objective.design.residual
+    if residual is not None:
+        s = objective.n_strata
+        alpha = x[k + s:k + s + objective.n_alpha]
+        if objective.n_alpha:
+            user = alpha if to_standard else alpha / scaling.c_scale
+            out[k + s:k + s + objective.n_alpha] = alpha * scaling.c_scale if to_standard else user
+            ratio = float(np.exp(user @ scaling.c_centre))
+        if objective.has_phi:
+            standard_kind = residual.structure.correlation
+            user_kind = scaling.correlation
+            if to_standard:
+                phi = np.tanh(x[-1]) if user_kind == "ar1" else 1.0 / (1.0 + np.exp(-x[-1]))
+                out[-1] = _phi_transform(standard_kind, scaling.phi_to_standard(phi))
+            else:
+                phi = np.tanh(x[-1]) if standard_kind == "ar1" else 1.0 / (1.0 + np.exp(-x[-1]))
+                out[-1] = _phi_transform(user_kind, scaling.phi(phi))
+    for fp in params.factors:
+        scale = scaling.z_scale[fp.factor.name][fp.rows]
+        block = x[fp.offset:fp.offset + fp.size]
+        factor = scale / np.sqrt(ratio) if to_standard else np.sqrt(ratio) / scale
+        out[fp.offset:fp.offset + fp.size] = block * factor
+    return out
