@@ -10,14 +10,17 @@ cbpp (binomial, ``(1 | herd)``) and Contraception (Bernoulli, ``(urban | distric
   PyMC) compiled by nutpie's Numba backend; cold includes the compile, warm re-samples the compiled model;
 - ``pymc-nuts``: the same graph sampled by PyMC's own NUTS (``pm.sample``, C backend; compile inside).
 
-Bambi is not installed in this environment (``pip show bambi``), so its own row is missing; its model is the
-PyMC graph above with Bambi's priors. Reported per row: wall seconds, divergences, max R-hat and min bulk ESS over
+Bambi itself (PyMC NUTS and nutpie) and brms: ``--bambi-python <venv>/bin/python`` runs them after these rows
+through benchmarks/peers_bambi.py, which fits every engine in new processes with the same cache states (and also
+the VerbAgg-shaped, observation-level Poisson and negative-binomial models) and writes its own CSV
+(benchmarks/results/bayes_peers.csv). Reported per row: wall seconds, divergences, max R-hat and min bulk ESS over
 the fixed effects, SDs and correlations, and min ESS per second. Every row is appended to ``--out`` as it
 finishes.
 
 Usage::
 
     python benchmarks/bench_bayes_glmm.py [--skip-pymc] [--out benchmarks/results/bayes_glmm.csv]
+                                          [--bambi-python /path/to/venv/bin/python]
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bayes_glmm.csv"))
     parser.add_argument("--skip-pymc", action="store_true")
+    parser.add_argument("--bambi-python", help="also run Bambi and brms via benchmarks/peers_bambi.py")
     args = parser.parse_args()
     namespace: dict = {}
     exec(SETUP, namespace)  # noqa: S102 -- our own constant code, shared with the fresh processes
@@ -147,6 +151,10 @@ def main() -> None:
                                  compute_convergence_checks=False)
             write(name, "pymc-nuts", "cold (compile included)",
                   summarise(tree, var_names, time.perf_counter() - started))
+    if args.bambi_python:
+        from peers_bambi import main as peers
+
+        peers(["--bambi-python", args.bambi_python, "--models", *MODELS])
 
 
 if __name__ == "__main__":
