@@ -8,7 +8,9 @@ log posterior density and its gradient are written out by hand below and compile
 Numba with an on-disk cache. nutpie samples them directly, so a fit skips the PyTensor -> Numba compile of the
 model graph (65-90 s with a cold cache, 30-50 s warm for nutpie here; see :mod:`.sampling`): the kernel
 compiles once per machine (only the entry point the model needs: two or three levels, crossed or not) and loads
-from the cache in a fraction of a second. The algebra is written as named block operations on batches of groups
+from the cache in a fraction of a second. The commonest kind, two levels without sampled factors and with one σ² or
+known variances, is also compiled ahead of time by ``pip install`` (``_two_level_kernel.c``, the same operations in
+the same order: :func:`extension_callbacks`), so its first fit compiles nothing. The algebra is written as named block operations on batches of groups
 (:func:`_integrate_level`, :func:`_integrate_top`, :func:`_integrate_child`, :func:`_pass_to_parent`, ...); Numba
 compiles every function it calls again into each caller, so the call tree is kept shallow, and the reported
 values are computed from the unconstrained draws after sampling (:func:`constrained_draws`), not compiled.
@@ -1166,7 +1168,49 @@ EXPAND_SIGNATURE = numba.types.int64(numba.types.uint64, numba.types.uint64, _DO
 
 @functools.cache
 def c_callbacks(levels: int, crossed: bool, level1: str = "homogeneous"):
-    """The C callbacks nutpie calls: the log density of a model with ``levels`` integrated factors (1 or 2),
+    """The C callbacks nutpie calls for a model of this kind (see :func:`numba_callbacks`): for the two-level
+    model without sampled factors and with one σ² or known variances, those of the ahead-of-time compiled
+    extension when it is installed (:func:`extension_callbacks`; no compile on a first fit), else Numba's."""
+    if (levels, crossed, level1) == (1, False, "homogeneous"):
+        compiled = extension_callbacks()
+        if compiled is not None:
+            return compiled
+    return numba_callbacks(levels, crossed, level1)
+
+
+@dataclass(frozen=True)
+class ExtensionCallback:
+    """A C function of the compiled extension, presented as a ``numba.cfunc`` is: its address and a ctypes
+    function calling it."""
+
+    address: int
+    ctypes: object
+
+
+@functools.cache
+def extension_callbacks() -> tuple[ExtensionCallback, ExtensionCallback] | None:
+    """The log-density and reported-values callbacks of the two-level kernel compiled ahead of time
+    (``_two_level_kernel.c``, built by ``pip install``: the same density and gradient as Numba's
+    ``logp_two_level``, in the same order of operations), or None when the extension is not installed (no C
+    compiler at install time) or reads another buffer layout than this module packs."""
+    try:
+        from . import _two_level_kernel
+    except ImportError:
+        return None
+    if _two_level_kernel.LAYOUT != (_HEADER, _LEVEL_FIELDS, _ARRAYS):
+        return None
+    logp, expand = _two_level_kernel.callbacks()
+    double_ptr = ctypes.POINTER(ctypes.c_double)
+    logp_type = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, double_ptr, double_ptr, double_ptr,
+                                 ctypes.c_void_p)
+    expand_type = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64, double_ptr, double_ptr,
+                                   ctypes.c_void_p)
+    return ExtensionCallback(logp, logp_type(logp)), ExtensionCallback(expand, expand_type(expand))
+
+
+@functools.cache
+def numba_callbacks(levels: int, crossed: bool, level1: str = "homogeneous"):
+    """The Numba-compiled C callbacks: the log density of a model with ``levels`` integrated factors (1 or 2),
     with sampled (``crossed``) factors or without, and its level-1 errors (``level1``: 'homogeneous', which
     includes known variances, 'strata' or 'ar1'; the last two in two-level models without sampled factors),
     reading the packed buffer through nutpie's user-data pointer, and the reported values (x itself:
@@ -1283,9 +1327,10 @@ def _copy_callback():
     return unconstrained_values
 
 
-def log_density_and_gradient(model: KernelModel):
-    """``f(x) -> (log density, gradient)`` of ``model``, through the C callback nutpie calls."""
-    logp = c_callbacks(*model.variant)[0].ctypes
+def log_density_and_gradient(model: KernelModel, callbacks=None):
+    """``f(x) -> (log density, gradient)`` of ``model``, through the C callback nutpie calls (or through the
+    first of ``callbacks``, e.g. ``numba_callbacks(*model.variant)``)."""
+    logp = (callbacks or c_callbacks(*model.variant))[0].ctypes
     double_ptr = ctypes.POINTER(ctypes.c_double)
     buffer = model.buffer.ctypes.data_as(ctypes.c_void_p)
 

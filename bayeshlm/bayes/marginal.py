@@ -39,6 +39,8 @@ S = (T_l^{-1} + A)^{-1} = L_l M^{-1} L_l', drawn as u_lg = L_l (M^{-1} L_l' b̃ 
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 from dataclasses import dataclass
 
@@ -304,7 +306,7 @@ def draw_group_effects(stats: ChainStatistics, beta: np.ndarray, s: np.ndarray, 
             sl = slice(start, min(start + chunk, n_draws))
             s_, beta_, L0 = (np.ascontiguousarray(v[sl]) for v in (s, beta, chols[0]))
             if top == 0:
-                _draw_one_level(*stats0, s_, beta_, L0, rng.standard_normal(out[0][sl].shape), out[0][sl])
+                _one_level_draws()(*stats0, s_, beta_, L0, rng.standard_normal(out[0][sl].shape), out[0][sl])
                 continue
             noise1 = rng.standard_normal(out[1][sl].shape)  # outer level first, as below
             _draw_two_levels(*stats0, *(np.ascontiguousarray(a[key]) for key in ("Z1tZ", "Z1tX", "Z1ty")),
@@ -350,6 +352,31 @@ def draw_group_effects(stats: ChainStatistics, beta: np.ndarray, s: np.ndarray, 
             out[level][sl] = u
             outer = u if outer is None else np.concatenate([u, outer], axis=-1)
     return out
+
+
+@functools.cache
+def _one_level_draws():
+    """:func:`_draw_one_level` as compiled ahead of time in the kernel extension (``_two_level_kernel.c``: the same
+    loop in the same order of operations, so the same draws, without a Numba compile on a first fit), or the
+    Numba function when the extension is not installed."""
+    try:
+        from ._two_level_kernel import group_draws
+    except ImportError:
+        return _draw_one_level
+    int64, double_ptr = ctypes.c_int64, ctypes.POINTER(ctypes.c_double)
+    compiled = ctypes.CFUNCTYPE(int64, *[int64] * 6, *[double_ptr] * 8)(group_draws())
+
+    def draw(ZtZ, ZtX, Zty, s, beta, L, noise, out):
+        arrays = [np.ascontiguousarray(a, dtype=float) for a in (ZtZ, ZtX, Zty, s, beta, L, noise)]
+        if not (out.flags.c_contiguous and out.dtype == np.float64):
+            raise ValueError("the draws' output array must be C-contiguous float64")
+        K, J, q, width = ZtZ.shape
+        code = compiled(K, J, q, width, ZtX.shape[3], s.shape[0],
+                        *(a.ctypes.data_as(double_ptr) for a in arrays), out.ctypes.data_as(double_ptr))
+        if code != 0:
+            raise MemoryError("no memory for the group-effect draws")
+
+    return draw
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")

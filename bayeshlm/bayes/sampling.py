@@ -8,7 +8,8 @@ Two ways to give nutpie a log density:
   (:class:`KernelCompiledModel`), so chains run in parallel with no Python in the loop. The callbacks are
   cached on disk: HS&B (intercepts and slopes as outcomes, 4 chains x 1000 draws) took 1.5 s in a new process
   and 21-24 s on a fresh install whose caches are empty (benchmarks/bench_bayes.py, 2026-12-04, 2 cores); the
-  compile of its callback has since gone from 15.2 to 9.4 CPU seconds (benchmarks/results/bayes_cold_start.md).
+  compile of its callback went from 15.2 to 9.4 CPU seconds (benchmarks/results/bayes_cold_start.md), and the
+  two-level kernel is now compiled ahead of time at install (:func:`~.kernel.extension_callbacks`): 0 s.
 - The PyMC graph, for every other model. Compilation dominates its cost (stack notes: 65-90 s cold with
   PyTensor's Numba backend); nutpie's compile_pymc_model wraps the PyTensor functions in ``numba.cfunc``
   callbacks compiled without a cache (cProfile: most of 30-70 s in numba's ``ccallback._compile_uncached``),
