@@ -46,12 +46,11 @@ import xarray as xr
 
 from ..design import Design
 from ..errors import DataError, OptionError, closest_names
+from ..level1 import AR1Pairs, Strata
 from .kernel import KernelModel, kernel_model
 from .marginal import (
     MAX_CROSS_CELLS,
-    AR1Pairs,
     ChainStatistics,
-    ar1_pairs,
     chain_statistics,
     marginal_loglik,
     sampled_columns,
@@ -200,80 +199,49 @@ def student_t_weights(u: np.ndarray, L: np.ndarray, nu: np.ndarray, rng: np.rand
     return rng.gamma((nu[:, None] + q) / 2.0, 2.0 / (nu[:, None] + d))
 
 
-@dataclass(frozen=True)
-class Level1Strata:
-    """Rows grouped by their level-1 variance: stratum codes and labels, and for a log-linear variance model
-    ln σ²_k = α_0 + c_k'α the saturated map from stratum variances to the α's (``solve``: α = solve @ ln σ²)."""
-
-    codes: np.ndarray  # (n,) stratum of each row, 0 = reference
-    labels: tuple[str, ...]
-    terms: tuple[str, ...] = ()  # 'alpha0', 'alpha <C column>' ... (log-linear model only)
-    solve: np.ndarray | None = None  # (m + 1, K)
-
-
-def level1_strata(design: Design) -> Level1Strata | None:
-    """The strata of a heterogeneous level-1 variance (R&B 2002, sec. 5.4 and eq. 5.36), or None.
+def level1_strata(design: Design) -> Strata | None:
+    """The strata of a heterogeneous level-1 variance (R&B 2002, sec. 5.4 and eq. 5.36), or None, as the
+    design's variance function gives them (:meth:`bayeshlm.level1.VarianceFunction.strata`).
 
     ``level1_variance="<column>"`` gives one σ² per category. A log-linear model ``level1_variance="~ ..."`` is
     fitted by Bayes when it is saturated over the rows' distinct predictor values (e.g. ``~ sector``: one σ² per
-    sector, and α_0, α_1 their log-scale intercept and contrast); a continuous predictor, or AR(1) errors,
-    are refused with a message naming the likelihood engine, which fits them.
+    sector, and α_0, α_1 their log-scale intercept and contrast); a continuous predictor, or AR(1) errors
+    with a variance model, are refused with a message naming the likelihood engine, which fits them.
     """
-    r = design.residual
-    if r is None:
-        return None
-    if r.structure.correlation and (r.strata is not None or r.C is not None):
+    errors = design.error_structure
+    if errors.correlation is not None and errors.variance.size(design.residual):
         raise OptionError("The Bayesian engine models one level-1 error structure at a time: give either "
                           "correlation='ar1' or a level1_variance model, not both (the likelihood engine fits both).")
-    if r.structure.correlation:
-        return None
-    if r.strata is not None:
-        column = r.strata_levels.name or r.structure.variance_by
-        return Level1Strata(r.strata, tuple(f"{column}={level}" for level in r.strata_levels))
-    distinct, codes = np.unique(r.C, axis=0, return_inverse=True)
-    design_rows = np.column_stack([np.ones(len(distinct)), distinct])
-    if len(distinct) != design_rows.shape[1] or np.linalg.matrix_rank(design_rows) < len(distinct):
-        raise OptionError(
-            f"level1_variance='~ {r.structure.variance_formula}': the Bayesian engine fits a log-linear level-1 "
-            f"variance model only when it gives one variance per distinct predictor value (here the predictors "
-            f"take {len(distinct)} distinct values for {design_rows.shape[1]} coefficients), e.g. '~ sector'. "
-            "Fit this model with 'reml' or 'ml', or use level1_variance='<categorical column>'.")
-    order = np.lexsort(distinct.T[::-1])  # the all-zero row (alpha_0 alone) first when present
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    labels = tuple(", ".join(f"{n}={v:g}" for n, v in zip(r.C_names, distinct[i])) for i in order)
-    return Level1Strata(rank[codes.ravel()], labels, ("alpha0", *(f"alpha {n}" for n in r.C_names)),
-                        np.linalg.inv(design_rows[order]))
+    return errors.variance.strata(design.residual)
 
 
 def level1_ar1(design: Design, route: str) -> AR1Pairs | None:
-    """The consecutive-occasion pairs of ``correlation='ar1'`` errors (see :func:`~.marginal.ar1_pairs`), or None.
+    """The consecutive-occasion pairs of ``correlation='ar1'`` errors (see :func:`bayeshlm.level1.ar1_pairs`), or
+    None, as the design's correlation structure gives them.
 
     Bayes fits AR(1) errors with integer occasions and no gaps, on the marginal route; continuous-time
     'car1' errors and gaps are refused with a message naming the likelihood engine, which fits them."""
-    r = design.residual
-    if r is None or not r.structure.correlation:
+    correlation = design.error_structure.correlation
+    if correlation is None:
         return None
-    if r.structure.correlation != "ar1":
-        raise OptionError(f"The Bayesian engine fits correlation='ar1' (integer occasions) but not "
-                          f"{r.structure.correlation!r}; fit this model with 'reml' or 'ml'.")
+    correlation.check_bayes()
     if route == "sampled":
         raise OptionError("correlation='ar1' by Bayes integrates the group effects out: use route='marginal' "
                           "(the default).")
-    return ar1_pairs(design.factor(r.unit).codes, r.time, r.unit)
+    return correlation.pairs(design.residual, design.factor(design.residual.unit).codes)
 
 
 def _ar1_weights(sigma, n_obs, n_pairs):
     """Weights of the three AR(1) components (all rows, consecutive pairs, interior rows) of
     R^{-1} = C^{-1}/σ², C^{-1} = [I - φ pairs + φ² interior]/(1 - φ²), and log|R| = N log σ² + n_pairs log(1 - φ²)
-    (:func:`~.marginal.ar1_pairs`); φ ~ Uniform(-1, 1), the stationary range."""
+    (:func:`bayeshlm.level1.ar1_pairs`); φ ~ Uniform(-1, 1), the stationary range."""
     phi = pm.Uniform("phi", -1.0, 1.0)
     one_minus = 1.0 - phi**2
     weights = pt.stack([pt.ones(()), -phi, phi**2]) / (one_minus * sigma**2)
     return weights, 2.0 * n_obs * pt.log(sigma) + n_pairs * pt.log(one_minus)
 
 
-def _level1_sd(priors: PriorSet, variance: Level1Strata | None, add_data):
+def _level1_sd(priors: PriorSet, variance: Strata | None, add_data):
     """σ: one level-1 SD, or one per stratum (``sigma_strata``, each with the ``sigma`` prior) with ``sigma``
     the reference stratum's SD (or exp(α_0 / 2) for a log-linear model, the convention of the likelihood
     engine) and ``alpha`` the log-linear coefficients."""

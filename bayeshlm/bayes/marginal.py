@@ -51,7 +51,8 @@ import scipy.sparse as sp
 
 from ..design import Design, GroupingFactor
 from ..design.design import ChainCrossproducts, chain_parents, group_sums, indicator_matrix
-from ..errors import OptionError
+from ..level1 import AR1Pairs
+from ..level1 import ar1_pairs as ar1_pairs  # the AR(1) structure's pairs, imported from here by tests
 
 # Crossed designs: refuse to integrate when the innermost-group x sampled-column table would exceed this
 MAX_CROSS_CELLS = 20_000_000
@@ -126,43 +127,6 @@ def chain_statistics(design: Design, chain: list[GroupingFactor], sampled: list[
     elif ar1 is None:
         arrays["rows_per_component"] = np.asarray(counts, dtype=float)
     return ChainStatistics(sizes, tuple(f.n_groups for f in chain), arrays, tuple(parents))
-
-
-@dataclass(frozen=True)
-class AR1Pairs:
-    """Consecutive occasions within each unit (the innermost grouping factor): the rows of each pair, how many
-    pairs each row belongs to, and whether it is interior (has a neighbour on both sides)."""
-
-    first: np.ndarray
-    second: np.ndarray
-    in_pairs: np.ndarray  # (n,) 0, 1 or 2
-    interior: np.ndarray  # (n,) 0 or 1
-
-    @property
-    def n_pairs(self) -> int:
-        return len(self.first)
-
-
-def ar1_pairs(unit_codes: np.ndarray, time: np.ndarray, unit_name: str) -> AR1Pairs:
-    """Pairs of rows at occasions t and t + 1 of one unit. With AR(1) errors cor = φ^|t - t'| and no gaps,
-    the precision of a unit's errors is tridiagonal (Pinheiro & Bates 2000, sec. 5.3.1):
-
-        C^{-1} = [I + φ² I_interior - φ (pairs)] / (1 - φ²),    log|C| = (n_j - 1) log(1 - φ²),
-
-    so R^{-1} = (1/σ²) C^{-1} is a weighted sum of three row sets: all rows (weight 1), the consecutive pairs
-    (-φ, both cross terms) and the interior rows (φ²). Occasions with a gap are refused."""
-    order = np.lexsort((time, unit_codes))
-    same_unit = unit_codes[order][1:] == unit_codes[order][:-1]
-    step = np.diff(time[order])
-    gaps = same_unit & (step != 1)
-    if np.any(gaps):
-        raise OptionError(
-            f"correlation='ar1' by Bayes needs consecutive occasions within each {unit_name} (no gaps), because "
-            f"it uses the tridiagonal AR(1) precision; row {order[1:][gaps][0]} follows an occasion "
-            f"{step[gaps][0]:g} steps earlier. Fit this model with 'reml' or 'ml', which handle gaps.")
-    first, second = order[:-1][same_unit], order[1:][same_unit]
-    in_pairs = np.bincount(first, minlength=len(time)) + np.bincount(second, minlength=len(time))
-    return AR1Pairs(first, second, in_pairs.astype(float), (in_pairs == 2).astype(float))
 
 
 def _design_rows(design: Design, chain: list[GroupingFactor], sampled: list[GroupingFactor]) -> _Rows:

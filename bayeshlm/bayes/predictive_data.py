@@ -45,11 +45,11 @@ def _check_gaussian_rows(fit, what: str, correlated: bool = False) -> None:
     if not fit.design.rows_available:
         raise OptionError(f"{what} needs the data's rows; this model was built from aggregates (a Dask DataFrame). "
                           "Build the model from a pandas DataFrame.")
-    posterior = fit.posterior["posterior"]
-    if fit.design.residual is None or "sigma_strata" in posterior or (correlated and "phi" in posterior):
+    errors = fit.design.error_structure  # a Bayes fit holds one sigma^2, strata or AR(1) errors alone
+    if errors.correlation is None or correlated:
         return
     covered = "one sigma^2, one per stratum of level1_variance=, or known variances"
-    raise OptionError(f"{what} for a model with level-1 errors '{fit.design.residual.structure.describe()}' is not "
+    raise OptionError(f"{what} for a model with level-1 errors '{errors.describe()}' is not "
                       f"implemented yet; it covers independent level-1 errors ({covered})"
                       + (" and, for kind='marginal', AR(1) errors." if not correlated else "."))
 
@@ -63,11 +63,10 @@ def _level1_precision(fit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     n, draws = design.n_obs, posterior.sizes["chain"] * posterior.sizes["draw"]
     if design.known_variance is not None:
         return np.zeros(n, dtype=np.int64), 1.0 / design.known_variance, np.ones((draws, 1))
-    if "sigma_strata" in posterior:
-        from .build import level1_strata  # loads PyMC: only for these models
-
+    strata = design.error_structure.variance.strata(design.residual)
+    if strata is not None:
         sigma = fit.draws("sigma_strata").transpose("chain", "draw", "stratum").values.reshape(draws, -1)
-        return level1_strata(design).codes, np.ones(n), 1.0 / sigma ** 2
+        return strata.codes, np.ones(n), 1.0 / sigma ** 2
     sigma = fit.draws("sigma").transpose("chain", "draw").values.reshape(draws, 1)
     return np.zeros(n, dtype=np.int64), np.ones(n), 1.0 / sigma ** 2
 
@@ -85,7 +84,7 @@ class _Precision:
     """R^-1 = sum_m c[s, m] R_m in draw s, each R_m a fixed matrix given by parts (m, rows, weights): the part
     adds weights_e * a_e b_e' to A'R_m B, where row e is the sum of the rows ``rows[0][e]``, ``rows[1][e]``, ...
     Independent errors: one part per stratum, rows of that stratum with weights w. AR(1) errors (stationary
-    variance sigma^2, correlation phi, consecutive occasions; see ``bayes.marginal.ar1_pairs``):
+    variance sigma^2, correlation phi, consecutive occasions; see ``bayeshlm.level1.ar1_pairs``):
     R^-1 = [I - phi P + phi^2 D] / ((1 - phi^2) sigma^2), P the neighbour pairs (a_t b_t+1' + a_t+1 b_t' =
     (a_t + a_t+1)(b_t + b_t+1)' - a_t b_t' - a_t+1 b_t+1'), D the interior occasions; log|R_j| = n_j log sigma^2 +
     (pairs in j) log(1 - phi^2)."""
@@ -93,12 +92,9 @@ class _Precision:
     def __init__(self, fit):
         design = fit.design
         n = design.n_obs
-        posterior = fit.posterior["posterior"]
-        if "phi" in posterior:
-            from .marginal import ar1_pairs
-
-            r = design.residual
-            pairs = ar1_pairs(design.factor(r.unit).codes, r.time, r.unit)
+        correlation = design.error_structure.correlation
+        if correlation is not None:
+            pairs = correlation.pairs(design.residual, design.factor(design.residual.unit).codes)
             everyone, ones = np.arange(n), np.ones(n)
             self.parts = [(0, (everyone,), ones), (1, (pairs.first, pairs.second), np.ones(pairs.n_pairs)),
                           (1, (everyone,), -pairs.in_pairs), (2, (everyone,), pairs.interior)]

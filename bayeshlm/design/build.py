@@ -16,6 +16,7 @@ import pandas as pd
 from formulaic.errors import FormulaicError
 
 from ..errors import DataError, FormulaError, OptionError, closest_names, describe_rows
+from ..level1 import level1_errors
 from ..spec import ModelSpec
 from ..spec.expressions import FORMULAIC_CONTEXT, check_spec
 from ..spec.model_spec import INTERCEPT, RandomTerm, Term, term_name
@@ -529,6 +530,7 @@ def _residual_design(spec: ModelSpec, frame: pd.DataFrame, factors, nesting, *,
     if spec.known_variance is not None:
         raise OptionError("A model with known level-1 variances (known_variance=...) has no level-1 variance to "
                           "model: drop level1_variance / correlation, or drop known_variance.")
+    errors = level1_errors(r)  # refuses a correlation structure that is not registered
     strata = strata_levels = C = time = unit = None
     C_names: tuple[str, ...] = ()
     if r.variance_by:
@@ -550,23 +552,19 @@ def _residual_design(spec: ModelSpec, frame: pd.DataFrame, factors, nesting, *,
             raise OptionError(f"correlation={r.correlation!r} needs one chain of nested grouping factors (errors "
                               "are correlated within the innermost one); this model's factors are crossed.")
         unit = chain[0]
-        time = _occasions(frame, r, unit)
+        time = _occasions(frame, r, unit, errors.correlation)
     return ResidualDesign(structure=r, strata=strata, strata_levels=strata_levels, C=C, C_names=C_names,
                           time=time, unit=None if unit is None else unit.name)
 
 
-def _occasions(frame: pd.DataFrame, r, unit: GroupingFactor) -> np.ndarray:
-    """The time of each row, checked: numeric, distinct within each unit, integer for AR(1)."""
+def _occasions(frame: pd.DataFrame, r, unit: GroupingFactor, correlation) -> np.ndarray:
+    """The time of each row, checked: numeric, distinct within each unit, and usable by the correlation
+    structure (AR(1): integer occasions)."""
     values = frame[r.time]
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         raise DataError(f"time={r.time!r} must be numeric (occasion numbers or ages); it has type {values.dtype}.")
     t = values.to_numpy(dtype=float)
-    if r.correlation == "ar1" and not np.all(t == np.round(t)):
-        bad = np.flatnonzero(t != np.round(t))
-        raise DataError(
-            f"correlation='ar1' needs equally spaced integer occasions in {r.time!r}, but {describe_rows(bad)} hold "
-            f"non-integer times (e.g. {t[bad[0]]:g}). Use an occasion number column (1, 2, 3, ...), or "
-            "correlation='car1' for continuous-time AR(1) errors, cor = phi^|t - t'|.")
+    correlation.check_times(t, r.time)
     pairs = pd.DataFrame({"unit": unit.codes, "t": t})
     repeated = pairs.duplicated()
     if repeated.any():

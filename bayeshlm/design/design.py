@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from ..level1 import Level1Errors, level1_errors
 from ..spec import ModelSpec, ResidualStructure
 
 
@@ -131,6 +132,11 @@ class ResidualDesign:
     time: np.ndarray | None = None  # (n,)
     unit: str | None = None
 
+    @property
+    def errors(self) -> Level1Errors:
+        """The structure's variance function and correlation objects (:mod:`bayeshlm.level1`)."""
+        return level1_errors(self.structure)
+
 
 @dataclass(frozen=True, eq=False)
 class ColumnCoding:
@@ -165,6 +171,12 @@ class Design:
     @property
     def n_obs(self) -> int:
         return len(self.y)
+
+    @property
+    def error_structure(self) -> Level1Errors:
+        """The level-1 error model (:mod:`bayeshlm.level1`): one sigma^2 and independent errors without
+        ``residual``."""
+        return level1_errors(None) if self.residual is None else self.residual.errors
 
     @property
     def rows_available(self) -> bool:
@@ -267,7 +279,7 @@ class Design:
             lines.append(f"Known sampling variances: column {self.spec.known_variance!r} "
                          f"(range {self.known_variance.min():.4g} to {self.known_variance.max():.4g})")
         if self.residual is not None:
-            lines.append(f"Level-1 errors: {self.residual.structure.describe()}")
+            lines.append(f"Level-1 errors: {self.residual.errors.describe()}")
         for f in self.factors:
             sizes = f.group_sizes
             cov = "unstructured T" if f.correlated else "diagonal T (uncorrelated)"

@@ -141,7 +141,8 @@ def _z_scales(design: Design) -> dict[str, np.ndarray]:
 
 
 def _time_step(residual: ResidualDesign, design: Design) -> float:
-    """AR(1): the greatest common divisor of the within-unit lags; CAR(1): their median (1 without lags)."""
+    """The step k of the standardised time from the positive within-unit lags (the correlation structure's
+    rule: their greatest common divisor for AR(1), their median for CAR(1)); 1 without lags."""
     unit = design.factor(residual.unit)
     order = np.lexsort((residual.time, unit.codes))
     t, codes = residual.time[order], unit.codes[order]
@@ -149,9 +150,7 @@ def _time_step(residual: ResidualDesign, design: Design) -> float:
     lags = lags[lags > 0]
     if not len(lags):
         return 1.0
-    if residual.structure.correlation == "ar1":
-        return float(np.gcd.reduce(np.round(lags).astype(np.int64)))
-    return float(np.median(lags))
+    return residual.errors.correlation.time_step(lags)
 
 
 def standardise(design: Design) -> tuple[Design, Scaling]:
@@ -218,20 +217,17 @@ def _warn_where_digits_are_lost(design: Design, means, sds) -> None:
 
 
 def _standardise_residual(design: Design, residual: ResidualDesign, scaling: Scaling):
-    """Centre and scale the log-linear variance predictors; put time in steps of k (module docstring)."""
-    changes, extra = {}, {}
-    if residual.C is not None:
-        centre = residual.C.mean(axis=0)
-        scale = np.array([column_scale(s) for s in residual.C.std(axis=0)])
-        changes["C"] = (residual.C - centre) / scale
-        extra |= {"c_centre": centre, "c_scale": scale}
-    if residual.time is not None:
+    """The variance function's own change of scale (log-linear: centred and scaled predictors); time in steps
+    of k, with the correlation structure that holds on that scale (module docstring)."""
+    errors = residual.errors
+    changes, extra = errors.variance.standardised(residual)
+    if errors.correlation is not None:
         step = _time_step(residual, design)
         changes["time"] = residual.time / step
-        extra |= {"time_step": step, "correlation": residual.structure.correlation}
-        if residual.structure.correlation == "ar1" and step % 2 == 0:
-            # phi^|t - t'| at even lags only: phi* = phi^k lies in [0, 1), CAR(1)'s range
-            changes["structure"] = dataclasses.replace(residual.structure, correlation="car1")
+        extra |= {"time_step": step, "correlation": errors.correlation.name}
+        standard = errors.correlation.standardised(step)
+        if standard != errors.correlation.name:
+            changes["structure"] = dataclasses.replace(residual.structure, correlation=standard)
     return dataclasses.replace(residual, **changes), dataclasses.replace(scaling, **extra)
 
 

@@ -8,10 +8,12 @@ use the marginal form of the model (Pinheiro & Bates 2000, sec. 5.1; R&B 2002, e
     R_j = W_j^{1/2} C_j(phi) W_j^{1/2},
 
 for each group j of the outermost grouping factor. W_j holds the relative level-1 variances
-w_i = sigma_i^2 / sigma^2: exp(2 delta_s) for stratum s of a ``varIdent`` model (delta_ref = 0; P&B 2000,
-sec. 5.2.1) times exp(sum_m alpha_m C_mi) for the log-linear model ln sigma_i^2 = alpha_0 + sum_m alpha_m C_mi
-(R&B 2002, eq. 5.36; sigma^2 = exp(alpha_0)). C_j(phi) is the identity, or phi^|t - t'| between rows of the
-same innermost group (AR(1): P&B 2000, sec. 5.3.1; R&B 2002, eq. 6.31).
+w_i = sigma_i^2 / sigma^2 of the design's variance function, and C_j(phi) the correlations of its correlation
+structure between rows of the same innermost group (the identity without one); both are objects of
+:mod:`bayeshlm.level1`, which supply ln w_i = a_i'delta with its derivatives and phi^lag with d/dphi:
+exp(2 delta_s) for stratum s of a ``varIdent`` model (delta_ref = 0; P&B 2000, sec. 5.2.1), exp(sum_m alpha_m C_mi)
+for the log-linear model ln sigma_i^2 = alpha_0 + sum_m alpha_m C_mi (R&B 2002, eq. 5.36; sigma^2 = exp(alpha_0)),
+phi^|t - t'| for AR(1) and CAR(1) (P&B 2000, sec. 5.3.1; R&B 2002, eq. 6.31).
 
 sigma^2 is profiled out as in the plain engine: with beta = (X'V^{-1}X)^{-1} X'V^{-1}y (GLS) and
 r^2 = (y - X beta)'V^{-1}(y - X beta),
@@ -105,20 +107,22 @@ class StructuredDeviance:
         self.reml = method == "reml"
         self.params = Parameterization(design)
         self.residual = design.residual
+        self.errors = design.residual.errors
         self.evaluations = 0
         top = chain[-1]
         self.batches = [self._batch(rows, top.name) for rows in group_batches(top.codes, top.n_groups)]
-        r = self.residual
-        self.n_strata = 0 if r.strata is None else len(r.strata_levels) - 1
-        self.n_alpha = 0 if r.C is None else r.C.shape[1]
-        self.has_phi = r.structure.correlation is not None
-        self.size = self.params.size + self.n_strata + self.n_alpha + self.has_phi
-        if r.time is not None:
+        r, errors = self.residual, self.errors
+        self.n_variance = errors.variance.size(r)
+        # the variance parameters as the result class reads them: log SD ratios, then log-linear alphas
+        self.n_strata = 0 if r.strata is None else self.n_variance
+        self.n_alpha = 0 if r.C is None else self.n_variance
+        self.has_phi = errors.correlation is not None
+        self.size = self.params.size + errors.size(r)
+        if self.has_phi:
             unit = design.factor(r.unit)
-            lags = [np.abs(gather(r.time, b.rows)[:, :, None] - gather(r.time, b.rows)[:, None, :])
-                    for b in self.batches]
-            if r.structure.correlation == "ar1":  # whole steps (t / k may round): phi < 0 needs integer powers
-                lags = [np.rint(lag) for lag in lags]
+            # the structure's lags (AR(1): whole steps, as t / k may round; phi < 0 needs integer powers)
+            lags = [errors.correlation.lags(np.abs(gather(r.time, b.rows)[:, :, None]
+                                                   - gather(r.time, b.rows)[:, None, :])) for b in self.batches]
             self._same_unit = [self._same_mask(gather(unit.codes, b.rows, -1), b.valid, pads_on_diagonal=True)
                                for b in self.batches]
             # phi^|t - t'| is read from a table over the distinct lags (a few per design), position -1 holding
@@ -150,14 +154,8 @@ class StructuredDeviance:
 
     # --- parameters ------------------------------------------------------------------------------
     def extra_names(self) -> list[str]:
-        r = self.residual
-        names = []
-        if self.n_strata:
-            names += [f"log sd ratio {r.strata_levels.name}={level}" for level in r.strata_levels[1:]]
-        names += [f"alpha {name}" for name in r.C_names]
-        if self.has_phi:
-            names.append("atanh phi" if r.structure.correlation == "ar1" else "logit phi")
-        return names
+        """Names of the level-1 parameters (variance function, then the transformed phi)."""
+        return self.errors.parameter_names(self.residual)
 
     def parameter_names(self) -> list[str]:
         return self.params.names() + self.extra_names()
@@ -167,25 +165,20 @@ class StructuredDeviance:
         k = self.params.size
         delta = np.concatenate([[0.0], x[k:k + self.n_strata]])
         alpha = x[k + self.n_strata:k + self.n_strata + self.n_alpha]
-        phi = None
-        if self.has_phi:
-            z = x[-1]
-            phi = np.tanh(z) if self.residual.structure.correlation == "ar1" else 1.0 / (1.0 + np.exp(-z))
-        return self.params.lambdas(x), delta, alpha, phi
+        return self.params.lambdas(x), delta, alpha, self._level1(x)[1]
 
-    def relative_variances(self, delta: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    def _level1(self, x: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """(variance-function parameters, phi) of x."""
+        return self.errors.split(self.residual, x[self.params.size:])
+
+    def relative_variances(self, x: np.ndarray) -> np.ndarray:
         """w_i = sigma_i^2 / sigma^2 for every row."""
-        r = self.residual
-        log_w = np.zeros(self.design.n_obs)
-        if r.strata is not None:
-            log_w += 2.0 * delta[r.strata]
-        if r.C is not None:
-            log_w += r.C @ alpha
-        return np.exp(log_w)
+        variance = self._level1(x)[0]
+        return np.exp(self.errors.variance.log_relative_variances(self.residual, variance, self.design.n_obs))
 
     @property
     def start(self) -> np.ndarray:
-        return np.concatenate([self.params.start, np.zeros(self.size - self.params.size)])
+        return np.concatenate([self.params.start, self.errors.start(self.residual)])
 
     # --- criterion -------------------------------------------------------------------------------
     def _residual_part(self, k: int, w: np.ndarray, phi: float | None) -> np.ndarray:
@@ -198,7 +191,7 @@ class StructuredDeviance:
             R[:, idx, idx] = wb
             return R
         sqrt_w = np.sqrt(wb)
-        table = np.append(phi ** self._lag_values, 0.0)
+        table = np.append(self.errors.correlation.correlations(phi, self._lag_values), 0.0)
         return table[self._lag_index[k]] * sqrt_w[:, :, None] * sqrt_w[:, None, :]
 
     def _covariance(self, k: int, lambdas: list[np.ndarray], R: np.ndarray) -> np.ndarray:
@@ -213,8 +206,8 @@ class StructuredDeviance:
 
     def covariances(self, x: np.ndarray) -> list[np.ndarray]:
         """V_j / sigma^2 per batch, (G, s, s), with the identity in pad rows."""
-        lambdas, delta, alpha, phi = self.unpack(x)
-        w = self.relative_variances(delta, alpha)
+        lambdas, phi = self.params.lambdas(x), self._level1(x)[1]
+        w = self.relative_variances(x)
         return [self._covariance(k, lambdas, self._residual_part(k, w, phi)) for k in range(len(self.batches))]
 
     def factorize(self, x: np.ndarray) -> MarginalFactorization:
@@ -233,8 +226,8 @@ class StructuredDeviance:
     def value_and_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         """The criterion and its analytic gradient in x (module docstring) from one factorisation."""
         self.evaluations += 1
-        lambdas, delta, alpha, phi = self.unpack(x)
-        w = self.relative_variances(delta, alpha)
+        lambdas, phi = self.params.lambdas(x), self._level1(x)[1]
+        w = self.relative_variances(x)
         residual = [self._residual_part(k, w, phi) for k in range(len(self.batches))]
         try:
             fac = MarginalFactorization(self.batches, [self._covariance(k, lambdas, R) for k, R in enumerate(residual)],
@@ -252,10 +245,11 @@ class StructuredDeviance:
 
         Lambda_f entry (r, c):  dV = Z (E Lambda' + Lambda E') Z' within f's groups, E = e_r e_c', so the
             derivative is 2 [sum_j Z_j'(M_j o S_fj) Z_j Lambda_f]_rc (S_fj: same group of f);
-        log w_i:  dR_il / d log w_i = R_il / 2 on row i and column i, so g_i = sum_l M_il R_il, and
-            d / d delta_s = 2 sum_{i in s} g_i, d / d alpha = C'g;
-        phi:  dR / dphi = W^{1/2} (|t - t'| phi^(|t - t'| - 1)) W^{1/2} within units, times dphi / dphi*
-            (1 - phi^2 for AR(1)'s tanh, phi (1 - phi) for CAR(1)'s logistic).
+        log w_i:  dR_il / d log w_i = R_il / 2 on row i and column i, so g_i = sum_l M_il R_il, and the variance
+            function turns g into its own gradient (d / d delta_s = 2 sum_{i in s} g_i, d / d alpha = C'g);
+        phi:  dR / dphi = W^{1/2} (d C / dphi) W^{1/2} within units (|t - t'| phi^(|t - t'| - 1) for AR(1) and
+            CAR(1)), times the structure's dphi / dphi* (1 - phi^2 for AR(1)'s tanh, phi (1 - phi) for CAR(1)'s
+            logistic).
         """
         n, p = self.design.n_obs, self.design.n_fixed
         weight = (n - p if self.reml else n) / fac.r2
@@ -264,8 +258,7 @@ class StructuredDeviance:
         g_rows = np.zeros(n)
         d_phi = 0.0
         if phi is not None:  # d phi^lag / d phi per distinct lag (0 for lag 0 and for pairs in different units)
-            lags = self._lag_values
-            slope_table = np.append(np.where(lags > 0, lags * phi ** np.where(lags > 0, lags - 1.0, 0.0), 0.0), 0.0)
+            slope_table = np.append(self.errors.correlation.correlation_derivatives(phi, self._lag_values), 0.0)
         for k, (b, Linv) in enumerate(zip(self.batches, fac.chol_inv)):
             e = (b.y - b.X @ fac.beta)[:, :, None]
             if phi is None and all(same is None for same in b.same):
@@ -316,15 +309,9 @@ class StructuredDeviance:
         for fp, G, lam in zip(self.params.factors, info, lambdas):
             out[fp.offset:fp.offset + fp.size] = 2.0 * (G @ lam)[fp.rows, fp.cols]
         at = self.params.size
-        r = self.residual
-        if self.n_strata:
-            out[at:at + self.n_strata] = 2.0 * np.bincount(r.strata, weights=g_rows,
-                                                           minlength=self.n_strata + 1)[1:]
-        at += self.n_strata
-        if self.n_alpha:
-            out[at:at + self.n_alpha] = r.C.T @ g_rows
+        out[at:at + self.n_variance] = self.errors.variance.gradient(self.residual, g_rows)
         if phi is not None:
-            out[-1] = d_phi * ((1.0 - phi ** 2) if r.structure.correlation == "ar1" else phi * (1.0 - phi))
+            out[-1] = d_phi * self.errors.correlation.phi_derivative(phi)
         return out
 
 

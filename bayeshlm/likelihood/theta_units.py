@@ -6,10 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..design.scaling import Scaling
-
-
-def _phi_transform(correlation: str, phi: float) -> float:
-    return float(np.arctanh(phi)) if correlation == "ar1" else float(np.log(phi / (1.0 - phi)))
+from ..level1 import correlation
 
 
 def theta_from_standard(objective, scaling: Scaling, x: np.ndarray) -> np.ndarray:
@@ -39,15 +36,13 @@ def _convert(objective, scaling: Scaling, x: np.ndarray, to_standard: bool) -> n
             user = alpha if to_standard else alpha / scaling.c_scale
             out[k + s:k + s + objective.n_alpha] = alpha * scaling.c_scale if to_standard else user
             ratio = float(np.exp(user @ scaling.c_centre))
-        if objective.has_phi:
-            standard_kind = residual.structure.correlation
-            user_kind = scaling.correlation
+        if objective.has_phi:  # each structure's own transform: the standardised one may differ (AR(1) -> CAR(1))
+            standard = objective.errors.correlation
+            user = correlation(scaling.correlation, standard.time)
             if to_standard:
-                phi = np.tanh(x[-1]) if user_kind == "ar1" else 1.0 / (1.0 + np.exp(-x[-1]))
-                out[-1] = _phi_transform(standard_kind, scaling.phi_to_standard(phi))
+                out[-1] = standard.transform(scaling.phi_to_standard(user.phi(x[-1])))
             else:
-                phi = np.tanh(x[-1]) if standard_kind == "ar1" else 1.0 / (1.0 + np.exp(-x[-1]))
-                out[-1] = _phi_transform(user_kind, scaling.phi(phi))
+                out[-1] = user.transform(scaling.phi(standard.phi(x[-1])))
     for fp in params.factors:
         scale = scaling.z_scale[fp.factor.name][fp.rows]
         block = x[fp.offset:fp.offset + fp.size]

@@ -121,13 +121,17 @@ def _two_level(design: Design) -> tuple[str, str]:
         latex += [rf"$$ \beta_{{{q}j}} = " + (" + ".join(rhs_latex) or "0") + " $$"]
         text += [f"  b{q}_j = " + (" + ".join(rhs_text) or "0")]
     n_random = sum(c.random for c in coefs)
-    level1_var = r"V_j \text{ known}" if known else r"\sigma^2"
-    latex += ["", rf"$ {resid[1]} \sim N(0, {level1_var}) $" +
+    errors = design.error_structure
+    variance_text, variance_latex = ("V_j known", r"V_j \text{ known}") if known else errors.variance.variance_text(sub)
+    latex += ["", rf"$ {resid[1]} \sim N(0, {variance_latex}) $" +
               (rf", $ u_j \sim N(0, T) $ with $T$ {n_random}x{n_random}" if n_random else "") +
               f" over {factor.n_groups} groups of `{factor.name}`."]
-    text += [f"  {resid[0]} ~ N(0, {'V_j known' if known else 'sigma^2'})" +
+    text += [f"  {resid[0]} ~ N(0, {variance_text})" +
              (f", u_j ~ N(0, T), T {n_random}x{n_random}" if n_random else "") +
              f"; j = 1..{factor.n_groups} ({factor.name})"]
+    for line_text, line_latex in errors.equation_lines("r", sub):
+        latex += ["", line_latex]
+        text += ["  " + line_text]
     return "\n".join(latex), "\n".join(text)
 
 
@@ -172,12 +176,16 @@ def _three_level(design: Design) -> tuple[str, str]:
                 rhs_text.append(f"u{p}{q}_k")
             level3_latex.append(rf"$$ \beta_{{{p}{q}k}} = " + (" + ".join(rhs_latex) or "0") + " $$")
             level3_text.append(f"  b{p}{q}_k = " + (" + ".join(rhs_text) or "0"))
-    summary = (f"e ~ N(0, sigma^2); r_jk ~ N(0, T_pi) over {inner.n_groups} {inner.name}; "
+    errors = design.error_structure
+    variance_text, variance_latex = errors.variance.variance_text("ijk")
+    summary = (f"e ~ N(0, {variance_text}); r_jk ~ N(0, T_pi) over {inner.n_groups} {inner.name}; "
                f"u_k ~ N(0, T_beta) over {outer.n_groups} {outer.name}")
-    latex += level3_latex + ["", rf"$ e_{{ijk}} \sim N(0, \sigma^2) $, $ r_{{jk}} \sim N(0, T_\pi) $ over "
+    latex += level3_latex + ["", rf"$ e_{{ijk}} \sim N(0, {variance_latex}) $, $ r_{{jk}} \sim N(0, T_\pi) $ over "
                              f"{inner.n_groups} `{inner.name}`, $ u_k \\sim N(0, T_\\beta) $ over "
                              f"{outer.n_groups} `{outer.name}`."]
-    return "\n".join(latex), "\n".join(text + level3_text + ["  " + summary])
+    lines = errors.equation_lines("e", "ijk")
+    latex += [part for _, line_latex in lines for part in ("", line_latex)]
+    return "\n".join(latex), "\n".join(text + level3_text + ["  " + summary] + ["  " + t for t, _ in lines])
 
 
 # --- combined form -------------------------------------------------------------------------------

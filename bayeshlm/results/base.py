@@ -15,6 +15,7 @@ from scipy import stats
 
 from ..design import Design
 from ..errors import OptionError
+from ..level1 import Level1Errors
 from . import hlm_statistics as hlm
 from .contract import (
     GROUP_TERM_INDEX,
@@ -32,7 +33,7 @@ class FitResult(ABC):
     Attributes every engine provides:
 
     - ``method``: 'reml', 'ml' or 'bayes'.
-    - ``design``: the :class:`~bayeshlm.design.Design` that was fitted.
+    - ``design``: the :class:`~bayeshlm.design.Design` that was fitted; ``error_structure`` its level-1 errors.
     - ``fixed_effects``, ``variance_components``, ``group_effects(factor)``, ``random_effects(factor)``: the
       tables of :mod:`bayeshlm.results.contract` (same index names and leading columns for every engine), with
       95% intervals; ``fixed_effects_at(level)`` and ``variance_components_at(level)`` give other levels, and
@@ -52,6 +53,13 @@ class FitResult(ABC):
     method: str
     design: Design
     group_estimate_name: str
+
+    @property
+    def error_structure(self) -> Level1Errors | None:
+        """The level-1 error model the fit holds (:mod:`bayeshlm.level1`: a variance function and a correlation
+        structure); None for a non-Gaussian family, whose level 1 is its sampling model (``fit.family``)."""
+        family = getattr(self, "family", None)
+        return None if family is not None and not family.gaussian else self.design.error_structure
 
     # --- the contract tables (:mod:`bayeshlm.results.contract`) --------------------------------------
     @property

@@ -54,9 +54,6 @@ class Centering:
     group: str | None = None
 
 
-CORRELATIONS = ("ar1", "car1")
-
-
 @dataclass(frozen=True)
 class ResidualStructure:
     """Level-1 error structure beyond e_ij ~ N(0, sigma^2) independent.
@@ -64,9 +61,10 @@ class ResidualStructure:
     ``variance_by``: a separate level-1 variance per category of this column (nlme ``varIdent``;
     Pinheiro & Bates 2000, sec. 5.2.1; R&B 2002 ch. 6, sigma^2_t per occasion). ``variance_formula``: the
     right-hand side of the log-linear model ln sigma^2_ij = alpha_0 + sum_m alpha_m C_mij (R&B 2002, eq. 5.36).
-    ``correlation``: ``"ar1"`` -- cor(e_ti, e_t'i) = phi^|t - t'| for integer occasions ``time`` within each
-    group of the innermost grouping factor (nlme ``corAR1``, P&B 2000 sec. 5.3.1; R&B eq. 6.31) -- or
-    ``"car1"``, the same for real-valued times (nlme ``corCAR1``, 0 < phi < 1).
+    ``correlation``: the name of a registered correlation structure of the errors within each group of the
+    innermost grouping factor, ordered by ``time``: ``"ar1"`` -- cor(e_ti, e_t'i) = phi^|t - t'| for integer
+    occasions (nlme ``corAR1``, P&B 2000 sec. 5.3.1; R&B eq. 6.31) -- or ``"car1"``, the same for real-valued
+    times (nlme ``corCAR1``, 0 < phi < 1). Names only: :mod:`bayeshlm.level1` holds the structures' objects.
     """
 
     variance_by: str | None = None
@@ -114,10 +112,10 @@ def residual_structure(level1_variance: str | None, correlation: str | None,
         else:
             raise OptionError(f"level1_variance={level1_variance!r}: give a column name (one variance per category, "
                               "e.g. 'sector') or a formula starting with '~' (log-linear model, e.g. '~ sector').")
-    if correlation is not None:
-        if correlation not in CORRELATIONS:
-            raise OptionError(f"correlation={correlation!r} is not available; use 'ar1' (integer occasions) or "
-                              "'car1' (continuous times).")
+    if correlation is not None:  # the name is checked against the registered structures (bayeshlm.level1)
+        if not isinstance(correlation, str):
+            raise OptionError(f"correlation={correlation!r}: give the name of a correlation structure, e.g. 'ar1' "
+                              "(integer occasions) or 'car1' (continuous times).")
         if time is None:
             raise OptionError(f"correlation={correlation!r} needs the time variable that orders the occasions: "
                               "pass time='<column>'.")
