@@ -54,7 +54,8 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") 
     grand_means: dict[str, float] = {}
     frame = _apply_centering(frame, spec, group_codes, grand_means)
     _check_centering_targets(spec)
-    numbers = float_predictors(frame, spec)  # what formulaic reads; ``frame`` keeps the labels of categories
+    # what formulaic reads (``frame`` keeps the labels of categories); converted only when formulaic is called
+    numbers = FloatPredictors(frame, spec)
 
     formulaic_specs: dict = {}  # "fixed" and each factor's name -> formulaic's model spec (its column coding)
     X, fixed_names, fixed_terms = _fixed_matrix(spec, numbers, formulaic_specs)
@@ -66,7 +67,7 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") 
     nesting = _nesting(factors)
     term_levels = _term_levels(spec, frame, factors, nesting)
     _check_level_predictors(spec, frame, group_codes)
-    residual = _residual_design(spec, numbers, factors, nesting, labels=frame)
+    residual = _residual_design(spec, numbers.frame() if spec.residual else frame, factors, nesting, labels=frame)
     design = Design(
         spec=spec, y=y, X=X, fixed_names=fixed_names, fixed_terms=fixed_terms, factors=factors,
         known_variance=known, row_labels=frame.index, dropped=dropped, nesting=nesting, term_levels=term_levels,
@@ -84,8 +85,8 @@ def _check_frame(data) -> pd.DataFrame:
                         "Convert it with pandas.DataFrame(...) first.")
     if data.shape[0] == 0:
         raise DataError("The data frame is empty (0 rows): there is nothing to fit.")
-    duplicated = data.columns[data.columns.duplicated()].unique().tolist()
-    if duplicated:
+    if not data.columns.is_unique:
+        duplicated = data.columns[data.columns.duplicated()].unique().tolist()
         raise DataError(f"The data frame has duplicated column names {duplicated}; rename them so each "
                         "column name is unique.")
     return data
@@ -143,9 +144,9 @@ def _check_columns_exist(variables: set[str], frame: pd.DataFrame) -> None:
 
 
 def _drop_missing(frame: pd.DataFrame, columns: list[str], missing: str) -> tuple[pd.DataFrame, DroppedRows]:
-    isna = frame[columns].isna()
-    by_column = {c: int(k) for c, k in isna.sum().items() if k}
-    bad = np.flatnonzero(isna.any(axis=1).to_numpy())
+    isna = {c: frame[c].isna().to_numpy() for c in columns}  # column by column: no copy of the frame
+    by_column = {c: int(k) for c, k in ((c, mask.sum()) for c, mask in isna.items()) if k}
+    bad = np.flatnonzero(np.logical_or.reduce(list(isna.values()))) if by_column else np.array([], dtype=np.intp)
     if len(bad) and missing == "raise":
         raise DataError(
             f"Missing values in {', '.join(f'{c} ({k} rows)' for c, k in by_column.items())}: "
@@ -178,8 +179,8 @@ def _check_text_predictors(frame: pd.DataFrame, spec: ModelSpec) -> None:
         values = frame[column]
         if pd.api.types.is_numeric_dtype(values) or isinstance(values.dtype, pd.CategoricalDtype):
             continue
-        numbers = pd.to_numeric(values, errors="coerce")
-        text = np.flatnonzero(numbers.isna().to_numpy())
+        codes, uniques = pd.factorize(values)  # each distinct value read once, not once per row
+        text = np.flatnonzero(pd.to_numeric(pd.Series(uniques), errors="coerce").isna().to_numpy()[codes])
         if len(text) < len(values) / 2:
             example = "" if not len(text) else (f"; not numbers: {values.iloc[text[0]]!r} in "
                                                 f"{describe_rows(text)} (positions among the analysed rows)")
@@ -239,6 +240,51 @@ def float_predictors(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
 
 _CATEGORICAL_CALL = re.compile(r"C\(\s*[A-Za-z_]\w*\s*(,.*)?\)", re.DOTALL)
 
+# NumPy dtypes formulaic reads as plain numbers once float_predictors made them float64 (exactly, for these)
+_PLAIN_NUMERIC_KINDS = "fiub"
+
+
+class FloatPredictors:
+    """The predictor columns a design is built from: :func:`float_predictors` of ``frame``, converted on first
+    use only, since a model whose terms are plain numeric columns never needs the converted frame (see
+    :func:`_plain_matrix`). ``spec=None``: ``frame`` is already converted."""
+
+    def __init__(self, frame: pd.DataFrame, spec: ModelSpec | None = None):
+        self.source = frame
+        self._spec = spec
+        self._converted = frame if spec is None else None
+
+    def frame(self) -> pd.DataFrame:
+        if self._converted is None:
+            self._converted = float_predictors(self.source, self._spec)
+        return self._converted
+
+    def plain_column(self, factor: str) -> np.ndarray | None:
+        """The column a bare name ``factor`` reads as float64, as float_predictors gives it (integers and
+        booleans converted exactly); None for anything formulaic must evaluate or code (expressions, text,
+        categories, float32 or nullable columns)."""
+        if not factor.isidentifier() or factor not in self.source.columns:
+            return None
+        values = self.source[factor]
+        if not isinstance(values.dtype, np.dtype) or values.dtype.kind not in _PLAIN_NUMERIC_KINDS \
+                or values.dtype.kind == "f" and values.dtype != np.float64:
+            return None
+        return values.to_numpy(dtype=np.float64)
+
+    def text_codes(self, factor: str) -> tuple[np.ndarray, list[str]] | None:
+        """A bare name ``factor`` of a text column (object or string dtype, every value a str): each row's
+        category number and the categories in sorted order, as formulaic orders them; else None."""
+        if not factor.isidentifier() or factor not in self.source.columns:
+            return None
+        values = self.source[factor]
+        if not (isinstance(values.dtype, pd.StringDtype) or values.dtype == object) \
+                or pd.api.types.infer_dtype(values, skipna=False) != "string":
+            return None
+        codes, uniques = pd.factorize(values)
+        levels = sorted(uniques)
+        position = {level: k for k, level in enumerate(levels)}
+        return np.array([position[u] for u in uniques], dtype=np.int64)[codes], levels
+
 
 # --- grouping factors ------------------------------------------------------------------------------
 
@@ -286,8 +332,12 @@ def sorted_codes(labels: pd.Series, name: str) -> tuple[np.ndarray, pd.Index]:
     """Integer codes 0..K-1 of labels (text or integers), numbered in natural order of their text
     (see :func:`_natural_order`)."""
     first_seen, uniques = pd.factorize(labels)
+    if isinstance(uniques.dtype, np.dtype) and uniques.dtype.kind in "iu":
+        order = np.argsort(np.asarray(uniques), kind="stable")  # distinct integers: their natural order
+    else:
+        order = None
     uniques = np.asarray(uniques).astype(str).astype(object)
-    order = _natural_order(uniques)
+    order = _natural_order(uniques) if order is None else order
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
     return rank[first_seen], pd.Index(uniques[order], name=name, dtype="str")
@@ -301,7 +351,7 @@ def _natural_order(labels: np.ndarray) -> np.ndarray:
     return np.argsort(labels.astype(str), kind="stable")
 
 
-def _grouping_factor(spec: ModelSpec, group: str, codes_levels, frame: pd.DataFrame,
+def _grouping_factor(spec: ModelSpec, group: str, codes_levels, frame: FloatPredictors | pd.DataFrame,
                      formulaic_specs: dict | None = None) -> GroupingFactor:
     codes, levels = codes_levels
     terms: list[Term] = []
@@ -313,7 +363,7 @@ def _grouping_factor(spec: ModelSpec, group: str, codes_levels, frame: pd.DataFr
                 raise FormulaError(f"The random term {term_name(repeated[0])!r} appears twice for {group!r}.")
             terms += r.terms
             blocks.append(r.terms)
-    Z, names, _, coding = _model_matrix(terms, frame, f"random effects for {group!r}")
+    Z, names, _, coding = _design_matrix(terms, frame, f"random effects for {group!r}")
     if formulaic_specs is not None:
         formulaic_specs[group] = coding
     columns_of = _columns_of_terms(terms, names)
@@ -392,8 +442,88 @@ def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
 
 # --- fixed effects ------------------------------------------------------------------------------------
 
+def _right_hand_side(terms: list[Term]) -> str:
+    return " + ".join(["1" if INTERCEPT in terms else "0"] + [":".join(t) for t in terms if t != INTERCEPT])
+
+
+def _design_matrix(terms: list[Term], numbers: FloatPredictors | pd.DataFrame, what: str):
+    """X or a factor's Z as :func:`_model_matrix` returns it: by NumPy when every factor is a plain numeric
+    column (:func:`_plain_matrix`), else by formulaic."""
+    if isinstance(numbers, pd.DataFrame):
+        numbers = FloatPredictors(numbers)
+    plain = _plain_matrix(terms, numbers, what)
+    return plain if plain is not None else _model_matrix(terms, numbers.frame(), what)
+
+
+@functools.lru_cache(maxsize=512)
+def formulaic_terms(rhs: str) -> tuple[tuple[str, ...], ...]:
+    """The terms of a right-hand side in formulaic's column order (by degree), each as its factors' text;
+    ``("1",)`` is the intercept."""
+    return tuple(tuple(str(f) for f in term.factors) for term in formulaic.Formula(rhs))
+
+
+def _plain_matrix(terms: list[Term], numbers: FloatPredictors, what: str):
+    """The model matrix of terms made of plain columns only, built as formulaic builds it, without formulaic's
+    per-call cost; None when any factor is something else.
+
+    Column order and names come from :func:`formulaic_terms`; the intercept is 1.0, an interaction of numeric
+    columns the product of its columns in term order. A text column is allowed as a main effect beside the
+    intercept and in no interaction: formulaic then codes it by treatment contrasts, one 0/1 column per
+    category after the first (categories in sorted order), named ``column[T.category]``.
+    """
+    factors = {f for t in terms for f in t}
+    columns = {f: numbers.plain_column(f) for f in factors}
+    categories = {}
+    for f in [f for f, c in columns.items() if c is None]:
+        if INTERCEPT not in terms or any(f in t for t in terms if t != (f,)):
+            return None
+        categories[f] = numbers.text_codes(f)
+        if categories[f] is None:
+            return None
+    rhs = _right_hand_side(terms)
+    ordered = formulaic_terms(rhs)
+    blocks, names, slices = [], [], {}
+    for term in ordered:
+        start = len(names)
+        if term == ("1",):
+            blocks.append(np.ones((len(numbers.source), 1)))
+            names.append("(Intercept)")
+        elif len(term) == 1 and term[0] in categories:
+            codes, levels = categories[term[0]]
+            blocks.append((codes[:, None] == np.arange(1, len(levels))).astype(float))
+            names += [f"{term[0]}[T.{level}]" for level in levels[1:]]
+        else:
+            blocks.append(functools.reduce(np.multiply, (columns[f] for f in term))[:, None])
+            names.append(":".join(term))
+        slices[":".join(term)] = slice(start, len(names))
+    values = np.hstack(blocks) if blocks else np.empty((len(numbers.source), 0))
+    names = tuple(names)
+    _check_finite_matrix(values, names, what)
+    data = {f: columns[f] if columns[f] is not None else numbers.source[f].to_numpy() for f in sorted(factors)}
+    return values, names, slices, DeferredModelSpec(rhs, data)
+
+
+class DeferredModelSpec:
+    """formulaic's model spec of a matrix built by :func:`_plain_matrix`, made from the same columns
+    (``data``: name -> values) on first use, for predictions on new data: fits that never predict skip it."""
+
+    def __init__(self, rhs: str, data: dict[str, np.ndarray]):
+        self.rhs = rhs
+        self.data = data
+
+    @functools.cached_property
+    def model_spec(self):
+        return formulaic.model_matrix(self.rhs, pd.DataFrame(self.data), na_action="raise",
+                                      context=FORMULAIC_CONTEXT).model_spec
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("rhs", "data", "model_spec"):
+            raise AttributeError(name)  # copying and unpickling look attributes up before __init__ ran
+        return getattr(self.model_spec, name)
+
+
 def _model_matrix(terms: list[Term], frame: pd.DataFrame, what: str):
-    rhs = " + ".join(["1" if INTERCEPT in terms else "0"] + [":".join(t) for t in terms if t != INTERCEPT])
+    rhs = _right_hand_side(terms)
     try:
         # a fixed namespace (data columns, formulaic's transforms, sqrt/abs), not this module's variables
         matrix = formulaic.model_matrix(rhs, frame, na_action="raise", context=FORMULAIC_CONTEXT)
@@ -404,14 +534,18 @@ def _model_matrix(terms: list[Term], frame: pd.DataFrame, what: str):
         raise DataError(f"The {what} contain non-numeric values; convert text columns to categories.")
     slices = {str(t): s for t, s in matrix.model_spec.term_slices.items()}
     values = np.ascontiguousarray(matrix.to_numpy(dtype=float))
+    _check_finite_matrix(values, names, what)
+    return values, names, slices, matrix.model_spec
+
+
+def _check_finite_matrix(values: np.ndarray, names: tuple[str, ...], what: str) -> None:
     infinite = ~np.isfinite(values)
-    if infinite.any():  # finite data, but an expression overflowed (exp(x * 1000), I(x**400))
+    if infinite.any():  # finite data, but an expression overflowed (exp(x * 1000), I(x**400), x:y:z)
         column = names[int(np.flatnonzero(infinite.any(axis=0))[0])]
         rows = describe_rows(np.flatnonzero(infinite.any(axis=1)))
         raise DataError(f"The {what} column {column!r} is infinite in {rows} of the analysed rows: its expression "
                         "overflows. Rescale the variable inside the expression "
                         "(e.g. exp(x / 1000)) or add the transformed column to the data.")
-    return values, names, slices, matrix.model_spec
 
 
 def _columns_of_terms(terms: list[Term], names: tuple[str, ...]) -> dict[Term, list[int]]:
@@ -438,10 +572,10 @@ def same_name_stem(column: str, coefficient: str) -> bool:
     return coefficient == "(Intercept)" or coefficient in column.split(":") or column == coefficient
 
 
-def _fixed_matrix(spec: ModelSpec, frame: pd.DataFrame, formulaic_specs: dict | None = None):
+def _fixed_matrix(spec: ModelSpec, frame: FloatPredictors | pd.DataFrame, formulaic_specs: dict | None = None):
     if not spec.fixed:
         raise FormulaError("The model has no fixed effects; write at least '1' (an intercept) on the right of '~'.")
-    X, names, slices, coding = _model_matrix(list(spec.fixed), frame, "fixed effects")
+    X, names, slices, coding = _design_matrix(list(spec.fixed), frame, "fixed effects")
     term_of_column: list[tuple[str, ...]] = [()] * len(names)
     by_key = {frozenset(t): t for t in spec.fixed}
     for label, cols in slices.items():

@@ -16,7 +16,6 @@ of the variance as if it were an estimate:
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from ..errors import DataError, FormulaError
 from .design import Design, GroupingFactor, group_sums
@@ -91,8 +90,12 @@ def _check_random_columns(f: GroupingFactor) -> None:
                 f"term '(... | {f.name})'.")
     if "(Intercept)" not in f.coef_names:
         return
-    by_group = pd.DataFrame(f.Z).groupby(f.codes)
-    check_slopes_vary_within(f.name, f.coef_names, (by_group.max() - by_group.min()).to_numpy())
+    order = np.argsort(f.codes, kind="stable")
+    sorted_codes = f.codes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])  # each group's first row
+    Z = f.Z[order]
+    spread = np.maximum.reduceat(Z, starts, axis=0) - np.minimum.reduceat(Z, starts, axis=0)  # per group
+    check_slopes_vary_within(f.name, f.coef_names, spread)
 
 
 def check_slopes_vary_within(factor: str, coef_names: tuple[str, ...], spread: np.ndarray) -> None:
@@ -151,9 +154,11 @@ def _check_exact_fit(design: Design, f: GroupingFactor) -> None:
     An exact fit of all rows is an exact fit of any set of whole groups, so the groups of the first rows are
     tried first: residuals there settle the question at a fraction of the cost.
     """
-    rows = np.flatnonzero(np.isin(f.codes, np.unique(f.codes[:SAMPLE_ROWS])))
-    if len(rows) < design.n_obs and _exact_within(design.X[rows], design.y[rows], f.Z[rows], f.codes[rows]) is False:
-        return
+    if design.n_obs > SAMPLE_ROWS:
+        rows = np.flatnonzero(np.isin(f.codes, np.unique(f.codes[:SAMPLE_ROWS])))
+        if len(rows) < design.n_obs and _exact_within(design.X[rows], design.y[rows], f.Z[rows],
+                                                      f.codes[rows]) is False:
+            return
     if _exact_within(design.X, design.y, f.Z, f.codes):
         raise exact_fit(design.outcome_name, f"the random coefficients of {f.name!r}: every residual within a "
                                              "group is 0 (to rounding), so")
@@ -175,12 +180,14 @@ def _exact_within(X: np.ndarray, y: np.ndarray, Z: np.ndarray, codes: np.ndarray
     """
     from .build import r_factor
 
-    groups, codes = np.unique(codes, return_inverse=True)
-    sizes = np.bincount(codes, minlength=len(groups))
+    sizes = np.bincount(codes)
+    if not sizes.all():  # a subset of the groups: number them 0..J-1
+        codes = np.unique(codes, return_inverse=True)[1]
+        sizes = np.bincount(codes)
     if int(np.maximum(sizes - Z.shape[1], 0).sum()) - X.shape[1] <= 0:
         return None
     V = np.column_stack([X, y])
-    coef = np.linalg.pinv(group_sums(codes, Z, Z, len(groups))) @ group_sums(codes, Z, V, len(groups))
+    coef = np.linalg.pinv(group_sums(codes, Z, Z, len(sizes))) @ group_sums(codes, Z, V, len(sizes))
     within = V - sum(Z[:, [k]] * coef[codes, k, :] for k in range(Z.shape[1]))
     left = abs(r_factor(within)[-1, -1])
     return bool(left <= EXACT_FIT_TOL * float(np.linalg.norm(y - y.mean())))

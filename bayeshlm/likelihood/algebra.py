@@ -17,7 +17,10 @@ def cholesky_solve(D: np.ndarray, O: np.ndarray) -> tuple[np.ndarray, np.ndarray
     J, q, _ = D.shape
     L = np.zeros_like(D)
     R = np.empty_like(O)
-    for k in range(q):
+    L[:, 0, 0] = np.sqrt(D[:, 0, 0])  # the first column has no earlier columns to subtract
+    L[:, 1:, 0] = D[:, 1:, 0] / L[:, :1, 0]
+    R[:, 0] = O[:, 0] / L[:, 0, 0, None]
+    for k in range(1, q):
         L[:, k, k] = np.sqrt(D[:, k, k] - np.einsum("jm,jm->j", L[:, k, :k], L[:, k, :k]))
         for i in range(k + 1, q):
             L[:, i, k] = (D[:, i, k] - np.einsum("jm,jm->j", L[:, i, :k], L[:, k, :k])) / L[:, k, k]
@@ -46,7 +49,10 @@ class Factorization(ABC):
 
     def fixed_cov_relative(self) -> np.ndarray:
         """(R_X R_X')^{-1}: the fixed-effect covariance divided by sigma^2."""
-        return scipy.linalg.cho_solve((self.RX, True), np.eye(len(self.RX)))
+        inverse, info = scipy.linalg.lapack.dpotrs(self.RX, np.eye(len(self.RX)), lower=1)  # cho_solve's routine
+        if info:
+            raise np.linalg.LinAlgError(f"dpotrs failed (info {info})")
+        return inverse
 
     @abstractmethod
     def modes(self) -> list[np.ndarray]:

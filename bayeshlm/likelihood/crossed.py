@@ -104,6 +104,8 @@ class CrossedSolver:
                 f"({int((counts.astype(np.int64) ** 2).sum())} pairs, at most {MAX_PAIRS}) for this engine's "
                 "precomputed Schur complement. Fit a subset of the factors, or aggregate the data.")
         self.P, self.pair_order = pair_map(self.C, first.n_coef)
+        self.blocks = np.triu_indices(first.n_coef)  # the column order of the pair map
+        self.diagonal = np.arange(len(self.A))  # the diagonal of T and S
 
     def scale(self, M: np.ndarray, lambdas: list[np.ndarray], side: str, transpose: bool = False) -> np.ndarray:
         """M Lambda~ (side 'right') or Lambda~' M (side 'left'), with Lambda~ = blockdiag(I_J (x) Lambda_f, ..., I)
@@ -139,14 +141,14 @@ class CrossedSolver:
         LamLinvT = lam @ Linv.transpose(0, 2, 1)  # Lambda_1 L_g'^{-1}
         W = LamLinvT @ LamLinvT.transpose(0, 2, 1)  # Lambda_1 A_g^{-1} Lambda_1'
         t = self.A.shape[0]
-        a, b = np.triu_indices(q)  # the column order of the pair map
+        a, b = self.blocks
         U = (self.P @ W[self.pair_order, a[:, None], b[:, None]].ravel()).reshape(t, t)  # upper triangle of N
         T = self.A - U
         T -= U.T
-        T[np.arange(t), np.arange(t)] += np.diagonal(U)
+        T[self.diagonal, self.diagonal] += np.diagonal(U)
         S = self.sandwich(T, lambdas)
         K = self.K
-        S[np.arange(K), np.arange(K)] += 1.0
+        S[self.diagonal[:K], self.diagonal[:K]] += 1.0
         Lz = scipy.linalg.cholesky(S[:K, :K], lower=True, check_finite=False)
         Rz = scipy.linalg.solve_triangular(Lz, S[:K, K:], lower=True, check_finite=False)
         logdet_z = 2.0 * (np.log(np.diagonal(L, axis1=1, axis2=2)).sum() + np.log(np.diag(Lz)).sum())
@@ -221,8 +223,8 @@ class CrossedFactorization(Factorization):
         # Y_g[a, b] = sum_ij C_g[a, i] C_g[b, j] phi_ij from the upper-triangle pair map: off-diagonal pairs
         # (i < j) stand for both (i, j) and (j, i), and blocks a < b hold each pair from both orders
         v = 2.0 * phi
-        v[np.arange(len(v)), np.arange(len(v))] = np.diagonal(phi)
-        a, b = np.triu_indices(q)
+        v[s.diagonal, s.diagonal] = np.diagonal(phi)
+        a, b = s.blocks
         half = (s.P.T @ v.ravel()).reshape(len(a), J)
         half[a != b] *= 0.5
         Y = np.empty((J, q, q))

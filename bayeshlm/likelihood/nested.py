@@ -33,7 +33,10 @@ class NestedSolver:
         cp = design.chain_crossproducts(chain)
         # level l: sums over the rows of each group of Z_l' W [Z_l, Z_l+1, ..., Z_top, X, y]
         self.stats = cp.stats
+        # the same numbers laid out (q, J * width) for the left product of each evaluation
+        self.stats_by_coef = [S.transpose(1, 0, 2).reshape(S.shape[1], -1) for S in cp.stats]
         self.top = cp.top  # [X y]' W [X y]
+        self.offsets = np.cumsum([0] + self.q)  # column of each level's block within the top-level ordering
         # parent of each group and the summing matrix (parent groups x groups)
         self.parent = cp.parents
         self.summing = [sp.csr_matrix((np.ones(len(parent)), (parent, np.arange(len(parent)))),
@@ -63,12 +66,14 @@ class NestedSolver:
         L_levels, R_levels = [], []
         logdet_z = 0.0
         update = None  # Schur-complement contributions from the level below, per group of this level
+        right = [self._right_factor(lambdas, level) for level in range(len(self.stats))]
         for level, S in enumerate(self.stats):
             J, q, width = S.shape
             # M_j = Lambda' S_j blockdiag(Lambda, ancestors' Lambdas, I) as two matrix products over all groups
-            left = (lambdas[level].T @ S.transpose(1, 0, 2).reshape(q, J * width)).reshape(q * J, width)
-            M = (left @ self._right_factor(lambdas, level)).reshape(q, J, width).transpose(1, 0, 2)
-            M[:, np.arange(q), np.arange(q)] += 1.0
+            left = (lambdas[level].T @ self.stats_by_coef[level]).reshape(q * J, width)
+            M = (left @ right[level]).reshape(q, J, width).transpose(1, 0, 2)
+            diagonal = range(q)
+            M[:, diagonal, diagonal] += 1.0
             if update is not None:
                 M -= update[:, :q, :]
             L, R = cholesky_solve(M[:, :, :q], M[:, :, q:])  # R: (J, q, t)
@@ -84,16 +89,17 @@ class NestedSolver:
                 update = flat.T @ flat + (update[:, q:, q:].sum(axis=0) if update is not None else 0.0)
             L_levels.append(L)
             R_levels.append(R)
-        return NestedFactorization(self, lambdas, L_levels, R_levels, logdet_z, self.top - update)
+        return NestedFactorization(self, lambdas, L_levels, R_levels, logdet_z, self.top - update, right)
 
 
 class NestedFactorization(Factorization):
     """The Cholesky factor of one evaluation of :class:`NestedSolver`, with back-substitution."""
 
     def __init__(self, solver: NestedSolver, lambdas: list[np.ndarray], L: list[np.ndarray], R: list[np.ndarray],
-                 logdet_z: float, top: np.ndarray):
+                 logdet_z: float, top: np.ndarray, right: list[np.ndarray]):
         self.solver = solver
         self.lambdas = lambdas
+        self.right = right  # per level, NestedSolver._right_factor at these lambdas
         self.L = L
         self.R = R
         self.logdet_z = logdet_z
@@ -168,7 +174,7 @@ class NestedFactorization(Factorization):
         n_levels = len(s.chain)
         u = self.modes()
         b = [ul @ lam.T for ul, lam in zip(u, self.lambdas)]
-        offsets = np.cumsum([0] + s.q)  # column of each level's block within the top-level ordering
+        offsets = s.offsets
         Q = [np.zeros((q, q)) for q in s.q]
         Zwe = [np.zeros((J, q)) for J, q in zip(s.J, s.q)]
         rows = self._selected_inverse(with_fixed=reml)
@@ -176,7 +182,7 @@ class NestedFactorization(Factorization):
             ancestor = s.ancestors[m]
             S = s.stats[m]
             width = S.shape[2] - (0 if reml else s.p) - 1  # columns Z_m ... Z_top (, X)
-            V = S[:, :, :width] @ s._right_factor(self.lambdas, m)[:width, :width]  # S_g Lambda~
+            V = S[:, :, :width] @ self.right[m][:width, :width]  # S_g Lambda~
             own, cross = rows[m]
             Q[m] += np.tensordot(np.concatenate([own, cross], axis=2), V, axes=([0, 2], [0, 2]))
             # residual cross-product of the group's own rows: S_g [-b_g, -b_ancestors, -beta, 1]

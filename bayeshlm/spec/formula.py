@@ -7,6 +7,8 @@ the bar terms, which formulaic does not accept, and expands ``||`` and ``/`` the
 
 from __future__ import annotations
 
+import functools
+
 import formulaic
 from formulaic.errors import FormulaicError
 
@@ -90,8 +92,10 @@ def split_bar_terms(rhs: str, formula: str) -> tuple[str, list[str]]:
     return (fixed_text or "1"), bars
 
 
+@functools.lru_cache(maxsize=512)
 def parse_terms(rhs: str, formula: str) -> tuple[Term, ...]:
-    """Expand a fixed-effects right-hand side into terms with formulaic (``a*b`` -> a, b, a:b)."""
+    """Expand a fixed-effects right-hand side into terms with formulaic (``a*b`` -> a, b, a:b); kept per text,
+    as refitting the same formula is common and formulaic's parse is the slow part."""
     if "~" in rhs:
         raise FormulaError(f"{formula!r} has more than one '~'; write one outcome, one '~', then the predictors.")
     try:
