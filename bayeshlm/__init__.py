@@ -14,8 +14,8 @@ from .errors import DataError, FormulaError, InputError, OptionError
 from .meta import MetaBayesFit, MetaFit, MetaMVFit, meta, meta_mv
 from .model import HLM
 from .model_file import load_model
-from .report import compare
 from .results import deviance_test
+from .results.comparison import compare
 from .results.storage import load_fit
 
 try:

@@ -191,7 +191,7 @@ def _write_outputs(fit, report: str, out: Path) -> None:
 
 def _demo(draws: int) -> None:
     """Fit the HS&B intercepts-and-slopes-as-outcomes model by REML and by full Bayes, and compare."""
-    from .report import compare
+    from .results.comparison import compare
 
     print("High School and Beyond: intercepts- and slopes-as-outcomes model (Raudenbush & Bryk 2002, Table 4.5)")
     print(datasets.describe("hsb"))

@@ -191,7 +191,7 @@ class HLM:
             ``"reml"``, ``"ml"``, ``"pql"`` or ``"bayes"``.
         **options
             Likelihood fits: ``maxiter``, ``start``; ``nagq`` for other families
-            (:func:`bayeshlm.likelihood.fit_likelihood`). Bayesian fits (:func:`bayeshlm.bayes.fit_bayes`):
+            (:func:`bayeshlm.results.likelihood_fit.fit_likelihood`). Bayesian fits (:func:`bayeshlm.bayes.fit_bayes`):
             ``draws`` and ``tune`` (retained draws and tuning steps per chain, default 1000 each), ``chains``
             (default 4), ``random_seed`` (recorded in ``fit.sampler``), ``priors`` (None: weakly informative
             defaults scaled to the data; ``"flat"``: the book's ch. 13 priors; or a dict by parameter name),
@@ -213,13 +213,20 @@ class HLM:
             with reporting(progress, LOADING):
                 from .bayes.glmm import fit_bayes_glmm
                 from .likelihood.glmm_fit import fit_glmm
+                from .results.bayes_glmm_fit import BayesGLMMFit
+                from .results.glmm_fit import GLMMFit
 
-                return fit_bayes_glmm(self.design, self.outcome, **options,
-                                      laplace_fit=lambda: fit_glmm(self.design, self.outcome, method="ml"))
+                def laplace_fit():
+                    return GLMMFit(fit_glmm(self.design, self.outcome, method="ml"))
+
+                return BayesGLMMFit(fit_bayes_glmm(self.design, self.outcome, **options, laplace_fit=laplace_fit))
         if family is not None and not family.gaussian:
             from .likelihood.glmm_fit import fit_glmm
+            from .results.glmm_fit import GLMMFit
+            from .results.pql_fit import PQLFit
 
-            return fit_glmm(self.design, self.outcome, method=method or "ml", **options)
+            optimum = fit_glmm(self.design, self.outcome, method=method or "ml", **options)
+            return PQLFit(optimum) if method == "pql" else GLMMFit(optimum)
         method = method or "reml"
         if method not in METHODS:
             raise OptionError(f"Unknown method {method!r}.{closest_names(str(method), METHODS)} "
@@ -227,9 +234,10 @@ class HLM:
         if method == "bayes":
             with reporting(progress, LOADING):
                 from .bayes import fit_bayes
+                from .results.bayes_fit import BayesFit
 
-                return fit_bayes(self.design, reference_fit=self._reference_fit, **options)
-        from .likelihood import fit_likelihood
+                return BayesFit(fit_bayes(self.design, reference_fit=self._reference_fit, **options))
+        from .results.likelihood_fit import fit_likelihood
 
         return fit_likelihood(self.design, method=method, **options)
 
@@ -237,7 +245,7 @@ class HLM:
         """The REML fit the Bayesian engine reads its choice of centred or non-centred sampled effects from;
         fitted on the first request and kept, so refits do not repeat it."""
         if "_reml_reference" not in self.__dict__:
-            from .likelihood import fit_likelihood
+            from .results.likelihood_fit import fit_likelihood
 
             self._reml_reference = fit_likelihood(self.design, method="reml")
         return self._reml_reference
@@ -250,8 +258,10 @@ class HLM:
             raise OptionError("prior_predictive() simulates binomial, Bernoulli and count models (family=...); for "
                               "a Gaussian model use pymc.sample_prior_predictive(model=model.pymc_model()).")
         from .bayes.glmm import prior_predictive
+        from .results.bayes_glmm_fit import GLMMPriorPredictive
 
-        return prior_predictive(self.design, self.outcome, priors, draws=draws, random_seed=random_seed)
+        return GLMMPriorPredictive(prior_predictive(self.design, self.outcome, priors, draws=draws,
+                                                    random_seed=random_seed))
 
     def pymc_model(self, priors=None, route: str = "auto", parameterization=None):
         """The PyMC model that ``fit(method="bayes")`` samples (see :func:`bayeshlm.bayes.pymc_model`; for other

@@ -304,7 +304,7 @@ def test_the_engine_asks_for_its_reference_fit_and_a_model_fits_it_once(monkeypa
     centred or non-centred sampled effects reads the reliabilities from the fit the caller's ``reference_fit``
     returns, asked for only when there is a choice to make; HLM fits it once and keeps it."""
     from bayeshlm.bayes.build import build_model
-    from bayeshlm.likelihood import fit_likelihood
+    from bayeshlm.results.likelihood_fit import fit_likelihood
 
     rng = np.random.default_rng(2)
     a, b = np.arange(800) % 4, np.arange(800) // 200  # crossed, 200 rows per group: reliabilities near 1
@@ -330,7 +330,8 @@ def test_the_engine_asks_for_its_reference_fit_and_a_model_fits_it_once(monkeypa
                           reference_fit=reference)  # nothing left to choose
     assert len(calls) == 2
     fits = []
-    monkeypatch.setattr("bayeshlm.likelihood.fit_likelihood", lambda *a, **k: fits.append(1) or fit_likelihood(*a, **k))
+    monkeypatch.setattr("bayeshlm.results.likelihood_fit.fit_likelihood",
+                        lambda *a, **k: fits.append(1) or fit_likelihood(*a, **k))
     model.pymc_model(route="sampled")
     model.pymc_model(route="sampled", priors="flat")
     assert len(fits) == 1

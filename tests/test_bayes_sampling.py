@@ -101,7 +101,7 @@ def test_hsb_group_effects_agree_with_reml_empirical_bayes(hsb_fit):
     0.101). That is the Bayes/EB difference the book discusses (R&B 2002, ch. 13), not an engine error: brms
     under the same priors is as far from EB (57% of slopes within 0.1 SD) and within 0.06 SD of this engine
     for every school (next test); at REML's estimates the engine's group effects are REML's EB estimates."""
-    from bayeshlm.likelihood import fit_likelihood
+    from bayeshlm.results.likelihood_fit import fit_likelihood
 
     reml = wide(fit_likelihood(hsb_fit.design, method="reml").group_effects("school"))
     bayes, sd = wide(hsb_fit.group_effects("school")), wide(hsb_fit.group_effects("school"), "se")
@@ -135,7 +135,7 @@ def test_hsb_group_effects_at_the_reml_estimates_are_the_empirical_bayes_estimat
     (within 4.5 Monte Carlo SEs, both coefficients, every school) and its conditional variances as their
     variance (within 5%)."""
     from bayeshlm.bayes.marginal import chain_statistics, draw_group_effects
-    from bayeshlm.likelihood import fit_likelihood
+    from bayeshlm.results.likelihood_fit import fit_likelihood
 
     design = hsb_fit.design
     reml = fit_likelihood(design, method="reml")

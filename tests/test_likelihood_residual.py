@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import bayeshlm as bh
+from bayeshlm.likelihood.fit import optimum_at
 from bayeshlm.likelihood.marginal import StructuredDeviance
 from bayeshlm.likelihood.theta_units import theta_to_standard
 
@@ -130,8 +131,8 @@ def test_group_effects_use_the_structured_covariance(sleepstudy):
     theta = plain.theta.to_numpy()
     objective = StructuredDeviance(fit.design, "reml")
     k = objective.params.size
-    same = type(fit)(objective, np.concatenate([theta, np.zeros(objective.size - k)]), converged=True,
-                     optimizer_message="", n_evaluations=0)
+    same = type(fit)(optimum_at(fit.design, "reml", np.concatenate([theta, np.zeros(objective.size - k)]),
+                                converged=True, optimizer_message="", n_evaluations=0))
     assert same.deviance == pytest.approx(plain.deviance, rel=1e-10)
     np.testing.assert_allclose(same.group_effects().to_numpy(float), plain.group_effects().to_numpy(float), rtol=1e-7)
     np.testing.assert_allclose(same.fixed_effects.to_numpy(float), plain.fixed_effects.to_numpy(float), rtol=1e-7)

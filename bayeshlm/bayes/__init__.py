@@ -22,6 +22,7 @@ from .diagnostics import SamplingWarning, diagnose, warn_if_problems
 from .marginal import draw_group_effects
 from .predictive import prior_predictive
 from .priors import LKJ, Prior, resolve_priors, valid_prior_names
+from .samples import PosteriorSample
 from .sampling import check_sampler_options, new_seed, run_sampler
 from .units import OutcomeUnits, offset_predictor_notes
 
@@ -59,7 +60,7 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
               random_seed: int | None = None, priors=None, sampler: str = "nutpie", target_accept: float = 0.9,
               route: str = "auto", parameterization: dict[str, str] | None = None,
               progressbar: bool = False, reference_fit=None, random_effects: str = "normal",
-              nu: float | None = None, **unknown):
+              nu: float | None = None, **unknown) -> PosteriorSample:
     """Sample the posterior of ``design``'s model, on the standardised outcome y* = (y - c) / s with every draw
     mapped back exactly to the user's units (:mod:`.units`; c and s in ``fit.sampler["outcome_units"]``).
 
@@ -134,10 +135,8 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
     diagnostics, messages = diagnose(tree, var_names, chains)
     messages = notes + messages
     warn_if_problems(messages)
-    from ..results.bayes_fit import BayesFit
-
-    return BayesFit(design, tree, info, record, diagnostics, messages, model, chol,
-                    sampled=(sampled_design, units, centred_on))
+    return PosteriorSample(design, tree, info, record, diagnostics, messages, model, chol,
+                           sampled=(sampled_design, units, centred_on))
 
 
 def _complete_posterior(design: Design, post: xr.Dataset, info: ModelInfo, seed: int):

@@ -44,6 +44,7 @@ from ..design import Design
 from ..errors import OptionError, closest_names
 from ..families.outcome import GLMOutcome
 from .priors import LKJ, Prior, PriorSet, flat_priors, named_override
+from .samples import GLMMPosteriorSample, GLMMPriorDraws
 
 OPTIONS = ("draws", "tune", "chains", "random_seed", "priors", "sampler", "target_accept", "parameterization",
            "progressbar")
@@ -514,11 +515,10 @@ def prior_predictive(design: Design, outcome: GLMOutcome, priors=None, draws: in
     count with the offset) and an outcome y_i from the family: the parameters by PyMC's ``sample_prior_predictive``
     on :func:`glmm_pymc_model`, the outcomes by NumPy (seeded from ``random_seed``). Counts are floats: where a
     prior draw puts the expected count mu above 1e15, y is mu itself (relative Poisson SD below 3e-8; integer
-    sampling would overflow). Returns a :class:`~bayeshlm.results.GLMMPriorPredictive`. Flat priors are improper
+    sampling would overflow). Returns :class:`~.samples.GLMMPriorDraws`. Flat priors are improper
     and have no prior predictive distribution: refused."""
     import pymc as pm
 
-    from ..results.bayes_glmm_fit import GLMMPriorPredictive
     from .sampling import check_sampler_options
 
     check_sampler_options(draws=draws, tune=0, chains=1, random_seed=random_seed, target_accept=0.9,
@@ -553,7 +553,7 @@ def prior_predictive(design: Design, outcome: GLMOutcome, priors=None, draws: in
         y = np.where(huge, mu_draw, rng.poisson(np.where(huge, 0.0, mu_draw)).astype(float))
     else:
         y = rng.binomial(outcome.size.astype(np.int64), mu)
-    return GLMMPriorPredictive(outcome, mu, y, prior_table(prior_set, shape), random_seed)
+    return GLMMPriorDraws(outcome, mu, y, prior_table(prior_set, shape), random_seed)
 
 
 # --- fitting --------------------------------------------------------------------------------------------
@@ -562,11 +562,10 @@ def fit_bayes_glmm(design: Design, outcome: GLMOutcome, *, draws: int = 1000, tu
                    parameterization: Mapping | None = None, progressbar: bool = False,
                    laplace_fit: Callable[[], object] | None = None, **unknown):
     """Sample the exact posterior of a hierarchical GLM (module docstring); returns a
-    :class:`~bayeshlm.results.BayesGLMMFit`. Options as for Gaussian models (:func:`bayeshlm.bayes.fit_bayes`).
+    :class:`~.samples.GLMMPosteriorSample`. Options as for Gaussian models (:func:`bayeshlm.bayes.fit_bayes`).
     ``laplace_fit``: a callable returning the Laplace ML fit of the same model (``HLM.fit`` passes
     ``fit_glmm``), used for the geometry and the start only; without it every factor is non-centred and the
     sampler starts from zeros."""
-    from ..results.bayes_glmm_fit import BayesGLMMFit
     from .diagnostics import diagnose, warn_if_problems
     from .sampling import check_sampler_options, new_seed
 
@@ -603,8 +602,8 @@ def fit_bayes_glmm(design: Design, outcome: GLMOutcome, *, draws: int = 1000, tu
                     "sampler starts from zeros; the posterior is still exact, but check the fixed effects' "
                     "priors carry the information the data lack.", *messages]
     warn_if_problems(messages)
-    return BayesGLMMFit(design, outcome, tree, prior_table(prior_set, shape), record, diagnostics, messages,
-                        laplace, prior_set, shape)
+    return GLMMPosteriorSample(design, outcome, tree, prior_table(prior_set, shape), record, diagnostics, messages,
+                               laplace, prior_set, shape)
 
 
 def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kernel, *, sampler, draws, tune,

@@ -1,7 +1,8 @@
 """REML / ML estimation by the profiled deviance (Bates et al. 2015), the likelihood twin of the Bayesian engine.
-The fits' tables are :class:`bayeshlm.results.LikelihoodFit`."""
+It returns a :class:`LikelihoodOptimum`, from which :class:`bayeshlm.results.LikelihoodFit` reads the tables."""
 
-from .fit import fit_likelihood
+from .fit import optimise_likelihood
 from .optimize import BoundaryFitWarning, ConvergenceWarning
+from .optimum import LikelihoodOptimum
 
-__all__ = ["BoundaryFitWarning", "ConvergenceWarning", "fit_likelihood"]
+__all__ = ["BoundaryFitWarning", "ConvergenceWarning", "LikelihoodOptimum", "optimise_likelihood"]

@@ -14,7 +14,6 @@ with 2 workers, 65 s with 1; an unloaded refit takes about 31 ms.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import threading
@@ -129,7 +128,7 @@ def parametric_bootstrap(fit, n_boot: int = 1000, statistic: Callable | None = N
         workers = 1
     estimate = default_statistic(fit) if statistic is None else _as_series(statistic(fit))
     seeds = np.random.SeedSequence(random_seed).spawn(int(n_boot))
-    job = _Job(design, fit.method, fit.theta.to_numpy(), _simulator(fit), statistic, len(estimate))
+    job = _Job(fit, _simulator(fit), statistic, len(estimate))
     started = time.perf_counter()
     if workers == 1:
         rows = []
@@ -180,21 +179,17 @@ def _simulator(fit) -> _Simulator:
 
 @dataclass(frozen=True)
 class _Job:
-    design: object
-    method: str
-    theta: np.ndarray
+    fit: object  # refitted to each simulated outcome by its own ``refit(y)``
     simulator: _Simulator
     statistic: Callable | None  # None: default_statistic
     size: int
 
     def replicate(self, seed: np.random.SeedSequence) -> np.ndarray:
-        from .fit import fit_likelihood
-
         y = self.simulator.draw(np.random.default_rng(seed))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                refit = fit_likelihood(dataclasses.replace(self.design, y=y), self.method, start=self.theta)
+                refit = self.fit.refit(y)
             if not refit.converged:
                 return np.full(self.size, np.nan)
             if self.statistic is None:

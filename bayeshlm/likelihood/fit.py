@@ -14,19 +14,18 @@ log|R_X|^2 - p log(2 pi). Both are -2 log-likelihood on lme4's scale (metafor's 
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from ..design import Design
 from ..design.identify import exact_fit
 from ..design.scaling import Scaling, standardise
-from ..errors import DataError, OptionError, closest_names
+from ..errors import DataError, FitFormatError, OptionError, closest_names
 from .crossed import CrossedSolver
 from .marginal import StructuredDeviance, optimise_structured
 from .nested import NestedSolver
 from .optimize import minimize_criterion, polish, verdict
+from .optimum import LikelihoodOptimum
 from .params import Parameterization
 from .theta_units import theta_to_standard
 
@@ -159,8 +158,9 @@ class ProfiledDeviance:
         return value, self.gradient(fac)
 
 
-def fit_likelihood(design: Design, method: str = "reml", **options):
-    """Fit ``design`` by REML (default) or ML.
+def optimise_likelihood(design: Design, method: str = "reml", **options) -> LikelihoodOptimum:
+    """Optimise ``design``'s REML (default) or ML criterion; the fit's tables are read from the returned
+    optimum by :class:`bayeshlm.results.LikelihoodFit`.
 
     Options: ``start`` (theta to start from; default Lambda = I as lme4, with moment estimates for the random
     intercepts of crossed designs, see :func:`moment_start`), ``maxiter`` (default 1000).
@@ -230,13 +230,7 @@ def _fit_structured(standard: Design, method: str, start, maxiter: int, scaling:
     else:
         x0 = _start(objective, start, scaling)
     x, converged, message = optimise_structured(objective, x0, maxiter)
-    from ..results.likelihood_fit import StructuredFit
-
-    fit = StructuredFit(objective, x, converged=converged, optimizer_message=message,
-                        n_evaluations=objective.evaluations, scaling=scaling, design=design)
-    for category, message in fit._warnings:
-        warnings.warn(message, category, stacklevel=4)
-    return fit
+    return LikelihoodOptimum(design, objective, x, scaling, converged, message, objective.evaluations)
 
 
 def standardised(design: Design) -> tuple[Design, Scaling]:
@@ -254,15 +248,15 @@ def standardised(design: Design) -> tuple[Design, Scaling]:
 EXACT_FIT_TOL = 1e-20
 
 
-def _refuse_exact_fit(fit, design: Design) -> None:
+def _refuse_exact_fit(optimum: LikelihoodOptimum, design: Design) -> None:
     """A level-1 variance of 0 (to rounding) means X b + Z u reproduces y: no variance can be estimated. The design
     layer refuses this from the rows; with per-group sums only (Dask input) it shows here first."""
-    if design.known_variance is None and not fit._scale_std > EXACT_FIT_TOL:
+    if design.known_variance is None and not optimum.scale > EXACT_FIT_TOL:
         raise exact_fit(design.spec.outcome, "the group coefficients (what per-group sums show), so")
 
 
 def _fit(objective: ProfiledDeviance, start: np.ndarray, maxiter: int, scaling: Scaling,
-         design: Design):
+         design: Design) -> LikelihoodOptimum:
     params = objective.params
     result = minimize_criterion(objective, start, maxiter)
     diagonal = np.isfinite(params.lower_bounds)
@@ -272,12 +266,23 @@ def _fit(objective: ProfiledDeviance, start: np.ndarray, maxiter: int, scaling: 
         if retry.fun < result.fun:
             result = retry
     converged, message = verdict(polish(objective, result))
-    from ..results.likelihood_fit import LikelihoodFit
+    optimum = LikelihoodOptimum(design, objective, params.canonical(result.x), scaling, converged, message,
+                                objective.evaluations)
+    _refuse_exact_fit(optimum, design)
+    return optimum
 
-    fit = LikelihoodFit(objective, params.canonical(result.x), converged=converged,
-                        optimizer_message=message, n_evaluations=objective.evaluations,
-                        scaling=scaling, design=design)
-    _refuse_exact_fit(fit, design)
-    for category, message in fit._warnings:
-        warnings.warn(message, category, stacklevel=4)
-    return fit
+
+def optimum_at(design: Design, method: str, theta, *, converged: bool, optimizer_message: str,
+               n_evaluations: int) -> LikelihoodOptimum:
+    """The optimum record of ``design`` at a given ``theta`` in the user's units (a saved fit; no optimisation).
+    Refuses a theta of the wrong size or with non-finite values (:class:`~bayeshlm.errors.FitFormatError`)."""
+    standard, scaling = standardised(design)
+    structured = design.residual is not None
+    objective = StructuredDeviance(standard, method) if structured else ProfiledDeviance(standard, method)
+    size = objective.size if structured else objective.params.size
+    theta = np.asarray(theta, dtype=float)
+    if theta.shape != (size,) or not np.all(np.isfinite(theta)):
+        raise FitFormatError(f"the saved theta has {theta.size} values (finite: {bool(np.isfinite(theta).all())}), "
+                             f"but this model has {size} variance parameters")
+    return LikelihoodOptimum(design, objective, theta_to_standard(objective, scaling, theta), scaling, converged,
+                             optimizer_message, n_evaluations)

@@ -259,6 +259,19 @@ class GLMMObjective:
         log_terms = per_group - 0.5 * points ** 2 - 0.5 * np.log(2.0 * np.pi) + self.nodes ** 2
         return float(np.sum(logsumexp(log_terms, b=self.weights[None, :], axis=1) + np.log(scale)))
 
+    def conditional_covariance(self, x: np.ndarray, u: np.ndarray, k: int) -> np.ndarray:
+        """(J, q, q) conditional covariances of factor ``k``'s spherical effects u_j at the parameters ``x``: the
+        diagonal blocks of (Lambda'Z'WZ Lambda + I)^{-1} at the PIRLS mode (started from ``u``)."""
+        beta_s, theta = self.split(x)
+        _, _, _, fac = self.pirls(beta_s, theta, u)
+        if fac[0] == "blocks":
+            inv_chol = np.linalg.inv(fac[1])
+            return np.swapaxes(inv_chol, 1, 2) @ inv_chol
+        idx = np.arange(self.starts[k], self.starts[k + 1])
+        columns = self._solve(fac, np.eye(self.q)[:, idx])[idx]
+        J, q = self.design.factors[k].n_groups, self.design.factors[k].n_coef
+        return np.stack([columns[j * q:(j + 1) * q, j * q:(j + 1) * q] for j in range(J)])
+
     def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(beta_s, theta) from x = (beta_s, theta, family parameters); sets the family's parameters."""
         if self.n_extra:

@@ -6,21 +6,42 @@ are :class:`bayeshlm.results.glmm_fit.GLMMFit`.
 from __future__ import annotations
 
 import time as _time
+from dataclasses import dataclass
 
+import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from ..design import Design
 from ..errors import DataError, OptionError, closest_names
 from ..families.outcome import GLMOutcome
 from .glmm import GLMMObjective, check_nagq, laplace_start, optimise, separation_direction
+from .pql import PQLOptimum, fit_pql
 
 OPTIONS = ("nagq", "maxiter", "information")
 INFORMATION = ("expected", "observed")
 _THREADS: list[ThreadpoolController] = []  # found once (scanning the loaded libraries takes ~10 ms)
 
 
-def fit_glmm(design: Design, outcome: GLMOutcome, method: str = "ml", **options):
-    """Fit a non-Gaussian model by ML: Laplace (``nagq=1``, default) or adaptive quadrature (``nagq>1``)."""
+@dataclass(frozen=True, eq=False)
+class GLMMOptimum:
+    """Where the maximisation of the Laplace / quadrature likelihood ended: ``x`` = (beta on the objective's
+    scaled X, theta, family parameters), the deviance, its gradient and Hessian there, the optimiser's message,
+    the seconds taken and the conditional modes u of the last PIRLS step; :class:`bayeshlm.results.GLMMFit`
+    reads the tables from it."""
+
+    objective: GLMMObjective
+    x: np.ndarray
+    deviance: float
+    gradient: np.ndarray
+    hessian: np.ndarray
+    optimizer_message: str
+    seconds: float
+    u: np.ndarray
+
+
+def fit_glmm(design: Design, outcome: GLMOutcome, method: str = "ml", **options) -> GLMMOptimum | PQLOptimum:
+    """Fit a non-Gaussian model by ML: Laplace (``nagq=1``, default) or adaptive quadrature (``nagq>1``); or by
+    PQL (``method="pql"``, :func:`.pql.fit_pql`)."""
     family = outcome.family
     if method == "reml":
         raise OptionError(f"method='reml' is not defined for the {family.name} family: REML integrates the fixed "
@@ -28,8 +49,6 @@ def fit_glmm(design: Design, outcome: GLMOutcome, method: str = "ml", **options)
                           "count outcomes. Use method='ml' (the Laplace approximation, as lme4's glmer; "
                           "nagq=25 for adaptive quadrature).")
     if method == "pql":
-        from .pql import fit_pql
-
         unknown = sorted(set(options) - {"maxiter"})
         if unknown:
             raise OptionError(f"Unknown fit option {unknown[0]!r} for method='pql'; its only option is maxiter.")
@@ -56,9 +75,8 @@ def fit_glmm(design: Design, outcome: GLMOutcome, method: str = "ml", **options)
         start, inverse_hessian = laplace_start(objective) if nagq > 1 else (None, None)
         x, deviance, gradient, hessian, message = optimise(objective, maxiter=int(options.get("maxiter", 500)),
                                                            start=start, start_inverse_hessian=inverse_hessian)
-    from ..results.glmm_fit import GLMMFit
-
-    return GLMMFit(objective, x, deviance, gradient, hessian, str(message), _time.perf_counter() - started)
+    return GLMMOptimum(objective, x, deviance, gradient, hessian, str(message), _time.perf_counter() - started,
+                       objective.u.copy())
 
 
 def _refuse_separation(objective: GLMMObjective) -> None:

@@ -55,12 +55,12 @@ class VarianceParameters:
                               "models with a level-1 error structure (varIdent, log-linear variance, AR(1)). "
                               "Use df='book' or df='residual'.")
         self.fit = fit
-        self.objective = fit._objective
+        self.objective = fit.optimum.objective
         self.params = self.objective.params
         self.known = fit.design.known_variance is not None
         self.reml = self.objective.reml
-        theta = fit._theta_std
-        self.x = theta.copy() if self.known else np.append(theta, np.sqrt(fit._scale_std))
+        theta = fit.optimum.theta
+        self.x = theta.copy() if self.known else np.append(theta, np.sqrt(fit.optimum.scale))
 
     def split(self, x: np.ndarray) -> tuple[np.ndarray, float]:
         return (x, 1.0) if self.known else (x[:-1], float(x[-1]))
@@ -137,7 +137,7 @@ class VarianceParameters:
     @property
     def user_factor(self) -> np.ndarray:
         """varpar (user's units) = user_factor * varpar (standardised), elementwise."""
-        scaling = self.fit._scaling
+        scaling = self.fit.optimum.scaling
         ratio = scaling.y_scale ** 2 if self.known else 1.0
         theta = np.concatenate([np.sqrt(ratio) / scaling.z_scale[fp.factor.name][fp.rows]
                                 for fp in self.params.factors])
@@ -152,7 +152,7 @@ class VarianceParameters:
 
     def satterthwaite(self, L: np.ndarray) -> np.ndarray:
         """df of each row of L (user's fixed effects) and of their joint F test (last entry)."""
-        L_std = L @ self.fit._scaling.fixed_map  # l'beta = s_y (l'A) beta* + const: df does not depend on s_y
+        L_std = L @ self.fit.optimum.scaling.fixed_map  # l'beta = s_y (l'A) beta* + const: df does not depend on s_y
         A = self.covariance
         rows = [self._row_df(row, A) for row in L_std]
         if len(L_std) == 1:
@@ -238,7 +238,7 @@ class ComponentMap:
 
     def user_factor(self) -> np.ndarray:
         """psi (user's units) = user_factor * psi (standardised)."""
-        scaling = self.vp.fit._scaling
+        scaling = self.vp.fit.optimum.scaling
         out = [scaling.y_scale / scaling.z_scale[self.vp.params.factors[i].factor.name][r] if r == c else 1.0
                for i, r, c in self.entries]
         return np.array(out if self.vp.known else out + [scaling.y_scale])
@@ -510,12 +510,12 @@ class _FixedProfile:
 
     def __init__(self, vp: VarianceParameters, k: int):
         self.vp = vp
-        scaling = vp.fit._scaling
+        scaling = vp.fit.optimum.scaling
         self.l = scaling.y_scale * scaling.fixed_map[k]
         self.shift = scaling.y_centre if scaling.intercept == k else 0.0
-        self.theta_hat = vp.fit._theta_std
+        self.theta_hat = vp.fit.optimum.theta
         self.start = self.theta_hat.copy()
-        self.minimum = float(vp.objective.criterion(vp.fit._fac))
+        self.minimum = float(vp.objective.criterion(vp.fit.optimum.factorization))
 
     def criterion(self, theta: np.ndarray, b: float) -> float:
         objective = self.vp.objective

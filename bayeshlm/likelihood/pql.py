@@ -16,25 +16,37 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..design import Design
 from ..errors import OptionError
 from ..families.outcome import GLMOutcome
+from .fit import optimise_likelihood
+from .optimum import LikelihoodOptimum
 
 TOLERANCE = 1e-10
 
 
-def fit_pql(design: Design, outcome: GLMOutcome, maxiter: int = 100):
-    """Fit by PQL; see the module docstring."""
-    from .fit import fit_likelihood
+@dataclass(frozen=True)
+class PQLOptimum:
+    """Where PQL stopped: the optimum of the last working linear model (REML, level-1 variances known) and the
+    iteration record; :class:`bayeshlm.results.PQLFit` reads the tables from it."""
 
+    linear: LikelihoodOptimum
+    family: object
+    iterations: int
+    converged: bool
+
+
+def fit_pql(design: Design, outcome: GLMOutcome, maxiter: int = 100) -> PQLOptimum:
+    """Fit by PQL; see the module docstring."""
     if isinstance(maxiter, bool) or not isinstance(maxiter, int | np.integer) or maxiter < 1:
         raise OptionError(f"maxiter={maxiter!r}: give a positive whole number of PQL iterations (default 100).")
     family, y, size, offset = outcome.family, outcome.y, outcome.size, outcome.offset
     eta = _glm_eta(design, outcome)
-    fit, converged, iterations = None, False, 0
+    optimum, converged, iterations = None, False, 0
     while not converged and iterations < maxiter:
         iterations += 1
         mu, dmu = family.link.inverse_and_derivative(eta)
@@ -43,13 +55,11 @@ def fit_pql(design: Design, outcome: GLMOutcome, maxiter: int = 100):
         linear = dataclasses.replace(design, y=working, known_variance=1.0 / w)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the final fit's messages are reported by PQLFit
-            fit = fit_likelihood(linear, method="reml")
-        new_eta = offset + linear.X @ fit.fixed_effects["estimate"].to_numpy() + _random_part(fit, linear)
+            optimum = optimise_likelihood(linear, method="reml")
+        new_eta = offset + linear.X @ optimum.gamma + _random_part(optimum, linear)
         converged = np.max(np.abs(new_eta - eta)) < TOLERANCE * (1.0 + np.max(np.abs(new_eta)))
         eta = new_eta
-    from ..results.pql_fit import PQLFit
-
-    return PQLFit(fit, family, iterations, converged)
+    return PQLOptimum(optimum, family, iterations, converged)
 
 
 def _glm_eta(design: Design, outcome: GLMOutcome) -> np.ndarray:
@@ -66,9 +76,10 @@ def _glm_eta(design: Design, outcome: GLMOutcome) -> np.ndarray:
     return X @ beta + outcome.offset
 
 
-def _random_part(fit, design: Design) -> np.ndarray:
+def _random_part(optimum: LikelihoodOptimum, design: Design) -> np.ndarray:
+    """Z b at the conditional modes b of every factor, in the working model's units."""
+    modes = optimum.conditional_modes()
     out = np.zeros(design.n_obs)
     for f in design.factors:
-        modes = fit.conditional_modes(f.name).modes.to_numpy()
-        out += np.einsum("ij,ij->i", f.Z, modes[f.codes])
+        out += np.einsum("ij,ij->i", f.Z, optimum.scaling.effects(f.name, modes[f.name])[f.codes])
     return out

@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InputError
-from ..results import FitResult
 
 
-def plain_summary(fit: FitResult) -> str:
-    """A few paragraphs describing ``fit`` in words, with its numbers rounded to 2-3 significant digits."""
+def plain_summary(fit) -> str:
+    """A few paragraphs describing ``fit`` (any object with the methods of :class:`bayeshlm.results.FitResult`)
+    in words, with its numbers rounded to 2-3 significant digits."""
     design = fit.design
     factor = design.chain[0] if design.chain else design.factors[0]
     name, y = factor.name, design.outcome_name
@@ -27,7 +27,7 @@ def plain_summary(fit: FitResult) -> str:
     return "\n\n".join(paragraphs)
 
 
-def _icc(fit: FitResult, name: str, y: str) -> str | None:
+def _icc(fit, name: str, y: str) -> str | None:
     """The ICC in words, for a random-intercept model with one grouping factor and a level-1 variance."""
     if fit.sigma2 is None or len(fit.tau) != 1 or fit.tau[name].shape != (1, 1):
         return None
@@ -40,7 +40,7 @@ def _icc(fit: FitResult, name: str, y: str) -> str | None:
             "ignored the groups would overstate how much information the rows carry.")
 
 
-def _slopes(fit: FitResult, name: str) -> str | None:
+def _slopes(fit, name: str) -> str | None:
     """Each random slope's spread across groups: its SD and the range holding 95% of the groups' slopes."""
     tau = fit.tau[name]
     slopes = [c for c in tau.index if c != "(Intercept)"]
@@ -60,7 +60,7 @@ def _slopes(fit: FitResult, name: str) -> str | None:
     return " ".join(parts)
 
 
-def _reliability(fit: FitResult, name: str) -> str | None:
+def _reliability(fit, name: str) -> str | None:
     """The average reliability of each coefficient's per-group OLS estimate, in words."""
     try:
         reliability = fit.reliability_summary(name)["reliability"]
@@ -83,10 +83,9 @@ def _reliability(fit: FitResult, name: str) -> str | None:
     return " ".join(parts)
 
 
-def _has_level2(fit: FitResult, name: str) -> bool:
-    from ..results.hlm_statistics import fixed_part
-
-    predicted = fixed_part(fit.design, fit.gamma, name)
+def _has_level2(fit, name: str) -> bool:
+    """Whether the groups' predicted coefficients gamma_q'W_j differ, i.e. the model has level-2 predictors."""
+    predicted = fit.predicted_group_coefficients(name)["center"].unstack().to_numpy()
     return bool(np.ptp(predicted, axis=0).max() > 1e-9 * (1 + np.abs(predicted).max()))
 
 

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from ..errors import InputError, OptionError
-from ..results import FitResult
-from ..results.comparison import method_name
-from ..results.formatting import decimals, number
 from .equations import render_equations
+from .formatting import decimals, method_name, number
 
 
 @dataclass(frozen=True)
@@ -43,9 +41,10 @@ class Report:
         return "\n\n".join(parts)
 
 
-def build_report(fit: FitResult, style: str = "tables") -> Report:
-    """Assemble the report of ``fit``: the sections of the module docstring (``style="tables"``), or a few
-    paragraphs in plain words (``style="plain"``, :func:`bayeshlm.report.plain.plain_summary`)."""
+def build_report(fit, style: str = "tables") -> Report:
+    """Assemble the report of ``fit`` (any object with the methods of :class:`bayeshlm.results.FitResult`): the
+    sections of the module docstring (``style="tables"``), or a few paragraphs in plain words (``style="plain"``,
+    :func:`bayeshlm.report.plain.plain_summary`)."""
     if style == "plain":
         from .plain import plain_summary
 
@@ -90,7 +89,7 @@ def build_report(fit: FitResult, style: str = "tables") -> Report:
 def _rounded(table: pd.DataFrame) -> pd.DataFrame:
     """A table as text, rounded by what each column holds: R-hat to 3 decimals, effective sample sizes and counts
     as whole numbers, p-values to 3 decimals (``<0.001`` below), everything else by
-    :func:`~bayeshlm.results.formatting.number`."""
+    :func:`~bayeshlm.report.formatting.number`."""
     out = pd.DataFrame(index=table.index, columns=table.columns, dtype=object)
     for column in table.columns:
         name = str(column[-1] if isinstance(column, tuple) else column).lower()

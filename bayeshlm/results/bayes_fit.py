@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..bayes.build import ModelInfo
 from ..bayes.priors import Prior
+from ..bayes.samples import PosteriorSample
 from ..design import Design
 from ..errors import OptionError
+from ..report.formatting import decimals, significant
 from . import hlm_statistics as hlm
 from .base import (
     FitResult,
@@ -30,7 +31,6 @@ from .base import (
     variance_components_frame,
 )
 from .contract import RESIDUAL_FACTOR, equal_tailed_interval
-from .formatting import decimals, significant
 from .hlm_statistics import fixed_part
 
 
@@ -50,19 +50,19 @@ class BayesFit(FitResult):
     method = "bayes"
     group_estimate_name = "posterior mean"
 
-    def __init__(self, design: Design, posterior: xr.DataTree, info: ModelInfo, sampler: dict,
-                 diagnostics: dict, messages: list[str], model, chol: dict[str, np.ndarray], sampled=None):
-        self.design = design
-        self.posterior = posterior
-        self.priors = info.priors.as_dict()
-        self.sampler = sampler
-        self.diagnostics = diagnostics
-        self.messages = messages
-        self.model_info = info
-        self._model = model
-        self._chol = chol  # factor -> Cholesky factor L of T per draw, (chain, draw, q, q)
+    def __init__(self, sample: PosteriorSample):
+        """The fit of the engine's posterior ``sample`` (:func:`bayeshlm.bayes.fit_bayes`)."""
+        self.design = sample.design
+        self.posterior = sample.posterior
+        self.priors = sample.info.priors.as_dict()
+        self.sampler = sample.sampler
+        self.diagnostics = sample.diagnostics
+        self.messages = sample.messages
+        self.model_info = sample.info
+        self._model = sample.model
+        self._chol = sample.chol  # factor -> Cholesky factor L of T per draw, (chain, draw, q, q)
         # (design, OutcomeUnits, centring) of the standardised model ``model`` is, or None: model in user units
-        self._sampled = sampled
+        self._sampled = sample.sampled
 
     # --- draws -----------------------------------------------------------------------------------
     def draws(self, name: str) -> xr.DataArray:
@@ -350,8 +350,8 @@ class BayesFit(FitResult):
         model, info = build_model(design, priors, route, parameterization)
         cholesky = datasets["cholesky"]
         chol = {name[2:]: cholesky[name].values for name in cholesky.data_vars}
-        return BayesFit(design, datasets["bayes"], info, sampler, record["diagnostics"], record["messages"], model,
-                        chol)
+        return BayesFit(PosteriorSample(design, datasets["bayes"], info, sampler, record["diagnostics"],
+                                        record["messages"], model, chol))
 
     def report_sections(self) -> list[tuple[str, str]]:
         """How the posterior was drawn, the priors, and the convergence diagnostics."""

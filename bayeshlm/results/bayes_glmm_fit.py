@@ -14,9 +14,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ..design import Design
+from ..bayes.samples import GLMMPosteriorSample, GLMMPriorDraws
 from ..errors import OptionError, closest_names
-from ..families.outcome import GLMOutcome
 from .contract import FIXED_EFFECTS_INDEX, GROUP_TERM_INDEX, equal_tailed_interval
 from .hlm_statistics import fixed_part
 
@@ -37,16 +36,16 @@ class BayesGLMMFit:
 
     method = "bayes"
 
-    def __init__(self, design: Design, outcome: GLMOutcome, posterior: xr.DataTree, priors: dict[str, str],
-                 sampler: dict, diagnostics: dict, messages: list[str], laplace, prior_set, shape_prior):
-        self.design, self.outcome, self.family = design, outcome, outcome.family
-        self.posterior = posterior
-        self.priors = priors
-        self.sampler = sampler
-        self.diagnostics = diagnostics
-        self.messages = messages
-        self.laplace = laplace  # the Laplace ML fit used for the geometry and the start (or None)
-        self._prior_set, self._shape_prior = prior_set, shape_prior
+    def __init__(self, sample: GLMMPosteriorSample):
+        """The fit of the engine's posterior ``sample`` (:func:`bayeshlm.bayes.glmm.fit_bayes_glmm`)."""
+        self.design, self.outcome, self.family = sample.design, sample.outcome, sample.outcome.family
+        self.posterior = sample.posterior
+        self.priors = sample.priors
+        self.sampler = sample.sampler
+        self.diagnostics = sample.diagnostics
+        self.messages = sample.messages
+        self.laplace = sample.laplace  # the Laplace ML fit used for the geometry and the start (or None)
+        self._prior_set, self._shape_prior = sample.prior_set, sample.shape_prior
 
     # --- draws -----------------------------------------------------------------------------------------
     def draws(self, name: str) -> xr.DataArray:
@@ -373,8 +372,10 @@ class GLMMPriorPredictive:
 
     QUANTILES = (0.025, 0.25, 0.5, 0.75, 0.975)
 
-    def __init__(self, outcome: GLMOutcome, mu: np.ndarray, y: np.ndarray, priors: dict[str, str], seed):
-        self.family, self.mu, self.y, self.priors, self.seed = outcome.family, mu, y, priors, seed
+    def __init__(self, draws: GLMMPriorDraws):
+        """The summary of the engine's prior predictive ``draws``."""
+        outcome, y = draws.outcome, draws.y
+        self.family, self.mu, self.y, self.priors, self.seed = outcome.family, draws.mu, y, draws.priors, draws.seed
         counts = outcome.family.counts
         self.pooled = y.mean(1) if counts else y.sum(1) / outcome.size.sum()
         self.observed = float(outcome.y.mean() if counts else outcome.y.sum() / outcome.size.sum())

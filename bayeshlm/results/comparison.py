@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..errors import OptionError
+from ..report.formatting import method_name
 from .base import FitResult
 from .contract import RESIDUAL_FACTOR, RESIDUAL_TERM
 
@@ -55,7 +56,3 @@ def _parameters(fit: FitResult, level: float = 0.95) -> pd.DataFrame:
     variances = pd.DataFrame(vc[columns].to_numpy(dtype=float), index=labels, columns=columns)
     return pd.concat([fixed, variances])
 
-
-def method_name(method: str) -> str:
-    """The estimation method as written in reports and column names (REML, ML, Bayes)."""
-    return {"reml": "REML", "ml": "ML", "bayes": "Bayes"}.get(method, method)

@@ -322,7 +322,7 @@ def _without_group(design, factor, j: int):
 def _refit_gamma(design, fit) -> np.ndarray:
     import warnings
 
-    from ..likelihood.fit import fit_likelihood
+    from .likelihood_fit import fit_likelihood
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

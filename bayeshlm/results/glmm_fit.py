@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import DataError, OptionError, closest_names, describe_rows
-from ..likelihood.glmm import GLMMObjective
+from ..likelihood.glmm_fit import GLMMOptimum
 from .hlm_statistics import fixed_part
 
 PREDICT_TYPES = ("link", "response")
@@ -56,8 +56,9 @@ class GLMMFit:
     method = "ml"
     sigma2 = None  # no level-1 variance parameter: the family's variance function sets it
 
-    def __init__(self, objective: GLMMObjective, x: np.ndarray, deviance: float, gradient: np.ndarray,
-                 hessian: np.ndarray, optimizer_message: str, seconds: float):
+    def __init__(self, optimum: GLMMOptimum):
+        """The fit at the engine's ``optimum`` (:func:`bayeshlm.likelihood.glmm_fit.fit_glmm`)."""
+        objective, x = optimum.objective, optimum.x
         self._objective = objective
         self.design = objective.design
         self.family = objective.family
@@ -67,12 +68,12 @@ class GLMMFit:
         self._theta_raw = theta
         self._theta = objective.params.canonical(theta)
         self._extra = x[p + objective.n_theta:]
-        self._deviance = deviance
-        self._gradient = gradient
-        self._hessian = hessian
-        self.optimizer_message = optimizer_message
-        self.seconds = seconds
-        self._u = objective.u.copy()
+        self._deviance = optimum.deviance
+        self._gradient = optimum.gradient
+        self._hessian = optimum.hessian
+        self.optimizer_message = optimum.optimizer_message
+        self.seconds = optimum.seconds
+        self._u = optimum.u
 
     # --- likelihood ----------------------------------------------------------------------------------
     @property
@@ -241,17 +242,8 @@ class GLMMFit:
         return group_table(f, fixed + modes, sd, level)
 
     def _conditional_cov_u(self, k: int) -> np.ndarray:
-        obj = self._objective
-        beta_s, theta = obj.split(np.concatenate([self._beta_s, self._theta_raw, self._extra]))
-        _, _, _, fac = obj.pirls(beta_s, theta, self._u)
-        f = self.design.factors[k]
-        if fac[0] == "blocks":
-            inv_chol = np.linalg.inv(fac[1])
-            return np.swapaxes(inv_chol, 1, 2) @ inv_chol
-        idx = np.arange(obj.starts[k], obj.starts[k + 1])
-        columns = obj._solve(fac, np.eye(obj.q)[:, idx])[idx]
-        q = f.n_coef
-        return np.stack([columns[j * q:(j + 1) * q, j * q:(j + 1) * q] for j in range(f.n_groups)])
+        x = np.concatenate([self._beta_s, self._theta_raw, self._extra])
+        return self._objective.conditional_covariance(x, self._u, k)
 
     # --- predictions ---------------------------------------------------------------------------------
     def predict(self, newdata: pd.DataFrame | None = None, type: str = "link",

@@ -3,6 +3,8 @@ empirical-Bayes group effects, per-group OLS estimates, deviance and information
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -10,17 +12,29 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..design import Design
 from ..design.design import group_sums
-from ..design.scaling import Scaling, standardise
-from ..errors import FitFormatError, InputError, OptionError
+from ..errors import InputError, OptionError
+from ..likelihood.fit import optimise_likelihood, optimum_at
 from ..likelihood.optimize import BoundaryFitWarning, ConvergenceWarning
-from ..likelihood.theta_units import theta_from_standard, theta_to_standard
+from ..likelihood.optimum import LikelihoodOptimum
+from ..likelihood.theta_units import theta_from_standard
+from ..report.formatting import number
 from .base import FitResult, group_table, residual_row, t_interval, variance_component_pairs, variance_components_frame
 from .contract import RESIDUAL_FACTOR
-from .formatting import number
 from .hlm_statistics import check_per_group_statistic, fixed_part
 
 SINGULAR_TOL = 1e-4  # lme4's isSingular tolerance on the diagonal of Lambda
+
+
+def fit_likelihood(design: Design, method: str = "reml", **options) -> LikelihoodFit:
+    """Fit ``design`` by REML (default) or ML (:func:`bayeshlm.likelihood.fit.optimise_likelihood`, which lists
+    the options) and read the fit; its notes on convergence and boundary estimates are also emitted as
+    warnings."""
+    fit = LikelihoodFit.of(optimise_likelihood(design, method, **options))
+    for category, message in fit._warnings:
+        warnings.warn(message, category, stacklevel=3)
+    return fit
 
 
 @dataclass(frozen=True)
@@ -34,7 +48,7 @@ class RandomEffects:
 
 
 class LikelihoodFit(FitResult):
-    """A REML or ML fit of a hierarchical linear model (see :func:`bayeshlm.likelihood.fit_likelihood`).
+    """A REML or ML fit of a hierarchical linear model (see :func:`fit_likelihood`).
 
     ``fixed_effects`` columns: estimate, se (model-based, sigma^2 (R_X R_X')^{-1}), lower, upper (estimate -+
     t_{df} quantile x se), t, df, p (two-sided t), robust_se (cluster-robust CR0 over the top-level grouping
@@ -49,40 +63,31 @@ class LikelihoodFit(FitResult):
 
     group_estimate_name = "empirical Bayes"
 
-    def __init__(self, objective, theta: np.ndarray, *, converged: bool, optimizer_message: str,
-                 n_evaluations: int, scaling: Scaling | None = None, design=None):
-        """``objective`` and ``theta`` of the user's design; or, with ``scaling`` and the user's ``design``,
-        of its standardised form (:mod:`bayeshlm.design.scaling`), which every computation here uses: the
-        reported numbers are mapped back to the user's units."""
-        method = "reml" if objective.reml else "ml"
-        if scaling is None:
-            design = objective.design
-            standard, scaling = standardise(design)
-            user_theta = np.asarray(theta, dtype=float)
-            objective = type(objective)(standard, method)
-            theta = theta_to_standard(objective, scaling, user_theta)
+    def __init__(self, optimum: LikelihoodOptimum):
+        """The fit at the engine's ``optimum`` (:func:`bayeshlm.likelihood.fit.optimise_likelihood`). Every
+        computation here uses its standardised design (:mod:`bayeshlm.design.scaling`); the reported numbers are
+        mapped back to the user's units."""
+        self.optimum = optimum
+        design, objective, scaling = optimum.design, optimum.objective, optimum.scaling
         self.design = design
-        self.method = method
+        self.method = optimum.method
         self._scaling = scaling
         self._objective = objective
         self._params = objective.params
-        self._theta_std = np.asarray(theta, dtype=float)
-        self._fac = objective.factorize(self._theta_std)
+        self._theta_std = optimum.theta
+        self._fac = optimum.factorization
         n, p = design.n_obs, design.n_fixed
         self.deviance = scaling.deviance(float(objective.criterion(self._fac)), n, p, objective.reml)
-        self.converged = converged
-        self.optimizer_message = optimizer_message
-        self.n_evaluations = n_evaluations
-        if design.known_variance is not None:
-            self._scale_std = 1.0
-        else:
-            self._scale_std = self._fac.r2 / (n - p if objective.reml else n)
+        self.converged = optimum.converged
+        self.optimizer_message = optimum.optimizer_message
+        self.n_evaluations = optimum.n_evaluations
+        self._scale_std = optimum.scale
         if design.known_variance is not None:
             self._log_scale = 0.0
         else:  # log sigma^2 in the user's units (alpha_0 of a log-linear variance model may be far from 0)
             self._log_scale = float(np.log(self._scale_std * scaling.variance_factor)) + self._log_variance_shift()
         self._scale = float(np.exp(self._log_scale))
-        self._lambdas = self._params.lambdas(self._theta_std)  # on the standardised scale
+        self._lambdas = optimum.lambdas  # on the standardised scale
         self._theta = theta_from_standard(objective, scaling, self._theta_std)
         self._warnings = self._diagnose()
 
@@ -247,12 +252,7 @@ class LikelihoodFit(FitResult):
     @cached_property
     def _modes_std(self) -> dict[str, np.ndarray]:
         """Conditional modes b = Lambda u per design factor, (J, q)."""
-        u = self._fac.modes()
-        out = {}
-        for k, i in enumerate(self._objective.position):
-            f = self.design.factors[i]
-            out[f.name] = u[k] @ self._lambdas[i].T
-        return out
+        return self.optimum.conditional_modes()
 
     @cached_property
     def _condvars_std(self) -> dict[str, np.ndarray]:
@@ -375,6 +375,13 @@ class LikelihoodFit(FitResult):
                                     "effects (||), dropping a random slope, or method='bayes'."))
         return out
 
+    def refit(self, y: np.ndarray) -> LikelihoodFit:
+        """The same model fitted to new outcome values ``y`` (one per analysed row, in the design's order) by the
+        same criterion, starting at this fit's theta (lme4's ``refit(object, newresp)``); no warnings are emitted,
+        read ``messages`` of the result."""
+        design = dataclasses.replace(self.design, y=np.asarray(y, dtype=float))
+        return LikelihoodFit.of(optimise_likelihood(design, self.method, start=self._theta))
+
     # --- state (what :mod:`bayeshlm.results.storage` saves) ------------------------------------------
     def to_state(self) -> tuple[dict, dict]:
         """(record, datasets) from which :meth:`from_state` rebuilds this fit with its design: the method, theta
@@ -389,21 +396,14 @@ class LikelihoodFit(FitResult):
         """The fit of ``design`` at the recorded theta (one evaluation of the criterion, no optimisation): a
         :class:`StructuredFit` when the design has a level-1 error structure. Refuses a theta of the wrong size
         or with non-finite values (:class:`~bayeshlm.errors.FitFormatError`)."""
-        from ..likelihood.fit import ProfiledDeviance
+        return LikelihoodFit.of(optimum_at(design, record["method"], record["theta"], converged=record["converged"],
+                                           optimizer_message=record["optimizer_message"],
+                                           n_evaluations=record["n_evaluations"]))
 
-        if design.residual is not None:
-            from ..likelihood.marginal import StructuredDeviance
-
-            objective, cls = StructuredDeviance(design, record["method"]), StructuredFit
-        else:
-            objective, cls = ProfiledDeviance(design, record["method"]), LikelihoodFit
-        theta = np.asarray(record["theta"], dtype=float)
-        size = objective.size if cls is StructuredFit else objective.params.size
-        if theta.shape != (size,) or not np.all(np.isfinite(theta)):
-            raise FitFormatError(f"the saved theta has {theta.size} values (finite: {bool(np.isfinite(theta).all())}), "
-                                 f"but this model has {size} variance parameters")
-        return cls(objective, theta, converged=record["converged"], optimizer_message=record["optimizer_message"],
-                   n_evaluations=record["n_evaluations"])
+    @staticmethod
+    def of(optimum: LikelihoodOptimum) -> LikelihoodFit:
+        """The fit at ``optimum``: a :class:`StructuredFit` when the design has a level-1 error structure."""
+        return (StructuredFit if optimum.design.residual is not None else LikelihoodFit)(optimum)
 
     # --- text ------------------------------------------------------------------------------------
     def report_sections(self) -> list[tuple[str, str]]:

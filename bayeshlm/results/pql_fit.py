@@ -9,9 +9,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..likelihood.pql import PQLOptimum
 from .contract import RESIDUAL_FACTOR
 from .glmm_fit import _quantile, group_table
 from .hlm_statistics import fixed_part
+from .likelihood_fit import LikelihoodFit
 
 
 class PQLFit:
@@ -20,12 +22,13 @@ class PQLFit:
     method = "pql"
     loglik = deviance = aic = bic = None  # PQL maximises no likelihood
 
-    def __init__(self, linear_fit, family, iterations: int, converged: bool):
-        self._fit = linear_fit
-        self.design = linear_fit.design
-        self.family = family
-        self.iterations = iterations
-        self.converged = converged
+    def __init__(self, optimum: PQLOptimum):
+        """The fit where PQL stopped (:func:`bayeshlm.likelihood.pql.fit_pql`)."""
+        self._fit = LikelihoodFit.of(optimum.linear)
+        self.design = self._fit.design
+        self.family = optimum.family
+        self.iterations = optimum.iterations
+        self.converged = optimum.converged
 
     @property
     def fixed_effects(self) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""How numbers are written in reports and in the engines' own report sections."""
+"""How numbers and method names are written in reports, in the fits' own report sections and in the column
+names of :func:`bayeshlm.compare`."""
 
 from __future__ import annotations
 
@@ -23,3 +24,8 @@ def significant(value, digits: int = 3) -> str:
 def decimals(value, places: int) -> str:
     """``value`` to ``places`` decimals, or 'not defined' for a missing value."""
     return "not defined" if value is None or np.isnan(value) else f"{float(value):.{places}f}"
+
+
+def method_name(method: str) -> str:
+    """The estimation method as written in reports and column names (REML, ML, Bayes)."""
+    return {"reml": "REML", "ml": "ML", "bayes": "Bayes"}.get(method, method)
