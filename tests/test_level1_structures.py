@@ -23,6 +23,7 @@ from bayeshlm.level1 import (
     CorrelationStructure,
     Homogeneous,
     LogLinear,
+    VarianceFunction,
     level1_errors,
 )
 from bayeshlm.likelihood.marginal import StructuredDeviance
@@ -202,6 +203,19 @@ class ExponentialCorrelation(CorrelationStructure):
         return float(np.median(lags))
 
 
+def test_structures_the_bayesian_engine_lacks_are_refused_not_simplified():
+    """A variance function or correlation structure without a Bayesian form is refused by name, never fitted as
+    one sigma^2 or independent errors."""
+    class Power(VarianceFunction):
+        name = "power"
+
+    with pytest.raises(bh.OptionError, match="does not fit Power level-1 variances.*'reml' or 'ml'"):
+        Power().strata(_residual())
+    with pytest.raises(bh.OptionError, match="not 'exponential'.*'reml' or 'ml'"):
+        ExponentialCorrelation("t").pairs(_residual(), np.zeros(40, dtype=np.int64))
+    assert Homogeneous().strata(_residual()) is None
+
+
 def test_a_structure_registered_here_is_fitted_by_the_likelihood_engine(monkeypatch):
     """Registering corExp (one line) makes correlation='exponential' resolve and fit; it is CAR(1) in another
     parameter, so the ML deviance and phi equal the CAR(1) fit's (1e-8 relative, 1e-4)."""
@@ -226,3 +240,30 @@ def test_a_fit_records_its_error_structure(sleepstudy):
         fit = bh.HLM("Reaction ~ Days + (1 | Subject)", sleepstudy, correlation="ar1", time="Days").fit("reml")
     assert isinstance(fit.error_structure.correlation, AR1) and fit.error_structure.describe() == "AR1 errors in Days"
     assert bh.HLM("Reaction ~ Days + (1 | Subject)", sleepstudy).fit("reml").error_structure.homogeneous
+
+
+def test_prior_predictive_draws_noise_by_the_error_structure(sleepstudy):
+    """Prior predictive noise e = y - X beta - Z u follows the structure: e_i / sigma_stratum(i) has variance 1 in
+    each stratum, and AR(1) innovations (e_t - phi e_t-1) / (sigma sqrt(1 - phi^2)) have variance 1 (50 draws x
+    ~90 rows per stratum, 180 rows: within 0.2; using one sigma for both strata, or no correlation, fails)."""
+    from bayeshlm.bayes import prior_predictive
+
+    data = sleepstudy.assign(phase=np.where(sleepstudy["Days"] < 5, "early", "late"))
+    for options in ({"level1_variance": "phase"}, {"correlation": "ar1", "time": "Days"}):
+        model = bh.HLM("Reaction ~ Days + (1 | Subject)", data, **options)
+        design = model.design
+        tree = prior_predictive(design, model.pymc_model(), draws=50, seed=3)
+        prior, y = tree["prior"], tree["prior_predictive"]["y"].values[0]
+        (f,) = design.factors
+        u = prior[f"u_{f.name}"].values[0]  # (draws, groups, coefficients)
+        noise = y - prior["beta"].values[0] @ design.X.T - np.einsum("nq,dnq->dn", f.Z, u[:, f.codes])
+        if "sigma_strata" in prior:
+            codes = design.error_structure.variance.strata(design.residual).codes
+            z = noise / prior["sigma_strata"].values[0][:, codes]
+            for k in range(2):
+                assert np.var(z[:, codes == k]) == pytest.approx(1.0, abs=0.2)
+        else:
+            pairs = design.error_structure.correlation.pairs(design.residual, f.codes)
+            phi, sigma = prior["phi"].values[0][:, None], prior["sigma"].values[0][:, None]
+            innovation = (noise[:, pairs.second] - phi * noise[:, pairs.first]) / (sigma * np.sqrt(1 - phi ** 2))
+            assert np.var(innovation) == pytest.approx(1.0, abs=0.2)

@@ -15,7 +15,7 @@ import pymc as pm
 import xarray as xr
 
 from ..design import Design
-from .build import cholesky_draws, level1_ar1, level1_strata
+from .build import cholesky_draws, level1_ar1
 
 
 def prior_predictive(design: Design, model: pm.Model, draws: int = 500, seed: int | None = None) -> xr.DataTree:
@@ -40,14 +40,16 @@ def prior_predictive(design: Design, model: pm.Model, draws: int = 500, seed: in
         prior[f"T_{f.name}"] = xr.DataArray(L @ np.swapaxes(L, -1, -2),
                                             dims=("chain", "draw", f"{f.name}__coef", f"{f.name}__coef2"))
         eta = eta + np.einsum("nq,cdnq->cdn", f.Z, u[:, :, f.codes, :])
+    errors = design.error_structure
+    strata = errors.variance.strata(design.residual)
     if design.known_variance is not None:
         noise_sd = np.sqrt(design.known_variance)
-    elif "sigma_strata" in prior:  # one SD per level-1 variance stratum
-        noise_sd = prior["sigma_strata"].values[..., level1_strata(design).codes]
+    elif strata is not None:  # one SD per level-1 variance stratum
+        noise_sd = prior["sigma_strata"].values[..., strata.codes]
     else:
         noise_sd = prior["sigma"].values[..., None]
     noise = noise_sd * rng.standard_normal(eta.shape)
-    if "phi" in prior:  # AR(1) within units: e_t = φ e_{t-1} + sqrt(1 - φ²) ε_t along each pair of occasions
+    if errors.correlation is not None:  # AR(1) in units: e_t = φ e_{t-1} + sqrt(1 - φ²) ε_t along each occasion pair
         pairs = level1_ar1(design, "marginal")
         phi = prior["phi"].values[..., None]
         for first, second in zip(pairs.first, pairs.second):  # ordered by unit and time: each e_{t-1} is done

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError, FormulaError, OptionError
+from ..level1 import level1_errors
 from ..spec import ModelSpec
 from ..spec.expressions import FORMULAIC_CONTEXT, check_spec
 from .aggregate import AggregateDesign, AggregateDroppedRows, AggregateFactor, ShiftedSums
@@ -144,8 +145,9 @@ def _check_supported(spec: ModelSpec) -> None:
         raise OptionError("Dask input does not support known_variance models (V-known meta-analyses are small: "
                           "fit them from a pandas DataFrame).")
     if spec.residual is not None:
-        raise OptionError(f"Dask input does not support level-1 error structures ({spec.residual.describe()}): "
-                          "they need the rows of each group in order. Fit from a pandas DataFrame.")
+        raise OptionError(f"Dask input does not support level-1 error structures "
+                          f"({level1_errors(spec.residual).describe()}): they need the rows of each group in order. "
+                          "Fit from a pandas DataFrame.")
     if not spec.random:
         raise OptionError("The model has no grouping factor: add a term such as (1 | group).")
 

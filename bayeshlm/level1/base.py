@@ -62,8 +62,10 @@ class VarianceFunction:
         return {}, {}
 
     def strata(self, residual) -> Strata | None:
-        """The rows' variance strata for the Bayesian engine (None: one sigma^2)."""
-        return None
+        """The rows' variance strata for the Bayesian engine (None: one sigma^2). Refused unless the structure
+        gives them, so that the Bayesian engine never fits one sigma^2 in place of a variance function."""
+        raise OptionError(f"The Bayesian engine does not fit {type(self).__name__} level-1 variances; fit this "
+                          "model with 'reml' or 'ml'.")
 
     def describe(self) -> str:
         """One line for the design summary and the report ('' for one sigma^2)."""

@@ -7,3 +7,7 @@ from .base import VarianceFunction
 
 class Homogeneous(VarianceFunction):
     name = "homogeneous"
+
+    def strata(self, residual):
+        """One sigma^2: no strata."""
+        return None

@@ -202,7 +202,7 @@ def outer_reliability(design: Design, factor: str, taus: list[np.ndarray], sigma
         raise OptionError(
             f"The reliability of {factor!r} (an enclosing level, R&B eq. 8.8) is implemented for independent "
             "level-1 errors with one variance; this model has "
-            f"{design.residual.structure.describe()}. Use the reliability of the innermost factor, or fit "
+            f"{design.error_structure.describe()}. Use the reliability of the innermost factor, or fit "
             "the model without the level-1 error structure to compare.")
     outer = chain[level]
     usable = np.linalg.matrix_rank(group_sums(outer.codes, outer.Z, outer.Z, outer.n_groups)) == outer.n_coef

@@ -35,6 +35,7 @@ from scipy import stats
 
 from ..design.prediction_rows import PredictionRows, prediction_rows
 from ..errors import DataError, OptionError, closest_names
+from ..level1 import ByStratum
 from .contract import equal_tailed_interval, wide
 
 KINDS = ("mean", "interval", "draws")
@@ -78,7 +79,7 @@ def predict_likelihood(fit, newdata, groups: str, kind: str, level: float, with_
         if kind == "interval":
             _level1_variance(fit, newdata)  # refuses in words
         warnings.warn(f"Standard errors of predictions for a model with level-1 errors "
-                      f"'{fit.design.residual.structure.describe()}' are not implemented yet: se, lower and upper "
+                      f"'{fit.design.error_structure.describe()}' are not implemented yet: se, lower and upper "
                       "are NaN; the estimates are the model's predictions.", UserWarning, stacklevel=3)
         return _table(rows, estimate, np.full(rows.n, np.nan), level)
     variance = prediction_error_variance(fit, rows, known)
@@ -165,8 +166,8 @@ def _square_root(T: np.ndarray) -> np.ndarray:
 
 def _stratified_only(design) -> bool:
     """True for a level-1 variance per category (nlme varIdent) and no other error structure."""
-    r = design.residual
-    return r is not None and r.strata is not None and r.C is None and r.structure.correlation is None
+    errors = design.error_structure
+    return isinstance(errors.variance, ByStratum) and errors.correlation is None
 
 
 def _level1_variance(fit, newdata) -> np.ndarray:
@@ -175,7 +176,7 @@ def _level1_variance(fit, newdata) -> np.ndarray:
     design = fit.design
     n = design.n_obs if newdata is None else len(newdata)
     if design.residual is not None and not _stratified_only(design):
-        raise OptionError(f"kind='interval' for a model with level-1 errors '{design.residual.structure.describe()}' "
+        raise OptionError(f"kind='interval' for a model with level-1 errors '{design.error_structure.describe()}' "
                           "is not implemented yet: the interval needs each new row's error variance. kind='mean' "
                           "works.")
     if design.residual is not None:
@@ -215,7 +216,7 @@ def level1_sd_draws(fit, newdata) -> np.ndarray:
     """(chain, draw, 1) or (chain, draw, m) draws of the level-1 SD of each row (independent errors only)."""
     design = fit.design
     if design.residual is not None:
-        raise OptionError(f"Predictive draws for a model with level-1 errors '{design.residual.structure.describe()}' "
+        raise OptionError(f"Predictive draws for a model with level-1 errors '{design.error_structure.describe()}' "
                           "are not implemented yet (each row's error variance and correlation would be needed); "
                           "kind='mean' works.")
     if design.known_variance is not None:

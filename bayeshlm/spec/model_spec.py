@@ -76,16 +76,6 @@ class ResidualStructure:
         """Data columns named directly (the log-linear formula's variables are found by the design)."""
         return tuple(c for c in (self.variance_by, self.time) if c)
 
-    def describe(self) -> str:
-        parts = []
-        if self.variance_by:
-            parts.append(f"level-1 variance by {self.variance_by}")
-        if self.variance_formula:
-            parts.append(f"ln sigma^2 ~ {self.variance_formula}")
-        if self.correlation:
-            parts.append(f"{self.correlation.upper()} errors in {self.time}")
-        return "; ".join(parts)
-
 
 def residual_structure(level1_variance: str | None, correlation: str | None,
                        time: str | None) -> ResidualStructure | None:
