@@ -16,7 +16,9 @@ Cache states, the same for every engine:
 
 For this engine ``total_s`` is the fit call in a process that has imported ``bayeshlm`` (lazily: PyMC, PyTensor,
 Numba and nutpie load inside the fit) and ``import_s`` the import before it; ``compile_s`` is the time to
-compile the kernel's C callback (cold) or load it from the cache (warm).
+compile the kernel's C callback (cold) or load it from the cache (warm), about 0 for the two-level models that
+the ahead-of-time compiled extension covers (HS&B, sleepstudy; ``bayeshlm.bayes.kernel.extension_callbacks``).
+``benchmarks/cold_start_breakdown.py`` splits one HS&B fit into its stages in CPU seconds.
 
 Usage::
 
