@@ -167,12 +167,13 @@ def _complete_posterior(design: Design, post: xr.Dataset, info: ModelInfo, seed:
         coefficients = np.concatenate(
             [post["beta"].transpose("chain", "draw", "fixed").values.reshape(flat, -1),
              *(post[f"u_{name}"].values.reshape(flat, -1) for name in info.sampled)], axis=1)
+        errors = design.error_structure
         if design.known_variance is not None:
             s = np.ones((flat, 1))
-        elif "phi" in post:  # AR(1): the weights of the three components of R^{-1} (see build._ar1_weights)
+        elif errors.correlation is not None:  # AR(1): the weights of the 3 components of R^{-1} (build._ar1_weights)
             phi, sigma2 = post["phi"].values.reshape(flat), post["sigma"].values.reshape(flat) ** 2
             s = np.column_stack([np.ones(flat), -phi, phi**2]) / ((1.0 - phi**2) * sigma2)[:, None]
-        elif "sigma_strata" in post:
+        elif errors.variance.strata(design.residual) is not None:
             s = 1.0 / post["sigma_strata"].transpose("chain", "draw", "stratum").values.reshape(flat, -1) ** 2
         else:
             s = 1.0 / post["sigma"].values.reshape(flat, 1) ** 2

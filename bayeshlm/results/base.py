@@ -55,11 +55,10 @@ class FitResult(ABC):
     group_estimate_name: str
 
     @property
-    def error_structure(self) -> Level1Errors | None:
+    def error_structure(self) -> Level1Errors:
         """The level-1 error model the fit holds (:mod:`bayeshlm.level1`: a variance function and a correlation
-        structure); None for a non-Gaussian family, whose level 1 is its sampling model (``fit.family``)."""
-        family = getattr(self, "family", None)
-        return None if family is not None and not family.gaussian else self.design.error_structure
+        structure)."""
+        return self.design.error_structure
 
     # --- the contract tables (:mod:`bayeshlm.results.contract`) --------------------------------------
     @property

@@ -137,14 +137,14 @@ class BayesFit(FitResult):
 
     def _level1_parameter_draws(self) -> list[tuple[str, np.ndarray]]:
         """(name, draws) of the level-1 error parameters: AR(1) phi, per-stratum variances, log-linear alphas."""
-        posterior = self.posterior["posterior"]
-        out = []
-        if "phi" in posterior:
-            out.append(("phi (AR1)", self.draws("phi").values))
-        if "sigma_strata" in posterior:  # heterogeneous level-1 variance (as StructuredFit)
-            strata = self.draws("sigma_strata")
-            out += [(f"sigma2 {label}", strata.sel(stratum=label).values ** 2) for label in strata["stratum"].values]
-            if "alpha" in posterior:
+        errors, out = self.error_structure, []
+        if errors.correlation is not None:
+            out.append((f"phi ({errors.correlation.label})", self.draws("phi").values))
+        strata = errors.variance.strata(self.design.residual)
+        if strata is not None:  # heterogeneous level-1 variance (as StructuredFit)
+            sigma = self.draws("sigma_strata")
+            out += [(f"sigma2 {label}", sigma.sel(stratum=label).values ** 2) for label in sigma["stratum"].values]
+            if strata.terms:  # a log-linear model: its alphas
                 alpha = self.draws("alpha")
                 out += [(str(term), alpha.sel(variance_term=term).values) for term in alpha["variance_term"].values]
         return out

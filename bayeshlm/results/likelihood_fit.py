@@ -433,9 +433,8 @@ class StructuredFit(LikelihoodFit):
 
     @property
     def theta(self) -> pd.Series:
-        names = self._params.names() + self._objective.extra_names()
-        if self.design.residual.structure.correlation is not None:
-            names[-1] = "atanh phi" if self.design.residual.structure.correlation == "ar1" else "logit phi"
+        # the user's structure names the last parameter (the standardised design may hold CAR(1) for AR(1))
+        names = self._params.names() + self.error_structure.parameter_names(self.design.residual)
         return pd.Series(self._theta, index=names, name="theta")
 
     def _log_variance_shift(self) -> float:
@@ -471,7 +470,7 @@ class StructuredFit(LikelihoodFit):
             for name, a in zip(r.C_names, self._scaling.log_linear(alpha)[0]):
                 out[f"alpha {name}"] = a
         if phi is not None:
-            out[f"phi ({r.structure.correlation.upper()})"] = self._scaling.phi(phi)
+            out[f"phi ({self.error_structure.correlation.label})"] = self._scaling.phi(phi)
         return pd.Series(out, name="estimate", dtype=float)
 
     def _variance_components_table(self, level: float) -> pd.DataFrame:
