@@ -158,6 +158,27 @@ def test_time_steps_and_the_standardised_structure():
     assert ByStratum("g").standardised(r) == ({}, {}) and Homogeneous().standardised(r) == ({}, {})
 
 
+def test_variance_parameters_in_user_units_and_as_reported():
+    """Log-linear: alpha* = alpha s (round trip exact to 1e-15) and ln sigma^2 moves by alpha'c; varIdent: unit-free,
+    reported as sigma^2 exp(2 delta_s) per stratum and SD ratios exp(delta_s)."""
+    scaling = types.SimpleNamespace(c_scale=np.array([2.0, 0.5]), c_centre=np.array([1.0, -3.0]))
+    alpha_user = np.array([0.3, -0.2])
+    alpha_std, log_ratio = LogLinear("x").convert(alpha_user, scaling, to_standard=True)
+    np.testing.assert_allclose(alpha_std, [0.6, -0.1], rtol=1e-15)
+    assert log_ratio == pytest.approx(0.3 * 1.0 + 0.2 * 3.0, rel=1e-15)
+    back, log_ratio_back = LogLinear("x").convert(alpha_std, scaling, to_standard=False)
+    np.testing.assert_allclose(back, alpha_user, rtol=1e-15)
+    assert log_ratio_back == pytest.approx(log_ratio, rel=1e-15)
+    reported = LogLinear("x").natural_parameters(_residual(), alpha_std, 1.5, scaling)
+    assert reported == pytest.approx({"alpha0": 1.5, "alpha x1": 0.3, "alpha x2": -0.2}, rel=1e-15)
+    delta = np.array([0.1, -0.4])
+    assert ByStratum("g").convert(delta, scaling, True) == (pytest.approx(delta), 0.0)
+    reported = ByStratum("g").natural_parameters(_residual(), delta, np.log(4.0), scaling)
+    expected = {"sigma2 g=a": 4.0, "sigma2 g=b": 4.0 * np.exp(0.2), "sigma2 g=c": 4.0 * np.exp(-0.8),
+                "sd ratio g=b": np.exp(0.1), "sd ratio g=c": np.exp(-0.4)}
+    assert reported == pytest.approx(expected, rel=1e-14)
+
+
 def test_standardise_asks_the_correlation_structure(sleepstudy):
     """AR(1) at occasions two apart is CAR(1) on t / 2 (phi* = phi^2 >= 0); the Scaling records the user's one."""
     data = sleepstudy.assign(Days=2 * sleepstudy["Days"])

@@ -83,11 +83,6 @@ class Scaling:
     def variance_factor(self) -> float:
         return self.y_scale ** 2
 
-    def log_linear(self, alpha: np.ndarray) -> tuple[np.ndarray, float]:
-        """(alpha_m, shift of alpha_0 besides log s_y^2) from the standardised alphas."""
-        alpha_user = alpha / self.c_scale
-        return alpha_user, -float(alpha_user @ self.c_centre)
-
     def phi(self, phi: float) -> float:
         """phi per unit of the user's time from phi* per step k."""
         if self.time_step == 1.0:

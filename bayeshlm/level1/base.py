@@ -61,6 +61,15 @@ class VarianceFunction:
         """(changes to the ResidualDesign, fields of the Scaling) when the design is put on unit scales."""
         return {}, {}
 
+    def convert(self, delta: np.ndarray, scaling, to_standard: bool) -> tuple[np.ndarray, float]:
+        """delta on the standardised design's scale (``to_standard``) or the user's, and ln(s_y^2 sigma*^2 /
+        sigma^2), the shift of ln sigma^2 that standardising the variance predictors makes (0 by default)."""
+        return delta, 0.0
+
+    def natural_parameters(self, residual, delta: np.ndarray, log_sigma2: float, scaling) -> dict[str, float]:
+        """The parameters as a report shows them, from the standardised delta and the fit's ln sigma^2."""
+        return {}
+
     def strata(self, residual) -> Strata | None:
         """The rows' variance strata for the Bayesian engine (None: one sigma^2). Refused unless the structure
         gives them, so that the Bayesian engine never fits one sigma^2 in place of a variance function."""

@@ -31,6 +31,13 @@ class ByStratum(VarianceFunction):
         """d ln w_i / d delta_s = 2 on the rows of stratum s."""
         return 2.0 * np.bincount(residual.strata, weights=g, minlength=len(residual.strata_levels))[1:]
 
+    def natural_parameters(self, residual, delta, log_sigma2, scaling):
+        """Each stratum's variance sigma^2 exp(2 delta_s), then the SD ratios exp(delta_s) to the reference."""
+        sigma2, delta = float(np.exp(log_sigma2)), np.concatenate([[0.0], delta])
+        levels = residual.strata_levels
+        out = {f"sigma2 {levels.name}={level}": sigma2 * np.exp(2.0 * d) for level, d in zip(levels, delta)}
+        return out | {f"sd ratio {levels.name}={level}": np.exp(d) for level, d in zip(levels[1:], delta[1:])}
+
     def strata(self, residual) -> Strata:
         column = residual.strata_levels.name or self.column
         return Strata(residual.strata, tuple(f"{column}={level}" for level in residual.strata_levels))

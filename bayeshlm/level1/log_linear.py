@@ -39,6 +39,16 @@ class LogLinear(VarianceFunction):
         scale = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
         return {"C": (residual.C - centre) / scale}, {"c_centre": centre, "c_scale": scale}
 
+    def convert(self, delta, scaling, to_standard):
+        """alpha*_m = alpha_m s_m; centring the predictors at c moves ln sigma^2 by -alpha'c."""
+        user = delta if to_standard else delta / scaling.c_scale
+        return (delta * scaling.c_scale if to_standard else user), float(user @ scaling.c_centre)
+
+    def natural_parameters(self, residual, delta, log_sigma2, scaling):
+        """alpha_0 = ln sigma^2 and the alphas in the user's units."""
+        alpha = self.convert(delta, scaling, to_standard=False)[0]
+        return {"alpha0": log_sigma2} | {f"alpha {name}": a for name, a in zip(residual.C_names, alpha)}
+
     def strata(self, residual) -> Strata:
         """The model as one variance per distinct predictor value, when it is saturated over them (e.g.
         '~ sector'): then ln sigma^2_k = alpha_0 + c_k'alpha maps the stratum variances one to one to the

@@ -113,9 +113,6 @@ class StructuredDeviance:
         self.batches = [self._batch(rows, top.name) for rows in group_batches(top.codes, top.n_groups)]
         r, errors = self.residual, self.errors
         self.n_variance = errors.variance.size(r)
-        # the variance parameters as the result class reads them: log SD ratios, then log-linear alphas
-        self.n_strata = 0 if r.strata is None else self.n_variance
-        self.n_alpha = 0 if r.C is None else self.n_variance
         self.has_phi = errors.correlation is not None
         self.size = self.params.size + errors.size(r)
         if self.has_phi:
@@ -160,20 +157,13 @@ class StructuredDeviance:
     def parameter_names(self) -> list[str]:
         return self.params.names() + self.extra_names()
 
-    def unpack(self, x: np.ndarray):
-        """Lambda per factor, log SD ratios delta (reference first, = 0), alphas, phi."""
-        k = self.params.size
-        delta = np.concatenate([[0.0], x[k:k + self.n_strata]])
-        alpha = x[k + self.n_strata:k + self.n_strata + self.n_alpha]
-        return self.params.lambdas(x), delta, alpha, self._level1(x)[1]
-
-    def _level1(self, x: np.ndarray) -> tuple[np.ndarray, float | None]:
+    def level1_parameters(self, x: np.ndarray) -> tuple[np.ndarray, float | None]:
         """(variance-function parameters, phi) of x."""
         return self.errors.split(self.residual, x[self.params.size:])
 
     def relative_variances(self, x: np.ndarray) -> np.ndarray:
         """w_i = sigma_i^2 / sigma^2 for every row."""
-        variance = self._level1(x)[0]
+        variance = self.level1_parameters(x)[0]
         return np.exp(self.errors.variance.log_relative_variances(self.residual, variance, self.design.n_obs))
 
     @property
@@ -206,7 +196,7 @@ class StructuredDeviance:
 
     def covariances(self, x: np.ndarray) -> list[np.ndarray]:
         """V_j / sigma^2 per batch, (G, s, s), with the identity in pad rows."""
-        lambdas, phi = self.params.lambdas(x), self._level1(x)[1]
+        lambdas, phi = self.params.lambdas(x), self.level1_parameters(x)[1]
         w = self.relative_variances(x)
         return [self._covariance(k, lambdas, self._residual_part(k, w, phi)) for k in range(len(self.batches))]
 
@@ -226,7 +216,7 @@ class StructuredDeviance:
     def value_and_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray]:
         """The criterion and its analytic gradient in x (module docstring) from one factorisation."""
         self.evaluations += 1
-        lambdas, phi = self.params.lambdas(x), self._level1(x)[1]
+        lambdas, phi = self.params.lambdas(x), self.level1_parameters(x)[1]
         w = self.relative_variances(x)
         residual = [self._residual_part(k, w, phi) for k in range(len(self.batches))]
         try:

@@ -29,13 +29,11 @@ def _convert(objective, scaling: Scaling, x: np.ndarray, to_standard: bool) -> n
     ratio = 1.0 if objective.design.known_variance is None else scaling.y_scale ** 2
     k = params.size
     residual = objective.design.residual
-    if residual is not None:
-        s = objective.n_strata
-        alpha = x[k + s:k + s + objective.n_alpha]
-        if objective.n_alpha:
-            user = alpha if to_standard else alpha / scaling.c_scale
-            out[k + s:k + s + objective.n_alpha] = alpha * scaling.c_scale if to_standard else user
-            ratio = float(np.exp(user @ scaling.c_centre))
+    if residual is not None:  # the variance function's own units (log-linear: alpha*_m = alpha_m s_m)
+        variance = objective.errors.variance
+        m = variance.size(residual)
+        out[k:k + m], log_ratio = variance.convert(x[k:k + m], scaling, to_standard)
+        ratio = float(np.exp(log_ratio))
         if objective.has_phi:  # each structure's own transform: the standardised one may differ (AR(1) -> CAR(1))
             standard = objective.errors.correlation
             user = correlation(scaling.correlation, standard.time)

@@ -438,12 +438,10 @@ class StructuredFit(LikelihoodFit):
         return pd.Series(self._theta, index=names, name="theta")
 
     def _log_variance_shift(self) -> float:
-        """log(sigma^2 / (s_y^2 sigma*^2)) = -sum_m alpha_m c_m: centring the log-linear variance
-        predictors moves alpha_0 (:mod:`bayeshlm.design.scaling`)."""
-        if self.design.residual.C is None:
-            return 0.0
-        _, _, alpha, _ = self._objective.unpack(self._theta_std)
-        return self._scaling.log_linear(alpha)[1]
+        """log(sigma^2 / (s_y^2 sigma*^2)) as the variance function gives it (log-linear: -sum_m alpha_m c_m,
+        centring its predictors moves alpha_0; :mod:`bayeshlm.design.scaling`)."""
+        delta = self._objective.level1_parameters(self._theta_std)[0]
+        return -self.error_structure.variance.convert(delta, self._scaling, to_standard=False)[1]
 
     @property
     def n_params(self) -> int:
@@ -456,19 +454,9 @@ class StructuredFit(LikelihoodFit):
     @cached_property
     def residual_parameters(self) -> pd.Series:
         """Level-1 variance function and correlation parameters on their natural scale."""
-        _, delta, alpha, phi = self._objective.unpack(self._theta_std)
-        r = self.design.residual
-        out = {}
-        if r.strata is not None:
-            column = r.strata_levels.name
-            for level, d in zip(r.strata_levels, delta):
-                out[f"sigma2 {column}={level}"] = self._scale * np.exp(2.0 * d)
-            for level, d in zip(r.strata_levels[1:], delta[1:]):
-                out[f"sd ratio {column}={level}"] = np.exp(d)
-        if r.C is not None:
-            out["alpha0"] = self._log_scale
-            for name, a in zip(r.C_names, self._scaling.log_linear(alpha)[0]):
-                out[f"alpha {name}"] = a
+        delta, phi = self._objective.level1_parameters(self._theta_std)
+        errors = self.error_structure
+        out = errors.variance.natural_parameters(self.design.residual, delta, self._log_scale, self._scaling)
         if phi is not None:
             out[f"phi ({self.error_structure.correlation.label})"] = self._scaling.phi(phi)
         return pd.Series(out, name="estimate", dtype=float)
