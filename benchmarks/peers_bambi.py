@@ -315,6 +315,10 @@ def run_model(name: str, engines: list[str], args, write) -> None:
                 write(name, engine, state, record)
 
 
+def read(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"run": str, "commit": str})  # a commit such as 15e5379 is not a number
+
+
 def summarise(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows and the ratios ours / peer of ESS per wall second and per CPU second, within one run."""
     ours = table.loc[table["engine"] == "bayeshlm", ["run", "model", "cache", "ess_per_s", "ess_per_cpu_s"]]
@@ -351,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", metavar="CSV", nargs="+", help="print earlier runs' tables; run nothing")
     args = parser.parse_args(argv)
     if args.report:
-        report(pd.concat([pd.read_csv(p) for p in args.report], ignore_index=True))
+        report(pd.concat([read(p) for p in args.report], ignore_index=True))
         return
     engines = [e for e in args.engines if e == "bayeshlm" or e == "brms" or args.bambi_python]
     if "brms" in engines and (shutil.which("Rscript") is None or subprocess.run(
@@ -386,7 +390,7 @@ def main(argv: list[str] | None = None) -> None:
 
         for name in args.models:
             run_model(name, engines, args, write)
-    report(pd.read_csv(out).query("run == @run"))
+    report(read(out).query("run == @run"))
 
 
 if __name__ == "__main__":
