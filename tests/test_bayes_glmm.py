@@ -19,7 +19,9 @@ import bayeshlm as bh
 from bayeshlm.bayes import Prior
 from bayeshlm.bayes.glmm import (
     build_kernel,
+    centre_weights,
     choose_parameterization,
+    default_target_accept,
     kernel_coordinates,
     laplace_reliability,
     laplace_start,
@@ -51,6 +53,17 @@ def toy(family="poisson", seed=0, J=8, n=12):
     return frame
 
 
+def bernoulli_duplicates(seed=4, J=10, n=30):
+    """Bernoulli rows with a binary x and a group-level w: many rows share their linear predictor."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(J), n)
+    x = rng.integers(0, 2, J * n).astype(float)
+    w = rng.normal(size=J)
+    eta = -0.3 + 0.8 * x + 0.5 * w[g] + rng.normal(scale=0.7, size=J)[g]
+    y = rng.binomial(1, 1.0 / (1.0 + np.exp(-eta)))
+    return pd.DataFrame({"y": y, "x": x, "w": w[g], "g": g.astype(str)})
+
+
 CASES = {
     # binomial with trials (cbind), centred herds, an Exponential tau prior and a flat prior on one coefficient
     "cbpp": (cbpp_model, {"tau_herd": Prior("Exponential", lam=1.0), "period[T.2]": Prior("Flat")},
@@ -61,6 +74,9 @@ CASES = {
     # negative binomial, flat priors (on the variances: tau2 is the graph's variable)
     "negative_binomial": (lambda: bh.HLM("y ~ x + (1 | g)", toy(seed=1), family="negative_binomial"), "flat",
                           {"g": "non-centred"}),
+    # Bernoulli rows merged into binomial ones (kernel only: 300 rows, 20 distinct), groups centred
+    "bernoulli_merged": (lambda: bh.HLM("y ~ x + w + (1 | g)", bernoulli_duplicates(), family="bernoulli"), None,
+                         {"g": "centred"}),
 }
 
 
@@ -73,6 +89,8 @@ def test_kernel_equals_pymc_graph(case):
     design, outcome = model.design, model.outcome
     prior_set, shape = resolve_glmm_priors(design, outcome, priors)
     kernel = build_kernel(design, outcome, prior_set, shape, choice, None)
+    if case == "bernoulli_merged":  # 300 rows, 20 distinct (group x binary x)
+        assert kernel.n_rows == 20 < design.n_obs
     graph = bh.bayes.glmm.glmm_pymc_model(design, outcome, priors, choice=choice)
     logp, dlogp = graph.compile_logp(), graph.compile_dlogp()
     names = kernel_coordinates(design, prior_set, shape, choice)
@@ -346,6 +364,8 @@ def test_centring_needs_an_untaken_intercept_and_no_group_level_predictors():
                     family="binomial").design
     assert choose_parameterization(design, {"herd": 0.95}, None) == {"herd": "non-centred"}
     assert choose_parameterization(cbpp_model().design, {"herd": 0.95}, None) == {"herd": "centred"}
+    weights = centre_weights(cbpp_model().design, {"herd": "centred"})["herd"]  # (J, q, p): c_j = C_j beta
+    assert weights.shape == (15, 1, 4) and np.all(weights[:, 0] == [1.0, 0.0, 0.0, 0.0])
 
 
 @pytest.mark.parametrize("options, message", [
@@ -392,3 +412,13 @@ def test_a_factor_is_judged_by_its_least_reliable_coefficient():
     reliability = laplace_reliability(model.design, laplace)
     assert reliability["g"] == pytest.approx(min(by_coefficient), rel=1e-12)
     assert choose_parameterization(model.design, reliability, None) == {"g": "non-centred"}
+
+
+def test_observation_level_effects_get_a_higher_default_target_accept():
+    """0.95 when a factor has one row per group (observation-level effect), else 0.9."""
+    data = pd.read_csv(REFERENCE / "poisson_exposure.csv")
+    data["obs"] = [f"o{i:03d}" for i in range(len(data))]
+    olre = bh.HLM("y ~ x + (1 | g) + (1 | obs)", data, family="poisson", exposure="years").design
+    assert default_target_accept(olre) == 0.95
+    assert default_target_accept(bh.HLM("y ~ x + (1 | g)", data, family="poisson", exposure="years").design) == 0.9
+    assert default_target_accept(cbpp_model().design) == 0.9

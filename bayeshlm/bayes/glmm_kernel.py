@@ -2,8 +2,9 @@
 
 Model (the one :func:`bayeshlm.bayes.glmm.glmm_pymc_model` writes as a PyMC graph, same priors with their
 normalising constants): eta_i = x_i'beta + offset_i + sum_f z_fi'u_f[j(i)], y_i | eta_i from the family,
-u_fj = L_f z_fj with z_fj ~ N(0, I) (non-centred) or b_fj = c_f + u_fj ~ N(c_f, T_f) sampled directly
-(centred on the fixed effects c_f of the same columns), T_f = L_f L_f', L_f = diag(tau_f) L_Omega,f.
+u_fj = L_f z_fj with z_fj ~ N(0, I) (non-centred) or b_fj = c_fj + u_fj ~ N(c_fj, T_f) sampled directly
+(centred: c_fj = C_fj beta, the fixed effects of the same columns plus, for an intercept, the effects of the
+factor's group-level predictors at group j's values), T_f = L_f L_f', L_f = diag(tau_f) L_Omega,f.
 
 Unconstrained coordinates x, in this order: the fixed effects as coefficients of the standardised columns of
 X (beta = A x[:p]; the log density is that of beta times the constant |A|, so it differs from the PyMC graph's,
@@ -20,7 +21,7 @@ Families (canonical or log links; others are sampled through the PyMC graph):
   dl/dk = psi(y_i + k) - psi(k) + log(k / (k + mu_i)) + (mu_i - y_i) / (k + mu_i).
 
 Chain rule to the coordinates: with g_u the gradient with respect to u_fj,
-non-centred: dz = L' g_u, dL += g_u z'; centred (w = L^{-1}(b - c)): db = g_u - L^{-T} w, dc -= sum_j db,
+non-centred: dz = L' g_u, dL += g_u z'; centred (w = L^{-1}(b - c)): db = g_u - L^{-T} w, dbeta -= C_j' db_j,
 dL += L^{-T} w w' - diag(1/L_aa) per group. The LKJ(eta) density of L_Omega and the log-Jacobian of its
 transform (PyMC's CholeskyCorr, after TensorFlow Probability: row i of L_Omega is (y_i, 1) / |(y_i, 1)|, with
 log-Jacobian sum_i (i + 1) log L_ii, one-based i) are written out with their gradient.
@@ -81,6 +82,11 @@ class GLMMKernel:
     def n_expanded(self) -> int:
         return int(self.buffer[_N_EXPANDED])
 
+    @property
+    def n_rows(self) -> int:
+        """Rows the likelihood runs over (binomial rows with the same linear predictor are merged)."""
+        return int(self.buffer[_N])
+
 
 def _jitter_slice(kernel: GLMMKernel) -> slice:
     at = int(kernel.buffer[_LENGTH])
@@ -90,9 +96,10 @@ def _jitter_slice(kernel: GLMMKernel) -> slice:
 def pack(family: int, y, size, offset, constant: float, X, A, beta_mu, beta_sd, factors: list[dict],
          shape_prior: tuple | None, start: np.ndarray, jitter: np.ndarray, layout, coords) -> GLMMKernel:
     """Pack a model for the kernel. ``factors``: dicts with q, J, correlated, centred, eta, codes, Z (n, q),
-    centre (q indices into beta or -1) and prior (q rows of code, a, b, on_variance); ``start`` and ``jitter``:
-    the starting point and the scale of its per-chain jitter; ``A``: beta = A x[:p] (the fixed effects from
-    the coefficients of the standardised columns of X, which NUTS samples: far better conditioned)."""
+    centre (J q x p weights C: c_j = C_j beta; empty when not centred) and prior (q rows of code, a, b,
+    on_variance); ``start`` and ``jitter``: the starting point and the scale of its per-chain jitter; ``A``:
+    beta = A x[:p] (the fixed effects from the coefficients of the standardised columns of X, which NUTS samples:
+    far better conditioned)."""
     n, p = X.shape
     arrays, at = [], [len(_HEADER)]
 
@@ -255,35 +262,66 @@ def _factor_scale(x, buf, row, grad, want_grad):
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _effects(x, buf, row, L, beta):
-    """u (J, q) of one factor from its coordinates: L z_j, or b_j - c."""
+    """u (J, q) of one factor from its coordinates: L z_j, or b_j - C_j beta (loops: no BLAS call to compile)."""
     q, J, x_eff = int(row[_F_Q]), int(row[_F_J]), int(row[_F_X_EFFECTS])
-    coords = x[x_eff:x_eff + J * q].reshape(J, q)
+    u = np.zeros((J, q))
     if row[_F_CENTRED] < 0.5:
-        return coords @ L.T
-    centre = buf[int(row[_F_AT_CENTRE]):int(row[_F_AT_CENTRE]) + q]
-    u = coords.copy()
-    for a in range(q):
-        if centre[a] >= 0:
-            u[:, a] -= beta[int(centre[a])]
+        for j in range(J):
+            for a in range(q):
+                s = 0.0
+                for b in range(a + 1):  # L is lower triangular
+                    s += L[a, b] * x[x_eff + j * q + b]
+                u[j, a] = s
+        return u
+    p = len(beta)
+    at_centre = int(row[_F_AT_CENTRE])
+    for j in range(J):
+        for a in range(q):
+            c = 0.0
+            for k in range(p):
+                c += buf[at_centre + (j * q + a) * p + k] * beta[k]
+            u[j, a] = x[x_eff + j * q + a] - c
     return u
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def _binomial_term(y, size, e):
+    """(l_i, dl_i/deta_i) of a binomial row at eta_i = e (log C(n, y) is in the constant): one exp and one log1p,
+    t = e^-|eta|, log(1 + e^eta) = max(eta, 0) + log1p(t), mu = 1 / (1 + e^-eta)."""
+    t = math.exp(-abs(e))
+    mu = (1.0 if e >= 0.0 else t) / (1.0 + t)
+    return y * e - size * (max(e, 0.0) + math.log1p(t)), y - size * mu
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _negative_binomial_term(y, e, shape, log_shape):
+    """(l_i, dl_i/deta_i, dl_i/dk without -psi(k)) of a negative binomial row (module docstring; log y! is in the
+    constant, -lgamma(k) + k log k and -psi(k) are added once per row outside)."""
+    mu = math.exp(e)
+    log_k_mu = max(log_shape, e) + math.log1p(math.exp(-abs(log_shape - e)))  # log(k + mu)
+    value = math.lgamma(y + shape) - shape * log_k_mu + y * (e - log_k_mu)
+    d_shape = _digamma(y + shape) + log_shape - log_k_mu + (mu - y) / (shape + mu)
+    return value, shape * (y - mu) / (shape + mu), d_shape
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def log_density(x, buf, grad):
-    """Log posterior density at ``x`` (module docstring) with its gradient written into ``grad``."""
+    """Log posterior density at ``x`` (module docstring) with its gradient written into ``grad`` (loops only: no
+    BLAS or LAPACK binding to compile)."""
     n, p, n_factors = int(buf[_N]), int(buf[_P]), int(buf[_N_FACTORS])
     family, shape_at = int(buf[_FAMILY]), int(buf[_SHAPE_AT])
     for k in range(len(grad)):
         grad[k] = 0.0
-    y = buf[int(buf[_AT_Y]):int(buf[_AT_Y]) + n]
-    size = buf[int(buf[_AT_SIZE]):int(buf[_AT_SIZE]) + n]
-    X = buf[int(buf[_AT_X]):int(buf[_AT_X]) + n * p].reshape(n, p)
+    at_y, at_size, at_offset, at_X = int(buf[_AT_Y]), int(buf[_AT_SIZE]), int(buf[_AT_OFFSET]), int(buf[_AT_X])
     beta_mu = buf[int(buf[_AT_BETA_MU]):int(buf[_AT_BETA_MU]) + p]
     beta_sd = buf[int(buf[_AT_BETA_SD]):int(buf[_AT_BETA_SD]) + p]
     table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
         n_factors, len(_FACTOR))
     A = buf[int(buf[_AT_A]):int(buf[_AT_A]) + p * p].reshape(p, p)
-    beta = A @ x[:p]  # the coordinates are the coefficients of the standardised columns
+    beta = np.zeros(p)  # the coordinates are the coefficients of the standardised columns: beta = A x[:p]
+    for k in range(p):
+        for m in range(p):
+            beta[k] += A[k, m] * x[m]
     g_beta = np.zeros(p)
     lp = buf[_CONSTANT]
     for k in range(p):  # fixed-effect priors: Normal, or flat (sd 0 marks it)
@@ -291,86 +329,122 @@ def log_density(x, buf, grad):
             r = (beta[k] - beta_mu[k]) / beta_sd[k]
             lp -= 0.5 * _LOG_2PI + math.log(beta_sd[k]) + 0.5 * r * r
             g_beta[k] -= r / beta_sd[k]
-    eta = X @ beta + buf[int(buf[_AT_OFFSET]):int(buf[_AT_OFFSET]) + n]
+    # every factor's effects in one flat array, factor f's group j at u_at[f] + j q_f
+    q_max, u_at = 1, np.zeros(n_factors + 1, np.int64)
     for f in range(n_factors):
-        row = table[f]
-        L, tau, omega, lp_scale = _factor_scale(x, buf, row, grad, True)
+        q_max = max(q_max, int(table[f, _F_Q]))
+        u_at[f + 1] = u_at[f] + int(table[f, _F_J]) * int(table[f, _F_Q])
+    Ls, taus, omegas = np.zeros((n_factors, q_max, q_max)), np.zeros((n_factors, q_max)), np.zeros(
+        (n_factors, q_max, q_max))
+    u_all, g_u_all = np.empty(u_at[n_factors]), np.zeros(u_at[n_factors])
+    for f in range(n_factors):
+        q = int(table[f, _F_Q])
+        L, tau, omega, lp_scale = _factor_scale(x, buf, table[f], grad, True)
         lp += lp_scale
-        u = _effects(x, buf, row, L, beta)
-        q = int(row[_F_Q])
-        codes = buf[int(row[_F_AT_CODES]):int(row[_F_AT_CODES]) + n]
-        Z = buf[int(row[_F_AT_Z]):int(row[_F_AT_Z]) + n * q].reshape(n, q)
-        for i in range(n):
-            j = int(codes[i])
-            for a in range(q):
-                eta[i] += Z[i, a] * u[j, a]
-    # likelihood and its derivative in eta
-    r = np.empty(n)
-    shape = 1.0
-    d_shape = 0.0
+        Ls[f, :q, :q], taus[f, :q], omegas[f, :q, :q] = L, tau, omega
+        u_all[u_at[f]:u_at[f + 1]] = _effects(x, buf, table[f], L, beta).ravel()
+    shape, log_shape, d_shape = 1.0, 0.0, 0.0
     if family == 2:
         shape_prior = buf[int(buf[_AT_SHAPE_PRIOR]):int(buf[_AT_SHAPE_PRIOR]) + 4]
         lp_shape, d_log_shape, shape = _scale_prior(int(shape_prior[0]), shape_prior[1], shape_prior[2], False,
                                                     x[shape_at])
-        lp += lp_shape
+        log_shape = math.log(shape)
+        lp += lp_shape - n * math.lgamma(shape) + n * shape * log_shape
         grad[shape_at] += d_log_shape
-        lp += -n * math.lgamma(shape) + n * shape * math.log(shape)
-        psi_shape = _digamma(shape)
+        d_shape -= n * _digamma(shape)
+    # eta, then each row's log-likelihood term and r_i = dl_i/deta_i, then r into the gradients of beta and of
+    # the effects: simple passes over contiguous arrays (one fused pass with indirect reads measured 2x slower)
+    X = buf[at_X:at_X + n * p].reshape(n, p)
+    eta = buf[at_offset:at_offset + n].copy()
     for i in range(n):
-        e = eta[i]
-        if family == 0:  # one exp and one log1p per row: t = e^-|eta|, log(1 + e^eta), mu = 1 / (1 + e^-eta)
-            t = math.exp(-abs(e))
-            lp += y[i] * e - size[i] * (max(e, 0.0) + math.log1p(t))
-            r[i] = y[i] - size[i] * ((1.0 if e >= 0.0 else t) / (1.0 + t))
-        elif family == 1:
-            mu = math.exp(e)
-            lp += y[i] * e - mu
+        for k in range(p):
+            eta[i] += X[i, k] * beta[k]
+    for f in range(n_factors):
+        q = int(table[f, _F_Q])
+        codes = buf[int(table[f, _F_AT_CODES]):int(table[f, _F_AT_CODES]) + n]
+        Z = buf[int(table[f, _F_AT_Z]):int(table[f, _F_AT_Z]) + n * q].reshape(n, q)
+        u = u_all[u_at[f]:u_at[f + 1]].reshape(-1, q)
+        for i in range(n):
+            j = int(codes[i])
+            for a in range(q):
+                eta[i] += Z[i, a] * u[j, a]
+    y, size = buf[at_y:at_y + n], buf[at_size:at_size + n]
+    r = np.empty(n)
+    if family == 0:
+        for i in range(n):
+            value, r[i] = _binomial_term(y[i], size[i], eta[i])
+            lp += value
+    elif family == 1:
+        for i in range(n):
+            mu = math.exp(eta[i])
+            lp += y[i] * eta[i] - mu
             r[i] = y[i] - mu
-        else:
-            mu = math.exp(e)
-            log_k_mu = max(math.log(shape), e) + math.log1p(math.exp(-abs(math.log(shape) - e)))
-            lp += math.lgamma(y[i] + shape) - shape * log_k_mu + y[i] * (e - log_k_mu)
-            r[i] = shape * (y[i] - mu) / (shape + mu)
-            d_shape += _digamma(y[i] + shape) - psi_shape + math.log(shape) - log_k_mu + (mu - y[i]) / (shape + mu)
+    else:
+        for i in range(n):
+            value, r[i], d_k = _negative_binomial_term(y[i], eta[i], shape, log_shape)
+            lp += value
+            d_shape += d_k
+    for i in range(n):
+        for k in range(p):
+            g_beta[k] += X[i, k] * r[i]
+    for f in range(n_factors):
+        q = int(table[f, _F_Q])
+        codes = buf[int(table[f, _F_AT_CODES]):int(table[f, _F_AT_CODES]) + n]
+        Z = buf[int(table[f, _F_AT_Z]):int(table[f, _F_AT_Z]) + n * q].reshape(n, q)
+        g_u = g_u_all[u_at[f]:u_at[f + 1]].reshape(-1, q)
+        for i in range(n):
+            j = int(codes[i])
+            for a in range(q):
+                g_u[j, a] += r[i] * Z[i, a]
     if family == 2:
         grad[shape_at] += d_shape * shape
-    g_beta += X.T @ r
     # group effects: their priors and the chain rule to their coordinates and to L
     for f in range(n_factors):
         row = table[f]
         q, J = int(row[_F_Q]), int(row[_F_J])
         x_eff = int(row[_F_X_EFFECTS])
-        L, tau, omega, _ = _factor_scale(x, buf, row, grad, False)  # recomputed: cheap, and no typed lists
-        u = _effects(x, buf, row, L, beta)
-        codes = buf[int(row[_F_AT_CODES]):int(row[_F_AT_CODES]) + n]
-        Z = buf[int(row[_F_AT_Z]):int(row[_F_AT_Z]) + n * q].reshape(n, q)
-        g_u = np.zeros((J, q))
-        for i in range(n):
-            j = int(codes[i])
-            for a in range(q):
-                g_u[j, a] += r[i] * Z[i, a]
-        coords = x[x_eff:x_eff + J * q].reshape(J, q)
+        L, tau, omega = Ls[f, :q, :q], taus[f, :q], omegas[f, :q, :q]
+        g_u = g_u_all[u_at[f]:u_at[f + 1]].reshape(J, q)
         gL = np.zeros((q, q))
-        if row[_F_CENTRED] < 0.5:
-            lp -= 0.5 * (J * q * _LOG_2PI + np.sum(coords * coords))
-            g_coords = g_u @ L - coords
-            gL += g_u.T @ coords
+        if row[_F_CENTRED] < 0.5:  # u_j = L z_j: dz_j = L' g_uj - z_j, dL += g_uj z_j'
+            for j in range(J):
+                for a in range(q):
+                    z = x[x_eff + j * q + a]
+                    lp -= 0.5 * (_LOG_2PI + z * z)
+                    s = -z
+                    for b in range(a, q):
+                        s += L[b, a] * g_u[j, b]
+                    grad[x_eff + j * q + a] += s
+                    for b in range(a, q):
+                        gL[b, a] += g_u[j, b] * z
         else:
-            # w_j = L^{-1} u_j; log N(u_j | 0, L L') = -|w_j|^2/2 - sum log L_aa - q/2 log 2 pi
-            w = np.linalg.solve(L, u.T)  # (q, J)
-            lp -= 0.5 * (J * q * _LOG_2PI + np.sum(w * w))
+            # w_j = L^{-1} u_j; log N(u_j | 0, L L') = -|w_j|^2/2 - sum log L_aa - q/2 log 2 pi;
+            # db_j = g_uj - L^{-T} w_j, dc -= sum_j db_j, dL += L^{-T} w_j w_j' - diag(1 / L_aa)
+            u = u_all[u_at[f]:u_at[f + 1]].reshape(J, q)
+            at_centre = int(row[_F_AT_CENTRE])
+            w, back = np.empty(q), np.empty(q)
             for a in range(q):
-                lp -= J * math.log(L[a, a])
-            back = np.linalg.solve(L.T, w)  # L^{-T} w_j, (q, J)
-            g_coords = g_u - back.T
-            gL += back @ w.T
-            for a in range(q):
+                lp -= J * (0.5 * _LOG_2PI + math.log(L[a, a]))
                 gL[a, a] -= J / L[a, a]
-            centre = buf[int(row[_F_AT_CENTRE]):int(row[_F_AT_CENTRE]) + q]
-            for a in range(q):
-                if centre[a] >= 0:
-                    g_beta[int(centre[a])] -= np.sum(g_coords[:, a])
-        grad[x_eff:x_eff + J * q] += g_coords.ravel()
+            for j in range(J):
+                for a in range(q):  # forward substitution: L w = u_j
+                    s = u[j, a]
+                    for b in range(a):
+                        s -= L[a, b] * w[b]
+                    w[a] = s / L[a, a]
+                    lp -= 0.5 * w[a] * w[a]
+                for a in range(q - 1, -1, -1):  # back substitution: L' back = w
+                    s = w[a]
+                    for b in range(a + 1, q):
+                        s -= L[b, a] * back[b]
+                    back[a] = s / L[a, a]
+                for a in range(q):
+                    d = g_u[j, a] - back[a]
+                    grad[x_eff + j * q + a] += d
+                    for k in range(p):
+                        g_beta[k] -= buf[at_centre + (j * q + a) * p + k] * d
+                    for b in range(a + 1):
+                        gL[a, b] += back[a] * w[b]
         # L = diag(tau) L_Omega: d tau_a = sum_b gL[a,b] Omega[a,b]; d Omega = tau_a gL[a, b]
         x_tau = int(row[_F_X_TAU])
         prior = buf[int(row[_F_AT_PRIOR]):int(row[_F_AT_PRIOR]) + 4 * q]
@@ -385,7 +459,9 @@ def log_density(x, buf, grad):
             positions = buf[int(row[_F_AT_CORR]):int(row[_F_AT_CORR]) + q * q].reshape(q, q)
             lp += _lkj_terms(x[x_corr:x_corr + q * (q - 1) // 2], positions, q, row[_F_ETA], g_omega,
                              grad[x_corr:x_corr + q * (q - 1) // 2])
-    grad[:p] += A.T @ g_beta
+    for m in range(p):  # to the standardised coordinates: A' g_beta
+        for k in range(p):
+            grad[m] += A[k, m] * g_beta[k]
     return lp
 
 
@@ -397,7 +473,10 @@ def expand(x, buf, out):
     table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
         n_factors, len(_FACTOR))
     A = buf[int(buf[_AT_A]):int(buf[_AT_A]) + p * p].reshape(p, p)
-    beta = A @ x[:p]
+    beta = np.zeros(p)
+    for k in range(p):
+        for m in range(p):
+            beta[k] += A[k, m] * x[m]
     out[:p] = beta
     at = p
     dummy = np.zeros(len(x))
