@@ -195,7 +195,8 @@ class HLM:
             ``draws`` and ``tune`` (retained draws and tuning steps per chain, default 1000 each), ``chains``
             (default 4), ``random_seed`` (recorded in ``fit.sampler``), ``priors`` (None: weakly informative
             defaults scaled to the data; ``"flat"``: the book's ch. 13 priors; or a dict by parameter name),
-            ``sampler`` (``"nutpie"``, the default, or ``"pymc"``), ``target_accept`` (default 0.9),
+            ``sampler`` (``"nutpie"``, the default, or ``"pymc"``), ``target_accept`` (default 0.9; 0.95 for an
+            HGLM with an observation-level factor, see :func:`bayeshlm.bayes.glmm.default_target_accept`),
             ``route``, ``parameterization``, and ``random_effects="student_t"`` (heavy-tailed group effects,
             Gaussian outcomes only) with ``nu`` (fixed degrees of freedom; None: estimated). An unknown option
             raises :class:`~bayeshlm.errors.OptionError`.
