@@ -108,3 +108,16 @@ def test_fast_path_refuses_an_overflowing_product():
                          "g": [0, 0, 1, 1, 2, 2, 3, 3]})
     with pytest.raises(DataError, match="'x:z' is infinite"):
         bh.HLM("y ~ x:z + (1 | g)", data)
+
+
+def test_a_pd_na_string_column_is_refused_at_fit_as_prediction_would_refuse_it():
+    """pandas' "string" dtype (missing value pd.NA) is what formulaic cannot code for new data; the NumPy path
+    built it and the fit went through, then predict() failed. Both paths now refuse it at the fit."""
+    rng = np.random.default_rng(3)
+    data = pd.DataFrame({"y": rng.normal(size=60), "g": np.repeat(np.arange(6), 10),
+                         "s": pd.Series(rng.choice(["u", "v"], 60), dtype="string")})
+    with pytest.raises(DataError, match="non-numeric values"):
+        bh.HLM("y ~ s + (1 | g)", data)
+    data["s"] = data["s"].astype(str)  # pandas' default text dtype: the NumPy path, and predictions work
+    fit = bh.HLM("y ~ s + (1 | g)", data).fit("reml")
+    assert fit.predict(data.head(4))["estimate"].notna().all()

@@ -272,13 +272,16 @@ class FloatPredictors:
         return values.to_numpy(dtype=np.float64)
 
     def text_codes(self, factor: str) -> tuple[np.ndarray, list[str]] | None:
-        """A bare name ``factor`` of a text column (object or string dtype, every value a str): each row's
-        category number and the categories in sorted order, as formulaic orders them; else None."""
+        """A bare name ``factor`` of a text column (object dtype or pandas' default ``str`` dtype, every value a
+        str): each row's category number and the categories in sorted order, as formulaic orders them; else
+        None. A ``"string"`` column (missing value pd.NA) is left to formulaic, which codes new data for
+        predictions: it refuses such columns, and the fit must not accept what prediction then refuses."""
         if not factor.isidentifier() or factor not in self.source.columns:
             return None
         values = self.source[factor]
-        if not (isinstance(values.dtype, pd.StringDtype) or values.dtype == object) \
-                or pd.api.types.infer_dtype(values, skipna=False) != "string":
+        text_dtype = values.dtype == object or isinstance(values.dtype, pd.StringDtype) \
+            and values.dtype.na_value is not pd.NA
+        if not text_dtype or pd.api.types.infer_dtype(values, skipna=False) != "string":
             return None
         codes, uniques = pd.factorize(values)
         levels = sorted(uniques)
