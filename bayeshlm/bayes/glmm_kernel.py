@@ -305,16 +305,167 @@ def _negative_binomial_term(y, e, shape, log_shape):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def _fixed_prior(beta, beta_mu, beta_sd, g_beta):
+    """Log prior of the fixed effects (Normal, or flat where sd is 0) with its gradient added to ``g_beta``."""
+    lp = 0.0
+    for k in range(len(beta)):
+        if beta_sd[k] > 0.0:
+            r = (beta[k] - beta_mu[k]) / beta_sd[k]
+            lp -= 0.5 * _LOG_2PI + math.log(beta_sd[k]) + 0.5 * r * r
+            g_beta[k] -= r / beta_sd[k]
+    return lp
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _factor_rows(buf, row, n):
+    """(codes, Z) of one factor: each row's group and its random-effect columns."""
+    q = int(row[_F_Q])
+    codes = buf[int(row[_F_AT_CODES]):int(row[_F_AT_CODES]) + n]
+    Z = buf[int(row[_F_AT_Z]):int(row[_F_AT_Z]) + n * q].reshape(n, q)
+    return codes, Z
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _linear_predictor(buf, table, X, beta, u_all, u_at):
+    """eta_i = offset_i + x_i'beta + sum over factors of z_i'u_j[i]."""
+    n, p = X.shape
+    at_offset = int(buf[_AT_OFFSET])
+    eta = buf[at_offset:at_offset + n].copy()
+    for i in range(n):
+        for k in range(p):
+            eta[i] += X[i, k] * beta[k]
+    for f in range(table.shape[0]):
+        q = int(table[f, _F_Q])
+        codes, Z = _factor_rows(buf, table[f], n)
+        u = u_all[u_at[f]:u_at[f + 1]].reshape(-1, q)
+        for i in range(n):
+            j = int(codes[i])
+            for a in range(q):
+                eta[i] += Z[i, a] * u[j, a]
+    return eta
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _row_terms(family, y, size, eta, shape, log_shape, r):
+    """(sum of the rows' log-likelihood terms, their sum of dl_i/dk) with r_i = dl_i/deta_i written into ``r``:
+    family 0 binomial (Bernoulli: size 1), 1 Poisson, 2 negative binomial."""
+    lp, d_shape = 0.0, 0.0
+    n = len(eta)
+    if family == 0:
+        for i in range(n):
+            value, r[i] = _binomial_term(y[i], size[i], eta[i])
+            lp += value
+    elif family == 1:
+        for i in range(n):
+            mu = math.exp(eta[i])
+            lp += y[i] * eta[i] - mu
+            r[i] = y[i] - mu
+    else:
+        for i in range(n):
+            value, r[i], d_k = _negative_binomial_term(y[i], eta[i], shape, log_shape)
+            lp += value
+            d_shape += d_k
+    return lp, d_shape
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _pass_to_coefficients(buf, table, X, r, g_beta, g_u_all, u_at):
+    """dl/dbeta = X'r and dl/du_j = sum over group j's rows of r_i z_i, added to ``g_beta`` and ``g_u_all``."""
+    n, p = X.shape
+    for i in range(n):
+        for k in range(p):
+            g_beta[k] += X[i, k] * r[i]
+    for f in range(table.shape[0]):
+        q = int(table[f, _F_Q])
+        codes, Z = _factor_rows(buf, table[f], n)
+        g_u = g_u_all[u_at[f]:u_at[f + 1]].reshape(-1, q)
+        for i in range(n):
+            j = int(codes[i])
+            for a in range(q):
+                g_u[j, a] += r[i] * Z[i, a]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _non_centred_prior(x, x_eff, L, g_u, grad, gL):
+    """u_j = L z_j, z_j ~ N(0, I): the log prior of the z_j; dz_j = L' g_uj - z_j into ``grad``, dL += g_uj z_j'."""
+    J, q = g_u.shape
+    lp = 0.0
+    for j in range(J):
+        for a in range(q):
+            z = x[x_eff + j * q + a]
+            lp -= 0.5 * (_LOG_2PI + z * z)
+            s = -z
+            for b in range(a, q):
+                s += L[b, a] * g_u[j, b]
+            grad[x_eff + j * q + a] += s
+            for b in range(a, q):
+                gL[b, a] += g_u[j, b] * z
+    return lp
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _centred_prior(buf, at_centre, x_eff, L, u, g_u, grad, g_beta, gL):
+    """b_j centred, u_j = b_j - C_j beta ~ N(0, L L'). With w_j = L^{-1} u_j: log N(u_j | 0, L L') = -|w_j|^2/2 -
+    sum log L_aa - q/2 log 2 pi; db_j = g_uj - L^{-T} w_j, dbeta -= C_j' db_j, dL += L^{-T} w_j w_j' - diag(1/L_aa)."""
+    J, q = u.shape
+    p = len(g_beta)
+    lp = 0.0
+    w, back = np.empty(q), np.empty(q)
+    for a in range(q):
+        lp -= J * (0.5 * _LOG_2PI + math.log(L[a, a]))
+        gL[a, a] -= J / L[a, a]
+    for j in range(J):
+        for a in range(q):  # forward substitution: L w = u_j
+            s = u[j, a]
+            for b in range(a):
+                s -= L[a, b] * w[b]
+            w[a] = s / L[a, a]
+            lp -= 0.5 * w[a] * w[a]
+        for a in range(q - 1, -1, -1):  # back substitution: L' back = w
+            s = w[a]
+            for b in range(a + 1, q):
+                s -= L[b, a] * back[b]
+            back[a] = s / L[a, a]
+        for a in range(q):
+            d = g_u[j, a] - back[a]
+            grad[x_eff + j * q + a] += d
+            for k in range(p):
+                g_beta[k] -= buf[at_centre + (j * q + a) * p + k] * d
+            for b in range(a + 1):
+                gL[a, b] += back[a] * w[b]
+    return lp
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _scale_gradient(x, buf, row, gL, tau, omega, grad):
+    """L = diag(tau) L_Omega: d tau_a = sum_b gL[a,b] Omega[a,b] (to the sampled log scale), d Omega = tau_a gL[a,b]
+    (to the LKJ coordinates, whose log prior :func:`_lkj_terms` adds and returns)."""
+    q = len(tau)
+    x_tau = int(row[_F_X_TAU])
+    prior = buf[int(row[_F_AT_PRIOR]):int(row[_F_AT_PRIOR]) + 4 * q]
+    for a in range(q):
+        d_tau = 0.0
+        for b in range(a + 1):
+            d_tau += gL[a, b] * omega[a, b]
+        grad[x_tau + a] += d_tau * tau[a] * (0.5 if prior[4 * a + 3] > 0.5 else 1.0)
+    if row[_F_CORRELATED] > 0.5:
+        x_corr = int(row[_F_X_CORR])
+        g_omega = gL * tau.reshape(q, 1)
+        positions = buf[int(row[_F_AT_CORR]):int(row[_F_AT_CORR]) + q * q].reshape(q, q)
+        return _lkj_terms(x[x_corr:x_corr + q * (q - 1) // 2], positions, q, row[_F_ETA], g_omega,
+                          grad[x_corr:x_corr + q * (q - 1) // 2])
+    return 0.0
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def log_density(x, buf, grad):
     """Log posterior density at ``x`` (module docstring) with its gradient written into ``grad`` (loops only: no
-    BLAS or LAPACK binding to compile)."""
+    BLAS or LAPACK binding to compile): priors, effects, eta, the rows' terms, then the chain rule back through
+    the effects' priors and scales to the coordinates."""
     n, p, n_factors = int(buf[_N]), int(buf[_P]), int(buf[_N_FACTORS])
     family, shape_at = int(buf[_FAMILY]), int(buf[_SHAPE_AT])
     for k in range(len(grad)):
         grad[k] = 0.0
-    at_y, at_size, at_offset, at_X = int(buf[_AT_Y]), int(buf[_AT_SIZE]), int(buf[_AT_OFFSET]), int(buf[_AT_X])
-    beta_mu = buf[int(buf[_AT_BETA_MU]):int(buf[_AT_BETA_MU]) + p]
-    beta_sd = buf[int(buf[_AT_BETA_SD]):int(buf[_AT_BETA_SD]) + p]
     table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
         n_factors, len(_FACTOR))
     A = buf[int(buf[_AT_A]):int(buf[_AT_A]) + p * p].reshape(p, p)
@@ -323,12 +474,8 @@ def log_density(x, buf, grad):
         for m in range(p):
             beta[k] += A[k, m] * x[m]
     g_beta = np.zeros(p)
-    lp = buf[_CONSTANT]
-    for k in range(p):  # fixed-effect priors: Normal, or flat (sd 0 marks it)
-        if beta_sd[k] > 0.0:
-            r = (beta[k] - beta_mu[k]) / beta_sd[k]
-            lp -= 0.5 * _LOG_2PI + math.log(beta_sd[k]) + 0.5 * r * r
-            g_beta[k] -= r / beta_sd[k]
+    lp = buf[_CONSTANT] + _fixed_prior(beta, buf[int(buf[_AT_BETA_MU]):int(buf[_AT_BETA_MU]) + p],
+                                       buf[int(buf[_AT_BETA_SD]):int(buf[_AT_BETA_SD]) + p], g_beta)
     # every factor's effects in one flat array, factor f's group j at u_at[f] + j q_f
     q_max, u_at = 1, np.zeros(n_factors + 1, np.int64)
     for f in range(n_factors):
@@ -354,111 +501,29 @@ def log_density(x, buf, grad):
         d_shape -= n * _digamma(shape)
     # eta, then each row's log-likelihood term and r_i = dl_i/deta_i, then r into the gradients of beta and of
     # the effects: simple passes over contiguous arrays (one fused pass with indirect reads measured 2x slower)
-    X = buf[at_X:at_X + n * p].reshape(n, p)
-    eta = buf[at_offset:at_offset + n].copy()
-    for i in range(n):
-        for k in range(p):
-            eta[i] += X[i, k] * beta[k]
-    for f in range(n_factors):
-        q = int(table[f, _F_Q])
-        codes = buf[int(table[f, _F_AT_CODES]):int(table[f, _F_AT_CODES]) + n]
-        Z = buf[int(table[f, _F_AT_Z]):int(table[f, _F_AT_Z]) + n * q].reshape(n, q)
-        u = u_all[u_at[f]:u_at[f + 1]].reshape(-1, q)
-        for i in range(n):
-            j = int(codes[i])
-            for a in range(q):
-                eta[i] += Z[i, a] * u[j, a]
-    y, size = buf[at_y:at_y + n], buf[at_size:at_size + n]
+    X = buf[int(buf[_AT_X]):int(buf[_AT_X]) + n * p].reshape(n, p)
+    eta = _linear_predictor(buf, table, X, beta, u_all, u_at)
     r = np.empty(n)
-    if family == 0:
-        for i in range(n):
-            value, r[i] = _binomial_term(y[i], size[i], eta[i])
-            lp += value
-    elif family == 1:
-        for i in range(n):
-            mu = math.exp(eta[i])
-            lp += y[i] * eta[i] - mu
-            r[i] = y[i] - mu
-    else:
-        for i in range(n):
-            value, r[i], d_k = _negative_binomial_term(y[i], eta[i], shape, log_shape)
-            lp += value
-            d_shape += d_k
-    for i in range(n):
-        for k in range(p):
-            g_beta[k] += X[i, k] * r[i]
-    for f in range(n_factors):
-        q = int(table[f, _F_Q])
-        codes = buf[int(table[f, _F_AT_CODES]):int(table[f, _F_AT_CODES]) + n]
-        Z = buf[int(table[f, _F_AT_Z]):int(table[f, _F_AT_Z]) + n * q].reshape(n, q)
-        g_u = g_u_all[u_at[f]:u_at[f + 1]].reshape(-1, q)
-        for i in range(n):
-            j = int(codes[i])
-            for a in range(q):
-                g_u[j, a] += r[i] * Z[i, a]
+    lp_rows, d_shape_rows = _row_terms(family, buf[int(buf[_AT_Y]):int(buf[_AT_Y]) + n],
+                                       buf[int(buf[_AT_SIZE]):int(buf[_AT_SIZE]) + n], eta, shape, log_shape, r)
+    lp += lp_rows
+    d_shape += d_shape_rows
+    _pass_to_coefficients(buf, table, X, r, g_beta, g_u_all, u_at)
     if family == 2:
         grad[shape_at] += d_shape * shape
     # group effects: their priors and the chain rule to their coordinates and to L
     for f in range(n_factors):
         row = table[f]
         q, J = int(row[_F_Q]), int(row[_F_J])
-        x_eff = int(row[_F_X_EFFECTS])
-        L, tau, omega = Ls[f, :q, :q], taus[f, :q], omegas[f, :q, :q]
+        L = Ls[f, :q, :q]
         g_u = g_u_all[u_at[f]:u_at[f + 1]].reshape(J, q)
         gL = np.zeros((q, q))
-        if row[_F_CENTRED] < 0.5:  # u_j = L z_j: dz_j = L' g_uj - z_j, dL += g_uj z_j'
-            for j in range(J):
-                for a in range(q):
-                    z = x[x_eff + j * q + a]
-                    lp -= 0.5 * (_LOG_2PI + z * z)
-                    s = -z
-                    for b in range(a, q):
-                        s += L[b, a] * g_u[j, b]
-                    grad[x_eff + j * q + a] += s
-                    for b in range(a, q):
-                        gL[b, a] += g_u[j, b] * z
+        if row[_F_CENTRED] < 0.5:
+            lp += _non_centred_prior(x, int(row[_F_X_EFFECTS]), L, g_u, grad, gL)
         else:
-            # w_j = L^{-1} u_j; log N(u_j | 0, L L') = -|w_j|^2/2 - sum log L_aa - q/2 log 2 pi;
-            # db_j = g_uj - L^{-T} w_j, dc -= sum_j db_j, dL += L^{-T} w_j w_j' - diag(1 / L_aa)
-            u = u_all[u_at[f]:u_at[f + 1]].reshape(J, q)
-            at_centre = int(row[_F_AT_CENTRE])
-            w, back = np.empty(q), np.empty(q)
-            for a in range(q):
-                lp -= J * (0.5 * _LOG_2PI + math.log(L[a, a]))
-                gL[a, a] -= J / L[a, a]
-            for j in range(J):
-                for a in range(q):  # forward substitution: L w = u_j
-                    s = u[j, a]
-                    for b in range(a):
-                        s -= L[a, b] * w[b]
-                    w[a] = s / L[a, a]
-                    lp -= 0.5 * w[a] * w[a]
-                for a in range(q - 1, -1, -1):  # back substitution: L' back = w
-                    s = w[a]
-                    for b in range(a + 1, q):
-                        s -= L[b, a] * back[b]
-                    back[a] = s / L[a, a]
-                for a in range(q):
-                    d = g_u[j, a] - back[a]
-                    grad[x_eff + j * q + a] += d
-                    for k in range(p):
-                        g_beta[k] -= buf[at_centre + (j * q + a) * p + k] * d
-                    for b in range(a + 1):
-                        gL[a, b] += back[a] * w[b]
-        # L = diag(tau) L_Omega: d tau_a = sum_b gL[a,b] Omega[a,b]; d Omega = tau_a gL[a, b]
-        x_tau = int(row[_F_X_TAU])
-        prior = buf[int(row[_F_AT_PRIOR]):int(row[_F_AT_PRIOR]) + 4 * q]
-        for a in range(q):
-            d_tau = 0.0
-            for b in range(a + 1):
-                d_tau += gL[a, b] * omega[a, b]
-            grad[x_tau + a] += d_tau * tau[a] * (0.5 if prior[4 * a + 3] > 0.5 else 1.0)
-        if row[_F_CORRELATED] > 0.5:
-            x_corr = int(row[_F_X_CORR])
-            g_omega = gL * tau.reshape(q, 1)
-            positions = buf[int(row[_F_AT_CORR]):int(row[_F_AT_CORR]) + q * q].reshape(q, q)
-            lp += _lkj_terms(x[x_corr:x_corr + q * (q - 1) // 2], positions, q, row[_F_ETA], g_omega,
-                             grad[x_corr:x_corr + q * (q - 1) // 2])
+            lp += _centred_prior(buf, int(row[_F_AT_CENTRE]), int(row[_F_X_EFFECTS]), L,
+                                 u_all[u_at[f]:u_at[f + 1]].reshape(J, q), g_u, grad, g_beta, gL)
+        lp += _scale_gradient(x, buf, row, gL, taus[f, :q], omegas[f, :q, :q], grad)
     for m in range(p):  # to the standardised coordinates: A' g_beta
         for k in range(p):
             grad[m] += A[k, m] * g_beta[k]
