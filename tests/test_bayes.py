@@ -15,8 +15,9 @@ from scipy.linalg import block_diag
 
 import bayeshlm as bh
 from bayeshlm.bayes import LKJ, Prior, pymc_model
-from bayeshlm.bayes.marginal import ar1_pairs, chain_statistics, draw_group_effects, marginal_loglik
+from bayeshlm.bayes.marginal import chain_statistics, draw_group_effects, marginal_loglik
 from bayeshlm.bayes.priors import resolve_priors
+from bayeshlm.level1 import ar1_pairs
 
 
 def _toy(known_variance=False, seed=0):

@@ -805,7 +805,7 @@ def _level1_weights(x, buf, grad):
     the log density of φ's Uniform(-1, 1) prior with the transform's log-Jacobian log((1 - φ²)/2), whose
     gradient -φ it adds to ``grad``.
 
-    Strata: w_k = 1/σ_k², log|R| = Σ_k N_k log σ_k². AR(1) (:func:`~.marginal.ar1_pairs`): w = [1, -φ, φ²] /
+    Strata: w_k = 1/σ_k², log|R| = Σ_k N_k log σ_k². AR(1) (:func:`bayeshlm.level1.ar1_pairs`): w = [1, -φ, φ²] /
     ((1 - φ²) σ²), log|R| = N log σ² + n_pairs log(1 - φ²)."""
     K, p_ext = int(buf[_N_COMPONENTS]), int(buf[_P_EXT])
     if buf[_AR1] == 0:

@@ -29,8 +29,8 @@ of X (an indicator column per group and coefficient), so the same formula applie
 
 Level-1 error structures enter through R^{-1} = Σ_k s_k W_k, a weighted sum of fixed row sets, so every
 statistic is kept per component and weighted by s_k: a σ_k² per stratum k of rows (R&B 2002 sec. 5.4 and ch. 6;
-s_k = 1/σ_k², log|R| = -Σ_k N_k log s_k), or AR(1) errors within units (:func:`ar1_pairs`). A homogeneous
-model has one component.
+s_k = 1/σ_k², log|R| = -Σ_k N_k log s_k), or AR(1) errors within units
+(:func:`bayeshlm.level1.ar1_pairs`). A homogeneous model has one component.
 
 Given (β, T, s), the group effects are drawn top-down from their exact conditional posterior (R&B 2002,
 eq. 3.52 and 13.17): at level l, given the outer levels' draws u_o, u_lg ~ N(S b̃, S), b̃ = b - B u_o,
@@ -52,7 +52,6 @@ import scipy.sparse as sp
 from ..design import Design, GroupingFactor
 from ..design.design import ChainCrossproducts, chain_parents, group_sums, indicator_matrix
 from ..level1 import AR1Pairs
-from ..level1 import ar1_pairs as ar1_pairs  # the AR(1) structure's pairs, imported from here by tests
 
 # Crossed designs: refuse to integrate when the innermost-group x sampled-column table would exceed this
 MAX_CROSS_CELLS = 20_000_000
@@ -93,8 +92,8 @@ def chain_statistics(design: Design, chain: list[GroupingFactor], sampled: list[
                      strata: np.ndarray | None = None, ar1: AR1Pairs | None = None) -> ChainStatistics:
     """The :class:`ChainStatistics` of ``chain`` (innermost first), with the effects of the ``sampled``
     factors as indicator columns appended to X; per stratum (``strata``: each row's stratum code) or per
-    AR(1) component (``ar1``, see :func:`ar1_pairs`). Without any of these it reads the design's own sufficient
-    statistics, so aggregate designs built out of core work too."""
+    AR(1) component (``ar1``, see :func:`bayeshlm.level1.ar1_pairs`). Without any of these it reads the
+    design's own sufficient statistics, so aggregate designs built out of core work too."""
     if not sampled and strata is None and ar1 is None:
         components, counts = [design.chain_crossproducts(chain)], [design.n_obs]
         parents = components[0].parents
