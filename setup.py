@@ -1,11 +1,15 @@
-"""The compiled part of bayeshlm: the two-level Gaussian kernel built ahead of time (bayeshlm/bayes/kernel.py
-uses it for the commonest model shape instead of compiling its Numba callback on a first fit; issue 27).
-Everything else is configured in pyproject.toml. ``optional=True``: without a C compiler the install goes on
-and the kernel falls back to Numba."""
+"""The compiled parts of bayeshlm, built ahead of time by ``pip install`` (issue 27): every C file named
+``bayeshlm/<package>/_<name>.c`` becomes the extension module ``bayeshlm.<package>._<name>``. The Python side
+checks each module's buffer layout before using it and falls back to Numba (or NumPy) when it is missing, so the
+build is ``optional=True``: without a C compiler the install goes on. Everything else is in pyproject.toml."""
 
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("bayeshlm.bayes._two_level_kernel", ["bayeshlm/bayes/_two_level_kernel.c"],
-                             extra_compile_args=[] if sys.platform == "win32" else ["-O3"], optional=True)])
+FLAGS = [] if sys.platform == "win32" else ["-O3"]
+SOURCES = sorted(Path("bayeshlm").glob("*/_*.c"))
+
+setup(ext_modules=[Extension(".".join(source.with_suffix("").parts), [source.as_posix()], extra_compile_args=FLAGS,
+                             optional=True) for source in SOURCES])
