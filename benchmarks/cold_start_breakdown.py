@@ -1,4 +1,5 @@
-"""Where the time of a first Bayesian fit goes (issue 27): one HS&B fit in a new process, stage by stage.
+"""Where the time of a first Bayesian fit goes (issues 24 and 27): one HS&B fit (or one cbpp HGLM fit) in a new
+process, stage by stage.
 
 Each stage is timed in CPU seconds of this process (``resource.getrusage``: user + system, all threads, so
 sampling counts every chain) and in wall seconds. CPU seconds do not depend on how busy the shared machine is;
@@ -14,10 +15,17 @@ wall seconds do. The stages, in the order a fit meets them:
 - ``fit setup``: the fit call's own work between those stages (options, seed);
 - ``post-processing``: the rest of the fit call (naming the draws, group effects, units, diagnostics, result).
 
+``--model cbpp`` times the binomial HGLM ``cbind(incidence, size - incidence) ~ period + (1 | herd)`` instead:
+``Laplace/ML reference fit`` (the likelihood engine's fit that sets the start and the parameterisation),
+``kernel buffer`` (:func:`bayeshlm.bayes.glmm.build_kernel`), ``kernel compile/load`` (the HGLM callbacks:
+the ahead-of-time extension, or Numba's compiled or loaded from its cache), sampling and the rest. It also lists
+every function Numba compiled or loaded in the process (top-level ``numba:compile`` events) with their seconds.
+
 Usage::
 
     python benchmarks/cold_start_breakdown.py               # cold (new empty caches), then warm, new processes
     python benchmarks/cold_start_breakdown.py --state warm  # the default caches as they are
+    python benchmarks/cold_start_breakdown.py --model cbpp  # the HGLM
 
 Each state runs in its own new process; the cold run points ``NUMBA_CACHE_DIR`` and PyTensor's
 ``base_compiledir`` at a new empty directory, and the warm run reuses that directory.
@@ -26,8 +34,10 @@ Each state runs in its own new process; the cold run points ``NUMBA_CACHE_DIR`` 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -52,6 +62,26 @@ def mark(name):
     last = now
 
 import numba; mark("import numba")
+from numba.core import event
+
+compiled, depth = {}, [0]
+
+class TopLevelCompiles(event.Listener):
+    # seconds of every outermost numba:compile event (a compile or a cache load), by function name
+
+    def on_start(self, ev):
+        depth[0] += 1
+        if depth[0] == 1:
+            self.began = time.perf_counter()
+
+    def on_end(self, ev):
+        depth[0] -= 1
+        if depth[0] == 0:
+            dispatcher = ev.data["dispatcher"]
+            name = getattr(getattr(dispatcher, "py_func", dispatcher), "__qualname__", str(dispatcher))
+            compiled[name] = compiled.get(name, 0.0) + time.perf_counter() - self.began
+
+event.register("numba:compile", TopLevelCompiles())
 import pytensor; mark("import pytensor")
 import pymc; mark("import pymc")
 import nutpie; mark("import nutpie")
@@ -68,7 +98,9 @@ def timed(module, name, label):
         mark(label)
         return out
     setattr(module, name, wrapper)
+"""
 
+MODEL_STAGES = {"hsb": r"""
 timed(bayes, "sampled_model", "model build (graph, statistics, kernel buffer)")
 timed(sampling, "kernel_nutpie_model", "kernel compile/load")
 timed(sampling, "sample_nutpie", "sampling (4 x 1000 + 1000 tuning)")
@@ -77,31 +109,55 @@ model = bh.HLM("mathach ~ meanses*cses + sector*cses + (cses | school)", df)
 mark("data + design")
 fit = model.fit("bayes", draws=1000, tune=1000, chains=4, random_seed=1)
 mark("post-processing (names, group effects, units, diagnostics)")
+""", "cbpp": r"""
+import bayeshlm.bayes.glmm as glmm
+import bayeshlm.bayes.glmm_kernel as glmm_kernel
+mark("import bayeshlm.bayes.glmm (the HGLM engine)")
+timed(glmm, "laplace_start", "Laplace/ML reference fit")
+timed(glmm, "build_kernel", "kernel buffer")
+timed(glmm_kernel, "nutpie_model", "kernel compile/load")
+timed(sampling, "sample_nutpie", "sampling (4 x 1000 + 1000 tuning)")
+df = bh.datasets.load("cbpp")
+model = bh.HLM("cbind(incidence, size - incidence) ~ period + (1 | herd)", df, family="binomial")
+mark("data + design")
+fit = model.fit(method="bayes", random_seed=1)
+mark("post-processing (names, group effects, units, diagnostics)")
+"""}
+
+REPORT = r"""
 merged = {}
 for name, cpu, wall in stages:
     a, b = merged.get(name, (0.0, 0.0))
     merged[name] = (a + cpu, b + wall)
 print(json.dumps({"stages": merged, "min_ess_bulk": fit.diagnostics["min_ess_bulk"],
-                  "compile_seconds": fit.sampler["compile_seconds"]}))
+                  "compile_seconds": fit.sampler["compile_seconds"], "log_density": fit.sampler["log_density"],
+                  "numba": sorted(compiled.items(), key=lambda item: -item[1])}))
 """
 
 
-def run_state(state: str, cache: str | None) -> dict:
+def run_state(state: str, cache: str | None, model: str = "hsb") -> dict:
+    """One fit in a new process; adds the whole process's wall and CPU seconds (interpreter start included)."""
     env = dict(os.environ)
     if cache is not None:
         env["NUMBA_CACHE_DIR"] = cache
         env["PYTENSOR_FLAGS"] = f"base_compiledir={cache}"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", STAGE_RUN], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-c", STAGE_RUN + MODEL_STAGES[model] + REPORT], capture_output=True,
+                          text=True, env=env)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-2000:])
     record = json.loads(proc.stdout.strip().splitlines()[-1])
-    return record | {"state": state, "process_wall_s": wall}
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return record | {"state": state, "model": model, "process_wall_s": wall, "process_cpu_s": cpu,
+                     "load": os.getloadavg()[0]}
 
 
 def show(record: dict) -> None:
-    print(f"\n{record['state']}: whole process {record['process_wall_s']:.2f} s wall, load {os.getloadavg()[0]:.1f}; "
+    print(f"\n{record['model']} {record['state']}: whole process {record['process_cpu_s']:.2f} CPU s, "
+          f"{record['process_wall_s']:.2f} s wall, load {record['load']:.1f}; log density: {record['log_density']}; "
           f"min bulk ESS {record['min_ess_bulk']:.0f}")
     print(f"  {'stage':50s} {'CPU s':>8s} {'wall s':>8s}")
     total_cpu = total_wall = 0.0
@@ -109,19 +165,43 @@ def show(record: dict) -> None:
         print(f"  {name:50s} {cpu:8.2f} {wall:8.2f}")
         total_cpu, total_wall = total_cpu + cpu, total_wall + wall
     print(f"  {'total (in process)':50s} {total_cpu:8.2f} {total_wall:8.2f}")
+    print("  Numba compiles or cache loads (wall s): "
+          + (", ".join(f"{name} {seconds:.2f}" for name, seconds in record["numba"]) or "none"))
+
+
+def append_csv(path: str, label: str, record: dict) -> None:
+    """One row per stage plus a row for the whole process, tagged with ``label`` (e.g. the commit)."""
+    rows = [(name, cpu, wall) for name, (cpu, wall) in record["stages"].items()]
+    rows.append(("whole process", record["process_cpu_s"], record["process_wall_s"]))
+    new = not os.path.exists(path)
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(["label", "model", "state", "stage", "cpu_s", "wall_s", "load", "log_density",
+                             "min_ess_bulk"])
+        for name, cpu, wall in rows:
+            writer.writerow([label, record["model"], record["state"], name, round(cpu, 3), round(wall, 3),
+                             round(record["load"], 2), record["log_density"], round(record["min_ess_bulk"], 1)])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state", choices=("cold", "warm", "both"), default="both")
+    parser.add_argument("--model", choices=tuple(MODEL_STAGES), default="hsb")
+    parser.add_argument("--csv", help="append the stages to this CSV file")
+    parser.add_argument("--label", default="", help="the CSV rows' label (e.g. the commit)")
     args = parser.parse_args()
     if args.state == "warm":
-        show(run_state("warm (default caches)", None))
-        return
-    with tempfile.TemporaryDirectory() as cache:
-        show(run_state("cold", cache))
-        if args.state == "both":
-            show(run_state("warm", cache))
+        records = [run_state("warm (default caches)", None, args.model)]
+    else:
+        with tempfile.TemporaryDirectory() as cache:
+            records = [run_state("cold", cache, args.model)]
+            if args.state == "both":
+                records.append(run_state("warm", cache, args.model))
+    for record in records:
+        show(record)
+        if args.csv:
+            append_csv(args.csv, args.label, record)
 
 
 if __name__ == "__main__":

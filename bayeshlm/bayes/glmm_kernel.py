@@ -26,18 +26,25 @@ dL += L^{-T} w w' - diag(1/L_aa) per group. The LKJ(eta) density of L_Omega and 
 transform (PyMC's CholeskyCorr, after TensorFlow Probability: row i of L_Omega is (y_i, 1) / |(y_i, 1)|, with
 log-Jacobian sum_i (i + 1) log L_ii, one-based i) are written out with their gradient.
 
-Everything is compiled by Numba with ``cache=True``: the first fit on a machine compiles (about a minute), later
-processes load the machine code from the cache.
+nutpie calls C callbacks (:func:`callbacks`): those of ``_glmm_kernel.c``, the same density, gradient and
+reported values in the same order of floating-point operations, compiled ahead of time by ``pip install``
+(:func:`extension_callbacks`), so a first fit compiles nothing (cbpp with empty caches: 25.3 -> 4.4 CPU s in a new
+process, benchmarks/results/bayes_glmm_aot.md); without a C compiler at install, or when the extension reads
+another buffer layout, Numba's (:func:`numba_callbacks`, compiled with ``cache=True``: about 20 CPU s on the
+first fit on a machine, loaded from the cache by later processes).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 from dataclasses import dataclass
 
 import numba
 import numpy as np
+
+from .kernel import ExtensionCallback
 
 # kernel family codes
 FAMILY_CODES = {("binomial", "logit"): 0, ("bernoulli", "logit"): 0, ("poisson", "log"): 1,
@@ -587,8 +594,44 @@ def _finish(value, grad, logp_ptr):
 
 @functools.cache
 def callbacks():
-    """The log-density and reported-values C callbacks nutpie calls with the packed buffer as user data
-    (compiled on first use, then loaded from Numba's on-disk cache)."""
+    """The log-density and reported-values C callbacks nutpie calls with the packed buffer as user data: the
+    ahead-of-time compiled extension's when it is installed and reads this module's layout
+    (:func:`extension_callbacks`; nothing to compile), else Numba's (:func:`numba_callbacks`)."""
+    return extension_callbacks() or numba_callbacks()
+
+
+def layout() -> tuple:
+    """What the compiled extension must read as this module packs it: the header and factor-row fields, the
+    family codes and the scale prior families by code (with PyMC's parameter names in the order read)."""
+    return (_HEADER, _FACTOR, tuple((family, link, code) for (family, link), code in FAMILY_CODES.items()),
+            tuple(SCALE_FAMILIES.items()))
+
+
+@functools.cache
+def extension_callbacks() -> tuple[ExtensionCallback, ExtensionCallback] | None:
+    """The callbacks of ``_glmm_kernel.c`` (built by ``pip install``: the same log density, gradient and reported
+    values as :func:`log_density` and :func:`expand`, in the same order of operations), or None when the
+    extension is not installed (no C compiler at install time) or its LAYOUT is not :func:`layout`."""
+    try:
+        from . import _glmm_kernel
+    except ImportError:
+        return None
+    if _glmm_kernel.LAYOUT != layout():
+        return None
+    logp, expand_values = _glmm_kernel.callbacks()
+    double_ptr = ctypes.POINTER(ctypes.c_double)
+    logp_type = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, double_ptr, double_ptr, double_ptr,
+                                 ctypes.c_void_p)
+    expand_type = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64, double_ptr, double_ptr,
+                                   ctypes.c_void_p)
+    return (ExtensionCallback(logp, logp_type(logp)),
+            ExtensionCallback(expand_values, expand_type(expand_values)))
+
+
+@functools.cache
+def numba_callbacks():
+    """The Numba-compiled callbacks (compiled on first use, then loaded from Numba's on-disk cache); return
+    codes as nutpie's PyMC callbacks (0 ok, 4 / 3 log density / gradient not finite, -1 wrong dimension)."""
     double_ptr = numba.types.CPointer(numba.types.double)
     logp_signature = numba.types.int64(numba.types.uint64, double_ptr, double_ptr, double_ptr, numba.types.voidptr)
     expand_signature = numba.types.int64(numba.types.uint64, numba.types.uint64, double_ptr, double_ptr,
@@ -612,20 +655,39 @@ def callbacks():
     return glmm_logp, glmm_expand
 
 
-def log_density_and_gradient(kernel: GLMMKernel):
-    """``f(x) -> (log density, gradient)`` (for checks; nutpie calls the C callbacks)."""
+_DOUBLE_PTR = ctypes.POINTER(ctypes.c_double)
+
+
+def log_density_and_gradient(kernel: GLMMKernel, chosen=None):
+    """``f(x) -> (log density, gradient)`` through the log-density callback nutpie calls (for checks): the first
+    of ``chosen`` (e.g. ``numba_callbacks()``), by default of :func:`callbacks`."""
+    logp = (chosen or callbacks())[0].ctypes
+    buffer = kernel.buffer.ctypes.data_as(ctypes.c_void_p)
 
     def evaluate(x):
-        grad = np.empty(kernel.n_dim)
-        return log_density(np.ascontiguousarray(x, dtype=float), kernel.buffer, grad), grad
+        x = np.ascontiguousarray(x, dtype=float)
+        if x.shape != (kernel.n_dim,):
+            raise ValueError(f"x has shape {x.shape}; the kernel has {kernel.n_dim} coordinates.")
+        grad, value = np.empty(kernel.n_dim), np.empty(1)
+        logp(kernel.n_dim, x.ctypes.data_as(_DOUBLE_PTR), grad.ctypes.data_as(_DOUBLE_PTR),
+             value.ctypes.data_as(_DOUBLE_PTR), buffer)
+        return float(value[0]), grad
 
     return evaluate
 
 
-def reported(kernel: GLMMKernel, x: np.ndarray) -> dict[str, np.ndarray]:
-    """The reported values at unconstrained ``x``, by name."""
+def reported(kernel: GLMMKernel, x: np.ndarray, chosen=None) -> dict[str, np.ndarray]:
+    """The reported values at unconstrained ``x``, by name, through the reported-values callback (the second of
+    ``chosen``, by default of :func:`callbacks`)."""
+    x = np.ascontiguousarray(x, dtype=float)
+    if x.shape != (kernel.n_dim,):
+        raise ValueError(f"x has shape {x.shape}; the kernel has {kernel.n_dim} coordinates.")
     flat = np.empty(kernel.n_expanded)
-    expand(np.ascontiguousarray(x, dtype=float), kernel.buffer, flat)
+    code = (chosen or callbacks())[1].ctypes(kernel.n_dim, kernel.n_expanded, x.ctypes.data_as(_DOUBLE_PTR),
+                                             flat.ctypes.data_as(_DOUBLE_PTR),
+                                             kernel.buffer.ctypes.data_as(ctypes.c_void_p))
+    if code != 0:
+        raise RuntimeError(f"The reported-values callback returned {code}.")
     out, at = {}, 0
     for name, shape, _ in kernel.layout:
         size = int(np.prod(shape))
@@ -638,7 +700,7 @@ def nutpie_model(kernel: GLMMKernel):
     """A nutpie model sampling ``kernel`` through its C callbacks (chains in parallel, no Python in the loop)."""
     from nutpie.sample import CompiledModel
 
-    callbacks()  # compile or load them now, so that the fit's record times compilation apart from sampling
+    callbacks()  # load (or compile) them now, so that the fit's record times compilation apart from sampling
 
     @dataclass(frozen=True)
     class GLMMCompiledModel(CompiledModel):

@@ -1,0 +1,630 @@
+/* The hierarchical GLM kernel of bayeshlm/bayes/glmm_kernel.py compiled ahead of time (issues 24 and 27: a first
+ * Bayesian HGLM fit without the Numba compile). The log posterior density, its gradient and the reported values
+ * that glmm_kernel.py's Numba functions ``log_density`` and ``expand`` compute, block for block and in the same
+ * order of floating-point operations, reading the same packed float64 buffer (layout in glmm_kernel.py; LAYOUT
+ * below names its header and factor-row fields, the family codes and the scale prior families by code, and
+ * glmm_kernel.py uses this extension only when they equal its own). The model and formulas are in glmm_kernel.py's
+ * module docstring:
+ *
+ *   eta_i = x_i'beta + offset_i + sum_f z_fi'u_f[j(i)],  u_fj = L_f z_fj (non-centred) or b_fj - C_fj beta
+ *   (centred, b_fj ~ N(C_fj beta, L_f L_f')),  L_f = diag(tau_f) L_Omega,f,  beta = A x[:p],
+ *
+ * rows: binomial logit, Poisson log or negative binomial (NB2) log; priors with their normalising constants;
+ * LKJ(eta) on L_Omega through PyMC's CholeskyCorr transform. Matrices are row-major (q x q, or J x q).
+ */
+#define PY_SSIZE_T_CLEAN
+#define _DEFAULT_SOURCE
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* No fused multiply-adds: Numba's LLVM does not contract a * b + c either, and the results must be Numba's. */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
+
+/* glmm_kernel.py's _HEADER and _FACTOR, in order */
+static const char *HEADER[] = {"n_dim", "n_expanded", "length", "family", "n", "p", "n_factors", "shape_at",
+                               "constant", "at_y", "at_size", "at_offset", "at_X", "at_beta_mu", "at_beta_sd",
+                               "at_factors", "at_shape_prior", "at_A"};
+static const char *FACTOR[] = {"q", "J", "correlated", "centred", "eta", "at_codes", "at_Z", "at_centre",
+                               "x_effects", "x_tau", "x_corr", "at_prior", "at_corr"};
+#define N_HEADER 18
+#define N_FACTOR 13
+enum { H_N_DIM, H_N_EXPANDED, H_LENGTH, H_FAMILY, H_N, H_P, H_N_FACTORS, H_SHAPE_AT, H_CONSTANT, H_AT_Y, H_AT_SIZE,
+       H_AT_OFFSET, H_AT_X, H_AT_BETA_MU, H_AT_BETA_SD, H_AT_FACTORS, H_AT_SHAPE_PRIOR, H_AT_A };
+enum { F_Q, F_J, F_CORRELATED, F_CENTRED, F_ETA, F_AT_CODES, F_AT_Z, F_AT_CENTRE, F_X_EFFECTS, F_X_TAU, F_X_CORR,
+       F_AT_PRIOR, F_AT_CORR };
+/* glmm_kernel.py's FAMILY_CODES (family, link, code) and SCALE_FAMILIES (name by code, PyMC's parameter names) */
+static const char *FAMILIES[][2] = {{"binomial", "logit"}, {"bernoulli", "logit"}, {"poisson", "log"},
+                                    {"negative_binomial", "log"}};
+static const int FAMILY_CODE[] = {0, 0, 1, 2};
+#define N_FAMILIES 4
+enum { BINOMIAL = 0, POISSON = 1, NEGATIVE_BINOMIAL = 2 };
+static const char *SCALES[][3] = {{"HalfFlat", NULL, NULL}, {"HalfNormal", "sigma", NULL},
+                                  {"HalfStudentT", "nu", "sigma"}, {"HalfCauchy", "beta", NULL},
+                                  {"Exponential", "lam", NULL}, {"Gamma", "alpha", "beta"}};
+#define N_SCALES 6
+
+/* constants Numba folds with the C library's log (set at import, never folded by this compiler) */
+static double LOG_2PI, LOG_2_OVER_PI, LOG_2, LOG_PI;
+
+#define AT(buf, k) ((Py_ssize_t)(buf)[k])
+
+/* numba's max(a, b): b if b > a, else a (a when either is NaN) */
+static double numba_max(double a, double b) { return b > a ? b : a; }
+
+static double log_gamma(double x) {
+    int sign;
+    return lgamma_r(x, &sign);
+}
+
+/* Log prior of s = exp(theta) (of s^2 when on_variance) with its normalising constant and the log-Jacobian theta;
+ * returns it, with d/d theta in *d_out and s (sqrt when on_variance) in *scale_out (glmm_kernel._scale_prior). */
+static double scale_prior(int code, double a, double b, int on_variance, double theta, double *d_out,
+                          double *scale_out) {
+    double v = exp(theta), lp, dlp;
+    if (code == 0) {
+        lp = 0.0;
+        dlp = 0.0;
+    } else if (code == 1) {
+        double va = v / a;
+        lp = 0.5 * LOG_2_OVER_PI - log(a) - 0.5 * (va * va);
+        dlp = -v / (a * a);
+    } else if (code == 2) {
+        double r = v * v / (a * b * b);
+        lp = (LOG_2 + log_gamma(0.5 * (a + 1.0)) - log_gamma(0.5 * a) - 0.5 * log(a * M_PI * b * b)
+              - 0.5 * (a + 1.0) * log1p(r));
+        dlp = -(a + 1.0) * v / (a * b * b * (1.0 + r));
+    } else if (code == 3) {
+        double va = v / a;
+        lp = log(2.0 / (M_PI * a)) - log1p(va * va);
+        dlp = -2.0 * v / (a * a + v * v);
+    } else if (code == 4) {
+        lp = log(a) - a * v;
+        dlp = -a;
+    } else {
+        lp = a * log(b) - log_gamma(a) + (a - 1.0) * log(v) - b * v;
+        dlp = (a - 1.0) / v - b;
+    }
+    *scale_out = on_variance ? sqrt(v) : v;
+    *d_out = dlp * v + 1.0;
+    return lp + theta;
+}
+
+/* psi(x) for x > 0: recurrence up to x >= 6, then the asymptotic series (glmm_kernel._digamma) */
+static double digamma(double x) {
+    double out = 0.0;
+    while (x < 6.0) {
+        out -= 1.0 / x;
+        x += 1.0;
+    }
+    double inv = 1.0 / x;
+    double inv2 = inv * inv;
+    return out + log(x) - 0.5 * inv - inv2 * (1.0 / 12 - inv2 * (1.0 / 120 - inv2 * (1.0 / 252 - inv2 * (
+        1.0 / 240 - inv2 / 132))));
+}
+
+/* L_Omega (q x q) from y: row i is (y_i1, ..., y_i,i-1, 1) / its norm (glmm_kernel._lkj_factor) */
+static void lkj_factor(const double *y, const double *positions, int q, double *L) {
+    for (int i = 0; i < q * q; i++)
+        L[i] = 0.0;
+    for (int i = 0; i < q; i++)
+        L[i * q + i] = 1.0;
+    for (int i = 1; i < q; i++) {
+        double norm2 = 1.0;
+        for (int k = 0; k < i; k++) {
+            double yk = y[(int)positions[i * q + k]];
+            norm2 += yk * yk;
+        }
+        double s = sqrt(norm2);
+        for (int k = 0; k < i; k++)
+            L[i * q + k] = y[(int)positions[i * q + k]] / s;
+        L[i * q + i] = 1.0 / s;
+    }
+}
+
+/* LKJ(eta) log density of L_Omega with its normaliser plus the transform's log-Jacobian; adds their gradient and
+ * that of sum(gL * L_Omega) to grad_y (glmm_kernel._lkj_terms) */
+static double lkj_terms(const double *y, const double *positions, int q, double eta, const double *gL,
+                        double *grad_y) {
+    double lp = (q - 1) * log_gamma(eta + 0.5 * (q - 1));
+    for (int k = 1; k < q; k++)
+        lp -= 0.5 * k * LOG_PI + log_gamma(eta + 0.5 * (q - 1 - k));
+    double weight = 2.0 * eta + q - 1.0;
+    for (int i = 1; i < q; i++) {
+        double norm2 = 1.0;
+        for (int k = 0; k < i; k++) {
+            double yk = y[(int)positions[i * q + k]];
+            norm2 += yk * yk;
+        }
+        double s = sqrt(norm2);
+        lp -= 0.5 * weight * log(norm2);
+        double along = gL[i * q + i];
+        for (int k = 0; k < i; k++)
+            along += gL[i * q + k] * y[(int)positions[i * q + k]];
+        for (int m = 0; m < i; m++) {
+            int at = (int)positions[i * q + m];
+            grad_y[at] += -weight * y[at] / norm2 + gL[i * q + m] / s - y[at] * along / (s * norm2);
+        }
+    }
+    return lp;
+}
+
+/* L = diag(tau) L_Omega, tau and L_Omega of one factor and the log prior of tau (returned); with want_grad adds
+ * the prior's gradient (glmm_kernel._factor_scale) */
+static double factor_scale(const double *x, const double *buf, const double *row, double *grad, int want_grad,
+                           double *L, double *tau, double *omega) {
+    int q = (int)row[F_Q];
+    Py_ssize_t x_tau = AT(row, F_X_TAU);
+    const double *prior = buf + AT(row, F_AT_PRIOR);
+    double lp = 0.0;
+    for (int a = 0; a < q; a++) {
+        int on_variance = prior[4 * a + 3] > 0.5;
+        double d;
+        double value = scale_prior((int)prior[4 * a], prior[4 * a + 1], prior[4 * a + 2], on_variance,
+                                   x[x_tau + a], &d, &tau[a]);
+        lp += value;
+        if (want_grad)
+            grad[x_tau + a] += d;
+    }
+    if (row[F_CORRELATED] > 0.5) {
+        lkj_factor(x + AT(row, F_X_CORR), buf + AT(row, F_AT_CORR), q, omega);
+    } else {
+        for (int i = 0; i < q * q; i++)
+            omega[i] = 0.0;
+        for (int i = 0; i < q; i++)
+            omega[i * q + i] = 1.0;
+    }
+    for (int a = 0; a < q; a++)
+        for (int b = 0; b < q; b++)
+            L[a * q + b] = omega[a * q + b] * tau[a];
+    return lp;
+}
+
+/* u (J x q) of one factor from its coordinates: L z_j, or b_j - C_j beta (glmm_kernel._effects) */
+static void effects(const double *x, const double *buf, const double *row, const double *L, const double *beta,
+                    int p, double *u) {
+    int q = (int)row[F_Q];
+    Py_ssize_t J = AT(row, F_J), x_eff = AT(row, F_X_EFFECTS);
+    if (row[F_CENTRED] < 0.5) {
+        for (Py_ssize_t j = 0; j < J; j++)
+            for (int a = 0; a < q; a++) {
+                double s = 0.0;
+                for (int b = 0; b <= a; b++)
+                    s += L[a * q + b] * x[x_eff + j * q + b];
+                u[j * q + a] = s;
+            }
+        return;
+    }
+    const double *centre = buf + AT(row, F_AT_CENTRE);
+    for (Py_ssize_t j = 0; j < J; j++)
+        for (int a = 0; a < q; a++) {
+            double c = 0.0;
+            for (int k = 0; k < p; k++)
+                c += centre[(j * q + a) * p + k] * beta[k];
+            u[j * q + a] = x[x_eff + j * q + a] - c;
+        }
+}
+
+/* log prior of the fixed effects (Normal, flat where sd is 0), gradient added to g_beta (glmm_kernel._fixed_prior) */
+static double fixed_prior(const double *beta, const double *beta_mu, const double *beta_sd, int p, double *g_beta) {
+    double lp = 0.0;
+    for (int k = 0; k < p; k++)
+        if (beta_sd[k] > 0.0) {
+            double r = (beta[k] - beta_mu[k]) / beta_sd[k];
+            lp -= 0.5 * LOG_2PI + log(beta_sd[k]) + 0.5 * r * r;
+            g_beta[k] -= r / beta_sd[k];
+        }
+    return lp;
+}
+
+/* eta_i = offset_i + x_i'beta + sum over factors of z_i'u_j[i] (glmm_kernel._linear_predictor) */
+static void linear_predictor(const double *buf, const double *table, Py_ssize_t n, int p, int n_factors,
+                             const double *X, const double *beta, const double *u_all, const Py_ssize_t *u_at,
+                             double *eta) {
+    const double *offset = buf + AT(buf, H_AT_OFFSET);
+    for (Py_ssize_t i = 0; i < n; i++)
+        eta[i] = offset[i];
+    for (Py_ssize_t i = 0; i < n; i++)
+        for (int k = 0; k < p; k++)
+            eta[i] += X[i * p + k] * beta[k];
+    for (int f = 0; f < n_factors; f++) {
+        const double *row = table + f * N_FACTOR;
+        int q = (int)row[F_Q];
+        const double *codes = buf + AT(row, F_AT_CODES), *Z = buf + AT(row, F_AT_Z), *u = u_all + u_at[f];
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_ssize_t j = (Py_ssize_t)codes[i];
+            for (int a = 0; a < q; a++)
+                eta[i] += Z[i * q + a] * u[j * q + a];
+        }
+    }
+}
+
+/* sum of the rows' log-likelihood terms (returned) and of dl_i/dk (*d_shape_out), r_i = dl_i/deta_i
+ * (glmm_kernel._row_terms, _binomial_term and _negative_binomial_term) */
+static double row_terms(int family, const double *y, const double *size, const double *eta, Py_ssize_t n,
+                        double shape, double log_shape, double *r, double *d_shape_out) {
+    double lp = 0.0, d_shape = 0.0;
+    if (family == BINOMIAL) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double e = eta[i], t = exp(-fabs(e));
+            double mu = (e >= 0.0 ? 1.0 : t) / (1.0 + t);
+            double value = y[i] * e - size[i] * (numba_max(e, 0.0) + log1p(t));
+            r[i] = y[i] - size[i] * mu;
+            lp += value;
+        }
+    } else if (family == POISSON) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double mu = exp(eta[i]);
+            lp += y[i] * eta[i] - mu;
+            r[i] = y[i] - mu;
+        }
+    } else {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double e = eta[i], mu = exp(e);
+            double log_k_mu = numba_max(log_shape, e) + log1p(exp(-fabs(log_shape - e)));  /* log(k + mu) */
+            double value = log_gamma(y[i] + shape) - shape * log_k_mu + y[i] * (e - log_k_mu);
+            double d_k = digamma(y[i] + shape) + log_shape - log_k_mu + (mu - y[i]) / (shape + mu);
+            r[i] = shape * (y[i] - mu) / (shape + mu);
+            lp += value;
+            d_shape += d_k;
+        }
+    }
+    *d_shape_out = d_shape;
+    return lp;
+}
+
+/* X'r added to g_beta, and to each group's g_u the sum of r_i z_i over its rows (glmm_kernel._pass_to_coefficients) */
+static void pass_to_coefficients(const double *buf, const double *table, Py_ssize_t n, int p, int n_factors,
+                                 const double *X, const double *r, double *g_beta, double *g_u_all,
+                                 const Py_ssize_t *u_at) {
+    for (Py_ssize_t i = 0; i < n; i++)
+        for (int k = 0; k < p; k++)
+            g_beta[k] += X[i * p + k] * r[i];
+    for (int f = 0; f < n_factors; f++) {
+        const double *row = table + f * N_FACTOR;
+        int q = (int)row[F_Q];
+        const double *codes = buf + AT(row, F_AT_CODES), *Z = buf + AT(row, F_AT_Z);
+        double *g_u = g_u_all + u_at[f];
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Py_ssize_t j = (Py_ssize_t)codes[i];
+            for (int a = 0; a < q; a++)
+                g_u[j * q + a] += r[i] * Z[i * q + a];
+        }
+    }
+}
+
+/* z_j ~ N(0, I): their log prior; dz_j = L' g_uj - z_j into grad, dL += g_uj z_j' (glmm_kernel._non_centred_prior) */
+static double non_centred_prior(const double *x, Py_ssize_t x_eff, const double *L, const double *g_u, Py_ssize_t J,
+                                int q, double *grad, double *gL) {
+    double lp = 0.0;
+    for (Py_ssize_t j = 0; j < J; j++)
+        for (int a = 0; a < q; a++) {
+            double z = x[x_eff + j * q + a];
+            lp -= 0.5 * (LOG_2PI + z * z);
+            double s = -z;
+            for (int b = a; b < q; b++)
+                s += L[b * q + a] * g_u[j * q + b];
+            grad[x_eff + j * q + a] += s;
+            for (int b = a; b < q; b++)
+                gL[b * q + a] += g_u[j * q + b] * z;
+        }
+    return lp;
+}
+
+/* u_j = b_j - C_j beta ~ N(0, L L'), w_j = L^{-1} u_j: log density, db_j = g_uj - L^{-T} w_j, dbeta -= C_j' db_j,
+ * dL += L^{-T} w_j w_j' - diag(1 / L_aa) (glmm_kernel._centred_prior); w and back: q scratch each */
+static double centred_prior(const double *centre, Py_ssize_t x_eff, const double *L, const double *u,
+                            const double *g_u, Py_ssize_t J, int q, int p, double *grad, double *g_beta, double *gL,
+                            double *w, double *back) {
+    double lp = 0.0;
+    for (int a = 0; a < q; a++) {
+        lp -= J * (0.5 * LOG_2PI + log(L[a * q + a]));
+        gL[a * q + a] -= J / L[a * q + a];
+    }
+    for (Py_ssize_t j = 0; j < J; j++) {
+        for (int a = 0; a < q; a++) {  /* forward substitution: L w = u_j */
+            double s = u[j * q + a];
+            for (int b = 0; b < a; b++)
+                s -= L[a * q + b] * w[b];
+            w[a] = s / L[a * q + a];
+            lp -= 0.5 * w[a] * w[a];
+        }
+        for (int a = q - 1; a >= 0; a--) {  /* back substitution: L' back = w */
+            double s = w[a];
+            for (int b = a + 1; b < q; b++)
+                s -= L[b * q + a] * back[b];
+            back[a] = s / L[a * q + a];
+        }
+        for (int a = 0; a < q; a++) {
+            double d = g_u[j * q + a] - back[a];
+            grad[x_eff + j * q + a] += d;
+            for (int k = 0; k < p; k++)
+                g_beta[k] -= centre[(j * q + a) * p + k] * d;
+            for (int b = 0; b <= a; b++)
+                gL[a * q + b] += back[a] * w[b];
+        }
+    }
+    return lp;
+}
+
+/* the gradient of L = diag(tau) L_Omega to the log scales and, when correlated, to the LKJ coordinates with their
+ * log prior (returned; glmm_kernel._scale_gradient); g_omega: q x q scratch */
+static double scale_gradient(const double *x, const double *buf, const double *row, const double *gL,
+                             const double *tau, const double *omega, double *grad, double *g_omega) {
+    int q = (int)row[F_Q];
+    Py_ssize_t x_tau = AT(row, F_X_TAU);
+    const double *prior = buf + AT(row, F_AT_PRIOR);
+    for (int a = 0; a < q; a++) {
+        double d_tau = 0.0;
+        for (int b = 0; b <= a; b++)
+            d_tau += gL[a * q + b] * omega[a * q + b];
+        grad[x_tau + a] += d_tau * tau[a] * (prior[4 * a + 3] > 0.5 ? 0.5 : 1.0);
+    }
+    if (row[F_CORRELATED] > 0.5) {
+        Py_ssize_t x_corr = AT(row, F_X_CORR);
+        for (int a = 0; a < q; a++)
+            for (int b = 0; b < q; b++)
+                g_omega[a * q + b] = gL[a * q + b] * tau[a];
+        return lkj_terms(x + x_corr, buf + AT(row, F_AT_CORR), q, row[F_ETA], g_omega, grad + x_corr);
+    }
+    return 0.0;
+}
+
+/* the sizes the work arrays of log_density and expand depend on */
+typedef struct {
+    Py_ssize_t n, n_u, q_max, J_max;
+    int p, n_factors;
+} Sizes;
+
+static Sizes sizes_of(const double *buf) {
+    Sizes s = {AT(buf, H_N), 0, 1, 0, (int)buf[H_P], (int)buf[H_N_FACTORS]};
+    const double *table = buf + AT(buf, H_AT_FACTORS);
+    for (int f = 0; f < s.n_factors; f++) {
+        Py_ssize_t q = AT(table + f * N_FACTOR, F_Q), J = AT(table + f * N_FACTOR, F_J);
+        s.q_max = q > s.q_max ? q : s.q_max;
+        s.J_max = J > s.J_max ? J : s.J_max;
+        s.n_u += J * q;
+    }
+    return s;
+}
+
+/* doubles of work log_density needs: beta, g_beta; per factor L, tau, L_Omega; u and g_u of every factor; eta
+ * and r; gL, g_omega, w and back of one factor */
+static Py_ssize_t density_work(Sizes s) {
+    return 2 * s.p + s.n_factors * (2 * s.q_max * s.q_max + s.q_max) + 2 * s.n_u + 2 * s.n + 2 * s.q_max * s.q_max
+           + 2 * s.q_max;
+}
+
+/* the log posterior density at x with its gradient in grad (glmm_kernel.log_density, step for step); u_at:
+ * n_factors + 1 offsets */
+static double log_density(const double *x, const double *buf, double *grad, double *work, Py_ssize_t *u_at) {
+    Sizes s = sizes_of(buf);
+    Py_ssize_t n = s.n, n_dim = AT(buf, H_N_DIM), qq = s.q_max * s.q_max;
+    int p = s.p, n_factors = s.n_factors, family = (int)buf[H_FAMILY];
+    Py_ssize_t shape_at = AT(buf, H_SHAPE_AT);
+    for (Py_ssize_t k = 0; k < n_dim; k++)
+        grad[k] = 0.0;
+    const double *table = buf + AT(buf, H_AT_FACTORS), *A = buf + AT(buf, H_AT_A);
+    double *beta = work, *g_beta = beta + p, *Ls = g_beta + p, *taus = Ls + n_factors * qq;
+    double *omegas = taus + n_factors * s.q_max, *u_all = omegas + n_factors * qq, *g_u_all = u_all + s.n_u;
+    double *eta = g_u_all + s.n_u, *r = eta + n, *gL = r + n, *g_omega = gL + qq, *w = g_omega + qq;
+    double *back = w + s.q_max;
+    for (int k = 0; k < p; k++) {  /* the coordinates are the coefficients of the standardised columns */
+        beta[k] = 0.0;
+        for (int m = 0; m < p; m++)
+            beta[k] += A[k * p + m] * x[m];
+    }
+    for (int k = 0; k < p; k++)
+        g_beta[k] = 0.0;
+    double lp = buf[H_CONSTANT] + fixed_prior(beta, buf + AT(buf, H_AT_BETA_MU), buf + AT(buf, H_AT_BETA_SD), p,
+                                              g_beta);
+    u_at[0] = 0;
+    for (int f = 0; f < n_factors; f++)
+        u_at[f + 1] = u_at[f] + AT(table + f * N_FACTOR, F_J) * AT(table + f * N_FACTOR, F_Q);
+    for (Py_ssize_t i = 0; i < s.n_u; i++)
+        g_u_all[i] = 0.0;
+    for (int f = 0; f < n_factors; f++) {
+        const double *row = table + f * N_FACTOR;
+        double *L = Ls + f * qq;
+        lp += factor_scale(x, buf, row, grad, 1, L, taus + f * s.q_max, omegas + f * qq);
+        effects(x, buf, row, L, beta, p, u_all + u_at[f]);
+    }
+    double shape = 1.0, log_shape = 0.0, d_shape = 0.0;
+    if (family == NEGATIVE_BINOMIAL) {
+        const double *shape_prior = buf + AT(buf, H_AT_SHAPE_PRIOR);
+        double d_log_shape;
+        double lp_shape = scale_prior((int)shape_prior[0], shape_prior[1], shape_prior[2], 0, x[shape_at],
+                                      &d_log_shape, &shape);
+        log_shape = log(shape);
+        lp += lp_shape - n * log_gamma(shape) + n * shape * log_shape;
+        grad[shape_at] += d_log_shape;
+        d_shape -= n * digamma(shape);
+    }
+    const double *X = buf + AT(buf, H_AT_X);
+    linear_predictor(buf, table, n, p, n_factors, X, beta, u_all, u_at, eta);
+    double d_shape_rows;
+    lp += row_terms(family, buf + AT(buf, H_AT_Y), buf + AT(buf, H_AT_SIZE), eta, n, shape, log_shape, r,
+                    &d_shape_rows);
+    d_shape += d_shape_rows;
+    pass_to_coefficients(buf, table, n, p, n_factors, X, r, g_beta, g_u_all, u_at);
+    if (family == NEGATIVE_BINOMIAL)
+        grad[shape_at] += d_shape * shape;
+    for (int f = 0; f < n_factors; f++) {  /* the effects' priors, the chain rule to their coordinates and to L */
+        const double *row = table + f * N_FACTOR;
+        int q = (int)row[F_Q];
+        Py_ssize_t J = AT(row, F_J), x_eff = AT(row, F_X_EFFECTS);
+        const double *L = Ls + f * qq;
+        for (Py_ssize_t i = 0; i < q * q; i++)
+            gL[i] = 0.0;
+        if (row[F_CENTRED] < 0.5)
+            lp += non_centred_prior(x, x_eff, L, g_u_all + u_at[f], J, q, grad, gL);
+        else
+            lp += centred_prior(buf + AT(row, F_AT_CENTRE), x_eff, L, u_all + u_at[f], g_u_all + u_at[f], J, q, p,
+                                grad, g_beta, gL, w, back);
+        lp += scale_gradient(x, buf, row, gL, taus + f * s.q_max, omegas + f * qq, grad, g_omega);
+    }
+    for (int m = 0; m < p; m++)  /* to the standardised coordinates: A' g_beta */
+        for (int k = 0; k < p; k++)
+            grad[m] += A[k * p + m] * g_beta[k];
+    return lp;
+}
+
+/* the reported values at x: beta, per factor tau, L_Omega (when correlated), u and the sampled coordinates; then
+ * the negative binomial shape (glmm_kernel.expand); work: beta, L, tau, L_Omega and u of one factor */
+static void expand(const double *x, const double *buf, double *out, double *work) {
+    Sizes s = sizes_of(buf);
+    int p = s.p;
+    const double *table = buf + AT(buf, H_AT_FACTORS), *A = buf + AT(buf, H_AT_A);
+    double *beta = work, *L = beta + p, *tau = L + s.q_max * s.q_max, *omega = tau + s.q_max;
+    double *u = omega + s.q_max * s.q_max;
+    for (int k = 0; k < p; k++) {
+        beta[k] = 0.0;
+        for (int m = 0; m < p; m++)
+            beta[k] += A[k * p + m] * x[m];
+        out[k] = beta[k];
+    }
+    Py_ssize_t at = p;
+    for (int f = 0; f < s.n_factors; f++) {
+        const double *row = table + f * N_FACTOR;
+        int q = (int)row[F_Q];
+        Py_ssize_t J = AT(row, F_J), x_eff = AT(row, F_X_EFFECTS);
+        factor_scale(x, buf, row, NULL, 0, L, tau, omega);
+        for (int a = 0; a < q; a++)
+            out[at++] = tau[a];
+        if (row[F_CORRELATED] > 0.5)
+            for (int i = 0; i < q * q; i++)
+                out[at++] = omega[i];
+        effects(x, buf, row, L, beta, p, u);
+        for (Py_ssize_t i = 0; i < J * q; i++)
+            out[at++] = u[i];
+        for (Py_ssize_t i = 0; i < J * q; i++)  /* the sampled coordinates, z or b */
+            out[at++] = x[x_eff + i];
+    }
+    if ((int)buf[H_FAMILY] == NEGATIVE_BINOMIAL)
+        out[at] = exp(x[AT(buf, H_SHAPE_AT)]);
+}
+
+/* nutpie's log-density callback; codes as its PyMC callbacks: 0 ok, 4 log density or 3 gradient not finite,
+ * -1 wrong dimension (nothing written), -2 out of memory */
+static int64_t glmm_logp(uint64_t dim, const double *x, double *grad, double *logp, void *user_data) {
+    const double *buf = (const double *)user_data;
+    Py_ssize_t n_dim = AT(buf, H_N_DIM);
+    if ((int64_t)dim != n_dim)
+        return -1;
+    Sizes s = sizes_of(buf);
+    double *work = malloc((size_t)density_work(s) * sizeof(double));
+    Py_ssize_t *u_at = malloc((size_t)(s.n_factors + 1) * sizeof(Py_ssize_t));
+    if (work == NULL || u_at == NULL) {
+        free(work);
+        free(u_at);
+        return -2;
+    }
+    double value = log_density(x, buf, grad, work, u_at);
+    free(work);
+    free(u_at);
+    *logp = value;
+    if (!isfinite(value))
+        return 4;
+    for (Py_ssize_t k = 0; k < n_dim; k++)
+        if (!isfinite(grad[k]))
+            return 3;
+    return 0;
+}
+
+/* nutpie's reported-values callback: -1 when the sizes are not the buffer's, -2 out of memory */
+static int64_t glmm_expand(uint64_t dim, uint64_t n_expanded, const double *x, double *out, void *user_data) {
+    const double *buf = (const double *)user_data;
+    if ((int64_t)dim != AT(buf, H_N_DIM) || (int64_t)n_expanded != AT(buf, H_N_EXPANDED))
+        return -1;
+    Sizes s = sizes_of(buf);
+    double *work = malloc((size_t)(s.p + 2 * s.q_max * s.q_max + s.q_max + s.J_max * s.q_max) * sizeof(double));
+    if (work == NULL)
+        return -2;
+    expand(x, buf, out, work);
+    free(work);
+    return 0;
+}
+
+static PyObject *callbacks(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return Py_BuildValue("(NN)", PyLong_FromVoidPtr((void *)glmm_logp), PyLong_FromVoidPtr((void *)glmm_expand));
+}
+
+static PyObject *names(const char **items, Py_ssize_t n) {
+    PyObject *out = PyTuple_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyUnicode_FromString(items[i]);
+        if (name == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, i, name);
+    }
+    return out;
+}
+
+/* ((family, link, code), ...) as glmm_kernel.FAMILY_CODES.items() */
+static PyObject *family_codes(void) {
+    PyObject *out = PyTuple_New(N_FAMILIES);
+    for (Py_ssize_t i = 0; out != NULL && i < N_FAMILIES; i++) {
+        PyObject *item = Py_BuildValue("(ssi)", FAMILIES[i][0], FAMILIES[i][1], FAMILY_CODE[i]);
+        if (item == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyTuple_SET_ITEM(out, i, item);
+    }
+    return out;
+}
+
+/* ((name, (parameter, ...)), ...) by code, as glmm_kernel.SCALE_FAMILIES.items() */
+static PyObject *scale_families(void) {
+    PyObject *out = PyTuple_New(N_SCALES);
+    for (Py_ssize_t i = 0; out != NULL && i < N_SCALES; i++) {
+        Py_ssize_t k = SCALES[i][1] == NULL ? 0 : SCALES[i][2] == NULL ? 1 : 2;
+        PyObject *item = Py_BuildValue("(sN)", SCALES[i][0], names(SCALES[i] + 1, k));
+        if (item == NULL) {
+            Py_CLEAR(out);
+            break;
+        }
+        PyTuple_SET_ITEM(out, i, item);
+    }
+    return out;
+}
+
+static PyMethodDef METHODS[] = {
+    {"callbacks", callbacks, METH_NOARGS,
+     "The addresses of the log-density and reported-values C callbacks (nutpie's signatures)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_glmm_kernel",
+                                    "The hierarchical GLM kernel, compiled ahead of time (see glmm_kernel.py).", -1,
+                                    METHODS};
+
+PyMODINIT_FUNC PyInit__glmm_kernel(void) {
+    volatile double two = 2.0, pi = M_PI;  /* volatile: computed by the C library's log, as Numba's constants are */
+    LOG_2PI = log(two * pi);
+    LOG_2_OVER_PI = log(two / pi);
+    LOG_2 = log(two);
+    LOG_PI = log(pi);
+    PyObject *module = PyModule_Create(&MODULE);
+    if (module == NULL)
+        return NULL;
+    PyObject *layout = Py_BuildValue("(NNNN)", names(HEADER, N_HEADER), names(FACTOR, N_FACTOR), family_codes(),
+                                     scale_families());
+    if (layout == NULL || PyModule_AddObject(module, "LAYOUT", layout) < 0) {
+        Py_XDECREF(layout);
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

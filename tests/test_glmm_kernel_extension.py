@@ -1,0 +1,192 @@
+"""The ahead-of-time compiled HGLM kernel (bayes/_glmm_kernel.c, issues 24 and 27) against the Numba kernel it
+stands in for: the same log density, gradient and reported values at random points for every family, both
+parameterisations, correlated and crossed factors and every scale prior family; the same refusals; the fallback
+to Numba when the extension reads another layout; and the same draws in a fit for the same seed.
+
+The Numba callbacks are compiled once per process (about 20 s with an empty Numba cache, loaded from it later).
+"""
+
+import ctypes
+import shutil
+import sysconfig
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayeshlm as bh
+import bayeshlm.bayes.glmm_kernel as glmm_kernel
+from bayeshlm.bayes import LKJ, Prior
+from bayeshlm.bayes.glmm import build_kernel, resolve_glmm_priors
+from bayeshlm.bayes.glmm_kernel import (
+    callbacks,
+    extension_callbacks,
+    log_density_and_gradient,
+    numba_callbacks,
+    reported,
+)
+
+compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+pytestmark = pytest.mark.skipif(shutil.which(compiler) is None,
+                                reason=f"no C compiler ({compiler}): the extension is not built, Numba is used")
+
+
+def frame(seed=0, J=8, n=12):
+    """Binary, binomial (of 1-6 trials) and count outcomes with a random intercept and slope per g, a crossed
+    factor h and an exposure."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(J), n)
+    h = np.tile(np.arange(4), J * n // 4)
+    x, years = rng.normal(size=J * n), rng.uniform(0.5, 2.0, J * n)
+    eta = 0.3 + 0.4 * x + rng.normal(scale=0.5, size=J)[g] + rng.normal(scale=0.3, size=J)[g] * x \
+        + rng.normal(scale=0.3, size=4)[h]
+    trials = rng.integers(1, 7, J * n)
+    success = rng.binomial(trials, 1.0 / (1.0 + np.exp(-eta)))
+    return pd.DataFrame({"y": rng.poisson(years * np.exp(eta)), "binary": rng.binomial(1, 1.0 / (1.0 + np.exp(-eta))),
+                         "success": success, "trials": trials, "x": x, "g": g.astype(str), "h": h.astype(str),
+                         "years": years})
+
+
+CASES = {
+    # family, formula, model options, priors: every family, q = 2 correlated, two crossed factors, every scale
+    # prior family (HalfStudentT is the default; HalfFlat with priors="flat", on the variance)
+    "bernoulli, default priors": ("bernoulli", "binary ~ x + (1 | g)", {}, None),
+    "binomial with trials, correlated q = 2, HalfNormal, LKJ(1.5)": (
+        "binomial", "cbind(success, trials - success) ~ x + (x | g)", {},
+        {"tau_g": Prior("HalfNormal", sigma=[1.5, 0.5]), "corr_g": LKJ(1.5)}),
+    "poisson with exposure, crossed, HalfCauchy and Exponential": (
+        "poisson", "y ~ x + (1 | g) + (1 | h)", {"exposure": "years"},
+        {"tau_g": Prior("HalfCauchy", beta=1.5), "tau_h": Prior("Exponential", lam=2.0)}),
+    "poisson, correlated q = 2 and crossed, HalfStudentT on the variance": (
+        "poisson", "y ~ x + (x | g) + (1 | h)", {"exposure": "years"},
+        {"tau_g": Prior("HalfStudentT", nu=4.0, sigma=[1.0, 0.5], on="variance"), "corr_g": LKJ(2.5)}),
+    "negative binomial, Gamma scale, correlated q = 2": (
+        "negative_binomial", "y ~ x + (x | g)", {}, {"tau_g": Prior("Gamma", alpha=2.0, beta=3.0),
+                                                      "shape": Prior("Exponential", lam=0.2)}),
+    "negative binomial, flat (HalfFlat on the variances), crossed": (
+        "negative_binomial", "y ~ x + (1 | g) + (1 | h)", {}, "flat"),
+}
+
+
+def kernels(case):
+    """The case's kernel with every factor centred and with every factor non-centred."""
+    family, formula, options, priors = CASES[case]
+    model = bh.HLM(formula, frame(), family=family, **options)
+    prior_set, shape = resolve_glmm_priors(model.design, model.outcome, priors)
+    return {how: build_kernel(model.design, model.outcome, prior_set, shape,
+                              {f.name: how for f in model.design.factors}, None)
+            for how in ("centred", "non-centred")}
+
+
+def test_the_extension_is_built_and_reads_this_layout():
+    """pip install builds it (setup.py); None here means it is missing or packs another buffer layout."""
+    assert extension_callbacks() is not None
+    assert callbacks() is extension_callbacks()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_extension_equals_the_numba_kernel(case):
+    """Log density, gradient and reported values at points near and far (coordinate SD 0.3 and 1.5) from the
+    start: those of the Numba kernel to 1e-12 relative / 1e-10 absolute."""
+    rng = np.random.default_rng(3)
+    for how, kernel in kernels(case).items():
+        compiled = log_density_and_gradient(kernel, extension_callbacks())
+        jitted = log_density_and_gradient(kernel, numba_callbacks())
+        for scale in (0.3, 1.5):
+            x = kernel.unconstrained_start(int(rng.integers(100))) + rng.normal(0, scale, kernel.n_dim)
+            value, grad = compiled(x)
+            expected, expected_grad = jitted(x)
+            assert np.isfinite(value) and np.all(np.isfinite(grad)), how
+            assert value == pytest.approx(expected, rel=1e-12, abs=1e-10), how
+            np.testing.assert_allclose(grad, expected_grad, rtol=1e-12, atol=1e-10, err_msg=how)
+            ours, theirs = reported(kernel, x, extension_callbacks()), reported(kernel, x, numba_callbacks())
+            assert list(ours) == list(theirs) == [name for name, _, _ in kernel.layout]
+            for name in ours:
+                np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-12, atol=1e-10, err_msg=name)
+
+
+def test_reported_values_are_the_model_quantities():
+    """The extension's reported values, checked against their definitions (not only against Numba): beta = A x,
+    tau = exp(log tau), L_Omega with unit rows, u = diag(tau) L_Omega z for non-centred effects, k = exp(log k)."""
+    kernel = kernels("negative binomial, Gamma scale, correlated q = 2")["non-centred"]
+    x = kernel.unconstrained_start(5)
+    out = reported(kernel, x, extension_callbacks())
+    p, J = len(out["beta"]), out["z_g"].shape[0]
+    A = kernel.buffer[int(kernel.buffer[glmm_kernel._AT_A]):][:p * p].reshape(p, p)
+    np.testing.assert_allclose(out["beta"], A @ x[:p], rtol=1e-14)
+    np.testing.assert_allclose(out["tau_g"], np.exp(x[p + 2 * J:p + 2 * J + 2]), rtol=1e-14)
+    np.testing.assert_allclose(np.sum(out["corr_g"] ** 2, axis=1), 1.0, rtol=1e-14)
+    L = np.diag(out["tau_g"]) @ out["corr_g"]
+    np.testing.assert_allclose(out["u_g"], out["z_g"] @ L.T, rtol=1e-13, atol=1e-15)
+    assert float(out["shape"]) == pytest.approx(np.exp(x[-1]), rel=1e-14)
+
+
+def test_extension_refuses_as_the_numba_kernel_does():
+    """Outside the support (log k = 800: k infinite): a log density that is not finite and nutpie's code 4; a
+    wrong dimension: code -1 and nothing written, for the log density and for the reported values."""
+    kernel = kernels("negative binomial, Gamma scale, correlated q = 2")["centred"]
+    x = kernel.unconstrained_start(0)
+    x[-1] = 800.0
+    assert not np.isfinite(log_density_and_gradient(kernel, extension_callbacks())(x)[0])
+    double_ptr = ctypes.POINTER(ctypes.c_double)
+    buffer = kernel.buffer.ctypes.data_as(ctypes.c_void_p)
+    for logp, expand in (extension_callbacks(), numba_callbacks()):
+        grad, value = np.full(kernel.n_dim + 1, 7.0), np.full(1, 7.0)
+        args = (grad.ctypes.data_as(double_ptr), value.ctypes.data_as(double_ptr), buffer)
+        assert logp.ctypes(kernel.n_dim, x.ctypes.data_as(double_ptr), *args) == 4
+        x_long = np.zeros(kernel.n_dim + 1)
+        grad[:], value[:] = 7.0, 7.0
+        assert logp.ctypes(kernel.n_dim + 1, x_long.ctypes.data_as(double_ptr), *args) == -1
+        assert np.all(grad == 7.0) and value[0] == 7.0
+        out = np.full(kernel.n_expanded, 7.0)
+        assert expand.ctypes(kernel.n_dim, kernel.n_expanded + 1, x.ctypes.data_as(double_ptr),
+                             out.ctypes.data_as(double_ptr), buffer) == -1
+        assert np.all(out == 7.0)
+
+
+@pytest.mark.parametrize("where", ["extension header", "python scale families"])
+def test_a_layout_mismatch_falls_back_to_numba(monkeypatch, where):
+    """An extension built from another version of the layout (a renamed header field; a scale family the
+    extension does not know) is not used: the callbacks are Numba's."""
+    from bayeshlm.bayes import _glmm_kernel
+
+    header, factor, families, scales = _glmm_kernel.LAYOUT
+    if where == "extension header":
+        monkeypatch.setattr(_glmm_kernel, "LAYOUT", (("n_dims", *header[1:]), factor, families, scales))
+    else:
+        monkeypatch.setattr(glmm_kernel, "SCALE_FAMILIES", {**glmm_kernel.SCALE_FAMILIES, "InverseGamma": ("a", "b")})
+    extension_callbacks.cache_clear()
+    callbacks.cache_clear()
+    try:
+        assert extension_callbacks() is None
+        assert callbacks() is numba_callbacks()
+    finally:
+        extension_callbacks.cache_clear()
+        callbacks.cache_clear()
+    monkeypatch.undo()
+    assert callbacks() is extension_callbacks() is not None
+
+
+@pytest.mark.filterwarnings("ignore::bayeshlm.bayes.SamplingWarning")  # a short run: only equality matters here
+def test_fit_samples_through_the_extension_with_numbas_draws(monkeypatch):
+    """cbpp, 2 chains x 200 draws: the fit uses the extension's callbacks, and its draws are those of the same
+    seed on the Numba callbacks, number for number (same log density and gradient, same order of operations)."""
+    model = bh.HLM("cbind(incidence, size - incidence) ~ period + (1 | herd)", bh.datasets.load("cbpp"),
+                   family="binomial")
+    options = {"method": "bayes", "draws": 200, "tune": 200, "chains": 2, "random_seed": 3}
+    callbacks.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = model.fit(**options)
+        assert callbacks() is extension_callbacks()
+        monkeypatch.setattr(glmm_kernel, "extension_callbacks", lambda: None)  # Numba's callbacks instead
+        callbacks.cache_clear()
+        again = model.fit(**options)
+        assert callbacks() is numba_callbacks()
+    monkeypatch.undo()
+    callbacks.cache_clear()
+    assert fit.sampler["log_density"] == again.sampler["log_density"] == "compiled HGLM kernel"
+    for name in ("beta", "tau_herd", "u_herd"):
+        np.testing.assert_array_equal(fit.posterior["posterior"][name].values,
+                                      again.posterior["posterior"][name].values)
