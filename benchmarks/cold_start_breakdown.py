@@ -1,5 +1,5 @@
-"""Where the time of a first Bayesian fit goes (issues 24 and 27): one HS&B fit (or one cbpp HGLM fit) in a new
-process, stage by stage.
+"""Where the time of a first Bayesian fit goes (issues 24 and 27): one HS&B fit (or one HGLM fit) in a new process,
+stage by stage.
 
 Each stage is timed in CPU seconds of this process (``resource.getrusage``: user + system, all threads, so
 sampling counts every chain) and in wall seconds. CPU seconds do not depend on how busy the shared machine is;
@@ -15,7 +15,9 @@ wall seconds do. The stages, in the order a fit meets them:
 - ``fit setup``: the fit call's own work between those stages (options, seed);
 - ``post-processing``: the rest of the fit call (naming the draws, group effects, units, diagnostics, result).
 
-``--model cbpp`` times the binomial HGLM ``cbind(incidence, size - incidence) ~ period + (1 | herd)`` instead:
+``--model cbpp`` times the binomial HGLM ``cbind(incidence, size - incidence) ~ period + (1 | herd)`` instead, and
+``--model bernoulli50k`` 50,000 simulated Bernoulli rows in 1,000 groups, ``y ~ x + (1 | g)`` (whose Laplace fit
+finds the conditional modes by the likelihood engine's compiled per-group Newton iteration), with the stages
 ``Laplace/ML reference fit`` (the likelihood engine's fit that sets the start and the parameterisation),
 ``kernel buffer`` (:func:`bayeshlm.bayes.glmm.build_kernel`), ``kernel compile/load`` (the HGLM callbacks:
 the ahead-of-time extension, or Numba's compiled or loaded from its cache), sampling and the rest. It also lists
@@ -25,7 +27,7 @@ Usage::
 
     python benchmarks/cold_start_breakdown.py               # cold (new empty caches), then warm, new processes
     python benchmarks/cold_start_breakdown.py --state warm  # the default caches as they are
-    python benchmarks/cold_start_breakdown.py --model cbpp  # the HGLM
+    python benchmarks/cold_start_breakdown.py --model cbpp  # an HGLM
 
 Each state runs in its own new process; the cold run points ``NUMBA_CACHE_DIR`` and PyTensor's
 ``base_compiledir`` at a new empty directory, and the warm run reuses that directory.
@@ -123,6 +125,17 @@ mark("data + design")
 fit = model.fit(method="bayes", random_seed=1)
 mark("post-processing (names, group effects, units, diagnostics)")
 """}
+# 50,000 Bernoulli rows in 1,000 groups: the Laplace fit's conditional modes take the compiled per-group Newton
+# path (likelihood/glmm_kernel.py, from 50,000 rows); the binary x merges the rows to 2,000 binomial ones
+MODEL_STAGES["bernoulli50k"] = MODEL_STAGES["cbpp"].replace(
+    """df = bh.datasets.load("cbpp")
+model = bh.HLM("cbind(incidence, size - incidence) ~ period + (1 | herd)", df, family="binomial")""",
+    """import numpy as np, pandas as pd
+rng = np.random.default_rng(1)
+g, x = np.repeat(np.arange(1000), 50), rng.integers(0, 2, 50_000)
+eta = -0.5 + 0.7 * x + rng.normal(0.0, 0.8, 1000)[g]
+df = pd.DataFrame({"y": rng.binomial(1, 1.0 / (1.0 + np.exp(-eta))), "x": x, "g": g})
+model = bh.HLM("y ~ x + (1 | g)", df, family="bernoulli")""")
 
 REPORT = r"""
 merged = {}
