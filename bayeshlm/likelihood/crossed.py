@@ -23,7 +23,7 @@ import scipy.sparse as sp
 from ..design import Design, GroupingFactor
 from ..design.design import group_sums, indicator_matrix
 from ..errors import DataError
-from .algebra import Factorization
+from .algebra import Factorization, _pls_blocks
 
 MAX_DENSE = 20_000  # random effects outside the first factor that the dense Schur complement may hold
 MAX_PAIRS = 60_000_000  # entries of the pair map P (12 bytes each)
@@ -75,7 +75,11 @@ def pair_map(C: sp.csr_matrix, q: int) -> tuple[sp.csr_matrix, np.ndarray]:
 class CrossedSolver:
     """Factor the PLS system for factors in any arrangement; ``order`` puts the largest factor first."""
 
-    def __init__(self, design: Design, order: list[GroupingFactor]):
+    def __init__(self, design: Design, order: list[GroupingFactor], compiled: bool | None = None):
+        """``compiled``: the fixed-effect part by ``_pls_blocks`` (None: when it was built; False: NumPy)."""
+        self.compiled = _pls_blocks is not None if compiled is None else compiled
+        if self.compiled and _pls_blocks is None:
+            raise ValueError("the compiled kernel _pls_blocks is not built")
         self.design = design
         self.factors = order
         first, rest = order[0], order[1:]
@@ -103,7 +107,9 @@ class CrossedSolver:
                 f"The groups of {first.name!r} share too many levels of the other grouping factors "
                 f"({int((counts.astype(np.int64) ** 2).sum())} pairs, at most {MAX_PAIRS}) for this engine's "
                 "precomputed Schur complement. Fit a subset of the factors, or aggregate the data.")
+        self.C_rest_T = self.C[:, :self.K].T.tocsr()  # Z_r'W Z_1, for Z_r'W e from the per-group sums
         self.P, self.pair_order = pair_map(self.C, first.n_coef)
+        self.P_T = self.P.T  # a CSC view of the same arrays (no copy), made once instead of per evaluation
         self.blocks = np.triu_indices(first.n_coef)  # the column order of the pair map
         self.diagonal = np.arange(len(self.A))  # the diagonal of T and S
 
@@ -131,15 +137,22 @@ class CrossedSolver:
             return M * np.outer(scale, scale)
         return self.scale(self.scale(M, lambdas, "right"), lambdas, "left")
 
-    def factorize(self, lambdas: list[np.ndarray]) -> CrossedFactorization:
-        """Factor the system at relative covariance factors ``lambdas`` (in solver order)."""
-        first = self.factors[0]
-        q = first.n_coef
-        lam = lambdas[0]
-        L = np.linalg.cholesky(np.matmul(lam.T @ self.D, lam) + np.eye(q))
+    def _first_blocks(self, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """L_g (L_g L_g' = A_g = Lambda_1'D_g Lambda_1 + I), L_g^{-1} and W_g = Lambda_1 A_g^{-1} Lambda_1', each
+        (J, q, q); for one coefficient elementwise: L_g = sqrt(a_g), a_g = lambda^2 D_g + 1, W_g = lambda^2 / a_g."""
+        if len(lam) == 1:
+            square = lam[0, 0] ** 2
+            a = square * self.D + 1.0
+            L = np.sqrt(a)
+            return L, 1.0 / L, square / a
+        L = np.linalg.cholesky(np.matmul(lam.T @ self.D, lam) + np.eye(len(lam)))
         Linv = np.linalg.inv(L)
         LamLinvT = lam @ Linv.transpose(0, 2, 1)  # Lambda_1 L_g'^{-1}
-        W = LamLinvT @ LamLinvT.transpose(0, 2, 1)  # Lambda_1 A_g^{-1} Lambda_1'
+        return L, Linv, LamLinvT @ LamLinvT.transpose(0, 2, 1)
+
+    def factorize(self, lambdas: list[np.ndarray]) -> CrossedFactorization:
+        """Factor the system at relative covariance factors ``lambdas`` (in solver order)."""
+        L, Linv, W = self._first_blocks(lambdas[0])
         t = self.A.shape[0]
         a, b = self.blocks
         U = (self.P @ W[self.pair_order, a[:, None], b[:, None]].ravel()).reshape(t, t)  # upper triangle of N
@@ -163,6 +176,7 @@ class CrossedFactorization(Factorization):
         self.lambdas = lambdas
         self.L, self.Linv, self.W, self.T, self.Lz, self.Rz = L, Linv, W, T, Lz, Rz
         self.logdet_z = logdet_z
+        self.compiled = solver.compiled
         self._set_fixed_part(top, solver.p)
 
     def _split_rest(self, values: np.ndarray) -> list[np.ndarray]:
@@ -172,6 +186,11 @@ class CrossedFactorization(Factorization):
 
     def modes(self) -> list[np.ndarray]:
         """u_rest from the dense factor; u_g = A_g^{-1} Lambda_1' C_g [-b_rest, -beta, 1] for the first factor."""
+        return self._modes_and_residual_sums()[0]
+
+    def _modes_and_residual_sums(self) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+        """The modes u (first factor, then the rest), b_rest = Lambda~ u_rest and C [-b_rest, -beta, 1], which is
+        Z_1'W(y - X beta - Z_r b_rest) per group of the first factor."""
         s = self.solver
         u_rest = scipy.linalg.solve_triangular(self.Lz.T, self.Rz[:, -1] - self.Rz[:, :-1] @ self.beta, lower=False,
                                                check_finite=False)
@@ -180,7 +199,7 @@ class CrossedFactorization(Factorization):
         Cx = (s.C @ np.concatenate([-b_rest, -self.beta, [1.0]])).reshape(first.n_groups, first.n_coef)
         Ainv = self.Linv.transpose(0, 2, 1) @ self.Linv
         u_first = (Ainv @ (Cx @ self.lambdas[0])[:, :, None])[:, :, 0]
-        return [u_first] + self._split_rest(u_rest)
+        return [u_first] + self._split_rest(u_rest), b_rest, Cx
 
     def _rest_inverse(self, with_fixed: bool) -> np.ndarray:
         """(K + p + 1)-square Sigma: the inverse of S's [Z_r X] block (REML) or of its Z_r block (ML), zero
@@ -225,7 +244,7 @@ class CrossedFactorization(Factorization):
         v = 2.0 * phi
         v[s.diagonal, s.diagonal] = np.diagonal(phi)
         a, b = s.blocks
-        half = (s.P.T @ v.ravel()).reshape(len(a), J)
+        half = (s.P_T @ v.ravel()).reshape(len(a), J)
         half[a != b] *= 0.5
         Y = np.empty((J, q, q))
         Y[s.pair_order, a[:, None], b[:, None]] = half
@@ -237,14 +256,13 @@ class CrossedFactorization(Factorization):
             rows = sigma_lam[a:b].reshape(f.n_groups, f.n_coef, -1)  # [Sigma Lambda~']_{a, :}
             T_rows = self.T[a:b].reshape(f.n_groups, f.n_coef, -1)
             Q.append(np.tensordot(rows, T_rows, axes=([0, 2], [0, 2])))
-        # residual cross-products on the rows
-        u = self.modes()
-        d = s.design
-        e = d.y - d.X @ self.beta
-        for f, uf, lf in zip(s.factors, u, self.lambdas):
-            e = e - np.einsum("nq,nq->n", f.Z, (uf @ lf.T)[f.codes])
-        we = e if d.weights is None else e * d.weights
-        G = [group_sums(f.codes, f.Z, we[:, None], f.n_groups)[:, :, 0].T @ uf for f, uf in zip(s.factors, u)]
+        # Z'W e per group from the sums: Z_1'W e = C [-b_rest, -beta, 1] - D b_1 and
+        # Z_r'W e = A_r [-b_rest, -beta, 1] - Z_r'W Z_1 b_1, with A_r the Z_r rows of [Z_r X y]'W[Z_r X y]
+        u, b_rest, Cx = self._modes_and_residual_sums()
+        b_first = u[0] @ lam.T
+        zwe_first = Cx - (D @ b_first[:, :, None])[:, :, 0]
+        zwe_rest = s.A[:s.K] @ np.concatenate([-b_rest, -self.beta, [1.0]]) - s.C_rest_T @ b_first.ravel()
+        G = [zwe_first.T @ u[0]] + [z.T @ uf for z, uf in zip(self._split_rest(zwe_rest), u[1:])]
         return Q, G
 
     def conditional_variances(self) -> list[np.ndarray]:

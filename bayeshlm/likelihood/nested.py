@@ -10,6 +10,10 @@ in schools) the factor has no fill outside a group's ancestors: the block of gro
 L_g L_g' = D_g, its off-diagonal row R_g = L_g^{-1} O_g reaches only its ancestors, X and y, and the Schur
 complement R_g'R_g is added to its parent's block. Everything is computed from per-group sufficient
 statistics (one pass over the rows), so an evaluation costs O(sum_l J_l q_l^3) whatever the number of rows.
+
+The per-group operations of an evaluation (the factor and the gradient's pieces) run in the compiled
+``_pls_blocks.c`` when it was built (the same formulas group by group; equal to rounding), else as batched
+NumPy over all groups of a level: on small designs NumPy's per-call overhead is most of an evaluation.
 """
 
 from __future__ import annotations
@@ -18,13 +22,16 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..design import Design, GroupingFactor
-from .algebra import Factorization, cholesky_solve
+from .algebra import Factorization, _pls_blocks, cholesky_solve
+
+MAX_COMPILED_LEVELS = 16  # nesting depth the compiled kernel handles (MAX_LEVELS in _pls_blocks.c)
 
 
 class NestedSolver:
     """Factor the PLS system for ``chain`` (grouping factors from innermost to outermost, each nested in the next)."""
 
-    def __init__(self, design: Design, chain: list[GroupingFactor]):
+    def __init__(self, design: Design, chain: list[GroupingFactor], compiled: bool | None = None):
+        """``compiled``: use ``_pls_blocks`` (None: when it was built; False: batched NumPy)."""
         self.design = design
         self.chain = chain
         self.q = [f.n_coef for f in chain]
@@ -49,6 +56,21 @@ class NestedSolver:
             for parent in self.parent[m:]:
                 maps.append(parent[maps[-1]])
             self.ancestors.append(maps)
+        if compiled is None:
+            compiled = _pls_blocks is not None and len(chain) <= MAX_COMPILED_LEVELS
+        if compiled and (_pls_blocks is None or len(chain) > MAX_COMPILED_LEVELS):
+            raise ValueError("the compiled kernel _pls_blocks is not built, or the chain is deeper than it handles")
+        self.compiled = compiled
+        if compiled:  # flat C-ordered copies in the kernel's layout (see _pls_blocks.c)
+            self.kernel_dims = np.array([len(chain), self.p, *self.q, *self.J], dtype=np.int64)
+            self.kernel_stats = np.concatenate([S.ravel() for S in self.stats])
+            self.kernel_parents = np.concatenate([np.asarray(a, dtype=np.int64) for a in self.parent]
+                                                 or [np.zeros(0, dtype=np.int64)])
+            self.kernel_top = np.ascontiguousarray(self.top, dtype=float)
+            widths = [sum(self.q[level:]) + self.p + 1 for level in range(len(chain))]
+            self.kernel_L = np.cumsum([0] + [J * q * q for J, q in zip(self.J, self.q)])
+            self.kernel_R = np.cumsum([0] + [J * q * (w - q) for J, q, w in zip(self.J, self.q, widths)])
+            self.kernel_lam = np.cumsum([0] + [q * q for q in self.q])
 
     def _right_factor(self, lambdas: list[np.ndarray], level: int) -> np.ndarray:
         """blockdiag(Lambda_level, ..., Lambda_top, I_{p+1}): scales the columns [Z_level ... Z_top X y]."""
@@ -63,6 +85,8 @@ class NestedSolver:
 
     def factorize(self, lambdas: list[np.ndarray]) -> NestedFactorization:
         """Factor the system at relative covariance factors ``lambdas`` (one per chain level)."""
+        if self.compiled:
+            return self._factorize_compiled(lambdas)
         L_levels, R_levels = [], []
         logdet_z = 0.0
         update = None  # Schur-complement contributions from the level below, per group of this level
@@ -91,6 +115,19 @@ class NestedSolver:
             R_levels.append(R)
         return NestedFactorization(self, lambdas, L_levels, R_levels, logdet_z, self.top - update, right)
 
+    def _factorize_compiled(self, lambdas: list[np.ndarray]) -> NestedFactorization:
+        """:meth:`factorize` by ``_pls_blocks.nested_factorize`` (the same steps group by group)."""
+        lam = np.concatenate([np.asarray(x, dtype=float).ravel() for x in lambdas])
+        L_flat, R_flat = np.empty(self.kernel_L[-1]), np.empty(self.kernel_R[-1])
+        top = np.empty_like(self.kernel_top)
+        logdet_z = _pls_blocks.nested_factorize(self.kernel_dims, self.kernel_stats, self.kernel_parents,
+                                                   self.kernel_top, lam, L_flat, R_flat, top)
+        L = [L_flat[a:b].reshape(J, q, q) for a, b, J, q in zip(self.kernel_L, self.kernel_L[1:], self.J, self.q)]
+        R = [R_flat[a:b].reshape(J, q, -1) for a, b, J, q in zip(self.kernel_R, self.kernel_R[1:], self.J, self.q)]
+        fac = NestedFactorization(self, lambdas, L, R, logdet_z, top, None)
+        fac.kernel_arrays = (lam, L_flat, R_flat)
+        return fac
+
 
 class NestedFactorization(Factorization):
     """The Cholesky factor of one evaluation of :class:`NestedSolver`, with back-substitution."""
@@ -99,11 +136,20 @@ class NestedFactorization(Factorization):
                  logdet_z: float, top: np.ndarray, right: list[np.ndarray]):
         self.solver = solver
         self.lambdas = lambdas
-        self.right = right  # per level, NestedSolver._right_factor at these lambdas
+        self._right = right  # per level, NestedSolver._right_factor at these lambdas (None: made when needed)
+        self.kernel_arrays = None  # (Lambdas, L, R) flat, when the compiled kernel made this factor
         self.L = L
         self.R = R
         self.logdet_z = logdet_z
+        self.compiled = solver.compiled
         self._set_fixed_part(top, solver.p)
+
+    @property
+    def right(self) -> list[np.ndarray]:
+        """Per chain level, blockdiag(Lambda_level, ..., Lambda_top, I) (:meth:`NestedSolver._right_factor`)."""
+        if self._right is None:
+            self._right = [self.solver._right_factor(self.lambdas, level) for level in range(len(self.L))]
+        return self._right
 
     def modes(self) -> list[np.ndarray]:
         """Conditional modes u per chain level, (J_l, q_l), by back-substitution from the top level down."""
@@ -171,6 +217,8 @@ class NestedFactorization(Factorization):
         descendants' S_d[:, cols of l]' b_d (e = y - X beta - Z b, b = Lambda u).
         """
         s = self.solver
+        if self.kernel_arrays is not None:
+            return self._gradient_parts_compiled(reml)
         n_levels = len(s.chain)
         u = self.modes()
         b = [ul @ lam.T for ul, lam in zip(u, self.lambdas)]
@@ -200,3 +248,15 @@ class NestedFactorization(Factorization):
                     Zwe[l][:, c] -= np.bincount(ancestor[l - m], weights=contrib[:, c], minlength=s.J[l])
         G = [np.einsum("ja,jb->ab", z, ul) for z, ul in zip(Zwe, u)]
         return Q, G
+
+    def _gradient_parts_compiled(self, reml: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """:meth:`gradient_parts` by ``_pls_blocks.nested_gradient`` (the same sums group by group)."""
+        s = self.solver
+        lam, L_flat, R_flat = self.kernel_arrays
+        fixed_cov = self.fixed_cov_relative() if reml else np.zeros(0)
+        Q_flat, G_flat = np.empty(s.kernel_lam[-1]), np.empty(s.kernel_lam[-1])
+        _pls_blocks.nested_gradient(s.kernel_dims, s.kernel_stats, s.kernel_parents, lam, L_flat, R_flat,
+                                       np.ascontiguousarray(self.beta), np.ascontiguousarray(fixed_cov), reml,
+                                       Q_flat, G_flat)
+        bounds = list(zip(s.kernel_lam, s.kernel_lam[1:], s.q))
+        return ([Q_flat[a:b].reshape(q, q) for a, b, q in bounds], [G_flat[a:b].reshape(q, q) for a, b, q in bounds])
