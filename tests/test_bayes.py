@@ -15,7 +15,8 @@ from scipy.linalg import block_diag
 
 import bayeshlm as bh
 from bayeshlm.bayes import LKJ, Prior, pymc_model
-from bayeshlm.bayes.marginal import chain_statistics, draw_group_effects, marginal_loglik
+from bayeshlm.bayes.marginal import chain_statistics, draw_group_effects
+from bayeshlm.bayes.marginal_graph import marginal_loglik
 from bayeshlm.bayes.priors import resolve_priors
 from bayeshlm.level1 import ar1_pairs
 
@@ -260,7 +261,7 @@ def test_crossed_design_integrates_the_larger_factor_and_samples_the_other(monke
     # centred on the intercept: b_j ~ N(beta_0, tau_b^2) is sampled, u_b = b - beta_0 is derived
     assert {v.name for v in built.free_RVs} == {"beta", "sigma", "tau_a", "tau_b", "coef_b"}
     assert "u_b" in {v.name for v in built.deterministics}
-    monkeypatch.setattr("bayeshlm.bayes.build.MAX_CROSS_CELLS", 10)
+    monkeypatch.setattr("bayeshlm.bayes.plan.MAX_CROSS_CELLS", 10)
     with pytest.raises(bh.OptionError, match="cannot integrate this crossed design.*Use route='sampled'"):
         model.pymc_model(route="marginal")
     assert {"z_a", "z_b"} <= {v.name for v in model.pymc_model().free_RVs}  # both sampled (non-centred)
@@ -369,3 +370,12 @@ def test_posterior_correlations_are_labelled_matrices_beside_their_cholesky_fact
     assert summary.index[1] == "corr_g[(Intercept), x]" and np.isnan(summary["r_hat"].iloc[0])
     diagnostics, _ = diagnose(tree, ["corr_g"], chains=2)
     assert np.isfinite(diagnostics["max_rhat"]) and diagnostics["min_ess_bulk"] < 150
+
+
+def test_the_prior_families_checked_without_pymc_have_pymcs_parameter_names():
+    from bayeshlm.bayes.priors import COMMON_FAMILIES, pymc_parameter_names
+
+    for dist, names in COMMON_FAMILIES.items():
+        assert list(names) == pymc_parameter_names(dist), dist
+    with pytest.raises(bh.OptionError, match="Normal has no parameter 'sd'. Did you mean 'sigma'"):
+        Prior("Normal", mu=0, sd=1)

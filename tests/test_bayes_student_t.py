@@ -9,7 +9,7 @@ from scipy import stats
 
 import bayeshlm as bh
 from bayeshlm.bayes import Prior, pymc_model
-from bayeshlm.bayes.build import student_t_weights
+from bayeshlm.bayes.plan import student_t_weights
 from bayeshlm.bayes.priors import resolve_priors
 from bayeshlm.errors import OptionError
 

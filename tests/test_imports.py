@@ -35,3 +35,13 @@ def test_light_paths_load_no_bayesian_stack_or_matplotlib(code):
 def test_plots_and_bayesian_classes_load_on_first_use():
     assert _heavy_modules_after("import bayeshlm as bh; bh.plots.shrinkage") == ["matplotlib"]
     assert "pymc" in _heavy_modules_after("import bayeshlm as bh; bh.MetaMVBayesFit")
+
+
+def test_a_fit_on_the_compiled_kernel_loads_no_pymc_until_the_graph_is_asked_for():
+    fit = ("import bayeshlm as bh\n"
+           "fit = bh.HLM('mathach ~ ses + (1 | school)', bh.datasets.load('hsb')).fit('bayes', draws=50, tune=50, "
+           "chains=1, random_seed=1)\n"
+           "assert fit.sampler['log_density'] == 'compiled kernel'")
+    loaded = _heavy_modules_after(fit)
+    assert "nutpie" in loaded and "pymc" not in loaded and "pytensor" not in loaded
+    assert "pymc" in _heavy_modules_after(fit + "\nfit.pymc_model()")

@@ -203,7 +203,7 @@ def test_level1_variance_strata_in_the_three_level_marginal_log_likelihood():
     from types import SimpleNamespace
 
     from bayeshlm.bayes import predictive_data
-    from bayeshlm.bayes.build import level1_strata
+    from bayeshlm.bayes.plan import level1_strata
 
     rng = np.random.default_rng(8)
     school, kid, x = np.repeat(np.arange(6), 16), np.repeat(np.arange(24), 4), np.tile(np.arange(4.0), 24)

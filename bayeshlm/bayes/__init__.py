@@ -10,21 +10,24 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pymc as pm
 import xarray as xr
 
 from ..design import Design
 from ..errors import OptionError, closest_names
-from .build import ModelInfo, build_model, centring, cholesky_draws, correlation_blocks, student_t_weights
 from .diagnostics import SamplingWarning, diagnose, warn_if_problems
 from .marginal import draw_group_effects
+from .plan import ModelInfo, PlannedGraph, centring, cholesky_draws, correlation_blocks, plan_model, student_t_weights
 from .predictive import prior_predictive
 from .priors import LKJ, Prior, resolve_priors, valid_prior_names
 from .samples import PosteriorSample
 from .sampling import check_sampler_options, new_seed, run_sampler
 from .units import OutcomeUnits, offset_predictor_notes
+
+if TYPE_CHECKING:  # PyMC loads only when a graph is built: the compiled kernel samples without one
+    import pymc as pm
 
 __all__ = ["LKJ", "Prior", "SamplingWarning", "fit_bayes", "prior_predictive", "pymc_model",
            "sampled_model", "valid_prior_names"]
@@ -38,6 +41,8 @@ def pymc_model(design: Design, priors=None, route: str = "auto", parameterizatio
     """The PyMC model of ``design`` in the user's units, for inspection (``pm.model_to_graphviz``) or extension.
 
     ``fit_bayes`` samples the same model on the standardised outcome (:func:`sampled_model`, :mod:`.units`)."""
+    from .build import build_model
+
     return build_model(design, resolve_priors(design, priors, random_effects, nu), route, parameterization,
                        reference_fit)[0]
 
@@ -47,13 +52,24 @@ def sampled_model(design: Design, priors=None, route: str = "auto", parameteriza
     """What ``fit_bayes`` samples: the model of ``design`` on y* = (y - c) / s with its priors rewritten for y*
     (:mod:`.units`). Returns (model, info, units, notes); ``info.priors`` are the user's priors, ``notes`` say
     which part of the standardisation the priors did not allow and which predictors lie far from zero."""
+    from .build import graph_model
+
+    info, units, notes, user_priors = _sampling_plan(design, priors, route, parameterization, reference_fit,
+                                                     random_effects, nu)
+    model, info = graph_model(units.design(design), info)
+    return model, dataclasses.replace(info, priors=user_priors), units, notes
+
+
+def _sampling_plan(design: Design, priors, route, parameterization, reference_fit, random_effects, nu):
+    """The plan (:func:`~.plan.plan_model`) of the model on the standardised outcome, with its priors for y*;
+    returns (info, units, notes, the user's priors)."""
     user_priors = resolve_priors(design, priors, random_effects, nu)
     units, notes = OutcomeUnits.of(design, user_priors)
     notes += offset_predictor_notes(design)
     # the reliabilities are ratios of variances: a REML fit in the user's units gives those of y*
-    model, info = build_model(units.design(design), units.priors(user_priors, design), route, parameterization,
-                              reference_fit)
-    return model, dataclasses.replace(info, priors=user_priors), units, notes
+    info = plan_model(units.design(design), units.priors(user_priors, design), route, parameterization,
+                      reference_fit)
+    return info, units, notes, user_priors
 
 
 def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
@@ -109,13 +125,16 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
     if parameterization is not None and not isinstance(parameterization, Mapping):
         raise OptionError(f"parameterization={parameterization!r}: give a dict {{factor: 'centred' or "
                           "'non-centred'}, e.g. parameterization={'school': 'non-centred'}.")
-    model, info, units, notes = sampled_model(design, priors, route, parameterization, reference_fit,
-                                              random_effects, nu)
+    info, units, notes, user_priors = _sampling_plan(design, priors, route, parameterization, reference_fit,
+                                                     random_effects, nu)
+    sampled_design = units.design(design)
+    graph = PlannedGraph(sampled_design, info)
     if random_seed is None:
         random_seed = new_seed()
-    tree, record = run_sampler(model, info, sampler=sampler, draws=draws, tune=tune, chains=chains,
+    model = None if sampler == "nutpie" and info.kernel is not None else graph()
+    tree, record = run_sampler(model, graph.info, sampler=sampler, draws=draws, tune=tune, chains=chains,
                                seed=int(random_seed), target_accept=target_accept, progressbar=progressbar)
-    sampled_design = units.design(design)
+    info = dataclasses.replace(info, priors=user_priors)
     posterior, chol = _complete_posterior(sampled_design, tree["posterior"].to_dataset(), info, int(random_seed))
     centred_on = centring(design, [design.factor(name) for name in info.sampled], info.parameterization)
     tree["posterior"] = xr.DataTree(units.draws(posterior, design, centred_on))
@@ -135,7 +154,7 @@ def fit_bayes(design: Design, *, draws: int = 1000, tune: int = 1000, chains: in
     diagnostics, messages = diagnose(tree, var_names, chains)
     messages = notes + messages
     warn_if_problems(messages)
-    return PosteriorSample(design, tree, info, record, diagnostics, messages, model, chol,
+    return PosteriorSample(design, tree, info, record, diagnostics, messages, graph, chol,
                            sampled=(sampled_design, units, centred_on))
 
 

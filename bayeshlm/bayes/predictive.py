@@ -9,17 +9,22 @@ for every route (the marginal route has no group effects in its graph).
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pymc as pm
 import xarray as xr
 
 from ..design import Design
-from .build import cholesky_draws, level1_ar1
+from .plan import cholesky_draws, level1_ar1
+
+if TYPE_CHECKING:
+    import pymc as pm
 
 
 def prior_predictive(design: Design, model: pm.Model, draws: int = 500, seed: int | None = None) -> xr.DataTree:
     """DataTree with group ``prior`` (parameters, ``T_<factor>``, ``u_<factor>``) and ``prior_predictive`` (y)."""
+    import pymc as pm
+
     params = [v.name for v in model.free_RVs if not v.name.startswith(("z_", "u_", "coef_"))]
     params += [v.name for v in model.deterministics
                if v.name in ("sigma", "sigma_strata", "beta") or v.name.startswith("tau_")]

@@ -62,9 +62,7 @@ class Prior:
     on: str = "sd"
 
     def __init__(self, dist: str, *, on: str = "sd", **params):
-        import pymc as pm
-
-        if not isinstance(getattr(pm, str(dist), None), type):
+        if str(dist) not in COMMON_FAMILIES and not _is_pymc_distribution(str(dist)):
             hint = closest_names(str(dist), _distribution_names())
             raise OptionError(f"Prior({dist!r}): not a PyMC distribution.{hint}")
         if on not in SCALES:
@@ -88,6 +86,17 @@ class Prior:
         return (self.dist, self.on, tuple((k, v.shape) for k, v in self.params.items()))
 
 
+# the parameter names of PyMC's families that default priors and user priors mostly use (the same as the
+# signatures of PyMC 6's ``dist`` methods, which a test checks): a prior of these families is checked without
+# loading PyMC, which a fit on the compiled kernel never needs
+COMMON_FAMILIES = {
+    "Normal": ("mu", "sigma", "tau"), "Flat": (), "HalfFlat": (), "HalfNormal": ("sigma", "tau"),
+    "HalfStudentT": ("nu", "sigma", "lam"), "HalfCauchy": ("beta",), "Exponential": ("lam", "scale"),
+    "Gamma": ("alpha", "beta", "mu", "sigma"), "StudentT": ("nu", "mu", "sigma", "lam"), "Cauchy": ("alpha", "beta"),
+    "Uniform": ("lower", "upper"), "InverseGamma": ("alpha", "beta", "mu", "sigma"),
+    "LogNormal": ("mu", "sigma", "tau"),
+}
+
 # parameters that must be positive, for the families a hierarchical model's priors usually use
 POSITIVE_PARAMETERS = {
     "Normal": ("sigma", "tau"), "HalfNormal": ("sigma", "tau"), "LogNormal": ("sigma", "tau"),
@@ -107,12 +116,7 @@ _USUAL_NAMES = {"mean": ("mu",), "loc": ("mu", "alpha"), "location": ("mu", "alp
 def _checked_parameters(dist: str, params: dict) -> dict[str, np.ndarray]:
     """The parameters as float arrays, after checking their names against the PyMC distribution's (a misspelt
     name would otherwise be dropped and the default used) and their values against the family's range."""
-    import inspect
-
-    import pymc as pm
-
-    signature = inspect.signature(getattr(pm, dist).dist).parameters
-    accepted = [name for name, p in signature.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    accepted = list(COMMON_FAMILIES[dist]) if dist in COMMON_FAMILIES else pymc_parameter_names(dist)
     takes = f"{dist} takes {', '.join(accepted)}" if accepted else f"{dist} takes no parameters"
     out = {}
     for name, value in params.items():
@@ -132,6 +136,22 @@ def _checked_parameters(dist: str, params: dict) -> dict[str, np.ndarray]:
     if "lower" in out and "upper" in out and (out["lower"] >= out["upper"]).any():
         raise OptionError(f"Prior({dist!r}, lower=..., upper=...): lower must be below upper.")
     return out
+
+
+def pymc_parameter_names(dist: str) -> list[str]:
+    """The parameter names of PyMC's distribution ``dist`` (its ``dist`` method's keywords)."""
+    import inspect
+
+    import pymc as pm
+
+    signature = inspect.signature(getattr(pm, dist).dist).parameters
+    return [name for name, p in signature.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _is_pymc_distribution(dist: str) -> bool:
+    import pymc as pm
+
+    return isinstance(getattr(pm, dist, None), type)
 
 
 def _distribution_names() -> list[str]:

@@ -5,6 +5,7 @@ one layer up: :class:`bayeshlm.results.BayesFit`, :class:`bayeshlm.results.Bayes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +19,10 @@ from ..families.outcome import GLMOutcome
 class PosteriorSample:
     """A Gaussian model's posterior (:func:`bayeshlm.bayes.fit_bayes`): the DataTree of draws in the user's
     units, the model's ``info`` (a :class:`~bayeshlm.bayes.build.ModelInfo`), the ``sampler`` record,
-    ``diagnostics`` and ``messages``; ``model`` the ``pm.Model`` sampled, ``chol`` the Cholesky factor of each
-    factor's T per draw (chain, draw, q, q), ``sampled`` the (design, OutcomeUnits, centring) of ``model``'s
-    standardised outcome, or None when ``model`` is in the user's units."""
+    ``diagnostics`` and ``messages``; ``graph()`` returns the ``pm.Model`` of the posterior (written on the first
+    call when the compiled kernel sampled without it), ``chol`` the Cholesky factor of each factor's T per draw
+    (chain, draw, q, q), ``sampled`` the (design, OutcomeUnits, centring) of the graph's standardised outcome, or
+    None when the graph is in the user's units."""
 
     design: Design
     posterior: xr.DataTree
@@ -28,7 +30,7 @@ class PosteriorSample:
     sampler: dict
     diagnostics: dict
     messages: list[str]
-    model: object
+    graph: Callable[[], object]
     chol: dict[str, np.ndarray]
     sampled: tuple | None = None
 

@@ -27,16 +27,19 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pymc as pm
 import xarray as xr
 from nutpie.sample import CompiledModel
 
 from .. import progress
 from ..errors import OptionError
-from .build import ModelInfo
 from .kernel import KernelModel, c_callbacks, constrained_draws, output_layout
+from .plan import ModelInfo
+
+if TYPE_CHECKING:  # PyMC loads only for a graph: the compiled kernel is sampled without it
+    import pymc as pm
 
 SAMPLERS = ("nutpie", "pymc")
 MAX_SEED = 2**64 - 1  # nutpie's seed is an unsigned 64-bit integer
@@ -141,9 +144,10 @@ def check_sampler_options(*, draws, tune, chains, random_seed, target_accept, sa
         raise OptionError(f"progressbar={progressbar!r}: give True or False.")
 
 
-def run_sampler(model: pm.Model, info: ModelInfo, *, sampler: str, draws: int, tune: int, chains: int,
+def run_sampler(model: pm.Model | None, info: ModelInfo, *, sampler: str, draws: int, tune: int, chains: int,
                 seed: int, target_accept: float, progressbar: bool) -> tuple[xr.DataTree, dict]:
-    """Sample the posterior; return the DataTree and a record of how (sampler, cores, seed, times).
+    """Sample the posterior; return the DataTree and a record of how (sampler, cores, seed, times). ``model``
+    is the PyMC graph, None when nutpie samples the compiled kernel ``info.kernel``.
 
     An interrupt (Ctrl-C) raises KeyboardInterrupt: both samplers would otherwise return the draws made so far
     (nutpie pads them with NaN), which is not a fit."""
@@ -204,6 +208,8 @@ def sample_nutpie(compiled, *, draws: int, tune: int, chains: int, cores: int, s
 def sample_pymc(model: pm.Model, what: str, *, draws: int, tune: int, chains: int, cores: int, seed: int,
                 target_accept: float, progressbar: bool) -> xr.DataTree:
     """PyMC's own NUTS on ``model`` (it compiles the graph first; ``what`` starts the progress line)."""
+    import pymc as pm
+
     progress.step(what + progress.sampling(chains, draws, tune, cores))
     with model:
         return pm.sample(draws=draws, tune=tune, chains=chains, cores=cores, random_seed=seed, nuts_sampler="pymc",

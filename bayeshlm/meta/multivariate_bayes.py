@@ -46,7 +46,7 @@ import pytensor.tensor as pt
 import xarray as xr
 
 from ..bayes.diagnostics import diagnose, warn_if_problems
-from ..bayes.marginal import cholesky_unrolled, forward_solve_unrolled
+from ..bayes.marginal_graph import cholesky_unrolled, forward_solve_unrolled
 from ..bayes.priors import LKJ, Prior
 from ..bayes.sampling import check_sampler_options, new_seed, run_sampler
 from ..errors import OptionError, closest_names

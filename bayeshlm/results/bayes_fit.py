@@ -59,7 +59,7 @@ class BayesFit(FitResult):
         self.diagnostics = sample.diagnostics
         self.messages = sample.messages
         self.model_info = sample.info
-        self._model = sample.model
+        self._graph = sample.graph
         self._chol = sample.chol  # factor -> Cholesky factor L of T per draw, (chain, draw, q, q)
         # (design, OutcomeUnits, centring) of the standardised model ``model`` is, or None: model in user units
         self._sampled = sample.sampled
@@ -71,8 +71,9 @@ class BayesFit(FitResult):
 
     def pymc_model(self):
         """The ``pm.Model`` that was sampled: on the standardised outcome of :mod:`bayeshlm.bayes.units` for a
-        fresh fit (``sampler["outcome_units"]``), in the user's units for a loaded one."""
-        return self._model
+        fresh fit (``sampler["outcome_units"]``), in the user's units for a loaded one. Written on the first call
+        when the compiled kernel sampled without it."""
+        return self._graph()
 
     def prior_predictive(self, draws: int = 500, seed: int | None = None) -> xr.DataTree:
         """Parameters and outcomes simulated from the priors (see :mod:`bayeshlm.bayes.predictive`), in the
@@ -80,9 +81,9 @@ class BayesFit(FitResult):
         from ..bayes.predictive import prior_predictive
 
         if self._sampled is None:
-            return prior_predictive(self.design, self._model, draws, seed)
+            return prior_predictive(self.design, self.pymc_model(), draws, seed)
         design, units, centred_on = self._sampled
-        tree = prior_predictive(design, self._model, draws, seed)
+        tree = prior_predictive(design, self.pymc_model(), draws, seed)
         y = units.centre + units.scale * tree["prior_predictive"].to_dataset()
         return xr.DataTree.from_dict({"prior": units.draws(tree["prior"].to_dataset(), self.design, centred_on),
                                       "prior_predictive": y})
@@ -336,7 +337,7 @@ class BayesFit(FitResult):
         """The fit of ``design`` from its record and datasets (:meth:`to_state`): the PyMC model is rebuilt from
         the design and priors, in the user's units (for ``pymc_model()`` and prior predictive checks), without
         sampling."""
-        from ..bayes.build import build_model
+        from ..bayes.plan import PlannedGraph, plan_model
         from ..bayes.priors import LKJ, PriorSet
 
         p = record["priors"]
@@ -347,11 +348,11 @@ class BayesFit(FitResult):
         sampler = record["sampler"]
         route = sampler["route"]
         parameterization = sampler["parameterization"] if route == "sampled" else None
-        model, info = build_model(design, priors, route, parameterization)
+        info = plan_model(design, priors, route, parameterization)
         cholesky = datasets["cholesky"]
         chol = {name[2:]: cholesky[name].values for name in cholesky.data_vars}
         return BayesFit(PosteriorSample(design, datasets["bayes"], info, sampler, record["diagnostics"],
-                                        record["messages"], model, chol))
+                                        record["messages"], PlannedGraph(design, info), chol))
 
     def report_sections(self) -> list[tuple[str, str]]:
         """How the posterior was drawn, the priors, and the convergence diagnostics."""
