@@ -11,8 +11,9 @@ compiles once per machine (only the entry point the model needs: two or three le
 from the cache in a fraction of a second. The commonest kind, two levels without sampled factors and with one σ² or
 known variances, is also compiled ahead of time by ``pip install`` (``_two_level_kernel.c``, the same operations in
 the same order: :func:`extension_callbacks`), so its first fit compiles nothing. The algebra is written as named
-block operations on batches of groups (:func:`_integrate_level`, :func:`_integrate_top`, :func:`_integrate_child`, :func:`_pass_to_parent`, ...); Numba
-compiles every function it calls again into each caller, so the call tree is kept shallow, and the reported
+block operations on batches of groups (:func:`_integrate_level`, :func:`_integrate_top`, :func:`_integrate_child`,
+:func:`_pass_to_parent`, ...); Numba compiles every function it calls again into each caller, so the call tree is
+kept shallow, and the reported
 values are computed from the unconstrained draws after sampling (:func:`constrained_draws`), not compiled.
 The density is the one :func:`~.build.build_model` writes as a PyMC graph -- same likelihood, same priors with
 their normalising constants -- and the test suite checks the two agree to rounding error at random points.
