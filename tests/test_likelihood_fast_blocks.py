@@ -1,5 +1,6 @@
 """The compiled block operations of the REML / ML engine (bayeshlm/likelihood/_pls_blocks.c) against the NumPy
-path they replace, and the crossed solver's elementwise one-coefficient blocks and per-group residual sums.
+path they replace, and the crossed solver's fast paths against its general ones: elementwise one-coefficient
+blocks, the dense Schur complement of small designs against the pair map, per-group residual sums.
 
 Both paths compute the same formulas in another order, so they agree to rounding: the criterion to 1e-12
 relative; the gradient to 1e-12 |criterion| (it is a difference of sums over all groups as large as the
@@ -10,16 +11,13 @@ compiled extension (no C compiler at install) the compiled-path tests are skippe
 tested by the rest of the suite.
 """
 
-import types
-
 import numpy as np
 import pandas as pd
 import pytest
 
 import bayeshlm as bh
-from bayeshlm.likelihood import algebra
+from bayeshlm.likelihood import algebra, crossed
 from bayeshlm.likelihood import fit as likelihood_fit
-from bayeshlm.likelihood.crossed import CrossedSolver
 from bayeshlm.likelihood.nested import NestedSolver
 
 compiled = pytest.mark.skipif(algebra._pls_blocks is None, reason="the _pls_blocks extension is not built")
@@ -105,14 +103,16 @@ def test_compiled_nested_blocks_equal_numpy(data, formula, method):
         assert_same_factor(fac, ref)
 
 
-@compiled
+@pytest.mark.parametrize("method", ["reml", "ml"])
 @pytest.mark.parametrize("data, formula", CROSSED, ids=["scotssec", "slopes-both", "slope-second"])
-def test_crossed_compiled_fixed_part_equals_numpy(data, formula):
-    """The crossed solver: compiled fixed-effect part against NumPy/LAPACK."""
+def test_crossed_dense_schur_complement_equals_pair_map(data, formula, method, monkeypatch):
+    """Small designs use C densely (N = B'B, Y_g = C_g Phi C_g'); the pair map gives the same numbers."""
     design = standard_design(data, formula)
-    objective = likelihood_fit.ProfiledDeviance(design, "reml")
-    reference = likelihood_fit.ProfiledDeviance(design, "reml")
-    reference.solver = CrossedSolver(design, objective.solver.factors, compiled=False)
+    objective = likelihood_fit.ProfiledDeviance(design, method)
+    assert objective.solver.C_dense is not None
+    monkeypatch.setattr(crossed, "DENSE_SCHUR_WORK", 0)
+    reference = likelihood_fit.ProfiledDeviance(design, method)
+    assert reference.solver.C_dense is None
     for theta in thetas(objective):
         value, gradient = objective.value_and_gradient(theta)
         ref_value, ref_gradient = reference.value_and_gradient(theta)
@@ -145,12 +145,3 @@ def test_crossed_one_coefficient_blocks_equal_cholesky():
     np.testing.assert_allclose(L, ref_L, rtol=1e-15, atol=0)
     np.testing.assert_allclose(Linv, ref_Linv, rtol=1e-15, atol=0)
     np.testing.assert_allclose(W, lam @ ref_Linv.transpose(0, 2, 1) @ ref_Linv @ lam.T, rtol=1e-14, atol=0)
-
-
-@compiled
-def test_compiled_fixed_part_refuses_a_matrix_that_is_not_positive_definite():
-    """As numpy.linalg.cholesky: a zero or negative pivot raises LinAlgError rather than returning NaN."""
-    fac = types.SimpleNamespace(compiled=True)
-    top = np.array([[1.0, 2.0, 0.5], [2.0, 1.0, 0.1], [0.5, 0.1, 3.0]])
-    with pytest.raises(np.linalg.LinAlgError):
-        algebra.Factorization._set_fixed_part(fac, top, 2)

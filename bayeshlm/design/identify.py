@@ -77,9 +77,10 @@ def _check_random_columns(f: GroupingFactor) -> None:
     """Collinear random-effect columns over all rows; a slope on a variable constant within every group."""
     from .build import r_factor
 
-    check_constant_random_columns(f.name, f.coef_names, np.ptp(f.Z, axis=0))
+    columns = np.asfortranarray(f.Z)  # NumPy reduces a tall C-ordered array along axis 0 several times slower
+    check_constant_random_columns(f.name, f.coef_names, columns.max(axis=0) - columns.min(axis=0))
     if f.n_coef > 1:
-        R = r_factor(f.Z / np.maximum(np.abs(f.Z).max(axis=0), 1e-300))
+        R = r_factor(f.Z / np.maximum(np.abs(columns).max(axis=0), 1e-300))
         s = np.linalg.svd(R, compute_uv=False)
         rank = int(np.sum(s > s.max() * max(f.Z.shape) * np.finfo(float).eps))
         if rank < f.n_coef:

@@ -1,4 +1,4 @@
-/* The per-group block operations of bayeshlm/likelihood/nested.py and the fixed-effect part of algebra.py compiled (issue 27, "Small models"): one REML /
+/* The per-group block operations of bayeshlm/likelihood/nested.py compiled (issue 27, "Small models"): one REML /
  * ML evaluation of a nested chain is a few small dense operations per group, which NumPy runs as ~40 batched
  * calls whose per-call overhead dominates on small designs. The same formulas as nested.py, group by group:
  *
@@ -10,9 +10,6 @@
  *     top down, Takahashi's selected inversion Sigma_ga = -L_g'^{-1} R_g Sigma_a,
  *     Sigma_gg = (L_g'^{-1} - Sigma_ga R_a') L_g^{-1}, and the sums Q_l, G_l (formulas in nested.py).
  *
- * fixed_part  (Factorization._set_fixed_part): from the (p+1)-square Schur complement S of [X y],
- *     R_X R_X' = S_XX (lower Cholesky), c = R_X^{-1} S_Xy, r^2 = S_yy - c'c, beta = R_X'^{-1} c,
- *     and (R_X R_X')^{-1} = R_X'^{-1} R_X^{-1} (the fixed-effect covariance over sigma^2).
  *
  * Arrays are C-ordered float64 (int64 for dims and parents) passed by the buffer protocol; dims =
  * [levels, p, q_0 .. q_{n-1}, J_0 .. J_{n-1}], parents = the parent maps of levels 0 .. n-2 concatenated, stats
@@ -428,71 +425,7 @@ done:
     return result;
 }
 
-/* fixed_part(top, RX_out, cbeta_out, beta_out, cov_out) -> (r2, log|R_X|^2), or None when S_XX is not positive
- * definite (a pivot not above 0, or NaN, as LAPACK dpotrf reports); cov_out of size 0 skips the inverse. */
-static PyObject *fixed_part(PyObject *self, PyObject *args) {
-    Py_buffer v[5];
-    if (!PyArg_ParseTuple(args, "y*w*w*w*w*", &v[0], &v[1], &v[2], &v[3], &v[4])) return NULL;
-    PyObject *result = NULL;
-    double *Linv = NULL;
-    if (get_buffers(v, 5)) goto done;
-    Py_ssize_t p = v[2].len / (Py_ssize_t)sizeof(double), P1 = p + 1;
-    Py_ssize_t sizes[5] = {P1 * P1, p * p, p, p, v[4].len ? p * p : 0};
-    if (check_sizes(v, sizes, 5)) goto done;
-    const double *top = v[0].buf;
-    double *RX = v[1].buf, *c = v[2].buf, *beta = v[3].buf, *cov = v[4].buf;
-    double logdet = 0.0;
-    memset(RX, 0, sizeof(double) * p * p);
-    for (Py_ssize_t k = 0; k < p; k++) {
-        double d = top[k * P1 + k];
-        for (Py_ssize_t m = 0; m < k; m++) d -= RX[k * p + m] * RX[k * p + m];
-        if (!(d > 0.0)) {
-            Py_INCREF(Py_None);
-            result = Py_None;
-            goto done;
-        }
-        double rkk = sqrt(d);
-        RX[k * p + k] = rkk;
-        for (Py_ssize_t i = k + 1; i < p; i++) {
-            double x = top[i * P1 + k];
-            for (Py_ssize_t m = 0; m < k; m++) x -= RX[i * p + m] * RX[k * p + m];
-            RX[i * p + k] = x / rkk;
-        }
-        logdet += 2.0 * log(rkk);
-    }
-    double r2 = top[p * P1 + p];
-    for (Py_ssize_t i = 0; i < p; i++) {
-        double x = top[i * P1 + p];
-        for (Py_ssize_t m = 0; m < i; m++) x -= RX[i * p + m] * c[m];
-        c[i] = x / RX[i * p + i];
-        r2 -= c[i] * c[i];
-    }
-    for (Py_ssize_t i = p - 1; i >= 0; i--) {
-        double x = c[i];
-        for (Py_ssize_t m = i + 1; m < p; m++) x -= RX[m * p + i] * beta[m];
-        beta[i] = x / RX[i * p + i];
-    }
-    if (v[4].len) {
-        Linv = malloc(sizeof(double) * (size_t)(p * p + 1));
-        if (!Linv) { PyErr_NoMemory(); goto done; }
-        lower_inverse(RX, (int)p, Linv);
-        for (Py_ssize_t i = 0; i < p; i++)
-            for (Py_ssize_t j = 0; j < p; j++) {
-                double x = 0.0;
-                for (Py_ssize_t k = i > j ? i : j; k < p; k++) x += Linv[k * p + i] * Linv[k * p + j];
-                cov[i * p + j] = x;
-            }
-    }
-    result = Py_BuildValue("(dd)", r2, logdet);
-done:
-    free(Linv);
-    release(v, 5);
-    return result;
-}
-
 static PyMethodDef METHODS[] = {
-    {"fixed_part", fixed_part, METH_VARARGS,
-     "fixed_part(top, RX_out, cbeta_out, beta_out, cov_out) -> (r2, log|R_X|^2) or None (not positive definite)"},
     {"nested_factorize", nested_factorize, METH_VARARGS,
      "nested_factorize(dims, stats, parents, top, lam, L_out, R_out, top_out) -> log|L_theta|^2"},
     {"nested_gradient", nested_gradient, METH_VARARGS,
@@ -500,7 +433,7 @@ static PyMethodDef METHODS[] = {
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "_pls_blocks",
-                                    "Per-group block operations of the nested REML / ML solver (nested.py) and the fixed-effect part of the factor (algebra.py).", -1,
+                                    "Per-group block operations of the nested REML / ML solver (nested.py).", -1,
                                     METHODS};
 
 PyMODINIT_FUNC PyInit__pls_blocks(void) { return PyModule_Create(&MODULE); }

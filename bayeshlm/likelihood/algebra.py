@@ -1,8 +1,6 @@
 """Pieces shared by the nested and crossed solvers: batched Cholesky and the fixed-effect part of the factor.
 
-The fixed-effect part is computed by the compiled ``_pls_blocks.fixed_part`` when it was built (the same
-formulas; a handful of NumPy/LAPACK calls on a (p+1)-square matrix cost more in call overhead than in work),
-else by NumPy and LAPACK.
+``_pls_blocks`` is the compiled kernel of the nested solver (``_pls_blocks.c``), None when it was not built.
 """
 
 from __future__ import annotations
@@ -47,20 +45,10 @@ class Factorization(ABC):
     """
 
     logdet_z: float
-    compiled: bool = False  # the fixed-effect part by _pls_blocks (set by the solver)
-    _fixed_cov: np.ndarray | None = None
 
     def _set_fixed_part(self, top: np.ndarray, p: int) -> None:
         """From the (p+1) x (p+1) Schur complement S of [X y]: R_X = chol(S_XX), c = R_X^{-1} S_Xy,
         r^2 = S_yy - c'c, beta = R_X'^{-1} c (Bates et al. 2015, eq. 17-18)."""
-        if self.compiled:
-            self.RX, self._fixed_cov = np.empty((p, p)), np.empty((p, p))
-            self.cbeta, self.beta = np.empty(p), np.empty(p)
-            parts = _pls_blocks.fixed_part(np.ascontiguousarray(top), self.RX, self.cbeta, self.beta, self._fixed_cov)
-            if parts is None:
-                raise np.linalg.LinAlgError("Matrix is not positive definite")
-            self.r2, self.logdet_x = parts
-            return
         self.RX = np.linalg.cholesky(top[:p, :p])
         self.cbeta = np.linalg.solve(self.RX, top[:p, p])
         self.r2 = float(top[p, p] - self.cbeta @ self.cbeta)
@@ -69,8 +57,6 @@ class Factorization(ABC):
 
     def fixed_cov_relative(self) -> np.ndarray:
         """(R_X R_X')^{-1}: the fixed-effect covariance divided by sigma^2."""
-        if self._fixed_cov is not None:
-            return self._fixed_cov.copy()
         inverse, info = scipy.linalg.lapack.dpotrs(self.RX, np.eye(len(self.RX)), lower=1)  # cho_solve's routine
         if info:
             raise np.linalg.LinAlgError(f"dpotrs failed (info {info})")

@@ -12,6 +12,10 @@ N has a fixed sparsity pattern, so it is one sparse matrix-vector product per ev
 P[(i, j), (g, a, b)] = C[ga, i] C[gb, j] is built once and vec(N) = P vec(W); by symmetry only the pairs
 i <= j and the blocks a <= b are kept (half the entries). S is factored densely; it has as many rows as the
 other factors have random effects (1,128 for 1,100 x 28 crossed levels).
+
+When C is small (J_1 q_1 t^2 <= DENSE_SCHUR_WORK, t = C's column count), N is instead one dense product,
+N = B'B with B_g = L_g^{-1} Lambda_1' C_g (so B_g'B_g = C_g'W_g C_g), and C's products are dense: for a design
+like ScotsSec (148 x 19 groups) the sparse calls' overhead exceeds their work.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import scipy.sparse as sp
 from ..design import Design, GroupingFactor
 from ..design.design import group_sums, indicator_matrix
 from ..errors import DataError
-from .algebra import Factorization, _pls_blocks
+from .algebra import Factorization
 
 MAX_DENSE = 20_000  # random effects outside the first factor that the dense Schur complement may hold
 MAX_PAIRS = 60_000_000  # entries of the pair map P (12 bytes each)
+DENSE_SCHUR_WORK = 4_000_000  # J_1 q_1 t^2 (multiply-adds of the dense N = B'B) up to which C is used densely
 
 
 def pair_map(C: sp.csr_matrix, q: int) -> tuple[sp.csr_matrix, np.ndarray]:
@@ -75,11 +80,7 @@ def pair_map(C: sp.csr_matrix, q: int) -> tuple[sp.csr_matrix, np.ndarray]:
 class CrossedSolver:
     """Factor the PLS system for factors in any arrangement; ``order`` puts the largest factor first."""
 
-    def __init__(self, design: Design, order: list[GroupingFactor], compiled: bool | None = None):
-        """``compiled``: the fixed-effect part by ``_pls_blocks`` (None: when it was built; False: NumPy)."""
-        self.compiled = _pls_blocks is not None if compiled is None else compiled
-        if self.compiled and _pls_blocks is None:
-            raise ValueError("the compiled kernel _pls_blocks is not built")
+    def __init__(self, design: Design, order: list[GroupingFactor]):
         self.design = design
         self.factors = order
         first, rest = order[0], order[1:]
@@ -107,9 +108,15 @@ class CrossedSolver:
                 f"The groups of {first.name!r} share too many levels of the other grouping factors "
                 f"({int((counts.astype(np.int64) ** 2).sum())} pairs, at most {MAX_PAIRS}) for this engine's "
                 "precomputed Schur complement. Fit a subset of the factors, or aggregate the data.")
+        self.J, self.q = first.n_groups, first.n_coef
+        t = self.C.shape[1]
+        # C as a dense (J, q, t) array when N = B'B is cheap (module docstring), else the pair map
+        self.C_dense = self.C.toarray().reshape(self.J, self.q, t) if self.J * self.q * t * t <= DENSE_SCHUR_WORK \
+            else None
         self.C_rest_T = self.C[:, :self.K].T.tocsr()  # Z_r'W Z_1, for Z_r'W e from the per-group sums
-        self.P, self.pair_order = pair_map(self.C, first.n_coef)
-        self.P_T = self.P.T  # a CSC view of the same arrays (no copy), made once instead of per evaluation
+        if self.C_dense is None:
+            self.P, self.pair_order = pair_map(self.C, first.n_coef)
+            self.P_T = self.P.T  # a CSC view of the same arrays (no copy), made once instead of per evaluation
         self.blocks = np.triu_indices(first.n_coef)  # the column order of the pair map
         self.diagonal = np.arange(len(self.A))  # the diagonal of T and S
 
@@ -150,15 +157,42 @@ class CrossedSolver:
         LamLinvT = lam @ Linv.transpose(0, 2, 1)  # Lambda_1 L_g'^{-1}
         return L, Linv, LamLinvT @ LamLinvT.transpose(0, 2, 1)
 
+    def _first_schur(self, lam: np.ndarray, Linv: np.ndarray, W: np.ndarray) -> np.ndarray:
+        """N = sum_g C_g'W_g C_g: B'B from dense C (B_g = L_g^{-1} Lambda_1' C_g), else by the pair map (whose
+        product gives the upper triangle U: N = U + U' - diag(U))."""
+        if self.C_dense is not None:
+            B = Linv * lam[0, 0] * self.C_dense if self.q == 1 else Linv @ (lam.T @ self.C_dense)
+            flat = B.reshape(-1, B.shape[2])
+            return flat.T @ flat
+        t = self.A.shape[0]
+        a, b = self.blocks
+        U = (self.P @ W[self.pair_order, a[:, None], b[:, None]].ravel()).reshape(t, t)
+        N = U + U.T
+        N[self.diagonal, self.diagonal] -= np.diagonal(U)
+        return N
+
+    def first_quadratic(self, phi: np.ndarray) -> np.ndarray:
+        """Y_g = C_g Phi C_g' for every group g of the first factor (J, q, q), Phi symmetric t x t: dense, or
+        gathered through the pair map (off-diagonal pairs i < j stand for both (i, j) and (j, i), and blocks
+        a < b hold each pair from both orders)."""
+        J, q = self.J, self.q
+        if self.C_dense is not None:
+            C_phi = (self.C_dense.reshape(J * q, -1) @ phi).reshape(J, q, -1)
+            return C_phi @ self.C_dense.transpose(0, 2, 1)
+        v = 2.0 * phi
+        v[self.diagonal, self.diagonal] = np.diagonal(phi)
+        a, b = self.blocks
+        half = (self.P_T @ v.ravel()).reshape(len(a), J)
+        half[a != b] *= 0.5
+        Y = np.empty((J, q, q))
+        Y[self.pair_order, a[:, None], b[:, None]] = half
+        Y[self.pair_order, b[:, None], a[:, None]] = half
+        return Y
+
     def factorize(self, lambdas: list[np.ndarray]) -> CrossedFactorization:
         """Factor the system at relative covariance factors ``lambdas`` (in solver order)."""
         L, Linv, W = self._first_blocks(lambdas[0])
-        t = self.A.shape[0]
-        a, b = self.blocks
-        U = (self.P @ W[self.pair_order, a[:, None], b[:, None]].ravel()).reshape(t, t)  # upper triangle of N
-        T = self.A - U
-        T -= U.T
-        T[self.diagonal, self.diagonal] += np.diagonal(U)
+        T = self.A - self._first_schur(lambdas[0], Linv, W)
         S = self.sandwich(T, lambdas)
         K = self.K
         S[self.diagonal[:K], self.diagonal[:K]] += 1.0
@@ -176,7 +210,6 @@ class CrossedFactorization(Factorization):
         self.lambdas = lambdas
         self.L, self.Linv, self.W, self.T, self.Lz, self.Rz = L, Linv, W, T, Lz, Rz
         self.logdet_z = logdet_z
-        self.compiled = solver.compiled
         self._set_fixed_part(top, solver.p)
 
     def _split_rest(self, values: np.ndarray) -> list[np.ndarray]:
@@ -225,30 +258,20 @@ class CrossedFactorization(Factorization):
         log|Omega| = sum_g log|A_g| + log|S| with Sigma = S^{-1} (the [Z_r X] block for REML, Z_r for ML).
         A remaining factor l enters only through S = Lambda~'T Lambda~ + I:
         Q_l = sum_{a in l} [Sigma Lambda~' T]_aa. The first factor enters through A_g and W_g; with
-        Phi = Lambda~ Sigma Lambda~' and Y_g = C_g Phi C_g' (gathered through the pair map, Y = P' vec(Phi)),
+        Phi = Lambda~ Sigma Lambda~' and Y_g = C_g Phi C_g' (:meth:`CrossedSolver.first_quadratic`),
         d log|S| = -sum_g tr(Y_g dW_g), which gives
         Q_1 = sum_g A_g^{-1} Lambda_1' [D_g - Y_g (I - Lambda_1 A_g^{-1} Lambda_1' D_g)].
-        G_l = sum_g (Z_g'W e) u_g' from the residuals e on the rows.
+        G_l = sum_g (Z_g'W e) u_g', with Z'W e from the per-group sums (below).
         """
         s = self.solver
-        first = s.factors[0]
-        J, q = first.n_groups, first.n_coef
+        q = s.q
         lam = self.lambdas[0]
         sigma = self._rest_inverse(reml)
         sigma_lam = s.scale(sigma, self.lambdas, "right", transpose=True)  # Sigma Lambda~'
         phi = s.scale(sigma_lam, self.lambdas, "left", transpose=True)  # Lambda~ Sigma Lambda~'
         Q = []
         Ainv = self.Linv.transpose(0, 2, 1) @ self.Linv
-        # Y_g[a, b] = sum_ij C_g[a, i] C_g[b, j] phi_ij from the upper-triangle pair map: off-diagonal pairs
-        # (i < j) stand for both (i, j) and (j, i), and blocks a < b hold each pair from both orders
-        v = 2.0 * phi
-        v[s.diagonal, s.diagonal] = np.diagonal(phi)
-        a, b = s.blocks
-        half = (s.P_T @ v.ravel()).reshape(len(a), J)
-        half[a != b] *= 0.5
-        Y = np.empty((J, q, q))
-        Y[s.pair_order, a[:, None], b[:, None]] = half
-        Y[s.pair_order, b[:, None], a[:, None]] = half
+        Y = s.first_quadratic(phi)
         AinvLamT = Ainv @ lam.T
         D = s.D
         Q.append((AinvLamT @ (D - Y @ (np.eye(q) - self.W @ D))).sum(axis=0))

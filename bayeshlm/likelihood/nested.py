@@ -141,7 +141,6 @@ class NestedFactorization(Factorization):
         self.L = L
         self.R = R
         self.logdet_z = logdet_z
-        self.compiled = solver.compiled
         self._set_fixed_part(top, solver.p)
 
     @property
