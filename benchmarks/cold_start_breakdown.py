@@ -31,6 +31,10 @@ Usage::
 
 Each state runs in its own new process; the cold run points ``NUMBA_CACHE_DIR`` and PyTensor's
 ``base_compiledir`` at a new empty directory, and the warm run reuses that directory.
+
+``--kernel-speed`` instead compares, in this process, the CPU microseconds per log density + gradient of the
+HGLM kernel's ahead-of-time extension and of its Numba callbacks (the same computation): cbpp and 50,000
+Bernoulli and negative binomial rows, both called through ctypes at the same 20 points, in 6 interleaved blocks.
 """
 
 from __future__ import annotations
@@ -197,13 +201,61 @@ def append_csv(path: str, label: str, record: dict) -> None:
                              round(record["load"], 2), record["log_density"], round(record["min_ess_bulk"], 1)])
 
 
+def kernel_speed() -> None:
+    """CPU microseconds per log-density call, extension vs Numba (median of 6 interleaved blocks)."""
+    import ctypes
+
+    import numpy as np
+    import pandas as pd
+
+    import bayeshlm as bh
+    from bayeshlm.bayes.glmm import build_kernel, resolve_glmm_priors
+    from bayeshlm.bayes.glmm_kernel import extension_callbacks, numba_callbacks
+
+    rng = np.random.default_rng(1)
+    g, x = np.repeat(np.arange(1000), 50), rng.normal(size=50_000)
+    eta = -0.5 + 0.7 * x + rng.normal(0.0, 0.8, 1000)[g]
+    rows = pd.DataFrame({"y": rng.binomial(1, 1.0 / (1.0 + np.exp(-eta))), "x": x, "g": g})
+    models = {"cbpp": bh.HLM("cbind(incidence, size - incidence) ~ period + (1 | herd)", bh.datasets.load("cbpp"),
+                             family="binomial"),
+              "bernoulli, 50,000 rows, (1 | g)": bh.HLM("y ~ x + (1 | g)", rows, family="bernoulli"),
+              "negative binomial, 50,000 rows, (x | g)": bh.HLM("y ~ x + (x | g)", rows.assign(
+                  y=rng.poisson(np.exp(eta))), family="negative_binomial")}
+    pointer = ctypes.POINTER(ctypes.c_double)
+    for name, model in models.items():
+        priors, shape = resolve_glmm_priors(model.design, model.outcome, None)
+        kernel = build_kernel(model.design, model.outcome, priors, shape,
+                              {f.name: "non-centred" for f in model.design.factors}, None)
+        points = [kernel.unconstrained_start(seed) for seed in range(20)]
+        grad, value = np.empty(kernel.n_dim), np.empty(1)
+        args = (grad.ctypes.data_as(pointer), value.ctypes.data_as(pointer),
+                kernel.buffer.ctypes.data_as(ctypes.c_void_p))
+        repeats = max(1, 200_000 // kernel.n_rows)
+        micro = {"extension": [], "numba": []}
+        for _ in range(6):
+            for label, chosen in (("extension", extension_callbacks()), ("numba", numba_callbacks())):
+                logp = chosen[0].ctypes
+                start = time.process_time()
+                for _ in range(repeats):
+                    for point in points:
+                        logp(kernel.n_dim, point.ctypes.data_as(pointer), *args)
+                micro[label].append((time.process_time() - start) / (repeats * len(points)) * 1e6)
+        ours, theirs = np.median(micro["extension"]), np.median(micro["numba"])
+        print(f"{name}: {kernel.n_rows} rows, {kernel.n_dim} coordinates: extension {ours:.1f} us, Numba "
+              f"{theirs:.1f} us per call (Numba / extension {theirs / ours:.2f}); load {os.getloadavg()[0]:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state", choices=("cold", "warm", "both"), default="both")
     parser.add_argument("--model", choices=tuple(MODEL_STAGES), default="hsb")
     parser.add_argument("--csv", help="append the stages to this CSV file")
     parser.add_argument("--label", default="", help="the CSV rows' label (e.g. the commit)")
+    parser.add_argument("--kernel-speed", action="store_true", help="extension vs Numba per call, in this process")
     args = parser.parse_args()
+    if args.kernel_speed:
+        kernel_speed()
+        return
     if args.state == "warm":
         records = [run_state("warm (default caches)", None, args.model)]
     else:

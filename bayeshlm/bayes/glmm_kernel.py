@@ -28,9 +28,9 @@ log-Jacobian sum_i (i + 1) log L_ii, one-based i) are written out with their gra
 
 nutpie calls C callbacks (:func:`callbacks`): those of ``_glmm_kernel.c``, the same density, gradient and
 reported values in the same order of floating-point operations, compiled ahead of time by ``pip install``
-(:func:`extension_callbacks`), so a first fit compiles nothing (cbpp with empty caches: 25.3 -> 4.4 CPU s in a new
+(:func:`extension_callbacks`), so a first fit compiles nothing (cbpp with empty caches: 29.4 -> 4.2 CPU s in a new
 process, benchmarks/results/bayes_glmm_aot.md); without a C compiler at install, or when the extension reads
-another buffer layout, Numba's (:func:`numba_callbacks`, compiled with ``cache=True``: about 20 CPU s on the
+another buffer layout, Numba's (:func:`numba_callbacks`, compiled with ``cache=True``: 22-27 CPU s on the
 first fit on a machine, loaded from the cache by later processes).
 """
 
