@@ -145,3 +145,25 @@ def test_crossed_one_coefficient_blocks_equal_cholesky():
     np.testing.assert_allclose(L, ref_L, rtol=1e-15, atol=0)
     np.testing.assert_allclose(Linv, ref_Linv, rtol=1e-15, atol=0)
     np.testing.assert_allclose(W, lam @ ref_Linv.transpose(0, 2, 1) @ ref_Linv @ lam.T, rtol=1e-14, atol=0)
+
+
+def test_line_search_lost_in_rounding_is_cut_short_and_judged_by_newton():
+    """Six trials in a row that change the criterion by less than rounding (1e-13 relative), and are predicted to,
+    end the optimiser at the best point; that end is converged only once Newton polishing has brought the slope
+    under POLISH_GRADIENT |criterion|. A trial that improves by more than rounding starts the count again."""
+    from bayeshlm.likelihood import optimize
+
+    x0, g = np.zeros(2), np.array([1e-4, -1e-4])
+    watch = optimize._StallWatch(x0, 1e4, g)
+    watch.see(x0 + 1e-12, 1e4 + 1e-10, g)  # within rounding (1e-9 here)
+    watch.see(x0 - 1.0, 1e4 - 1.0, g)  # a real decrease: the count starts again
+    assert watch.count == 0 and watch.value == 1e4 - 1.0
+    for k in range(optimize.STALL_EVALUATIONS - 1):
+        watch.see(watch.x + 1e-12 * (k + 1), watch.value + 1e-10, g)
+    with pytest.raises(optimize._Stalled):
+        watch.see(watch.x + 1e-12, watch.value - 1e-10, g)
+    result = watch.result(evaluations=9)
+    assert result.message == optimize.STALLED and result.status == 2 and not result.success
+    assert not optimize.converged(result)  # slope 1e-4 > 1e-9 x 1e4: still to be polished
+    result.jac = np.array([1e-6, 0.0])
+    assert optimize.converged(result)

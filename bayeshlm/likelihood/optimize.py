@@ -7,7 +7,7 @@ An objective here is anything with ``value_and_gradient(x) -> (criterion, gradie
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import OptimizeResult, minimize
 
 
 class BoundaryFitWarning(UserWarning):
@@ -20,6 +20,41 @@ class ConvergenceWarning(UserWarning):
 
 GRADIENT_TOL = 1e-2  # largest |d(-2 log L) / d parameter| accepted at the end point (standardised scale)
 POLISH_GRADIENT = 1e-9  # slope left at the end point (relative to the criterion) that earns Newton steps
+ROUNDING = 1e-13  # criterion changes below this (relative) are rounding: ~100 times its measured noise
+STALL_EVALUATIONS = 6  # consecutive evaluations within rounding of the best point that end the line search
+STALLED = "ABNORMAL: the line search stalled within rounding of the best point"
+
+
+class _Stalled(Exception):
+    """Raised by the objective wrapper of :func:`minimize_criterion` to end a line search lost in rounding."""
+
+
+class _StallWatch:
+    """The best point seen and a count of the evaluations since that could not tell a trial point from it.
+
+    Near the optimum the criterion is flat to rounding (~1e-15 relative noise): when the quasi-Newton step's
+    predicted change g'(x - x_best) is itself below rounding, L-BFGS-B's line search compares noise and can spend
+    its 50 trials (maxls) twice over without moving. Such trials are counted; a trial that improves the
+    criterion by more than rounding, or that is predicted to, starts the count again.
+    """
+
+    def __init__(self, x: np.ndarray, value: float, gradient: np.ndarray):
+        self.x, self.value, self.gradient = x, value, gradient
+        self.count = 0
+
+    def see(self, x: np.ndarray, value: float, gradient: np.ndarray) -> None:
+        rounding = ROUNDING * max(abs(self.value), 1.0)
+        lost = value > self.value - rounding and abs(float(self.gradient @ (x - self.x))) < rounding
+        self.count = self.count + 1 if lost else 0
+        if value < self.value and np.all(np.isfinite(gradient)):
+            self.x, self.value, self.gradient = x.copy(), value, gradient.copy()
+        if self.count >= STALL_EVALUATIONS:
+            raise _Stalled
+
+    def result(self, evaluations: int) -> OptimizeResult:
+        """The best point as the optimiser's result (status 2, an abnormal line-search end; see :func:`converged`)."""
+        return OptimizeResult(x=self.x, fun=self.value, jac=self.gradient, status=2, success=False,
+                              message=STALLED, nfev=evaluations, hess_inv=None)
 
 
 def minimize_criterion(objective, start: np.ndarray, maxiter: int, gtol: float = 1e-9, rough: bool = False):
@@ -34,15 +69,24 @@ def minimize_criterion(objective, start: np.ndarray, maxiter: int, gtol: float =
     variance-function and correlation parameters of ``marginal`` are unbounded transforms already.
     """
     f0, g0 = objective.value_and_gradient(start)
+    watch = _StallWatch(start, f0, g0)
+    evaluations = [1]
 
     def value_and_gradient(x):  # the optimiser's first call repeats the start
         if np.array_equal(x, start):
             return f0, g0.copy()
-        return objective.value_and_gradient(x)
+        value, gradient = objective.value_and_gradient(x)
+        evaluations[0] += 1
+        watch.see(x, value, gradient)
+        return value, gradient
 
-    return minimize(value_and_gradient, start, jac=True, method="L-BFGS-B",
-                    options={"ftol": 1e-8 if rough else 1e-15, "gtol": (1e-5 if rough else gtol) * max(abs(f0), 1.0),
-                             "maxiter": maxiter, "maxls": 50})
+    try:
+        return minimize(value_and_gradient, start, jac=True, method="L-BFGS-B",
+                        options={"ftol": 1e-8 if rough else 1e-15,
+                                 "gtol": (1e-5 if rough else gtol) * max(abs(f0), 1.0), "maxiter": maxiter,
+                                 "maxls": 50})
+    except _Stalled:
+        return watch.result(evaluations[0])
 
 
 def polish(objective, result, steps: int = 2):
@@ -84,12 +128,16 @@ def converged(result) -> bool:
     With exact gradients the tight tolerances above are often met only to rounding: the line search then
     stops (status 2, 'ABNORMAL') at a point where no step lowers the criterion. That point is accepted when
     the quasi-Newton estimate of the remaining decrease, g'H^{-1}g / 2 (L-BFGS's inverse Hessian), is below
-    1e-7 deviance units.
+    1e-7 deviance units. A line search that :func:`minimize_criterion` cut short (message ``STALLED``, no
+    quasi-Newton matrix) is accepted when Newton polishing brought the slope below ``POLISH_GRADIENT``
+    |criterion|, i.e. the best point of the descent is a stationary point to rounding.
     """
     if result.success:
         return True
     if result.status != 2 or not np.all(np.isfinite(result.jac)):
         return False
+    if result.message == STALLED:
+        return float(np.max(np.abs(result.jac), initial=0.0)) <= POLISH_GRADIENT * max(abs(result.fun), 1.0)
     return 0.5 * float(result.jac @ result.hess_inv.matvec(result.jac)) < 1e-7
 
 
