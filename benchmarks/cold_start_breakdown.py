@@ -21,7 +21,8 @@ finds the conditional modes by the likelihood engine's compiled per-group Newton
 ``Laplace/ML reference fit`` (the likelihood engine's fit that sets the start and the parameterisation),
 ``kernel buffer`` (:func:`bayeshlm.bayes.glmm.build_kernel`), ``kernel compile/load`` (the HGLM callbacks:
 the ahead-of-time extension, or Numba's compiled or loaded from its cache), sampling and the rest. It also lists
-every function Numba compiled or loaded in the process (top-level ``numba:compile`` events) with their seconds.
+the functions Numba compiled in the process, with their wall seconds (top-level ``numba:compile`` events; a C
+callback loaded from Numba's cache raises none).
 
 Usage::
 
@@ -73,7 +74,7 @@ from numba.core import event
 compiled, depth = {}, [0]
 
 class TopLevelCompiles(event.Listener):
-    # seconds of every outermost numba:compile event (a compile or a cache load), by function name
+    # wall seconds of every outermost numba:compile event, by function name
 
     def on_start(self, ev):
         depth[0] += 1
@@ -182,7 +183,7 @@ def show(record: dict) -> None:
         print(f"  {name:50s} {cpu:8.2f} {wall:8.2f}")
         total_cpu, total_wall = total_cpu + cpu, total_wall + wall
     print(f"  {'total (in process)':50s} {total_cpu:8.2f} {total_wall:8.2f}")
-    print("  Numba compiles or cache loads (wall s): "
+    print("  Numba compiles (wall s): "
           + (", ".join(f"{name} {seconds:.2f}" for name, seconds in record["numba"]) or "none"))
 
 
