@@ -192,7 +192,7 @@ def _batch_loglik(beta, T, codes, V, X, y, m: int, n_studies: int):
     """sum_j log N(d_j | X_j gamma, V_j + Z_j T Z_j') over a batch of studies reporting m effects each.
 
     The m x m Cholesky factor and forward solve are unrolled into elementwise operations over the studies
-    (the helpers of :mod:`bayeshlm.bayes.marginal`): a batched ``pm.MvNormal`` computes the same density but took
+    (the helpers of :mod:`bayeshlm.bayes.marginal_graph`): a batched ``pm.MvNormal`` computes the same density but took
     over 5 minutes to compile for nutpie (Numba) on this machine."""
     Sigma = [[V[:, a, c] + T[codes[:, a], codes[:, c]] for c in range(m)] for a in range(m)]
     C = cholesky_unrolled(Sigma, m)
