@@ -5,7 +5,7 @@ group j (Pinheiro & Bates 2000, sec. 5.1-5.3; R&B 2002, eq. 14.65). As in nlme, 
 
 - a :class:`VarianceFunction` (nlme's ``varFunc``): the relative variances w_i = sigma_i^2 / sigma^2, with
   ln w_i = a_i'delta linear in its parameters delta (one sigma^2, one per stratum, a log-linear model);
-- a :class:`CorrelationStructure` (nlme's ``corStruct``): cor(e_i, e_k) = c(|t_i - t_k|; phi) between the rows
+- a :class:`CorrelationStructure` (nlme's ``corStruct``): cor(e_i, e_k) = c(``|t_i - t_k|``; phi) between the rows
   of one unit (the innermost grouping factor), e.g. phi^|t - t'| for AR(1) and CAR(1); none: independent.
 
 The objects hold names only; the numbers they read (stratum codes, variance predictors, times) are the
@@ -93,7 +93,7 @@ class VarianceFunction:
 
 
 class CorrelationStructure:
-    """cor(e_i, e_k) = phi^lag_ik between rows of one unit, lag = |t_i - t_k| (``correlations``), with phi a
+    """cor(e_i, e_k) = phi^lag_ik between rows of one unit, lag = ``|t_i - t_k|`` (``correlations``), with phi a
     function of one unconstrained parameter z (``phi``). Subclasses set ``name`` (the registry key, as the
     ``correlation=`` option spells it), ``label``, ``transform_name`` and the transform."""
 
