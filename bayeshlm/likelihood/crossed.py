@@ -20,6 +20,8 @@ like ScotsSec (148 x 19 groups) the sparse calls' overhead exceeds their work.
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
@@ -92,33 +94,95 @@ class CrossedSolver:
                 f"besides {first.name!r}; this engine factors them densely and handles at most {MAX_DENSE}. "
                 "Fit a subset of the factors, or aggregate the data.")
         w = design.weights
+        self.J, self.q = first.n_groups, first.n_coef
+        self.offsets = np.cumsum([0] + [f.n_groups * f.n_coef for f in rest])
+        self.D = group_sums(first.codes, first.Z if w is None else first.Z * w[:, None], first.Z, first.n_groups)
+        t = self.K + self.p + 1
+        self.blocks = np.triu_indices(first.n_coef)  # the column order of the pair map
+        self.diagonal = np.arange(t)  # the diagonal of T and S
+        if self.J * self.q * t * t <= DENSE_SCHUR_WORK:  # C as a dense (J, q, t) array (module docstring)
+            self.C_dense, self.A = self._dense_products(first, rest)
+            return
+        self.C_dense = None
         XY = np.column_stack([design.X, design.y])
         right = sp.hstack([indicator_matrix(f.codes, f.Z, f.n_groups) for f in rest] + [sp.csr_matrix(XY)],
                           format="csr")
         weighted = right if w is None else sp.diags(w) @ right
         ZF = indicator_matrix(first.codes, first.Z, first.n_groups)
-        self.D = group_sums(first.codes, first.Z if w is None else first.Z * w[:, None], first.Z, first.n_groups)
         self.C = (ZF.T @ weighted).tocsr()  # (J_1 q_1) x (K + p + 1)
         self.C.sort_indices()
         self.A = (right.T @ weighted).toarray()  # [Z_r X y]' W [Z_r X y]
-        self.offsets = np.cumsum([0] + [f.n_groups * f.n_coef for f in rest])
         counts = np.diff(self.C.indptr).reshape(first.n_groups, first.n_coef).sum(axis=1)
         if int((counts.astype(np.int64) ** 2).sum()) > MAX_PAIRS:
             raise DataError(
                 f"The groups of {first.name!r} share too many levels of the other grouping factors "
                 f"({int((counts.astype(np.int64) ** 2).sum())} pairs, at most {MAX_PAIRS}) for this engine's "
                 "precomputed Schur complement. Fit a subset of the factors, or aggregate the data.")
-        self.J, self.q = first.n_groups, first.n_coef
-        t = self.C.shape[1]
-        # C as a dense (J, q, t) array when N = B'B is cheap (module docstring), else the pair map
-        self.C_dense = self.C.toarray().reshape(self.J, self.q, t) if self.J * self.q * t * t <= DENSE_SCHUR_WORK \
-            else None
-        self.C_rest_T = self.C[:, :self.K].T.tocsr()  # Z_r'W Z_1, for Z_r'W e from the per-group sums
-        if self.C_dense is None:
-            self.P, self.pair_order = pair_map(self.C, first.n_coef)
-            self.P_T = self.P.T  # a CSC view of the same arrays (no copy), made once instead of per evaluation
-        self.blocks = np.triu_indices(first.n_coef)  # the column order of the pair map
-        self.diagonal = np.arange(len(self.A))  # the diagonal of T and S
+        self.P, self.pair_order = pair_map(self.C, first.n_coef)
+        self.P_T = self.P.T  # a CSC view of the same arrays (no copy), made once instead of per evaluation
+
+    def _dense_products(self, first: GroupingFactor, rest: list[GroupingFactor]) -> tuple[np.ndarray, np.ndarray]:
+        """C = Z_1'W [Z_r X y] as (J_1, q_1, t) and A = [Z_r X y]'W [Z_r X y] (t x t) by per-group sums: the
+        entry of groups (g, h) of two factors sums the rows in both, one bincount over the pair codes
+        g J_h + h per pair of columns."""
+        d, w = self.design, self.design.weights
+        XY = np.column_stack([d.X, d.y])
+        XYw = XY if w is None else XY * w[:, None]
+        factors = [first] + list(rest)
+        starts = [None] + list(self.offsets[:-1])  # column of each factor's block in [Z_r X y]; None: the first
+        K, t = self.K, self.K + self.p + 1
+        C = np.empty((self.J, self.q, t))
+        A = np.empty((t, t))
+        for i, (f, at) in enumerate(zip(factors, starts)):
+            left = f.Z if w is None else f.Z * w[:, None]
+            for h, other in zip(factors[i + 1:] if at is None else factors[i:], starts[i + 1:] if at is None
+                                else starts[i:]):
+                block = self._pair_sums(f, left, h)  # (J_f, q_f, J_h, q_h)
+                if at is None:
+                    C[:, :, other:other + h.n_groups * h.n_coef] = block.reshape(self.J, self.q, -1)
+                else:
+                    flat = block.reshape(f.n_groups * f.n_coef, h.n_groups * h.n_coef)
+                    A[at:at + len(flat), other:other + flat.shape[1]] = flat
+                    A[other:other + flat.shape[1], at:at + len(flat)] = flat.T
+            sums = group_sums(f.codes, left, XY, f.n_groups)
+            if at is None:
+                C[:, :, K:] = sums
+            else:
+                A[at:at + f.n_groups * f.n_coef, K:] = sums.reshape(-1, t - K)
+                A[K:, at:at + f.n_groups * f.n_coef] = sums.reshape(-1, t - K).T
+        A[K:, K:] = XYw.T @ XY
+        return C, A
+
+    @staticmethod
+    def _pair_sums(f: GroupingFactor, left: np.ndarray, g: GroupingFactor) -> np.ndarray:
+        """sum over the rows in group a of f and group b of g of left[:, c] g.Z[:, e], as (J_f, q_f, J_g, q_g)."""
+        if f is g:  # one factor: block diagonal
+            out = np.zeros((f.n_groups, f.n_coef, f.n_groups, f.n_coef))
+            out[np.arange(f.n_groups), :, np.arange(f.n_groups), :] = group_sums(f.codes, left, f.Z, f.n_groups)
+            return out
+        pairs = f.codes * g.n_groups + g.codes
+        out = np.empty((f.n_groups, f.n_coef, g.n_groups, g.n_coef))
+        for c in range(f.n_coef):
+            for e in range(g.n_coef):
+                out[:, c, :, e] = np.bincount(pairs, weights=left[:, c] * g.Z[:, e],
+                                              minlength=f.n_groups * g.n_groups).reshape(f.n_groups, g.n_groups)
+        return out
+
+    @cached_property
+    def C(self) -> sp.csr_matrix:
+        """C = Z_1'W [Z_r X y], (J_1 q_1) x t, sparse (made from the dense C on first use when that is kept)."""
+        return sp.csr_matrix(self.C_dense.reshape(self.J * self.q, -1))
+
+    def first_products(self, x: np.ndarray) -> np.ndarray:
+        """C x as (J_1, q_1)."""
+        flat = self.C_dense.reshape(self.J * self.q, -1) @ x if self.C_dense is not None else self.C @ x
+        return flat.reshape(self.J, self.q)
+
+    def rest_products(self, b: np.ndarray) -> np.ndarray:
+        """Z_r'W Z_1 b = C[:, :K]' b for b (J_1 q_1,)."""
+        if self.C_dense is not None:
+            return self.C_dense.reshape(self.J * self.q, -1)[:, :self.K].T @ b
+        return self.C[:, :self.K].T @ b
 
     def scale(self, M: np.ndarray, lambdas: list[np.ndarray], side: str, transpose: bool = False) -> np.ndarray:
         """M Lambda~ (side 'right') or Lambda~' M (side 'left'), with Lambda~ = blockdiag(I_J (x) Lambda_f, ..., I)
@@ -228,8 +292,7 @@ class CrossedFactorization(Factorization):
         u_rest = scipy.linalg.solve_triangular(self.Lz.T, self.Rz[:, -1] - self.Rz[:, :-1] @ self.beta, lower=False,
                                                check_finite=False)
         b_rest = s.scale(u_rest[None, :], self.lambdas, "right", transpose=True)[0]  # (Lambda_r u_rest)'
-        first = s.factors[0]
-        Cx = (s.C @ np.concatenate([-b_rest, -self.beta, [1.0]])).reshape(first.n_groups, first.n_coef)
+        Cx = s.first_products(np.concatenate([-b_rest, -self.beta, [1.0]]))
         Ainv = self.Linv.transpose(0, 2, 1) @ self.Linv
         u_first = (Ainv @ (Cx @ self.lambdas[0])[:, :, None])[:, :, 0]
         return [u_first] + self._split_rest(u_rest), b_rest, Cx
@@ -284,7 +347,7 @@ class CrossedFactorization(Factorization):
         u, b_rest, Cx = self._modes_and_residual_sums()
         b_first = u[0] @ lam.T
         zwe_first = Cx - (D @ b_first[:, :, None])[:, :, 0]
-        zwe_rest = s.A[:s.K] @ np.concatenate([-b_rest, -self.beta, [1.0]]) - s.C_rest_T @ b_first.ravel()
+        zwe_rest = s.A[:s.K] @ np.concatenate([-b_rest, -self.beta, [1.0]]) - s.rest_products(b_first.ravel())
         G = [zwe_first.T @ u[0]] + [z.T @ uf for z, uf in zip(self._split_rest(zwe_rest), u[1:])]
         return Q, G
 
