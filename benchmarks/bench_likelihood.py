@@ -13,7 +13,9 @@ with ``method="lbfgs"`` (its default silently fails to converge on random-slope 
 finishes in reasonable time; egsingle's three-level model is not expressible in MixedLM (no random slopes at
 two nested levels), so it is skipped there. lme4 timings are read from benchmarks/reference_timings_lme4.json
 when present (written by tests/reference/make_reference.R on the same machine kind). Peak memory of the
-bayeshlm fits is the process's maximum resident set size after they ran (Linux ru_maxrss).
+bayeshlm fits is the process's maximum resident set size after they ran (Linux ru_maxrss). ``load_avg`` is the
+machine's 1-minute load average over each row's timing (mean of its start and end): on a shared machine, other
+jobs' load slows the Python-heavy parts of a fit more than a compiled package.
 
 ``--structured`` times the level-1 error structures (AR(1), CAR(1), varIdent, log-linear variance) on nlme's
 Orthodont, BodyWeight and Ovary and on HS&B, beside nlme::lme's times read from
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -213,11 +216,13 @@ def main() -> None:
         fns = {"bayeshlm": ours_fit}
         if mixedlm is not None:
             fns["mixedlm"] = lambda f=formula, d=frame: mixedlm.lmer(f, d, REML=True)  # noqa: E731
+        load_before = os.getloadavg()[0]
         times = paired_times(fns, args.repeats)
         ours = times["bayeshlm"][0]
         fit = ours_fit()
         row = {"model": label, "rows": len(frame), "bayeshlm_s": ours, "bayeshlm_cpu_s": times["bayeshlm"][1],
-               "evals": fit.n_evaluations, "criterion": fit.deviance}
+               "evals": fit.n_evaluations, "criterion": fit.deviance,
+               "load_avg": 0.5 * (load_before + os.getloadavg()[0])}  # the machine's 1-minute load, other jobs
         if mixedlm is not None:
             row["mixedlm_s"], row["mixedlm_cpu_s"] = times["mixedlm"]
             row["mixedlm_criterion"] = float(fns["mixedlm"]().REMLcrit())

@@ -334,7 +334,8 @@ def group_labels(frame: pd.DataFrame, term: RandomTerm) -> pd.Series:
 def sorted_codes(labels: pd.Series, name: str) -> tuple[np.ndarray, pd.Index]:
     """Integer codes 0..K-1 of labels (text or integers), numbered in natural order of their text
     (see :func:`_natural_order`)."""
-    first_seen, uniques = pd.factorize(labels)
+    # a text column's own array (pandas' str dtype is Arrow-backed): factorised without the Series wrapping
+    first_seen, uniques = pd.factorize(labels if isinstance(labels.dtype, np.dtype) else labels.array)
     if isinstance(uniques.dtype, np.dtype) and uniques.dtype.kind in "iu":
         order = np.argsort(np.asarray(uniques), kind="stable")  # distinct integers: their natural order
     else:
