@@ -144,7 +144,7 @@ def _check_columns_exist(variables: set[str], frame: pd.DataFrame) -> None:
 
 
 def _drop_missing(frame: pd.DataFrame, columns: list[str], missing: str) -> tuple[pd.DataFrame, DroppedRows]:
-    isna = {c: frame[c].isna().to_numpy() for c in columns}  # column by column: no copy of the frame
+    isna = {c: _missing(frame[c]) for c in columns}  # column by column: no copy of the frame
     by_column = {c: int(k) for c, k in ((c, mask.sum()) for c, mask in isna.items()) if k}
     bad = np.flatnonzero(np.logical_or.reduce(list(isna.values()))) if by_column else np.array([], dtype=np.intp)
     if len(bad) and missing == "raise":
@@ -155,6 +155,15 @@ def _drop_missing(frame: pd.DataFrame, columns: list[str], missing: str) -> tupl
         )
     dropped = DroppedRows(n_input=len(frame), positions=bad, by_column=by_column)
     return (frame.drop(index=frame.index[bad]) if len(bad) else frame), dropped
+
+
+def _missing(values: pd.Series) -> np.ndarray:
+    """Series.isna() as a boolean array; for NumPy float and integer columns straight from the values (NaN only;
+    integers have none), which pandas' own check takes several times longer to say."""
+    if isinstance(values.dtype, np.dtype) and values.dtype.kind in "fiu":
+        data = values.to_numpy()
+        return np.isnan(data) if data.dtype.kind == "f" else np.zeros(len(data), dtype=bool)
+    return values.isna().to_numpy()
 
 
 def _check_finite(frame: pd.DataFrame, columns: list[str]) -> None:

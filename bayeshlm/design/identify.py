@@ -188,7 +188,8 @@ def _exact_within(X: np.ndarray, y: np.ndarray, Z: np.ndarray, codes: np.ndarray
     if int(np.maximum(sizes - Z.shape[1], 0).sum()) - X.shape[1] <= 0:
         return None
     V = np.column_stack([X, y])
-    coef = np.linalg.pinv(group_sums(codes, Z, Z, len(sizes))) @ group_sums(codes, Z, V, len(sizes))
+    gram = group_sums(codes, Z, Z, len(sizes))  # symmetric positive semi-definite: pinv by eigh, not SVD
+    coef = np.linalg.pinv(gram, hermitian=True) @ group_sums(codes, Z, V, len(sizes))
     within = V - sum(Z[:, [k]] * coef[codes, k, :] for k in range(Z.shape[1]))
     left = abs(r_factor(within)[-1, -1])
     return bool(left <= EXACT_FIT_TOL * float(np.linalg.norm(y - y.mean())))
