@@ -79,6 +79,12 @@ def pair_map(C: sp.csr_matrix, q: int) -> tuple[sp.csr_matrix, np.ndarray]:
     return P.tocsr(), np.array(orders)
 
 
+def block_product(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """A @ B for stacks of q x q blocks; elementwise when q = 1 (the same products, without matmul's per-call
+    cost on J one-by-one matrices)."""
+    return A * B if A.shape[-1] == 1 and B.shape[-2] == 1 and A.shape[-2] == 1 else A @ B
+
+
 class CrossedSolver:
     """Factor the PLS system for factors in any arrangement; ``order`` puts the largest factor first."""
 
@@ -293,9 +299,13 @@ class CrossedFactorization(Factorization):
                                                check_finite=False)
         b_rest = s.scale(u_rest[None, :], self.lambdas, "right", transpose=True)[0]  # (Lambda_r u_rest)'
         Cx = s.first_products(np.concatenate([-b_rest, -self.beta, [1.0]]))
-        Ainv = self.Linv.transpose(0, 2, 1) @ self.Linv
-        u_first = (Ainv @ (Cx @ self.lambdas[0])[:, :, None])[:, :, 0]
+        u_first = block_product(self.first_inverse, (Cx @ self.lambdas[0])[:, :, None])[:, :, 0]
         return [u_first] + self._split_rest(u_rest), b_rest, Cx
+
+    @cached_property
+    def first_inverse(self) -> np.ndarray:
+        """A_g^{-1} = L_g'^{-1} L_g^{-1} for every group of the first factor, (J, q, q)."""
+        return block_product(self.Linv.transpose(0, 2, 1), self.Linv)
 
     def _rest_inverse(self, with_fixed: bool) -> np.ndarray:
         """(K + p + 1)-square Sigma: the inverse of S's [Z_r X] block (REML) or of its Z_r block (ML), zero
@@ -333,11 +343,10 @@ class CrossedFactorization(Factorization):
         sigma_lam = s.scale(sigma, self.lambdas, "right", transpose=True)  # Sigma Lambda~'
         phi = s.scale(sigma_lam, self.lambdas, "left", transpose=True)  # Lambda~ Sigma Lambda~'
         Q = []
-        Ainv = self.Linv.transpose(0, 2, 1) @ self.Linv
         Y = s.first_quadratic(phi)
-        AinvLamT = Ainv @ lam.T
+        AinvLamT = self.first_inverse @ lam.T
         D = s.D
-        Q.append((AinvLamT @ (D - Y @ (np.eye(q) - self.W @ D))).sum(axis=0))
+        Q.append(block_product(AinvLamT, D - block_product(Y, np.eye(q) - block_product(self.W, D))).sum(axis=0))
         for f, a, b in zip(s.factors[1:], s.offsets[:-1], s.offsets[1:]):
             rows = sigma_lam[a:b].reshape(f.n_groups, f.n_coef, -1)  # [Sigma Lambda~']_{a, :}
             T_rows = self.T[a:b].reshape(f.n_groups, f.n_coef, -1)
