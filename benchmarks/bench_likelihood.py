@@ -180,6 +180,8 @@ def main() -> None:
                              "scotssec_reml, lecture_crossed, nested_1e6)")
     parser.add_argument("--structured", action="store_true", help="time level-1 error structures beside nlme")
     parser.add_argument("--output", type=Path, metavar="CSV", help="write the table to this CSV file")
+    parser.add_argument("--no-statsmodels", action="store_true",
+                        help="skip statsmodels (its fits take seconds each): many --repeats of the small models")
     parser.add_argument("--blas-threads", type=int, metavar="N",
                         help="limit BLAS to N threads for every package timed (default: the machine's setting); "
                              "mixedlm's many small products run several times faster on one thread of a busy machine")
@@ -208,6 +210,8 @@ def main() -> None:
     except ImportError:
         statsmodels = None
         print("statsmodels is not installed: its column is empty (pip install statsmodels).")
+    if args.no_statsmodels:
+        statsmodels = None
     rows = []
     for key, label, frame, formula, sm_spec in cases():
         if args.quick and key in ("lecture_crossed", "nested_1e6") or args.case and key not in args.case:
