@@ -61,9 +61,15 @@ CROSSED = [
 CROSSED_IDS = ["scotssec", "slopes-both", "three-factors", "known-variances"]
 
 
+_DESIGNS: dict = {}  # (formula, options) -> standardised design, built once per test session
+
+
 def standard_design(data, formula, options=None):
-    frame = bh.datasets.load(data) if isinstance(data, str) else data
-    return likelihood_fit.standardised(bh.HLM(formula, frame, **(options or {})).design)[0]
+    key = (formula, tuple(sorted((options or {}).items())))
+    if key not in _DESIGNS:
+        frame = bh.datasets.load(data) if isinstance(data, str) else data
+        _DESIGNS[key] = likelihood_fit.standardised(bh.HLM(formula, frame, **(options or {})).design)[0]
+    return _DESIGNS[key]
 
 
 def thetas(objective, seed=0, count=4):
