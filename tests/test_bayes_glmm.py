@@ -1,8 +1,9 @@
 """Full Bayes for binary, binomial and count outcomes (issue 24): the compiled log density against the PyMC graph,
 agreement with the Laplace/glmer fit under flat priors, the result contract, reproducibility, and refusals.
 
-Sampling tests use the compiled kernel (Numba, cached on disk) with few draws; the first run on a machine compiles
-it (about a minute), later runs load it.
+Sampling tests use the compiled kernel with few draws: the C extension built at install
+(bayeshlm/bayes/_glmm_kernel.c), nothing to compile; without it, Numba's (compiled on the first run on a machine,
+about a minute, then loaded from its on-disk cache).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bayeshlm.bayes.glmm import (
     centre_weights,
     choose_parameterization,
     default_target_accept,
+    fixed_effect_shift,
     kernel_coordinates,
     laplace_reliability,
     laplace_start,
@@ -64,6 +66,27 @@ def bernoulli_duplicates(seed=4, J=10, n=30):
     return pd.DataFrame({"y": y, "x": x, "w": w[g], "g": g.astype(str)})
 
 
+def verbagg_shape(seed=0, persons=12, items=6):
+    """Crossed Bernoulli responses of persons (with a numeric and a binary predictor) to items (of three types
+    and two situations), VerbAgg's structure in small."""
+    rng = np.random.default_rng(seed)
+    person, item = np.repeat(np.arange(persons), items), np.tile(np.arange(items), persons)
+    anger = rng.normal(size=persons)[person]
+    eta = -0.2 + 0.3 * anger + rng.normal(size=persons)[person] + 0.5 * rng.normal(size=items)[item]
+    return pd.DataFrame({"y": rng.binomial(1, 1.0 / (1.0 + np.exp(-eta))), "anger": anger,
+                         "gender": (rng.random(persons) < 0.5).astype(float)[person],
+                         "btype": np.array(["curse", "scold", "shout"])[item % 3],
+                         "situ": np.array(["other", "self"])[item // 3 % 2],
+                         "id": person.astype(str), "item": item.astype(str)})
+
+
+def toy_with_group_predictor():
+    """:func:`toy` (seed 1) with w, a predictor constant within g."""
+    frame = toy(seed=1)
+    frame["w"] = 0.3 * frame["g"].astype(int) - 1.0
+    return frame
+
+
 CASES = {
     # binomial with trials (cbind), centred herds, an Exponential tau prior and a flat prior on one coefficient
     "cbpp": (cbpp_model, {"tau_herd": Prior("Exponential", lam=1.0), "period[T.2]": Prior("Flat")},
@@ -77,13 +100,46 @@ CASES = {
     # Bernoulli rows merged into binomial ones (kernel only: 300 rows, 20 distinct), groups centred
     "bernoulli_merged": (lambda: bh.HLM("y ~ x + w + (1 | g)", bernoulli_duplicates(), family="bernoulli"), None,
                          {"g": "centred"}),
+    # the shift of the fixed effects: VerbAgg's shape (crossed intercepts, person- and item-level predictors)
+    "verbagg_shape": (lambda: bh.HLM("y ~ anger + gender + btype + situ + (1 | id) + (1 | item)", verbagg_shape(),
+                                     family="bernoulli"), None, {"id": "non-centred", "item": "non-centred"}),
+    # a correlated (x | g), non-centred: its intercept shifts (Intercept) and the group-level w
+    "bernoulli_slope": (lambda: bh.HLM("y ~ x + w + (x | g)", bernoulli_duplicates(), family="bernoulli"), None,
+                        {"g": "non-centred"}),
+    # persons centred (on beta, which the items shift), items non-centred and shifted
+    "verbagg_shape_centred_persons": (lambda: bh.HLM("y ~ anger + gender + btype + situ + (1 | id) + (1 | item)",
+                                                     verbagg_shape(), family="bernoulli"), None,
+                                      {"id": "centred", "item": "non-centred"}),
+    # negative binomial, shifted onto (Intercept) and a predictor w of g's groups
+    "negative_binomial_shifted": (lambda: bh.HLM("y ~ x + w + (1 | g)", toy_with_group_predictor(),
+                                                 family="negative_binomial"), None, {"g": "non-centred"}),
 }
+
+
+def shifted_beta(kernel, design, x):
+    """beta at the kernel's coordinates x by the definition (glmm_kernel docstring): A x[:p] - sum of P'u[:, a]
+    over the shift entries of :func:`fixed_effect_shift`, with u the reported effects."""
+    A, p = standardising_map(design.X), design.n_fixed
+    out = reported(kernel, x)
+    beta = A @ x[:p]
+    for name, entries in fixed_effect_shift(design, choice_of(kernel, design)).items():
+        for k, a, weights in entries:
+            beta[k] -= weights @ out[f"u_{name}"][:, a]
+    return beta
+
+
+def choice_of(kernel, design):
+    return {f.name: "centred" if any(n == f"coef_{f.name}" for n, _, _ in kernel.layout) else "non-centred"
+            for f in design.factors}
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernel_equals_pymc_graph(case):
     """Log density (up to the constant log|A| of the standardised fixed-effect coordinates) and gradient of the
-    compiled kernel equal PyMC's at random points, every normalising constant included."""
+    compiled kernel equal PyMC's at random points, every normalising constant included: the graph at the kernel's
+    beta (shifted by the non-centred effects, :func:`shifted_beta`) and the other coordinates as they are, its
+    gradient carried to the kernel's coordinates by the chain rule (d beta / dx by central differences of the
+    reported beta, a smooth map; steps 1e-5)."""
     make, priors, choice = CASES[case]
     model = make()
     design, outcome = model.design, model.outcome
@@ -102,7 +158,9 @@ def test_kernel_equals_pymc_graph(case):
     for _ in range(3):
         x = kernel.start + 0.4 * rng.standard_normal(kernel.n_dim)
         lp, grad = evaluate(x)
-        beta_point = np.r_[A @ x[:p], x[p:]]
+        beta = reported(kernel, x)["beta"]
+        np.testing.assert_allclose(beta, shifted_beta(kernel, design, x), rtol=1e-12, atol=1e-14)
+        beta_point = np.r_[beta, x[p:]]
         point, at = {}, 0
         for name, shape_ in names:
             size = int(np.prod(shape_))
@@ -116,10 +174,50 @@ def test_kernel_equals_pymc_graph(case):
             graph_grad[var.name] = flat[at:at + size]
             at += size
         expected = np.concatenate([graph_grad[name] for name, _ in names])
-        expected[:p] = A.T @ expected[:p]  # chain rule to the standardised coordinates
+        steps = np.eye(kernel.n_dim) * 1e-5
+        d_beta = np.array([(reported(kernel, x + e)["beta"] - reported(kernel, x - e)["beta"]) / 2e-5
+                           for e in steps])  # (n_dim, p): row m is d beta / d x_m
+        np.testing.assert_allclose(d_beta[:p], A.T, rtol=1e-9, atol=1e-9)  # beta' = A x[:p]
+        expected = np.r_[np.zeros(p), expected[p:]] + d_beta @ expected[:p]  # chain rule to the coordinates
         assert lp - log_det_A == pytest.approx(float(logp(point)), abs=1e-7)
         np.testing.assert_allclose(grad, expected, rtol=1e-8, atol=1e-8)
-        np.testing.assert_allclose(reported(kernel, x)["beta"], A @ x[:p], rtol=1e-12)
+
+
+def test_the_shift_takes_the_ridge_of_group_level_coefficients_out_of_the_sampled_coordinates():
+    """VerbAgg's shape, both factors non-centred: persons shift (Intercept), anger and gender, items (Intercept)
+    and the type and situation effects, with P G = I. Moving those fixed effects by d and the persons' z by
+    -G d / tau (every eta unchanged) leaves the sampled x[:p] where it is: the reported beta moves by d, and the
+    log density changes by the priors' alone (z's and beta's Normal)."""
+    make, priors, choice = CASES["verbagg_shape"]
+    model = make()
+    design, outcome = model.design, model.outcome
+    shift = fixed_effect_shift(design, choice)
+    names = {f: [design.fixed_names[k] for k, a, _ in entries if a == 0] for f, entries in shift.items()}
+    assert names == {"id": ["(Intercept)", "anger", "gender"],
+                     "item": ["(Intercept)", "btype[T.scold]", "btype[T.shout]", "situ[T.self]"]}
+    prior_set, shape = resolve_glmm_priors(design, outcome, priors)
+    kernel = build_kernel(design, outcome, prior_set, shape, choice, None)
+    evaluate = log_density_and_gradient(kernel)
+    p, persons = design.n_fixed, design.factor("id")
+    columns = [k for k, _, _ in shift["id"]]
+    first = np.unique(persons.codes, return_index=True)[1]
+    G = design.X[np.ix_(first, columns)]
+    P = np.array([weights for _, _, weights in shift["id"]])
+    np.testing.assert_allclose(P @ G, np.eye(len(columns)), atol=1e-12)
+    x = kernel.start + 0.4 * np.random.default_rng(8).standard_normal(kernel.n_dim)
+    before = reported(kernel, x)
+    d = np.array([0.3, -0.2, 0.5])
+    moved = x.copy()
+    z = x[p:p + persons.n_groups]
+    moved[p:p + persons.n_groups] = z - G @ d / before["tau_id"][0]
+    after = reported(kernel, moved)
+    expected = before["beta"].copy()
+    expected[columns] += d
+    np.testing.assert_allclose(after["beta"], expected, rtol=1e-12, atol=1e-12)
+    mu, sd = (np.array([prior_set.fixed[name].params[key] for name in design.fixed_names]) for key in ("mu", "sigma"))
+    prior_change = (-0.5 * (np.sum(moved[p:p + persons.n_groups] ** 2) - np.sum(z**2))
+                    - 0.5 * np.sum(((after["beta"] - mu) / sd) ** 2 - ((before["beta"] - mu) / sd) ** 2))
+    assert evaluate(moved)[0] - evaluate(x)[0] == pytest.approx(prior_change, abs=1e-9)
 
 
 def test_gradient_matches_finite_differences_for_every_family_and_form():
@@ -153,7 +251,8 @@ def test_fit_dispatches_and_samples_cbpp_without_divergences(cbpp_fit):
     """fit(method='bayes') on a binomial model (an OptionError before this engine): the compiled kernel,
     4 x 1000 draws, 0 divergences, R-hat < 1.01, non-centred herds (Laplace reliability 0.67 < 0.7)."""
     assert type(cbpp_fit).__name__ == "BayesGLMMFit"
-    assert cbpp_fit.sampler["log_density"] == "compiled HGLM kernel"
+    assert cbpp_fit.sampler["log_density"] == "compiled HGLM kernel (C extension)"
+    assert cbpp_fit.sampler["shifted"] == {}  # no herd-level predictors: not shifted
     assert cbpp_fit.diagnostics["divergences"] == 0
     assert cbpp_fit.diagnostics["max_rhat"] < 1.01
     assert cbpp_fit.sampler["parameterization"] == {"herd": "non-centred"}

@@ -37,7 +37,7 @@ pytestmark = pytest.mark.skipif(shutil.which(compiler) is None,
 
 def frame(seed=0, J=8, n=12):
     """Binary, binomial (of 1-6 trials) and count outcomes with a random intercept and slope per g, a crossed
-    factor h and an exposure."""
+    factor h, an exposure and a predictor w constant within g."""
     rng = np.random.default_rng(seed)
     g = np.repeat(np.arange(J), n)
     h = np.tile(np.arange(4), J * n // 4)
@@ -46,15 +46,19 @@ def frame(seed=0, J=8, n=12):
         + rng.normal(scale=0.3, size=4)[h]
     trials = rng.integers(1, 7, J * n)
     success = rng.binomial(trials, 1.0 / (1.0 + np.exp(-eta)))
-    return pd.DataFrame({"y": rng.poisson(years * np.exp(eta)), "binary": rng.binomial(1, 1.0 / (1.0 + np.exp(-eta))),
-                         "success": success, "trials": trials, "x": x, "g": g.astype(str), "h": h.astype(str),
-                         "years": years})
+    out = pd.DataFrame({"y": rng.poisson(years * np.exp(eta)), "binary": rng.binomial(1, 1.0 / (1.0 + np.exp(-eta))),
+                        "success": success, "trials": trials, "x": x, "g": g.astype(str), "h": h.astype(str),
+                        "years": years})
+    out["w"] = rng.normal(size=J)[g]  # a predictor of g's groups (drawn last: the other columns as before)
+    return out
 
 
 CASES = {
     # family, formula, model options, priors: every family, q = 2 correlated, two crossed factors, every scale
     # prior family (HalfStudentT is the default; HalfFlat with priors="flat", on the variance)
     "bernoulli, default priors": ("bernoulli", "binary ~ x + (1 | g)", {}, None),
+    # non-centred, the fixed effects shifted by both factors' intercepts (for g's onto (Intercept) and w)
+    "bernoulli, crossed, a predictor of g's groups": ("bernoulli", "binary ~ x + w + (1 | g) + (1 | h)", {}, None),
     "binomial with trials, correlated q = 2, HalfNormal, LKJ(1.5)": (
         "binomial", "cbind(success, trials - success) ~ x + (x | g)", {},
         {"tau_g": Prior("HalfNormal", sigma=[1.5, 0.5]), "corr_g": LKJ(1.5)}),
@@ -67,6 +71,8 @@ CASES = {
     "negative binomial, Gamma scale, correlated q = 2": (
         "negative_binomial", "y ~ x + (x | g)", {}, {"tau_g": Prior("Gamma", alpha=2.0, beta=3.0),
                                                       "shape": Prior("Exponential", lam=0.2)}),
+    "negative binomial, a predictor of g's groups, correlated q = 2": (
+        "negative_binomial", "y ~ x + w + (x | g)", {}, {"shape": Prior("Exponential", lam=0.2)}),
     "negative binomial, flat (HalfFlat on the variances), crossed": (
         "negative_binomial", "y ~ x + (1 | g) + (1 | h)", {}, "flat"),
 }
@@ -110,14 +116,19 @@ def test_extension_equals_the_numba_kernel(case):
 
 
 def test_reported_values_are_the_model_quantities():
-    """The extension's reported values, checked against their definitions (not only against Numba): beta = A x,
-    tau = exp(log tau), L_Omega with unit rows, u = diag(tau) L_Omega z for non-centred effects, k = exp(log k)."""
-    kernel = kernels("negative binomial, Gamma scale, correlated q = 2")["non-centred"]
+    """The extension's reported values, checked against their definitions (not only against Numba): beta = A x
+    shifted by the group intercepts (onto (Intercept) and the group-level w: beta_K -= P u_.0 with
+    P = (G'G)^{-1} G', G the rows (1, w_j)), tau = exp(log tau), L_Omega with unit rows, u = diag(tau) L_Omega z
+    for non-centred effects, k = exp(log k)."""
+    kernel = kernels("negative binomial, a predictor of g's groups, correlated q = 2")["non-centred"]
     x = kernel.unconstrained_start(5)
     out = reported(kernel, x, extension_callbacks())
     p, J = len(out["beta"]), out["z_g"].shape[0]
     A = kernel.buffer[int(kernel.buffer[glmm_kernel._AT_A]):][:p * p].reshape(p, p)
-    np.testing.assert_allclose(out["beta"], A @ x[:p], rtol=1e-14)
+    G = np.column_stack([np.ones(J), frame().groupby("g", sort=True)["w"].first().to_numpy()])
+    beta = A @ x[:p]
+    beta[[0, 2]] -= np.linalg.solve(G.T @ G, G.T @ out["u_g"][:, 0])  # (Intercept), x, w
+    np.testing.assert_allclose(out["beta"], beta, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(out["tau_g"], np.exp(x[p + 2 * J:p + 2 * J + 2]), rtol=1e-14)
     np.testing.assert_allclose(np.sum(out["corr_g"] ** 2, axis=1), 1.0, rtol=1e-14)
     L = np.diag(out["tau_g"]) @ out["corr_g"]
@@ -189,7 +200,8 @@ def test_fit_samples_through_the_extension_with_numbas_draws(monkeypatch):
         assert callbacks() is numba_callbacks()
     monkeypatch.undo()
     callbacks.cache_clear()
-    assert fit.sampler["log_density"] == again.sampler["log_density"] == "compiled HGLM kernel"
+    assert fit.sampler["log_density"] == "compiled HGLM kernel (C extension)"
+    assert again.sampler["log_density"] == "compiled HGLM kernel (Numba)"
     for name in ("beta", "tau_herd", "u_herd"):
         np.testing.assert_array_equal(fit.posterior["posterior"][name].values,
                                       again.posterior["posterior"][name].values)

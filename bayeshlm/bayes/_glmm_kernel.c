@@ -7,7 +7,8 @@
  * module docstring:
  *
  *   eta_i = x_i'beta + offset_i + sum_f z_fi'u_f[j(i)],  u_fj = L_f z_fj (non-centred) or b_fj - C_fj beta
- *   (centred, b_fj ~ N(C_fj beta, L_f L_f')),  L_f = diag(tau_f) L_Omega,f,  beta = A x[:p],
+ *   (centred, b_fj ~ N(C_fj beta, L_f L_f')),  L_f = diag(tau_f) L_Omega,f,
+ *   beta_k = (A x[:p])_k - sum over the non-centred factors' shift entries (k, a, P) of P'u_f[:, a],
  *
  * rows: binomial logit, Poisson log or negative binomial (NB2) log; priors with their normalising constants;
  * LKJ(eta) on L_Omega through PyMC's CholeskyCorr transform. Matrices are row-major (q x q, or J x q).
@@ -31,13 +32,13 @@ static const char *HEADER[] = {"n_dim", "n_expanded", "length", "family", "n", "
                                "constant", "at_y", "at_size", "at_offset", "at_X", "at_beta_mu", "at_beta_sd",
                                "at_factors", "at_shape_prior", "at_A"};
 static const char *FACTOR[] = {"q", "J", "correlated", "centred", "eta", "at_codes", "at_Z", "at_centre",
-                               "x_effects", "x_tau", "x_corr", "at_prior", "at_corr"};
+                               "x_effects", "x_tau", "x_corr", "at_prior", "at_corr", "n_shift", "at_shift"};
 #define N_HEADER 18
-#define N_FACTOR 13
+#define N_FACTOR 15
 enum { H_N_DIM, H_N_EXPANDED, H_LENGTH, H_FAMILY, H_N, H_P, H_N_FACTORS, H_SHAPE_AT, H_CONSTANT, H_AT_Y, H_AT_SIZE,
        H_AT_OFFSET, H_AT_X, H_AT_BETA_MU, H_AT_BETA_SD, H_AT_FACTORS, H_AT_SHAPE_PRIOR, H_AT_A };
 enum { F_Q, F_J, F_CORRELATED, F_CENTRED, F_ETA, F_AT_CODES, F_AT_Z, F_AT_CENTRE, F_X_EFFECTS, F_X_TAU, F_X_CORR,
-       F_AT_PRIOR, F_AT_CORR };
+       F_AT_PRIOR, F_AT_CORR, F_N_SHIFT, F_AT_SHIFT };
 /* glmm_kernel.py's FAMILY_CODES (family, link, code) and SCALE_FAMILIES (name by code, PyMC's parameter names) */
 static const char *FAMILIES[][2] = {{"binomial", "logit"}, {"bernoulli", "logit"}, {"poisson", "log"},
                                     {"negative_binomial", "log"}};
@@ -352,6 +353,31 @@ static double centred_prior(const double *centre, Py_ssize_t x_eff, const double
     return lp;
 }
 
+/* beta -= P'u[:, a] for each shift entry (k, a, P) of one non-centred factor (rows k, a, P_1..P_J at shift;
+ * glmm_kernel._shift_fixed_effects, one factor) */
+static void shift_fixed_effects(const double *shift, Py_ssize_t n_shift, Py_ssize_t J, int q, const double *u,
+                                double *beta) {
+    for (Py_ssize_t e = 0; e < n_shift; e++) {
+        const double *entry = shift + e * (J + 2);
+        int k = (int)entry[0], a = (int)entry[1];
+        double s = 0.0;
+        for (Py_ssize_t j = 0; j < J; j++)
+            s += entry[2 + j] * u[j * q + a];
+        beta[k] -= s;
+    }
+}
+
+/* the chain rule through the shift: g_u[j, a] -= P_j g_beta_k (glmm_kernel._shift_gradient, one factor) */
+static void shift_gradient(const double *shift, Py_ssize_t n_shift, Py_ssize_t J, int q, const double *g_beta,
+                           double *g_u) {
+    for (Py_ssize_t e = 0; e < n_shift; e++) {
+        const double *entry = shift + e * (J + 2);
+        int k = (int)entry[0], a = (int)entry[1];
+        for (Py_ssize_t j = 0; j < J; j++)
+            g_u[j * q + a] -= entry[2 + j] * g_beta[k];
+    }
+}
+
 /* the gradient of L = diag(tau) L_Omega to the log scales and, when correlated, to the LKJ coordinates with their
  * log prior (returned; glmm_kernel._scale_gradient); g_omega: q x q scratch */
 static double scale_gradient(const double *x, const double *buf, const double *row, const double *gL,
@@ -393,11 +419,39 @@ static Sizes sizes_of(const double *buf) {
     return s;
 }
 
+/* lp plus the log prior of the centred (or of the non-centred) factors' effects, with the chain rule from their g_u to their
+ * coordinates, to L and, for centred ones, to g_beta (glmm_kernel._effect_priors); gL, g_omega (q_max^2), w and
+ * back (q_max): scratch */
+static double effect_priors(double lp, const double *x, const double *buf, Sizes s, const double *Ls, const double *taus,
+                            const double *omegas, const double *u_all, double *g_u_all, const Py_ssize_t *u_at,
+                            int centred, double *grad, double *g_beta, double *gL, double *g_omega, double *w,
+                            double *back) {
+    const double *table = buf + AT(buf, H_AT_FACTORS);
+    Py_ssize_t qq = s.q_max * s.q_max;
+    for (int f = 0; f < s.n_factors; f++) {
+        const double *row = table + f * N_FACTOR;
+        if ((row[F_CENTRED] > 0.5) != centred)
+            continue;
+        int q = (int)row[F_Q];
+        Py_ssize_t J = AT(row, F_J), x_eff = AT(row, F_X_EFFECTS);
+        const double *L = Ls + f * qq;
+        for (Py_ssize_t i = 0; i < q * q; i++)
+            gL[i] = 0.0;
+        if (centred)
+            lp += centred_prior(buf + AT(row, F_AT_CENTRE), x_eff, L, u_all + u_at[f], g_u_all + u_at[f], J, q, s.p,
+                                grad, g_beta, gL, w, back);
+        else
+            lp += non_centred_prior(x, x_eff, L, g_u_all + u_at[f], J, q, grad, gL);
+        lp += scale_gradient(x, buf, row, gL, taus + f * s.q_max, omegas + f * qq, grad, g_omega);
+    }
+    return lp;
+}
+
 /* doubles of work log_density needs: beta, g_beta; per factor L, tau, L_Omega; u and g_u of every factor; eta
- * and r; gL, g_omega, w and back of one factor */
+ * and r; gL, g_omega, w and back of one factor; each factor's log prior of its scales */
 static Py_ssize_t density_work(Sizes s) {
     return 2 * s.p + s.n_factors * (2 * s.q_max * s.q_max + s.q_max) + 2 * s.n_u + 2 * s.n + 2 * s.q_max * s.q_max
-           + 2 * s.q_max;
+           + 2 * s.q_max + s.n_factors;
 }
 
 /* the log posterior density at x with its gradient in grad (glmm_kernel.log_density, step for step); u_at:
@@ -413,7 +467,7 @@ static double log_density(const double *x, const double *buf, double *grad, doub
     double *beta = work, *g_beta = beta + p, *Ls = g_beta + p, *taus = Ls + n_factors * qq;
     double *omegas = taus + n_factors * s.q_max, *u_all = omegas + n_factors * qq, *g_u_all = u_all + s.n_u;
     double *eta = g_u_all + s.n_u, *r = eta + n, *gL = r + n, *g_omega = gL + qq, *w = g_omega + qq;
-    double *back = w + s.q_max;
+    double *back = w + s.q_max, *lp_scales = back + s.q_max;
     for (int k = 0; k < p; k++) {  /* the coordinates are the coefficients of the standardised columns */
         beta[k] = 0.0;
         for (int m = 0; m < p; m++)
@@ -421,19 +475,32 @@ static double log_density(const double *x, const double *buf, double *grad, doub
     }
     for (int k = 0; k < p; k++)
         g_beta[k] = 0.0;
-    double lp = buf[H_CONSTANT] + fixed_prior(beta, buf + AT(buf, H_AT_BETA_MU), buf + AT(buf, H_AT_BETA_SD), p,
-                                              g_beta);
     u_at[0] = 0;
     for (int f = 0; f < n_factors; f++)
         u_at[f + 1] = u_at[f] + AT(table + f * N_FACTOR, F_J) * AT(table + f * N_FACTOR, F_Q);
     for (Py_ssize_t i = 0; i < s.n_u; i++)
         g_u_all[i] = 0.0;
-    for (int f = 0; f < n_factors; f++) {
+    for (int f = 0; f < n_factors; f++) {  /* scales, and the non-centred effects (which shift beta) */
         const double *row = table + f * N_FACTOR;
         double *L = Ls + f * qq;
-        lp += factor_scale(x, buf, row, grad, 1, L, taus + f * s.q_max, omegas + f * qq);
-        effects(x, buf, row, L, beta, p, u_all + u_at[f]);
+        lp_scales[f] = factor_scale(x, buf, row, grad, 1, L, taus + f * s.q_max, omegas + f * qq);
+        if (row[F_CENTRED] < 0.5)
+            effects(x, buf, row, L, beta, p, u_all + u_at[f]);
     }
+    for (int f = 0; f < n_factors; f++) {
+        const double *row = table + f * N_FACTOR;
+        shift_fixed_effects(buf + AT(row, F_AT_SHIFT), AT(row, F_N_SHIFT), AT(row, F_J), (int)row[F_Q],
+                            u_all + u_at[f], beta);
+    }
+    for (int f = 0; f < n_factors; f++) {  /* the centred effects, around C_j beta */
+        const double *row = table + f * N_FACTOR;
+        if (row[F_CENTRED] > 0.5)
+            effects(x, buf, row, Ls + f * qq, beta, p, u_all + u_at[f]);
+    }
+    double lp = buf[H_CONSTANT] + fixed_prior(beta, buf + AT(buf, H_AT_BETA_MU), buf + AT(buf, H_AT_BETA_SD), p,
+                                              g_beta);
+    for (int f = 0; f < n_factors; f++)
+        lp += lp_scales[f];
     double shape = 1.0, log_shape = 0.0, d_shape = 0.0;
     if (family == NEGATIVE_BINOMIAL) {
         const double *shape_prior = buf + AT(buf, H_AT_SHAPE_PRIOR);
@@ -454,20 +521,17 @@ static double log_density(const double *x, const double *buf, double *grad, doub
     pass_to_coefficients(buf, table, n, p, n_factors, X, r, g_beta, g_u_all, u_at);
     if (family == NEGATIVE_BINOMIAL)
         grad[shape_at] += d_shape * shape;
-    for (int f = 0; f < n_factors; f++) {  /* the effects' priors, the chain rule to their coordinates and to L */
+    /* the effects' priors, the chain rule to their coordinates and to L: the centred factors first, which complete
+     * g_beta, then g_beta through the shift into the non-centred effects' g_u */
+    lp = effect_priors(lp, x, buf, s, Ls, taus, omegas, u_all, g_u_all, u_at, 1, grad, g_beta, gL, g_omega, w,
+                       back);
+    for (int f = 0; f < n_factors; f++) {
         const double *row = table + f * N_FACTOR;
-        int q = (int)row[F_Q];
-        Py_ssize_t J = AT(row, F_J), x_eff = AT(row, F_X_EFFECTS);
-        const double *L = Ls + f * qq;
-        for (Py_ssize_t i = 0; i < q * q; i++)
-            gL[i] = 0.0;
-        if (row[F_CENTRED] < 0.5)
-            lp += non_centred_prior(x, x_eff, L, g_u_all + u_at[f], J, q, grad, gL);
-        else
-            lp += centred_prior(buf + AT(row, F_AT_CENTRE), x_eff, L, u_all + u_at[f], g_u_all + u_at[f], J, q, p,
-                                grad, g_beta, gL, w, back);
-        lp += scale_gradient(x, buf, row, gL, taus + f * s.q_max, omegas + f * qq, grad, g_omega);
+        shift_gradient(buf + AT(row, F_AT_SHIFT), AT(row, F_N_SHIFT), AT(row, F_J), (int)row[F_Q], g_beta,
+                       g_u_all + u_at[f]);
     }
+    lp = effect_priors(lp, x, buf, s, Ls, taus, omegas, u_all, g_u_all, u_at, 0, grad, g_beta, gL, g_omega, w,
+                       back);
     for (int m = 0; m < p; m++)  /* to the standardised coordinates: A' g_beta */
         for (int k = 0; k < p; k++)
             grad[m] += A[k * p + m] * g_beta[k];
@@ -486,8 +550,17 @@ static void expand(const double *x, const double *buf, double *out, double *work
         beta[k] = 0.0;
         for (int m = 0; m < p; m++)
             beta[k] += A[k * p + m] * x[m];
-        out[k] = beta[k];
     }
+    for (int f = 0; f < s.n_factors; f++) {  /* the non-centred effects, to shift beta as log_density does */
+        const double *row = table + f * N_FACTOR;
+        if (row[F_CENTRED] > 0.5)
+            continue;
+        factor_scale(x, buf, row, NULL, 0, L, tau, omega);
+        effects(x, buf, row, L, beta, p, u);
+        shift_fixed_effects(buf + AT(row, F_AT_SHIFT), AT(row, F_N_SHIFT), AT(row, F_J), (int)row[F_Q], u, beta);
+    }
+    for (int k = 0; k < p; k++)
+        out[k] = beta[k];
     Py_ssize_t at = p;
     for (int f = 0; f < s.n_factors; f++) {
         const double *row = table + f * N_FACTOR;
