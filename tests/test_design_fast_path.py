@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 import bayeshlm as bh
-from bayeshlm.errors import DataError
 from bayeshlm.design import build
+from bayeshlm.errors import DataError
 
 FORMULAS = [
     "y ~ x + (1 | g)",  # numeric, random intercept

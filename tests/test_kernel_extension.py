@@ -8,6 +8,7 @@ import sysconfig
 
 import numpy as np
 import pytest
+from test_bayes_kernel import _toy
 
 import bayeshlm as bh
 import bayeshlm.bayes.kernel as kernel_module
@@ -15,7 +16,6 @@ from bayeshlm.bayes import LKJ, Prior
 from bayeshlm.bayes.build import build_model
 from bayeshlm.bayes.kernel import c_callbacks, extension_callbacks, log_density_and_gradient, numba_callbacks
 from bayeshlm.bayes.priors import resolve_priors
-from test_bayes_kernel import _toy
 
 compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
 pytestmark = pytest.mark.skipif(shutil.which(compiler) is None,
