@@ -63,7 +63,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .kernel import ExtensionCallback
+from .kernel import ExtensionCallback, nutpie_callbacks
 
 # kernel family codes
 FAMILY_CODES = {("binomial", "logit"): 0, ("bernoulli", "logit"): 0, ("poisson", "log"): 1,
@@ -702,14 +702,7 @@ def extension_callbacks() -> tuple[ExtensionCallback, ExtensionCallback] | None:
         return None
     if _glmm_kernel.LAYOUT != layout():
         return None
-    logp, expand_values = _glmm_kernel.callbacks()
-    double_ptr = ctypes.POINTER(ctypes.c_double)
-    logp_type = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, double_ptr, double_ptr, double_ptr,
-                                 ctypes.c_void_p)
-    expand_type = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64, double_ptr, double_ptr,
-                                   ctypes.c_void_p)
-    return (ExtensionCallback(logp, logp_type(logp)),
-            ExtensionCallback(expand_values, expand_type(expand_values)))
+    return nutpie_callbacks(*_glmm_kernel.callbacks())
 
 
 @functools.cache

@@ -1188,6 +1188,18 @@ class ExtensionCallback:
     ctypes: object
 
 
+def nutpie_callbacks(logp: int, expand: int) -> tuple[ExtensionCallback, ExtensionCallback]:
+    """The log-density and reported-values functions at addresses ``logp`` and ``expand`` of a compiled
+    extension, with nutpie's signatures: logp(dim, x, grad, value, user data) and
+    expand(dim, n_expanded, x, out, user data), each returning 0 or an error code."""
+    double_ptr = ctypes.POINTER(ctypes.c_double)
+    logp_type = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, double_ptr, double_ptr, double_ptr,
+                                 ctypes.c_void_p)
+    expand_type = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64, double_ptr, double_ptr,
+                                   ctypes.c_void_p)
+    return ExtensionCallback(logp, logp_type(logp)), ExtensionCallback(expand, expand_type(expand))
+
+
 @functools.cache
 def extension_callbacks() -> tuple[ExtensionCallback, ExtensionCallback] | None:
     """The log-density and reported-values callbacks of the two-level kernel compiled ahead of time
@@ -1200,13 +1212,7 @@ def extension_callbacks() -> tuple[ExtensionCallback, ExtensionCallback] | None:
         return None
     if _two_level_kernel.LAYOUT != (_HEADER, _LEVEL_FIELDS, _ARRAYS):
         return None
-    logp, expand = _two_level_kernel.callbacks()
-    double_ptr = ctypes.POINTER(ctypes.c_double)
-    logp_type = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, double_ptr, double_ptr, double_ptr,
-                                 ctypes.c_void_p)
-    expand_type = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64, double_ptr, double_ptr,
-                                   ctypes.c_void_p)
-    return ExtensionCallback(logp, logp_type(logp)), ExtensionCallback(expand, expand_type(expand))
+    return nutpie_callbacks(*_two_level_kernel.callbacks())
 
 
 @functools.cache
