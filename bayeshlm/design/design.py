@@ -15,6 +15,11 @@ import scipy.sparse as sp
 from ..level1 import Level1Errors, level1_errors
 from ..spec import ModelSpec, ResidualStructure
 
+try:  # the compiled one-pass group_sums (_group_sums.c), optional like every extension (setup.py)
+    from . import _group_sums
+except ImportError:  # pragma: no cover - installs without a C compiler
+    _group_sums = None
+
 
 @dataclass(frozen=True, eq=False)
 class GroupingFactor:
@@ -320,9 +325,20 @@ def indicator_matrix(codes: np.ndarray, Z: np.ndarray, n_groups: int) -> sp.csr_
 
 
 def group_sums(codes: np.ndarray, A: np.ndarray, B: np.ndarray, n_groups: int) -> np.ndarray:
-    """sum over rows i in group j of A[i, a] * B[i, b], as a (J, a, b) array, by one bincount per cell.
+    """sum over rows i in group j of A[i, a] * B[i, b], as a (J, a, b) array.
 
-    The one pass over the rows behind every per-group sufficient statistic (both engines use it)."""
+    The one pass over the rows behind every per-group sufficient statistic (both engines use it): by the
+    compiled ``_group_sums`` when it was built (all cells in one pass), else by one bincount per cell. Both add
+    each cell's products in row order, so they give the same numbers to the last bit."""
+    if _group_sums is not None and codes.dtype == np.int64 and A.dtype == B.dtype == np.float64:
+        out = np.zeros((n_groups, A.shape[1], B.shape[1]))
+        _group_sums.group_sums(codes, A, B, out)
+        return out
+    return _group_sums_by_bincount(codes, A, B, n_groups)
+
+
+def _group_sums_by_bincount(codes: np.ndarray, A: np.ndarray, B: np.ndarray, n_groups: int) -> np.ndarray:
+    """:func:`group_sums` by one bincount per cell (without the compiled extension)."""
     out = np.empty((n_groups, A.shape[1], B.shape[1]))
     for a in range(A.shape[1]):
         for b in range(B.shape[1]):

@@ -190,6 +190,6 @@ def _exact_within(X: np.ndarray, y: np.ndarray, Z: np.ndarray, codes: np.ndarray
     V = np.column_stack([X, y])
     gram = group_sums(codes, Z, Z, len(sizes))  # symmetric positive semi-definite: pinv by eigh, not SVD
     coef = np.linalg.pinv(gram, hermitian=True) @ group_sums(codes, Z, V, len(sizes))
-    within = V - sum(Z[:, [k]] * coef[codes, k, :] for k in range(Z.shape[1]))
+    within = V - np.einsum("nk,nkv->nv", Z, coef[codes])  # row i: V_i - Z_i b_(group of i)
     left = abs(r_factor(within)[-1, -1])
     return bool(left <= EXACT_FIT_TOL * float(np.linalg.norm(y - y.mean())))
