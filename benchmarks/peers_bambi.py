@@ -15,6 +15,8 @@ effects): divergences, max R-hat, min bulk ESS; ``ess_per_s`` = min bulk ESS / w
 ``ess_per_cpu_s`` = min bulk ESS / CPU seconds. For this engine they are ``fit.diagnostics``; for Bambi the
 posterior variables without an observation or group-level dimension (Bambi 0.21 has no correlations between
 group effects, so on ``(urban | district)`` and HS&B it samples fewer hyperparameters than this engine).
+``load_1m`` is the machine's 1-minute load average when the row is written. A child process that outlives
+``--timeout`` is killed with its whole process group (PyMC's chain workers too) and its row says ``timeout > N s``.
 
 brms (``brms``, cbpp and Contraception only) runs benchmarks/peers_brms.R in a new Rscript process with its
 default priors and settings: the first fit compiles the Stan model (brms does so in every new process, so its
@@ -39,6 +41,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,7 +59,7 @@ REFERENCE = ROOT / "tests" / "reference" / "glmm"
 VERBAGG = Path("/work/shared/data/VerbAgg.csv")
 ENGINES = ("bayeshlm", "bambi/pymc", "bambi/nutpie", "brms")
 FIELDS = ["run", "model", "engine", "cache", "wall_s", "cpu_s", "import_s", "divergences", "max_rhat",
-          "min_ess_bulk", "ess_per_s", "ess_per_cpu_s", "commit", "versions", "error"]
+          "min_ess_bulk", "ess_per_s", "ess_per_cpu_s", "load_1m", "commit", "versions", "error"]
 
 
 @dataclass(frozen=True)
@@ -220,14 +223,20 @@ def versions(python: str, packages: tuple[str, ...]) -> str:
 def child(python: str, script: str, spec: dict, cache: str, timeout: float) -> list[dict]:
     """Run ``script`` in a new process with ``cache`` as its PyTensor and Numba cache; its JSON records."""
     env = dict(os.environ, PYTENSOR_FLAGS=f"base_compiledir={cache}", NUMBA_CACHE_DIR=cache)
+    # its own session, so a timeout ends the process group: PyMC's chain workers too, not only the parent
+    proc = subprocess.Popen([python, "-c", script, json.dumps(spec)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tempfile.gettempdir(),
+                            start_new_session=True)
     try:
-        proc = subprocess.run([python, "-c", script, json.dumps(spec)], capture_output=True, text=True, env=env,
-                              timeout=timeout, cwd=tempfile.gettempdir())
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        return [{"error": f"timed out after {timeout:.0f} s"}]
-    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        records = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+        return [*records, {"error": f"timeout > {timeout:.0f} s"}]
+    records = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not records:
-        lines = proc.stderr.strip().splitlines()
+        lines = stderr.strip().splitlines()
         return [*records, {"error": lines[-1][:300] if lines else f"exit {proc.returncode}, no output"}]
     return records
 
@@ -383,7 +392,8 @@ def main(argv: list[str] | None = None) -> None:
                    "versions": {"bayeshlm": our_versions, "brms": brms_versions}.get(engine, peer_versions),
                    **record,
                    "ess_per_s": ess / wall if ess and wall else None,
-                   "ess_per_cpu_s": ess / used if ess and used else None}
+                   "ess_per_cpu_s": ess / used if ess and used else None,
+                   "load_1m": os.getloadavg()[0]}  # the machine's 1-minute load average when the row ends
             writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
             handle.flush()
             print(json.dumps({k: v for k, v in row.items() if k != "versions"}), flush=True)
