@@ -21,7 +21,7 @@ their normalising constants -- and the test suite checks the two agree to roundi
 In a crossed design the effects of the other factors are sampled (:mod:`.build`): they enter the integrated
 likelihood as coefficients of extra columns of X (their indicator-times-Z columns, which the sufficient
 statistics already carry), c = [β, u_1, u_2, ...], centred (b_j = γ_c + u_j ~ N(γ_c, T_f) the coordinates of
-x, γ_c the fixed effects the coefficients are centred on, :func:`~.build.centring`, or 0) or non-centred
+x, γ_c the fixed effects the coefficients are centred on, :func:`~.plan.centring`, or 0) or non-centred
 (u_j = L_f z_j with z_j ~ N(0, I), the z's coordinates of x).
 
 Unconstrained coordinates x = [β, sampled effects (u or z, group by group), log σ, log τ per factor, y per

@@ -18,7 +18,7 @@ from ..families.outcome import GLMOutcome
 @dataclass(frozen=True, eq=False)
 class PosteriorSample:
     """A Gaussian model's posterior (:func:`bayeshlm.bayes.fit_bayes`): the DataTree of draws in the user's
-    units, the model's ``info`` (a :class:`~bayeshlm.bayes.build.ModelInfo`), the ``sampler`` record,
+    units, the model's ``info`` (a :class:`~bayeshlm.bayes.plan.ModelInfo`), the ``sampler`` record,
     ``diagnostics`` and ``messages``; ``graph()`` returns the ``pm.Model`` of the posterior (written on the first
     call when the compiled kernel sampled without it), ``chol`` the Cholesky factor of each factor's T per draw
     (chain, draw, q, q), ``sampled`` the (design, OutcomeUnits, centring) of the graph's standardised outcome, or

@@ -14,7 +14,7 @@ Two ways to give nutpie a log density:
   PyTensor's Numba backend); nutpie's compile_pymc_model wraps the PyTensor functions in ``numba.cfunc``
   callbacks compiled without a cache (cProfile: most of 30-70 s in numba's ``ccallback._compile_uncached``),
   so each new process pays that. :func:`compiled_nutpie_model` keeps the compiled model per graph key
-  (structure, shapes, prior families; see :class:`~bayeshlm.bayes.build.ModelInfo`) and swaps in new data and
+  (structure, shapes, prior families; see :class:`~bayeshlm.bayes.plan.ModelInfo`) and swaps in new data and
   prior hyperparameters with ``CompiledModel.with_data``, so a refit in the same process does not recompile.
 
 Tried and dropped: nutpie's JAX backend (compile 38 s, but sampling 55 s for HS&B) and Python callbacks

@@ -61,7 +61,7 @@ class BayesFit(FitResult):
         self.model_info = sample.info
         self._graph = sample.graph
         self._chol = sample.chol  # factor -> Cholesky factor L of T per draw, (chain, draw, q, q)
-        # (design, OutcomeUnits, centring) of the standardised model ``model`` is, or None: model in user units
+        # (design, OutcomeUnits, centring) of the standardised outcome the graph is written for, or None: user units
         self._sampled = sample.sampled
 
     # --- draws -----------------------------------------------------------------------------------
