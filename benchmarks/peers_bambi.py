@@ -15,7 +15,11 @@ effects): divergences, max R-hat, min bulk ESS; ``ess_per_s`` = min bulk ESS / w
 ``ess_per_cpu_s`` = min bulk ESS / CPU seconds. For this engine they are ``fit.diagnostics``; for Bambi the
 posterior variables without an observation or group-level dimension (Bambi 0.21 has no correlations between
 group effects, so on ``(urban | district)`` and HS&B it samples fewer hyperparameters than this engine).
-``load_1m`` is the machine's 1-minute load average when the row is written. A child process that outlives
+``import_cpu_s`` is the CPU seconds of the process up to the end of the engine's import (interpreter start,
+pandas, and ``import bayeshlm`` or ``import arviz, bambi``), and ``ess_per_process_cpu_s`` = min bulk ESS / (import
+CPU s + fit CPU s), the whole new process, for the cold and warm rows: this engine loads nutpie and arviz inside its
+first fit while Bambi loads PyMC and arviz at import, so the fit-only ratio and this one split the same imports
+differently. ``load_1m`` is the machine's 1-minute load average when the row is written. A child process that outlives
 ``--timeout`` is killed with its whole process group (PyMC's chain workers too) and its row says ``timeout > N s``.
 
 brms (``brms``, cbpp and Contraception only) runs benchmarks/peers_brms.R in a new Rscript process with its
@@ -58,8 +62,9 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "reference" / "glmm"
 VERBAGG = Path("/work/shared/data/VerbAgg.csv")
 ENGINES = ("bayeshlm", "bambi/pymc", "bambi/nutpie", "brms")
-FIELDS = ["run", "model", "engine", "cache", "wall_s", "cpu_s", "import_s", "divergences", "max_rhat",
-          "min_ess_bulk", "ess_per_s", "ess_per_cpu_s", "load_1m", "commit", "versions", "error"]
+FIELDS = ["run", "model", "engine", "cache", "wall_s", "cpu_s", "import_s", "import_cpu_s", "divergences",
+          "max_rhat", "min_ess_bulk", "ess_per_s", "ess_per_cpu_s", "ess_per_process_cpu_s", "load_1m", "commit",
+          "versions", "error"]
 
 
 @dataclass(frozen=True)
@@ -161,14 +166,14 @@ READ = textwrap.dedent("""
         return model, {"wall_s": wall, "cpu_s": used, **record}
 
     model, first = timed(1, None, build)
-    print(json.dumps(first | {"import_s": imported}), flush=True)
+    print(json.dumps(first | {"import_s": imported, "import_cpu_s": imported_cpu}), flush=True)
     if spec["refit"]:
         print(json.dumps(timed(2, model, build)[1]), flush=True)
 """)
 
 OURS = COMMON + textwrap.dedent("""
     import bayeshlm as bh
-    imported = time.perf_counter() - started
+    imported, imported_cpu = time.perf_counter() - started, cpu()
 
     def build():
         return bh.HLM(spec["formula"], data, **spec["options"])
@@ -183,7 +188,7 @@ OURS = COMMON + textwrap.dedent("""
 
 BAMBI = COMMON + textwrap.dedent("""
     import arviz as az, bambi as bmb
-    imported = time.perf_counter() - started
+    imported, imported_cpu = time.perf_counter() - started, cpu()
 
     def build():
         return bmb.Model(spec["formula"], data, family=spec["family"])
@@ -330,13 +335,15 @@ def read(path) -> pd.DataFrame:
 
 def summarise(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The rows and the ratios ours / peer of ESS per wall second and per CPU second, within one run."""
-    ours = table.loc[table["engine"] == "bayeshlm", ["run", "model", "cache", "ess_per_s", "ess_per_cpu_s"]]
-    peers = table.loc[table["engine"] != "bayeshlm", ["run", "model", "cache", "engine", "ess_per_s",
-                                                      "ess_per_cpu_s"]]
+    measures = ["ess_per_s", "ess_per_cpu_s", "ess_per_process_cpu_s"]
+    table = table.assign(**{m: table.get(m, float("nan")) for m in measures})  # CSVs from before a column
+    ours = table.loc[table["engine"] == "bayeshlm", ["run", "model", "cache", *measures]]
+    peers = table.loc[table["engine"] != "bayeshlm", ["run", "model", "cache", "engine", *measures]]
     ratios = peers.merge(ours, on=["run", "model", "cache"], suffixes=("_peer", "_ours")).dropna(
         subset=["ess_per_s_peer", "ess_per_s_ours"])
     ratios["ratio_wall"] = ratios["ess_per_s_ours"] / ratios["ess_per_s_peer"]
     ratios["ratio_cpu"] = ratios["ess_per_cpu_s_ours"] / ratios["ess_per_cpu_s_peer"]
+    ratios["ratio_process_cpu"] = ratios["ess_per_process_cpu_s_ours"] / ratios["ess_per_process_cpu_s_peer"]
     return table, ratios
 
 
@@ -344,9 +351,10 @@ def report(table: pd.DataFrame) -> None:
     rows, ratios = summarise(table)
     shown = [c for c in FIELDS if c in rows and c not in ("versions", "error") and rows[c].notna().any()]
     print(rows[shown].round(3).to_string(index=False))
-    print("\nmin bulk ESS per second, this engine / peer, same run and cache state (wall and CPU seconds)")
+    print("\nmin bulk ESS per second, this engine / peer, same run and cache state (wall and CPU seconds of the "
+          "fit; CPU seconds of the whole process)")
     print(ratios[["run", "model", "cache", "engine", "ess_per_s_ours", "ess_per_s_peer", "ratio_wall",
-                  "ratio_cpu"]].round(2).to_string(index=False))
+                  "ratio_cpu", "ratio_process_cpu"]].round(2).to_string(index=False))
     if "error" in rows and rows["error"].notna().any():
         print("\nerrors:\n" + rows.dropna(subset=["error"])[["model", "engine", "cache", "error"]].to_string())
 
@@ -393,6 +401,9 @@ def main(argv: list[str] | None = None) -> None:
                    **record,
                    "ess_per_s": ess / wall if ess and wall else None,
                    "ess_per_cpu_s": ess / used if ess and used else None,
+                   # the whole new process: interpreter start, imports and the fit (cold and warm rows only)
+                   "ess_per_process_cpu_s": ess / (used + record["import_cpu_s"])
+                   if ess and used and record.get("import_cpu_s") else None,
                    "load_1m": os.getloadavg()[0]}  # the machine's 1-minute load average when the row ends
             writer.writerow({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
             handle.flush()
