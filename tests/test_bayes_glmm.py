@@ -110,6 +110,10 @@ CASES = {
     "verbagg_shape_centred_persons": (lambda: bh.HLM("y ~ anger + gender + btype + situ + (1 | id) + (1 | item)",
                                                      verbagg_shape(), family="bernoulli"), None,
                                       {"id": "centred", "item": "non-centred"}),
+    # items centred on their level-2 model (Intercept) + btype + situ, around the sampled beta'; persons shifted
+    "verbagg_shape_centred_items": (lambda: bh.HLM("y ~ anger + gender + btype + situ + (1 | id) + (1 | item)",
+                                                   verbagg_shape(), family="bernoulli"), None,
+                                    {"item": "centred", "id": "non-centred"}),
     # negative binomial, shifted onto (Intercept) and a predictor w of g's groups
     "negative_binomial_shifted": (lambda: bh.HLM("y ~ x + w + (1 | g)", toy_with_group_predictor(),
                                                  family="negative_binomial"), None, {"g": "non-centred"}),
@@ -133,13 +137,32 @@ def choice_of(kernel, design):
             for f in design.factors}
 
 
+def graph_point(kernel, design, names, x):
+    """The PyMC graph's value variables at the kernel's coordinates x, flat in the order of ``names``: beta (A x[:p]
+    shifted by the non-centred effects, :func:`shifted_beta`), a centred factor's b as the kernel reports it
+    (b' + C (beta - beta'): glmm_kernel's docstring), the other coordinates as they are."""
+    out = reported(kernel, x)
+    flat, at = [], 0
+    for name, shape_ in names:
+        size = int(np.prod(shape_))
+        if name.startswith("beta"):  # "beta", or "beta[name]" when the priors differ
+            flat.append(np.ravel(out["beta"])[at:at + size])
+        elif name.startswith("coef_"):
+            flat.append(np.ravel(out[name]))
+        else:
+            flat.append(x[at:at + size])
+        at += size
+    return np.concatenate(flat)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernel_equals_pymc_graph(case):
     """Log density (up to the constant log|A| of the standardised fixed-effect coordinates) and gradient of the
     compiled kernel equal PyMC's at random points, every normalising constant included: the graph at the kernel's
-    beta (shifted by the non-centred effects, :func:`shifted_beta`) and the other coordinates as they are, its
-    gradient carried to the kernel's coordinates by the chain rule (d beta / dx by central differences of the
-    reported beta, a smooth map; steps 1e-5)."""
+    beta (shifted by the non-centred effects, :func:`shifted_beta`), the graph's b of centred factors (the kernel
+    samples b' = b + C (beta' - beta)) and the other coordinates as they are (:func:`graph_point`), its gradient
+    carried to the kernel's coordinates by the chain rule (d point / dx by central differences of the reported
+    values, a smooth map; steps 1e-5)."""
     make, priors, choice = CASES[case]
     model = make()
     design, outcome = model.design, model.outcome
@@ -158,13 +181,13 @@ def test_kernel_equals_pymc_graph(case):
     for _ in range(3):
         x = kernel.start + 0.4 * rng.standard_normal(kernel.n_dim)
         lp, grad = evaluate(x)
-        beta = reported(kernel, x)["beta"]
-        np.testing.assert_allclose(beta, shifted_beta(kernel, design, x), rtol=1e-12, atol=1e-14)
-        beta_point = np.r_[beta, x[p:]]
+        np.testing.assert_allclose(reported(kernel, x)["beta"], shifted_beta(kernel, design, x), rtol=1e-12,
+                                   atol=1e-14)
+        flat_point = graph_point(kernel, design, names, x)
         point, at = {}, 0
         for name, shape_ in names:
             size = int(np.prod(shape_))
-            point[name] = beta_point[at:at + size].reshape(shape_)
+            point[name] = flat_point[at:at + size].reshape(shape_)
             at += size
         assert at == kernel.n_dim
         graph_grad, at = {}, 0
@@ -175,26 +198,31 @@ def test_kernel_equals_pymc_graph(case):
             at += size
         expected = np.concatenate([graph_grad[name] for name, _ in names])
         steps = np.eye(kernel.n_dim) * 1e-5
-        d_beta = np.array([(reported(kernel, x + e)["beta"] - reported(kernel, x - e)["beta"]) / 2e-5
-                           for e in steps])  # (n_dim, p): row m is d beta / d x_m
-        np.testing.assert_allclose(d_beta[:p], A.T, rtol=1e-9, atol=1e-9)  # beta' = A x[:p]
-        expected = np.r_[np.zeros(p), expected[p:]] + d_beta @ expected[:p]  # chain rule to the coordinates
+        d_point = np.array([(graph_point(kernel, design, names, x + e) - graph_point(kernel, design, names, x - e))
+                            / 2e-5 for e in steps])  # (n_dim, n_dim): row m is d point / d x_m
+        np.testing.assert_allclose(d_point[:p, :p], A.T, rtol=1e-9, atol=1e-9)  # beta' = A x[:p]
+        # the map to the graph's coordinates has the constant Jacobian |A| (unit-diagonal triangular otherwise):
+        # the kernel samples the graph's posterior
+        assert np.linalg.slogdet(d_point)[1] == pytest.approx(log_det_A, abs=1e-6)
         assert lp - log_det_A == pytest.approx(float(logp(point)), abs=1e-7)
-        np.testing.assert_allclose(grad, expected, rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(grad, d_point @ expected, rtol=1e-8, atol=1e-8)  # chain rule to the coordinates
 
 
-def test_the_shift_takes_the_ridge_of_group_level_coefficients_out_of_the_sampled_coordinates():
-    """VerbAgg's shape, both factors non-centred: persons shift (Intercept), anger and gender, items (Intercept)
-    and the type and situation effects, with P G = I. Moving those fixed effects by d and the persons' z by
-    -G d / tau (every eta unchanged) leaves the sampled x[:p] where it is: the reported beta moves by d, and the
-    log density changes by the priors' alone (z's and beta's Normal)."""
-    make, priors, choice = CASES["verbagg_shape"]
+@pytest.mark.parametrize("case", ["verbagg_shape", "verbagg_shape_centred_items"])
+def test_the_shift_takes_the_ridge_of_group_level_coefficients_out_of_the_sampled_coordinates(case):
+    """VerbAgg's shape, persons non-centred: they shift (Intercept), anger and gender, with P G = I; items
+    non-centred (shifting (Intercept) and the type and situation effects) or centred on their level-2 model.
+    Moving the persons' fixed effects by d and their z by -G d / tau (every eta unchanged) leaves the sampled
+    x[:p] and the items' coordinates where they are: the reported beta moves by d, centred items' b by d's
+    intercept (b' is sampled around beta', so the intercept is not counted twice), and the log density changes
+    by the priors of z and beta alone."""
+    make, priors, choice = CASES[case]
     model = make()
     design, outcome = model.design, model.outcome
     shift = fixed_effect_shift(design, choice)
     names = {f: [design.fixed_names[k] for k, a, _ in entries if a == 0] for f, entries in shift.items()}
-    assert names == {"id": ["(Intercept)", "anger", "gender"],
-                     "item": ["(Intercept)", "btype[T.scold]", "btype[T.shout]", "situ[T.self]"]}
+    items = {"item": ["(Intercept)", "btype[T.scold]", "btype[T.shout]", "situ[T.self]"]}
+    assert names == {"id": ["(Intercept)", "anger", "gender"], **(items if choice["item"] == "non-centred" else {})}
     prior_set, shape = resolve_glmm_priors(design, outcome, priors)
     kernel = build_kernel(design, outcome, prior_set, shape, choice, None)
     evaluate = log_density_and_gradient(kernel)
@@ -214,6 +242,8 @@ def test_the_shift_takes_the_ridge_of_group_level_coefficients_out_of_the_sample
     expected = before["beta"].copy()
     expected[columns] += d
     np.testing.assert_allclose(after["beta"], expected, rtol=1e-12, atol=1e-12)
+    if choice["item"] == "centred":
+        np.testing.assert_allclose(after["coef_item"], before["coef_item"] + d[0], rtol=1e-12, atol=1e-12)
     mu, sd = (np.array([prior_set.fixed[name].params[key] for name in design.fixed_names]) for key in ("mu", "sigma"))
     prior_change = (-0.5 * (np.sum(moved[p:p + persons.n_groups] ** 2) - np.sum(z**2))
                     - 0.5 * np.sum(((after["beta"] - mu) / sd) ** 2 - ((before["beta"] - mu) / sd) ** 2))

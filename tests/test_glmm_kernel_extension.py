@@ -79,13 +79,18 @@ CASES = {
 
 
 def kernels(case):
-    """The case's kernel with every factor centred and with every factor non-centred."""
+    """The case's kernel with every factor centred, with every factor non-centred and, with crossed factors, the
+    last one centred and the others non-centred (then shifted, where they have group-level predictors: the
+    centred one is sampled around the unshifted beta')."""
     family, formula, options, priors = CASES[case]
     model = bh.HLM(formula, frame(), family=family, **options)
     prior_set, shape = resolve_glmm_priors(model.design, model.outcome, priors)
-    return {how: build_kernel(model.design, model.outcome, prior_set, shape,
-                              {f.name: how for f in model.design.factors}, None)
-            for how in ("centred", "non-centred")}
+    names = model.design.factor_names
+    choices = {how: dict.fromkeys(names, how) for how in ("centred", "non-centred")}
+    if len(names) > 1:
+        choices["mixed"] = {**dict.fromkeys(names, "non-centred"), names[-1]: "centred"}
+    return {how: build_kernel(model.design, model.outcome, prior_set, shape, choice, None)
+            for how, choice in choices.items()}
 
 
 def test_the_extension_is_built_and_reads_this_layout():

@@ -6,9 +6,9 @@
  * glmm_kernel.py uses this extension only when they equal its own). The model and formulas are in glmm_kernel.py's
  * module docstring:
  *
- *   eta_i = x_i'beta + offset_i + sum_f z_fi'u_f[j(i)],  u_fj = L_f z_fj (non-centred) or b_fj - C_fj beta
- *   (centred, b_fj ~ N(C_fj beta, L_f L_f')),  L_f = diag(tau_f) L_Omega,f,
- *   beta_k = (A x[:p])_k - sum over the non-centred factors' shift entries (k, a, P) of P'u_f[:, a],
+ *   eta_i = x_i'beta + offset_i + sum_f z_fi'u_f[j(i)],  u_fj = L_f z_fj (non-centred) or b'_fj - C_fj beta'
+ *   (centred, b'_fj ~ N(C_fj beta', L_f L_f')),  L_f = diag(tau_f) L_Omega,f,
+ *   beta_k = beta'_k - sum over the non-centred factors' shift entries (k, a, P) of P'u_f[:, a],  beta' = A x[:p],
  *
  * rows: binomial logit, Poisson log or negative binomial (NB2) log; priors with their normalising constants;
  * LKJ(eta) on L_Omega through PyMC's CholeskyCorr transform. Matrices are row-major (q x q, or J x q).
@@ -186,7 +186,7 @@ static double factor_scale(const double *x, const double *buf, const double *row
     return lp;
 }
 
-/* u (J x q) of one factor from its coordinates: L z_j, or b_j - C_j beta (glmm_kernel._effects) */
+/* u (J x q) of one factor from its coordinates: L z_j, or b'_j - C_j beta' (glmm_kernel._effects) */
 static void effects(const double *x, const double *buf, const double *row, const double *L, const double *beta,
                     int p, double *u) {
     int q = (int)row[F_Q];
@@ -480,22 +480,16 @@ static double log_density(const double *x, const double *buf, double *grad, doub
         u_at[f + 1] = u_at[f] + AT(table + f * N_FACTOR, F_J) * AT(table + f * N_FACTOR, F_Q);
     for (Py_ssize_t i = 0; i < s.n_u; i++)
         g_u_all[i] = 0.0;
-    for (int f = 0; f < n_factors; f++) {  /* scales, and the non-centred effects (which shift beta) */
+    for (int f = 0; f < n_factors; f++) {  /* scales and effects: the centred ones around C_j beta' (unshifted) */
         const double *row = table + f * N_FACTOR;
         double *L = Ls + f * qq;
         lp_scales[f] = factor_scale(x, buf, row, grad, 1, L, taus + f * s.q_max, omegas + f * qq);
-        if (row[F_CENTRED] < 0.5)
-            effects(x, buf, row, L, beta, p, u_all + u_at[f]);
+        effects(x, buf, row, L, beta, p, u_all + u_at[f]);
     }
     for (int f = 0; f < n_factors; f++) {
         const double *row = table + f * N_FACTOR;
         shift_fixed_effects(buf + AT(row, F_AT_SHIFT), AT(row, F_N_SHIFT), AT(row, F_J), (int)row[F_Q],
                             u_all + u_at[f], beta);
-    }
-    for (int f = 0; f < n_factors; f++) {  /* the centred effects, around C_j beta */
-        const double *row = table + f * N_FACTOR;
-        if (row[F_CENTRED] > 0.5)
-            effects(x, buf, row, Ls + f * qq, beta, p, u_all + u_at[f]);
     }
     double lp = buf[H_CONSTANT] + fixed_prior(beta, buf + AT(buf, H_AT_BETA_MU), buf + AT(buf, H_AT_BETA_SD), p,
                                               g_beta);
@@ -521,15 +515,15 @@ static double log_density(const double *x, const double *buf, double *grad, doub
     pass_to_coefficients(buf, table, n, p, n_factors, X, r, g_beta, g_u_all, u_at);
     if (family == NEGATIVE_BINOMIAL)
         grad[shape_at] += d_shape * shape;
-    /* the effects' priors, the chain rule to their coordinates and to L: the centred factors first, which complete
-     * g_beta, then g_beta through the shift into the non-centred effects' g_u */
-    lp = effect_priors(lp, x, buf, s, Ls, taus, omegas, u_all, g_u_all, u_at, 1, grad, g_beta, gL, g_omega, w,
-                       back);
+    /* g_beta (of beta) through the shift into the non-centred effects' g_u; then the effects' priors and the chain
+     * rule to their coordinates and to L, the centred factors first, which add their part of g_beta (of beta') */
     for (int f = 0; f < n_factors; f++) {
         const double *row = table + f * N_FACTOR;
         shift_gradient(buf + AT(row, F_AT_SHIFT), AT(row, F_N_SHIFT), AT(row, F_J), (int)row[F_Q], g_beta,
                        g_u_all + u_at[f]);
     }
+    lp = effect_priors(lp, x, buf, s, Ls, taus, omegas, u_all, g_u_all, u_at, 1, grad, g_beta, gL, g_omega, w,
+                       back);
     lp = effect_priors(lp, x, buf, s, Ls, taus, omegas, u_all, g_u_all, u_at, 0, grad, g_beta, gL, g_omega, w,
                        back);
     for (int m = 0; m < p; m++)  /* to the standardised coordinates: A' g_beta */
@@ -538,18 +532,31 @@ static double log_density(const double *x, const double *buf, double *grad, doub
     return lp;
 }
 
-/* the reported values at x: beta, per factor tau, L_Omega (when correlated), u and the sampled coordinates; then
- * the negative binomial shape (glmm_kernel.expand); work: beta, L, tau, L_Omega and u of one factor */
+/* b += C (beta - beta') per centred coefficient: from the sampled b' to the graph's b
+ * (glmm_kernel._add_centre_shift) */
+static void add_centre_shift(const double *centre, Py_ssize_t n_effects, int p, const double *beta,
+                             const double *sampled, double *b) {
+    for (Py_ssize_t i = 0; i < n_effects; i++) {
+        double c = 0.0;
+        for (int k = 0; k < p; k++)
+            c += centre[i * p + k] * (beta[k] - sampled[k]);
+        b[i] += c;
+    }
+}
+
+/* the reported values at x: beta, per factor tau, L_Omega (when correlated), u and z or (centred) the graph's b;
+ * then the negative binomial shape (glmm_kernel.expand); work: beta, beta', L, tau, L_Omega and u of one factor */
 static void expand(const double *x, const double *buf, double *out, double *work) {
     Sizes s = sizes_of(buf);
     int p = s.p;
     const double *table = buf + AT(buf, H_AT_FACTORS), *A = buf + AT(buf, H_AT_A);
-    double *beta = work, *L = beta + p, *tau = L + s.q_max * s.q_max, *omega = tau + s.q_max;
-    double *u = omega + s.q_max * s.q_max;
+    double *beta = work, *sampled = beta + p, *L = sampled + p, *tau = L + s.q_max * s.q_max;
+    double *omega = tau + s.q_max, *u = omega + s.q_max * s.q_max;
     for (int k = 0; k < p; k++) {
         beta[k] = 0.0;
         for (int m = 0; m < p; m++)
             beta[k] += A[k * p + m] * x[m];
+        sampled[k] = beta[k];
     }
     for (int f = 0; f < s.n_factors; f++) {  /* the non-centred effects, to shift beta as log_density does */
         const double *row = table + f * N_FACTOR;
@@ -572,11 +579,14 @@ static void expand(const double *x, const double *buf, double *out, double *work
         if (row[F_CORRELATED] > 0.5)
             for (int i = 0; i < q * q; i++)
                 out[at++] = omega[i];
-        effects(x, buf, row, L, beta, p, u);
+        effects(x, buf, row, L, sampled, p, u);
         for (Py_ssize_t i = 0; i < J * q; i++)
             out[at++] = u[i];
-        for (Py_ssize_t i = 0; i < J * q; i++)  /* the sampled coordinates, z or b */
-            out[at++] = x[x_eff + i];
+        for (Py_ssize_t i = 0; i < J * q; i++)  /* z, or b' */
+            out[at + i] = x[x_eff + i];
+        if (row[F_CENTRED] > 0.5)
+            add_centre_shift(buf + AT(row, F_AT_CENTRE), J * q, p, beta, sampled, out + at);
+        at += J * q;
     }
     if ((int)buf[H_FAMILY] == NEGATIVE_BINOMIAL)
         out[at] = exp(x[AT(buf, H_SHAPE_AT)]);
@@ -615,7 +625,7 @@ static int64_t glmm_expand(uint64_t dim, uint64_t n_expanded, const double *x, d
     if ((int64_t)dim != AT(buf, H_N_DIM) || (int64_t)n_expanded != AT(buf, H_N_EXPANDED))
         return -1;
     Sizes s = sizes_of(buf);
-    double *work = malloc((size_t)(s.p + 2 * s.q_max * s.q_max + s.q_max + s.J_max * s.q_max) * sizeof(double));
+    double *work = malloc((size_t)(2 * s.p + 2 * s.q_max * s.q_max + s.q_max + s.J_max * s.q_max) * sizeof(double));
     if (work == NULL)
         return -2;
     expand(x, buf, out, work);

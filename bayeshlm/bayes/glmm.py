@@ -265,17 +265,28 @@ def centring(design: Design, choice: dict[str, str]) -> dict[str, list[int]]:
 
 def centre_weights(design: Design, choice: dict[str, str]) -> dict[str, np.ndarray]:
     """Per centred factor, C (J, q, p) with the centre of group j's coefficients c_j = C_j beta (the kernel's and
-    the graph's form): 1 at each coefficient's own fixed effect (:func:`centring`), 0 elsewhere."""
+    the graph's form): 1 at each coefficient's own fixed effect (:func:`centring`), and for an intercept centred on
+    the fixed intercept also group j's values w_j of the factor's group-level predictors at their fixed effects
+    (the level-2 model gamma_0 + w_j'gamma_w of R&B eq. 2.2; each predictor for the first such factor in
+    ``choice``'s order), 0 elsewhere."""
     on = centring(design, choice)
-    out = {}
+    out, taken = {}, set()
     for name, how in choice.items():
         if how != "centred":
             continue
         f = design.factor(name)
         weights = np.zeros((f.n_groups, f.n_coef, design.n_fixed))
+        first = np.zeros(f.n_groups, dtype=np.int64)  # a row of each group (its first)
+        first[f.codes[::-1]] = np.arange(len(f.codes))[::-1]
         for a, k in enumerate(on[name]):
-            if k >= 0:
-                weights[:, a, k] = 1.0
+            if k < 0:
+                continue
+            weights[:, a, k] = 1.0
+            if np.all(f.Z[:, a] == 1.0):
+                for w in map(design.fixed_names.index, group_level_predictors(design, f)):
+                    if w not in taken:
+                        weights[:, a, w] = design.X[first, w]
+                        taken.add(w)
         out[name] = weights
     return out
 

@@ -4,7 +4,8 @@ Model (the one :func:`bayeshlm.bayes.glmm.glmm_pymc_model` writes as a PyMC grap
 normalising constants): eta_i = x_i'beta + offset_i + sum_f z_fi'u_f[j(i)], y_i | eta_i from the family,
 u_fj = L_f z_fj with z_fj ~ N(0, I) (non-centred) or b_fj = c_fj + u_fj ~ N(c_fj, T_f) sampled directly
 (centred: c_fj = C_fj beta, the fixed effects of the same columns plus, for an intercept, the effects of the
-factor's group-level predictors at group j's values), T_f = L_f L_f', L_f = diag(tau_f) L_Omega,f.
+factor's group-level predictors at group j's values; sampled around beta', below), T_f = L_f L_f',
+L_f = diag(tau_f) L_Omega,f.
 
 Unconstrained coordinates x, in this order: the fixed effects as coefficients of the standardised columns of
 X, shifted by the non-centred effects (beta = A x[:p] - shift, below; the log density is that of beta times the
@@ -27,7 +28,13 @@ P_f = (G_f'G_f)^+ G_f' (G_f: J_f x |K_f|, their values per group; unweighted, as
 (beta, z, scales) to (beta', z, scales) is triangular with a unit diagonal (beta' = beta + a function of z and the
 scales), so its Jacobian is 1 and the posterior is the same: the density is evaluated at beta(x) and the
 gradient passes g_beta on through d beta_k / d u_f[j, a] = -P_j, added to g_u (then to z and L as every g_u).
-Centred factors are not shifted (their b_j ~ N(C_j beta, T) reads beta itself); the reported beta is beta.
+Centred factors are not shifted themselves, and their coefficients are sampled as b'_fj = b_fj + C_fj (beta' -
+beta), i.e. around the sampled beta': u_fj = b'_fj - C_fj beta' ~ N(0, T_f) (again a unit-diagonal triangular map,
+b' = b + a function of the non-centred z and scales: Jacobian 1). Centred on beta itself, a centred factor would
+count the shifted intercept twice: with VerbAgg's items centred and persons shifted, the persons' mean effect P'u
+moves the intercept and every b_j against it, so the items' 24 b_j and the persons' z lay on a ridge (min bulk
+ESS 87-95, benchmarks/results/bayes_glmm_shift.md); around beta' the b'_j are the item totals as the data see
+them. The reported beta is beta, the reported coefficients of a centred factor are the graph's b.
 VerbAgg, default fits, seeds 1-3: min bulk ESS 225-304 -> 497-535, 17 -> 15 gradients per draw
 (benchmarks/results/bayes_glmm_shift.md, which also has the models where shifting did not help).
 
@@ -40,7 +47,7 @@ Families (canonical or log links; others are sampled through the PyMC graph):
   dl/dk = psi(y_i + k) - psi(k) + log(k / (k + mu_i)) + (mu_i - y_i) / (k + mu_i).
 
 Chain rule to the coordinates: with g_u the gradient with respect to u_fj,
-non-centred: dz = L' g_u, dL += g_u z'; centred (w = L^{-1}(b - c)): db = g_u - L^{-T} w, dbeta -= C_j' db_j,
+non-centred: dz = L' g_u, dL += g_u z'; centred (w = L^{-1}(b' - c)): db' = g_u - L^{-T} w, dbeta' -= C_j' db'_j,
 dL += L^{-T} w w' - diag(1/L_aa) per group. The LKJ(eta) density of L_Omega and the log-Jacobian of its
 transform (PyMC's CholeskyCorr, after TensorFlow Probability: row i of L_Omega is (y_i, 1) / |(y_i, 1)|, with
 log-Jacobian sum_i (i + 1) log L_ii, one-based i) are written out with their gradient.
@@ -298,7 +305,7 @@ def _factor_scale(x, buf, row, grad, want_grad):
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _effects(x, buf, row, L, beta):
-    """u (J, q) of one factor from its coordinates: L z_j, or b_j - C_j beta (loops: no BLAS call to compile)."""
+    """u (J, q) of one factor from its coordinates: L z_j, or b'_j - C_j beta' (loops: no BLAS call to compile)."""
     q, J, x_eff = int(row[_F_Q]), int(row[_F_J]), int(row[_F_X_EFFECTS])
     u = np.zeros((J, q))
     if row[_F_CENTRED] < 0.5:
@@ -565,17 +572,12 @@ def log_density(x, buf, grad):
         (n_factors, q_max, q_max))
     u_all, g_u_all = np.empty(u_at[n_factors]), np.zeros(u_at[n_factors])
     lp_scales = np.zeros(n_factors)
-    for f in range(n_factors):  # scales, and the non-centred effects (which shift beta)
+    for f in range(n_factors):  # scales and effects: the centred ones around C_j beta' (before the shift)
         q = int(table[f, _F_Q])
         L, tau, omega, lp_scales[f] = _factor_scale(x, buf, table[f], grad, True)
         Ls[f, :q, :q], taus[f, :q], omegas[f, :q, :q] = L, tau, omega
-        if table[f, _F_CENTRED] < 0.5:
-            u_all[u_at[f]:u_at[f + 1]] = _effects(x, buf, table[f], L, beta).ravel()
+        u_all[u_at[f]:u_at[f + 1]] = _effects(x, buf, table[f], L, beta).ravel()
     _shift_fixed_effects(buf, table, u_all, u_at, beta)
-    for f in range(n_factors):  # the centred effects, around C_j beta
-        q = int(table[f, _F_Q])
-        if table[f, _F_CENTRED] > 0.5:
-            u_all[u_at[f]:u_at[f + 1]] = _effects(x, buf, table[f], Ls[f, :q, :q], beta).ravel()
     lp = buf[_CONSTANT] + _fixed_prior(beta, buf[int(buf[_AT_BETA_MU]):int(buf[_AT_BETA_MU]) + p],
                                        buf[int(buf[_AT_BETA_SD]):int(buf[_AT_BETA_SD]) + p], g_beta)
     for f in range(n_factors):
@@ -601,10 +603,10 @@ def log_density(x, buf, grad):
     _pass_to_coefficients(buf, table, X, r, g_beta, g_u_all, u_at)
     if family == 2:
         grad[shape_at] += d_shape * shape
-    # group effects: their priors and the chain rule to their coordinates and to L; the centred factors first,
-    # which complete g_beta, then g_beta through the shift into the non-centred effects' g_u
-    lp = _effect_priors(lp, x, buf, table, Ls, taus, omegas, u_all, g_u_all, u_at, True, grad, g_beta)
+    # g_beta (of beta) through the shift into the non-centred effects' g_u; then the group effects' priors and the
+    # chain rule to their coordinates and to L, the centred factors first, which add their part of g_beta (of beta')
     _shift_gradient(buf, table, g_beta, g_u_all, u_at)
+    lp = _effect_priors(lp, x, buf, table, Ls, taus, omegas, u_all, g_u_all, u_at, True, grad, g_beta)
     lp = _effect_priors(lp, x, buf, table, Ls, taus, omegas, u_all, g_u_all, u_at, False, grad, g_beta)
     for m in range(p):  # to the standardised coordinates: A' g_beta
         for k in range(p):
@@ -613,9 +615,21 @@ def log_density(x, buf, grad):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def _add_centre_shift(buf, at_centre, n_effects, beta, sampled, b):
+    """b += C (beta - beta') per centred coefficient: from the sampled b' to the graph's b (module docstring)."""
+    p = len(beta)
+    for i in range(n_effects):
+        c = 0.0
+        for k in range(p):
+            c += buf[at_centre + i * p + k] * (beta[k] - sampled[k])
+        b[i] += c
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def expand(x, buf, out):
     """The reported values at ``x``: beta, per factor tau, the correlation Cholesky factor (when correlated), u
-    and the sampled coordinates (z or b); then the negative binomial shape."""
+    and z (non-centred) or b_j = b'_j + C_j (beta - beta') (centred: the graph's coefficients); then the negative
+    binomial shape."""
     p, n_factors = int(buf[_P]), int(buf[_N_FACTORS])
     table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
         n_factors, len(_FACTOR))
@@ -624,6 +638,7 @@ def expand(x, buf, out):
     for k in range(p):
         for m in range(p):
             beta[k] += A[k, m] * x[m]
+    sampled = beta.copy()  # beta', around which the centred effects are
     dummy = np.zeros(len(x))
     u_at = np.zeros(n_factors + 1, np.int64)
     for f in range(n_factors):
@@ -645,11 +660,13 @@ def expand(x, buf, out):
         if row[_F_CORRELATED] > 0.5:
             out[at:at + q * q] = omega.ravel()
             at += q * q
-        u = _effects(x, buf, row, L, beta)
+        u = _effects(x, buf, row, L, sampled)
         out[at:at + J * q] = u.ravel()
         at += J * q
         x_eff = int(row[_F_X_EFFECTS])
-        out[at:at + J * q] = x[x_eff:x_eff + J * q]  # the sampled coordinates, z or b
+        out[at:at + J * q] = x[x_eff:x_eff + J * q]  # z, or b'
+        if row[_F_CENTRED] > 0.5:
+            _add_centre_shift(buf, int(row[_F_AT_CENTRE]), J * q, beta, sampled, out[at:at + J * q])
         at += J * q
     if int(buf[_FAMILY]) == 2:
         out[at] = math.exp(x[int(buf[_SHAPE_AT])])
