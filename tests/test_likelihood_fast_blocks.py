@@ -1,5 +1,5 @@
-"""The compiled block operations of the REML / ML engine (bayeshlm/likelihood/_pls_blocks.c) against the NumPy
-path they replace, and the crossed solver's fast paths against its general ones: elementwise one-coefficient
+"""The compiled block operations of the REML / ML engine (likelihood/_pls_blocks.c, _crossed_blocks.c) against
+the NumPy path they replace, and the crossed solver's fast paths against its general ones: elementwise one-coefficient
 blocks, the dense Schur complement of small designs against the pair map, per-group residual sums.
 
 Both paths compute the same formulas in another order, so they agree to rounding: the criterion to 1e-12
@@ -22,6 +22,7 @@ from bayeshlm.likelihood import fit as likelihood_fit
 from bayeshlm.likelihood.nested import NestedSolver
 
 compiled = pytest.mark.skipif(algebra._pls_blocks is None, reason="the _pls_blocks extension is not built")
+crossed_compiled = pytest.mark.skipif(crossed._crossed_blocks is None, reason="_crossed_blocks is not built")
 TOL = 1e-12
 
 
@@ -131,6 +132,46 @@ def test_crossed_dense_schur_complement_equals_pair_map(data, formula, options, 
         assert value == pytest.approx(ref_value, rel=TOL)
         np.testing.assert_allclose(gradient, ref_gradient, rtol=0, atol=TOL * abs(ref_value))
         assert_same_factor(objective.factorize(theta), reference.factorize(theta))
+
+
+CROSSED_INTERCEPTS = [
+    CROSSED[0],
+    (crossed_data(), "y ~ x + (1 | g) + (1 | h) + (1 | k)", {}),
+    (crossed_data(), "y ~ x + (1 | g) + (1 | h)", {"known_variance": "v"}),
+]
+
+
+@crossed_compiled
+@pytest.mark.parametrize("method", ["reml", "ml"])
+@pytest.mark.parametrize("data, formula, options", CROSSED_INTERCEPTS,
+                         ids=["scotssec", "three-factors", "known-variances"])
+def test_compiled_crossed_intercepts_equal_numpy(data, formula, options, method):
+    """Crossed factors with one coefficient each are evaluated by _crossed_blocks (every block a number); the
+    NumPy path gives the same criterion, gradient and factor."""
+    design = standard_design(data, formula, options)
+    objective = likelihood_fit.ProfiledDeviance(design, method)
+    assert objective.solver.compiled
+    reference = likelihood_fit.ProfiledDeviance(design, method)
+    reference.solver = crossed.CrossedSolver(design, objective.solver_factors, compiled=False)
+    for theta in thetas(objective):
+        value, gradient = objective.value_and_gradient(theta)
+        ref_value, ref_gradient = reference.value_and_gradient(theta)
+        assert value == pytest.approx(ref_value, rel=TOL)
+        np.testing.assert_allclose(gradient, ref_gradient, rtol=0, atol=TOL * abs(ref_value))
+        fac, ref = objective.factorize(theta), reference.factorize(theta)
+        for a, b in [(fac.L, ref.L), (fac.W, ref.W), (fac.T, ref.T), (fac.Lz, ref.Lz), (fac.Rz, ref.Rz)]:
+            np.testing.assert_allclose(a, b, rtol=0, atol=TOL * max(np.abs(b).max(), 1.0))
+        assert_same_factor(fac, ref)
+
+
+@crossed_compiled
+def test_compiled_crossed_kernel_only_for_one_coefficient_factors():
+    """A factor with a random slope keeps the NumPy path; asking for the kernel there is refused."""
+    design = standard_design(*CROSSED[1])
+    objective = likelihood_fit.ProfiledDeviance(design, "reml")
+    assert objective.solver.C_dense is not None and not objective.solver.compiled
+    with pytest.raises(ValueError, match="more than one coefficient"):
+        crossed.CrossedSolver(design, objective.solver_factors, compiled=True)
 
 
 @pytest.mark.parametrize("data, formula, options", CROSSED, ids=CROSSED_IDS)

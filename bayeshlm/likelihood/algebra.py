@@ -9,6 +9,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import scipy.linalg
+from numpy.linalg import _umath_linalg  # the gufuncs numpy.linalg.cholesky and solve call (see _set_fixed_part)
 
 try:
     from . import _pls_blocks
@@ -48,12 +49,21 @@ class Factorization(ABC):
 
     def _set_fixed_part(self, top: np.ndarray, p: int) -> None:
         """From the (p+1) x (p+1) Schur complement S of [X y]: R_X = chol(S_XX), c = R_X^{-1} S_Xy,
-        r^2 = S_yy - c'c, beta = R_X'^{-1} c (Bates et al. 2015, eq. 17-18)."""
-        self.RX = np.linalg.cholesky(top[:p, :p])
-        self.cbeta = np.linalg.solve(self.RX, top[:p, p])
+        r^2 = S_yy - c'c, beta = R_X'^{-1} c (Bates et al. 2015, eq. 17-18).
+
+        The numbers of ``numpy.linalg.cholesky`` and ``numpy.linalg.solve`` (LAPACK's LU solve, kept for its
+        accuracy at condition numbers ~1e10, see benchmarks/results/likelihood.md) from the gufuncs those functions
+        call, without their argument checks (~10 us of an evaluation's ~30 on small designs). As numpy.linalg
+        does, floating-point errors are silenced and a factor that failed (left NaN) raises LinAlgError."""
+        with np.errstate(all="ignore"):
+            RX = _umath_linalg.cholesky_lo(top[:p, :p], signature="d->d")
+            if np.isnan(RX[0, 0]):
+                raise np.linalg.LinAlgError("Matrix is not positive definite")
+            self.cbeta = _umath_linalg.solve1(RX, top[:p, p], signature="dd->d")
+            self.beta = _umath_linalg.solve1(RX.T, self.cbeta, signature="dd->d")
+        self.RX = RX
         self.r2 = float(top[p, p] - self.cbeta @ self.cbeta)
-        self.logdet_x = 2.0 * float(np.log(np.diag(self.RX)).sum())
-        self.beta = np.linalg.solve(self.RX.T, self.cbeta)
+        self.logdet_x = 2.0 * float(np.log(RX.diagonal()).sum())
 
     def fixed_cov_relative(self) -> np.ndarray:
         """(R_X R_X')^{-1}: the fixed-effect covariance divided by sigma^2."""
@@ -65,6 +75,11 @@ class Factorization(ABC):
     @abstractmethod
     def modes(self) -> list[np.ndarray]:
         """Spherical conditional modes u, one (J, q) array per solver factor."""
+
+    def gradient_sums(self, reml: bool) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`gradient_parts` flat: each factor's Q (and G) raveled, concatenated in solver order."""
+        Q, G = self.gradient_parts(reml)
+        return np.concatenate([x.ravel() for x in Q]), np.concatenate([x.ravel() for x in G])
 
     @abstractmethod
     def gradient_parts(self, reml: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -15,7 +15,10 @@ other factors have random effects (1,128 for 1,100 x 28 crossed levels).
 
 When C is small (J_1 q_1 t^2 <= DENSE_SCHUR_WORK, t = C's column count), N is instead one dense product,
 N = B'B with B_g = L_g^{-1} Lambda_1' C_g (so B_g'B_g = C_g'W_g C_g), and C's products are dense: for a design
-like ScotsSec (148 x 19 groups) the sparse calls' overhead exceeds their work.
+like ScotsSec (148 x 19 groups) the sparse calls' overhead exceeds their work. When moreover every factor has
+one coefficient (crossed random intercepts), an evaluation (the factor and the gradient's pieces) runs in the
+compiled ``_crossed_blocks.c`` when it was built (the same formulas with every block a number; equal to
+rounding), else as the NumPy calls below.
 """
 
 from __future__ import annotations
@@ -30,6 +33,14 @@ from ..design import Design, GroupingFactor
 from ..design.design import group_sums, indicator_matrix
 from ..errors import DataError
 from .algebra import Factorization
+
+try:  # built by ``pip install`` / ``setup.py build_ext`` (optional, like every extension; see setup.py)
+    from . import _crossed_blocks
+except ImportError:  # pragma: no cover - installs without a C compiler
+    _crossed_blocks = None
+KERNEL_LAYOUT = "dims=J,K,p,n_rest,offsets;C=J*t;D=J;A=t*t;lam=1+n_rest;v1"  # the argument layout it was built for
+if _crossed_blocks is not None and getattr(_crossed_blocks, "LAYOUT", None) != KERNEL_LAYOUT:
+    _crossed_blocks = None  # a stale build: NumPy does the work
 
 MAX_DENSE = 20_000  # random effects outside the first factor that the dense Schur complement may hold
 MAX_PAIRS = 60_000_000  # entries of the pair map P (12 bytes each)
@@ -88,7 +99,9 @@ def block_product(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 class CrossedSolver:
     """Factor the PLS system for factors in any arrangement; ``order`` puts the largest factor first."""
 
-    def __init__(self, design: Design, order: list[GroupingFactor]):
+    def __init__(self, design: Design, order: list[GroupingFactor], compiled: bool | None = None):
+        """``compiled``: evaluate by ``_crossed_blocks`` (None: when it was built and applies, i.e. C is dense
+        and every factor has one coefficient; False: NumPy)."""
         self.design = design
         self.factors = order
         first, rest = order[0], order[1:]
@@ -106,9 +119,13 @@ class CrossedSolver:
         t = self.K + self.p + 1
         self.blocks = np.triu_indices(first.n_coef)  # the column order of the pair map
         self.diagonal = np.arange(t)  # the diagonal of T and S
+        self.compiled = False
         if self.J * self.q * t * t <= DENSE_SCHUR_WORK:  # C as a dense (J, q, t) array (module docstring)
             self.C_dense, self.A = self._dense_products(first, rest)
+            self._prepare_kernel(compiled)
             return
+        if compiled:
+            raise ValueError("the compiled crossed kernel needs the dense C (a small design)")
         self.C_dense = None
         XY = np.column_stack([design.X, design.y])
         right = sp.hstack([indicator_matrix(f.codes, f.Z, f.n_groups) for f in rest] + [sp.csr_matrix(XY)],
@@ -158,6 +175,18 @@ class CrossedSolver:
                 A[K:, at:at + f.n_groups * f.n_coef] = sums.reshape(-1, t - K).T
         A[K:, K:] = XYw.T @ XY
         return C, A
+
+    def _prepare_kernel(self, compiled: bool | None) -> None:
+        """Set ``compiled`` and, when set, the kernel's flat arrays (layout in ``_crossed_blocks.c``)."""
+        applies = _crossed_blocks is not None and all(f.n_coef == 1 for f in self.factors)
+        if compiled and not applies:
+            raise ValueError("the compiled crossed kernel is not built, or a factor has more than one coefficient")
+        self.compiled = applies if compiled is None else compiled
+        if self.compiled:
+            self.kernel_dims = np.array([self.J, self.K, self.p, len(self.factors) - 1, *self.offsets], dtype=np.int64)
+            self.kernel_C = np.ascontiguousarray(self.C_dense.reshape(self.J, -1))
+            self.kernel_D = np.ascontiguousarray(self.D.reshape(self.J))
+            self.kernel_A = np.ascontiguousarray(self.A)
 
     @staticmethod
     def _pair_sums(f: GroupingFactor, left: np.ndarray, g: GroupingFactor) -> np.ndarray:
@@ -261,6 +290,8 @@ class CrossedSolver:
 
     def factorize(self, lambdas: list[np.ndarray]) -> CrossedFactorization:
         """Factor the system at relative covariance factors ``lambdas`` (in solver order)."""
+        if self.compiled:
+            return self._factorize_compiled(lambdas)
         L, Linv, W = self._first_blocks(lambdas[0])
         T = self.A - self._first_schur(lambdas[0], Linv, W)
         S = self.sandwich(T, lambdas)
@@ -272,6 +303,21 @@ class CrossedSolver:
         return CrossedFactorization(self, lambdas, L, Linv, W, T, Lz, Rz, logdet_z, S[K:, K:] - Rz.T @ Rz)
 
 
+    def _factorize_compiled(self, lambdas: list[np.ndarray]) -> CrossedFactorization:
+        """:meth:`factorize` by ``_crossed_blocks.crossed_factorize`` (every block a number)."""
+        J, K, t = self.J, self.K, self.K + self.p + 1
+        lam = np.array([x[0, 0] for x in lambdas])
+        first = np.empty((3, J, 1, 1))  # L_g, L_g^{-1}, W_g
+        T, Lz, Rz, top = np.empty((t, t)), np.empty((K, K)), np.empty((K, t - K)), np.empty((t - K, t - K))
+        logdet_z = _crossed_blocks.crossed_factorize(self.kernel_dims, self.kernel_C, self.kernel_D, self.kernel_A,
+                                                     lam, first[0], first[1], first[2], T, Lz, Rz, top)
+        if np.isnan(logdet_z):
+            raise np.linalg.LinAlgError("the Schur complement of the crossed factors is not positive definite")
+        fac = CrossedFactorization(self, lambdas, first[0], first[1], first[2], T, Lz, Rz, logdet_z, top)
+        fac.kernel_lam = lam
+        return fac
+
+
 class CrossedFactorization(Factorization):
     """The factor of one evaluation of :class:`CrossedSolver`, with back-substitution."""
 
@@ -280,6 +326,7 @@ class CrossedFactorization(Factorization):
         self.lambdas = lambdas
         self.L, self.Linv, self.W, self.T, self.Lz, self.Rz = L, Linv, W, T, Lz, Rz
         self.logdet_z = logdet_z
+        self.kernel_lam = None  # the lambdas flat, when the compiled kernel made this factor
         self._set_fixed_part(top, solver.p)
 
     def _split_rest(self, values: np.ndarray) -> list[np.ndarray]:
@@ -337,6 +384,9 @@ class CrossedFactorization(Factorization):
         G_l = sum_g (Z_g'W e) u_g', with Z'W e from the per-group sums (below).
         """
         s = self.solver
+        if self.kernel_lam is not None:
+            Q, G = self._gradient_sums_compiled(reml)
+            return list(Q.reshape(-1, 1, 1)), list(G.reshape(-1, 1, 1))
         q = s.q
         lam = self.lambdas[0]
         sigma = self._rest_inverse(reml)
@@ -358,6 +408,21 @@ class CrossedFactorization(Factorization):
         zwe_first = Cx - (D @ b_first[:, :, None])[:, :, 0]
         zwe_rest = s.A[:s.K] @ np.concatenate([-b_rest, -self.beta, [1.0]]) - s.rest_products(b_first.ravel())
         G = [zwe_first.T @ u[0]] + [z.T @ uf for z, uf in zip(self._split_rest(zwe_rest), u[1:])]
+        return Q, G
+
+    def gradient_sums(self, reml: bool) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`gradient_parts` flat (:meth:`Factorization.gradient_sums`), as the compiled kernel returns them."""
+        if self.kernel_lam is not None:
+            return self._gradient_sums_compiled(reml)
+        return super().gradient_sums(reml)
+
+    def _gradient_sums_compiled(self, reml: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Q and G by ``_crossed_blocks.crossed_gradient`` (the same sums, every block a number)."""
+        s = self.solver
+        Q, G = np.empty(len(s.factors)), np.empty(len(s.factors))
+        _crossed_blocks.crossed_gradient(s.kernel_dims, s.kernel_C, s.kernel_D, s.kernel_A, self.kernel_lam,
+                                         self.Linv, self.W, self.T, self.Lz, self.Rz, np.ascontiguousarray(self.RX),
+                                         np.ascontiguousarray(self.beta), reml, Q, G)  # R_X is read for REML only
         return Q, G
 
     def conditional_variances(self) -> list[np.ndarray]:

@@ -106,6 +106,14 @@ class ProfiledDeviance:
         known = design.known_variance
         self.sum_log_v = None if known is None else float(np.log(known).sum())
         self.evaluations = 0
+        # where each theta entry's Q[c, r] and G[r, c] sit in Factorization.gradient_sums' flat arrays
+        starts = np.cumsum([0] + [f.n_coef ** 2 for f in self.solver_factors])
+        self._q_at, self._g_at = np.empty(self.params.size, dtype=int), np.empty(self.params.size, dtype=int)
+        for k, i in enumerate(self.position):
+            fp = self.params.factors[i]
+            q, entries = fp.factor.n_coef, slice(fp.offset, fp.offset + fp.size)
+            self._q_at[entries] = starts[k] + fp.cols * q + fp.rows
+            self._g_at[entries] = starts[k] + fp.rows * q + fp.cols
 
     def parameter_names(self) -> list[str]:
         return self.params.names()
@@ -140,13 +148,8 @@ class ProfiledDeviance:
             weight = 1.0
         else:
             weight = (n - p if self.reml else n) / fac.r2
-        Q, G = fac.gradient_parts(self.reml)
-        out = np.empty(self.params.size)
-        for k, i in enumerate(self.position):
-            fp = self.params.factors[i]
-            rows, cols = fp.rows, fp.cols
-            out[fp.offset:fp.offset + fp.size] = 2.0 * Q[k][cols, rows] - 2.0 * weight * G[k][rows, cols]
-        return out
+        Q, G = fac.gradient_sums(self.reml)  # theta entry (r, c) of a factor reads its Q[c, r] and G[r, c]
+        return 2.0 * Q[self._q_at] - 2.0 * weight * G[self._g_at]
 
     def value_and_gradient(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """The criterion and its analytic gradient from one factorisation."""

@@ -248,8 +248,20 @@ class NestedFactorization(Factorization):
         G = [np.einsum("ja,jb->ab", z, ul) for z, ul in zip(Zwe, u)]
         return Q, G
 
+    def gradient_sums(self, reml: bool) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`gradient_parts` flat (:meth:`Factorization.gradient_sums`), as the compiled kernel returns them."""
+        if self.kernel_arrays is not None:
+            return self._gradient_sums_compiled(reml)
+        return super().gradient_sums(reml)
+
     def _gradient_parts_compiled(self, reml: bool) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """:meth:`gradient_parts` by ``_pls_blocks.nested_gradient`` (the same sums group by group)."""
+        s = self.solver
+        Q_flat, G_flat = self._gradient_sums_compiled(reml)
+        bounds = list(zip(s.kernel_lam, s.kernel_lam[1:], s.q))
+        return ([Q_flat[a:b].reshape(q, q) for a, b, q in bounds], [G_flat[a:b].reshape(q, q) for a, b, q in bounds])
+
+    def _gradient_sums_compiled(self, reml: bool) -> tuple[np.ndarray, np.ndarray]:
         s = self.solver
         lam, L_flat, R_flat = self.kernel_arrays
         fixed_cov = self.fixed_cov_relative() if reml else np.zeros(0)
@@ -257,5 +269,4 @@ class NestedFactorization(Factorization):
         _pls_blocks.nested_gradient(s.kernel_dims, s.kernel_stats, s.kernel_parents, lam, L_flat, R_flat,
                                        np.ascontiguousarray(self.beta), np.ascontiguousarray(fixed_cov), reml,
                                        Q_flat, G_flat)
-        bounds = list(zip(s.kernel_lam, s.kernel_lam[1:], s.q))
-        return ([Q_flat[a:b].reshape(q, q) for a, b, q in bounds], [G_flat[a:b].reshape(q, q) for a, b, q in bounds])
+        return Q_flat, G_flat
