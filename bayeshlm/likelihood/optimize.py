@@ -7,7 +7,14 @@ An objective here is anything with ``value_and_gradient(x) -> (criterion, gradie
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import OptimizeResult, minimize
+from scipy.optimize import LbfgsInvHessProduct, OptimizeResult, minimize
+
+try:  # the L-BFGS-B routine scipy.optimize.minimize drives, in its C form (scipy >= 1.15): see lbfgsb
+    from scipy.linalg.lapack import HAS_ILP64
+    from scipy.optimize import _lbfgsb
+    from scipy.optimize._lbfgsb_py import status_messages, task_messages
+except ImportError:  # pragma: no cover - older scipy: minimize's own loop
+    _lbfgsb = None
 
 
 class BoundaryFitWarning(UserWarning):
@@ -80,13 +87,58 @@ def minimize_criterion(objective, start: np.ndarray, maxiter: int, gtol: float =
         watch.see(x, value, gradient)
         return value, gradient
 
+    options = {"ftol": 1e-8 if rough else 1e-15, "gtol": (1e-5 if rough else gtol) * max(abs(f0), 1.0),
+               "maxiter": maxiter, "maxls": 50}
     try:
-        return minimize(value_and_gradient, start, jac=True, method="L-BFGS-B",
-                        options={"ftol": 1e-8 if rough else 1e-15,
-                                 "gtol": (1e-5 if rough else gtol) * max(abs(f0), 1.0), "maxiter": maxiter,
-                                 "maxls": 50})
+        if _lbfgsb is None:
+            return minimize(value_and_gradient, start, jac=True, method="L-BFGS-B", options=options)
+        return lbfgsb(value_and_gradient, start, f0, g0, **options)
     except _Stalled:
         return watch.result(evaluations[0])
+
+
+def lbfgsb(value_and_gradient, x0: np.ndarray, f0: float, g0: np.ndarray, ftol: float, gtol: float, maxiter: int,
+           maxls: int, maxcor: int = 10, maxfun: int = 15000) -> OptimizeResult:
+    """``scipy.optimize.minimize(value_and_gradient, x0, jac=True, method="L-BFGS-B", options=...)`` without
+    bounds, given the value and gradient at x0: the same loop over scipy's L-BFGS-B routine (``setulb``, which
+    asks for the criterion at a point, or reports a new iterate or the end), so the same iterates and result,
+    without minimize's wrappers around each evaluation (~40 us per evaluation, ~0.4 ms a fit of sleepstudy).
+    ``value_and_gradient`` gets a copy of each point, as from minimize."""
+    n = len(x0)
+    integer = np.int64 if HAS_ILP64 else np.int32
+    x = np.array(x0, dtype=np.float64)
+    f, g = f0, np.array(g0, dtype=np.float64)
+    evaluated = x.copy()  # the point of f and g (minimize's ScalarFunction evaluates again only elsewhere)
+    nfev, n_iterations = 1, 0
+    wa = np.zeros(2 * maxcor * n + 5 * n + 11 * maxcor * maxcor + 8 * maxcor)
+    iwa, task, ln_task = np.zeros(3 * n, dtype=integer), np.zeros(2, dtype=integer), np.zeros(2, dtype=integer)
+    lsave, isave, dsave = np.zeros(4, dtype=integer), np.zeros(44, dtype=integer), np.zeros(29)
+    unbounded, no_bounds = np.zeros(n, dtype=integer), np.zeros(n)
+    factr = ftol / np.finfo(float).eps
+    while True:
+        _lbfgsb.setulb(maxcor, x, no_bounds, no_bounds, unbounded, f, g, factr, gtol, wa, iwa, task, lsave, isave,
+                       dsave, maxls, ln_task)
+        if task[0] == 3:  # the criterion at x
+            if not np.array_equal(x, evaluated):
+                evaluated = x.copy()
+                f, gradient = value_and_gradient(x.copy())
+                f, g = float(f), np.array(gradient, dtype=np.float64)
+                nfev += 1
+        elif task[0] == 1:  # a new iterate
+            n_iterations += 1
+            if n_iterations >= maxiter:
+                task[:] = 5, 504
+            elif nfev > maxfun:
+                task[:] = 5, 502
+        else:
+            break
+    status = 0 if task[0] == 4 else 1 if nfev > maxfun or n_iterations >= maxiter else 2
+    corrections = min(isave[30], maxcor)  # the BFGS updates kept (mainlb's ws, wy at the start of wa)
+    hess_inv = LbfgsInvHessProduct(wa[:maxcor * n].reshape(maxcor, n)[:corrections],
+                                   wa[maxcor * n:2 * maxcor * n].reshape(maxcor, n)[:corrections])
+    return OptimizeResult(fun=f, jac=g, nfev=nfev, njev=nfev, nit=n_iterations, status=status,
+                          message=status_messages[task[0]] + ": " + task_messages[task[1]], x=x,
+                          success=status == 0, hess_inv=hess_inv)
 
 
 def polish(objective, result, steps: int = 2):
