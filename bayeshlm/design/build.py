@@ -14,6 +14,7 @@ import formulaic
 import numpy as np
 import pandas as pd
 from formulaic.errors import FormulaicError
+from numpy.linalg import _umath_linalg  # the gufunc numpy.linalg.qr calls (see r_factor)
 
 from ..errors import DataError, FormulaError, OptionError, closest_names, describe_rows
 from ..level1 import level1_errors
@@ -43,19 +44,21 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") 
     _check_columns_exist(variables - derived, frame)
     source_columns = [c for c in dict.fromkeys(sorted(variables - derived)) if c in frame.columns]
 
-    frame, dropped = _drop_missing(frame, source_columns, missing)
+    frame, dropped, columns = _drop_missing(frame, source_columns, missing)
     if len(frame) == 0:
         raise DataError(f"No rows are left to analyse: {dropped}.")
-    _check_finite(frame, source_columns)
-    _check_text_predictors(frame, spec)
-    y = _outcome(frame, spec.outcome)
-    group_codes = {r.group: _group_codes(frame, r) for r in spec.random}
+    _check_finite(columns, source_columns)
+    _check_text_predictors(columns, spec)
+    y = _outcome(columns, spec.outcome)
+    group_codes = {r.group: _group_codes(columns, r) for r in spec.random}
     _check_within_group_variation(y, spec, group_codes)
     grand_means: dict[str, float] = {}
     frame = _apply_centering(frame, spec, group_codes, grand_means)
     _check_centering_targets(spec)
+    if frame is not columns.frame:
+        columns = Columns(frame)
     # what formulaic reads (``frame`` keeps the labels of categories); converted only when formulaic is called
-    numbers = FloatPredictors(frame, spec)
+    numbers = FloatPredictors(frame, spec, columns)
 
     formulaic_specs: dict = {}  # "fixed" and each factor's name -> formulaic's model spec (its column coding)
     X, fixed_names, fixed_terms = _fixed_matrix(spec, numbers, formulaic_specs)
@@ -63,10 +66,10 @@ def build_design(spec: ModelSpec, data: pd.DataFrame, *, missing: str = "drop") 
     factors = tuple(_grouping_factor(spec, group, group_codes[group], numbers, formulaic_specs)
                     for group in spec.groups)
     coding = ColumnCoding(fixed=formulaic_specs.pop("fixed"), random=formulaic_specs, grand_means=grand_means)
-    known = _known_variance(spec, frame, y)
+    known = _known_variance(spec, columns, y)
     nesting = _nesting(factors)
-    term_levels = _term_levels(spec, frame, factors, nesting)
-    _check_level_predictors(spec, frame, group_codes)
+    term_levels = _term_levels(spec, columns, factors, nesting)
+    _check_level_predictors(spec, columns, group_codes)
     residual = _residual_design(spec, numbers.frame() if spec.residual else frame, factors, nesting, labels=frame)
     design = Design(
         spec=spec, y=y, X=X, fixed_names=fixed_names, fixed_terms=fixed_terms, factors=factors,
@@ -143,8 +146,29 @@ def _check_columns_exist(variables: set[str], frame: pd.DataFrame) -> None:
         raise DataError(f"{hints} The data has columns: {', '.join(map(str, frame.columns))}.")
 
 
-def _drop_missing(frame: pd.DataFrame, columns: list[str], missing: str) -> tuple[pd.DataFrame, DroppedRows]:
-    isna = {c: _missing(frame[c]) for c in columns}  # column by column: no copy of the frame
+class Columns:
+    """Read access to a frame's columns, each taken out once (``DataFrame.__getitem__`` costs ~10 us a call, and
+    a build reads each column several times): ``columns[name]``, ``.columns``, ``.index``, ``len()``."""
+
+    def __init__(self, frame: pd.DataFrame, read: dict[str, pd.Series] | None = None):
+        self.frame = frame
+        self.columns = frame.columns
+        self.index = frame.index
+        self._read = dict(read or {})
+
+    def __getitem__(self, name: str) -> pd.Series:
+        if name not in self._read:
+            self._read[name] = self.frame[name]
+        return self._read[name]
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+def _drop_missing(frame: pd.DataFrame, columns: list[str], missing: str) -> tuple[pd.DataFrame, DroppedRows, Columns]:
+    """The rows without missing values in ``columns``, what was dropped, and :class:`Columns` of the result."""
+    read = {c: frame[c] for c in columns}
+    isna = {c: _missing(values) for c, values in read.items()}  # column by column: no copy of the frame
     by_column = {c: int(k) for c, k in ((c, mask.sum()) for c, mask in isna.items()) if k}
     bad = np.flatnonzero(np.logical_or.reduce(list(isna.values()))) if by_column else np.array([], dtype=np.intp)
     if len(bad) and missing == "raise":
@@ -154,7 +178,10 @@ def _drop_missing(frame: pd.DataFrame, columns: list[str], missing: str) -> tupl
             "the complete rows only."
         )
     dropped = DroppedRows(n_input=len(frame), positions=bad, by_column=by_column)
-    return (frame.drop(index=frame.index[bad]) if len(bad) else frame), dropped
+    if not len(bad):
+        return frame, dropped, Columns(frame, read)
+    kept = frame.drop(index=frame.index[bad])
+    return kept, dropped, Columns(kept)
 
 
 def _missing(values: pd.Series) -> np.ndarray:
@@ -166,7 +193,7 @@ def _missing(values: pd.Series) -> np.ndarray:
     return values.isna().to_numpy()
 
 
-def _check_finite(frame: pd.DataFrame, columns: list[str]) -> None:
+def _check_finite(frame: pd.DataFrame | Columns, columns: list[str]) -> None:
     for column in columns:
         values = frame[column]
         if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
@@ -176,7 +203,7 @@ def _check_finite(frame: pd.DataFrame, columns: list[str]) -> None:
                                 "(positions among the analysed rows). Replace or remove them before fitting.")
 
 
-def _check_text_predictors(frame: pd.DataFrame, spec: ModelSpec) -> None:
+def _check_text_predictors(frame: pd.DataFrame | Columns, spec: ModelSpec) -> None:
     """Refuse a text column used as a bare predictor when most of its values are numbers.
 
     Such a column (typically numbers read with a code like '.' or 'n/a' for missing) would otherwise become a
@@ -214,7 +241,7 @@ def _check_within_group_variation(y: np.ndarray, spec: ModelSpec, group_codes) -
                 "group-level values, analyse one row per group.")
 
 
-def _outcome(frame: pd.DataFrame, outcome: str) -> np.ndarray:
+def _outcome(frame: pd.DataFrame | Columns, outcome: str) -> np.ndarray:
     values = frame[outcome] if outcome in frame.columns else None
     if values is None or not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         kind = "missing" if values is None else str(values.dtype)
@@ -258,8 +285,10 @@ class FloatPredictors:
     use only, since a model whose terms are plain numeric columns never needs the converted frame (see
     :func:`_plain_matrix`). ``spec=None``: ``frame`` is already converted."""
 
-    def __init__(self, frame: pd.DataFrame, spec: ModelSpec | None = None):
+    def __init__(self, frame: pd.DataFrame, spec: ModelSpec | None = None, columns: Columns | None = None):
+        """``columns``: :class:`Columns` of ``frame`` already read, if any."""
         self.source = frame
+        self.columns = columns if columns is not None and columns.frame is frame else Columns(frame)
         self._spec = spec
         self._converted = frame if spec is None else None
 
@@ -274,7 +303,7 @@ class FloatPredictors:
         categories, float32 or nullable columns)."""
         if not factor.isidentifier() or factor not in self.source.columns:
             return None
-        values = self.source[factor]
+        values = self.columns[factor]
         if not isinstance(values.dtype, np.dtype) or values.dtype.kind not in _PLAIN_NUMERIC_KINDS \
                 or values.dtype.kind == "f" and values.dtype != np.float64:
             return None
@@ -287,7 +316,7 @@ class FloatPredictors:
         predictions: it refuses such columns, and the fit must not accept what prediction then refuses."""
         if not factor.isidentifier() or factor not in self.source.columns:
             return None
-        values = self.source[factor]
+        values = self.columns[factor]
         text_dtype = values.dtype == object or isinstance(values.dtype, pd.StringDtype) \
             and values.dtype.na_value is not pd.NA
         if not text_dtype or pd.api.types.infer_dtype(values, skipna=False) != "string":
@@ -300,7 +329,7 @@ class FloatPredictors:
 
 # --- grouping factors ------------------------------------------------------------------------------
 
-def _group_codes(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, pd.Index]:
+def _group_codes(frame: pd.DataFrame | Columns, term: RandomTerm) -> tuple[np.ndarray, pd.Index]:
     codes, levels = sorted_codes(group_labels(frame, term), term.group)
     if len(levels) < 2:
         raise DataError(
@@ -311,7 +340,7 @@ def _group_codes(frame: pd.DataFrame, term: RandomTerm) -> tuple[np.ndarray, pd.
     return codes, levels
 
 
-def group_labels(frame: pd.DataFrame, term: RandomTerm) -> pd.Series:
+def group_labels(frame: pd.DataFrame | Columns, term: RandomTerm) -> pd.Series:
     """Each row's group label: text, or the integers of a single integer ID column (they number the same way,
     and skip a slow conversion of every row to text); for ``b:a`` (``a/b`` nesting) "b-level:a-level", as lme4
     does."""
@@ -349,11 +378,13 @@ def sorted_codes(labels: pd.Series, name: str) -> tuple[np.ndarray, pd.Index]:
         order = np.argsort(np.asarray(uniques), kind="stable")  # distinct integers: their natural order
     else:
         order = None
-    uniques = np.asarray(uniques).astype(str)
-    order = _natural_order(uniques) if order is None else order
+    text = np.asarray(uniques).astype(str)
+    order = _natural_order(text) if order is None else order
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.arange(len(order))
-    return rank[first_seen], pd.Index(uniques[order], name=name, dtype="str")
+    if str(uniques.dtype) == "str":  # pandas' str array: taken in order, without converting the text back (~35 us)
+        return rank[first_seen], pd.Index(uniques.take(order), name=name)
+    return rank[first_seen], pd.Index(text[order], name=name, dtype="str")
 
 
 def _natural_order(labels: np.ndarray) -> np.ndarray:
@@ -527,7 +558,7 @@ def _plain_matrix(terms: list[Term], numbers: FloatPredictors, what: str):
     values = np.hstack(blocks) if blocks else np.empty((len(numbers.source), 0))
     names = tuple(names)
     _check_finite_matrix(values, names, what)
-    data = {f: columns[f] if columns[f] is not None else numbers.source[f].to_numpy() for f in sorted(factors)}
+    data = {f: columns[f] if columns[f] is not None else numbers.columns[f].to_numpy() for f in sorted(factors)}
     return values, names, slices, DeferredModelSpec(rhs, data)
 
 
@@ -636,10 +667,14 @@ def r_factor(X: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
     """The p x p triangular factor R of X = QR, by QR of row blocks stacked under the running R (TSQR).
 
     R has the singular values of X, so the rank check below matches an SVD of X, at O(N p^2) cost and one
-    block of extra memory instead of a copy of X."""
+    block of extra memory instead of a copy of X. Each block's R is ``numpy.linalg.qr(block, mode="r")``, from
+    the gufunc that function calls (LAPACK's geqrf on the block in place), without its wrapper's ~20 us."""
     R = np.zeros((0, X.shape[1]))
     for start in range(0, X.shape[0], chunk):
-        R = np.linalg.qr(np.vstack([R, X[start:start + chunk]]), mode="r")
+        block = np.vstack([R, X[start:start + chunk]]).astype(np.float64, copy=False)
+        with np.errstate(all="ignore"):  # as numpy.linalg.qr, which refuses only invalid arguments
+            _umath_linalg.qr_r_raw(block, signature="d->d")
+        R = np.triu(block[:min(block.shape)])
     return R
 
 
@@ -745,7 +780,7 @@ def _occasions(frame: pd.DataFrame, r, unit: GroupingFactor, correlation) -> np.
 NEGLIGIBLE_KNOWN_VARIANCE = 1e-12
 
 
-def _known_variance(spec: ModelSpec, frame: pd.DataFrame, y: np.ndarray) -> np.ndarray | None:
+def _known_variance(spec: ModelSpec, frame: pd.DataFrame | Columns, y: np.ndarray) -> np.ndarray | None:
     if spec.known_variance is None:
         return None
     column = spec.known_variance
@@ -768,7 +803,7 @@ def _known_variance(spec: ModelSpec, frame: pd.DataFrame, y: np.ndarray) -> np.n
     return v
 
 
-def _term_levels(spec: ModelSpec, frame: pd.DataFrame, factors, nesting) -> dict[str, int]:
+def _term_levels(spec: ModelSpec, frame: pd.DataFrame | Columns, factors, nesting) -> dict[str, int]:
     """The level each formula factor varies at: 1 within the innermost groups, 2 between them, 3 above."""
     chain = nesting_chain(factors, nesting)
     levels: dict[str, int] = {}
@@ -792,7 +827,7 @@ def _constant_within(values: pd.Series, codes: np.ndarray) -> bool:
     return bool(np.array_equal(numbers, first[codes]))
 
 
-def _check_level_predictors(spec: ModelSpec, frame: pd.DataFrame, group_codes) -> None:
+def _check_level_predictors(spec: ModelSpec, frame: pd.DataFrame | Columns, group_codes) -> None:
     for factor, group in spec.level_predictors:
         codes = group_codes.get(group, (None,))[0]
         if codes is None:

@@ -18,6 +18,8 @@ NumPy over all groups of a level: on small designs NumPy's per-call overhead is 
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -68,9 +70,11 @@ class NestedSolver:
                                                  or [np.zeros(0, dtype=np.int64)])
             self.kernel_top = np.ascontiguousarray(self.top, dtype=float)
             widths = [sum(self.q[level:]) + self.p + 1 for level in range(len(chain))]
-            self.kernel_L = np.cumsum([0] + [J * q * q for J, q in zip(self.J, self.q)])
-            self.kernel_R = np.cumsum([0] + [J * q * (w - q) for J, q, w in zip(self.J, self.q, widths)])
-            self.kernel_lam = np.cumsum([0] + [q * q for q in self.q])
+            # where each level's blocks start in the flat arrays, as Python ints (slicing by them each evaluation)
+            self.kernel_L = list(itertools.accumulate([J * q * q for J, q in zip(self.J, self.q)], initial=0))
+            self.kernel_R = list(itertools.accumulate([J * q * (w - q) for J, q, w in zip(self.J, self.q, widths)],
+                                                      initial=0))
+            self.kernel_lam = list(itertools.accumulate([q * q for q in self.q], initial=0))
 
     def _right_factor(self, lambdas: list[np.ndarray], level: int) -> np.ndarray:
         """blockdiag(Lambda_level, ..., Lambda_top, I_{p+1}): scales the columns [Z_level ... Z_top X y]."""
@@ -117,7 +121,7 @@ class NestedSolver:
 
     def _factorize_compiled(self, lambdas: list[np.ndarray]) -> NestedFactorization:
         """:meth:`factorize` by ``_pls_blocks.nested_factorize`` (the same steps group by group)."""
-        lam = np.concatenate([np.asarray(x, dtype=float).ravel() for x in lambdas])
+        lam = np.concatenate([x.ravel() for x in lambdas]).astype(float, copy=False)
         L_flat, R_flat = np.empty(self.kernel_L[-1]), np.empty(self.kernel_R[-1])
         top = np.empty_like(self.kernel_top)
         logdet_z = _pls_blocks.nested_factorize(self.kernel_dims, self.kernel_stats, self.kernel_parents,
