@@ -190,7 +190,7 @@ def _missing(values: pd.Series) -> np.ndarray:
     if isinstance(values.dtype, np.dtype) and values.dtype.kind in "fiu":
         data = values.to_numpy()
         return np.isnan(data) if data.dtype.kind == "f" else np.zeros(len(data), dtype=bool)
-    return values.isna().to_numpy()
+    return np.asarray(values.array.isna())  # what Series.isna() reads, without the Series around it (~15 us)
 
 
 def _check_finite(frame: pd.DataFrame | Columns, columns: list[str]) -> None:
@@ -364,7 +364,7 @@ def group_labels(frame: pd.DataFrame | Columns, term: RandomTerm) -> pd.Series:
             values = values.astype(np.int64)
         if len(term.group_columns) == 1 and pd.api.types.is_integer_dtype(values):
             return values
-        parts.append(values.astype(str))
+        parts.append(values if str(values.dtype) == "str" else values.astype(str))  # str: as astype gives it
     return parts[0] if len(parts) == 1 else pd.Series(
         [":".join(row) for row in zip(*reversed([p.to_numpy() for p in parts]))], index=frame.index)
 

@@ -53,7 +53,7 @@ class _StallWatch:
         rounding = ROUNDING * max(abs(self.value), 1.0)
         lost = value > self.value - rounding and abs(float(self.gradient @ (x - self.x))) < rounding
         self.count = self.count + 1 if lost else 0
-        if value < self.value and np.all(np.isfinite(gradient)):
+        if value < self.value and np.isfinite(gradient).all():
             self.x, self.value, self.gradient = x.copy(), value, gradient.copy()
         if self.count >= STALL_EVALUATIONS:
             raise _Stalled
@@ -80,7 +80,7 @@ def minimize_criterion(objective, start: np.ndarray, maxiter: int, gtol: float =
     evaluations = [1]
 
     def value_and_gradient(x):  # the optimiser's first call repeats the start
-        if np.array_equal(x, start):
+        if (x == start).all():  # numpy.array_equal for arrays of one shape, without its wrapper
             return f0, g0.copy()
         value, gradient = objective.value_and_gradient(x)
         evaluations[0] += 1
@@ -119,7 +119,7 @@ def lbfgsb(value_and_gradient, x0: np.ndarray, f0: float, g0: np.ndarray, ftol: 
         _lbfgsb.setulb(maxcor, x, no_bounds, no_bounds, unbounded, f, g, factr, gtol, wa, iwa, task, lsave, isave,
                        dsave, maxls, ln_task)
         if task[0] == 3:  # the criterion at x
-            if not np.array_equal(x, evaluated):
+            if not (x == evaluated).all():
                 evaluated = x.copy()
                 f, gradient = value_and_gradient(x.copy())
                 f, g = float(f), np.array(gradient, dtype=np.float64)
