@@ -223,41 +223,137 @@ static double fixed_prior(const double *beta, const double *beta_mu, const doubl
     return lp;
 }
 
+/* The passes over the rows, written so that GCC keeps their sums in registers: each loop below runs with its
+ * width (w columns of X, q columns of Z) a constant where the callers' switch inlines it. Every sum still adds
+ * its terms in the order glmm_kernel.py's loops do (eta_i over k then over each factor's a; g_beta_k and g_u[j, a]
+ * over the rows in order), so the results are Numba's to the last bit. */
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+#define COLUMN_BLOCK 8
+#define LOG_BLOCK 32
+
+/* eta_i = start_i + sum over k in [k0, k0 + w) of X_ik beta_k, in that order */
+static ALWAYS_INLINE void add_columns(const double *restrict X, const double *restrict beta, Py_ssize_t n, int p,
+                                      int k0, int w, const double *start, double *eta) {
+    double b[COLUMN_BLOCK];
+    for (int m = 0; m < w; m++)
+        b[m] = beta[k0 + m];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double *restrict x_i = X + i * p + k0;
+        double e = start[i];
+        for (int m = 0; m < w; m++)
+            e += x_i[m] * b[m];
+        eta[i] = e;
+    }
+}
+
+/* g_beta_k += sum over the rows of X_ik r_i for k in [k0, k0 + w), the rows in order */
+static ALWAYS_INLINE void columns_times_r(const double *restrict X, const double *restrict r, Py_ssize_t n, int p,
+                                          int k0, int w, double *restrict g_beta) {
+    double s[COLUMN_BLOCK];
+    for (int m = 0; m < w; m++)
+        s[m] = g_beta[k0 + m];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double *restrict x_i = X + i * p + k0;
+        double r_i = r[i];
+        for (int m = 0; m < w; m++)
+            s[m] += x_i[m] * r_i;
+    }
+    for (int m = 0; m < w; m++)
+        g_beta[k0 + m] = s[m];
+}
+
+/* eta_i += z_i'u_j[i] for one factor with q columns */
+static ALWAYS_INLINE void add_factor(const double *restrict codes, const double *restrict Z,
+                                     const double *restrict u, Py_ssize_t n, int q, double *restrict eta) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const double *u_j = u + (Py_ssize_t)codes[i] * q;
+        double e = eta[i];
+        for (int a = 0; a < q; a++)
+            e += Z[i * q + a] * u_j[a];
+        eta[i] = e;
+    }
+}
+
+/* g_u[j] += r_i z_i over group j's rows, in order; a run of rows of one group sums in registers (q <= 4) */
+static ALWAYS_INLINE void factor_times_r(const double *restrict codes, const double *restrict Z,
+                                         const double *restrict r, Py_ssize_t n, int q, double *restrict g_u) {
+    double s[4] = {0.0, 0.0, 0.0, 0.0};
+    Py_ssize_t j = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t code = (Py_ssize_t)codes[i];
+        if (code != j) {
+            for (int a = 0; a < q && j >= 0; a++)
+                g_u[j * q + a] = s[a];
+            j = code;
+            for (int a = 0; a < q; a++)
+                s[a] = g_u[j * q + a];
+        }
+        for (int a = 0; a < q; a++)
+            s[a] += r[i] * Z[i * q + a];
+    }
+    for (int a = 0; a < q && j >= 0; a++)
+        g_u[j * q + a] = s[a];
+}
+
 /* eta_i = offset_i + x_i'beta + sum over factors of z_i'u_j[i] (glmm_kernel._linear_predictor) */
 static void linear_predictor(const double *buf, const double *table, Py_ssize_t n, int p, int n_factors,
                              const double *X, const double *beta, const double *u_all, const Py_ssize_t *u_at,
                              double *eta) {
-    const double *offset = buf + AT(buf, H_AT_OFFSET);
-    for (Py_ssize_t i = 0; i < n; i++)
-        eta[i] = offset[i];
-    for (Py_ssize_t i = 0; i < n; i++)
-        for (int k = 0; k < p; k++)
-            eta[i] += X[i * p + k] * beta[k];
+    const double *start = buf + AT(buf, H_AT_OFFSET);
+    for (int k0 = 0; k0 < p || k0 == 0; k0 += COLUMN_BLOCK, start = eta) {
+        switch (p - k0 < COLUMN_BLOCK ? p - k0 : COLUMN_BLOCK) {
+            case 0: for (Py_ssize_t i = 0; i < n; i++) eta[i] = start[i]; break;
+            case 1: add_columns(X, beta, n, p, k0, 1, start, eta); break;
+            case 2: add_columns(X, beta, n, p, k0, 2, start, eta); break;
+            case 3: add_columns(X, beta, n, p, k0, 3, start, eta); break;
+            case 4: add_columns(X, beta, n, p, k0, 4, start, eta); break;
+            case 5: add_columns(X, beta, n, p, k0, 5, start, eta); break;
+            case 6: add_columns(X, beta, n, p, k0, 6, start, eta); break;
+            case 7: add_columns(X, beta, n, p, k0, 7, start, eta); break;
+            default: add_columns(X, beta, n, p, k0, 8, start, eta);
+        }
+    }
     for (int f = 0; f < n_factors; f++) {
         const double *row = table + f * N_FACTOR;
-        int q = (int)row[F_Q];
         const double *codes = buf + AT(row, F_AT_CODES), *Z = buf + AT(row, F_AT_Z), *u = u_all + u_at[f];
-        for (Py_ssize_t i = 0; i < n; i++) {
-            Py_ssize_t j = (Py_ssize_t)codes[i];
-            for (int a = 0; a < q; a++)
-                eta[i] += Z[i * q + a] * u[j * q + a];
+        switch ((int)row[F_Q]) {
+            case 1: add_factor(codes, Z, u, n, 1, eta); break;
+            case 2: add_factor(codes, Z, u, n, 2, eta); break;
+            default: add_factor(codes, Z, u, n, (int)row[F_Q], eta);
         }
     }
 }
 
 /* sum of the rows' log-likelihood terms (returned) and of dl_i/dk (*d_shape_out), r_i = dl_i/deta_i
- * (glmm_kernel._row_terms, _binomial_term and _negative_binomial_term) */
-static double row_terms(int family, const double *y, const double *size, const double *eta, Py_ssize_t n,
-                        double shape, double log_shape, double *r, double *d_shape_out) {
+ * (glmm_kernel._row_terms, _binomial_rows and _negative_binomial_term). Binomial: one exp per row, t = e^-|eta|,
+ * log(1 + e^eta) = max(eta, 0) + log(1 + t), the logs taken of running products of the (1 + t_i)^n_i
+ * (glmm_kernel._binomial_rows says why, and how far this rounds) */
+static double row_terms(int family, const double *restrict y, const double *restrict size,
+                        const double *restrict eta, Py_ssize_t n, double shape, double log_shape, double *restrict r,
+                        double *d_shape_out) {
     double lp = 0.0, d_shape = 0.0;
     if (family == BINOMIAL) {
+        double product = 1.0;  /* of the (1 + t_i)^n_i not yet logged: at most 2^(2 LOG_BLOCK) */
+        int factors = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
-            double e = eta[i], t = exp(-fabs(e));
-            double mu = (e >= 0.0 ? 1.0 : t) / (1.0 + t);
-            double value = y[i] * e - size[i] * (numba_max(e, 0.0) + log1p(t));
-            r[i] = y[i] - size[i] * mu;
-            lp += value;
+            double e = eta[i], n_i = size[i], t = exp(-fabs(e)), one_plus_t = 1.0 + t;
+            double mu = (e >= 0.0 ? 1.0 : t) / one_plus_t;
+            r[i] = y[i] - n_i * mu;
+            lp += y[i] * e - n_i * numba_max(e, 0.0);
+            if (n_i >= 1.0 && n_i <= LOG_BLOCK && (double)(int)n_i == n_i) {
+                for (int m = 0; m < (int)n_i; m++)
+                    product *= one_plus_t;
+                factors += (int)n_i;
+                if (factors >= LOG_BLOCK) {
+                    lp -= log(product);
+                    product = 1.0;
+                    factors = 0;
+                }
+            } else {
+                lp -= n_i * log(one_plus_t);
+            }
         }
+        lp -= log(product);
     } else if (family == POISSON) {
         for (Py_ssize_t i = 0; i < n; i++) {
             double mu = exp(eta[i]);
@@ -283,18 +379,32 @@ static double row_terms(int family, const double *y, const double *size, const d
 static void pass_to_coefficients(const double *buf, const double *table, Py_ssize_t n, int p, int n_factors,
                                  const double *X, const double *r, double *g_beta, double *g_u_all,
                                  const Py_ssize_t *u_at) {
-    for (Py_ssize_t i = 0; i < n; i++)
-        for (int k = 0; k < p; k++)
-            g_beta[k] += X[i * p + k] * r[i];
+    for (int k0 = 0; k0 < p; k0 += COLUMN_BLOCK) {
+        switch (p - k0 < COLUMN_BLOCK ? p - k0 : COLUMN_BLOCK) {
+            case 1: columns_times_r(X, r, n, p, k0, 1, g_beta); break;
+            case 2: columns_times_r(X, r, n, p, k0, 2, g_beta); break;
+            case 3: columns_times_r(X, r, n, p, k0, 3, g_beta); break;
+            case 4: columns_times_r(X, r, n, p, k0, 4, g_beta); break;
+            case 5: columns_times_r(X, r, n, p, k0, 5, g_beta); break;
+            case 6: columns_times_r(X, r, n, p, k0, 6, g_beta); break;
+            case 7: columns_times_r(X, r, n, p, k0, 7, g_beta); break;
+            default: columns_times_r(X, r, n, p, k0, 8, g_beta);
+        }
+    }
     for (int f = 0; f < n_factors; f++) {
         const double *row = table + f * N_FACTOR;
         int q = (int)row[F_Q];
         const double *codes = buf + AT(row, F_AT_CODES), *Z = buf + AT(row, F_AT_Z);
         double *g_u = g_u_all + u_at[f];
-        for (Py_ssize_t i = 0; i < n; i++) {
-            Py_ssize_t j = (Py_ssize_t)codes[i];
-            for (int a = 0; a < q; a++)
-                g_u[j * q + a] += r[i] * Z[i * q + a];
+        switch (q) {
+            case 1: factor_times_r(codes, Z, r, n, 1, g_u); break;
+            case 2: factor_times_r(codes, Z, r, n, 2, g_u); break;
+            case 3: factor_times_r(codes, Z, r, n, 3, g_u); break;
+            case 4: factor_times_r(codes, Z, r, n, 4, g_u); break;
+            default:
+                for (Py_ssize_t i = 0; i < n; i++)
+                    for (int a = 0; a < q; a++)
+                        g_u[(Py_ssize_t)codes[i] * q + a] += r[i] * Z[i * q + a];
         }
     }
 }

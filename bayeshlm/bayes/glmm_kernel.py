@@ -327,13 +327,40 @@ def _effects(x, buf, row, L, beta):
     return u
 
 
+_LOG_BLOCK = 32  # factors (1 + t_i) multiplied before one log is taken; _glmm_kernel.c's LOG_BLOCK
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _binomial_term(y, size, e):
-    """(l_i, dl_i/deta_i) of a binomial row at eta_i = e (log C(n, y) is in the constant): one exp and one log1p,
-    t = e^-|eta|, log(1 + e^eta) = max(eta, 0) + log1p(t), mu = 1 / (1 + e^-eta)."""
-    t = math.exp(-abs(e))
-    mu = (1.0 if e >= 0.0 else t) / (1.0 + t)
-    return y * e - size * (max(e, 0.0) + math.log1p(t)), y - size * mu
+def _binomial_rows(y, size, eta, r):
+    """Sum of the binomial rows' terms l_i = y_i eta_i - n_i log(1 + e^eta_i) (log C(n, y) is in the constant),
+    with r_i = dl_i/deta_i = y_i - n_i mu_i written into ``r``. One exp per row: t = e^-|eta|,
+    log(1 + e^eta) = max(eta, 0) + log(1 + t), mu = 1 / (1 + e^-eta) = (1 or t) / (1 + t). The logs are taken
+    of products: rows with a whole number of trials n_i <= _LOG_BLOCK multiply (1 + t_i)^n_i into a running product
+    (each factor in (1, 2]), logged once it has _LOG_BLOCK factors or more (below 2^64), so
+    sum_i n_i log(1 + t_i) costs about one log per _LOG_BLOCK trials instead of one log1p per row (Contraception,
+    1,547 rows: 47 -> 21 us per gradient with the passes of _glmm_kernel.c, benchmarks/results/
+    bayes_contraception_speed.md). Rounding: 1 + t and each product are rounded once, a relative 1.1e-16 each,
+    so the log of a product of m factors is off by at most about m 1.1e-16 -- the same 1.1e-16 per trial as
+    n_i log1p(t_i) summed row by row, which the sum of the rows' terms rounds at anyway. Other rows:
+    n_i log(1 + t_i). NaN in eta gives NaN; +-inf gives what the direct formula gives."""
+    lp, product, factors = 0.0, 1.0, 0
+    for i in range(len(eta)):
+        e, n_i = eta[i], size[i]
+        t = math.exp(-abs(e))
+        one_plus_t = 1.0 + t
+        mu = (1.0 if e >= 0.0 else t) / one_plus_t
+        r[i] = y[i] - n_i * mu
+        lp += y[i] * e - n_i * max(e, 0.0)
+        if n_i >= 1.0 and n_i <= _LOG_BLOCK and float(int(n_i)) == n_i:
+            for _ in range(int(n_i)):
+                product *= one_plus_t
+            factors += int(n_i)
+            if factors >= _LOG_BLOCK:
+                lp -= math.log(product)
+                product, factors = 1.0, 0
+        else:
+            lp -= n_i * math.log(one_plus_t)
+    return lp - math.log(product)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -395,9 +422,7 @@ def _row_terms(family, y, size, eta, shape, log_shape, r):
     lp, d_shape = 0.0, 0.0
     n = len(eta)
     if family == 0:
-        for i in range(n):
-            value, r[i] = _binomial_term(y[i], size[i], eta[i])
-            lp += value
+        lp = _binomial_rows(y, size, eta, r)
     elif family == 1:
         for i in range(n):
             mu = math.exp(eta[i])
