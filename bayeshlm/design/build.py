@@ -233,7 +233,7 @@ def _check_within_group_variation(y: np.ndarray, spec: ModelSpec, group_codes) -
         return
     for group, (codes, _) in group_codes.items():
         sizes = np.bincount(codes)
-        if sizes.max() > 1 and _constant_within(pd.Series(y), codes):
+        if sizes.max() > 1 and _constant_within(y, codes):
             raise DataError(
                 f"The outcome {spec.outcome!r} is constant within every group of {group!r} (zero within-group "
                 f"variance across {len(sizes)} groups): the level-1 variance is 0 and the model cannot be fitted. "
@@ -819,9 +819,12 @@ def _term_levels(spec: ModelSpec, frame: pd.DataFrame | Columns, factors, nestin
     return levels
 
 
-def _constant_within(values: pd.Series, codes: np.ndarray) -> bool:
+def _constant_within(values: pd.Series | np.ndarray, codes: np.ndarray) -> bool:
     """True when ``values`` take one value in each group (compared with each group's first value)."""
-    numbers = pd.factorize(values)[0] if not pd.api.types.is_numeric_dtype(values) else values.to_numpy()
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+        numbers = values
+    else:
+        numbers = pd.factorize(values)[0] if not pd.api.types.is_numeric_dtype(values) else values.to_numpy()
     first = np.empty(codes.max() + 1, dtype=numbers.dtype)
     first[codes[::-1]] = numbers[::-1]  # the last write per group is its first row
     return bool(np.array_equal(numbers, first[codes]))
