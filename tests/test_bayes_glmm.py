@@ -213,9 +213,9 @@ def test_the_shift_takes_the_ridge_of_group_level_coefficients_out_of_the_sample
     """VerbAgg's shape, persons non-centred: they shift (Intercept), anger and gender, with P G = I; items
     non-centred (shifting (Intercept) and the type and situation effects) or centred on their level-2 model.
     Moving the persons' fixed effects by d and their z by -G d / tau (every eta unchanged) leaves the sampled
-    x[:p] and the items' coordinates where they are: the reported beta moves by d, centred items' b by d's
-    intercept (b' is sampled around beta', so the intercept is not counted twice), and the log density changes
-    by the priors of z and beta alone."""
+    x[:p] and the items' coordinates where they are: the reported beta moves by d, centred items' b by C_j d
+    (b' is sampled around beta', so the intercept is not counted twice), and the log density changes by the
+    priors of z and beta alone."""
     make, priors, choice = CASES[case]
     model = make()
     design, outcome = model.design, model.outcome
@@ -243,7 +243,9 @@ def test_the_shift_takes_the_ridge_of_group_level_coefficients_out_of_the_sample
     expected[columns] += d
     np.testing.assert_allclose(after["beta"], expected, rtol=1e-12, atol=1e-12)
     if choice["item"] == "centred":
-        np.testing.assert_allclose(after["coef_item"], before["coef_item"] + d[0], rtol=1e-12, atol=1e-12)
+        C = centre_weights(design, choice)["item"]  # (J, 1, p): c_j = C_j beta
+        np.testing.assert_allclose(after["coef_item"], before["coef_item"] + C @ (after["beta"] - before["beta"]),
+                                   rtol=1e-12, atol=1e-12)
     mu, sd = (np.array([prior_set.fixed[name].params[key] for name in design.fixed_names]) for key in ("mu", "sigma"))
     prior_change = (-0.5 * (np.sum(moved[p:p + persons.n_groups] ** 2) - np.sum(z**2))
                     - 0.5 * np.sum(((after["beta"] - mu) / sd) ** 2 - ((before["beta"] - mu) / sd) ** 2))
@@ -480,9 +482,10 @@ def test_parameterization_rule_and_requests():
         choose_parameterization(design, reliable, {"school": "centered-ish"})
 
 
-def test_centring_needs_an_untaken_intercept_and_no_group_level_predictors():
+def test_centring_needs_an_untaken_intercept_and_puts_group_level_predictors_in_the_centre():
     """Two reliable crossed factors: only the more reliable is centred (the other would be centred on zero, a
-    ridge with the intercept); a factor with a group-level predictor stays non-centred."""
+    ridge with the intercept). A reliable factor with a group-level predictor is centred on its level-2 model at
+    the means of the other columns: c_j = gamma_0 + w_j gamma_w + xbar'beta_period; without one, on gamma_0."""
     crossed = bh.HLM("y ~ x + (1 | subject) + (1 | item)", pd.read_csv(REFERENCE / "bernoulli_crossed.csv"),
                      family="bernoulli").design
     choice = choose_parameterization(crossed, {"subject": 0.8, "item": 0.9}, None)
@@ -491,7 +494,16 @@ def test_centring_needs_an_untaken_intercept_and_no_group_level_predictors():
     data["big_herd"] = (data["herd"].astype(int) > 7).astype(float)  # constant within each herd
     design = bh.HLM("cbind(incidence, size - incidence) ~ period + big_herd + (1 | herd)", data,
                     family="binomial").design
-    assert choose_parameterization(design, {"herd": 0.95}, None) == {"herd": "non-centred"}
+    assert choose_parameterization(design, {"herd": 0.95}, None) == {"herd": "centred"}
+    assert choose_parameterization(design, {"herd": 0.6}, None) == {"herd": "non-centred"}
+    weights = centre_weights(design, {"herd": "centred"})["herd"]
+    herd = design.factor("herd")
+    first = np.unique(herd.codes, return_index=True)[1]
+    assert weights.shape == (15, 1, 5) and np.all(weights[:, 0, 0] == 1.0)
+    np.testing.assert_array_equal(weights[:, 0, 4], design.X[first, 4])  # big_herd of each herd
+    assert set(np.unique(weights[:, 0, 4])) == {0.0, 1.0}
+    np.testing.assert_allclose(weights[:, 0, 1:4], np.broadcast_to(design.X[:, 1:4].mean(axis=0), (15, 3)),
+                               rtol=1e-15)  # the period dummies at their means
     assert choose_parameterization(cbpp_model().design, {"herd": 0.95}, None) == {"herd": "centred"}
     weights = centre_weights(cbpp_model().design, {"herd": "centred"})["herd"]  # (J, q, p): c_j = C_j beta
     assert weights.shape == (15, 1, 4) and np.all(weights[:, 0] == [1.0, 0.0, 0.0, 0.0])

@@ -7,8 +7,8 @@ the data dominate their prior, judged from the Laplace fit (made by the caller, 
 reliability 1 - Var(b_qj | y) / tau_qq of the group coefficients, with the conditional variances of the Laplace
 fit, is at least 0.7 for every random coefficient q of the factor; then centred on the fixed effects
 (b_j = gamma + u_j ~ N(gamma, T) sampled), which mixes better for well-measured groups (Papaspiliopoulos,
-Roberts & Skold 2007). A factor nested in another stays non-centred. The choice and the reliabilities are
-recorded in ``fit.sampler``.
+Roberts & Skold 2007), a factor with group-level predictors on its level-2 model. A factor nested in another
+stays non-centred. The choice and the reliabilities are recorded in ``fit.sampler``.
 
 For the logit-binomial/Bernoulli, log-Poisson and log-negative-binomial models with the usual prior families,
 nutpie samples a compiled log density (:mod:`.glmm_kernel`: a C extension built at install, Numba as the
@@ -201,12 +201,15 @@ def choose_parameterization(design: Design, reliability: dict[str, float],
     Centred where the reliability (of its least reliable coefficient) is at least 0.7, the factor is not nested in
     another, and its intercept can be centred on a fixed effect not already taken by a more reliable factor: a
     factor centred on zero instead leaves a ridge (gamma_0 + c, b_j - c) that NUTS crosses slowly (VerbAgg's 316 x
-    24 crossed design with both factors centred, one of them on zero: R-hat 1.15, min bulk ESS 23 of 4,000 draws),
-    and it has no group-level predictors (centred on the intercept alone, b_j would carry their effects too:
-    VerbAgg's items, whose type and situation are fixed effects, gave R-hat 1.065 centred, 1.012 non-centred;
-    centred on gamma_0 + w_j'gamma_w instead, the person-level Anger then traded off against all item effects at
-    once: R-hat 1.075, min bulk ESS 53). The result lists the factors in the order :func:`centring` gives out the
-    fixed effects: requested centred ones, then by decreasing reliability."""
+    24 crossed design with both factors centred, one of them on zero: R-hat 1.15, min bulk ESS 23 of 4,000 draws).
+    A factor with group-level predictors is centred on its level-2 model (:func:`centre_weights`), around the
+    fixed effects before the shift of the non-centred factors (glmm_kernel's docstring). VerbAgg (items 0.91,
+    persons 0.87: items centred, persons non-centred and shifted), default fits 4 x 1,000, seeds 1-3: max R-hat
+    1.0063-1.0079, min bulk ESS 661-685 and the item-level effects and tau_item 2,960-5,200, against 1.0081-1.0151
+    and 497-535 with both non-centred and shifted (benchmarks/results/bayes_verbagg_geometry.md; earlier attempts
+    centred the items on beta after the shift, which counts the persons' mean twice: R-hat 1.025, min ESS 87-95).
+    The result lists the factors in the order :func:`centring` gives out the fixed effects: requested centred
+    ones, then by decreasing reliability."""
     if requested is not None and not isinstance(requested, Mapping):
         raise OptionError(f"parameterization={requested!r}: give a dict {{factor: 'centred' or 'non-centred'}}.")
     requested = dict(requested or {})
@@ -223,8 +226,7 @@ def choose_parameterization(design: Design, reliability: dict[str, float],
         if name in requested:
             choice[name] = requested[name]
             continue
-        candidate = (reliability[name] >= CENTRED_RELIABILITY and not design.nesting.get(name)
-                     and not group_level_predictors(design, design.factor(name)))
+        candidate = reliability[name] >= CENTRED_RELIABILITY and not design.nesting.get(name)
         anchored = candidate and centring(design, choice | {name: "centred"})[name][0] >= 0
         choice[name] = "centred" if anchored else "non-centred"
     return choice
@@ -265,10 +267,15 @@ def centring(design: Design, choice: dict[str, str]) -> dict[str, list[int]]:
 
 def centre_weights(design: Design, choice: dict[str, str]) -> dict[str, np.ndarray]:
     """Per centred factor, C (J, q, p) with the centre of group j's coefficients c_j = C_j beta (the kernel's and
-    the graph's form): 1 at each coefficient's own fixed effect (:func:`centring`), and for an intercept centred on
-    the fixed intercept also group j's values w_j of the factor's group-level predictors at their fixed effects
-    (the level-2 model gamma_0 + w_j'gamma_w of R&B eq. 2.2; each predictor for the first such factor in
-    ``choice``'s order), 0 elsewhere."""
+    the graph's form): 1 at each coefficient's own fixed effect (:func:`centring`), 0 elsewhere; except for an
+    intercept centred on the fixed intercept whose factor has group-level predictors (:func:`group_level_predictors`,
+    each for the first such factor in ``choice``'s order): it is centred on its level-2 model evaluated at the
+    means of the other columns, c_j = gamma_0 + w_j'gamma_w + xbar_o'beta_o (R&B eq. 2.2; o: the non-constant
+    columns other than w and the factor's own random columns). Any C gives the same model (u_j = b_j - C_j beta
+    ~ N(0, T), eta from beta and u); this one makes b_j the group's level at the other columns' means, which the
+    data measure directly, and keeps the slopes of those columns from moving every b_j: centred on gamma_0 + w_j'
+    gamma_w alone, VerbAgg's items (with persons non-centred and shifted) had min bulk ESS 523-581 on Anger, whose
+    mean 20 then moved all 24 b_j; with xbar_o 661-685 (benchmarks/results/bayes_verbagg_geometry.md)."""
     on = centring(design, choice)
     out, taken = {}, set()
     for name, how in choice.items():
@@ -282,11 +289,13 @@ def centre_weights(design: Design, choice: dict[str, str]) -> dict[str, np.ndarr
             if k < 0:
                 continue
             weights[:, a, k] = 1.0
-            if np.all(f.Z[:, a] == 1.0):
-                for w in map(design.fixed_names.index, group_level_predictors(design, f)):
-                    if w not in taken:
-                        weights[:, a, w] = design.X[first, w]
-                        taken.add(w)
+            level2 = [w for w in map(design.fixed_names.index, group_level_predictors(design, f)) if w not in taken]
+            if level2 and np.all(f.Z[:, a] == 1.0):
+                weights[:, a, level2] = design.X[np.ix_(first, level2)]
+                taken.update(level2)
+                others = [m for m in range(design.n_fixed) if m not in level2 and np.ptp(design.X[:, m]) > 0
+                          and design.fixed_names[m] not in f.coef_names]
+                weights[:, a, others] = design.X[:, others].mean(axis=0)
         out[name] = weights
     return out
 
