@@ -174,6 +174,17 @@ def test_compiled_crossed_kernel_only_for_one_coefficient_factors():
         crossed.CrossedSolver(design, objective.solver_factors, compiled=True)
 
 
+@crossed_compiled
+def test_compiled_crossed_kernel_refuses_what_numpy_refuses():
+    """A Schur complement that is not positive definite (here from a NaN lambda) raises LinAlgError on both paths."""
+    design = standard_design(*CROSSED[0])
+    objective = likelihood_fit.ProfiledDeviance(design, "reml")
+    lambdas = [np.array([[np.nan]]), np.array([[1.0]])]
+    for compiled in (True, False):
+        with pytest.raises(np.linalg.LinAlgError):
+            crossed.CrossedSolver(design, objective.solver_factors, compiled=compiled).factorize(lambdas)
+
+
 @pytest.mark.parametrize("data, formula, options", CROSSED, ids=CROSSED_IDS)
 def test_crossed_gradient_from_sums_equals_finite_differences(data, formula, options):
     """G from the per-group sums (Z'W e = C x - D b, no pass over the rows) gives the criterion's slope:
