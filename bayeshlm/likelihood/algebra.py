@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -15,6 +16,14 @@ try:
     from . import _pls_blocks
 except ImportError:  # built by ``pip install`` / ``setup.py build_ext``; without a compiler NumPy does the work
     _pls_blocks = None
+
+
+@functools.lru_cache(maxsize=64)
+def identity(p: int) -> np.ndarray:
+    """The p x p identity, made once per size and read-only (a right-hand side LAPACK copies)."""
+    out = np.eye(p)
+    out.flags.writeable = False
+    return out
 
 
 def cholesky_solve(D: np.ndarray, O: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +76,7 @@ class Factorization(ABC):
 
     def fixed_cov_relative(self) -> np.ndarray:
         """(R_X R_X')^{-1}: the fixed-effect covariance divided by sigma^2."""
-        inverse, info = scipy.linalg.lapack.dpotrs(self.RX, np.eye(len(self.RX)), lower=1)  # cho_solve's routine
+        inverse, info = scipy.linalg.lapack.dpotrs(self.RX, identity(len(self.RX)), lower=1)  # cho_solve's routine
         if info:
             raise np.linalg.LinAlgError(f"dpotrs failed (info {info})")
         return inverse

@@ -126,26 +126,45 @@ class NestedSolver:
         top = np.empty_like(self.kernel_top)
         logdet_z = _pls_blocks.nested_factorize(self.kernel_dims, self.kernel_stats, self.kernel_parents,
                                                    self.kernel_top, lam, L_flat, R_flat, top)
-        L = [L_flat[a:b].reshape(J, q, q) for a, b, J, q in zip(self.kernel_L, self.kernel_L[1:], self.J, self.q)]
-        R = [R_flat[a:b].reshape(J, q, -1) for a, b, J, q in zip(self.kernel_R, self.kernel_R[1:], self.J, self.q)]
-        fac = NestedFactorization(self, lambdas, L, R, logdet_z, top, None)
+        fac = NestedFactorization(self, lambdas, None, None, logdet_z, top, None)
         fac.kernel_arrays = (lam, L_flat, R_flat)
         return fac
+
+    def kernel_blocks(self, L_flat: np.ndarray, R_flat: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The kernel's flat L and R as one (J, q, q) and one (J, q, t) array per level (views)."""
+        L = [L_flat[a:b].reshape(J, q, q) for a, b, J, q in zip(self.kernel_L, self.kernel_L[1:], self.J, self.q)]
+        R = [R_flat[a:b].reshape(J, q, -1) for a, b, J, q in zip(self.kernel_R, self.kernel_R[1:], self.J, self.q)]
+        return L, R
 
 
 class NestedFactorization(Factorization):
     """The Cholesky factor of one evaluation of :class:`NestedSolver`, with back-substitution."""
 
-    def __init__(self, solver: NestedSolver, lambdas: list[np.ndarray], L: list[np.ndarray], R: list[np.ndarray],
-                 logdet_z: float, top: np.ndarray, right: list[np.ndarray]):
+    def __init__(self, solver: NestedSolver, lambdas: list[np.ndarray], L: list[np.ndarray] | None,
+                 R: list[np.ndarray] | None, logdet_z: float, top: np.ndarray, right: list[np.ndarray]):
+        """``L``, ``R``: per level, the blocks L_g and R_g; None when the compiled kernel made them (read from
+        ``kernel_arrays`` on first use: an evaluation's criterion and gradient need only the flat arrays)."""
         self.solver = solver
         self.lambdas = lambdas
         self._right = right  # per level, NestedSolver._right_factor at these lambdas (None: made when needed)
         self.kernel_arrays = None  # (Lambdas, L, R) flat, when the compiled kernel made this factor
-        self.L = L
-        self.R = R
+        self._L, self._R = L, R
         self.logdet_z = logdet_z
         self._set_fixed_part(top, solver.p)
+
+    @property
+    def L(self) -> list[np.ndarray]:
+        """Per chain level, the Cholesky blocks L_g (J, q, q)."""
+        if self._L is None:
+            self._L, self._R = self.solver.kernel_blocks(*self.kernel_arrays[1:])
+        return self._L
+
+    @property
+    def R(self) -> list[np.ndarray]:
+        """Per chain level, the off-diagonal rows R_g = L_g^{-1} O_g (J, q, t)."""
+        if self._R is None:
+            self._L, self._R = self.solver.kernel_blocks(*self.kernel_arrays[1:])
+        return self._R
 
     @property
     def right(self) -> list[np.ndarray]:
