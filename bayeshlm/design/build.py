@@ -14,7 +14,6 @@ import formulaic
 import numpy as np
 import pandas as pd
 from formulaic.errors import FormulaicError
-from numpy.linalg import _umath_linalg  # the gufunc numpy.linalg.qr calls (see r_factor)
 
 from ..errors import DataError, FormulaError, OptionError, closest_names, describe_rows
 from ..level1 import level1_errors
@@ -22,7 +21,7 @@ from ..spec import ModelSpec
 from ..spec.expressions import FORMULAIC_CONTEXT, check_spec
 from ..spec.model_spec import INTERCEPT, RandomTerm, Term, term_name
 from .design import ColumnCoding, Design, DroppedRows, GroupingFactor, ResidualDesign, nesting_chain
-from .identify import check_identifiable
+from .identify import check_identifiable, r_factor
 
 MISSING_OPTIONS = ("drop", "raise")
 
@@ -661,21 +660,6 @@ def check_constant_columns(ptp: np.ndarray, names: tuple[str, ...]) -> None:
     if constant and "(Intercept)" in names:
         raise DataError(f"Fixed-effect column(s) {constant} are constant among the analysed rows, so they "
                         "duplicate the intercept. Remove them from the formula.")
-
-
-def r_factor(X: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
-    """The p x p triangular factor R of X = QR, by QR of row blocks stacked under the running R (TSQR).
-
-    R has the singular values of X, so the rank check below matches an SVD of X, at O(N p^2) cost and one
-    block of extra memory instead of a copy of X. Each block's R is ``numpy.linalg.qr(block, mode="r")``, from
-    the gufunc that function calls (LAPACK's geqrf on the block in place), without its wrapper's ~20 us."""
-    R = np.zeros((0, X.shape[1]))
-    for start in range(0, X.shape[0], chunk):
-        block = np.vstack([R, X[start:start + chunk]]).astype(np.float64, copy=False)
-        with np.errstate(all="ignore"):  # as numpy.linalg.qr, which refuses only invalid arguments
-            _umath_linalg.qr_r_raw(block, signature="d->d")
-        R = np.triu(block[:min(block.shape)])
-    return R
 
 
 def check_rank(R: np.ndarray, n_rows: int, names: tuple[str, ...]) -> None:

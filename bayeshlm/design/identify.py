@@ -16,6 +16,7 @@ of the variance as if it were an estimate:
 from __future__ import annotations
 
 import numpy as np
+from numpy.linalg import _umath_linalg  # the gufunc numpy.linalg.qr calls (see r_factor)
 
 from ..errors import DataError, FormulaError
 from .design import Design, GroupingFactor, group_sums
@@ -37,6 +38,21 @@ def check_identifiable(design: Design, R_fixed: np.ndarray) -> None:
     if design.known_variance is None:
         for f in design.chain[:1] or design.factors:  # nested: the innermost groups leave the fewest residuals
             _check_exact_fit(design, f)
+
+
+def r_factor(X: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+    """The p x p triangular factor R of X = QR, by QR of row blocks stacked under the running R (TSQR).
+
+    R has the singular values of X, so the rank check (build.check_rank) matches an SVD of X, at O(N p^2) cost and one
+    block of extra memory instead of a copy of X. Each block's R is ``numpy.linalg.qr(block, mode="r")``, from
+    the gufunc that function calls (LAPACK's geqrf on the block in place), without its wrapper's ~20 us."""
+    R = np.zeros((0, X.shape[1]))
+    for start in range(0, X.shape[0], chunk):
+        block = np.vstack([R, X[start:start + chunk]]).astype(np.float64, copy=False)
+        with np.errstate(all="ignore"):  # as numpy.linalg.qr, which refuses only invalid arguments
+            _umath_linalg.qr_r_raw(block, signature="d->d")
+        R = np.triu(block[:min(block.shape)])
+    return R
 
 
 def _check_identical_groupings(factors: tuple[GroupingFactor, ...]) -> None:
@@ -75,8 +91,6 @@ def check_constant_random_columns(factor: str, coef_names: tuple[str, ...], ptp:
 
 def _check_random_columns(f: GroupingFactor) -> None:
     """Collinear random-effect columns over all rows; a slope on a variable constant within every group."""
-    from .build import r_factor
-
     columns = np.asfortranarray(f.Z)  # NumPy reduces a tall C-ordered array along axis 0 several times slower
     check_constant_random_columns(f.name, f.coef_names, columns.max(axis=0) - columns.min(axis=0))
     if f.n_coef > 1:
@@ -93,7 +107,7 @@ def _check_random_columns(f: GroupingFactor) -> None:
         return
     order = np.argsort(f.codes, kind="stable")
     sorted_codes = f.codes[order]
-    starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])  # each group's first row
+    starts = np.flatnonzero(np.concatenate([[True], sorted_codes[1:] != sorted_codes[:-1]]))  # each group's first row
     Z = f.Z[order]
     spread = np.maximum.reduceat(Z, starts, axis=0) - np.minimum.reduceat(Z, starts, axis=0)  # per group
     check_slopes_vary_within(f.name, f.coef_names, spread)
@@ -179,8 +193,6 @@ def _exact_within(X: np.ndarray, y: np.ndarray, Z: np.ndarray, codes: np.ndarray
     Both y and the columns of X are replaced by their residuals from a least-squares fit on Z within each group;
     the last diagonal entry of the R factor of [X y] so reduced is the length of what is left of y.
     """
-    from .build import r_factor
-
     sizes = np.bincount(codes)
     if not sizes.all():  # a subset of the groups: number them 0..J-1
         codes = np.unique(codes, return_inverse=True)[1]
