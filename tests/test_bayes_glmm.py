@@ -114,10 +114,29 @@ CASES = {
     "verbagg_shape_centred_items": (lambda: bh.HLM("y ~ anger + gender + btype + situ + (1 | id) + (1 | item)",
                                                    verbagg_shape(), family="bernoulli"), None,
                                     {"item": "centred", "id": "non-centred"}),
+    # as the last, the persons' z scaled along their group-level columns (LATENT_SCALES)
+    "verbagg_shape_latent_scaled": (lambda: bh.HLM("y ~ anger + gender + btype + situ + (1 | id) + (1 | item)",
+                                                   verbagg_shape(), family="bernoulli"), None,
+                                    {"item": "centred", "id": "non-centred"}),
     # negative binomial, shifted onto (Intercept) and a predictor w of g's groups
     "negative_binomial_shifted": (lambda: bh.HLM("y ~ x + w + (1 | g)", toy_with_group_predictor(),
                                                  family="negative_binomial"), None, {"g": "non-centred"}),
 }
+
+
+LATENT_SCALES = {"verbagg_shape_latent_scaled": {"id": 2.5}}
+
+
+def log_jacobian(design, choice, scales):
+    """log |d graph point / d x|: log|A| of the standardised fixed effects plus rank(G) log lambda per scaled
+    factor (z = z' + (lambda - 1) G P z')."""
+    out = np.linalg.slogdet(standardising_map(design.X))[1]
+    for name, entries in fixed_effect_shift(design, choice).items():
+        f = design.factor(name)
+        first = np.unique(f.codes, return_index=True)[1]
+        G = design.X[np.ix_(first, sorted({k for k, _, _ in entries}))]
+        out += np.linalg.matrix_rank(G) * np.log(scales.get(name, 1.0))
+    return out
 
 
 def shifted_beta(kernel, design, x):
@@ -139,15 +158,16 @@ def choice_of(kernel, design):
 
 def graph_point(kernel, design, names, x):
     """The PyMC graph's value variables at the kernel's coordinates x, flat in the order of ``names``: beta (A x[:p]
-    shifted by the non-centred effects, :func:`shifted_beta`), a centred factor's b as the kernel reports it
-    (b' + C (beta - beta'): glmm_kernel's docstring), the other coordinates as they are."""
+    shifted by the non-centred effects, :func:`shifted_beta`), a centred factor's b and a non-centred factor's z as
+    the kernel reports them (b' + C (beta - beta'), z' with the group-level directions scaled: glmm_kernel's
+    docstring), the other coordinates as they are."""
     out = reported(kernel, x)
     flat, at = [], 0
     for name, shape_ in names:
         size = int(np.prod(shape_))
         if name.startswith("beta"):  # "beta", or "beta[name]" when the priors differ
             flat.append(np.ravel(out["beta"])[at:at + size])
-        elif name.startswith("coef_"):
+        elif name.startswith(("coef_", "z_")):
             flat.append(np.ravel(out[name]))
         else:
             flat.append(x[at:at + size])
@@ -157,17 +177,18 @@ def graph_point(kernel, design, names, x):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_kernel_equals_pymc_graph(case):
-    """Log density (up to the constant log|A| of the standardised fixed-effect coordinates) and gradient of the
-    compiled kernel equal PyMC's at random points, every normalising constant included: the graph at the kernel's
-    beta (shifted by the non-centred effects, :func:`shifted_beta`), the graph's b of centred factors (the kernel
-    samples b' = b + C (beta' - beta)) and the other coordinates as they are (:func:`graph_point`), its gradient
+    """Log density (up to the constant log-Jacobian, :func:`log_jacobian`) and gradient of the compiled kernel
+    equal PyMC's at random points, every normalising constant included: the graph at the kernel's beta (shifted by
+    the non-centred effects, :func:`shifted_beta`), the graph's b of centred factors (the kernel samples b' = b +
+    C (beta' - beta)), the graph's z of scaled factors and the other coordinates as they are (:func:`graph_point`),
+    its gradient
     carried to the kernel's coordinates by the chain rule (d point / dx by central differences of the reported
     values, a smooth map; steps 1e-5)."""
     make, priors, choice = CASES[case]
     model = make()
     design, outcome = model.design, model.outcome
     prior_set, shape = resolve_glmm_priors(design, outcome, priors)
-    kernel = build_kernel(design, outcome, prior_set, shape, choice, None)
+    kernel = build_kernel(design, outcome, prior_set, shape, choice, None, LATENT_SCALES.get(case))
     if case == "bernoulli_merged":  # 300 rows, 20 distinct (group x binary x)
         assert kernel.n_rows == 20 < design.n_obs
     graph = bh.bayes.glmm.glmm_pymc_model(design, outcome, priors, choice=choice)
@@ -175,7 +196,7 @@ def test_kernel_equals_pymc_graph(case):
     names = kernel_coordinates(design, prior_set, shape, choice)
     A = standardising_map(design.X)
     p = design.n_fixed
-    log_det_A = np.linalg.slogdet(A)[1]
+    log_det = log_jacobian(design, choice, LATENT_SCALES.get(case, {}))
     evaluate = log_density_and_gradient(kernel)
     rng = np.random.default_rng(3)
     for _ in range(3):
@@ -201,10 +222,10 @@ def test_kernel_equals_pymc_graph(case):
         d_point = np.array([(graph_point(kernel, design, names, x + e) - graph_point(kernel, design, names, x - e))
                             / 2e-5 for e in steps])  # (n_dim, n_dim): row m is d point / d x_m
         np.testing.assert_allclose(d_point[:p, :p], A.T, rtol=1e-9, atol=1e-9)  # beta' = A x[:p]
-        # the map to the graph's coordinates has the constant Jacobian |A| (unit-diagonal triangular otherwise):
-        # the kernel samples the graph's posterior
-        assert np.linalg.slogdet(d_point)[1] == pytest.approx(log_det_A, abs=1e-6)
-        assert lp - log_det_A == pytest.approx(float(logp(point)), abs=1e-7)
+        # the map to the graph's coordinates has a constant Jacobian (|A|, lambda^rank(G) per scaled factor,
+        # unit-diagonal triangular otherwise): the kernel samples the graph's posterior
+        assert np.linalg.slogdet(d_point)[1] == pytest.approx(log_det, abs=1e-6)
+        assert lp - log_det == pytest.approx(float(logp(point)), abs=1e-7)
         np.testing.assert_allclose(grad, d_point @ expected, rtol=1e-8, atol=1e-8)  # chain rule to the coordinates
 
 
@@ -250,6 +271,38 @@ def test_the_shift_takes_the_ridge_of_group_level_coefficients_out_of_the_sample
     prior_change = (-0.5 * (np.sum(moved[p:p + persons.n_groups] ** 2) - np.sum(z**2))
                     - 0.5 * np.sum(((after["beta"] - mu) / sd) ** 2 - ((before["beta"] - mu) / sd) ** 2))
     assert evaluate(moved)[0] - evaluate(x)[0] == pytest.approx(prior_change, abs=1e-9)
+
+
+def test_the_latent_scale_stretches_z_along_the_group_level_columns_only():
+    """Persons shifted with lambda = 2.5 (VerbAgg's shape): the reported z is z' + 1.5 G P z' (P z = 2.5 P z',
+    the rest of z' as it is), and the log density is the unscaled kernel's at that z plus rank(G) log 2.5 (the
+    map's Jacobian), with the gradient carried back by the same symmetric map."""
+    make, priors, choice = CASES["verbagg_shape_latent_scaled"]
+    model = make()
+    design, outcome = model.design, model.outcome
+    prior_set, shape = resolve_glmm_priors(design, outcome, priors)
+    scaled = build_kernel(design, outcome, prior_set, shape, choice, None, {"id": 2.5})
+    plain = build_kernel(design, outcome, prior_set, shape, choice, None, {"id": 1.0})
+    entries = fixed_effect_shift(design, choice)["id"]
+    persons = design.factor("id")
+    first = np.unique(persons.codes, return_index=True)[1]
+    G = design.X[np.ix_(first, [k for k, _, _ in entries])]
+    P = np.array([weights for _, _, weights in entries])
+    x = scaled.start + 0.4 * np.random.default_rng(5).standard_normal(scaled.n_dim)
+    assert design.factor_names[0] == "id"
+    at = design.n_fixed  # the persons' z' first
+    z_prime = x[at:at + persons.n_groups]
+    z = reported(scaled, x)["z_id"][:, 0]
+    np.testing.assert_allclose(P @ z, 2.5 * P @ z_prime, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(z - G @ P @ z, z_prime - G @ P @ z_prime, rtol=1e-12, atol=1e-12)
+    moved = x.copy()
+    moved[at:at + persons.n_groups] = z
+    value, grad = log_density_and_gradient(scaled)(x)
+    expected, expected_grad = log_density_and_gradient(plain)(moved)
+    assert value == pytest.approx(expected + np.linalg.matrix_rank(G) * np.log(2.5), abs=1e-9)
+    block = expected_grad[at:at + persons.n_groups]
+    expected_grad[at:at + persons.n_groups] = block + 1.5 * G @ (P @ block)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-10, atol=1e-10)
 
 
 def test_gradient_matches_finite_differences_for_every_family_and_form():

@@ -9,6 +9,7 @@
  *   eta_i = x_i'beta + offset_i + sum_f z_fi'u_f[j(i)],  u_fj = L_f z_fj (non-centred) or b'_fj - C_fj beta'
  *   (centred, b'_fj ~ N(C_fj beta', L_f L_f')),  L_f = diag(tau_f) L_Omega,f,
  *   beta_k = beta'_k - sum over the non-centred factors' shift entries (k, a, P) of P'u_f[:, a],  beta' = A x[:p],
+ *   z_f = z'_f + (lambda_f - 1) G_f P_f z'_f on a shifted factor's shifted coefficient (glmm_kernel.py's docstring),
  *
  * rows: binomial logit, Poisson log or negative binomial (NB2) log; priors with their normalising constants;
  * LKJ(eta) on L_Omega through PyMC's CholeskyCorr transform. Matrices are row-major (q x q, or J x q).
@@ -32,13 +33,14 @@ static const char *HEADER[] = {"n_dim", "n_expanded", "length", "family", "n", "
                                "constant", "at_y", "at_size", "at_offset", "at_X", "at_beta_mu", "at_beta_sd",
                                "at_factors", "at_shape_prior", "at_A"};
 static const char *FACTOR[] = {"q", "J", "correlated", "centred", "eta", "at_codes", "at_Z", "at_centre",
-                               "x_effects", "x_tau", "x_corr", "at_prior", "at_corr", "n_shift", "at_shift"};
+                               "x_effects", "x_tau", "x_corr", "at_prior", "at_corr", "n_shift", "at_shift",
+                               "latent_scale", "at_shift_values"};
 #define N_HEADER 18
-#define N_FACTOR 15
+#define N_FACTOR 17
 enum { H_N_DIM, H_N_EXPANDED, H_LENGTH, H_FAMILY, H_N, H_P, H_N_FACTORS, H_SHAPE_AT, H_CONSTANT, H_AT_Y, H_AT_SIZE,
        H_AT_OFFSET, H_AT_X, H_AT_BETA_MU, H_AT_BETA_SD, H_AT_FACTORS, H_AT_SHAPE_PRIOR, H_AT_A };
 enum { F_Q, F_J, F_CORRELATED, F_CENTRED, F_ETA, F_AT_CODES, F_AT_Z, F_AT_CENTRE, F_X_EFFECTS, F_X_TAU, F_X_CORR,
-       F_AT_PRIOR, F_AT_CORR, F_N_SHIFT, F_AT_SHIFT };
+       F_AT_PRIOR, F_AT_CORR, F_N_SHIFT, F_AT_SHIFT, F_LATENT_SCALE, F_AT_SHIFT_VALUES };
 /* glmm_kernel.py's FAMILY_CODES (family, link, code) and SCALE_FAMILIES (name by code, PyMC's parameter names) */
 static const char *FAMILIES[][2] = {{"binomial", "logit"}, {"bernoulli", "logit"}, {"poisson", "log"},
                                     {"negative_binomial", "log"}};
@@ -702,22 +704,73 @@ static void expand(const double *x, const double *buf, double *out, double *work
         out[at] = exp(x[AT(buf, H_SHAPE_AT)]);
 }
 
+/* v_f[:, a] += (lambda_f - 1) G_f P_f v_f[:, a] in place on the shifted coefficient's block of v (coordinates or
+ * gradient), per factor with a shift and lambda_f != 1 (glmm_kernel._scale_latent); t: n_shift <= p scratch */
+static void scale_latent(const double *buf, double *v, double *t) {
+    const double *table = buf + AT(buf, H_AT_FACTORS);
+    for (int f = 0; f < (int)buf[H_N_FACTORS]; f++) {
+        const double *row = table + f * N_FACTOR;
+        double lam = row[F_LATENT_SCALE];
+        Py_ssize_t n_shift = AT(row, F_N_SHIFT);
+        if (n_shift == 0 || lam == 1.0)
+            continue;
+        int q = (int)row[F_Q];
+        Py_ssize_t J = AT(row, F_J), start = AT(row, F_X_EFFECTS);
+        const double *shift = buf + AT(row, F_AT_SHIFT), *values = buf + AT(row, F_AT_SHIFT_VALUES);
+        for (Py_ssize_t e = 0; e < n_shift; e++) {
+            int a = (int)shift[e * (J + 2) + 1];
+            t[e] = 0.0;
+            for (Py_ssize_t j = 0; j < J; j++)
+                t[e] += shift[e * (J + 2) + 2 + j] * v[start + j * q + a];
+        }
+        for (Py_ssize_t e = 0; e < n_shift; e++) {
+            int a = (int)shift[e * (J + 2) + 1];
+            for (Py_ssize_t j = 0; j < J; j++)
+                v[start + j * q + a] += (lam - 1.0) * values[e * J + j] * t[e];
+        }
+    }
+}
+
+/* whether a factor's z is scaled (glmm_kernel._latent_scaled) */
+static int latent_scaled(const double *buf) {
+    const double *table = buf + AT(buf, H_AT_FACTORS);
+    for (int f = 0; f < (int)buf[H_N_FACTORS]; f++)
+        if (table[f * N_FACTOR + F_N_SHIFT] > 0 && table[f * N_FACTOR + F_LATENT_SCALE] != 1.0)
+            return 1;
+    return 0;
+}
+
+/* x, or (a scaled factor) a copy of x with z' taken to z in scaled (n_dim) using t (p); NULL when out of memory */
+static const double *latent_coordinates(const double *x, const double *buf, double *scaled, double *t) {
+    if (scaled == NULL)
+        return x;
+    for (Py_ssize_t k = 0; k < AT(buf, H_N_DIM); k++)
+        scaled[k] = x[k];
+    scale_latent(buf, scaled, t);
+    return scaled;
+}
+
 /* nutpie's log-density callback; codes as its PyMC callbacks: 0 ok, 4 log density or 3 gradient not finite,
- * -1 wrong dimension (nothing written), -2 out of memory */
+ * -1 wrong dimension (nothing written), -2 out of memory. The density is evaluated at the scaled factors' z and
+ * its gradient taken back to z' (glmm_kernel.log_density) */
 static int64_t glmm_logp(uint64_t dim, const double *x, double *grad, double *logp, void *user_data) {
     const double *buf = (const double *)user_data;
     Py_ssize_t n_dim = AT(buf, H_N_DIM);
     if ((int64_t)dim != n_dim)
         return -1;
     Sizes s = sizes_of(buf);
-    double *work = malloc((size_t)density_work(s) * sizeof(double));
+    int scaled = latent_scaled(buf);
+    double *work = malloc((size_t)(density_work(s) + (scaled ? n_dim + s.p : 0)) * sizeof(double));
     Py_ssize_t *u_at = malloc((size_t)(s.n_factors + 1) * sizeof(Py_ssize_t));
     if (work == NULL || u_at == NULL) {
         free(work);
         free(u_at);
         return -2;
     }
-    double value = log_density(x, buf, grad, work, u_at);
+    double *latent = scaled ? work + density_work(s) : NULL, *t = scaled ? latent + n_dim : NULL;
+    double value = log_density(latent_coordinates(x, buf, latent, t), buf, grad, work, u_at);
+    if (scaled)
+        scale_latent(buf, grad, t);
     free(work);
     free(u_at);
     *logp = value;
@@ -735,10 +788,13 @@ static int64_t glmm_expand(uint64_t dim, uint64_t n_expanded, const double *x, d
     if ((int64_t)dim != AT(buf, H_N_DIM) || (int64_t)n_expanded != AT(buf, H_N_EXPANDED))
         return -1;
     Sizes s = sizes_of(buf);
-    double *work = malloc((size_t)(2 * s.p + 2 * s.q_max * s.q_max + s.q_max + s.J_max * s.q_max) * sizeof(double));
+    Py_ssize_t n_work = 2 * s.p + 2 * s.q_max * s.q_max + s.q_max + s.J_max * s.q_max, n_dim = AT(buf, H_N_DIM);
+    int scaled = latent_scaled(buf);
+    double *work = malloc((size_t)(n_work + (scaled ? n_dim + s.p : 0)) * sizeof(double));
     if (work == NULL)
         return -2;
-    expand(x, buf, out, work);
+    double *latent = scaled ? work + n_work : NULL;
+    expand(latent_coordinates(x, buf, latent, scaled ? latent + n_dim : NULL), buf, out, work);
     free(work);
     return 0;
 }

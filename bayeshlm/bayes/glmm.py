@@ -265,6 +265,13 @@ def centring(design: Design, choice: dict[str, str]) -> dict[str, list[int]]:
     return out
 
 
+def _first_rows(factor) -> np.ndarray:
+    """A row of each group of ``factor`` (its first)."""
+    first = np.zeros(factor.n_groups, dtype=np.int64)
+    first[factor.codes[::-1]] = np.arange(len(factor.codes))[::-1]
+    return first
+
+
 def centre_weights(design: Design, choice: dict[str, str]) -> dict[str, np.ndarray]:
     """Per centred factor, C (J, q, p) with the centre of group j's coefficients c_j = C_j beta (the kernel's and
     the graph's form): 1 at each coefficient's own fixed effect (:func:`centring`), 0 elsewhere; except for an
@@ -283,8 +290,7 @@ def centre_weights(design: Design, choice: dict[str, str]) -> dict[str, np.ndarr
             continue
         f = design.factor(name)
         weights = np.zeros((f.n_groups, f.n_coef, design.n_fixed))
-        first = np.zeros(f.n_groups, dtype=np.int64)  # a row of each group (its first)
-        first[f.codes[::-1]] = np.arange(len(f.codes))[::-1]
+        first = _first_rows(f)
         for a, k in enumerate(on[name]):
             if k < 0:
                 continue
@@ -318,8 +324,7 @@ def fixed_effect_shift(design: Design, choice: dict[str, str]) -> dict[str, list
         predictors = group_level_predictors(design, f)
         if how == "centred" or not predictors or f.n_groups >= design.n_obs:
             continue
-        first = np.zeros(f.n_groups, dtype=np.int64)  # a row of each group (its first)
-        first[f.codes[::-1]] = np.arange(len(f.codes))[::-1]
+        first = _first_rows(f)
         intercept = [k for k in range(design.n_fixed) if np.all(design.X[:, k] == 1.0)][:1]
         columns = intercept + [design.fixed_names.index(w) for w in predictors]
         P = np.linalg.pinv(design.X[np.ix_(first, columns)])
@@ -469,9 +474,18 @@ def kernel_covers(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: 
     return None
 
 
+def latent_scale(reliability: float) -> float:
+    """lambda = 1 / sqrt(1 - r) in [1, 3] for a shifted factor of reliability r (glmm_kernel's docstring): after
+    the shift, the components of z along the group-level columns are N(0, 1) (the data do not see them), the
+    others have posterior variance about 1 - r, so z' = z / lambda along those columns has about the others'
+    scale. 1 (no scaling) without a Laplace fit."""
+    return float(np.clip(1.0 / np.sqrt(max(1.0 - reliability, 1e-12)), 1.0, 3.0))
+
+
 def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: Prior | None,
-                 choice: dict[str, str], laplace):
-    """Pack the model for :mod:`.glmm_kernel`, with a start at the Laplace estimates when there are some."""
+                 choice: dict[str, str], laplace, latent_scales: Mapping | None = None):
+    """Pack the model for :mod:`.glmm_kernel`, with a start at the Laplace estimates when there are some;
+    ``latent_scales``: per shifted factor, lambda (default :func:`latent_scale` of its Laplace reliability)."""
     from scipy import special
 
     from .glmm_kernel import FAMILY_CODES, SCALE_CODE, SCALE_FAMILIES, pack
@@ -487,6 +501,8 @@ def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: P
     beta_sd = np.array([float(p.params["sigma"]) if p.dist == "Normal" else 0.0 for p in fixed])
     weights = centre_weights(design, choice)
     shift = fixed_effect_shift(design, choice)
+    reliability = laplace_reliability(design, laplace)
+    scales = {name: float((latent_scales or {}).get(name, latent_scale(reliability[name]))) for name in shift}
     # start at the Laplace estimates: beta' = beta0 + shift(u) with the non-centred effects' start u = 0, so beta0
     beta0 = _laplace_beta(design, laplace)
     A = standardising_map(design.X)
@@ -507,7 +523,11 @@ def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: P
         factors.append({"q": f.n_coef, "J": f.n_groups, "correlated": correlated, "centred": centred,
                         "eta": float(priors.corr[f.name].eta) if correlated else 1.0, "codes": f.codes,
                         "Z": f.Z, "centre": weights.get(f.name, np.zeros(0)), "prior": rows,
-                        "shift": shift.get(f.name, [])})
+                        "shift": shift.get(f.name, []), "latent_scale": scales.get(f.name, 1.0),
+                        "shift_values": np.array([design.X[_first_rows(f), k] for k, _, _ in shift.get(f.name, [])])})
+        if scales.get(f.name, 1.0) != 1.0:  # the Jacobian of z' -> z: lambda^rank(G)
+            columns = sorted({k for k, _, _ in shift[f.name]})
+            constant += np.linalg.matrix_rank(design.X[np.ix_(_first_rows(f), columns)]) * np.log(scales[f.name])
         tau0 = _laplace_tau(f, laplace)
         effects = np.zeros((f.n_groups, f.n_coef))
         if centred:

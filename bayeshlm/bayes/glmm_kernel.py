@@ -38,6 +38,18 @@ them. The reported beta is beta, the reported coefficients of a centred factor a
 VerbAgg, default fits, seeds 1-3: min bulk ESS 225-304 -> 497-535, 17 -> 15 gradients per draw
 (benchmarks/results/bayes_glmm_shift.md, which also has the models where shifting did not help).
 
+After the shift the data no longer see the components of a shifted factor's z_f[:, a] along its group-level
+columns (H_f z, H_f = G_f P_f, the projection onto the span of G_f's columns): they keep their N(0, I) prior,
+while the other components have posterior variance about 1 - r_f (r_f the factor's reliability), so with a
+diagonal mass matrix NUTS crosses those rank(G_f) directions lambda_f = (1 - r_f)^-1/2 times too slowly, and the
+reported beta_K = beta'_K - P u moves with them (VerbAgg's persons, r = 0.87: Anger and Gender at bulk ESS 660-810
+of 4,000). So a shifted factor samples z' with z = z' + (lambda_f - 1) H_f z' (glmm.latent_scale: lambda_f in
+[1, 3] from the Laplace reliability; 1 leaves z as it is): a constant linear map with Jacobian lambda_f^rank(G_f),
+added to the constant, and, H_f being symmetric, the gradient in z' is the same map of the gradient in z. The
+density is evaluated at the z (:func:`log_density` around :func:`_log_density`); the reported z is the graph's z.
+VerbAgg (items centred, persons shifted with lambda 2.78), seeds 1-3: the fixed effects' bulk ESS 660-1,070 ->
+3,480-6,420, min bulk ESS (now tau_id) 812-979 (benchmarks/results/bayes_verbagg_geometry.md).
+
 Families (canonical or log links; others are sampled through the PyMC graph):
 
 - binomial / Bernoulli, logit:  l_i = y_i eta_i - n_i log(1 + e^eta_i) (+ log C(n_i, y_i)),  dl/deta = y_i - n_i mu_i;
@@ -89,9 +101,10 @@ _HEADER = ("n_dim", "n_expanded", "length", "family", "n", "p", "n_factors", "sh
  _AT_X, _AT_BETA_MU, _AT_BETA_SD, _AT_FACTORS, _AT_SHAPE_PRIOR, _AT_A) = range(len(_HEADER))
 # one row per factor: sizes, form, where its data and coordinates are
 _FACTOR = ("q", "J", "correlated", "centred", "eta", "at_codes", "at_Z", "at_centre", "x_effects", "x_tau",
-           "x_corr", "at_prior", "at_corr", "n_shift", "at_shift")
+           "x_corr", "at_prior", "at_corr", "n_shift", "at_shift", "latent_scale", "at_shift_values")
 (_F_Q, _F_J, _F_CORRELATED, _F_CENTRED, _F_ETA, _F_AT_CODES, _F_AT_Z, _F_AT_CENTRE, _F_X_EFFECTS, _F_X_TAU,
- _F_X_CORR, _F_AT_PRIOR, _F_AT_CORR, _F_N_SHIFT, _F_AT_SHIFT) = range(len(_FACTOR))
+ _F_X_CORR, _F_AT_PRIOR, _F_AT_CORR, _F_N_SHIFT, _F_AT_SHIFT, _F_LATENT_SCALE, _F_AT_SHIFT_VALUES) = range(
+    len(_FACTOR))
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -130,8 +143,9 @@ def pack(family: int, y, size, offset, constant: float, X, A, beta_mu, beta_sd, 
          shape_prior: tuple | None, start: np.ndarray, jitter: np.ndarray, layout, coords) -> GLMMKernel:
     """Pack a model for the kernel. ``factors``: dicts with q, J, correlated, centred, eta, codes, Z (n, q),
     centre (J q x p weights C: c_j = C_j beta; empty when not centred), prior (q rows of code, a, b,
-    on_variance) and shift (entries (k, a, P) of the fixed-effect shift beta_k -= P'u_f[:, a], P of length J;
-    empty when centred: module docstring); ``start`` and ``jitter``: the starting point and the scale of its
+    on_variance), shift (entries (k, a, P) of the fixed-effect shift beta_k -= P'u_f[:, a], P of length J;
+    empty when centred: module docstring) and optionally latent_scale (lambda) with shift_values (per entry, the
+    shifted column's J group values: G' as rows); ``start`` and ``jitter``: the starting point and the scale of its
     per-chain jitter; ``A``: beta = A x[:p] - shift (the fixed effects from the coefficients of the standardised
     columns of X, which NUTS samples: far better conditioned)."""
     n, p = X.shape
@@ -154,7 +168,9 @@ def pack(family: int, y, size, offset, constant: float, X, A, beta_mu, beta_sd, 
                "at_codes": put(f["codes"]), "at_Z": put(f["Z"]), "at_centre": put(f["centre"]),
                "x_effects": x_at, "x_tau": x_at + J * q, "x_corr": x_at + J * q + q,
                "at_prior": put(f["prior"]), "at_corr": put(correlation_positions(q)),
-               "n_shift": len(f["shift"]), "at_shift": put(_shift_rows(f["shift"], J))}
+               "n_shift": len(f["shift"]), "at_shift": put(_shift_rows(f["shift"], J)),
+               "latent_scale": f.get("latent_scale", 1.0),
+               "at_shift_values": put(np.asarray(f.get("shift_values", np.zeros((len(f["shift"]), J)))))}
         x_at += J * q + q + (q * (q - 1) // 2 if f["correlated"] else 0)
         rows.append(row)
     positions["at_factors"] = put(np.array([[r[name] for name in _FACTOR] for r in rows]))
@@ -572,7 +588,57 @@ def _effect_priors(lp, x, buf, table, Ls, taus, omegas, u_all, g_u_all, u_at, ce
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def _scale_latent(buf, table, v):
+    """v_f[:, a] += (lambda_f - 1) G_f P_f v_f[:, a] in place, per factor with a shift and lambda_f != 1 (module
+    docstring) on its shifted coefficient's block of v (coordinates or gradient): G P is symmetric, so the same map
+    takes z' to z and dz to dz'."""
+    for f in range(table.shape[0]):
+        row = table[f]
+        lam, n_shift = row[_F_LATENT_SCALE], int(row[_F_N_SHIFT])
+        if n_shift == 0 or lam == 1.0:
+            continue
+        q, J = int(row[_F_Q]), int(row[_F_J])
+        at, values = int(row[_F_AT_SHIFT]), int(row[_F_AT_SHIFT_VALUES])
+        start = int(row[_F_X_EFFECTS])
+        t = np.zeros(n_shift)
+        for e in range(n_shift):
+            a = int(buf[at + e * (J + 2) + 1])
+            for j in range(J):
+                t[e] += buf[at + e * (J + 2) + 2 + j] * v[start + j * q + a]
+        for e in range(n_shift):
+            a = int(buf[at + e * (J + 2) + 1])
+            for j in range(J):
+                v[start + j * q + a] += (lam - 1.0) * buf[values + e * J + j] * t[e]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _latent_scaled(x, buf):
+    """The coordinates with every scaled factor's z' taken to z (:func:`_scale_latent`); ``x`` itself when no
+    factor is scaled."""
+    n_factors = int(buf[_N_FACTORS])
+    table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
+        n_factors, len(_FACTOR))
+    for f in range(n_factors):
+        if table[f, _F_N_SHIFT] > 0 and table[f, _F_LATENT_SCALE] != 1.0:
+            out = x.copy()
+            _scale_latent(buf, table, out)
+            return out
+    return x
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def log_density(x, buf, grad):
+    """Log posterior density at ``x`` with its gradient written into ``grad``: :func:`_log_density` at the
+    coordinates z of the scaled factors, its gradient taken back to z' (module docstring)."""
+    value = _log_density(_latent_scaled(x, buf), buf, grad)
+    n_factors = int(buf[_N_FACTORS])
+    _scale_latent(buf, buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
+        n_factors, len(_FACTOR)), grad)
+    return value
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _log_density(x, buf, grad):
     """Log posterior density at ``x`` (module docstring) with its gradient written into ``grad`` (loops only: no
     BLAS or LAPACK binding to compile): priors, effects, eta, the rows' terms, then the chain rule back through
     the effects' priors and scales to the coordinates."""
@@ -652,6 +718,12 @@ def _add_centre_shift(buf, at_centre, n_effects, beta, sampled, b):
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def expand(x, buf, out):
+    """:func:`_expand` at the coordinates z of the scaled factors (the graph's z is reported)."""
+    _expand(_latent_scaled(x, buf), buf, out)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _expand(x, buf, out):
     """The reported values at ``x``: beta, per factor tau, the correlation Cholesky factor (when correlated), u
     and z (non-centred) or b_j = b'_j + C_j (beta - beta') (centred: the graph's coefficients); then the negative
     binomial shape."""
