@@ -207,7 +207,9 @@ def choose_parameterization(design: Design, reliability: dict[str, float],
     persons 0.87: items centred, persons non-centred and shifted), default fits 4 x 1,000, seeds 1-3: max R-hat
     1.0063-1.0079, min bulk ESS 661-685 and the item-level effects and tau_item 2,960-5,200, against 1.0081-1.0151
     and 497-535 with both non-centred and shifted (benchmarks/results/bayes_verbagg_geometry.md; earlier attempts
-    centred the items on beta after the shift, which counts the persons' mean twice: R-hat 1.025, min ESS 87-95).
+    centred the items on beta after the shift, which counts the persons' mean twice: R-hat 1.025, min ESS 87-95);
+    with the persons' z also scaled along their group-level columns (:func:`latent_scale`) 1.0028-1.0071 and
+    905-1,042 (tau_id), every fixed effect 3,000-6,800.
     The result lists the factors in the order :func:`centring` gives out the fixed effects: requested centred
     ones, then by decreasing reliability."""
     if requested is not None and not isinstance(requested, Mapping):
