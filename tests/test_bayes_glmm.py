@@ -27,6 +27,8 @@ from bayeshlm.bayes.glmm import (
     kernel_coordinates,
     laplace_reliability,
     laplace_start,
+    latent_scale,
+    latent_scales_default,
     resolve_glmm_priors,
     standardising_map,
 )
@@ -305,6 +307,15 @@ def test_the_latent_scale_stretches_z_along_the_group_level_columns_only():
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-10, atol=1e-10)
 
 
+def test_latent_scale_rule():
+    """lambda = (1 - r)^-1/2 in [1, 3]: VerbAgg's persons (r 0.87) 2.78, none (1) at r = 0, capped at r = 0.95;
+    the default applies to shifted factors only (centred items: none)."""
+    assert latent_scale(0.8705) == pytest.approx(2.779, abs=1e-3)
+    assert latent_scale(0.0) == 1.0 and latent_scale(0.95) == 3.0 and latent_scale(1.0) == 3.0
+    make, _, choice = CASES["verbagg_shape_centred_items"]
+    assert latent_scales_default(make().design, choice, None) == {"id": 1.0}  # no Laplace fit: reliability 0
+
+
 def test_gradient_matches_finite_differences_for_every_family_and_form():
     """Bernoulli (random slope, correlated, both parameterisations) and NB shape: central differences, 1e-5."""
     contraception = bh.datasets.load("contraception")
@@ -337,7 +348,7 @@ def test_fit_dispatches_and_samples_cbpp_without_divergences(cbpp_fit):
     4 x 1000 draws, 0 divergences, R-hat < 1.01, non-centred herds (Laplace reliability 0.67 < 0.7)."""
     assert type(cbpp_fit).__name__ == "BayesGLMMFit"
     assert cbpp_fit.sampler["log_density"] == "compiled HGLM kernel (C extension)"
-    assert cbpp_fit.sampler["shifted"] == {}  # no herd-level predictors: not shifted
+    assert cbpp_fit.sampler["shifted"] == {} == cbpp_fit.sampler["latent_scale"]  # no herd-level predictors
     assert cbpp_fit.diagnostics["divergences"] == 0
     assert cbpp_fit.diagnostics["max_rhat"] < 1.01
     assert cbpp_fit.sampler["parameterization"] == {"herd": "non-centred"}

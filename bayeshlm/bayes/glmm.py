@@ -14,7 +14,7 @@ For the logit-binomial/Bernoulli, log-Poisson and log-negative-binomial models w
 nutpie samples a compiled log density (:mod:`.glmm_kernel`: a C extension built at install, Numba as the
 fallback; no PyMC graph is compiled), with the fixed effects shifted by the effects of non-centred factors with
 group-level predictors (an exact reparameterisation, :func:`fixed_effect_shift`, recorded in
-``fit.sampler["shifted"]``); other
+``fit.sampler["shifted"]``, their z scaled along those columns by ``fit.sampler["latent_scale"]``); other
 links and priors sample the PyMC graph of :func:`glmm_pymc_model`, the same model, which ``model.pymc_model()``
 returns for posterior predictive simulation.
 
@@ -484,6 +484,12 @@ def latent_scale(reliability: float) -> float:
     return float(np.clip(1.0 / np.sqrt(max(1.0 - reliability, 1e-12)), 1.0, 3.0))
 
 
+def latent_scales_default(design: Design, choice: dict[str, str], laplace) -> dict[str, float]:
+    """Per shifted factor (:func:`fixed_effect_shift`), its :func:`latent_scale` from the Laplace reliability."""
+    reliability = laplace_reliability(design, laplace)
+    return {name: latent_scale(reliability[name]) for name in fixed_effect_shift(design, choice)}
+
+
 def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: Prior | None,
                  choice: dict[str, str], laplace, latent_scales: Mapping | None = None):
     """Pack the model for :mod:`.glmm_kernel`, with a start at the Laplace estimates when there are some;
@@ -503,8 +509,8 @@ def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: P
     beta_sd = np.array([float(p.params["sigma"]) if p.dist == "Normal" else 0.0 for p in fixed])
     weights = centre_weights(design, choice)
     shift = fixed_effect_shift(design, choice)
-    reliability = laplace_reliability(design, laplace)
-    scales = {name: float((latent_scales or {}).get(name, latent_scale(reliability[name]))) for name in shift}
+    scales = latent_scales_default(design, choice, laplace) | {k: float(v) for k, v in (latent_scales or {}).items()
+                                                               if k in shift}
     # start at the Laplace estimates: beta' = beta0 + shift(u) with the non-centred effects' start u = 0, so beta0
     beta0 = _laplace_beta(design, laplace)
     A = standardising_map(design.X)
@@ -775,6 +781,7 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
         log_density = ("compiled HGLM kernel (C extension)" if callbacks() is extension_callbacks()
                        else "compiled HGLM kernel (Numba)")
         shifted = shift_record(design, fixed_effect_shift(design, choice))
+        latent = {name: round(value, 3) for name, value in latent_scales_default(design, choice, laplace).items()}
     else:
         model = glmm_pymc_model(design, outcome, priors, choice=choice)
         reused = False
@@ -789,7 +796,7 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
             compiled_at = start
             tree = sample_pymc(model, "compiling and ", **options)
         log_density = "PyMC graph"
-        shifted = None
+        shifted = latent = None
     end = time.perf_counter()
     check_complete(tree, draws, chains)
     keep = ["beta", "shape", *(f"{kind}_{f.name}" for f in design.factors
@@ -805,5 +812,6 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
     record = {"sampler": sampler, "log_density": log_density, "draws": draws, "tune": tune, "chains": chains,
               "cores": cores, "seed": seed, "target_accept": target_accept, "compiled_model_reused": reused,
               "compile_seconds": round(compiled_at - start, 3), "sampling_seconds": round(end - compiled_at, 3),
-              "likelihood_rows": likelihood_rows, "shifted": shifted}
+              "likelihood_rows": likelihood_rows, "shifted": shifted,
+              "latent_scale": latent}
     return tree, record
