@@ -10,7 +10,8 @@ import bayeshlm as bh
 from bayeshlm.likelihood import fit as likelihood_fit
 from bayeshlm.likelihood import optimize
 
-pytestmark = pytest.mark.skipif(optimize._lbfgsb is None, reason="scipy < 1.15: minimize's own loop is used")
+pytestmark = pytest.mark.skipif(optimize._lbfgsb is None, reason="a scipy release outside optimize.CHECKED_SCIPY: "
+                                "minimize's own loop is used")
 
 
 def rosenbrock(x):
