@@ -134,23 +134,22 @@ def test_crossed_dense_schur_complement_equals_pair_map(data, formula, options, 
         assert_same_factor(objective.factorize(theta), reference.factorize(theta))
 
 
-CROSSED_INTERCEPTS = [
-    CROSSED[0],
-    (crossed_data(), "y ~ x + (1 | g) + (1 | h) + (1 | k)", {}),
-    (crossed_data(), "y ~ x + (1 | g) + (1 | h)", {"known_variance": "v"}),
-]
+COMPILED_CROSSED = CROSSED + [(crossed_data(), "y ~ x + (1 | g) + (1 | h) + (1 | k)", {}),
+                               (crossed_data(), "y ~ x + (1 | g) + (1 | h)", {"known_variance": "v"}),
+                               (crossed_data(), "y ~ x + (x || g) + (x | h)", {})]
+COMPILED_CROSSED_IDS = CROSSED_IDS + ["intercepts-three-factors", "intercepts-known-variances", "uncorrelated-slopes"]
 
 
 @crossed_compiled
 @pytest.mark.parametrize("method", ["reml", "ml"])
-@pytest.mark.parametrize("data, formula, options", CROSSED_INTERCEPTS,
-                         ids=["scotssec", "three-factors", "known-variances"])
-def test_compiled_crossed_intercepts_equal_numpy(data, formula, options, method):
-    """Crossed factors with one coefficient each are evaluated by _crossed_blocks (every block a number); the
-    NumPy path gives the same criterion, gradient and factor."""
+@pytest.mark.parametrize("data, formula, options", COMPILED_CROSSED, ids=COMPILED_CROSSED_IDS)
+def test_compiled_crossed_equals_numpy(data, formula, options, method):
+    """Small crossed designs are evaluated by _crossed_blocks (every block a number when each factor has one
+    coefficient, q x q blocks otherwise); the NumPy path gives the same criterion, gradient and factor."""
     design = standard_design(data, formula, options)
     objective = likelihood_fit.ProfiledDeviance(design, method)
     assert objective.solver.compiled
+    assert objective.solver.kernel_scalar == all(f.n_coef == 1 for f in design.factors)
     reference = likelihood_fit.ProfiledDeviance(design, method)
     reference.solver = crossed.CrossedSolver(design, objective.solver_factors, compiled=False)
     for theta in thetas(objective):
@@ -162,15 +161,18 @@ def test_compiled_crossed_intercepts_equal_numpy(data, formula, options, method)
         for a, b in [(fac.L, ref.L), (fac.W, ref.W), (fac.T, ref.T), (fac.Lz, ref.Lz), (fac.Rz, ref.Rz)]:
             np.testing.assert_allclose(a, b, rtol=0, atol=TOL * max(np.abs(b).max(), 1.0))
         assert_same_factor(fac, ref)
+        for a, b in zip(*[f.gradient_parts(method == "reml") for f in (fac, ref)]):
+            for x, y in zip(a, b):
+                np.testing.assert_allclose(x, y, rtol=0, atol=TOL * abs(ref_value))
 
 
 @crossed_compiled
-def test_compiled_crossed_kernel_only_for_one_coefficient_factors():
-    """A factor with a random slope keeps the NumPy path; asking for the kernel there is refused."""
-    design = standard_design(*CROSSED[1])
+def test_compiled_crossed_kernel_needs_the_dense_products(monkeypatch):
+    """Large designs keep C sparse (the pair map): asking for the kernel there is refused."""
+    design = standard_design(*CROSSED[0])
     objective = likelihood_fit.ProfiledDeviance(design, "reml")
-    assert objective.solver.C_dense is not None and not objective.solver.compiled
-    with pytest.raises(ValueError, match="more than one coefficient"):
+    monkeypatch.setattr(crossed, "DENSE_SCHUR_WORK", 0)
+    with pytest.raises(ValueError, match="needs the dense C"):
         crossed.CrossedSolver(design, objective.solver_factors, compiled=True)
 
 

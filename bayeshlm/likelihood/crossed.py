@@ -15,14 +15,15 @@ other factors have random effects (1,128 for 1,100 x 28 crossed levels).
 
 When C is small (J_1 q_1 t^2 <= DENSE_SCHUR_WORK, t = C's column count), N is instead one dense product,
 N = B'B with B_g = L_g^{-1} Lambda_1' C_g (so B_g'B_g = C_g'W_g C_g), and C's products are dense: for a design
-like ScotsSec (148 x 19 groups) the sparse calls' overhead exceeds their work. When moreover every factor has
-one coefficient (crossed random intercepts), an evaluation (the factor and the gradient's pieces) runs in the
-compiled ``_crossed_blocks.c`` when it was built (the same formulas with every block a number; equal to
-rounding), else as the NumPy calls below.
+like ScotsSec (148 x 19 groups) the sparse calls' overhead exceeds their work. Then an evaluation (the factor and
+the gradient's pieces) runs in the compiled ``_crossed_blocks.c`` when it was built (the same formulas group by
+group, with every block a number when each factor has one coefficient; equal to rounding), else as the NumPy
+calls below.
 """
 
 from __future__ import annotations
 
+import itertools
 from functools import cached_property
 
 import numpy as np
@@ -38,7 +39,8 @@ try:  # built by ``pip install`` / ``setup.py build_ext`` (optional, like every 
     from . import _crossed_blocks
 except ImportError:  # pragma: no cover - installs without a C compiler
     _crossed_blocks = None
-KERNEL_LAYOUT = "dims=J,K,p,n_rest,offsets;C=J*t;D=J;A=t*t;lam=1+n_rest;v1"  # the argument layout it was built for
+# the argument layout the kernel was built for (_crossed_blocks.c)
+KERNEL_LAYOUT = "dims=J,K,p,n_rest,offsets;C=J*t;D=J;A=t*t;lam=1+n_rest;blocks:dims+=q1,q_rest;v2"
 if _crossed_blocks is not None and getattr(_crossed_blocks, "LAYOUT", None) != KERNEL_LAYOUT:
     _crossed_blocks = None  # a stale build: NumPy does the work
 
@@ -100,8 +102,8 @@ class CrossedSolver:
     """Factor the PLS system for factors in any arrangement; ``order`` puts the largest factor first."""
 
     def __init__(self, design: Design, order: list[GroupingFactor], compiled: bool | None = None):
-        """``compiled``: evaluate by ``_crossed_blocks`` (None: when it was built and applies, i.e. C is dense
-        and every factor has one coefficient; False: NumPy)."""
+        """``compiled``: evaluate by ``_crossed_blocks`` (None: when it was built and C is dense; False:
+        NumPy)."""
         self.design = design
         self.factors = order
         first, rest = order[0], order[1:]
@@ -177,16 +179,27 @@ class CrossedSolver:
         return C, A
 
     def _prepare_kernel(self, compiled: bool | None) -> None:
-        """Set ``compiled`` and, when set, the kernel's flat arrays (layout in ``_crossed_blocks.c``)."""
-        applies = _crossed_blocks is not None and all(f.n_coef == 1 for f in self.factors)
-        if compiled and not applies:
-            raise ValueError("the compiled crossed kernel is not built, or a factor has more than one coefficient")
-        self.compiled = applies if compiled is None else compiled
-        if self.compiled:
-            self.kernel_dims = np.array([self.J, self.K, self.p, len(self.factors) - 1, *self.offsets], dtype=np.int64)
+        """Set ``compiled`` and, when set, the kernel's arrays (layout in ``_crossed_blocks.c``): its functions for
+        numbers when every factor has one coefficient, for q x q blocks otherwise."""
+        if compiled and _crossed_blocks is None:
+            raise ValueError("the compiled crossed kernel _crossed_blocks is not built")
+        self.compiled = _crossed_blocks is not None if compiled is None else compiled
+        if not self.compiled:
+            return
+        rest = self.factors[1:]
+        self.kernel_scalar = all(f.n_coef == 1 for f in self.factors)
+        dims = [self.J, self.K, self.p, len(rest)]
+        if self.kernel_scalar:
+            self.kernel_dims = np.array(dims + list(self.offsets), dtype=np.int64)
             self.kernel_C = np.ascontiguousarray(self.C_dense.reshape(self.J, -1))
             self.kernel_D = np.ascontiguousarray(self.D.reshape(self.J))
-            self.kernel_A = np.ascontiguousarray(self.A)
+        else:
+            self.kernel_dims = np.array(dims + [self.q, *self.offsets] + [f.n_coef for f in rest], dtype=np.int64)
+            self.kernel_C = np.ascontiguousarray(self.C_dense)
+            self.kernel_D = np.ascontiguousarray(self.D)
+        self.kernel_A = np.ascontiguousarray(self.A)
+        # where each factor's q x q Lambda (and Q, G) starts in the flat arrays, as Python ints
+        self.kernel_lam = list(itertools.accumulate([f.n_coef ** 2 for f in self.factors], initial=0))
 
     @staticmethod
     def _pair_sums(f: GroupingFactor, left: np.ndarray, g: GroupingFactor) -> np.ndarray:
@@ -304,13 +317,15 @@ class CrossedSolver:
 
 
     def _factorize_compiled(self, lambdas: list[np.ndarray]) -> CrossedFactorization:
-        """:meth:`factorize` by ``_crossed_blocks.crossed_factorize`` (every block a number)."""
-        J, K, t = self.J, self.K, self.K + self.p + 1
-        lam = np.array([x[0, 0] for x in lambdas])
-        first = np.empty((3, J, 1, 1))  # L_g, L_g^{-1}, W_g
+        """:meth:`factorize` by ``_crossed_blocks`` (``crossed_factorize`` when every block is a number, else
+        ``crossed_factorize_blocks``)."""
+        J, K, q, t = self.J, self.K, self.q, self.K + self.p + 1
+        lam = np.concatenate([x.ravel() for x in lambdas]).astype(float, copy=False)
+        first = np.empty((3, J, q, q))  # L_g, L_g^{-1}, W_g
         T, Lz, Rz, top = np.empty((t, t)), np.empty((K, K)), np.empty((K, t - K)), np.empty((t - K, t - K))
-        logdet_z = _crossed_blocks.crossed_factorize(self.kernel_dims, self.kernel_C, self.kernel_D, self.kernel_A,
-                                                     lam, first[0], first[1], first[2], T, Lz, Rz, top)
+        kernel = _crossed_blocks.crossed_factorize if self.kernel_scalar else _crossed_blocks.crossed_factorize_blocks
+        logdet_z = kernel(self.kernel_dims, self.kernel_C, self.kernel_D, self.kernel_A, lam, first[0], first[1],
+                          first[2], T, Lz, Rz, top)
         if np.isnan(logdet_z):
             raise np.linalg.LinAlgError("the Schur complement of the crossed factors is not positive definite")
         fac = CrossedFactorization(self, lambdas, first[0], first[1], first[2], T, Lz, Rz, logdet_z, top)
@@ -386,7 +401,8 @@ class CrossedFactorization(Factorization):
         s = self.solver
         if self.kernel_lam is not None:
             Q, G = self._gradient_sums_compiled(reml)
-            return list(Q.reshape(-1, 1, 1)), list(G.reshape(-1, 1, 1))
+            bounds = list(zip(s.kernel_lam, s.kernel_lam[1:], [f.n_coef for f in s.factors]))
+            return [Q[a:b].reshape(k, k) for a, b, k in bounds], [G[a:b].reshape(k, k) for a, b, k in bounds]
         q = s.q
         lam = self.lambdas[0]
         sigma = self._rest_inverse(reml)
@@ -417,12 +433,12 @@ class CrossedFactorization(Factorization):
         return super().gradient_sums(reml)
 
     def _gradient_sums_compiled(self, reml: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Q and G by ``_crossed_blocks.crossed_gradient`` (the same sums, every block a number)."""
+        """Q and G by ``_crossed_blocks`` (``crossed_gradient`` or ``crossed_gradient_blocks``, as the factor)."""
         s = self.solver
-        Q, G = np.empty(len(s.factors)), np.empty(len(s.factors))
-        _crossed_blocks.crossed_gradient(s.kernel_dims, s.kernel_C, s.kernel_D, s.kernel_A, self.kernel_lam,
-                                         self.Linv, self.W, self.T, self.Lz, self.Rz, np.ascontiguousarray(self.RX),
-                                         np.ascontiguousarray(self.beta), reml, Q, G)  # R_X is read for REML only
+        Q, G = np.empty(s.kernel_lam[-1]), np.empty(s.kernel_lam[-1])
+        kernel = _crossed_blocks.crossed_gradient if s.kernel_scalar else _crossed_blocks.crossed_gradient_blocks
+        kernel(s.kernel_dims, s.kernel_C, s.kernel_D, s.kernel_A, self.kernel_lam, self.Linv, self.W, self.T, self.Lz,
+               self.Rz, np.ascontiguousarray(self.RX), np.ascontiguousarray(self.beta), reml, Q, G)  # R_X: REML only
         return Q, G
 
     def conditional_variances(self) -> list[np.ndarray]:
