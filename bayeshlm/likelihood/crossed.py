@@ -199,7 +199,7 @@ class CrossedSolver:
             self.kernel_D = np.ascontiguousarray(self.D)
         self.kernel_A = np.ascontiguousarray(self.A)
         # where each factor's q x q Lambda (and Q, G) starts in the flat arrays, as Python ints
-        self.kernel_lam = list(itertools.accumulate([f.n_coef ** 2 for f in self.factors], initial=0))
+        self.kernel_lam_at = list(itertools.accumulate([f.n_coef ** 2 for f in self.factors], initial=0))
 
     @staticmethod
     def _pair_sums(f: GroupingFactor, left: np.ndarray, g: GroupingFactor) -> np.ndarray:
@@ -401,7 +401,7 @@ class CrossedFactorization(Factorization):
         s = self.solver
         if self.kernel_lam is not None:
             Q, G = self._gradient_sums_compiled(reml)
-            bounds = list(zip(s.kernel_lam, s.kernel_lam[1:], [f.n_coef for f in s.factors]))
+            bounds = list(zip(s.kernel_lam_at, s.kernel_lam_at[1:], [f.n_coef for f in s.factors]))
             return [Q[a:b].reshape(k, k) for a, b, k in bounds], [G[a:b].reshape(k, k) for a, b, k in bounds]
         q = s.q
         lam = self.lambdas[0]
@@ -435,7 +435,7 @@ class CrossedFactorization(Factorization):
     def _gradient_sums_compiled(self, reml: bool) -> tuple[np.ndarray, np.ndarray]:
         """Q and G by ``_crossed_blocks`` (``crossed_gradient`` or ``crossed_gradient_blocks``, as the factor)."""
         s = self.solver
-        Q, G = np.empty(s.kernel_lam[-1]), np.empty(s.kernel_lam[-1])
+        Q, G = np.empty(s.kernel_lam_at[-1]), np.empty(s.kernel_lam_at[-1])
         kernel = _crossed_blocks.crossed_gradient if s.kernel_scalar else _crossed_blocks.crossed_gradient_blocks
         kernel(s.kernel_dims, s.kernel_C, s.kernel_D, s.kernel_A, self.kernel_lam, self.Linv, self.W, self.T, self.Lz,
                self.Rz, np.ascontiguousarray(self.RX), np.ascontiguousarray(self.beta), reml, Q, G)  # R_X: REML only
