@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from bayeshlm.design import identify
+from bayeshlm.likelihood import algebra
 from bayeshlm.likelihood.algebra import Factorization
 
 
@@ -39,3 +41,33 @@ def test_fixed_part_refuses_a_matrix_that_is_not_positive_definite():
     top[1, 1] = -1.0
     with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
         Factorization._set_fixed_part(SimpleNamespace(), top, 3)
+
+
+@pytest.mark.parametrize("p", [1, 4])
+def test_public_numpy_functions_give_the_same_fixed_part(monkeypatch, p):
+    """The fallback for a NumPy without the private gufuncs (numpy.linalg.cholesky and solve) gives the same
+    numbers, and the same refusal."""
+    top = schur_complement(p, 1e10, seed=p)
+    fast = SimpleNamespace()
+    Factorization._set_fixed_part(fast, top, p)
+    monkeypatch.setattr(algebra, "_cholesky_lower", algebra._public_cholesky_lower)
+    monkeypatch.setattr(algebra, "_solve_vector", algebra._public_solve_vector)
+    public = SimpleNamespace()
+    Factorization._set_fixed_part(public, top, p)
+    for name in ("RX", "cbeta", "beta", "r2", "logdet_x"):
+        np.testing.assert_array_equal(getattr(public, name), getattr(fast, name))
+    top[0, 0] = -1.0
+    with pytest.raises(np.linalg.LinAlgError, match="not positive definite"):
+        Factorization._set_fixed_part(SimpleNamespace(), top, p)
+
+
+def test_r_factor_equals_numpy_qr_with_or_without_the_private_gufunc(monkeypatch):
+    """identify.r_factor (blocks stacked under the running R) has the singular values of X, through the private
+    gufunc and through numpy.linalg.qr alike (the fallback)."""
+    X = np.random.default_rng(3).normal(size=(1000, 5))
+    fast = identify.r_factor(X, chunk=300)
+    monkeypatch.setattr(identify, "_upper_factor", identify._public_upper_factor)
+    public = identify.r_factor(X, chunk=300)
+    np.testing.assert_array_equal(public, fast)
+    np.testing.assert_allclose(np.linalg.svd(fast, compute_uv=False), np.linalg.svd(X, compute_uv=False),
+                               rtol=1e-12)

@@ -16,7 +16,6 @@ of the variance as if it were an estimate:
 from __future__ import annotations
 
 import numpy as np
-from numpy.linalg import _umath_linalg  # the gufunc numpy.linalg.qr calls (see r_factor)
 
 from ..errors import DataError, FormulaError
 from .design import Design, GroupingFactor, group_sums
@@ -48,11 +47,25 @@ def r_factor(X: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
     the gufunc that function calls (LAPACK's geqrf on the block in place), without its wrapper's ~20 us."""
     R = np.zeros((0, X.shape[1]))
     for start in range(0, X.shape[0], chunk):
-        block = np.vstack([R, X[start:start + chunk]]).astype(np.float64, copy=False)
-        with np.errstate(all="ignore"):  # as numpy.linalg.qr, which refuses only invalid arguments
-            _umath_linalg.qr_r_raw(block, signature="d->d")
-        R = np.triu(block[:min(block.shape)])
+        R = _upper_factor(np.vstack([R, X[start:start + chunk]]).astype(np.float64, copy=False))
     return R
+
+
+def _public_upper_factor(block: np.ndarray) -> np.ndarray:
+    return np.linalg.qr(block, mode="r")
+
+
+try:  # the gufunc numpy.linalg.qr calls; private to NumPy, so if a release moves it numpy.linalg.qr does the work
+    from numpy.linalg._umath_linalg import qr_r_raw
+
+    def _upper_factor(block: np.ndarray) -> np.ndarray:
+        """R of ``block`` = QR (overwritten: LAPACK's geqrf leaves R in its upper triangle), as
+        ``numpy.linalg.qr(block, mode="r")``."""
+        with np.errstate(all="ignore"):  # as numpy.linalg.qr, which refuses only invalid arguments
+            qr_r_raw(block, signature="d->d")
+        return np.triu(block[:min(block.shape)])
+except ImportError:  # pragma: no cover - exercised by tests/test_likelihood_fixed_part.py through monkeypatch
+    _upper_factor = _public_upper_factor
 
 
 def _check_identical_groupings(factors: tuple[GroupingFactor, ...]) -> None:

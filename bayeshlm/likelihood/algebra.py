@@ -10,12 +10,27 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import scipy.linalg
-from numpy.linalg import _umath_linalg  # the gufuncs numpy.linalg.cholesky and solve call (see _set_fixed_part)
 
 try:
     from . import _pls_blocks
 except ImportError:  # built by ``pip install`` / ``setup.py build_ext``; without a compiler NumPy does the work
     _pls_blocks = None
+
+
+def _public_cholesky_lower(a: np.ndarray, signature: str) -> np.ndarray:
+    return np.linalg.cholesky(a)
+
+
+def _public_solve_vector(a: np.ndarray, b: np.ndarray, signature: str) -> np.ndarray:
+    return np.linalg.solve(a, b)
+
+
+try:  # the gufuncs numpy.linalg.cholesky and solve call (see _set_fixed_part); private to NumPy, so if a release
+    # moves them the public functions give the same numbers, with their argument checks
+    from numpy.linalg._umath_linalg import cholesky_lo as _cholesky_lower
+    from numpy.linalg._umath_linalg import solve1 as _solve_vector
+except ImportError:  # pragma: no cover - exercised by tests/test_likelihood_fixed_part.py through monkeypatch
+    _cholesky_lower, _solve_vector = _public_cholesky_lower, _public_solve_vector
 
 
 @functools.lru_cache(maxsize=64)
@@ -65,11 +80,11 @@ class Factorization(ABC):
         call, without their argument checks (~10 us of an evaluation's ~30 on small designs). As numpy.linalg
         does, floating-point errors are silenced and a factor that failed (left NaN) raises LinAlgError."""
         with np.errstate(all="ignore"):
-            RX = _umath_linalg.cholesky_lo(top[:p, :p], signature="d->d")
+            RX = _cholesky_lower(top[:p, :p], signature="d->d")
             if np.isnan(RX[0, 0]):
                 raise np.linalg.LinAlgError("Matrix is not positive definite")
-            self.cbeta = _umath_linalg.solve1(RX, top[:p, p], signature="dd->d")
-            self.beta = _umath_linalg.solve1(RX.T, self.cbeta, signature="dd->d")
+            self.cbeta = _solve_vector(RX, top[:p, p], signature="dd->d")
+            self.beta = _solve_vector(RX.T, self.cbeta, signature="dd->d")
         self.RX = RX
         self.r2 = float(top[p, p] - self.cbeta @ self.cbeta)
         self.logdet_x = 2.0 * float(np.log(RX.diagonal()).sum())
