@@ -29,6 +29,7 @@ from bayeshlm.bayes.glmm import (
     laplace_start,
     latent_scale,
     latent_scales_default,
+    partial_weights_default,
     resolve_glmm_priors,
     standardising_map,
 )
@@ -116,29 +117,43 @@ CASES = {
     "verbagg_shape_centred_items": (lambda: bh.HLM("y ~ anger + gender + btype + situ + (1 | id) + (1 | item)",
                                                    verbagg_shape(), family="bernoulli"), None,
                                     {"item": "centred", "id": "non-centred"}),
-    # as the last, the persons' z scaled along their group-level columns (LATENT_SCALES)
+    # as the last, the persons' z scaled along their group-level columns and partially centred (GEOMETRY)
     "verbagg_shape_latent_scaled": (lambda: bh.HLM("y ~ anger + gender + btype + situ + (1 | id) + (1 | item)",
                                                    verbagg_shape(), family="bernoulli"), None,
                                     {"item": "centred", "id": "non-centred"}),
+    # negative binomial with flat priors (tau2 on the variance: h = 1/2), g shifted, scaled, partially centred
+    "negative_binomial_flat_partial": (lambda: bh.HLM("y ~ x + w + (1 | g)", toy_with_group_predictor(),
+                                                      family="negative_binomial"), "flat", {"g": "non-centred"}),
     # negative binomial, shifted onto (Intercept) and a predictor w of g's groups
     "negative_binomial_shifted": (lambda: bh.HLM("y ~ x + w + (1 | g)", toy_with_group_predictor(),
                                                  family="negative_binomial"), None, {"g": "non-centred"}),
 }
 
 
-LATENT_SCALES = {"verbagg_shape_latent_scaled": {"id": 2.5}}
+# (latent scales, partial-centring weights) given to build_kernel (by default 1: no Laplace fit)
+GEOMETRY = {"verbagg_shape_latent_scaled": ({"id": 2.5}, {"id": 0.3}),
+            "negative_binomial_flat_partial": ({"g": 1.5}, {"g": 0.4})}
 
 
-def log_jacobian(design, choice, scales):
-    """log |d graph point / d x|: log|A| of the standardised fixed effects plus rank(G) log lambda per scaled
-    factor (z = z' + (lambda - 1) G P z')."""
-    out = np.linalg.slogdet(standardising_map(design.X))[1]
+def log_jacobian(design, choice, case, names, x):
+    """log |d graph point / d x| and its gradient in x: log|A| of the standardised fixed effects, rank(G) log
+    lambda per scaled factor (z = z' + (lambda - 1) G P z'), -(1 - w) J log tau per partially centred factor
+    (z = z' tau^-(1-w); its coordinate is log tau, or log tau^2 = 2 log tau)."""
+    scales, weights = GEOMETRY.get(case, ({}, {}))
+    value, gradient = np.linalg.slogdet(standardising_map(design.X))[1], np.zeros(len(x))
+    offsets = dict(zip([name for name, _ in names], np.cumsum([0] + [int(np.prod(s)) for _, s in names])))
     for name, entries in fixed_effect_shift(design, choice).items():
         f = design.factor(name)
         first = np.unique(f.codes, return_index=True)[1]
         G = design.X[np.ix_(first, sorted({k for k, _, _ in entries}))]
-        out += np.linalg.matrix_rank(G) * np.log(scales.get(name, 1.0))
-    return out
+        value += np.linalg.matrix_rank(G) * np.log(scales.get(name, 1.0))
+        if name in weights:
+            on_variance = f"tau2_{name}_log__" in offsets
+            at = offsets[f"tau2_{name}_log__" if on_variance else f"tau_{name}_log__"]
+            slope = -(1.0 - weights[name]) * f.n_groups * (0.5 if on_variance else 1.0)
+            value += slope * x[at]
+            gradient[at] += slope
+    return value, gradient
 
 
 def shifted_beta(kernel, design, x):
@@ -190,7 +205,7 @@ def test_kernel_equals_pymc_graph(case):
     model = make()
     design, outcome = model.design, model.outcome
     prior_set, shape = resolve_glmm_priors(design, outcome, priors)
-    kernel = build_kernel(design, outcome, prior_set, shape, choice, None, LATENT_SCALES.get(case))
+    kernel = build_kernel(design, outcome, prior_set, shape, choice, None, *GEOMETRY.get(case, (None, None)))
     if case == "bernoulli_merged":  # 300 rows, 20 distinct (group x binary x)
         assert kernel.n_rows == 20 < design.n_obs
     graph = bh.bayes.glmm.glmm_pymc_model(design, outcome, priors, choice=choice)
@@ -198,7 +213,6 @@ def test_kernel_equals_pymc_graph(case):
     names = kernel_coordinates(design, prior_set, shape, choice)
     A = standardising_map(design.X)
     p = design.n_fixed
-    log_det = log_jacobian(design, choice, LATENT_SCALES.get(case, {}))
     evaluate = log_density_and_gradient(kernel)
     rng = np.random.default_rng(3)
     for _ in range(3):
@@ -224,11 +238,13 @@ def test_kernel_equals_pymc_graph(case):
         d_point = np.array([(graph_point(kernel, design, names, x + e) - graph_point(kernel, design, names, x - e))
                             / 2e-5 for e in steps])  # (n_dim, n_dim): row m is d point / d x_m
         np.testing.assert_allclose(d_point[:p, :p], A.T, rtol=1e-9, atol=1e-9)  # beta' = A x[:p]
-        # the map to the graph's coordinates has a constant Jacobian (|A|, lambda^rank(G) per scaled factor,
-        # unit-diagonal triangular otherwise): the kernel samples the graph's posterior
+        # the map to the graph's coordinates has the Jacobian log_jacobian says (|A|, lambda^rank(G) per scaled
+        # factor, tau^-(1-w)J per partially centred one, unit-diagonal triangular otherwise), which the kernel
+        # adds: it samples the graph's posterior
+        log_det, d_log_det = log_jacobian(design, choice, case, names, x)
         assert np.linalg.slogdet(d_point)[1] == pytest.approx(log_det, abs=1e-6)
         assert lp - log_det == pytest.approx(float(logp(point)), abs=1e-7)
-        np.testing.assert_allclose(grad, d_point @ expected, rtol=1e-8, atol=1e-8)  # chain rule to the coordinates
+        np.testing.assert_allclose(grad, d_point @ expected + d_log_det, rtol=1e-8, atol=1e-8)  # chain rule
 
 
 @pytest.mark.parametrize("case", ["verbagg_shape", "verbagg_shape_centred_items"])
@@ -283,8 +299,8 @@ def test_the_latent_scale_stretches_z_along_the_group_level_columns_only():
     model = make()
     design, outcome = model.design, model.outcome
     prior_set, shape = resolve_glmm_priors(design, outcome, priors)
-    scaled = build_kernel(design, outcome, prior_set, shape, choice, None, {"id": 2.5})
-    plain = build_kernel(design, outcome, prior_set, shape, choice, None, {"id": 1.0})
+    scaled = build_kernel(design, outcome, prior_set, shape, choice, None, {"id": 2.5}, {"id": 1.0})
+    plain = build_kernel(design, outcome, prior_set, shape, choice, None, {"id": 1.0}, {"id": 1.0})
     entries = fixed_effect_shift(design, choice)["id"]
     persons = design.factor("id")
     first = np.unique(persons.codes, return_index=True)[1]
@@ -309,11 +325,12 @@ def test_the_latent_scale_stretches_z_along_the_group_level_columns_only():
 
 def test_latent_scale_rule():
     """lambda = (1 - r)^-1/2 in [1, 3]: VerbAgg's persons (r 0.87) 2.78, none (1) at r = 0, capped at r = 0.95;
-    the default applies to shifted factors only (centred items: none)."""
+    the default applies to shifted factors only (centred items: none), as w = 1 - r of the partial centring."""
     assert latent_scale(0.8705) == pytest.approx(2.779, abs=1e-3)
     assert latent_scale(0.0) == 1.0 and latent_scale(0.95) == 3.0 and latent_scale(1.0) == 3.0
     make, _, choice = CASES["verbagg_shape_centred_items"]
     assert latent_scales_default(make().design, choice, None) == {"id": 1.0}  # no Laplace fit: reliability 0
+    assert partial_weights_default(make().design, choice, None) == {"id": 1.0}  # w = 1 - r: non-centred
 
 
 def test_gradient_matches_finite_differences_for_every_family_and_form():
@@ -349,6 +366,7 @@ def test_fit_dispatches_and_samples_cbpp_without_divergences(cbpp_fit):
     assert type(cbpp_fit).__name__ == "BayesGLMMFit"
     assert cbpp_fit.sampler["log_density"] == "compiled HGLM kernel (C extension)"
     assert cbpp_fit.sampler["shifted"] == {} == cbpp_fit.sampler["latent_scale"]  # no herd-level predictors
+    assert cbpp_fit.sampler["partial_centring"] == {}
     assert cbpp_fit.diagnostics["divergences"] == 0
     assert cbpp_fit.diagnostics["max_rhat"] < 1.01
     assert cbpp_fit.sampler["parameterization"] == {"herd": "non-centred"}

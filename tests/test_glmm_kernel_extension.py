@@ -84,9 +84,9 @@ CASES = {
 
 
 def kernels(case):
-    """The case's kernel with every factor centred, with every factor non-centred (also with lambda = 2 for the
-    shifted ones) and, with crossed factors, the last one centred and the others non-centred (then shifted, where
-    they have group-level predictors: the centred one is sampled around the unshifted beta')."""
+    """The case's kernel with every factor centred, with every factor non-centred (also with lambda = 2 and
+    w = 0.4 for the shifted ones) and, with crossed factors, the last one centred and the others non-centred (then
+    shifted, where they have group-level predictors: the centred one is sampled around the unshifted beta')."""
     family, formula, options, priors = CASES[case]
     model = bh.HLM(formula, frame(), family=family, **options)
     prior_set, shape = resolve_glmm_priors(model.design, model.outcome, priors)
@@ -96,9 +96,10 @@ def kernels(case):
         choices["mixed"] = {**dict.fromkeys(names, "non-centred"), names[-1]: "centred"}
     out = {how: build_kernel(model.design, model.outcome, prior_set, shape, choice, None)
            for how, choice in choices.items()}
-    # shifted factors' z scaled along their group-level columns (lambda = 2)
-    out["non-centred, latent scale 2"] = build_kernel(model.design, model.outcome, prior_set, shape,
-                                                      choices["non-centred"], None, dict.fromkeys(names, 2.0))
+    # shifted factors' z scaled along their group-level columns (lambda = 2) and partially centred (w = 0.4)
+    out["non-centred, latent scale 2, w 0.4"] = build_kernel(model.design, model.outcome, prior_set, shape,
+                                                            choices["non-centred"], None, dict.fromkeys(names, 2.0),
+                                                            dict.fromkeys(names, 0.4))
     return out
 
 

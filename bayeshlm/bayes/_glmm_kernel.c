@@ -10,6 +10,7 @@
  *   (centred, b'_fj ~ N(C_fj beta', L_f L_f')),  L_f = diag(tau_f) L_Omega,f,
  *   beta_k = beta'_k - sum over the non-centred factors' shift entries (k, a, P) of P'u_f[:, a],  beta' = A x[:p],
  *   z_f = z'_f + (lambda_f - 1) G_f P_f z'_f on a shifted factor's shifted coefficient (glmm_kernel.py's docstring),
+ *   z_f = z'_f tau_f^-(1-w_f) for a partially centred factor (q = 1), with its log-Jacobian,
  *
  * rows: binomial logit, Poisson log or negative binomial (NB2) log; priors with their normalising constants;
  * LKJ(eta) on L_Omega through PyMC's CholeskyCorr transform. Matrices are row-major (q x q, or J x q).
@@ -34,13 +35,14 @@ static const char *HEADER[] = {"n_dim", "n_expanded", "length", "family", "n", "
                                "at_factors", "at_shape_prior", "at_A"};
 static const char *FACTOR[] = {"q", "J", "correlated", "centred", "eta", "at_codes", "at_Z", "at_centre",
                                "x_effects", "x_tau", "x_corr", "at_prior", "at_corr", "n_shift", "at_shift",
-                               "latent_scale", "at_shift_values"};
+                               "latent_scale", "at_shift_values", "partial"};
 #define N_HEADER 18
-#define N_FACTOR 17
+#define N_FACTOR 18
 enum { H_N_DIM, H_N_EXPANDED, H_LENGTH, H_FAMILY, H_N, H_P, H_N_FACTORS, H_SHAPE_AT, H_CONSTANT, H_AT_Y, H_AT_SIZE,
        H_AT_OFFSET, H_AT_X, H_AT_BETA_MU, H_AT_BETA_SD, H_AT_FACTORS, H_AT_SHAPE_PRIOR, H_AT_A };
 enum { F_Q, F_J, F_CORRELATED, F_CENTRED, F_ETA, F_AT_CODES, F_AT_Z, F_AT_CENTRE, F_X_EFFECTS, F_X_TAU, F_X_CORR,
-       F_AT_PRIOR, F_AT_CORR, F_N_SHIFT, F_AT_SHIFT, F_LATENT_SCALE, F_AT_SHIFT_VALUES };
+       F_AT_PRIOR, F_AT_CORR, F_N_SHIFT, F_AT_SHIFT, F_LATENT_SCALE, F_AT_SHIFT_VALUES,
+       F_PARTIAL };
 /* glmm_kernel.py's FAMILY_CODES (family, link, code) and SCALE_FAMILIES (name by code, PyMC's parameter names) */
 static const char *FAMILIES[][2] = {{"binomial", "logit"}, {"bernoulli", "logit"}, {"poisson", "log"},
                                     {"negative_binomial", "log"}};
@@ -740,12 +742,69 @@ static int latent_scaled(const double *buf) {
     return 0;
 }
 
-/* x, or (a scaled factor) a copy of x with z' taken to z in scaled (n_dim) using t (p); NULL when out of memory */
-static const double *latent_coordinates(const double *x, const double *buf, double *scaled, double *t) {
+/* (1 - w) h of a partially centred factor (non-centred, q = 1, w < 1; h = 1/2 when its scale coordinate is
+ * log tau^2), else 0 (glmm_kernel._partial_factor) */
+static double partial_factor(const double *buf, const double *row) {
+    if (row[F_CENTRED] > 0.5 || (int)row[F_Q] != 1 || row[F_PARTIAL] == 1.0)
+        return 0.0;
+    return (1.0 - row[F_PARTIAL]) * (buf[AT(row, F_AT_PRIOR) + 3] > 0.5 ? 0.5 : 1.0);
+}
+
+/* whether a factor is partially centred */
+static int partially_centred(const double *buf) {
+    const double *table = buf + AT(buf, H_AT_FACTORS);
+    for (int f = 0; f < (int)buf[H_N_FACTORS]; f++)
+        if (partial_factor(buf, table + f * N_FACTOR) != 0.0)
+            return 1;
+    return 0;
+}
+
+/* z = z' tau^-(1-w) into y (a copy of x) per partially centred factor; returns the log-Jacobian, -(1 - w) J log tau
+ * per factor (glmm_kernel._partially_centred) */
+static double partial_coordinates(const double *x, const double *buf, double *y) {
+    const double *table = buf + AT(buf, H_AT_FACTORS);
+    double log_jacobian = 0.0;
+    for (int f = 0; f < (int)buf[H_N_FACTORS]; f++) {
+        const double *row = table + f * N_FACTOR;
+        double k = partial_factor(buf, row);
+        if (k == 0.0)
+            continue;
+        Py_ssize_t J = AT(row, F_J), x_eff = AT(row, F_X_EFFECTS), x_tau = AT(row, F_X_TAU);
+        double c = exp(-k * x[x_tau]);
+        for (Py_ssize_t j = 0; j < J; j++)
+            y[x_eff + j] = x[x_eff + j] * c;
+        log_jacobian += -k * J * x[x_tau];
+    }
+    return log_jacobian;
+}
+
+/* the gradient in z and log tau taken to z' and log tau with the log-Jacobian's (glmm_kernel._partial_gradient) */
+static void partial_gradient(const double *x, const double *buf, double *grad) {
+    const double *table = buf + AT(buf, H_AT_FACTORS);
+    for (int f = 0; f < (int)buf[H_N_FACTORS]; f++) {
+        const double *row = table + f * N_FACTOR;
+        double k = partial_factor(buf, row);
+        if (k == 0.0)
+            continue;
+        Py_ssize_t J = AT(row, F_J), x_eff = AT(row, F_X_EFFECTS), x_tau = AT(row, F_X_TAU);
+        double c = exp(-k * x[x_tau]), d = 0.0;
+        for (Py_ssize_t j = 0; j < J; j++) {
+            d += grad[x_eff + j] * (x[x_eff + j] * c);
+            grad[x_eff + j] *= c;
+        }
+        grad[x_tau] += -k * d - k * J;
+    }
+}
+
+/* x, or (a partially centred or scaled factor) a copy of x with z' taken to z in scaled (n_dim) using t (p), the
+ * log-Jacobian of the partial centring added to *log_jacobian */
+static const double *latent_coordinates(const double *x, const double *buf, double *scaled, double *t,
+                                        double *log_jacobian) {
     if (scaled == NULL)
         return x;
     for (Py_ssize_t k = 0; k < AT(buf, H_N_DIM); k++)
         scaled[k] = x[k];
+    *log_jacobian += partial_coordinates(x, buf, scaled);
     scale_latent(buf, scaled, t);
     return scaled;
 }
@@ -759,7 +818,7 @@ static int64_t glmm_logp(uint64_t dim, const double *x, double *grad, double *lo
     if ((int64_t)dim != n_dim)
         return -1;
     Sizes s = sizes_of(buf);
-    int scaled = latent_scaled(buf);
+    int scaled = latent_scaled(buf) || partially_centred(buf);
     double *work = malloc((size_t)(density_work(s) + (scaled ? n_dim + s.p : 0)) * sizeof(double));
     Py_ssize_t *u_at = malloc((size_t)(s.n_factors + 1) * sizeof(Py_ssize_t));
     if (work == NULL || u_at == NULL) {
@@ -768,9 +827,13 @@ static int64_t glmm_logp(uint64_t dim, const double *x, double *grad, double *lo
         return -2;
     }
     double *latent = scaled ? work + density_work(s) : NULL, *t = scaled ? latent + n_dim : NULL;
-    double value = log_density(latent_coordinates(x, buf, latent, t), buf, grad, work, u_at);
-    if (scaled)
+    double log_jacobian = 0.0;
+    double value = log_density(latent_coordinates(x, buf, latent, t, &log_jacobian), buf, grad, work, u_at);
+    if (scaled) {
         scale_latent(buf, grad, t);
+        partial_gradient(x, buf, grad);
+        value = value + log_jacobian;
+    }
     free(work);
     free(u_at);
     *logp = value;
@@ -789,12 +852,12 @@ static int64_t glmm_expand(uint64_t dim, uint64_t n_expanded, const double *x, d
         return -1;
     Sizes s = sizes_of(buf);
     Py_ssize_t n_work = 2 * s.p + 2 * s.q_max * s.q_max + s.q_max + s.J_max * s.q_max, n_dim = AT(buf, H_N_DIM);
-    int scaled = latent_scaled(buf);
+    int scaled = latent_scaled(buf) || partially_centred(buf);
     double *work = malloc((size_t)(n_work + (scaled ? n_dim + s.p : 0)) * sizeof(double));
     if (work == NULL)
         return -2;
-    double *latent = scaled ? work + n_work : NULL;
-    expand(latent_coordinates(x, buf, latent, scaled ? latent + n_dim : NULL), buf, out, work);
+    double *latent = scaled ? work + n_work : NULL, log_jacobian = 0.0;
+    expand(latent_coordinates(x, buf, latent, scaled ? latent + n_dim : NULL, &log_jacobian), buf, out, work);
     free(work);
     return 0;
 }

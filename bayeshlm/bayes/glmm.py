@@ -14,7 +14,8 @@ For the logit-binomial/Bernoulli, log-Poisson and log-negative-binomial models w
 nutpie samples a compiled log density (:mod:`.glmm_kernel`: a C extension built at install, Numba as the
 fallback; no PyMC graph is compiled), with the fixed effects shifted by the effects of non-centred factors with
 group-level predictors (an exact reparameterisation, :func:`fixed_effect_shift`, recorded in
-``fit.sampler["shifted"]``, their z scaled along those columns by ``fit.sampler["latent_scale"]``); other
+``fit.sampler["shifted"]``, their z scaled along those columns by ``fit.sampler["latent_scale"]`` and partially
+centred by ``fit.sampler["partial_centring"]``); other
 links and priors sample the PyMC graph of :func:`glmm_pymc_model`, the same model, which ``model.pymc_model()``
 returns for posterior predictive simulation.
 
@@ -490,10 +491,21 @@ def latent_scales_default(design: Design, choice: dict[str, str], laplace) -> di
     return {name: latent_scale(reliability[name]) for name in fixed_effect_shift(design, choice)}
 
 
+def partial_weights_default(design: Design, choice: dict[str, str], laplace) -> dict[str, float]:
+    """Per shifted factor with one random coefficient, w = 1 - r in [0.1, 1] from its Laplace reliability r: the
+    kernel samples z' = u / tau^w (glmm_kernel's docstring; partial non-centring, Papaspiliopoulos, Roberts &
+    Skold 2003, whose weight for a normal two-level model is 1 - r). 1 (non-centred) without a Laplace fit."""
+    reliability = laplace_reliability(design, laplace)
+    return {name: float(np.clip(1.0 - reliability[name], 0.1, 1.0)) for name in fixed_effect_shift(design, choice)
+            if design.factor(name).n_coef == 1}
+
+
 def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: Prior | None,
-                 choice: dict[str, str], laplace, latent_scales: Mapping | None = None):
+                 choice: dict[str, str], laplace, latent_scales: Mapping | None = None,
+                 partial_weights: Mapping | None = None):
     """Pack the model for :mod:`.glmm_kernel`, with a start at the Laplace estimates when there are some;
-    ``latent_scales``: per shifted factor, lambda (default :func:`latent_scale` of its Laplace reliability)."""
+    ``latent_scales``: per shifted factor, lambda (default :func:`latent_scales_default`); ``partial_weights``:
+    per shifted factor with one coefficient, w (default :func:`partial_weights_default`)."""
     from scipy import special
 
     from .glmm_kernel import FAMILY_CODES, SCALE_CODE, SCALE_FAMILIES, pack
@@ -511,6 +523,8 @@ def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: P
     shift = fixed_effect_shift(design, choice)
     scales = latent_scales_default(design, choice, laplace) | {k: float(v) for k, v in (latent_scales or {}).items()
                                                                if k in shift}
+    partial = partial_weights_default(design, choice, laplace)
+    partial |= {k: float(v) for k, v in (partial_weights or {}).items() if k in partial}
     # start at the Laplace estimates: beta' = beta0 + shift(u) with the non-centred effects' start u = 0, so beta0
     beta0 = _laplace_beta(design, laplace)
     A = standardising_map(design.X)
@@ -532,6 +546,7 @@ def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: P
                         "eta": float(priors.corr[f.name].eta) if correlated else 1.0, "codes": f.codes,
                         "Z": f.Z, "centre": weights.get(f.name, np.zeros(0)), "prior": rows,
                         "shift": shift.get(f.name, []), "latent_scale": scales.get(f.name, 1.0),
+                        "partial": partial.get(f.name, 1.0),
                         "shift_values": np.array([design.X[_first_rows(f), k] for k, _, _ in shift.get(f.name, [])])})
         if scales.get(f.name, 1.0) != 1.0:  # the Jacobian of z' -> z: lambda^rank(G)
             columns = sorted({k for k, _, _ in shift[f.name]})
@@ -782,6 +797,7 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
                        else "compiled HGLM kernel (Numba)")
         shifted = shift_record(design, fixed_effect_shift(design, choice))
         latent = {name: round(value, 3) for name, value in latent_scales_default(design, choice, laplace).items()}
+        partial = {name: round(value, 3) for name, value in partial_weights_default(design, choice, laplace).items()}
     else:
         model = glmm_pymc_model(design, outcome, priors, choice=choice)
         reused = False
@@ -796,7 +812,7 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
             compiled_at = start
             tree = sample_pymc(model, "compiling and ", **options)
         log_density = "PyMC graph"
-        shifted = latent = None
+        shifted = latent = partial = None
     end = time.perf_counter()
     check_complete(tree, draws, chains)
     keep = ["beta", "shape", *(f"{kind}_{f.name}" for f in design.factors
@@ -813,5 +829,5 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
               "cores": cores, "seed": seed, "target_accept": target_accept, "compiled_model_reused": reused,
               "compile_seconds": round(compiled_at - start, 3), "sampling_seconds": round(end - compiled_at, 3),
               "likelihood_rows": likelihood_rows, "shifted": shifted,
-              "latent_scale": latent}
+              "latent_scale": latent, "partial_centring": partial}
     return tree, record

@@ -50,6 +50,14 @@ density is evaluated at the z (:func:`log_density` around :func:`_log_density`);
 VerbAgg (items centred, persons shifted with lambda 2.78), seeds 1-3: the fixed effects' bulk ESS 660-1,070 ->
 3,480-6,420, min bulk ESS (now tau_id) 812-979 (benchmarks/results/bayes_verbagg_geometry.md).
 
+A shifted factor with one random coefficient is also partially centred (Papaspiliopoulos, Roberts & Skold 2003):
+the kernel samples z' = u / tau^w (before the scaling above), z = z' tau^-(1-w), w = 1 - r in [0.1, 1]
+(glmm.partial_weights_default; 1 is non-centred). With reliable groups a non-centred z is tied to tau (z = u /
+tau with u fixed by the data); z' is nearly free of it. The map's log-Jacobian -(1 - w) J log tau (h = 1/2 of
+that per unit of log tau^2 for a prior on the variance) is added to the density and its gradient to log tau's;
+dz' = tau^-(1-w) dz, d log tau += -(1 - w) sum_j dz_j z_j (:func:`log_density`). VerbAgg's persons (w 0.13),
+seeds 1, 3, 4: min bulk ESS (tau_id) 905/1,042/790 -> 3,200-3,700 with every parameter above 3,200.
+
 Families (canonical or log links; others are sampled through the PyMC graph):
 
 - binomial / Bernoulli, logit:  l_i = y_i eta_i - n_i log(1 + e^eta_i) (+ log C(n_i, y_i)),  dl/deta = y_i - n_i mu_i;
@@ -101,10 +109,11 @@ _HEADER = ("n_dim", "n_expanded", "length", "family", "n", "p", "n_factors", "sh
  _AT_X, _AT_BETA_MU, _AT_BETA_SD, _AT_FACTORS, _AT_SHAPE_PRIOR, _AT_A) = range(len(_HEADER))
 # one row per factor: sizes, form, where its data and coordinates are
 _FACTOR = ("q", "J", "correlated", "centred", "eta", "at_codes", "at_Z", "at_centre", "x_effects", "x_tau",
-           "x_corr", "at_prior", "at_corr", "n_shift", "at_shift", "latent_scale", "at_shift_values")
+           "x_corr", "at_prior", "at_corr", "n_shift", "at_shift", "latent_scale", "at_shift_values",
+           "partial")
 (_F_Q, _F_J, _F_CORRELATED, _F_CENTRED, _F_ETA, _F_AT_CODES, _F_AT_Z, _F_AT_CENTRE, _F_X_EFFECTS, _F_X_TAU,
- _F_X_CORR, _F_AT_PRIOR, _F_AT_CORR, _F_N_SHIFT, _F_AT_SHIFT, _F_LATENT_SCALE, _F_AT_SHIFT_VALUES) = range(
-    len(_FACTOR))
+ _F_X_CORR, _F_AT_PRIOR, _F_AT_CORR, _F_N_SHIFT, _F_AT_SHIFT, _F_LATENT_SCALE, _F_AT_SHIFT_VALUES,
+ _F_PARTIAL) = range(len(_FACTOR))
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -145,7 +154,8 @@ def pack(family: int, y, size, offset, constant: float, X, A, beta_mu, beta_sd, 
     centre (J q x p weights C: c_j = C_j beta; empty when not centred), prior (q rows of code, a, b,
     on_variance), shift (entries (k, a, P) of the fixed-effect shift beta_k -= P'u_f[:, a], P of length J;
     empty when centred: module docstring) and optionally latent_scale (lambda) with shift_values (per entry, the
-    shifted column's J group values: G' as rows); ``start`` and ``jitter``: the starting point and the scale of its
+    shifted column's J group values: G' as rows) and partial (w, a non-centred factor with q = 1: module
+    docstring); ``start`` and ``jitter``: the starting point and the scale of its
     per-chain jitter; ``A``: beta = A x[:p] - shift (the fixed effects from the coefficients of the standardised
     columns of X, which NUTS samples: far better conditioned)."""
     n, p = X.shape
@@ -170,7 +180,8 @@ def pack(family: int, y, size, offset, constant: float, X, A, beta_mu, beta_sd, 
                "at_prior": put(f["prior"]), "at_corr": put(correlation_positions(q)),
                "n_shift": len(f["shift"]), "at_shift": put(_shift_rows(f["shift"], J)),
                "latent_scale": f.get("latent_scale", 1.0),
-               "at_shift_values": put(np.asarray(f.get("shift_values", np.zeros((len(f["shift"]), J)))))}
+               "at_shift_values": put(np.asarray(f.get("shift_values", np.zeros((len(f["shift"]), J))))),
+               "partial": f.get("partial", 1.0)}
         x_at += J * q + q + (q * (q - 1) // 2 if f["correlated"] else 0)
         rows.append(row)
     positions["at_factors"] = put(np.array([[r[name] for name in _FACTOR] for r in rows]))
@@ -627,14 +638,71 @@ def _latent_scaled(x, buf):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def _partial_factor(buf, row):
+    """(1 - w) h for a non-centred factor with q = 1 and w < 1 (h = 1/2 when its scale coordinate is log tau^2),
+    else 0."""
+    if row[_F_CENTRED] > 0.5 or int(row[_F_Q]) != 1 or row[_F_PARTIAL] == 1.0:
+        return 0.0
+    return (1.0 - row[_F_PARTIAL]) * (0.5 if buf[int(row[_F_AT_PRIOR]) + 3] > 0.5 else 1.0)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _partially_centred(x, buf):
+    """(coordinates with z = z' tau^-(1-w) for each partially centred factor, the log-Jacobian of that map:
+    -(1 - w) J log tau per factor); ``x`` itself and 0 when there is none (module docstring)."""
+    n_factors = int(buf[_N_FACTORS])
+    table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
+        n_factors, len(_FACTOR))
+    partial = False
+    for f in range(n_factors):
+        partial = partial or _partial_factor(buf, table[f]) != 0.0
+    if not partial:
+        return x, 0.0
+    y, log_jacobian = x.copy(), 0.0
+    for f in range(n_factors):
+        k = _partial_factor(buf, table[f])
+        if k == 0.0:
+            continue
+        J, x_eff, x_tau = int(table[f, _F_J]), int(table[f, _F_X_EFFECTS]), int(table[f, _F_X_TAU])
+        c = math.exp(-k * x[x_tau])
+        for j in range(J):
+            y[x_eff + j] = x[x_eff + j] * c
+        log_jacobian += -k * J * x[x_tau]
+    return y, log_jacobian
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _partial_gradient(x, buf, grad):
+    """The gradient in z (``grad`` at the z block) and log tau taken to z' and log tau, with the log-Jacobian's:
+    dz'_j = c dz_j, d log tau += -(1 - w) (sum_j dz_j z_j + J), c = tau^-(1-w)."""
+    n_factors = int(buf[_N_FACTORS])
+    table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
+        n_factors, len(_FACTOR))
+    for f in range(n_factors):
+        k = _partial_factor(buf, table[f])
+        if k == 0.0:
+            continue
+        J, x_eff, x_tau = int(table[f, _F_J]), int(table[f, _F_X_EFFECTS]), int(table[f, _F_X_TAU])
+        c = math.exp(-k * x[x_tau])
+        d = 0.0
+        for j in range(J):
+            d += grad[x_eff + j] * (x[x_eff + j] * c)
+            grad[x_eff + j] *= c
+        grad[x_tau] += -k * d - k * J
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def log_density(x, buf, grad):
     """Log posterior density at ``x`` with its gradient written into ``grad``: :func:`_log_density` at the
-    coordinates z of the scaled factors, its gradient taken back to z' (module docstring)."""
-    value = _log_density(_latent_scaled(x, buf), buf, grad)
+    coordinates z of the partially centred and scaled factors plus the log-Jacobian, its gradient taken back to the
+    sampled coordinates (module docstring)."""
+    y, log_jacobian = _partially_centred(x, buf)
+    value = _log_density(_latent_scaled(y, buf), buf, grad)
     n_factors = int(buf[_N_FACTORS])
     _scale_latent(buf, buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
         n_factors, len(_FACTOR)), grad)
-    return value
+    _partial_gradient(x, buf, grad)
+    return value + log_jacobian
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -718,8 +786,9 @@ def _add_centre_shift(buf, at_centre, n_effects, beta, sampled, b):
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def expand(x, buf, out):
-    """:func:`_expand` at the coordinates z of the scaled factors (the graph's z is reported)."""
-    _expand(_latent_scaled(x, buf), buf, out)
+    """:func:`_expand` at the coordinates z of the partially centred and scaled factors (the graph's z is
+    reported)."""
+    _expand(_latent_scaled(_partially_centred(x, buf)[0], buf), buf, out)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
