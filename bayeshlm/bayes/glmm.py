@@ -210,7 +210,8 @@ def choose_parameterization(design: Design, reliability: dict[str, float],
     and 497-535 with both non-centred and shifted (benchmarks/results/bayes_verbagg_geometry.md; earlier attempts
     centred the items on beta after the shift, which counts the persons' mean twice: R-hat 1.025, min ESS 87-95);
     with the persons' z also scaled along their group-level columns (:func:`latent_scale`) 1.0028-1.0071 and
-    905-1,042 (tau_id), every fixed effect 3,000-6,800.
+    905-1,042 (tau_id), and also partially centred (:func:`partial_weights_default`) 1.0018-1.0034 and
+    3,265-3,629 (seeds 4-6: 1.0010-1.0029, 3,012-3,249).
     The result lists the factors in the order :func:`centring` gives out the fixed effects: requested centred
     ones, then by decreasing reliability."""
     if requested is not None and not isinstance(requested, Mapping):
