@@ -81,6 +81,16 @@ def thetas(objective, seed=0, count=4):
     return out + [likelihood_fit.minimize_criterion(objective, start, 1000).x]
 
 
+def assert_same_value_and_gradient(objective, reference, theta):
+    """The criterion to 1e-12 relative and its gradient to 1e-12 |criterion| (module docstring); returns the
+    reference's criterion."""
+    value, gradient = objective.value_and_gradient(theta)
+    ref_value, ref_gradient = reference.value_and_gradient(theta)
+    assert value == pytest.approx(ref_value, rel=TOL)
+    np.testing.assert_allclose(gradient, ref_gradient, rtol=0, atol=TOL * abs(ref_value))
+    return ref_value
+
+
 def assert_same_factor(fac, ref):
     """Two factorisations of one design at one theta agree to rounding in every quantity the fit reads."""
     assert fac.logdet_z == pytest.approx(ref.logdet_z, rel=TOL, abs=TOL)
@@ -105,10 +115,7 @@ def test_compiled_nested_blocks_equal_numpy(data, formula, method):
     reference = likelihood_fit.ProfiledDeviance(design, method)
     reference.solver = NestedSolver(design, design.chain, compiled=False)
     for theta in thetas(objective):
-        value, gradient = objective.value_and_gradient(theta)
-        ref_value, ref_gradient = reference.value_and_gradient(theta)
-        assert value == pytest.approx(ref_value, rel=TOL)
-        np.testing.assert_allclose(gradient, ref_gradient, rtol=0, atol=TOL * abs(ref_value))
+        assert_same_value_and_gradient(objective, reference, theta)
         fac, ref = objective.factorize(theta), reference.factorize(theta)
         for a, b in zip(fac.L + fac.R, ref.L + ref.R):
             np.testing.assert_allclose(a, b, rtol=0, atol=TOL)
@@ -127,10 +134,7 @@ def test_crossed_dense_schur_complement_equals_pair_map(data, formula, options, 
     reference = likelihood_fit.ProfiledDeviance(design, method)
     assert reference.solver.C_dense is None
     for theta in thetas(objective):
-        value, gradient = objective.value_and_gradient(theta)
-        ref_value, ref_gradient = reference.value_and_gradient(theta)
-        assert value == pytest.approx(ref_value, rel=TOL)
-        np.testing.assert_allclose(gradient, ref_gradient, rtol=0, atol=TOL * abs(ref_value))
+        assert_same_value_and_gradient(objective, reference, theta)
         assert_same_factor(objective.factorize(theta), reference.factorize(theta))
 
 
@@ -144,19 +148,15 @@ COMPILED_CROSSED_IDS = CROSSED_IDS + ["intercepts-three-factors", "intercepts-kn
 @pytest.mark.parametrize("method", ["reml", "ml"])
 @pytest.mark.parametrize("data, formula, options", COMPILED_CROSSED, ids=COMPILED_CROSSED_IDS)
 def test_compiled_crossed_equals_numpy(data, formula, options, method):
-    """Small crossed designs are evaluated by _crossed_blocks (every block a number when each factor has one
-    coefficient, q x q blocks otherwise); the NumPy path gives the same criterion, gradient and factor."""
+    """Small crossed designs are evaluated by _crossed_blocks (q x q blocks, compiled apart for q = 1 as every block
+    a number); the NumPy path gives the same criterion, gradient and factor."""
     design = standard_design(data, formula, options)
     objective = likelihood_fit.ProfiledDeviance(design, method)
     assert objective.solver.compiled
-    assert objective.solver.kernel_scalar == all(f.n_coef == 1 for f in design.factors)
     reference = likelihood_fit.ProfiledDeviance(design, method)
     reference.solver = crossed.CrossedSolver(design, objective.solver_factors, compiled=False)
     for theta in thetas(objective):
-        value, gradient = objective.value_and_gradient(theta)
-        ref_value, ref_gradient = reference.value_and_gradient(theta)
-        assert value == pytest.approx(ref_value, rel=TOL)
-        np.testing.assert_allclose(gradient, ref_gradient, rtol=0, atol=TOL * abs(ref_value))
+        ref_value = assert_same_value_and_gradient(objective, reference, theta)
         fac, ref = objective.factorize(theta), reference.factorize(theta)
         for a, b in [(fac.L, ref.L), (fac.W, ref.W), (fac.T, ref.T), (fac.Lz, ref.Lz), (fac.Rz, ref.Rz)]:
             np.testing.assert_allclose(a, b, rtol=0, atol=TOL * max(np.abs(b).max(), 1.0))

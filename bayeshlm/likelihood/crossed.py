@@ -17,8 +17,7 @@ When C is small (J_1 q_1 t^2 <= DENSE_SCHUR_WORK, t = C's column count), N is in
 N = B'B with B_g = L_g^{-1} Lambda_1' C_g (so B_g'B_g = C_g'W_g C_g), and C's products are dense: for a design
 like ScotsSec (148 x 19 groups) the sparse calls' overhead exceeds their work. Then an evaluation (the factor and
 the gradient's pieces) runs in the compiled ``_crossed_blocks.c`` when it was built (the same formulas group by
-group, with every block a number when each factor has one coefficient; equal to rounding), else as the NumPy
-calls below.
+group, for any number of coefficients per factor; equal to rounding), else as the NumPy calls below.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ try:  # built by ``pip install`` / ``setup.py build_ext`` (optional, like every 
 except ImportError:  # pragma: no cover - installs without a C compiler
     _crossed_blocks = None
 # the argument layout the kernel was built for (_crossed_blocks.c)
-KERNEL_LAYOUT = "dims=J,K,p,n_rest,offsets;C=J*t;D=J;A=t*t;lam=1+n_rest;blocks:dims+=q1,q_rest;v2"
+KERNEL_LAYOUT = "dims=J,K,p,n_rest,q1,offsets,q_rest;C=J*q1*t;D=J*q1*q1;A=t*t;lam=q*q per factor;v3"
 if _crossed_blocks is not None and getattr(_crossed_blocks, "LAYOUT", None) != KERNEL_LAYOUT:
     _crossed_blocks = None  # a stale build: NumPy does the work
 
@@ -179,24 +178,17 @@ class CrossedSolver:
         return C, A
 
     def _prepare_kernel(self, compiled: bool | None) -> None:
-        """Set ``compiled`` and, when set, the kernel's arrays (layout in ``_crossed_blocks.c``): its functions for
-        numbers when every factor has one coefficient, for q x q blocks otherwise."""
+        """Set ``compiled`` and, when set, the kernel's arrays (layout in ``_crossed_blocks.c``)."""
         if compiled and _crossed_blocks is None:
             raise ValueError("the compiled crossed kernel _crossed_blocks is not built")
         self.compiled = _crossed_blocks is not None if compiled is None else compiled
         if not self.compiled:
             return
         rest = self.factors[1:]
-        self.kernel_scalar = all(f.n_coef == 1 for f in self.factors)
-        dims = [self.J, self.K, self.p, len(rest)]
-        if self.kernel_scalar:
-            self.kernel_dims = np.array(dims + list(self.offsets), dtype=np.int64)
-            self.kernel_C = np.ascontiguousarray(self.C_dense.reshape(self.J, -1))
-            self.kernel_D = np.ascontiguousarray(self.D.reshape(self.J))
-        else:
-            self.kernel_dims = np.array(dims + [self.q, *self.offsets] + [f.n_coef for f in rest], dtype=np.int64)
-            self.kernel_C = np.ascontiguousarray(self.C_dense)
-            self.kernel_D = np.ascontiguousarray(self.D)
+        self.kernel_dims = np.array([self.J, self.K, self.p, len(rest), self.q, *self.offsets]
+                                    + [f.n_coef for f in rest], dtype=np.int64)
+        self.kernel_C = np.ascontiguousarray(self.C_dense)
+        self.kernel_D = np.ascontiguousarray(self.D)
         self.kernel_A = np.ascontiguousarray(self.A)
         # where each factor's q x q Lambda (and Q, G) starts in the flat arrays, as Python ints
         self.kernel_lam_at = list(itertools.accumulate([f.n_coef ** 2 for f in self.factors], initial=0))
@@ -317,15 +309,13 @@ class CrossedSolver:
 
 
     def _factorize_compiled(self, lambdas: list[np.ndarray]) -> CrossedFactorization:
-        """:meth:`factorize` by ``_crossed_blocks`` (``crossed_factorize`` when every block is a number, else
-        ``crossed_factorize_blocks``)."""
+        """:meth:`factorize` by ``_crossed_blocks.crossed_factorize``."""
         J, K, q, t = self.J, self.K, self.q, self.K + self.p + 1
         lam = np.concatenate([x.ravel() for x in lambdas]).astype(float, copy=False)
         first = np.empty((3, J, q, q))  # L_g, L_g^{-1}, W_g
         T, Lz, Rz, top = np.empty((t, t)), np.empty((K, K)), np.empty((K, t - K)), np.empty((t - K, t - K))
-        kernel = _crossed_blocks.crossed_factorize if self.kernel_scalar else _crossed_blocks.crossed_factorize_blocks
-        logdet_z = kernel(self.kernel_dims, self.kernel_C, self.kernel_D, self.kernel_A, lam, first[0], first[1],
-                          first[2], T, Lz, Rz, top)
+        logdet_z = _crossed_blocks.crossed_factorize(self.kernel_dims, self.kernel_C, self.kernel_D, self.kernel_A, lam,
+                                                     first[0], first[1], first[2], T, Lz, Rz, top)
         if np.isnan(logdet_z):
             raise np.linalg.LinAlgError("the Schur complement of the crossed factors is not positive definite")
         fac = CrossedFactorization(self, lambdas, first[0], first[1], first[2], T, Lz, Rz, logdet_z, top)
@@ -433,12 +423,12 @@ class CrossedFactorization(Factorization):
         return super().gradient_sums(reml)
 
     def _gradient_sums_compiled(self, reml: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Q and G by ``_crossed_blocks`` (``crossed_gradient`` or ``crossed_gradient_blocks``, as the factor)."""
+        """Q and G by ``_crossed_blocks.crossed_gradient``."""
         s = self.solver
         Q, G = np.empty(s.kernel_lam_at[-1]), np.empty(s.kernel_lam_at[-1])
-        kernel = _crossed_blocks.crossed_gradient if s.kernel_scalar else _crossed_blocks.crossed_gradient_blocks
-        kernel(s.kernel_dims, s.kernel_C, s.kernel_D, s.kernel_A, self.kernel_lam, self.Linv, self.W, self.T, self.Lz,
-               self.Rz, np.ascontiguousarray(self.RX), np.ascontiguousarray(self.beta), reml, Q, G)  # R_X: REML only
+        _crossed_blocks.crossed_gradient(s.kernel_dims, s.kernel_C, s.kernel_D, s.kernel_A, self.kernel_lam, self.Linv,
+                                         self.W, self.T, self.Lz, self.Rz, np.ascontiguousarray(self.RX),
+                                         np.ascontiguousarray(self.beta), reml, Q, G)  # R_X: REML only
         return Q, G
 
     def conditional_variances(self) -> list[np.ndarray]:
