@@ -505,8 +505,9 @@ def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: P
                  choice: dict[str, str], laplace, latent_scales: Mapping | None = None,
                  partial_weights: Mapping | None = None):
     """Pack the model for :mod:`.glmm_kernel`, with a start at the Laplace estimates when there are some;
-    ``latent_scales``: per shifted factor, lambda (default :func:`latent_scales_default`); ``partial_weights``:
-    per shifted factor with one coefficient, w (default :func:`partial_weights_default`)."""
+    ``latent_scales``: per shifted factor, lambda (None: :func:`latent_scales_default`); ``partial_weights``:
+    per shifted factor with one coefficient, w (None: :func:`partial_weights_default`). A factor these leave out
+    is not scaled (lambda 1) or not partially centred (w 1); entries for other factors are ignored."""
     from scipy import special
 
     from .glmm_kernel import FAMILY_CODES, SCALE_CODE, SCALE_FAMILIES, pack
@@ -522,10 +523,12 @@ def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: P
     beta_sd = np.array([float(p.params["sigma"]) if p.dist == "Normal" else 0.0 for p in fixed])
     weights = centre_weights(design, choice)
     shift = fixed_effect_shift(design, choice)
-    scales = latent_scales_default(design, choice, laplace) | {k: float(v) for k, v in (latent_scales or {}).items()
-                                                               if k in shift}
-    partial = partial_weights_default(design, choice, laplace)
-    partial |= {k: float(v) for k, v in (partial_weights or {}).items() if k in partial}
+    if latent_scales is None:
+        latent_scales = latent_scales_default(design, choice, laplace)
+    if partial_weights is None:
+        partial_weights = partial_weights_default(design, choice, laplace)
+    scales = {k: float(v) for k, v in latent_scales.items() if k in shift}
+    partial = {k: float(v) for k, v in partial_weights.items() if k in shift and design.factor(k).n_coef == 1}
     # start at the Laplace estimates: beta' = beta0 + shift(u) with the non-centred effects' start u = 0, so beta0
     beta0 = _laplace_beta(design, laplace)
     A = standardising_map(design.X)
@@ -788,7 +791,10 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
         from .glmm_kernel import callbacks, extension_callbacks, nutpie_model
 
         misses = callbacks.cache_info().misses
-        kernel = build_kernel(design, outcome, prior_set, shape, choice, laplace)
+        shift = fixed_effect_shift(design, choice)
+        scales = latent_scales_default(design, choice, laplace)
+        weights = partial_weights_default(design, choice, laplace)
+        kernel = build_kernel(design, outcome, prior_set, shape, choice, laplace, scales, weights)
         compiled = nutpie_model(kernel)
         reused = callbacks.cache_info().misses == misses
         likelihood_rows = kernel.n_rows
@@ -796,9 +802,9 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
         tree = sample_nutpie(compiled, **options)
         log_density = ("compiled HGLM kernel (C extension)" if callbacks() is extension_callbacks()
                        else "compiled HGLM kernel (Numba)")
-        shifted = shift_record(design, fixed_effect_shift(design, choice))
-        latent = {name: round(value, 3) for name, value in latent_scales_default(design, choice, laplace).items()}
-        partial = {name: round(value, 3) for name, value in partial_weights_default(design, choice, laplace).items()}
+        shifted = shift_record(design, shift)  # the maps the kernel was built with
+        latent = {name: round(value, 3) for name, value in scales.items()}
+        partial = {name: round(value, 3) for name, value in weights.items()}
     else:
         model = glmm_pymc_model(design, outcome, priors, choice=choice)
         reused = False
