@@ -41,6 +41,12 @@ def identity(p: int) -> np.ndarray:
     return out
 
 
+def square_blocks(flat: np.ndarray, starts, sizes) -> list[np.ndarray]:
+    """The q x q blocks of ``flat`` starting at ``starts``, one per factor of ``sizes`` q (views): the per-factor
+    matrices of the compiled kernels' flat outputs."""
+    return [flat[a:a + q * q].reshape(q, q) for a, q in zip(starts, sizes, strict=False)]
+
+
 def cholesky_solve(D: np.ndarray, O: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Batched L L' = D (J, q, q) and R = L^{-1} O (J, q, t), looping over the q columns only.
 

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from ..design import Design, GroupingFactor
 from ..design.design import group_sums, indicator_matrix
 from ..errors import DataError
-from .algebra import Factorization
+from .algebra import Factorization, square_blocks
 
 try:  # built by ``pip install`` / ``setup.py build_ext`` (optional, like every extension; see setup.py)
     from . import _crossed_blocks
@@ -307,7 +307,6 @@ class CrossedSolver:
         logdet_z = 2.0 * (np.log(np.diagonal(L, axis1=1, axis2=2)).sum() + np.log(np.diag(Lz)).sum())
         return CrossedFactorization(self, lambdas, L, Linv, W, T, Lz, Rz, logdet_z, S[K:, K:] - Rz.T @ Rz)
 
-
     def _factorize_compiled(self, lambdas: list[np.ndarray]) -> CrossedFactorization:
         """:meth:`factorize` by ``_crossed_blocks.crossed_factorize``."""
         J, K, q, t = self.J, self.K, self.q, self.K + self.p + 1
@@ -391,8 +390,8 @@ class CrossedFactorization(Factorization):
         s = self.solver
         if self.kernel_lam is not None:
             Q, G = self._gradient_sums_compiled(reml)
-            bounds = list(zip(s.kernel_lam_at, s.kernel_lam_at[1:], [f.n_coef for f in s.factors]))
-            return [Q[a:b].reshape(k, k) for a, b, k in bounds], [G[a:b].reshape(k, k) for a, b, k in bounds]
+            sizes = [f.n_coef for f in s.factors]
+            return square_blocks(Q, s.kernel_lam_at, sizes), square_blocks(G, s.kernel_lam_at, sizes)
         q = s.q
         lam = self.lambdas[0]
         sigma = self._rest_inverse(reml)

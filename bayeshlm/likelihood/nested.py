@@ -24,7 +24,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ..design import Design, GroupingFactor
-from .algebra import Factorization, _pls_blocks, cholesky_solve
+from .algebra import Factorization, _pls_blocks, cholesky_solve, square_blocks
 
 MAX_COMPILED_LEVELS = 16  # nesting depth the compiled kernel handles (MAX_LEVELS in _pls_blocks.c)
 
@@ -281,8 +281,7 @@ class NestedFactorization(Factorization):
         """:meth:`gradient_parts` by ``_pls_blocks.nested_gradient`` (the same sums group by group)."""
         s = self.solver
         Q_flat, G_flat = self._gradient_sums_compiled(reml)
-        bounds = list(zip(s.kernel_lam, s.kernel_lam[1:], s.q))
-        return ([Q_flat[a:b].reshape(q, q) for a, b, q in bounds], [G_flat[a:b].reshape(q, q) for a, b, q in bounds])
+        return square_blocks(Q_flat, s.kernel_lam, s.q), square_blocks(G_flat, s.kernel_lam, s.q)
 
     def _gradient_sums_compiled(self, reml: bool) -> tuple[np.ndarray, np.ndarray]:
         s = self.solver
