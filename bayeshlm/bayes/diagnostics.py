@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 
-import arviz as az
+import arviz_stats as azs  # what `arviz` re-exports, without importing arviz-plots and matplotlib
 import numpy as np
 import xarray as xr
 
@@ -29,10 +29,10 @@ def diagnose(tree: xr.DataTree, var_names: list[str], chains: int) -> tuple[dict
     n_draws = int(stats.sizes["chain"] * stats.sizes["draw"])
     varying = _varying_entries(tree["posterior"].to_dataset(), var_names)
     with np.errstate(invalid="ignore", divide="ignore"):  # constant entries (corr[0, 0] = 1) are left out
-        rhat = _max(az.rhat(tree, var_names=var_names), varying) if chains > 1 else float("nan")
-        ess_bulk = _min(az.ess(tree, var_names=var_names, method="bulk"), varying)
-        ess_tail = _min(az.ess(tree, var_names=var_names, method="tail"), varying)
-    bfmi = float(np.min(np.asarray(az.bfmi(tree)["energy"]))) if "energy" in stats else float("nan")
+        rhat = _max(azs.rhat(tree, var_names=var_names), varying) if chains > 1 else float("nan")
+        ess_bulk = _min(azs.ess(tree, var_names=var_names, method="bulk"), varying)
+        ess_tail = _min(azs.ess(tree, var_names=var_names, method="tail"), varying)
+    bfmi = float(np.min(np.asarray(azs.bfmi(tree)["energy"]))) if "energy" in stats else float("nan")
     diagnostics = {"divergences": divergences, "divergence_rate": divergences / n_draws, "max_rhat": rhat,
                    "min_ess_bulk": ess_bulk, "min_ess_tail": ess_tail, "min_bfmi": bfmi, "draws": n_draws}
     messages = []

@@ -799,7 +799,7 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
         reused = callbacks.cache_info().misses == misses
         likelihood_rows = kernel.n_rows
         compiled_at = time.perf_counter()
-        tree = sample_nutpie(compiled, **options)
+        tree = sample_nutpie(compiled, **options, warmup=False)
         log_density = ("compiled HGLM kernel (C extension)" if callbacks() is extension_callbacks()
                        else "compiled HGLM kernel (Numba)")
         shifted = shift_record(design, shift)  # the maps the kernel was built with

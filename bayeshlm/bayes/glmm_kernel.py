@@ -957,54 +957,14 @@ def reported(kernel: GLMMKernel, x: np.ndarray, chosen=None) -> dict[str, np.nda
 
 
 def nutpie_model(kernel: GLMMKernel):
-    """A nutpie model sampling ``kernel`` through its C callbacks (chains in parallel, no Python in the loop)."""
-    from nutpie.sample import CompiledModel
+    """nutpie's view of ``kernel``: its C callbacks (chains in parallel, no Python in the loop) and its reported
+    variables."""
+    from .nuts import CallbackModel
 
-    callbacks()  # load (or compile) them now, so that the fit's record times compilation apart from sampling
-
-    @dataclass(frozen=True)
-    class GLMMCompiledModel(CompiledModel):
-        glmm: GLMMKernel | None = None
-
-        @property
-        def n_dim(self) -> int:
-            return self.glmm.n_dim
-
-        @property
-        def shapes(self):
-            return {name: shape for name, shape, _ in self.glmm.layout}
-
-        @property
-        def coords(self):
-            return self.glmm.coords
-
-        def _make_sampler(self, settings, init_mean, cores, progress_type, extra_callback, extra_callback_rate,
-                          store):
-            from nutpie import _lib
-
-            return _lib.PySampler.from_pymc(settings, cores, self._make_model(init_mean), progress_type,
-                                            extra_callback, extra_callback_rate, store)
-
-        def _make_model(self, init_mean):
-            from nutpie import _lib
-
-            logp, expand_values = callbacks()
-            names = [name for name, _, _ in self.glmm.layout]
-            shapes = [shape for _, shape, _ in self.glmm.layout]
-            dims = {name: list(dims) for name, _, dims in self.glmm.layout if dims}
-            address = self.glmm.buffer.ctypes.data
-            dim_sizes = {name: len(values) for name, values in self.glmm.coords.items()}
-            variables = _lib.PyVariable.new_variables(names, ["float64"] * len(names), shapes, dim_sizes, dims)
-            return _lib.PyMcModel(_lib.LogpFunc(logp.address, address, self),
-                                  _lib.ExpandFunc(self.n_dim, self.glmm.n_expanded, expand_values.address, address,
-                                                  self),
-                                  variables, self.n_dim, dim_sizes, self.glmm.coords, self.glmm.unconstrained_start,
-                                  _no_flow)
-
-    return GLMMCompiledModel(dims={name: dims for name, _, dims in kernel.layout if dims}, glmm=kernel)
-
-
-def _no_flow(*args, **kwargs):
-    from ..errors import OptionError
-
-    raise OptionError("Normalising-flow adaptation is not available for the compiled HGLM kernel.")
+    logp, expand_values = callbacks()  # loaded (or compiled) now, so the fit times compilation apart from sampling
+    return CallbackModel(names=tuple(name for name, _, _ in kernel.layout),
+                         shapes=tuple(tuple(shape) for _, shape, _ in kernel.layout),
+                         dims={name: tuple(dims) for name, _, dims in kernel.layout if dims}, coords=kernel.coords,
+                         n_dim=kernel.n_dim, start=kernel.unconstrained_start, logp_address=logp.address,
+                         expand_address=expand_values.address, data_address=kernel.buffer.ctypes.data,
+                         owner=kernel)

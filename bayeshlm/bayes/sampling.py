@@ -4,8 +4,9 @@ Two ways to give nutpie a log density:
 
 - The compiled kernel (:mod:`.kernel`), for the models it covers (one grouping factor or two nested ones
   integrated out, any crossed factors sampled, a σ² per stratum or AR(1) errors in two-level models, common
-  prior families): nutpie calls its Numba C callbacks directly through the bindings it uses for PyMC models
-  (:class:`KernelCompiledModel`), so chains run in parallel with no Python in the loop. The callbacks are
+  prior families): nutpie calls its C callbacks directly through the bindings it uses for PyMC models
+  (:func:`kernel_nutpie_model`, driven by :mod:`.nuts` without nutpie's Python front end), so chains run in
+  parallel with no Python in the loop. The callbacks are
   cached on disk: HS&B (intercepts and slopes as outcomes, 4 chains x 1000 draws) took 1.5 s in a new process
   and 21-24 s on a fresh install whose caches are empty (benchmarks/bench_bayes.py, 2026-12-04, 2 cores); the
   compile of its callback went from 15.2 to 9.4 CPU seconds (benchmarks/results/bayes_cold_start.md), and the
@@ -26,16 +27,16 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 import xarray as xr
-from nutpie.sample import CompiledModel
 
 from .. import progress
 from ..errors import OptionError
+from . import nuts
 from .kernel import KernelModel, c_callbacks, constrained_draws, output_layout
+from .nuts import CallbackModel
 from .plan import ModelInfo
 
 if TYPE_CHECKING:  # PyMC loads only for a graph: the compiled kernel is sampled without it
@@ -61,55 +62,17 @@ def compiled_nutpie_model(model: pm.Model, info: ModelInfo):
 UNCONSTRAINED = "unconstrained"  # the one variable nutpie stores for a kernel model: x itself
 
 
-@dataclass(frozen=True)
-class KernelCompiledModel(CompiledModel):
-    """A nutpie model whose log density is the compiled kernel of :mod:`.kernel` (C callbacks: the chains run
-    in parallel without Python in the loop). Built on nutpie's own PyMC-model bindings. nutpie stores the
-    unconstrained draws x (one variable, :data:`UNCONSTRAINED`); :func:`named_draws` turns them into the
-    posterior variables."""
-
-    kernel: KernelModel | None = None
-
-    @property
-    def n_dim(self) -> int:
-        return self.kernel.n_dim
-
-    @property
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return {UNCONSTRAINED: (self.n_dim,)}
-
-    @property
-    def coords(self):
-        return {f"{UNCONSTRAINED}_dim": np.arange(self.n_dim)}
-
-    def _make_sampler(self, settings, init_mean, cores, progress_type, extra_callback, extra_callback_rate, store):
-        from nutpie import _lib
-
-        return _lib.PySampler.from_pymc(settings, cores, self._make_model(init_mean), progress_type,
-                                        extra_callback, extra_callback_rate, store)
-
-    def _make_model(self, init_mean):
-        from nutpie import _lib
-
-        logp_callback, expand_callback = c_callbacks(*self.kernel.variant)
-        address = self.kernel.buffer.ctypes.data
-        dim_sizes = {f"{UNCONSTRAINED}_dim": self.n_dim}
-        variables = _lib.PyVariable.new_variables([UNCONSTRAINED], ["float64"], [(self.n_dim,)], dim_sizes,
-                                                  self.dims)
-        return _lib.PyMcModel(_lib.LogpFunc(logp_callback.address, address, self),
-                              _lib.ExpandFunc(self.n_dim, self.n_dim, expand_callback.address, address, self),
-                              variables, self.n_dim, dim_sizes, self.coords, self.kernel.unconstrained_start,
-                              _no_transform_adapter)
-
-
-def _no_transform_adapter(*args, **kwargs):
-    raise OptionError("Normalising-flow adaptation is not available for the compiled kernel.")
-
-
-def kernel_nutpie_model(kernel: KernelModel) -> KernelCompiledModel:
-    """nutpie's model of the compiled kernel; compiles (or loads from the on-disk cache) its callbacks."""
-    c_callbacks(*kernel.variant)
-    return KernelCompiledModel(dims={UNCONSTRAINED: (f"{UNCONSTRAINED}_dim",)}, kernel=kernel)
+def kernel_nutpie_model(kernel: KernelModel) -> CallbackModel:
+    """nutpie's view of the compiled kernel (C callbacks: the chains run in parallel without Python in the loop);
+    compiles (or loads from the on-disk cache) its callbacks. nutpie stores the unconstrained draws x (one
+    variable, :data:`UNCONSTRAINED`); :func:`named_draws` turns them into the posterior variables."""
+    logp_callback, expand_callback = c_callbacks(*kernel.variant)
+    dim = f"{UNCONSTRAINED}_dim"
+    return CallbackModel(names=(UNCONSTRAINED,), shapes=((kernel.n_dim,),), dims={UNCONSTRAINED: (dim,)},
+                         coords={dim: np.arange(kernel.n_dim)}, n_dim=kernel.n_dim,
+                         start=kernel.unconstrained_start, logp_address=logp_callback.address,
+                         expand_address=expand_callback.address, data_address=kernel.buffer.ctypes.data,
+                         owner=kernel)
 
 
 def named_draws(kernel: KernelModel, draws: xr.Dataset) -> xr.Dataset:
@@ -190,12 +153,18 @@ def run_sampler(model: pm.Model | None, info: ModelInfo, *, sampler: str, draws:
 
 
 def sample_nutpie(compiled, *, draws: int, tune: int, chains: int, cores: int, seed: int, target_accept: float,
-                  progressbar: bool) -> xr.DataTree:
-    """nutpie's NUTS on a compiled model, chains in parallel. Ctrl-C cancels the run and raises
-    KeyboardInterrupt: nutpie would return the draws made so far padded with NaN, which is not a fit."""
+                  progressbar: bool, warmup: bool = True) -> xr.DataTree:
+    """nutpie's NUTS on a compiled model (a :class:`~.nuts.CallbackModel` of a kernel, or nutpie's compiled PyMC
+    graph), chains in parallel. Ctrl-C cancels the run and raises KeyboardInterrupt: nutpie would return the
+    draws made so far padded with NaN, which is not a fit. ``warmup``: keep the warm-up groups."""
+    progress.step(progress.sampling(chains, draws, tune, cores))
+    if isinstance(compiled, CallbackModel):
+        if nuts.use_core(progressbar):
+            return nuts.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
+                               target_accept=target_accept, progressbar=progressbar, warmup=warmup)
+        compiled = nuts.public_model(compiled)
     import nutpie
 
-    progress.step(progress.sampling(chains, draws, tune, cores))
     running = nutpie.sample(compiled, draws=draws, tune=tune, chains=chains, cores=cores, seed=seed,
                             progress_bar=progressbar, target_accept=target_accept, blocking=False)
     try:

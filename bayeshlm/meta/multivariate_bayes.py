@@ -38,7 +38,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import arviz as az
+import arviz_stats as azs  # what `arviz` re-exports, without importing arviz-plots and matplotlib
 import numpy as np
 import pandas as pd
 import pymc as pm
@@ -368,8 +368,8 @@ class MetaMVBayesFit:
         """Posterior mean, SD, 95% interval, R-hat and bulk ESS of each coefficient."""
         beta = self.draws("beta")
         table = posterior_table(beta.transpose("chain", "draw", "term").values, list(beta["term"].values), "term")
-        table["r_hat"] = az.rhat(beta).values if beta.sizes["chain"] > 1 else np.nan
-        table["ess_bulk"] = az.ess(beta, method="bulk").values
+        table["r_hat"] = azs.rhat(beta).values if beta.sizes["chain"] > 1 else np.nan
+        table["ess_bulk"] = azs.ess(beta, method="bulk").values
         return table
 
     @property

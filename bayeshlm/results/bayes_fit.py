@@ -10,7 +10,7 @@ the convention the likelihood engine uses too).
 
 from __future__ import annotations
 
-import arviz as az
+import arviz_stats as azs  # what `arviz` re-exports, without importing arviz-plots and matplotlib
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -94,8 +94,8 @@ class BayesFit(FitResult):
         beta = self.draws("beta")
         values = beta.transpose("chain", "draw", "fixed").values.reshape(-1, self.design.n_fixed)
         table = pd.DataFrame(_stats(values, level), index=pd.Index(self.design.fixed_names, name="term"))
-        table["r_hat"] = az.rhat(beta).values if beta.sizes["chain"] > 1 else np.nan
-        table["ess_bulk"] = az.ess(beta, method="bulk").values
+        table["r_hat"] = azs.rhat(beta).values if beta.sizes["chain"] > 1 else np.nan
+        table["ess_bulk"] = azs.ess(beta, method="bulk").values
         return table
 
     @property
