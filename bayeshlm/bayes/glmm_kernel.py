@@ -90,7 +90,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from .kernel import ExtensionCallback, nutpie_callbacks
+from .nuts import ExtensionCallback, nutpie_callbacks
 
 # kernel family codes
 FAMILY_CODES = {("binomial", "logit"): 0, ("bernoulli", "logit"): 0, ("poisson", "log"): 1,

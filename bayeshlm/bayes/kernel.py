@@ -66,6 +66,7 @@ import numba
 import numpy as np
 
 from ..design import Design
+from .nuts import ExtensionCallback, nutpie_callbacks
 from .priors import PriorSet
 
 # Prior families the kernel evaluates, with the parameter names PyMC uses for them (others: the PyMC graph)
@@ -1177,27 +1178,6 @@ def c_callbacks(levels: int, crossed: bool, level1: str = "homogeneous"):
         if compiled is not None:
             return compiled
     return numba_callbacks(levels, crossed, level1)
-
-
-@dataclass(frozen=True)
-class ExtensionCallback:
-    """A C function of the compiled extension, presented as a ``numba.cfunc`` is: its address and a ctypes
-    function calling it."""
-
-    address: int
-    ctypes: object
-
-
-def nutpie_callbacks(logp: int, expand: int) -> tuple[ExtensionCallback, ExtensionCallback]:
-    """The log-density and reported-values functions at addresses ``logp`` and ``expand`` of a compiled
-    extension, with nutpie's signatures: logp(dim, x, grad, value, user data) and
-    expand(dim, n_expanded, x, out, user data), each returning 0 or an error code."""
-    double_ptr = ctypes.POINTER(ctypes.c_double)
-    logp_type = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, double_ptr, double_ptr, double_ptr,
-                                 ctypes.c_void_p)
-    expand_type = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64, double_ptr, double_ptr,
-                                   ctypes.c_void_p)
-    return ExtensionCallback(logp, logp_type(logp)), ExtensionCallback(expand, expand_type(expand))
 
 
 @functools.cache

@@ -18,6 +18,7 @@ labels of the reported values.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.machinery
 import importlib.util
 import sys
@@ -82,6 +83,27 @@ def _no_flow(*args, **kwargs):
     from ..errors import OptionError
 
     raise OptionError("Normalising-flow adaptation is not available for a compiled kernel.")
+
+
+@dataclass(frozen=True)
+class ExtensionCallback:
+    """A C function of the compiled extension, presented as a ``numba.cfunc`` is: its address and a ctypes
+    function calling it."""
+
+    address: int
+    ctypes: object
+
+
+def nutpie_callbacks(logp: int, expand: int) -> tuple[ExtensionCallback, ExtensionCallback]:
+    """The log-density and reported-values functions at addresses ``logp`` and ``expand`` of a compiled
+    extension, with nutpie's signatures: logp(dim, x, grad, value, user data) and
+    expand(dim, n_expanded, x, out, user data), each returning 0 or an error code."""
+    double_ptr = ctypes.POINTER(ctypes.c_double)
+    logp_type = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, double_ptr, double_ptr, double_ptr,
+                                 ctypes.c_void_p)
+    expand_type = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint64, double_ptr, double_ptr,
+                                   ctypes.c_void_p)
+    return ExtensionCallback(logp, logp_type(logp)), ExtensionCallback(expand, expand_type(expand))
 
 
 @cache

@@ -35,12 +35,13 @@ import xarray as xr
 from .. import progress
 from ..errors import OptionError
 from . import nuts
-from .kernel import KernelModel, c_callbacks, constrained_draws, output_layout
 from .nuts import CallbackModel
-from .plan import ModelInfo
 
 if TYPE_CHECKING:  # PyMC loads only for a graph: the compiled kernel is sampled without it
     import pymc as pm
+
+    from .kernel import KernelModel
+    from .plan import ModelInfo
 
 SAMPLERS = ("nutpie", "pymc")
 MAX_SEED = 2**64 - 1  # nutpie's seed is an unsigned 64-bit integer
@@ -66,6 +67,8 @@ def kernel_nutpie_model(kernel: KernelModel) -> CallbackModel:
     """nutpie's view of the compiled kernel (C callbacks: the chains run in parallel without Python in the loop);
     compiles (or loads from the on-disk cache) its callbacks. nutpie stores the unconstrained draws x (one
     variable, :data:`UNCONSTRAINED`); :func:`named_draws` turns them into the posterior variables."""
+    from .kernel import c_callbacks  # the Gaussian kernels (and Numba) load only for a Gaussian fit
+
     logp_callback, expand_callback = c_callbacks(*kernel.variant)
     dim = f"{UNCONSTRAINED}_dim"
     return CallbackModel(names=(UNCONSTRAINED,), shapes=((kernel.n_dim,),), dims={UNCONSTRAINED: (dim,)},
@@ -78,6 +81,8 @@ def kernel_nutpie_model(kernel: KernelModel) -> CallbackModel:
 def named_draws(kernel: KernelModel, draws: xr.Dataset) -> xr.Dataset:
     """The posterior variables (named, shaped and labelled as in the PyMC graph) of the unconstrained draws
     nutpie stored for a kernel model."""
+    from .kernel import constrained_draws, output_layout
+
     names, _, dims, coords = output_layout(kernel)
     x = draws[UNCONSTRAINED].transpose("chain", "draw", ...).values
     values = constrained_draws(kernel, x)
@@ -122,6 +127,8 @@ def run_sampler(model: pm.Model | None, info: ModelInfo, *, sampler: str, draws:
     if sampler == "nutpie":
         progress.step(progress.COMPILING)
         if info.kernel is not None:
+            from .kernel import c_callbacks
+
             misses = c_callbacks.cache_info().misses
             compiled = kernel_nutpie_model(info.kernel)
             reused = c_callbacks.cache_info().misses == misses  # compiled or loaded earlier in this process
