@@ -343,17 +343,23 @@ def test_a_partial_trace_is_not_a_fit():
 
 
 @pytest.mark.sampling
-def test_interrupted_nutpie_sampling_raises_instead_of_returning_nan_draws(monkeypatch):
+@pytest.mark.parametrize("front_end", ["nutpie's core (bayes.nuts)", "nutpie.sample"])
+def test_interrupted_nutpie_sampling_raises_instead_of_returning_nan_draws(front_end, monkeypatch):
     """Ctrl-C while nutpie samples (simulated where the wait for the sampler receives it, after 0.3 s of a long
     run): the old code let nutpie return the draws so far, NaN-padded, as a fit with no message (measured: 4% of
-    the draws NaN, every diagnostic NaN); now the interrupt reaches the caller and the sampler is stopped."""
-    background = importlib.import_module("nutpie.sample")._BackgroundSampler
+    the draws NaN, every diagnostic NaN); now the interrupt reaches the caller and the sampler is stopped. Both
+    ways of running nutpie: its core driven by bayes.nuts (the default) and nutpie.sample (other releases)."""
+    from bayeshlm.bayes import nuts
 
-    def interrupted_wait(self, *, timeout=None):
+    def interrupted_wait(*args, **kwargs):
         time.sleep(0.3)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(background, "wait", interrupted_wait)
+    if front_end == "nutpie.sample":
+        monkeypatch.setattr(nuts, "use_core", lambda progressbar: False)
+        monkeypatch.setattr(importlib.import_module("nutpie.sample")._BackgroundSampler, "wait", interrupted_wait)
+    else:
+        monkeypatch.setattr(nuts, "_wait", interrupted_wait)
     schools = bh.datasets.load("eight_schools").assign(V=lambda d: d["sigma"] ** 2)
     model = bh.HLM("y ~ 1 + (1 | school)", schools, known_variance="V")
     start = time.perf_counter()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import warnings
 
-import arviz_stats as azs  # what `arviz` re-exports, without importing arviz-plots and matplotlib
 import numpy as np
 import xarray as xr
+
+from .convergence import bfmi as energy_bfmi
+from .convergence import ess_bulk, ess_tail, per_entry, rhat
 
 RHAT_MAX = 1.01
 ESS_PER_CHAIN_MIN = 100
@@ -27,17 +29,19 @@ def diagnose(tree: xr.DataTree, var_names: list[str], chains: int) -> tuple[dict
     stats = tree["sample_stats"].to_dataset()
     divergences = int(stats["diverging"].sum()) if "diverging" in stats else 0
     n_draws = int(stats.sizes["chain"] * stats.sizes["draw"])
-    varying = _varying_entries(tree["posterior"].to_dataset(), var_names)
+    posterior = tree["posterior"].to_dataset()
+    draws = {name: posterior[name].transpose("chain", "draw", ...).values for name in var_names}
+    varying = {name: values.std(axis=(0, 1)) > 0 for name, values in draws.items()}
     with np.errstate(invalid="ignore", divide="ignore"):  # constant entries (corr[0, 0] = 1) are left out
-        rhat = _max(azs.rhat(tree, var_names=var_names), varying) if chains > 1 else float("nan")
-        ess_bulk = _min(azs.ess(tree, var_names=var_names, method="bulk"), varying)
-        ess_tail = _min(azs.ess(tree, var_names=var_names, method="tail"), varying)
-    bfmi = float(np.min(np.asarray(azs.bfmi(tree)["energy"]))) if "energy" in stats else float("nan")
-    diagnostics = {"divergences": divergences, "divergence_rate": divergences / n_draws, "max_rhat": rhat,
-                   "min_ess_bulk": ess_bulk, "min_ess_tail": ess_tail, "min_bfmi": bfmi, "draws": n_draws}
+        max_rhat = _extreme(max, rhat, draws, varying) if chains > 1 else float("nan")
+        min_ess_bulk = _extreme(min, ess_bulk, draws, varying)
+        min_ess_tail = _extreme(min, ess_tail, draws, varying)
+    bfmi = float(np.min(energy_bfmi(stats["energy"].values))) if "energy" in stats else float("nan")
+    diagnostics = {"divergences": divergences, "divergence_rate": divergences / n_draws, "max_rhat": max_rhat,
+                   "min_ess_bulk": min_ess_bulk, "min_ess_tail": min_ess_tail, "min_bfmi": bfmi, "draws": n_draws}
     messages = []
-    undefined = [name for name, value in (("R-hat", rhat if chains > 1 else 0.0), ("bulk ESS", ess_bulk),
-                                          ("tail ESS", ess_tail), ("energy BFMI", bfmi)) if np.isnan(value)]
+    undefined = [name for name, value in (("R-hat", max_rhat if chains > 1 else 0.0), ("bulk ESS", min_ess_bulk),
+                                          ("tail ESS", min_ess_tail), ("energy BFMI", bfmi)) if np.isnan(value)]
     if undefined:
         per_chain = stats.sizes["draw"]
         messages.append(f"The convergence diagnostics {', '.join(undefined)} could not be computed (NaN) from "
@@ -49,15 +53,15 @@ def diagnose(tree: xr.DataTree, var_names: list[str], chains: int) -> tuple[dict
                         "follow the posterior's curvature, so intervals may be biased. Refit with "
                         "target_accept=0.95 or 0.99; if divergences persist, the model is too weakly identified "
                         "(consider more informative priors on the variance components).")
-    if chains > 1 and rhat > RHAT_MAX:
-        messages.append(f"Max R-hat is {rhat:.3f} (above {RHAT_MAX}): the chains disagree, so they have not all "
+    if chains > 1 and max_rhat > RHAT_MAX:
+        messages.append(f"Max R-hat is {max_rhat:.3f} (above {RHAT_MAX}): the chains disagree, so they have not all "
                         "converged to the posterior. Run longer (more tune and draws) and check the model.")
     elif chains == 1:
         messages.append("Only one chain: R-hat cannot check convergence. Use chains=4.")
     ess_min = ESS_PER_CHAIN_MIN * chains
-    if min(ess_bulk, ess_tail) < ess_min:
-        messages.append(f"Effective sample size is low (min bulk {ess_bulk:.0f}, min tail {ess_tail:.0f}; want at "
-                        f"least {ess_min}, i.e. {ESS_PER_CHAIN_MIN} per chain): posterior means and especially "
+    if min(min_ess_bulk, min_ess_tail) < ess_min:
+        messages.append(f"Effective sample size is low (min bulk {min_ess_bulk:.0f}, min tail {min_ess_tail:.0f}; "
+                        f"want at least {ess_min}, i.e. {ESS_PER_CHAIN_MIN} per chain): posterior means and especially "
                         "interval ends are imprecise. Increase draws.")
     if bfmi < BFMI_MIN:
         messages.append(f"Low energy BFMI ({bfmi:.2f} < {BFMI_MIN}): the sampler explores the variance "
@@ -71,17 +75,11 @@ def warn_if_problems(messages: list[str]) -> None:
         warnings.warn("Sampling problems:\n- " + "\n- ".join(messages), SamplingWarning, stacklevel=3)
 
 
-def _varying_entries(posterior: xr.Dataset, var_names: list[str]) -> dict[str, np.ndarray]:
-    """Per variable, which entries change across draws: constants such as the unit diagonal of a correlation
-    Cholesky factor have no meaningful R-hat or ESS (ArviZ reports ESS = number of draws for them)."""
-    return {name: np.asarray(posterior[name].std(("chain", "draw")).values > 0) for name in var_names}
-
-
-def _max(ds: xr.Dataset, varying: dict[str, np.ndarray]) -> float:
-    values = [float(np.nanmax(v.values[varying[k]])) for k, v in ds.data_vars.items() if varying[k].any()]
-    return max(values) if values else float("nan")
-
-
-def _min(ds: xr.Dataset, varying: dict[str, np.ndarray]) -> float:
-    values = [float(np.nanmin(v.values[varying[k]])) for k, v in ds.data_vars.items() if varying[k].any()]
-    return min(values) if values else float("nan")
+def _extreme(pick, statistic, draws: dict[str, np.ndarray], varying: dict[str, np.ndarray]) -> float:
+    """``pick`` (max or min) of ``statistic`` over the entries that change across draws: constants such as the
+    unit diagonal of a correlation Cholesky factor have no meaningful R-hat or ESS. NaN entries are skipped
+    (NaN when every one is)."""
+    values = [value for name, entries in draws.items() if varying[name].any()
+              for value in np.atleast_1d(per_entry(statistic, entries))[np.atleast_1d(varying[name])]]
+    values = [value for value in values if not np.isnan(value)]
+    return float(pick(values)) if values else float("nan")

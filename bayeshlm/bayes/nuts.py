@@ -153,7 +153,7 @@ def sample(model: CallbackModel, *, draws: int, tune: int, chains: int, cores: i
     sampler = lib.PySampler.from_pymc(settings, cores, model.nutpie_model(lib), progress, None, PROGRESS_RATE_MS,
                                       lib.PyStorage.arrow())
     try:
-        sampler.wait(None)
+        _wait(sampler)
     except KeyboardInterrupt:
         sampler.abort()
         raise KeyboardInterrupt("Sampling was interrupted; no fit was made.") from None
@@ -161,6 +161,11 @@ def sample(model: CallbackModel, *, draws: int, tune: int, chains: int, cores: i
     skip = {name for setting, names in UNSTORED.items() if not _setting(settings.as_dict(), setting)
             for name in names}
     return arrow_tree(draw_tables, stat_tables, model.coords, skip, warmup)
+
+
+def _wait(sampler) -> None:
+    """Until the chains finish (nutpie's wait passes Ctrl-C on as KeyboardInterrupt)."""
+    sampler.wait(None)
 
 
 def _setting(settings: dict, name: str) -> bool:

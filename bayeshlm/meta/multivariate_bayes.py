@@ -38,13 +38,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import arviz_stats as azs  # what `arviz` re-exports, without importing arviz-plots and matplotlib
 import numpy as np
 import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
 import xarray as xr
 
+from ..bayes.convergence import ess_bulk, per_entry, rhat
 from ..bayes.diagnostics import diagnose, warn_if_problems
 from ..bayes.marginal_graph import cholesky_unrolled, forward_solve_unrolled
 from ..bayes.priors import LKJ, Prior
@@ -368,8 +368,9 @@ class MetaMVBayesFit:
         """Posterior mean, SD, 95% interval, R-hat and bulk ESS of each coefficient."""
         beta = self.draws("beta")
         table = posterior_table(beta.transpose("chain", "draw", "term").values, list(beta["term"].values), "term")
-        table["r_hat"] = azs.rhat(beta).values if beta.sizes["chain"] > 1 else np.nan
-        table["ess_bulk"] = azs.ess(beta, method="bulk").values
+        ordered = beta.transpose("chain", "draw", ...).values
+        table["r_hat"] = per_entry(rhat, ordered) if beta.sizes["chain"] > 1 else np.nan
+        table["ess_bulk"] = per_entry(ess_bulk, ordered)
         return table
 
     @property

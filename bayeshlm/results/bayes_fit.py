@@ -10,11 +10,11 @@ the convention the likelihood engine uses too).
 
 from __future__ import annotations
 
-import arviz_stats as azs  # what `arviz` re-exports, without importing arviz-plots and matplotlib
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..bayes.convergence import ess_bulk, per_entry, rhat
 from ..bayes.priors import Prior
 from ..bayes.samples import PosteriorSample
 from ..design import Design
@@ -94,8 +94,9 @@ class BayesFit(FitResult):
         beta = self.draws("beta")
         values = beta.transpose("chain", "draw", "fixed").values.reshape(-1, self.design.n_fixed)
         table = pd.DataFrame(_stats(values, level), index=pd.Index(self.design.fixed_names, name="term"))
-        table["r_hat"] = azs.rhat(beta).values if beta.sizes["chain"] > 1 else np.nan
-        table["ess_bulk"] = azs.ess(beta, method="bulk").values
+        ordered = beta.transpose("chain", "draw", ...).values
+        table["r_hat"] = per_entry(rhat, ordered) if beta.sizes["chain"] > 1 else np.nan
+        table["ess_bulk"] = per_entry(ess_bulk, ordered)
         return table
 
     @property

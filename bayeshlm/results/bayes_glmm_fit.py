@@ -9,11 +9,11 @@ square of a mean SD). Group coefficients are beta_qj = (fixed part of coefficien
 
 from __future__ import annotations
 
-import arviz_stats as azs  # what `arviz` re-exports, without importing arviz-plots and matplotlib
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ..bayes.convergence import ess_bulk, ess_tail, per_entry, rhat
 from ..bayes.samples import GLMMPosteriorSample, GLMMPriorDraws
 from ..errors import OptionError, closest_names
 from .contract import FIXED_EFFECTS_INDEX, GROUP_TERM_INDEX, equal_tailed_interval
@@ -91,9 +91,10 @@ class BayesGLMMFit:
         lo, hi = equal_tailed_interval(values, LEVEL)
         table = pd.DataFrame({"estimate": values.mean(0), "se": values.std(0, ddof=1), "lower": lo, "upper": hi},
                              index=pd.Index(list(self.design.fixed_names), name=FIXED_EFFECTS_INDEX))
-        table["r_hat"] = azs.rhat(beta).values if beta.sizes["chain"] > 1 else np.nan
-        table["ess_bulk"] = azs.ess(beta, method="bulk").values
-        table["ess_tail"] = azs.ess(beta, method="tail").values
+        ordered = beta.transpose("chain", "draw", ...).values
+        table["r_hat"] = per_entry(rhat, ordered) if beta.sizes["chain"] > 1 else np.nan
+        table["ess_bulk"] = per_entry(ess_bulk, ordered)
+        table["ess_tail"] = per_entry(ess_tail, ordered)
         ratio = RATIO.get(self.family.link.name)
         if ratio:
             table[ratio] = np.exp(np.median(values, axis=0))
