@@ -5,8 +5,9 @@ Each stage is timed in CPU seconds of this process (``resource.getrusage``: user
 sampling counts every chain) and in wall seconds. CPU seconds do not depend on how busy the shared machine is;
 wall seconds do. The stages, in the order a fit meets them:
 
-- ``import numba`` / ``pytensor`` / ``pymc`` / ``nutpie`` / ``arviz`` / ``bayeshlm``: each import on top of the
-  ones before it (what ``import bayeshlm`` plus a first Bayes fit pull in);
+- ``import numba`` / ``bayeshlm`` / the Bayesian engine / nutpie's sampler core: each on top of the ones before it
+  (what ``import bayeshlm`` plus a first Bayes fit pull in; since the fit drives ``nutpie._lib`` itself, it no
+  longer imports PyMC, PyTensor, nutpie's Python package or arviz);
 - ``data + design``: loading HS&B and ``bh.HLM(...)``;
 - ``model build``: :func:`bayeshlm.bayes.sampled_model` (priors, outcome units, the PyMC graph, the chain's
   sufficient statistics and the kernel's packed buffer);
@@ -89,13 +90,12 @@ class TopLevelCompiles(event.Listener):
             compiled[name] = compiled.get(name, 0.0) + time.perf_counter() - self.began
 
 event.register("numba:compile", TopLevelCompiles())
-import pytensor; mark("import pytensor")
-import pymc; mark("import pymc")
-import nutpie; mark("import nutpie")
-import arviz; mark("import arviz")
-import bayeshlm as bh; mark("import bayeshlm (and the bayes engine)")
-import bayeshlm.bayes as bayes
+import bayeshlm as bh; mark("import bayeshlm")
+import bayeshlm.bayes.gaussian as bayes
 import bayeshlm.bayes.sampling as sampling
+mark("import the Bayesian engine")
+from bayeshlm.bayes import nuts
+nuts.core(); mark("load nutpie's sampler core (nutpie._lib)")
 
 def timed(module, name, label):
     inner = getattr(module, name)
