@@ -22,6 +22,7 @@ import ctypes
 import importlib.machinery
 import importlib.util
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
@@ -50,14 +51,15 @@ class CallbackModel:
     """A compiled log density as nutpie sees it. ``logp_address(n, x, grad, logp, data)`` writes log p(x) and its
     gradient; ``expand_address(n, m, x, values, data)`` writes the ``m`` reported values of ``x``, the variables
     ``names`` with ``shapes`` one after the other; ``data_address`` points into ``owner`` (kept alive with the
-    model). ``dims`` labels the variables' axes, ``coords`` gives each label's values."""
+    model); ``start(seed)`` is a chain's initial point. ``dims`` labels the variables' axes, ``coords`` gives
+    each label's values."""
 
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     dims: dict[str, tuple[str, ...]]
     coords: dict[str, np.ndarray]
     n_dim: int
-    start: np.ndarray
+    start: Callable[[int], np.ndarray]
     logp_address: int
     expand_address: int
     data_address: int
