@@ -331,14 +331,26 @@ static void linear_predictor(const double *buf, const double *table, Py_ssize_t 
 
 /* the negative binomial rows' terms l_i without lgamma(y_i + k) - lgamma(k) (returned) and the sum of their
  * dl_i/dk without psi(y_i + k) - psi(k) (*d_shape_out), r_i = dl_i/deta_i; with per_row_gamma, lgamma(y_i + k) and
- * psi(y_i + k) are added row by row (glmm_kernel._negative_binomial_rows) */
+ * psi(y_i + k) are added row by row. log(k + mu_i) = log max(k, mu_i) + log(1 + s_i), s_i = min / max in [0, 1],
+ * the log(1 + s_i) summed as logs of running products of the (1 + s_i) and of the (1 + s_i)^y_i
+ * (glmm_kernel._negative_binomial_rows says why, and how far this rounds) */
 static double negative_binomial_rows(const double *restrict y, const double *restrict eta, Py_ssize_t n,
                                      double shape, double log_shape, int per_row_gamma, double *restrict r,
                                      double *d_shape_out) {
-    double lp = 0.0, d_shape = 0.0;
+    double lp = 0.0, d_shape = 0.0, inv_shape = 1.0 / shape;
+    double product = 1.0, product_y = 1.0, log_sum = 0.0, log_sum_y = 0.0;  /* products of factors in [1, 2] */
+    int factors = 0, factors_y = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
-        double e = eta[i], y_i = y[i], mu = exp(e), t = shape + mu, log_t = log(t), w = (y_i - mu) / t;
-        double value = y_i * (e - log_t) - shape * log_t, d_k = log_shape - log_t - w;
+        double e = eta[i], y_i = y[i], mu = exp(e), w = (y_i - mu) / (shape + mu), log_larger, s;
+        if (mu > shape) {
+            log_larger = e;
+            s = shape / mu;
+        } else {
+            log_larger = log_shape;
+            s = mu * inv_shape;
+        }
+        double one_plus_s = 1.0 + s;
+        double value = y_i * (e - log_larger) - shape * log_larger, d_k = log_shape - log_larger - w;
         if (per_row_gamma) {
             value += log_gamma(y_i + shape);
             d_k += digamma(y_i + shape);
@@ -346,9 +358,29 @@ static double negative_binomial_rows(const double *restrict y, const double *res
         r[i] = shape * w;
         lp += value;
         d_shape += d_k;
+        product *= one_plus_s;
+        if (++factors == LOG_BLOCK) {
+            log_sum += log(product);
+            product = 1.0;
+            factors = 0;
+        }
+        if (y_i >= 1.0 && y_i <= LOG_BLOCK && (double)(int)y_i == y_i) {
+            for (int m = 0; m < (int)y_i; m++)
+                product_y *= one_plus_s;
+            factors_y += (int)y_i;
+            if (factors_y >= LOG_BLOCK) {
+                log_sum_y += log(product_y);
+                product_y = 1.0;
+                factors_y = 0;
+            }
+        } else if (y_i != 0.0) {
+            log_sum_y += y_i * log(one_plus_s);
+        }
     }
-    *d_shape_out = d_shape;
-    return lp;
+    log_sum += log(product);
+    log_sum_y += log(product_y);
+    *d_shape_out = d_shape - log_sum;
+    return lp - (shape * log_sum + log_sum_y);
 }
 
 /* sum_i lgamma(y_i + k) - lgamma(k) = sum_{m < M} N_m log(k + m) (returned) and sum_i psi(y_i + k) - psi(k) =

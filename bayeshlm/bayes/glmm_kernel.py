@@ -68,7 +68,8 @@ Families (canonical or log links; others are sampled through the PyMC graph):
   M = max y <= 4 n, the rows' sums of lgamma(y_i + k) - lgamma(k) and of psi(y_i + k) - psi(k) are
   sum_{m < M} N_m log(k + m) and sum_{m < M} N_m / (k + m), N_m = #{i : y_i > m} (Gamma(y + k) = Gamma(k)
   prod_{m < y} (k + m)), from a count table packed with the data: M logs and divisions instead of n lgamma and n
-  psi (salamanders, 644 rows, M = 36: 32 -> 11 us per gradient with log(k + mu_i) taken directly,
+  psi (salamanders, 644 rows, M = 36: C kernel 32 -> 11 us per gradient, with log(k + mu_i) taken directly instead
+  of by an exp and a log1p; 8.8 us with its logs taken of products, :func:`_negative_binomial_rows`;
   benchmarks/results/bayes_nbinom_speed.md).
 
 Chain rule to the coordinates: with g_u the gradient with respect to u_fj,
@@ -122,8 +123,8 @@ _FACTOR = ("q", "J", "correlated", "centred", "eta", "at_codes", "at_Z", "at_cen
  _F_PARTIAL) = range(len(_FACTOR))
 _LOG_2PI = math.log(2.0 * math.pi)
 # negative binomial: the count table is used while max y <= COUNT_TABLE_PER_ROW x the rows (:func:`count_table`);
-# a table entry costs 4.5 ns, lgamma and psi of a row 18 ns (salamanders' 644 rows, counts scaled up to max y = 8 n:
-# equal at max y = 4.0 n; benchmarks/results/bayes_nbinom_speed.md)
+# a table entry costs 4.7 ns, lgamma and psi of a row 19 ns (C kernel, salamanders' 644 rows with their counts scaled
+# up to max y = 8 n: equal at max y = 3.9 n; benchmarks/results/bayes_nbinom_speed.md)
 COUNT_TABLE_PER_ROW = 4.0
 
 
@@ -418,28 +419,57 @@ def _binomial_rows(y, size, eta, r):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _negative_binomial_rows(y, eta, shape, log_shape, per_row_gamma, r):
     """(sum of the negative binomial rows' terms l_i without lgamma(y_i + k) - lgamma(k), sum of their dl_i/dk
-    without psi(y_i + k) - psi(k)) with r_i = dl_i/deta_i written into ``r`` (module docstring; log y! is in the
-    constant, k log k is added once per row outside); with ``per_row_gamma``, lgamma(y_i + k) and psi(y_i + k) are
-    added row by row (-lgamma(k) and -psi(k) once per row outside), else :func:`_count_table_terms` gives the sums
-    of the differences. log(k + mu_i) is the log of the sum t_i = k + mu_i of two positive numbers: rounded once
-    (relative 1.1e-16) before the log, an absolute error of about 1.1e-16, as max(log k, eta) +
-    log1p(e^-|log k - eta|) has, for one log instead of an exp and a log1p (mu_i = e^eta_i is needed anyway)."""
-    lp, d_shape = 0.0, 0.0
+    without psi(y_i + k) - psi(k)) with r_i = dl_i/deta_i = k w_i, w_i = (y_i - mu_i) / (k + mu_i), written into
+    ``r`` (module docstring; log y! is in the constant, k log k is added once per row outside); with
+    ``per_row_gamma``, lgamma(y_i + k) and psi(y_i + k) are added row by row (-lgamma(k) and -psi(k) once per row
+    outside), else :func:`_count_table_terms` gives the sums of the differences.
+
+    log(k + mu_i) = log max(k, mu_i) + log(1 + s_i), s_i = min(k, mu_i) / max(k, mu_i) in [0, 1] (log max: log k
+    or eta_i itself), with the one exp per row that mu_i needs anyway. The rows need sum_i log(1 + s_i) and
+    sum_i y_i log(1 + s_i), taken as in :func:`_binomial_rows`: the logs of running products of the (1 + s_i) and
+    of the (1 + s_i)^y_i (whole y_i <= _LOG_BLOCK; others y_i log(1 + s_i) directly), each logged once it has
+    _LOG_BLOCK factors or more (below 2^64), so about (n + sum y_i) / _LOG_BLOCK logs instead of n (salamanders:
+    C kernel 11.2 -> 8.8 us per gradient). Rounding: each factor and product is rounded once, a relative 1.1e-16,
+    so each sum is off by about 1.1e-16 per factor, as a row-by-row sum of logs is; against a long-double
+    reference the rows' sum was within 6e-15 of the sum of the |terms| (k 0.05 to 1e3, salamanders' counts).
+    NaN in eta gives NaN; mu_i = inf gives NaN in r_i, as (y_i - mu_i) / (k + mu_i) does."""
+    lp, d_shape, inv_shape = 0.0, 0.0, 1.0 / shape
+    product, product_y, log_sum, log_sum_y = 1.0, 1.0, 0.0, 0.0  # products of factors in [1, 2]
+    factors, factors_y = 0, 0
     for i in range(len(eta)):
         e, y_i = eta[i], y[i]
         mu = math.exp(e)
-        t = shape + mu
-        log_t = math.log(t)
-        w = (y_i - mu) / t
-        value = y_i * (e - log_t) - shape * log_t
-        d_k = log_shape - log_t - w
+        w = (y_i - mu) / (shape + mu)
+        if mu > shape:
+            log_larger, s = e, shape / mu
+        else:
+            log_larger, s = log_shape, mu * inv_shape
+        one_plus_s = 1.0 + s
+        value = y_i * (e - log_larger) - shape * log_larger
+        d_k = log_shape - log_larger - w
         if per_row_gamma:
             value += math.lgamma(y_i + shape)
             d_k += _digamma(y_i + shape)
         r[i] = shape * w
         lp += value
         d_shape += d_k
-    return lp, d_shape
+        product *= one_plus_s
+        factors += 1
+        if factors == _LOG_BLOCK:
+            log_sum += math.log(product)
+            product, factors = 1.0, 0
+        if y_i >= 1.0 and y_i <= _LOG_BLOCK and float(int(y_i)) == y_i:
+            for _ in range(int(y_i)):
+                product_y *= one_plus_s
+            factors_y += int(y_i)
+            if factors_y >= _LOG_BLOCK:
+                log_sum_y += math.log(product_y)
+                product_y, factors_y = 1.0, 0
+        elif y_i != 0.0:
+            log_sum_y += y_i * math.log(one_plus_s)
+    log_sum += math.log(product)
+    log_sum_y += math.log(product_y)
+    return lp - (shape * log_sum + log_sum_y), d_shape - log_sum
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
