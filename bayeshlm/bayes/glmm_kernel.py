@@ -168,7 +168,8 @@ def pack(family: int, y, size, offset, constant: float, X, A, beta_mu, beta_sd, 
     shifted column's J group values: G' as rows) and partial (w, a non-centred factor with q = 1: module
     docstring); ``start`` and ``jitter``: the starting point and the scale of its
     per-chain jitter; ``A``: beta = A x[:p] - shift (the fixed effects from the coefficients of the standardised
-    columns of X, which NUTS samples: far better conditioned)."""
+    columns of X, which NUTS samples: far better conditioned). For the negative binomial the count table of ``y``
+    (:func:`count_table`) is packed too, or n_count_table = -1 (lgamma and psi row by row)."""
     n, p = X.shape
     arrays, at = [], [len(_HEADER)]
 
