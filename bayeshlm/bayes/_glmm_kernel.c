@@ -32,14 +32,15 @@
 /* glmm_kernel.py's _HEADER and _FACTOR, in order */
 static const char *HEADER[] = {"n_dim", "n_expanded", "length", "family", "n", "p", "n_factors", "shape_at",
                                "constant", "at_y", "at_size", "at_offset", "at_X", "at_beta_mu", "at_beta_sd",
-                               "at_factors", "at_shape_prior", "at_A"};
+                               "at_factors", "at_shape_prior", "at_A", "n_count_table", "at_count_table"};
 static const char *FACTOR[] = {"q", "J", "correlated", "centred", "eta", "at_codes", "at_Z", "at_centre",
                                "x_effects", "x_tau", "x_corr", "at_prior", "at_corr", "n_shift", "at_shift",
                                "latent_scale", "at_shift_values", "partial"};
-#define N_HEADER 18
+#define N_HEADER 20
 #define N_FACTOR 18
 enum { H_N_DIM, H_N_EXPANDED, H_LENGTH, H_FAMILY, H_N, H_P, H_N_FACTORS, H_SHAPE_AT, H_CONSTANT, H_AT_Y, H_AT_SIZE,
-       H_AT_OFFSET, H_AT_X, H_AT_BETA_MU, H_AT_BETA_SD, H_AT_FACTORS, H_AT_SHAPE_PRIOR, H_AT_A };
+       H_AT_OFFSET, H_AT_X, H_AT_BETA_MU, H_AT_BETA_SD, H_AT_FACTORS, H_AT_SHAPE_PRIOR, H_AT_A, H_N_COUNT_TABLE,
+       H_AT_COUNT_TABLE };
 enum { F_Q, F_J, F_CORRELATED, F_CENTRED, F_ETA, F_AT_CODES, F_AT_Z, F_AT_CENTRE, F_X_EFFECTS, F_X_TAU, F_X_CORR,
        F_AT_PRIOR, F_AT_CORR, F_N_SHIFT, F_AT_SHIFT, F_LATENT_SCALE, F_AT_SHIFT_VALUES,
        F_PARTIAL };
@@ -328,13 +329,81 @@ static void linear_predictor(const double *buf, const double *table, Py_ssize_t 
     }
 }
 
+/* the negative binomial rows' terms l_i without lgamma(y_i + k) - lgamma(k) (returned) and the sum of their
+ * dl_i/dk without psi(y_i + k) - psi(k) (*d_shape_out), r_i = dl_i/deta_i; with per_row_gamma, lgamma(y_i + k) and
+ * psi(y_i + k) are added row by row. log(k + mu_i) = log max(k, mu_i) + log(1 + s_i), s_i = min / max in [0, 1],
+ * the log(1 + s_i) summed as logs of running products of the (1 + s_i) and of the (1 + s_i)^y_i
+ * (glmm_kernel._negative_binomial_rows says why, and how far this rounds) */
+static double negative_binomial_rows(const double *restrict y, const double *restrict eta, Py_ssize_t n,
+                                     double shape, double log_shape, int per_row_gamma, double *restrict r,
+                                     double *d_shape_out) {
+    double lp = 0.0, d_shape = 0.0, inv_shape = 1.0 / shape;
+    double product = 1.0, product_y = 1.0, log_sum = 0.0, log_sum_y = 0.0;  /* products of factors in [1, 2] */
+    int factors = 0, factors_y = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double e = eta[i], y_i = y[i], mu = exp(e), w = (y_i - mu) / (shape + mu), log_larger, s;
+        if (mu > shape) {
+            log_larger = e;
+            s = shape / mu;
+        } else {
+            log_larger = log_shape;
+            s = mu * inv_shape;
+        }
+        double one_plus_s = 1.0 + s;
+        double value = y_i * (e - log_larger) - shape * log_larger, d_k = log_shape - log_larger - w;
+        if (per_row_gamma) {
+            value += log_gamma(y_i + shape);
+            d_k += digamma(y_i + shape);
+        }
+        r[i] = shape * w;
+        lp += value;
+        d_shape += d_k;
+        product *= one_plus_s;
+        if (++factors == LOG_BLOCK) {
+            log_sum += log(product);
+            product = 1.0;
+            factors = 0;
+        }
+        if (y_i >= 1.0 && y_i <= LOG_BLOCK && (double)(int)y_i == y_i) {
+            for (int m = 0; m < (int)y_i; m++)
+                product_y *= one_plus_s;
+            factors_y += (int)y_i;
+            if (factors_y >= LOG_BLOCK) {
+                log_sum_y += log(product_y);
+                product_y = 1.0;
+                factors_y = 0;
+            }
+        } else if (y_i != 0.0) {
+            log_sum_y += y_i * log(one_plus_s);
+        }
+    }
+    log_sum += log(product);
+    log_sum_y += log(product_y);
+    *d_shape_out = d_shape - log_sum;
+    return lp - (shape * log_sum + log_sum_y);
+}
+
+/* sum_i lgamma(y_i + k) - lgamma(k) = sum_{m < M} N_m log(k + m) (returned) and sum_i psi(y_i + k) - psi(k) =
+ * sum_{m < M} N_m / (k + m) (*d_shape_out) for whole counts y_i, N_m = #{i : y_i > m} (the count table, M = max y;
+ * glmm_kernel._count_table_terms) */
+static double count_table_terms(const double *restrict counts, Py_ssize_t M, double shape, double *d_shape_out) {
+    double lp = 0.0, d_shape = 0.0;
+    for (Py_ssize_t m = 0; m < M; m++) {
+        double k_m = shape + (double)m;
+        lp += counts[m] * log(k_m);
+        d_shape += counts[m] / k_m;
+    }
+    *d_shape_out = d_shape;
+    return lp;
+}
+
 /* sum of the rows' log-likelihood terms (returned) and of dl_i/dk (*d_shape_out), r_i = dl_i/deta_i
- * (glmm_kernel._row_terms, _binomial_rows and _negative_binomial_term). Binomial: one exp per row, t = e^-|eta|,
+ * (glmm_kernel._row_terms, _binomial_rows and _negative_binomial_rows). Binomial: one exp per row, t = e^-|eta|,
  * log(1 + e^eta) = max(eta, 0) + log(1 + t), the logs taken of running products of the (1 + t_i)^n_i
  * (glmm_kernel._binomial_rows says why, and how far this rounds) */
 static double row_terms(int family, const double *restrict y, const double *restrict size,
-                        const double *restrict eta, Py_ssize_t n, double shape, double log_shape, double *restrict r,
-                        double *d_shape_out) {
+                        const double *restrict eta, Py_ssize_t n, double shape, double log_shape, int per_row_gamma,
+                        double *restrict r, double *d_shape_out) {
     double lp = 0.0, d_shape = 0.0;
     if (family == BINOMIAL) {
         double product = 1.0;  /* of the (1 + t_i)^n_i not yet logged: at most 2^(2 LOG_BLOCK) */
@@ -365,15 +434,7 @@ static double row_terms(int family, const double *restrict y, const double *rest
             r[i] = y[i] - mu;
         }
     } else {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            double e = eta[i], mu = exp(e);
-            double log_k_mu = numba_max(log_shape, e) + log1p(exp(-fabs(log_shape - e)));  /* log(k + mu) */
-            double value = log_gamma(y[i] + shape) - shape * log_k_mu + y[i] * (e - log_k_mu);
-            double d_k = digamma(y[i] + shape) + log_shape - log_k_mu + (mu - y[i]) / (shape + mu);
-            r[i] = shape * (y[i] - mu) / (shape + mu);
-            lp += value;
-            d_shape += d_k;
-        }
+        lp = negative_binomial_rows(y, eta, n, shape, log_shape, per_row_gamma, r, &d_shape);
     }
     *d_shape_out = d_shape;
     return lp;
@@ -575,6 +636,7 @@ static double log_density(const double *x, const double *buf, double *grad, doub
     Py_ssize_t n = s.n, n_dim = AT(buf, H_N_DIM), qq = s.q_max * s.q_max;
     int p = s.p, n_factors = s.n_factors, family = (int)buf[H_FAMILY];
     Py_ssize_t shape_at = AT(buf, H_SHAPE_AT);
+    int per_row_gamma = AT(buf, H_N_COUNT_TABLE) < 0;  /* no count table: lgamma and psi row by row */
     for (Py_ssize_t k = 0; k < n_dim; k++)
         grad[k] = 0.0;
     const double *table = buf + AT(buf, H_AT_FACTORS), *A = buf + AT(buf, H_AT_A);
@@ -616,15 +678,22 @@ static double log_density(const double *x, const double *buf, double *grad, doub
         double lp_shape = scale_prior((int)shape_prior[0], shape_prior[1], shape_prior[2], 0, x[shape_at],
                                       &d_log_shape, &shape);
         log_shape = log(shape);
-        lp += lp_shape - n * log_gamma(shape) + n * shape * log_shape;
+        lp += lp_shape + n * shape * log_shape;
         grad[shape_at] += d_log_shape;
-        d_shape -= n * digamma(shape);
+        if (per_row_gamma) {
+            lp -= n * log_gamma(shape);
+            d_shape -= n * digamma(shape);
+        } else {
+            double d_counts;
+            lp += count_table_terms(buf + AT(buf, H_AT_COUNT_TABLE), AT(buf, H_N_COUNT_TABLE), shape, &d_counts);
+            d_shape += d_counts;
+        }
     }
     const double *X = buf + AT(buf, H_AT_X);
     linear_predictor(buf, table, n, p, n_factors, X, beta, u_all, u_at, eta);
     double d_shape_rows;
-    lp += row_terms(family, buf + AT(buf, H_AT_Y), buf + AT(buf, H_AT_SIZE), eta, n, shape, log_shape, r,
-                    &d_shape_rows);
+    lp += row_terms(family, buf + AT(buf, H_AT_Y), buf + AT(buf, H_AT_SIZE), eta, n, shape, log_shape,
+                    per_row_gamma, r, &d_shape_rows);
     d_shape += d_shape_rows;
     pass_to_coefficients(buf, table, n, p, n_factors, X, r, g_beta, g_u_all, u_at);
     if (family == NEGATIVE_BINOMIAL)

@@ -1,0 +1,140 @@
+"""Runs for benchmarks/results/bayes_nbinom_speed.md (issue 24: the salamanders negative binomial,
+``count ~ cover + mined + (1 | site)``, 644 rows, at >= 10x Bambi's min bulk ESS per CPU second warm).
+
+``kernel``: CPU microseconds per log density + gradient of ``model(name)`` (benchmarks/bench_bayes_glmm.py's
+models; default ``nbinom``) with every factor non-centred, the C extension and the Numba callbacks through ctypes
+at 20 points, median of 6 interleaved blocks, in this process (run it with ``PYTHONPATH`` = a tree).
+
+``fits``: per model and tree (clean worktrees, extensions built in place, each run with ``PYTHONPATH`` = the
+tree), one new process that builds the model (imports before the clock) and fits it with default settings, 4
+chains x 1,000 draws after 1,000 tuning steps, ``random_seed`` 1 and then, refitting the same model object in the
+same process, 2 -- the trees alternating model by model, so that old and new code see the same machine load. Per
+fit: CPU seconds (process, nutpie's threads included) and wall seconds, gradients per draw, divergences, max R-hat
+and min bulk ESS over the hyperparameters (bench_bayes_glmm.summarise), and a hash of every posterior draw (same
+seed, same log density and gradient: same hash). Rows are appended to ``--out``.
+
+Usage::
+
+    for i in 1 2 3; do for t in old new; do
+        PYTHONPATH=/tmp/nb-$t python benchmarks/results/bayes_nbinom_speed.py kernel; done; done
+    python benchmarks/results/bayes_nbinom_speed.py fits --trees old=/tmp/nb-old new=/work/wt/nb \\
+        --models nbinom cbpp poisson_olre --label a
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_bayes_glmm import BENCH_HELPERS, SETUP  # noqa: E402
+
+FIELDS = ["label", "model", "tree", "seed", "cpu_seconds", "seconds", "load_1m", "gradients_per_draw",
+          "divergences", "max_rhat", "min_ess_bulk", "ess_per_cpu_s", "draws_hash", "log_density", "commit"]
+
+
+def one_process(tree: str, name: str, seeds: list[int]) -> list[dict]:
+    """Fit ``model(name)`` with each seed in turn in one new process (the first fit warm, later ones refits)."""
+    code = SETUP + BENCH_HELPERS + f"""
+import hashlib, json, os
+m = model({name!r})
+for seed in {seeds!r}:
+    t, c = time.perf_counter(), cpu()
+    fit = m.fit(method="bayes", random_seed=seed)
+    out = summarise(fit.posterior, var_names(m), time.perf_counter() - t, cpu() - c)
+    post = fit.posterior["posterior"]
+    digest = hashlib.sha1()
+    for v in sorted(post.data_vars):
+        digest.update(np.ascontiguousarray(post[v].values).tobytes())
+    out |= {{"seed": seed, "draws_hash": digest.hexdigest()[:12], "log_density": fit.sampler["log_density"],
+            "load_1m": round(os.getloadavg()[0], 2)}}
+    print(json.dumps(out), flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=tree), cwd=tree, timeout=1800)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
+
+
+def fits(args) -> None:
+    trees = dict(item.split("=", 1) for item in args.trees)
+    commits = {name: subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                    cwd=path).stdout.strip() for name, path in trees.items()}
+    out = Path(args.out)
+    new = not out.exists()
+    with out.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        for name in args.models:
+            for tree, path in trees.items():
+                for row in one_process(path, name, args.seeds):
+                    row.pop("min_ess_per_s", None)
+                    row |= {"label": args.label, "model": name, "tree": tree, "commit": commits[tree],
+                            "ess_per_cpu_s": round(row["min_ess_bulk"] / row["cpu_seconds"], 1)}
+                    writer.writerow(row)
+                    handle.flush()
+                    print(json.dumps(row), flush=True)
+
+
+def kernel(name: str) -> None:
+    import ctypes
+
+    import numpy as np
+
+    from bayeshlm.bayes.glmm import build_kernel, resolve_glmm_priors
+    from bayeshlm.bayes.glmm_kernel import extension_callbacks, numba_callbacks
+
+    namespace: dict = {}
+    exec(SETUP, namespace)  # noqa: S102 -- our own constant code (bench_bayes_glmm.SETUP)
+    model = namespace["model"](name)
+    priors, shape = resolve_glmm_priors(model.design, model.outcome, None)
+    built = build_kernel(model.design, model.outcome, priors, shape,
+                         {f.name: "non-centred" for f in model.design.factors}, None)
+    pointer = ctypes.POINTER(ctypes.c_double)
+    starts = [built.unconstrained_start(seed) for seed in range(20)]
+    points = [x.ctypes.data_as(pointer) for x in starts]
+    grad, value = np.empty(built.n_dim), np.empty(1)
+    args = (grad.ctypes.data_as(pointer), value.ctypes.data_as(pointer), built.buffer.ctypes.data_as(ctypes.c_void_p))
+    micro: dict[str, list[float]] = {"extension": [], "numba": []}
+    for _ in range(6):
+        for label, chosen in (("extension", extension_callbacks()), ("numba", numba_callbacks())):
+            logp = chosen[0].ctypes
+            start = time.process_time()
+            for _ in range(200):
+                for point in points:
+                    logp(built.n_dim, point, *args)
+            micro[label].append((time.process_time() - start) / (200 * len(points)) * 1e6)
+    print(f"{name}: {built.n_rows} rows, {built.n_dim} coordinates: "
+          + ", ".join(f"{label} {np.median(v):.1f} us" for label, v in micro.items())
+          + f" per log density + gradient; load {os.getloadavg()[0]:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    run = sub.add_parser("fits")
+    run.add_argument("--trees", nargs="+", required=True, help="name=path of a worktree with built extensions")
+    run.add_argument("--models", nargs="+", default=["nbinom"])
+    run.add_argument("--seeds", nargs="+", type=int, default=[1, 2])
+    run.add_argument("--label", default="")
+    run.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bayes_nbinom_speed.csv"))
+    timing = sub.add_parser("kernel")
+    timing.add_argument("--model", default="nbinom")
+    args = parser.parse_args()
+    if args.what == "fits":
+        fits(args)
+    else:
+        kernel(args.model)
+
+
+if __name__ == "__main__":
+    main()
