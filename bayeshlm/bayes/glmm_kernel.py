@@ -110,10 +110,10 @@ _HEADER = ("n_dim", "n_expanded", "length", "family", "n", "p", "n_factors", "sh
 # one row per factor: sizes, form, where its data and coordinates are
 _FACTOR = ("q", "J", "correlated", "centred", "eta", "at_codes", "at_Z", "at_centre", "x_effects", "x_tau",
            "x_corr", "at_prior", "at_corr", "n_shift", "at_shift", "latent_scale", "at_shift_values",
-           "partial")
+           "partial", "at_conditional")
 (_F_Q, _F_J, _F_CORRELATED, _F_CENTRED, _F_ETA, _F_AT_CODES, _F_AT_Z, _F_AT_CENTRE, _F_X_EFFECTS, _F_X_TAU,
  _F_X_CORR, _F_AT_PRIOR, _F_AT_CORR, _F_N_SHIFT, _F_AT_SHIFT, _F_LATENT_SCALE, _F_AT_SHIFT_VALUES,
- _F_PARTIAL) = range(len(_FACTOR))
+ _F_PARTIAL, _F_AT_CONDITIONAL) = range(len(_FACTOR))
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -155,7 +155,8 @@ def pack(family: int, y, size, offset, constant: float, X, A, beta_mu, beta_sd, 
     on_variance), shift (entries (k, a, P) of the fixed-effect shift beta_k -= P'u_f[:, a], P of length J;
     empty when centred: module docstring) and optionally latent_scale (lambda) with shift_values (per entry, the
     shifted column's J group values: G' as rows) and partial (w, a non-centred factor with q = 1: module
-    docstring); ``start`` and ``jitter``: the starting point and the scale of its
+    docstring) or conditional (rows (c_j, h_j) of the conditional centring of a non-centred factor with q = 1:
+    module docstring); ``start`` and ``jitter``: the starting point and the scale of its
     per-chain jitter; ``A``: beta = A x[:p] - shift (the fixed effects from the coefficients of the standardised
     columns of X, which NUTS samples: far better conditioned)."""
     n, p = X.shape
@@ -174,6 +175,10 @@ def pack(family: int, y, size, offset, constant: float, X, A, beta_mu, beta_sd, 
     rows = []
     for f in factors:
         q, J = f["q"], f["J"]
+        if "conditional" in f and (f["centred"] or q != 1 or f.get("partial", 1.0) != 1.0
+                                   or np.shape(f["conditional"]) != (J, 2)):
+            raise ValueError("Conditional centring needs a non-centred factor with one coefficient, not partially "
+                             f"centred, and a (J, 2) table of (c_j, h_j); got shape {np.shape(f['conditional'])}.")
         row = {"q": q, "J": J, "correlated": f["correlated"], "centred": f["centred"], "eta": f["eta"],
                "at_codes": put(f["codes"]), "at_Z": put(f["Z"]), "at_centre": put(f["centre"]),
                "x_effects": x_at, "x_tau": x_at + J * q, "x_corr": x_at + J * q + q,
@@ -181,7 +186,8 @@ def pack(family: int, y, size, offset, constant: float, X, A, beta_mu, beta_sd, 
                "n_shift": len(f["shift"]), "at_shift": put(_shift_rows(f["shift"], J)),
                "latent_scale": f.get("latent_scale", 1.0),
                "at_shift_values": put(np.asarray(f.get("shift_values", np.zeros((len(f["shift"]), J))))),
-               "partial": f.get("partial", 1.0)}
+               "partial": f.get("partial", 1.0),
+               "at_conditional": put(f["conditional"]) if "conditional" in f else 0}
         x_at += J * q + q + (q * (q - 1) // 2 if f["correlated"] else 0)
         rows.append(row)
     positions["at_factors"] = put(np.array([[r[name] for name in _FACTOR] for r in rows]))
@@ -647,19 +653,70 @@ def _partial_factor(buf, row):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def _conditional_factor(buf, row):
+    """d log tau / d theta (1, or 1/2 when the scale coordinate theta is log tau^2) for a conditionally centred
+    factor (one with a table of (c_j, h_j); pack allows it for non-centred factors with q = 1 only), else 0."""
+    if row[_F_AT_CONDITIONAL] == 0.0:
+        return 0.0
+    return 0.5 if buf[int(row[_F_AT_PRIOR]) + 3] > 0.5 else 1.0
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _conditional_coordinates(x, buf, row, y):
+    """z_j = tau c_j / (1 + v_j) + z'_j / sqrt(1 + v_j), v_j = tau^2 h_j, into ``y`` for a conditionally centred
+    factor (module docstring); returns the log-Jacobian -sum_j log(1 + v_j) / 2."""
+    half = _conditional_factor(buf, row)
+    J, x_eff, x_tau, at = int(row[_F_J]), int(row[_F_X_EFFECTS]), int(row[_F_X_TAU]), int(row[_F_AT_CONDITIONAL])
+    tau = math.exp(half * x[x_tau])
+    tau2 = tau * tau
+    log_jacobian = 0.0
+    for j in range(J):
+        v = tau2 * buf[at + 2 * j + 1]
+        d = 1.0 + v
+        y[x_eff + j] = tau * buf[at + 2 * j] / d + x[x_eff + j] / math.sqrt(d)
+        log_jacobian -= 0.5 * math.log1p(v)
+    return log_jacobian
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _conditional_gradient(x, buf, row, grad):
+    """The gradient in z taken to z' and log tau (conditional centring) with the log-Jacobian's: dz'_j = dz_j s_j,
+    d log tau += sum_j dz_j (a_j (1 - v_j) - s_j z'_j v_j) / (1 + v_j) - v_j / (1 + v_j), with
+    a_j = tau c_j / (1 + v_j), s_j = (1 + v_j)^-1/2; times d log tau / d theta."""
+    half = _conditional_factor(buf, row)
+    J, x_eff, x_tau, at = int(row[_F_J]), int(row[_F_X_EFFECTS]), int(row[_F_X_TAU]), int(row[_F_AT_CONDITIONAL])
+    tau = math.exp(half * x[x_tau])
+    tau2 = tau * tau
+    d_log_tau = 0.0
+    for j in range(J):
+        v = tau2 * buf[at + 2 * j + 1]
+        d = 1.0 + v
+        s = 1.0 / math.sqrt(d)
+        a = tau * buf[at + 2 * j] / d
+        g = grad[x_eff + j]
+        d_log_tau += (g * (a * (1.0 - v) - s * x[x_eff + j] * v) - v) / d
+        grad[x_eff + j] = g * s
+    grad[x_tau] += half * d_log_tau
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _partially_centred(x, buf):
-    """(coordinates with z = z' tau^-(1-w) for each partially centred factor, the log-Jacobian of that map:
-    -(1 - w) J log tau per factor); ``x`` itself and 0 when there is none (module docstring)."""
+    """(coordinates with z = z' tau^-(1-w) for each partially centred factor and z from z' for each conditionally
+    centred one, the log-Jacobian of those maps: -(1 - w) J log tau, -sum_j log(1 + tau^2 h_j) / 2); ``x`` itself
+    and 0 when there is none (module docstring)."""
     n_factors = int(buf[_N_FACTORS])
     table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
         n_factors, len(_FACTOR))
     partial = False
     for f in range(n_factors):
-        partial = partial or _partial_factor(buf, table[f]) != 0.0
+        partial = partial or _partial_factor(buf, table[f]) != 0.0 or _conditional_factor(buf, table[f]) != 0.0
     if not partial:
         return x, 0.0
     y, log_jacobian = x.copy(), 0.0
     for f in range(n_factors):
+        if _conditional_factor(buf, table[f]) != 0.0:
+            log_jacobian += _conditional_coordinates(x, buf, table[f], y)
+            continue
         k = _partial_factor(buf, table[f])
         if k == 0.0:
             continue
@@ -674,11 +731,15 @@ def _partially_centred(x, buf):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _partial_gradient(x, buf, grad):
     """The gradient in z (``grad`` at the z block) and log tau taken to z' and log tau, with the log-Jacobian's:
-    dz'_j = c dz_j, d log tau += -(1 - w) (sum_j dz_j z_j + J), c = tau^-(1-w)."""
+    dz'_j = c dz_j, d log tau += -(1 - w) (sum_j dz_j z_j + J), c = tau^-(1-w); conditionally centred factors by
+    :func:`_conditional_gradient`."""
     n_factors = int(buf[_N_FACTORS])
     table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
         n_factors, len(_FACTOR))
     for f in range(n_factors):
+        if _conditional_factor(buf, table[f]) != 0.0:
+            _conditional_gradient(x, buf, table[f], grad)
+            continue
         k = _partial_factor(buf, table[f])
         if k == 0.0:
             continue
