@@ -769,21 +769,32 @@ static int partially_centred(const double *buf) {
     return 0;
 }
 
-/* z_j = tau c_j / (1 + v_j) + z'_j / sqrt(1 + v_j), v_j = tau^2 h_j, into y; returns the log-Jacobian
- * -sum_j log(1 + v_j) / 2 (glmm_kernel._conditional_coordinates) */
+/* z_j = tau c_j r_j + z'_j sqrt(r_j), r_j = 1 / (1 + v_j), v_j = tau^2 h_j, into y; returns the log-Jacobian
+ * -sum_j log(1 + v_j) / 2, logged in running products (glmm_kernel._conditional_coordinates) */
+#define PRODUCT_LIMIT 1e100
 static double conditional_coordinates(const double *x, const double *buf, const double *row, double *y) {
     double half = conditional_factor(buf, row);
     Py_ssize_t J = AT(row, F_J), x_eff = AT(row, F_X_EFFECTS), x_tau = AT(row, F_X_TAU);
     const double *table = buf + AT(row, F_AT_CONDITIONAL);
     double tau = exp(half * x[x_tau]);
-    double tau2 = tau * tau, log_jacobian = 0.0;
+    double tau2 = tau * tau, log_jacobian = 0.0, product = 1.0;
     for (Py_ssize_t j = 0; j < J; j++) {
-        double v = tau2 * table[2 * j + 1];
-        double d = 1.0 + v;
-        y[x_eff + j] = tau * table[2 * j] / d + x[x_eff + j] / sqrt(d);
-        log_jacobian -= 0.5 * log1p(v);
+        double r = 1.0 / (1.0 + tau2 * table[2 * j + 1]);
+        y[x_eff + j] = tau * table[2 * j] * r + x[x_eff + j] * sqrt(r);
     }
-    return log_jacobian;
+    for (Py_ssize_t j = 0; j < J; j++) {
+        double d = 1.0 + tau2 * table[2 * j + 1];
+        if (d > PRODUCT_LIMIT) {
+            log_jacobian -= 0.5 * log(d);
+        } else {
+            product *= d;
+            if (product > PRODUCT_LIMIT) {
+                log_jacobian -= 0.5 * log(product);
+                product = 1.0;
+            }
+        }
+    }
+    return log_jacobian - 0.5 * log(product);
 }
 
 /* the gradient in z taken to z' and log tau with the log-Jacobian's (glmm_kernel._conditional_gradient) */
@@ -795,11 +806,10 @@ static void conditional_gradient(const double *x, const double *buf, const doubl
     double tau2 = tau * tau, d_log_tau = 0.0;
     for (Py_ssize_t j = 0; j < J; j++) {
         double v = tau2 * table[2 * j + 1];
-        double d = 1.0 + v;
-        double s = 1.0 / sqrt(d);
-        double a = tau * table[2 * j] / d;
+        double r = 1.0 / (1.0 + v);
+        double s = sqrt(r);
         double g = grad[x_eff + j];
-        d_log_tau += (g * (a * (1.0 - v) - s * x[x_eff + j] * v) - v) / d;
+        d_log_tau += (g * (tau * table[2 * j] * r * (1.0 - v) - s * x[x_eff + j] * v) - v) * r;
         grad[x_eff + j] = g * s;
     }
     grad[x_tau] += half * d_log_tau;

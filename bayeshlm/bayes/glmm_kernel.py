@@ -661,28 +661,43 @@ def _conditional_factor(buf, row):
     return 0.5 if buf[int(row[_F_AT_PRIOR]) + 3] > 0.5 else 1.0
 
 
+_PRODUCT_LIMIT = 1e100  # factors 1 + v_j multiplied until their product exceeds it, then logged (_glmm_kernel.c's)
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _conditional_coordinates(x, buf, row, y):
-    """z_j = tau c_j / (1 + v_j) + z'_j / sqrt(1 + v_j), v_j = tau^2 h_j, into ``y`` for a conditionally centred
-    factor (module docstring); returns the log-Jacobian -sum_j log(1 + v_j) / 2."""
+    """z_j = tau c_j r_j + z'_j sqrt(r_j), r_j = 1 / (1 + v_j), v_j = tau^2 h_j, into ``y`` for a conditionally
+    centred factor (module docstring); returns the log-Jacobian -sum_j log(1 + v_j) / 2, with the logs taken of
+    running products of the factors 1 + v_j (one log per product above _PRODUCT_LIMIT; a factor above it alone):
+    a log1p per group cost as much as the rest of the map. Each factor and product is rounded once (relative
+    1.1e-16), so the sum is off by about 1.1e-16 per group, as a sum of logs is. One division and one square root
+    per group (the map first took three of each with the gradient's: 22 against 13-16 us per gradient for the
+    Poisson model with 595 rows)."""
     half = _conditional_factor(buf, row)
     J, x_eff, x_tau, at = int(row[_F_J]), int(row[_F_X_EFFECTS]), int(row[_F_X_TAU]), int(row[_F_AT_CONDITIONAL])
     tau = math.exp(half * x[x_tau])
     tau2 = tau * tau
-    log_jacobian = 0.0
     for j in range(J):
-        v = tau2 * buf[at + 2 * j + 1]
-        d = 1.0 + v
-        y[x_eff + j] = tau * buf[at + 2 * j] / d + x[x_eff + j] / math.sqrt(d)
-        log_jacobian -= 0.5 * math.log1p(v)
-    return log_jacobian
+        r = 1.0 / (1.0 + tau2 * buf[at + 2 * j + 1])
+        y[x_eff + j] = tau * buf[at + 2 * j] * r + x[x_eff + j] * math.sqrt(r)
+    log_jacobian, product = 0.0, 1.0
+    for j in range(J):
+        d = 1.0 + tau2 * buf[at + 2 * j + 1]
+        if d > _PRODUCT_LIMIT:
+            log_jacobian -= 0.5 * math.log(d)
+        else:
+            product *= d
+            if product > _PRODUCT_LIMIT:
+                log_jacobian -= 0.5 * math.log(product)
+                product = 1.0
+    return log_jacobian - 0.5 * math.log(product)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _conditional_gradient(x, buf, row, grad):
     """The gradient in z taken to z' and log tau (conditional centring) with the log-Jacobian's: dz'_j = dz_j s_j,
-    d log tau += sum_j dz_j (a_j (1 - v_j) - s_j z'_j v_j) / (1 + v_j) - v_j / (1 + v_j), with
-    a_j = tau c_j / (1 + v_j), s_j = (1 + v_j)^-1/2; times d log tau / d theta."""
+    d log tau += sum_j (dz_j (a_j (1 - v_j) - s_j z'_j v_j) - v_j) r_j, with r_j = 1 / (1 + v_j), s_j = sqrt(r_j),
+    a_j = tau c_j r_j; times d log tau / d theta."""
     half = _conditional_factor(buf, row)
     J, x_eff, x_tau, at = int(row[_F_J]), int(row[_F_X_EFFECTS]), int(row[_F_X_TAU]), int(row[_F_AT_CONDITIONAL])
     tau = math.exp(half * x[x_tau])
@@ -690,11 +705,10 @@ def _conditional_gradient(x, buf, row, grad):
     d_log_tau = 0.0
     for j in range(J):
         v = tau2 * buf[at + 2 * j + 1]
-        d = 1.0 + v
-        s = 1.0 / math.sqrt(d)
-        a = tau * buf[at + 2 * j] / d
+        r = 1.0 / (1.0 + v)
+        s = math.sqrt(r)
         g = grad[x_eff + j]
-        d_log_tau += (g * (a * (1.0 - v) - s * x[x_eff + j] * v) - v) / d
+        d_log_tau += (g * (tau * buf[at + 2 * j] * r * (1.0 - v) - s * x[x_eff + j] * v) - v) * r
         grad[x_eff + j] = g * s
     grad[x_tau] += half * d_log_tau
 
