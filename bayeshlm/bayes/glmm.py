@@ -15,7 +15,8 @@ nutpie samples a compiled log density (:mod:`.glmm_kernel`: a C extension built 
 fallback; no PyMC graph is compiled), with the fixed effects shifted by the effects of non-centred factors with
 group-level predictors (an exact reparameterisation, :func:`fixed_effect_shift`, recorded in
 ``fit.sampler["shifted"]``, their z scaled along those columns by ``fit.sampler["latent_scale"]`` and partially
-centred by ``fit.sampler["partial_centring"]``); other
+centred by ``fit.sampler["partial_centring"]``), and observation-level factors conditionally centred
+(:func:`conditional_centring_default`, ``fit.sampler["conditional_centring"]``); other
 links and priors sample the PyMC graph of :func:`glmm_pymc_model`, the same model, which ``model.pymc_model()``
 returns for posterior predictive simulation.
 
@@ -775,10 +776,10 @@ def default_target_accept(design: Design, conditional: Mapping | None = None) ->
     (1 | g) + (1 | obs), 595 rows, 4 x 1,000 draws, seeds 1 and 3: tau_obs min bulk ESS 395 / 377 and R-hat
     1.0135 / 1.0102 at 0.9, ESS 808 / 737 and R-hat 1.0066 / 1.0043 at 0.95, for 1.5x the CPU time (31 instead of
     15 gradients per draw), so more ESS per CPU second too. Elsewhere 0.95 halved the ESS per second
-    (Contraception, docs/hglm_bayes.md). Conditionally centred, the same model (seeds 1-6, 15 gradients per draw
-    at 0.8 and 0.9, 31 at 0.95) had tau_obs min bulk ESS 1,596-1,932 at 0.8, 993-1,659 at 0.9 (every parameter's
-    ESS about halved) and 1,694-2,213 at 0.95, 0 divergences and R-hat <= 1.0049 at each
-    (benchmarks/results/bayes_olre_geometry.md)."""
+    (Contraception, docs/hglm_bayes.md). Conditionally centred, the same model had tau_obs min bulk ESS
+    1,624-2,218 at 0.8 (seeds 1-6, 15 gradients per draw, R-hat <= 1.0030), 1,774-1,926 at 0.95 (seeds 1-3, 31
+    per draw) and, in a scan of seeds 1-6, 993-1,659 at 0.9 (15 per draw, every parameter's ESS about half that
+    at 0.8), 0 divergences everywhere (benchmarks/results/bayes_olre_geometry.md)."""
     observation_level = [f.name for f in design.factors if f.n_groups == design.n_obs]
     if not observation_level:
         return 0.9

@@ -1,6 +1,7 @@
 """Runs for benchmarks/results/bayes_olre_geometry.md (issue 24: the Poisson model with an observation-level effect,
 ``y ~ x + (1 | g) + (1 | obs)`` with exposure, at >= 10x Bambi+nutpie's min bulk ESS per CPU second): per row, one
-default ``fit(method="bayes", random_seed=s)`` (4 x 1000 after 1000 tuning steps), timed after a short warm-up fit
+default ``fit(method="bayes", random_seed=s)`` (4 x 1000 after 1000 tuning steps; ``--options``: other fit
+options as JSON), timed after a short warm-up fit
 of the same model in the same process (so the row is a refit: imports and the kernel's callbacks loaded), in a new
 process whose ``PYTHONPATH`` is ``--tree`` (a tree of the commit to measure, extensions built in place). Per fit: CPU
 seconds of the fit (process CPU, nutpie's threads included), gradients per draw, divergences, max R-hat and min
@@ -34,14 +35,14 @@ FIELDS = ["model", "label", "seed", "cpu_seconds", "seconds", "gradients_per_dra
           "conditional_centring", "draws_sha256", "commit"]
 
 
-def one_fit(tree: str, name: str, seed: int) -> dict:
+def one_fit(tree: str, name: str, seed: int, options: str) -> dict:
     code = SETUP + BENCH_HELPERS + f"""
 import hashlib, json
 import arviz as az
 m = model({name!r})
 m.fit(method="bayes", draws=20, tune=20, chains=1, random_seed=0)  # warm-up: the timed fit is a refit
 t, c = time.perf_counter(), cpu()
-fit = m.fit(method="bayes", random_seed={seed})
+fit = m.fit(method="bayes", random_seed={seed}, **json.loads({options!r}))
 out = summarise(fit.posterior, var_names(m), time.perf_counter() - t, cpu() - c)
 names = [v for v in var_names(m) if v in fit.posterior["posterior"] and not v.startswith("corr_")]
 ess, rhat = az.ess(fit.posterior, var_names=names, method="bulk"), az.rhat(fit.posterior, var_names=names)
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--tree", required=True)
     parser.add_argument("--label", required=True)
     parser.add_argument("--commit", default="", help="the tree's commit (default: git rev-parse in the tree)")
+    parser.add_argument("--options", default="{}", help='fit options as JSON, e.g. \'{"target_accept": 0.8}\'')
     parser.add_argument("--models", nargs="+", default=["poisson_olre"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3, 4, 5, 6])
     parser.add_argument("--out", required=True)
@@ -87,7 +89,7 @@ def main() -> None:
         for name in args.models:
             for seed in args.seeds:
                 row = {"model": name, "label": args.label, "seed": seed, "commit": commit,
-                       **one_fit(args.tree, name, seed)}
+                       **one_fit(args.tree, name, seed, args.options)}
                 writer.writerow(row)
                 handle.flush()
                 print(row, flush=True)
