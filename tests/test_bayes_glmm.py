@@ -688,27 +688,36 @@ def overdispersed_counts(seed=7, J=10, n=20):
                                                 "g": g.astype(str)}))
 
 
-def test_conditional_centring_puts_z_prime_zero_at_the_laplace_modes():
-    """The default table of an observation-level Poisson effect (overdispersed: Laplace tau_obs > 0): h_j is the
-    information mu_j at the Laplace fit's linear predictor, and the mean of z_j the map gives at tau = the Laplace
-    tau, tau c_j / (1 + tau^2 h_j), is the Laplace mode u0_j / tau (the mode solves y_j - mu_j = u0_j / tau^2), so
-    z' = 0 there. Only non-centred observation-level factors get one (not g, not obs when centred), none without a
+@pytest.mark.parametrize("family", ["poisson", "binomial"])
+def test_conditional_centring_puts_z_prime_zero_at_the_laplace_modes(family):
+    """The default table of an observation-level effect where the Laplace tau_obs > 0 (overdispersed Poisson
+    counts; cbpp with (1 | obs)): h_j is the information at the Laplace fit's linear predictor (mu_j; n_j p_j
+    (1 - p_j)), and the mean of z_j the map gives at tau = the Laplace tau, tau c_j / (1 + tau^2 h_j), is the
+    Laplace mode u0_j / tau (the mode solves g_j(u0_j) = u0_j / tau^2, g_j the score), so z' = 0 there. Only
+    non-centred observation-level factors get one (not the other factor, not obs when centred), none without a
     Laplace fit; the default target_accept is then 0.8 (0.95 when obs is not conditionally centred)."""
-    model = bh.HLM("y ~ x + (1 | g) + (1 | obs)", overdispersed_counts(), family="poisson", exposure="years")
+    if family == "poisson":
+        model = bh.HLM("y ~ x + (1 | g) + (1 | obs)", overdispersed_counts(), family="poisson", exposure="years")
+        other = "g"
+    else:
+        model = bh.HLM(CBPP + " + (1 | obs)", with_observation_level(bh.datasets.load("cbpp")), family="binomial")
+        other = "herd"
     design, outcome = model.design, model.outcome
     laplace = model.fit()
     tau = float(laplace.tau["obs"].iloc[0, 0]) ** 0.5
     assert tau > 0.2
-    choice = {"g": "centred", "obs": "non-centred"}
+    choice = {other: "centred", "obs": "non-centred"}
     tables = conditional_centring_default(design, outcome, choice, laplace)
     assert list(tables) == ["obs"]
     c, h = tables["obs"].T
     eta = laplace.predict(type="link").to_numpy()
+    p = 1.0 / (1.0 + np.exp(-eta))
+    expected_h = np.exp(eta) if family == "poisson" else outcome.size * p * (1.0 - p)
+    np.testing.assert_allclose(h, expected_h, rtol=1e-12)
     mode = laplace.random_effects("obs")["estimate"].to_numpy()
-    np.testing.assert_allclose(h, np.exp(eta), rtol=1e-12)
     np.testing.assert_allclose(tau * c / (1.0 + tau**2 * h), mode / tau, rtol=1e-5, atol=1e-6)
     assert np.std(mode) > 0.05  # the check has something to check
-    assert conditional_centring_default(design, outcome, {"g": "centred", "obs": "centred"}, laplace) == {}
+    assert conditional_centring_default(design, outcome, {other: "centred", "obs": "centred"}, laplace) == {}
     assert conditional_centring_default(design, outcome, choice, None) == {}
     assert default_target_accept(design, tables) == 0.8
     assert default_target_accept(design, {}) == 0.95
