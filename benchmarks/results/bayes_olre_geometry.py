@@ -8,7 +8,8 @@ seconds of the fit (process CPU, nutpie's threads included), gradients per draw,
 bulk ESS over the fixed effects and SDs (bench_bayes_glmm.summarise), the variable with the lowest bulk ESS and the
 one with the highest R-hat, min bulk ESS per CPU second, the target_accept used, ``fit.sampler``'s geometry
 records, and the SHA-256 of the posterior draws of beta and the SDs (equal hashes: bitwise the same draws). Rows are
-appended to ``--out``.
+appended to ``--out``. Models: bench_bayes_glmm's, and three other models with an observation-level effect
+(``OTHER_MODELS``).
 
 Usage::
 
@@ -30,13 +31,39 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_bayes_glmm import BENCH_HELPERS, SETUP  # noqa: E402
 
+# other models with an observation-level effect (a check that the geometry is not tuned to poisson_olre alone):
+# simulated overdispersed counts, the salamanders counts as Poisson with (1 | obs), cbpp with (1 | obs)
+OTHER_MODELS = """
+_acceptance_model = model
+
+
+def model(name):
+    if name == "toy_overdispersed":
+        rng = np.random.default_rng(7)
+        g = np.repeat(np.arange(10), 20)
+        x, years = rng.normal(size=200), rng.uniform(0.5, 2.0, 200)
+        eta = 0.8 + 0.4 * x + rng.normal(scale=0.5, size=10)[g] + rng.normal(scale=0.4, size=200)
+        data = pd.DataFrame({"y": rng.poisson(years * np.exp(eta)), "x": x, "years": years, "g": g.astype(str)})
+        return bh.HLM("y ~ x + (1 | g) + (1 | obs)", data.assign(obs=np.arange(200).astype(str)),
+                      family="poisson", exposure="years")
+    if name == "salamanders_poisson_olre":
+        data = pd.read_csv(REFERENCE / "salamanders.csv")
+        data["mined"] = pd.Categorical(data["mined"], categories=["yes", "no"])
+        return bh.HLM("count ~ cover + mined + (1 | site) + (1 | obs)",
+                      data.assign(obs=np.arange(len(data)).astype(str)), family="poisson")
+    if name == "cbpp_olre":
+        data = bh.datasets.load("cbpp")
+        return bh.HLM("cbind(incidence, size - incidence) ~ period + (1 | herd) + (1 | obs)",
+                      data.assign(obs=np.arange(len(data)).astype(str)), family="binomial")
+    return _acceptance_model(name)
+"""
 FIELDS = ["model", "label", "seed", "cpu_seconds", "seconds", "gradients_per_draw", "divergences", "max_rhat",
           "worst_rhat", "min_ess_bulk", "worst_ess", "ess_per_cpu_s", "target_accept", "parameterization",
           "conditional_centring", "draws_sha256", "commit"]
 
 
 def one_fit(tree: str, name: str, seed: int, options: str) -> dict:
-    code = SETUP + BENCH_HELPERS + f"""
+    code = SETUP + OTHER_MODELS + BENCH_HELPERS + f"""
 import hashlib, json
 import arviz as az
 m = model({name!r})
