@@ -763,9 +763,11 @@ static double conditional_factor(const double *buf, const double *row) {
 /* whether a factor is partially or conditionally centred */
 static int partially_centred(const double *buf) {
     const double *table = buf + AT(buf, H_AT_FACTORS);
-    for (int f = 0; f < (int)buf[H_N_FACTORS]; f++)
-        if (partial_factor(buf, table + f * N_FACTOR) != 0.0 || conditional_factor(buf, table + f * N_FACTOR) != 0.0)
+    for (int f = 0; f < (int)buf[H_N_FACTORS]; f++) {
+        const double *row = table + f * N_FACTOR;
+        if (partial_factor(buf, row) != 0.0 || conditional_factor(buf, row) != 0.0)
             return 1;
+    }
     return 0;
 }
 
@@ -816,7 +818,8 @@ static void conditional_gradient(const double *x, const double *buf, const doubl
 }
 
 /* z = z' tau^-(1-w) into y (a copy of x) per partially centred factor, z from z' per conditionally centred one;
- * returns the log-Jacobian, -(1 - w) J log tau or -sum_j log(1 + v_j) / 2 per factor (glmm_kernel._partially_centred) */
+ * returns the log-Jacobian, -(1 - w) J log tau or -sum_j log(1 + v_j) / 2 per factor
+ * (glmm_kernel._partially_centred) */
 static double partial_coordinates(const double *x, const double *buf, double *y) {
     const double *table = buf + AT(buf, H_AT_FACTORS);
     double log_jacobian = 0.0;
