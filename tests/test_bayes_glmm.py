@@ -134,7 +134,7 @@ CASES = {
     "negative_binomial_shifted": (lambda: bh.HLM("y ~ x + w + (1 | g)", toy_with_group_predictor(),
                                                  family="negative_binomial"), None, {"g": "non-centred"}),
     # an observation-level effect, conditionally centred (GEOMETRY), beside centred groups
-    "poisson_olre_conditional": (lambda: bh.HLM("y ~ x + (1 | g) + (1 | obs)", with_observation_level(toy()),
+    "poisson_olre_conditional": (lambda: bh.HLM("y ~ x + (1 | g) + (1 | obs)", with_observation_level(toy(J=6, n=8)),
                                                 family="poisson", exposure="years"), None,
                                  {"g": "centred", "obs": "non-centred"}),
     # binomial with trials, flat priors (tau2 on the variance: d log tau / d log tau2 = 1/2), conditionally centred
@@ -155,7 +155,7 @@ def conditional_table(J, seed):
 # no Laplace fit)
 GEOMETRY = {"verbagg_shape_latent_scaled": ({"id": 2.5}, {"id": 0.3}, None),
             "negative_binomial_flat_partial": ({"g": 1.5}, {"g": 0.4}, None),
-            "poisson_olre_conditional": (None, None, {"obs": conditional_table(96, 1)}),
+            "poisson_olre_conditional": (None, None, {"obs": conditional_table(48, 1)}),
             "binomial_olre_conditional_flat": (None, None, {"obs": conditional_table(56, 2)})}
 
 
