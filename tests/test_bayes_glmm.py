@@ -22,6 +22,7 @@ from bayeshlm.bayes.glmm import (
     build_kernel,
     centre_weights,
     choose_parameterization,
+    conditional_centring_default,
     default_target_accept,
     fixed_effect_shift,
     kernel_coordinates,
@@ -83,6 +84,11 @@ def verbagg_shape(seed=0, persons=12, items=6):
                          "id": person.astype(str), "item": item.astype(str)})
 
 
+def with_observation_level(frame):
+    """``frame`` with obs, one level per row (an observation-level effect)."""
+    return frame.assign(obs=[f"o{i:03d}" for i in range(len(frame))])
+
+
 def toy_with_group_predictor():
     """:func:`toy` (seed 1) with w, a predictor constant within g."""
     frame = toy(seed=1)
@@ -127,21 +133,46 @@ CASES = {
     # negative binomial, shifted onto (Intercept) and a predictor w of g's groups
     "negative_binomial_shifted": (lambda: bh.HLM("y ~ x + w + (1 | g)", toy_with_group_predictor(),
                                                  family="negative_binomial"), None, {"g": "non-centred"}),
+    # an observation-level effect, conditionally centred (GEOMETRY), beside centred groups
+    "poisson_olre_conditional": (lambda: bh.HLM("y ~ x + (1 | g) + (1 | obs)", with_observation_level(toy(J=6, n=8)),
+                                                family="poisson", exposure="years"), None,
+                                 {"g": "centred", "obs": "non-centred"}),
+    # binomial with trials, flat priors (tau2 on the variance: d log tau / d log tau2 = 1/2), conditionally centred
+    "binomial_olre_conditional_flat": (lambda: bh.HLM(CBPP + " + (1 | obs)",
+                                                      with_observation_level(bh.datasets.load("cbpp")),
+                                                      family="binomial"), "flat",
+                                       {"herd": "non-centred", "obs": "non-centred"}),
 }
 
 
-# (latent scales, partial-centring weights) given to build_kernel (by default 1: no Laplace fit)
-GEOMETRY = {"verbagg_shape_latent_scaled": ({"id": 2.5}, {"id": 0.3}),
-            "negative_binomial_flat_partial": ({"g": 1.5}, {"g": 0.4})}
+def conditional_table(J, seed):
+    """A (J, 2) table (c_j, h_j) of a conditional centring: c of either sign, h >= 0 (one 0: no information)."""
+    rng = np.random.default_rng(seed)
+    return np.column_stack([rng.normal(0.0, 2.0, J), np.r_[0.0, rng.exponential(4.0, J - 1)]])
+
+
+# (latent scales, partial-centring weights, conditional-centring tables) given to build_kernel (by default none:
+# no Laplace fit)
+GEOMETRY = {"verbagg_shape_latent_scaled": ({"id": 2.5}, {"id": 0.3}, None),
+            "negative_binomial_flat_partial": ({"g": 1.5}, {"g": 0.4}, None),
+            "poisson_olre_conditional": (None, None, {"obs": conditional_table(48, 1)}),
+            "binomial_olre_conditional_flat": (None, None, {"obs": conditional_table(56, 2)})}
 
 
 def log_jacobian(design, choice, case, names, x):
     """log |d graph point / d x| and its gradient in x: log|A| of the standardised fixed effects, rank(G) log
     lambda per scaled factor (z = z' + (lambda - 1) G P z'), -(1 - w) J log tau per partially centred factor
-    (z = z' tau^-(1-w); its coordinate is log tau, or log tau^2 = 2 log tau)."""
-    scales, weights = GEOMETRY.get(case, ({}, {}))
+    (z = z' tau^-(1-w); its coordinate is log tau, or log tau^2 = 2 log tau), -sum_j log(1 + tau^2 h_j) / 2 per
+    conditionally centred factor (z_j = tau c_j / (1 + tau^2 h_j) + z'_j (1 + tau^2 h_j)^-1/2)."""
+    scales, weights, conditional = (value or {} for value in GEOMETRY.get(case, (None, None, None)))
     value, gradient = np.linalg.slogdet(standardising_map(design.X))[1], np.zeros(len(x))
     offsets = dict(zip([name for name, _ in names], np.cumsum([0] + [int(np.prod(s)) for _, s in names])))
+    for name, table in conditional.items():
+        on_variance = f"tau2_{name}_log__" in offsets
+        at = offsets[f"tau2_{name}_log__" if on_variance else f"tau_{name}_log__"]
+        v = np.exp(x[at] * (1.0 if on_variance else 2.0)) * table[:, 1]  # tau^2 h_j
+        value -= 0.5 * np.sum(np.log1p(v))
+        gradient[at] -= np.sum(v / (1.0 + v)) * (0.5 if on_variance else 1.0)
     for name, entries in fixed_effect_shift(design, choice).items():
         f = design.factor(name)
         first = np.unique(f.codes, return_index=True)[1]
@@ -205,7 +236,7 @@ def test_kernel_equals_pymc_graph(case):
     model = make()
     design, outcome = model.design, model.outcome
     prior_set, shape = resolve_glmm_priors(design, outcome, priors)
-    kernel = build_kernel(design, outcome, prior_set, shape, choice, None, *GEOMETRY.get(case, (None, None)))
+    kernel = build_kernel(design, outcome, prior_set, shape, choice, None, *GEOMETRY.get(case, (None, None, None)))
     if case == "bernoulli_merged":  # 300 rows, 20 distinct (group x binary x)
         assert kernel.n_rows == 20 < design.n_obs
     graph = bh.bayes.glmm.glmm_pymc_model(design, outcome, priors, choice=choice)
@@ -366,7 +397,7 @@ def test_fit_dispatches_and_samples_cbpp_without_divergences(cbpp_fit):
     assert type(cbpp_fit).__name__ == "BayesGLMMFit"
     assert cbpp_fit.sampler["log_density"] == "compiled HGLM kernel (C extension)"
     assert cbpp_fit.sampler["shifted"] == {} == cbpp_fit.sampler["latent_scale"]  # no herd-level predictors
-    assert cbpp_fit.sampler["partial_centring"] == {}
+    assert cbpp_fit.sampler["partial_centring"] == {} == cbpp_fit.sampler["conditional_centring"]
     assert cbpp_fit.diagnostics["divergences"] == 0
     assert cbpp_fit.diagnostics["max_rhat"] < 1.01
     assert cbpp_fit.sampler["parameterization"] == {"herd": "non-centred"}
@@ -638,10 +669,70 @@ def test_a_factor_is_judged_by_its_least_reliable_coefficient():
 
 
 def test_observation_level_effects_get_a_higher_default_target_accept():
-    """0.95 when a factor has one row per group (observation-level effect), else 0.9."""
+    """0.95 when a factor has one row per group (observation-level effect) not conditionally centred, else 0.9."""
     data = pd.read_csv(REFERENCE / "poisson_exposure.csv")
     data["obs"] = [f"o{i:03d}" for i in range(len(data))]
     olre = bh.HLM("y ~ x + (1 | g) + (1 | obs)", data, family="poisson", exposure="years").design
     assert default_target_accept(olre) == 0.95
     assert default_target_accept(bh.HLM("y ~ x + (1 | g)", data, family="poisson", exposure="years").design) == 0.9
     assert default_target_accept(cbpp_model().design) == 0.9
+
+
+def overdispersed_counts(seed=7, J=10, n=20):
+    """Poisson counts with exposure, a random intercept per g and an observation-level effect of SD 0.4."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(J), n)
+    x, years = rng.normal(size=J * n), rng.uniform(0.5, 2.0, J * n)
+    eta = 0.8 + 0.4 * x + rng.normal(scale=0.5, size=J)[g] + rng.normal(scale=0.4, size=J * n)
+    return with_observation_level(pd.DataFrame({"y": rng.poisson(years * np.exp(eta)), "x": x, "years": years,
+                                                "g": g.astype(str)}))
+
+
+@pytest.mark.parametrize("family", ["poisson", "binomial"])
+def test_conditional_centring_puts_z_prime_zero_at_the_laplace_modes(family):
+    """The default table of an observation-level effect where the Laplace tau_obs > 0 (overdispersed Poisson
+    counts; cbpp with (1 | obs)): h_j is the information at the Laplace fit's linear predictor (mu_j; n_j p_j
+    (1 - p_j)), and the mean of z_j the map gives at tau = the Laplace tau, tau c_j / (1 + tau^2 h_j), is the
+    Laplace mode u0_j / tau (the mode solves g_j(u0_j) = u0_j / tau^2, g_j the score), so z' = 0 there. Only
+    non-centred observation-level factors get one (not the other factor, not obs when centred), none without a
+    Laplace fit; the default target_accept is then 0.85 (0.95 when obs is not conditionally centred)."""
+    if family == "poisson":
+        model = bh.HLM("y ~ x + (1 | g) + (1 | obs)", overdispersed_counts(), family="poisson", exposure="years")
+        other = "g"
+    else:
+        model = bh.HLM(CBPP + " + (1 | obs)", with_observation_level(bh.datasets.load("cbpp")), family="binomial")
+        other = "herd"
+    design, outcome = model.design, model.outcome
+    laplace = model.fit()
+    tau = float(laplace.tau["obs"].iloc[0, 0]) ** 0.5
+    assert tau > 0.2
+    choice = {other: "centred", "obs": "non-centred"}
+    tables = conditional_centring_default(design, outcome, choice, laplace)
+    assert list(tables) == ["obs"]
+    c, h = tables["obs"].T
+    eta = laplace.predict(type="link").to_numpy()
+    p = 1.0 / (1.0 + np.exp(-eta))
+    expected_h = np.exp(eta) if family == "poisson" else outcome.size * p * (1.0 - p)
+    np.testing.assert_allclose(h, expected_h, rtol=1e-12)
+    mode = laplace.random_effects("obs")["estimate"].to_numpy()
+    np.testing.assert_allclose(tau * c / (1.0 + tau**2 * h), mode / tau, rtol=1e-5, atol=1e-6)
+    assert np.std(mode) > 0.05  # the check has something to check
+    assert conditional_centring_default(design, outcome, {other: "centred", "obs": "centred"}, laplace) == {}
+    assert conditional_centring_default(design, outcome, choice, None) == {}
+    assert default_target_accept(design, tables) == 0.85
+    assert default_target_accept(design, {}) == 0.95
+
+
+def test_conditional_centring_needs_a_non_centred_one_coefficient_factor():
+    """pack refuses a conditional-centring table on a centred factor or of the wrong shape."""
+    model = bh.HLM("y ~ x + (1 | g) + (1 | obs)", overdispersed_counts(), family="poisson", exposure="years")
+    design, outcome = model.design, model.outcome
+    prior_set, shape = resolve_glmm_priors(design, outcome, None)
+    with pytest.raises(ValueError, match=r"\(J, 2\) table"):
+        build_kernel(design, outcome, prior_set, shape, {"g": "centred", "obs": "non-centred"}, None, None, None,
+                     {"obs": np.zeros((5, 2))})
+    # build_kernel itself leaves centred factors out: the packed kernel has no table for them
+    kernel = build_kernel(design, outcome, prior_set, shape, {"g": "centred", "obs": "centred"}, None, None, None,
+                          {"obs": conditional_table(200, 3)})
+    plain = build_kernel(design, outcome, prior_set, shape, {"g": "centred", "obs": "centred"}, None)
+    np.testing.assert_array_equal(kernel.buffer, plain.buffer)

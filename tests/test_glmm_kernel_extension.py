@@ -85,8 +85,9 @@ CASES = {
 
 def kernels(case):
     """The case's kernel with every factor centred, with every factor non-centred (also with lambda = 2 and
-    w = 0.4 for the shifted ones) and, with crossed factors, the last one centred and the others non-centred (then
-    shifted, where they have group-level predictors: the centred one is sampled around the unshifted beta')."""
+    w = 0.4 for the shifted ones, and with the one-coefficient factors conditionally centred) and, with crossed
+    factors, the last one centred and the others non-centred (then shifted, where they have group-level
+    predictors: the centred one is sampled around the unshifted beta')."""
     family, formula, options, priors = CASES[case]
     model = bh.HLM(formula, frame(), family=family, **options)
     prior_set, shape = resolve_glmm_priors(model.design, model.outcome, priors)
@@ -100,6 +101,13 @@ def kernels(case):
     out["non-centred, latent scale 2, w 0.4"] = build_kernel(model.design, model.outcome, prior_set, shape,
                                                             choices["non-centred"], None, dict.fromkeys(names, 2.0),
                                                             dict.fromkeys(names, 0.4))
+    # one-coefficient factors conditionally centred (random (c_j, h_j), h_j >= 0)
+    rng = np.random.default_rng(6)
+    tables = {f.name: np.column_stack([rng.normal(0.0, 2.0, f.n_groups), rng.exponential(3.0, f.n_groups)])
+              for f in model.design.factors if f.n_coef == 1}
+    if tables:
+        out["non-centred, conditionally centred"] = build_kernel(model.design, model.outcome, prior_set, shape,
+                                                                 choices["non-centred"], None, {}, {}, tables)
     return out
 
 

@@ -11,6 +11,8 @@
  *   beta_k = beta'_k - sum over the non-centred factors' shift entries (k, a, P) of P'u_f[:, a],  beta' = A x[:p],
  *   z_f = z'_f + (lambda_f - 1) G_f P_f z'_f on a shifted factor's shifted coefficient (glmm_kernel.py's docstring),
  *   z_f = z'_f tau_f^-(1-w_f) for a partially centred factor (q = 1), with its log-Jacobian,
+ *   z_fj = tau_f c_fj / (1 + v_fj) + z'_fj / sqrt(1 + v_fj), v_fj = tau_f^2 h_fj, for a conditionally centred
+ *   factor (q = 1), with its log-Jacobian,
  *
  * rows: binomial logit, Poisson log or negative binomial (NB2) log; priors with their normalising constants;
  * LKJ(eta) on L_Omega through PyMC's CholeskyCorr transform. Matrices are row-major (q x q, or J x q).
@@ -35,15 +37,15 @@ static const char *HEADER[] = {"n_dim", "n_expanded", "length", "family", "n", "
                                "at_factors", "at_shape_prior", "at_A", "n_count_table", "at_count_table"};
 static const char *FACTOR[] = {"q", "J", "correlated", "centred", "eta", "at_codes", "at_Z", "at_centre",
                                "x_effects", "x_tau", "x_corr", "at_prior", "at_corr", "n_shift", "at_shift",
-                               "latent_scale", "at_shift_values", "partial"};
+                               "latent_scale", "at_shift_values", "partial", "at_conditional"};
 #define N_HEADER 20
-#define N_FACTOR 18
+#define N_FACTOR 19
 enum { H_N_DIM, H_N_EXPANDED, H_LENGTH, H_FAMILY, H_N, H_P, H_N_FACTORS, H_SHAPE_AT, H_CONSTANT, H_AT_Y, H_AT_SIZE,
        H_AT_OFFSET, H_AT_X, H_AT_BETA_MU, H_AT_BETA_SD, H_AT_FACTORS, H_AT_SHAPE_PRIOR, H_AT_A, H_N_COUNT_TABLE,
        H_AT_COUNT_TABLE };
 enum { F_Q, F_J, F_CORRELATED, F_CENTRED, F_ETA, F_AT_CODES, F_AT_Z, F_AT_CENTRE, F_X_EFFECTS, F_X_TAU, F_X_CORR,
        F_AT_PRIOR, F_AT_CORR, F_N_SHIFT, F_AT_SHIFT, F_LATENT_SCALE, F_AT_SHIFT_VALUES,
-       F_PARTIAL };
+       F_PARTIAL, F_AT_CONDITIONAL };
 /* glmm_kernel.py's FAMILY_CODES (family, link, code) and SCALE_FAMILIES (name by code, PyMC's parameter names) */
 static const char *FAMILIES[][2] = {{"binomial", "logit"}, {"bernoulli", "logit"}, {"poisson", "log"},
                                     {"negative_binomial", "log"}};
@@ -819,22 +821,83 @@ static double partial_factor(const double *buf, const double *row) {
     return (1.0 - row[F_PARTIAL]) * (buf[AT(row, F_AT_PRIOR) + 3] > 0.5 ? 0.5 : 1.0);
 }
 
-/* whether a factor is partially centred */
+/* d log tau / d theta of a conditionally centred factor (1, or 1/2 when theta is log tau^2), else 0
+ * (glmm_kernel._conditional_factor) */
+static double conditional_factor(const double *buf, const double *row) {
+    if (row[F_AT_CONDITIONAL] == 0.0)
+        return 0.0;
+    return buf[AT(row, F_AT_PRIOR) + 3] > 0.5 ? 0.5 : 1.0;
+}
+
+/* whether a factor is partially or conditionally centred */
 static int partially_centred(const double *buf) {
     const double *table = buf + AT(buf, H_AT_FACTORS);
-    for (int f = 0; f < (int)buf[H_N_FACTORS]; f++)
-        if (partial_factor(buf, table + f * N_FACTOR) != 0.0)
+    for (int f = 0; f < (int)buf[H_N_FACTORS]; f++) {
+        const double *row = table + f * N_FACTOR;
+        if (partial_factor(buf, row) != 0.0 || conditional_factor(buf, row) != 0.0)
             return 1;
+    }
     return 0;
 }
 
-/* z = z' tau^-(1-w) into y (a copy of x) per partially centred factor; returns the log-Jacobian, -(1 - w) J log tau
- * per factor (glmm_kernel._partially_centred) */
+/* z_j = tau c_j r_j + z'_j sqrt(r_j), r_j = 1 / (1 + v_j), v_j = tau^2 h_j, into y; returns the log-Jacobian
+ * -sum_j log(1 + v_j) / 2, logged in running products (glmm_kernel._conditional_coordinates) */
+#define PRODUCT_LIMIT 1e100
+static double conditional_coordinates(const double *x, const double *buf, const double *row, double *y) {
+    double half = conditional_factor(buf, row);
+    Py_ssize_t J = AT(row, F_J), x_eff = AT(row, F_X_EFFECTS), x_tau = AT(row, F_X_TAU);
+    const double *table = buf + AT(row, F_AT_CONDITIONAL);
+    double tau = exp(half * x[x_tau]);
+    double tau2 = tau * tau, log_jacobian = 0.0, product = 1.0;
+    for (Py_ssize_t j = 0; j < J; j++) {
+        double r = 1.0 / (1.0 + tau2 * table[2 * j + 1]);
+        y[x_eff + j] = tau * table[2 * j] * r + x[x_eff + j] * sqrt(r);
+    }
+    for (Py_ssize_t j = 0; j < J; j++) {
+        double d = 1.0 + tau2 * table[2 * j + 1];
+        if (d > PRODUCT_LIMIT) {
+            log_jacobian -= 0.5 * log(d);
+        } else {
+            product *= d;
+            if (product > PRODUCT_LIMIT) {
+                log_jacobian -= 0.5 * log(product);
+                product = 1.0;
+            }
+        }
+    }
+    return log_jacobian - 0.5 * log(product);
+}
+
+/* the gradient in z taken to z' and log tau with the log-Jacobian's (glmm_kernel._conditional_gradient) */
+static void conditional_gradient(const double *x, const double *buf, const double *row, double *grad) {
+    double half = conditional_factor(buf, row);
+    Py_ssize_t J = AT(row, F_J), x_eff = AT(row, F_X_EFFECTS), x_tau = AT(row, F_X_TAU);
+    const double *table = buf + AT(row, F_AT_CONDITIONAL);
+    double tau = exp(half * x[x_tau]);
+    double tau2 = tau * tau, d_log_tau = 0.0;
+    for (Py_ssize_t j = 0; j < J; j++) {
+        double v = tau2 * table[2 * j + 1];
+        double r = 1.0 / (1.0 + v);
+        double s = sqrt(r);
+        double g = grad[x_eff + j];
+        d_log_tau += (g * (tau * table[2 * j] * r * (1.0 - v) - s * x[x_eff + j] * v) - v) * r;
+        grad[x_eff + j] = g * s;
+    }
+    grad[x_tau] += half * d_log_tau;
+}
+
+/* z = z' tau^-(1-w) into y (a copy of x) per partially centred factor, z from z' per conditionally centred one;
+ * returns the log-Jacobian, -(1 - w) J log tau or -sum_j log(1 + v_j) / 2 per factor
+ * (glmm_kernel._partially_centred) */
 static double partial_coordinates(const double *x, const double *buf, double *y) {
     const double *table = buf + AT(buf, H_AT_FACTORS);
     double log_jacobian = 0.0;
     for (int f = 0; f < (int)buf[H_N_FACTORS]; f++) {
         const double *row = table + f * N_FACTOR;
+        if (conditional_factor(buf, row) != 0.0) {
+            log_jacobian += conditional_coordinates(x, buf, row, y);
+            continue;
+        }
         double k = partial_factor(buf, row);
         if (k == 0.0)
             continue;
@@ -847,11 +910,16 @@ static double partial_coordinates(const double *x, const double *buf, double *y)
     return log_jacobian;
 }
 
-/* the gradient in z and log tau taken to z' and log tau with the log-Jacobian's (glmm_kernel._partial_gradient) */
+/* the gradient in z and log tau taken to z' and log tau with the log-Jacobian's, partially or conditionally centred
+ * factors (glmm_kernel._partial_gradient) */
 static void partial_gradient(const double *x, const double *buf, double *grad) {
     const double *table = buf + AT(buf, H_AT_FACTORS);
     for (int f = 0; f < (int)buf[H_N_FACTORS]; f++) {
         const double *row = table + f * N_FACTOR;
+        if (conditional_factor(buf, row) != 0.0) {
+            conditional_gradient(x, buf, row, grad);
+            continue;
+        }
         double k = partial_factor(buf, row);
         if (k == 0.0)
             continue;

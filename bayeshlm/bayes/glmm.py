@@ -15,7 +15,8 @@ nutpie samples a compiled log density (:mod:`.glmm_kernel`: a C extension built 
 fallback; no PyMC graph is compiled), with the fixed effects shifted by the effects of non-centred factors with
 group-level predictors (an exact reparameterisation, :func:`fixed_effect_shift`, recorded in
 ``fit.sampler["shifted"]``, their z scaled along those columns by ``fit.sampler["latent_scale"]`` and partially
-centred by ``fit.sampler["partial_centring"]``); other
+centred by ``fit.sampler["partial_centring"]``), and observation-level factors conditionally centred
+(:func:`conditional_centring_default`, ``fit.sampler["conditional_centring"]``); other
 links and priors sample the PyMC graph of :func:`glmm_pymc_model`, the same model, which ``model.pymc_model()``
 returns for posterior predictive simulation.
 
@@ -501,13 +502,61 @@ def partial_weights_default(design: Design, choice: dict[str, str], laplace) -> 
             if design.factor(name).n_coef == 1}
 
 
+def row_score_information(outcome: GLMOutcome, eta: np.ndarray, shape: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the score g_i = dl_i/deta_i and the Fisher information h_i = E(-d^2 l_i/deta_i^2) at ``eta``
+    (kernel families): binomial logit y - n p and n p (1 - p); Poisson log y - mu and mu; negative binomial log
+    k (y - mu) / (k + mu) and k mu / (k + mu) (k = ``shape``)."""
+    y, name = outcome.y.astype(float), outcome.family.name
+    if name in ("binomial", "bernoulli"):
+        p = 1.0 / (1.0 + np.exp(-eta))
+        return y - outcome.size * p, outcome.size * p * (1.0 - p)
+    mu = np.exp(eta)
+    if name == "poisson":
+        return y - mu, mu
+    return shape * (y - mu) / (shape + mu), shape * mu / (shape + mu)
+
+
+def conditional_centring_default(design: Design, outcome: GLMOutcome, choice: dict[str, str],
+                                 laplace) -> dict[str, np.ndarray]:
+    """Per observation-level factor (one group per row) that is non-centred with one coefficient, the (J, 2) table
+    of (c_j, h_j) of its conditional centring (glmm_kernel's docstring): the likelihood of its effect u_j taken as
+    Gaussian, l_j(u) ~ c_j u - h_j u^2 / 2, from the Laplace fit's linear predictor eta_i and its mode u0_j:
+    h_j = sum_i z_i^2 h_i, c_j = sum_i z_i (g_i + h_i z_i u0_j) over group j's rows, with the score g_i and
+    information h_i of :func:`row_score_information`. Then z_j given tau is about N(tau c_j / (1 + tau^2 h_j),
+    1 / (1 + tau^2 h_j)), which the kernel samples as z'_j ~ about N(0, 1). Empty without a Laplace fit (or when
+    it gives no linear predictor or modes)."""
+    if laplace is None:
+        return {}
+    out = {}
+    for name, how in choice.items():
+        f = design.factor(name)
+        if how == "centred" or f.n_coef != 1 or f.n_groups != design.n_obs:
+            continue
+        try:
+            eta = np.asarray(laplace.predict(type="link"), dtype=float)
+            mode = laplace.random_effects(name)["estimate"].to_numpy(dtype=float)
+        except (AttributeError, KeyError, ValueError):
+            return {}
+        if eta.shape != (design.n_obs,) or mode.shape != (f.n_groups,):
+            return {}
+        score, information = row_score_information(outcome, eta, _laplace_shape(laplace))
+        z = f.Z[:, 0]
+        h = np.bincount(f.codes, z * z * information, f.n_groups)
+        c = np.bincount(f.codes, z * (score + information * z * mode[f.codes]), f.n_groups)
+        if np.all(np.isfinite(c)) and np.all(np.isfinite(h)) and np.all(h >= 0):
+            out[name] = np.column_stack([c, h])
+    return out
+
+
 def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: Prior | None,
                  choice: dict[str, str], laplace, latent_scales: Mapping | None = None,
-                 partial_weights: Mapping | None = None):
+                 partial_weights: Mapping | None = None, conditional: Mapping | None = None):
     """Pack the model for :mod:`.glmm_kernel`, with a start at the Laplace estimates when there are some;
     ``latent_scales``: per shifted factor, lambda (None: :func:`latent_scales_default`); ``partial_weights``:
-    per shifted factor with one coefficient, w (None: :func:`partial_weights_default`). A factor these leave out
-    is not scaled (lambda 1) or not partially centred (w 1); entries for other factors are ignored."""
+    per shifted factor with one coefficient, w (None: :func:`partial_weights_default`); ``conditional``: per
+    non-centred factor with one coefficient that is not partially centred, the (J, 2) table (c_j, h_j) of its
+    conditional centring (None: :func:`conditional_centring_default`). A factor these leave out is not scaled
+    (lambda 1), not partially centred (w 1) or not conditionally centred; entries for other factors are ignored."""
     from scipy import special
 
     from .glmm_kernel import FAMILY_CODES, SCALE_CODE, SCALE_FAMILIES, pack
@@ -529,6 +578,10 @@ def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: P
         partial_weights = partial_weights_default(design, choice, laplace)
     scales = {k: float(v) for k, v in latent_scales.items() if k in shift}
     partial = {k: float(v) for k, v in partial_weights.items() if k in shift and design.factor(k).n_coef == 1}
+    if conditional is None:
+        conditional = conditional_centring_default(design, outcome, choice, laplace)
+    conditional = {k: np.asarray(v, dtype=float) for k, v in conditional.items()
+                   if choice[k] != "centred" and design.factor(k).n_coef == 1 and partial.get(k, 1.0) == 1.0}
     # start at the Laplace estimates: beta' = beta0 + shift(u) with the non-centred effects' start u = 0, so beta0
     beta0 = _laplace_beta(design, laplace)
     A = standardising_map(design.X)
@@ -551,6 +604,7 @@ def build_kernel(design: Design, outcome: GLMOutcome, priors: PriorSet, shape: P
                         "Z": f.Z, "centre": weights.get(f.name, np.zeros(0)), "prior": rows,
                         "shift": shift.get(f.name, []), "latent_scale": scales.get(f.name, 1.0),
                         "partial": partial.get(f.name, 1.0),
+                        **({"conditional": conditional[f.name]} if f.name in conditional else {}),
                         "shift_values": np.array([design.X[_first_rows(f), k] for k, _, _ in shift.get(f.name, [])])})
         if scales.get(f.name, 1.0) != 1.0:  # the Jacobian of z' -> z: lambda^rank(G)
             columns = sorted({k for k, _, _ in shift[f.name]})
@@ -712,14 +766,25 @@ def prior_predictive(design: Design, outcome: GLMOutcome, priors=None, draws: in
 
 
 # --- fitting --------------------------------------------------------------------------------------------
-def default_target_accept(design: Design) -> float:
-    """NUTS's target acceptance rate: 0.9, or 0.95 when a factor has one row per group (an observation-level
-    effect). Such effects are prior-dominated wherever the data show little overdispersion, and log tau then has
-    the prior's long left tail, which larger steps cross badly: Poisson with exposure and (1 | g) + (1 | obs), 595
-    rows, 4 x 1,000 draws, seeds 1 and 3: tau_obs min bulk ESS 395 / 377 and R-hat 1.0135 / 1.0102 at 0.9, ESS
-    808 / 737 and R-hat 1.0066 / 1.0043 at 0.95, for 1.5x the CPU time (31 instead of 15 gradients per draw),
-    so more ESS per CPU second too. Elsewhere 0.95 halved the ESS per second (Contraception, docs/hglm_bayes.md)."""
-    return 0.95 if any(f.n_groups == design.n_obs for f in design.factors) else 0.9
+def default_target_accept(design: Design, conditional: Mapping | None = None) -> float:
+    """NUTS's target acceptance rate: 0.9; 0.95 when a factor has one row per group (an observation-level
+    effect) that is not conditionally centred (``conditional``: the factors that are,
+    :func:`conditional_centring_default`); 0.85 when every observation-level factor is.
+
+    Non-centred observation-level effects are prior-dominated wherever the data show little overdispersion, and
+    log tau then has the prior's long left tail, which larger steps cross badly: Poisson with exposure and
+    (1 | g) + (1 | obs), 595 rows, 4 x 1,000 draws, seeds 1 and 3: tau_obs min bulk ESS 395 / 377 and R-hat
+    1.0135 / 1.0102 at 0.9, ESS 808 / 737 and R-hat 1.0066 / 1.0043 at 0.95, for 1.5x the CPU time (31 instead of
+    15 gradients per draw), so more ESS per CPU second too. Elsewhere 0.95 halved the ESS per second
+    (Contraception, docs/hglm_bayes.md). Conditionally centred, the same model had tau_obs min bulk ESS
+    1,624-2,218 at 0.8 (seeds 1-6, 15 gradients per draw, R-hat <= 1.0030), 1,372-1,743 at 0.85 (15 per draw),
+    993-1,659 at 0.9 (15 per draw) and 1,774-1,926 at 0.95 (seeds 1-3, 31 per draw), 0 divergences at each; but
+    cbpp with (1 | herd) + (1 | obs) (herds prior-dominated, reliability 0.06) had 1 divergence on 3 of seeds 1-6
+    at 0.8 and none at 0.85, hence 0.85 (benchmarks/results/bayes_olre_geometry.md)."""
+    observation_level = [f.name for f in design.factors if f.n_groups == design.n_obs]
+    if not observation_level:
+        return 0.9
+    return 0.85 if all(name in (conditional or {}) for name in observation_level) else 0.95
 
 
 def fit_bayes_glmm(design: Design, outcome: GLMOutcome, *, draws: int = 1000, tune: int = 1000, chains: int = 4,
@@ -739,10 +804,9 @@ def fit_bayes_glmm(design: Design, outcome: GLMOutcome, *, draws: int = 1000, tu
         name = next(iter(unknown))
         raise OptionError(f"Unknown option {name!r} for method='bayes' with family={outcome.family.name!r}."
                           f"{closest_names(name, OPTIONS)} Options: {', '.join(OPTIONS)}.")
-    if target_accept is None:
-        target_accept = default_target_accept(design)
     check_sampler_options(draws=draws, tune=tune, chains=chains, random_seed=random_seed,
-                          target_accept=target_accept, sampler=sampler, progressbar=progressbar)
+                          target_accept=0.9 if target_accept is None else target_accept, sampler=sampler,
+                          progressbar=progressbar)  # the default target_accept depends on the geometry (below)
     prior_set, shape = resolve_glmm_priors(design, outcome, priors)
     if parameterization is not None and not isinstance(parameterization, Mapping):
         raise OptionError(f"parameterization={parameterization!r}: give a dict {{factor: 'centred' or "
@@ -755,8 +819,11 @@ def fit_bayes_glmm(design: Design, outcome: GLMOutcome, *, draws: int = 1000, tu
     seed = new_seed() if random_seed is None else int(random_seed)
     not_covered = kernel_covers(design, outcome, prior_set, shape)
     use_kernel = sampler == "nutpie" and not_covered is None
-    tree, record = _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kernel, sampler=sampler,
-                           draws=int(draws), tune=int(tune), chains=int(chains), seed=seed,
+    conditional = conditional_centring_default(design, outcome, choice, laplace) if use_kernel else {}
+    if target_accept is None:
+        target_accept = default_target_accept(design, conditional)
+    tree, record = _sample(design, outcome, priors, prior_set, shape, choice, laplace, conditional, use_kernel,
+                           sampler=sampler, draws=int(draws), tune=int(tune), chains=int(chains), seed=seed,
                            target_accept=float(target_accept), progressbar=bool(progressbar))
     record |= {"parameterization": choice, "reliability": {k: round(v, 3) for k, v in reliability.items()},
                "laplace_seconds": round(laplace_seconds, 3),
@@ -774,8 +841,8 @@ def fit_bayes_glmm(design: Design, outcome: GLMOutcome, *, draws: int = 1000, tu
                                laplace, prior_set, shape)
 
 
-def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kernel, *, sampler, draws, tune,
-            chains, seed, target_accept, progressbar):
+def _sample(design, outcome, priors, prior_set, shape, choice, laplace, conditional, use_kernel, *, sampler, draws,
+            tune, chains, seed, target_accept, progressbar):
     import os
 
     import xarray as xr
@@ -794,7 +861,7 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
         shift = fixed_effect_shift(design, choice)
         scales = latent_scales_default(design, choice, laplace)
         weights = partial_weights_default(design, choice, laplace)
-        kernel = build_kernel(design, outcome, prior_set, shape, choice, laplace, scales, weights)
+        kernel = build_kernel(design, outcome, prior_set, shape, choice, laplace, scales, weights, conditional)
         compiled = nutpie_model(kernel)
         reused = callbacks.cache_info().misses == misses
         likelihood_rows = kernel.n_rows
@@ -805,6 +872,7 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
         shifted = shift_record(design, shift)  # the maps the kernel was built with
         latent = {name: round(value, 3) for name, value in scales.items()}
         partial = {name: round(value, 3) for name, value in weights.items()}
+        conditioned = {name: round(float(table[:, 1].mean()), 3) for name, table in conditional.items()}
     else:
         model = glmm_pymc_model(design, outcome, priors, choice=choice)
         reused = False
@@ -819,7 +887,7 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
             compiled_at = start
             tree = sample_pymc(model, "compiling and ", **options)
         log_density = "PyMC graph"
-        shifted = latent = partial = None
+        shifted = latent = partial = conditioned = None
     end = time.perf_counter()
     check_complete(tree, draws, chains)
     keep = ["beta", "shape", *(f"{kind}_{f.name}" for f in design.factors
@@ -836,5 +904,5 @@ def _sample(design, outcome, priors, prior_set, shape, choice, laplace, use_kern
               "cores": cores, "seed": seed, "target_accept": target_accept, "compiled_model_reused": reused,
               "compile_seconds": round(compiled_at - start, 3), "sampling_seconds": round(end - compiled_at, 3),
               "likelihood_rows": likelihood_rows, "shifted": shifted,
-              "latent_scale": latent, "partial_centring": partial}
+              "latent_scale": latent, "partial_centring": partial, "conditional_centring": conditioned}
     return tree, record

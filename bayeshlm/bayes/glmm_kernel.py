@@ -58,6 +58,28 @@ that per unit of log tau^2 for a prior on the variance) is added to the density 
 dz' = tau^-(1-w) dz, d log tau += -(1 - w) sum_j dz_j z_j (:func:`log_density`). VerbAgg's persons (w 0.13),
 seeds 1, 3, 4: min bulk ESS (tau_id) 905/1,042/790 -> 3,200-3,700 with every parameter above 3,200.
 
+An observation-level factor (one group per row; non-centred, one coefficient, not shifted) is conditionally
+centred: the kernel samples z'_j with
+
+    z_j = tau c_j / (1 + v_j) + z'_j / sqrt(1 + v_j),   v_j = tau^2 h_j,
+
+where l_j(u) ~ c_j u - h_j u^2 / 2 is the Gaussian approximation of group j's log-likelihood in its effect u_j,
+from the score and information of its rows at the Laplace fit (glmm.conditional_centring_default), so that z' is
+about N(0, I) and nearly free of tau whatever tau is: z | tau is then about N(tau c / (1 + v), 1 / (1 + v)). With
+weakly informative rows (v small) this is the non-centred z shifted by tau c; with informative ones (v large)
+u = tau z is about c / h + z' / sqrt(h), the centred effect. Why: non-centred, the data tie z to tau along one
+direction, sum_j z_j c_j ~ tau |c|^2 (Poisson (1 | g) + (1 | obs) with exposure, 595 rows, little
+overdispersion: tau_obs's posterior median 0.06, its ML estimate 0; the correlation of tau_obs with z.c / |c| in
+the non-centred draws was 0.86, and z.c / |c| - tau |c| had SD 1.04), a ridge NUTS crosses slowly. The map from
+(z', tau, others) to (z, tau, others) is triangular with diagonal block diag(1 / sqrt(1 + v_j)): log-Jacobian
+-sum_j log(1 + v_j) / 2, added to the density. Gradient (r_j = 1 / (1 + v_j), s_j = sqrt(r_j), a_j = tau c_j r_j):
+dz'_j = s_j dz_j, d log tau += sum_j (dz_j (a_j (1 - v_j) - s_j z'_j v_j) - v_j) r_j (times 1/2 for a prior on
+the variance; :func:`_conditional_gradient`). Any (c_j, h_j) leave the posterior exact; these only make it
+rounder. That Poisson model, default fits, seeds 1-6 (benchmarks/results/bayes_olre_geometry.md): min bulk ESS
+(tau_obs) 644-914 -> 1,372-1,743 of 4,000, with target_accept 0.85 instead of 0.95 (glmm.default_target_accept)
+15 instead of 31 gradients per draw, each about 1.3x the cost (19 against 13-15 us): min bulk ESS per fit CPU
+second 217-306 -> 529-692 (mean 259 -> 601; at target_accept 0.8, 642-837); 0 divergences, max R-hat <= 1.0036.
+
 Families (canonical or log links; others are sampled through the PyMC graph):
 
 - binomial / Bernoulli, logit:  l_i = y_i eta_i - n_i log(1 + e^eta_i) (+ log C(n_i, y_i)),  dl/deta = y_i - n_i mu_i;
@@ -117,10 +139,10 @@ _HEADER = ("n_dim", "n_expanded", "length", "family", "n", "p", "n_factors", "sh
 # one row per factor: sizes, form, where its data and coordinates are
 _FACTOR = ("q", "J", "correlated", "centred", "eta", "at_codes", "at_Z", "at_centre", "x_effects", "x_tau",
            "x_corr", "at_prior", "at_corr", "n_shift", "at_shift", "latent_scale", "at_shift_values",
-           "partial")
+           "partial", "at_conditional")
 (_F_Q, _F_J, _F_CORRELATED, _F_CENTRED, _F_ETA, _F_AT_CODES, _F_AT_Z, _F_AT_CENTRE, _F_X_EFFECTS, _F_X_TAU,
  _F_X_CORR, _F_AT_PRIOR, _F_AT_CORR, _F_N_SHIFT, _F_AT_SHIFT, _F_LATENT_SCALE, _F_AT_SHIFT_VALUES,
- _F_PARTIAL) = range(len(_FACTOR))
+ _F_PARTIAL, _F_AT_CONDITIONAL) = range(len(_FACTOR))
 _LOG_2PI = math.log(2.0 * math.pi)
 # negative binomial: the count table is used while max y <= COUNT_TABLE_PER_ROW x the rows (:func:`count_table`);
 # a table entry costs 4.7 ns, lgamma and psi of a row 19 ns (C kernel, salamanders' 644 rows with their counts scaled
@@ -166,7 +188,8 @@ def pack(family: int, y, size, offset, constant: float, X, A, beta_mu, beta_sd, 
     on_variance), shift (entries (k, a, P) of the fixed-effect shift beta_k -= P'u_f[:, a], P of length J;
     empty when centred: module docstring) and optionally latent_scale (lambda) with shift_values (per entry, the
     shifted column's J group values: G' as rows) and partial (w, a non-centred factor with q = 1: module
-    docstring); ``start`` and ``jitter``: the starting point and the scale of its
+    docstring) or conditional (rows (c_j, h_j) of the conditional centring of a non-centred factor with q = 1:
+    module docstring); ``start`` and ``jitter``: the starting point and the scale of its
     per-chain jitter; ``A``: beta = A x[:p] - shift (the fixed effects from the coefficients of the standardised
     columns of X, which NUTS samples: far better conditioned). For the negative binomial the count table of ``y``
     (:func:`count_table`) is packed too, or n_count_table = -1 (lgamma and psi row by row)."""
@@ -189,6 +212,10 @@ def pack(family: int, y, size, offset, constant: float, X, A, beta_mu, beta_sd, 
     rows = []
     for f in factors:
         q, J = f["q"], f["J"]
+        if "conditional" in f and (f["centred"] or q != 1 or f.get("partial", 1.0) != 1.0
+                                   or np.shape(f["conditional"]) != (J, 2)):
+            raise ValueError("Conditional centring needs a non-centred factor with one coefficient, not partially "
+                             f"centred, and a (J, 2) table of (c_j, h_j); got shape {np.shape(f['conditional'])}.")
         row = {"q": q, "J": J, "correlated": f["correlated"], "centred": f["centred"], "eta": f["eta"],
                "at_codes": put(f["codes"]), "at_Z": put(f["Z"]), "at_centre": put(f["centre"]),
                "x_effects": x_at, "x_tau": x_at + J * q, "x_corr": x_at + J * q + q,
@@ -196,7 +223,8 @@ def pack(family: int, y, size, offset, constant: float, X, A, beta_mu, beta_sd, 
                "n_shift": len(f["shift"]), "at_shift": put(_shift_rows(f["shift"], J)),
                "latent_scale": f.get("latent_scale", 1.0),
                "at_shift_values": put(np.asarray(f.get("shift_values", np.zeros((len(f["shift"]), J))))),
-               "partial": f.get("partial", 1.0)}
+               "partial": f.get("partial", 1.0),
+               "at_conditional": put(f["conditional"]) if "conditional" in f else 0}
         x_at += J * q + q + (q * (q - 1) // 2 if f["correlated"] else 0)
         rows.append(row)
     positions["at_factors"] = put(np.array([[r[name] for name in _FACTOR] for r in rows]))
@@ -730,19 +758,84 @@ def _partial_factor(buf, row):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def _conditional_factor(buf, row):
+    """d log tau / d theta (1, or 1/2 when the scale coordinate theta is log tau^2) for a conditionally centred
+    factor (one with a table of (c_j, h_j); pack allows it for non-centred factors with q = 1 only), else 0."""
+    if row[_F_AT_CONDITIONAL] == 0.0:
+        return 0.0
+    return 0.5 if buf[int(row[_F_AT_PRIOR]) + 3] > 0.5 else 1.0
+
+
+_PRODUCT_LIMIT = 1e100  # factors 1 + v_j multiplied until their product exceeds it, then logged (_glmm_kernel.c's)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _conditional_coordinates(x, buf, row, y):
+    """z_j = tau c_j r_j + z'_j sqrt(r_j), r_j = 1 / (1 + v_j), v_j = tau^2 h_j, into ``y`` for a conditionally
+    centred factor (module docstring); returns the log-Jacobian -sum_j log(1 + v_j) / 2, with the logs taken of
+    running products of the factors 1 + v_j (one log per product above _PRODUCT_LIMIT; a factor above it alone):
+    a log1p per group cost as much as the rest of the map. Each factor and product is rounded once (relative
+    1.1e-16), so the sum is off by about 1.1e-16 per group, as a sum of logs is. One division and one square root
+    per group (the map first took three of each with the gradient's: 22 against 13-16 us per gradient for the
+    Poisson model with 595 rows)."""
+    half = _conditional_factor(buf, row)
+    J, x_eff, x_tau, at = int(row[_F_J]), int(row[_F_X_EFFECTS]), int(row[_F_X_TAU]), int(row[_F_AT_CONDITIONAL])
+    tau = math.exp(half * x[x_tau])
+    tau2 = tau * tau
+    for j in range(J):
+        r = 1.0 / (1.0 + tau2 * buf[at + 2 * j + 1])
+        y[x_eff + j] = tau * buf[at + 2 * j] * r + x[x_eff + j] * math.sqrt(r)
+    log_jacobian, product = 0.0, 1.0
+    for j in range(J):
+        d = 1.0 + tau2 * buf[at + 2 * j + 1]
+        if d > _PRODUCT_LIMIT:
+            log_jacobian -= 0.5 * math.log(d)
+        else:
+            product *= d
+            if product > _PRODUCT_LIMIT:
+                log_jacobian -= 0.5 * math.log(product)
+                product = 1.0
+    return log_jacobian - 0.5 * math.log(product)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _conditional_gradient(x, buf, row, grad):
+    """The gradient in z taken to z' and log tau (conditional centring) with the log-Jacobian's: dz'_j = dz_j s_j,
+    d log tau += sum_j (dz_j (a_j (1 - v_j) - s_j z'_j v_j) - v_j) r_j, with r_j = 1 / (1 + v_j), s_j = sqrt(r_j),
+    a_j = tau c_j r_j; times d log tau / d theta."""
+    half = _conditional_factor(buf, row)
+    J, x_eff, x_tau, at = int(row[_F_J]), int(row[_F_X_EFFECTS]), int(row[_F_X_TAU]), int(row[_F_AT_CONDITIONAL])
+    tau = math.exp(half * x[x_tau])
+    tau2 = tau * tau
+    d_log_tau = 0.0
+    for j in range(J):
+        v = tau2 * buf[at + 2 * j + 1]
+        r = 1.0 / (1.0 + v)
+        s = math.sqrt(r)
+        g = grad[x_eff + j]
+        d_log_tau += (g * (tau * buf[at + 2 * j] * r * (1.0 - v) - s * x[x_eff + j] * v) - v) * r
+        grad[x_eff + j] = g * s
+    grad[x_tau] += half * d_log_tau
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _partially_centred(x, buf):
-    """(coordinates with z = z' tau^-(1-w) for each partially centred factor, the log-Jacobian of that map:
-    -(1 - w) J log tau per factor); ``x`` itself and 0 when there is none (module docstring)."""
+    """(coordinates with z = z' tau^-(1-w) for each partially centred factor and z from z' for each conditionally
+    centred one, the log-Jacobian of those maps: -(1 - w) J log tau, -sum_j log(1 + tau^2 h_j) / 2); ``x`` itself
+    and 0 when there is none (module docstring)."""
     n_factors = int(buf[_N_FACTORS])
     table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
         n_factors, len(_FACTOR))
     partial = False
     for f in range(n_factors):
-        partial = partial or _partial_factor(buf, table[f]) != 0.0
+        partial = partial or _partial_factor(buf, table[f]) != 0.0 or _conditional_factor(buf, table[f]) != 0.0
     if not partial:
         return x, 0.0
     y, log_jacobian = x.copy(), 0.0
     for f in range(n_factors):
+        if _conditional_factor(buf, table[f]) != 0.0:
+            log_jacobian += _conditional_coordinates(x, buf, table[f], y)
+            continue
         k = _partial_factor(buf, table[f])
         if k == 0.0:
             continue
@@ -757,11 +850,15 @@ def _partially_centred(x, buf):
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _partial_gradient(x, buf, grad):
     """The gradient in z (``grad`` at the z block) and log tau taken to z' and log tau, with the log-Jacobian's:
-    dz'_j = c dz_j, d log tau += -(1 - w) (sum_j dz_j z_j + J), c = tau^-(1-w)."""
+    dz'_j = c dz_j, d log tau += -(1 - w) (sum_j dz_j z_j + J), c = tau^-(1-w); conditionally centred factors by
+    :func:`_conditional_gradient`."""
     n_factors = int(buf[_N_FACTORS])
     table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
         n_factors, len(_FACTOR))
     for f in range(n_factors):
+        if _conditional_factor(buf, table[f]) != 0.0:
+            _conditional_gradient(x, buf, table[f], grad)
+            continue
         k = _partial_factor(buf, table[f])
         if k == 0.0:
             continue
