@@ -16,6 +16,7 @@ from test_bayes_glmm import test_kernel_equals_pymc_graph as kernel_equals_pymc_
 
 import bayeshlm as bh
 import bayeshlm.bayes.glmm_kernel as glmm_kernel
+import bayeshlm.bayes.glmm_kernel_numba as glmm_kernel_numba
 from bayeshlm.bayes.glmm import build_kernel, resolve_glmm_priors
 from bayeshlm.bayes.glmm_kernel import count_table, extension_callbacks, log_density_and_gradient, numba_callbacks
 
@@ -65,7 +66,7 @@ def test_table_sums_are_the_lgamma_and_digamma_differences():
     table = count_table(y)
     assert len(table) == y.max()
     for k in SHAPES:
-        lp, d_shape = glmm_kernel._count_table_terms(table, k)
+        lp, d_shape = glmm_kernel_numba._count_table_terms(table, k)
         lgamma_terms = special.gammaln(y + k) - special.gammaln(k)
         psi_terms = special.digamma(y + k) - special.digamma(k)
         size = np.sum(np.abs(special.gammaln(y + k)) + abs(special.gammaln(k)))
@@ -76,7 +77,7 @@ def test_table_sums_are_the_lgamma_and_digamma_differences():
 
 def test_negative_binomial_rows_logged_in_products_are_the_direct_sums():
     """The rows' terms and d/dk, whose logs of k + mu_i both kernels take of running products
-    (glmm_kernel._negative_binomial_rows), against y_i (eta_i - L_i) - k L_i and log k - L_i - w_i with
+    (glmm_kernel_numba._negative_binomial_rows), against y_i (eta_i - L_i) - k L_i and log k - L_i - w_i with
     L_i = logaddexp(log k, eta_i) row by row, summed exactly (math.fsum): within 1e-14 of the sums of |terms|, for
     counts 0, 1-32 (products), 33-500 and 2.5 (direct logs), eta from -800 to 700 and eta = log k; r_i = k w_i,
     w_i = (y_i - mu_i) / (k + mu_i), within 1e-14 of k (y_i + mu_i) / (k + mu_i); row by row, lgamma(y_i + k) is
@@ -87,19 +88,19 @@ def test_negative_binomial_rows_logged_in_products_are_the_direct_sums():
     for k in (0.05, 1.5, 40.0, 1e3):
         eta = np.r_[rng.normal(0.0, 3.0, len(y) - 6), -800.0, 700.0, -40.0, 40.0, math.log(k), 0.0]
         r = np.empty_like(eta)
-        lp, d_shape = glmm_kernel._negative_binomial_rows(y, eta, k, math.log(k), False, r)
+        lp, d_shape = glmm_kernel_numba._negative_binomial_rows(y, eta, k, math.log(k), False, r)
         log_t, mu = np.logaddexp(math.log(k), eta), np.exp(eta)
         w = (y - mu) / (k + mu)
         terms, d_terms = y * (eta - log_t) - k * log_t, math.log(k) - log_t - w
         assert abs(lp - math.fsum(terms)) <= 1e-14 * math.fsum(np.abs(terms)), k
         assert abs(d_shape - math.fsum(d_terms)) <= 1e-14 * math.fsum(np.abs(d_terms)), k
         assert np.all(np.abs(r - k * w) <= 1e-14 * k * (y + mu) / (k + mu))  # y - mu: exp's last bit, amplified
-        with_gamma = glmm_kernel._negative_binomial_rows(y, eta, k, math.log(k), True, np.empty_like(eta))
+        with_gamma = glmm_kernel_numba._negative_binomial_rows(y, eta, k, math.log(k), True, np.empty_like(eta))
         gamma = special.gammaln(y + k)
         assert abs(with_gamma[0] - lp - math.fsum(gamma)) <= 1e-14 * (math.fsum(np.abs(terms)) + np.sum(gamma))
         assert abs(with_gamma[1] - d_shape - math.fsum(special.digamma(y + k))) <= 1e-11 * len(y)
     eta[100] = np.nan
-    assert np.all(np.isnan(glmm_kernel._negative_binomial_rows(y, eta, 1.5, math.log(1.5), False, r)))
+    assert np.all(np.isnan(glmm_kernel_numba._negative_binomial_rows(y, eta, 1.5, math.log(1.5), False, r)))
 
 
 @pytest.mark.parametrize("large", [False, True], ids=["counts up to 60", "zeros and counts in the hundreds"])

@@ -21,7 +21,7 @@ import pytest
 import bayeshlm as bh
 import bayeshlm.bayes.glmm_kernel as glmm_kernel
 import bayeshlm.likelihood.glmm_kernel as newton
-from bayeshlm.bayes import LKJ, Prior
+from bayeshlm.bayes import LKJ, Prior, glmm_kernel_numba
 from bayeshlm.bayes.glmm import build_kernel, resolve_glmm_priors
 from bayeshlm.bayes.glmm_kernel import (
     callbacks,
@@ -140,7 +140,7 @@ def test_extension_equals_the_numba_kernel(case):
 
 def test_binomial_rows_logged_in_products_are_the_direct_sum():
     """The binomial rows' terms, whose logs both kernels take of running products of (1 + t_i)^n_i
-    (glmm_kernel._binomial_rows), against y_i eta_i - n_i log(1 + e^eta_i) row by row (np.logaddexp, summed
+    (glmm_kernel_numba._binomial_rows), against y_i eta_i - n_i log(1 + e^eta_i) row by row (np.logaddexp, summed
     exactly by math.fsum): within 1e-14 of the sum of |terms| -- the products round as the row-by-row sum does,
     about 1.1e-16 per trial -- for 1-40 trials (products up to 32, direct logs above, a half trial), eta up to
     +-800 (t underflows to 0); r_i = y_i - n_i / (1 + e^-eta_i); a NaN eta gives a NaN sum."""
@@ -150,12 +150,12 @@ def test_binomial_rows_logged_in_products_are_the_direct_sum():
                 0.7]
     y = rng.binomial(size.astype(int), 0.5).astype(float)
     r = np.empty_like(eta)
-    lp = glmm_kernel._binomial_rows(y, size, eta, r)
+    lp = glmm_kernel_numba._binomial_rows(y, size, eta, r)
     terms = y * eta - size * np.logaddexp(0.0, eta)
     assert abs(lp - math.fsum(terms)) <= 1e-14 * math.fsum(np.abs(terms))
     np.testing.assert_allclose(r, y - size / (1.0 + np.exp(-eta)), rtol=1e-14, atol=1e-14)
     eta[100] = np.nan
-    assert np.isnan(glmm_kernel._binomial_rows(y, size, eta, r))
+    assert np.isnan(glmm_kernel_numba._binomial_rows(y, size, eta, r))
 
 
 def test_reported_values_are_the_model_quantities():

@@ -109,13 +109,13 @@ def test_missing_entries_and_short_chains_are_padded_as_nutpie_does():
     assert tree["warmup_posterior"]["theta"].values.tolist() == [[0.0], [0.0]]
 
 
-def test_a_kernel_fit_loads_neither_nutpie_python_package_nor_arviz_plotting():
+def test_an_hglm_fit_on_the_extension_loads_neither_nutpie_python_package_nor_arviz_nor_numba():
     code = ("import sys, bayeshlm as bh\n"
             "data = bh.datasets.load('cbpp')\n"
             "fit = bh.HLM('cbind(incidence, size - incidence) ~ period + (1 | herd)', data,"
             " family='binomial').fit('bayes', draws=30, tune=30, chains=2, random_seed=1)\n"
             "assert fit.sampler['log_density'].startswith('compiled HGLM kernel')\n"
-            "print(sorted(m for m in ('nutpie', 'nutpie._lib', 'arviz', 'arviz_plots', 'matplotlib', 'pymc')"
+            "print(sorted(m for m in ('nutpie', 'nutpie._lib', 'arviz', 'arviz_plots', 'matplotlib', 'pymc', 'numba')"
             " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "['nutpie._lib']"

@@ -71,7 +71,7 @@ static double log_gamma(double x) {
 }
 
 /* Log prior of s = exp(theta) (of s^2 when on_variance) with its normalising constant and the log-Jacobian theta;
- * returns it, with d/d theta in *d_out and s (sqrt when on_variance) in *scale_out (glmm_kernel._scale_prior). */
+ * returns it, with d/d theta in *d_out and s (sqrt when on_variance) in *scale_out (glmm_kernel_numba._scale_prior). */
 static double scale_prior(int code, double a, double b, int on_variance, double theta, double *d_out,
                           double *scale_out) {
     double v = exp(theta), lp, dlp;
@@ -103,7 +103,7 @@ static double scale_prior(int code, double a, double b, int on_variance, double 
     return lp + theta;
 }
 
-/* psi(x) for x > 0: recurrence up to x >= 6, then the asymptotic series (glmm_kernel._digamma) */
+/* psi(x) for x > 0: recurrence up to x >= 6, then the asymptotic series (glmm_kernel_numba._digamma) */
 static double digamma(double x) {
     double out = 0.0;
     while (x < 6.0) {
@@ -116,7 +116,7 @@ static double digamma(double x) {
         1.0 / 240 - inv2 / 132))));
 }
 
-/* L_Omega (q x q) from y: row i is (y_i1, ..., y_i,i-1, 1) / its norm (glmm_kernel._lkj_factor) */
+/* L_Omega (q x q) from y: row i is (y_i1, ..., y_i,i-1, 1) / its norm (glmm_kernel_numba._lkj_factor) */
 static void lkj_factor(const double *y, const double *positions, int q, double *L) {
     for (int i = 0; i < q * q; i++)
         L[i] = 0.0;
@@ -136,7 +136,7 @@ static void lkj_factor(const double *y, const double *positions, int q, double *
 }
 
 /* LKJ(eta) log density of L_Omega with its normaliser plus the transform's log-Jacobian; adds their gradient and
- * that of sum(gL * L_Omega) to grad_y (glmm_kernel._lkj_terms) */
+ * that of sum(gL * L_Omega) to grad_y (glmm_kernel_numba._lkj_terms) */
 static double lkj_terms(const double *y, const double *positions, int q, double eta, const double *gL,
                         double *grad_y) {
     double lp = (q - 1) * log_gamma(eta + 0.5 * (q - 1));
@@ -163,7 +163,7 @@ static double lkj_terms(const double *y, const double *positions, int q, double 
 }
 
 /* L = diag(tau) L_Omega, tau and L_Omega of one factor and the log prior of tau (returned); with want_grad adds
- * the prior's gradient (glmm_kernel._factor_scale) */
+ * the prior's gradient (glmm_kernel_numba._factor_scale) */
 static double factor_scale(const double *x, const double *buf, const double *row, double *grad, int want_grad,
                            double *L, double *tau, double *omega) {
     int q = (int)row[F_Q];
@@ -193,7 +193,7 @@ static double factor_scale(const double *x, const double *buf, const double *row
     return lp;
 }
 
-/* u (J x q) of one factor from its coordinates: L z_j, or b'_j - C_j beta' (glmm_kernel._effects) */
+/* u (J x q) of one factor from its coordinates: L z_j, or b'_j - C_j beta' (glmm_kernel_numba._effects) */
 static void effects(const double *x, const double *buf, const double *row, const double *L, const double *beta,
                     int p, double *u) {
     int q = (int)row[F_Q];
@@ -218,7 +218,7 @@ static void effects(const double *x, const double *buf, const double *row, const
         }
 }
 
-/* log prior of the fixed effects (Normal, flat where sd is 0), gradient added to g_beta (glmm_kernel._fixed_prior) */
+/* log prior of the fixed effects (Normal, flat where sd is 0), gradient added to g_beta (glmm_kernel_numba._fixed_prior) */
 static double fixed_prior(const double *beta, const double *beta_mu, const double *beta_sd, int p, double *g_beta) {
     double lp = 0.0;
     for (int k = 0; k < p; k++)
@@ -302,7 +302,7 @@ static ALWAYS_INLINE void factor_times_r(const double *restrict codes, const dou
         g_u[j * q + a] = s[a];
 }
 
-/* eta_i = offset_i + x_i'beta + sum over factors of z_i'u_j[i] (glmm_kernel._linear_predictor) */
+/* eta_i = offset_i + x_i'beta + sum over factors of z_i'u_j[i] (glmm_kernel_numba._linear_predictor) */
 static void linear_predictor(const double *buf, const double *table, Py_ssize_t n, int p, int n_factors,
                              const double *X, const double *beta, const double *u_all, const Py_ssize_t *u_at,
                              double *eta) {
@@ -335,7 +335,7 @@ static void linear_predictor(const double *buf, const double *table, Py_ssize_t 
  * dl_i/dk without psi(y_i + k) - psi(k) (*d_shape_out), r_i = dl_i/deta_i; with per_row_gamma, lgamma(y_i + k) and
  * psi(y_i + k) are added row by row. log(k + mu_i) = log max(k, mu_i) + log(1 + s_i), s_i = min / max in [0, 1],
  * the log(1 + s_i) summed as logs of running products of the (1 + s_i) and of the (1 + s_i)^y_i
- * (glmm_kernel._negative_binomial_rows says why, and how far this rounds) */
+ * (glmm_kernel_numba._negative_binomial_rows says why, and how far this rounds) */
 static double negative_binomial_rows(const double *restrict y, const double *restrict eta, Py_ssize_t n,
                                      double shape, double log_shape, int per_row_gamma, double *restrict r,
                                      double *d_shape_out) {
@@ -387,7 +387,7 @@ static double negative_binomial_rows(const double *restrict y, const double *res
 
 /* sum_i lgamma(y_i + k) - lgamma(k) = sum_{m < M} N_m log(k + m) (returned) and sum_i psi(y_i + k) - psi(k) =
  * sum_{m < M} N_m / (k + m) (*d_shape_out) for whole counts y_i, N_m = #{i : y_i > m} (the count table, M = max y;
- * glmm_kernel._count_table_terms) */
+ * glmm_kernel_numba._count_table_terms) */
 static double count_table_terms(const double *restrict counts, Py_ssize_t M, double shape, double *d_shape_out) {
     double lp = 0.0, d_shape = 0.0;
     for (Py_ssize_t m = 0; m < M; m++) {
@@ -400,9 +400,9 @@ static double count_table_terms(const double *restrict counts, Py_ssize_t M, dou
 }
 
 /* sum of the rows' log-likelihood terms (returned) and of dl_i/dk (*d_shape_out), r_i = dl_i/deta_i
- * (glmm_kernel._row_terms, _binomial_rows and _negative_binomial_rows). Binomial: one exp per row, t = e^-|eta|,
+ * (glmm_kernel_numba._row_terms, _binomial_rows and _negative_binomial_rows). Binomial: one exp per row, t = e^-|eta|,
  * log(1 + e^eta) = max(eta, 0) + log(1 + t), the logs taken of running products of the (1 + t_i)^n_i
- * (glmm_kernel._binomial_rows says why, and how far this rounds) */
+ * (glmm_kernel_numba._binomial_rows says why, and how far this rounds) */
 static double row_terms(int family, const double *restrict y, const double *restrict size,
                         const double *restrict eta, Py_ssize_t n, double shape, double log_shape, int per_row_gamma,
                         double *restrict r, double *d_shape_out) {
@@ -442,7 +442,7 @@ static double row_terms(int family, const double *restrict y, const double *rest
     return lp;
 }
 
-/* X'r added to g_beta, and to each group's g_u the sum of r_i z_i over its rows (glmm_kernel._pass_to_coefficients) */
+/* X'r added to g_beta, and to each group's g_u the sum of r_i z_i over its rows (glmm_kernel_numba._pass_to_coefficients) */
 static void pass_to_coefficients(const double *buf, const double *table, Py_ssize_t n, int p, int n_factors,
                                  const double *X, const double *r, double *g_beta, double *g_u_all,
                                  const Py_ssize_t *u_at) {
@@ -476,7 +476,7 @@ static void pass_to_coefficients(const double *buf, const double *table, Py_ssiz
     }
 }
 
-/* z_j ~ N(0, I): their log prior; dz_j = L' g_uj - z_j into grad, dL += g_uj z_j' (glmm_kernel._non_centred_prior) */
+/* z_j ~ N(0, I): their log prior; dz_j = L' g_uj - z_j into grad, dL += g_uj z_j' (glmm_kernel_numba._non_centred_prior) */
 static double non_centred_prior(const double *x, Py_ssize_t x_eff, const double *L, const double *g_u, Py_ssize_t J,
                                 int q, double *grad, double *gL) {
     double lp = 0.0;
@@ -495,7 +495,7 @@ static double non_centred_prior(const double *x, Py_ssize_t x_eff, const double 
 }
 
 /* u_j = b_j - C_j beta ~ N(0, L L'), w_j = L^{-1} u_j: log density, db_j = g_uj - L^{-T} w_j, dbeta -= C_j' db_j,
- * dL += L^{-T} w_j w_j' - diag(1 / L_aa) (glmm_kernel._centred_prior); w and back: q scratch each */
+ * dL += L^{-T} w_j w_j' - diag(1 / L_aa) (glmm_kernel_numba._centred_prior); w and back: q scratch each */
 static double centred_prior(const double *centre, Py_ssize_t x_eff, const double *L, const double *u,
                             const double *g_u, Py_ssize_t J, int q, int p, double *grad, double *g_beta, double *gL,
                             double *w, double *back) {
@@ -531,7 +531,7 @@ static double centred_prior(const double *centre, Py_ssize_t x_eff, const double
 }
 
 /* beta -= P'u[:, a] for each shift entry (k, a, P) of one non-centred factor (rows k, a, P_1..P_J at shift;
- * glmm_kernel._shift_fixed_effects, one factor) */
+ * glmm_kernel_numba._shift_fixed_effects, one factor) */
 static void shift_fixed_effects(const double *shift, Py_ssize_t n_shift, Py_ssize_t J, int q, const double *u,
                                 double *beta) {
     for (Py_ssize_t e = 0; e < n_shift; e++) {
@@ -544,7 +544,7 @@ static void shift_fixed_effects(const double *shift, Py_ssize_t n_shift, Py_ssiz
     }
 }
 
-/* the chain rule through the shift: g_u[j, a] -= P_j g_beta_k (glmm_kernel._shift_gradient, one factor) */
+/* the chain rule through the shift: g_u[j, a] -= P_j g_beta_k (glmm_kernel_numba._shift_gradient, one factor) */
 static void shift_gradient(const double *shift, Py_ssize_t n_shift, Py_ssize_t J, int q, const double *g_beta,
                            double *g_u) {
     for (Py_ssize_t e = 0; e < n_shift; e++) {
@@ -556,7 +556,7 @@ static void shift_gradient(const double *shift, Py_ssize_t n_shift, Py_ssize_t J
 }
 
 /* the gradient of L = diag(tau) L_Omega to the log scales and, when correlated, to the LKJ coordinates with their
- * log prior (returned; glmm_kernel._scale_gradient); g_omega: q x q scratch */
+ * log prior (returned; glmm_kernel_numba._scale_gradient); g_omega: q x q scratch */
 static double scale_gradient(const double *x, const double *buf, const double *row, const double *gL,
                              const double *tau, const double *omega, double *grad, double *g_omega) {
     int q = (int)row[F_Q];
@@ -597,7 +597,7 @@ static Sizes sizes_of(const double *buf) {
 }
 
 /* lp plus the log prior of the centred (or of the non-centred) factors' effects, with the chain rule from their g_u to their
- * coordinates, to L and, for centred ones, to g_beta (glmm_kernel._effect_priors); gL, g_omega (q_max^2), w and
+ * coordinates, to L and, for centred ones, to g_beta (glmm_kernel_numba._effect_priors); gL, g_omega (q_max^2), w and
  * back (q_max): scratch */
 static double effect_priors(double lp, const double *x, const double *buf, Sizes s, const double *Ls, const double *taus,
                             const double *omegas, const double *u_all, double *g_u_all, const Py_ssize_t *u_at,
@@ -631,7 +631,7 @@ static Py_ssize_t density_work(Sizes s) {
            + 2 * s.q_max + s.n_factors;
 }
 
-/* the log posterior density at x with its gradient in grad (glmm_kernel.log_density, step for step); u_at:
+/* the log posterior density at x with its gradient in grad (glmm_kernel_numba.log_density, step for step); u_at:
  * n_factors + 1 offsets */
 static double log_density(const double *x, const double *buf, double *grad, double *work, Py_ssize_t *u_at) {
     Sizes s = sizes_of(buf);
@@ -718,7 +718,7 @@ static double log_density(const double *x, const double *buf, double *grad, doub
 }
 
 /* b += C (beta - beta') per centred coefficient: from the sampled b' to the graph's b
- * (glmm_kernel._add_centre_shift) */
+ * (glmm_kernel_numba._add_centre_shift) */
 static void add_centre_shift(const double *centre, Py_ssize_t n_effects, int p, const double *beta,
                              const double *sampled, double *b) {
     for (Py_ssize_t i = 0; i < n_effects; i++) {
@@ -730,7 +730,7 @@ static void add_centre_shift(const double *centre, Py_ssize_t n_effects, int p, 
 }
 
 /* the reported values at x: beta, per factor tau, L_Omega (when correlated), u and z or (centred) the graph's b;
- * then the negative binomial shape (glmm_kernel.expand); work: beta, beta', L, tau, L_Omega and u of one factor */
+ * then the negative binomial shape (glmm_kernel_numba.expand); work: beta, beta', L, tau, L_Omega and u of one factor */
 static void expand(const double *x, const double *buf, double *out, double *work) {
     Sizes s = sizes_of(buf);
     int p = s.p;
@@ -778,7 +778,7 @@ static void expand(const double *x, const double *buf, double *out, double *work
 }
 
 /* v_f[:, a] += (lambda_f - 1) G_f P_f v_f[:, a] in place on the shifted coefficient's block of v (coordinates or
- * gradient), per factor with a shift and lambda_f != 1 (glmm_kernel._scale_latent); t: n_shift <= p scratch */
+ * gradient), per factor with a shift and lambda_f != 1 (glmm_kernel_numba._scale_latent); t: n_shift <= p scratch */
 static void scale_latent(const double *buf, double *v, double *t) {
     const double *table = buf + AT(buf, H_AT_FACTORS);
     for (int f = 0; f < (int)buf[H_N_FACTORS]; f++) {
@@ -804,7 +804,7 @@ static void scale_latent(const double *buf, double *v, double *t) {
     }
 }
 
-/* whether a factor's z is scaled (glmm_kernel._latent_scaled) */
+/* whether a factor's z is scaled (glmm_kernel_numba._latent_scaled) */
 static int latent_scaled(const double *buf) {
     const double *table = buf + AT(buf, H_AT_FACTORS);
     for (int f = 0; f < (int)buf[H_N_FACTORS]; f++)
@@ -814,7 +814,7 @@ static int latent_scaled(const double *buf) {
 }
 
 /* (1 - w) h of a partially centred factor (non-centred, q = 1, w < 1; h = 1/2 when its scale coordinate is
- * log tau^2), else 0 (glmm_kernel._partial_factor) */
+ * log tau^2), else 0 (glmm_kernel_numba._partial_factor) */
 static double partial_factor(const double *buf, const double *row) {
     if (row[F_CENTRED] > 0.5 || (int)row[F_Q] != 1 || row[F_PARTIAL] == 1.0)
         return 0.0;
@@ -822,7 +822,7 @@ static double partial_factor(const double *buf, const double *row) {
 }
 
 /* d log tau / d theta of a conditionally centred factor (1, or 1/2 when theta is log tau^2), else 0
- * (glmm_kernel._conditional_factor) */
+ * (glmm_kernel_numba._conditional_factor) */
 static double conditional_factor(const double *buf, const double *row) {
     if (row[F_AT_CONDITIONAL] == 0.0)
         return 0.0;
@@ -841,7 +841,7 @@ static int partially_centred(const double *buf) {
 }
 
 /* z_j = tau c_j r_j + z'_j sqrt(r_j), r_j = 1 / (1 + v_j), v_j = tau^2 h_j, into y; returns the log-Jacobian
- * -sum_j log(1 + v_j) / 2, logged in running products (glmm_kernel._conditional_coordinates) */
+ * -sum_j log(1 + v_j) / 2, logged in running products (glmm_kernel_numba._conditional_coordinates) */
 #define PRODUCT_LIMIT 1e100
 static double conditional_coordinates(const double *x, const double *buf, const double *row, double *y) {
     double half = conditional_factor(buf, row);
@@ -868,7 +868,7 @@ static double conditional_coordinates(const double *x, const double *buf, const 
     return log_jacobian - 0.5 * log(product);
 }
 
-/* the gradient in z taken to z' and log tau with the log-Jacobian's (glmm_kernel._conditional_gradient) */
+/* the gradient in z taken to z' and log tau with the log-Jacobian's (glmm_kernel_numba._conditional_gradient) */
 static void conditional_gradient(const double *x, const double *buf, const double *row, double *grad) {
     double half = conditional_factor(buf, row);
     Py_ssize_t J = AT(row, F_J), x_eff = AT(row, F_X_EFFECTS), x_tau = AT(row, F_X_TAU);
@@ -888,7 +888,7 @@ static void conditional_gradient(const double *x, const double *buf, const doubl
 
 /* z = z' tau^-(1-w) into y (a copy of x) per partially centred factor, z from z' per conditionally centred one;
  * returns the log-Jacobian, -(1 - w) J log tau or -sum_j log(1 + v_j) / 2 per factor
- * (glmm_kernel._partially_centred) */
+ * (glmm_kernel_numba._partially_centred) */
 static double partial_coordinates(const double *x, const double *buf, double *y) {
     const double *table = buf + AT(buf, H_AT_FACTORS);
     double log_jacobian = 0.0;
@@ -911,7 +911,7 @@ static double partial_coordinates(const double *x, const double *buf, double *y)
 }
 
 /* the gradient in z and log tau taken to z' and log tau with the log-Jacobian's, partially or conditionally centred
- * factors (glmm_kernel._partial_gradient) */
+ * factors (glmm_kernel_numba._partial_gradient) */
 static void partial_gradient(const double *x, const double *buf, double *grad) {
     const double *table = buf + AT(buf, H_AT_FACTORS);
     for (int f = 0; f < (int)buf[H_N_FACTORS]; f++) {
@@ -948,7 +948,7 @@ static const double *latent_coordinates(const double *x, const double *buf, doub
 
 /* nutpie's log-density callback; codes as its PyMC callbacks: 0 ok, 4 log density or 3 gradient not finite,
  * -1 wrong dimension (nothing written), -2 out of memory. The density is evaluated at the scaled factors' z and
- * its gradient taken back to z' (glmm_kernel.log_density) */
+ * its gradient taken back to z' (glmm_kernel_numba.log_density) */
 static int64_t glmm_logp(uint64_t dim, const double *x, double *grad, double *logp, void *user_data) {
     const double *buf = (const double *)user_data;
     Py_ssize_t n_dim = AT(buf, H_N_DIM);
