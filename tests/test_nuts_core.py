@@ -125,3 +125,15 @@ def test_glmm_kernel_model_describes_the_kernel_layout(cbpp_model):
     assert cbpp_model.names == ("beta", "tau_herd", "u_herd", "z_herd")
     assert cbpp_model.n_expanded == sum(int(np.prod(shape)) for shape in cbpp_model.shapes)
     assert cbpp_model.logp_address == glmm_kernel.callbacks()[0].address
+
+
+def test_nutpie_imported_after_the_core_reuses_the_loaded_extension():
+    """The extension is initialised once per process: a later ``import nutpie`` (a PyMC-graph fit) finds it."""
+    code = ("import sys\n"
+            "from bayeshlm.bayes import nuts\n"
+            "lib = nuts.core()\n"
+            "assert lib is not None and 'nutpie' not in sys.modules\n"
+            "import nutpie\n"
+            "print(nutpie._lib is lib)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "True"
