@@ -23,6 +23,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* No fused multiply-adds: Numba's LLVM does not contract a * b + c either, and the results must be Numba's. */
 #if defined(__clang__)
@@ -869,14 +872,27 @@ static double conditional_coordinates(const double *restrict x, const double *bu
     double *restrict r = kept, *restrict s = kept + J, *restrict a = kept + 2 * J, *restrict v = kept + 3 * J;
     double tau = exp(half * x[x_tau]);
     double tau2 = tau * tau, log_jacobian = 0.0, product = 1.0;
-    for (Py_ssize_t j = 0; j < J; j++) {
+    Py_ssize_t j = 0;
+#if defined(__SSE2__)
+    /* two groups per division and square root (GCC does not vectorise sqrt, which may set errno); correctly
+     * rounded, so the same values as one at a time */
+    __m128d one = _mm_set1_pd(1.0), tau2_pair = _mm_set1_pd(tau2);
+    for (; j + 2 <= J; j += 2) {
+        __m128d v_pair = _mm_mul_pd(tau2_pair, _mm_set_pd(table[2 * j + 3], table[2 * j + 1]));
+        __m128d r_pair = _mm_div_pd(one, _mm_add_pd(one, v_pair));
+        _mm_storeu_pd(v + j, v_pair);
+        _mm_storeu_pd(r + j, r_pair);
+        _mm_storeu_pd(s + j, _mm_sqrt_pd(r_pair));
+    }
+#endif
+    for (; j < J; j++) {
         v[j] = tau2 * table[2 * j + 1];
         r[j] = 1.0 / (1.0 + v[j]);
         s[j] = sqrt(r[j]);
+    }
+    for (j = 0; j < J; j++) {
         a[j] = tau * table[2 * j] * r[j];
         y[x_eff + j] = a[j] + x[x_eff + j] * s[j];
-    }
-    for (Py_ssize_t j = 0; j < J; j++) {
         double d = 1.0 + v[j];
         if (d > PRODUCT_LIMIT) {
             log_jacobian -= 0.5 * log(d);
