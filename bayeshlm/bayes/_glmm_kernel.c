@@ -860,10 +860,26 @@ static int partially_centred(const double *buf) {
     return 0;
 }
 
+#define PRODUCT_LIMIT 1e100
+
+/* d multiplied into the running product of factors 1 + v_j, the product logged into *log_jacobian once above
+ * PRODUCT_LIMIT, or d logged alone when above it; returns the product */
+static ALWAYS_INLINE double log_factor(double d, double product, double *log_jacobian) {
+    if (d > PRODUCT_LIMIT) {
+        *log_jacobian -= 0.5 * log(d);
+        return product;
+    }
+    product *= d;
+    if (product > PRODUCT_LIMIT) {
+        *log_jacobian -= 0.5 * log(product);
+        return 1.0;
+    }
+    return product;
+}
+
 /* z_j = tau c_j r_j + z'_j s_j, r_j = 1 / (1 + v_j), s_j = sqrt(r_j), v_j = tau^2 h_j, into y, with r_j, s_j,
  * a_j = tau c_j r_j and v_j kept in kept (4 x J: the rows r, s, a, v) for conditional_gradient; returns the
  * log-Jacobian -sum_j log(1 + v_j) / 2, logged in running products (glmm_kernel_numba._conditional_coordinates) */
-#define PRODUCT_LIMIT 1e100
 static double conditional_coordinates(const double *restrict x, const double *buf, const double *row,
                                       double *restrict y, double *restrict kept) {
     double half = conditional_factor(buf, row);
@@ -875,34 +891,27 @@ static double conditional_coordinates(const double *restrict x, const double *bu
     Py_ssize_t j = 0;
 #if defined(__SSE2__)
     /* two groups per division and square root (GCC does not vectorise sqrt, which may set errno); correctly
-     * rounded, so the same values as one at a time */
+     * rounded, so the same values as one at a time. The product's chain of multiplications runs beside them. */
     __m128d one = _mm_set1_pd(1.0), tau2_pair = _mm_set1_pd(tau2);
     for (; j + 2 <= J; j += 2) {
         __m128d v_pair = _mm_mul_pd(tau2_pair, _mm_set_pd(table[2 * j + 3], table[2 * j + 1]));
-        __m128d r_pair = _mm_div_pd(one, _mm_add_pd(one, v_pair));
+        __m128d d_pair = _mm_add_pd(one, v_pair), r_pair = _mm_div_pd(one, d_pair);
         _mm_storeu_pd(v + j, v_pair);
         _mm_storeu_pd(r + j, r_pair);
         _mm_storeu_pd(s + j, _mm_sqrt_pd(r_pair));
+        product = log_factor(_mm_cvtsd_f64(d_pair), product, &log_jacobian);
+        product = log_factor(_mm_cvtsd_f64(_mm_unpackhi_pd(d_pair, d_pair)), product, &log_jacobian);
     }
 #endif
     for (; j < J; j++) {
         v[j] = tau2 * table[2 * j + 1];
         r[j] = 1.0 / (1.0 + v[j]);
         s[j] = sqrt(r[j]);
+        product = log_factor(1.0 + v[j], product, &log_jacobian);
     }
     for (j = 0; j < J; j++) {
         a[j] = tau * table[2 * j] * r[j];
         y[x_eff + j] = a[j] + x[x_eff + j] * s[j];
-        double d = 1.0 + v[j];
-        if (d > PRODUCT_LIMIT) {
-            log_jacobian -= 0.5 * log(d);
-        } else {
-            product *= d;
-            if (product > PRODUCT_LIMIT) {
-                log_jacobian -= 0.5 * log(product);
-                product = 1.0;
-            }
-        }
     }
     return log_jacobian - 0.5 * log(product);
 }
