@@ -23,6 +23,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 /* No fused multiply-adds: Numba's LLVM does not contract a * b + c either, and the results must be Numba's. */
 #if defined(__clang__)
@@ -198,6 +201,12 @@ static void effects(const double *x, const double *buf, const double *row, const
                     int p, double *u) {
     int q = (int)row[F_Q];
     Py_ssize_t J = AT(row, F_J), x_eff = AT(row, F_X_EFFECTS);
+    if (row[F_CENTRED] < 0.5 && q == 1) {  /* the loops below with q = 1, in one line GCC vectorises */
+        double l = L[0];
+        for (Py_ssize_t j = 0; j < J; j++)
+            u[j] = 0.0 + l * x[x_eff + j];
+        return;
+    }
     if (row[F_CENTRED] < 0.5) {
         for (Py_ssize_t j = 0; j < J; j++)
             for (int a = 0; a < q; a++) {
@@ -480,6 +489,17 @@ static void pass_to_coefficients(const double *buf, const double *table, Py_ssiz
 static double non_centred_prior(const double *x, Py_ssize_t x_eff, const double *L, const double *g_u, Py_ssize_t J,
                                 int q, double *grad, double *gL) {
     double lp = 0.0;
+    if (q == 1) {  /* the loops below with q = 1, dL summed in a register */
+        double l = L[0], g_l = gL[0];
+        for (Py_ssize_t j = 0; j < J; j++) {
+            double z = x[x_eff + j];
+            lp -= 0.5 * (LOG_2PI + z * z);
+            grad[x_eff + j] += -z + l * g_u[j];
+            g_l += g_u[j] * z;
+        }
+        gL[0] = g_l;
+        return lp;
+    }
     for (Py_ssize_t j = 0; j < J; j++)
         for (int a = 0; a < q; a++) {
             double z = x[x_eff + j * q + a];
@@ -840,62 +860,99 @@ static int partially_centred(const double *buf) {
     return 0;
 }
 
-/* z_j = tau c_j r_j + z'_j sqrt(r_j), r_j = 1 / (1 + v_j), v_j = tau^2 h_j, into y; returns the log-Jacobian
- * -sum_j log(1 + v_j) / 2, logged in running products (glmm_kernel_numba._conditional_coordinates) */
 #define PRODUCT_LIMIT 1e100
-static double conditional_coordinates(const double *x, const double *buf, const double *row, double *y) {
+
+/* d multiplied into the running product of factors 1 + v_j, the product logged into *log_jacobian once above
+ * PRODUCT_LIMIT, or d logged alone when above it; returns the product */
+static ALWAYS_INLINE double log_factor(double d, double product, double *log_jacobian) {
+    if (d > PRODUCT_LIMIT) {
+        *log_jacobian -= 0.5 * log(d);
+        return product;
+    }
+    product *= d;
+    if (product > PRODUCT_LIMIT) {
+        *log_jacobian -= 0.5 * log(product);
+        return 1.0;
+    }
+    return product;
+}
+
+/* z_j = tau c_j r_j + z'_j s_j, r_j = 1 / (1 + v_j), s_j = sqrt(r_j), v_j = tau^2 h_j, into y, with r_j, s_j,
+ * a_j = tau c_j r_j and v_j kept in kept (4 x J: the rows r, s, a, v) for conditional_gradient; returns the
+ * log-Jacobian -sum_j log(1 + v_j) / 2, logged in running products (glmm_kernel_numba._conditional_coordinates) */
+static double conditional_coordinates(const double *restrict x, const double *buf, const double *row,
+                                      double *restrict y, double *restrict kept) {
     double half = conditional_factor(buf, row);
     Py_ssize_t J = AT(row, F_J), x_eff = AT(row, F_X_EFFECTS), x_tau = AT(row, F_X_TAU);
-    const double *table = buf + AT(row, F_AT_CONDITIONAL);
+    const double *restrict table = buf + AT(row, F_AT_CONDITIONAL);
+    double *restrict r = kept, *restrict s = kept + J, *restrict a = kept + 2 * J, *restrict v = kept + 3 * J;
     double tau = exp(half * x[x_tau]);
     double tau2 = tau * tau, log_jacobian = 0.0, product = 1.0;
-    for (Py_ssize_t j = 0; j < J; j++) {
-        double r = 1.0 / (1.0 + tau2 * table[2 * j + 1]);
-        y[x_eff + j] = tau * table[2 * j] * r + x[x_eff + j] * sqrt(r);
+    Py_ssize_t j = 0;
+#if defined(__SSE2__)
+    /* two groups per division and square root (GCC does not vectorise sqrt, which may set errno); correctly
+     * rounded, so the same values as one at a time. The product's chain of multiplications runs beside them. */
+    __m128d one = _mm_set1_pd(1.0), tau2_pair = _mm_set1_pd(tau2);
+    for (; j + 2 <= J; j += 2) {
+        __m128d v_pair = _mm_mul_pd(tau2_pair, _mm_set_pd(table[2 * j + 3], table[2 * j + 1]));
+        __m128d d_pair = _mm_add_pd(one, v_pair), r_pair = _mm_div_pd(one, d_pair);
+        _mm_storeu_pd(v + j, v_pair);
+        _mm_storeu_pd(r + j, r_pair);
+        _mm_storeu_pd(s + j, _mm_sqrt_pd(r_pair));
+        product = log_factor(_mm_cvtsd_f64(d_pair), product, &log_jacobian);
+        product = log_factor(_mm_cvtsd_f64(_mm_unpackhi_pd(d_pair, d_pair)), product, &log_jacobian);
     }
-    for (Py_ssize_t j = 0; j < J; j++) {
-        double d = 1.0 + tau2 * table[2 * j + 1];
-        if (d > PRODUCT_LIMIT) {
-            log_jacobian -= 0.5 * log(d);
-        } else {
-            product *= d;
-            if (product > PRODUCT_LIMIT) {
-                log_jacobian -= 0.5 * log(product);
-                product = 1.0;
-            }
-        }
+#endif
+    for (; j < J; j++) {
+        v[j] = tau2 * table[2 * j + 1];
+        r[j] = 1.0 / (1.0 + v[j]);
+        s[j] = sqrt(r[j]);
+        product = log_factor(1.0 + v[j], product, &log_jacobian);
+    }
+    for (j = 0; j < J; j++) {
+        a[j] = tau * table[2 * j] * r[j];
+        y[x_eff + j] = a[j] + x[x_eff + j] * s[j];
     }
     return log_jacobian - 0.5 * log(product);
 }
 
-/* the gradient in z taken to z' and log tau with the log-Jacobian's (glmm_kernel_numba._conditional_gradient) */
-static void conditional_gradient(const double *x, const double *buf, const double *row, double *grad) {
+/* the gradient in z taken to z' and log tau with the log-Jacobian's, from the r, s, a, v conditional_coordinates
+ * kept (glmm_kernel_numba._conditional_gradient) */
+static void conditional_gradient(const double *restrict x, const double *buf, const double *row,
+                                 const double *restrict kept, double *restrict grad) {
     double half = conditional_factor(buf, row);
     Py_ssize_t J = AT(row, F_J), x_eff = AT(row, F_X_EFFECTS), x_tau = AT(row, F_X_TAU);
-    const double *table = buf + AT(row, F_AT_CONDITIONAL);
-    double tau = exp(half * x[x_tau]);
-    double tau2 = tau * tau, d_log_tau = 0.0;
+    const double *restrict r = kept, *restrict s = kept + J, *restrict a = kept + 2 * J, *restrict v = kept + 3 * J;
+    double d_log_tau = 0.0;
     for (Py_ssize_t j = 0; j < J; j++) {
-        double v = tau2 * table[2 * j + 1];
-        double r = 1.0 / (1.0 + v);
-        double s = sqrt(r);
         double g = grad[x_eff + j];
-        d_log_tau += (g * (tau * table[2 * j] * r * (1.0 - v) - s * x[x_eff + j] * v) - v) * r;
-        grad[x_eff + j] = g * s;
+        d_log_tau += (g * (a[j] * (1.0 - v[j]) - s[j] * x[x_eff + j] * v[j]) - v[j]) * r[j];
+        grad[x_eff + j] = g * s[j];
     }
     grad[x_tau] += half * d_log_tau;
+}
+
+/* doubles conditional_coordinates keeps for conditional_gradient: 4 J per conditionally centred factor */
+static Py_ssize_t conditional_work(const double *buf) {
+    const double *table = buf + AT(buf, H_AT_FACTORS);
+    Py_ssize_t n = 0;
+    for (int f = 0; f < (int)buf[H_N_FACTORS]; f++)
+        if (conditional_factor(buf, table + f * N_FACTOR) != 0.0)
+            n += 4 * AT(table + f * N_FACTOR, F_J);
+    return n;
 }
 
 /* z = z' tau^-(1-w) into y (a copy of x) per partially centred factor, z from z' per conditionally centred one;
  * returns the log-Jacobian, -(1 - w) J log tau or -sum_j log(1 + v_j) / 2 per factor
  * (glmm_kernel_numba._partially_centred) */
-static double partial_coordinates(const double *x, const double *buf, double *y) {
+static double partial_coordinates(const double *x, const double *buf, double *y, double *kept) {
     const double *table = buf + AT(buf, H_AT_FACTORS);
     double log_jacobian = 0.0;
     for (int f = 0; f < (int)buf[H_N_FACTORS]; f++) {
         const double *row = table + f * N_FACTOR;
         if (conditional_factor(buf, row) != 0.0) {
-            log_jacobian += conditional_coordinates(x, buf, row, y);
+            log_jacobian += conditional_coordinates(x, buf, row, y, kept);
+            kept += 4 * AT(row, F_J);
             continue;
         }
         double k = partial_factor(buf, row);
@@ -912,12 +969,13 @@ static double partial_coordinates(const double *x, const double *buf, double *y)
 
 /* the gradient in z and log tau taken to z' and log tau with the log-Jacobian's, partially or conditionally centred
  * factors (glmm_kernel_numba._partial_gradient) */
-static void partial_gradient(const double *x, const double *buf, double *grad) {
+static void partial_gradient(const double *x, const double *buf, const double *kept, double *grad) {
     const double *table = buf + AT(buf, H_AT_FACTORS);
     for (int f = 0; f < (int)buf[H_N_FACTORS]; f++) {
         const double *row = table + f * N_FACTOR;
         if (conditional_factor(buf, row) != 0.0) {
-            conditional_gradient(x, buf, row, grad);
+            conditional_gradient(x, buf, row, kept, grad);
+            kept += 4 * AT(row, F_J);
             continue;
         }
         double k = partial_factor(buf, row);
@@ -933,15 +991,16 @@ static void partial_gradient(const double *x, const double *buf, double *grad) {
     }
 }
 
-/* x, or (a partially centred or scaled factor) a copy of x with z' taken to z in scaled (n_dim) using t (p), the
- * log-Jacobian of the partial centring added to *log_jacobian */
-static const double *latent_coordinates(const double *x, const double *buf, double *scaled, double *t,
+/* x, or (a partially centred or scaled factor) a copy of x with z' taken to z in scaled (n_dim) using t (p) and
+ * kept (conditional_work: what the conditional centring keeps for its gradient), the log-Jacobian of the partial
+ * centring added to *log_jacobian */
+static const double *latent_coordinates(const double *x, const double *buf, double *scaled, double *t, double *kept,
                                         double *log_jacobian) {
     if (scaled == NULL)
         return x;
     for (Py_ssize_t k = 0; k < AT(buf, H_N_DIM); k++)
         scaled[k] = x[k];
-    *log_jacobian += partial_coordinates(x, buf, scaled);
+    *log_jacobian += partial_coordinates(x, buf, scaled, kept);
     scale_latent(buf, scaled, t);
     return scaled;
 }
@@ -956,7 +1015,8 @@ static int64_t glmm_logp(uint64_t dim, const double *x, double *grad, double *lo
         return -1;
     Sizes s = sizes_of(buf);
     int scaled = latent_scaled(buf) || partially_centred(buf);
-    double *work = malloc((size_t)(density_work(s) + (scaled ? n_dim + s.p : 0)) * sizeof(double));
+    Py_ssize_t n_kept = scaled ? conditional_work(buf) : 0;
+    double *work = malloc((size_t)(density_work(s) + (scaled ? n_dim + s.p + n_kept : 0)) * sizeof(double));
     Py_ssize_t *u_at = malloc((size_t)(s.n_factors + 1) * sizeof(Py_ssize_t));
     if (work == NULL || u_at == NULL) {
         free(work);
@@ -964,11 +1024,11 @@ static int64_t glmm_logp(uint64_t dim, const double *x, double *grad, double *lo
         return -2;
     }
     double *latent = scaled ? work + density_work(s) : NULL, *t = scaled ? latent + n_dim : NULL;
-    double log_jacobian = 0.0;
-    double value = log_density(latent_coordinates(x, buf, latent, t, &log_jacobian), buf, grad, work, u_at);
+    double *kept = scaled ? t + s.p : NULL, log_jacobian = 0.0;
+    double value = log_density(latent_coordinates(x, buf, latent, t, kept, &log_jacobian), buf, grad, work, u_at);
     if (scaled) {
         scale_latent(buf, grad, t);
-        partial_gradient(x, buf, grad);
+        partial_gradient(x, buf, kept, grad);
         value = value + log_jacobian;
     }
     free(work);
@@ -990,11 +1050,12 @@ static int64_t glmm_expand(uint64_t dim, uint64_t n_expanded, const double *x, d
     Sizes s = sizes_of(buf);
     Py_ssize_t n_work = 2 * s.p + 2 * s.q_max * s.q_max + s.q_max + s.J_max * s.q_max, n_dim = AT(buf, H_N_DIM);
     int scaled = latent_scaled(buf) || partially_centred(buf);
-    double *work = malloc((size_t)(n_work + (scaled ? n_dim + s.p : 0)) * sizeof(double));
+    Py_ssize_t n_kept = scaled ? conditional_work(buf) : 0;
+    double *work = malloc((size_t)(n_work + (scaled ? n_dim + s.p + n_kept : 0)) * sizeof(double));
     if (work == NULL)
         return -2;
-    double *latent = scaled ? work + n_work : NULL, log_jacobian = 0.0;
-    expand(latent_coordinates(x, buf, latent, scaled ? latent + n_dim : NULL, &log_jacobian), buf, out, work);
+    double *latent = scaled ? work + n_work : NULL, *t = scaled ? latent + n_dim : NULL, log_jacobian = 0.0;
+    expand(latent_coordinates(x, buf, latent, t, scaled ? t + s.p : NULL, &log_jacobian), buf, out, work);
     free(work);
     return 0;
 }

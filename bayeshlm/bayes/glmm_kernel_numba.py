@@ -553,24 +553,27 @@ _PRODUCT_LIMIT = 1e100  # factors 1 + v_j multiplied until their product exceeds
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _conditional_coordinates(x, buf, row, y):
-    """z_j = tau c_j r_j + z'_j sqrt(r_j), r_j = 1 / (1 + v_j), v_j = tau^2 h_j, into ``y`` for a conditionally
-    centred factor (module docstring); returns the log-Jacobian -sum_j log(1 + v_j) / 2, with the logs taken of
-    running products of the factors 1 + v_j (one log per product above _PRODUCT_LIMIT; a factor above it alone):
-    a log1p per group cost as much as the rest of the map. Each factor and product is rounded once (relative
-    1.1e-16), so the sum is off by about 1.1e-16 per group, as a sum of logs is. One division and one square root
-    per group (the map first took three of each with the gradient's: 22 against 13-16 us per gradient for the
-    Poisson model with 595 rows)."""
+def _conditional_coordinates(x, buf, row, y, kept):
+    """z_j = tau c_j r_j + z'_j s_j, r_j = 1 / (1 + v_j), s_j = sqrt(r_j), v_j = tau^2 h_j, into ``y`` for a
+    conditionally centred factor (module docstring), with r_j, s_j, a_j = tau c_j r_j and v_j kept in the rows of
+    ``kept`` (4, J) for :func:`_conditional_gradient`; returns the log-Jacobian -sum_j log(1 + v_j) / 2, with the
+    logs taken of running products of the factors 1 + v_j (one log per product above _PRODUCT_LIMIT; a factor
+    above it alone): a log1p per group cost as much as the rest of the map. Each factor and product is rounded once
+    (relative 1.1e-16), so the sum is off by about 1.1e-16 per group, as a sum of logs is. One division and one
+    square root per group for the map and its gradient (the map first took three of each: 22 against 13-16 us per
+    gradient for the Poisson model with 595 rows; the gradient's own two, 15.7 -> 11.5 us with the C kernel's q = 1
+    paths, benchmarks/results/bayes_olre_speed.md)."""
     half = _conditional_factor(buf, row)
     J, x_eff, x_tau, at = int(row[_F_J]), int(row[_F_X_EFFECTS]), int(row[_F_X_TAU]), int(row[_F_AT_CONDITIONAL])
+    r, s, a, v = kept[0], kept[1], kept[2], kept[3]
     tau = math.exp(half * x[x_tau])
     tau2 = tau * tau
-    for j in range(J):
-        r = 1.0 / (1.0 + tau2 * buf[at + 2 * j + 1])
-        y[x_eff + j] = tau * buf[at + 2 * j] * r + x[x_eff + j] * math.sqrt(r)
     log_jacobian, product = 0.0, 1.0
     for j in range(J):
-        d = 1.0 + tau2 * buf[at + 2 * j + 1]
+        v[j] = tau2 * buf[at + 2 * j + 1]
+        d = 1.0 + v[j]
+        r[j] = 1.0 / d
+        s[j] = math.sqrt(r[j])
         if d > _PRODUCT_LIMIT:
             log_jacobian -= 0.5 * math.log(d)
         else:
@@ -578,46 +581,51 @@ def _conditional_coordinates(x, buf, row, y):
             if product > _PRODUCT_LIMIT:
                 log_jacobian -= 0.5 * math.log(product)
                 product = 1.0
+    for j in range(J):
+        a[j] = tau * buf[at + 2 * j] * r[j]
+        y[x_eff + j] = a[j] + x[x_eff + j] * s[j]
     return log_jacobian - 0.5 * math.log(product)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _conditional_gradient(x, buf, row, grad):
+def _conditional_gradient(x, buf, row, kept, grad):
     """The gradient in z taken to z' and log tau (conditional centring) with the log-Jacobian's: dz'_j = dz_j s_j,
     d log tau += sum_j (dz_j (a_j (1 - v_j) - s_j z'_j v_j) - v_j) r_j, with r_j = 1 / (1 + v_j), s_j = sqrt(r_j),
-    a_j = tau c_j r_j; times d log tau / d theta."""
+    a_j = tau c_j r_j (the rows of ``kept``, from :func:`_conditional_coordinates`); times d log tau / d theta."""
     half = _conditional_factor(buf, row)
-    J, x_eff, x_tau, at = int(row[_F_J]), int(row[_F_X_EFFECTS]), int(row[_F_X_TAU]), int(row[_F_AT_CONDITIONAL])
-    tau = math.exp(half * x[x_tau])
-    tau2 = tau * tau
+    J, x_eff, x_tau = int(row[_F_J]), int(row[_F_X_EFFECTS]), int(row[_F_X_TAU])
+    r, s, a, v = kept[0], kept[1], kept[2], kept[3]
     d_log_tau = 0.0
     for j in range(J):
-        v = tau2 * buf[at + 2 * j + 1]
-        r = 1.0 / (1.0 + v)
-        s = math.sqrt(r)
         g = grad[x_eff + j]
-        d_log_tau += (g * (tau * buf[at + 2 * j] * r * (1.0 - v) - s * x[x_eff + j] * v) - v) * r
-        grad[x_eff + j] = g * s
+        d_log_tau += (g * (a[j] * (1.0 - v[j]) - s[j] * x[x_eff + j] * v[j]) - v[j]) * r[j]
+        grad[x_eff + j] = g * s[j]
     grad[x_tau] += half * d_log_tau
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _partially_centred(x, buf):
     """(coordinates with z = z' tau^-(1-w) for each partially centred factor and z from z' for each conditionally
-    centred one, the log-Jacobian of those maps: -(1 - w) J log tau, -sum_j log(1 + tau^2 h_j) / 2); ``x`` itself
-    and 0 when there is none (module docstring)."""
+    centred one, the log-Jacobian of those maps: -(1 - w) J log tau, -sum_j log(1 + tau^2 h_j) / 2, what the
+    conditional centring keeps for its gradient: 4 J per conditionally centred factor, in factor order); ``x``
+    itself, 0 and nothing when there is none (module docstring)."""
     n_factors = int(buf[_N_FACTORS])
     table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
         n_factors, len(_FACTOR))
-    partial = False
+    partial, n_kept = False, 0
     for f in range(n_factors):
         partial = partial or _partial_factor(buf, table[f]) != 0.0 or _conditional_factor(buf, table[f]) != 0.0
+        if _conditional_factor(buf, table[f]) != 0.0:
+            n_kept += 4 * int(table[f, _F_J])
+    kept = np.empty(n_kept)
     if not partial:
-        return x, 0.0
-    y, log_jacobian = x.copy(), 0.0
+        return x, 0.0, kept
+    y, log_jacobian, at = x.copy(), 0.0, 0
     for f in range(n_factors):
         if _conditional_factor(buf, table[f]) != 0.0:
-            log_jacobian += _conditional_coordinates(x, buf, table[f], y)
+            J = int(table[f, _F_J])
+            log_jacobian += _conditional_coordinates(x, buf, table[f], y, kept[at:at + 4 * J].reshape(4, J))
+            at += 4 * J
             continue
         k = _partial_factor(buf, table[f])
         if k == 0.0:
@@ -627,20 +635,23 @@ def _partially_centred(x, buf):
         for j in range(J):
             y[x_eff + j] = x[x_eff + j] * c
         log_jacobian += -k * J * x[x_tau]
-    return y, log_jacobian
+    return y, log_jacobian, kept
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _partial_gradient(x, buf, grad):
+def _partial_gradient(x, buf, kept, grad):
     """The gradient in z (``grad`` at the z block) and log tau taken to z' and log tau, with the log-Jacobian's:
     dz'_j = c dz_j, d log tau += -(1 - w) (sum_j dz_j z_j + J), c = tau^-(1-w); conditionally centred factors by
-    :func:`_conditional_gradient`."""
+    :func:`_conditional_gradient` from what :func:`_partially_centred` kept."""
     n_factors = int(buf[_N_FACTORS])
     table = buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
         n_factors, len(_FACTOR))
+    at = 0
     for f in range(n_factors):
         if _conditional_factor(buf, table[f]) != 0.0:
-            _conditional_gradient(x, buf, table[f], grad)
+            J = int(table[f, _F_J])
+            _conditional_gradient(x, buf, table[f], kept[at:at + 4 * J].reshape(4, J), grad)
+            at += 4 * J
             continue
         k = _partial_factor(buf, table[f])
         if k == 0.0:
@@ -659,12 +670,12 @@ def log_density(x, buf, grad):
     """Log posterior density at ``x`` with its gradient written into ``grad``: :func:`_log_density` at the
     coordinates z of the partially centred and scaled factors plus the log-Jacobian, its gradient taken back to the
     sampled coordinates (module docstring)."""
-    y, log_jacobian = _partially_centred(x, buf)
+    y, log_jacobian, kept = _partially_centred(x, buf)
     value = _log_density(_latent_scaled(y, buf), buf, grad)
     n_factors = int(buf[_N_FACTORS])
     _scale_latent(buf, buf[int(buf[_AT_FACTORS]):int(buf[_AT_FACTORS]) + n_factors * len(_FACTOR)].reshape(
         n_factors, len(_FACTOR)), grad)
-    _partial_gradient(x, buf, grad)
+    _partial_gradient(x, buf, kept, grad)
     return value + log_jacobian
 
 
