@@ -108,6 +108,34 @@ def cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def interleaved_microseconds(callbacks: dict, n_dim: int, points: list, data_address: int, repeats: int,
+                             blocks: int = 6) -> dict[str, list[float]]:
+    """CPU microseconds per call of compiled log densities + gradients (``callbacks``: label -> ctypes function with
+    nutpie's signature) reading the buffer at ``data_address``: each of ``points`` in turn, ``repeats`` times over,
+    the labels taking turns ``blocks`` times so that a change of load hits them alike (after one untimed pass)."""
+    import ctypes
+
+    import numpy as np
+
+    pointer = ctypes.POINTER(ctypes.c_double)
+    xs = [np.ascontiguousarray(point, dtype=float) for point in points]
+    at = [x.ctypes.data_as(pointer) for x in xs]
+    grad, value = np.empty(n_dim), np.empty(1)
+    rest = (grad.ctypes.data_as(pointer), value.ctypes.data_as(pointer), ctypes.c_void_p(data_address))
+    out: dict[str, list[float]] = {label: [] for label in callbacks}
+    for logp in callbacks.values():
+        for x in at:
+            logp(n_dim, x, *rest)
+    for _ in range(blocks):
+        for label, logp in callbacks.items():
+            start = time.process_time()
+            for _ in range(repeats):
+                for x in at:
+                    logp(n_dim, x, *rest)
+            out[label].append((time.process_time() - start) / (repeats * len(at)) * 1e6)
+    return out
+
+
 def bayeshlm_fresh_process(name: str, cache_dir: str | None) -> dict:
     code = SETUP + BENCH_HELPERS + f"""
 import json

@@ -204,10 +204,9 @@ def append_csv(path: str, label: str, record: dict) -> None:
 
 def kernel_speed() -> None:
     """CPU microseconds per log-density call, extension vs Numba (median of 6 interleaved blocks)."""
-    import ctypes
-
     import numpy as np
     import pandas as pd
+    from bench_bayes_glmm import interleaved_microseconds
 
     import bayeshlm as bh
     from bayeshlm.bayes.glmm import build_kernel, resolve_glmm_priors
@@ -222,25 +221,15 @@ def kernel_speed() -> None:
               "bernoulli, 50,000 rows, (1 | g)": bh.HLM("y ~ x + (1 | g)", rows, family="bernoulli"),
               "negative binomial, 50,000 rows, (x | g)": bh.HLM("y ~ x + (x | g)", rows.assign(
                   y=rng.poisson(np.exp(eta))), family="negative_binomial")}
-    pointer = ctypes.POINTER(ctypes.c_double)
     for name, model in models.items():
         priors, shape = resolve_glmm_priors(model.design, model.outcome, None)
         kernel = build_kernel(model.design, model.outcome, priors, shape,
                               {f.name: "non-centred" for f in model.design.factors}, None)
-        points = [kernel.unconstrained_start(seed) for seed in range(20)]
-        grad, value = np.empty(kernel.n_dim), np.empty(1)
-        args = (grad.ctypes.data_as(pointer), value.ctypes.data_as(pointer),
-                kernel.buffer.ctypes.data_as(ctypes.c_void_p))
-        repeats = max(1, 200_000 // kernel.n_rows)
-        micro = {"extension": [], "numba": []}
-        for _ in range(6):
-            for label, chosen in (("extension", extension_callbacks()), ("numba", numba_callbacks())):
-                logp = chosen[0].ctypes
-                start = time.process_time()
-                for _ in range(repeats):
-                    for point in points:
-                        logp(kernel.n_dim, point.ctypes.data_as(pointer), *args)
-                micro[label].append((time.process_time() - start) / (repeats * len(points)) * 1e6)
+        starts = [kernel.unconstrained_start(seed) for seed in range(20)]
+        micro = interleaved_microseconds({"extension": extension_callbacks()[0].ctypes,
+                                          "numba": numba_callbacks()[0].ctypes},
+                                         kernel.n_dim, starts, kernel.buffer.ctypes.data,
+                                         max(1, 200_000 // kernel.n_rows))
         ours, theirs = np.median(micro["extension"]), np.median(micro["numba"])
         print(f"{name}: {kernel.n_rows} rows, {kernel.n_dim} coordinates: extension {ours:.1f} us, Numba "
               f"{theirs:.1f} us per call (Numba / extension {theirs / ours:.2f}); load {os.getloadavg()[0]:.1f}")

@@ -30,12 +30,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_bayes_glmm import BENCH_HELPERS, SETUP  # noqa: E402
+from bench_bayes_glmm import BENCH_HELPERS, SETUP, interleaved_microseconds  # noqa: E402
 
 FIELDS = ["label", "tree", "seed", "options", "nutpie", "cpu_seconds", "seconds", "sampling_seconds", "load_1m",
           "gradients_per_draw", "divergences", "max_rhat", "min_ess_bulk", "draws_hash", "log_density", "commit"]
@@ -89,7 +88,6 @@ def fits(args) -> None:
 
 
 def kernel() -> None:
-    import ctypes
 
     import numpy as np
 
@@ -102,19 +100,10 @@ def kernel() -> None:
     priors, shape = resolve_glmm_priors(model.design, model.outcome, None)
     built = build_kernel(model.design, model.outcome, priors, shape,
                          {f.name: "non-centred" for f in model.design.factors}, None)
-    pointer = ctypes.POINTER(ctypes.c_double)
-    points = [built.unconstrained_start(seed).ctypes.data_as(pointer) for seed in range(20)]
-    grad, value = np.empty(built.n_dim), np.empty(1)
-    args = (grad.ctypes.data_as(pointer), value.ctypes.data_as(pointer), built.buffer.ctypes.data_as(ctypes.c_void_p))
-    micro: dict[str, list[float]] = {"extension": [], "numba": []}
-    for _ in range(6):
-        for label, chosen in (("extension", extension_callbacks()), ("numba", numba_callbacks())):
-            logp = chosen[0].ctypes
-            start = time.process_time()
-            for _ in range(200):
-                for point in points:
-                    logp(built.n_dim, point, *args)
-            micro[label].append((time.process_time() - start) / (200 * len(points)) * 1e6)
+    starts = [built.unconstrained_start(seed) for seed in range(20)]
+    micro = interleaved_microseconds({"extension": extension_callbacks()[0].ctypes,
+                                      "numba": numba_callbacks()[0].ctypes},
+                                     built.n_dim, starts, built.buffer.ctypes.data, 200)
     print(f"Contraception (urban | district): {built.n_rows} rows, {built.n_dim} coordinates: "
           + ", ".join(f"{label} {np.median(v):.1f} us" for label, v in micro.items())
           + f" per log density + gradient; load {os.getloadavg()[0]:.1f}")

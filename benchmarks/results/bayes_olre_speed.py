@@ -30,12 +30,11 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_bayes_glmm import BENCH_HELPERS, SETUP  # noqa: E402
+from bench_bayes_glmm import BENCH_HELPERS, SETUP, interleaved_microseconds  # noqa: E402
 
 KERNEL_MODELS = ("poisson_olre", "cbpp", "nbinom", "contraception_urban", "verbagg")
 
@@ -69,30 +68,14 @@ def compiled_kernel(name: str):
 
 
 def kernel(names: list[str]) -> None:
-    import ctypes
-
-    import numpy as np
-
     from bayeshlm.bayes import _glmm_kernel
     from bayeshlm.bayes.glmm_kernel import extension_callbacks
 
-    pointer = ctypes.POINTER(ctypes.c_double)
-    logp = extension_callbacks()[0].ctypes
     for name in names:
         compiled = compiled_kernel(name)
-        starts = [np.array(compiled.start(seed), dtype=float) for seed in range(20)]
-        points = [x.ctypes.data_as(pointer) for x in starts]
-        grad, value = np.empty(compiled.n_dim), np.empty(1)
-        rest = (grad.ctypes.data_as(pointer), value.ctypes.data_as(pointer), ctypes.c_void_p(compiled.data_address))
-        for point in points:
-            logp(compiled.n_dim, point, *rest)
-        blocks = []
-        for _ in range(6):
-            start = time.process_time()
-            for _ in range(150):
-                for point in points:
-                    logp(compiled.n_dim, point, *rest)
-            blocks.append((time.process_time() - start) / (150 * len(points)) * 1e6)
+        starts = [compiled.start(seed) for seed in range(20)]
+        blocks = interleaved_microseconds({"extension": extension_callbacks()[0].ctypes}, compiled.n_dim, starts,
+                                          compiled.data_address, 150)["extension"]
         print(json.dumps({"model": name, "n_dim": compiled.n_dim, "us": round(statistics.median(blocks), 3),
                           "load_1m": round(os.getloadavg()[0], 2), "extension": _glmm_kernel.__file__}), flush=True)
 
