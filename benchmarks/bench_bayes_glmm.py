@@ -108,6 +108,31 @@ def cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def draws_digest(tree, names=None) -> str:
+    """SHA-256 (first 16 hex digits) of the posterior draws, variable by variable in name order (``names``: only
+    these): equal digests, equal draws."""
+    import hashlib
+
+    import numpy as np
+
+    posterior = tree["posterior"]
+    digest = hashlib.sha256()
+    for name in sorted(names or posterior.data_vars):
+        digest.update(np.ascontiguousarray(posterior[name].values).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def records_from(code: str, tree, timeout: float, **env: str) -> list[dict]:
+    """The JSON records (the printed lines that start with "{") of ``code`` run by a new Python process on the
+    checkout ``tree`` (its PYTHONPATH and working directory; ``env``: more environment variables); RuntimeError
+    with the end of its stderr if it fails."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, cwd=tree,
+                          env=dict(os.environ, PYTHONPATH=str(tree), **env))
+    if done.returncode:
+        raise RuntimeError(done.stderr[-3000:])
+    return [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
+
+
 def interleaved_microseconds(callbacks: dict, n_dim: int, points: list, data_address: int, repeats: int,
                              blocks: int = 6) -> dict[str, list[float]]:
     """CPU microseconds per call of compiled log densities + gradients (``callbacks``: label -> ctypes function with
@@ -222,7 +247,7 @@ def main() -> None:
         peers(["--bambi-python", args.bambi_python, "--models", *args.models])
 
 
-BENCH_HELPERS = "import time\n" + inspect.getsource(summarise) + inspect.getsource(cpu)
+BENCH_HELPERS = "import time\n" + "".join(inspect.getsource(f) for f in (summarise, cpu, draws_digest))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_bayes_glmm import BENCH_HELPERS, SETUP, interleaved_microseconds  # noqa: E402
+from bench_bayes_glmm import BENCH_HELPERS, SETUP, interleaved_microseconds, records_from  # noqa: E402
 
 FIELDS = ["label", "tree", "seed", "options", "nutpie", "cpu_seconds", "seconds", "sampling_seconds", "load_1m",
           "gradients_per_draw", "divergences", "max_rhat", "min_ess_bulk", "draws_hash", "log_density", "commit"]
@@ -42,28 +42,25 @@ FIELDS = ["label", "tree", "seed", "options", "nutpie", "cpu_seconds", "seconds"
 
 def one_fit(tree: str, seed: int, options: str, nutpie_extra: str) -> dict:
     code = SETUP + BENCH_HELPERS + f"""
-import hashlib, json, os
+import json, os
 m = model("contraception_urban")
 extra = json.loads({nutpie_extra!r})
 t, c = time.perf_counter(), cpu()
-if extra:  # nutpie imported inside the clock, as the fit would
+if extra:  # nutpie.sample with these options, imported inside the clock, instead of nutpie's core (bayes.nuts)
     import nutpie
+    from bayeshlm.bayes import nuts
     sample = nutpie.sample
     nutpie.sample = lambda *a, **k: sample(*a, **(k | extra))
+    nuts.use_core = lambda progressbar: False
 fit = m.fit(method="bayes", random_seed={seed}, **json.loads({options!r}))
 out = summarise(fit.posterior, var_names(m), time.perf_counter() - t, cpu() - c)
 post = fit.posterior["posterior"]
-out["draws_hash"] = hashlib.sha1(np.ascontiguousarray(post["beta"].values).tobytes()
-                                 + np.ascontiguousarray(post["tau_district"].values).tobytes()).hexdigest()[:12]
+out["draws_hash"] = draws_digest(fit.posterior, ["beta", "tau_district"])
 out |= {{"sampling_seconds": fit.sampler["sampling_seconds"], "log_density": fit.sampler["log_density"],
         "load_1m": round(os.getloadavg()[0], 2)}}
 print(json.dumps(out))
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=tree), cwd=tree, timeout=600)
-    if done.returncode:
-        raise RuntimeError(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return records_from(code, tree, 600)[-1]
 
 
 def fits(args) -> None:

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_bayes_glmm import BENCH_HELPERS, SETUP  # noqa: E402
+from bench_bayes_glmm import BENCH_HELPERS, SETUP, records_from  # noqa: E402
 
 FIELDS = ["model", "label", "seed", "cpu_seconds", "seconds", "gradients_per_draw", "divergences", "max_rhat",
           "min_ess_bulk", "min_ess_bulk_beta", "log_density", "shifted", "commit"]
@@ -45,12 +43,7 @@ out["log_density"] = fit.sampler["log_density"]
 out["shifted"] = json.dumps(fit.sampler.get("shifted"))
 print(json.dumps(out))
 """
-    env = dict(os.environ, PYTHONPATH=tree)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tree,
-                          timeout=3000)
-    if done.returncode:
-        raise RuntimeError(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return records_from(code, tree, 3000)[-1]
 
 
 def main() -> None:

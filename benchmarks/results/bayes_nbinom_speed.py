@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_bayes_glmm import BENCH_HELPERS, SETUP, interleaved_microseconds  # noqa: E402
+from bench_bayes_glmm import BENCH_HELPERS, SETUP, interleaved_microseconds, records_from  # noqa: E402
 
 FIELDS = ["label", "model", "tree", "seed", "cpu_seconds", "seconds", "load_1m", "gradients_per_draw",
           "divergences", "max_rhat", "min_ess_bulk", "ess_per_cpu_s", "draws_hash", "log_density", "commit"]
@@ -42,25 +42,17 @@ FIELDS = ["label", "model", "tree", "seed", "cpu_seconds", "seconds", "load_1m",
 def one_process(tree: str, name: str, seeds: list[int]) -> list[dict]:
     """Fit ``model(name)`` with each seed in turn in one new process (the first fit warm, later ones refits)."""
     code = SETUP + BENCH_HELPERS + f"""
-import hashlib, json, os
+import json, os
 m = model({name!r})
 for seed in {seeds!r}:
     t, c = time.perf_counter(), cpu()
     fit = m.fit(method="bayes", random_seed=seed)
     out = summarise(fit.posterior, var_names(m), time.perf_counter() - t, cpu() - c)
-    post = fit.posterior["posterior"]
-    digest = hashlib.sha1()
-    for v in sorted(post.data_vars):
-        digest.update(np.ascontiguousarray(post[v].values).tobytes())
-    out |= {{"seed": seed, "draws_hash": digest.hexdigest()[:12], "log_density": fit.sampler["log_density"],
+    out |= {{"seed": seed, "draws_hash": draws_digest(fit.posterior), "log_density": fit.sampler["log_density"],
             "load_1m": round(os.getloadavg()[0], 2)}}
     print(json.dumps(out), flush=True)
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=tree), cwd=tree, timeout=1800)
-    if done.returncode:
-        raise RuntimeError(done.stderr[-3000:])
-    return [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
+    return records_from(code, tree, 1800)
 
 
 def fits(args) -> None:

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_bayes_glmm import BENCH_HELPERS, SETUP  # noqa: E402
+from bench_bayes_glmm import BENCH_HELPERS, SETUP, records_from  # noqa: E402
 
 # other models with an observation-level effect (a check that the geometry is not tuned to poisson_olre alone):
 # simulated overdispersed counts, the salamanders counts as Poisson with (1 | obs), cbpp with (1 | obs)
@@ -64,7 +62,7 @@ FIELDS = ["model", "label", "seed", "cpu_seconds", "seconds", "gradients_per_dra
 
 def one_fit(tree: str, name: str, seed: int, options: str) -> dict:
     code = SETUP + OTHER_MODELS + BENCH_HELPERS + f"""
-import hashlib, json
+import json
 import arviz as az
 m = model({name!r})
 m.fit(method="bayes", draws=20, tune=20, chains=1, random_seed=0)  # warm-up: the timed fit is a refit
@@ -73,27 +71,21 @@ fit = m.fit(method="bayes", random_seed={seed}, **json.loads({options!r}))
 out = summarise(fit.posterior, var_names(m), time.perf_counter() - t, cpu() - c)
 names = [v for v in var_names(m) if v in fit.posterior["posterior"] and not v.startswith("corr_")]
 ess, rhat = az.ess(fit.posterior, var_names=names, method="bulk"), az.rhat(fit.posterior, var_names=names)
-flat_ess, flat_rhat, digest = {{}}, {{}}, hashlib.sha256()
+flat_ess, flat_rhat = {{}}, {{}}
 for v in names:
     labels = [str(c) for c in ess[v].coords[ess[v].dims[0]].values] if ess[v].dims else [""]
     for label, e, r in zip(labels, np.ravel(ess[v].values), np.ravel(rhat[v].values)):
         flat_ess[f"{{v}}[{{label}}]"], flat_rhat[f"{{v}}[{{label}}]"] = round(float(e)), round(float(r), 4)
-    digest.update(np.ascontiguousarray(fit.posterior["posterior"][v].values).tobytes())
 out["worst_ess"] = min(flat_ess, key=flat_ess.get)
 out["worst_rhat"] = max(flat_rhat, key=flat_rhat.get)
 out["ess_per_cpu_s"] = round(out["min_ess_bulk"] / out["cpu_seconds"], 1)
 out["target_accept"] = fit.sampler["target_accept"]
 out["parameterization"] = json.dumps(fit.sampler["parameterization"])
 out["conditional_centring"] = json.dumps(fit.sampler.get("conditional_centring"))
-out["draws_sha256"] = digest.hexdigest()[:16]
+out["draws_sha256"] = draws_digest(fit.posterior, names)
 print(json.dumps(out))
 """
-    env = dict(os.environ, PYTHONPATH=tree)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tree,
-                          timeout=3000)
-    if done.returncode:
-        raise RuntimeError(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return records_from(code, tree, 3000)[-1]
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_bayes_glmm import BENCH_HELPERS, SETUP, interleaved_microseconds  # noqa: E402
+from bench_bayes_glmm import BENCH_HELPERS, SETUP, interleaved_microseconds, records_from  # noqa: E402
 
 KERNEL_MODELS = ("poisson_olre", "cbpp", "nbinom", "contraception_urban", "verbagg")
 
@@ -105,24 +105,16 @@ def compare(args) -> None:
 def one_process(path: str, seeds: list[int]) -> list[dict]:
     """Fit poisson_olre with each seed in turn in one new process (the first fit warm, later ones refits)."""
     code = SETUP + BENCH_HELPERS + f"""
-import hashlib, json, os
+import json, os
 m = model("poisson_olre")
 for seed in {seeds!r}:
     t, c = time.perf_counter(), cpu()
     fit = m.fit(method="bayes", random_seed=seed)
     out = summarise(fit.posterior, var_names(m), time.perf_counter() - t, cpu() - c)
-    post = fit.posterior["posterior"]
-    digest = hashlib.sha1()
-    for v in sorted(post.data_vars):
-        digest.update(np.ascontiguousarray(post[v].values).tobytes())
-    out |= {{"seed": seed, "draws_hash": digest.hexdigest()[:12], "load_1m": round(os.getloadavg()[0], 2)}}
+    out |= {{"seed": seed, "draws_hash": draws_digest(fit.posterior), "load_1m": round(os.getloadavg()[0], 2)}}
     print(json.dumps(out), flush=True)
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=path), cwd=path, timeout=1800)
-    if done.returncode:
-        raise RuntimeError(done.stderr[-3000:])
-    return [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
+    return records_from(code, path, 1800)
 
 
 def fits(args) -> None:

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_bayes_glmm import BENCH_HELPERS, SETUP  # noqa: E402
+from bench_bayes_glmm import BENCH_HELPERS, SETUP, records_from  # noqa: E402
 
 FIELDS = ["model", "label", "seed", "cpu_seconds", "seconds", "gradients_per_draw", "divergences", "max_rhat",
           "worst_rhat", "min_ess_bulk", "worst_ess", "ess", "parameterization", "shifted", "commit"]
@@ -54,12 +52,7 @@ out["parameterization"] = json.dumps(fit.sampler["parameterization"])
 out["shifted"] = json.dumps(fit.sampler.get("shifted"))
 print(json.dumps(out))
 """
-    env = dict(os.environ, PYTHONPATH=tree)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tree,
-                          timeout=3000)
-    if done.returncode:
-        raise RuntimeError(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return records_from(code, tree, 3000)[-1]
 
 
 def main() -> None:
