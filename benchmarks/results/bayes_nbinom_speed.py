@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_bayes_glmm import BENCH_HELPERS, SETUP, interleaved_microseconds, records_from  # noqa: E402
+from bench_bayes_glmm import BENCH_HELPERS, SETUP, print_kernel_speed, records_from  # noqa: E402
 
 FIELDS = ["label", "model", "tree", "seed", "cpu_seconds", "seconds", "load_1m", "gradients_per_draw",
           "divergences", "max_rhat", "min_ess_bulk", "ess_per_cpu_s", "draws_hash", "log_density", "commit"]
@@ -76,28 +75,6 @@ def fits(args) -> None:
                     print(json.dumps(row), flush=True)
 
 
-def kernel(name: str) -> None:
-
-    import numpy as np
-
-    from bayeshlm.bayes.glmm import build_kernel, resolve_glmm_priors
-    from bayeshlm.bayes.glmm_kernel import extension_callbacks, numba_callbacks
-
-    namespace: dict = {}
-    exec(SETUP, namespace)  # noqa: S102 -- our own constant code (bench_bayes_glmm.SETUP)
-    model = namespace["model"](name)
-    priors, shape = resolve_glmm_priors(model.design, model.outcome, None)
-    built = build_kernel(model.design, model.outcome, priors, shape,
-                         {f.name: "non-centred" for f in model.design.factors}, None)
-    starts = [built.unconstrained_start(seed) for seed in range(20)]
-    micro = interleaved_microseconds({"extension": extension_callbacks()[0].ctypes,
-                                      "numba": numba_callbacks()[0].ctypes},
-                                     built.n_dim, starts, built.buffer.ctypes.data, 200)
-    print(f"{name}: {built.n_rows} rows, {built.n_dim} coordinates: "
-          + ", ".join(f"{label} {np.median(v):.1f} us" for label, v in micro.items())
-          + f" per log density + gradient; load {os.getloadavg()[0]:.1f}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -113,7 +90,7 @@ def main() -> None:
     if args.what == "fits":
         fits(args)
     else:
-        kernel(args.model)
+        print_kernel_speed(args.model)
 
 
 if __name__ == "__main__":
