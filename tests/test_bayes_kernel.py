@@ -11,7 +11,8 @@ import pytest
 import bayeshlm as bh
 from bayeshlm.bayes import LKJ, Prior
 from bayeshlm.bayes.build import build_model
-from bayeshlm.bayes.kernel import _correlation_factor, constrained, log_density_and_gradient, output_layout
+from bayeshlm.bayes.kernel import constrained, log_density_and_gradient, output_layout
+from bayeshlm.bayes.kernel_numba import _correlation_factor
 from bayeshlm.bayes.priors import resolve_priors
 
 

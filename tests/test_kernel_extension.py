@@ -120,9 +120,9 @@ def test_two_level_fit_samples_through_the_extension(monkeypatch):
 
 @pytest.mark.parametrize("components, q, width", [(1, 2, 2), (3, 3, 3), (1, 1, 1)])
 def test_group_effect_draws_equal_the_numba_loop(components, q, width):
-    """The extension's one-level draws (marginal._one_level_draws) are the Numba loop's, number for number,
-    for one σ² and for a σ² per stratum (three components)."""
-    from bayeshlm.bayes import marginal
+    """The extension's one-level draws (marginal._one_level_draws) are the Numba loop's
+    (marginal_numba._draw_one_level), number for number, for one σ² and for a σ² per stratum (three components)."""
+    from bayeshlm.bayes import marginal, marginal_numba
 
     rng = np.random.default_rng(6)
     J, P, S = 7, 4, 5
@@ -133,8 +133,8 @@ def test_group_effect_draws_equal_the_numba_loop(components, q, width):
     L = np.tril(rng.normal(size=(S, q, q)), -1) + np.eye(q) * rng.uniform(0.5, 1.5, size=(S, q, 1))
     noise = rng.standard_normal((S, J, q))
     compiled, jitted = np.empty((S, J, q)), np.empty((S, J, q))
-    assert marginal._one_level_draws() is not marginal._draw_one_level  # the extension's
+    assert marginal._one_level_draws() is not marginal_numba._draw_one_level  # the extension's
     marginal._one_level_draws()(ZtZ, ZtX, Zty, s, beta, L, noise, compiled)
-    marginal._draw_one_level(ZtZ, ZtX, Zty, s, beta, L, noise, jitted)
+    marginal_numba._draw_one_level(ZtZ, ZtX, Zty, s, beta, L, noise, jitted)
     assert np.all(np.isfinite(compiled))
     np.testing.assert_array_equal(compiled, jitted)

@@ -121,6 +121,21 @@ def test_an_hglm_fit_on_the_extension_loads_neither_nutpie_python_package_nor_ar
     assert out.stdout.strip().splitlines()[-1] == "['nutpie._lib']"
 
 
+def test_a_two_level_gaussian_fit_on_the_extension_loads_neither_nutpie_python_package_nor_arviz_nor_numba():
+    """The two-level kernel and its group-effect draws are the extension's, so the Numba twins
+    (kernel_numba, marginal_numba) are not imported."""
+    code = ("import sys, bayeshlm as bh\n"
+            "from bayeshlm.bayes.kernel import c_callbacks, extension_callbacks\n"
+            "fit = bh.HLM('Reaction ~ Days + (Days | Subject)', bh.datasets.load('sleepstudy'))"
+            ".fit('bayes', draws=30, tune=30, chains=2, random_seed=1)\n"
+            "assert fit.sampler['log_density'] == 'compiled kernel'\n"
+            "assert c_callbacks(1, False) is extension_callbacks() is not None\n"
+            "print(sorted(m for m in ('nutpie', 'nutpie._lib', 'arviz', 'arviz_plots', 'matplotlib', 'pymc', 'numba',"
+            " 'bayeshlm.bayes.kernel_numba', 'bayeshlm.bayes.marginal_numba') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "['nutpie._lib']"
+
+
 def test_glmm_kernel_model_describes_the_kernel_layout(cbpp_model):
     assert cbpp_model.names == ("beta", "tau_herd", "u_herd", "z_herd")
     assert cbpp_model.n_expanded == sum(int(np.prod(shape)) for shape in cbpp_model.shapes)
