@@ -436,7 +436,7 @@ static int64_t unconstrained_values(uint64_t dim, uint64_t n_expanded, const dou
     return 0;
 }
 
-/* Exact draws of one level's group effects given (beta, T, sigma^2) per posterior draw, as bayes/marginal.py's
+/* Exact draws of one level's group effects given (beta, T, sigma^2) per posterior draw, as bayes/marginal_numba.py's
  * Numba loop _draw_one_level (same order of operations, same draws): per draw d and group j,
  * A = sum_k s_k Z'Z, b = sum_k s_k (Z'y - Z'X beta), C C' = M = I + L'A L, w = C^{-1} L'b,
  * u = L C^{-T} (w + noise). ZtZ (K, J, q, width), ZtX (K, J, q, P), Zty (K, J, q), s (S, K), beta (S, P),
