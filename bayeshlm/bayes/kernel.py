@@ -325,6 +325,7 @@ def numba_callbacks(levels: int, crossed: bool, level1: str = "homogeneous"):
 
     return compiled(levels, crossed, level1)
 
+
 def log_density_and_gradient(model: KernelModel, callbacks=None):
     """``f(x) -> (log density, gradient)`` of ``model``, through the C callback nutpie calls (or through the
     first of ``callbacks``, e.g. ``numba_callbacks(*model.variant)``)."""
