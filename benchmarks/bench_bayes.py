@@ -14,8 +14,9 @@ Cache states, the same for every engine:
 - ``refit``: a second fit (seed 2) in the process of the warm run, for brms ``update()`` of the cold run's fit,
   which reuses the compiled Stan model.
 
-For this engine ``total_s`` is the fit call in a process that has imported ``bayeshlm`` (lazily: PyMC, PyTensor,
-Numba and nutpie load inside the fit) and ``import_s`` the import before it; ``compile_s`` is the time to
+For this engine ``total_s`` is the fit call in a process that has imported ``bayeshlm`` (lazily: a fit on a
+compiled kernel loads nutpie's sampler core inside the fit, and Numba only for kernels without a C extension;
+PyMC and PyTensor only for a graph) and ``import_s`` the import before it; ``compile_s`` is the time to
 compile the kernel's C callback (cold) or load it from the cache (warm), about 0 for the two-level models that
 the ahead-of-time compiled extension covers (HS&B, sleepstudy; ``bayeshlm.bayes.kernel.extension_callbacks``).
 ``benchmarks/cold_start_breakdown.py`` splits one HS&B fit into its stages in CPU seconds.
