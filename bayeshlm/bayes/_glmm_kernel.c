@@ -247,6 +247,28 @@ static double fixed_prior(const double *beta, const double *beta_mu, const doubl
 #define COLUMN_BLOCK 8
 #define LOG_BLOCK 32
 
+/* base^n multiplied into a running product (*product, holding *factors factors, each in [1, 2]) for a whole n in
+ * [1, LOG_BLOCK]; returns 1 with *logged = log(*product) when it holds LOG_BLOCK factors or more (the product then
+ * restarts at 1), 1 with *logged = n log(base) for any other n but 0, else 0 (nothing to add). The rows' sums of
+ * n_i log(1 + t_i) so take about one log per LOG_BLOCK factors (glmm_kernel_numba._powers_into_product) */
+static ALWAYS_INLINE int powers_into_product(double base, double n, double *product, int *factors, double *logged) {
+    if (n >= 1.0 && n <= LOG_BLOCK && (double)(int)n == n) {
+        for (int m = 0; m < (int)n; m++)
+            *product *= base;
+        *factors += (int)n;
+        if (*factors < LOG_BLOCK)
+            return 0;
+        *logged = log(*product);
+        *product = 1.0;
+        *factors = 0;
+        return 1;
+    }
+    if (n == 0.0)
+        return 0;
+    *logged = n * log(base);
+    return 1;
+}
+
 /* eta_i = start_i + sum over k in [k0, k0 + w) of X_ik beta_k, in that order */
 static ALWAYS_INLINE void add_columns(const double *restrict X, const double *restrict beta, Py_ssize_t n, int p,
                                       int k0, int w, const double *start, double *eta) {
@@ -349,7 +371,7 @@ static double negative_binomial_rows(const double *restrict y, const double *res
                                      double shape, double log_shape, int per_row_gamma, double *restrict r,
                                      double *d_shape_out) {
     double lp = 0.0, d_shape = 0.0, inv_shape = 1.0 / shape;
-    double product = 1.0, product_y = 1.0, log_sum = 0.0, log_sum_y = 0.0;  /* products of factors in [1, 2] */
+    double product = 1.0, product_y = 1.0, log_sum = 0.0, log_sum_y = 0.0, logged;  /* products: factors in [1, 2] */
     int factors = 0, factors_y = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         double e = eta[i], y_i = y[i], mu = exp(e), w = (y_i - mu) / (shape + mu), log_larger, s;
@@ -369,24 +391,10 @@ static double negative_binomial_rows(const double *restrict y, const double *res
         r[i] = shape * w;
         lp += value;
         d_shape += d_k;
-        product *= one_plus_s;
-        if (++factors == LOG_BLOCK) {
-            log_sum += log(product);
-            product = 1.0;
-            factors = 0;
-        }
-        if (y_i >= 1.0 && y_i <= LOG_BLOCK && (double)(int)y_i == y_i) {
-            for (int m = 0; m < (int)y_i; m++)
-                product_y *= one_plus_s;
-            factors_y += (int)y_i;
-            if (factors_y >= LOG_BLOCK) {
-                log_sum_y += log(product_y);
-                product_y = 1.0;
-                factors_y = 0;
-            }
-        } else if (y_i != 0.0) {
-            log_sum_y += y_i * log(one_plus_s);
-        }
+        if (powers_into_product(one_plus_s, 1.0, &product, &factors, &logged))
+            log_sum += logged;
+        if (powers_into_product(one_plus_s, y_i, &product_y, &factors_y, &logged))
+            log_sum_y += logged;
     }
     log_sum += log(product);
     log_sum_y += log(product_y);
@@ -417,25 +425,15 @@ static double row_terms(int family, const double *restrict y, const double *rest
                         double *restrict r, double *d_shape_out) {
     double lp = 0.0, d_shape = 0.0;
     if (family == BINOMIAL) {
-        double product = 1.0;  /* of the (1 + t_i)^n_i not yet logged: at most 2^(2 LOG_BLOCK) */
+        double product = 1.0, logged;  /* of the (1 + t_i)^n_i not yet logged: at most 2^(2 LOG_BLOCK) */
         int factors = 0;
         for (Py_ssize_t i = 0; i < n; i++) {
             double e = eta[i], n_i = size[i], t = exp(-fabs(e)), one_plus_t = 1.0 + t;
             double mu = (e >= 0.0 ? 1.0 : t) / one_plus_t;
             r[i] = y[i] - n_i * mu;
             lp += y[i] * e - n_i * numba_max(e, 0.0);
-            if (n_i >= 1.0 && n_i <= LOG_BLOCK && (double)(int)n_i == n_i) {
-                for (int m = 0; m < (int)n_i; m++)
-                    product *= one_plus_t;
-                factors += (int)n_i;
-                if (factors >= LOG_BLOCK) {
-                    lp -= log(product);
-                    product = 1.0;
-                    factors = 0;
-                }
-            } else {
-                lp -= n_i * log(one_plus_t);
-            }
+            if (powers_into_product(one_plus_t, n_i, &product, &factors, &logged))
+                lp -= logged;
         }
         lp -= log(product);
     } else if (family == POISSON) {

@@ -196,6 +196,24 @@ _LOG_BLOCK = 32  # factors (1 + t_i) multiplied before one log is taken; _glmm_k
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def _powers_into_product(base, n, product, factors):
+    """base^n multiplied into a running ``product`` of ``factors`` factors (each in [1, 2]) for a whole n in
+    [1, _LOG_BLOCK], logged once it holds _LOG_BLOCK factors or more (then restarting at 1); n log(base) for any
+    other n but 0. Returns (product, factors, the log to add now, whether there is one): sums of n_i log(1 + t_i)
+    then take about one log per _LOG_BLOCK factors (:func:`_binomial_rows`, :func:`_negative_binomial_rows`)."""
+    if n >= 1.0 and n <= _LOG_BLOCK and float(int(n)) == n:
+        for _ in range(int(n)):
+            product *= base
+        factors += int(n)
+        if factors < _LOG_BLOCK:
+            return product, factors, 0.0, False
+        return 1.0, 0, math.log(product), True
+    if n == 0.0:
+        return product, factors, 0.0, False
+    return product, factors, n * math.log(base), True
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _binomial_rows(y, size, eta, r):
     """Sum of the binomial rows' terms l_i = y_i eta_i - n_i log(1 + e^eta_i) (log C(n, y) is in the constant),
     with r_i = dl_i/deta_i = y_i - n_i mu_i written into ``r``. One exp per row: t = e^-|eta|,
@@ -216,15 +234,9 @@ def _binomial_rows(y, size, eta, r):
         mu = (1.0 if e >= 0.0 else t) / one_plus_t
         r[i] = y[i] - n_i * mu
         lp += y[i] * e - n_i * max(e, 0.0)
-        if n_i >= 1.0 and n_i <= _LOG_BLOCK and float(int(n_i)) == n_i:
-            for _ in range(int(n_i)):
-                product *= one_plus_t
-            factors += int(n_i)
-            if factors >= _LOG_BLOCK:
-                lp -= math.log(product)
-                product, factors = 1.0, 0
-        else:
-            lp -= n_i * math.log(one_plus_t)
+        product, factors, logged, now = _powers_into_product(one_plus_t, n_i, product, factors)
+        if now:
+            lp -= logged
     return lp - math.log(product)
 
 
@@ -265,20 +277,12 @@ def _negative_binomial_rows(y, eta, shape, log_shape, per_row_gamma, r):
         r[i] = shape * w
         lp += value
         d_shape += d_k
-        product *= one_plus_s
-        factors += 1
-        if factors == _LOG_BLOCK:
-            log_sum += math.log(product)
-            product, factors = 1.0, 0
-        if y_i >= 1.0 and y_i <= _LOG_BLOCK and float(int(y_i)) == y_i:
-            for _ in range(int(y_i)):
-                product_y *= one_plus_s
-            factors_y += int(y_i)
-            if factors_y >= _LOG_BLOCK:
-                log_sum_y += math.log(product_y)
-                product_y, factors_y = 1.0, 0
-        elif y_i != 0.0:
-            log_sum_y += y_i * math.log(one_plus_s)
+        product, factors, logged, now = _powers_into_product(one_plus_s, 1.0, product, factors)
+        if now:
+            log_sum += logged
+        product_y, factors_y, logged, now = _powers_into_product(one_plus_s, y_i, product_y, factors_y)
+        if now:
+            log_sum_y += logged
     log_sum += math.log(product)
     log_sum_y += math.log(product_y)
     return lp - (shape * log_sum + log_sum_y), d_shape - log_sum
