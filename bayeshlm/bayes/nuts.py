@@ -160,8 +160,8 @@ def sample(model: CallbackModel, *, draws: int, tune: int, chains: int, cores: i
         sampler.abort()
         raise KeyboardInterrupt("Sampling was interrupted; no fit was made.") from None
     draw_tables, stat_tables = sampler.take_results().get_arrow_trace()
-    skip = {name for setting, names in UNSTORED.items() if not _setting(settings.as_dict(), setting)
-            for name in names}
+    chosen = settings.as_dict()
+    skip = {name for setting, names in UNSTORED.items() if not _setting(chosen, setting) for name in names}
     return arrow_tree(draw_tables, stat_tables, model.coords, skip, warmup)
 
 
