@@ -79,7 +79,7 @@ def _extreme(pick, statistic, draws: dict[str, np.ndarray], varying: dict[str, n
     """``pick`` (max or min) of ``statistic`` over the entries that change across draws: constants such as the
     unit diagonal of a correlation Cholesky factor have no meaningful R-hat or ESS. NaN entries are skipped
     (NaN when every one is)."""
-    values = [value for name, entries in draws.items() if varying[name].any()
-              for value in np.atleast_1d(per_entry(statistic, entries))[np.atleast_1d(varying[name])]]
-    values = [value for value in values if not np.isnan(value)]
+    values = [value for name, entries in draws.items()
+              for value in per_entry(statistic, entries.reshape(entries.shape[:2] + (-1,))[:, :, varying[name].ravel()])
+              if not np.isnan(value)]
     return float(pick(values)) if values else float("nan")
